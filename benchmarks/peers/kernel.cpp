@@ -12,6 +12,7 @@
 #include <memory>
 
 #include "../common.hpp"
+#include "queue_load.hpp"
 
 namespace {
 
@@ -199,107 +200,29 @@ long mq_capacity(long msgsize) {
   return maxmsg;
 }
 
-/// A queue message is one 64-bit word (so it fits the 8-byte messages), padded to the message
-/// size: bit 63 = stop, bits 56..62 = producer, bits 0..55 = that producer's sequence number.
-/// After its data each producer sends one stop, which ends one consumer. With several consumers
-/// each one sees every producer's messages in order (the queue is FIFO), so per-producer sequence
-/// numbers only increase.
-constexpr std::uint64_t kStop = 1ull << 63;
-constexpr std::uint64_t kSeqMask = (1ull << 56) - 1;
+/// A Channel (see queue_load.hpp) over a POSIX message queue; its name is already unlinked.
+class PosixMq {
+ public:
+  explicit PosixMq(std::size_t msgsize) : q_(open_mq(static_cast<long>(msgsize), maxmsg_)) {}
+  ~PosixMq() { ::mq_close(q_); }
+  PosixMq(const PosixMq&) = delete;
+  PosixMq& operator=(const PosixMq&) = delete;
 
-double mq_throughput(std::size_t size, int producers, int consumers, std::int64_t n) {
-  bench::check(producers == consumers, "mq: one stop message per producer needs P == C");
-  long maxmsg;
-  mqd_t q = open_mq(static_cast<long>(size), maxmsg);
-  Shared<StartLine> start;
-  Shared<Spans> span;
-  struct Totals {
-    std::atomic<std::int64_t> received{0};
-    std::atomic<std::uint64_t> seq_sum{0};
-  };
-  Shared<Totals> totals;
-  const std::int64_t each = n / producers;
-  std::vector<pid_t> kids;
-  for (int p = 0; p < producers; ++p)
-    kids.push_back(bench::spawn(p, [&, p] {
-      std::vector<char> buf(size, 'x');
-      start->wait();
-      for (std::int64_t i = 0; i <= each; ++i) {
-        std::uint64_t m = static_cast<std::uint64_t>(p) << 56 | static_cast<std::uint64_t>(i);
-        if (i == each) m |= kStop;
-        std::memcpy(buf.data(), &m, sizeof m);
-        while (::mq_send(q, buf.data(), size, 0) != 0)
-          if (errno != EINTR) bench::sys_fail("mq_send");
-      }
-    }));
-  for (int c = 0; c < consumers; ++c)
-    kids.push_back(bench::spawn(producers + c, [&, c] {
-      std::vector<char> buf(size);
-      std::vector<std::int64_t> last(static_cast<std::size_t>(producers), -1);
-      std::int64_t got = 0;
-      std::uint64_t sum = 0;
-      start->wait();
-      span->start[c] = bench::now_ns();
-      for (;;) {
-        ssize_t r = ::mq_receive(q, buf.data(), size, nullptr);
-        if (r < 0 && errno == EINTR) continue;
-        if (r != static_cast<ssize_t>(size)) bench::sys_fail("mq_receive");
-        std::uint64_t m;
-        std::memcpy(&m, buf.data(), sizeof m);
-        if (m & kStop) break;
-        const auto producer = static_cast<std::size_t>(m >> 56);
-        const auto seq = static_cast<std::int64_t>(m & kSeqMask);
-        if (producer >= last.size() || seq <= last[producer]) bench::fail("mq: out of order");
-        last[producer] = seq;
-        ++got;
-        sum += static_cast<std::uint64_t>(seq);
-      }
-      span->end[c] = bench::now_ns();
-      totals->received += got;
-      totals->seq_sum += sum;
-    }));
-  start->release(producers + consumers);
-  bench::join(kids);
-  ::mq_close(q);
-  const auto e = static_cast<std::uint64_t>(each);
-  bench::check(totals->received == each * producers &&
-                   totals->seq_sum == e * (e - 1) / 2 * static_cast<std::uint64_t>(producers),
-               "mq: messages lost or duplicated");
-  return static_cast<double>(each * producers) / span->elapsed_s(consumers);
-}
+  void send(const void* msg, std::size_t size) {
+    while (::mq_send(q_, static_cast<const char*>(msg), size, 0) != 0)
+      if (errno != EINTR) bench::sys_fail("mq_send");
+  }
+  std::size_t recv(void* msg, std::size_t capacity) {
+    ssize_t r;
+    while ((r = ::mq_receive(q_, static_cast<char*>(msg), capacity, nullptr)) < 0)
+      if (errno != EINTR) bench::sys_fail("mq_receive");
+    return static_cast<std::size_t>(r);
+  }
 
-double mq_rtt_us(std::int64_t n) {
-  long maxmsg;
-  mqd_t there = open_mq(8, maxmsg), back = open_mq(8, maxmsg);
-  Shared<StartLine> start;
-  Shared<Spans> span;
-  std::vector<pid_t> kids;
-  kids.push_back(bench::spawn(0, [&] {
-    start->wait();
-    span->start[0] = bench::now_ns();
-    for (std::uint64_t i = 0; i < static_cast<std::uint64_t>(n); ++i) {
-      std::uint64_t echo = ~i;
-      if (::mq_send(there, reinterpret_cast<char*>(&i), 8, 0) != 0) bench::sys_fail("mq_send");
-      if (::mq_receive(back, reinterpret_cast<char*>(&echo), 8, nullptr) != 8)
-        bench::sys_fail("mq_receive");
-      if (echo != i) bench::fail("mq RT: wrong echo");
-    }
-    span->end[0] = bench::now_ns();
-  }));
-  kids.push_back(bench::spawn(1, [&] {
-    start->wait();
-    for (std::int64_t i = 0; i < n; ++i) {
-      char v[8];
-      if (::mq_receive(there, v, 8, nullptr) != 8) bench::sys_fail("mq_receive");
-      if (::mq_send(back, v, 8, 0) != 0) bench::sys_fail("mq_send");
-    }
-  }));
-  start->release(2);
-  bench::join(kids);
-  ::mq_close(there);
-  ::mq_close(back);
-  return span->elapsed_s(1) / static_cast<double>(n) * 1e6;
-}
+ private:
+  long maxmsg_ = 0;
+  mqd_t q_;
+};
 
 // ---------------------------------------------------------------------------------------------
 // Raw named shared memory and process creation: what mpp's SharedMemory and Process build on.
@@ -395,13 +318,13 @@ int main(int argc, char** argv) {
       cap = e.what();  // the runs below fail the same way and say so
     }
     bench::run(opt, {"queue.8B.1p1c.throughput", "posix_mq", "msg/s", true},
-               [&] { return mq_throughput(8, 1, 1, opt.n(200'000, 60'000)); }, cap);
+               [&] { PosixMq q(8); return peers::queue_throughput(q, 8, 1, 1, opt.n(200'000, 60'000)); }, cap);
     bench::run(opt, {"queue.1KiB.1p1c.throughput", "posix_mq", "msg/s", true},
-               [&] { return mq_throughput(1024, 1, 1, opt.n(200'000, 60'000)); }, cap);
+               [&] { PosixMq q(1024); return peers::queue_throughput(q, 1024, 1, 1, opt.n(200'000, 60'000)); }, cap);
     bench::run(opt, {"queue.8B.2p2c.throughput", "posix_mq", "msg/s", true},
-               [&] { return mq_throughput(8, 2, 2, opt.n(400'000, 60'000)); }, cap);
+               [&] { PosixMq q(8); return peers::queue_throughput(q, 8, 2, 2, opt.n(400'000, 60'000)); }, cap);
     bench::run(opt, {"queue.8B.rtt", "posix_mq", "µs", false},
-               [&] { return mq_rtt_us(opt.n(4'000, 600)); }, cap);
+               [&] { PosixMq a(8), b(8); return peers::echo_rtt_us(a, b, opt.n(4'000, 600)); }, cap);
   }
 
   bench::run(opt, {"shm.create.1MiB", "posix", "µs", false},
