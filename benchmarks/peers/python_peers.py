@@ -1,0 +1,325 @@
+#!/usr/bin/env python3
+"""Python multiprocessing peers, on the same workloads and with the same protocol as the C++
+programs: `python3 python_peers.py [--quick] [--reps N] [FILTER]` prints one JSON object per line
+and repetition. Start method `fork`. Two-process runs pin the sides to cores 0 and 1 (the Manager's
+server counts as a side); Pool and ProcessPoolExecutor workers are left unpinned.
+
+Every consumer checks what it receives (sequence numbers, sums, lengths); a repetition that
+takes longer than REP_TIMEOUT_S is interrupted and its children are killed.
+"""
+import argparse
+import json
+import multiprocessing as mp
+import os
+import re
+import signal
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import resource_tracker, shared_memory
+
+CTX = mp.get_context("fork")
+CORES = sorted(os.sched_getaffinity(0))
+REP_TIMEOUT_S = 60
+now = time.perf_counter  # CLOCK_MONOTONIC on Linux: comparable across processes
+
+
+def pin(i, pid=0):
+    """Pin process `pid` (0: this one) to core i mod cores; nothing to pin on one core."""
+    if len(CORES) >= 2:
+        os.sched_setaffinity(pid, {CORES[i % len(CORES)]})
+
+
+class Check(Exception):
+    pass
+
+
+def check(ok, what):
+    if not ok:
+        raise Check(what)
+
+
+def run_procs(bodies, span_slots=1):
+    """Run each body(index, span) in a child pinned to core index, all released together.
+    Returns the span array: span[2k], span[2k+1] = start, end written by the bodies."""
+    span = CTX.Array("d", 2 * span_slots, lock=False)
+    barrier = CTX.Barrier(len(bodies) + 1)
+
+    def main(i, body):
+        pin(i)
+        barrier.wait()
+        body(i, span)
+
+    procs = [CTX.Process(target=main, args=(i, b), daemon=True) for i, b in enumerate(bodies)]
+    for p in procs:
+        p.start()
+    barrier.wait()
+    for p in procs:
+        p.join()
+    bad = [p.exitcode for p in procs if p.exitcode != 0]
+    check(not bad, f"child exit codes {bad}")
+    return span
+
+
+def elapsed(span, slots):
+    return max(span[2 * k + 1] for k in range(slots)) - min(span[2 * k] for k in range(slots))
+
+
+def stamped(i, size):
+    """A `size`-byte message carrying i in its first 8 bytes."""
+    return i.to_bytes(8, "little") + PAD[: size - 8]
+
+
+PAD = bytes(range(256)) * 4
+
+
+# ------------------------------------------------------------------------------------------
+# Pipe and Queue
+
+
+def channel_throughput(kind, n, size):
+    """Messages per second from a producer to a consumer; size None sends small ints, else bytes
+    objects of that size. Timed at the consumer."""
+    if kind == "pipe":
+        r, w = CTX.Pipe(duplex=False)
+        send, recv = w.send, r.recv
+    else:
+        q = CTX.Queue()
+        send, recv = q.put, q.get
+
+    def producer(i, span):
+        for k in range(n):
+            send(k if size is None else stamped(k, size))
+        if kind == "queue":
+            q.close()
+            q.join_thread()  # everything is flushed to the pipe before we exit
+
+    def consumer(i, span):
+        span[0] = now()
+        for k in range(n):
+            x = recv()
+            if size is None:
+                check(x == k, "wrong message")
+            else:
+                check(len(x) == size and int.from_bytes(x[:8], "little") == k, "wrong message")
+        span[1] = now()
+
+    span = run_procs([producer, consumer])
+    return n / elapsed(span, 1)
+
+
+def pipe_rtt_us(n):
+    a, b = CTX.Pipe()
+
+    def pinger(i, span):
+        span[0] = now()
+        for k in range(n):
+            a.send(k)
+            check(a.recv() == k, "wrong echo")
+        span[1] = now()
+
+    def ponger(i, span):
+        for _ in range(n):
+            b.send(b.recv())
+
+    return elapsed(run_procs([pinger, ponger]), 1) / n * 1e6
+
+
+# ------------------------------------------------------------------------------------------
+# Value
+
+
+def value_locked_increment(n_each):
+    v = CTX.Value("q", 0)
+
+    def body(i, span):
+        span[2 * i] = now()
+        for _ in range(n_each):
+            with v.get_lock():
+                v.value += 1
+        span[2 * i + 1] = now()
+
+    span = run_procs([body, body], span_slots=2)
+    check(v.value == 2 * n_each, "lost increment")
+    return 2 * n_each / elapsed(span, 2)
+
+
+# ------------------------------------------------------------------------------------------
+# Manager
+
+
+def manager_ops(what, n):
+    """ops/s of one child doing n operations on a Manager proxy (server on core 1, child on 0)."""
+    with CTX.Manager() as mgr:
+        pin(1, mgr._process.pid)
+        d = mgr.dict()
+        lst = mgr.list()
+        if what == "get":
+            d.update({k: k * 3 + 1 for k in range(n)})
+
+        def body(i, span):
+            span[0] = now()
+            if what == "set":
+                for k in range(n):
+                    d[k] = k * 3 + 1
+            elif what == "get":
+                for k in range(n):
+                    check(d[k] == k * 3 + 1, "wrong value")
+            else:
+                for k in range(n):
+                    lst.append(k)
+            span[1] = now()
+
+        span = run_procs([body])
+        if what == "append":
+            check(lst[:] == list(range(n)), "wrong list")
+        else:
+            check(len(d) == n and d[n // 2] == (n // 2) * 3 + 1, "wrong dict")
+        return n / elapsed(span, 1)
+
+
+# ------------------------------------------------------------------------------------------
+# Pool, ProcessPoolExecutor, Process
+
+
+def plus_one(x):
+    return x + 1
+
+
+def pool_map(n):
+    with CTX.Pool(2) as pool:
+        pool.map(plus_one, range(4))  # workers up before the clock starts
+        t0 = now()
+        out = pool.map(plus_one, range(n))
+        t = now() - t0
+    check(len(out) == n and sum(out) == n * (n + 1) // 2, "wrong results")
+    return n / t
+
+
+def pool_startup_ms():
+    """Pool(2) made, first map of 2 items done (so the workers really run), closed and joined."""
+    t0 = now()
+    pool = CTX.Pool(2)
+    out = pool.map(plus_one, [1, 2])
+    pool.close()
+    pool.join()
+    t = now() - t0
+    check(out == [2, 3], "wrong results")
+    return t * 1e3
+
+
+def executor_map(n):
+    with ProcessPoolExecutor(2, mp_context=CTX) as ex:
+        list(ex.map(plus_one, range(4)))  # workers up before the clock starts
+        t0 = now()
+        out = list(ex.map(plus_one, range(n)))
+        t = now() - t0
+    check(len(out) == n and sum(out) == n * (n + 1) // 2, "wrong results")
+    return n / t
+
+
+def noop():
+    pass
+
+
+def process_start_us(k):
+    t0 = now()
+    for _ in range(k):
+        p = CTX.Process(target=noop)
+        p.start()
+        p.join()
+        check(p.exitcode == 0, "child failed")
+    return (now() - t0) / k * 1e6
+
+
+# ------------------------------------------------------------------------------------------
+# SharedMemory
+
+
+def shm_us(create, k):
+    size = 1 << 20
+    made, t = [], 0.0
+    try:
+        for i in range(k):
+            t0 = now()
+            s = shared_memory.SharedMemory(create=True, size=size)
+            t += now() - t0
+            s.buf[i % 1000] = i % 251
+            made.append(s)
+        if not create:
+            t = 0.0
+            for i, s in enumerate(made):
+                t0 = now()
+                a = shared_memory.SharedMemory(name=s.name)
+                t += now() - t0
+                ok = a.size >= size and a.buf[i % 1000] == i % 251
+                a.close()
+                # 3.11 registers attached segments with the resource tracker too; undo that so
+                # the tracker does not warn about (or unlink) a segment it does not own.
+                resource_tracker.unregister(a._name, "shared_memory")
+                check(ok, "wrong contents")
+    finally:
+        for s in made:
+            s.close()
+            s.unlink()
+    return t / k * 1e6
+
+
+# ------------------------------------------------------------------------------------------
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--reps", type=int)
+    ap.add_argument("filter", nargs="?")
+    opt = ap.parse_args()
+    reps = opt.reps or (3 if opt.quick else 7)
+    pattern = re.compile(opt.filter) if opt.filter else None
+
+    def n(full, quick):
+        return quick if opt.quick else full
+
+    def on_alarm(signum, frame):
+        raise TimeoutError(f"timed out after {REP_TIMEOUT_S} s")
+
+    signal.signal(signal.SIGALRM, on_alarm)
+
+    def run(workload, unit, higher_is_better, measure):
+        if pattern and not pattern.search(workload):
+            return
+        for _ in range(reps):
+            signal.alarm(REP_TIMEOUT_S)
+            try:
+                value = measure()
+            except Exception as e:  # a failed check, a dead child, a timeout
+                signal.alarm(0)
+                for p in mp.active_children():
+                    p.kill()
+                print(f"{workload}/python: {e!r}", file=sys.stderr)
+                print(json.dumps({"workload": workload, "system": "python", "error": repr(e)}),
+                      flush=True)
+                return
+            signal.alarm(0)
+            print(json.dumps({"workload": workload, "system": "python", "value": value,
+                              "unit": unit, "higher_is_better": higher_is_better}), flush=True)
+
+    run("pipe.8B.throughput", "msg/s", True, lambda: channel_throughput("pipe", n(200_000, 30_000), None))
+    run("pipe.1KiB.throughput", "msg/s", True, lambda: channel_throughput("pipe", n(200_000, 30_000), 1024))
+    run("pipe.8B.rtt", "µs", False, lambda: pipe_rtt_us(n(4_000, 500)))
+    run("queue.8B.1p1c.throughput", "msg/s", True, lambda: channel_throughput("queue", n(200_000, 30_000), None))
+    run("queue.1KiB.1p1c.throughput", "msg/s", True, lambda: channel_throughput("queue", n(200_000, 30_000), 1024))
+    run("value.locked_increment.2proc", "ops/s", True, lambda: value_locked_increment(n(300_000, 50_000)))
+    run("dict.set.1proc", "ops/s", True, lambda: manager_ops("set", n(10_000, 2_000)))
+    run("dict.get.1proc", "ops/s", True, lambda: manager_ops("get", n(10_000, 2_000)))
+    run("list.append.1proc", "ops/s", True, lambda: manager_ops("append", n(10_000, 2_000)))
+    run("pool.map.1e6", "items/s", True, lambda: pool_map(n(1_000_000, 100_000)))
+    run("pool.startup", "ms", False, pool_startup_ms)
+    run("futures.map.1e4", "items/s", True, lambda: executor_map(n(10_000, 2_000)))
+    run("process.start", "µs", False, lambda: process_start_us(n(50, 10)))
+    run("shm.create.1MiB", "µs", False, lambda: shm_us(True, n(200, 50)))
+    run("shm.attach.1MiB", "µs", False, lambda: shm_us(False, n(200, 50)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+# Dependencies of mpp: installed packages first (find_package); only when one is missing, a
+# download through FetchContent (for users with internet; our own machines never download).
+include(FetchContent)
+find_package(Threads REQUIRED)
+
+set(MPP_DEPENDENCIES_FROM_PACKAGES TRUE)
+
+find_package(Boost 1.74 QUIET CONFIG)
+if(NOT TARGET Boost::headers)
+  message(STATUS "mpp: Boost >= 1.74 not installed; fetching Boost headers")
+  set(MPP_DEPENDENCIES_FROM_PACKAGES FALSE)
+  set(BOOST_INCLUDE_LIBRARIES interprocess)
+  FetchContent_Declare(Boost
+    URL https://github.com/boostorg/boost/releases/download/boost-1.84.0/boost-1.84.0.tar.xz
+    DOWNLOAD_EXTRACT_TIMESTAMP ON)
+  FetchContent_MakeAvailable(Boost)
+  if(NOT TARGET Boost::headers)
+    add_library(Boost::headers ALIAS boost_headers)
+  endif()
+endif()
+
+find_package(fmt 9 QUIET CONFIG)
+if(NOT TARGET fmt::fmt)
+  message(STATUS "mpp: fmt not installed; fetching fmt 10.2.1")
+  set(MPP_DEPENDENCIES_FROM_PACKAGES FALSE)
+  FetchContent_Declare(fmt GIT_REPOSITORY https://github.com/fmtlib/fmt.git GIT_TAG 10.2.1)
+  FetchContent_MakeAvailable(fmt)
+endif()
+
+find_package(cereal QUIET CONFIG)
+if(NOT TARGET cereal::cereal)
+  message(STATUS "mpp: cereal not installed; fetching cereal 1.3.2")
+  set(MPP_DEPENDENCIES_FROM_PACKAGES FALSE)
+  set(JUST_INSTALL_CEREAL ON CACHE BOOL "" FORCE)
+  FetchContent_Declare(cereal GIT_REPOSITORY https://github.com/USCiLab/cereal.git GIT_TAG v1.3.2)
+  FetchContent_MakeAvailable(cereal)
+  if(NOT TARGET cereal::cereal)
+    add_library(cereal::cereal ALIAS cereal)
+  endif()
+endif()

@@ -1,0 +1,12 @@
+// mpp — selects the operating-system backend (see detail/config.hpp).
+#pragma once
+
+#include "config.hpp"
+
+#if defined(MPP_OS_POSIX)
+#  include "os/posix.hpp"
+#elif defined(MPP_OS_WINDOWS)
+#  include "os/win32.hpp"
+#else
+#  error "mpp: unsupported platform"
+#endif

@@ -1,0 +1,280 @@
+// mpp — POSIX (Linux) backend: named shared memory, futex wait/wake, process liveness.
+// Together with win32.hpp, the only file that makes system calls. Everything here is a thin,
+// EINTR-safe wrapper that throws mpp exceptions with the failing call and object in the message.
+#pragma once
+
+#include "../config.hpp"
+
+#if !defined(MPP_OS_POSIX)
+#  error "mpp: detail/os/posix.hpp included on a non-POSIX platform"
+#endif
+
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <sched.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <climits>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+
+#include "../../errors.hpp"
+
+namespace mpp::detail::os {
+
+/// Process id type shared with the Win32 backend (both fit in 32 bits).
+using pid_type = std::int32_t;
+
+//!Throws: OSError naming the call, the object and errno's text (or a more specific mpp error).
+[[noreturn]] inline void throw_errno(const char* call, std::string_view object, int err) {
+  throw OSError(fmt::format("{}('{}') failed: {} (errno {})", call, object, std::strerror(err), err),
+                err);
+}
+
+/// Owning file descriptor (close on destruction).
+class Fd {
+ public:
+  Fd() noexcept = default;
+  explicit Fd(int fd) noexcept : fd_(fd) {}
+  Fd(Fd&& o) noexcept : fd_(o.release()) {}
+  Fd& operator=(Fd&& o) noexcept {
+    if (this != &o) {
+      reset();
+      fd_ = o.release();
+    }
+    return *this;
+  }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  ~Fd() { reset(); }
+  /// The raw descriptor (-1 if none).
+  int get() const noexcept { return fd_; }
+  /// Gives up ownership and returns the descriptor.
+  int release() noexcept { return std::exchange(fd_, -1); }
+  /// Closes the descriptor if one is held.
+  void reset() noexcept {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+// ---- named shared memory ------------------------------------------------------------------
+
+inline std::string shm_path(std::string_view name) { return "/" + std::string(name); }
+
+//!Effects: creates the shared-memory object `name` exclusively, mode 0600 whatever the umask,
+//! sized `size` bytes. Throws: ExistsError if the name is taken, OSError otherwise.
+inline Fd shm_create(std::string_view name, std::uint64_t size) {
+  const std::string path = shm_path(name);
+  // glibc adds O_NOFOLLOW|O_CLOEXEC; we ask for them explicitly so a planted symlink never wins.
+  Fd fd(::shm_open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
+  if (fd.get() < 0) {
+    const int err = errno;
+    if (err == EEXIST)
+      fail<ExistsError>("'{}' already exists; open it with open(), pick another name, or remove "
+                         "a stale one with mpp::unlink(\"{}\")",
+                         name, name);
+    throw_errno("shm_open(create)", name, err);
+  }
+  if (::fchmod(fd.get(), 0600) != 0) throw_errno("fchmod", name, errno);  // umask can't widen it
+  int rc;
+  do rc = ::ftruncate(fd.get(), static_cast<off_t>(size));
+  while (rc != 0 && errno == EINTR);
+  if (rc != 0) {
+    const int err = errno;
+    ::shm_unlink(path.c_str());
+    throw_errno("ftruncate", name, err);
+  }
+  return fd;
+}
+
+//!Effects: opens the existing shared-memory object `name` read-write.
+//!Throws: NotFoundError if it does not exist, PermissionError if access is denied or it is a link.
+inline Fd shm_open_existing(std::string_view name) {
+  const std::string path = shm_path(name);
+  Fd fd(::shm_open(path.c_str(), O_RDWR | O_NOFOLLOW | O_CLOEXEC, 0));
+  if (fd.get() < 0) {
+    const int err = errno;
+    if (err == ENOENT)
+      fail<NotFoundError>("no mpp object named '{}'; create it first (create/open_or_create) "
+                           "or check the name",
+                           name);
+    if (err == EACCES || err == ELOOP || err == EPERM)
+      fail<PermissionError>("'{}' exists but cannot be opened by this user ({}); it belongs to "
+                             "someone else or is a link: choose another name",
+                             name, std::strerror(err));
+    throw_errno("shm_open", name, err);
+  }
+  return fd;
+}
+
+//!Effects: removes the name `name`; existing mappings stay valid. Returns: false if it did not exist.
+inline bool shm_remove(std::string_view name) {
+  const std::string path = shm_path(name);
+  if (::shm_unlink(path.c_str()) == 0) return true;
+  if (errno == ENOENT) return false;
+  throw_errno("shm_unlink", name, errno);
+}
+
+/// What fstat says about an open shared-memory object.
+struct FileInfo {
+  std::uint64_t size;   ///< current size in bytes
+  bool owned_by_us;     ///< owner is this process's effective user
+  bool private_mode;    ///< no group/other permission bits
+  bool regular;         ///< a regular shared-memory object, not a device or directory
+};
+
+inline FileInfo file_info(const Fd& fd, std::string_view name) {
+  struct stat st{};
+  if (::fstat(fd.get(), &st) != 0) throw_errno("fstat", name, errno);
+  return FileInfo{static_cast<std::uint64_t>(st.st_size), st.st_uid == ::geteuid(),
+                  (st.st_mode & 077) == 0, S_ISREG(st.st_mode)};
+}
+
+//!Effects: maps `size` bytes of `fd` shared and read-write. Throws: OSError.
+inline void* map(const Fd& fd, std::uint64_t size, std::string_view name) {
+  void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
+  if (p == MAP_FAILED) throw_errno("mmap", name, errno);
+  return p;
+}
+
+/// Unmaps a region returned by map().
+inline void unmap(void* p, std::uint64_t size) noexcept {
+  if (p != nullptr) ::munmap(p, size);
+}
+
+/// Size of a memory page.
+inline std::size_t page_size() noexcept { return static_cast<std::size_t>(::sysconf(_SC_PAGESIZE)); }
+
+// ---- wait / wake on a 32-bit word in shared memory (futex) ----------------------------------
+
+static_assert(sizeof(std::atomic<std::uint32_t>) == sizeof(std::uint32_t) &&
+                  std::atomic<std::uint32_t>::is_always_lock_free,
+              "futex needs a plain 32-bit atomic");
+
+//!Effects: sleeps while `word == expected`, at most `timeout` (forever when nullopt). Spurious
+//! wake-ups are possible. Returns: false only when the timeout elapsed.
+inline bool wait_on_address(const std::atomic<std::uint32_t>& word, std::uint32_t expected,
+                            std::optional<std::chrono::nanoseconds> timeout) noexcept {
+  struct timespec ts{};
+  if (timeout) {
+    const auto ns = timeout->count() < 0 ? 0 : timeout->count();
+    ts.tv_sec = static_cast<time_t>(ns / 1'000'000'000);
+    ts.tv_nsec = static_cast<long>(ns % 1'000'000'000);
+  }
+  // Not FUTEX_PRIVATE_FLAG: the word is shared between processes.
+  const long rc = ::syscall(SYS_futex, const_cast<std::atomic<std::uint32_t>*>(&word), FUTEX_WAIT,
+                            expected, timeout ? &ts : nullptr, nullptr, 0);
+  return !(rc == -1 && errno == ETIMEDOUT);
+}
+
+/// Wakes up to `count` sleepers on `word` (INT_MAX for all).
+inline void wake_address(const std::atomic<std::uint32_t>& word, int count) noexcept {
+  ::syscall(SYS_futex, const_cast<std::atomic<std::uint32_t>*>(&word), FUTEX_WAKE, count, nullptr,
+            nullptr, 0);
+}
+
+/// Tells the CPU we are spinning (pause on x86), sparing the sibling hyper-thread.
+inline void cpu_relax() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+/// Gives the CPU to another runnable thread.
+inline void yield() noexcept { ::sched_yield(); }
+
+/// Sleeps for `d` (EINTR-safe).
+inline void sleep_for(std::chrono::nanoseconds d) noexcept {
+  if (d.count() <= 0) return;
+  struct timespec ts{static_cast<time_t>(d.count() / 1'000'000'000),
+                     static_cast<long>(d.count() % 1'000'000'000)};
+  while (::nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+  }
+}
+
+// ---- process identity and liveness ---------------------------------------------------------
+
+/// This process's id (never cached: it changes in a forked child).
+inline pid_type current_pid() noexcept { return static_cast<pid_type>(::getpid()); }
+
+/// This thread's kernel id (unique per thread within the system).
+inline std::uint64_t current_thread_id() noexcept {
+  return static_cast<std::uint64_t>(::syscall(SYS_gettid));
+}
+
+//!Returns: the start time of process `pid` (clock ticks since boot) when it exists and is not a
+//! zombie; nullopt otherwise. With the pid this identifies a process even when pids are reused.
+inline std::optional<std::uint64_t> process_start_time(pid_type pid) noexcept {
+  if (pid <= 0) return std::nullopt;
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/%d/stat", static_cast<int>(pid));
+  std::FILE* f = std::fopen(path, "re");
+  if (f == nullptr) return std::nullopt;
+  char buf[1024];
+  const std::size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+  std::fclose(f);
+  buf[n] = '\0';
+  // The command name may contain spaces and parentheses: fields start after the last ')'.
+  const char* p = std::strrchr(buf, ')');
+  if (p == nullptr) return std::nullopt;
+  ++p;
+  char state = 0;
+  int field = 2;  // p points just after field 2 (comm)
+  std::uint64_t value = 0;
+  while (*p != '\0') {
+    while (*p == ' ') ++p;
+    if (*p == '\0') break;
+    ++field;
+    if (field == 3) state = *p;
+    if (field == 22) {
+      value = std::strtoull(p, nullptr, 10);
+      break;
+    }
+    while (*p != ' ' && *p != '\0') ++p;
+  }
+  if (field != 22 || state == 'Z' || state == 'X' || state == 'x') return std::nullopt;
+  return value;
+}
+
+/// Start time of this process (see process_start_time), recomputed after fork.
+inline std::uint64_t current_start_time() noexcept {
+  static std::atomic<pid_type> cached_pid{0};
+  static std::atomic<std::uint64_t> cached{0};
+  const pid_type pid = current_pid();
+  if (cached_pid.load(std::memory_order_acquire) != pid) {
+    cached.store(process_start_time(pid).value_or(0), std::memory_order_relaxed);
+    cached_pid.store(pid, std::memory_order_release);
+  }
+  return cached.load(std::memory_order_relaxed);
+}
+
+/// 64 random bits from the kernel (for anonymous names).
+inline std::uint64_t random_u64() {
+  std::uint64_t v = 0;
+  ssize_t n;
+  do n = ::getrandom(&v, sizeof v, 0);
+  while (n < 0 && errno == EINTR);
+  if (n != static_cast<ssize_t>(sizeof v)) throw_errno("getrandom", "", errno);
+  return v;
+}
+
+}  // namespace mpp::detail::os

@@ -1,0 +1,155 @@
+// mpp — the exception hierarchy (DESIGN.md section 7). Every exception derives from mpp::Error;
+// messages say what happened, to which named object, and what to do.
+#pragma once
+
+#include <fmt/format.h>
+
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+namespace mpp {
+
+/// Base of every exception thrown by mpp.
+class Error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+/// A blocking call did not complete within its timeout.
+class TimeoutError : public Error {
+ public:
+  using Error::Error;
+};
+
+namespace queue {
+/// Raised by get(block=false) or get(timeout) on an empty queue (Python's queue.Empty).
+class Empty : public Error {
+ public:
+  using Error::Error;
+};
+/// Raised by put(block=false) or put(timeout) on a full queue (Python's queue.Full).
+class Full : public Error {
+ public:
+  using Error::Error;
+};
+}  // namespace queue
+
+/// Nothing left to receive: the other end is closed or its process died.
+class EOFError : public Error {
+ public:
+  using Error::Error;
+};
+
+/// Sending to a peer that closed its end or died.
+class BrokenPipeError : public Error {
+ public:
+  using Error::Error;
+};
+
+/// Misuse of a Process (start twice, join before start, ...) or a failure to create one.
+class ProcessError : public Error {
+ public:
+  using Error::Error;
+};
+
+/// A pool worker died while running a task.
+class WorkerLostError : public Error {
+ public:
+  using Error::Error;
+};
+
+/// An exception raised in another process; carries its type name and message.
+class RemoteError : public Error {
+ public:
+  //!Effects: records the remote exception's type name and message.
+  RemoteError(std::string type_name, std::string message)
+      : Error(fmt::format("{}: {}", type_name, message)),
+        type_name_(std::move(type_name)),
+        message_(std::move(message)) {}
+  /// Demangled type name of the exception thrown in the other process.
+  const std::string& type_name() const noexcept { return type_name_; }
+  /// what() of the exception thrown in the other process.
+  const std::string& remote_message() const noexcept { return message_; }
+
+ private:
+  std::string type_name_;
+  std::string message_;
+};
+
+/// open() of a name that does not exist.
+class NotFoundError : public Error {
+ public:
+  using Error::Error;
+};
+
+/// create() of a name that is already taken.
+class ExistsError : public Error {
+ public:
+  using Error::Error;
+};
+
+/// An object was opened as another kind or element type than it was created with.
+class TypeMismatchError : public Error {
+ public:
+  using Error::Error;
+};
+
+/// Shared memory or an encoded buffer failed validation (written by a buggy or hostile peer).
+class CorruptedError : public Error {
+ public:
+  using Error::Error;
+};
+
+/// An argument is invalid (bad name, size, option); the message names the rule.
+class InvalidArgument : public Error {
+ public:
+  using Error::Error;
+};
+
+/// The object exists but belongs to another user or is accessible to others (mode not 0600).
+class PermissionError : public Error {
+ public:
+  using Error::Error;
+};
+
+/// Python's ValueError: a call that is invalid in the object's current state
+/// (task_done() called too often, release() of an unowned lock, use after close()).
+class ValueError : public Error {
+ public:
+  using Error::Error;
+};
+
+/// A Barrier was broken (aborted, reset while waiting, a party died or timed out).
+class BrokenBarrierError : public Error {
+ public:
+  using Error::Error;
+};
+
+/// An attribute or key that does not exist (Python's AttributeError / KeyError).
+class KeyError : public Error {
+ public:
+  using Error::Error;
+};
+
+/// An OS call failed; the message names the call, the object and errno's text.
+class OSError : public Error {
+ public:
+  //!Effects: records the errno-style code next to the message.
+  OSError(const std::string& what, int code) : Error(what), code_(code) {}
+  /// The system error code (errno on POSIX, GetLastError() on Windows).
+  int code() const noexcept { return code_; }
+
+ private:
+  int code_;
+};
+
+namespace detail {
+/// Throws E with a message formatted by fmt.
+template <class E, class... Args>
+[[noreturn]] void fail(fmt::format_string<Args...> f, Args&&... args) {
+  throw E(fmt::format(f, std::forward<Args>(args)...));
+}
+}  // namespace detail
+
+}  // namespace mpp

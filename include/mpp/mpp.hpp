@@ -1,0 +1,6 @@
+// mpp — Python's multiprocessing for C++20. The umbrella header: includes every public header.
+#pragma once
+
+#include "codec.hpp"
+#include "errors.hpp"
+#include "segment.hpp"

@@ -1,0 +1,480 @@
+// mpp — named shared-memory segments with a validated header (DESIGN.md section 3).
+// Every shareable object lives in a Segment: a header (magic, layout version, kind, element type
+// fingerprint, sizes, creator, attach table, init state) followed by the object's payload.
+// Creating is exclusive, opening validates every header field against the mapped size, and a
+// half-built segment is waited for (bounded) unless its creator is known to have died.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <utility>
+
+#include "codec.hpp"
+#include "detail/liveness.hpp"
+#include "detail/os.hpp"
+#include "detail/wait.hpp"
+#include "errors.hpp"
+
+namespace mpp {
+
+/// What a segment holds; stored in its header and checked by open().
+enum class Kind : std::uint32_t {
+  shared_memory = 1,
+  lock,
+  rlock,
+  semaphore,
+  bounded_semaphore,
+  event,
+  condition,
+  barrier,
+  value,
+  array,
+  pipe,
+  queue,
+  simple_queue,
+  joinable_queue,
+  manager,
+  shareable_list,
+  pool,
+  process,
+  test = 1000,
+};
+
+/// Human-readable name of a Kind (for messages and the `mpp ls` tool).
+constexpr std::string_view kind_name(Kind k) noexcept {
+  switch (k) {
+    case Kind::shared_memory: return "SharedMemory";
+    case Kind::lock: return "Lock";
+    case Kind::rlock: return "RLock";
+    case Kind::semaphore: return "Semaphore";
+    case Kind::bounded_semaphore: return "BoundedSemaphore";
+    case Kind::event: return "Event";
+    case Kind::condition: return "Condition";
+    case Kind::barrier: return "Barrier";
+    case Kind::value: return "Value";
+    case Kind::array: return "Array";
+    case Kind::pipe: return "Pipe";
+    case Kind::queue: return "Queue";
+    case Kind::simple_queue: return "SimpleQueue";
+    case Kind::joinable_queue: return "JoinableQueue";
+    case Kind::manager: return "Manager";
+    case Kind::shareable_list: return "ShareableList";
+    case Kind::pool: return "Pool";
+    case Kind::process: return "Process";
+    case Kind::test: return "test";
+  }
+  return "unknown";
+}
+
+/// Longest accepted object name (portable across the backends' limits).
+inline constexpr std::size_t kMaxNameLength = 100;
+
+//!Effects: checks that `name` is a valid mpp object name: starts with "mpp.", at most
+//! kMaxNameLength characters, only ASCII letters, digits, '.', '_' and '-'.
+//!Throws: InvalidArgument naming the broken rule.
+inline void validate_name(std::string_view name) {
+  if (name.substr(0, 4) != "mpp.")
+    detail::fail<InvalidArgument>("invalid object name '{}': names must start with \"mpp.\"", name);
+  if (name.size() <= 4)
+    detail::fail<InvalidArgument>("invalid object name '{}': nothing after the \"mpp.\" prefix",
+                                  name);
+  if (name.size() > kMaxNameLength)
+    detail::fail<InvalidArgument>("invalid object name '{}...': {} characters, the limit is {}",
+                                  name.substr(0, 20), name.size(), kMaxNameLength);
+  for (char c : name) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                    c == '.' || c == '_' || c == '-';
+    if (!ok)
+      detail::fail<InvalidArgument>(
+          "invalid object name '{}': character {:?} is not allowed (use letters, digits, '.', "
+          "'_' and '-')",
+          name, c);
+  }
+}
+
+//!Effects: removes the name of the object `name`; processes that have it open keep using it.
+//!Returns: false if there was no such object. Throws: InvalidArgument for a bad name.
+inline bool unlink(std::string_view name) {
+  validate_name(name);
+  return detail::os::shm_remove(name);
+}
+
+namespace detail {
+
+inline constexpr std::uint64_t kSegmentMagic = 0x316765737070'6d00ull;  // "\0mppseg1"
+inline constexpr std::uint32_t kLayoutVersion = 1;
+inline constexpr std::uint32_t kMaxAttach = 128;
+inline constexpr std::size_t kTypeNameCapacity = 128;
+inline constexpr std::uint32_t kInitBuilding = 0;  // a fresh (zero-filled) segment
+inline constexpr std::uint32_t kInitReady = 1;
+
+/// One entry of a segment's attach table: the packed ProcessRef of a process using the object,
+/// 0 when free. Claimed, released and reaped (when its holder died) by CAS on the whole word.
+using AttachSlot = std::atomic<std::uint64_t>;
+static_assert(AttachSlot::is_always_lock_free);
+
+/// The first bytes of every segment. Standard layout, offsets only, no pointers.
+struct SegmentHeader {
+  std::atomic<std::uint32_t> init_state;  ///< kInitBuilding until the creator publishes
+  std::uint32_t layout_version;
+  std::uint64_t magic;
+  std::uint32_t kind;
+  std::uint32_t header_size;  ///< sizeof(SegmentHeader) of the creator
+  std::uint64_t type_fingerprint;
+  char type_name[kTypeNameCapacity];  ///< NUL-terminated
+  std::uint64_t total_size;           ///< bytes in the segment
+  std::uint64_t payload_offset;       ///< from the start of the segment, cache-line aligned
+  std::uint64_t payload_size;
+  std::uint64_t capacity;  ///< kind-specific (elements, slots, ...)
+  std::atomic<std::uint64_t> creator;  ///< packed ProcessRef, written before anything else
+  std::uint64_t created_unix_ms;
+  WaitPoint init_wait;  ///< openers sleep here while init_state is kInitBuilding
+  alignas(kCacheLine) AttachSlot attach[kMaxAttach];
+};
+static_assert(std::is_standard_layout_v<SegmentHeader>);
+
+/// How to build a new segment.
+struct SegmentSpec {
+  Kind kind;                      ///< what the object is
+  TypeInfo type = TypeInfo::none();  ///< element type (checked by open)
+  std::uint64_t payload_size = 0;  ///< bytes after the header
+  std::uint64_t capacity = 0;      ///< kind-specific, stored for tools and validation
+};
+
+/// Options common to create/open.
+struct SegmentOptions {
+  bool persistent = false;  ///< keep the name when the creator's handle goes away
+  /// How long open() waits for a segment whose creator is still initialising it.
+  std::chrono::milliseconds init_timeout{5000};
+};
+
+/// Initialises the payload of a new segment (runs before anyone else can use it).
+using PayloadInit = std::function<void(std::byte* payload, std::uint64_t size)>;
+
+constexpr std::uint64_t align_up(std::uint64_t v, std::uint64_t a) noexcept {
+  return (v + a - 1) / a * a;
+}
+
+/// A mapped, validated segment. Move-only. The handle that created the segment removes its name
+/// on destruction (unless persistent), but only in the process that created it: a forked copy
+/// never unlinks. Mappings stay valid until every handle in every process is gone.
+class Segment {
+ public:
+  Segment() noexcept = default;
+  Segment(Segment&& o) noexcept { swap(o); }
+  Segment& operator=(Segment&& o) noexcept {
+    if (this != &o) {
+      Segment tmp(std::move(o));
+      swap(tmp);
+    }
+    return *this;
+  }
+  Segment(const Segment&) = delete;
+  Segment& operator=(const Segment&) = delete;
+  ~Segment() { close(); }
+
+  //!Effects: creates the segment `name` exclusively (mode 0600), runs `init` on the zeroed
+  //! payload, then publishes it. Throws: InvalidArgument (bad name), ExistsError, OSError; an
+  //! exception from `init` removes the half-built segment and propagates.
+  static Segment create(std::string_view name, const SegmentSpec& spec, const PayloadInit& init = {},
+                        const SegmentOptions& opts = {}) {
+    validate_name(name);
+    const std::uint64_t offset = align_up(sizeof(SegmentHeader), kCacheLine);
+    if (spec.payload_size > (std::uint64_t{1} << 46))
+      fail<InvalidArgument>("cannot create '{}': a payload of {} bytes is too large", name,
+                            spec.payload_size);
+    const std::uint64_t total = offset + spec.payload_size;
+    os::Fd fd = os::shm_create(name, total);
+    Segment s;
+    s.name_ = std::string(name);
+    s.size_ = total;
+    try {
+      s.base_ = static_cast<std::byte*>(os::map(fd, total, name));
+    } catch (...) {
+      os::shm_remove(name);
+      throw;
+    }
+    s.creator_pid_ = os::current_pid();
+    s.persistent_ = opts.persistent;
+    s.payload_size_ = spec.payload_size;
+    s.capacity_ = spec.capacity;
+    auto* h = s.header_ptr();
+    // Creator identity first, so an opener can tell "still building" from "creator died".
+    const ProcessRef me = ProcessRef::self();
+    h->creator.store(me.pack(), std::memory_order_release);
+    h->layout_version = kLayoutVersion;
+    h->kind = static_cast<std::uint32_t>(spec.kind);
+    h->header_size = sizeof(SegmentHeader);
+    h->type_fingerprint = spec.type.fingerprint;
+    const auto n = std::min(spec.type.name.size(), kTypeNameCapacity - 1);
+    std::memcpy(h->type_name, spec.type.name.data(), n);
+    h->type_name[n] = '\0';
+    h->total_size = total;
+    h->payload_offset = offset;
+    h->payload_size = spec.payload_size;
+    h->capacity = spec.capacity;
+    h->created_unix_ms = static_cast<std::uint64_t>(
+        std::chrono::duration_cast<std::chrono::milliseconds>(
+            std::chrono::system_clock::now().time_since_epoch())
+            .count());
+    try {
+      if (init) init(s.base_ + offset, spec.payload_size);
+    } catch (...) {
+      os::shm_remove(name);
+      s.creator_pid_ = 0;  // nothing left to unlink
+      throw;
+    }
+    h->magic = kSegmentMagic;
+    h->init_state.store(kInitReady, std::memory_order_release);  // publishes all of the above
+    h->init_wait.notify_all();
+    s.attach_self();
+    return s;
+  }
+
+  //!Effects: creates an object with a fresh random name "mpp.anon.<pid>.<hex>". Forked children
+  //! inherit the mapping; spawned processes can open it by name while the creator keeps it.
+  static Segment create_anonymous(const SegmentSpec& spec, const PayloadInit& init = {}) {
+    for (;;) {
+      const auto name = fmt::format("mpp.anon.{}.{:016x}", os::current_pid(), os::random_u64());
+      try {
+        return create(name, spec, init);
+      } catch (const ExistsError&) {  // 2^-64 odds; try another name
+      }
+    }
+  }
+
+  //!Effects: opens the existing object `name`, checking owner, permissions, header, kind and
+  //! element type; waits up to opts.init_timeout for a creator that is still initialising.
+  //!Throws: NotFoundError, PermissionError (other owner or group/world access), TypeMismatchError
+  //! (another kind or element type), CorruptedError (bad header or creator died during
+  //! initialisation), TimeoutError (still being built after the timeout).
+  static Segment open(std::string_view name, Kind kind, const TypeInfo& type,
+                      const SegmentOptions& opts = {}) {
+    validate_name(name);
+    os::Fd fd = os::shm_open_existing(name);
+    const auto deadline = Deadline::after(opts.init_timeout);
+    auto info = os::file_info(fd, name);
+    check_access(info, name);
+    // A creator between shm_open and ftruncate leaves an empty object for a moment.
+    while (info.size < sizeof(SegmentHeader)) {
+      if (deadline.expired())
+        fail<TimeoutError>("'{}' is still smaller than an mpp header after {} ms; its creator "
+                           "probably died while creating it: remove it with mpp::unlink(\"{}\")",
+                           name, opts.init_timeout.count(), name);
+      os::sleep_for(std::chrono::microseconds(200));
+      info = os::file_info(fd, name);
+    }
+    Segment s;
+    s.name_ = std::string(name);
+    s.size_ = info.size;
+    s.base_ = static_cast<std::byte*>(os::map(fd, info.size, name));
+    auto* h = s.header_ptr();
+    const bool ready = h->init_wait.wait(
+        [&] { return h->init_state.load(std::memory_order_acquire) == kInitReady; }, deadline,
+        [&] {
+          const auto creator = ProcessRef::unpack(h->creator.load(std::memory_order_acquire));
+          if (h->init_state.load(std::memory_order_acquire) != kInitReady && creator.pid != 0 &&
+              !creator.alive())
+            fail<CorruptedError>("the creator of '{}' (pid {}) died while initialising it; "
+                                 "remove the stale object with mpp::unlink(\"{}\")",
+                                 name, creator.pid, name);
+        });
+    if (!ready)
+      fail<TimeoutError>("'{}' is still being initialised by pid {} after {} ms; try again later",
+                         name, ProcessRef::unpack(h->creator.load()).pid, opts.init_timeout.count());
+    s.validate(kind, type, os::file_info(fd, name).size);
+    s.attach_self();
+    return s;
+  }
+
+  //!Effects: opens `name` if it exists, otherwise creates it as create() does. Safe against
+  //! concurrent callers: exactly one creates, the others open the published object.
+  //!Returns: the segment and whether this call created it.
+  static std::pair<Segment, bool> open_or_create(std::string_view name, const SegmentSpec& spec,
+                                                 const PayloadInit& init = {},
+                                                 const SegmentOptions& opts = {}) {
+    for (int attempt = 0;; ++attempt) {
+      try {
+        return {create(name, spec, init, opts), true};
+      } catch (const ExistsError&) {
+      }
+      try {
+        return {open(name, spec.kind, spec.type, opts), false};
+      } catch (const NotFoundError&) {
+        if (attempt >= 100) throw;  // removed between our create and open: race again
+      }
+    }
+  }
+
+  /// True when this handle maps a segment.
+  bool valid() const noexcept { return base_ != nullptr; }
+  /// The object's name.
+  const std::string& name() const noexcept { return name_; }
+  /// Start of the payload (cache-line aligned).
+  std::byte* payload() const noexcept { return base_ + header_ptr()->payload_offset; }
+  /// Bytes in the payload (validated against the mapping).
+  std::uint64_t payload_size() const noexcept { return payload_size_; }
+  /// The kind-specific capacity recorded at creation.
+  std::uint64_t capacity() const noexcept { return capacity_; }
+  /// The header (for tools; its atomics may change under you).
+  SegmentHeader& header() const noexcept { return *header_ptr(); }
+  /// True if this process created the segment through this handle.
+  bool is_creator() const noexcept { return creator_pid_ != 0 && creator_pid_ == os::current_pid(); }
+  /// Keep (true) or remove (false) the name when the creating handle is destroyed.
+  void set_persistent(bool p) noexcept { persistent_ = p; }
+
+  //!Effects: removes the name now (processes that have it mapped keep working); the creator's
+  //! handle will not try again. Returns: false if the name was already gone.
+  bool unlink() {
+    creator_pid_ = 0;
+    return os::shm_remove(name_);
+  }
+
+  //!Returns: this process's index in the attach table, claiming a slot if this process has none
+  //! (e.g. a forked child using an inherited handle). Throws: Error if all slots hold live users.
+  std::uint32_t attach_index() {
+    if (attach_pid_ != os::current_pid()) attach_self();
+    return attach_idx_;
+  }
+
+  /// The process that holds attach slot `i` (pid 0 if free); `i` is bounds-checked.
+  ProcessRef attached(std::uint32_t i) const {
+    if (i >= kMaxAttach)
+      fail<CorruptedError>("'{}': attach index {} out of range (max {})", name_, i, kMaxAttach);
+    return ProcessRef::unpack(header_ptr()->attach[i].load(std::memory_order_acquire));
+  }
+
+  /// Number of attach slots held by live processes (dead holders are not counted).
+  std::uint32_t live_users() const noexcept {
+    std::uint32_t n = 0;
+    for (auto& slot : header_ptr()->attach)
+      if (ProcessRef::unpack(slot.load(std::memory_order_acquire)).alive()) ++n;
+    return n;
+  }
+
+  //!Effects: detaches from the segment and unmaps it; the creator's handle also removes the name
+  //! (unless persistent). Idempotent.
+  void close() noexcept {
+    if (base_ == nullptr) return;
+    if (attach_pid_ == os::current_pid()) release_slot();
+    if (is_creator() && !persistent_) {
+      try {
+        os::shm_remove(name_);
+      } catch (...) {  // best effort in a destructor; `mpp gc` removes what is left
+      }
+    }
+    os::unmap(base_, size_);
+    base_ = nullptr;
+    size_ = 0;
+  }
+
+ private:
+  SegmentHeader* header_ptr() const noexcept { return reinterpret_cast<SegmentHeader*>(base_); }
+
+  void swap(Segment& o) noexcept {
+    std::swap(name_, o.name_);
+    std::swap(base_, o.base_);
+    std::swap(size_, o.size_);
+    std::swap(payload_size_, o.payload_size_);
+    std::swap(capacity_, o.capacity_);
+    std::swap(creator_pid_, o.creator_pid_);
+    std::swap(persistent_, o.persistent_);
+    std::swap(attach_idx_, o.attach_idx_);
+    std::swap(attach_pid_, o.attach_pid_);
+  }
+
+  static void check_access(const os::FileInfo& info, std::string_view name) {
+    if (!info.owned_by_us)
+      fail<PermissionError>("'{}' belongs to another user; refusing to share it (someone may be "
+                            "squatting the name): choose another name",
+                            name);
+    if (!info.private_mode)
+      fail<PermissionError>("'{}' is accessible to group or others (mpp creates objects with mode "
+                            "0600); refusing it: remove it with mpp::unlink(\"{}\")",
+                            name, name);
+    if (!info.regular) fail<PermissionError>("'{}' is not a shared-memory object", name);
+  }
+
+  // Every field is read once into a local and checked before anything trusts it.
+  void validate(Kind kind, const TypeInfo& type, std::uint64_t file_size) {
+    const SegmentHeader& h = *header_ptr();
+    if (h.magic != kSegmentMagic)
+      fail<CorruptedError>("'{}' is not an mpp object (bad magic); remove it if it is stale",
+                           name_);
+    if (h.layout_version != kLayoutVersion)
+      fail<CorruptedError>("'{}' has layout version {}, this build of mpp reads version {}; open "
+                           "it with the same mpp version that created it",
+                           name_, h.layout_version, kLayoutVersion);
+    if (h.header_size != sizeof(SegmentHeader))
+      fail<CorruptedError>("'{}': header size {} does not match {}", name_, h.header_size,
+                           sizeof(SegmentHeader));
+    char stored_name[kTypeNameCapacity];
+    std::memcpy(stored_name, h.type_name, kTypeNameCapacity);
+    if (std::memchr(stored_name, '\0', kTypeNameCapacity) == nullptr)
+      fail<CorruptedError>("'{}': the stored type name is not terminated", name_);
+    const auto stored_kind = static_cast<Kind>(h.kind);
+    if (stored_kind != kind)
+      fail<TypeMismatchError>("'{}' is a {} (kind {}), not a {}", name_, kind_name(stored_kind),
+                              h.kind, kind_name(kind));
+    if (h.type_fingerprint != type.fingerprint)
+      fail<TypeMismatchError>("'{}' holds elements of type '{}', opened as '{}'", name_,
+                              stored_name, type.name);
+    const std::uint64_t total = h.total_size, off = h.payload_offset, psize = h.payload_size;
+    if (total != file_size || total > size_)
+      fail<CorruptedError>("'{}': header says {} bytes but the segment has {}", name_, total,
+                           file_size);
+    if (off < sizeof(SegmentHeader) || off % kCacheLine != 0 || off > total ||
+        psize > total - off)
+      fail<CorruptedError>("'{}': payload [{}, +{}) does not fit in {} bytes", name_, off, psize,
+                           total);
+    if (ProcessRef::unpack(h.creator.load(std::memory_order_relaxed)).pid <= 0)
+      fail<CorruptedError>("'{}': invalid creator pid", name_);
+    payload_size_ = psize;
+    capacity_ = h.capacity;
+  }
+
+  void attach_self() {
+    const std::uint64_t me = ProcessRef::self().pack();
+    for (int pass = 0; pass < 2; ++pass) {
+      for (std::uint32_t i = 0; i < kMaxAttach; ++i) {
+        auto& slot = header_ptr()->attach[i];
+        std::uint64_t w = slot.load(std::memory_order_acquire);
+        // Second pass: reap slots whose holder died (the CAS fails if the slot changed hands).
+        if (w != 0 && (pass == 0 || ProcessRef::unpack(w).alive())) continue;
+        if (slot.compare_exchange_strong(w, me, std::memory_order_acq_rel)) {
+          attach_idx_ = i;
+          attach_pid_ = os::current_pid();
+          return;
+        }
+      }
+    }
+    fail<Error>("'{}' already has {} live users; close some handles", name_, kMaxAttach);
+  }
+
+  void release_slot() noexcept {
+    if (attach_idx_ >= kMaxAttach) return;
+    std::uint64_t me = ProcessRef::self().pack();
+    header_ptr()->attach[attach_idx_].compare_exchange_strong(me, 0, std::memory_order_acq_rel);
+    attach_pid_ = 0;
+  }
+
+  std::string name_;
+  std::byte* base_ = nullptr;
+  std::uint64_t size_ = 0;
+  std::uint64_t payload_size_ = 0;
+  std::uint64_t capacity_ = 0;
+  os::pid_type creator_pid_ = 0;  // the process whose handle created it (0: not ours to unlink)
+  bool persistent_ = false;
+  std::uint32_t attach_idx_ = kMaxAttach;
+  os::pid_type attach_pid_ = 0;
+};
+
+}  // namespace detail
+}  // namespace mpp

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs mpp's build dependencies from Debian/Ubuntu packages when they are missing (idempotent).
+# Works as root or through sudo.  Usage: scripts/deps.sh [--windows]
+set -euo pipefail
+pkgs=(g++ cmake make libboost-dev libfmt-dev libcereal-dev catch2 libbenchmark-dev python3)
+if [[ "${1:-}" == "--windows" ]]; then pkgs+=(g++-mingw-w64-x86-64 wine64); fi
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  echo "mpp: installing ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi

@@ -1,0 +1,62 @@
+// Helpers shared by the tests: unique object names (so `ctest -j` works) and child processes
+// for tests of the layers below mpp::Process.
+#pragma once
+
+#include <fmt/format.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <string>
+#include <string_view>
+#include <utility>
+
+#include "catch.hpp"
+
+namespace mpp_test {
+
+/// A name no other test (or test process) uses: "mpp.test.<pid>.<n>.<tag>".
+inline std::string unique_name(std::string_view tag) {
+  static std::atomic<int> counter{0};
+  return fmt::format("mpp.test.{}.{}.{}", ::getpid(), counter.fetch_add(1), tag);
+}
+
+/// Runs `fn` in a forked child whose exit status is fn's return value (1 on an exception).
+/// Returns the child's pid; collect it with wait_child().
+template <class F>
+pid_t fork_child(F&& fn) {
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    int rc = 1;
+    try {
+      rc = fn();
+    } catch (const std::exception& e) {
+      fmt::print(stderr, "child {} failed: {}\n", ::getpid(), e.what());
+    }
+    std::fflush(nullptr);
+    ::_exit(rc);
+  }
+  return pid;
+}
+
+/// Waits for a child; returns its exit code, or -signal if a signal killed it.
+inline int wait_child(pid_t pid) {
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0) {
+    if (errno != EINTR) return -1000;
+  }
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return -WTERMSIG(status);
+  return -1000;
+}
+
+/// Seconds elapsed since `t0` on the steady clock.
+inline double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace mpp_test

@@ -1,0 +1,375 @@
+// Named segments: create/open, validation, permissions, lifetime, creator death, liveness,
+// wait/wake — across real processes.
+#include <mpp/segment.hpp>
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+
+#include <cstring>
+#include <random>
+#include <thread>
+
+#include "helpers.hpp"
+
+using namespace std::chrono_literals;
+using mpp::detail::Segment;
+using mpp::detail::SegmentHeader;
+using mpp::detail::SegmentSpec;
+using mpp_test::unique_name;
+
+namespace {
+
+SegmentSpec spec_of(std::uint64_t bytes = 64) {
+  return SegmentSpec{mpp::Kind::test, mpp::type_info<std::uint64_t>(), bytes, 7};
+}
+
+mode_t shm_mode(const std::string& name) {
+  struct stat st{};
+  REQUIRE(::stat(("/dev/shm/" + name).c_str(), &st) == 0);
+  return st.st_mode & 0777;
+}
+
+bool shm_exists(const std::string& name) {
+  struct stat st{};
+  return ::stat(("/dev/shm/" + name).c_str(), &st) == 0;
+}
+
+}  // namespace
+
+TEST_CASE("create, open, exists and not found", "[segment]") {
+  const auto name = unique_name("basic");
+  {
+    auto seg = Segment::create(name, spec_of(), [](std::byte* p, std::uint64_t n) {
+      REQUIRE(n == 64);
+      std::memset(p, 0xAB, n);
+    });
+    CHECK(seg.is_creator());
+    CHECK(seg.payload_size() == 64);
+    CHECK(seg.capacity() == 7);
+    CHECK(reinterpret_cast<std::uintptr_t>(seg.payload()) % 64 == 0);
+    CHECK_THROWS_AS(Segment::create(name, spec_of()), mpp::ExistsError);
+
+    // An unrelated process opens it by name and sees the initialised payload.
+    const pid_t child = mpp_test::fork_child([&] {
+      auto s = Segment::open(name, mpp::Kind::test, mpp::type_info<std::uint64_t>());
+      if (s.payload_size() != 64 || s.is_creator()) return 2;
+      for (std::uint64_t i = 0; i < 64; ++i)
+        if (s.payload()[i] != std::byte{0xAB}) return 3;
+      s.payload()[0] = std::byte{0x11};
+      return 0;
+    });
+    CHECK(mpp_test::wait_child(child) == 0);
+    CHECK(seg.payload()[0] == std::byte{0x11});
+  }
+  // The creator's handle removed the name.
+  CHECK_FALSE(shm_exists(name));
+  CHECK_THROWS_AS(Segment::open(name, mpp::Kind::test, mpp::type_info<std::uint64_t>()),
+                  mpp::NotFoundError);
+}
+
+TEST_CASE("open checks the kind and the element type and names both", "[segment]") {
+  const auto name = unique_name("types");
+  auto seg = Segment::create(name, spec_of());
+  try {
+    Segment::open(name, mpp::Kind::test, mpp::type_info<double>());
+    FAIL("opened a uint64 segment as double");
+  } catch (const mpp::TypeMismatchError& e) {
+    const std::string what = e.what();
+    CHECK(what.find("long unsigned int") != std::string::npos);
+    CHECK(what.find("double") != std::string::npos);
+  }
+  CHECK_THROWS_AS(Segment::open(name, mpp::Kind::queue, mpp::type_info<std::uint64_t>()),
+                  mpp::TypeMismatchError);
+  CHECK(mpp::type_info<int>().fingerprint != mpp::type_info<unsigned>().fingerprint);
+  CHECK(mpp::type_info<std::string>().fingerprint == mpp::type_info<std::string>().fingerprint);
+}
+
+TEST_CASE("bad names are rejected with the rule", "[segment]") {
+  auto msg = [](std::string_view n) {
+    try {
+      mpp::validate_name(n);
+    } catch (const mpp::InvalidArgument& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  CHECK(msg("mpp.ok-name_1.x") == "accepted");
+  CHECK(msg("queue").find("must start with") != std::string::npos);
+  CHECK(msg("mpp.").find("nothing after") != std::string::npos);
+  CHECK(msg("mpp.a/b").find("not allowed") != std::string::npos);
+  CHECK(msg("mpp.a b").find("not allowed") != std::string::npos);
+  CHECK(msg("mpp." + std::string(200, 'x')).find("limit is") != std::string::npos);
+  CHECK_THROWS_AS(Segment::create("nope", spec_of()), mpp::InvalidArgument);
+  CHECK_THROWS_AS(Segment::open("mpp.../x", mpp::Kind::test, mpp::TypeInfo::none()),
+                  mpp::InvalidArgument);
+}
+
+TEST_CASE("segments are created 0600 whatever the umask", "[segment]") {
+  for (mode_t mask : {mode_t{0}, mode_t{077}, mode_t{0277}}) {
+    const mode_t old = ::umask(mask);
+    const auto name = unique_name("perm");
+    auto seg = Segment::create(name, spec_of());
+    ::umask(old);
+    CHECK(shm_mode(name) == 0600);
+  }
+}
+
+TEST_CASE("a segment with group/world access is refused", "[segment]") {
+  const auto name = unique_name("squat");
+  // Someone pre-creates the name with mode 0666 and a plausible size.
+  const int fd = ::shm_open(("/" + name).c_str(), O_RDWR | O_CREAT | O_EXCL, 0666);
+  REQUIRE(fd >= 0);
+  ::fchmod(fd, 0666);
+  REQUIRE(::ftruncate(fd, 65536) == 0);
+  ::close(fd);
+  CHECK_THROWS_AS(Segment::open(name, mpp::Kind::test, mpp::type_info<std::uint64_t>()),
+                  mpp::PermissionError);
+  CHECK_THROWS_AS(Segment::open_or_create(name, spec_of()), mpp::PermissionError);
+  CHECK_THROWS_AS(Segment::create(name, spec_of()), mpp::ExistsError);
+  CHECK(mpp::unlink(name));
+  CHECK_FALSE(mpp::unlink(name));
+}
+
+TEST_CASE("a creator killed during init is reported, not waited on", "[segment]") {
+  const auto name = unique_name("initkill");
+  int ready[2];
+  REQUIRE(::pipe(ready) == 0);
+  const pid_t child = mpp_test::fork_child([&] {
+    Segment::create(name, spec_of(), [&](std::byte*, std::uint64_t) {
+      char c = 1;
+      (void)!::write(ready[1], &c, 1);
+      for (;;) ::pause();  // never finishes initialising
+    });
+    return 0;
+  });
+  char c;
+  REQUIRE(::read(ready[0], &c, 1) == 1);
+
+  // Still alive: a short open times out.
+  mpp::detail::SegmentOptions quick;
+  quick.init_timeout = 200ms;
+  CHECK_THROWS_AS(Segment::open(name, mpp::Kind::test, mpp::type_info<std::uint64_t>(), quick),
+                  mpp::TimeoutError);
+
+  // Killed: the opener learns it within a poll interval, long before the (60 s) timeout.
+  std::thread killer([&] {
+    std::this_thread::sleep_for(100ms);
+    ::kill(child, SIGKILL);
+    mpp_test::wait_child(child);
+  });
+  mpp::detail::SegmentOptions patient;
+  patient.init_timeout = 60s;
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    Segment::open(name, mpp::Kind::test, mpp::type_info<std::uint64_t>(), patient);
+    FAIL("opened a half-built segment");
+  } catch (const mpp::CorruptedError& e) {
+    CHECK(std::string(e.what()).find("died while initialising") != std::string::npos);
+  }
+  CHECK(mpp_test::seconds_since(t0) < 5.0);
+  killer.join();
+  ::close(ready[0]);
+  ::close(ready[1]);
+  CHECK(mpp::unlink(name));
+}
+
+TEST_CASE("every corrupted header byte is rejected cleanly", "[segment]") {
+  const auto name = unique_name("fuzzhdr");
+  auto seg = Segment::create(name, spec_of(256));
+  // A second, raw mapping plays the hostile peer.
+  const int fd = ::shm_open(("/" + name).c_str(), O_RDWR, 0);
+  REQUIRE(fd >= 0);
+  struct stat st{};
+  REQUIRE(::fstat(fd, &st) == 0);
+  auto* raw = static_cast<unsigned char*>(
+      ::mmap(nullptr, st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
+  REQUIRE(raw != MAP_FAILED);
+  mpp::detail::SegmentOptions opts;
+  opts.init_timeout = 5ms;
+  std::mt19937 rng(42);
+  int rejected = 0, accepted = 0;
+  // The attach table at the end only holds owner words; the fields before it are all checked.
+  const std::size_t checked = offsetof(SegmentHeader, attach);
+  for (std::size_t i = 0; i < checked; ++i) {
+    for (unsigned char v : {static_cast<unsigned char>(raw[i] ^ 0xFF),
+                            static_cast<unsigned char>(rng())}) {
+      const unsigned char saved = raw[i];
+      if (v == saved) continue;
+      raw[i] = v;
+      try {
+        auto s = Segment::open(name, mpp::Kind::test, mpp::type_info<std::uint64_t>(), opts);
+        // Accepted: only harmless fields may change (creation time, capacity, wait counters,
+        // the tail of the type name after its NUL, the creator's start tag).
+        REQUIRE(s.payload_size() == 256);
+        ++accepted;
+      } catch (const mpp::Error&) {
+        ++rejected;
+      }
+      raw[i] = saved;
+    }
+  }
+  CHECK(rejected > 0);
+  CHECK(accepted > 0);
+  // A truncated segment is rejected too.
+  REQUIRE(::ftruncate(fd, 4096) == 0);
+  CHECK_THROWS_AS(Segment::open(name, mpp::Kind::test, mpp::type_info<std::uint64_t>(), opts),
+                  mpp::CorruptedError);
+  REQUIRE(::ftruncate(fd, 100) == 0);
+  CHECK_THROWS_AS(Segment::open(name, mpp::Kind::test, mpp::type_info<std::uint64_t>(), opts),
+                  mpp::TimeoutError);
+  ::munmap(raw, st.st_size);
+  ::close(fd);
+}
+
+TEST_CASE("lifetime: creator unlinks, persistent keeps, mappings outlive the name", "[segment]") {
+  const auto name = unique_name("life");
+  {
+    auto seg = Segment::create(name, spec_of());
+    auto other = Segment::open(name, mpp::Kind::test, mpp::type_info<std::uint64_t>());
+    CHECK(seg.unlink());
+    CHECK_FALSE(shm_exists(name));
+    // Both mappings still work after the name is gone, in this and in a forked process.
+    const pid_t child = mpp_test::fork_child([&] {
+      other.payload()[3] = std::byte{42};
+      return 0;
+    });
+    CHECK(mpp_test::wait_child(child) == 0);
+    CHECK(seg.payload()[3] == std::byte{42});
+  }
+  const auto kept = unique_name("persist");
+  {
+    mpp::detail::SegmentOptions o;
+    o.persistent = true;
+    auto seg = Segment::create(kept, spec_of(), {}, o);
+  }
+  CHECK(shm_exists(kept));
+  CHECK(mpp::unlink(kept));
+  // A forked copy of the creator's handle never unlinks.
+  const auto inherited = unique_name("inherit");
+  auto seg = Segment::create(inherited, spec_of());
+  const pid_t child = mpp_test::fork_child([&] {
+    Segment copy(std::move(seg));
+    copy.close();
+    return 0;
+  });
+  CHECK(mpp_test::wait_child(child) == 0);
+  CHECK(shm_exists(inherited));
+}
+
+TEST_CASE("anonymous segments are inherited by forked children", "[segment]") {
+  auto seg = Segment::create_anonymous(spec_of());
+  CHECK(seg.name().rfind("mpp.anon.", 0) == 0);
+  const pid_t child = mpp_test::fork_child([&] {
+    seg.payload()[0] = std::byte{7};
+    return 0;
+  });
+  CHECK(mpp_test::wait_child(child) == 0);
+  CHECK(seg.payload()[0] == std::byte{7});
+}
+
+TEST_CASE("open_or_create: exactly one of many racing processes creates", "[segment]") {
+  const auto name = unique_name("race");
+  constexpr int kProcs = 6;
+  std::vector<pid_t> kids;
+  for (int i = 0; i < kProcs; ++i) {
+    kids.push_back(mpp_test::fork_child([&] {
+      auto [s, created] = Segment::open_or_create(name, spec_of(), [](std::byte* p, std::uint64_t) {
+        std::this_thread::sleep_for(20ms);  // widen the window where others must wait
+        p[0] = std::byte{99};
+      });
+      if (s.payload()[0] != std::byte{99}) return 50;
+      s.set_persistent(true);
+      return created ? 10 : 20;
+    }));
+  }
+  int creators = 0, openers = 0;
+  for (pid_t k : kids) {
+    const int rc = mpp_test::wait_child(k);
+    creators += rc == 10;
+    openers += rc == 20;
+  }
+  CHECK(creators == 1);
+  CHECK(openers == kProcs - 1);
+  CHECK(mpp::unlink(name));
+}
+
+TEST_CASE("the attach table counts live users and reaps dead ones", "[segment]") {
+  const auto name = unique_name("attach");
+  auto seg = Segment::create(name, spec_of());
+  CHECK(seg.live_users() == 1);
+  int go[2];
+  REQUIRE(::pipe(go) == 0);
+  const pid_t child = mpp_test::fork_child([&] {
+    auto s = Segment::open(name, mpp::Kind::test, mpp::type_info<std::uint64_t>());
+    char c = 1;
+    (void)!::write(go[1], &c, 1);
+    for (;;) ::pause();
+    return 0;
+  });
+  char c;
+  REQUIRE(::read(go[0], &c, 1) == 1);
+  CHECK(seg.live_users() == 2);
+  ::kill(child, SIGKILL);
+  CHECK(mpp_test::wait_child(child) == -SIGKILL);
+  CHECK(seg.live_users() == 1);
+  ::close(go[0]);
+  ::close(go[1]);
+}
+
+TEST_CASE("process liveness is not fooled by pid reuse or zombies", "[segment]") {
+  using mpp::detail::ProcessRef;
+  const ProcessRef me = ProcessRef::self();
+  CHECK(me.alive());
+  CHECK(ProcessRef::unpack(me.pack()) == me);
+  // Same pid, another start time: the process that had this pid is gone.
+  CHECK_FALSE(ProcessRef{me.pid, me.start_tag + 1}.alive());
+  CHECK_FALSE(ProcessRef{}.alive());
+  const pid_t child = mpp_test::fork_child([] {
+    for (;;) ::pause();
+    return 0;
+  });
+  const ProcessRef kid{child, static_cast<std::uint32_t>(
+                                  mpp::detail::os::process_start_time(child).value_or(0))};
+  CHECK(kid.alive());
+  ::kill(child, SIGKILL);
+  // Killed but not reaped (a zombie): already dead.
+  for (int i = 0; i < 1000 && kid.alive(); ++i) std::this_thread::sleep_for(1ms);
+  CHECK_FALSE(kid.alive());
+  mpp_test::wait_child(child);
+  CHECK_FALSE(kid.alive());
+}
+
+TEST_CASE("WaitPoint wakes a sleeper in another process and honours timeouts", "[segment]") {
+  struct Shared {
+    mpp::detail::WaitPoint wp;
+    std::atomic<std::uint32_t> flag;
+  };
+  auto seg = Segment::create_anonymous(spec_of(sizeof(Shared)));
+  auto* sh = reinterpret_cast<Shared*>(seg.payload());
+  // Timeout with nobody notifying.
+  const auto t0 = std::chrono::steady_clock::now();
+  CHECK_FALSE(sh->wp.wait([&] { return sh->flag.load() != 0; },
+                          mpp::detail::Deadline::after(150ms)));
+  CHECK(mpp_test::seconds_since(t0) >= 0.14);
+  // A child sleeps until the parent sets the flag.
+  const pid_t child = mpp_test::fork_child([&] {
+    const bool ok = sh->wp.wait([&] { return sh->flag.load() == 1; },
+                                mpp::detail::Deadline::after(30s));
+    sh->flag.store(2);
+    sh->wp.notify_all();
+    return ok ? 0 : 1;
+  });
+  std::this_thread::sleep_for(50ms);
+  sh->flag.store(1);
+  sh->wp.notify_all();
+  CHECK(sh->wp.wait([&] { return sh->flag.load() == 2; }, mpp::detail::Deadline::after(30s)));
+  CHECK(mpp_test::wait_child(child) == 0);
+  // The liveness check runs while sleeping and may abort the wait.
+  int checks = 0;
+  CHECK_THROWS_AS(sh->wp.wait([] { return false; }, mpp::detail::Deadline::never(),
+                              [&] {
+                                if (++checks == 2) throw mpp::EOFError("peer died");
+                              }),
+                  mpp::EOFError);
+}
