@@ -11,6 +11,7 @@
 
 #include <fcntl.h>
 #include <linux/futex.h>
+#include <pthread.h>
 #include <sched.h>
 #include <sys/mman.h>
 #include <sys/random.h>
@@ -213,8 +214,35 @@ inline void sleep_for(std::chrono::nanoseconds d) noexcept {
 
 // ---- process identity and liveness ---------------------------------------------------------
 
-/// This process's id (never cached: it changes in a forked child).
-inline pid_type current_pid() noexcept { return static_cast<pid_type>(::getpid()); }
+namespace posix_detail {
+struct SelfCache {
+  std::atomic<pid_type> pid{0};
+  std::atomic<std::uint64_t> start_time{0};
+  std::atomic<bool> start_known{false};
+};
+inline SelfCache& self_cache() noexcept {
+  static SelfCache c;
+  return c;
+}
+inline void forget_self() noexcept {  // runs in every forked child
+  self_cache().pid.store(0, std::memory_order_relaxed);
+  self_cache().start_known.store(false, std::memory_order_relaxed);
+}
+}  // namespace posix_detail
+
+/// This process's id. Cached (getpid() is a system call in current glibc) and reset in a forked
+/// child by a pthread_atfork handler, so lock fast paths stay free of system calls.
+inline pid_type current_pid() noexcept {
+  auto& c = posix_detail::self_cache();
+  pid_type pid = c.pid.load(std::memory_order_relaxed);
+  if (pid == 0) {
+    static const bool registered = (::pthread_atfork(nullptr, nullptr, &posix_detail::forget_self), true);
+    (void)registered;
+    pid = static_cast<pid_type>(::getpid());
+    c.pid.store(pid, std::memory_order_relaxed);
+  }
+  return pid;
+}
 
 /// This thread's kernel id (unique per thread within the system).
 inline std::uint64_t current_thread_id() noexcept {
@@ -255,16 +283,14 @@ inline std::optional<std::uint64_t> process_start_time(pid_type pid) noexcept {
   return value;
 }
 
-/// Start time of this process (see process_start_time), recomputed after fork.
+/// Start time of this process (see process_start_time); cached, recomputed after fork.
 inline std::uint64_t current_start_time() noexcept {
-  static std::atomic<pid_type> cached_pid{0};
-  static std::atomic<std::uint64_t> cached{0};
-  const pid_type pid = current_pid();
-  if (cached_pid.load(std::memory_order_acquire) != pid) {
-    cached.store(process_start_time(pid).value_or(0), std::memory_order_relaxed);
-    cached_pid.store(pid, std::memory_order_release);
+  auto& c = posix_detail::self_cache();
+  if (!c.start_known.load(std::memory_order_acquire)) {
+    c.start_time.store(process_start_time(current_pid()).value_or(0), std::memory_order_relaxed);
+    c.start_known.store(true, std::memory_order_release);
   }
-  return cached.load(std::memory_order_relaxed);
+  return c.start_time.load(std::memory_order_relaxed);
 }
 
 /// 64 random bits from the kernel (for anonymous names).
