@@ -303,4 +303,107 @@ inline std::uint64_t random_u64() {
   return v;
 }
 
+// ==== registry tooling (mpp ls / gc / inspect; owner: crash-safety suite) ====================
+}  // namespace mpp::detail::os
+
+#include <dirent.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace mpp::detail::os {
+
+/// Where named shared-memory objects appear in the file system (Linux: tmpfs on /dev/shm).
+inline constexpr const char* kShmDirectory = "/dev/shm";
+
+//!Returns: the names of the shared-memory objects starting with `prefix`, sorted (empty if the
+//! directory cannot be read). Entries of any type are listed, planted links included.
+inline std::vector<std::string> shm_list(std::string_view prefix) {
+  std::vector<std::string> names;
+  DIR* d = ::opendir(kShmDirectory);
+  if (d == nullptr) return names;
+  while (const struct dirent* e = ::readdir(d)) {
+    const std::string_view n(e->d_name);
+    if (n.substr(0, prefix.size()) == prefix) names.emplace_back(n);
+  }
+  ::closedir(d);
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+/// What the file system says about a name (links are not followed).
+struct ShmStat {
+  bool exists = false;       ///< the name is present
+  bool regular = false;      ///< a regular shared-memory object
+  bool symlink = false;      ///< a symbolic link (never an object mpp created)
+  bool owned_by_us = false;  ///< owner is this process's effective user
+  std::uint32_t uid = 0;     ///< owner
+  std::uint32_t mode = 0;    ///< permission bits
+  std::uint64_t size = 0;    ///< bytes
+  std::uint64_t inode = 0;   ///< identity of the object behind the name
+  std::int64_t mtime_unix_ms = 0;  ///< last size change or write
+};
+
+namespace posix_detail {
+inline ShmStat to_shm_stat(const struct stat& st) {
+  ShmStat r;
+  r.exists = true;
+  r.regular = S_ISREG(st.st_mode);
+  r.symlink = S_ISLNK(st.st_mode);
+  r.owned_by_us = st.st_uid == ::geteuid();
+  r.uid = static_cast<std::uint32_t>(st.st_uid);
+  r.mode = static_cast<std::uint32_t>(st.st_mode & 07777);
+  r.size = static_cast<std::uint64_t>(st.st_size);
+  r.inode = static_cast<std::uint64_t>(st.st_ino);
+  r.mtime_unix_ms = static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1000 + st.st_mtim.tv_nsec / 1000000;
+  return r;
+}
+}  // namespace posix_detail
+
+//!Returns: the status of the name `name` without following links (exists=false if absent).
+inline ShmStat shm_lstat(std::string_view name) {
+  struct stat st{};
+  const std::string path = std::string(kShmDirectory) + "/" + std::string(name);
+  if (::lstat(path.c_str(), &st) != 0) return ShmStat{};
+  return posix_detail::to_shm_stat(st);
+}
+
+/// The status of an open object.
+inline ShmStat shm_fstat(const Fd& fd, std::string_view name) {
+  struct stat st{};
+  if (::fstat(fd.get(), &st) != 0) throw_errno("fstat", name, errno);
+  return posix_detail::to_shm_stat(st);
+}
+
+//!Effects: opens `name` read-only, never following a link and never creating anything.
+//!Returns: the descriptor, or an invalid Fd (get() < 0) with `err` set to errno.
+inline Fd shm_open_readonly(std::string_view name, int& err) noexcept {
+  const std::string path = shm_path(name);
+  Fd fd(::shm_open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, 0));
+  err = fd.get() < 0 ? errno : 0;
+  return fd;
+}
+
+//!Effects: copies up to `n` bytes at `offset` of `fd` into `buf` (no mapping, so a concurrent
+//! truncation cannot raise SIGBUS). Returns: the bytes copied (fewer at end of file; 0 on error).
+inline std::size_t read_at(const Fd& fd, std::uint64_t offset, void* buf, std::size_t n) noexcept {
+  std::size_t done = 0;
+  while (done < n) {
+    const ssize_t r = ::pread(fd.get(), static_cast<char*>(buf) + done, n - done,
+                              static_cast<off_t>(offset + done));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) break;
+    done += static_cast<std::size_t>(r);
+  }
+  return done;
+}
+
+/// Milliseconds since the Unix epoch (wall clock).
+inline std::int64_t unix_time_ms() noexcept {
+  struct timespec ts{};
+  ::clock_gettime(CLOCK_REALTIME, &ts);
+  return static_cast<std::int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+// ==== end registry tooling ====================================================================
+
 }  // namespace mpp::detail::os

@@ -1,0 +1,320 @@
+// mpp — the object registry behind the `mpp ls / gc / inspect` tool and the crash-safety tests:
+// reads segment headers *defensively* (a copy of the bytes, never a mapping; every field checked
+// before it is believed) and decides, from the creator word and the attach table, whether an
+// object still has a live user. No system calls here: the file system is reached through
+// detail/os (shm_list, shm_open_readonly, read_at, shm_lstat), liveness through ProcessRef.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "../segment.hpp"
+#include "liveness.hpp"
+#include "os.hpp"
+
+namespace mpp::detail::registry {
+
+/// How far an object's header can be believed.
+enum class State {
+  ready,      ///< published, every header field consistent with the file
+  building,   ///< its creator has not published it yet (or died before it did)
+  empty,      ///< smaller than a header: created but never sized (or truncated by a hostile peer)
+  truncated,  ///< published header, but the file is not the size the header records
+  corrupt,    ///< published, but the header is inconsistent (bad magic, version, sizes, ...)
+  foreign,    ///< not a regular shared-memory object we may read (a link, another user's, ...)
+};
+
+/// Short name of a State ("ready", "building", ...).
+constexpr std::string_view state_name(State s) noexcept {
+  switch (s) {
+    case State::ready: return "ready";
+    case State::building: return "building";
+    case State::empty: return "empty";
+    case State::truncated: return "truncated";
+    case State::corrupt: return "corrupt";
+    case State::foreign: return "foreign";
+  }
+  return "?";
+}
+
+/// One attach-table entry that is in use.
+struct Attacher {
+  std::uint32_t slot;  ///< index in the attach table
+  ProcessRef who;      ///< the process that claimed it
+};
+
+/// Everything the registry knows about one named object. Fields that could not be read keep
+/// their zero value; `problem` says why the object is not `ready`.
+struct ObjectInfo {
+  std::string name;          ///< e.g. "mpp.jobs"
+  State state = State::foreign;
+  std::string problem;       ///< empty when ready
+  os::ShmStat stat;          ///< file-system view (owner, mode, size, mtime)
+  bool header_readable = false;  ///< the file holds a whole header (creator and attach table)
+  std::uint32_t init_state = 0;
+  std::uint32_t layout_version = 0;
+  std::uint64_t magic = 0;
+  std::uint32_t kind = 0;    ///< raw Kind value
+  std::string kind_label;    ///< kind_name(), or "unknown(N)"
+  std::uint32_t header_size = 0;
+  std::uint64_t type_fingerprint = 0;
+  std::string type_name;     ///< sanitised (printable ASCII only, at most kTypeNameCapacity-1)
+  std::uint64_t total_size = 0;
+  std::uint64_t payload_offset = 0;
+  std::uint64_t payload_size = 0;
+  std::uint64_t capacity = 0;
+  std::uint64_t created_unix_ms = 0;
+  ProcessRef creator;        ///< pid 0 when not written yet
+  std::vector<Attacher> attachers;  ///< non-empty attach slots
+};
+
+namespace registry_detail {
+template <class T>
+T field(std::span<const std::byte> b, std::size_t offset) noexcept {
+  T v{};
+  if (offset <= b.size() && sizeof(T) <= b.size() - offset) std::memcpy(&v, b.data() + offset, sizeof(T));
+  return v;
+}
+inline std::string printable(const char* p, std::size_t n) {
+  std::string s;
+  for (std::size_t i = 0; i < n && p[i] != '\0'; ++i) {
+    const unsigned char c = static_cast<unsigned char>(p[i]);
+    s.push_back(c >= 0x20 && c < 0x7f ? static_cast<char>(c) : '?');
+  }
+  return s;
+}
+}  // namespace registry_detail
+
+//!Returns: what the first bytes of an object say about it. `bytes` is a copy of (at most) the
+//! header — it may be shorter than a header, or hold any values at all; `file_size` is the size
+//! of the object as the file system reports it. Never reads outside `bytes`, never throws
+//! anything but std::bad_alloc.
+inline ObjectInfo parse_header(std::string_view name, std::span<const std::byte> bytes,
+                               std::uint64_t file_size) {
+  using registry_detail::field;
+  using H = SegmentHeader;
+  ObjectInfo o;
+  o.name = std::string(name);
+  o.stat.size = file_size;
+  if (bytes.size() < sizeof(H)) {
+    o.state = State::empty;
+    o.problem = fmt::format("{} bytes, smaller than an mpp header ({} bytes)", file_size, sizeof(H));
+    return o;
+  }
+  o.header_readable = true;
+  o.init_state = field<std::uint32_t>(bytes, offsetof(H, init_state));
+  o.layout_version = field<std::uint32_t>(bytes, offsetof(H, layout_version));
+  o.magic = field<std::uint64_t>(bytes, offsetof(H, magic));
+  o.kind = field<std::uint32_t>(bytes, offsetof(H, kind));
+  {
+    const auto label = kind_name(static_cast<Kind>(o.kind));
+    o.kind_label = label == "unknown" ? fmt::format("unknown({})", o.kind) : std::string(label);
+  }
+  o.header_size = field<std::uint32_t>(bytes, offsetof(H, header_size));
+  o.type_fingerprint = field<std::uint64_t>(bytes, offsetof(H, type_fingerprint));
+  const char* tn = reinterpret_cast<const char*>(bytes.data() + offsetof(H, type_name));
+  const bool tn_terminated = std::memchr(tn, '\0', kTypeNameCapacity) != nullptr;
+  o.type_name = registry_detail::printable(tn, kTypeNameCapacity - 1);
+  o.total_size = field<std::uint64_t>(bytes, offsetof(H, total_size));
+  o.payload_offset = field<std::uint64_t>(bytes, offsetof(H, payload_offset));
+  o.payload_size = field<std::uint64_t>(bytes, offsetof(H, payload_size));
+  o.capacity = field<std::uint64_t>(bytes, offsetof(H, capacity));
+  o.created_unix_ms = field<std::uint64_t>(bytes, offsetof(H, created_unix_ms));
+  o.creator = ProcessRef::unpack(field<std::uint64_t>(bytes, offsetof(H, creator)));
+  for (std::uint32_t i = 0; i < kMaxAttach; ++i) {
+    const auto w = field<std::uint64_t>(bytes, offsetof(H, attach) + i * sizeof(AttachSlot));
+    if (w != 0) o.attachers.push_back({i, ProcessRef::unpack(w)});
+  }
+
+  if (o.init_state == kInitBuilding) {
+    o.state = State::building;
+    o.problem = o.creator.pid == 0 ? "being created (creator not recorded yet)"
+                                   : fmt::format("being initialised by pid {}", o.creator.pid);
+    return o;
+  }
+  o.state = State::corrupt;
+  if (o.init_state != kInitReady) {
+    o.problem = fmt::format("invalid init state {}", o.init_state);
+  } else if (o.magic != kSegmentMagic) {
+    o.problem = fmt::format("bad magic {:#018x}: not an mpp object", o.magic);
+  } else if (o.layout_version != kLayoutVersion) {
+    o.problem = fmt::format("layout version {} (this tool reads {})", o.layout_version, kLayoutVersion);
+  } else if (o.header_size != sizeof(H)) {
+    o.problem = fmt::format("header size {} (expected {})", o.header_size, sizeof(H));
+  } else if (!tn_terminated) {
+    o.problem = "type name not terminated";
+  } else if (o.payload_offset < sizeof(H) || o.payload_offset % kCacheLine != 0 ||
+             o.payload_offset > o.total_size || o.payload_size > o.total_size - o.payload_offset) {
+    o.problem = fmt::format("payload [{}, +{}) does not fit in {} bytes", o.payload_offset,
+                            o.payload_size, o.total_size);
+  } else if (o.creator.pid <= 0) {
+    o.problem = fmt::format("invalid creator pid {}", o.creator.pid);
+  } else if (o.total_size != file_size) {
+    o.state = State::truncated;
+    o.problem = fmt::format("header says {} bytes, the file has {}", o.total_size, file_size);
+  } else {
+    o.state = State::ready;
+  }
+  return o;
+}
+
+//!Effects: reads the object `name` without attaching to it, mapping it or following a link.
+//!Returns: its ObjectInfo (state foreign with a problem if it cannot be read). Never throws on
+//! hostile content; a concurrent truncation only yields a shorter copy.
+inline ObjectInfo inspect(std::string_view name) {
+  const os::ShmStat ls = os::shm_lstat(name);
+  auto foreign = [&](std::string why) {
+    ObjectInfo o;
+    o.name = std::string(name);
+    o.stat = ls;
+    o.state = State::foreign;
+    o.problem = std::move(why);
+    return o;
+  };
+  if (!ls.exists) return foreign("no such object");
+  if (ls.symlink) return foreign("a symbolic link (planted? mpp never creates links)");
+  if (!ls.regular) return foreign("not a regular shared-memory object");
+  int err = 0;
+  os::Fd fd = os::shm_open_readonly(name, err);
+  if (fd.get() < 0) return foreign(fmt::format("cannot open: {}", std::strerror(err)));
+  os::ShmStat st;
+  try {
+    st = os::shm_fstat(fd, name);
+  } catch (const Error& e) {
+    return foreign(e.what());
+  }
+  if (!st.regular) return foreign("not a regular shared-memory object");
+  std::vector<std::byte> buf(sizeof(SegmentHeader));
+  buf.resize(os::read_at(fd, 0, buf.data(), buf.size()));
+  ObjectInfo o = parse_header(name, buf, st.size);
+  o.stat = st;
+  if (!st.owned_by_us) {
+    o.problem = fmt::format("owned by uid {}{}{}", st.uid, o.problem.empty() ? "" : "; ", o.problem);
+    o.state = State::foreign;
+  }
+  return o;
+}
+
+//!Returns: every object whose name starts with "mpp.", inspected.
+inline std::vector<ObjectInfo> scan(std::string_view prefix = "mpp.") {
+  std::vector<ObjectInfo> out;
+  for (const auto& n : os::shm_list(prefix)) out.push_back(inspect(n));
+  return out;
+}
+
+/// Tells whether a process is alive (injectable for tests and fuzzing).
+using AliveFn = std::function<bool(const ProcessRef&)>;
+
+/// The default liveness test: pid + start time (ProcessRef::alive).
+inline bool process_alive(const ProcessRef& p) { return p.alive(); }
+
+//!Returns: the live registered users of `o`: its creator and its attach-table holders, each
+//! process counted once.
+inline std::vector<ProcessRef> live_users(const ObjectInfo& o, const AliveFn& alive = process_alive) {
+  std::vector<ProcessRef> live;
+  auto add = [&](const ProcessRef& p) {
+    if (p.pid <= 0) return;
+    for (const auto& q : live)
+      if (q == p) return;
+    if (alive(p)) live.push_back(p);
+  };
+  if (o.header_readable) {
+    add(o.creator);
+    for (const auto& a : o.attachers) add(a.who);
+  }
+  return live;
+}
+
+/// gc's decision about one object.
+struct Verdict {
+  bool remove = false;  ///< true: garbage, no registered user can still be using it
+  std::string reason;   ///< why (for the tool's output)
+};
+
+/// How careful gc is.
+struct GcPolicy {
+  /// An object with no recorded creator (between shm_open and the creator's first write) is left
+  /// alone until its last modification is this old.
+  std::int64_t grace_ms = 10'000;
+  /// Also judge objects whose header is inconsistent (their attach table is then only a hint).
+  bool include_corrupt = false;
+};
+
+//!Returns: whether gc may remove `o`: only when it is ours, a regular object, and every user it
+//! registered (creator + attach table) is dead; a header too short or too fresh to name its
+//! creator is kept until the grace period passed. Never removes an object with a live user.
+inline Verdict gc_verdict(const ObjectInfo& o, std::int64_t now_unix_ms, const GcPolicy& policy = {},
+                          const AliveFn& alive = process_alive) {
+  if (o.state == State::foreign) return {false, "kept: " + o.problem};
+  if (o.state == State::corrupt && !policy.include_corrupt)
+    return {false, fmt::format("kept: corrupt header ({}); remove it with `mpp rm {}` if you are "
+                               "sure nobody uses it",
+                               o.problem, o.name)};
+  const auto live = live_users(o, alive);
+  if (!live.empty()) {
+    std::string pids;
+    for (const auto& p : live) pids += fmt::format("{}{}", pids.empty() ? "" : ",", p.pid);
+    return {false, fmt::format("kept: {} live user{} (pid {})", live.size(),
+                               live.size() == 1 ? "" : "s", pids)};
+  }
+  const bool creator_known = o.header_readable && o.creator.pid > 0;
+  if (!creator_known) {
+    const std::int64_t age = now_unix_ms - o.stat.mtime_unix_ms;
+    if (age < policy.grace_ms)
+      return {false, fmt::format("kept: no creator recorded yet and only {} ms old (grace {} ms)",
+                                 age, policy.grace_ms)};
+    return {true, fmt::format("no creator recorded after {} s: abandoned while being created",
+                              age / 1000)};
+  }
+  if (o.state == State::building)
+    return {true, fmt::format("half-built: creator pid {} died while initialising it", o.creator.pid)};
+  return {true, fmt::format("creator pid {} and all {} attached users are dead", o.creator.pid,
+                            o.attachers.size())};
+}
+
+/// What gc did (or, with dry_run, would do) to one object.
+struct GcEntry {
+  ObjectInfo info;  ///< the object as last inspected
+  Verdict verdict;  ///< the decision
+  bool removed = false;  ///< the name was removed by this call
+  std::string error;     ///< why removal failed, if it did
+};
+
+//!Effects: judges every object whose name starts with `prefix` and, unless `dry_run`, removes
+//! the garbage. Each candidate is inspected a second time right before removal and kept if that
+//! changes the verdict or the object behind the name (a process attaching after the first look,
+//! or the name recreated). Returns: one entry per object, in name order.
+inline std::vector<GcEntry> gc(bool dry_run, const GcPolicy& policy = {},
+                               std::string_view prefix = "mpp.",
+                               const AliveFn& alive = process_alive) {
+  std::vector<GcEntry> out;
+  for (auto& info : scan(prefix)) {
+    GcEntry e;
+    e.verdict = gc_verdict(info, os::unix_time_ms(), policy, alive);
+    e.info = std::move(info);
+    if (e.verdict.remove && !dry_run) {
+      ObjectInfo again = inspect(e.info.name);
+      const Verdict v2 = gc_verdict(again, os::unix_time_ms(), policy, alive);
+      if (!v2.remove || again.stat.inode != e.info.stat.inode) {
+        e.verdict = {false, "kept: changed while being collected (" + v2.reason + ")"};
+      } else {
+        try {
+          e.removed = os::shm_remove(e.info.name);
+        } catch (const Error& err) {
+          e.error = err.what();
+        }
+      }
+    }
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
+}  // namespace mpp::detail::registry

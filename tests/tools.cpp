@@ -1,0 +1,346 @@
+// The object registry (detail/registry.hpp) and the `mpp` tool: ls shows live objects with their
+// kind and element type, gc removes exactly the objects whose every registered user is dead
+// (never one with a live user, forked non-creators included), --dry-run removes nothing, and
+// hostile files (truncated, corrupt, planted links) are described without being trusted.
+#include <mpp/detail/registry.hpp>
+#include <mpp/segment.hpp>
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+
+#include <cstdio>
+#include <cstring>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "helpers.hpp"
+
+using namespace std::chrono_literals;
+using mpp::detail::Segment;
+using mpp::detail::SegmentSpec;
+namespace reg = mpp::detail::registry;
+
+namespace {
+
+bool shm_exists(const std::string& name) {
+  struct stat st{};
+  return ::lstat(("/dev/shm/" + name).c_str(), &st) == 0;
+}
+
+std::optional<reg::ObjectInfo> find(const std::vector<reg::ObjectInfo>& all, const std::string& name) {
+  for (const auto& o : all)
+    if (o.name == name) return o;
+  return std::nullopt;
+}
+
+const reg::GcEntry* find(const std::vector<reg::GcEntry>& all, const std::string& name) {
+  for (const auto& e : all)
+    if (e.info.name == name) return &e;
+  return nullptr;
+}
+
+/// A child process that runs `setup` (which opens/creates something), reports readiness, then
+/// sleeps until killed.
+struct Holder {
+  pid_t pid = -1;
+  template <class F>
+  explicit Holder(F&& setup) {
+    int p[2];
+    REQUIRE(::pipe(p) == 0);
+    pid = mpp_test::fork_child([&] {
+      ::close(p[0]);
+      auto keep = setup();
+      char c = 1;
+      (void)!::write(p[1], &c, 1);
+      for (;;) ::pause();
+      return 0;
+    });
+    ::close(p[1]);
+    char c = 0;
+    REQUIRE(::read(p[0], &c, 1) == 1);
+    ::close(p[0]);
+  }
+  void kill() {
+    ::kill(pid, SIGKILL);
+    CHECK(mpp_test::wait_child(pid) == -SIGKILL);
+  }
+};
+
+SegmentSpec queue_spec() { return SegmentSpec{mpp::Kind::queue, mpp::type_info<int>(), 512, 16}; }
+
+/// A test-local prefix, so gc never judges another test's objects.
+std::string prefix_of(const std::string& name) { return name.substr(0, name.rfind('.') + 1); }
+
+std::string run_tool(const std::string& args, int* status = nullptr) {
+#ifdef MPP_TOOL_PATH
+  std::string out;
+  FILE* f = ::popen((std::string(MPP_TOOL_PATH) + " " + args + " 2>&1").c_str(), "r");
+  REQUIRE(f != nullptr);
+  char buf[4096];
+  std::size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) out.append(buf, n);
+  const int st = ::pclose(f);
+  if (status != nullptr) *status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return out;
+#else
+  (void)args;
+  (void)status;
+  return {};
+#endif
+}
+
+}  // namespace
+
+TEST_CASE("ls shows a live object with its kind, element type, creator and users", "[tools]") {
+  const auto name = mpp_test::unique_name("ls.q");
+  auto seg = Segment::create(name, queue_spec());
+  const auto o = find(reg::scan(prefix_of(name)), name);
+  REQUIRE(o.has_value());
+  CHECK(o->state == reg::State::ready);
+  CHECK(o->kind_label == "Queue");
+  CHECK(o->type_name == "int");
+  CHECK(o->capacity == 16);
+  CHECK(o->payload_size == 512);
+  CHECK(o->creator.pid == ::getpid());
+  CHECK(o->stat.owned_by_us);
+  CHECK(reg::live_users(*o).size() == 1);
+  CHECK_FALSE(reg::gc_verdict(*o, mpp::detail::os::unix_time_ms()).remove);
+}
+
+TEST_CASE("gc removes an object whose creator and users were all killed", "[tools]") {
+  const auto name = mpp_test::unique_name("gc.dead");
+  Holder creator([&] {
+    auto s = Segment::create(name, queue_spec());
+    return s;
+  });
+  Holder user1([&] { return Segment::open(name, mpp::Kind::queue, mpp::type_info<int>()); });
+  Holder user2([&] { return Segment::open(name, mpp::Kind::queue, mpp::type_info<int>()); });
+  auto before = find(reg::scan(prefix_of(name)), name);
+  REQUIRE(before.has_value());
+  CHECK(reg::live_users(*before).size() == 3);
+  CHECK_FALSE(reg::gc_verdict(*before, mpp::detail::os::unix_time_ms()).remove);
+
+  creator.kill();
+  user1.kill();
+  // One user left: kept, and the verdict names it.
+  auto e = reg::gc(false, {}, prefix_of(name));
+  REQUIRE(find(e, name) != nullptr);
+  CHECK_FALSE(find(e, name)->removed);
+  CHECK(find(e, name)->verdict.reason.find(std::to_string(user2.pid)) != std::string::npos);
+  CHECK(shm_exists(name));
+
+  user2.kill();
+  // --dry-run: would remove, removes nothing.
+  e = reg::gc(true, {}, prefix_of(name));
+  REQUIRE(find(e, name) != nullptr);
+  CHECK(find(e, name)->verdict.remove);
+  CHECK_FALSE(find(e, name)->removed);
+  CHECK(shm_exists(name));
+  // For real.
+  e = reg::gc(false, {}, prefix_of(name));
+  REQUIRE(find(e, name) != nullptr);
+  CHECK(find(e, name)->removed);
+  CHECK_FALSE(shm_exists(name));
+}
+
+TEST_CASE("gc keeps an object used by a live forked child that is not the creator", "[tools]") {
+  const auto name = mpp_test::unique_name("gc.fork");
+  // The creator forks a child that uses the inherited handle (claiming its own attach slot), then
+  // the creator is killed: the child alone keeps the object alive.
+  int p[2];
+  REQUIRE(::pipe(p) == 0);
+  const pid_t creator = mpp_test::fork_child([&] {
+    auto s = Segment::create(name, queue_spec());
+    const pid_t grandchild = ::fork();
+    if (grandchild == 0) {
+      (void)s.attach_index();
+      const pid_t me = ::getpid();
+      (void)!::write(p[1], &me, sizeof me);
+      for (;;) ::pause();
+    }
+    for (;;) ::pause();
+    return 0;
+  });
+  pid_t user = 0;
+  REQUIRE(::read(p[0], &user, sizeof user) == sizeof user);
+  ::close(p[0]);
+  ::close(p[1]);
+  ::kill(creator, SIGKILL);
+  CHECK(mpp_test::wait_child(creator) == -SIGKILL);
+
+  auto e = reg::gc(false, {}, prefix_of(name));
+  REQUIRE(find(e, name) != nullptr);
+  CHECK_FALSE(find(e, name)->verdict.remove);
+  CHECK(shm_exists(name));
+  const auto o = find(reg::scan(prefix_of(name)), name);
+  REQUIRE(o.has_value());
+  CHECK(reg::live_users(*o).size() == 1);
+  CHECK(reg::live_users(*o)[0].pid == user);
+
+  // The grandchild was reparented (to init or a subreaper); kill it and wait until it is gone.
+  ::kill(user, SIGKILL);
+  const mpp::detail::ProcessRef u = reg::live_users(*o)[0];
+  for (int i = 0; i < 5000 && u.alive(); ++i) std::this_thread::sleep_for(1ms);
+  REQUIRE_FALSE(u.alive());
+  e = reg::gc(false, {}, prefix_of(name));
+  REQUIRE(find(e, name) != nullptr);
+  CHECK(find(e, name)->removed);
+  CHECK_FALSE(shm_exists(name));
+}
+
+TEST_CASE("gc removes a half-built object only once its creator died", "[tools]") {
+  const auto name = mpp_test::unique_name("gc.half");
+  int p[2];
+  REQUIRE(::pipe(p) == 0);
+  const pid_t creator = mpp_test::fork_child([&] {
+    Segment::create(name, queue_spec(), [&](std::byte*, std::uint64_t) {
+      char c = 1;
+      (void)!::write(p[1], &c, 1);
+      for (;;) ::pause();  // never publishes
+    });
+    return 0;
+  });
+  char c;
+  REQUIRE(::read(p[0], &c, 1) == 1);
+  ::close(p[0]);
+  ::close(p[1]);
+  auto o = find(reg::scan(prefix_of(name)), name);
+  REQUIRE(o.has_value());
+  CHECK(o->state == reg::State::building);
+  CHECK(o->creator.pid == creator);
+  CHECK_FALSE(reg::gc_verdict(*o, mpp::detail::os::unix_time_ms()).remove);
+
+  ::kill(creator, SIGKILL);
+  CHECK(mpp_test::wait_child(creator) == -SIGKILL);
+  auto e = reg::gc(false, {}, prefix_of(name));
+  REQUIRE(find(e, name) != nullptr);
+  CHECK(find(e, name)->removed);
+  CHECK(find(e, name)->verdict.reason.find("half-built") != std::string::npos);
+  CHECK_FALSE(shm_exists(name));
+}
+
+TEST_CASE("an object with no recorded creator is kept during the grace period", "[tools]") {
+  // What a creator leaves between shm_open and its first write: an empty, then a zeroed file.
+  const auto name = mpp_test::unique_name("gc.empty");
+  const int fd = ::shm_open(("/" + name).c_str(), O_RDWR | O_CREAT | O_EXCL, 0600);
+  REQUIRE(fd >= 0);
+  for (off_t size : {off_t{0}, off_t{sizeof(mpp::detail::SegmentHeader) + 64}}) {
+    REQUIRE(::ftruncate(fd, size) == 0);
+    auto o = find(reg::scan(prefix_of(name)), name);
+    REQUIRE(o.has_value());
+    CHECK(o->state == (size == 0 ? reg::State::empty : reg::State::building));
+    const auto now = mpp::detail::os::unix_time_ms();
+    CHECK_FALSE(reg::gc_verdict(*o, now).remove);                  // fresh: kept
+    CHECK(reg::gc_verdict(*o, now + 3'600'000).remove);            // an hour later: abandoned
+    reg::GcPolicy no_grace;
+    no_grace.grace_ms = 0;
+    CHECK(reg::gc_verdict(*o, now + 1, no_grace).remove);
+  }
+  ::close(fd);
+  reg::GcPolicy no_grace;
+  no_grace.grace_ms = 0;
+  std::this_thread::sleep_for(5ms);
+  auto e = reg::gc(false, no_grace, prefix_of(name));
+  REQUIRE(find(e, name) != nullptr);
+  CHECK(find(e, name)->removed);
+  CHECK_FALSE(shm_exists(name));
+}
+
+TEST_CASE("hostile files: corrupt headers, links and truncation are described, not trusted",
+          "[tools]") {
+  const auto name = mpp_test::unique_name("hostile.seg");
+  auto seg = Segment::create(name, queue_spec());
+  seg.set_persistent(true);
+  const int fd = ::shm_open(("/" + name).c_str(), O_RDWR, 0);
+  REQUIRE(fd >= 0);
+  auto* h = &seg.header();
+
+  // Garbage in every length/offset field: ls reports "corrupt", gc keeps it unless asked.
+  h->payload_offset = ~std::uint64_t{0} - 7;
+  auto o = find(reg::scan(prefix_of(name)), name);
+  REQUIRE(o.has_value());
+  CHECK(o->state == reg::State::corrupt);
+  CHECK(o->problem.find("payload") != std::string::npos);
+  h->payload_offset = 4096;
+  h->magic = 0x1234;
+  o = find(reg::scan(prefix_of(name)), name);
+  CHECK(o->state == reg::State::corrupt);
+  CHECK(o->problem.find("magic") != std::string::npos);
+  // A type name without terminator and with control bytes is shown sanitised, never over-read.
+  std::memset(h->type_name, '\x07', sizeof h->type_name);
+  o = find(reg::scan(prefix_of(name)), name);
+  CHECK(o->type_name == std::string(mpp::detail::kTypeNameCapacity - 1, '?'));
+  CHECK_FALSE(reg::gc_verdict(*o, mpp::detail::os::unix_time_ms()).remove);
+
+  // Truncated below a header: "empty", no creator to believe.
+  REQUIRE(::ftruncate(fd, 100) == 0);
+  o = find(reg::scan(prefix_of(name)), name);
+  CHECK(o->state == reg::State::empty);
+  CHECK_FALSE(o->header_readable);
+  // Give the mapping its pages back (zero-filled) before our handle touches its attach slot.
+  REQUIRE(::ftruncate(fd, static_cast<off_t>(mpp::detail::align_up(sizeof(mpp::detail::SegmentHeader), 64) + 512)) == 0);
+  ::close(fd);
+
+  // A planted link: "foreign", never followed, never collected.
+  const auto link = mpp_test::unique_name("hostile.link");
+  REQUIRE(::symlink(("/dev/shm/" + name).c_str(), ("/dev/shm/" + link).c_str()) == 0);
+  o = find(reg::scan(prefix_of(link)), link);
+  REQUIRE(o.has_value());
+  CHECK(o->state == reg::State::foreign);
+  CHECK(o->problem.find("link") != std::string::npos);
+  auto e = reg::gc(false, {}, prefix_of(link));
+  REQUIRE(find(e, link) != nullptr);
+  CHECK_FALSE(find(e, link)->removed);
+  CHECK(shm_exists(link));
+  CHECK(::unlink(("/dev/shm/" + link).c_str()) == 0);
+  CHECK(seg.unlink());
+}
+
+TEST_CASE("the mpp binary: ls, inspect, gc --dry-run and gc", "[tools]") {
+#ifndef MPP_TOOL_PATH
+  SUCCEED("built without the mpp tool (MPP_BUILD_TOOLS=OFF)");
+#else
+  const auto prefix = mpp_test::unique_name("bin") + ".";
+  const auto live = prefix + "live", dead = prefix + "dead";
+  auto seg = Segment::create(live, SegmentSpec{mpp::Kind::value, mpp::type_info<double>(), 64, 1});
+  Holder creator([&] { return Segment::create(dead, queue_spec()); });
+  creator.kill();
+
+  int status = -1;
+  auto out = run_tool("ls --prefix " + prefix, &status);
+  CHECK(status == 0);
+  CHECK(out.find("NAME") != std::string::npos);
+  CHECK(out.find(live) != std::string::npos);
+  CHECK(out.find("Value") != std::string::npos);
+  CHECK(out.find("double") != std::string::npos);
+  CHECK(out.find(std::to_string(::getpid())) != std::string::npos);
+  CHECK(out.find(dead) != std::string::npos);
+  CHECK(out.find("Queue") != std::string::npos);
+
+  out = run_tool("inspect " + live, &status);
+  CHECK(status == 0);
+  CHECK(out.find("kind:            Value") != std::string::npos);
+  CHECK(out.find("alive") != std::string::npos);
+  out = run_tool("inspect " + prefix + "nonexistent", &status);
+  CHECK(status == 1);
+
+  out = run_tool("gc --dry-run --prefix " + prefix, &status);
+  CHECK(status == 0);
+  CHECK(out.find("would remove " + dead) != std::string::npos);
+  CHECK(out.find("would remove " + live) == std::string::npos);
+  CHECK(shm_exists(dead));
+  CHECK(shm_exists(live));
+
+  out = run_tool("gc --prefix " + prefix, &status);
+  CHECK(status == 0);
+  CHECK(out.find("removed " + dead) != std::string::npos);
+  CHECK_FALSE(shm_exists(dead));
+  CHECK(shm_exists(live));
+
+  CHECK(run_tool("frobnicate", &status).find("usage") != std::string::npos);
+  CHECK(status == 2);
+#endif
+}
