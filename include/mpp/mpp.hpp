@@ -4,3 +4,4 @@
 #include "codec.hpp"
 #include "errors.hpp"
 #include "segment.hpp"
+#include "shared_memory.hpp"
