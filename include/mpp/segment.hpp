@@ -204,6 +204,7 @@ class Segment {
     s.creator_pid_ = os::current_pid();
     s.persistent_ = opts.persistent;
     s.payload_size_ = spec.payload_size;
+    s.payload_offset_ = offset;
     s.capacity_ = spec.capacity;
     auto* h = s.header_ptr();
     // Creator identity first, so an opener can tell "still building" from "creator died".
@@ -318,7 +319,7 @@ class Segment {
   /// The object's name.
   const std::string& name() const noexcept { return name_; }
   /// Start of the payload (cache-line aligned).
-  std::byte* payload() const noexcept { return base_ + header_ptr()->payload_offset; }
+  std::byte* payload() const noexcept { return base_ + payload_offset_; }
   /// Bytes in the payload (validated against the mapping).
   std::uint64_t payload_size() const noexcept { return payload_size_; }
   /// The kind-specific capacity recorded at creation.
@@ -383,6 +384,7 @@ class Segment {
     std::swap(base_, o.base_);
     std::swap(size_, o.size_);
     std::swap(payload_size_, o.payload_size_);
+    std::swap(payload_offset_, o.payload_offset_);
     std::swap(capacity_, o.capacity_);
     std::swap(creator_pid_, o.creator_pid_);
     std::swap(persistent_, o.persistent_);
@@ -437,6 +439,7 @@ class Segment {
     if (ProcessRef::unpack(h.creator.load(std::memory_order_relaxed)).pid <= 0)
       fail<CorruptedError>("'{}': invalid creator pid", name_);
     payload_size_ = psize;
+    payload_offset_ = off;  // validated once; the shared copy may be overwritten later
     capacity_ = h.capacity;
   }
 
@@ -469,6 +472,7 @@ class Segment {
   std::byte* base_ = nullptr;
   std::uint64_t size_ = 0;
   std::uint64_t payload_size_ = 0;
+  std::uint64_t payload_offset_ = 0;
   std::uint64_t capacity_ = 0;
   os::pid_type creator_pid_ = 0;  // the process whose handle created it (0: not ours to unlink)
   bool persistent_ = false;

@@ -1,0 +1,423 @@
+// The cross-primitive crash-safety suite (issue 11). Processes are SIGKILLed at arbitrary points;
+// afterwards no survivor may hang, committed data may not be lost or duplicated, stale names must
+// be provably stale (registry gc) and /dev/shm must end up clean. Tags: [crash]; the ones that
+// kill processes also [kill] (CTest "crash.kill"). Hostile peers and squatters are here too.
+//
+// Environment knobs (documented in README "Crash safety"):
+//   MPP_KILL_REPS=N    repetitions of the random-kill scenarios (CI default is small)
+#include <mpp/detail/registry.hpp>
+#include <mpp/segment.hpp>
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "helpers.hpp"
+
+using namespace std::chrono_literals;
+using mpp::detail::ProcessRef;
+using mpp::detail::Segment;
+using mpp::detail::SegmentOptions;
+using mpp::detail::SegmentSpec;
+namespace reg = mpp::detail::registry;
+
+namespace {
+
+SegmentSpec spec_of(std::uint64_t bytes = 4096) {
+  return SegmentSpec{mpp::Kind::test, mpp::type_info<std::uint64_t>(), bytes, 1};
+}
+Segment open_test(const std::string& name, const SegmentOptions& o = {}) {
+  return Segment::open(name, mpp::Kind::test, mpp::type_info<std::uint64_t>(), o);
+}
+
+bool shm_exists(const std::string& name) {
+  struct stat st{};
+  return ::lstat(("/dev/shm/" + name).c_str(), &st) == 0;
+}
+
+std::vector<std::string> names_with(const std::string& prefix) {
+  return mpp::detail::os::shm_list(prefix);
+}
+
+/// A pipe used to hear "ready" from children.
+struct Signal {
+  int fd[2]{-1, -1};
+  Signal() { REQUIRE(::pipe(fd) == 0); }
+  ~Signal() {
+    ::close(fd[0]);
+    ::close(fd[1]);
+  }
+  void post() const {
+    char c = 1;
+    (void)!::write(fd[1], &c, 1);
+  }
+  void wait(int n = 1) const {
+    for (int i = 0; i < n; ++i) {
+      char c;
+      REQUIRE(::read(fd[0], &c, 1) == 1);
+    }
+  }
+};
+
+/// Forks a child that runs `setup`, keeps its result alive, posts `ready` and sleeps until killed.
+template <class F>
+pid_t holder(const Signal& ready, F&& setup) {
+  return mpp_test::fork_child([&] {
+    auto keep = setup();
+    ready.post();
+    for (;;) ::pause();
+    return 0;
+  });
+}
+
+void kill_and_reap(pid_t pid) {
+  ::kill(pid, SIGKILL);
+  CHECK(mpp_test::wait_child(pid) == -SIGKILL);
+}
+
+}  // namespace
+
+// ---- creator dies during init -------------------------------------------------------------------
+
+TEST_CASE("creator killed during init: openers fail fast, gc reclaims, the name is reusable",
+          "[crash][kill]") {
+  const auto name = mpp_test::unique_name("crash.init");
+  Signal building;
+  const pid_t creator = mpp_test::fork_child([&] {
+    Segment::create(name, spec_of(), [&](std::byte* p, std::uint64_t) {
+      p[0] = std::byte{1};  // half of the initialisation...
+      building.post();
+      for (;;) ::pause();  // ...and never the rest
+    });
+    return 0;
+  });
+  building.wait();
+  kill_and_reap(creator);
+
+  // Openers in other processes (plain open and open_or_create) error out well within the bound.
+  SegmentOptions patient;
+  patient.init_timeout = 30s;
+  for (int variant = 0; variant < 2; ++variant) {
+    const pid_t opener = mpp_test::fork_child([&] {
+      const auto t0 = std::chrono::steady_clock::now();
+      try {
+        if (variant == 0)
+          open_test(name, patient);
+        else
+          Segment::open_or_create(name, spec_of(), {}, patient);
+        return 2;  // accepted a half-built object
+      } catch (const mpp::CorruptedError& e) {
+        if (std::string(e.what()).find("died while initialising") == std::string::npos) return 3;
+      }
+      return mpp_test::seconds_since(t0) < 20.0 ? 0 : 4;
+    });
+    CHECK(mpp_test::wait_child(opener) == 0);
+  }
+
+  // The registry sees a half-built object whose creator is dead; gc removes it.
+  auto e = reg::gc(false, {}, name);
+  REQUIRE(e.size() == 1);
+  CHECK(e[0].info.state == reg::State::building);
+  CHECK(e[0].removed);
+  CHECK_FALSE(shm_exists(name));
+  // The name works again.
+  auto fresh = Segment::create(name, spec_of());
+  CHECK(open_test(name).payload_size() == 4096);
+}
+
+// ---- everybody crashes, everybody restarts ------------------------------------------------------
+
+TEST_CASE("all participants crash, then restart with the same names", "[crash][kill]") {
+  const auto base = mpp_test::unique_name("crash.restart") + ".";
+  const std::vector<std::string> names{base + "jobs", base + "results", base + "state"};
+  std::vector<pid_t> all;
+  Signal ready;
+  // Generation 1: one creator per name, two users of every name, each writing as it goes.
+  for (const auto& n : names) all.push_back(holder(ready, [&] { return Segment::create(n, spec_of()); }));
+  ready.wait(static_cast<int>(names.size()));
+  for (int u = 0; u < 2; ++u) {
+    all.push_back(holder(ready, [&] {
+      std::vector<Segment> segs;
+      for (const auto& n : names) {
+        segs.push_back(open_test(n));
+        segs.back().payload()[u] = std::byte{0x55};
+      }
+      return segs;
+    }));
+  }
+  ready.wait(2);
+  for (pid_t p : all) kill_and_reap(p);
+  // Every name is left behind: that is what a crash does.
+  CHECK(names_with(base).size() == names.size());
+
+  // Generation 2 finds the stale names: create refuses them, gc proves them stale and removes them.
+  for (const auto& n : names) CHECK_THROWS_AS(Segment::create(n, spec_of()), mpp::ExistsError);
+  int removed = 0;
+  for (const auto& e : reg::gc(false, {}, base)) removed += e.removed;
+  CHECK(removed == static_cast<int>(names.size()));
+  CHECK(names_with(base).empty());
+
+  // Restart: the same roles under the same names, this time finishing normally.
+  std::vector<pid_t> gen2;
+  Signal made;
+  Signal done;
+  for (const auto& n : names) {
+    gen2.push_back(mpp_test::fork_child([&] {
+      auto s = Segment::create(n, spec_of());
+      made.post();
+      done.wait();  // keep it until the user is finished
+      return s.payload()[0] == std::byte{0x77} ? 0 : 5;
+    }));
+  }
+  made.wait(static_cast<int>(names.size()));
+  const pid_t user = mpp_test::fork_child([&] {
+    for (const auto& n : names) {
+      auto s = open_test(n);
+      if (s.live_users() != 2) return 6;  // the creator and me; the dead generation is not counted
+      s.payload()[0] = std::byte{0x77};
+    }
+    return 0;
+  });
+  CHECK(mpp_test::wait_child(user) == 0);
+  for (std::size_t i = 0; i < names.size(); ++i) done.post();
+  for (pid_t p : gen2) CHECK(mpp_test::wait_child(p) == 0);
+  CHECK(names_with(base).empty());  // /dev/shm is clean
+}
+
+// ---- unrelated users come and go ----------------------------------------------------------------
+
+TEST_CASE("an unrelated process attaches and exits (or dies): the creator keeps its object",
+          "[crash][kill]") {
+  const auto name = mpp_test::unique_name("crash.visitor");
+  auto seg = Segment::create(name, spec_of());
+  auto* counter = reinterpret_cast<std::atomic<std::uint64_t>*>(seg.payload());
+  // A polite visitor: opens, writes, closes, exits.
+  const pid_t polite = mpp_test::fork_child([&] {
+    auto s = open_test(name);
+    reinterpret_cast<std::atomic<std::uint64_t>*>(s.payload())->fetch_add(1);
+    return 0;
+  });
+  CHECK(mpp_test::wait_child(polite) == 0);
+  // A rude one: opens, writes, gets killed holding its handle.
+  Signal ready;
+  const pid_t rude = holder(ready, [&] {
+    auto s = open_test(name);
+    reinterpret_cast<std::atomic<std::uint64_t>*>(s.payload())->fetch_add(1);
+    return s;
+  });
+  ready.wait();
+  CHECK(seg.live_users() == 2);
+  kill_and_reap(rude);
+
+  CHECK(shm_exists(name));
+  CHECK(seg.live_users() == 1);
+  CHECK(counter->load() == 2);
+  // Still fully usable by new processes, and gc leaves it alone (its creator lives).
+  for (const auto& e : reg::gc(false, {}, name)) CHECK_FALSE(e.removed);
+  const pid_t later = mpp_test::fork_child([&] {
+    auto s = open_test(name);
+    return reinterpret_cast<std::atomic<std::uint64_t>*>(s.payload())->load() == 2 ? 0 : 1;
+  });
+  CHECK(mpp_test::wait_child(later) == 0);
+  seg.close();
+  CHECK_FALSE(shm_exists(name));
+}
+
+// ---- reference counting under crashes -----------------------------------------------------------
+
+TEST_CASE("refcount under crashes: 8 attach, 4 killed, live_users counts exactly the live ones",
+          "[crash][kill]") {
+  const auto name = mpp_test::unique_name("crash.refcount");
+  auto seg = Segment::create(name, spec_of());
+  Signal ready, release;
+  std::vector<pid_t> users;
+  for (int i = 0; i < 8; ++i) {
+    users.push_back(mpp_test::fork_child([&] {
+      auto s = open_test(name);
+      ready.post();
+      char c;
+      return ::read(release.fd[0], &c, 1) == 1 ? 0 : 1;  // close normally when told
+    }));
+  }
+  ready.wait(8);
+  CHECK(seg.live_users() == 9);
+  for (int i = 0; i < 8; i += 2) kill_and_reap(users[i]);  // 4 crash
+  CHECK(seg.live_users() == 5);
+  auto o = reg::inspect(name);
+  CHECK(o.attachers.size() == 9);  // dead holders still occupy their slots...
+  CHECK(reg::live_users(o).size() == 5);  // ...but are not counted
+  // A newcomer reuses a dead holder's slot only when the table is full; it is counted exactly once.
+  {
+    auto newcomer = open_test(name);  // a second handle in this process takes its own slot
+    CHECK(seg.live_users() == 6);
+  }
+  for (int i = 0; i < 4; ++i) release.post();
+  for (int i = 1; i < 8; i += 2) CHECK(mpp_test::wait_child(users[i]) == 0);
+  CHECK(seg.live_users() == 1);
+  // The survivors' clean exits freed their slots; the dead ones' are reaped by gc's reasoning.
+  o = reg::inspect(name);
+  CHECK(reg::live_users(o).size() == 1);
+  CHECK_FALSE(reg::gc_verdict(o, mpp::detail::os::unix_time_ms()).remove);
+  seg.close();
+  CHECK_FALSE(shm_exists(name));
+}
+
+// ---- squatters -----------------------------------------------------------------------------------
+
+TEST_CASE("squatting: a name pre-created by another user is refused", "[crash]") {
+  if (::geteuid() != 0) {
+    SUCCEED("needs root to impersonate another user; skipped");
+    return;
+  }
+  for (mode_t mode : {mode_t{0600}, mode_t{0666}}) {
+    const auto name = mpp_test::unique_name("squat.uid");
+    // The squatter: uid/gid nobody, creates the name before we do, even with a plausible header.
+    const pid_t squatter = mpp_test::fork_child([&] {
+      if (::setresgid(65534, 65534, 65534) != 0 || ::setresuid(65534, 65534, 65534) != 0) return 7;
+      const int fd = ::shm_open(("/" + name).c_str(), O_RDWR | O_CREAT | O_EXCL, mode);
+      if (fd < 0) return 8;
+      ::fchmod(fd, mode);
+      if (::ftruncate(fd, 65536) != 0) return 9;
+      ::close(fd);
+      return 0;
+    });
+    REQUIRE(mpp_test::wait_child(squatter) == 0);
+    struct stat st{};
+    REQUIRE(::lstat(("/dev/shm/" + name).c_str(), &st) == 0);
+    REQUIRE(st.st_uid == 65534u);
+
+    CHECK_THROWS_AS(Segment::create(name, spec_of()), mpp::ExistsError);
+    CHECK_THROWS_AS(open_test(name), mpp::PermissionError);
+    CHECK_THROWS_AS(Segment::open_or_create(name, spec_of()), mpp::PermissionError);
+    // The tool calls it foreign and gc never touches it.
+    const auto o = reg::inspect(name);
+    CHECK(o.state == reg::State::foreign);
+    CHECK(o.problem.find("uid 65534") != std::string::npos);
+    for (const auto& e : reg::gc(false, {}, name)) CHECK_FALSE(e.removed);
+    CHECK(::shm_unlink(("/" + name).c_str()) == 0);
+  }
+}
+
+TEST_CASE("squatting: a planted symlink is refused and its target left untouched", "[crash]") {
+  // A victim file the attacker would like us to truncate or scribble on.
+  const auto victim = "/tmp/" + mpp_test::unique_name("victim");
+  { std::ofstream(victim) << "precious"; }
+  const auto victim_seg = mpp_test::unique_name("squat.target");
+  auto real = Segment::create(victim_seg, spec_of());
+  for (const std::string& target : {victim, "/dev/shm/" + victim_seg, std::string("/nonexistent")}) {
+    const auto name = mpp_test::unique_name("squat.link");
+    REQUIRE(::symlink(target.c_str(), ("/dev/shm/" + name).c_str()) == 0);
+    CHECK_THROWS_AS(Segment::create(name, spec_of()), mpp::ExistsError);
+    CHECK_THROWS_AS(open_test(name), mpp::PermissionError);
+    CHECK_THROWS_AS(Segment::open_or_create(name, spec_of()), mpp::PermissionError);
+    CHECK(reg::inspect(name).state == reg::State::foreign);
+    CHECK(::unlink(("/dev/shm/" + name).c_str()) == 0);
+  }
+  std::string content;
+  std::ifstream(victim) >> content;
+  CHECK(content == "precious");
+  CHECK(real.live_users() == 1);
+  ::unlink(victim.c_str());
+}
+
+// ---- hostile peers -------------------------------------------------------------------------------
+
+TEST_CASE("hostile peer truncates a live segment: new openers and the tool refuse it", "[crash]") {
+  const auto name = mpp_test::unique_name("hostile.trunc");
+  auto seg = Segment::create(name, spec_of(1 << 16));
+  const std::uint64_t full = seg.header().total_size;
+  // The hostile peer (another process) shrinks the object under us.
+  const pid_t vandal = mpp_test::fork_child([&] {
+    const int fd = ::shm_open(("/" + name).c_str(), O_RDWR, 0);
+    return fd >= 0 && ::ftruncate(fd, 4096) == 0 ? 0 : 1;
+  });
+  REQUIRE(mpp_test::wait_child(vandal) == 0);
+  SegmentOptions quick;
+  quick.init_timeout = 50ms;
+  CHECK_THROWS_AS(open_test(name, quick), mpp::CorruptedError);
+  auto o = reg::inspect(name);
+  CHECK(o.state == reg::State::truncated);
+  CHECK(reg::live_users(o).size() == 1);  // us: gc keeps it
+  CHECK_FALSE(reg::gc_verdict(o, mpp::detail::os::unix_time_ms()).remove);
+  // Below a header: nothing left to believe.
+  const int fd = ::shm_open(("/" + name).c_str(), O_RDWR, 0);
+  REQUIRE(fd >= 0);
+  REQUIRE(::ftruncate(fd, 64) == 0);
+  CHECK_THROWS_AS(open_test(name, quick), mpp::TimeoutError);
+  CHECK(reg::inspect(name).state == reg::State::empty);
+  // Restore the size (zero-filled) so our own handle can release its slot without SIGBUS.
+  REQUIRE(::ftruncate(fd, static_cast<off_t>(full)) == 0);
+  ::close(fd);
+}
+
+TEST_CASE("hostile peer rewrites the header of a live segment: handles keep their geometry",
+          "[crash]") {
+  const auto name = mpp_test::unique_name("hostile.header");
+  auto seg = Segment::create(name, spec_of(4096));
+  auto other = open_test(name);
+  std::byte* const payload = seg.payload();
+  const std::uint64_t size = seg.payload_size();
+  // Another process scribbles over every geometry field of the shared header.
+  const pid_t vandal = mpp_test::fork_child([&] {
+    auto& h = seg.header();
+    h.payload_offset = 0x7fff'ffff'ffff'ff00ull;
+    h.payload_size = ~std::uint64_t{0};
+    h.total_size = 3;
+    h.capacity = ~std::uint64_t{0};
+    return 0;
+  });
+  REQUIRE(mpp_test::wait_child(vandal) == 0);
+  // Existing handles use what they validated when they mapped it, never the shared copy.
+  CHECK(seg.payload() == payload);
+  CHECK(seg.payload_size() == size);
+  CHECK(other.payload() - reinterpret_cast<std::byte*>(&other.header()) ==
+        payload - reinterpret_cast<std::byte*>(&seg.header()));
+  CHECK(other.payload_size() == size);
+  // New openers and the tool refuse the object.
+  SegmentOptions quick;
+  quick.init_timeout = 50ms;
+  CHECK_THROWS_AS(open_test(name, quick), mpp::CorruptedError);
+  CHECK(reg::inspect(name).state == reg::State::corrupt);
+}
+
+// KNOWN LIMITATION (documented in README "Crash safety"): a process that already has a segment
+// mapped and touches a page that a hostile peer truncated away gets SIGBUS from the kernel; the
+// library does not catch it yet. This test pins down today's behaviour — the victim dies by
+// SIGBUS — so that a fix (see the README) shows up here. Nothing else is affected: other processes and the tool keep working.
+TEST_CASE("hostile peer truncates a live segment: a mapped victim gets SIGBUS (known limitation)",
+          "[crash][hostile]") {
+  const auto name = mpp_test::unique_name("hostile.sigbus");
+  auto seg = Segment::create(name, spec_of(1 << 16));
+  seg.set_persistent(true);
+  Signal mapped, truncated;
+  const pid_t victim = mpp_test::fork_child([&] {
+    auto s = open_test(name);
+    // The kernel's verdict, unfiltered: no test-framework or sanitizer handler in between.
+    ::signal(SIGBUS, SIG_DFL);
+    mapped.post();
+    truncated.wait();
+    volatile std::byte* far = s.payload() + (1 << 15);
+    *far = std::byte{1};  // beyond the new end of file
+    return 0;             // not reached today
+  });
+  mapped.wait();
+  const int fd = ::shm_open(("/" + name).c_str(), O_RDWR, 0);
+  REQUIRE(fd >= 0);
+  REQUIRE(::ftruncate(fd, 4096) == 0);
+  truncated.post();
+  const int rc = mpp_test::wait_child(victim);
+  INFO("victim exit status " << rc);
+  CHECK(rc == -SIGBUS);
+  ::close(fd);
+  seg.close();  // persistent + truncated: our own pages are gone too, so do not touch them
+  CHECK(mpp::unlink(name));
+}
