@@ -5,6 +5,12 @@
 //
 // Environment knobs (documented in README "Crash safety"):
 //   MPP_KILL_REPS=N    repetitions of the random-kill scenarios (CI default is small)
+//   MPP_CRASH_AT=point[:n]  any process of this binary SIGKILLs itself at the n-th (default 1st)
+//                      hit of MPP_CRASH_POINT(point) — for reproducing one crash point by hand
+//
+// This file is compiled with MPP_CRASH_POINTS, so every MPP_CRASH_POINT(name) in the library calls
+// mpp::detail::crash_point() below (tests/main.cpp includes no mpp header: no ODR clash).
+#define MPP_CRASH_POINTS 1
 #include <mpp/detail/registry.hpp>
 #include <mpp/segment.hpp>
 
@@ -30,7 +36,95 @@ using mpp::detail::SegmentOptions;
 using mpp::detail::SegmentSpec;
 namespace reg = mpp::detail::registry;
 
+// ---- the crash-point hook --------------------------------------------------------------------------
+
+namespace crash_hook {
+/// Process-local (each forked child arms its own copy).
+struct State {
+  char target[96] = {};  ///< point to die at; empty: none
+  long countdown = 0;    ///< die at this hit (1 = the first)
+  int record_fd = -1;    ///< >= 0: write each point name hit by this process once, '\n'-terminated
+  char seen[32][96] = {};
+  int nseen = 0;
+};
+inline State& state() noexcept {
+  static State s = [] {
+    State st;
+    if (const char* env = std::getenv("MPP_CRASH_AT")) {
+      std::string v(env);
+      const auto colon = v.find(':');
+      st.countdown = colon == std::string::npos ? 1 : std::atol(v.c_str() + colon + 1);
+      std::snprintf(st.target, sizeof st.target, "%s", v.substr(0, colon).c_str());
+    }
+    return st;
+  }();
+  return s;
+}
+/// Arms this process to SIGKILL itself at the `hit`-th pass through point `name`.
+inline void arm(const std::string& name, long hit) noexcept {
+  auto& s = state();
+  std::snprintf(s.target, sizeof s.target, "%s", name.c_str());
+  s.countdown = hit;
+}
+/// Makes this process report the crash points it passes to `fd`.
+inline void record_to(int fd) noexcept { state().record_fd = fd; }
+}  // namespace crash_hook
+
+namespace mpp::detail {
+void crash_point(const char* name) noexcept {
+  auto& s = crash_hook::state();
+  if (s.record_fd >= 0) {
+    bool known = false;
+    for (int i = 0; i < s.nseen && !known; ++i) known = std::strcmp(s.seen[i], name) == 0;
+    if (!known && s.nseen < 32) {
+      std::snprintf(s.seen[s.nseen++], sizeof s.seen[0], "%s", name);
+      const std::string line = std::string(name) + "\n";
+      (void)!::write(s.record_fd, line.data(), line.size());
+    }
+  }
+  if (s.target[0] != '\0' && std::strcmp(s.target, name) == 0 && --s.countdown == 0)
+    ::kill(::getpid(), SIGKILL);
+}
+}  // namespace mpp::detail
+
 namespace {
+
+/// Runs `workload` in a child that records the crash points it passes; returns their names.
+template <class F>
+std::vector<std::string> discover_crash_points(F&& workload) {
+  int p[2];
+  REQUIRE(::pipe(p) == 0);
+  const pid_t child = mpp_test::fork_child([&] {
+    ::close(p[0]);
+    crash_hook::record_to(p[1]);
+    return workload();
+  });
+  ::close(p[1]);
+  std::string all;
+  char buf[512];
+  ssize_t n;
+  while ((n = ::read(p[0], buf, sizeof buf)) > 0) all.append(buf, static_cast<std::size_t>(n));
+  ::close(p[0]);
+  CHECK(mpp_test::wait_child(child) == 0);
+  std::vector<std::string> names;
+  for (std::size_t b = 0, e; (e = all.find('\n', b)) != std::string::npos; b = e + 1)
+    names.push_back(all.substr(b, e - b));
+  return names;
+}
+
+/// Runs `workload` in a child armed to die at the `hit`-th pass through `point`.
+/// Returns: true if it died there (SIGKILL), false if it finished without reaching that hit.
+template <class F>
+bool run_until_crash_point(const std::string& point, long hit, F&& workload) {
+  const pid_t child = mpp_test::fork_child([&] {
+    crash_hook::arm(point, hit);
+    return workload();
+  });
+  const int rc = mpp_test::wait_child(child);
+  INFO("crash point " << point << " hit " << hit << ": child status " << rc);
+  CHECK((rc == -SIGKILL || rc == 0));
+  return rc == -SIGKILL;
+}
 
 SegmentSpec spec_of(std::uint64_t bytes = 4096) {
   return SegmentSpec{mpp::Kind::test, mpp::type_info<std::uint64_t>(), bytes, 1};
@@ -269,6 +363,66 @@ TEST_CASE("refcount under crashes: 8 attach, 4 killed, live_users counts exactly
   CHECK_FALSE(reg::gc_verdict(o, mpp::detail::os::unix_time_ms()).remove);
   seg.close();
   CHECK_FALSE(shm_exists(name));
+}
+
+// ---- crash points ----------------------------------------------------------------------------------
+
+namespace {
+// A toy two-step mutation with an undo log, instrumented like the library's: it checks the driver
+// itself (every point is found, each kill lands where asked, recovery sees each intermediate state).
+struct Toy {
+  std::int64_t a, b, log_a, log_b;
+  std::uint32_t log_valid;
+};
+void toy_transfer(Toy* t, std::int64_t amount) {
+  t->log_a = t->a;
+  t->log_b = t->b;
+  MPP_CRASH_POINT("toy.logged");
+  t->log_valid = 1;
+  MPP_CRASH_POINT("toy.log_published");
+  t->a -= amount;
+  MPP_CRASH_POINT("toy.half_applied");
+  t->b += amount;
+  MPP_CRASH_POINT("toy.before_commit");
+  t->log_valid = 0;
+  MPP_CRASH_POINT("toy.after_commit");
+}
+void toy_recover(Toy* t) {
+  if (t->log_valid == 1) {
+    t->a = t->log_a;
+    t->b = t->log_b;
+    t->log_valid = 0;
+  }
+}
+}  // namespace
+
+TEST_CASE("crash-point driver: finds every point and kills at each in turn", "[crash][kill]") {
+  auto seg = Segment::create_anonymous(spec_of(sizeof(Toy)));
+  auto* t = reinterpret_cast<Toy*>(seg.payload());
+  auto workload = [&] {
+    for (int i = 0; i < 3; ++i) toy_transfer(t, 10);
+    return 0;
+  };
+  t->a = 1000;
+  t->b = 0;
+  const auto points = discover_crash_points(workload);
+  CHECK(points == std::vector<std::string>{"toy.logged", "toy.log_published", "toy.half_applied",
+                                           "toy.before_commit", "toy.after_commit"});
+  int kills = 0;
+  for (const auto& p : points) {
+    for (long hit : {1L, 3L, 4L}) {
+      t->a = 1000;
+      t->b = 0;
+      t->log_valid = 0;
+      const bool died = run_until_crash_point(p, hit, workload);
+      CHECK(died == (hit <= 3));
+      kills += died;
+      toy_recover(t);  // what the next user of the object does
+      CHECK(t->a + t->b == 1000);
+      CHECK(t->b % 10 == 0);
+    }
+  }
+  CHECK(kills == 10);
 }
 
 // ---- squatters -----------------------------------------------------------------------------------
