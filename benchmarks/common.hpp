@@ -45,7 +45,7 @@ inline constexpr std::size_t kCacheLine = 64;
 
 struct Options {
   bool quick = false;
-  int reps = 7;  // --quick: 3
+  int reps = 7;  // --quick: 5
   std::optional<std::regex> filter;
 
   /// Pick a size: the full-run one, or the smaller --quick one.
@@ -74,7 +74,7 @@ inline Options parse_args(int argc, char** argv) {
       std::exit(2);
     }
   }
-  if (o.quick && !reps_given) o.reps = 3;
+  if (o.quick && !reps_given) o.reps = 5;
   if (o.reps < 1) o.reps = 1;
   return o;
 }

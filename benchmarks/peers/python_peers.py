@@ -34,6 +34,10 @@ class Check(Exception):
     pass
 
 
+class RepTimeout(Exception):
+    pass
+
+
 def check(ok, what):
     if not ok:
         raise Check(what)
@@ -272,18 +276,21 @@ def main():
     ap.add_argument("--reps", type=int)
     ap.add_argument("filter", nargs="?")
     opt = ap.parse_args()
-    reps = opt.reps or (3 if opt.quick else 7)
+    reps = opt.reps or (5 if opt.quick else 7)
     pattern = re.compile(opt.filter) if opt.filter else None
 
     def n(full, quick):
         return quick if opt.quick else full
 
     def on_alarm(signum, frame):
-        raise TimeoutError(f"timed out after {REP_TIMEOUT_S} s")
+        # Not TimeoutError: that is an OSError, which Process.join() swallows in os.waitpid.
+        raise RepTimeout(f"timed out after {REP_TIMEOUT_S} s")
 
     signal.signal(signal.SIGALRM, on_alarm)
+    failures = 0
 
     def run(workload, unit, higher_is_better, measure):
+        nonlocal failures
         if pattern and not pattern.search(workload):
             return
         for _ in range(reps):
@@ -297,6 +304,7 @@ def main():
                 print(f"{workload}/python: {e!r}", file=sys.stderr)
                 print(json.dumps({"workload": workload, "system": "python", "error": repr(e)}),
                       flush=True)
+                failures += 1
                 return
             signal.alarm(0)
             print(json.dumps({"workload": workload, "system": "python", "value": value,
@@ -317,7 +325,8 @@ def main():
     run("process.start", "µs", False, lambda: process_start_us(n(50, 10)))
     run("shm.create.1MiB", "µs", False, lambda: shm_us(True, n(200, 50)))
     run("shm.attach.1MiB", "µs", False, lambda: shm_us(False, n(200, 50)))
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
