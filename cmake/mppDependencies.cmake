@@ -5,6 +5,19 @@ find_package(Threads REQUIRED)
 
 set(MPP_DEPENDENCIES_FROM_PACKAGES TRUE)
 
+# Cross builds (cmake/toolchains/mingw-w64.cmake) take the header-only dependencies from a staged
+# directory of links instead of find_package, and use fmt header-only.
+if(MPP_HEADER_DEPS_DIR)
+  foreach(dep Boost::headers cereal::cereal Catch2::Catch2 fmt::fmt-header-only)
+    add_library(${dep} INTERFACE IMPORTED)
+    set_target_properties(${dep} PROPERTIES INTERFACE_INCLUDE_DIRECTORIES "${MPP_HEADER_DEPS_DIR}")
+  endforeach()
+  set_target_properties(fmt::fmt-header-only PROPERTIES INTERFACE_COMPILE_DEFINITIONS FMT_HEADER_ONLY=1)
+  set(MPP_FMT_HEADER_ONLY ON)
+  set(MPP_DEPENDENCIES_FROM_PACKAGES FALSE)
+  return()
+endif()
+
 find_package(Boost 1.74 QUIET CONFIG)
 if(NOT TARGET Boost::headers)
   message(STATUS "mpp: Boost >= 1.74 not installed; fetching Boost headers")

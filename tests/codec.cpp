@@ -110,6 +110,7 @@ TEST_CASE("codec rejects corrupted buffers", "[codec]") {
   CHECK_THROWS_AS(mpp::decode<Point>(mpp::Bytes(3)), mpp::CorruptedError);
 }
 
+#if defined(MPP_OS_POSIX)
 TEST_CASE("codec data crosses processes", "[codec]") {
   int fds[2];
   REQUIRE(::pipe(fds) == 0);
@@ -130,3 +131,4 @@ TEST_CASE("codec data crosses processes", "[codec]") {
   ::close(fds[0]);
   ::close(fds[1]);
 }
+#endif

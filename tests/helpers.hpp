@@ -3,9 +3,14 @@
 #pragma once
 
 #include <fmt/format.h>
-#include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
+#include <mpp/detail/config.hpp>
+#include <mpp/detail/os.hpp>
+
+#if defined(MPP_OS_POSIX)
+#  include <signal.h>
+#  include <sys/wait.h>
+#  include <unistd.h>
+#endif
 
 #include <atomic>
 #include <chrono>
@@ -21,8 +26,16 @@ namespace mpp_test {
 /// A name no other test (or test process) uses: "mpp.test.<pid>.<n>.<tag>".
 inline std::string unique_name(std::string_view tag) {
   static std::atomic<int> counter{0};
-  return fmt::format("mpp.test.{}.{}.{}", ::getpid(), counter.fetch_add(1), tag);
+  return fmt::format("mpp.test.{}.{}.{}", mpp::detail::os::current_pid(), counter.fetch_add(1),
+                     tag);
 }
+
+/// Seconds elapsed since `t0` on the steady clock.
+inline double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+#if defined(MPP_OS_POSIX)
 
 /// Runs `fn` in a forked child whose exit status is fn's return value (1 on an exception).
 /// Returns the child's pid; collect it with wait_child().
@@ -54,9 +67,6 @@ inline int wait_child(pid_t pid) {
   return -1000;
 }
 
-/// Seconds elapsed since `t0` on the steady clock.
-inline double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
+#endif  // MPP_OS_POSIX
 
 }  // namespace mpp_test

@@ -201,6 +201,7 @@ class Segment {
       os::shm_remove(name);
       throw;
     }
+    s.keep(std::move(fd));
     s.creator_pid_ = os::current_pid();
     s.persistent_ = opts.persistent;
     s.payload_size_ = spec.payload_size;
@@ -279,18 +280,13 @@ class Segment {
     auto* h = s.header_ptr();
     const bool ready = h->init_wait.wait(
         [&] { return h->init_state.load(std::memory_order_acquire) == kInitReady; }, deadline,
-        [&] {
-          const auto creator = ProcessRef::unpack(h->creator.load(std::memory_order_acquire));
-          if (h->init_state.load(std::memory_order_acquire) != kInitReady && creator.pid != 0 &&
-              !creator.alive())
-            fail<CorruptedError>("the creator of '{}' (pid {}) died while initialising it; "
-                                 "remove the stale object with mpp::unlink(\"{}\")",
-                                 name, creator.pid, name);
-        });
+        [&] { s.check_creator_alive(); });
     if (!ready)
       fail<TimeoutError>("'{}' is still being initialised by pid {} after {} ms; try again later",
                          name, ProcessRef::unpack(h->creator.load()).pid, opts.init_timeout.count());
-    s.validate(kind, type, os::file_info(fd, name).size);
+    const std::uint64_t final_size = os::file_info(fd, name).size;
+    s.keep(std::move(fd));
+    s.validate(kind, type, final_size);
     s.attach_self();
     return s;
   }
@@ -372,12 +368,29 @@ class Segment {
       }
     }
     os::unmap(base_, size_);
+    fd_.reset();
     base_ = nullptr;
     size_ = 0;
   }
 
  private:
   SegmentHeader* header_ptr() const noexcept { return reinterpret_cast<SegmentHeader*>(base_); }
+
+  // Windows removes a mapping's name with its last handle, so the handle lives as long as we do;
+  // on POSIX the mapping alone keeps the object and the descriptor is closed at once.
+  void keep(os::Fd fd) noexcept {
+    if constexpr (os::kKeepHandleWhileMapped) fd_ = std::move(fd);
+  }
+
+  void check_creator_alive() const {
+    const auto* h = header_ptr();
+    const auto creator = ProcessRef::unpack(h->creator.load(std::memory_order_acquire));
+    if (h->init_state.load(std::memory_order_acquire) != kInitReady && creator.pid != 0 &&
+        !creator.alive())
+      fail<CorruptedError>("the creator of '{}' (pid {}) died while initialising it; "
+                           "remove the stale object with mpp::unlink(\"{}\")",
+                           name_, creator.pid, name_);
+  }
 
   void swap(Segment& o) noexcept {
     std::swap(name_, o.name_);
@@ -390,6 +403,7 @@ class Segment {
     std::swap(persistent_, o.persistent_);
     std::swap(attach_idx_, o.attach_idx_);
     std::swap(attach_pid_, o.attach_pid_);
+    std::swap(fd_, o.fd_);
   }
 
   static void check_access(const os::FileInfo& info, std::string_view name) {
@@ -429,7 +443,8 @@ class Segment {
       fail<TypeMismatchError>("'{}' holds elements of type '{}', opened as '{}'", name_,
                               stored_name, type.name);
     const std::uint64_t total = h.total_size, off = h.payload_offset, psize = h.payload_size;
-    if (total != file_size || total > size_)
+    // Windows reports the section size rounded up to a page; anything beyond that is corruption.
+    if (total > file_size || total > size_ || align_up(total, os::page_size()) < file_size)
       fail<CorruptedError>("'{}': header says {} bytes but the segment has {}", name_, total,
                            file_size);
     if (off < sizeof(SegmentHeader) || off % kCacheLine != 0 || off > total ||
@@ -478,6 +493,7 @@ class Segment {
   bool persistent_ = false;
   std::uint32_t attach_idx_ = kMaxAttach;
   os::pid_type attach_pid_ = 0;
+  os::Fd fd_;  // held only where the OS needs it (kKeepHandleWhileMapped)
 };
 
 }  // namespace detail

@@ -107,9 +107,11 @@ struct WaitPoint {
  private:
   void notify(int count) noexcept {
     std::atomic_thread_fence(std::memory_order_seq_cst);
-    if (sleepers.load(std::memory_order_relaxed) == 0) return;
+    const std::uint32_t n = sleepers.load(std::memory_order_relaxed);
+    if (n == 0) return;
     seq.fetch_add(1, std::memory_order_seq_cst);
-    os::wake_address(seq, count);
+    // Never more than the sleepers: a semaphore-based backend (Win32) keeps surplus wake-ups.
+    os::wake_address(seq, n < static_cast<std::uint32_t>(count) ? static_cast<int>(n) : count);
   }
 };
 static_assert(sizeof(WaitPoint) == 8 && std::is_standard_layout_v<WaitPoint>);

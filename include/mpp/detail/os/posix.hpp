@@ -77,6 +77,9 @@ class Fd {
 
 // ---- named shared memory ------------------------------------------------------------------
 
+/// Whether a segment must keep its OS handle open while mapped (a mapping keeps a POSIX shared-memory object alive by itself).
+inline constexpr bool kKeepHandleWhileMapped = false;
+
 inline std::string shm_path(std::string_view name) { return "/" + std::string(name); }
 
 //!Effects: creates the shared-memory object `name` exclusively, mode 0600 whatever the umask,
