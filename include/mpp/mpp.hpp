@@ -5,3 +5,5 @@
 #include "errors.hpp"
 #include "segment.hpp"
 #include "shared_memory.hpp"
+#include "value.hpp"
+#include "array.hpp"

@@ -1,0 +1,260 @@
+// Value<T> / RawValue<T>: Python's semantics across forked and unrelated processes, the embedded
+// robust lock (400 000 increments from 4 processes; a dead holder is reported), atomic operations
+// without a lock, typed opening, validation of what another process wrote.
+#include <mpp/value.hpp>
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <mutex>
+#include <vector>
+
+#include "helpers.hpp"
+
+using mpp::RawValue;
+using mpp::Value;
+using mpp_test::unique_name;
+
+namespace {
+
+struct Point {
+  double x, y, z;  // 24 bytes: not lock-free, so value() and set() go through the lock
+  friend bool operator==(const Point&, const Point&) = default;
+};
+
+int run_unrelated(const char* spec, const std::string& name) {
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    ::setenv("MPP_TEST_OBJECT", name.c_str(), 1);
+    char self[] = "/proc/self/exe";
+    char* argv[] = {self, const_cast<char*>(spec), nullptr};
+    ::execv(self, argv);
+    ::_exit(127);
+  }
+  return mpp_test::wait_child(pid);
+}
+
+template <class F>
+std::vector<pid_t> fork_n(int n, F fn) {
+  std::vector<pid_t> kids;
+  for (int i = 0; i < n; ++i) kids.push_back(mpp_test::fork_child([&fn, i] { return fn(i); }));
+  return kids;
+}
+
+}  // namespace
+
+TEST_CASE("value, set, operator= across a forked child", "[value]") {
+  Value<int> v;  // Python: Value('i'), zero
+  CHECK(v.value() == 0);
+  v = 7;
+  CHECK(v.value() == 7);
+  CHECK(v.has_lock());
+  CHECK(v.name().rfind("mpp.anon.", 0) == 0);
+  const pid_t child = mpp_test::fork_child([v]() mutable {
+    if (v.value() != 7) return 2;
+    v.set(30);
+    return 0;
+  });
+  CHECK(mpp_test::wait_child(child) == 0);
+  CHECK(v.value() == 30);
+}
+
+TEST_CASE("Value<int8_t> wraps around like Value('b', 129)", "[value]") {
+  Value<std::int8_t> v(static_cast<std::int8_t>(129));
+  CHECK(v.value() == -127);
+}
+
+TEST_CASE("[.] helper: Value in an unrelated process", "[.][value-child]") {
+  const char* name = std::getenv("MPP_TEST_OBJECT");
+  if (name == nullptr) return;  // only meaningful when run_unrelated() starts it
+  auto v = Value<double>::open(name);
+  REQUIRE(v.value() == 1.5);
+  v.with_lock([](double& d) { d *= 4; });
+}
+
+TEST_CASE("named: create, open by an unrelated process, types checked", "[value]") {
+  const auto name = unique_name("val");
+  auto v = Value<double>::create(name, 1.5);
+  CHECK(run_unrelated("[value-child]", name) == 0);
+  CHECK(v.value() == 6.0);
+  CHECK_THROWS_AS(Value<double>::create(name), mpp::ExistsError);
+  CHECK_THROWS_AS(Value<int>::open(name), mpp::TypeMismatchError);
+  CHECK_THROWS_AS(Value<double>::open(unique_name("absent")), mpp::NotFoundError);
+  auto again = Value<double>::open_or_create(name, 99.0);  // exists: opened, not reset
+  CHECK(again.value() == 6.0);
+  auto raw = RawValue<double>::open(name);  // a RawValue view ignores the lock
+  CHECK(raw.value() == 6.0);
+  CHECK_FALSE(raw.has_lock());
+}
+
+TEST_CASE("get_lock around read-modify-write: 4 processes x 100 000 increments", "[value]") {
+  Value<std::int64_t> v;
+  constexpr int kEach = 100'000;
+  auto kids = fork_n(4, [&](int) {
+    for (int i = 0; i < kEach; ++i) {
+      std::lock_guard<mpp::Lock> g(v.get_lock());
+      v.set(v.value() + 1);  // Python: with v.get_lock(): v.value += 1
+    }
+    return 0;
+  });
+  for (pid_t k : kids) CHECK(mpp_test::wait_child(k) == 0);
+  CHECK(v.value() == 4 * kEach);
+}
+
+TEST_CASE("with_lock and fetch_add: 4 processes x 100 000 increments each", "[value]") {
+  Value<std::int64_t> locked, atomic;
+  constexpr int kEach = 100'000;
+  auto kids = fork_n(4, [&](int) {
+    for (int i = 0; i < kEach; ++i) {
+      locked.with_lock([](std::int64_t& x) { ++x; });
+      atomic.fetch_add(1);
+    }
+    return 0;
+  });
+  for (pid_t k : kids) CHECK(mpp_test::wait_child(k) == 0);
+  CHECK(locked.value() == 4 * kEach);
+  CHECK(atomic.load() == 4 * kEach);
+}
+
+TEST_CASE("atomic operations without a lock", "[value]") {
+  RawValue<std::uint32_t> v(5);
+  CHECK_FALSE(v.has_lock());
+  CHECK(v.fetch_add(3) == 5);
+  CHECK(v.fetch_sub(1) == 8);
+  CHECK(v.exchange(100) == 7);
+  std::uint32_t expected = 1;
+  CHECK_FALSE(v.compare_exchange(expected, 2));
+  CHECK(expected == 100);
+  CHECK(v.compare_exchange(expected, 2));
+  CHECK(v.fetch_or(0x10) == 2);
+  CHECK(v.fetch_and(0x10) == 0x12);
+  CHECK(v.fetch_xor(0x11) == 0x10);
+  CHECK(v.load() == 0x01);
+  v.store(9);
+  CHECK(v.value() == 9);
+  Value<double> d(1.0);
+  CHECK(d.fetch_add(0.5) == 1.0);
+  CHECK(d.value() == 1.5);
+  Value<bool> b(false);
+  bool e = false;
+  CHECK(b.compare_exchange(e, true));
+  CHECK(b.value());
+  // 4 processes x 1000 compare_exchange loops on a double: no update is lost.
+  Value<double> sum(0.0, {.lock = false});
+  auto kids = fork_n(4, [&](int) {
+    for (int i = 0; i < 1000; ++i) {
+      double cur = sum.load();
+      while (!sum.compare_exchange(cur, cur + 1.0)) {
+      }
+    }
+    return 0;
+  });
+  for (pid_t k : kids) CHECK(mpp_test::wait_child(k) == 0);
+  CHECK(sum.value() == 4000.0);
+}
+
+TEST_CASE("lock=false and RawValue have no lock", "[value]") {
+  Value<int> v(3, {.lock = false});
+  CHECK_FALSE(v.has_lock());
+  CHECK_THROWS_AS(v.get_lock(), mpp::ValueError);
+  CHECK_THROWS_AS(v.with_lock([](int&) {}), mpp::ValueError);
+  CHECK(v.value() == 3);
+  RawValue<Point> p(Point{1, 2, 3});
+  CHECK(p.value() == Point{1, 2, 3});
+  p = Point{4, 5, 6};
+  CHECK(p.get_obj().y == 5);
+}
+
+TEST_CASE("a non-lock-free T: value() and set() take the lock, with_lock returns", "[value]") {
+  Value<Point> p(Point{1, 2, 3});
+  static_assert(!Value<Point>::is_lock_free);
+  CHECK(p.value() == Point{1, 2, 3});
+  // Concurrent writers of whole Points under the lock; readers never see a torn Point.
+  const pid_t writer = mpp_test::fork_child([p]() mutable {
+    for (int i = 0; i < 20'000; ++i) p.set(Point{double(i), double(i), double(i)});
+    return 0;
+  });
+  int torn = 0;
+  for (int i = 0; i < 20'000; ++i) {
+    const Point q = p.value();
+    torn += !(q.x == q.y && q.y == q.z) && !(q == Point{1, 2, 3});
+  }
+  CHECK(mpp_test::wait_child(writer) == 0);
+  CHECK(torn == 0);
+  // Holding the lock in this process, value()/set() do not deadlock.
+  {
+    std::lock_guard<mpp::Lock> g(p.get_lock());
+    p.set(Point{7, 7, 7});
+    CHECK(p.value() == Point{7, 7, 7});
+  }
+  const double s = p.with_lock([](Point& q) { return q.x + q.y + q.z; });
+  CHECK(s == 21);
+}
+
+TEST_CASE("with_lock: timeout, exceptions release the lock", "[value]") {
+  Value<int> v(1);
+  CHECK_THROWS_AS(v.with_lock([](int&) { throw std::runtime_error("x"); }), std::runtime_error);
+  CHECK_FALSE(v.get_lock().locked());
+  v.get_lock().acquire();
+  CHECK_THROWS_AS(v.with_lock(std::chrono::milliseconds(20), [](int&) {}), mpp::TimeoutError);
+  v.get_lock().release();
+  CHECK(v.with_lock(std::chrono::seconds(5), [](int& x) { return ++x; }) == 2);
+}
+
+TEST_CASE("a holder killed with the lock: the next acquirer proceeds and is told", "[value][kill]") {
+  Value<int> v(0);
+  int ready[2];
+  REQUIRE(::pipe(ready) == 0);
+  const pid_t holder = mpp_test::fork_child([&] {
+    v.get_lock().acquire();
+    v.get_obj() = 41;  // half-way through an update
+    char c = 1;
+    if (::write(ready[1], &c, 1) != 1) return 2;
+    ::pause();  // killed while holding the lock
+    return 0;
+  });
+  char c = 0;
+  REQUIRE(::read(ready[0], &c, 1) == 1);
+  REQUIRE(::kill(holder, SIGKILL) == 0);
+  CHECK(mpp_test::wait_child(holder) == -SIGKILL);
+  SECTION("with_lock is told through its second argument") {
+    bool told = false;
+    v.with_lock([&](int& x, bool previous_owner_died) {
+      told = previous_owner_died;
+      x = 42;  // repair
+    });
+    CHECK(told);
+    bool again = true;
+    v.with_lock([&](int&, bool died) { again = died; });
+    CHECK_FALSE(again);
+  }
+  SECTION("get_lock().acquire() is told through previous_owner_died()") {
+    auto& lock = v.get_lock();
+    CHECK(lock.acquire(true, std::chrono::seconds(10)));
+    CHECK(lock.previous_owner_died());
+    lock.release();
+  }
+  CHECK(v.value() >= 41);
+  ::close(ready[0]);
+  ::close(ready[1]);
+}
+
+TEST_CASE("a corrupted header is an error, not an out-of-bounds read", "[value]") {
+  const auto name = unique_name("corrupt");
+  auto v = Value<int>::create(name, 5);
+  auto* h = reinterpret_cast<mpp::detail::BlockHeader*>(v.segment()->payload());
+  SECTION("element count") {
+    h->count = 1'000'000;
+    CHECK_THROWS_AS(Value<int>::open(name), mpp::CorruptedError);
+  }
+  SECTION("flags") {
+    h->flags = 0x80;
+    CHECK_THROWS_AS(Value<int>::open(name), mpp::CorruptedError);
+  }
+  SECTION("element size") {
+    h->elem_size = 8;
+    CHECK_THROWS_AS(Value<int>::open(name), mpp::CorruptedError);
+  }
+}
