@@ -14,7 +14,8 @@ set(common -G "${GENERATOR}" -DCMAKE_CXX_COMPILER=${CMAKE_CXX_COMPILER} -DCMAKE_
 if(MODE STREQUAL "find_package")
   set(prefix "${WORK_DIR}/prefix")
   run(${CMAKE_COMMAND} -S "${MPP_SOURCE_DIR}" -B "${WORK_DIR}/mpp-build" ${common}
-      -DMPP_BUILD_TESTS=OFF -DMPP_BUILD_EXAMPLES=OFF -DMPP_BUILD_BENCHMARKS=OFF -DMPP_INSTALL=ON)
+      -DMPP_BUILD_TESTS=OFF -DMPP_BUILD_EXAMPLES=OFF -DMPP_BUILD_BENCHMARKS=OFF -DMPP_BUILD_TOOLS=OFF
+      -DMPP_INSTALL=ON)
   run(${CMAKE_COMMAND} --install "${WORK_DIR}/mpp-build" --prefix "${prefix}")
   foreach(f share/cmake/mpp/mppConfig.cmake share/cmake/mpp/mppConfigVersion.cmake
             share/pkgconfig/mpp.pc include/mpp/mpp.hpp)
