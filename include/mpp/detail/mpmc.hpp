@@ -1,0 +1,561 @@
+// mpp — the crash-safe multi-producer multi-consumer slot ring behind Queue, SimpleQueue and
+// JoinableQueue (DESIGN.md sections 1.2 and 4).
+//
+// A bounded array of `capacity` slots. Position p (a 64-bit count) lives in slot p % capacity at
+// lap p / capacity. Each slot's 64-bit state word is the source of truth:
+//
+//     EMPTY(lap) --claim (CAS)--> WRITING(lap, owner) --publish (store)--> FULL(lap)
+//     FULL(lap)  --claim (CAS)--> READING(lap, owner) --commit  (store)--> EMPTY(lap + 1)
+//
+// `owner` identifies the participant (an entry of this queue's participant table: index plus
+// generation), so anyone who finds a slot held by a dead process repairs it with one CAS:
+// WRITING(dead) -> EMPTY(lap + 1) (a tombstone: that put never returned, nothing is lost) and
+// READING(dead) -> FULL(lap) (that get never returned; the item is delivered again, not lost).
+// Head and tail are hints that anyone advances with a plain store; the lap in the state word makes
+// stale hints and ABA harmless. Consumers skip READING slots, so an item rescued from a dead reader
+// can sit behind the head: consumers that arrive at its slot one lap later take it, and consumers
+// that find the queue empty scan for it. A waiter sets a WAITER bit in the state it sleeps on; the
+// process whose claim CAS consumes the bit wakes it, so the fast path has no fence and no syscall.
+//
+// Items up to kInline bytes live in the slot; larger ones in the slot's own region of the sparse
+// item area (max_item bytes per slot, allocated by tmpfs only when touched), owned with the slot.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+
+#include "../errors.hpp"
+#include "../segment.hpp"
+#include "config.hpp"
+#include "liveness.hpp"
+#include "os.hpp"
+#include "wait.hpp"
+
+namespace mpp::detail::mpmc {
+
+using u64 = std::uint64_t;
+using i64 = std::int64_t;
+
+inline constexpr u64 kEmpty = 0, kWriting = 1, kFull = 2, kReading = 3, kPhaseMask = 3;
+inline constexpr u64 kWaiter = 4;  ///< someone sleeps until this state changes
+inline constexpr int kOwnerShift = 3;
+inline constexpr u64 kOwnerMask = 0xffff;
+inline constexpr int kLapShift = 20;
+inline constexpr u64 kLapMask = (u64{1} << 44) - 1;
+inline constexpr std::uint32_t kMaxParticipants = 128;  // owner = index (7 bits) + generation (9 bits)
+inline constexpr std::uint32_t kGenMask = 511;
+inline constexpr std::size_t kInline = 20;              // bytes stored in the slot itself
+inline constexpr std::uint32_t kBigFlag = 0x80000000u;  // len: the bytes are in the slot's region
+inline constexpr u64 kMagic = 0x3165756575717070ull;    // "ppqueue1"
+
+constexpr u64 make_state(u64 lap, u64 phase, u64 owner) noexcept {
+  return ((lap & kLapMask) << kLapShift) | ((owner & kOwnerMask) << kOwnerShift) | phase;
+}
+constexpr u64 phase_of(u64 s) noexcept { return s & kPhaseMask; }
+constexpr u64 lap_of(u64 s) noexcept { return s >> kLapShift; }
+constexpr std::uint32_t owner_of(u64 s) noexcept {
+  return static_cast<std::uint32_t>((s >> kOwnerShift) & kOwnerMask);
+}
+/// a - b for 44-bit laps, sign-extended (laps wrap after 2^44).
+constexpr i64 lap_diff(u64 a, u64 b) noexcept {
+  return static_cast<i64>(((a - b) & kLapMask) << kLapShift) >> kLapShift;
+}
+
+/// One slot: 32 bytes, two per cache line.
+struct Slot {
+  std::atomic<u64> state;
+  std::uint32_t len;  ///< bytes of the item; kBigFlag when they are in the slot's region
+  std::byte data[kInline];
+};
+static_assert(sizeof(Slot) == 32 && std::is_standard_layout_v<Slot>);
+
+/// A process using the queue. `who` is its packed ProcessRef (0: free); `gen` changes whenever
+/// the entry changes hands, so an owner field naming a previous holder is recognised as dead.
+struct alignas(kCacheLine) Participant {
+  std::atomic<u64> who;
+  std::atomic<std::uint32_t> gen;
+  std::atomic<i64> held;  ///< JoinableQueue: items got and not yet task_done() by this process
+};
+
+/// Queue flags stored in the header.
+inline constexpr std::uint32_t kUnbounded = 1;
+
+/// The start of the payload. Immutable configuration first, then each hot word on its own line.
+struct Header {
+  u64 magic;
+  u64 capacity;  ///< slots
+  i64 maxsize;   ///< as given by the creator (<= 0: unbounded)
+  u64 max_item;  ///< bytes per slot region
+  u64 slots_offset;
+  u64 regions_offset;
+  u64 payload_size;
+  std::uint32_t flags;
+  alignas(kCacheLine) std::atomic<u64> tail;  ///< hint: next position to put
+  alignas(kCacheLine) std::atomic<u64> head;  ///< hint: next position to get
+  alignas(kCacheLine) WaitPoint not_empty;
+  alignas(kCacheLine) WaitPoint not_full;
+  alignas(kCacheLine) std::atomic<i64> unfinished;  ///< JoinableQueue: put() minus task_done()
+  WaitPoint all_done;
+  std::atomic<u64> rescued;        ///< items given back by dead readers (ever)
+  std::atomic<u64> rescued_taken;  ///< of those, taken again (a hint: may lag after a crash)
+  Participant parts[kMaxParticipants];
+};
+static_assert(std::is_standard_layout_v<Header>);
+
+/// Layout of a queue of `capacity` slots with `max_item`-byte regions.
+struct Layout {
+  u64 slots_offset, regions_offset, payload_size;
+  static Layout of(u64 capacity, u64 max_item) {
+    Layout l{};
+    l.slots_offset = align_up(sizeof(Header), kCacheLine);
+    l.regions_offset = align_up(l.slots_offset + capacity * sizeof(Slot), 4096);
+    l.payload_size = l.regions_offset + capacity * max_item;
+    return l;
+  }
+};
+
+/// Result of one attempt.
+enum class Status { ok, empty, full, busy };
+
+/// The byte-level queue shared by the typed front ends. Thread-safe; one per process and mapping
+/// (handles share it through a shared_ptr).
+class Core {
+ public:
+  //!Effects: creates the segment (named, or anonymous when `name` is empty).
+  static std::shared_ptr<Core> create(std::string_view name, Kind kind, const TypeInfo& type,
+                                      i64 maxsize, u64 max_item, u64 unbounded_capacity,
+                                      const SegmentOptions& opts, bool open_existing_ok,
+                                      bool anonymous) {
+    const bool unbounded = maxsize <= 0;
+    const u64 cap = unbounded ? unbounded_capacity : static_cast<u64>(maxsize);
+    if (cap == 0 || cap > (u64{1} << 30))
+      fail<InvalidArgument>("queue capacity {} is out of range (1 .. 2^30 slots)", cap);
+    if (max_item < kInline || max_item > (u64{1} << 30))
+      fail<InvalidArgument>("max_item_size {} is out of range ({} .. 2^30 bytes)", max_item,
+                            kInline);
+    const Layout l = Layout::of(cap, max_item);
+    const SegmentSpec spec{kind, type, l.payload_size, cap};
+    auto init = [&](std::byte* p, std::uint64_t) {
+      auto* h = new (p) Header{};
+      h->capacity = cap;
+      h->maxsize = maxsize;
+      h->max_item = max_item;
+      h->slots_offset = l.slots_offset;
+      h->regions_offset = l.regions_offset;
+      h->payload_size = l.payload_size;
+      h->flags = unbounded ? kUnbounded : 0;
+      h->magic = kMagic;  // slots are zero: EMPTY at lap 0
+    };
+    Segment seg;
+    if (anonymous) {
+      seg = Segment::create_anonymous(spec, init);
+    } else if (open_existing_ok) {
+      seg = Segment::open_or_create(name, spec, init, opts).first;
+    } else {
+      seg = Segment::create(name, spec, init, opts);
+    }
+    if (opts.persistent) seg.set_persistent(true);
+    return std::make_shared<Core>(std::move(seg));
+  }
+
+  //!Effects: opens the existing queue `name`. Throws: what Segment::open throws, CorruptedError.
+  static std::shared_ptr<Core> open(std::string_view name, Kind kind, const TypeInfo& type,
+                                    const SegmentOptions& opts) {
+    return std::make_shared<Core>(Segment::open(name, kind, type, opts));
+  }
+
+  explicit Core(Segment seg) : seg_(std::move(seg)) {
+    if (seg_.payload_size() < sizeof(Header))
+      fail<CorruptedError>("queue '{}': payload of {} bytes is smaller than its header",
+                           seg_.name(), seg_.payload_size());
+    h_ = reinterpret_cast<Header*>(seg_.payload());
+    // Read every configuration word once and check it against the mapping.
+    const u64 magic = h_->magic, cap = h_->capacity, max_item = h_->max_item;
+    const u64 so = h_->slots_offset, ro = h_->regions_offset;
+    if (magic != kMagic || cap == 0 || cap > (u64{1} << 30) || max_item < kInline ||
+        max_item > (u64{1} << 30) || cap != seg_.capacity())
+      fail<CorruptedError>("queue '{}' has an invalid header (capacity {}, max item {})",
+                           seg_.name(), cap, max_item);
+    const Layout l = Layout::of(cap, max_item);
+    if (so != l.slots_offset || ro != l.regions_offset || l.payload_size > seg_.payload_size())
+      fail<CorruptedError>("queue '{}': its layout does not fit its {} bytes", seg_.name(),
+                           seg_.payload_size());
+    cap_ = cap;
+    max_item_ = max_item;
+    maxsize_ = h_->maxsize;
+    unbounded_ = (h_->flags & kUnbounded) != 0;
+    pow2_ = (cap & (cap - 1)) == 0;
+    mask_ = cap - 1;
+    shift_ = 0;
+    while ((u64{1} << shift_) < cap) ++shift_;
+    slots_ = reinterpret_cast<Slot*>(seg_.payload() + so);
+    regions_ = seg_.payload() + ro;
+  }
+
+  Core(const Core&) = delete;
+  Core& operator=(const Core&) = delete;
+
+  ~Core() {
+    if (reg_pid_.load(std::memory_order_relaxed) == os::current_pid()) {
+      u64 me = self_.pack();
+      h_->parts[reg_idx_].who.compare_exchange_strong(me, 0, std::memory_order_acq_rel);
+    }
+  }
+
+  Segment& segment() noexcept { return seg_; }
+  const std::string& name() const noexcept { return seg_.name(); }
+  u64 capacity() const noexcept { return cap_; }
+  i64 maxsize() const noexcept { return maxsize_; }
+  bool unbounded() const noexcept { return unbounded_; }
+  u64 max_item() const noexcept { return max_item_; }
+  Header& header() const noexcept { return *h_; }
+  std::atomic<bool>& closed() noexcept { return closed_; }
+
+  /// This process's owner id (registering in the participant table on first use after fork).
+  std::uint32_t owner() {
+    if (reg_pid_.load(std::memory_order_acquire) == os::current_pid()) return owner_;
+    return register_slow();
+  }
+  /// This process's participant entry (after owner()).
+  Participant& me() noexcept { return h_->parts[reg_idx_]; }
+
+  void split(u64 pos, u64& idx, u64& lap) const noexcept {
+    if (pow2_) {
+      idx = pos & mask_;
+      lap = pos >> shift_;
+    } else {
+      lap = pos / cap_;
+      idx = pos - lap * cap_;
+    }
+  }
+  Slot& slot(u64 idx) const noexcept { return slots_[idx]; }
+  std::byte* region(u64 idx) const noexcept { return regions_ + idx * max_item_; }
+
+  // ---- one attempt to put -------------------------------------------------------------------
+  //!Effects: claims the next free position and calls write(slot, idx) in it, then publishes.
+  //!Returns: ok; full (the slot holds an unread item of the previous lap) or busy (it is being
+  //! read or written) with that state in `seen` and the position in `pos`.
+  template <class Write>
+  Status put_once(Write&& write, bool joinable, u64& seen, u64& pos) {
+    const u64 me = owner();
+    u64 t = h_->tail.load(std::memory_order_relaxed);
+    for (int guard = 0;; ++guard) {
+      u64 idx, lap;
+      split(t, idx, lap);
+      Slot& sl = slots_[idx];
+      u64 s = sl.state.load(std::memory_order_acquire);
+      const i64 d = lap_diff(lap_of(s), lap);
+      if (d == 0) {
+        if (phase_of(s) == kEmpty) {
+          if (sl.state.compare_exchange_strong(s, make_state(lap, kWriting, me),
+                                               std::memory_order_acquire,
+                                               std::memory_order_relaxed)) {
+            h_->tail.store(t + 1, std::memory_order_relaxed);
+            MPP_CRASH_POINT("queue.put.claimed");
+            if (joinable) h_->unfinished.fetch_add(1, std::memory_order_seq_cst);
+            MPP_CRASH_POINT("queue.put.counted");
+            write(sl, idx);
+            MPP_CRASH_POINT("queue.put.written");
+            sl.state.store(make_state(lap, kFull, 0), std::memory_order_release);
+            MPP_CRASH_POINT("queue.put.published");
+            if (s & kWaiter) h_->not_empty.notify_all();
+            return Status::ok;
+          }
+          continue;  // lost the race for this slot (or a waiter bit appeared): look again
+        }
+        ++t;  // claimed by another producer
+      } else if (d > 0) {
+        ++t;  // stale hint
+      } else if (d == -1 && phase_of(s) != kEmpty) {
+        seen = s;
+        pos = t;
+        return phase_of(s) == kFull ? Status::full : Status::busy;
+      } else {
+        fail<CorruptedError>("queue '{}': slot {} is at lap {} while the tail is at lap {}",
+                             name(), idx, lap_of(s), lap & kLapMask);
+      }
+      if (guard > (1 << 20)) fail<CorruptedError>("queue '{}': cannot find the tail", name());
+    }
+  }
+
+  // ---- one attempt to get -------------------------------------------------------------------
+  //!Effects: claims the oldest item, calls read(slot, idx) (which copies it out), and frees the
+  //! slot, even when read throws. Returns: ok; empty (seen = the EMPTY state at the head);
+  //! busy (the head item is still being written, or the previous lap is being read).
+  template <class Read>
+  Status get_once(Read&& read, bool joinable, u64& seen, u64& pos) {
+    const u64 me = owner();
+    u64 h = h_->head.load(std::memory_order_relaxed);
+    for (int guard = 0;; ++guard) {
+      u64 idx, lap;
+      split(h, idx, lap);
+      Slot& sl = slots_[idx];
+      u64 s = sl.state.load(std::memory_order_acquire);
+      const i64 d = lap_diff(lap_of(s), lap);
+      const u64 ph = phase_of(s);
+      if (d == 0) {
+        if (ph == kFull) {
+          if (claim_read(sl, s, lap, me, joinable)) {
+            h_->head.store(h + 1, std::memory_order_relaxed);
+            consume(sl, idx, lap, s, read, joinable);
+            return Status::ok;
+          }
+          continue;
+        }
+        if (ph == kReading) {
+          ++h;
+        } else {
+          seen = s;
+          pos = h;
+          return ph == kEmpty ? Status::empty : Status::busy;
+        }
+      } else if (d > 0) {
+        ++h;
+      } else if (d == -1) {
+        if (ph == kFull) {  // an item given back by a dead reader: take it, leave the head
+          if (claim_read(sl, s, lap - 1, me, joinable)) {
+            h_->rescued_taken.fetch_add(1, std::memory_order_acq_rel);
+            consume(sl, idx, lap - 1, s, read, joinable);
+            return Status::ok;
+          }
+          continue;
+        }
+        seen = s;
+        pos = h;
+        return ph == kEmpty ? Status::empty : Status::busy;
+      } else {
+        fail<CorruptedError>("queue '{}': slot {} is at lap {} while the head is at lap {}",
+                             name(), idx, lap_of(s), lap & kLapMask);
+      }
+      if (guard > (1 << 20)) fail<CorruptedError>("queue '{}': cannot find the head", name());
+    }
+  }
+
+  //!Effects: takes an item that a dead reader gave back and that now sits behind the head.
+  //!Returns: true if one was taken (and read).
+  template <class Read>
+  bool get_rescued(Read&& read, bool joinable) {
+    if (!rescued_pending()) return false;
+    const u64 me = owner();
+    const u64 head = h_->head.load(std::memory_order_relaxed);
+    const u64 limit = scan_limit();
+    for (u64 i = 0; i < limit; ++i) {
+      Slot& sl = slots_[i];
+      u64 s = sl.state.load(std::memory_order_acquire);
+      if (phase_of(s) != kFull) continue;
+      // Position of this item: is it behind the head?
+      u64 hidx, hlap;
+      split(head, hidx, hlap);
+      const i64 d = lap_diff(lap_of(s), hlap);
+      const bool behind = d < 0 || (d == 0 && i < hidx);
+      if (!behind) continue;
+      if (claim_read(sl, s, lap_of(s), me, joinable)) {
+        h_->rescued_taken.fetch_add(1, std::memory_order_acq_rel);
+        consume(sl, i, lap_of(s), s, read, joinable);
+        return true;
+      }
+    }
+    return false;
+  }
+
+  // ---- recovery -----------------------------------------------------------------------------
+  //!Returns: true if the participant `owner` (index + generation) is alive.
+  bool owner_alive(std::uint32_t owner) const {
+    const std::uint32_t idx = owner & (kMaxParticipants - 1), gen = owner >> 7;
+    const Participant& p = h_->parts[idx];
+    if ((p.gen.load(std::memory_order_acquire) & kGenMask) != gen) return false;
+    const u64 who = p.who.load(std::memory_order_acquire);
+    if (who == 0) return false;
+    if (who == self_.pack() && reg_pid_.load(std::memory_order_relaxed) == os::current_pid())
+      return true;
+    return ProcessRef::unpack(who).alive();
+  }
+
+  //!Effects: if `s` (read from `sl`) is WRITING or READING by a dead participant, repairs it:
+  //! WRITING -> EMPTY of the next lap (tombstone), READING -> FULL (delivered again).
+  //!Returns: true if this call repaired it.
+  bool recover(Slot& sl, u64 s) {
+    const u64 ph = phase_of(s);
+    if (ph != kWriting && ph != kReading) return false;
+    if (owner_alive(owner_of(s))) return false;
+    return repair(sl, s);
+  }
+
+  //!Effects: repairs every slot held by a dead participant. Returns: how many were repaired.
+  std::size_t recover_all() {
+    std::array<std::int8_t, kMaxParticipants> alive{};  // 0 unknown, 1 alive, -1 dead (by index)
+    std::array<std::uint32_t, kMaxParticipants> gens{};
+    std::size_t n = 0;
+    const u64 limit = scan_limit();
+    for (u64 i = 0; i < limit; ++i) {
+      Slot& sl = slots_[i];
+      const u64 s = sl.state.load(std::memory_order_acquire);
+      const u64 ph = phase_of(s);
+      if (ph != kWriting && ph != kReading) continue;
+      const std::uint32_t o = owner_of(s), idx = o & (kMaxParticipants - 1);
+      if (alive[idx] == 0 || gens[idx] != o) {
+        alive[idx] = owner_alive(o) ? 1 : -1;
+        gens[idx] = o;
+      }
+      if (alive[idx] < 0 && repair(sl, s)) ++n;
+    }
+    return n;
+  }
+
+  //!Returns: the number of items in the queue (FULL slots): exact when nothing is in flight.
+  std::size_t count(bool* any_busy_out = nullptr) const {
+    std::size_t n = 0;
+    bool busy = false;
+    const u64 limit = scan_limit();
+    for (u64 i = 0; i < limit; ++i) {
+      const u64 ph = phase_of(slots_[i].state.load(std::memory_order_acquire));
+      if (ph == kFull) ++n;
+      else if (ph != kEmpty) busy = true;
+    }
+    if (any_busy_out) *any_busy_out = busy;
+    return n;
+  }
+
+  //!Effects: sets the WAITER bit on `s` in `sl`. Returns: false (with `s` reloaded) if the state
+  //! changed meanwhile.
+  static bool mark_waiter(Slot& sl, u64& s) {
+    if (s & kWaiter) return true;
+    const u64 want = s | kWaiter;
+    if (!sl.state.compare_exchange_strong(s, want, std::memory_order_acq_rel,
+                                          std::memory_order_acquire))
+      return false;
+    s = want;
+    return true;
+  }
+
+  /// Items a dead reader gave back that nobody has taken yet (a hint).
+  bool rescued_pending() const noexcept {
+    return h_->rescued.load(std::memory_order_acquire) !=
+           h_->rescued_taken.load(std::memory_order_acquire);
+  }
+
+  Slot& slot_at(u64 pos) const noexcept {
+    u64 idx, lap;
+    split(pos, idx, lap);
+    return slots_[idx];
+  }
+
+ private:
+  bool claim_read(Slot& sl, u64& s, u64 lap, u64 me, bool joinable) {
+    if (joinable) me_held().fetch_add(1, std::memory_order_seq_cst);
+    if (sl.state.compare_exchange_strong(s, make_state(lap, kReading, me),
+                                         std::memory_order_acquire, std::memory_order_relaxed))
+      return true;
+    if (joinable) me_held().fetch_sub(1, std::memory_order_seq_cst);
+    return false;
+  }
+
+  template <class Read>
+  void consume(Slot& sl, u64 idx, u64 lap, u64 claimed_from, Read& read, bool joinable) {
+    MPP_CRASH_POINT("queue.get.claimed");
+    struct Commit {
+      Core* self;
+      Slot& sl;
+      u64 lap, from;
+      bool joinable;
+      bool ok = false;
+      ~Commit() {
+        MPP_CRASH_POINT("queue.get.read");
+        sl.state.store(make_state(lap + 1, kEmpty, 0), std::memory_order_release);
+        MPP_CRASH_POINT("queue.get.committed");
+        if (!ok && joinable) {  // the item could not be decoded: it is gone, nothing to do
+          self->me_held().fetch_sub(1, std::memory_order_seq_cst);
+          self->h_->unfinished.fetch_sub(1, std::memory_order_seq_cst);
+        }
+        if (from & kWaiter) self->h_->not_full.notify_all();
+      }
+    } commit{this, sl, lap, claimed_from, joinable};
+    read(sl, idx);
+    commit.ok = true;
+  }
+
+  bool repair(Slot& sl, u64 s) {
+    const u64 ph = phase_of(s), lap = lap_of(s);
+    u64 expected = s;
+    if (ph == kWriting) {
+      if (!sl.state.compare_exchange_strong(expected, make_state(lap + 1, kEmpty, 0),
+                                            std::memory_order_acq_rel))
+        return false;
+    } else {
+      // Count first: a recoverer killed in between leaves a harmless "maybe rescued" hint,
+      // never an item that consumers do not know to look for behind the head.
+      h_->rescued.fetch_add(1, std::memory_order_acq_rel);
+      MPP_CRASH_POINT("queue.recover.counted");
+      if (!sl.state.compare_exchange_strong(expected, make_state(lap, kFull, 0),
+                                            std::memory_order_acq_rel)) {
+        h_->rescued_taken.fetch_add(1, std::memory_order_acq_rel);
+        return false;
+      }
+    }
+    h_->not_empty.notify_all();
+    h_->not_full.notify_all();
+    h_->all_done.notify_all();
+    return true;
+  }
+
+  std::atomic<i64>& me_held() noexcept { return h_->parts[reg_idx_].held; }
+
+  // Slots that may be in use: all of them once the ring has wrapped.
+  u64 scan_limit() const noexcept {
+    const u64 t = h_->tail.load(std::memory_order_relaxed) + kMaxParticipants;
+    return t < cap_ ? t : cap_;
+  }
+
+  std::uint32_t register_slow() {
+    std::lock_guard<std::mutex> lock(reg_mutex_);
+    const auto pid = os::current_pid();
+    if (reg_pid_.load(std::memory_order_relaxed) == pid) return owner_;
+    self_ = ProcessRef::self();
+    const u64 me = self_.pack();
+    for (int pass = 0; pass < 2; ++pass) {
+      for (std::uint32_t i = 0; i < kMaxParticipants; ++i) {
+        Participant& p = h_->parts[i];
+        u64 w = p.who.load(std::memory_order_acquire);
+        if (w != 0 && (pass == 0 || ProcessRef::unpack(w).alive())) continue;
+        if (p.who.compare_exchange_strong(w, me, std::memory_order_acq_rel)) {
+          p.held.store(0, std::memory_order_relaxed);
+          const std::uint32_t g = p.gen.fetch_add(1, std::memory_order_acq_rel) + 1;
+          reg_idx_ = i;
+          owner_ = i | ((g & kGenMask) << 7);
+          reg_pid_.store(pid, std::memory_order_release);
+          return owner_;
+        }
+      }
+    }
+    fail<Error>("queue '{}' already has {} live processes using it; no room for another",
+                name(), kMaxParticipants);
+  }
+
+  Segment seg_;
+  Header* h_ = nullptr;
+  Slot* slots_ = nullptr;
+  std::byte* regions_ = nullptr;
+  u64 cap_ = 0, max_item_ = 0, mask_ = 0;
+  i64 maxsize_ = 0;
+  unsigned shift_ = 0;
+  bool pow2_ = false, unbounded_ = false;
+  std::mutex reg_mutex_;
+  std::atomic<os::pid_type> reg_pid_{0};
+  std::uint32_t reg_idx_ = 0;
+  std::uint32_t owner_ = 0;
+  ProcessRef self_{};
+  std::atomic<bool> closed_{false};
+};
+
+}  // namespace mpp::detail::mpmc

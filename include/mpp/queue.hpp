@@ -1,0 +1,500 @@
+// mpp — Queue<T>, SimpleQueue<T>, JoinableQueue<T>: Python's multiprocessing queues over a
+// lock-free, crash-safe multi-producer multi-consumer ring in shared memory (detail/mpmc.hpp).
+//
+// Differences from Python, all in the caller's favour:
+// - put() returns once the item is in shared memory: there is no feeder thread, so a process may
+//   exit (or be killed) with items it put still queued and nobody deadlocks; join_thread() and
+//   cancel_join_thread() exist and do nothing.
+// - SIGKILL of any producer or consumer at any instruction: every put() that returned is delivered
+//   exactly once; an interrupted put() at most once; an interrupted get() gives its item back; the
+//   queue stays usable and nobody waits forever.
+// - qsize() is exact whenever no put/get is in flight (Python's is approximate).
+// Items of any Encodable type; up to 20 bytes live in the slot, larger ones (up to
+// QueueOptions::max_item_size) in the slot's own region of a sparse item area.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+
+#include "codec.hpp"
+#include "detail/mpmc.hpp"
+#include "detail/wait.hpp"
+#include "errors.hpp"
+#include "segment.hpp"
+
+namespace mpp {
+
+/// Options of a queue (all optional).
+struct QueueOptions {
+  /// Largest encoded item in bytes; 0 picks a size from the capacity (at most 16 MiB per slot,
+  /// 8 GiB of sparse address space per queue; memory is used only where items are written).
+  std::size_t max_item_size = 0;
+  /// Slots reserved for an unbounded queue (maxsize <= 0): how many items it can hold at once.
+  std::uint64_t unbounded_capacity = std::uint64_t{1} << 20;
+  /// Keep the name when the creating handle goes away.
+  bool persistent = false;
+  /// How long open() waits for a queue that is still being created.
+  std::chrono::milliseconds init_timeout{5000};
+};
+
+namespace detail::mpmc {
+
+inline std::uint64_t default_max_item(std::uint64_t capacity) {
+  const std::uint64_t budget = std::uint64_t{8} << 30;
+  return std::clamp<std::uint64_t>(budget / capacity, 64 * 1024, 16u << 20);
+}
+
+/// Spin, then yield; checks the liveness of the slot's owner about every millisecond.
+class Backoff {
+ public:
+  //!Returns: true when it is time for a (costly) liveness check.
+  bool pause() {
+    ++n_;
+    if (n_ < 64) {
+      os::cpu_relax();
+      return false;
+    }
+    os::yield();
+    return n_ % 512 == 0;
+  }
+
+ private:
+  unsigned n_ = 0;
+};
+
+/// The typed operations shared by Queue, SimpleQueue and JoinableQueue.
+template <class T>
+class Ops {
+ public:
+  static constexpr bool kRaw = codec_kind<T>() == std::string_view("raw");
+
+  //!Effects: puts `item`; blocks (until `deadline`) while full. Returns: false if it timed out.
+  static bool put(Core& c, const T& item, bool joinable, bool block, const Deadline& deadline) {
+    check_open(c);
+    if constexpr (kRaw && sizeof(T) <= kInline) {
+      return put_bytes(c, joinable, block, deadline, [&](Slot& sl, std::uint64_t) {
+        sl.len = sizeof(T);
+        std::memcpy(sl.data, std::addressof(item), sizeof(T));
+      });
+    } else if constexpr (kRaw) {
+      check_size(c, sizeof(T));
+      return put_bytes(c, joinable, block, deadline, [&](Slot& sl, std::uint64_t idx) {
+        std::memcpy(c.region(idx), std::addressof(item), sizeof(T));
+        sl.len = static_cast<std::uint32_t>(sizeof(T)) | kBigFlag;
+      });
+    } else {
+      Bytes& buf = scratch();
+      buf.clear();
+      codec<T>::encode(item, buf);
+      check_size(c, buf.size());
+      return put_bytes(c, joinable, block, deadline, [&](Slot& sl, std::uint64_t idx) {
+        const auto n = static_cast<std::uint32_t>(buf.size());
+        if (n <= kInline) {
+          if (n != 0) std::memcpy(sl.data, buf.data(), n);
+          sl.len = n;
+        } else {
+          std::memcpy(c.region(idx), buf.data(), n);
+          sl.len = n | kBigFlag;
+        }
+      });
+    }
+  }
+
+  //!Returns: the oldest item, or nullopt if none came before `deadline` (or at once, !block).
+  static std::optional<T> get(Core& c, bool joinable, bool block, const Deadline& deadline) {
+    check_open(c);
+    std::optional<T> out;
+    auto read = [&](Slot& sl, std::uint64_t idx) {
+      const std::uint32_t raw = sl.len;  // read once, then check
+      const bool big = (raw & kBigFlag) != 0;
+      const std::uint64_t n = raw & ~kBigFlag;
+      if ((!big && n > kInline) || (big && n > c.max_item()))
+        fail<CorruptedError>("queue '{}': an item claims {} bytes (slot {} holds at most {})",
+                             c.name(), n, idx, big ? c.max_item() : kInline);
+      const std::byte* p = big ? c.region(idx) : sl.data;
+      if constexpr (kRaw && std::is_same_v<std::remove_cv_t<T>, T> && !std::is_same_v<T, bool>) {
+        if (n != sizeof(T))
+          fail<CorruptedError>("queue '{}': an item has {} bytes, {} expected", c.name(), n,
+                               sizeof(T));
+        alignas(T) std::byte tmp[sizeof(T)];
+        std::memcpy(tmp, p, sizeof(T));
+        out.emplace(*std::launder(reinterpret_cast<T*>(tmp)));
+      } else {
+        out.emplace(codec<T>::decode(std::span<const std::byte>(p, n)));
+      }
+    };
+    get_bytes(c, joinable, block, deadline, read);
+    return out;
+  }
+
+  static void check_open(Core& c) {
+    if (c.closed().load(std::memory_order_relaxed))
+      fail<ValueError>("queue '{}' is closed in this process (close() was called)", c.name());
+  }
+
+ private:
+  static Bytes& scratch() {
+    thread_local Bytes buf;
+    return buf;
+  }
+
+  static void check_size(Core& c, std::size_t n) {
+    if (n > c.max_item())
+      fail<ValueError>("item of {} bytes is larger than queue '{}' allows ({} bytes); create the "
+                       "queue with a larger QueueOptions::max_item_size",
+                       n, c.name(), c.max_item());
+  }
+
+  template <class Write>
+  static bool put_bytes(Core& c, bool joinable, bool block, const Deadline& deadline,
+                        Write&& write) {
+    Backoff backoff;
+    for (;;) {
+      std::uint64_t seen = 0, pos = 0;
+      const Status st = c.put_once(write, joinable, seen, pos);
+      if (st == Status::ok) return true;
+      Slot& sl = c.slot_at(pos);
+      if (st == Status::busy) {  // the previous lap is being read (or written) right now
+        if (!block || backoff.pause()) {
+          if (c.recover(sl, seen)) continue;
+          if (!block) return false;
+        }
+        if (deadline.expired()) return false;
+        continue;
+      }
+      // Full.
+      if (c.unbounded() && c.count() + 1 >= c.capacity())
+        fail<queue::Full>("unbounded queue '{}' holds {} items, all the slots reserved for it; "
+                          "create it with a larger QueueOptions::unbounded_capacity",
+                          c.name(), c.capacity());
+      if (!block) return false;
+      bool changed = false;
+      for (int i = 0; i < kSpinIterations / 4; ++i) {
+        if (sl.state.load(std::memory_order_acquire) != seen) {
+          changed = true;
+          break;
+        }
+        os::cpu_relax();
+      }
+      if (changed) continue;
+      if (!Core::mark_waiter(sl, seen)) continue;
+      const bool ready = c.header().not_full.wait(
+          [&] { return sl.state.load(std::memory_order_acquire) != seen; }, deadline,
+          [&] { c.recover_all(); });
+      if (!ready) return false;
+    }
+  }
+
+  template <class Read>
+  static bool get_bytes(Core& c, bool joinable, bool block, const Deadline& deadline, Read& read) {
+    Backoff backoff;
+    for (;;) {
+      std::uint64_t seen = 0, pos = 0;
+      const Status st = c.get_once(read, joinable, seen, pos);
+      if (st == Status::ok) return true;
+      if (c.get_rescued(read, joinable)) return true;
+      Slot& sl = c.slot_at(pos);
+      if (st == Status::busy) {  // the item at the head is still being written
+        if (!block || backoff.pause()) {
+          if (c.recover(sl, seen)) continue;
+          if (!block) return false;
+        }
+        if (deadline.expired()) return false;
+        continue;
+      }
+      // Empty. A reader that died may have left an item behind the head: look for one.
+      if (!block) {
+        if (c.recover_all() > 0) continue;
+        return false;
+      }
+      bool changed = false;
+      for (int i = 0; i < kSpinIterations / 4; ++i) {
+        if (sl.state.load(std::memory_order_acquire) != seen) {
+          changed = true;
+          break;
+        }
+        os::cpu_relax();
+      }
+      if (changed) continue;
+      if (!Core::mark_waiter(sl, seen)) continue;
+      if (c.recover_all() > 0) continue;
+      const bool ready = c.header().not_empty.wait(
+          [&] {
+            return sl.state.load(std::memory_order_acquire) != seen || c.rescued_pending();
+          },
+          deadline, [&] { c.recover_all(); });
+      if (!ready) return false;
+    }
+  }
+};
+
+/// Everything common to the three queue kinds.
+template <class T, Kind K>
+class BasicQueue {
+  static_assert(Encodable<T>,
+                "mpp: a queue's element type must cross processes: make it trivially copyable, "
+                "give it a cereal serialize() member, or specialise mpp::codec<T>");
+
+ public:
+  using value_type = T;
+
+  //!Effects: puts `item`. With block=true waits while the queue is full (at most `timeout`
+  //! seconds when given); with block=false does not wait (timeout is ignored).
+  //!Throws: queue::Full if the queue stayed full; ValueError if closed or the item is too large.
+  void put(const T& item, bool block = true, Timeout timeout = std::nullopt) {
+    if (!Ops<T>::put(*core_, item, kJoinable, block, deadline_of(block, timeout)))
+      fail<queue::Full>("queue '{}' is full ({} items){}", core_->name(), core_->capacity(),
+                        block && timeout ? fmt::format(" after waiting {} s", timeout->count())
+                                         : std::string());
+  }
+
+  //!Returns: the oldest item. With block=true waits for one (at most `timeout` seconds when
+  //! given). Throws: queue::Empty if none came; ValueError if closed; CorruptedError if the
+  //! bytes in shared memory do not decode (the bad item is dropped).
+  T get(bool block = true, Timeout timeout = std::nullopt) {
+    auto v = Ops<T>::get(*core_, kJoinable, block, deadline_of(block, timeout));
+    if (!v)
+      fail<queue::Empty>("queue '{}' is empty{}", core_->name(),
+                         block && timeout ? fmt::format(" after waiting {} s", timeout->count())
+                                          : std::string());
+    return std::move(*v);
+  }
+
+  /// put(item, false): throws queue::Full at once if full.
+  void put_nowait(const T& item) { put(item, false); }
+  /// get(false): throws queue::Empty at once if empty.
+  T get_nowait() { return get(false); }
+
+  //!Effects: puts `item` if there is room now. Returns: false when full (never throws Full).
+  [[nodiscard]] bool try_put(const T& item) {
+    return Ops<T>::put(*core_, item, kJoinable, false, Deadline::after(std::chrono::seconds(0)));
+  }
+  //!Returns: the oldest item, or nullopt when empty (never throws Empty).
+  [[nodiscard]] std::optional<T> try_get() {
+    return Ops<T>::get(*core_, kJoinable, false, Deadline::after(std::chrono::seconds(0)));
+  }
+
+  //!Returns: the number of items in the queue, exact when no put/get is in flight (first repairs
+  //! slots left by dead processes). Costs a scan of the slots.
+  std::size_t qsize() const {
+    core_->recover_all();
+    return core_->count();
+  }
+  /// True if the queue holds no item (same exactness as qsize()).
+  bool empty() const { return qsize() == 0; }
+  /// True if a bounded queue holds maxsize items (always false when unbounded).
+  bool full() const {
+    return !core_->unbounded() && qsize() >= static_cast<std::size_t>(core_->maxsize());
+  }
+
+  //!Effects: this process will use the queue no more: later put/get through any handle of it in
+  //! this process throw ValueError. Items already put stay queued (nothing to flush).
+  void close() noexcept { core_->closed().store(true, std::memory_order_relaxed); }
+  /// No-op: there is no feeder thread; put() has already written the item to shared memory.
+  void join_thread() noexcept {}
+  /// No-op: there is no feeder thread, so exiting never waits for queued items.
+  void cancel_join_thread() noexcept {}
+
+  /// maxsize as given at creation (<= 0: unbounded).
+  long maxsize() const noexcept { return static_cast<long>(core_->maxsize()); }
+  /// The queue's name (random "mpp.anon...." for anonymous queues).
+  const std::string& name() const noexcept { return core_->name(); }
+  //!Effects: removes the name now; processes that have the queue keep using it.
+  //!Returns: false if the name was already gone.
+  bool unlink() { return core_->segment().unlink(); }
+
+ protected:
+  static constexpr bool kJoinable = K == Kind::joinable_queue;
+
+  BasicQueue() = default;
+  explicit BasicQueue(std::shared_ptr<Core> c) : core_(std::move(c)) {}
+
+  static std::shared_ptr<Core> make(std::string_view name, long maxsize, const QueueOptions& o,
+                                    int mode) {  // 0 anonymous, 1 create, 2 open_or_create
+    const std::uint64_t cap =
+        maxsize <= 0 ? o.unbounded_capacity : static_cast<std::uint64_t>(maxsize);
+    const std::uint64_t item =
+        o.max_item_size != 0 ? o.max_item_size : default_max_item(cap == 0 ? 1 : cap);
+    SegmentOptions so;
+    so.persistent = o.persistent;
+    so.init_timeout = o.init_timeout;
+    return Core::create(name, K, type_info<T>(), maxsize, item, o.unbounded_capacity, so,
+                        mode == 2, mode == 0);
+  }
+  static std::shared_ptr<Core> attach(std::string_view name, const QueueOptions& o) {
+    SegmentOptions so;
+    so.init_timeout = o.init_timeout;
+    return Core::open(name, K, type_info<T>(), so);
+  }
+  static Deadline deadline_of(bool block, const Timeout& t) {
+    return block ? Deadline::from(t) : Deadline::after(std::chrono::seconds(0));
+  }
+
+  std::shared_ptr<Core> core_;
+};
+
+}  // namespace detail::mpmc
+
+/// Python's multiprocessing.Queue: a multi-producer multi-consumer FIFO (per producer) that
+/// survives any of its users being killed. Copies share the queue; forked children inherit it.
+template <class T>
+class Queue : public detail::mpmc::BasicQueue<T, Kind::queue> {
+  using Base = detail::mpmc::BasicQueue<T, Kind::queue>;
+
+ public:
+  //!Effects: an anonymous queue holding at most `maxsize` items (<= 0: unbounded, i.e.
+  //! opts.unbounded_capacity slots of a sparse segment). Throws: InvalidArgument, OSError.
+  explicit Queue(long maxsize = 0, const QueueOptions& opts = {})
+      : Base(Base::make({}, maxsize, opts, 0)) {}
+  //!Effects: creates the named queue. Throws: ExistsError if the name is taken, InvalidArgument.
+  static Queue create(std::string_view name, long maxsize = 0, const QueueOptions& opts = {}) {
+    return Queue(Base::make(name, maxsize, opts, 1));
+  }
+  //!Effects: opens the named queue. Throws: NotFoundError, TypeMismatchError (other element type
+  //! or kind), CorruptedError, PermissionError.
+  static Queue open(std::string_view name, const QueueOptions& opts = {}) {
+    return Queue(Base::attach(name, opts));
+  }
+  //!Effects: opens the named queue, creating it (with `maxsize`) if it does not exist.
+  static Queue open_or_create(std::string_view name, long maxsize = 0,
+                              const QueueOptions& opts = {}) {
+    return Queue(Base::make(name, maxsize, opts, 2));
+  }
+
+ private:
+  explicit Queue(std::shared_ptr<detail::mpmc::Core> c) : Base(std::move(c)) {}
+};
+
+/// Python's multiprocessing.SimpleQueue: an unbounded queue with put, get, empty and close.
+template <class T>
+class SimpleQueue : private detail::mpmc::BasicQueue<T, Kind::simple_queue> {
+  using Base = detail::mpmc::BasicQueue<T, Kind::simple_queue>;
+
+ public:
+  using typename Base::value_type;
+  //!Effects: an anonymous unbounded queue.
+  explicit SimpleQueue(const QueueOptions& opts = {}) : Base(Base::make({}, 0, opts, 0)) {}
+  /// Creates the named queue (ExistsError if taken).
+  static SimpleQueue create(std::string_view name, const QueueOptions& opts = {}) {
+    return SimpleQueue(Base::make(name, 0, opts, 1));
+  }
+  /// Opens the named queue (NotFoundError, TypeMismatchError).
+  static SimpleQueue open(std::string_view name, const QueueOptions& opts = {}) {
+    return SimpleQueue(Base::attach(name, opts));
+  }
+  /// Opens the named queue or creates it.
+  static SimpleQueue open_or_create(std::string_view name, const QueueOptions& opts = {}) {
+    return SimpleQueue(Base::make(name, 0, opts, 2));
+  }
+  //!Effects: puts `item` (never blocks; queue::Full only when the reserved slots run out).
+  void put(const T& item) { Base::put(item); }
+  using Base::close;
+  using Base::empty;
+  using Base::get;
+  using Base::name;
+  using Base::unlink;
+
+ private:
+  explicit SimpleQueue(std::shared_ptr<detail::mpmc::Core> c) : Base(std::move(c)) {}
+};
+
+/// Python's multiprocessing.JoinableQueue: a Queue whose consumers call task_done() for every
+/// item, and join() waits until every item put has been processed.
+///
+/// A consumer killed after get() and before task_done() is *accounted as lost*: join() stops
+/// waiting for it once the queue holds no item and no live process holds an un-done item (each
+/// process's count of items got minus task_done() calls is kept in its participant entry).
+/// A consumer killed inside get(), before it returned, gives the item back instead (it is
+/// delivered again). task_done() is expected in the process that got the item.
+template <class T>
+class JoinableQueue : public detail::mpmc::BasicQueue<T, Kind::joinable_queue> {
+  using Base = detail::mpmc::BasicQueue<T, Kind::joinable_queue>;
+  using Core = detail::mpmc::Core;
+
+ public:
+  //!Effects: an anonymous queue holding at most `maxsize` items (<= 0: unbounded).
+  explicit JoinableQueue(long maxsize = 0, const QueueOptions& opts = {})
+      : Base(Base::make({}, maxsize, opts, 0)) {}
+  /// Creates the named queue (ExistsError if taken).
+  static JoinableQueue create(std::string_view name, long maxsize = 0,
+                              const QueueOptions& opts = {}) {
+    return JoinableQueue(Base::make(name, maxsize, opts, 1));
+  }
+  /// Opens the named queue (NotFoundError, TypeMismatchError).
+  static JoinableQueue open(std::string_view name, const QueueOptions& opts = {}) {
+    return JoinableQueue(Base::attach(name, opts));
+  }
+  /// Opens the named queue or creates it.
+  static JoinableQueue open_or_create(std::string_view name, long maxsize = 0,
+                                      const QueueOptions& opts = {}) {
+    return JoinableQueue(Base::make(name, maxsize, opts, 2));
+  }
+
+  //!Effects: marks one item got from the queue as processed; wakes join() when none are left.
+  //!Throws: ValueError if called more times than items were put.
+  void task_done() {
+    Core& c = *this->core_;
+    c.owner();
+    auto& h = c.header();
+    std::int64_t v = h.unfinished.load(std::memory_order_acquire);
+    do {
+      if (v <= 0)
+        detail::fail<ValueError>("task_done() called too many times on queue '{}'", c.name());
+    } while (!h.unfinished.compare_exchange_weak(v, v - 1, std::memory_order_seq_cst));
+    MPP_CRASH_POINT("queue.task_done.counted");
+    c.me().held.fetch_sub(1, std::memory_order_seq_cst);
+    if (v == 1) h.all_done.notify_all();
+  }
+
+  //!Effects: waits until every item put has been processed (task_done()), or accounted as lost
+  //! because the process holding it died.
+  void join() { (void)join_until(detail::Deadline::never()); }
+
+  //!Effects: join() for at most `timeout` seconds. Returns: false if it timed out.
+  [[nodiscard]] bool join(Timeout timeout) { return join_until(detail::Deadline::from(timeout)); }
+
+ private:
+  explicit JoinableQueue(std::shared_ptr<Core> c) : Base(std::move(c)) {}
+
+  bool join_until(const detail::Deadline& deadline) {
+    Core& c = *this->core_;
+    auto& h = c.header();
+    for (;;) {
+      if (done(c)) return true;
+      if (deadline.expired()) return false;
+      auto slice = detail::Deadline::after(detail::kPollInterval);
+      if (const auto left = deadline.remaining(); left && *left < detail::kPollInterval)
+        slice = detail::Deadline::after(*left);
+      h.all_done.wait([&] { return h.unfinished.load(std::memory_order_acquire) <= 0; }, slice);
+    }
+  }
+
+  // All done, or the rest belongs to dead processes: nothing queued or in flight and no live
+  // process holds an item it has not marked done.
+  static bool done(Core& c) {
+    auto& h = c.header();
+    if (h.unfinished.load(std::memory_order_seq_cst) <= 0) return true;
+    c.recover_all();
+    bool busy = false;
+    if (c.count(&busy) != 0 || busy) return false;
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    std::int64_t held = 0;
+    for (auto& p : h.parts) {
+      const auto who = p.who.load(std::memory_order_seq_cst);
+      if (who == 0) continue;
+      const std::int64_t n = p.held.load(std::memory_order_seq_cst);
+      if (n != 0 && detail::ProcessRef::unpack(who).alive()) held += n;
+    }
+    return held <= 0;
+  }
+};
+
+}  // namespace mpp
