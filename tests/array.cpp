@@ -174,3 +174,13 @@ TEST_CASE("a corrupted element count is an error, not an out-of-bounds read", "[
     CHECK_THROWS_AS(b.at(10), std::out_of_range);
   }
 }
+
+TEST_CASE("an Array crosses processes as its name (codec)", "[array]") {
+  static_assert(mpp::Encodable<Array<int>> && mpp::Encodable<RawArray<int>>);
+  Array<int> a{1, 2, 3};
+  auto b = mpp::decode<Array<int>>(mpp::encode(a));
+  b[0] = 10;
+  CHECK(a[0] == 10);
+  CHECK(b.size() == 3);
+  CHECK(mpp::decode<RawArray<int>>(mpp::encode(a)).to_vector() == std::vector<int>{10, 2, 3});
+}

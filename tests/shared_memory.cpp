@@ -274,3 +274,16 @@ TEST_CASE("ShareableList: corrupted tables are errors, not reads out of bounds",
     CHECK_THROWS_AS(ShareableList::open(sl.name()), mpp::CorruptedError);
   }
 }
+
+TEST_CASE("SharedMemory and ShareableList cross processes as their names (codec)",
+          "[shared_memory]") {
+  static_assert(mpp::Encodable<SharedMemory> && mpp::Encodable<ShareableList>);
+  SharedMemory shm(8);
+  auto other = mpp::decode<SharedMemory>(mpp::encode(shm));
+  other.buf()[3] = std::byte{3};
+  CHECK(shm.buf()[3] == std::byte{3});
+  ShareableList sl{std::int64_t{1}};
+  auto sl2 = mpp::decode<ShareableList>(mpp::encode(sl));
+  sl2[0] = 2.0;
+  CHECK(sl.get(0) == ShareableItem{2.0});
+}

@@ -258,3 +258,18 @@ TEST_CASE("a corrupted header is an error, not an out-of-bounds read", "[value]"
     CHECK_THROWS_AS(Value<int>::open(name), mpp::CorruptedError);
   }
 }
+
+TEST_CASE("a Value crosses processes as its name (codec)", "[value]") {
+  static_assert(mpp::Encodable<Value<int>> && mpp::Encodable<RawValue<int>>);
+  Value<int> v(5);
+  const mpp::Bytes b = mpp::encode(v);
+  const pid_t child = mpp_test::fork_child([&] {
+    auto w = mpp::decode<Value<int>>(b);  // opened by name, like an unpickled Python Value
+    w.with_lock([](int& x) { x += 1; });
+    return 0;
+  });
+  CHECK(mpp_test::wait_child(child) == 0);
+  CHECK(v.value() == 6);
+  CHECK(mpp::decode<RawValue<int>>(mpp::encode(v)).value() == 6);
+  CHECK_THROWS_AS(mpp::decode<Value<double>>(b), mpp::TypeMismatchError);
+}

@@ -284,4 +284,30 @@ class RawArray : public detail::ArrayBase<T> {
   explicit RawArray(Block b) : Base(std::move(b)) { this->b_.has_lock = false; }
 };
 
+/// A Array<T> crosses processes as its name (as Python pickles it): the receiver opens it.
+template <class T>
+struct codec<Array<T>> {
+  /// Name of the encoding (part of the type fingerprint).
+  static constexpr std::string_view kind = "handle";
+  /// Appends the object's name.
+  static void encode(const Array<T>& v, Bytes& out) { codec<std::string>::encode(v.name(), out); }
+  //!Returns: the object opened by name. Throws: CorruptedError, NotFoundError, TypeMismatchError.
+  static Array<T> decode(std::span<const std::byte> in) {
+    return Array<T>::open(codec<std::string>::decode(in));
+  }
+};
+
+/// A RawArray<T> crosses processes as its name (as Python pickles it): the receiver opens it.
+template <class T>
+struct codec<RawArray<T>> {
+  /// Name of the encoding (part of the type fingerprint).
+  static constexpr std::string_view kind = "handle";
+  /// Appends the object's name.
+  static void encode(const RawArray<T>& v, Bytes& out) { codec<std::string>::encode(v.name(), out); }
+  //!Returns: the object opened by name. Throws: CorruptedError, NotFoundError, TypeMismatchError.
+  static RawArray<T> decode(std::span<const std::byte> in) {
+    return RawArray<T>::open(codec<std::string>::decode(in));
+  }
+};
+
 }  // namespace mpp

@@ -445,4 +445,30 @@ class ShareableList {
   std::size_t count_ = 0;
 };
 
+/// A SharedMemory crosses processes as its name (as Python pickles it): the receiver opens it.
+template <>
+struct codec<SharedMemory> {
+  /// Name of the encoding (part of the type fingerprint).
+  static constexpr std::string_view kind = "handle";
+  /// Appends the object's name.
+  static void encode(const SharedMemory& v, Bytes& out) { codec<std::string>::encode(v.name(), out); }
+  //!Returns: the object opened by name. Throws: CorruptedError, NotFoundError, TypeMismatchError.
+  static SharedMemory decode(std::span<const std::byte> in) {
+    return SharedMemory::open(codec<std::string>::decode(in));
+  }
+};
+
+/// A ShareableList crosses processes as its name (as Python pickles it): the receiver opens it.
+template <>
+struct codec<ShareableList> {
+  /// Name of the encoding (part of the type fingerprint).
+  static constexpr std::string_view kind = "handle";
+  /// Appends the object's name.
+  static void encode(const ShareableList& v, Bytes& out) { codec<std::string>::encode(v.name(), out); }
+  //!Returns: the object opened by name. Throws: CorruptedError, NotFoundError, TypeMismatchError.
+  static ShareableList decode(std::span<const std::byte> in) {
+    return ShareableList::open(codec<std::string>::decode(in));
+  }
+};
+
 }  // namespace mpp

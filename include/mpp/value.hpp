@@ -17,6 +17,7 @@
 #include <memory>
 #include <new>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -432,6 +433,32 @@ class RawValue : public detail::ValueBase<T> {
   explicit RawValue(Block b) : Base(std::move(b)) { this->b_.has_lock = false; }
   static RawValue make(std::string_view name, const T& v, bool persistent) {
     return RawValue(Block::create(Kind::value, name, 1, {false, persistent}, Base::filler(v)));
+  }
+};
+
+/// A Value<T> crosses processes as its name (as Python pickles it): the receiver opens it.
+template <class T>
+struct codec<Value<T>> {
+  /// Name of the encoding (part of the type fingerprint).
+  static constexpr std::string_view kind = "handle";
+  /// Appends the object's name.
+  static void encode(const Value<T>& v, Bytes& out) { codec<std::string>::encode(v.name(), out); }
+  //!Returns: the object opened by name. Throws: CorruptedError, NotFoundError, TypeMismatchError.
+  static Value<T> decode(std::span<const std::byte> in) {
+    return Value<T>::open(codec<std::string>::decode(in));
+  }
+};
+
+/// A RawValue<T> crosses processes as its name (as Python pickles it): the receiver opens it.
+template <class T>
+struct codec<RawValue<T>> {
+  /// Name of the encoding (part of the type fingerprint).
+  static constexpr std::string_view kind = "handle";
+  /// Appends the object's name.
+  static void encode(const RawValue<T>& v, Bytes& out) { codec<std::string>::encode(v.name(), out); }
+  //!Returns: the object opened by name. Throws: CorruptedError, NotFoundError, TypeMismatchError.
+  static RawValue<T> decode(std::span<const std::byte> in) {
+    return RawValue<T>::open(codec<std::string>::decode(in));
   }
 };
 
