@@ -1,0 +1,442 @@
+// mpp — the Manager's containers over raw bytes (the typed wrappers are in manager.hpp).
+//
+// Dict: CPython's compact layout. An index table (power-of-two slots, linear probing; a slot holds
+// 0 = empty, 1 = deleted, or entry number + 2) over an entries array kept in insertion order
+// ({hash, kv block}; kv = 0 is a hole left by a deletion), so iteration and popitem() follow
+// Python's insertion order. A kv block is {u32 key length, key bytes, value bytes}; keys compare
+// by their encoded bytes. List: an array of item-block offsets.
+//
+// Every function that reads may run optimistically (no lock, concurrent writer): it reads shared
+// words with racy_load and bounds-checks every offset and count, so a torn read throws
+// CorruptedError (which shm::seq_read retries) instead of touching memory outside the arena.
+// Every function that writes runs inside a Tx and logs each live byte before changing it.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <optional>
+#include <span>
+#include <utility>
+#include <vector>
+
+#include "shm_alloc.hpp"
+
+namespace mpp::detail::shm {
+
+using ByteSpan = std::span<const std::byte>;
+
+/// Root block of a dict; never moves while the manager lives.
+struct DictRoot {
+  std::atomic<std::uint64_t> seq;  ///< odd while a writer changes the dict
+  std::uint64_t count;             ///< live items
+  std::uint64_t used;              ///< entries appended so far (holes included)
+  std::uint64_t ecap;              ///< entries capacity
+  std::uint64_t icap;              ///< index slots (power of two)
+  std::uint64_t filled;            ///< index slots not empty (live + deleted)
+  std::uint64_t index_off;         ///< u64[icap]
+  std::uint64_t entries_off;       ///< DictEntry[ecap]
+};
+static_assert(std::is_standard_layout_v<DictRoot> && sizeof(DictRoot) == 64);
+
+/// One dict entry, in insertion order.
+struct DictEntry {
+  std::uint64_t hash;
+  std::uint64_t kv;  ///< kv block, 0 for a hole
+};
+
+/// Root block of a list.
+struct ListRoot {
+  std::atomic<std::uint64_t> seq;  ///< odd while a writer changes the list
+  std::uint64_t size;
+  std::uint64_t cap;
+  std::uint64_t arr_off;  ///< u64[cap] item blocks
+};
+static_assert(std::is_standard_layout_v<ListRoot> && sizeof(ListRoot) == 32);
+
+/// An index slot: low 40 bits = 0 (empty), 1 (deleted) or entry number + 2; high 24 bits = the
+/// top bits of the key's hash, so a probe skips other keys without touching their entries.
+inline constexpr unsigned kSlotBits = 40;
+inline constexpr std::uint64_t kSlotMask = (std::uint64_t{1} << kSlotBits) - 1;
+constexpr std::uint64_t make_slot(std::uint64_t e, std::uint64_t h) noexcept {
+  return (e + 2) | ((h >> kSlotBits) << kSlotBits);
+}
+
+[[noreturn]] inline void torn(const Arena& a, const char* what) {
+  fail<CorruptedError>("manager '{}': inconsistent {} (a peer wrote invalid data)", a.owner(),
+                       what);
+}
+
+/// A dict's operations over encoded keys and values.
+class DictCore {
+ public:
+  DictCore(const Arena* a, std::uint64_t root) noexcept : a_(a), root_(root) {}
+
+  //!Effects: allocates an empty dict inside `tx`. Returns: its root offset.
+  static std::uint64_t create(Tx& tx) {
+    const std::uint64_t r = tx.alloc(sizeof(DictRoot));
+    auto* root = tx.arena().obj<DictRoot>(r);
+    std::memset(static_cast<void*>(root), 0, sizeof(DictRoot));
+    DictCore d(&tx.arena(), r);
+    d.build(tx, root, 8, {}, false);
+    return r;
+  }
+
+  DictRoot* root() const { return a_->obj<DictRoot>(root_); }
+
+  /// A located item.
+  struct Hit {
+    std::uint64_t slot;  ///< index slot
+    std::uint64_t e;     ///< entry number
+    std::uint64_t kv;    ///< kv block
+    ByteSpan key, value;
+  };
+
+  /// Splits a kv block into key and value bytes (bounds-checked).
+  std::pair<ByteSpan, ByteSpan> split(std::uint64_t kv) const {
+    const ByteSpan b = a_->block_bytes(kv);
+    if (b.size() < 4) torn(*a_, "dict item");
+    std::uint32_t klen;
+    std::memcpy(&klen, b.data(), 4);
+    if (klen > b.size() - 4) torn(*a_, "dict item");
+    return {b.subspan(4, klen), b.subspan(4 + klen)};
+  }
+
+  /// Number of live items (racy read).
+  std::uint64_t size() const { return racy_load(&root()->count); }
+
+  //!Returns: the item with key bytes `key` (hash `h`), if any.
+  std::optional<Hit> find(ByteSpan key, std::uint64_t h) const {
+    const DictRoot* r = root();
+    const std::uint64_t icap = racy_load(&r->icap), used = racy_load(&r->used),
+                        ecap = racy_load(&r->ecap);
+    if (icap == 0 || (icap & (icap - 1)) != 0 || used > ecap || ecap > kSlotMask - 2)
+      torn(*a_, "dict table");
+    const std::uint64_t* idx = a_->array<std::uint64_t>(racy_load(&r->index_off), icap);
+    const DictEntry* ent = a_->array<DictEntry>(racy_load(&r->entries_off), ecap);
+    const std::uint64_t mask = icap - 1;
+    std::uint64_t i = h & mask;
+    for (std::uint64_t n = 0; n < icap; ++n, i = (i + 1) & mask) {
+      const std::uint64_t v = racy_load(&idx[i]);
+      const std::uint64_t low = v & kSlotMask;
+      if (low == 0) return std::nullopt;
+      if (low == 1 || (v >> kSlotBits) != (h >> kSlotBits)) continue;
+      const std::uint64_t e = low - 2;
+      if (e >= used) torn(*a_, "dict index");
+      if (racy_load(&ent[e].hash) != h) continue;
+      const std::uint64_t kv = racy_load(&ent[e].kv);
+      if (kv == 0) torn(*a_, "dict entry");
+      auto [k, val] = split(kv);
+      if (k.size() == key.size() && std::memcmp(k.data(), key.data(), key.size()) == 0)
+        return Hit{i, e, kv, k, val};
+    }
+    return std::nullopt;
+  }
+
+  //!Effects: calls fn(key bytes, value bytes) for each item in insertion order.
+  template <class F>
+  void for_each(F&& fn) const {
+    const DictRoot* r = root();
+    const std::uint64_t used = racy_load(&r->used), ecap = racy_load(&r->ecap);
+    if (used > ecap) torn(*a_, "dict table");
+    const DictEntry* ent = a_->array<DictEntry>(racy_load(&r->entries_off), ecap);
+    for (std::uint64_t e = 0; e < used; ++e) {
+      const std::uint64_t kv = racy_load(&ent[e].kv);
+      if (kv == 0) continue;
+      auto [k, v] = split(kv);
+      fn(k, v);
+    }
+  }
+
+  //!Effects: sets key -> value inside `tx` (in place when the encoded size is unchanged).
+  //!Returns: true if the key was new.
+  bool set(Tx& tx, ByteSpan key, std::uint64_t h, ByteSpan value) {
+    if (auto hit = find(key, h)) {
+      replace(tx, *hit, value);
+      return false;
+    }
+    insert_new(tx, key, h, value);
+    return true;
+  }
+
+  /// Replaces the value of an existing item.
+  void replace(Tx& tx, const Hit& hit, ByteSpan value) {
+    if (hit.value.size() == value.size()) {
+      auto* dst = const_cast<std::byte*>(hit.value.data());
+      if (!value.empty()) {
+        tx.log(dst, value.size());
+        std::memcpy(dst, value.data(), value.size());
+      }
+      return;
+    }
+    const std::uint64_t kv = make_kv(tx, hit.key, value);
+    MPP_CRASH_POINT("manager.dict.replace.after_alloc");
+    DictEntry* ent = entries();
+    tx.put(&ent[hit.e].kv, kv);
+    tx.free(hit.kv);
+  }
+
+  /// Inserts a key known to be absent.
+  void insert_new(Tx& tx, ByteSpan key, std::uint64_t h, ByteSpan value) {
+    DictRoot* r = root();
+    if (r->used >= r->ecap || r->filled + 1 > r->icap / 3 * 2) grow(tx, r);
+    const std::uint64_t kv = make_kv(tx, key, value);
+    MPP_CRASH_POINT("manager.dict.set.after_alloc");
+    std::uint64_t* idx = index();
+    DictEntry* ent = entries();
+    const std::uint64_t mask = r->icap - 1;
+    std::uint64_t i = h & mask;
+    for (std::uint64_t n = 0; (idx[i] & kSlotMask) > 1; ++n, i = (i + 1) & mask)
+      if (n > r->icap) torn(*a_, "dict index (full)");
+    const bool was_empty = (idx[i] & kSlotMask) == 0;
+    const std::uint64_t e = r->used;
+    // Entry `e` is past `used`: no reader looks at it and a rollback restores `used`, so it is
+    // written unlogged (within one transaction a dict only grows or only shrinks).
+    ent[e] = DictEntry{h, kv};
+    MPP_CRASH_POINT("manager.dict.set.after_entry");
+    tx.put(&idx[i], make_slot(e, h));
+    MPP_CRASH_POINT("manager.dict.set.after_index");
+    tx.put_once(&r->used, e + 1);
+    tx.put_once(&r->count, r->count + 1);
+    if (was_empty) tx.put_once(&r->filled, r->filled + 1);
+  }
+
+  //!Effects: removes the item `hit` inside `tx`.
+  void erase(Tx& tx, const Hit& hit) {
+    DictRoot* r = root();
+    tx.put(&index()[hit.slot], std::uint64_t{1});
+    MPP_CRASH_POINT("manager.dict.erase.after_index");
+    tx.put(&entries()[hit.e].kv, std::uint64_t{0});
+    tx.put_once(&r->count, r->count - 1);
+    // Trailing holes are dropped so that popitem() stays O(1) amortised.
+    if (hit.e + 1 == r->used) {
+      std::uint64_t u = hit.e;
+      const DictEntry* ent = entries();
+      while (u > 0 && ent[u - 1].kv == 0) --u;
+      tx.put_once(&r->used, u);
+    }
+    tx.free(hit.kv);
+  }
+
+  //!Returns: the last item in insertion order (for popitem), if any.
+  std::optional<Hit> last() const {
+    const DictRoot* r = root();
+    if (r->used > r->ecap) torn(*a_, "dict table");
+    const DictEntry* ent = entries();
+    for (std::uint64_t e = r->used; e > 0; --e) {
+      if (ent[e - 1].kv == 0) continue;
+      auto [k, v] = split(ent[e - 1].kv);
+      auto hit = find(k, ent[e - 1].hash);
+      if (!hit || hit->e != e - 1) torn(*a_, "dict index");
+      return hit;
+    }
+    return std::nullopt;
+  }
+
+  //!Effects: empties the dict inside `tx` (fresh small tables). Returns: the kv blocks that the
+  //! caller frees after the commit, in later transactions (so the log stays small).
+  std::vector<std::uint64_t> clear(Tx& tx) {
+    DictRoot* r = root();
+    std::vector<std::uint64_t> blocks;
+    blocks.reserve(r->count);
+    const DictEntry* ent = entries();
+    for (std::uint64_t e = 0; e < r->used; ++e)
+      if (ent[e].kv != 0) blocks.push_back(ent[e].kv);
+    build(tx, r, 8, {}, true);
+    return blocks;
+  }
+
+ private:
+  std::uint64_t* index() const {
+    const DictRoot* r = root();
+    return a_->array<std::uint64_t>(r->index_off, r->icap);
+  }
+  DictEntry* entries() const {
+    const DictRoot* r = root();
+    return a_->array<DictEntry>(r->entries_off, r->ecap);
+  }
+
+  std::uint64_t make_kv(Tx& tx, ByteSpan key, ByteSpan value) {
+    const std::uint64_t n = 4 + key.size() + value.size();
+    const std::uint64_t kv = tx.alloc(n);
+    std::byte* p = a_->at(kv, n);
+    const auto klen = static_cast<std::uint32_t>(key.size());
+    std::memcpy(p, &klen, 4);
+    if (!key.empty()) std::memcpy(p + 4, key.data(), key.size());
+    if (!value.empty()) std::memcpy(p + 4 + key.size(), value.data(), value.size());
+    return kv;
+  }
+
+  void grow(Tx& tx, DictRoot* r) {
+    std::vector<DictEntry> live;
+    live.reserve(r->count);
+    const DictEntry* ent = entries();
+    for (std::uint64_t e = 0; e < r->used; ++e)
+      if (ent[e].kv != 0) live.push_back(ent[e]);
+    build(tx, r, std::max<std::uint64_t>(8, (live.size() + 1) * 2), live, true);
+    MPP_CRASH_POINT("manager.dict.grow.after_build");
+  }
+
+  // New tables (allocated in this transaction, so written unlogged) for at least `usable`
+  // entries, holding `live`; the root's fields are logged, the old tables freed on commit.
+  void build(Tx& tx, DictRoot* r, std::uint64_t usable, const std::vector<DictEntry>& live,
+             bool free_old) {
+    std::uint64_t icap = 8;
+    while (icap / 3 * 2 < usable) icap *= 2;
+    const std::uint64_t ecap = icap / 3 * 2;
+    const std::uint64_t io = tx.alloc(icap * 8), eo = tx.alloc(ecap * sizeof(DictEntry));
+    auto* idx = a_->array<std::uint64_t>(io, icap);
+    auto* ent = a_->array<DictEntry>(eo, ecap);
+    std::memset(static_cast<void*>(idx), 0, icap * 8);
+    const std::uint64_t mask = icap - 1;
+    for (std::uint64_t e = 0; e < live.size(); ++e) {
+      ent[e] = live[e];
+      std::uint64_t i = live[e].hash & mask;
+      while (idx[i] != 0) i = (i + 1) & mask;
+      idx[i] = make_slot(e, live[e].hash);
+    }
+    if (free_old) {
+      tx.free(r->index_off);
+      tx.free(r->entries_off);
+    }
+    tx.put_once(&r->index_off, io);
+    tx.put_once(&r->entries_off, eo);
+    tx.put_once(&r->icap, icap);
+    tx.put_once(&r->ecap, ecap);
+    tx.put_once(&r->used, std::uint64_t{live.size()});
+    tx.put_once(&r->filled, std::uint64_t{live.size()});
+    tx.put_once(&r->count, std::uint64_t{live.size()});
+  }
+
+  const Arena* a_;
+  std::uint64_t root_;
+};
+
+/// A list's operations over encoded items.
+class ListCore {
+ public:
+  ListCore(const Arena* a, std::uint64_t root) noexcept : a_(a), root_(root) {}
+
+  //!Effects: allocates an empty list inside `tx`. Returns: its root offset.
+  static std::uint64_t create(Tx& tx) {
+    const std::uint64_t r = tx.alloc(sizeof(ListRoot));
+    auto* root = tx.arena().obj<ListRoot>(r);
+    std::memset(static_cast<void*>(root), 0, sizeof(ListRoot));
+    return r;
+  }
+
+  ListRoot* root() const { return a_->obj<ListRoot>(root_); }
+
+  /// Number of items (racy read).
+  std::uint64_t size() const { return racy_load(&root()->size); }
+
+  /// The item offsets [0, size) (bounds-checked, racy).
+  std::span<const std::uint64_t> items() const {
+    const ListRoot* r = root();
+    const std::uint64_t size = racy_load(&r->size), cap = racy_load(&r->cap);
+    if (size > cap) torn(*a_, "list");
+    if (cap == 0) return {};
+    return {a_->array<std::uint64_t>(racy_load(&r->arr_off), cap), size};
+  }
+
+  /// The bytes of item `i` (checked against the size).
+  ByteSpan item(std::uint64_t i) const {
+    const auto it = items();
+    if (i >= it.size()) torn(*a_, "list index");
+    return a_->block_bytes(racy_load(&it[i]));
+  }
+
+  /// Copies `bytes` into a new item block.
+  std::uint64_t make_item(Tx& tx, ByteSpan bytes) {
+    const std::uint64_t p = tx.alloc(bytes.size());
+    if (!bytes.empty()) std::memcpy(a_->at(p, bytes.size()), bytes.data(), bytes.size());
+    return p;
+  }
+
+  /// Appends an item block.
+  void push_back(Tx& tx, std::uint64_t item) {
+    ListRoot* r = root();
+    if (r->size >= r->cap) reserve(tx, std::max<std::uint64_t>(8, r->cap * 2));
+    // Slot `size` is past the end: a rollback restores `size` (a list only grows or only shrinks
+    // within one transaction), so it is written unlogged.
+    arr()[r->size] = item;
+    MPP_CRASH_POINT("manager.list.append.after_slot");
+    tx.put_once(&r->size, r->size + 1);
+  }
+
+  /// Inserts an item block at position i (0 <= i <= size).
+  void insert(Tx& tx, std::uint64_t i, std::uint64_t item) {
+    ListRoot* r = root();
+    if (r->size >= r->cap) reserve(tx, std::max<std::uint64_t>(8, r->cap * 2));
+    std::uint64_t* a = arr();
+    if (i < r->size) {
+      tx.log(&a[i], (r->size - i) * 8);
+      std::memmove(&a[i + 1], &a[i], (r->size - i) * 8);
+    }
+    MPP_CRASH_POINT("manager.list.insert.after_shift");
+    a[i] = item;
+    tx.put_once(&r->size, r->size + 1);
+  }
+
+  /// Removes position i; returns its item block (freed by the caller's transaction).
+  std::uint64_t erase(Tx& tx, std::uint64_t i) {
+    ListRoot* r = root();
+    if (i >= r->size) torn(*a_, "list index");
+    std::uint64_t* a = arr();
+    const std::uint64_t item = a[i];
+    if (i + 1 < r->size) {
+      tx.log(&a[i], (r->size - i - 1) * 8);
+      std::memmove(&a[i], &a[i + 1], (r->size - i - 1) * 8);
+    }
+    MPP_CRASH_POINT("manager.list.erase.after_shift");
+    tx.put_once(&r->size, r->size - 1);
+    tx.free(item);
+    return item;
+  }
+
+  /// Replaces the item block at i.
+  void assign(Tx& tx, std::uint64_t i, std::uint64_t item) {
+    ListRoot* r = root();
+    if (i >= r->size) torn(*a_, "list index");
+    std::uint64_t* a = arr();
+    const std::uint64_t old = a[i];
+    tx.put(&a[i], item);
+    tx.free(old);
+  }
+
+  //!Effects: replaces the whole order with `order` (a permutation or subset of the current item
+  //! blocks) in a new array; the old array is freed on commit.
+  void reorder(Tx& tx, const std::vector<std::uint64_t>& order) {
+    ListRoot* r = root();
+    const std::uint64_t cap = std::max<std::uint64_t>(8, order.size());
+    const std::uint64_t na = tx.alloc(cap * 8);
+    if (!order.empty()) std::memcpy(a_->at(na, order.size() * 8), order.data(), order.size() * 8);
+    if (r->arr_off != 0) tx.free(r->arr_off);
+    tx.put_once(&r->arr_off, na);
+    tx.put_once(&r->cap, cap);
+    tx.put_once(&r->size, std::uint64_t{order.size()});
+  }
+
+  std::uint64_t* arr() const {
+    const ListRoot* r = root();
+    if (r->cap == 0) torn(*a_, "list array");
+    return a_->array<std::uint64_t>(r->arr_off, r->cap);
+  }
+
+ private:
+  void reserve(Tx& tx, std::uint64_t cap) {
+    ListRoot* r = root();
+    const std::uint64_t na = tx.alloc(cap * 8);
+    if (r->size > 0) std::memcpy(a_->at(na, r->size * 8), arr(), r->size * 8);
+    if (r->arr_off != 0) tx.free(r->arr_off);
+    tx.put_once(&r->arr_off, na);
+    tx.put_once(&r->cap, cap);
+    MPP_CRASH_POINT("manager.list.grow.after_swap");
+  }
+
+  const Arena* a_;
+  std::uint64_t root_;
+};
+
+}  // namespace mpp::detail::shm

@@ -1,0 +1,463 @@
+// Tests of mpp::Manager, SharedDict, SharedList and Namespace across real processes, including
+// writers SIGKILLed at random moments and at every crash point of the storage layer.
+//
+// Compiled with MPP_CRASH_POINTS: every MPP_CRASH_POINT(name) in the library calls
+// mpp::detail::crash_point() below, which SIGKILLs the process when armed for that point.
+#define MPP_CRASH_POINTS 1
+#include <mpp/manager.hpp>
+
+#include <signal.h>
+
+#include <chrono>
+#include <cstring>
+#include <map>
+#include <random>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "helpers.hpp"
+
+using namespace std::chrono_literals;
+using mpp_test::fork_child;
+using mpp_test::unique_name;
+using mpp_test::wait_child;
+
+namespace crash_arm {
+char target[96];  // process-local: each forked child arms its own copy
+long countdown = 0;
+std::set<std::string>* seen = nullptr;
+}  // namespace crash_arm
+
+namespace mpp::detail {
+void crash_point(const char* name) noexcept {
+  if (crash_arm::seen != nullptr) crash_arm::seen->insert(name);
+  if (crash_arm::target[0] != '\0' && std::strcmp(crash_arm::target, name) == 0 &&
+      --crash_arm::countdown == 0)
+    ::kill(::getpid(), SIGKILL);
+}
+}  // namespace mpp::detail
+
+namespace {
+
+struct Person {
+  std::string name;
+  int score = 0;
+  template <class A>
+  void serialize(A& a) {
+    a(name, score);
+  }
+  bool operator==(const Person&) const = default;
+};
+
+mpp::ManagerOptions small(std::uint64_t cap = 64u << 20) {
+  mpp::ManagerOptions o;
+  o.capacity = cap;
+  return o;
+}
+
+}  // namespace
+
+TEST_CASE("dict: every method in one process", "[manager]") {
+  mpp::Manager m(small());
+  auto d = m.dict<std::string, int>("d");
+  CHECK(d.size() == 0);
+  CHECK(d.empty());
+  CHECK_FALSE(d.get("a").has_value());
+  CHECK(d.get("a", 7) == 7);
+  CHECK_THROWS_AS(d.at("a"), mpp::KeyError);
+  CHECK_THROWS_AS(static_cast<int>(d["a"]), mpp::KeyError);
+  d.set("a", 1);
+  d["b"] = 2;
+  d["b"] += 5;
+  d["c"] -= 3;  // missing: starts from 0
+  CHECK(d.at("a") == 1);
+  CHECK(static_cast<int>(d["b"]) == 7);
+  CHECK(d["c"].value() == -3);
+  CHECK(d.contains("a"));
+  CHECK_FALSE(d.contains("z"));
+  CHECK(d.setdefault("a", 100) == 1);
+  CHECK(d.setdefault("e", 5) == 5);
+  CHECK(d.keys() == std::vector<std::string>{"a", "b", "c", "e"});
+  CHECK(d.values() == std::vector<int>{1, 7, -3, 5});
+  CHECK(d.pop("c") == -3);
+  CHECK(d.pop("c", 42) == 42);
+  CHECK_THROWS_AS(d.pop("c"), mpp::KeyError);
+  CHECK(d.erase("a"));
+  CHECK_FALSE(d.erase("a"));
+  d.update({{"x", 10}, {"y", 20}});
+  std::map<std::string, int> more{{"z", 30}, {"b", 8}};
+  d.update(more);
+  CHECK(d.to_map() == std::map<std::string, int>{{"b", 8}, {"e", 5}, {"x", 10}, {"y", 20},
+                                                 {"z", 30}});
+  auto items = d.items();
+  REQUIRE(items.size() == 5);
+  CHECK(items.front() == std::pair<std::string, int>{"b", 8});  // insertion order kept
+  CHECK(d.popitem() == std::pair<std::string, int>{"z", 30});  // last inserted first
+  CHECK(d.update_with("x", [](int v) { return v * 3; }) == 30);
+  CHECK(d.update_with("new", [](int v) { return v + 1; }, 41) == 42);
+  CHECK(d.at("new") == 42);
+  CHECK_THROWS_AS(d.update_with("x", [](int) -> int { throw std::runtime_error("no"); }),
+                  std::runtime_error);
+  CHECK(d.at("x") == 30);  // unchanged by the throwing update
+  d.clear();
+  CHECK(d.size() == 0);
+  CHECK_THROWS_AS(d.popitem(), mpp::KeyError);
+  for (int i = 0; i < 5000; ++i) d.set("k" + std::to_string(i), i);
+  for (int i = 0; i < 5000; i += 2) CHECK(d.erase("k" + std::to_string(i)));
+  CHECK(d.size() == 2500);
+  for (int i = 1; i < 5000; i += 2) REQUIRE(d.at("k" + std::to_string(i)) == i);
+  d.set("k1", 123456789);
+  CHECK(d.at("k1") == 123456789);
+}
+
+TEST_CASE("dict: keys and values of any codec type", "[manager]") {
+  mpp::Manager m(small());
+  auto d = m.dict<std::vector<int>, Person>("people");
+  d.set({1, 2}, Person{"ann", 3});
+  d.set({}, Person{"bob", 4});
+  d.set({1, 2}, Person{"a much longer name than before", 5});  // value grows: reallocated
+  CHECK(d.at({1, 2}) == Person{"a much longer name than before", 5});
+  CHECK(d.at({}) == Person{"bob", 4});
+  auto e = m.dict<int, std::string>("ints");
+  for (int i = 0; i < 100; ++i) e[i] = std::string(static_cast<std::size_t>(i), 'x');
+  for (int i = 0; i < 100; ++i) CHECK(e.at(i).size() == static_cast<std::size_t>(i));
+}
+
+TEST_CASE("list: every method in one process", "[manager]") {
+  mpp::Manager m(small());
+  auto l = m.list<int>("l");
+  CHECK(l.size() == 0);
+  CHECK_THROWS_AS(l.pop(), mpp::IndexError);
+  for (int i = 0; i < 10; ++i) l.append(i);
+  l.extend(std::vector<int>{10, 11});
+  l.extend({12});
+  CHECK(l.size() == 13);
+  CHECK(l.get(0) == 0);
+  CHECK(l.get(-1) == 12);
+  CHECK(static_cast<int>(l[3]) == 3);
+  CHECK_THROWS_AS(l.get(13), mpp::IndexError);
+  CHECK_THROWS_AS(l.get(-14), mpp::IndexError);
+  l[3] = 33;
+  CHECK(l[3].value() == 33);
+  l.insert(0, -1);
+  l.insert(-1, 99);   // before the last, as Python
+  l.insert(1000, 100);  // clamped to the end
+  CHECK(l.to_vector() == std::vector<int>{-1, 0, 1, 2, 33, 4, 5, 6, 7, 8, 9, 10, 11, 99, 12, 100});
+  CHECK(l.pop() == 100);
+  CHECK(l.pop(0) == -1);
+  CHECK(l.pop(-2) == 99);
+  l.remove(33);
+  CHECK_THROWS_AS(l.remove(33), mpp::ValueError);
+  CHECK(l.index(5) == 4);
+  CHECK_THROWS_AS(l.index(33), mpp::ValueError);
+  l.append(5);
+  CHECK(l.count(5) == 2);
+  CHECK(l.index(5, 5) == 12);
+  CHECK(l.slice(1, 4) == std::vector<int>{1, 2, 4});
+  CHECK(l.slice(-3, 100) == std::vector<int>{11, 12, 5});
+  CHECK(l.slice(100, -100, -4) == std::vector<int>{5, 9, 5, 0});
+  l.reverse();
+  CHECK(l.to_vector() == std::vector<int>{5, 12, 11, 10, 9, 8, 7, 6, 5, 4, 2, 1, 0});
+  l.sort();
+  CHECK(l.to_vector() == std::vector<int>{0, 1, 2, 4, 5, 5, 6, 7, 8, 9, 10, 11, 12});
+  l.sort(std::less<>{}, true);
+  CHECK(l.to_vector() == std::vector<int>{12, 11, 10, 9, 8, 7, 6, 5, 5, 4, 2, 1, 0});
+  l.erase(0, 13, 2);  // del l[::2]
+  CHECK(l.to_vector() == std::vector<int>{11, 9, 7, 5, 4, 1});
+  l.clear();
+  CHECK(l.empty());
+  l.append(1);
+  CHECK(l.to_vector() == std::vector<int>{1});
+  for (int i = 0; i < 3000; ++i) l.insert(0, i);  // growth with shifting
+  CHECK(l.size() == 3001);
+  CHECK(l.get(0) == 2999);
+  CHECK(l.get(-1) == 1);
+}
+
+TEST_CASE("Namespace: attributes of any codec type", "[manager]") {
+  mpp::Manager m(small());
+  auto ns = m.Namespace("cfg");
+  ns.set("x", 1);
+  ns.set("name", std::string("mpp"));
+  ns.set("v", std::vector<double>{1.5, 2.5});
+  CHECK(ns.get<int>("x") == 1);
+  CHECK(ns.get<std::string>("name") == "mpp");
+  CHECK(ns.get<std::vector<double>>("v") == std::vector<double>{1.5, 2.5});
+  CHECK_THROWS_AS(ns.get<int>("missing"), mpp::KeyError);
+  CHECK(ns.get<int>("missing", 9) == 9);
+  CHECK_THROWS_AS(ns.get<double>("x"), mpp::TypeMismatchError);
+  ns.set("x", 2.0);  // an attribute may change type, as in Python
+  CHECK(ns.get<double>("x") == 2.0);
+  CHECK(ns.contains("name"));
+  CHECK(ns.names() == std::vector<std::string>{"x", "name", "v"});
+  CHECK(ns.erase("name"));
+  CHECK_FALSE(ns.contains("name"));
+}
+
+TEST_CASE("manager: names, kinds and types are checked", "[manager]") {
+  const auto name = unique_name("mgr");
+  auto m = mpp::Manager::create(name, small());
+  CHECK(m.name() == name);
+  CHECK_THROWS_AS(mpp::Manager::create(name), mpp::ExistsError);
+  CHECK_THROWS_AS(mpp::Manager::open(unique_name("none")), mpp::NotFoundError);
+  m.dict<std::string, int>("d").set("a", 1);
+  CHECK_THROWS_AS((m.dict<std::string, double>("d")), mpp::TypeMismatchError);
+  CHECK_THROWS_AS(m.list<int>("d"), mpp::TypeMismatchError);
+  CHECK_THROWS_AS(m.list<int>("bad/name"), mpp::InvalidArgument);
+  CHECK_THROWS_AS(m.list<int>(""), mpp::InvalidArgument);
+  auto a = m.dict<int, int>();
+  auto b = m.dict<int, int>();
+  CHECK(a.name() != b.name());
+  auto again = mpp::Manager::open_or_create(name);
+  CHECK(again.dict<std::string, int>("d").at("a") == 1);
+}
+
+TEST_CASE("dict, list and Namespace across forked processes", "[manager]") {
+  mpp::Manager m(small());
+  auto d = m.dict<std::string, int>();
+  auto l = m.list<std::string>();
+  auto ns = m.Namespace();
+  const pid_t child = fork_child([&] {
+    d.set("from_child", 1);
+    l.append("hello");
+    ns.set("ready", true);
+    return 0;
+  });
+  REQUIRE(wait_child(child) == 0);
+  CHECK(d.at("from_child") == 1);
+  CHECK(l.to_vector() == std::vector<std::string>{"hello"});
+  CHECK(ns.get<bool>("ready"));
+
+  // Concurrent atomic increments and appends from two children.
+  constexpr int kN = 2000;
+  std::vector<pid_t> kids;
+  for (int k = 0; k < 2; ++k)
+    kids.push_back(fork_child([&, k] {
+      for (int i = 0; i < kN; ++i) {
+        d["counter"] += 1;
+        l.append(std::to_string(k));
+        d.set(fmt::format("c{}.{}", k, i), i);
+      }
+      return 0;
+    }));
+  for (pid_t p : kids) REQUIRE(wait_child(p) == 0);
+  CHECK(d.at("counter") == 2 * kN);
+  CHECK(l.size() == 1 + 2 * kN);
+  CHECK(l.count("0") == kN);
+  CHECK(d.size() == 2 + 2 * kN);
+}
+
+TEST_CASE("an unrelated process opens the manager by name", "[manager]") {
+  const auto name = unique_name("mgr");
+  auto m = mpp::Manager::create(name, small());
+  auto d = m.dict<std::string, std::vector<int>>("data");
+  d.set("v", {1, 2, 3});
+  const pid_t child = fork_child([&] {
+    auto m2 = mpp::Manager::open(name);  // does not use the inherited handle
+    auto d2 = m2.dict<std::string, std::vector<int>>("data");
+    if (d2.at("v") != std::vector<int>{1, 2, 3}) return 2;
+    d2.set("w", {4});
+    m2.list<int>("made_by_child").append(7);
+    return 0;
+  });
+  REQUIRE(wait_child(child) == 0);
+  CHECK(d.at("w") == std::vector<int>{4});
+  CHECK(m.list<int>("made_by_child").to_vector() == std::vector<int>{7});
+}
+
+TEST_CASE("readers run concurrently with a writer and see consistent snapshots", "[manager]") {
+  mpp::Manager m(small());
+  auto d = m.dict<int, std::string>();
+  auto l = m.list<int>();
+  // Invariant kept by every mutation: all values of d are equal strings; l holds 0..n-1.
+  d.update(std::vector<std::pair<int, std::string>>{{0, "a"}, {1, "a"}, {2, "a"}});
+  const pid_t writer = fork_child([&] {
+    for (int i = 0; i < 3000; ++i) {
+      const std::string v(static_cast<std::size_t>(i % 50), static_cast<char>('a' + i % 26));
+      d.update(std::vector<std::pair<int, std::string>>{{0, v}, {1, v}, {2, v}});
+      l.append(i);
+    }
+    return 0;
+  });
+  int bad = 0;
+  for (int i = 0; i < 3000; ++i) {
+    auto vals = d.values();
+    if (vals.size() != 3 || vals[0] != vals[1] || vals[1] != vals[2]) ++bad;
+    auto v = l.to_vector();
+    for (std::size_t j = 0; j < v.size(); ++j)
+      if (v[j] != static_cast<int>(j)) ++bad;
+  }
+  REQUIRE(wait_child(writer) == 0);
+  CHECK(bad == 0);
+  CHECK(l.size() == 3000);
+}
+
+TEST_CASE("a full manager throws and leaves the container unchanged", "[manager]") {
+  mpp::Manager m(small(1u << 20));
+  auto d = m.dict<int, std::string>();
+  const std::string big(4000, 'x');
+  int n = 0;
+  try {
+    for (;; ++n) d.set(n, big);
+  } catch (const mpp::Error& e) {
+    CHECK(std::string(e.what()).find("full") != std::string::npos);
+  }
+  CHECK(n > 10);
+  CHECK(d.size() == static_cast<std::size_t>(n));
+  CHECK_FALSE(d.contains(n));
+  for (int i = 0; i < n; ++i) REQUIRE(d.at(i) == big);
+  CHECK(d.pop(0) == big);  // still usable; the freed block is reused
+  d.set(n, big);
+  CHECK(d.at(n) == big);
+}
+
+// ---- crash consistency ------------------------------------------------------------------------
+
+namespace {
+
+// A workload whose every mutation keeps checkable invariants:
+//  - dict "g": keys g0..g7 always hold the same value (set together by one update());
+//  - dict "v": each value is a string of its key's length times a letter (resized often), keys
+//    come and go (set / pop / popitem / setdefault / update_with);
+//  - list "l": items come in equal pairs (extend by 2, erase a pair slice, sort, reverse keep it);
+//  - Namespace "ns": attribute "a" == "b" as far as set by one... (single attributes only).
+int mutate_forever(mpp::Manager m, unsigned seed, long iterations) {
+  auto g = m.dict<std::string, std::string>("g");
+  auto v = m.dict<int, std::string>("v");
+  auto l = m.list<std::int64_t>("l");
+  auto ns = m.Namespace("ns");
+  std::mt19937 rng(seed);
+  for (long it = 0; it < iterations; ++it) {
+    const int op = static_cast<int>(rng() % 12);
+    const int k = static_cast<int>(rng() % 64);
+    const std::string val(static_cast<std::size_t>(k), static_cast<char>('a' + rng() % 26));
+    switch (op) {
+      case 0: {
+        std::vector<std::pair<std::string, std::string>> all;
+        const std::string x(rng() % 40, static_cast<char>('a' + rng() % 26));
+        for (int i = 0; i < 8; ++i) all.emplace_back("g" + std::to_string(i), x);
+        g.update(all);
+        break;
+      }
+      case 1: v.set(k, val); break;
+      case 2: v.pop(k, ""); break;
+      case 3:
+        try {
+          if (v.size() > 40) v.popitem();
+        } catch (const mpp::KeyError&) {  // the other writer emptied it in between
+        }
+        break;
+      case 4: v.setdefault(k, val); break;
+      case 5: v.update_with(k, [&](const std::string&) { return val; }); break;
+      case 6: {
+        const auto x = static_cast<std::int64_t>(rng() % 1000);
+        l.extend(std::vector<std::int64_t>{x, x});
+        break;
+      }
+      case 7:
+        if (l.size() > 100) l.erase(0, 2);
+        break;
+      case 8:
+        if (rng() % 8 == 0) l.sort();
+        break;
+      case 9:
+        if (rng() % 8 == 0) l.reverse();
+        break;
+      case 10: ns.set("x", std::to_string(k)); break;
+      case 11:
+        if (rng() % 50 == 0) {
+          v.clear();
+          if (l.size() > 400) l.clear();
+        }
+        break;
+    }
+  }
+  return 0;
+}
+
+// Checks every invariant and that every container is still usable.
+void check_consistent(mpp::Manager m) {
+  auto g = m.dict<std::string, std::string>("g");
+  auto gv = g.values();
+  if (!gv.empty()) {
+    REQUIRE(gv.size() == 8);
+    for (auto& x : gv) REQUIRE(x == gv[0]);
+  }
+  auto v = m.dict<int, std::string>("v");
+  auto items = v.items();
+  REQUIRE(items.size() == v.size());
+  for (auto& [k, s] : items) {
+    REQUIRE(s.size() == static_cast<std::size_t>(k));
+    if (!s.empty()) REQUIRE(s == std::string(s.size(), s[0]));
+    REQUIRE(v.at(k) == s);  // the index finds every entry
+  }
+  auto l = m.list<std::int64_t>("l");
+  auto lv = l.to_vector();
+  REQUIRE(lv.size() % 2 == 0);
+  std::map<std::int64_t, int> counts;
+  for (auto x : lv) ++counts[x];
+  for (auto& [x, c] : counts) REQUIRE(c % 2 == 0);
+  auto ns = m.Namespace("ns");
+  if (ns.contains("x")) (void)ns.get<std::string>("x");
+  // Usable by everyone: each container accepts new mutations.
+  v.set(1000, "probe");
+  REQUIRE(v.pop(1000) == "probe");
+  l.extend(std::vector<std::int64_t>{-1, -1});
+  g.update(std::vector<std::pair<std::string, std::string>>{});
+}
+
+}  // namespace
+
+TEST_CASE("writers SIGKILLed at random moments leave every container before or after", "[manager][kill]") {
+  mpp::Manager m(small());
+  std::mt19937 rng(1234);
+  for (int round = 0; round < 12; ++round) {
+    std::vector<pid_t> kids;
+    for (int w = 0; w < 2; ++w)
+      kids.push_back(fork_child([&, w] { return mutate_forever(m, rng() + w, 1L << 40); }));
+    std::this_thread::sleep_for(std::chrono::microseconds(2000 + rng() % 30000));
+    for (pid_t p : kids) ::kill(p, SIGKILL);
+    for (pid_t p : kids) CHECK(wait_child(p) == -SIGKILL);
+    check_consistent(m);
+  }
+}
+
+TEST_CASE("a writer killed at each crash point leaves every container before or after", "[manager][kill]") {
+  mpp::Manager m(small());
+  REQUIRE(wait_child(fork_child([&] { return mutate_forever(m, 1, 3000); })) == 0);
+  // Which crash points does the workload pass?
+  std::set<std::string> points;
+  crash_arm::seen = &points;
+  mutate_forever(m, 2, 3000);
+  crash_arm::seen = nullptr;
+  CHECK(points.count("manager.tx.before_commit") == 1);
+  CHECK(points.count("manager.dict.set.after_index") == 1);
+  CHECK(points.size() >= 8);
+  for (const auto& p : points) {
+    for (long hit : {1L, 7L, 50L}) {
+      const pid_t child = fork_child([&] {
+        std::snprintf(crash_arm::target, sizeof crash_arm::target, "%s", p.c_str());
+        crash_arm::countdown = hit;
+        return mutate_forever(m, static_cast<unsigned>(hit) * 31 + 5, 5000);
+      });
+      const int rc = wait_child(child);
+      INFO("crash point " << p << " hit " << hit);
+      CHECK((rc == -SIGKILL || rc == 0));
+      check_consistent(m);
+    }
+  }
+}
+
+TEST_CASE("holds 10^6 string->int entries", "[manager][stress]") {
+  mpp::Manager m;  // default capacity (sparse)
+  auto d = m.dict<std::string, int>();
+  constexpr int kN = 1'000'000;
+  for (int i = 0; i < kN; ++i) d.set("key-" + std::to_string(i), i);
+  CHECK(d.size() == static_cast<std::size_t>(kN));
+  for (int i = 0; i < kN; i += 997) REQUIRE(d.at("key-" + std::to_string(i)) == i);
+  auto keys = d.keys();
+  CHECK(keys.size() == static_cast<std::size_t>(kN));
+  CHECK(keys[12345] == "key-12345");
+}
