@@ -326,3 +326,475 @@ TEST_CASE("RLock: holder killed at random points, 50 rounds", "[sync][rlock][kil
   mpp::RLock r;
   random_kills(r);
 }
+
+// ---- Semaphore, BoundedSemaphore ----------------------------------------------------------
+
+TEST_CASE("Semaphore: counting, timeouts, get_value", "[sync][semaphore]") {
+  mpp::Semaphore s(2);
+  CHECK(s.get_value() == 2);
+  CHECK(s.acquire());
+  CHECK(s.acquire(false));
+  CHECK_FALSE(s.acquire(false));
+  const auto t0 = Clock::now();
+  CHECK_FALSE(s.acquire(true, 30ms));
+  CHECK(seconds_since(t0) >= 0.025);
+  CHECK(s.get_value() == 0);
+  s.release(3);  // an unbounded semaphore may grow
+  CHECK(s.get_value() == 3);
+  {
+    std::lock_guard<mpp::Semaphore> g(s);
+    CHECK(s.get_value() == 2);
+  }
+  CHECK(s.get_value() == 3);
+  CHECK_THROWS_AS(mpp::Semaphore(0x80000000u), mpp::InvalidArgument);
+}
+
+TEST_CASE("Semaphore: bounds concurrency across processes", "[sync][semaphore]") {
+  auto s = mpp::Semaphore::create(unique_name("sem"), 2);
+  SharedCounters c;
+  std::vector<pid_t> kids;
+  for (int k = 0; k < 4; ++k)
+    kids.push_back(fork_child([&] {
+      auto mine = mpp::Semaphore::open(s.name());
+      for (int i = 0; i < 300; ++i) {
+        std::lock_guard<mpp::Semaphore> g(mine);
+        const int now = c.d->inside.fetch_add(1) + 1;
+        if (now > 2) return 2;
+        int expect = c.d->flag.load();
+        while (now > expect && !c.d->flag.compare_exchange_weak(expect, now)) {
+        }
+        if (i % 16 == 0) std::this_thread::sleep_for(20us);
+        c.d->inside.fetch_sub(1);
+      }
+      return 0;
+    }));
+  for (pid_t p : kids) CHECK(wait_child(p) == 0);
+  CHECK(c.d->flag.load() <= 2);
+  CHECK(s.get_value() == 2);
+}
+
+TEST_CASE("Semaphore: a sleeping acquirer is woken by another process", "[sync][semaphore]") {
+  mpp::Semaphore s(0);
+  const pid_t child = fork_child([&] { return s.acquire(true, 20s) ? 0 : 2; });
+  std::this_thread::sleep_for(30ms);
+  s.release();
+  CHECK(wait_child(child) == 0);
+  CHECK(s.get_value() == 0);
+}
+
+TEST_CASE("BoundedSemaphore: over-release raises ValueError", "[sync][semaphore]") {
+  mpp::BoundedSemaphore b(2);
+  CHECK_THROWS_AS(b.release(), mpp::ValueError);
+  CHECK(b.acquire());
+  b.release();
+  CHECK(b.get_value() == 2);
+  CHECK(b.acquire());
+  CHECK(b.acquire());
+  CHECK_THROWS_AS(b.release(3), mpp::ValueError);
+  CHECK(b.get_value() == 0);
+  b.release(2);
+  CHECK_THROWS_AS(b.release(), mpp::ValueError);
+  const auto name = unique_name("bsem");
+  auto named = mpp::BoundedSemaphore::create(name, 1);
+  CHECK_THROWS_AS(mpp::Semaphore::open(name), mpp::TypeMismatchError);
+  const pid_t child = fork_child([&] {
+    auto o = mpp::BoundedSemaphore::open(name);
+    try {
+      o.release();
+      return 2;
+    } catch (const mpp::ValueError&) {
+    }
+    return o.acquire(false) ? 0 : 3;
+  });
+  CHECK(wait_child(child) == 0);
+  CHECK(named.get_value() == 0);
+  CHECK_THROWS_AS(mpp::BoundedSemaphore(0), mpp::InvalidArgument);
+}
+
+// ---- Event --------------------------------------------------------------------------------
+
+TEST_CASE("Event: set, clear, wait with timeout, across processes", "[sync][event]") {
+  mpp::Event e;
+  CHECK_FALSE(e.is_set());
+  const auto t0 = Clock::now();
+  CHECK_FALSE(e.wait(30ms));
+  CHECK(seconds_since(t0) >= 0.025);
+  e.set();
+  CHECK(e.wait());
+  CHECK(e.wait(0ms));
+  e.clear();
+  CHECK_FALSE(e.is_set());
+
+  auto named = mpp::Event::create(unique_name("event"));
+  std::vector<pid_t> kids;
+  for (int k = 0; k < 3; ++k)
+    kids.push_back(fork_child([&] {
+      auto mine = mpp::Event::open(named.name());
+      return mine.wait(20s) ? 0 : 2;
+    }));
+  std::this_thread::sleep_for(30ms);
+  named.set();
+  for (pid_t p : kids) CHECK(wait_child(p) == 0);
+  CHECK(named.is_set());
+}
+
+// ---- Condition ----------------------------------------------------------------------------
+
+TEST_CASE("Condition: misuse raises ValueError; wait times out", "[sync][condition]") {
+  mpp::Condition c;
+  CHECK_THROWS_AS(c.notify(), mpp::ValueError);
+  CHECK_THROWS_AS(c.wait(10ms), mpp::ValueError);
+  CHECK_THROWS_AS(c.release(), mpp::ValueError);
+  std::lock_guard<mpp::Condition> g(c);
+  c.notify();  // nobody waits: nothing happens
+  c.notify_all();
+  const auto t0 = Clock::now();
+  CHECK_FALSE(c.wait(30ms));
+  CHECK(seconds_since(t0) >= 0.025);
+  CHECK_FALSE(c.wait_for([] { return false; }, 20ms));
+  CHECK(c.wait_for([] { return true; }, 0ms));
+}
+
+TEST_CASE("Condition: predicate waits with several waiters, notify(n) and notify_all",
+          "[sync][condition]") {
+  mpp::Condition c;  // its own RLock
+  SharedCounters sc;
+  constexpr int kWaiters = 4;
+  std::vector<pid_t> kids;
+  for (int k = 0; k < kWaiters; ++k)
+    kids.push_back(fork_child([&] {
+      std::lock_guard<mpp::Condition> g(c);
+      c.acquire();  // re-entrant: wait() must release both levels
+      sc.d->inside.fetch_add(1);
+      const bool ok = c.wait_for([&] { return sc.d->value.load() > 0; }, 20s);
+      if (!ok) return 2;
+      sc.d->value.fetch_sub(1);
+      sc.d->flag.fetch_add(1);
+      c.release();
+      return 0;
+    }));
+  await([&] { return sc.d->inside.load() == kWaiters; });
+  await([&] { return c.state().cond.n_waiting() == kWaiters; });
+  {
+    std::lock_guard<mpp::Condition> g(c);
+    sc.d->value = 2;
+    c.notify(2);
+  }
+  await([&] { return sc.d->flag.load() == 2; });
+  std::this_thread::sleep_for(50ms);
+  CHECK(sc.d->flag.load() == 2);  // exactly two consumed; the others still wait
+  {
+    std::lock_guard<mpp::Condition> g(c);
+    CHECK(c.state().cond.n_waiting() == kWaiters - 2);
+    sc.d->value = 2;
+    c.notify_all();
+  }
+  for (pid_t p : kids) CHECK(wait_child(p) == 0);
+  CHECK(sc.d->flag.load() == kWaiters);
+}
+
+TEST_CASE("Condition over a Lock, named, and over a lock embedded elsewhere", "[sync][condition]") {
+  mpp::Lock base;
+  mpp::Lock embedded = mpp::Lock::view(base.segment(), &base.state());
+  mpp::Condition c(embedded);
+  SharedCounters sc;
+  const pid_t child = fork_child([&] {
+    std::unique_lock<mpp::Condition> g(c);
+    sc.d->inside = 1;
+    return c.wait_for([&] { return sc.d->value.load() == 7; }, 20s) ? 0 : 2;
+  });
+  await([&] { return c.state().cond.n_waiting() == 1; });
+  base.acquire();  // the same lock, through another handle
+  sc.d->value = 7;
+  c.notify();
+  base.release();
+  CHECK(wait_child(child) == 0);
+
+  const auto name = unique_name("cond");
+  auto named = mpp::Condition::create(name);
+  const pid_t child2 = fork_child([&] {
+    auto mine = mpp::Condition::open(name);
+    std::lock_guard<mpp::Condition> g(mine);
+    sc.d->flag = 1;
+    return mine.wait_for([&] { return sc.d->value.load() == 8; }, 20s) ? 0 : 2;
+  });
+  await([&] { return named.state().cond.n_waiting() == 1; });
+  {
+    auto g = named.guard();
+    sc.d->value = 8;
+    named.notify();
+  }
+  CHECK(wait_child(child2) == 0);
+}
+
+// ---- Barrier ------------------------------------------------------------------------------
+
+TEST_CASE("Barrier: parties across processes, action, indices, reuse", "[sync][barrier]") {
+  SharedCounters sc;
+  mpp::Barrier b(3, [&] { sc.d->value.fetch_add(1); });
+  CHECK(b.parties() == 3);
+  CHECK(b.n_waiting() == 0);
+  CHECK_FALSE(b.broken());
+  std::vector<pid_t> kids;
+  for (int k = 0; k < 2; ++k)
+    kids.push_back(fork_child([&] {
+      for (int round = 0; round < 20; ++round) {
+        const auto i = b.wait(20s);
+        if (i >= 3) return 2;
+        sc.d->inside.fetch_add(static_cast<int>(i));
+      }
+      return 0;
+    }));
+  for (int round = 0; round < 20; ++round) sc.d->inside.fetch_add(static_cast<int>(b.wait(20s)));
+  for (pid_t p : kids) CHECK(wait_child(p) == 0);
+  CHECK(sc.d->value.load() == 20);          // the action ran once per round
+  CHECK(sc.d->inside.load() == 20 * 3);     // indices 0+1+2 every round
+  CHECK_THROWS_AS(mpp::Barrier(0), mpp::InvalidArgument);
+}
+
+TEST_CASE("Barrier: abort, reset, timeout, failing action", "[sync][barrier]") {
+  const auto name = unique_name("barrier");
+  auto b = mpp::Barrier::create(name, 2);
+  SharedCounters sc;
+  // abort() wakes a waiter with BrokenBarrierError.
+  const pid_t child = fork_child([&] {
+    auto mine = mpp::Barrier::open(name);
+    try {
+      mine.wait(20s);
+      return 2;
+    } catch (const mpp::BrokenBarrierError&) {
+      return 0;
+    }
+  });
+  await([&] { return b.n_waiting() == 1; });
+  b.abort();
+  CHECK(wait_child(child) == 0);
+  CHECK(b.broken());
+  CHECK_THROWS_AS(b.wait(), mpp::BrokenBarrierError);
+  b.reset();
+  CHECK_FALSE(b.broken());
+  // reset() while a party waits breaks that wait only.
+  const pid_t child2 = fork_child([&] {
+    try {
+      b.wait(20s);
+      return 2;
+    } catch (const mpp::BrokenBarrierError&) {
+    }
+    return b.broken() ? 3 : 0;
+  });
+  await([&] { return b.n_waiting() == 1; });
+  b.reset();
+  CHECK(wait_child(child2) == 0);
+  // A timeout breaks the barrier.
+  CHECK_THROWS_AS(b.wait(30ms), mpp::BrokenBarrierError);
+  CHECK(b.broken());
+  b.reset();
+  // The default timeout of the constructor applies.
+  mpp::Barrier t(2, {}, std::chrono::duration<double>(0.03));
+  CHECK_THROWS_AS(t.wait(), mpp::BrokenBarrierError);
+  // An action that throws breaks the barrier; the exception reaches the last party.
+  mpp::Barrier f(1, [] { throw std::runtime_error("action failed"); });
+  CHECK_THROWS_AS(f.wait(), std::runtime_error);
+  CHECK(f.broken());
+  // A barrier of one never waits.
+  mpp::Barrier one(1);
+  CHECK(one.wait() == 0);
+}
+
+// ---- dead holders, continued --------------------------------------------------------------
+
+TEST_CASE("Condition: a process killed holding the condition's lock", "[sync][condition][kill]") {
+  mpp::Condition c;
+  holder_dies(c);
+  mpp::Lock l;
+  mpp::Condition over_lock(l);
+  holder_dies(over_lock);
+}
+
+TEST_CASE("Condition: a waiter killed in wait() does not swallow a notify", "[sync][condition][kill]") {
+  mpp::Condition c;
+  SharedCounters sc;
+  const pid_t doomed = fork_child([&] {
+    std::lock_guard<mpp::Condition> g(c);
+    c.wait(60s);
+    return 0;
+  });
+  await([&] { return c.state().cond.n_waiting() == 1; });
+  const pid_t live = fork_child([&] {
+    std::lock_guard<mpp::Condition> g(c);
+    return c.wait_for([&] { return sc.d->value.load() == 1; }, 20s) ? 0 : 2;
+  });
+  await([&] { return c.state().cond.n_waiting() == 2; });
+  kill_child(doomed);
+  {
+    std::lock_guard<mpp::Condition> g(c);
+    sc.d->value = 1;
+    c.notify(1);  // the oldest waiter is dead: the live one must get it
+  }
+  CHECK(wait_child(live) == 0);
+}
+
+TEST_CASE("Condition: lock holder killed at random points, 50 rounds", "[sync][condition][kill]") {
+  mpp::Condition c;
+  random_kills(c);
+}
+
+TEST_CASE("Barrier: a waiting party killed breaks the barrier", "[sync][barrier][kill]") {
+  mpp::Barrier b(3);
+  const pid_t doomed = fork_child([&] {
+    b.wait(60s);
+    return 0;
+  });
+  SharedCounters sc;
+  const pid_t survivor = fork_child([&] {
+    try {
+      b.wait(60s);
+      return 2;
+    } catch (const mpp::BrokenBarrierError&) {
+      return 0;
+    }
+  });
+  await([&] { return b.n_waiting() == 2; });
+  kill_child(doomed);
+  const auto t0 = Clock::now();
+  CHECK(wait_child(survivor) == 0);
+  CHECK(seconds_since(t0) < 5.0);  // ~0.1 s expected; the margin absorbs a loaded machine
+  CHECK(b.broken());
+  CHECK_THROWS_AS(b.wait(), mpp::BrokenBarrierError);
+  b.reset();
+  // Usable again.
+  const pid_t a = fork_child([&] { return b.wait(20s) < 3 ? 0 : 2; });
+  const pid_t d = fork_child([&] { return b.wait(20s) < 3 ? 0 : 2; });
+  CHECK(b.wait(20s) < 3);
+  CHECK(wait_child(a) == 0);
+  CHECK(wait_child(d) == 0);
+}
+
+TEST_CASE("Barrier: party killed at random points, 20 rounds", "[sync][barrier][kill]") {
+  std::mt19937 rng(99);
+  for (int round = 0; round < 20; ++round) {
+    mpp::Barrier b(2);
+    const pid_t child = fork_child([&] {
+      for (;;) b.wait(60s);
+      return 0;
+    });
+    std::this_thread::sleep_for(std::chrono::microseconds(rng() % 2000));
+    kill_child(child);
+    // Killed while waiting: its arrival counts and we trip the barrier as the second party.
+    // Killed before arriving: we wait alone, time out, and the barrier is broken. Never a hang.
+    try {
+      const std::uint32_t index = b.wait(300ms);
+      CHECK(index == 1);
+      CHECK_FALSE(b.broken());
+    } catch (const mpp::BrokenBarrierError&) {
+      CHECK(b.broken());
+    }
+  }
+}
+
+// ---- the algorithms under threads (run under ThreadSanitizer by the tsan preset) ------------
+
+namespace {
+template <class F>
+void run_threads(int n, F&& f) {
+  std::vector<std::thread> ts;
+  for (int i = 0; i < n; ++i) ts.emplace_back([&, i] { f(i); });
+  for (auto& t : ts) t.join();
+}
+}  // namespace
+
+TEST_CASE("tsan: Lock and RLock protect plain data between threads", "[sync][tsan]") {
+  mpp::Lock l;
+  mpp::RLock r;
+  std::int64_t a = 0, b = 0;  // plain, unsynchronised except by the locks under test
+  run_threads(4, [&](int) {
+    for (int i = 0; i < 2000; ++i) {
+      {
+        std::lock_guard<mpp::Lock> g(l);
+        ++a;
+      }
+      std::lock_guard<mpp::RLock> g1(r);
+      std::lock_guard<mpp::RLock> g2(r);
+      ++b;
+      if (i % 256 == 0) std::this_thread::sleep_for(10us);  // force some sleeping waiters
+    }
+  });
+  CHECK(a == 8000);
+  CHECK(b == 8000);
+}
+
+TEST_CASE("tsan: Semaphore and Event between threads", "[sync][tsan]") {
+  mpp::Semaphore s(2);
+  std::atomic<int> inside{0}, most{0};
+  std::int64_t guarded = 0;
+  mpp::Lock l;
+  run_threads(4, [&](int) {
+    for (int i = 0; i < 1000; ++i) {
+      s.acquire();
+      const int now = inside.fetch_add(1) + 1;
+      int m = most.load();
+      while (now > m && !most.compare_exchange_weak(m, now)) {
+      }
+      {
+        std::lock_guard<mpp::Lock> g(l);
+        ++guarded;
+      }
+      inside.fetch_sub(1);
+      s.release();
+    }
+  });
+  CHECK(most.load() <= 2);
+  CHECK(guarded == 4000);
+  mpp::Event e;
+  std::int64_t payload = 0;
+  std::thread t([&] {
+    payload = 42;  // published by set(), read after wait()
+    e.set();
+  });
+  CHECK(e.wait(20s));
+  CHECK(payload == 42);
+  t.join();
+}
+
+TEST_CASE("tsan: Condition producer/consumer between threads", "[sync][tsan]") {
+  mpp::Condition c;
+  std::vector<int> items;  // guarded by c's lock
+  int consumed = 0;
+  constexpr int kItems = 2000;
+  std::thread producer([&] {
+    for (int i = 0; i < kItems; ++i) {
+      std::lock_guard<mpp::Condition> g(c);
+      items.push_back(i);
+      c.notify();
+    }
+  });
+  run_threads(3, [&](int) {
+    for (;;) {
+      std::unique_lock<mpp::Condition> g(c);
+      c.wait_for([&] { return !items.empty() || consumed == kItems; }, 20s);
+      if (consumed == kItems) {
+        c.notify_all();
+        return;
+      }
+      items.pop_back();
+      if (++consumed == kItems) c.notify_all();
+    }
+  });
+  producer.join();
+  CHECK(consumed == kItems);
+}
+
+TEST_CASE("tsan: Barrier between threads", "[sync][tsan]") {
+  std::int64_t phase_sum = 0;  // written by the action, read by every thread after the barrier
+  mpp::Barrier b(3, [&] { ++phase_sum; });
+  std::atomic<int> bad{0};
+  run_threads(3, [&](int) {
+    for (int round = 1; round <= 200; ++round) {
+      b.wait(20s);
+      if (phase_sum < round) bad.fetch_add(1);
+      b.wait(20s);  // nobody runs the next action before everyone has read phase_sum
+    }
+  });
+  CHECK(bad.load() == 0);
+  CHECK(phase_sum == 400);
+}

@@ -10,10 +10,13 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
+#include <variant>
 
 #include "detail/sync_state.hpp"
 #include "errors.hpp"
@@ -270,6 +273,422 @@ class RLock {
 
   Handle h_;
   bool died_ = false;
+};
+
+
+namespace detail {
+/// Common part of Semaphore and BoundedSemaphore.
+class SemaphoreBase {
+ public:
+  //!Effects: takes a unit; with block=false tries once; with a timeout waits at most that long.
+  //!Returns: true if a unit was taken.
+  bool acquire(bool block = true, Timeout timeout = {}) {
+    if (!block) return h_.state->try_acquire();
+    return h_.state->acquire(Deadline::from(timeout));
+  }
+  //!Effects: gives back `n` units (waking waiters). Throws: ValueError if a BoundedSemaphore
+  //! would exceed its initial value, or the value would exceed SemaphoreState::kValueMax.
+  void release(std::uint32_t n = 1) {
+    if (!h_.state->release(n))
+      fail<ValueError>("semaphore '{}' released too many times (value {}, bound {})", h_.name(),
+                       h_.state->get_value(),
+                       h_.state->max_value != 0 ? h_.state->max_value
+                                                : SemaphoreState::kValueMax);
+  }
+  /// Units available now (Python's get_value(); works on every platform).
+  std::uint32_t get_value() const noexcept { return h_.state->get_value(); }
+  /// BasicLockable: acquire (blocking).
+  void lock() { acquire(); }
+  /// BasicLockable: release one unit.
+  void unlock() { release(); }
+  /// Lockable: take a unit if one is available.
+  bool try_lock() { return acquire(false); }
+  /// TimedLockable: take a unit within `d`.
+  template <class Rep, class Period>
+  bool try_lock_for(const std::chrono::duration<Rep, Period>& d) {
+    return acquire(true, to_timeout(d));
+  }
+  /// TimedLockable: take a unit before `t`.
+  template <class Clock, class Duration>
+  bool try_lock_until(const std::chrono::time_point<Clock, Duration>& t) {
+    return acquire(true, to_timeout(t - Clock::now()));
+  }
+  /// Always false: semaphores have no owner (for Guard).
+  bool previous_owner_died() const noexcept { return false; }
+  /// The object's name.
+  const std::string& name() const noexcept { return h_.name(); }
+  /// The raw state.
+  SemaphoreState& state() const noexcept { return *h_.state; }
+  /// The segment that holds the state.
+  const std::shared_ptr<Segment>& segment() const noexcept { return h_.seg; }
+
+ protected:
+  using Handle = SyncHandle<SemaphoreState>;
+  explicit SemaphoreBase(Handle h) : h_(std::move(h)) {}
+  static std::function<void(void*)> maker(std::uint32_t value, bool bounded) {
+    if (value > SemaphoreState::kValueMax)
+      fail<InvalidArgument>("semaphore value {} is larger than the maximum {}", value,
+                            SemaphoreState::kValueMax);
+    if (bounded && value == 0)
+      fail<InvalidArgument>("a BoundedSemaphore needs an initial value of at least 1");
+    return [value, bounded](void* p) { new (p) SemaphoreState(value, bounded ? value : 0); };
+  }
+  Handle h_;
+};
+}  // namespace detail
+
+/// Python's multiprocessing.Semaphore. Semaphores have no owner: a unit taken by a process that
+/// dies is never given back (the value stays lower), exactly as in Python.
+class Semaphore : public detail::SemaphoreBase {
+ public:
+  //!Effects: an anonymous semaphore holding `value` units. Throws: InvalidArgument, OSError.
+  explicit Semaphore(std::uint32_t value = 1)
+      : SemaphoreBase(Handle::create(Kind::semaphore, {}, maker(value, false), {})) {}
+  //!Effects: creates the named semaphore `name`. Throws: ExistsError, InvalidArgument, OSError.
+  static Semaphore create(std::string_view name, std::uint32_t value = 1,
+                          const detail::SegmentOptions& opts = {}) {
+    return Semaphore(Handle::create(Kind::semaphore, name, maker(value, false), opts));
+  }
+  //!Effects: opens the named semaphore `name`. Throws: NotFoundError, TypeMismatchError, ...
+  static Semaphore open(std::string_view name, const detail::SegmentOptions& opts = {}) {
+    return Semaphore(Handle::open(Kind::semaphore, name, opts));
+  }
+  /// Opens `name`, or creates it with `value` units.
+  static Semaphore open_or_create(std::string_view name, std::uint32_t value = 1,
+                                  const detail::SegmentOptions& opts = {}) {
+    return Semaphore(Handle::open_or_create(Kind::semaphore, name, maker(value, false), opts));
+  }
+  /// A Semaphore over a SemaphoreState embedded in `owner`'s segment.
+  static Semaphore view(std::shared_ptr<detail::Segment> owner, detail::SemaphoreState* state) {
+    if (state == nullptr) detail::fail<InvalidArgument>("Semaphore::view: null state");
+    Handle h;
+    h.seg = std::move(owner);
+    h.state = state;
+    return Semaphore(std::move(h));
+  }
+
+ private:
+  explicit Semaphore(Handle h) : SemaphoreBase(std::move(h)) {}
+};
+
+/// Python's multiprocessing.BoundedSemaphore: release() beyond the initial value raises
+/// ValueError. No owner (see Semaphore).
+class BoundedSemaphore : public detail::SemaphoreBase {
+ public:
+  //!Effects: an anonymous bounded semaphore holding (and bounded by) `value` >= 1 units.
+  explicit BoundedSemaphore(std::uint32_t value = 1)
+      : SemaphoreBase(Handle::create(Kind::bounded_semaphore, {}, maker(value, true), {})) {}
+  //!Effects: creates the named bounded semaphore `name`. Throws: ExistsError, InvalidArgument.
+  static BoundedSemaphore create(std::string_view name, std::uint32_t value = 1,
+                                 const detail::SegmentOptions& opts = {}) {
+    return BoundedSemaphore(Handle::create(Kind::bounded_semaphore, name, maker(value, true), opts));
+  }
+  //!Effects: opens the named bounded semaphore `name`. Throws: NotFoundError, ...
+  static BoundedSemaphore open(std::string_view name, const detail::SegmentOptions& opts = {}) {
+    return BoundedSemaphore(Handle::open(Kind::bounded_semaphore, name, opts));
+  }
+  /// Opens `name`, or creates it with `value` units.
+  static BoundedSemaphore open_or_create(std::string_view name, std::uint32_t value = 1,
+                                         const detail::SegmentOptions& opts = {}) {
+    return BoundedSemaphore(
+        Handle::open_or_create(Kind::bounded_semaphore, name, maker(value, true), opts));
+  }
+
+ private:
+  explicit BoundedSemaphore(Handle h) : SemaphoreBase(std::move(h)) {}
+};
+
+/// Python's multiprocessing.Event: a flag processes can wait for.
+class Event {
+ public:
+  //!Effects: an anonymous, clear event (inherited by forked children).
+  Event() : h_(Handle::create(Kind::event, {}, construct, {})) {}
+  //!Effects: creates the named event `name` (clear). Throws: ExistsError, InvalidArgument, ...
+  static Event create(std::string_view name, const detail::SegmentOptions& opts = {}) {
+    return Event(Handle::create(Kind::event, name, construct, opts));
+  }
+  //!Effects: opens the named event `name`. Throws: NotFoundError, TypeMismatchError, ...
+  static Event open(std::string_view name, const detail::SegmentOptions& opts = {}) {
+    return Event(Handle::open(Kind::event, name, opts));
+  }
+  /// Opens `name`, creating it (clear) if it does not exist.
+  static Event open_or_create(std::string_view name, const detail::SegmentOptions& opts = {}) {
+    return Event(Handle::open_or_create(Kind::event, name, construct, opts));
+  }
+  /// An Event over an EventState embedded in `owner`'s segment.
+  static Event view(std::shared_ptr<detail::Segment> owner, detail::EventState* state) {
+    if (state == nullptr) detail::fail<InvalidArgument>("Event::view: null state");
+    Handle h;
+    h.seg = std::move(owner);
+    h.state = state;
+    return Event(std::move(h));
+  }
+
+  /// Sets the flag and wakes every waiter.
+  void set() noexcept { h_.state->set(); }
+  /// Clears the flag.
+  void clear() noexcept { h_.state->clear(); }
+  /// True if the flag is set.
+  bool is_set() const noexcept { return h_.state->is_set(); }
+  //!Effects: waits until the flag is set, at most `timeout` (forever when nullopt).
+  //!Returns: the flag (false only on timeout), as Python's Event.wait.
+  bool wait(Timeout timeout = {}) { return h_.state->wait(detail::Deadline::from(timeout)); }
+
+  /// The object's name.
+  const std::string& name() const noexcept { return h_.name(); }
+  /// The raw state.
+  detail::EventState& state() const noexcept { return *h_.state; }
+  /// The segment that holds the state.
+  const std::shared_ptr<detail::Segment>& segment() const noexcept { return h_.seg; }
+
+ private:
+  using Handle = detail::SyncHandle<detail::EventState>;
+  explicit Event(Handle h) : h_(std::move(h)) {}
+  static void construct(void* p) { new (p) detail::EventState(); }
+  Handle h_;
+};
+
+namespace detail {
+/// What a named Condition's segment holds: its own RLock (used unless a lock is supplied) and
+/// the waiter table.
+struct ConditionBlock {
+  RLockState lock;
+  ConditionState cond;
+};
+static_assert(std::is_standard_layout_v<ConditionBlock>);
+}  // namespace detail
+
+/// Python's multiprocessing.Condition over a Lock or an RLock (its own RLock by default; the
+/// lock may be embedded in another object, e.g. Value::get_lock()). wait() must be called with
+/// the lock held; notify(n) wakes exactly the n oldest waiters. If a process dies holding the
+/// lock, the next acquirer (or a waiter re-acquiring it) is told via previous_owner_died().
+class Condition {
+ public:
+  //!Effects: an anonymous condition with its own RLock (Python's default).
+  Condition() : Condition(Handle::create(Kind::condition, {}, construct, {})) {}
+  //!Effects: an anonymous condition over `lock` (a Lock or an RLock, anonymous, named or view).
+  explicit Condition(Lock lock)
+      : h_(Handle::create(Kind::condition, {}, construct, {})), lock_(std::move(lock)) {}
+  /// An anonymous condition over `lock`.
+  explicit Condition(RLock lock)
+      : h_(Handle::create(Kind::condition, {}, construct, {})), lock_(std::move(lock)) {}
+  //!Effects: creates the named condition `name` with its own RLock, which every opener shares.
+  static Condition create(std::string_view name, const detail::SegmentOptions& opts = {}) {
+    return Condition(Handle::create(Kind::condition, name, construct, opts));
+  }
+  //!Effects: creates the named condition `name` over `lock`; every process must then open it
+  //! with the same lock (open(name, lock)).
+  template <class L>
+  static Condition create(std::string_view name, L lock, const detail::SegmentOptions& opts = {}) {
+    return Condition(Handle::create(Kind::condition, name, construct, opts), std::move(lock));
+  }
+  //!Effects: opens the named condition `name` with its own RLock. Throws: NotFoundError, ...
+  static Condition open(std::string_view name, const detail::SegmentOptions& opts = {}) {
+    return Condition(Handle::open(Kind::condition, name, opts));
+  }
+  /// Opens the named condition `name` over `lock` (the lock it was created with).
+  template <class L>
+  static Condition open(std::string_view name, L lock, const detail::SegmentOptions& opts = {}) {
+    return Condition(Handle::open(Kind::condition, name, opts), std::move(lock));
+  }
+  /// Opens `name` with its own RLock, creating it if it does not exist.
+  static Condition open_or_create(std::string_view name, const detail::SegmentOptions& opts = {}) {
+    return Condition(Handle::open_or_create(Kind::condition, name, construct, opts));
+  }
+
+  /// Acquires the underlying lock (see Lock::acquire / RLock::acquire).
+  bool acquire(bool block = true, Timeout timeout = {}) {
+    return std::visit([&](auto& l) { return l.acquire(block, timeout); }, lock_);
+  }
+  /// Releases the underlying lock. Throws: ValueError if it is not held (by this thread: RLock).
+  void release() {
+    std::visit([](auto& l) { l.release(); }, lock_);
+  }
+  /// True if the last acquisition of the lock through this handle (including the re-acquire at
+  /// the end of wait()) took it over from a holder that died.
+  bool previous_owner_died() const noexcept {
+    return std::visit([](const auto& l) { return l.previous_owner_died(); }, lock_);
+  }
+  /// True while some process holds the lock.
+  bool locked() const noexcept {
+    return std::visit([](const auto& l) { return l.locked(); }, lock_);
+  }
+  /// BasicLockable: acquire the lock.
+  void lock() { acquire(); }
+  /// BasicLockable: release the lock.
+  void unlock() { release(); }
+  /// Lockable: acquire the lock if free.
+  bool try_lock() { return acquire(false); }
+  /// TimedLockable: acquire within `d`.
+  template <class Rep, class Period>
+  bool try_lock_for(const std::chrono::duration<Rep, Period>& d) {
+    return acquire(true, detail::to_timeout(d));
+  }
+  /// TimedLockable: acquire before `t`.
+  template <class Clock, class Duration>
+  bool try_lock_until(const std::chrono::time_point<Clock, Duration>& t) {
+    return acquire(true, detail::to_timeout(t - Clock::now()));
+  }
+  /// An RAII guard holding the lock.
+  [[nodiscard]] Guard<Condition> guard() { return Guard<Condition>(*this); }
+
+  //!Effects: releases the lock (fully, for an RLock), waits until notified or `timeout`, then
+  //! re-acquires it (restoring an RLock's depth).
+  //!Returns: false if the timeout expired. Throws: ValueError if the caller does not hold the
+  //! lock; Error if 64 threads already wait on this condition.
+  bool wait(Timeout timeout = {}) {
+    const auto deadline = detail::Deadline::from(timeout);
+    auto& cond = h_.state->cond;
+    if (auto* l = std::get_if<Lock>(&lock_)) {
+      if (!l->state().held_by_this_process())
+        detail::fail<ValueError>("wait() on condition '{}' without holding its lock", h_.name());
+      return cond.wait(
+          deadline, [&] { l->release(); },
+          [&] { l->record(l->state().acquire(detail::Deadline::never())); });
+    }
+    auto& r = std::get<RLock>(lock_);
+    if (!r.is_owned())
+      detail::fail<ValueError>("wait() on condition '{}' without holding its lock", h_.name());
+    std::uint32_t depth = 0;
+    return cond.wait(
+        deadline, [&] { depth = r.state().release_all(); },
+        [&] {
+          const auto res = r.state().acquire_restore(depth, detail::Deadline::never());
+          r.died_ = res == detail::LockResult::owner_died;
+        });
+  }
+  //!Effects: waits until `pred()` is true (checked first, then after each wake-up), at most
+  //! `timeout` in total. Returns: the last value of pred(), as Python's wait_for.
+  template <class Pred>
+  bool wait_for(Pred&& pred, Timeout timeout = {}) {
+    const auto deadline = detail::Deadline::from(timeout);
+    bool result = pred();
+    while (!result) {
+      const auto left = deadline.remaining();
+      if (left && left->count() <= 0) break;
+      wait(left ? Timeout(*left) : Timeout{});
+      result = pred();
+    }
+    return result;
+  }
+  //!Effects: wakes up to `n` waiters, oldest first. Throws: ValueError without the lock held.
+  void notify(std::uint32_t n = 1) {
+    check_owned("notify");
+    h_.state->cond.notify(n);
+  }
+  /// Wakes every waiter. Throws: ValueError without the lock held.
+  void notify_all() {
+    check_owned("notify_all");
+    h_.state->cond.notify(detail::kConditionSlots);
+  }
+
+  /// The object's name.
+  const std::string& name() const noexcept { return h_.name(); }
+  /// The raw state (waiter table and the condition's own RLock).
+  detail::ConditionBlock& state() const noexcept { return *h_.state; }
+
+ private:
+  using Handle = detail::SyncHandle<detail::ConditionBlock>;
+  // Over the condition's own RLock (h_ is initialised before lock_).
+  explicit Condition(Handle h) : h_(std::move(h)), lock_(RLock::view(h_.seg, &h_.state->lock)) {}
+  template <class L>
+  Condition(Handle h, L lock) : h_(std::move(h)), lock_(std::move(lock)) {}
+  static void construct(void* p) { new (p) detail::ConditionBlock(); }
+  void check_owned(const char* what) const {
+    const bool owned = std::visit(
+        [](const auto& l) {
+          if constexpr (std::is_same_v<std::decay_t<decltype(l)>, Lock>)
+            return l.state().held_by_this_process();
+          else
+            return l.is_owned();
+        },
+        lock_);
+    if (!owned)
+      detail::fail<ValueError>("{}() on condition '{}' without holding its lock", what, h_.name());
+  }
+
+  Handle h_;
+  std::variant<Lock, RLock> lock_;
+};
+
+/// Python's multiprocessing.Barrier for `parties` processes or threads. A party that dies while
+/// others wait breaks the barrier: they get BrokenBarrierError within ~100 ms instead of hanging.
+/// The action runs in the last party to arrive, before any party is released.
+class Barrier {
+ public:
+  /// What the last arriving party runs before the others are released.
+  using Action = std::function<void()>;
+
+  //!Effects: an anonymous barrier for `parties` (1..256) parties; `timeout` is the default for
+  //! wait(). Throws: InvalidArgument for a bad count, OSError.
+  explicit Barrier(std::uint32_t parties, Action action = {}, Timeout timeout = {})
+      : h_(Handle::create(Kind::barrier, {}, maker(parties), {})),
+        action_(std::move(action)),
+        timeout_(timeout) {}
+  //!Effects: creates the named barrier `name`. Throws: ExistsError, InvalidArgument, OSError.
+  static Barrier create(std::string_view name, std::uint32_t parties, Action action = {},
+                        Timeout timeout = {}, const detail::SegmentOptions& opts = {}) {
+    return Barrier(Handle::create(Kind::barrier, name, maker(parties), opts), std::move(action),
+                   timeout);
+  }
+  //!Effects: opens the named barrier `name` (its party count is stored); `action` runs if this
+  //! process arrives last. Throws: NotFoundError, TypeMismatchError, CorruptedError.
+  static Barrier open(std::string_view name, Action action = {}, Timeout timeout = {},
+                      const detail::SegmentOptions& opts = {}) {
+    Barrier b(Handle::open(Kind::barrier, name, opts), std::move(action), timeout);
+    b.h_.state->checked_parties(b.name());
+    return b;
+  }
+  /// Opens `name`, creating it for `parties` if it does not exist.
+  static Barrier open_or_create(std::string_view name, std::uint32_t parties, Action action = {},
+                                Timeout timeout = {}, const detail::SegmentOptions& opts = {}) {
+    Barrier b(Handle::open_or_create(Kind::barrier, name, maker(parties), opts), std::move(action),
+              timeout);
+    b.h_.state->checked_parties(b.name());
+    return b;
+  }
+
+  //!Effects: waits for all parties (at most `timeout`, or the barrier's default when nullopt).
+  //!Returns: this party's arrival index, 0..parties()-1.
+  //!Throws: BrokenBarrierError if the barrier is or becomes broken (abort, reset, timeout, a
+  //! waiting party died, or the action threw — then the action's exception propagates instead).
+  std::uint32_t wait(Timeout timeout = {}) {
+    const Timeout t = timeout ? timeout : timeout_;
+    return h_.state->wait(detail::Deadline::from(t),
+                          [&] {
+                            if (action_) action_();
+                          },
+                          name());
+  }
+  /// Returns the barrier to its initial state; parties waiting now get BrokenBarrierError.
+  void reset() { h_.state->reset(); }
+  /// Breaks the barrier: waiters (now and later, until reset()) get BrokenBarrierError.
+  void abort() { h_.state->abort(); }
+  /// Number of parties needed to trip the barrier.
+  std::uint32_t parties() const { return h_.state->checked_parties(name()); }
+  /// Parties waiting now.
+  std::uint32_t n_waiting() const noexcept { return h_.state->n_waiting(); }
+  /// True if the barrier is broken.
+  bool broken() const noexcept { return h_.state->is_broken(); }
+
+  /// The object's name.
+  const std::string& name() const noexcept { return h_.name(); }
+  /// The raw state.
+  detail::BarrierState& state() const noexcept { return *h_.state; }
+
+ private:
+  using Handle = detail::SyncHandle<detail::BarrierState>;
+  Barrier(Handle h, Action action, Timeout timeout)
+      : h_(std::move(h)), action_(std::move(action)), timeout_(timeout) {}
+  static std::function<void(void*)> maker(std::uint32_t parties) {
+    if (parties == 0 || parties > detail::kMaxBarrierParties)
+      detail::fail<InvalidArgument>("a Barrier needs 1..{} parties, not {}",
+                                    detail::kMaxBarrierParties, parties);
+    return [parties](void* p) { new (p) detail::BarrierState(parties); };
+  }
+  Handle h_;
+  Action action_;
+  Timeout timeout_;
 };
 
 }  // namespace mpp

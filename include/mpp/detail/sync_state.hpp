@@ -14,8 +14,10 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <string_view>
 #include <type_traits>
 
+#include "../errors.hpp"
 #include "liveness.hpp"
 #include "wait.hpp"
 
@@ -195,5 +197,334 @@ struct RLockState {
   }
 };
 static_assert(std::is_standard_layout_v<RLockState> && sizeof(RLockState) == 32);
+
+/// A counting semaphore (Python's Semaphore / BoundedSemaphore). No owner, as in Python: a unit
+/// taken by a process that dies is not given back (a dead acquirer lowers the value for good;
+/// size the count or use a Lock when a death must be recovered). Zero-filled: value 0, unbounded.
+struct SemaphoreState {
+  /// Largest value a semaphore can hold (Python's SEM_VALUE_MAX on Linux).
+  static constexpr std::uint32_t kValueMax = 0x7fffffff;
+
+  std::atomic<std::uint32_t> value{0};  ///< units available
+  std::uint32_t max_value{0};           ///< BoundedSemaphore's bound; 0 = unbounded. Read-only.
+  WaitPoint wp;                         ///< sleepers waiting for value > 0
+
+  SemaphoreState() noexcept = default;
+  /// A semaphore holding `initial` units, bounded by `bound` (0: unbounded).
+  SemaphoreState(std::uint32_t initial, std::uint32_t bound) noexcept
+      : value(initial), max_value(bound) {}
+
+  /// Takes a unit if one is available (no system call).
+  bool try_acquire() noexcept {
+    std::uint32_t v = value.load(std::memory_order_relaxed);
+    while (v > 0)
+      if (value.compare_exchange_weak(v, v - 1, std::memory_order_acquire,
+                                      std::memory_order_relaxed))
+        return true;
+    return false;
+  }
+  //!Effects: takes a unit, waiting until `deadline`. Returns: false on timeout.
+  bool acquire(const Deadline& deadline) {
+    if (try_acquire()) return true;
+    return wp.wait([&] { return try_acquire(); }, deadline);
+  }
+  //!Effects: adds `n` units and wakes as many sleepers.
+  //!Returns: false, changing nothing, if that would exceed the bound (or kValueMax).
+  bool release(std::uint32_t n = 1) noexcept {
+    const std::uint32_t limit = max_value != 0 ? max_value : kValueMax;
+    std::uint32_t v = value.load(std::memory_order_relaxed);
+    do {
+      if (v > limit || n > limit - v) return false;
+    } while (!value.compare_exchange_weak(v, v + n, std::memory_order_seq_cst,
+                                          std::memory_order_relaxed));
+    // seq_cst CAS, then seq_cst load: pairs with the sleeper's "sleepers++; re-check value".
+    if (wp.sleepers.load(std::memory_order_seq_cst) != 0) {
+      if (n == 1)
+        wp.notify_one();
+      else
+        wp.notify_all();
+    }
+    return true;
+  }
+  /// Units available now.
+  std::uint32_t get_value() const noexcept { return value.load(std::memory_order_relaxed); }
+};
+static_assert(std::is_standard_layout_v<SemaphoreState> && sizeof(SemaphoreState) == 16);
+
+/// Python's Event: a flag that waiters sleep on. Zero-filled: clear.
+struct EventState {
+  std::atomic<std::uint32_t> flag{0};  ///< 1 when set
+  std::uint32_t reserved_{0};
+  WaitPoint wp;  ///< sleepers waiting for flag == 1
+
+  /// Sets the flag and wakes every waiter.
+  void set() noexcept {
+    flag.store(1, std::memory_order_seq_cst);
+    wp.notify_all();
+  }
+  /// Clears the flag.
+  void clear() noexcept { flag.store(0, std::memory_order_seq_cst); }
+  /// True if the flag is set.
+  bool is_set() const noexcept { return flag.load(std::memory_order_acquire) != 0; }
+  //!Effects: waits until the flag is set or `deadline` passes. Returns: the flag.
+  bool wait(const Deadline& deadline) {
+    return wp.wait([&] { return is_set(); }, deadline);
+  }
+};
+static_assert(std::is_standard_layout_v<EventState> && sizeof(EventState) == 16);
+
+/// Most threads (of all processes) that may wait on one Condition at the same time.
+inline constexpr std::uint32_t kConditionSlots = 64;
+
+/// One waiter of a Condition. Claimed and freed under the condition's lock.
+struct ConditionSlot {
+  static constexpr std::uint32_t kFree = 0, kWaiting = 1, kNotified = 2;
+  std::atomic<std::uint64_t> owner{0};   ///< packed ProcessRef of the waiter, 0 when free
+  std::atomic<std::uint64_t> ticket{0};  ///< arrival order (notify wakes the oldest first)
+  std::atomic<std::uint32_t> state{0};   ///< kFree, kWaiting or kNotified
+  std::uint32_t reserved_{0};
+  WaitPoint wp;  ///< this waiter sleeps here, so a notify wakes exactly the waiters it chose
+};
+static_assert(std::is_standard_layout_v<ConditionSlot> && sizeof(ConditionSlot) == 32);
+
+/// Python's Condition, over a lock the caller supplies (a LockState or RLockState anywhere).
+/// Every field changes only under that lock; a waiter reads its own slot's state while asleep.
+/// Exact: notify(n) wakes the n oldest waiters. A waiter that died (killed while waiting) is
+/// skipped by notify when it matters (fewer notifications than waiters) and its slot is reaped
+/// when the table is full. Zero-filled: no waiters.
+struct ConditionState {
+  std::atomic<std::uint64_t> next_ticket{0};
+  std::atomic<std::uint32_t> waiting{0};  ///< slots in state kWaiting
+  std::uint32_t reserved_{0};
+  ConditionSlot slots[kConditionSlots];
+
+  //!Effects: (caller holds the lock) registers as a waiter, calls `unlock()`, sleeps until
+  //! notified or `deadline`, then calls `relock()` (which must re-acquire without a deadline).
+  //!Returns: true if notified. Throws: Error if kConditionSlots threads already wait.
+  template <class Unlock, class Relock>
+  bool wait(const Deadline& deadline, Unlock&& unlock, Relock&& relock) {
+    ConditionSlot& s = slots[claim()];
+    unlock();
+    s.wp.wait([&] { return s.state.load(std::memory_order_acquire) == ConditionSlot::kNotified; },
+              deadline);
+    relock();
+    const bool notified = s.state.load(std::memory_order_relaxed) == ConditionSlot::kNotified;
+    if (!notified) dec_waiting();
+    s.state.store(ConditionSlot::kFree, std::memory_order_relaxed);
+    s.owner.store(0, std::memory_order_relaxed);
+    return notified;
+  }
+
+  //!Effects: (caller holds the lock) wakes up to `n` waiters, oldest first.
+  //!Returns: how many were woken.
+  std::uint32_t notify(std::uint32_t n) {
+    std::uint32_t woken = 0;
+    const std::uint64_t self_pid = static_cast<std::uint32_t>(ProcessRef::self().pid);
+    while (woken < n) {
+      const std::uint32_t w = waiting.load(std::memory_order_relaxed);
+      if (w == 0) break;
+      ConditionSlot* oldest = nullptr;
+      for (auto& s : slots)
+        if (s.state.load(std::memory_order_relaxed) == ConditionSlot::kWaiting &&
+            (oldest == nullptr || s.ticket.load(std::memory_order_relaxed) <
+                                      oldest->ticket.load(std::memory_order_relaxed)))
+          oldest = &s;
+      if (oldest == nullptr) {  // the count drifted (a peer died mid-update): repair it
+        waiting.store(0, std::memory_order_relaxed);
+        break;
+      }
+      // Choosing among more waiters than notifications: do not waste one on a dead waiter.
+      const std::uint64_t owner = oldest->owner.load(std::memory_order_relaxed);
+      if (n - woken < w && (owner & 0xffffffffu) != self_pid &&
+          !ProcessRef::unpack(owner).alive()) {
+        oldest->state.store(ConditionSlot::kFree, std::memory_order_relaxed);
+        oldest->owner.store(0, std::memory_order_relaxed);
+        dec_waiting();
+        continue;
+      }
+      oldest->state.store(ConditionSlot::kNotified, std::memory_order_seq_cst);
+      dec_waiting();
+      // seq_cst store, then seq_cst load: pairs with the sleeper's "sleepers++; re-check".
+      if (oldest->wp.sleepers.load(std::memory_order_seq_cst) != 0) oldest->wp.notify_one();
+      ++woken;
+    }
+    return woken;
+  }
+
+  /// Waiters registered now (including any that died while waiting).
+  std::uint32_t n_waiting() const noexcept { return waiting.load(std::memory_order_relaxed); }
+
+ private:
+  void dec_waiting() noexcept {
+    const std::uint32_t w = waiting.load(std::memory_order_relaxed);
+    waiting.store(w == 0 ? 0 : w - 1, std::memory_order_relaxed);
+  }
+  std::uint32_t claim() {
+    const std::uint64_t me = ProcessRef::self().pack();
+    for (int pass = 0; pass < 2; ++pass) {
+      for (std::uint32_t i = 0; i < kConditionSlots; ++i) {
+        ConditionSlot& s = slots[i];
+        const std::uint64_t owner = s.owner.load(std::memory_order_relaxed);
+        if (owner != 0) {
+          // Second pass: reap the slot of a waiter that died.
+          if (pass == 0 || owner == me || ProcessRef::unpack(owner).alive()) continue;
+          if (s.state.load(std::memory_order_relaxed) == ConditionSlot::kWaiting) dec_waiting();
+        }
+        s.owner.store(me, std::memory_order_relaxed);
+        s.ticket.store(next_ticket.load(std::memory_order_relaxed), std::memory_order_relaxed);
+        next_ticket.store(next_ticket.load(std::memory_order_relaxed) + 1,
+                          std::memory_order_relaxed);
+        s.state.store(ConditionSlot::kWaiting, std::memory_order_relaxed);
+        waiting.store(waiting.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+        return i;
+      }
+    }
+    fail<Error>("more than {} threads wait on one Condition at once; that is mpp's limit",
+                kConditionSlots);
+  }
+};
+static_assert(std::is_standard_layout_v<ConditionState>);
+
+/// Most parties a Barrier can have (each waiting party is tracked by its ProcessRef).
+inline constexpr std::uint32_t kMaxBarrierParties = 256;
+
+/// Python's Barrier. Waiting parties are recorded by ProcessRef, so a party that dies while the
+/// others wait breaks the barrier (BrokenBarrierError in every waiter) instead of hanging them.
+/// Valid after `new (p) BarrierState(parties)`; zero-filled memory is not (no parties).
+struct BarrierState {
+  LockState lock;  ///< guards the fields below (robust: a party may die holding it)
+  WaitPoint wp;    ///< waiters sleep here until the generation changes or the barrier breaks
+  std::atomic<std::uint32_t> parties{0};
+  std::atomic<std::uint32_t> count{0};       ///< parties waiting in this generation
+  std::atomic<std::uint32_t> generation{0};  ///< bumped when the barrier trips or is reset
+  std::atomic<std::uint32_t> broken{0};      ///< 1 after abort(), a timeout or a dead party
+  std::atomic<std::uint64_t> reset_mask{0};  ///< bit g % 64: generation g ended by reset()
+  std::atomic<std::uint64_t> waiting[kMaxBarrierParties] = {};  ///< ProcessRef by arrival index
+
+  BarrierState() noexcept = default;
+  /// A barrier for `n` parties (1..kMaxBarrierParties; the handle checks).
+  explicit BarrierState(std::uint32_t n) noexcept : parties(n) {}
+
+  //!Effects: waits until `parties` processes/threads have called wait(); the last one runs
+  //! `action` first (if it throws, the barrier breaks and the exception propagates).
+  //!Returns: this caller's arrival index, 0..parties-1.
+  //!Throws: BrokenBarrierError (broken, reset, aborted, timed out or a waiting party died),
+  //! CorruptedError if the shared fields are out of range.
+  template <class Action>
+  std::uint32_t wait(const Deadline& deadline, Action&& action, std::string_view name) {
+    const std::uint32_t n = checked_parties(name);
+    lock.acquire(Deadline::never());
+    if (broken.load(std::memory_order_relaxed) != 0) {
+      lock.release();
+      fail<BrokenBarrierError>("barrier '{}' is broken; reset() it before waiting again", name);
+    }
+    const std::uint32_t gen = generation.load(std::memory_order_relaxed);
+    const std::uint32_t index = count.load(std::memory_order_relaxed);
+    if (index >= n) {
+      lock.release();
+      fail<CorruptedError>("barrier '{}': {} parties waiting but only {} expected", name, index,
+                           n);
+    }
+    waiting[index].store(ProcessRef::self().pack(), std::memory_order_relaxed);
+    count.store(index + 1, std::memory_order_release);
+    if (index + 1 == n) {
+      try {
+        action();
+      } catch (...) {
+        break_locked();
+        lock.release();
+        wp.notify_all();
+        throw;
+      }
+      for (std::uint32_t i = 0; i < n; ++i) waiting[i].store(0, std::memory_order_relaxed);
+      count.store(0, std::memory_order_relaxed);
+      start_generation(gen + 1);
+      lock.release();
+      wp.notify_all();
+      return index;
+    }
+    lock.release();
+    const bool done = wp.wait(
+        [&] {
+          return generation.load(std::memory_order_acquire) != gen ||
+                 broken.load(std::memory_order_acquire) != 0;
+        },
+        deadline, [&] { break_if_party_died(gen); });
+    if (!done) {  // timed out: as in Python, that breaks the barrier for everyone
+      break_generation(gen);
+      if (generation.load(std::memory_order_acquire) == gen)
+        fail<BrokenBarrierError>("barrier '{}': timed out waiting for {} parties; the barrier is "
+                                 "now broken",
+                                 name, n);
+    }
+    if (generation.load(std::memory_order_acquire) != gen) {
+      if ((reset_mask.load(std::memory_order_acquire) >> (gen % 64)) & 1)
+        fail<BrokenBarrierError>("barrier '{}' was reset while waiting", name);
+      return index;
+    }
+    fail<BrokenBarrierError>("barrier '{}' is broken (aborted, timed out, or a waiting party "
+                             "died); reset() it to use it again",
+                             name);
+  }
+
+  /// Breaks the barrier: current and future waiters get BrokenBarrierError until reset().
+  void abort() {
+    lock.acquire(Deadline::never());
+    break_locked();
+    lock.release();
+    wp.notify_all();
+  }
+  /// Returns the barrier to its initial state; parties waiting now get BrokenBarrierError.
+  void reset() {
+    lock.acquire(Deadline::never());
+    const std::uint32_t gen = generation.load(std::memory_order_relaxed);
+    reset_mask.fetch_or(std::uint64_t{1} << (gen % 64), std::memory_order_relaxed);
+    for (auto& w : waiting) w.store(0, std::memory_order_relaxed);
+    count.store(0, std::memory_order_relaxed);
+    broken.store(0, std::memory_order_relaxed);
+    start_generation(gen + 1);
+    lock.release();
+    wp.notify_all();
+  }
+  /// Parties waiting now (0 when broken).
+  std::uint32_t n_waiting() const noexcept {
+    return broken.load(std::memory_order_relaxed) != 0 ? 0 : count.load(std::memory_order_relaxed);
+  }
+  /// True if the barrier is broken.
+  bool is_broken() const noexcept { return broken.load(std::memory_order_relaxed) != 0; }
+
+  //!Returns: the number of parties. Throws: CorruptedError if out of range.
+  std::uint32_t checked_parties(std::string_view name) const {
+    const std::uint32_t n = parties.load(std::memory_order_relaxed);
+    if (n == 0 || n > kMaxBarrierParties)
+      fail<CorruptedError>("barrier '{}': {} parties stored (valid: 1..{})", name, n,
+                           kMaxBarrierParties);
+    return n;
+  }
+
+ private:
+  void start_generation(std::uint32_t g) noexcept {
+    reset_mask.fetch_and(~(std::uint64_t{1} << (g % 64)), std::memory_order_relaxed);
+    generation.store(g, std::memory_order_release);
+  }
+  void break_locked() noexcept { broken.store(1, std::memory_order_release); }
+  void break_generation(std::uint32_t gen) {
+    lock.acquire(Deadline::never());
+    if (generation.load(std::memory_order_relaxed) == gen) break_locked();
+    lock.release();
+    wp.notify_all();
+  }
+  void break_if_party_died(std::uint32_t gen) {
+    const std::uint32_t c = std::min(count.load(std::memory_order_acquire), kMaxBarrierParties);
+    const std::uint64_t me = ProcessRef::self().pack();
+    for (std::uint32_t i = 0; i < c; ++i) {
+      const std::uint64_t w = waiting[i].load(std::memory_order_relaxed);
+      if (w == 0 || w == me || ProcessRef::unpack(w).alive()) continue;
+      break_generation(gen);
+      return;
+    }
+  }
+};
+static_assert(std::is_standard_layout_v<BarrierState>);
 
 }  // namespace mpp::detail
