@@ -1,5 +1,16 @@
-// Test runner shared by every test executable.
+// Test runner shared by every test executable. It calls mpp::bootstrap first, so any test
+// executable can be re-executed as a spawn child or as the fork server of mpp::Process.
 #define CATCH_CONFIG_RUNNER  // Catch2 v2: we provide main(); ignored by v3
 #include "catch.hpp"
 
-int main(int argc, char** argv) { return Catch::Session().run(argc, argv); }
+#include <mpp/detail/config.hpp>
+#if defined(MPP_OS_POSIX)  // the Win32 backend has no Process yet
+#  include <mpp/process.hpp>
+#endif
+
+int main(int argc, char** argv) {
+#if defined(MPP_OS_POSIX)
+  mpp::bootstrap(argc, argv);
+#endif
+  return Catch::Session().run(argc, argv);
+}

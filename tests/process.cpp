@@ -1,0 +1,453 @@
+// Tests of mpp::Process under the three start methods (fork, spawn, forkserver): exit codes,
+// join with timeout, terminate/kill, names and reprs, current/parent process, daemon children,
+// active_children, errors for unregistered functions and programs without bootstrap.
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <mpp/process.hpp>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "helpers.hpp"
+
+using namespace std::chrono_literals;
+using mpp::StartMethod;
+
+namespace {
+
+void do_nothing() {}
+void exit_with(int code) { mpp::exit(code); }
+void exit_sum(int a, int b) { mpp::exit(a + b); }
+void throw_runtime_error(std::string message) { throw std::runtime_error(message); }
+void sleep_seconds(double s) {
+  ::signal(SIGTERM, SIG_DFL);  // a forked child inherits Catch's handler, which reports a failure
+  std::this_thread::sleep_for(std::chrono::duration<double>(s));
+}
+
+void write_file(const std::string& path, const std::string& text) {
+  std::ofstream(path + ".tmp") << text;
+  std::rename((path + ".tmp").c_str(), path.c_str());
+}
+std::string read_file(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+bool file_exists(const std::string& path) { return ::access(path.c_str(), F_OK) == 0; }
+
+/// Writes what the child knows about itself: name|pid|parent pid|parent name|daemon|repr.
+void describe_self(std::string path) {
+  const auto me = mpp::current_process();
+  const auto parent = mpp::parent_process();
+  write_file(path, fmt::format("{}|{}|{}|{}|{}|{}", me.name(), *me.pid(),
+                               parent ? *parent->pid() : 0, parent ? parent->name() : "none",
+                               me.daemon() ? 1 : 0, me));
+}
+
+/// Sleeps for `s` seconds, then creates `marker`.
+void sleep_then_mark(double s, std::string marker) {
+  sleep_seconds(s);
+  write_file(marker, "done");
+}
+
+/// Starts a daemon sleeper and a non-daemon child that finishes after a short sleep, writes their
+/// pids to `path`, and returns: its exit must terminate the first and join the second.
+void parent_of_daemon(int method, std::string path, std::string marker) {
+  const auto m = static_cast<StartMethod>(method);
+  mpp::Process daemon{{.daemon = true, .start_method = m}, sleep_seconds, 60.0};
+  mpp::Process worker{{.start_method = m}, sleep_then_mark, 0.3, marker};
+  daemon.start();
+  worker.start();
+  write_file(path, fmt::format("{} {}", *daemon.pid(), *worker.pid()));
+}
+
+/// Starts a child (of the same start method) and reports its name through the exit code check.
+void start_grandchild(int method, std::string path) {
+  mpp::Process p{{.start_method = static_cast<StartMethod>(method)}, describe_self, path};
+  p.start();
+  p.join();
+  mpp::exit(*p.exitcode() == 0 ? 0 : 3);
+}
+
+}  // namespace
+
+MPP_REGISTER(do_nothing);
+MPP_REGISTER(exit_with);
+MPP_REGISTER(exit_sum);
+MPP_REGISTER(throw_runtime_error);
+MPP_REGISTER(sleep_seconds);
+MPP_REGISTER(describe_self);
+MPP_REGISTER(sleep_then_mark);
+MPP_REGISTER(parent_of_daemon);
+MPP_REGISTER(start_grandchild);
+namespace {
+const auto exit_42 = [] { mpp::exit(42); };
+}
+MPP_REGISTER_AS("exit_42", exit_42);
+
+namespace {
+
+std::string temp_path(std::string_view tag) {
+  static int n = 0;
+  return fmt::format("/tmp/mpp-test-process-{}-{}-{}", ::getpid(), ++n, tag);
+}
+
+/// Redirects this process's stderr (fd 2) to a file until finish().
+class CaptureStderr {
+ public:
+  CaptureStderr() : path_(temp_path("stderr")) {
+    std::fflush(stderr);
+    const int fd = ::open(path_.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0600);
+    saved_ = ::dup(2);
+    ::dup2(fd, 2);
+    ::close(fd);
+  }
+  std::string finish() {
+    std::fflush(stderr);
+    ::dup2(saved_, 2);
+    ::close(saved_);
+    std::string text = read_file(path_);
+    ::unlink(path_.c_str());
+    return text;
+  }
+
+ private:
+  std::string path_;
+  int saved_ = -1;
+};
+
+StartMethod any_method() {
+  return GENERATE(StartMethod::fork, StartMethod::spawn, StartMethod::forkserver);
+}
+
+template <class F, class... Args>
+mpp::Process make(StartMethod m, F&& f, Args&&... args) {
+  return mpp::get_context(m).process(std::forward<F>(f), std::forward<Args>(args)...);
+}
+
+}  // namespace
+
+TEST_CASE("exit codes follow Python: return, exit(n), exception, SIGTERM, SIGKILL", "[process]") {
+  const StartMethod m = any_method();
+  CAPTURE(mpp::start_method_name(m));
+
+  auto ok = make(m, do_nothing);
+  ok.start();
+  ok.join();
+  CHECK(ok.exitcode() == 0);
+
+  auto seven = make(m, exit_with, 7);
+  seven.start();
+  seven.join();
+  CHECK(seven.exitcode() == 7);
+
+  auto sum = make(m, exit_sum, 20, 22);  // arguments arrive (through the codec for spawn)
+  sum.start();
+  sum.join();
+  CHECK(sum.exitcode() == 42);
+
+  std::optional<CaptureStderr> capture;
+  if (m != StartMethod::forkserver) capture.emplace();  // the server writes to its own stderr
+  auto boom = make(m, throw_runtime_error, std::string("boom at line 1"));
+  boom.start();
+  boom.join();
+  CHECK(boom.exitcode() == 1);
+  if (capture) {
+    const std::string err = capture->finish();
+    CHECK(err.find("Process " + boom.name()) != std::string::npos);
+    CHECK(err.find("std::runtime_error: boom at line 1") != std::string::npos);
+  }
+
+  auto term = make(m, sleep_seconds, 30.0);
+  term.start();
+  CHECK_FALSE(term.join(0.3s));  // lets it reset the SIGTERM handler it inherited from Catch
+  term.terminate();
+  term.join();
+  CHECK(term.exitcode() == -SIGTERM);
+  CHECK(fmt::format("{}", term).find("exitcode=-SIGTERM") != std::string::npos);
+
+  auto killed = make(m, sleep_seconds, 30.0);
+  killed.start();
+  killed.kill();
+  CHECK(killed.join(20s));
+  CHECK(killed.exitcode() == -SIGKILL);
+  killed.kill();  // after it ended: nothing happens
+  CHECK(killed.exitcode() == -SIGKILL);
+}
+
+TEST_CASE("registered capture-less lambdas run under every start method", "[process]") {
+  const StartMethod m = any_method();
+  CAPTURE(mpp::start_method_name(m));
+  auto registered = make(m, exit_42);
+  registered.start();
+  registered.join();
+  CHECK(registered.exitcode() == 42);
+  // Another lambda type has no name: only fork can run it.
+  auto p = make(m, [] { mpp::exit(43); });
+  if (m == StartMethod::fork) {
+    p.start();
+    p.join();
+    CHECK(p.exitcode() == 43);
+  } else {
+    CHECK_THROWS_AS(p.start(), mpp::ProcessError);
+    CHECK(p.pid() == std::nullopt);
+  }
+}
+
+TEST_CASE("join with a timeout on a sleeping child; is_alive; sentinel", "[process]") {
+  const StartMethod m = any_method();
+  CAPTURE(mpp::start_method_name(m));
+  auto p = make(m, sleep_seconds, 30.0);
+  CHECK_FALSE(p.is_alive());
+  CHECK(p.pid() == std::nullopt);
+  CHECK(p.exitcode() == std::nullopt);
+  CHECK_THROWS_AS(p.sentinel(), mpp::ValueError);
+  CHECK_THROWS_AS(p.join(), mpp::ProcessError);
+  p.start();
+  REQUIRE(p.pid().has_value());
+  CHECK(*p.pid() > 0);
+  CHECK(p.ident() == p.pid());
+  const auto t0 = std::chrono::steady_clock::now();
+  CHECK_FALSE(p.join(0.2s));
+  CHECK(mpp_test::seconds_since(t0) >= 0.19);
+  CHECK(mpp_test::seconds_since(t0) < 20);
+  CHECK(p.is_alive());
+  CHECK(p.exitcode() == std::nullopt);
+  struct pollfd pfd{p.sentinel(), POLLIN, 0};
+  CHECK(::poll(&pfd, 1, 0) == 0);  // not readable while it runs
+  CHECK_THROWS_AS(p.close(), mpp::ValueError);
+  CHECK_THROWS_AS(p.start(), mpp::ProcessError);
+  CHECK_THROWS_AS(p.daemon(true), mpp::ProcessError);
+  p.terminate();
+  CHECK(::poll(&pfd, 1, 20000) == 1);  // readable once it ended
+  CHECK(p.join(20s));
+  CHECK_FALSE(p.is_alive());
+  CHECK(p.join(0s));  // joining again is fine
+  p.close();
+  CHECK_THROWS_AS(p.pid(), mpp::ValueError);
+  CHECK_THROWS_AS(p.is_alive(), mpp::ValueError);
+  CHECK(fmt::format("{}", p).find("closed") != std::string::npos);
+}
+
+TEST_CASE("names, reprs, current_process and parent_process", "[process]") {
+  const StartMethod m = any_method();
+  CAPTURE(mpp::start_method_name(m));
+  const std::string path = temp_path("describe");
+  mpp::Process p{{.name = "worker-A", .daemon = true, .start_method = m}, describe_self, path};
+  CHECK(p.name() == "worker-A");
+  CHECK(p.daemon());
+  CHECK(p.start_method() == m);
+  const std::string initial = fmt::format("{}", p);
+  CHECK(initial == fmt::format("<Process name='worker-A' parent={} initial daemon>", ::getpid()));
+  p.start();
+  p.join();
+  REQUIRE(p.exitcode() == 0);
+  const std::string child = read_file(path);
+  ::unlink(path.c_str());
+  CHECK(child == fmt::format("worker-A|{}|{}|MainProcess|1|<Process name='worker-A' parent={} "
+                             "started daemon>",
+                             *p.pid(), ::getpid(), ::getpid()));
+  CHECK(fmt::format("{}", p) == fmt::format("<Process name='worker-A' pid={} parent={} stopped "
+                                            "exitcode=0 daemon>",
+                                            *p.pid(), ::getpid()));
+
+  // Default names count up like Python's: Process-N, and Process-N:M in a child.
+  auto q = make(m, start_grandchild, static_cast<int>(m), path);
+  CHECK(q.name().rfind("Process-", 0) == 0);
+  q.start();
+  q.join();
+  CHECK(q.exitcode() == 0);
+  const std::string grandchild = read_file(path);
+  ::unlink(path.c_str());
+  CHECK(grandchild.rfind(q.name() + ":1|", 0) == 0);
+  CHECK(grandchild.find(fmt::format("|{}|{}|", *q.pid(), q.name())) != std::string::npos);
+
+  CHECK(mpp::current_process().name() == "MainProcess");
+  CHECK(mpp::current_process().pid() == ::getpid());
+  CHECK(mpp::current_process().is_alive());
+  CHECK(fmt::format("{}", mpp::current_process()) ==
+        "<_MainProcess name='MainProcess' parent=None started>");
+  CHECK_FALSE(mpp::parent_process().has_value());
+  CHECK_THROWS_AS(mpp::current_process().join(), mpp::ProcessError);
+}
+
+TEST_CASE("daemon children are terminated and others joined when their parent exits",
+          "[process]") {
+  const StartMethod m = any_method();
+  CAPTURE(mpp::start_method_name(m));
+  const std::string pids = temp_path("pids"), marker = temp_path("marker");
+  auto p = make(m, parent_of_daemon, static_cast<int>(m), pids, marker);
+  const auto t0 = std::chrono::steady_clock::now();
+  p.start();
+  REQUIRE(p.join(30s));
+  CHECK(p.exitcode() == 0);
+  CHECK(mpp_test::seconds_since(t0) < 30);  // the daemon (60 s) did not hold it up
+  CHECK(file_exists(marker));               // the non-daemon child was joined before it exited
+  int daemon_pid = 0, worker_pid = 0;
+  std::istringstream(read_file(pids)) >> daemon_pid >> worker_pid;
+  REQUIRE(daemon_pid > 0);
+  // The daemon got SIGTERM; give a forkserver child's reaper a moment.
+  bool gone = false;
+  for (int i = 0; i < 200 && !gone; ++i) {
+    gone = !mpp::detail::ProcessRef{daemon_pid, 0}.alive();
+    if (!gone) std::this_thread::sleep_for(10ms);
+  }
+  CHECK(gone);
+  ::unlink(pids.c_str());
+  ::unlink(marker.c_str());
+}
+
+TEST_CASE("the exit handler terminates daemons and joins children at std::exit", "[process]") {
+  const std::string marker = temp_path("marker");
+  const pid_t pid = mpp_test::fork_child([&] {
+    mpp::Process daemon{{.daemon = true}, sleep_seconds, 60.0};
+    mpp::Process worker{sleep_then_mark, 0.3, marker};
+    daemon.start();
+    worker.start();
+    std::exit(0);  // runs atexit handlers, like the end of main
+    return 0;
+  });
+  const auto t0 = std::chrono::steady_clock::now();
+  CHECK(mpp_test::wait_child(pid) == 0);
+  CHECK(mpp_test::seconds_since(t0) < 30);
+  CHECK(file_exists(marker));
+  ::unlink(marker.c_str());
+}
+
+TEST_CASE("active_children lists running children and reaps finished ones", "[process]") {
+  const StartMethod m = any_method();
+  CAPTURE(mpp::start_method_name(m));
+  CHECK(mpp::active_children().empty());
+  auto quick = make(m, do_nothing);
+  auto slow = make(m, sleep_seconds, 30.0);
+  quick.start();
+  slow.start();
+  std::vector<mpp::Process> running;
+  for (int i = 0; i < 2000; ++i) {
+    running = mpp::active_children();
+    if (running.size() == 1) break;
+    std::this_thread::sleep_for(5ms);
+  }
+  REQUIRE(running.size() == 1);
+  CHECK(running[0] == slow);
+  CHECK(quick.exitcode() == 0);  // reaped by active_children, status kept
+  slow.kill();
+  slow.join();
+  CHECK(mpp::active_children().empty());
+}
+
+TEST_CASE("a multi-threaded parent starts processes through the fork server", "[process]") {
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> busy;
+  for (int i = 0; i < 2; ++i)
+    busy.emplace_back([&] {
+      while (!stop.load()) std::this_thread::sleep_for(1ms);
+    });
+  std::atomic<int> failures{0};
+  std::vector<std::thread> starters;
+  for (int t = 0; t < 3; ++t)
+    starters.emplace_back([&, t] {
+      for (int i = 0; i < 3; ++i) {
+        auto p = make(StartMethod::forkserver, exit_sum, t, i);
+        p.start();
+        p.join();
+        if (p.exitcode() != t + i) failures.fetch_add(1);
+      }
+    });
+  for (auto& s : starters) s.join();
+  stop = true;
+  for (auto& b : busy) b.join();
+  CHECK(failures.load() == 0);
+}
+
+TEST_CASE("fork runs any callable on a copy of the parent", "[process]") {
+  static std::vector<int> result;  // a global of the parent: the child changes its own copy
+  std::vector<int> numbers{1, 2, 3, 4};
+  mpp::Process p{[numbers] {
+    for (int n : numbers) result.push_back(n * n);
+    mpp::exit(static_cast<int>(result.size()));
+  }};
+  CHECK(p.start_method() == StartMethod::fork);
+  p.start();
+  p.join();
+  CHECK(p.exitcode() == 4);
+  CHECK(result.empty());
+}
+
+TEST_CASE("spawn and forkserver need registered functions and a bootstrapped program",
+          "[process]") {
+  const StartMethod m = GENERATE(StartMethod::spawn, StartMethod::forkserver);
+  CAPTURE(mpp::start_method_name(m));
+  int captured = 3;
+  auto capturing = make(m, [captured] { mpp::exit(captured); });
+  CHECK_THROWS_WITH(capturing.start(), Catch::Contains("cannot re-create this callable"));
+
+  // Registered only now, after bootstrap: the parent knows the name, the new program does not.
+  static auto late = +[](int n) { mpp::exit(n); };
+  mpp::register_function("late_registration", late);
+  auto p = make(m, late, 5);
+  CHECK_THROWS_WITH(p.start(), Catch::Contains("not registered in the new program"));
+  CHECK_FALSE(p.is_alive());
+  CHECK(mpp::active_children().empty());
+
+  auto unregistered = make(m, +[] {});
+  CHECK_THROWS_WITH(unregistered.start(), Catch::Contains("MPP_REGISTER"));
+}
+
+TEST_CASE("a spawned program that never calls bootstrap is reported", "[process]") {
+  mpp::set_executable("/bin/true");  // exits at once without reading its launch request
+  auto p = make(StartMethod::spawn, do_nothing);
+  CHECK_THROWS_WITH(p.start(), Catch::Contains("before it called mpp::bootstrap"));
+  mpp::set_executable("");
+  CHECK(mpp::active_children().empty());
+  auto again = make(StartMethod::spawn, do_nothing);
+  again.start();
+  again.join();
+  CHECK(again.exitcode() == 0);
+}
+
+TEST_CASE("start methods, contexts and cpu_count", "[process]") {
+  CHECK(mpp::get_start_method() == "fork");
+  CHECK(mpp::get_all_start_methods().size() == 3);
+  CHECK(mpp::get_context().get_start_method() == "fork");
+  CHECK(mpp::get_context("spawn").get_start_method() == "spawn");
+  CHECK(mpp::get_context(StartMethod::forkserver).start_method() == StartMethod::forkserver);
+  CHECK_THROWS_AS(mpp::get_context("threads"), mpp::ValueError);
+  CHECK_THROWS_AS(mpp::set_start_method("threads"), mpp::ValueError);
+  mpp::set_start_method("spawn");
+  CHECK_THROWS_AS(mpp::set_start_method("forkserver"), mpp::ProcessError);
+  CHECK(mpp::get_start_method() == "spawn");
+  mpp::Process p{exit_with, 9};
+  CHECK(p.start_method() == StartMethod::spawn);
+  p.start();
+  p.join();
+  CHECK(p.exitcode() == 9);
+  mpp::set_start_method(StartMethod::fork, /*force=*/true);
+  CHECK(mpp::get_start_method() == "fork");
+
+  const int n = mpp::cpu_count();
+  CHECK(n >= 1);
+  CHECK(n <= static_cast<int>(std::thread::hardware_concurrency()));
+}
+
+TEST_CASE("a Process destroyed while running is still reaped and joined", "[process]") {
+  const StartMethod m = any_method();
+  CAPTURE(mpp::start_method_name(m));
+  {
+    auto p = make(m, sleep_seconds, 0.05);
+    p.start();
+  }
+  std::vector<mpp::Process> left = mpp::active_children();
+  REQUIRE(left.size() <= 1);
+  for (auto& c : left) c.join();
+  CHECK(mpp::active_children().empty());
+}
