@@ -273,3 +273,33 @@ TEST_CASE("a Value crosses processes as its name (codec)", "[value]") {
   CHECK(mpp::decode<RawValue<int>>(mpp::encode(v)).value() == 6);
   CHECK_THROWS_AS(mpp::decode<Value<double>>(b), mpp::TypeMismatchError);
 }
+
+TEST_CASE("workers killed at random while incrementing under the lock: nobody hangs",
+          "[value][kill]") {
+  Value<std::int64_t> v;
+  constexpr int kEach = 200'000;
+  for (int round = 0; round < 3; ++round) {
+    v = 0;
+    std::vector<pid_t> kids = fork_n(4, [&](int) {
+      for (int i = 0; i < kEach; ++i) v.with_lock([](std::int64_t& x) { ++x; });
+      return 0;
+    });
+    // Kill two of them at some point of their run (possibly while holding the lock).
+    ::usleep(static_cast<useconds_t>(2000 + 3000 * round));
+    ::kill(kids[0], SIGKILL);
+    ::usleep(1000);
+    ::kill(kids[2], SIGKILL);
+    int survivors_ok = 0;
+    for (std::size_t k = 0; k < kids.size(); ++k) {
+      const int rc = mpp_test::wait_child(kids[k]);
+      if (k == 1 || k == 3)
+        survivors_ok += rc == 0;
+      else
+        CHECK((rc == 0 || rc == -SIGKILL));
+    }
+    CHECK(survivors_ok == 2);
+    const std::int64_t total = v.with_lock(std::chrono::seconds(10), [](std::int64_t& x) { return x; });
+    CHECK(total >= 2 * kEach);
+    CHECK(total <= 4 * kEach);
+  }
+}
