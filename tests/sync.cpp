@@ -798,3 +798,31 @@ TEST_CASE("tsan: Barrier between threads", "[sync][tsan]") {
   CHECK(bad.load() == 0);
   CHECK(phase_sum == 400);
 }
+
+TEST_CASE("Handles cross processes as their names (codec)", "[sync][codec]") {
+  mpp::Lock l;
+  auto l2 = mpp::decode<mpp::Lock>(mpp::encode(l));
+  CHECK(l2.name() == l.name());
+  l2.acquire();
+  CHECK(l.locked());
+  l.release();
+  mpp::RLock r;
+  CHECK(mpp::decode<mpp::RLock>(mpp::encode(r)).name() == r.name());
+  mpp::Semaphore s(3);
+  CHECK(mpp::decode<mpp::Semaphore>(mpp::encode(s)).get_value() == 3);
+  mpp::BoundedSemaphore bs(2);
+  CHECK(mpp::decode<mpp::BoundedSemaphore>(mpp::encode(bs)).get_value() == 2);
+  mpp::Event e;
+  e.set();
+  CHECK(mpp::decode<mpp::Event>(mpp::encode(e)).is_set());
+  mpp::Condition c;
+  CHECK(mpp::decode<mpp::Condition>(mpp::encode(c)).name() == c.name());
+  mpp::Barrier b(4);
+  CHECK(mpp::decode<mpp::Barrier>(mpp::encode(b)).parties() == 4);
+  // Views and conditions over a supplied lock do not cross by themselves.
+  auto v = mpp::Lock::view(c.segment(), &l.state());
+  CHECK_THROWS_AS(mpp::encode(v), mpp::InvalidArgument);
+  mpp::Condition over(l);
+  CHECK_THROWS_AS(mpp::encode(over), mpp::InvalidArgument);
+  CHECK_THROWS_AS(mpp::decode<mpp::Lock>(mpp::encode(e)), mpp::TypeMismatchError);
+}

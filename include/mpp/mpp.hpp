@@ -5,5 +5,7 @@
 #include "errors.hpp"
 #include "segment.hpp"
 #include "shared_memory.hpp"
+#include "sync.hpp"
 #include "value.hpp"
 #include "array.hpp"
+#include "manager.hpp"

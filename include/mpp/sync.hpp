@@ -18,6 +18,7 @@
 #include <utility>
 #include <variant>
 
+#include "codec.hpp"
 #include "detail/sync_state.hpp"
 #include "errors.hpp"
 #include "segment.hpp"
@@ -586,6 +587,13 @@ class Condition {
   const std::string& name() const noexcept { return h_.name(); }
   /// The raw state (waiter table and the condition's own RLock).
   detail::ConditionBlock& state() const noexcept { return *h_.state; }
+  /// The segment that holds the state.
+  const std::shared_ptr<detail::Segment>& segment() const noexcept { return h_.seg; }
+  /// True if the condition uses its own RLock (then it can cross processes as its name).
+  bool uses_own_lock() const noexcept {
+    const auto* r = std::get_if<RLock>(&lock_);
+    return r != nullptr && &r->state() == &h_.state->lock;
+  }
 
  private:
   using Handle = detail::SyncHandle<detail::ConditionBlock>;
@@ -675,6 +683,8 @@ class Barrier {
   const std::string& name() const noexcept { return h_.name(); }
   /// The raw state.
   detail::BarrierState& state() const noexcept { return *h_.state; }
+  /// The segment that holds the state.
+  const std::shared_ptr<detail::Segment>& segment() const noexcept { return h_.seg; }
 
  private:
   using Handle = detail::SyncHandle<detail::BarrierState>;
@@ -690,5 +700,62 @@ class Barrier {
   Action action_;
   Timeout timeout_;
 };
+
+
+namespace detail {
+//!Returns: the name under which `h` can be re-opened in another process.
+//!Throws: InvalidArgument for a view of a state embedded in another object (or a Condition over
+//! a supplied lock): encode the object that owns it instead.
+template <class H>
+const std::string& sync_encoded_name(const H& h, Kind kind, bool standalone = true) {
+  const auto& seg = h.segment();
+  if (!standalone || !seg || static_cast<Kind>(seg->header().kind) != kind ||
+      reinterpret_cast<const std::byte*>(&h.state()) != seg->payload())
+    fail<InvalidArgument>("this {} is part of '{}' (or uses a supplied lock) and cannot cross "
+                          "processes by itself; pass the object that owns it",
+                          kind_name(kind), seg ? seg->name() : std::string("?"));
+  return seg->name();
+}
+
+/// The codec of a synchronisation handle: its name, opened again by decode (as Python pickles
+/// a multiprocessing lock for a child). A Barrier's action is code and does not cross.
+template <class H, Kind K>
+struct SyncCodec {
+  /// Name of the encoding (part of the type fingerprint).
+  static constexpr std::string_view kind = "handle";
+  /// Appends the object's name. Throws: InvalidArgument for a view (see sync_encoded_name).
+  static void encode(const H& h, Bytes& out) {
+    bool standalone = true;
+    if constexpr (std::is_same_v<H, Condition>) standalone = h.uses_own_lock();
+    codec<std::string>::encode(sync_encoded_name(h, K, standalone), out);
+  }
+  //!Returns: the object opened by name. Throws: CorruptedError, NotFoundError, TypeMismatchError.
+  static H decode(std::span<const std::byte> in) {
+    return H::open(codec<std::string>::decode(in));
+  }
+};
+}  // namespace detail
+
+/// A Lock crosses processes as its name.
+template <>
+struct codec<Lock> : detail::SyncCodec<Lock, Kind::lock> {};
+/// An RLock crosses processes as its name.
+template <>
+struct codec<RLock> : detail::SyncCodec<RLock, Kind::rlock> {};
+/// A Semaphore crosses processes as its name.
+template <>
+struct codec<Semaphore> : detail::SyncCodec<Semaphore, Kind::semaphore> {};
+/// A BoundedSemaphore crosses processes as its name.
+template <>
+struct codec<BoundedSemaphore> : detail::SyncCodec<BoundedSemaphore, Kind::bounded_semaphore> {};
+/// An Event crosses processes as its name.
+template <>
+struct codec<Event> : detail::SyncCodec<Event, Kind::event> {};
+/// A Condition with its own RLock crosses processes as its name.
+template <>
+struct codec<Condition> : detail::SyncCodec<Condition, Kind::condition> {};
+/// A Barrier crosses processes as its name (without its action).
+template <>
+struct codec<Barrier> : detail::SyncCodec<Barrier, Kind::barrier> {};
 
 }  // namespace mpp

@@ -66,9 +66,12 @@ inline LockResult robust_acquire(std::atomic<std::uint64_t>& owner, WaitPoint& w
     if (owner.compare_exchange_strong(w, me, std::memory_order_acquire, std::memory_order_relaxed))
       took_over = true;
   };
-  if (!wp.wait(ready, deadline, check)) {
-    // Last chance for a caller whose deadline had already passed (non-blocking acquire).
+  if (deadline.expired()) {  // non-blocking: no spinning, no sleep; only repair a dead holder
     check();
+    return took_over ? LockResult::owner_died : LockResult::timeout;
+  }
+  if (!wp.wait(ready, deadline, check)) {
+    check();  // one last look: the holder may have died just before the deadline
     if (!took_over) return LockResult::timeout;
   }
   return took_over ? LockResult::owner_died : LockResult::acquired;
