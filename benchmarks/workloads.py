@@ -46,6 +46,8 @@ WORKLOADS = [
              "1 MiB messages, 1 writer -> 1 reader"),
     Workload("pipe.8B.rtt", "µs", False, LIMITS + ("pipe", "socketpair", "python"),
              "8-byte ping-pong round trip through two channels, sides on cores 0 and 1"),
+    Workload("pipe.8B.rtt.blocked", "µs", False, ("futex",),
+             "pipe.8B.rtt with mpp's spinning turned off, so every hop sleeps and is woken"),
     # Queue: the same shapes through a bounded multi-producer queue (user space: 1024 slots).
     Workload("queue.8B.1p1c.throughput", "msg/s", True, ("ring", "boost", "posix_mq", "python"),
              "8-byte messages (Python: small ints), 1 producer -> 1 consumer"),

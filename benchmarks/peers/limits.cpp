@@ -311,6 +311,9 @@ int main(int argc, char** argv) {
   bench::run(opt, {"value.fetch_add.2proc", "cacheline", "ops/s", true},
              [&] { return fetch_add_ops(opt.n(20'000'000, 3'000'000)); });
 
-  bench::run(opt, {{"pipe.8B.rtt", "futex", "µs", false}, {"queue.8B.rtt", "futex", "µs", false}},
+  bench::run(opt,
+             {{"pipe.8B.rtt", "futex", "µs", false},
+              {"pipe.8B.rtt.blocked", "futex", "µs", false},
+              {"queue.8B.rtt", "futex", "µs", false}},
              [&] { return futex_rtt_us(opt.n(4'000, 600)); });
 }
