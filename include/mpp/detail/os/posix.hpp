@@ -409,6 +409,15 @@ inline std::int64_t unix_time_ms() noexcept {
 }
 // ==== end registry tooling ====================================================================
 
+// ==== fork hooks (owner: pipe) ================================================================
+//!Effects: registers process-wide handlers run around fork(): `prepare` in the parent just
+//! before, `parent` in the parent and `child` in the new child just after (pthread_atfork).
+//! Win32 has no fork; its backend makes this a no-op.
+inline void at_fork(void (*prepare)(), void (*parent)(), void (*child)()) noexcept {
+  ::pthread_atfork(prepare, parent, child);
+}
+// ==== end fork hooks ==========================================================================
+
 // ==== processes (owner: Process): fork/exec, wait, signals, affinity, sockets ================
 }  // namespace mpp::detail::os
 
@@ -479,9 +488,7 @@ inline pid_type fork_process() {
 //! the process is already gone (it may still be a zombie to reap).
 inline Fd open_process(pid_type pid) noexcept {
   const long fd = ::syscall(SYS_pidfd_open, static_cast<pid_t>(pid), 0);
-  if (fd < 0) return Fd{};
-  ::fcntl(static_cast<int>(fd), F_SETFD, FD_CLOEXEC);  // pidfds are close-on-exec already
-  return Fd{static_cast<int>(fd)};
+  return fd < 0 ? Fd{} : Fd{static_cast<int>(fd)};  // pidfds are always close-on-exec
 }
 
 //!Effects: reaps child `pid` if it has ended (never blocks).

@@ -1,0 +1,160 @@
+// mpp — the single-producer / single-consumer byte ring under a Pipe (DESIGN.md section 4).
+//
+// Shared state per direction: the writer's index, the reader's index (each on its own cache
+// line) and two "bells" (where the reader, resp. the writer, sleeps), followed by `capacity`
+// bytes of data. Indices count bytes ever written / consumed; `index & (capacity - 1)` is the
+// position. Data is a sequence of frames, each an 8-byte header {length, flags} and `length`
+// payload bytes padded to a multiple of 8; a payload may wrap around the end of the ring.
+//
+// Memory ordering: the writer fills a frame with plain stores, then publishes it with a
+// release store of write_idx, which pairs with the reader's acquire load of write_idx; the
+// reader frees space with a release store of read_idx, which pairs with the writer's acquire
+// load of read_idx. Each side caches the other's index and reloads it only when the cached value
+// says "full" (writer) or "empty" (reader), so a busy pipe bounces one index line per refresh,
+// not per message. A writer killed mid-frame leaves nothing visible.
+//
+// Sleeping without a fence on the fast path: after publishing, a side loads the other side's
+// `sleeper` word (relaxed, a line that is written only when someone goes to sleep, so it stays
+// in cache) and enters the kernel only when it is non-zero. A sleeper announces itself with a
+// seq_cst store, then re-checks. The one race this leaves — the publisher's store still in its
+// store buffer while its load of `sleeper` read 0 — is bounded by the store-buffer drain time,
+// so the sleeper's *first* sleep is a short slice (kFirstSlice) after which it re-checks; once
+// the announcement is visible, every later publish sees it and wakes the sleeper.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <climits>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "config.hpp"
+#include "liveness.hpp"
+#include "os.hpp"
+#include "wait.hpp"
+
+namespace mpp::detail::ring {
+
+/// Bytes of a frame header.
+inline constexpr std::uint32_t kHeader = 8;
+/// Frame flags: the low byte is the message kind.
+inline constexpr std::uint32_t kKindMask = 0xff;
+inline constexpr std::uint32_t kKindValue = 1;   ///< a value of the pipe's element type
+inline constexpr std::uint32_t kKindBytes = 2;   ///< send_bytes()
+inline constexpr std::uint32_t kKindTagged = 3;  ///< untyped pipe: {fingerprint, name} + value
+inline constexpr std::uint32_t kMore = 1u << 8;  ///< another frame of this message follows
+inline constexpr std::uint32_t kCont = 1u << 9;  ///< continues the message of the previous frame
+inline constexpr std::uint32_t kLong = 1u << 10;  ///< first frame of several: payload starts with the u64 total
+inline constexpr std::uint32_t kKnownFlags = kKindMask | kMore | kCont | kLong;
+
+/// Smallest and largest ring (bytes per direction).
+inline constexpr std::uint64_t kMinCapacity = 4096;
+inline constexpr std::uint64_t kMaxCapacity = std::uint64_t{1} << 32;
+/// Largest message a reader accepts (its length is read from shared memory).
+inline constexpr std::uint64_t kMaxMessage = std::uint64_t{1} << 40;
+/// How long a sleeper's first sleep lasts before it re-checks (see the header comment).
+inline constexpr std::chrono::microseconds kFirstSlice{200};
+
+/// Bytes of payload per frame for a ring of `capacity` bytes: a quarter of the ring, so the
+/// writer can fill frames while the reader drains earlier ones.
+constexpr std::uint64_t max_frame(std::uint64_t capacity) noexcept {
+  return std::min<std::uint64_t>(capacity / 4, std::uint64_t{1} << 20);
+}
+/// Bytes a frame with `len` payload bytes occupies.
+constexpr std::uint64_t frame_size(std::uint64_t len) noexcept { return kHeader + ((len + 7) & ~std::uint64_t{7}); }
+
+/// Where one side sleeps. `sleeper` is read by the other side after every publish, so it lives
+/// on its own line with nothing that changes often.
+struct Bell {
+  std::atomic<std::uint32_t> seq;      ///< futex word, bumped by a waker that saw a sleeper
+  std::atomic<std::uint32_t> gone;     ///< 1 once the end that sleeps on this bell is closed or dead
+  std::atomic<std::uint64_t> sleeper;  ///< packed ProcessRef of the sleeper, 0 if none
+  char pad[kCacheLine - 16];
+};
+static_assert(sizeof(Bell) == kCacheLine && std::is_standard_layout_v<Bell>);
+static_assert(std::atomic<std::uint64_t>::is_always_lock_free &&
+              std::atomic<std::uint32_t>::is_always_lock_free);
+
+/// The control block of one direction; `capacity` data bytes follow it.
+struct Control {
+  alignas(kCacheLine) std::atomic<std::uint64_t> write_idx;  ///< stored by the writer only
+  alignas(kCacheLine) std::atomic<std::uint64_t> read_idx;   ///< stored by the reader only
+  /// The reader sleeps here; gone = the reader's end is gone. The writer loads `sleeper` and
+  /// `gone` on every send: one line that changes only when the reader sleeps or goes.
+  alignas(kCacheLine) Bell data;
+  /// The writer sleeps here; gone = the writer's end is gone (read by the reader when empty).
+  alignas(kCacheLine) Bell space;
+};
+static_assert(sizeof(Control) == 4 * kCacheLine && std::is_standard_layout_v<Control>);
+
+/// One process's view of one direction (pointers into its mapping).
+struct View {
+  Control* ctl = nullptr;
+  std::byte* data = nullptr;
+  std::uint64_t capacity = 0;  // power of two
+  std::uint64_t mask = 0;
+  std::uint64_t max_frame = 0;
+
+  /// Copies `n` bytes to ring position `pos` (wrapping).
+  void put(std::uint64_t pos, const void* src, std::uint64_t n) const noexcept {
+    const std::uint64_t off = pos & mask;
+    const std::uint64_t first = std::min(n, capacity - off);
+    std::memcpy(data + off, src, first);
+    if (n > first) std::memcpy(data, static_cast<const std::byte*>(src) + first, n - first);
+  }
+  /// Copies `n` bytes from ring position `pos` (wrapping).
+  void get(std::uint64_t pos, void* dst, std::uint64_t n) const noexcept {
+    const std::uint64_t off = pos & mask;
+    const std::uint64_t first = std::min(n, capacity - off);
+    std::memcpy(dst, data + off, first);
+    if (n > first) std::memcpy(static_cast<std::byte*>(dst) + first, data, n - first);
+  }
+};
+
+/// Packs a frame header.
+constexpr std::uint64_t header(std::uint32_t len, std::uint32_t flags) noexcept {
+  return std::uint64_t{len} | (std::uint64_t{flags} << 32);
+}
+
+//!Effects: wakes whoever sleeps on `b` (a system call only if someone announced itself).
+inline void ring_bell(Bell& b) noexcept {
+  b.seq.fetch_add(1, std::memory_order_seq_cst);
+  os::wake_address(b.seq, INT_MAX);
+}
+
+//!Effects: returns when `ready()` is true: spins `spin` times, then announces itself in
+//! `b.sleeper` and sleeps on `b.seq`, first for kFirstSlice, then at most kPollInterval at a
+//! time, calling `check()` (which may throw) before the first sleep and after every wake-up.
+//!Returns: false if `deadline` passed first.
+template <class Ready, class Check>
+bool wait(Bell& b, Ready&& ready, const Deadline& deadline, Check&& check, int spin) {
+  for (int i = 0; i < spin; ++i) {
+    if (ready()) return true;
+    os::cpu_relax();
+  }
+  check();
+  struct Announce {
+    Bell& b;
+    explicit Announce(Bell& bell) : b(bell) {
+      b.sleeper.store(ProcessRef::self().pack(), std::memory_order_seq_cst);
+    }
+    ~Announce() { b.sleeper.store(0, std::memory_order_relaxed); }
+  } announce(b);
+  std::chrono::nanoseconds slice = kFirstSlice;
+  for (;;) {
+    const std::uint32_t s = b.seq.load(std::memory_order_seq_cst);
+    if (ready()) return true;
+    if (deadline.expired()) return false;
+    std::optional<std::chrono::nanoseconds> d = slice;
+    if (const auto left = deadline.remaining(); left && *left < *d) d = left;
+    os::wait_on_address(b.seq, s, d);
+    if (ready()) return true;
+    check();
+    slice = kPollInterval;
+  }
+}
+
+}  // namespace mpp::detail::ring

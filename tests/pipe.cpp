@@ -1,0 +1,547 @@
+// Pipe and Connection: typed and untyped messages, one-way and duplex, streaming of messages far
+// larger than the ring, EOF / BrokenPipe when the other end is closed or its process died (also
+// while blocked), fork liveness, named pipes between unrelated processes — across real processes.
+#include <mpp/pipe.hpp>
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "helpers.hpp"
+
+using namespace std::chrono_literals;
+using mpp_test::fork_child;
+using mpp_test::seconds_since;
+using mpp_test::unique_name;
+using mpp_test::wait_child;
+
+namespace {
+
+/// Bytes whose value depends on the position and a seed, so any misplaced byte is noticed.
+std::vector<std::byte> pattern(std::size_t n, std::uint32_t seed) {
+  std::vector<std::byte> v(n);
+  std::uint32_t x = seed * 2654435761u + 1;
+  for (std::size_t i = 0; i < n; ++i) {
+    x = x * 1664525u + 1013904223u;
+    v[i] = static_cast<std::byte>(x >> 24);
+  }
+  return v;
+}
+
+struct Point {
+  double x, y;
+  int tag;
+};
+
+struct Record {
+  std::string name;
+  std::vector<int> values;
+  template <class A>
+  void serialize(A& ar) {
+    ar(name, values);
+  }
+  bool operator==(const Record&) const = default;
+};
+
+}  // namespace
+
+TEST_CASE("send and recv in one process, both directions", "[pipe]") {
+  auto [a, b] = mpp::Pipe<int>();
+  REQUIRE(a.readable());
+  REQUIRE(a.writable());
+  a.send(1);
+  b.send(2);
+  REQUIRE(b.recv() == 1);
+  REQUIRE(a.recv() == 2);
+  REQUIRE_FALSE(a.poll());
+  b.send(3);
+  REQUIRE(a.poll());
+  REQUIRE(a.poll(0.5s));
+  REQUIRE(a.recv() == 3);
+}
+
+TEST_CASE("Hello, world (the Python program)", "[pipe]") {
+  auto [r, w] = mpp::Pipe<std::string>();
+  w.send("Hello, world");
+  REQUIRE(r.recv() == "Hello, world");
+}
+
+TEST_CASE("one-way pipe: first end receives, second end sends", "[pipe]") {
+  auto [r, w] = mpp::Pipe<Point>(false);
+  REQUIRE(r.readable());
+  REQUIRE_FALSE(r.writable());
+  REQUIRE(w.writable());
+  REQUIRE_FALSE(w.readable());
+  REQUIRE_THROWS_AS(r.send(Point{}), mpp::ValueError);
+  REQUIRE_THROWS_AS(w.recv(), mpp::ValueError);
+  REQUIRE_THROWS_AS(w.poll(), mpp::ValueError);
+  w.send(Point{1.5, -2.5, 7});
+  const Point p = r.recv();
+  REQUIRE(p.x == 1.5);
+  REQUIRE(p.y == -2.5);
+  REQUIRE(p.tag == 7);
+}
+
+TEST_CASE("values of cereal types, empty and large", "[pipe]") {
+  auto [a, b] = mpp::Pipe<Record>(true, {.capacity = 4096});
+  const Record small{"x", {}};
+  Record big{"big", {}};
+  for (int i = 0; i < 100000; ++i) big.values.push_back(i * 3);
+  a.send(small);
+  a.send(Record{});
+  const pid_t pid = fork_child([&, b = b] {
+    mpp::Connection<Record> c = b;
+    for (int i = 0; i < 3; ++i) c.send(c.recv());
+    return 0;
+  });
+  a.send(big);
+  REQUIRE(a.recv() == small);
+  REQUIRE(a.recv() == Record{});
+  REQUIRE(a.recv() == big);
+  REQUIRE(wait_child(pid) == 0);
+}
+
+TEST_CASE("recv timeout, poll, closed connections", "[pipe]") {
+  auto [a, b] = mpp::Pipe<int>();
+  const auto t0 = std::chrono::steady_clock::now();
+  REQUIRE_THROWS_AS(a.recv(0.05s), mpp::TimeoutError);
+  REQUIRE(seconds_since(t0) >= 0.04);
+  REQUIRE_FALSE(a.poll(0.01s));
+  a.close();
+  REQUIRE(a.closed());
+  a.close();  // idempotent
+  REQUIRE_THROWS_AS(a.send(1), mpp::ValueError);
+  REQUIRE_THROWS_AS(a.recv(), mpp::ValueError);
+  // b's peer is closed: send raises BrokenPipeError, recv EOFError.
+  REQUIRE_THROWS_AS(b.send(1), mpp::BrokenPipeError);
+  REQUIRE_THROWS_AS(b.recv(), mpp::EOFError);
+  mpp::Connection<int> none;
+  REQUIRE(none.closed());
+  REQUIRE_THROWS_AS(none.recv(), mpp::ValueError);
+}
+
+TEST_CASE("send_bytes, recv_bytes, recv_bytes_into, BufferTooShort keeps the message", "[pipe]") {
+  auto [a, b] = mpp::Pipe<int>(true, {.capacity = 4096});
+  const auto data = pattern(1000, 1);
+  a.send_bytes(data, 100, 50);
+  a.send_bytes(std::string_view("hello"));
+  a.send_bytes(std::span<const std::byte>{});
+  REQUIRE_THROWS_AS(a.send_bytes(data, 1001), mpp::ValueError);
+  REQUIRE_THROWS_AS(a.send_bytes(data, 900, 101), mpp::ValueError);
+  REQUIRE_THROWS_AS(b.recv_bytes(49), mpp::OSError);  // kept
+  auto got = b.recv_bytes(50);
+  REQUIRE(got == std::vector<std::byte>(data.begin() + 100, data.begin() + 150));
+  std::array<std::byte, 8> small{};
+  try {
+    b.recv_bytes_into(small, 4);
+    FAIL("expected BufferTooShort");
+  } catch (const mpp::BufferTooShort& e) {
+    REQUIRE(e.needed() == 5);
+  }
+  REQUIRE(b.recv_bytes_into(small, 3) == 5);
+  REQUIRE(std::memcmp(small.data() + 3, "hello", 5) == 0);
+  REQUIRE(b.recv_bytes().empty());
+  // A value message is not bytes for recv(), and a bytes message is not a value.
+  a.send_bytes(std::string_view("abcd"));
+  REQUIRE_THROWS_AS(b.recv(), mpp::TypeMismatchError);
+  REQUIRE(b.recv_bytes().size() == 4);
+  a.send(77);
+  const auto enc = b.recv_bytes();  // the value's encoding, as Python gives the pickle
+  REQUIRE(mpp::decode<int>(enc) == 77);
+  // Large messages into a caller's buffer, and a too-small buffer for a streamed one.
+  const auto big = pattern(50000, 2);
+  const pid_t pid = fork_child([&, a = a] {
+    mpp::Connection<int> c = a;
+    c.send_bytes(big);
+    c.send_bytes(big);
+    return 0;
+  });
+  std::vector<std::byte> into(60000);
+  REQUIRE(b.recv_bytes_into(into, 10) == big.size());
+  REQUIRE(std::equal(big.begin(), big.end(), into.begin() + 10));
+  std::vector<std::byte> tiny(100);
+  REQUIRE_THROWS_AS(b.recv_bytes_into(tiny), mpp::BufferTooShort);
+  REQUIRE(b.recv_bytes() == big);
+  REQUIRE(wait_child(pid) == 0);
+}
+
+TEST_CASE("untyped Connection<>: any codec type, TypeMismatchError names both, keeps the message",
+          "[pipe]") {
+  auto [a, b] = mpp::Pipe<>();
+  a.send(42);
+  a.send(std::string("text"));
+  a.send(Record{"r", {1, 2, 3}});
+  try {
+    (void)b.recv<std::string>();
+    FAIL("expected TypeMismatchError");
+  } catch (const mpp::TypeMismatchError& e) {
+    const std::string what = e.what();
+    REQUIRE(what.find("int") != std::string::npos);
+    REQUIRE(what.find("string") != std::string::npos);
+  }
+  REQUIRE(b.recv<int>() == 42);
+  REQUIRE_THROWS_AS(b.recv<double>(), mpp::TypeMismatchError);
+  REQUIRE(b.recv<std::string>() == "text");
+  REQUIRE(b.recv<Record>() == Record{"r", {1, 2, 3}});
+  // Across processes, with a message larger than the ring.
+  auto [c, d] = mpp::Pipe<>(true, {.capacity = 4096});
+  const pid_t pid = fork_child([&, d = d] {
+    mpp::Connection<> x = d;
+    x.send(std::vector<int>(20000, 5));
+    x.send(3.5);
+    return x.recv<int>() == 9 ? 0 : 1;
+  });
+  REQUIRE_THROWS_AS(c.recv<std::vector<double>>(), mpp::TypeMismatchError);  // streamed, kept
+  REQUIRE(c.recv<std::vector<int>>() == std::vector<int>(20000, 5));
+  REQUIRE(c.recv<double>() == 3.5);
+  c.send(9);
+  REQUIRE(wait_child(pid) == 0);
+  REQUIRE_THROWS_AS(mpp::Pipe<int>::open(c.name()), mpp::Error);  // anonymous: no name left
+}
+
+TEST_CASE("fork: parent and child talk both ways; ordering of 10^6 messages", "[pipe]") {
+  auto [a, b] = mpp::Pipe<std::uint64_t>();
+  constexpr std::uint64_t kN = 1'000'000;
+  const pid_t pid = fork_child([&] {
+    a.close();  // Python's idiom: each side closes the end it does not use
+    std::uint64_t sum = 0;
+    for (std::uint64_t i = 0; i < kN; ++i) {
+      const std::uint64_t v = b.recv();
+      if (v != i) {
+        fmt::print(stderr, "message {} arrived as {}\n", i, v);
+        return 1;
+      }
+      sum += v;
+    }
+    b.send(sum);
+    return 0;
+  });
+  b.close();
+  for (std::uint64_t i = 0; i < kN; ++i) a.send(i);
+  REQUIRE(a.recv() == kN * (kN - 1) / 2);
+  REQUIRE(wait_child(pid) == 0);
+  REQUIRE_THROWS_AS(a.recv(), mpp::EOFError);  // the child, the last holder of b, exited
+}
+
+TEST_CASE("mixed message sizes around the ring size", "[pipe]") {
+  constexpr std::size_t kCap = 4096;
+  auto [r, w] = mpp::Pipe<int>(false, {.capacity = kCap});
+  std::mt19937 rng(7);
+  std::vector<std::size_t> sizes;
+  for (std::size_t s : {0, 1, 7, 8, 9, 1016, 1024, 1025, 2040, 4088, 4096, 4097, 12289})
+    sizes.push_back(s);
+  for (int i = 0; i < 300; ++i) sizes.push_back(rng() % (3 * kCap));
+  const pid_t pid = fork_child([&] {
+    r.close();
+    for (std::size_t i = 0; i < sizes.size(); ++i) w.send_bytes(pattern(sizes[i], static_cast<std::uint32_t>(i)));
+    return 0;
+  });
+  w.close();
+  for (std::size_t i = 0; i < sizes.size(); ++i) {
+    const auto got = r.recv_bytes();
+    INFO("message " << i << " of " << sizes[i] << " bytes");
+    REQUIRE(got == pattern(sizes[i], static_cast<std::uint32_t>(i)));
+  }
+  REQUIRE_THROWS_AS(r.recv_bytes(), mpp::EOFError);
+  REQUIRE(wait_child(pid) == 0);
+}
+
+namespace {
+// Sends one message of `size` bytes through a 256 KiB ring from a child; checks every byte.
+void stream_one(std::size_t size) {
+  const std::size_t kSize = size;
+  auto [r, w] = mpp::Pipe<int>(false);
+  const pid_t pid = fork_child([&] {
+    std::vector<std::byte> big(kSize);
+    for (std::size_t i = 0; i < kSize; i += 8) {
+      const std::uint64_t v = i * 0x9E3779B97F4A7C15ull;
+      std::memcpy(big.data() + i, &v, 8);
+    }
+    w.send_bytes(big);
+    w.send(1);
+    return 0;
+  });
+  w.close();
+  const auto got = r.recv_bytes();
+  REQUIRE(got.size() == kSize);
+  bool ok = true;
+  for (std::size_t i = 0; i < kSize && ok; i += 8) {
+    std::uint64_t v;
+    std::memcpy(&v, got.data() + i, 8);
+    ok = v == i * 0x9E3779B97F4A7C15ull;
+  }
+  REQUIRE(ok);
+  REQUIRE(r.recv() == 1);
+  REQUIRE(wait_child(pid) == 0);
+}
+}  // namespace
+
+TEST_CASE("a 32 MiB message through a 256 KiB ring", "[pipe]") { stream_one(std::size_t{32} << 20); }
+
+TEST_CASE("a 256 MiB message through a 256 KiB ring", "[pipe][stress]") {
+  stream_one(std::size_t{256} << 20);
+}
+
+TEST_CASE("EOF after draining: the writer closes, exits, or its copies close one by one", "[pipe]") {
+  auto [r, w] = mpp::Pipe<int>(false);
+  const pid_t pid = fork_child([&] {
+    for (int i = 0; i < 5; ++i) w.send(i);
+    w.close();
+    return 0;
+  });
+  // The parent still holds w: no EOF until it closes its copy too.
+  REQUIRE(wait_child(pid) == 0);
+  for (int i = 0; i < 5; ++i) REQUIRE(r.recv() == i);
+  REQUIRE_FALSE(r.poll(0.05s));
+  w.close();
+  REQUIRE(r.poll());
+  REQUIRE_THROWS_AS(r.recv(), mpp::EOFError);
+  REQUIRE_THROWS_AS(r.recv(), mpp::EOFError);  // and again
+}
+
+TEST_CASE("the parent closes its copy right after fork; the child still holds the end", "[pipe]") {
+  for (int round = 0; round < 5; ++round) {
+    auto [r, w] = mpp::Pipe<int>(false);
+    const pid_t pid = fork_child([&] {
+      ::usleep(2000);  // let the parent close its copy first
+      w.send(round);
+      return 0;
+    });
+    w.close();  // the child was registered as a holder at fork(): no EOF yet
+    REQUIRE(r.recv() == round);
+    REQUIRE_THROWS_AS(r.recv(), mpp::EOFError);
+    REQUIRE(wait_child(pid) == 0);
+  }
+}
+
+TEST_CASE("grandchildren hold inherited ends too", "[pipe]") {
+  auto [r, w] = mpp::Pipe<int>(false);
+  const pid_t pid = fork_child([&] {
+    r.close();
+    const pid_t grandchild = fork_child([&] {
+      ::usleep(20000);
+      w.send(2);
+      return 0;
+    });
+    w.close();
+    return wait_child(grandchild);
+  });
+  w.close();
+  REQUIRE(r.recv() == 2);
+  REQUIRE_THROWS_AS(r.recv(), mpp::EOFError);
+  REQUIRE(wait_child(pid) == 0);
+}
+
+TEST_CASE("a blocked recv raises EOFError within 1 s when the writer closes", "[pipe]") {
+  auto [r, w] = mpp::Pipe<int>(false);
+  const pid_t pid = fork_child([&] {
+    w.close();
+    const auto t0 = std::chrono::steady_clock::now();
+    try {
+      (void)r.recv();
+    } catch (const mpp::EOFError&) {
+      return seconds_since(t0) < 5.0 ? 0 : 2;  // generous: the bound is about 0.2 s
+    }
+    return 1;
+  });
+  r.close();
+  ::usleep(100000);  // the child is asleep in recv by now
+  w.close();
+  REQUIRE(wait_child(pid) == 0);
+}
+
+TEST_CASE("send to a closed reader raises BrokenPipeError, also when blocked on a full ring",
+          "[pipe]") {
+  auto [r, w] = mpp::Pipe<std::uint64_t>(false, {.capacity = 4096});
+  const pid_t pid = fork_child([&] {
+    r.close();
+    const auto t0 = std::chrono::steady_clock::now();
+    try {
+      for (std::uint64_t i = 0;; ++i) w.send(i);  // fills the ring, then blocks
+    } catch (const mpp::BrokenPipeError&) {
+      return seconds_since(t0) < 5.0 ? 0 : 2;
+    }
+  });
+  w.close();
+  ::usleep(100000);
+  r.close();
+  REQUIRE(wait_child(pid) == 0);
+}
+
+TEST_CASE("named pipe: unrelated processes connect by name", "[pipe]") {
+  const auto name = unique_name("pipe");
+  // The child is forked before the pipe exists, so it inherits nothing: it opens by name.
+  const pid_t pid = fork_child([&] {
+    std::optional<mpp::Connection<std::string>> c;
+    for (int i = 0; i < 5000 && !c; ++i) {
+      try {
+        c = mpp::Pipe<std::string>::open(name);
+      } catch (const mpp::NotFoundError&) {
+        ::usleep(1000);
+      }
+    }
+    if (!c) return 3;
+    const std::string q = c->recv();
+    c->send(q + " world");
+    return c->recv() == "bye" ? 0 : 1;
+  });
+  auto server = mpp::Pipe<std::string>::create(name);
+  REQUIRE_THROWS_AS(mpp::Pipe<std::string>::create(name), mpp::ExistsError);
+  REQUIRE_THROWS_AS(mpp::Pipe<int>::open(name), mpp::TypeMismatchError);
+  server.send("hello");
+  REQUIRE(server.recv() == "hello world");
+  server.send("bye");
+  REQUIRE(wait_child(pid) == 0);
+  REQUIRE_THROWS_AS(server.recv(), mpp::EOFError);  // the client exited
+  REQUIRE_THROWS_AS(mpp::Pipe<std::string>::open(name), mpp::ExistsError);  // one client only
+}
+
+TEST_CASE("named one-way pipe: the creator receives, the opener sends", "[pipe]") {
+  const auto name = unique_name("oneway");
+  auto r = mpp::Pipe<int>::create(name, false);
+  REQUIRE(r.readable());
+  REQUIRE_FALSE(r.writable());
+  REQUIRE_FALSE(r.poll(0.02s));  // nobody connected yet: not EOF, just nothing
+  const pid_t pid = fork_child([&] {
+    r.close();
+    auto w = mpp::Pipe<int>::open(name);
+    if (w.readable() || !w.writable()) return 2;
+    for (int i = 0; i < 1000; ++i) w.send(i);
+    return 0;
+  });
+  for (int i = 0; i < 1000; ++i) REQUIRE(r.recv() == i);
+  REQUIRE(wait_child(pid) == 0);
+  REQUIRE_THROWS_AS(r.recv(), mpp::EOFError);
+}
+
+TEST_CASE("invalid capacity", "[pipe]") {
+  REQUIRE_THROWS_AS(mpp::Pipe<int>(true, {.capacity = 1000}), mpp::InvalidArgument);
+  REQUIRE_THROWS_AS(mpp::Pipe<int>(true, {.capacity = 2048}), mpp::InvalidArgument);
+}
+
+// ---- peers killed with SIGKILL ----------------------------------------------------------------
+
+TEST_CASE("writer SIGKILLed while the reader is blocked: EOFError within 1 s", "[pipe][kill]") {
+  auto [r, w] = mpp::Pipe<int>(false);
+  const pid_t pid = fork_child([&] {
+    r.close();
+    w.send(1);
+    ::pause();
+    return 0;
+  });
+  w.close();
+  REQUIRE(r.recv() == 1);
+  const pid_t killer = fork_child([&] {
+    ::usleep(100000);
+    ::kill(pid, SIGKILL);
+    return 0;
+  });
+  const auto t0 = std::chrono::steady_clock::now();
+  REQUIRE_THROWS_AS(r.recv(), mpp::EOFError);
+  REQUIRE(seconds_since(t0) < 5.0);  // generous: detection takes about 0.2 s
+  REQUIRE(wait_child(killer) == 0);
+  REQUIRE(wait_child(pid) == -SIGKILL);
+}
+
+TEST_CASE("reader SIGKILLed while the writer is blocked on a full ring: BrokenPipeError within 1 s",
+          "[pipe][kill]") {
+  auto [r, w] = mpp::Pipe<std::uint64_t>(false, {.capacity = 4096});
+  const pid_t pid = fork_child([&] {
+    w.close();
+    ::pause();
+    return 0;
+  });
+  r.close();
+  const pid_t killer = fork_child([&] {
+    ::usleep(100000);
+    ::kill(pid, SIGKILL);
+    return 0;
+  });
+  const auto t0 = std::chrono::steady_clock::now();
+  REQUIRE_THROWS_AS(([&] {
+                      for (std::uint64_t i = 0;; ++i) w.send(i);
+                    }()),
+                    mpp::BrokenPipeError);
+  REQUIRE(seconds_since(t0) < 5.0);
+  REQUIRE(wait_child(killer) == 0);
+  REQUIRE(wait_child(pid) == -SIGKILL);
+}
+
+TEST_CASE("send to a reader that died while waiting raises BrokenPipeError", "[pipe][kill]") {
+  auto [r, w] = mpp::Pipe<int>(false);
+  const pid_t pid = fork_child([&] {
+    w.close();
+    (void)r.recv();  // asleep here when killed
+    return 0;
+  });
+  r.close();
+  ::usleep(100000);
+  ::kill(pid, SIGKILL);
+  REQUIRE(wait_child(pid) == -SIGKILL);
+  const auto t0 = std::chrono::steady_clock::now();
+  bool broken = false;
+  while (!broken && seconds_since(t0) < 5.0) {
+    try {
+      w.send(1);
+      ::usleep(1000);
+    } catch (const mpp::BrokenPipeError&) {
+      broken = true;
+    }
+  }
+  REQUIRE(broken);
+}
+
+TEST_CASE("writer SIGKILLed in the middle of a streamed message: EOFError, never a partial message",
+          "[pipe][kill]") {
+  for (int round = 0; round < 6; ++round) {
+    auto [r, w] = mpp::Pipe<int>(false, {.capacity = 1 << 16});
+    const std::size_t size = std::size_t{8} << 20;
+    const pid_t pid = fork_child([&] {
+      r.close();
+      w.send(0);
+      w.send_bytes(pattern(size, 9));  // blocks on the full ring until killed
+      return 0;
+    });
+    w.close();
+    REQUIRE(r.recv() == 0);
+    const pid_t killer = fork_child([&] {
+      ::usleep(static_cast<useconds_t>(20000 + 15000 * round));
+      ::kill(pid, SIGKILL);
+      return 0;
+    });
+    // Odd rounds read while the writer runs (the kill lands mid-stream, with this recv
+    // assembling); even rounds start reading after the kill.
+    if (round % 2 == 0) REQUIRE(wait_child(killer) == 0);
+    REQUIRE_THROWS_AS(r.recv_bytes(), mpp::EOFError);
+    if (round % 2 == 1) REQUIRE(wait_child(killer) == 0);
+    REQUIRE(wait_child(pid) == -SIGKILL);
+  }
+}
+
+TEST_CASE("a forked child SIGKILLed mid-message while the parent still holds the writer end",
+          "[pipe][kill]") {
+  auto [r, w] = mpp::Pipe<int>(false, {.capacity = 1 << 16});
+  const pid_t pid = fork_child([&] {
+    w.send_bytes(pattern(std::size_t{4} << 20, 3));
+    return 0;
+  });
+  ::usleep(50000);
+  ::kill(pid, SIGKILL);
+  REQUIRE(wait_child(pid) == -SIGKILL);
+  // The abandoned frames are skipped: the next complete message is delivered, never a torn one.
+  const pid_t drain = fork_child([&] {
+    w.close();
+    const auto got = r.recv_bytes();
+    return got == pattern(100, 4) ? 0 : 1;
+  });
+  r.close();
+  w.send_bytes(pattern(100, 4));
+  w.close();
+  REQUIRE(wait_child(drain) == 0);
+}
