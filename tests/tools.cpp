@@ -181,8 +181,9 @@ TEST_CASE("gc keeps an object used by a live forked child that is not the creato
   CHECK(reg::live_users(*o)[0].pid == user);
 
   // The grandchild was reparented (to init or a subreaper); kill it and wait until it is gone.
-  ::kill(user, SIGKILL);
+  // (Take its identity first: once it is dead, live_users() no longer lists it.)
   const mpp::detail::ProcessRef u = reg::live_users(*o)[0];
+  ::kill(user, SIGKILL);
   for (int i = 0; i < 5000 && u.alive(); ++i) std::this_thread::sleep_for(1ms);
   REQUIRE_FALSE(u.alive());
   e = reg::gc(false, {}, prefix_of(name));
