@@ -461,3 +461,40 @@ TEST_CASE("holds 10^6 string->int entries", "[manager][stress]") {
   CHECK(keys.size() == static_cast<std::size_t>(kN));
   CHECK(keys[12345] == "key-12345");
 }
+
+TEST_CASE("manager: synchronisation objects and handles cross processes by name", "[manager]") {
+  mpp::Manager m(small());
+  auto d = m.dict<std::string, int>("d");
+  auto l = m.list<int>("l");
+  auto ns = m.Namespace("ns");
+  auto v = m.Value<int>(5);
+  auto lock = m.Lock();
+  auto q = m.Queue<std::string>();
+  auto e = m.Event();
+  // Encoded like Python pickles proxies: by name; decoding opens the same objects.
+  const auto bd = mpp::encode(d), bl = mpp::encode(l), bn = mpp::encode(ns), bm = mpp::encode(m);
+  const pid_t child = fork_child([&] {
+    auto d2 = mpp::decode<mpp::SharedDict<std::string, int>>(bd);
+    auto l2 = mpp::decode<mpp::SharedList<int>>(bl);
+    auto n2 = mpp::decode<mpp::Namespace>(bn);
+    auto m2 = mpp::decode<mpp::Manager>(bm);
+    d2.set("x", 1);
+    l2.append(2);
+    n2.set("y", 3);
+    m2.dict<std::string, int>("d")["x"] += 10;
+    {
+      std::lock_guard<mpp::Lock> g(lock);
+      v.set(v.value() + 1);
+    }
+    q.put("hi");
+    e.set();
+    return 0;
+  });
+  REQUIRE(wait_child(child) == 0);
+  CHECK(d.at("x") == 11);
+  CHECK(l.to_vector() == std::vector<int>{2});
+  CHECK(ns.get<int>("y") == 3);
+  CHECK(v.value() == 6);
+  CHECK(q.get() == "hi");
+  CHECK(e.is_set());
+}

@@ -31,8 +31,12 @@
 #include "codec.hpp"
 #include "detail/manager_containers.hpp"
 #include "detail/shm_alloc.hpp"
+#include "array.hpp"
 #include "errors.hpp"
+#include "queue.hpp"
 #include "segment.hpp"
+#include "sync.hpp"
+#include "value.hpp"
 
 namespace mpp {
 
@@ -339,6 +343,8 @@ class SharedDict {
 
   /// The dict's name inside its manager.
   const std::string& name() const noexcept { return ref_.name; }
+  /// The name of the manager that holds it.
+  const std::string& manager_name() const noexcept { return ref_.core->name(); }
 
  private:
   friend class Manager;
@@ -598,6 +604,8 @@ class SharedList {
 
   /// The list's name inside its manager.
   const std::string& name() const noexcept { return ref_.name; }
+  /// The name of the manager that holds it.
+  const std::string& manager_name() const noexcept { return ref_.core->name(); }
 
  private:
   friend class Manager;
@@ -715,6 +723,8 @@ class Namespace {
   }
   /// The Namespace's name inside its manager.
   const std::string& name() const noexcept { return ref_.name; }
+  /// The name of the manager that holds it.
+  const std::string& manager_name() const noexcept { return ref_.core->name(); }
 
  private:
   friend class Manager;
@@ -818,6 +828,53 @@ class Manager {
   /// A new Namespace with a generated name (Python's m.Namespace()).
   ::mpp::Namespace Namespace() { return Namespace(auto_name("ns")); }
 
+  // Python's SyncManager also hands out these; ours are the very objects of the free
+  // constructors (each in its own anonymous segment, inherited by forked children and passed to
+  // other processes by name through mpp::codec), so m.Lock() is exactly mpp::Lock().
+
+  /// Python's m.Value(typecode, v): the same as mpp::Value<T>(args...).
+  template <class T, class... A>
+  ::mpp::Value<T> Value(A&&... args) {
+    return ::mpp::Value<T>(std::forward<A>(args)...);
+  }
+  /// Python's m.Array(typecode, seq): the same as mpp::Array<T>(args...).
+  template <class T, class... A>
+  ::mpp::Array<T> Array(A&&... args) {
+    return ::mpp::Array<T>(std::forward<A>(args)...);
+  }
+  /// Python's m.Queue(maxsize): the same as mpp::Queue<T>(args...).
+  template <class T, class... A>
+  ::mpp::Queue<T> Queue(A&&... args) {
+    return ::mpp::Queue<T>(std::forward<A>(args)...);
+  }
+  /// Python's m.JoinableQueue(maxsize): the same as mpp::JoinableQueue<T>(args...).
+  template <class T, class... A>
+  ::mpp::JoinableQueue<T> JoinableQueue(A&&... args) {
+    return ::mpp::JoinableQueue<T>(std::forward<A>(args)...);
+  }
+  /// Python's m.Lock(): the same as mpp::Lock().
+  ::mpp::Lock Lock() { return ::mpp::Lock(); }
+  /// Python's m.RLock(): the same as mpp::RLock().
+  ::mpp::RLock RLock() { return ::mpp::RLock(); }
+  /// Python's m.Semaphore(value): the same as mpp::Semaphore(value).
+  ::mpp::Semaphore Semaphore(std::uint32_t value = 1) { return ::mpp::Semaphore(value); }
+  /// Python's m.BoundedSemaphore(value): the same as mpp::BoundedSemaphore(value).
+  ::mpp::BoundedSemaphore BoundedSemaphore(std::uint32_t value = 1) {
+    return ::mpp::BoundedSemaphore(value);
+  }
+  /// Python's m.Event(): the same as mpp::Event().
+  ::mpp::Event Event() { return ::mpp::Event(); }
+  /// Python's m.Condition(lock): the same as mpp::Condition(args...).
+  template <class... A>
+  ::mpp::Condition Condition(A&&... args) {
+    return ::mpp::Condition(std::forward<A>(args)...);
+  }
+  /// Python's m.Barrier(parties, action, timeout): the same as mpp::Barrier(args...).
+  template <class... A>
+  ::mpp::Barrier Barrier(A&&... args) {
+    return ::mpp::Barrier(std::forward<A>(args)...);
+  }
+
   /// The manager's segment name (give it to Manager::open in an unrelated process).
   const std::string& name() const noexcept { return core_->name(); }
   /// Bytes reserved for containers.
@@ -912,5 +969,55 @@ class Manager {
 
   std::shared_ptr<detail::ManagerCore> core_;
 };
+
+/// A Manager crosses processes as its name (as Python pickles a manager's address).
+template <>
+struct codec<Manager> {
+  /// Name of the encoding (part of the type fingerprint).
+  static constexpr std::string_view kind = "handle";
+  /// Appends the manager's name.
+  static void encode(const Manager& m, Bytes& out) { codec<std::string>::encode(m.name(), out); }
+  //!Returns: the manager opened by name. Throws: CorruptedError, NotFoundError.
+  static Manager decode(std::span<const std::byte> in) {
+    return Manager::open(codec<std::string>::decode(in));
+  }
+};
+
+namespace detail {
+/// Codec of a manager container: (manager name, container name); decoding opens both.
+template <class H, class Open>
+struct ContainerCodec {
+  static constexpr std::string_view kind = "handle";
+  static void encode(const H& h, Bytes& out) {
+    codec<std::pair<std::string, std::string>>::encode({h.manager_name(), h.name()}, out);
+  }
+  static H decode(std::span<const std::byte> in) {
+    auto [m, c] = codec<std::pair<std::string, std::string>>::decode(in);
+    auto mgr = Manager::open(m);
+    return Open{}(mgr, c);
+  }
+};
+template <class K, class V>
+struct OpenDict {
+  SharedDict<K, V> operator()(Manager& m, const std::string& c) const { return m.dict<K, V>(c); }
+};
+template <class T>
+struct OpenList {
+  SharedList<T> operator()(Manager& m, const std::string& c) const { return m.list<T>(c); }
+};
+struct OpenNamespace {
+  ::mpp::Namespace operator()(Manager& m, const std::string& c) const { return m.Namespace(c); }
+};
+}  // namespace detail
+
+/// A SharedDict crosses processes as (manager name, dict name): the receiver opens it.
+template <class K, class V>
+struct codec<SharedDict<K, V>> : detail::ContainerCodec<SharedDict<K, V>, detail::OpenDict<K, V>> {};
+/// A SharedList crosses processes as (manager name, list name): the receiver opens it.
+template <class T>
+struct codec<SharedList<T>> : detail::ContainerCodec<SharedList<T>, detail::OpenList<T>> {};
+/// A Namespace crosses processes as (manager name, Namespace name): the receiver opens it.
+template <>
+struct codec<Namespace> : detail::ContainerCodec<Namespace, detail::OpenNamespace> {};
 
 }  // namespace mpp

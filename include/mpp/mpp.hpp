@@ -9,3 +9,4 @@
 #include "value.hpp"
 #include "array.hpp"
 #include "manager.hpp"
+#include "process.hpp"

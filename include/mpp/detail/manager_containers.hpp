@@ -274,7 +274,8 @@ class DictCore {
     const DictEntry* ent = entries();
     for (std::uint64_t e = 0; e < r->used; ++e)
       if (ent[e].kv != 0) live.push_back(ent[e]);
-    build(tx, r, std::max<std::uint64_t>(8, (live.size() + 1) * 2), live, true);
+    // At least 1.5x headroom (3x at most after rounding the index to a power of two).
+    build(tx, r, std::max<std::uint64_t>(8, (live.size() + 1) * 3 / 2), live, true);
     MPP_CRASH_POINT("manager.dict.grow.after_build");
   }
 
@@ -420,7 +421,7 @@ class ListCore {
 
   std::uint64_t* arr() const {
     const ListRoot* r = root();
-    if (r->cap == 0) torn(*a_, "list array");
+    if (r->cap == 0 || r->size > r->cap) torn(*a_, "list array");
     return a_->array<std::uint64_t>(r->arr_off, r->cap);
   }
 
