@@ -84,6 +84,11 @@ class Ops {
         sl.len = sizeof(T);
         std::memcpy(sl.data, std::addressof(item), sizeof(T));
       });
+    } else if constexpr (kRaw && sizeof(T) <= kMedium) {
+      return put_bytes(c, joinable, block, deadline, [&](Slot& sl, std::uint64_t idx) {
+        std::memcpy(c.cell(idx), std::addressof(item), sizeof(T));
+        sl.len = static_cast<std::uint32_t>(sizeof(T)) | kMedFlag;
+      });
     } else if constexpr (kRaw) {
       check_size(c, sizeof(T));
       return put_bytes(c, joinable, block, deadline, [&](Slot& sl, std::uint64_t idx) {
@@ -100,6 +105,9 @@ class Ops {
         if (n <= kInline) {
           if (n != 0) std::memcpy(sl.data, buf.data(), n);
           sl.len = n;
+        } else if (n <= kMedium) {
+          std::memcpy(c.cell(idx), buf.data(), n);
+          sl.len = n | kMedFlag;
         } else {
           std::memcpy(c.region(idx), buf.data(), n);
           sl.len = n | kBigFlag;
@@ -114,12 +122,16 @@ class Ops {
     std::optional<T> out;
     auto read = [&](Slot& sl, std::uint64_t idx) {
       const std::uint32_t raw = sl.len;  // read once, then check
-      const bool big = (raw & kBigFlag) != 0;
-      const std::uint64_t n = raw & ~kBigFlag;
-      if ((!big && n > kInline) || (big && n > c.max_item()))
+      const std::uint32_t where = raw & (kBigFlag | kMedFlag);
+      const std::uint64_t n = raw & kLenMask;
+      const std::uint64_t limit = where == 0          ? kInline
+                                  : where == kMedFlag ? kMedium
+                                  : where == kBigFlag ? c.max_item()
+                                                      : 0;
+      if (n > limit || where == (kBigFlag | kMedFlag))
         fail<CorruptedError>("queue '{}': an item claims {} bytes (slot {} holds at most {})",
-                             c.name(), n, idx, big ? c.max_item() : kInline);
-      const std::byte* p = big ? c.region(idx) : sl.data;
+                             c.name(), n, idx, limit);
+      const std::byte* p = where == 0 ? sl.data : where == kMedFlag ? c.cell(idx) : c.region(idx);
       if constexpr (kRaw && std::is_same_v<std::remove_cv_t<T>, T> && !std::is_same_v<T, bool>) {
         if (n != sizeof(T))
           fail<CorruptedError>("queue '{}': an item has {} bytes, {} expected", c.name(), n,

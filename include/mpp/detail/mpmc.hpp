@@ -17,8 +17,10 @@
 // that find the queue empty scan for it. A waiter sets a WAITER bit in the state it sleeps on; the
 // process whose claim CAS consumes the bit wakes it, so the fast path has no fence and no syscall.
 //
-// Items up to kInline bytes live in the slot; larger ones in the slot's own region of the sparse
-// item area (max_item bytes per slot, allocated by tmpfs only when touched), owned with the slot.
+// Items up to kInline bytes live in the slot; up to kMedium bytes in the slot's cell of a compact
+// array (consecutive slots, consecutive cells: streaming copies); larger ones in the slot's own
+// region of the sparse item area (max_item bytes per slot, allocated by tmpfs only when touched,
+// staggered so that regions do not all map to the same cache sets). All are owned with the slot.
 #pragma once
 
 #include <algorithm>
@@ -56,7 +58,11 @@ inline constexpr u64 kLapMask = (u64{1} << 44) - 1;
 inline constexpr std::uint32_t kMaxParticipants = 128;  // owner = index (7 bits) + generation (9 bits)
 inline constexpr std::uint32_t kGenMask = 511;
 inline constexpr std::size_t kInline = 20;              // bytes stored in the slot itself
+inline constexpr std::size_t kMedium = 2048;            // bytes per slot in the medium array
 inline constexpr std::uint32_t kBigFlag = 0x80000000u;  // len: the bytes are in the slot's region
+inline constexpr std::uint32_t kMedFlag = 0x40000000u;  // len: the bytes are in the slot's cell
+inline constexpr std::uint32_t kLenMask = 0x3fffffffu;
+inline constexpr std::uint64_t kMaxItemLimit = kLenMask;
 inline constexpr u64 kMagic = 0x3165756575717070ull;    // "ppqueue1"
 
 constexpr u64 make_state(u64 lap, u64 phase, u64 owner) noexcept {
@@ -75,7 +81,7 @@ constexpr i64 lap_diff(u64 a, u64 b) noexcept {
 /// One slot: 32 bytes, two per cache line.
 struct Slot {
   std::atomic<u64> state;
-  std::uint32_t len;  ///< bytes of the item; kBigFlag when they are in the slot's region
+  std::uint32_t len;  ///< bytes of the item | kMedFlag (in the slot's cell) | kBigFlag (region)
   std::byte data[kInline];
 };
 static_assert(sizeof(Slot) == 32 && std::is_standard_layout_v<Slot>);
@@ -115,12 +121,15 @@ static_assert(std::is_standard_layout_v<Header>);
 
 /// Layout of a queue of `capacity` slots with `max_item`-byte regions.
 struct Layout {
-  u64 slots_offset, regions_offset, payload_size;
+  u64 slots_offset, medium_offset, regions_offset, region_stride, payload_size;
   static Layout of(u64 capacity, u64 max_item) {
     Layout l{};
     l.slots_offset = align_up(sizeof(Header), kCacheLine);
-    l.regions_offset = align_up(l.slots_offset + capacity * sizeof(Slot), 4096);
-    l.payload_size = l.regions_offset + capacity * max_item;
+    l.medium_offset = align_up(l.slots_offset + capacity * sizeof(Slot), 4096);
+    l.regions_offset = align_up(l.medium_offset + capacity * kMedium, 4096);
+    // One cache line more than whole pages: region i starts at a different cache set than i-1.
+    l.region_stride = align_up(max_item, 4096) + kCacheLine;
+    l.payload_size = l.regions_offset + capacity * l.region_stride;
     return l;
   }
 };
@@ -141,9 +150,9 @@ class Core {
     const u64 cap = unbounded ? unbounded_capacity : static_cast<u64>(maxsize);
     if (cap == 0 || cap > (u64{1} << 30))
       fail<InvalidArgument>("queue capacity {} is out of range (1 .. 2^30 slots)", cap);
-    if (max_item < kInline || max_item > (u64{1} << 30))
-      fail<InvalidArgument>("max_item_size {} is out of range ({} .. 2^30 bytes)", max_item,
-                            kInline);
+    if (max_item < kInline || max_item > kMaxItemLimit)
+      fail<InvalidArgument>("max_item_size {} is out of range ({} .. {} bytes)", max_item,
+                            kInline, kMaxItemLimit);
     const Layout l = Layout::of(cap, max_item);
     const SegmentSpec spec{kind, type, l.payload_size, cap};
     auto init = [&](std::byte* p, std::uint64_t) {
@@ -184,7 +193,7 @@ class Core {
     const u64 magic = h_->magic, cap = h_->capacity, max_item = h_->max_item;
     const u64 so = h_->slots_offset, ro = h_->regions_offset;
     if (magic != kMagic || cap == 0 || cap > (u64{1} << 30) || max_item < kInline ||
-        max_item > (u64{1} << 30) || cap != seg_.capacity())
+        max_item > kMaxItemLimit || cap != seg_.capacity())
       fail<CorruptedError>("queue '{}' has an invalid header (capacity {}, max item {})",
                            seg_.name(), cap, max_item);
     const Layout l = Layout::of(cap, max_item);
@@ -201,6 +210,8 @@ class Core {
     while ((u64{1} << shift_) < cap) ++shift_;
     slots_ = reinterpret_cast<Slot*>(seg_.payload() + so);
     regions_ = seg_.payload() + ro;
+    medium_ = seg_.payload() + l.medium_offset;
+    stride_ = l.region_stride;
   }
 
   Core(const Core&) = delete;
@@ -240,7 +251,8 @@ class Core {
     }
   }
   Slot& slot(u64 idx) const noexcept { return slots_[idx]; }
-  std::byte* region(u64 idx) const noexcept { return regions_ + idx * max_item_; }
+  std::byte* region(u64 idx) const noexcept { return regions_ + idx * stride_; }
+  std::byte* cell(u64 idx) const noexcept { return medium_ + idx * kMedium; }
 
   // ---- one attempt to put -------------------------------------------------------------------
   //!Effects: claims the next free position and calls write(slot, idx) in it, then publishes.
@@ -546,7 +558,8 @@ class Core {
   Header* h_ = nullptr;
   Slot* slots_ = nullptr;
   std::byte* regions_ = nullptr;
-  u64 cap_ = 0, max_item_ = 0, mask_ = 0;
+  std::byte* medium_ = nullptr;
+  u64 cap_ = 0, max_item_ = 0, mask_ = 0, stride_ = 0;
   i64 maxsize_ = 0;
   unsigned shift_ = 0;
   bool pow2_ = false, unbounded_ = false;
