@@ -126,6 +126,8 @@ TEST_CASE("Lock: named create/open/open_or_create, released by another process",
   CHECK(c.acquire(false));
   c.release();
   CHECK_THROWS_AS(mpp::Lock::open(unique_name("missing")), mpp::NotFoundError);
+  CHECK_THROWS_AS(mpp::Lock::create(""), mpp::InvalidArgument);
+  CHECK_THROWS_AS(mpp::Event::create("no-prefix"), mpp::InvalidArgument);
 }
 
 TEST_CASE("Lock: a waiter sleeps and is woken by the release", "[sync][lock]") {
@@ -825,4 +827,41 @@ TEST_CASE("Handles cross processes as their names (codec)", "[sync][codec]") {
   mpp::Condition over(l);
   CHECK_THROWS_AS(mpp::encode(over), mpp::InvalidArgument);
   CHECK_THROWS_AS(mpp::decode<mpp::Lock>(mpp::encode(e)), mpp::TypeMismatchError);
+}
+
+TEST_CASE("Barrier: a party killed inside the barrier's critical section breaks it",
+          "[sync][barrier][kill]") {
+  mpp::Barrier b(2);
+  SharedCounters sc;
+  const pid_t child = fork_child([&] {
+    b.state().lock.acquire(mpp::detail::Deadline::never());  // as if killed mid-update
+    sc.d->flag = 1;
+    for (;;) std::this_thread::sleep_for(1s);
+    return 0;
+  });
+  await([&] { return sc.d->flag.load() == 1; });
+  kill_child(child);
+  CHECK_THROWS_AS(b.wait(10s), mpp::BrokenBarrierError);
+  CHECK(b.broken());
+  b.reset();
+  CHECK_FALSE(b.broken());
+  CHECK(b.n_waiting() == 0);
+}
+
+TEST_CASE("Lock: a waiter killed while sleeping leaves the lock usable", "[sync][lock][kill]") {
+  mpp::Lock l;
+  l.acquire();
+  SharedCounters sc;
+  const pid_t waiter = fork_child([&] {
+    sc.d->flag = 1;
+    l.acquire();
+    return 0;
+  });
+  await([&] { return sc.d->flag.load() == 1; });
+  std::this_thread::sleep_for(20ms);
+  kill_child(waiter);
+  l.release();
+  CHECK(l.acquire(true, 10s));
+  CHECK_FALSE(l.previous_owner_died());
+  l.release();
 }

@@ -45,16 +45,21 @@ struct SyncHandle {
   std::shared_ptr<Segment> seg;
   State* state = nullptr;
 
-  //!Effects: creates a segment (anonymous when `name` is empty) and constructs the state with
-  //! `make(void*)` in its payload.
+  //!Effects: creates the named segment `name` and constructs the state with `make(void*)` in
+  //! its payload.
   template <class Make>
   static SyncHandle create(Kind kind, std::string_view name, Make&& make,
                            const SegmentOptions& opts) {
     const SegmentSpec spec{kind, type_info<State>(), sizeof(State), 0};
     auto init = [&](std::byte* p, std::uint64_t) { make(static_cast<void*>(p)); };
-    Segment s = name.empty() ? Segment::create_anonymous(spec, init)
-                             : Segment::create(name, spec, init, opts);
-    return wrap(std::move(s));
+    return wrap(Segment::create(name, spec, init, opts));
+  }
+  /// As create(), with a fresh anonymous name (inherited by forked children).
+  template <class Make>
+  static SyncHandle create_anonymous(Kind kind, Make&& make) {
+    const SegmentSpec spec{kind, type_info<State>(), sizeof(State), 0};
+    auto init = [&](std::byte* p, std::uint64_t) { make(static_cast<void*>(p)); };
+    return wrap(Segment::create_anonymous(spec, init));
   }
   /// Opens the named segment and checks that it holds a `State`.
   static SyncHandle open(Kind kind, std::string_view name, const SegmentOptions& opts) {
@@ -93,8 +98,12 @@ class Guard {
   explicit Guard(L& l) : l_(&l) { l_->acquire(); }
   Guard(const Guard&) = delete;
   Guard& operator=(const Guard&) = delete;
+  /// Releases the lock; an error (another process already released a Lock) is ignored here.
   ~Guard() {
-    if (l_ != nullptr) l_->release();
+    try {
+      l_->release();
+    } catch (const Error&) {
+    }
   }
   /// True if the lock was taken over from a holder that died: repair the protected data.
   bool previous_owner_died() const noexcept { return l_->previous_owner_died(); }
@@ -109,7 +118,7 @@ class Guard {
 class Lock {
  public:
   //!Effects: creates an anonymous lock (inherited by forked children). Throws: OSError.
-  Lock() : h_(Handle::create(Kind::lock, {}, construct, {})) {}
+  Lock() : h_(Handle::create_anonymous(Kind::lock, construct)) {}
   //!Effects: creates the named lock `name`. Throws: ExistsError, InvalidArgument, OSError.
   static Lock create(std::string_view name, const detail::SegmentOptions& opts = {}) {
     return Lock(Handle::create(Kind::lock, name, construct, opts));
@@ -195,7 +204,7 @@ class Lock {
 class RLock {
  public:
   //!Effects: creates an anonymous re-entrant lock (inherited by forked children).
-  RLock() : h_(Handle::create(Kind::rlock, {}, construct, {})) {}
+  RLock() : h_(Handle::create_anonymous(Kind::rlock, construct)) {}
   //!Effects: creates the named re-entrant lock `name`. Throws: ExistsError, ...
   static RLock create(std::string_view name, const detail::SegmentOptions& opts = {}) {
     return RLock(Handle::create(Kind::rlock, name, construct, opts));
@@ -344,7 +353,7 @@ class Semaphore : public detail::SemaphoreBase {
  public:
   //!Effects: an anonymous semaphore holding `value` units. Throws: InvalidArgument, OSError.
   explicit Semaphore(std::uint32_t value = 1)
-      : SemaphoreBase(Handle::create(Kind::semaphore, {}, maker(value, false), {})) {}
+      : SemaphoreBase(Handle::create_anonymous(Kind::semaphore, maker(value, false))) {}
   //!Effects: creates the named semaphore `name`. Throws: ExistsError, InvalidArgument, OSError.
   static Semaphore create(std::string_view name, std::uint32_t value = 1,
                           const detail::SegmentOptions& opts = {}) {
@@ -378,7 +387,7 @@ class BoundedSemaphore : public detail::SemaphoreBase {
  public:
   //!Effects: an anonymous bounded semaphore holding (and bounded by) `value` >= 1 units.
   explicit BoundedSemaphore(std::uint32_t value = 1)
-      : SemaphoreBase(Handle::create(Kind::bounded_semaphore, {}, maker(value, true), {})) {}
+      : SemaphoreBase(Handle::create_anonymous(Kind::bounded_semaphore, maker(value, true))) {}
   //!Effects: creates the named bounded semaphore `name`. Throws: ExistsError, InvalidArgument.
   static BoundedSemaphore create(std::string_view name, std::uint32_t value = 1,
                                  const detail::SegmentOptions& opts = {}) {
@@ -403,7 +412,7 @@ class BoundedSemaphore : public detail::SemaphoreBase {
 class Event {
  public:
   //!Effects: an anonymous, clear event (inherited by forked children).
-  Event() : h_(Handle::create(Kind::event, {}, construct, {})) {}
+  Event() : h_(Handle::create_anonymous(Kind::event, construct)) {}
   //!Effects: creates the named event `name` (clear). Throws: ExistsError, InvalidArgument, ...
   static Event create(std::string_view name, const detail::SegmentOptions& opts = {}) {
     return Event(Handle::create(Kind::event, name, construct, opts));
@@ -466,13 +475,13 @@ static_assert(std::is_standard_layout_v<ConditionBlock>);
 class Condition {
  public:
   //!Effects: an anonymous condition with its own RLock (Python's default).
-  Condition() : Condition(Handle::create(Kind::condition, {}, construct, {})) {}
+  Condition() : Condition(Handle::create_anonymous(Kind::condition, construct)) {}
   //!Effects: an anonymous condition over `lock` (a Lock or an RLock, anonymous, named or view).
   explicit Condition(Lock lock)
-      : h_(Handle::create(Kind::condition, {}, construct, {})), lock_(std::move(lock)) {}
+      : h_(Handle::create_anonymous(Kind::condition, construct)), lock_(std::move(lock)) {}
   /// An anonymous condition over `lock`.
   explicit Condition(RLock lock)
-      : h_(Handle::create(Kind::condition, {}, construct, {})), lock_(std::move(lock)) {}
+      : h_(Handle::create_anonymous(Kind::condition, construct)), lock_(std::move(lock)) {}
   //!Effects: creates the named condition `name` with its own RLock, which every opener shares.
   static Condition create(std::string_view name, const detail::SegmentOptions& opts = {}) {
     return Condition(Handle::create(Kind::condition, name, construct, opts));
@@ -630,7 +639,7 @@ class Barrier {
   //!Effects: an anonymous barrier for `parties` (1..256) parties; `timeout` is the default for
   //! wait(). Throws: InvalidArgument for a bad count, OSError.
   explicit Barrier(std::uint32_t parties, Action action = {}, Timeout timeout = {})
-      : h_(Handle::create(Kind::barrier, {}, maker(parties), {})),
+      : h_(Handle::create_anonymous(Kind::barrier, maker(parties))),
         action_(std::move(action)),
         timeout_(timeout) {}
   //!Effects: creates the named barrier `name`. Throws: ExistsError, InvalidArgument, OSError.

@@ -416,7 +416,7 @@ struct BarrierState {
   template <class Action>
   std::uint32_t wait(const Deadline& deadline, Action&& action, std::string_view name) {
     const std::uint32_t n = checked_parties(name);
-    lock.acquire(Deadline::never());
+    lock_internal();
     if (broken.load(std::memory_order_relaxed) != 0) {
       lock.release();
       fail<BrokenBarrierError>("barrier '{}' is broken; reset() it before waiting again", name);
@@ -472,7 +472,7 @@ struct BarrierState {
 
   /// Breaks the barrier: current and future waiters get BrokenBarrierError until reset().
   void abort() {
-    lock.acquire(Deadline::never());
+    lock_internal();
     break_locked();
     lock.release();
     wp.notify_all();
@@ -511,8 +511,12 @@ struct BarrierState {
     generation.store(g, std::memory_order_release);
   }
   void break_locked() noexcept { broken.store(1, std::memory_order_release); }
+  // A party that died inside the barrier's own critical section leaves it broken.
+  void lock_internal() {
+    if (lock.acquire(Deadline::never()) == LockResult::owner_died) break_locked();
+  }
   void break_generation(std::uint32_t gen) {
-    lock.acquire(Deadline::never());
+    lock_internal();
     if (generation.load(std::memory_order_relaxed) == gen) break_locked();
     lock.release();
     wp.notify_all();
