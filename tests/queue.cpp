@@ -299,6 +299,18 @@ TEST_CASE("Queue: named queue opened by an unrelated process", "[queue]") {
   CHECK(again.maxsize() == 8);
 }
 
+TEST_CASE("Queue: a queue handle crosses processes as its name", "[queue]") {
+  mpp::Queue<int> q(4);
+  mpp::Queue<mpp::Queue<int>> handles(2);
+  handles.put(q);
+  auto again = handles.get();
+  CHECK(again.name() == q.name());
+  again.put(5);
+  CHECK(q.get() == 5);
+  const auto bytes = mpp::encode(mpp::JoinableQueue<int>::create(unique_name("j"), 1));
+  CHECK_THROWS_AS(mpp::decode<mpp::JoinableQueue<int>>(bytes), mpp::NotFoundError);  // gone
+}
+
 TEST_CASE("queue child: opens queues by name", "[.queue_child]") {
   const char* env = std::getenv("MPP_QUEUE_CHILD");
   if (env == nullptr) return;

@@ -8,5 +8,7 @@
 #include "sync.hpp"
 #include "value.hpp"
 #include "array.hpp"
+#include "pipe.hpp"
+#include "queue.hpp"
 #include "manager.hpp"
 #include "process.hpp"

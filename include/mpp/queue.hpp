@@ -509,4 +509,27 @@ class JoinableQueue : public detail::mpmc::BasicQueue<T, Kind::joinable_queue> {
   }
 };
 
+namespace detail::mpmc {
+/// How a queue handle crosses processes: as its name (as Python pickles it); the receiver opens it.
+template <class Q>
+struct QueueCodec {
+  /// Name of the encoding (part of the type fingerprint).
+  static constexpr std::string_view kind = "handle";
+  /// Appends the queue's name.
+  static void encode(const Q& q, Bytes& out) { codec<std::string>::encode(q.name(), out); }
+  //!Returns: the queue opened by name. Throws: CorruptedError, NotFoundError, TypeMismatchError.
+  static Q decode(std::span<const std::byte> in) { return Q::open(codec<std::string>::decode(in)); }
+};
+}  // namespace detail::mpmc
+
+/// A Queue<T> crosses processes as its name.
+template <class T>
+struct codec<Queue<T>> : detail::mpmc::QueueCodec<Queue<T>> {};
+/// A SimpleQueue<T> crosses processes as its name.
+template <class T>
+struct codec<SimpleQueue<T>> : detail::mpmc::QueueCodec<SimpleQueue<T>> {};
+/// A JoinableQueue<T> crosses processes as its name.
+template <class T>
+struct codec<JoinableQueue<T>> : detail::mpmc::QueueCodec<JoinableQueue<T>> {};
+
 }  // namespace mpp
