@@ -124,6 +124,8 @@ class PipeEnd final : public ForkHook {
     writable_ = end_ == 1 || duplex_;
     if (readable_) in_ = view(end_);
     if (writable_) out_ = view(1 - end_);
+    send_ok_ = writable_;
+    recv_ok_ = readable_;
     register_fork_hook(this);
   }
   PipeEnd(const PipeEnd&) = delete;
@@ -141,7 +143,7 @@ class PipeEnd final : public ForkHook {
   template <std::size_t N>
   void send_raw(const void* p) {
     constexpr std::uint64_t need = ring::frame_size(N);
-    if (closed_ || !writable_ || need - ring::kHeader > out_.max_frame) [[unlikely]] {
+    if (!send_ok_ || need - ring::kHeader > out_.max_frame) [[unlikely]] {
       write_message(ring::kKindValue, {}, {static_cast<const std::byte*>(p), N});
       return;
     }
@@ -209,7 +211,7 @@ class PipeEnd final : public ForkHook {
   //! is a complete N-byte value, copies it to `out` and consumes it. Returns: false otherwise.
   template <std::size_t N>
   bool try_recv_raw(void* out) noexcept {
-    if (closed_ || !readable_ || have_msg_ || assembling_) return false;
+    if (!recv_ok_ || have_msg_ || assembling_) return false;
     ring::Control* c = in_.ctl;
     const std::uint64_t r = c->read_idx.load(std::memory_order_relaxed);
     constexpr std::uint64_t need = ring::frame_size(N);
@@ -356,6 +358,7 @@ class PipeEnd final : public ForkHook {
   void close() noexcept {
     if (closed_) return;
     closed_ = true;
+    send_ok_ = recv_ok_ = false;
     unregister_fork_hook(this);
     auto& es = h_->ends[end_];
     // Slots reserved for children at fork(): wait (bounded) until they took them over, and
@@ -652,6 +655,7 @@ class PipeEnd final : public ForkHook {
   unsigned end_;
   std::uint64_t cap_ = 0;
   bool duplex_ = true, readable_ = false, writable_ = false, closed_ = false;
+  bool send_ok_ = false, recv_ok_ = false;  // writable_/readable_ and not closed_
   ring::View in_, out_;     // the ring this end reads, the ring it writes
   std::uint64_t wcache_ = 0;  // last write index seen on in_
   std::uint64_t rcache_ = 0;  // last read index seen on out_
@@ -750,19 +754,12 @@ class Connection {
   Elem recv(Timeout timeout = std::nullopt)
     requires(!kUntyped)
   {
-    auto& e = end();
     if constexpr (detail::RawEncodable<Elem> && sizeof(Elem) <= 4096) {
       alignas(Elem) std::byte buf[sizeof(Elem)];
-      if (e.template try_recv_raw<sizeof(Elem)>(buf)) return codec<Elem>::decode({buf, sizeof(Elem)});
+      if (e_ && e_->template try_recv_raw<sizeof(Elem)>(buf))
+        return codec<Elem>::decode({buf, sizeof(Elem)});
     }
-    auto m = e.peek(detail::Deadline::from(timeout));
-    if (!m) timed_out(timeout);
-    if (m->kind != detail::ring::kKindValue)
-      detail::fail<TypeMismatchError>(
-          "recv on pipe '{}': the next message was sent with send_bytes, not as a '{}'; receive "
-          "it with recv_bytes (the message is kept)",
-          e.name(), type_info<Elem>().name);
-    return decode_and_consume<Elem>(e, m->bytes);
+    return recv_slow(timeout);
   }
 
   //!Returns: the next value, which must be a U (Connection<> only); waits at most `timeout`.
@@ -799,6 +796,23 @@ class Connection {
     return decode_and_consume<U>(e, bytes.subspan(12 + std::size_t{n}));
   }
 
+ private:
+  // Everything but the fast path of recv(): kept out of line so that recv() inlines.
+  [[gnu::noinline]] Elem recv_slow(Timeout timeout)
+    requires(!kUntyped)
+  {
+    auto& e = end();
+    auto m = e.peek(detail::Deadline::from(timeout));
+    if (!m) timed_out(timeout);
+    if (m->kind != detail::ring::kKindValue)
+      detail::fail<TypeMismatchError>(
+          "recv on pipe '{}': the next message was sent with send_bytes, not as a '{}'; receive "
+          "it with recv_bytes (the message is kept)",
+          e.name(), type_info<Elem>().name);
+    return decode_and_consume<Elem>(e, m->bytes);
+  }
+
+ public:
   //!Returns: whether there is something to receive (or the other end is gone, so recv would not
   //! block), waiting at most `timeout` (Python's poll(timeout); default 0: do not wait;
   //! std::nullopt: wait forever). Throws: ValueError (closed or send-only end).
