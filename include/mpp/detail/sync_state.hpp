@@ -14,6 +14,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string_view>
 #include <type_traits>
 
@@ -431,6 +432,16 @@ struct BarrierState {
     waiting[index].store(ProcessRef::self().pack(), std::memory_order_relaxed);
     count.store(index + 1, std::memory_order_release);
     if (index + 1 == n) {
+      // A party that arrived and then died would pass this trip and leave the survivors waiting
+      // for it at the next one: break the barrier now instead, so they are told.
+      if (const auto dead = dead_party(index)) {
+        break_locked();
+        lock.release();
+        wp.notify_all();
+        fail<BrokenBarrierError>("barrier '{}': party pid {} died after arriving; the barrier is "
+                                 "now broken",
+                                 name, *dead);
+      }
       try {
         action();
       } catch (...) {
@@ -521,15 +532,21 @@ struct BarrierState {
     lock.release();
     wp.notify_all();
   }
-  void break_if_party_died(std::uint32_t gen) {
-    const std::uint32_t c = std::min(count.load(std::memory_order_acquire), kMaxBarrierParties);
+  //!Returns: the pid of a dead party among the first `c` arrivals, if any (this process's
+  //! threads are skipped without a system call).
+  std::optional<std::int64_t> dead_party(std::uint32_t c) const noexcept {
+    c = std::min(c, kMaxBarrierParties);
     const std::uint64_t me = ProcessRef::self().pack();
     for (std::uint32_t i = 0; i < c; ++i) {
       const std::uint64_t w = waiting[i].load(std::memory_order_relaxed);
-      if (w == 0 || w == me || ProcessRef::unpack(w).alive()) continue;
-      break_generation(gen);
-      return;
+      if (w == 0 || w == me) continue;
+      const ProcessRef p = ProcessRef::unpack(w);
+      if (!p.alive()) return p.pid;
     }
+    return std::nullopt;
+  }
+  void break_if_party_died(std::uint32_t gen) {
+    if (dead_party(count.load(std::memory_order_acquire))) break_generation(gen);
   }
 };
 static_assert(std::is_standard_layout_v<BarrierState>);
