@@ -498,3 +498,35 @@ TEST_CASE("manager: synchronisation objects and handles cross processes by name"
   CHECK(q.get() == "hi");
   CHECK(e.is_set());
 }
+
+TEST_CASE("corrupted shared memory is a CorruptedError, never a wild access", "[manager]") {
+  const auto name = unique_name("mgr");
+  auto m = mpp::Manager::create(name, small());
+  auto d = m.dict<std::string, int>("d");
+  auto l = m.list<int>("l");
+  d.set("a", 1);
+  l.append(1);
+  // A hostile or buggy peer scribbles over the roots of both containers.
+  auto seg = mpp::detail::Segment::open(name, mpp::Kind::manager, mpp::TypeInfo::none());
+  mpp::detail::shm::Arena arena(seg.payload(), seg.payload_size(), seg.name());
+  auto* h = arena.header();
+  REQUIRE(h->dir_count == 2);
+  auto* dr = arena.obj<mpp::detail::shm::DictRoot>(h->dir[0].root);
+  auto* lr = arena.obj<mpp::detail::shm::ListRoot>(h->dir[1].root);
+  const auto saved_d = dr->index_off;
+  const auto saved_l = lr->arr_off;
+  dr->index_off = ~std::uint64_t{0} - 64;
+  lr->arr_off = seg.payload_size() - 8;
+  CHECK_THROWS_AS(d.get("a"), mpp::CorruptedError);
+  CHECK_THROWS_AS(d.set("b", 2), mpp::CorruptedError);
+  CHECK_THROWS_AS(l.get(0), mpp::CorruptedError);
+  CHECK_THROWS_AS(l.append(2), mpp::CorruptedError);
+  dr->index_off = saved_d;
+  lr->arr_off = saved_l;
+  lr->size = 1u << 30;  // more items than the array holds
+  CHECK_THROWS_AS(l.to_vector(), mpp::CorruptedError);
+  CHECK_THROWS_AS(l.pop(), mpp::CorruptedError);
+  lr->size = 1;
+  CHECK(d.at("a") == 1);  // repaired by hand: everything works again
+  CHECK(l.to_vector() == std::vector<int>{1});
+}

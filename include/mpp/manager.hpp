@@ -102,6 +102,13 @@ inline Bytes& scratch(int i) {
 
 template <class T>
 ByteSpan encode_into(const T& v, Bytes& out) {
+  if constexpr (RawEncodable<T> && requires { codec<T>::kind; }) {
+    if constexpr (codec<T>::kind == std::string_view("raw")) {  // the bytes of v, no insert()
+      out.resize(sizeof(T));
+      std::memcpy(out.data(), std::addressof(v), sizeof(T));
+      return {out.data(), out.size()};
+    }
+  }
   out.clear();
   codec<T>::encode(v, out);
   return {out.data(), out.size()};

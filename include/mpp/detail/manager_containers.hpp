@@ -238,8 +238,9 @@ class DictCore {
   //! caller frees after the commit, in later transactions (so the log stays small).
   std::vector<std::uint64_t> clear(Tx& tx) {
     DictRoot* r = root();
+    if (r->used > r->ecap) torn(*a_, "dict table");
     std::vector<std::uint64_t> blocks;
-    blocks.reserve(r->count);
+    blocks.reserve(std::min(r->count, r->used));
     const DictEntry* ent = entries();
     for (std::uint64_t e = 0; e < r->used; ++e)
       if (ent[e].kv != 0) blocks.push_back(ent[e].kv);
@@ -269,13 +270,14 @@ class DictCore {
   }
 
   void grow(Tx& tx, DictRoot* r) {
+    if (r->used > r->ecap) torn(*a_, "dict table");
     std::vector<DictEntry> live;
-    live.reserve(r->count);
+    live.reserve(std::min(r->count, r->used));
     const DictEntry* ent = entries();
     for (std::uint64_t e = 0; e < r->used; ++e)
       if (ent[e].kv != 0) live.push_back(ent[e]);
-    // At least 1.5x headroom (3x at most after rounding the index to a power of two).
-    build(tx, r, std::max<std::uint64_t>(8, (live.size() + 1) * 3 / 2), live, true);
+    // Doubling: the tables of all generations add up to about twice the final ones.
+    build(tx, r, std::max<std::uint64_t>(8, (live.size() + 1) * 2), live, true);
     MPP_CRASH_POINT("manager.dict.grow.after_build");
   }
 
@@ -285,7 +287,8 @@ class DictCore {
              bool free_old) {
     std::uint64_t icap = 8;
     while (icap / 3 * 2 < usable) icap *= 2;
-    const std::uint64_t ecap = icap / 3 * 2;
+    // Entries only as many as asked for (the index's power-of-two rounding need not apply).
+    const std::uint64_t ecap = std::max<std::uint64_t>(usable, live.size());
     const std::uint64_t io = tx.alloc(icap * 8), eo = tx.alloc(ecap * sizeof(DictEntry));
     auto* idx = a_->array<std::uint64_t>(io, icap);
     auto* ent = a_->array<DictEntry>(eo, ecap);

@@ -41,7 +41,7 @@
 namespace mpp::detail::shm {
 
 inline constexpr std::uint64_t kArenaMagic = 0x3161'6e65'7261'706dull;  // "mparena1"
-inline constexpr std::uint32_t kArenaVersion = 1;
+inline constexpr std::uint32_t kArenaVersion = 2;
 inline constexpr unsigned kClasses = 44;          ///< block sizes 16 B << 0 .. 16 B << 43
 inline constexpr std::uint64_t kMinBlock = 16;
 inline constexpr std::uint64_t kBlockHeader = 8;  ///< {u32 class, u32 user length}
@@ -100,9 +100,25 @@ inline T racy_load(const T* p) noexcept {
   return __atomic_load_n(p, __ATOMIC_RELAXED);
 }
 
-/// A fast 64-bit hash of a byte string (keys are compared by their encoded bytes).
+inline std::uint64_t fmix64(std::uint64_t h) noexcept {
+  h ^= h >> 33;
+  h *= 0xff51afd7ed558ccdull;
+  h ^= h >> 33;
+  h *= 0xc4ceb9fe1a85ec53ull;
+  h ^= h >> 33;
+  return h;
+}
+
+/// A fast 64-bit hash of a byte string (keys are compared by their encoded bytes). Keys of at
+/// most 8 bytes (integers, enums, small PODs) keep their 3 lowest bits: 8 consecutive integers
+/// land in one cache line of the index (linear probing), the rest of the bits are mixed.
 inline std::uint64_t hash_bytes(const std::byte* p, std::size_t n) noexcept {
   constexpr std::uint64_t k1 = 0x9E3779B97F4A7C15ull, k2 = 0xC2B2AE3D27D4EB4Full;
+  if (n <= 8) {
+    std::uint64_t w = 0;
+    std::memcpy(&w, p, n);
+    return (fmix64((w >> 3) * k1 ^ (n * k2)) & ~std::uint64_t{7}) | (w & 7);
+  }
   std::uint64_t h = k1 ^ (n * k2);
   std::size_t i = 0;
   for (; i + 8 <= n; i += 8) {
@@ -116,12 +132,7 @@ inline std::uint64_t hash_bytes(const std::byte* p, std::size_t n) noexcept {
     std::memcpy(&w, p + i, n - i);
     h = (h ^ (w * k2)) * k1;
   }
-  h ^= h >> 33;
-  h *= 0xff51afd7ed558ccdull;
-  h ^= h >> 33;
-  h *= 0xc4ceb9fe1a85ec53ull;
-  h ^= h >> 33;
-  return h;
+  return fmix64(h);
 }
 
 /// A view of an arena mapped in this process: bounds-checked access by offset.
@@ -499,8 +510,9 @@ inline constexpr int kOptimisticAttempts = 4;
 inline constexpr int kSeqSpin = 4000;
 
 //!Effects: runs `f()` (which only reads) without the lock, validated by the sequence word `seq`;
-//! after kOptimisticAttempts failures runs it under the lock. CorruptedError thrown by `f` while
-//! a writer was active is a torn read and is retried; with a stable sequence it is real.
+//! after kOptimisticAttempts failures runs it under the lock. An exception thrown by `f` while a
+//! writer was active (CorruptedError from a torn read) is retried; with a stable sequence it is
+//! real and propagates.
 template <class F>
 auto seq_read(Arena& a, const std::atomic<std::uint64_t>& seq, const Deadline& deadline,
               std::string_view what, F&& f) -> decltype(f()) {
@@ -515,7 +527,7 @@ auto seq_read(Arena& a, const std::atomic<std::uint64_t>& seq, const Deadline& d
       auto r = f();
       std::atomic_thread_fence(std::memory_order_acquire);
       if (seq.load(std::memory_order_relaxed) == s1) return r;
-    } catch (const CorruptedError&) {
+    } catch (...) {  // CorruptedError, or whatever a user codec throws on torn bytes
       std::atomic_thread_fence(std::memory_order_acquire);
       if (seq.load(std::memory_order_relaxed) == s1) throw;
     }
