@@ -735,4 +735,12 @@ inline std::string current_exception_type_name() {
 }
 // ==== end processes ============================================================================
 
+// ==== pool workers (owner: Pool) ==============================================================
+/// Restores the default action of the termination signals (SIGTERM, SIGINT, SIGHUP) in a forked
+/// worker, so handlers inherited from the parent (a test framework's, say) do not run there.
+inline void default_termination_signals() noexcept {
+  for (int sig : {SIGTERM, SIGINT, SIGHUP}) ::signal(sig, SIG_DFL);
+}
+// ==== end pool workers ========================================================================
+
 }  // namespace mpp::detail::os

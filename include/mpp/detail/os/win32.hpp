@@ -381,4 +381,7 @@ inline std::uint64_t random_u64() {
   return v;
 }
 
+/// Nothing to restore on Windows (no inherited signal handlers); mirrors the POSIX backend.
+inline void default_termination_signals() noexcept {}
+
 }  // namespace mpp::detail::os

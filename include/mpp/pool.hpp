@@ -1,0 +1,1093 @@
+// mpp — Pool: a pool of worker processes fed through mpp queues (Python's multiprocessing.Pool),
+// that never hangs on a lost worker (cpython#96062): a worker that dies is replaced and the task it
+// was running fails with WorkerLostError (or is retried); a task over its timeout kills its worker
+// and fails with TimeoutError; everything else carries on.
+//
+// How it works: each worker has its own small task queue and all share one result queue. A
+// supervisor thread in the parent assigns at most kWindow chunks to each worker, so it always knows
+// which tasks a worker holds; a worker records the task it is running in a shared status array.
+// When a worker dies, the task it was running fails (or is retried) and the tasks it had not
+// started go back to the pending list; its replacement gets a fresh queue, so nothing is run twice.
+// Callables and arguments cross as data: the callable's bytes (a trivially copyable functor, a
+// function pointer — meaningful because workers are forked from this program) and the encoded
+// arguments; the worker finds the code to run by the index of a registered invoker.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <iterator>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "array.hpp"
+#include "codec.hpp"
+#include "errors.hpp"
+#include "process.hpp"
+#include "queue.hpp"
+
+namespace mpp {
+
+/// Options of a Pool beyond Python's positional arguments.
+struct PoolOptions {
+  int processes = 0;                  ///< number of workers; <= 0: cpu_count()
+  unsigned maxtasksperchild = 0;      ///< a worker is replaced after this many tasks (0: never)
+  Timeout task_timeout{};             ///< per task (chunk): the worker is killed, the task fails
+  unsigned retries = 0;               ///< re-runs of a task whose worker died before failing it
+};
+
+/// Packs the arguments of apply_async(f, mpp::args(a, b), callback, error_callback).
+template <class... A>
+struct Args {
+  std::tuple<A...> values;  ///< the arguments, by value
+};
+/// Makes an Args pack (Python's `args=(a, b)`).
+template <class... A>
+Args<std::decay_t<A>...> args(A&&... a) {
+  return {std::tuple<std::decay_t<A>...>(std::forward<A>(a)...)};
+}
+
+namespace detail::pool {
+
+/// Callables a worker can run: their bytes are all that crosses (workers are forked from this
+/// program, so a function pointer means the same code there).
+template <class F>
+concept Callable = std::is_trivially_copyable_v<F> || (Encodable<F> && !std::is_pointer_v<F>);
+
+template <class F>
+std::string callable_bytes(const F& f) {
+  if constexpr (std::is_trivially_copyable_v<F>) {
+    return std::string(reinterpret_cast<const char*>(std::addressof(f)), sizeof(F));
+  } else {
+    const Bytes b = encode(f);
+    return std::string(reinterpret_cast<const char*>(b.data()), b.size());
+  }
+}
+
+/// Rebuilds the callable from its bytes; `fn` receives it (functors need not be default
+/// constructible).
+template <class F, class Fn>
+decltype(auto) with_callable(std::string_view bytes, Fn&& fn) {
+  if constexpr (std::is_trivially_copyable_v<F>) {
+    if (bytes.size() != sizeof(F))
+      fail<CorruptedError>("pool task: callable of {} bytes, expected {}", bytes.size(), sizeof(F));
+    alignas(F) unsigned char storage[sizeof(F)];
+    std::memcpy(storage, bytes.data(), sizeof(F));
+    return fn(*std::launder(reinterpret_cast<F*>(storage)));
+  } else {
+    F f = decode<F>(std::as_bytes(std::span(bytes.data(), bytes.size())));
+    return fn(f);
+  }
+}
+
+inline std::span<const std::byte> as_span(std::string_view s) {
+  return std::as_bytes(std::span(s.data(), s.size()));
+}
+template <class T>
+std::string to_wire(const T& v) {
+  const Bytes b = encode(v);
+  return std::string(reinterpret_cast<const char*>(b.data()), b.size());
+}
+template <class T>
+T from_wire(std::string_view s) {
+  return decode<T>(as_span(s));
+}
+
+/// Runs a task in a worker: (callable bytes, argument bytes) -> result bytes.
+using InvokeFn = std::string (*)(std::string_view fn, std::string_view args);
+
+/// The invokers of this program, in registration order (identical in forked workers).
+struct InvokerTable {
+  std::vector<InvokeFn> fns;
+  std::uint32_t add(InvokeFn f) {
+    fns.push_back(f);
+    return static_cast<std::uint32_t>(fns.size() - 1);
+  }
+};
+inline InvokerTable& invokers() {
+  static InvokerTable t;
+  return t;
+}
+
+/// One invoker per (shape, callable, argument) combination, registered at static initialisation.
+template <InvokeFn Fn>
+struct Registered {
+  static inline const std::uint32_t id = invokers().add(Fn);
+};
+
+template <class F, class A>
+using map_result_t = std::invoke_result_t<const F&, const A&>;
+
+// map / imap: f applied to each element of a chunk.
+template <class F, class A>
+std::string run_map_chunk(std::string_view fn, std::string_view args) {
+  return with_callable<F>(fn, [&](F& f) {
+    const auto items = from_wire<std::vector<A>>(args);
+    std::vector<map_result_t<F, A>> out;
+    out.reserve(items.size());
+    for (const auto& a : items) out.push_back(std::invoke(f, a));
+    return to_wire(out);
+  });
+}
+
+// starmap: f applied to each tuple of a chunk, unpacked.
+template <class F, class Tuple>
+std::string run_star_chunk(std::string_view fn, std::string_view args) {
+  return with_callable<F>(fn, [&](F& f) {
+    const auto items = from_wire<std::vector<Tuple>>(args);
+    using R = decltype(std::apply(f, items.front()));
+    std::vector<R> out;
+    out.reserve(items.size());
+    for (const auto& t : items) out.push_back(std::apply(f, t));
+    return to_wire(out);
+  });
+}
+
+// apply: f(args...) once; initializer: the same, returning nothing.
+template <class F, class Tuple>
+std::string run_apply(std::string_view fn, std::string_view args) {
+  return with_callable<F>(fn, [&](F& f) {
+    auto t = from_wire<Tuple>(args);
+    using R = decltype(std::apply(f, t));
+    if constexpr (std::is_void_v<R>) {
+      std::apply(f, t);
+      return std::string();
+    } else {
+      return to_wire(std::apply(f, t));
+    }
+  });
+}
+
+/// Wire format of a task: header + callable bytes + argument bytes.
+struct TaskHeader {
+  std::uint64_t seq;      ///< supervisor's task number (0: "stop")
+  std::uint32_t invoker;  ///< index into invokers()
+  std::uint32_t fn_size;  ///< bytes of the callable that follow the header
+};
+/// Wire format of a result: header + payload (result bytes, or an encoded (type, message)).
+struct ResultHeader {
+  std::uint64_t seq;
+  std::uint32_t ok;  ///< 1: payload is the result; 0: payload is an encoded error
+  std::uint32_t worker;
+};
+
+inline constexpr std::size_t kMaxMessage = std::size_t{64} << 20;  // per task or result (encoded)
+inline constexpr unsigned kWindow = 2;  // chunks assigned to a worker at once (one runs, one waits)
+
+inline std::string task_message(const TaskHeader& h, std::string_view fn, std::string_view args) {
+  std::string m(sizeof h, '\0');
+  std::memcpy(m.data(), &h, sizeof h);
+  m.append(fn);
+  m.append(args);
+  return m;
+}
+
+/// What a worker needs; travels to the worker as its Process arguments.
+struct WorkerConfig {
+  std::string tasks;      ///< name of this worker's task queue
+  std::string results;    ///< name of the shared result queue
+  std::string status;     ///< name of the status array: [2i] = running task seq, [2i+1] = start ns
+  std::uint32_t index = 0;
+  std::uint32_t maxtasks = 0;
+  std::int32_t init_invoker = -1;  ///< initializer (or -1)
+  std::string init_fn, init_args;
+  std::int32_t parent_pid = 0;
+  std::uint32_t parent_tag = 0;
+};
+
+inline std::int64_t now_ns() noexcept {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+inline std::string error_payload(const std::string& type, const std::string& message) {
+  return to_wire(std::pair<std::string, std::string>(type, message));
+}
+
+/// The body of a worker process.
+inline void worker_main(const WorkerConfig& c) {
+  using namespace std::chrono_literals;
+  os::default_termination_signals();  // terminate() must end a worker, whatever the parent caught
+  auto tasks = Queue<std::string>::open(c.tasks);
+  auto results = Queue<std::string>::open(c.results);
+  auto status = RawArray<std::uint64_t>::open(c.status);
+  const ProcessRef parent{c.parent_pid, c.parent_tag};
+  if (2 * c.index + 1 >= status.size())
+    fail<CorruptedError>("pool worker {}: status array too small", c.index);
+  std::atomic_ref<std::uint64_t> running(status[2 * c.index]);
+  std::atomic_ref<std::uint64_t> started(status[2 * c.index + 1]);
+  auto& table = invokers().fns;
+  if (c.init_invoker >= 0) {
+    if (static_cast<std::size_t>(c.init_invoker) >= table.size())
+      fail<CorruptedError>("pool initializer: unknown invoker {}", c.init_invoker);
+    table[static_cast<std::size_t>(c.init_invoker)](c.init_fn, c.init_args);
+  }
+  for (std::uint32_t done = 0; c.maxtasks == 0 || done < c.maxtasks;) {
+    std::optional<std::string> m;
+    try {
+      m = tasks.get(true, 0.1s);
+    } catch (const queue::Empty&) {
+      if (!parent.alive()) return;  // orphaned: nobody will read our results
+      continue;
+    }
+    if (m->size() < sizeof(TaskHeader))
+      fail<CorruptedError>("pool task of {} bytes is shorter than its header", m->size());
+    TaskHeader h;
+    std::memcpy(&h, m->data(), sizeof h);
+    if (h.seq == 0) return;  // stop
+    if (h.invoker >= table.size() || h.fn_size > m->size() - sizeof h)
+      fail<CorruptedError>("pool task {} is malformed", h.seq);
+    const std::string_view body(m->data() + sizeof h, m->size() - sizeof h);
+    started.store(static_cast<std::uint64_t>(now_ns()), std::memory_order_relaxed);
+    running.store(h.seq, std::memory_order_release);
+    ResultHeader r{h.seq, 1, c.index};
+    std::string payload;
+    try {
+      payload = table[h.invoker](body.substr(0, h.fn_size), body.substr(h.fn_size));
+      if (payload.size() + sizeof r > kMaxMessage)
+        payload = error_payload("mpp::ValueError",
+                                fmt::format("the result is {} bytes encoded; the limit is {} "
+                                            "(use a smaller chunksize)",
+                                            payload.size(), kMaxMessage)),
+        r.ok = 0;
+    } catch (const ExitRequest&) {
+      throw;
+    } catch (const std::exception& e) {
+      r.ok = 0;
+      payload = error_payload(os::current_exception_type_name(), e.what());
+    } catch (...) {
+      r.ok = 0;
+      payload = error_payload(os::current_exception_type_name(), "unknown exception");
+    }
+    std::string out(sizeof r, '\0');
+    std::memcpy(out.data(), &r, sizeof r);
+    out.append(payload);
+    results.put(out);
+    running.store(0, std::memory_order_release);
+    ++done;
+  }
+}
+
+/// Rethrows a worker's exception: std:: types as themselves, others as RemoteError.
+[[noreturn]] inline void throw_remote(const std::string& type, const std::string& message) {
+  if (type == "std::runtime_error") throw std::runtime_error(message);
+  if (type == "std::logic_error") throw std::logic_error(message);
+  if (type == "std::invalid_argument") throw std::invalid_argument(message);
+  if (type == "std::out_of_range") throw std::out_of_range(message);
+  if (type == "std::domain_error") throw std::domain_error(message);
+  if (type == "std::length_error") throw std::length_error(message);
+  if (type == "std::range_error") throw std::range_error(message);
+  if (type == "std::overflow_error") throw std::overflow_error(message);
+  if (type == "std::underflow_error") throw std::underflow_error(message);
+  throw RemoteError(type, message);
+}
+
+/// A submitted unit of work (map chunk, apply call) seen by the supervisor.
+struct Job {
+  virtual ~Job() = default;
+  /// Delivers chunk `index`'s result bytes. Runs in the supervisor thread.
+  virtual void deliver(std::size_t index, std::string_view payload) = 0;
+  /// Fails chunk `index`. Runs in the supervisor thread.
+  virtual void fail_chunk(std::size_t index, std::exception_ptr e) = 0;
+};
+
+/// Shared state of an AsyncResult.
+template <class R>
+struct ResultState {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  bool finishing = false;
+  std::optional<R> value;
+  std::exception_ptr error;
+  std::function<void(const R&)> callback;
+  std::function<void(std::exception_ptr)> error_callback;
+
+  void finish(std::optional<R> v, std::exception_ptr e) {
+    {
+      std::lock_guard g(mu);
+      if (done || finishing) return;
+      finishing = true;
+    }
+    // Callbacks run in the supervisor thread before the result is ready, as in Python (where they
+    // run in the result-handler thread before get() returns).
+    try {
+      if (e) {
+        if (error_callback) error_callback(e);
+      } else if (callback) {
+        callback(*v);
+      }
+    } catch (...) {  // a throwing callback must not kill the supervisor
+    }
+    {
+      std::lock_guard g(mu);
+      value = std::move(v);
+      error = e;
+      done = true;
+    }
+    cv.notify_all();
+  }
+};
+
+struct Unit {};  ///< the result type of apply() of a void function
+
+template <class T>
+inline constexpr bool is_args_v = false;
+template <class... A>
+inline constexpr bool is_args_v<Args<A...>> = true;
+/// True when the first of `A...` is an mpp::Args pack (apply_async with callbacks).
+template <class... A>
+inline constexpr bool first_is_args_v = sizeof...(A) != 0 && is_args_v<std::decay_t<std::tuple_element_t<0, std::tuple<A..., void>>>>;
+
+}  // namespace detail::pool
+
+/// Result of an asynchronous pool call (Python's AsyncResult).
+template <class R>
+class AsyncResult {
+ public:
+  //!Returns: the result, waiting for it. Throws: the task's exception (RemoteError,
+  //! WorkerLostError, TimeoutError for a task over its timeout, or a std:: exception).
+  R get() { return get(std::nullopt); }
+  //!Returns: the result, waiting at most `timeout` seconds. Throws: TimeoutError if not ready.
+  R get(Timeout timeout) {
+    if (!wait(timeout))
+      detail::fail<TimeoutError>("the result is not ready after {} s", timeout->count());
+    std::lock_guard g(s_->mu);
+    if (s_->error) std::rethrow_exception(s_->error);
+    return *s_->value;
+  }
+  //!Effects: waits until the result is ready or `timeout` passes. Returns: ready().
+  bool wait(Timeout timeout = std::nullopt) {
+    std::unique_lock g(s_->mu);
+    if (!timeout) {
+      s_->cv.wait(g, [&] { return s_->done; });
+      return true;
+    }
+    return s_->cv.wait_for(g, *timeout, [&] { return s_->done; });
+  }
+  /// Whether the call has completed.
+  bool ready() const {
+    std::lock_guard g(s_->mu);
+    return s_->done;
+  }
+  //!Returns: whether the call completed without an exception. Throws: ValueError if not ready.
+  bool successful() const {
+    std::lock_guard g(s_->mu);
+    if (!s_->done) detail::fail<ValueError>("the result is not ready; wait() for it first");
+    return !s_->error;
+  }
+
+ private:
+  friend class Pool;
+  explicit AsyncResult(std::shared_ptr<detail::pool::ResultState<R>> s) : s_(std::move(s)) {}
+  std::shared_ptr<detail::pool::ResultState<R>> s_;
+};
+
+template <class R>
+class IMapResult;
+
+/// A pool of worker processes (Python's multiprocessing.Pool). Workers are forked; tasks and
+/// results travel through mpp queues. The destructor terminates the workers (like leaving
+/// Python's `with Pool() as p:` block); call close() and join() first to let queued work finish.
+class Pool {
+ public:
+  //!Effects: starts `processes` workers (<= 0: cpu_count()). Throws: ProcessError, ValueError.
+  explicit Pool(int processes = 0) : Pool(PoolOptions{processes}) {}
+
+  //!Effects: starts the workers described by `opts`.
+  explicit Pool(const PoolOptions& opts) { start(opts, -1, {}, {}); }
+
+  //!Effects: starts the workers; each runs `initializer(initargs...)` first (Python's initializer).
+  template <class F, class... A>
+    requires detail::pool::Callable<std::decay_t<F>>
+  Pool(const PoolOptions& opts, F&& initializer, A&&... initargs) {
+    using Fn = std::decay_t<F>;
+    using Tuple = std::tuple<std::decay_t<A>...>;
+    const auto id = static_cast<std::int32_t>(
+        detail::pool::Registered<&detail::pool::run_apply<Fn, Tuple>>::id);
+    start(opts, id, detail::pool::callable_bytes(Fn(initializer)),
+          detail::pool::to_wire(Tuple(std::forward<A>(initargs)...)));
+  }
+
+  Pool(const Pool&) = delete;
+  Pool& operator=(const Pool&) = delete;
+  /// Terminates the workers (Python's Pool.__exit__).
+  ~Pool() { terminate(); }
+
+  /// Number of worker processes.
+  int processes() const noexcept { return static_cast<int>(workers_.size()); }
+
+  //!Returns: [f(x) for x in range], in order; the work is split into chunks of `chunksize` items
+  //! (0: Python's choice, len / (4 * processes) rounded up). Throws: the first task's exception.
+  template <class F, class Range>
+  auto map(F f, const Range& range, std::size_t chunksize = 0) {
+    return map_async(f, range, chunksize).get();
+  }
+
+  //!Returns: an AsyncResult of map(); `callback` / `error_callback` run in the pool's thread.
+  template <class F, class Range, class A = std::ranges::range_value_t<Range>,
+            class R = detail::pool::map_result_t<F, A>>
+  AsyncResult<std::vector<R>> map_async(
+      F f, const Range& range, std::size_t chunksize = 0,
+      std::type_identity_t<std::function<void(const std::vector<R>&)>> callback = {},
+      std::function<void(std::exception_ptr)> error_callback = {}) {
+    check_callable<F>();
+    std::vector<A> items(std::ranges::begin(range), std::ranges::end(range));
+    const auto id = detail::pool::Registered<&detail::pool::run_map_chunk<F, A>>::id;
+    return submit_chunks<R>(id, detail::pool::callable_bytes(f), std::move(items), chunksize,
+                            std::move(callback), std::move(error_callback));
+  }
+
+  //!Returns: [f(*t) for t in range] (Python's starmap), range elements being tuples or pairs.
+  template <class F, class Range>
+  auto starmap(F f, const Range& range, std::size_t chunksize = 0) {
+    return starmap_async(f, range, chunksize).get();
+  }
+
+  //!Returns: an AsyncResult of starmap().
+  template <class F, class Range, class T = std::ranges::range_value_t<Range>,
+            class R = decltype(std::apply(std::declval<const F&>(), std::declval<const T&>()))>
+  AsyncResult<std::vector<R>> starmap_async(
+      F f, const Range& range, std::size_t chunksize = 0,
+      std::type_identity_t<std::function<void(const std::vector<R>&)>> callback = {},
+      std::function<void(std::exception_ptr)> error_callback = {}) {
+    check_callable<F>();
+    std::vector<T> items(std::ranges::begin(range), std::ranges::end(range));
+    const auto id = detail::pool::Registered<&detail::pool::run_star_chunk<F, T>>::id;
+    return submit_chunks<R>(id, detail::pool::callable_bytes(f), std::move(items), chunksize,
+                            std::move(callback), std::move(error_callback));
+  }
+
+  //!Returns: f(args...) computed by a worker (Python's apply).
+  template <class F, class... A>
+  auto apply(F f, A&&... a) {
+    return apply_async(f, std::forward<A>(a)...).get();
+  }
+
+  //!Returns: an AsyncResult of f(args...) (Python's apply_async without callbacks).
+  template <class F, class... A>
+    requires(!detail::pool::first_is_args_v<A...>)
+  auto apply_async(F f, A&&... a) {
+    return apply_async(f, mpp::args(std::forward<A>(a)...), {}, {});
+  }
+
+  //!Returns: an AsyncResult of f(args...); `callback(result)` or `error_callback(exception)` runs
+  //! in the pool's thread when it completes (Python's apply_async(func, args, callback=...)).
+  template <class F, class... A,
+            class R0 = std::invoke_result_t<const F&, const A&...>,
+            class R = std::conditional_t<std::is_void_v<R0>, detail::pool::Unit, R0>>
+  AsyncResult<R> apply_async(F f, Args<A...> a,
+                             std::type_identity_t<std::function<void(const R&)>> callback,
+                             std::function<void(std::exception_ptr)> error_callback = {}) {
+    check_callable<F>();
+    using Tuple = std::tuple<A...>;
+    using namespace detail::pool;
+    auto state = std::make_shared<ResultState<R>>();
+    state->callback = std::move(callback);
+    state->error_callback = std::move(error_callback);
+    struct One final : Job {
+      std::shared_ptr<ResultState<R>> s;
+      void deliver(std::size_t, std::string_view p) override {
+        std::optional<R> v;
+        std::exception_ptr e;
+        try {
+          if constexpr (std::is_same_v<R, Unit>)
+            v = Unit{};
+          else
+            v = from_wire<R>(p);
+        } catch (...) {
+          e = std::current_exception();
+        }
+        s->finish(std::move(v), e);
+      }
+      void fail_chunk(std::size_t, std::exception_ptr e) override { s->finish(std::nullopt, e); }
+    };
+    auto job = std::make_shared<One>();
+    job->s = state;
+    const auto id = Registered<&run_apply<F, Tuple>>::id;
+    enqueue(job, id, callable_bytes(f), {to_wire(a.values)});
+    return AsyncResult<R>(state);
+  }
+
+  //!Returns: an input range over f(x) for x in range, in order, computed lazily with a bounded
+  //! number of chunks in flight (Python's imap). A named `range` is read lazily and must outlive
+  //! the iteration; a temporary one is kept by the result.
+  template <class F, class Range>
+  auto imap(F f, Range&& range, std::size_t chunksize = 1);
+  //!Returns: as imap(), but in completion order (Python's imap_unordered).
+  template <class F, class Range>
+  auto imap_unordered(F f, Range&& range, std::size_t chunksize = 1);
+
+  //!Effects: no more work may be submitted; workers exit once the queued work is done.
+  void close() {
+    std::lock_guard g(mu_);
+    closed_ = true;
+    wake_supervisor();
+  }
+
+  //!Effects: stops the workers at once (SIGTERM); unfinished calls fail with ProcessError.
+  void terminate() {
+    {
+      std::lock_guard g(mu_);
+      if (terminated_) return;
+      closed_ = true;
+      terminated_ = true;
+      wake_supervisor();
+    }
+    if (supervisor_.joinable()) supervisor_.join();
+  }
+
+  //!Effects: waits for the workers to exit (Python's join()). Throws: ValueError unless close()
+  //! or terminate() was called first.
+  void join() {
+    {
+      std::lock_guard g(mu_);
+      if (!closed_) detail::fail<ValueError>("Pool.join() needs close() or terminate() first");
+    }
+    if (supervisor_.joinable()) supervisor_.join();
+  }
+
+ private:
+  template <class R>
+  friend class IMapResult;
+
+  struct Task {
+    std::uint64_t seq = 0;
+    std::shared_ptr<detail::pool::Job> job;
+    std::size_t index = 0;
+    std::uint32_t invoker = 0;
+    std::shared_ptr<const std::string> fn;
+    std::string args;
+    unsigned attempts = 0;
+  };
+  struct Worker {
+    std::optional<Process> proc;
+    std::optional<Queue<std::string>> tasks;
+    std::deque<std::uint64_t> assigned;  // in the order the worker will run them
+    unsigned dispatched = 0;             // tasks given to this incarnation
+    bool stopping = false;
+  };
+
+  template <class F>
+  static constexpr void check_callable() {
+    static_assert(detail::pool::Callable<F>,
+                  "mpp::Pool: the callable must be a function pointer, a capture-less lambda, or "
+                  "a lambda/functor whose captures are trivially copyable or that is Encodable");
+  }
+
+  void start(const PoolOptions& opts, std::int32_t init_invoker, std::string init_fn,
+             std::string init_args) {
+    if (!detail::os::kCanFork)
+      detail::fail<ValueError>("mpp::Pool runs its workers with the fork start method, which "
+                               "this platform does not have");
+    opts_ = opts;
+    const int n = opts.processes > 0 ? opts.processes : std::max(1, cpu_count());
+    QueueOptions qo;
+    qo.max_item_size = detail::pool::kMaxMessage;
+    results_.emplace(static_cast<long>(4 * n + 8), qo);
+    status_.emplace(static_cast<std::size_t>(2 * n));
+    config_.results = results_->name();
+    config_.status = status_->name();
+    config_.maxtasks = opts.maxtasksperchild;
+    config_.init_invoker = init_invoker;
+    config_.init_fn = std::move(init_fn);
+    config_.init_args = std::move(init_args);
+    const auto me = detail::ProcessRef::self();
+    config_.parent_pid = me.pid;
+    config_.parent_tag = me.start_tag;
+    workers_.resize(static_cast<std::size_t>(n));
+    for (std::size_t i = 0; i < workers_.size(); ++i) spawn_worker(i);
+    supervisor_ = std::thread([this] { supervise(); });
+  }
+
+  void spawn_worker(std::size_t i) {
+    Worker& w = workers_[i];
+    QueueOptions qo;
+    qo.max_item_size = detail::pool::kMaxMessage;
+    w.tasks.emplace(static_cast<long>(detail::pool::kWindow + 1), qo);
+    w.assigned.clear();
+    w.dispatched = 0;
+    w.stopping = false;
+    detail::pool::WorkerConfig c = config_;
+    c.tasks = w.tasks->name();
+    c.index = static_cast<std::uint32_t>(i);
+    std::atomic_ref<std::uint64_t>((*status_)[2 * i]).store(0);
+    ProcessOptions po;
+    po.name = fmt::format("PoolWorker-{}", ++worker_counter_);
+    po.daemon = true;
+    po.start_method = StartMethod::fork;
+    w.proc.emplace(po, [c] { detail::pool::worker_main(c); });
+    w.proc->start();
+  }
+
+  template <class R, class T>
+  AsyncResult<std::vector<R>> submit_chunks(std::uint32_t invoker, std::string fn,
+                                            std::vector<T> items, std::size_t chunksize,
+                                            std::function<void(const std::vector<R>&)> cb,
+                                            std::function<void(std::exception_ptr)> ecb) {
+    using namespace detail::pool;
+    if (chunksize == 0) {
+      const std::size_t parts = 4 * workers_.size();
+      chunksize = items.size() / parts + (items.size() % parts != 0 ? 1 : 0);
+      if (chunksize == 0) chunksize = 1;
+    }
+    auto state = std::make_shared<ResultState<std::vector<R>>>();
+    state->callback = std::move(cb);
+    state->error_callback = std::move(ecb);
+    struct Chunks final : Job {
+      std::shared_ptr<ResultState<std::vector<R>>> s;
+      std::vector<std::vector<R>> parts;
+      std::size_t left = 0;
+      bool failed = false;
+      void deliver(std::size_t i, std::string_view p) override {
+        if (failed) return;
+        try {
+          parts.at(i) = from_wire<std::vector<R>>(p);
+        } catch (...) {
+          return fail_chunk(i, std::current_exception());
+        }
+        if (--left == 0) {
+          std::vector<R> all;
+          for (auto& part : parts) std::move(part.begin(), part.end(), std::back_inserter(all));
+          s->finish(std::move(all), nullptr);
+        }
+      }
+      void fail_chunk(std::size_t, std::exception_ptr e) override {
+        failed = true;  // Python's map reports the first failure
+        s->finish(std::nullopt, e);
+      }
+    };
+    auto job = std::make_shared<Chunks>();
+    job->s = state;
+    std::vector<std::string> chunks;
+    for (std::size_t b = 0; b < items.size(); b += chunksize) {
+      const auto e = std::min(items.size(), b + chunksize);
+      chunks.push_back(to_wire(std::vector<T>(std::make_move_iterator(items.begin() + b),
+                                              std::make_move_iterator(items.begin() + e))));
+    }
+    job->parts.resize(chunks.size());
+    job->left = chunks.size();
+    if (chunks.empty()) {
+      state->finish(std::vector<R>{}, nullptr);
+      return AsyncResult<std::vector<R>>(state);
+    }
+    enqueue(job, invoker, std::move(fn), std::move(chunks));
+    return AsyncResult<std::vector<R>>(state);
+  }
+
+  void enqueue(std::shared_ptr<detail::pool::Job> job, std::uint32_t invoker, std::string fn,
+               std::vector<std::string> chunks, std::size_t first_index = 0) {
+    auto shared_fn = std::make_shared<const std::string>(std::move(fn));
+    std::lock_guard g(mu_);
+    if (closed_) detail::fail<ValueError>("Pool not running: it was closed or terminated");
+    for (std::size_t i = 0; i < chunks.size(); ++i) {
+      Task t;
+      t.seq = ++next_seq_;
+      t.job = job;
+      t.index = first_index + i;
+      t.invoker = invoker;
+      t.fn = shared_fn;
+      t.args = std::move(chunks[i]);
+      if (t.args.size() + shared_fn->size() + sizeof(detail::pool::TaskHeader) >
+          detail::pool::kMaxMessage)
+        detail::fail<ValueError>("a task of {} bytes exceeds the pool's {} byte limit; use a "
+                                 "smaller chunksize",
+                                 t.args.size(), detail::pool::kMaxMessage);
+      pending_.push_back(std::move(t));
+    }
+    wake_supervisor();
+  }
+
+  // The supervisor sleeps in the result queue; an empty message wakes it to dispatch new work.
+  void wake_supervisor() {
+    if (results_) (void)results_->try_put(std::string());
+  }
+
+  // ---- the supervisor thread ----------------------------------------------------------------
+
+  void supervise() {
+    using namespace std::chrono_literals;
+    for (;;) {
+      bool stop_now = false, drained = false;
+      {
+        std::unique_lock g(mu_);
+        if (terminated_) stop_now = true;
+        dispatch_locked();
+        drained = closed_ && pending_.empty() && inflight_.empty();
+      }
+      if (stop_now) return shutdown(true);
+      if (drained) return shutdown(false);
+      poll_results(20ms);
+      check_workers();
+    }
+  }
+
+  void dispatch_locked() {
+    for (std::size_t i = 0; i < workers_.size() && !pending_.empty(); ++i) {
+      Worker& w = workers_[i];
+      while (!pending_.empty() && w.assigned.size() < detail::pool::kWindow && !w.stopping &&
+             (opts_.maxtasksperchild == 0 || w.dispatched < opts_.maxtasksperchild)) {
+        Task& t = pending_.front();
+        const detail::pool::TaskHeader h{t.seq, t.invoker, static_cast<std::uint32_t>(t.fn->size())};
+        if (!w.tasks->try_put(detail::pool::task_message(h, *t.fn, t.args))) break;
+        w.assigned.push_back(t.seq);
+        ++w.dispatched;
+        const std::uint64_t seq = t.seq;
+        inflight_.emplace(seq, std::move(t));
+        pending_.pop_front();
+      }
+    }
+  }
+
+  void poll_results(std::chrono::milliseconds wait) {
+    std::optional<std::string> m;
+    try {
+      m = results_->get(true, std::chrono::duration<double>(wait));
+    } catch (const queue::Empty&) {
+      return;
+    }
+    for (; m; m = results_->try_get()) handle_result(*m);
+  }
+
+  void handle_result(const std::string& m) {
+    using namespace detail::pool;
+    if (m.size() < sizeof(ResultHeader)) return;  // a wake-up (or malformed: cannot be attributed)
+    ResultHeader h;
+    std::memcpy(&h, m.data(), sizeof h);
+    const std::string_view payload(m.data() + sizeof h, m.size() - sizeof h);
+    Task t;
+    {
+      std::lock_guard g(mu_);
+      auto it = inflight_.find(h.seq);
+      if (it == inflight_.end()) return;  // already failed (timeout, lost worker)
+      t = std::move(it->second);
+      inflight_.erase(it);
+      if (h.worker < workers_.size()) {
+        auto& a = workers_[h.worker].assigned;
+        a.erase(std::remove(a.begin(), a.end(), h.seq), a.end());
+      }
+    }
+    if (h.ok) {
+      t.job->deliver(t.index, payload);
+    } else {
+      std::exception_ptr e;
+      try {
+        const auto err = from_wire<std::pair<std::string, std::string>>(payload);
+        throw_remote(err.first, err.second);
+      } catch (...) {
+        e = std::current_exception();
+      }
+      t.job->fail_chunk(t.index, e);
+    }
+  }
+
+  void check_workers() {
+    for (std::size_t i = 0; i < workers_.size(); ++i) {
+      Worker& w = workers_[i];
+      if (!w.proc) continue;
+      const std::uint64_t running =
+          std::atomic_ref<std::uint64_t>((*status_)[2 * i]).load(std::memory_order_acquire);
+      if (opts_.task_timeout && running != 0) {
+        const auto started = static_cast<std::int64_t>(
+            std::atomic_ref<std::uint64_t>((*status_)[2 * i + 1]).load(std::memory_order_relaxed));
+        const double secs = static_cast<double>(detail::pool::now_ns() - started) / 1e9;
+        if (secs > opts_.task_timeout->count()) {
+          w.proc->kill();
+          w.proc->join(Timeout(5.0));
+          fail_task(running, std::make_exception_ptr(TimeoutError(fmt::format(
+                                 "the task ran for more than {} s; its worker was replaced",
+                                 opts_.task_timeout->count()))));
+          replace(i, running);
+          continue;
+        }
+      }
+      if (w.proc->is_alive()) continue;
+      // Exited: after maxtasksperchild (normal), or died (killed, crashed).
+      const int code = w.proc->exitcode().value_or(-1);
+      if (running != 0) {
+        std::unique_lock g(mu_);
+        auto it = inflight_.find(running);
+        if (it != inflight_.end() && it->second.attempts < opts_.retries) {
+          ++it->second.attempts;
+          pending_.push_front(std::move(it->second));
+          inflight_.erase(it);
+        } else {
+          g.unlock();
+          fail_task(running, std::make_exception_ptr(WorkerLostError(fmt::format(
+                                 "pool worker {} died (exit code {}) while running a task", i,
+                                 code))));
+        }
+      }
+      replace(i, running);
+    }
+  }
+
+  void fail_task(std::uint64_t seq, std::exception_ptr e) {
+    Task t;
+    {
+      std::lock_guard g(mu_);
+      auto it = inflight_.find(seq);
+      if (it == inflight_.end()) return;
+      t = std::move(it->second);
+      inflight_.erase(it);
+    }
+    t.job->fail_chunk(t.index, e);
+  }
+
+  // The worker is gone: tasks it held but had not started go back to the front of the queue;
+  // a fresh worker (with a fresh task queue, so nothing is delivered twice) takes its place.
+  void replace(std::size_t i, std::uint64_t running) {
+    std::unique_lock g(mu_);
+    Worker& w = workers_[i];
+    for (auto it = w.assigned.rbegin(); it != w.assigned.rend(); ++it) {
+      if (*it == running) continue;
+      auto f = inflight_.find(*it);
+      if (f == inflight_.end()) continue;
+      pending_.push_front(std::move(f->second));
+      inflight_.erase(f);
+    }
+    w.assigned.clear();
+    w.proc.reset();
+    w.tasks.reset();
+    if (terminated_) return;
+    g.unlock();
+    spawn_worker(i);
+  }
+
+  void shutdown(bool terminate) {
+    using namespace std::chrono_literals;
+    for (std::size_t i = 0; i < workers_.size(); ++i) {
+      Worker& w = workers_[i];
+      if (!w.proc) continue;
+      if (terminate) {
+        w.proc->terminate();
+      } else {
+        const detail::pool::TaskHeader stop{0, 0, 0};
+        (void)w.tasks->try_put(detail::pool::task_message(stop, {}, {}));
+      }
+    }
+    for (auto& w : workers_) {
+      if (!w.proc) continue;
+      if (!w.proc->join(Timeout(terminate ? 1.0 : 10.0))) {
+        w.proc->kill();
+        w.proc->join();
+      }
+    }
+    std::deque<Task> left;
+    {
+      std::lock_guard g(mu_);
+      for (auto& [seq, t] : inflight_) left.push_back(std::move(t));
+      for (auto& t : pending_) left.push_back(std::move(t));
+      inflight_.clear();
+      pending_.clear();
+    }
+    for (auto& t : left)
+      t.job->fail_chunk(t.index, std::make_exception_ptr(ProcessError(
+                                     "the pool was terminated before this task completed")));
+  }
+
+  PoolOptions opts_;
+  detail::pool::WorkerConfig config_;
+  std::optional<Queue<std::string>> results_;
+  std::optional<RawArray<std::uint64_t>> status_;
+  std::vector<Worker> workers_;
+  std::thread supervisor_;
+  std::mutex mu_;
+  std::deque<Task> pending_;
+  std::map<std::uint64_t, Task> inflight_;
+  std::uint64_t next_seq_ = 0;
+  unsigned worker_counter_ = 0;
+  bool closed_ = false;
+  bool terminated_ = false;
+};
+
+/// The input range returned by Pool::imap / imap_unordered: yields results as they are ready,
+/// submitting new chunks as old ones are consumed (at most 2 × processes chunks in flight).
+template <class R>
+class IMapResult {
+  struct State : detail::pool::Job {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::map<std::size_t, std::vector<R>> ready;  // chunk index -> results
+    std::deque<std::vector<R>> unordered;
+    std::map<std::size_t, std::exception_ptr> errors;  // chunk index -> its exception
+    bool ordered = true;
+    void deliver(std::size_t i, std::string_view p) override {
+      std::vector<R> v;
+      try {
+        v = detail::pool::from_wire<std::vector<R>>(p);
+      } catch (...) {
+        return fail_chunk(i, std::current_exception());
+      }
+      {
+        std::lock_guard g(mu);
+        if (ordered)
+          ready.emplace(i, std::move(v));
+        else
+          unordered.push_back(std::move(v));
+      }
+      cv.notify_all();
+    }
+    void fail_chunk(std::size_t i, std::exception_ptr e) override {
+      {
+        std::lock_guard g(mu);
+        errors.emplace(i, e);
+      }
+      cv.notify_all();
+    }
+  };
+
+ public:
+  /// Input iterator over the results.
+  class iterator {
+   public:
+    using value_type = R;
+    using difference_type = std::ptrdiff_t;
+    iterator() = default;
+    /// The current result.
+    const R& operator*() const { return r_->current_; }
+    /// Advances (waits for the next result; throws the task's exception).
+    iterator& operator++() {
+      r_->advance();
+      return *this;
+    }
+    void operator++(int) { ++*this; }
+    friend bool operator==(const iterator& it, std::default_sentinel_t) { return it.r_->finished(); }
+
+   private:
+    friend class IMapResult;
+    explicit iterator(IMapResult* r) : r_(r) {}
+    IMapResult* r_ = nullptr;
+  };
+
+  /// Starts the iteration (waits for the first result).
+  iterator begin() {
+    if (!started_) {
+      started_ = true;
+      advance();
+    }
+    return iterator(this);
+  }
+  /// End of the results.
+  std::default_sentinel_t end() const noexcept { return {}; }
+  /// True once every result has been consumed.
+  bool finished() const noexcept { return done_; }
+
+ private:
+  friend class Pool;
+  using Submit = std::function<bool(std::shared_ptr<detail::pool::Job>, std::size_t)>;
+  IMapResult(bool ordered, std::size_t window, Submit submit)
+      : st_(std::make_shared<State>()), window_(window), submit_(std::move(submit)) {
+    st_->ordered = ordered;
+  }
+
+  void top_up() {
+    while (!exhausted_ && submitted_ - consumed_chunks_ < window_) {
+      if (!submit_(st_, submitted_)) {
+        exhausted_ = true;
+        break;
+      }
+      ++submitted_;
+    }
+  }
+
+  void advance() {
+    if (buf_pos_ < buf_.size()) {
+      current_ = std::move(buf_[buf_pos_++]);
+      return;
+    }
+    top_up();
+    if (consumed_chunks_ == submitted_ && exhausted_) {
+      done_ = true;
+      return;
+    }
+    std::unique_lock g(st_->mu);
+    // Ordered: wait for the next chunk's result or error. Unordered: any result, else any error.
+    st_->cv.wait(g, [&] {
+      return st_->ordered ? st_->ready.count(consumed_chunks_) || st_->errors.count(consumed_chunks_)
+                          : !st_->unordered.empty() || !st_->errors.empty();
+    });
+    const bool have = st_->ordered ? st_->ready.count(consumed_chunks_) != 0
+                                   : !st_->unordered.empty();
+    if (!have) {
+      done_ = true;
+      std::rethrow_exception(st_->errors.begin()->second);
+    }
+    if (st_->ordered) {
+      auto it = st_->ready.find(consumed_chunks_);
+      buf_ = std::move(it->second);
+      st_->ready.erase(it);
+    } else {
+      buf_ = std::move(st_->unordered.front());
+      st_->unordered.pop_front();
+    }
+    g.unlock();
+    ++consumed_chunks_;
+    buf_pos_ = 0;
+    advance();  // an empty chunk cannot happen; this also tops up the window
+  }
+
+  std::shared_ptr<State> st_;
+  std::size_t window_;
+  Submit submit_;
+  std::vector<R> buf_;
+  std::size_t buf_pos_ = 0;
+  std::size_t submitted_ = 0, consumed_chunks_ = 0;
+  bool exhausted_ = false, started_ = false, done_ = false;
+  R current_{};
+};
+
+template <class F, class Range>
+auto Pool::imap(F f, Range&& range, std::size_t chunksize) {
+  check_callable<F>();
+  using A = std::ranges::range_value_t<Range>;
+  using R = detail::pool::map_result_t<F, A>;
+  if (chunksize == 0) chunksize = 1;
+  const auto id = detail::pool::Registered<&detail::pool::run_map_chunk<F, A>>::id;
+  // A temporary range is kept alive by the result; a named one is only referenced (lazily read).
+  using Stored = std::conditional_t<std::is_lvalue_reference_v<Range>, Range, std::decay_t<Range>>;
+  struct Source {
+    Stored range;
+    decltype(std::ranges::begin(std::declval<Stored&>())) it;
+  };
+  auto src = std::make_shared<Source>(Source{std::forward<Range>(range), {}});
+  src->it = std::ranges::begin(src->range);
+  auto fn = detail::pool::callable_bytes(f);
+  return IMapResult<R>(true, 2 * workers_.size(),
+                       [this, id, src, fn, chunksize](std::shared_ptr<detail::pool::Job> job,
+                                                      std::size_t index) {
+                         std::vector<A> chunk;
+                         for (; src->it != std::ranges::end(src->range) && chunk.size() < chunksize;
+                              ++src->it)
+                           chunk.push_back(*src->it);
+                         if (chunk.empty()) return false;
+                         enqueue(job, id, fn, {detail::pool::to_wire(chunk)}, index);
+                         return true;
+                       });
+}
+
+template <class F, class Range>
+auto Pool::imap_unordered(F f, Range&& range, std::size_t chunksize) {
+  auto r = imap(f, std::forward<Range>(range), chunksize);
+  r.st_->ordered = false;
+  return r;
+}
+
+}  // namespace mpp
