@@ -33,6 +33,12 @@
 #  include <mpp/queue.hpp>
 #  define MPP_CRASH_HAVE_QUEUE 1
 #endif
+#if __has_include(<mpp/manager.hpp>)
+#  include <mpp/manager.hpp>
+#  define MPP_CRASH_HAVE_MANAGER 1
+#endif
+
+#include <map>
 
 using namespace std::chrono_literals;
 using mpp::detail::ProcessRef;
@@ -40,6 +46,12 @@ using mpp::detail::Segment;
 using mpp::detail::SegmentOptions;
 using mpp::detail::SegmentSpec;
 namespace reg = mpp::detail::registry;
+
+// Children of this binary must not inherit (and print again) the parent's buffered output.
+static const bool stdout_unbuffered = [] {
+  std::setvbuf(stdout, nullptr, _IONBF, 0);
+  return true;
+}();
 
 // ---- the crash-point hook --------------------------------------------------------------------------
 
@@ -666,7 +678,211 @@ TEST_CASE("random SIGKILL during queue traffic: every returned put arrives exact
              sum.acked, sum.lost, sum.duplicated, sum.unexpected, sum.in_flight_delivered);
   std::fflush(stdout);
 }
+
+TEST_CASE("crash points in queue put/get: nothing lost, nothing doubled, the queue keeps working",
+          "[crash][kill][queue]") {
+  constexpr std::uint64_t kItems = 12;
+  struct QLedger {
+    std::atomic<std::uint64_t> attempted, acked, got_n;
+    std::atomic<std::uint64_t> got[kItems];
+  };
+  auto lseg = Segment::create_anonymous(spec_of(sizeof(QLedger)));
+  auto* L = reinterpret_cast<QLedger*>(lseg.payload());
+  std::optional<mpp::Queue<std::uint64_t>> q;
+  auto reset = [&](bool filled) {
+    q.emplace(64);
+    new (L) QLedger{};
+    if (filled)
+      for (std::uint64_t i = 0; i < kItems; ++i) q->put(i);
+  };
+  auto produce = [&] {
+    for (std::uint64_t i = 0; i < kItems; ++i) {
+      L->attempted.store(i + 1);
+      q->put(i);
+      L->acked.store(i + 1);
+    }
+    return 0;
+  };
+  auto consume = [&] {
+    for (std::uint64_t i = 0; i < kItems; ++i) {
+      const auto v = q->get(true, 10s);
+      L->got[L->got_n.load()].store(v);
+      L->got_n.fetch_add(1);
+    }
+    return 0;
+  };
+  // Drains what is left (this process is a new participant) and checks the queue still works.
+  auto drain = [&] {
+    std::vector<std::uint64_t> rest;
+    while (auto v = q->try_get()) rest.push_back(*v);
+    q->put(4242);
+    CHECK(q->get(true, 10s) == 4242);
+    CHECK(q->empty());
+    return rest;
+  };
+
+  reset(false);
+  const auto put_points = discover_crash_points(produce);
+  reset(true);
+  const auto get_points = discover_crash_points(consume);
+  fmt::print("queue crash points: put {}; get {}\n", fmt::join(put_points, ", "),
+             fmt::join(get_points, ", "));
+  CHECK(put_points.size() >= 2);
+  CHECK(get_points.size() >= 2);
+
+  for (const auto& p : put_points) {
+    for (long hit : {1L, 2L, 7L, 12L}) {
+      reset(false);
+      CHECK(run_until_crash_point(p, hit, produce));
+      const auto got = drain();
+      const auto acked = L->acked.load(), attempted = L->attempted.load();
+      INFO("killed at " << p << " #" << hit << ": acked " << acked << ", attempted " << attempted);
+      // Every put that returned arrives once, in order; the interrupted one at most once.
+      REQUIRE(got.size() >= acked);
+      REQUIRE(got.size() <= attempted);
+      for (std::uint64_t i = 0; i < got.size(); ++i) CHECK(got[i] == i);
+    }
+  }
+  for (const auto& p : get_points) {
+    for (long hit : {1L, 2L, 7L, 12L}) {
+      reset(true);
+      CHECK(run_until_crash_point(p, hit, consume));
+      const auto rest = drain();
+      std::vector<std::uint32_t> seen(kItems, 0);
+      for (std::uint64_t i = 0; i < L->got_n.load(); ++i) ++seen[L->got[i].load()];
+      for (auto v : rest) {
+        REQUIRE(v < kItems);
+        ++seen[v];
+      }
+      std::uint64_t missing = 0;
+      for (auto c : seen) {
+        CHECK(c <= 1);  // never delivered twice
+        missing += c == 0;
+      }
+      // A get killed before its commit gives the item back; after it, the dead process had it.
+      const bool after_commit = p.find("committed") != std::string::npos;
+      INFO("killed at " << p << " #" << hit);
+      CHECK(missing == (after_commit ? 1u : 0u));
+    }
+  }
+  q.reset();
+}
 #endif  // MPP_CRASH_HAVE_QUEUE
+
+#if defined(MPP_CRASH_HAVE_MANAGER)
+namespace {
+// A fixed script of Manager mutations, applied both to shared containers and to a model.
+struct MgrOp {
+  enum Kind { set, pop, append, insert, pop_at, set_at } kind;
+  std::string key;
+  int value;
+  std::int64_t index;
+};
+std::vector<MgrOp> manager_script() {
+  std::vector<MgrOp> ops{{MgrOp::set, "a", 1, 0},    {MgrOp::append, "", 1, 0},
+                         {MgrOp::set, "b", 2, 0},    {MgrOp::append, "", 2, 0},
+                         {MgrOp::set, "a", 3, 0},    {MgrOp::insert, "", 0, 0},
+                         {MgrOp::pop, "b", 0, 0},    {MgrOp::pop_at, "", 0, 0},
+                         {MgrOp::set_at, "", 9, 1}};
+  for (int j = 0; j < 40; ++j) {  // enough to make both containers grow
+    ops.push_back({MgrOp::set, fmt::format("k{}", j), j, 0});
+    ops.push_back({MgrOp::append, "", 100 + j, 0});
+  }
+  for (int j = 0; j < 6; ++j) {
+    ops.push_back({MgrOp::pop, fmt::format("k{}", j * 3), 0, 0});
+    ops.push_back({MgrOp::pop_at, "", 0, 2});
+    ops.push_back({MgrOp::insert, "", -j, 1});
+  }
+  return ops;
+}
+template <class D, class L>
+void apply_op(const MgrOp& op, D& d, L& l) {
+  switch (op.kind) {
+    case MgrOp::set: d.set(op.key, op.value); break;
+    case MgrOp::pop: d.pop(op.key); break;
+    case MgrOp::append: l.append(op.value); break;
+    case MgrOp::insert: l.insert(op.index, op.value); break;
+    case MgrOp::pop_at: l.pop(op.index); break;
+    case MgrOp::set_at: l.set(op.index, op.value); break;
+  }
+}
+struct ModelDict {
+  std::map<std::string, int> m;
+  void set(const std::string& k, int v) { m[k] = v; }
+  void pop(const std::string& k) { m.erase(k); }
+};
+struct ModelList {
+  std::vector<int> v;
+  void append(int x) { v.push_back(x); }
+  void insert(std::int64_t i, int x) { v.insert(v.begin() + i, x); }
+  void pop(std::int64_t i) { v.erase(v.begin() + i); }
+  void set(std::int64_t i, int x) { v[static_cast<std::size_t>(i)] = x; }
+};
+std::pair<std::map<std::string, int>, std::vector<int>> model_after(std::size_t n) {
+  ModelDict d;
+  ModelList l;
+  const auto ops = manager_script();
+  for (std::size_t i = 0; i < n && i < ops.size(); ++i) apply_op(ops[i], d, l);
+  return {d.m, l.v};
+}
+}  // namespace
+
+TEST_CASE("crash points in Manager dict/list mutations: each one is all or nothing",
+          "[crash][kill][manager]") {
+  struct MLedger {
+    std::atomic<std::uint64_t> done;
+  };
+  auto lseg = Segment::create_anonymous(spec_of(sizeof(MLedger)));
+  auto* L = reinterpret_cast<MLedger*>(lseg.payload());
+  const auto ops = manager_script();
+  mpp::ManagerOptions mo;
+  mo.capacity = std::uint64_t{1} << 24;
+  std::optional<mpp::Manager> m;
+  auto reset = [&] {
+    m.emplace(mo);
+    L->done.store(0);
+  };
+  auto work = [&] {
+    auto d = m->dict<std::string, int>("d");
+    auto l = m->list<int>("l");
+    for (const auto& op : ops) {
+      apply_op(op, d, l);
+      L->done.fetch_add(1);
+    }
+    return 0;
+  };
+  reset();
+  const auto points = discover_crash_points(work);
+  fmt::print("manager crash points: {}\n", fmt::join(points, ", "));
+  CHECK(points.size() >= 4);
+  for (const auto& p : points) {
+    for (long hit : {1L, 2L, 5L, 30L}) {
+      reset();
+      const bool died = run_until_crash_point(p, hit, work);
+      if (!died) continue;  // this point is passed fewer times
+      auto d = m->dict<std::string, int>("d");
+      auto l = m->list<int>("l");
+      std::map<std::string, int> dm;
+      for (auto& [k, v] : d.items()) dm[k] = v;
+      const std::vector<int> lv = l.to_vector();
+      const auto n = L->done.load();
+      const auto before = model_after(n), after = model_after(n + 1);
+      INFO("killed at " << p << " #" << hit << " during op " << n);
+      CHECK(((dm == before.first && lv == before.second) || (dm == after.first && lv == after.second)));
+      // The manager keeps working for a new process.
+      const pid_t next = mpp_test::fork_child([&] {
+        auto d2 = m->dict<std::string, int>("d");
+        auto l2 = m->list<int>("l");
+        d2.set("after", 1);
+        l2.append(777);
+        return d2.get("after", 0) == 1 && l2.to_vector().back() == 777 ? 0 : 1;
+      });
+      CHECK(mpp_test::wait_child(next) == 0);
+    }
+  }
+  m.reset();
+}
+#endif  // MPP_CRASH_HAVE_MANAGER
 
 // ---- squatters -----------------------------------------------------------------------------------
 
