@@ -70,6 +70,53 @@ class Backoff {
   unsigned n_ = 0;
 };
 
+#ifndef MPP_QUEUE_POLL_SPINS
+#  define MPP_QUEUE_POLL_SPINS 128
+#endif
+#ifndef MPP_QUEUE_POLL_YIELDS
+#  define MPP_QUEUE_POLL_YIELDS 32
+#endif
+inline constexpr int kPollSpins = MPP_QUEUE_POLL_SPINS;
+inline constexpr int kPollYields = MPP_QUEUE_POLL_YIELDS;
+
+/// Polls `changed()` briefly, first spinning, then yielding the core (a producer and a consumer
+/// often share a core: spinning would only delay the peer we wait for).
+/// Returns: true as soon as changed() is true, false if it stayed false.
+template <class Changed>
+bool poll_briefly(Changed&& changed) {
+  for (int i = 0; i < kPollSpins; ++i) {
+    if (changed()) return true;
+    os::cpu_relax();
+  }
+  for (int i = 0; i < kPollYields; ++i) {
+    if (changed()) return true;
+    os::yield();
+  }
+  return changed();
+}
+
+/// WaitPoint::wait without its spin phase (poll_briefly() ran already): announce, re-check,
+/// sleep; wake at least every kPollInterval to run `check()`.
+/// Returns: true when ready() became true, false when `deadline` passed first.
+template <class Ready, class Check>
+bool sleep_on(WaitPoint& wp, Ready&& ready, const Deadline& deadline, Check&& check) {
+  for (;;) {
+    wp.sleepers.fetch_add(1, std::memory_order_seq_cst);
+    const std::uint32_t s = wp.seq.load(std::memory_order_seq_cst);
+    if (ready()) {
+      wp.sleepers.fetch_sub(1, std::memory_order_relaxed);
+      return true;
+    }
+    std::optional<std::chrono::nanoseconds> slice = kPollInterval;
+    if (const auto left = deadline.remaining(); left && *left < *slice) slice = left;
+    os::wait_on_address(wp.seq, s, slice);
+    wp.sleepers.fetch_sub(1, std::memory_order_relaxed);
+    if (ready()) return true;
+    check();
+    if (deadline.expired()) return ready();
+  }
+}
+
 /// The typed operations shared by Queue, SimpleQueue and JoinableQueue.
 template <class T>
 class Ops {
@@ -188,19 +235,11 @@ class Ops {
                           "create it with a larger QueueOptions::unbounded_capacity",
                           c.name(), c.capacity());
       if (!block) return false;
-      bool changed = false;
-      for (int i = 0; i < kSpinIterations / 4; ++i) {
-        if (sl.state.load(std::memory_order_acquire) != seen) {
-          changed = true;
-          break;
-        }
-        os::cpu_relax();
-      }
-      if (changed) continue;
+      if (poll_briefly([&] { return sl.state.load(std::memory_order_acquire) != seen; })) continue;
       if (!Core::mark_waiter(sl, seen)) continue;
-      const bool ready = c.header().not_full.wait(
-          [&] { return sl.state.load(std::memory_order_acquire) != seen; }, deadline,
-          [&] { c.recover_all(); });
+      const bool ready = sleep_on(
+          c.header().not_full, [&] { return sl.state.load(std::memory_order_acquire) != seen; },
+          deadline, [&] { c.recover_all(); });
       if (!ready) return false;
     }
   }
@@ -227,18 +266,12 @@ class Ops {
         if (c.recover_all() > 0) continue;
         return false;
       }
-      bool changed = false;
-      for (int i = 0; i < kSpinIterations / 4; ++i) {
-        if (sl.state.load(std::memory_order_acquire) != seen) {
-          changed = true;
-          break;
-        }
-        os::cpu_relax();
-      }
-      if (changed) continue;
+      if (poll_briefly([&] { return sl.state.load(std::memory_order_acquire) != seen; })) continue;
+      if (deadline.expired()) return false;
       if (!Core::mark_waiter(sl, seen)) continue;
       if (c.recover_all() > 0) continue;
-      const bool ready = c.header().not_empty.wait(
+      const bool ready = sleep_on(
+          c.header().not_empty,
           [&] {
             return sl.state.load(std::memory_order_acquire) != seen || c.rescued_pending();
           },
