@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <fstream>
 #include <mpp/process.hpp>
+#include <mpp/value.hpp>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -44,14 +45,20 @@ std::string read_file(const std::string& path) {
 }
 bool file_exists(const std::string& path) { return ::access(path.c_str(), F_OK) == 0; }
 
-/// Writes what the child knows about itself: name|pid|parent pid|parent name|daemon|repr.
+/// Writes what the child knows about itself:
+/// name|pid|parent pid|parent name|daemon|repr|parent alive|parent joined|parent sentinel valid.
 void describe_self(std::string path) {
-  const auto me = mpp::current_process();
-  const auto parent = mpp::parent_process();
-  write_file(path, fmt::format("{}|{}|{}|{}|{}|{}", me.name(), *me.pid(),
+  auto me = mpp::current_process();
+  auto parent = mpp::parent_process();
+  write_file(path, fmt::format("{}|{}|{}|{}|{}|{}|{}|{}|{}", me.name(), *me.pid(),
                                parent ? *parent->pid() : 0, parent ? parent->name() : "none",
-                               me.daemon() ? 1 : 0, me));
+                               me.daemon() ? 1 : 0, me, parent && parent->is_alive() ? 1 : 0,
+                               parent && parent->join(0.01s) ? 1 : 0,
+                               parent && parent->sentinel() >= 0 ? 1 : 0));
 }
+
+/// Stores `x` into a shared value that travelled as its name (spawn, forkserver) or was inherited.
+void store_value(mpp::Value<int> v, int x) { v.set(x); }
 
 /// Sleeps for `s` seconds, then creates `marker`.
 void sleep_then_mark(double s, std::string marker) {
@@ -89,6 +96,7 @@ MPP_REGISTER(describe_self);
 MPP_REGISTER(sleep_then_mark);
 MPP_REGISTER(parent_of_daemon);
 MPP_REGISTER(start_grandchild);
+MPP_REGISTER(store_value);
 namespace {
 const auto exit_42 = [] { mpp::exit(42); };
 }
@@ -254,7 +262,7 @@ TEST_CASE("names, reprs, current_process and parent_process", "[process]") {
   const std::string child = read_file(path);
   ::unlink(path.c_str());
   CHECK(child == fmt::format("worker-A|{}|{}|MainProcess|1|<Process name='worker-A' parent={} "
-                             "started daemon>",
+                             "started daemon>|1|0|1",
                              *p.pid(), ::getpid(), ::getpid()));
   CHECK(fmt::format("{}", p) == fmt::format("<Process name='worker-A' pid={} parent={} stopped "
                                             "exitcode=0 daemon>",
@@ -313,6 +321,7 @@ TEST_CASE("the exit handler terminates daemons and joins children at std::exit",
     mpp::Process worker{sleep_then_mark, 0.3, marker};
     daemon.start();
     worker.start();
+    (void)daemon.join(0.2s);  // lets it reset the SIGTERM handler it inherited from Catch
     std::exit(0);  // runs atexit handlers, like the end of main
     return 0;
   });
@@ -450,4 +459,33 @@ TEST_CASE("a Process destroyed while running is still reaped and joined", "[proc
   REQUIRE(left.size() <= 1);
   for (auto& c : left) c.join();
   CHECK(mpp::active_children().empty());
+}
+
+TEST_CASE("mpp handles are passed to children (as names under spawn and forkserver)",
+          "[process]") {
+  const StartMethod m = any_method();
+  CAPTURE(mpp::start_method_name(m));
+  mpp::Value<int> v{0};
+  auto p = make(m, store_value, v, 17);
+  p.start();
+  p.join();
+  CHECK(p.exitcode() == 0);
+  CHECK(v.value() == 17);
+}
+
+TEST_CASE("a fork server that died is replaced by the next start()", "[process]") {
+  auto first = make(StartMethod::forkserver, sleep_seconds, 30.0);
+  first.start();
+  const int server = mpp::detail::globals().server_pid;
+  REQUIRE(server > 0);
+  ::kill(server, SIGKILL);
+  // Its status channel closes: reported as 255, as Python does when the server is gone.
+  CHECK(first.join(20s));
+  CHECK(first.exitcode() == 255);
+  ::kill(*first.pid(), SIGKILL);  // the orphan still runs; end it
+  auto second = make(StartMethod::forkserver, exit_with, 4);
+  second.start();
+  second.join();
+  CHECK(second.exitcode() == 4);
+  CHECK(mpp::detail::globals().server_pid != server);
 }

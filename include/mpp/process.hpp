@@ -471,8 +471,7 @@ inline void become_child(const LaunchRequest& info) {
     parent->name = info.parent_name;
     parent->started = true;
     parent->pid.store(info.parent_pid);
-    parent->start_tag = info.parent_start_tag;
-    parent->sentinel = os::open_process(info.parent_pid);
+    parent->start_tag = info.parent_start_tag;  // its sentinel is opened when first needed
     g.parent = std::move(parent);
   }
 }
@@ -577,7 +576,12 @@ inline const RegisteredFunction* lookup_for_child(const LaunchRequest& req, std:
       const int i = os::wait_any_readable(handles, std::nullopt);
       if (i > 0) {  // a child ended
         auto it = children.begin() + (i - 1);
-        const auto code = os::poll_process(it->pid);
+        std::optional<int> code;
+        try {
+          code = os::poll_process(it->pid);
+        } catch (const OSError&) {
+          code = 255;  // reaped behind our back
+        }
         if (!code) continue;
         try {
           write_record(it->channel, 'X', *code);
@@ -663,8 +667,34 @@ inline std::optional<int> poll_exit(ProcessState& s) {
   return code;
 }
 
+/// Opens the sentinel on first use: a pidfd of a direct child (or of the parent, checking that it
+/// is still the same process). A forkserver child's sentinel is its status channel, open already.
+inline void ensure_sentinel(ProcessState& s) {
+  std::lock_guard lock(s.reap_mutex);
+  if (s.sentinel.get() >= 0 || s.role == Role::current || s.pid.load() == 0) return;
+  if (s.role == Role::parent) {
+    os::Fd h = os::open_process(s.pid.load());
+    if (h.get() >= 0 && ProcessRef{s.pid.load(), s.start_tag}.alive()) s.sentinel = std::move(h);
+    return;
+  }
+  // Not reaped yet (we hold reap_mutex), so the pid is still this child's, zombie or not.
+  if (s.exitcode.load() == kNoExitCode) s.sentinel = os::open_process(s.pid.load());
+  if (s.sentinel.get() < 0) s.sentinel = os::ready_handle();
+}
+
 //!Effects: waits until the process ends or `deadline` passes. Returns: its exit code, or nullopt.
 inline std::optional<int> wait_exit(ProcessState& s, const Deadline& deadline) {
+  if (s.role == Role::child && s.method != StartMethod::forkserver && deadline.infinite()) {
+    // The common join(): block in the kernel without opening a handle; reap under the lock.
+    while (!poll_exit(s)) {
+      if (!os::wait_process_exit(s.pid.load()) && s.exitcode.load() == kNoExitCode) {
+        auto c = poll_exit(s);  // not our child any more: poll_exit records 255
+        if (c) return c;
+      }
+    }
+    return poll_exit(s);
+  }
+  ensure_sentinel(s);
   for (;;) {
     if (auto c = poll_exit(s)) return c;
     if (s.role == Role::parent && s.sentinel.get() < 0) {  // no handle: poll liveness
@@ -794,8 +824,7 @@ inline void launch_fork(ProcessState& s) {
       run_child(info, [&] { s.target->run(); });
     }
   }
-  s.pid.store(pid);
-  s.sentinel = os::open_process(pid);
+  s.pid.store(pid);  // the sentinel (a pidfd) is opened when first needed
 }
 
 /// Reaps a re-executed child that failed to start (killing it if it lingers).
@@ -902,13 +931,17 @@ inline void launch_forkserver(ProcessState& s) {
   auto [mine, theirs] = os::socket_pair();
   {
     std::lock_guard lock(g.server_mutex);
-    ensure_forkserver(g);
     const char f = 'F';
-    try {
-      os::send_with_handle(g.server_control, std::as_bytes(std::span(&f, 1)), theirs.get());
-    } catch (const Error&) {
-      drop_forkserver(g);
-      fail<ProcessError>("the fork server has died; start() again to start a new one");
+    for (int attempt = 0;; ++attempt) {
+      ensure_forkserver(g);
+      try {
+        os::send_with_handle(g.server_control, std::as_bytes(std::span(&f, 1)), theirs.get());
+        break;
+      } catch (const Error& e) {
+        drop_forkserver(g);  // it died since the last start(): nothing was sent, start another
+        if (attempt == 1)
+          fail<ProcessError>("cannot reach the fork server to start {}: {}", s.name, e.what());
+      }
     }
   }
   theirs.reset();
@@ -1109,7 +1142,7 @@ class Process {
   //!Effects: releases the process's resources (its sentinel); afterwards most methods throw
   //! ValueError (Python's close()). Throws: ValueError if the process still runs.
   void close() {
-    if (s_->closed) return;
+    if (s_->closed || s_->role == detail::Role::current) return;  // Python: a no-op for itself
     if (s_->role == detail::Role::child && s_->started) {
       if (!detail::poll_exit(*s_))
         detail::fail<ValueError>("Cannot close a process while it is still running. You should "
@@ -1143,6 +1176,7 @@ class Process {
     check_open();
     if (!s_->started || s_->role == detail::Role::current)
       detail::fail<ValueError>("process not started");
+    detail::ensure_sentinel(*s_);
     return s_->sentinel.get();
   }
 

@@ -504,6 +504,25 @@ inline std::optional<int> poll_process(pid_type pid) {
   }
 }
 
+//!Effects: blocks until child `pid` has ended, without reaping it (poll_process does that).
+//!Returns: false if it is not (or no longer) our child. Throws: OSError.
+inline bool wait_process_exit(pid_type pid) {
+  siginfo_t info{};
+  for (;;) {
+    if (::waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOWAIT) == 0) return true;
+    if (errno == ECHILD) return false;
+    if (errno != EINTR) throw_errno("waitid", std::to_string(pid), errno);
+  }
+}
+
+//!Returns: a handle that is readable at once (the sentinel of a process already reaped).
+inline Fd ready_handle() {
+  int p[2];
+  if (::pipe2(p, O_CLOEXEC) != 0) throw_errno("pipe2", "", errno);
+  ::close(p[1]);  // end of file: always readable
+  return Fd{p[0]};
+}
+
 //!Effects: waits until `h` is readable or `timeout` elapses (forever when nullopt), EINTR-safe.
 //!Returns: true if readable (or hung up). Throws: OSError.
 inline bool wait_readable(native_handle h, std::optional<std::chrono::nanoseconds> timeout) {
