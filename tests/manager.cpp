@@ -530,3 +530,72 @@ TEST_CASE("corrupted shared memory is a CorruptedError, never a wild access", "[
   CHECK(d.at("a") == 1);  // repaired by hand: everything works again
   CHECK(l.to_vector() == std::vector<int>{1});
 }
+
+TEST_CASE("a recoverer killed while replaying the undo log leaves it for the next one", "[manager][kill]") {
+  mpp::Manager m(small());
+  auto d = m.dict<int, std::string>("v");
+  auto l = m.list<std::int64_t>("l");
+  d.update(std::vector<std::pair<int, std::string>>{{1, "a"}, {2, "bb"}});
+  l.extend({7, 7});
+  // 1. A writer dies just before committing a big mutation (a long undo log).
+  const pid_t writer = fork_child([&] {
+    std::snprintf(crash_arm::target, sizeof crash_arm::target, "%s", "manager.tx.before_commit");
+    crash_arm::countdown = 1;
+    std::vector<std::pair<int, std::string>> many;
+    for (int i = 0; i < 500; ++i) many.emplace_back(i, std::string(static_cast<std::size_t>(i % 64), 'z'));
+    d.update(many);
+    return 0;
+  });
+  REQUIRE(wait_child(writer) == -SIGKILL);
+  // 2. Two recoverers in a row die half-way through the replay.
+  for (long hit : {3L, 40L}) {
+    const pid_t rec = fork_child([&] {
+      std::snprintf(crash_arm::target, sizeof crash_arm::target, "%s", "manager.recover.replay");
+      crash_arm::countdown = hit;
+      d.set(1000, "x");
+      return 0;
+    });
+    REQUIRE(wait_child(rec) == -SIGKILL);
+  }
+  // 3. The next user finishes the recovery: the dict is exactly as before the update.
+  CHECK(d.items() == std::vector<std::pair<int, std::string>>{{1, "a"}, {2, "bb"}});
+  CHECK(l.to_vector() == std::vector<std::int64_t>{7, 7});
+  d.set(3, "ccc");
+  CHECK(d.size() == 3);
+}
+
+TEST_CASE("readers see only committed states while writers are SIGKILLed", "[manager][kill]") {
+  mpp::Manager m(small());
+  auto g = m.dict<std::string, std::string>("g");
+  g.update(std::vector<std::pair<std::string, std::string>>{{"a", ""}, {"b", ""}, {"c", ""}});
+  mpp::Value<int> stop(0);
+  // The reader checks the invariant (a == b == c) continuously while writers die.
+  const pid_t reader = fork_child([&] {
+    long bad = 0, reads = 0;
+    while (stop.value() == 0) {
+      auto v = g.values();
+      ++reads;
+      if (v.size() != 3 || v[0] != v[1] || v[1] != v[2]) ++bad;
+    }
+    return bad == 0 && reads > 0 ? 0 : 3;
+  });
+  std::mt19937 rng(7);
+  for (int round = 0; round < 8; ++round) {
+    const pid_t w = fork_child([&] {
+      std::mt19937 r(static_cast<unsigned>(round));
+      for (;;) {
+        const std::string x(r() % 100, static_cast<char>('a' + r() % 26));
+        g.update(std::vector<std::pair<std::string, std::string>>{{"a", x}, {"b", x}, {"c", x}});
+      }
+      return 0;
+    });
+    std::this_thread::sleep_for(std::chrono::microseconds(1000 + rng() % 20000));
+    ::kill(w, SIGKILL);
+    CHECK(wait_child(w) == -SIGKILL);
+  }
+  stop.set(1);
+  CHECK(wait_child(reader) == 0);
+  auto v = g.values();
+  REQUIRE(v.size() == 3);
+  CHECK((v[0] == v[1] && v[1] == v[2]));
+}

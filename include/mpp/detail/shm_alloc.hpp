@@ -282,6 +282,8 @@ class Arena {
       UndoEntry e;
       std::memcpy(&e, base_ + h->log_off + *it, sizeof e);
       std::memcpy(base_ + e.off, base_ + h->log_off + *it + sizeof e, e.size);
+      // A recoverer killed here leaves the log in place: the next one replays it all again.
+      MPP_CRASH_POINT("manager.recover.replay");
     }
   }
 
