@@ -11,15 +11,30 @@
 
 #include "helpers.hpp"
 
-using namespace std::chrono_literals;
+#if defined(MPP_OS_POSIX)
+#  include <sys/mman.h>
 using mpp_test::fork_child;
+using mpp_test::wait_child;
+#endif
+
+using namespace std::chrono_literals;
 using mpp_test::seconds_since;
 using mpp_test::unique_name;
-using mpp_test::wait_child;
 using Clock = std::chrono::steady_clock;
 
 namespace {
 
+/// Spins (sleeping a little) until `pred` holds; fails the test after `limit`.
+template <class P>
+void await(P&& pred, std::chrono::milliseconds limit = 10s) {
+  const auto t0 = Clock::now();
+  while (!pred()) {
+    REQUIRE(Clock::now() - t0 < limit);
+    std::this_thread::sleep_for(1ms);
+  }
+}
+
+#if defined(MPP_OS_POSIX)
 /// A counter in a shared anonymous mapping (inherited by fork), for tests only.
 struct SharedCounters {
   SharedCounters() {
@@ -38,19 +53,20 @@ struct SharedCounters {
   Data* d;
 };
 
-/// Spins (sleeping a little) until `pred` holds; fails the test after `limit`.
-template <class P>
-void await(P&& pred, std::chrono::milliseconds limit = 10s) {
-  const auto t0 = Clock::now();
-  while (!pred()) {
-    REQUIRE(Clock::now() - t0 < limit);
-    std::this_thread::sleep_for(1ms);
-  }
-}
+#endif  // MPP_OS_POSIX
 
 }  // namespace
 
-// ---- Lock ---------------------------------------------------------------------------------
+// ---- portable: one process, several threads (also run on Windows) ---------------------
+
+namespace {
+template <class F>
+void run_threads(int n, F&& f) {
+  std::vector<std::thread> ts;
+  for (int i = 0; i < n; ++i) ts.emplace_back([&, i] { f(i); });
+  for (auto& t : ts) t.join();
+}
+}  // namespace
 
 TEST_CASE("Lock: acquire, release, try, misuse", "[sync][lock]") {
   mpp::Lock l;
@@ -88,6 +104,224 @@ TEST_CASE("Lock: acquire, release, try, misuse", "[sync][lock]") {
   CHECK(st->release());
   CHECK_FALSE(st->release());
 }
+
+TEST_CASE("Lock::view keeps the owner's segment alive", "[sync][lock]") {
+  mpp::Lock v = [] {
+    mpp::Lock base;
+    return mpp::Lock::view(base.segment(), &base.state());
+  }();
+  CHECK(v.acquire());
+  CHECK(v.locked());
+  v.release();
+  CHECK_THROWS_AS(mpp::Lock::view(nullptr, nullptr), mpp::InvalidArgument);
+}
+
+TEST_CASE("RLock: recursion, ownership, misuse", "[sync][rlock]") {
+  mpp::RLock r;
+  CHECK_THROWS_AS(r.release(), mpp::ValueError);
+  CHECK(r.acquire());
+  CHECK(r.acquire());
+  CHECK(r.acquire(false));
+  CHECK(r.depth() == 3);
+  CHECK(r.is_owned());
+  {
+    std::lock_guard<mpp::RLock> g(r);
+    CHECK(r.depth() == 4);
+  }
+  // Another thread of this process does not own it.
+  std::thread t([&] {
+    CHECK_FALSE(r.is_owned());
+    CHECK_FALSE(r.acquire(false));
+    CHECK_FALSE(r.acquire(true, 20ms));
+    CHECK_THROWS_AS(r.release(), mpp::ValueError);
+  });
+  t.join();
+#if defined(MPP_OS_POSIX)
+  // Neither does another process.
+  const pid_t child = fork_child([&] {
+    if (r.is_owned() || !r.locked()) return 2;
+    if (r.acquire(true, 50ms)) return 3;
+    try {
+      r.release();
+      return 4;
+    } catch (const mpp::ValueError&) {
+    }
+    return 0;
+  });
+  CHECK(wait_child(child) == 0);
+#endif
+  r.release();
+  r.release();
+  CHECK(r.locked());
+  r.release();
+  CHECK_FALSE(r.locked());
+  CHECK(r.depth() == 0);
+}
+
+TEST_CASE("Semaphore: counting, timeouts, get_value", "[sync][semaphore]") {
+  mpp::Semaphore s(2);
+  CHECK(s.get_value() == 2);
+  CHECK(s.acquire());
+  CHECK(s.acquire(false));
+  CHECK_FALSE(s.acquire(false));
+  const auto t0 = Clock::now();
+  CHECK_FALSE(s.acquire(true, 30ms));
+  CHECK(seconds_since(t0) >= 0.025);
+  CHECK(s.get_value() == 0);
+  s.release(3);  // an unbounded semaphore may grow
+  CHECK(s.get_value() == 3);
+  {
+    std::lock_guard<mpp::Semaphore> g(s);
+    CHECK(s.get_value() == 2);
+  }
+  CHECK(s.get_value() == 3);
+  CHECK_THROWS_AS(mpp::Semaphore(0x80000000u), mpp::InvalidArgument);
+}
+
+TEST_CASE("Condition: misuse raises ValueError; wait times out", "[sync][condition]") {
+  mpp::Condition c;
+  CHECK_THROWS_AS(c.notify(), mpp::ValueError);
+  CHECK_THROWS_AS(c.wait(10ms), mpp::ValueError);
+  CHECK_THROWS_AS(c.release(), mpp::ValueError);
+  std::lock_guard<mpp::Condition> g(c);
+  c.notify();  // nobody waits: nothing happens
+  c.notify_all();
+  const auto t0 = Clock::now();
+  CHECK_FALSE(c.wait(30ms));
+  CHECK(seconds_since(t0) >= 0.025);
+  CHECK_FALSE(c.wait_for([] { return false; }, 20ms));
+  CHECK(c.wait_for([] { return true; }, 0ms));
+}
+
+TEST_CASE("tsan: Lock and RLock protect plain data between threads", "[sync][tsan]") {
+  mpp::Lock l;
+  mpp::RLock r;
+  std::int64_t a = 0, b = 0;  // plain, unsynchronised except by the locks under test
+  run_threads(4, [&](int) {
+    for (int i = 0; i < 2000; ++i) {
+      {
+        std::lock_guard<mpp::Lock> g(l);
+        ++a;
+      }
+      std::lock_guard<mpp::RLock> g1(r);
+      std::lock_guard<mpp::RLock> g2(r);
+      ++b;
+      if (i % 256 == 0) std::this_thread::sleep_for(10us);  // force some sleeping waiters
+    }
+  });
+  CHECK(a == 8000);
+  CHECK(b == 8000);
+}
+
+TEST_CASE("tsan: Semaphore and Event between threads", "[sync][tsan]") {
+  mpp::Semaphore s(2);
+  std::atomic<int> inside{0}, most{0};
+  std::int64_t guarded = 0;
+  mpp::Lock l;
+  run_threads(4, [&](int) {
+    for (int i = 0; i < 1000; ++i) {
+      s.acquire();
+      const int now = inside.fetch_add(1) + 1;
+      int m = most.load();
+      while (now > m && !most.compare_exchange_weak(m, now)) {
+      }
+      {
+        std::lock_guard<mpp::Lock> g(l);
+        ++guarded;
+      }
+      inside.fetch_sub(1);
+      s.release();
+    }
+  });
+  CHECK(most.load() <= 2);
+  CHECK(guarded == 4000);
+  mpp::Event e;
+  std::int64_t payload = 0;
+  std::thread t([&] {
+    payload = 42;  // published by set(), read after wait()
+    e.set();
+  });
+  CHECK(e.wait(20s));
+  CHECK(payload == 42);
+  t.join();
+}
+
+TEST_CASE("tsan: Condition producer/consumer between threads", "[sync][tsan]") {
+  mpp::Condition c;
+  std::vector<int> items;  // guarded by c's lock
+  int consumed = 0;
+  constexpr int kItems = 2000;
+  std::thread producer([&] {
+    for (int i = 0; i < kItems; ++i) {
+      std::lock_guard<mpp::Condition> g(c);
+      items.push_back(i);
+      c.notify();
+    }
+  });
+  run_threads(3, [&](int) {
+    for (;;) {
+      std::unique_lock<mpp::Condition> g(c);
+      c.wait_for([&] { return !items.empty() || consumed == kItems; }, 20s);
+      if (consumed == kItems) {
+        c.notify_all();
+        return;
+      }
+      items.pop_back();
+      if (++consumed == kItems) c.notify_all();
+    }
+  });
+  producer.join();
+  CHECK(consumed == kItems);
+}
+
+TEST_CASE("tsan: Barrier between threads", "[sync][tsan]") {
+  std::int64_t phase_sum = 0;  // written by the action, read by every thread after the barrier
+  mpp::Barrier b(3, [&] { ++phase_sum; });
+  std::atomic<int> bad{0};
+  run_threads(3, [&](int) {
+    for (int round = 1; round <= 200; ++round) {
+      b.wait(20s);
+      if (phase_sum < round) bad.fetch_add(1);
+      b.wait(20s);  // nobody runs the next action before everyone has read phase_sum
+    }
+  });
+  CHECK(bad.load() == 0);
+  CHECK(phase_sum == 400);
+}
+
+TEST_CASE("Handles cross processes as their names (codec)", "[sync][codec]") {
+  mpp::Lock l;
+  auto l2 = mpp::decode<mpp::Lock>(mpp::encode(l));
+  CHECK(l2.name() == l.name());
+  l2.acquire();
+  CHECK(l.locked());
+  l.release();
+  mpp::RLock r;
+  CHECK(mpp::decode<mpp::RLock>(mpp::encode(r)).name() == r.name());
+  mpp::Semaphore s(3);
+  CHECK(mpp::decode<mpp::Semaphore>(mpp::encode(s)).get_value() == 3);
+  mpp::BoundedSemaphore bs(2);
+  CHECK(mpp::decode<mpp::BoundedSemaphore>(mpp::encode(bs)).get_value() == 2);
+  mpp::Event e;
+  e.set();
+  CHECK(mpp::decode<mpp::Event>(mpp::encode(e)).is_set());
+  mpp::Condition c;
+  CHECK(mpp::decode<mpp::Condition>(mpp::encode(c)).name() == c.name());
+  mpp::Barrier b(4);
+  CHECK(mpp::decode<mpp::Barrier>(mpp::encode(b)).parties() == 4);
+  // Views and conditions over a supplied lock do not cross by themselves.
+  auto v = mpp::Lock::view(c.segment(), &l.state());
+  CHECK_THROWS_AS(mpp::encode(v), mpp::InvalidArgument);
+  mpp::Condition over(l);
+  CHECK_THROWS_AS(mpp::encode(over), mpp::InvalidArgument);
+  CHECK_THROWS_AS(mpp::decode<mpp::Lock>(mpp::encode(e)), mpp::TypeMismatchError);
+}
+
+// ---- across forked processes (POSIX) -------------------------------------------------------
+
+#if defined(MPP_OS_POSIX)
+
+// ---- Lock ---------------------------------------------------------------------------------
 
 TEST_CASE("Lock: mutual exclusion across processes", "[sync][lock]") {
   mpp::Lock l;
@@ -148,58 +382,7 @@ TEST_CASE("Lock: a waiter sleeps and is woken by the release", "[sync][lock]") {
   CHECK(wait_child(child) == 0);
 }
 
-TEST_CASE("Lock::view keeps the owner's segment alive", "[sync][lock]") {
-  mpp::Lock v = [] {
-    mpp::Lock base;
-    return mpp::Lock::view(base.segment(), &base.state());
-  }();
-  CHECK(v.acquire());
-  CHECK(v.locked());
-  v.release();
-  CHECK_THROWS_AS(mpp::Lock::view(nullptr, nullptr), mpp::InvalidArgument);
-}
-
 // ---- RLock --------------------------------------------------------------------------------
-
-TEST_CASE("RLock: recursion, ownership, misuse", "[sync][rlock]") {
-  mpp::RLock r;
-  CHECK_THROWS_AS(r.release(), mpp::ValueError);
-  CHECK(r.acquire());
-  CHECK(r.acquire());
-  CHECK(r.acquire(false));
-  CHECK(r.depth() == 3);
-  CHECK(r.is_owned());
-  {
-    std::lock_guard<mpp::RLock> g(r);
-    CHECK(r.depth() == 4);
-  }
-  // Another thread of this process does not own it.
-  std::thread t([&] {
-    CHECK_FALSE(r.is_owned());
-    CHECK_FALSE(r.acquire(false));
-    CHECK_FALSE(r.acquire(true, 20ms));
-    CHECK_THROWS_AS(r.release(), mpp::ValueError);
-  });
-  t.join();
-  // Neither does another process.
-  const pid_t child = fork_child([&] {
-    if (r.is_owned() || !r.locked()) return 2;
-    if (r.acquire(true, 50ms)) return 3;
-    try {
-      r.release();
-      return 4;
-    } catch (const mpp::ValueError&) {
-    }
-    return 0;
-  });
-  CHECK(wait_child(child) == 0);
-  r.release();
-  r.release();
-  CHECK(r.locked());
-  r.release();
-  CHECK_FALSE(r.locked());
-  CHECK(r.depth() == 0);
-}
 
 TEST_CASE("RLock: mutual exclusion across processes and threads", "[sync][rlock]") {
   auto r = mpp::RLock::create(unique_name("rlock"));
@@ -331,26 +514,6 @@ TEST_CASE("RLock: holder killed at random points, 50 rounds", "[sync][rlock][kil
 
 // ---- Semaphore, BoundedSemaphore ----------------------------------------------------------
 
-TEST_CASE("Semaphore: counting, timeouts, get_value", "[sync][semaphore]") {
-  mpp::Semaphore s(2);
-  CHECK(s.get_value() == 2);
-  CHECK(s.acquire());
-  CHECK(s.acquire(false));
-  CHECK_FALSE(s.acquire(false));
-  const auto t0 = Clock::now();
-  CHECK_FALSE(s.acquire(true, 30ms));
-  CHECK(seconds_since(t0) >= 0.025);
-  CHECK(s.get_value() == 0);
-  s.release(3);  // an unbounded semaphore may grow
-  CHECK(s.get_value() == 3);
-  {
-    std::lock_guard<mpp::Semaphore> g(s);
-    CHECK(s.get_value() == 2);
-  }
-  CHECK(s.get_value() == 3);
-  CHECK_THROWS_AS(mpp::Semaphore(0x80000000u), mpp::InvalidArgument);
-}
-
 TEST_CASE("Semaphore: bounds concurrency across processes", "[sync][semaphore]") {
   auto s = mpp::Semaphore::create(unique_name("sem"), 2);
   SharedCounters c;
@@ -441,21 +604,6 @@ TEST_CASE("Event: set, clear, wait with timeout, across processes", "[sync][even
 }
 
 // ---- Condition ----------------------------------------------------------------------------
-
-TEST_CASE("Condition: misuse raises ValueError; wait times out", "[sync][condition]") {
-  mpp::Condition c;
-  CHECK_THROWS_AS(c.notify(), mpp::ValueError);
-  CHECK_THROWS_AS(c.wait(10ms), mpp::ValueError);
-  CHECK_THROWS_AS(c.release(), mpp::ValueError);
-  std::lock_guard<mpp::Condition> g(c);
-  c.notify();  // nobody waits: nothing happens
-  c.notify_all();
-  const auto t0 = Clock::now();
-  CHECK_FALSE(c.wait(30ms));
-  CHECK(seconds_since(t0) >= 0.025);
-  CHECK_FALSE(c.wait_for([] { return false; }, 20ms));
-  CHECK(c.wait_for([] { return true; }, 0ms));
-}
 
 TEST_CASE("Condition: predicate waits with several waiters, notify(n) and notify_all",
           "[sync][condition]") {
@@ -689,140 +837,7 @@ TEST_CASE("Barrier: party killed at random points, 20 rounds", "[sync][barrier][
   }
 }
 
-// ---- the algorithms under threads (run under ThreadSanitizer by the tsan preset) ------------
-
-namespace {
-template <class F>
-void run_threads(int n, F&& f) {
-  std::vector<std::thread> ts;
-  for (int i = 0; i < n; ++i) ts.emplace_back([&, i] { f(i); });
-  for (auto& t : ts) t.join();
-}
-}  // namespace
-
-TEST_CASE("tsan: Lock and RLock protect plain data between threads", "[sync][tsan]") {
-  mpp::Lock l;
-  mpp::RLock r;
-  std::int64_t a = 0, b = 0;  // plain, unsynchronised except by the locks under test
-  run_threads(4, [&](int) {
-    for (int i = 0; i < 2000; ++i) {
-      {
-        std::lock_guard<mpp::Lock> g(l);
-        ++a;
-      }
-      std::lock_guard<mpp::RLock> g1(r);
-      std::lock_guard<mpp::RLock> g2(r);
-      ++b;
-      if (i % 256 == 0) std::this_thread::sleep_for(10us);  // force some sleeping waiters
-    }
-  });
-  CHECK(a == 8000);
-  CHECK(b == 8000);
-}
-
-TEST_CASE("tsan: Semaphore and Event between threads", "[sync][tsan]") {
-  mpp::Semaphore s(2);
-  std::atomic<int> inside{0}, most{0};
-  std::int64_t guarded = 0;
-  mpp::Lock l;
-  run_threads(4, [&](int) {
-    for (int i = 0; i < 1000; ++i) {
-      s.acquire();
-      const int now = inside.fetch_add(1) + 1;
-      int m = most.load();
-      while (now > m && !most.compare_exchange_weak(m, now)) {
-      }
-      {
-        std::lock_guard<mpp::Lock> g(l);
-        ++guarded;
-      }
-      inside.fetch_sub(1);
-      s.release();
-    }
-  });
-  CHECK(most.load() <= 2);
-  CHECK(guarded == 4000);
-  mpp::Event e;
-  std::int64_t payload = 0;
-  std::thread t([&] {
-    payload = 42;  // published by set(), read after wait()
-    e.set();
-  });
-  CHECK(e.wait(20s));
-  CHECK(payload == 42);
-  t.join();
-}
-
-TEST_CASE("tsan: Condition producer/consumer between threads", "[sync][tsan]") {
-  mpp::Condition c;
-  std::vector<int> items;  // guarded by c's lock
-  int consumed = 0;
-  constexpr int kItems = 2000;
-  std::thread producer([&] {
-    for (int i = 0; i < kItems; ++i) {
-      std::lock_guard<mpp::Condition> g(c);
-      items.push_back(i);
-      c.notify();
-    }
-  });
-  run_threads(3, [&](int) {
-    for (;;) {
-      std::unique_lock<mpp::Condition> g(c);
-      c.wait_for([&] { return !items.empty() || consumed == kItems; }, 20s);
-      if (consumed == kItems) {
-        c.notify_all();
-        return;
-      }
-      items.pop_back();
-      if (++consumed == kItems) c.notify_all();
-    }
-  });
-  producer.join();
-  CHECK(consumed == kItems);
-}
-
-TEST_CASE("tsan: Barrier between threads", "[sync][tsan]") {
-  std::int64_t phase_sum = 0;  // written by the action, read by every thread after the barrier
-  mpp::Barrier b(3, [&] { ++phase_sum; });
-  std::atomic<int> bad{0};
-  run_threads(3, [&](int) {
-    for (int round = 1; round <= 200; ++round) {
-      b.wait(20s);
-      if (phase_sum < round) bad.fetch_add(1);
-      b.wait(20s);  // nobody runs the next action before everyone has read phase_sum
-    }
-  });
-  CHECK(bad.load() == 0);
-  CHECK(phase_sum == 400);
-}
-
-TEST_CASE("Handles cross processes as their names (codec)", "[sync][codec]") {
-  mpp::Lock l;
-  auto l2 = mpp::decode<mpp::Lock>(mpp::encode(l));
-  CHECK(l2.name() == l.name());
-  l2.acquire();
-  CHECK(l.locked());
-  l.release();
-  mpp::RLock r;
-  CHECK(mpp::decode<mpp::RLock>(mpp::encode(r)).name() == r.name());
-  mpp::Semaphore s(3);
-  CHECK(mpp::decode<mpp::Semaphore>(mpp::encode(s)).get_value() == 3);
-  mpp::BoundedSemaphore bs(2);
-  CHECK(mpp::decode<mpp::BoundedSemaphore>(mpp::encode(bs)).get_value() == 2);
-  mpp::Event e;
-  e.set();
-  CHECK(mpp::decode<mpp::Event>(mpp::encode(e)).is_set());
-  mpp::Condition c;
-  CHECK(mpp::decode<mpp::Condition>(mpp::encode(c)).name() == c.name());
-  mpp::Barrier b(4);
-  CHECK(mpp::decode<mpp::Barrier>(mpp::encode(b)).parties() == 4);
-  // Views and conditions over a supplied lock do not cross by themselves.
-  auto v = mpp::Lock::view(c.segment(), &l.state());
-  CHECK_THROWS_AS(mpp::encode(v), mpp::InvalidArgument);
-  mpp::Condition over(l);
-  CHECK_THROWS_AS(mpp::encode(over), mpp::InvalidArgument);
-  CHECK_THROWS_AS(mpp::decode<mpp::Lock>(mpp::encode(e)), mpp::TypeMismatchError);
-}
+// ---- dead holders, more -------------------------------------------------------------------
 
 TEST_CASE("Barrier: a party killed inside the barrier's critical section breaks it",
           "[sync][barrier][kill]") {
@@ -860,3 +875,5 @@ TEST_CASE("Lock: a waiter killed while sleeping leaves the lock usable", "[sync]
   CHECK_FALSE(l.previous_owner_died());
   l.release();
 }
+
+#endif  // MPP_OS_POSIX
