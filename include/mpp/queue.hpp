@@ -133,12 +133,14 @@ class Ops {
       });
     } else if constexpr (kRaw && sizeof(T) <= kMedium) {
       return put_bytes(c, joinable, block, deadline, [&](Slot& sl, std::uint64_t idx) {
+        c.ensure_backed(idx, true, sizeof(T));
         std::memcpy(c.cell(idx), std::addressof(item), sizeof(T));
         sl.len = static_cast<std::uint32_t>(sizeof(T)) | kMedFlag;
       });
     } else if constexpr (kRaw) {
       check_size(c, sizeof(T));
       return put_bytes(c, joinable, block, deadline, [&](Slot& sl, std::uint64_t idx) {
+        c.ensure_backed(idx, false, sizeof(T));
         std::memcpy(c.region(idx), std::addressof(item), sizeof(T));
         sl.len = static_cast<std::uint32_t>(sizeof(T)) | kBigFlag;
       });
@@ -153,9 +155,11 @@ class Ops {
           if (n != 0) std::memcpy(sl.data, buf.data(), n);
           sl.len = n;
         } else if (n <= kMedium) {
+          c.ensure_backed(idx, true, n);
           std::memcpy(c.cell(idx), buf.data(), n);
           sl.len = n | kMedFlag;
         } else {
+          c.ensure_backed(idx, false, n);
           std::memcpy(c.region(idx), buf.data(), n);
           sl.len = n | kBigFlag;
         }

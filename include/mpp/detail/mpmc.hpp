@@ -59,6 +59,7 @@ inline constexpr std::uint32_t kMaxParticipants = 128;  // owner = index (7 bits
 inline constexpr std::uint32_t kGenMask = 511;
 inline constexpr std::size_t kInline = 20;              // bytes stored in the slot itself
 inline constexpr std::size_t kMedium = 2048;            // bytes per slot in the medium array
+inline constexpr std::uint64_t kSlotsPerPage = 4096 / 32;
 inline constexpr std::uint32_t kBigFlag = 0x80000000u;  // len: the bytes are in the slot's region
 inline constexpr std::uint32_t kMedFlag = 0x40000000u;  // len: the bytes are in the slot's cell
 inline constexpr std::uint32_t kLenMask = 0x3fffffffu;
@@ -121,11 +122,13 @@ static_assert(std::is_standard_layout_v<Header>);
 
 /// Layout of a queue of `capacity` slots with `max_item`-byte regions.
 struct Layout {
-  u64 slots_offset, medium_offset, regions_offset, region_stride, payload_size;
+  u64 slots_offset, filled_offset, medium_offset, regions_offset, region_stride, payload_size;
   static Layout of(u64 capacity, u64 max_item) {
     Layout l{};
     l.slots_offset = align_up(sizeof(Header), kCacheLine);
-    l.medium_offset = align_up(l.slots_offset + capacity * sizeof(Slot), 4096);
+    // Per slot: how much of its cell / region the kernel has allocated (see ensure_backed()).
+    l.filled_offset = align_up(l.slots_offset + capacity * sizeof(Slot), kCacheLine);
+    l.medium_offset = align_up(l.filled_offset + capacity * sizeof(std::uint32_t), 4096);
     l.regions_offset = align_up(l.medium_offset + capacity * kMedium, 4096);
     // One cache line more than whole pages: region i starts at a different cache set than i-1.
     l.region_stride = align_up(max_item, 4096) + kCacheLine;
@@ -211,6 +214,7 @@ class Core {
     slots_ = reinterpret_cast<Slot*>(seg_.payload() + so);
     regions_ = seg_.payload() + ro;
     medium_ = seg_.payload() + l.medium_offset;
+    filled_ = reinterpret_cast<std::uint32_t*>(seg_.payload() + l.filled_offset);
     stride_ = l.region_stride;
   }
 
@@ -254,6 +258,18 @@ class Core {
   std::byte* region(u64 idx) const noexcept { return regions_ + idx * stride_; }
   std::byte* cell(u64 idx) const noexcept { return medium_ + idx * kMedium; }
 
+  //!Effects: makes sure the kernel has allocated the first `n` bytes of slot idx's cell
+  //! (`in_cell`) or region, so that a full /dev/shm is an error here, not a SIGBUS in memcpy.
+  //! Called by the slot's owner only (WRITING). Throws: OSError when memory ran out.
+  void ensure_backed(u64 idx, bool in_cell, std::size_t n) {
+    constexpr std::uint32_t kCellDone = 0x80000000u;
+    std::uint32_t& f = filled_[idx];
+    const std::uint32_t have = f;
+    if (in_cell ? (have & kCellDone) != 0 : (have & ~kCellDone) >= n) return;
+    populate(in_cell ? cell(idx) : region(idx), in_cell ? kMedium : n, "an item");
+    f = in_cell ? (have | kCellDone) : ((have & kCellDone) | static_cast<std::uint32_t>(n));
+  }
+
   // ---- one attempt to put -------------------------------------------------------------------
   //!Effects: claims the next free position and calls write(slot, idx) in it, then publishes.
   //!Returns: ok; full (the slot holds an unread item of the previous lap) or busy (it is being
@@ -270,6 +286,14 @@ class Core {
       const i64 d = lap_diff(lap_of(s), lap);
       if (d == 0) {
         if (phase_of(s) == kEmpty) {
+          // First use of a page of slots: have it allocated now (a clear error if memory ran
+          // out). Nobody writes the page's later slots before this one is claimed.
+          if (lap == 0 && idx % kSlotsPerPage == 0 &&
+              first_use_checked_.load(std::memory_order_relaxed) <= idx) {
+            populate(&sl, std::min<u64>(kSlotsPerPage, cap_ - idx) * sizeof(Slot), "its slots");
+            populate(filled_ + idx, std::min<u64>(kSlotsPerPage, cap_ - idx) * 4, "its slots");
+            first_use_checked_.store(idx + 1, std::memory_order_relaxed);
+          }
           if (sl.state.compare_exchange_strong(s, make_state(lap, kWriting, me),
                                                std::memory_order_acquire,
                                                std::memory_order_relaxed)) {
@@ -277,7 +301,14 @@ class Core {
             MPP_CRASH_POINT("queue.put.claimed");
             if (joinable) h_->unfinished.fetch_add(1, std::memory_order_seq_cst);
             MPP_CRASH_POINT("queue.put.counted");
-            write(sl, idx);
+            try {
+              write(sl, idx);
+            } catch (...) {  // nothing was published: drop the slot as a dead put would
+              if (joinable) h_->unfinished.fetch_sub(1, std::memory_order_seq_cst);
+              sl.state.store(make_state(lap + 1, kEmpty, 0), std::memory_order_release);
+              if (s & kWaiter) h_->not_empty.notify_all();
+              throw;
+            }
             MPP_CRASH_POINT("queue.put.written");
             sl.state.store(make_state(lap, kFull, 0), std::memory_order_release);
             MPP_CRASH_POINT("queue.put.published");
@@ -497,6 +528,15 @@ class Core {
     commit.ok = true;
   }
 
+  void populate(void* p, std::size_t n, const char* what) {
+    if (const int err = os::populate_write(p, n); err != 0)
+      throw OSError(fmt::format("queue '{}': out of shared memory while allocating {} ({} bytes): "
+                                "{} (errno {}); /dev/shm is full: free memory there, or use "
+                                "smaller items or a bounded queue",
+                                name(), what, n, std::strerror(err), err),
+                    err);
+  }
+
   bool repair(Slot& sl, u64 s) {
     const u64 ph = phase_of(s), lap = lap_of(s);
     u64 expected = s;
@@ -559,6 +599,7 @@ class Core {
   Slot* slots_ = nullptr;
   std::byte* regions_ = nullptr;
   std::byte* medium_ = nullptr;
+  std::uint32_t* filled_ = nullptr;
   u64 cap_ = 0, max_item_ = 0, mask_ = 0, stride_ = 0;
   i64 maxsize_ = 0;
   unsigned shift_ = 0;
@@ -569,6 +610,7 @@ class Core {
   std::uint32_t owner_ = 0;
   ProcessRef self_{};
   std::atomic<bool> closed_{false};
+  std::atomic<u64> first_use_checked_{0};  // this process's hint (another may have done it)
 };
 
 }  // namespace mpp::detail::mpmc

@@ -762,4 +762,29 @@ inline void default_termination_signals() noexcept {
 }
 // ==== end pool workers ========================================================================
 
+// ==== queue memory (owner: Queue) ==============================================================
+
+//!Effects: makes the kernel allocate (and map writable) the pages of [p, p + n) of a shared
+//! mapping now, so running out of memory is an error code here instead of a SIGBUS later.
+//!Returns: 0, or the errno (ENOMEM/EFAULT: the file system behind the mapping is full).
+inline int populate_write(void* p, std::size_t n) noexcept {
+#if defined(MADV_POPULATE_WRITE)
+  if (n == 0) return 0;
+  const auto page = static_cast<std::uintptr_t>(page_size());
+  const auto begin = reinterpret_cast<std::uintptr_t>(p) / page * page;
+  const auto end = (reinterpret_cast<std::uintptr_t>(p) + n + page - 1) / page * page;
+  for (;;) {
+    if (::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_WRITE) == 0) return 0;
+    const int err = errno;
+    if (err == EINTR || err == EAGAIN) continue;
+    return err == EINVAL ? 0 : err;  // EINVAL: a kernel before 5.14; fall back to faulting
+  }
+#else
+  (void)p;
+  (void)n;
+  return 0;
+#endif
+}
+// ==== end queue memory ==========================================================================
+
 }  // namespace mpp::detail::os
