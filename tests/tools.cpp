@@ -3,6 +3,7 @@
 // (never one with a live user, forked non-creators included), --dry-run removes nothing, and
 // hostile files (truncated, corrupt, planted links) are described without being trusted.
 #include <mpp/detail/registry.hpp>
+#include <mpp/queue.hpp>
 #include <mpp/segment.hpp>
 
 #include <fcntl.h>
@@ -109,6 +110,27 @@ TEST_CASE("ls shows a live object with its kind, element type, creator and users
   CHECK(o->stat.owned_by_us);
   CHECK(reg::live_users(*o).size() == 1);
   CHECK_FALSE(reg::gc_verdict(*o, mpp::detail::os::unix_time_ms()).remove);
+}
+
+TEST_CASE("ls shows a queue's depth", "[tools]") {
+  const auto name = mpp_test::unique_name("ls.depth");
+  auto q = mpp::Queue<int>::create(name, 8);
+  for (int i = 0; i < 3; ++i) q.put(i);
+  auto o = find(reg::scan(prefix_of(name)), name);
+  REQUIRE(o.has_value());
+  CHECK(o->kind_label == "Queue");
+  CHECK(reg::queue_depth(*o) == std::optional<std::uint64_t>(3));
+  (void)q.get();
+  o = find(reg::scan(prefix_of(name)), name);
+  CHECK(reg::queue_depth(*o) == std::optional<std::uint64_t>(2));
+  // Not a queue, or implausible hints: no depth.
+  auto seg = Segment::create(name + "x", queue_spec());  // a "Queue" segment without a queue inside
+  o = find(reg::scan(prefix_of(name)), name + "x");
+  REQUIRE(o.has_value());
+  CHECK_FALSE(reg::queue_depth(*o).has_value());
+#ifdef MPP_TOOL_PATH
+  CHECK(run_tool("ls --prefix " + name).find(" 2  ready") != std::string::npos);
+#endif
 }
 
 TEST_CASE("gc removes an object whose creator and users were all killed", "[tools]") {

@@ -27,7 +27,7 @@ constexpr std::string_view kUsage =
     "       mpp rm NAME\n"
     "\n"
     "ls       lists named mpp objects (/dev/shm/mpp.*): kind, element type, size, creator pid,\n"
-    "         live users / registered users, state.\n"
+    "         live users / registered users, queue depth, state.\n"
     "gc       removes objects whose creator and attached processes are all dead (pid + start\n"
     "         time), including half-built ones whose creator died; never one with a live user.\n"
     "         --dry-run only prints what would be removed.\n"
@@ -47,14 +47,16 @@ std::string users_text(const reg::ObjectInfo& o) {
 
 int cmd_ls(std::string_view prefix) {
   const auto objects = reg::scan(prefix);
-  fmt::print("{:<40} {:<14} {:<24} {:>8} {:>8} {:>6}  {}\n", "NAME", "KIND", "TYPE", "SIZE",
-             "CREATOR", "USERS", "STATE");
+  fmt::print("{:<40} {:<14} {:<24} {:>8} {:>8} {:>6} {:>6}  {}\n", "NAME", "KIND", "TYPE", "SIZE",
+             "CREATOR", "USERS", "DEPTH", "STATE");
   for (const auto& o : objects) {
     const bool h = o.header_readable;
-    fmt::print("{:<40} {:<14} {:<24} {:>8} {:>8} {:>6}  {}{}{}\n", o.name, h ? o.kind_label : "-",
-               h ? o.type_name : "-", size_text(o.stat.size),
+    const auto depth = reg::queue_depth(o);
+    fmt::print("{:<40} {:<14} {:<24} {:>8} {:>8} {:>6} {:>6}  {}{}{}\n", o.name,
+               h ? o.kind_label : "-", h ? o.type_name : "-", size_text(o.stat.size),
                h && o.creator.pid > 0 ? fmt::format("{}", o.creator.pid) : "-", users_text(o),
-               reg::state_name(o.state), o.problem.empty() ? "" : ": ", o.problem);
+               depth ? fmt::format("{}", *depth) : "-", reg::state_name(o.state),
+               o.problem.empty() ? "" : ": ", o.problem);
   }
   return 0;
 }
@@ -103,6 +105,8 @@ int cmd_inspect(std::string_view name) {
     fmt::print("created:         unix ms {}\n", o.created_unix_ms);
     fmt::print("creator:         pid {} (start tag {:#x}) {}\n", o.creator.pid, o.creator.start_tag,
                o.creator.pid > 0 ? (reg::process_alive(o.creator) ? "alive" : "dead") : "-");
+    if (const auto depth = reg::queue_depth(o))
+      fmt::print("queue depth:     {} (from the head/tail hints)\n", *depth);
     fmt::print("attach table:    {} slot(s) in use\n", o.attachers.size());
     for (const auto& a : o.attachers)
       fmt::print("  [{:3}] pid {:>8} start tag {:#010x} {}\n", a.slot, a.who.pid, a.who.start_tag,

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -17,6 +18,7 @@
 
 #include "../segment.hpp"
 #include "liveness.hpp"
+#include "mpmc.hpp"
 #include "os.hpp"
 
 namespace mpp::detail::registry {
@@ -73,7 +75,13 @@ struct ObjectInfo {
   std::uint64_t created_unix_ms = 0;
   ProcessRef creator;        ///< pid 0 when not written yet
   std::vector<Attacher> attachers;  ///< non-empty attach slots
+  /// A copy of the first bytes of the payload (kind-specific state such as a queue's indices),
+  /// for ready/truncated objects; untrusted like everything else.
+  std::vector<std::byte> payload_head;
 };
+
+/// Bytes of payload that inspect() copies: enough for a queue's head and tail hints.
+inline constexpr std::size_t kPayloadPeek = offsetof(mpmc::Header, head) + sizeof(std::uint64_t);
 
 namespace registry_detail {
 template <class T>
@@ -195,6 +203,10 @@ inline ObjectInfo inspect(std::string_view name) {
   buf.resize(os::read_at(fd, 0, buf.data(), buf.size()));
   ObjectInfo o = parse_header(name, buf, st.size);
   o.stat = st;
+  if ((o.state == State::ready || o.state == State::truncated) && o.payload_size >= kPayloadPeek) {
+    o.payload_head.resize(kPayloadPeek);
+    o.payload_head.resize(os::read_at(fd, o.payload_offset, o.payload_head.data(), kPayloadPeek));
+  }
   if (!st.owned_by_us) {
     o.problem = fmt::format("owned by uid {}{}{}", st.uid, o.problem.empty() ? "" : "; ", o.problem);
     o.state = State::foreign;
@@ -207,6 +219,23 @@ inline std::vector<ObjectInfo> scan(std::string_view prefix = "mpp.") {
   std::vector<ObjectInfo> out;
   for (const auto& n : os::shm_list(prefix)) out.push_back(inspect(n));
   return out;
+}
+
+//!Returns: the number of items in a queue (Queue, SimpleQueue, JoinableQueue) as its tail and
+//! head hints say — exact when no put/get is in flight and no process died inside one — or
+//! nullopt when `o` is not a queue or the hints are not plausible.
+inline std::optional<std::uint64_t> queue_depth(const ObjectInfo& o) {
+  const auto k = static_cast<Kind>(o.kind);
+  if (k != Kind::queue && k != Kind::simple_queue && k != Kind::joinable_queue) return std::nullopt;
+  const std::span<const std::byte> b = o.payload_head;
+  using registry_detail::field;
+  if (b.size() < kPayloadPeek || field<std::uint64_t>(b, offsetof(mpmc::Header, magic)) != mpmc::kMagic)
+    return std::nullopt;
+  const auto cap = field<std::uint64_t>(b, offsetof(mpmc::Header, capacity));
+  const auto tail = field<std::uint64_t>(b, offsetof(mpmc::Header, tail));
+  const auto head = field<std::uint64_t>(b, offsetof(mpmc::Header, head));
+  if (tail < head || tail - head > cap) return std::nullopt;
+  return tail - head;
 }
 
 /// Tells whether a process is alive (injectable for tests and fuzzing).
