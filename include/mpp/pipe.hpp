@@ -149,16 +149,17 @@ class PipeEnd final : public ForkHook {
     }
     ring::Control* c = out_.ctl;
     const std::uint64_t w = c->write_idx.load(std::memory_order_relaxed);  // ours: never stale
-    if (((w & 7) | c->data.gone.load(std::memory_order_relaxed)) != 0 ||
+    if (((w & 3) | c->data.gone.load(std::memory_order_relaxed)) != 0 ||
         out_.capacity - (w - rcache_) < need) [[unlikely]] {
       write_message(ring::kKindValue, {}, {static_cast<const std::byte*>(p), N});
       return;
     }
-    const std::uint64_t hdr = ring::header(static_cast<std::uint32_t>(N), ring::kKindValue);
-    std::byte* at = out_.data + (w & out_.mask);  // 8-aligned, so the header never wraps
-    std::memcpy(at, &hdr, 8);
-    if constexpr (N <= 8)
-      std::memcpy(out_.data + (((w & out_.mask) + 8) & out_.mask), p, N);  // 8-aligned: never wraps
+    const std::uint32_t hdr = ring::header(static_cast<std::uint32_t>(N), ring::kKindValue);
+    const std::uint64_t off = w & out_.mask;  // 4-aligned, so the header never wraps
+    std::memcpy(out_.data + off, &hdr, ring::kHeader);
+    const std::uint64_t poff = (off + ring::kHeader) & out_.mask;
+    if (poff + N <= out_.capacity) [[likely]]
+      std::memcpy(out_.data + poff, p, N);
     else
       out_.put(w + ring::kHeader, p, N);
     publish(w + need);
@@ -215,16 +216,17 @@ class PipeEnd final : public ForkHook {
     ring::Control* c = in_.ctl;
     const std::uint64_t r = c->read_idx.load(std::memory_order_relaxed);
     constexpr std::uint64_t need = ring::frame_size(N);
-    if (wcache_ - r < need || wcache_ - r > in_.capacity || (r & 7) != 0) {
+    if (wcache_ - r < need || wcache_ - r > in_.capacity || (r & 3) != 0) {
       wcache_ = c->write_idx.load(std::memory_order_acquire);
-      if (wcache_ - r < need || wcache_ - r > in_.capacity || (r & 7) != 0) return false;
+      if (wcache_ - r < need || wcache_ - r > in_.capacity || (r & 3) != 0) return false;
     }
-    const std::byte* at = in_.data + (r & in_.mask);
-    std::uint64_t hdr;
-    std::memcpy(&hdr, at, 8);
+    const std::uint64_t off = r & in_.mask;
+    std::uint32_t hdr;
+    std::memcpy(&hdr, in_.data + off, ring::kHeader);
     if (hdr != ring::header(static_cast<std::uint32_t>(N), ring::kKindValue)) return false;
-    if constexpr (N <= 8)
-      std::memcpy(out, in_.data + (((r & in_.mask) + 8) & in_.mask), N);
+    const std::uint64_t poff = (off + ring::kHeader) & in_.mask;
+    if (poff + N <= in_.capacity) [[likely]]
+      std::memcpy(out, in_.data + poff, N);
     else
       in_.get(r + ring::kHeader, out, N);
     consume_ring(r + need);
@@ -254,10 +256,10 @@ class PipeEnd final : public ForkHook {
       const std::uint64_t r = in_.ctl->read_idx.load(std::memory_order_relaxed);
       const std::uint64_t avail = wait_data(r, deadline);
       if (avail == 0) return std::nullopt;
-      std::uint64_t hdr;
-      std::memcpy(&hdr, in_.data + (r & in_.mask), 8);
-      const auto len = static_cast<std::uint32_t>(hdr);
-      const auto flags = static_cast<std::uint32_t>(hdr >> 32);
+      std::uint32_t hdr;
+      std::memcpy(&hdr, in_.data + (r & in_.mask), ring::kHeader);
+      const std::uint32_t len = hdr & 0xffffff;
+      const std::uint32_t flags = hdr >> 24;
       const std::uint32_t kind = flags & ring::kKindMask;
       const std::uint64_t fsize = ring::frame_size(len);
       if ((flags & ~ring::kKnownFlags) != 0 || kind < ring::kKindValue || kind > ring::kKindTagged ||
@@ -502,11 +504,11 @@ class PipeEnd final : public ForkHook {
     ring::Control* c = out_.ctl;
     const std::uint64_t need = ring::frame_size(len);
     const std::uint64_t w = c->write_idx.load(std::memory_order_relaxed);
-    if ((w & 7) != 0) corrupted(fmt::format("write index {} is not frame-aligned", w));
+    if ((w & 3) != 0) corrupted(fmt::format("write index {} is not frame-aligned", w));
     wait_space(w, need);
     cur.copy_to(out_, w + ring::kHeader, len);
-    const std::uint64_t hdr = ring::header(len, flags);
-    std::memcpy(out_.data + (w & out_.mask), &hdr, 8);
+    const std::uint32_t hdr = ring::header(len, flags);
+    std::memcpy(out_.data + (w & out_.mask), &hdr, ring::kHeader);
     publish(w + need);
   }
 
@@ -552,7 +554,7 @@ class PipeEnd final : public ForkHook {
 
   std::uint64_t refresh_avail(std::uint64_t r) {
     wcache_ = in_.ctl->write_idx.load(std::memory_order_acquire);
-    if (wcache_ - r > cap_ || (r & 7) != 0)
+    if (wcache_ - r > cap_ || (r & 3) != 0)
       corrupted(fmt::format("indices out of range (write {}, read {}, capacity {})", wcache_, r, cap_));
     return wcache_ - r;
   }
@@ -561,7 +563,7 @@ class PipeEnd final : public ForkHook {
   // the writer is gone and the ring is empty.
   std::uint64_t wait_data(std::uint64_t r, const Deadline& deadline) {
     std::uint64_t avail = wcache_ - r;
-    if (avail >= ring::kHeader && avail <= cap_ && (r & 7) == 0) return avail;
+    if (avail >= ring::kHeader && avail <= cap_ && (r & 3) == 0) return avail;
     avail = refresh_avail(r);
     if (avail < ring::kHeader) {
       auto ready = [&] {

@@ -3,8 +3,9 @@
 // Shared state per direction: the writer's index, the reader's index (each on its own cache
 // line) and two "bells" (where the reader, resp. the writer, sleeps), followed by `capacity`
 // bytes of data. Indices count bytes ever written / consumed; `index & (capacity - 1)` is the
-// position. Data is a sequence of frames, each an 8-byte header {length, flags} and `length`
-// payload bytes padded to a multiple of 8; a payload may wrap around the end of the ring.
+// position. Data is a sequence of frames, each a 4-byte header {length, flags} and `length`
+// payload bytes padded to a multiple of 4 (an 8-byte message takes 12 bytes); a payload may
+// wrap around the end of the ring, a header never does.
 //
 // Memory ordering: the writer fills a frame with plain stores, then publishes it with a
 // release store of write_idx, which pairs with the reader's acquire load of write_idx; the
@@ -38,16 +39,16 @@
 
 namespace mpp::detail::ring {
 
-/// Bytes of a frame header.
-inline constexpr std::uint32_t kHeader = 8;
-/// Frame flags: the low byte is the message kind.
-inline constexpr std::uint32_t kKindMask = 0xff;
+/// Bytes of a frame header: the payload length in the low 24 bits, the flags in the high 8.
+inline constexpr std::uint32_t kHeader = 4;
+/// Frame flags: the low two bits are the message kind.
+inline constexpr std::uint32_t kKindMask = 0x3;
 inline constexpr std::uint32_t kKindValue = 1;   ///< a value of the pipe's element type
 inline constexpr std::uint32_t kKindBytes = 2;   ///< send_bytes()
 inline constexpr std::uint32_t kKindTagged = 3;  ///< untyped pipe: {fingerprint, name} + value
-inline constexpr std::uint32_t kMore = 1u << 8;  ///< another frame of this message follows
-inline constexpr std::uint32_t kCont = 1u << 9;  ///< continues the message of the previous frame
-inline constexpr std::uint32_t kLong = 1u << 10;  ///< first frame of several: payload starts with the u64 total
+inline constexpr std::uint32_t kMore = 0x4;   ///< another frame of this message follows
+inline constexpr std::uint32_t kCont = 0x8;   ///< continues the message of the previous frame
+inline constexpr std::uint32_t kLong = 0x10;  ///< first frame of several: payload starts with the u64 total
 inline constexpr std::uint32_t kKnownFlags = kKindMask | kMore | kCont | kLong;
 
 /// Smallest and largest ring (bytes per direction).
@@ -61,10 +62,10 @@ inline constexpr std::chrono::microseconds kFirstSlice{200};
 /// Bytes of payload per frame for a ring of `capacity` bytes: a quarter of the ring, so the
 /// writer can fill frames while the reader drains earlier ones.
 constexpr std::uint64_t max_frame(std::uint64_t capacity) noexcept {
-  return std::min<std::uint64_t>(capacity / 4, std::uint64_t{1} << 20);
+  return std::min<std::uint64_t>(capacity / 4, std::uint64_t{1} << 20);  // < 2^24: fits the header
 }
 /// Bytes a frame with `len` payload bytes occupies.
-constexpr std::uint64_t frame_size(std::uint64_t len) noexcept { return kHeader + ((len + 7) & ~std::uint64_t{7}); }
+constexpr std::uint64_t frame_size(std::uint64_t len) noexcept { return kHeader + ((len + 3) & ~std::uint64_t{3}); }
 
 /// Where one side sleeps. `sleeper` is read by the other side after every publish, so it lives
 /// on its own line with nothing that changes often.
@@ -115,8 +116,8 @@ struct View {
 };
 
 /// Packs a frame header.
-constexpr std::uint64_t header(std::uint32_t len, std::uint32_t flags) noexcept {
-  return std::uint64_t{len} | (std::uint64_t{flags} << 32);
+constexpr std::uint32_t header(std::uint32_t len, std::uint32_t flags) noexcept {
+  return len | (flags << 24);
 }
 
 //!Effects: wakes whoever sleeps on `b` (a system call only if someone announced itself).
