@@ -16,6 +16,7 @@
 // 0.2 s even while blocked, because sleepers wake every 100 ms to check the peer's holders.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <chrono>
@@ -393,6 +394,11 @@ class PipeEnd final : public ForkHook {
     fork_slot_ = claim_slot(end_, fork_word_);
   }
   void after_fork_parent() noexcept override {
+    // Forget reservations that earlier children have taken over, so a long-lived parent that
+    // forks many children keeps a short list.
+    std::erase_if(pending_, [&](std::uint32_t s) {
+      return h_->ends[end_].holders[s].load(std::memory_order_relaxed) != fork_word_;
+    });
     if (fork_slot_ != pipe_layout::kNoSlot) {
       try {
         pending_.push_back(fork_slot_);

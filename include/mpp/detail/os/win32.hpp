@@ -384,4 +384,9 @@ inline std::uint64_t random_u64() {
 /// Nothing to restore on Windows (no inherited signal handlers); mirrors the POSIX backend.
 inline void default_termination_signals() noexcept {}
 
+// ==== fork hooks (owner: pipe) ================================================================
+/// Windows has no fork(): nothing to register (mirrors the POSIX backend's at_fork).
+inline void at_fork(void (*)(), void (*)(), void (*)()) noexcept {}
+// ==== end fork hooks ==========================================================================
+
 }  // namespace mpp::detail::os
