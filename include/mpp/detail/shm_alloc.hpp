@@ -41,8 +41,8 @@
 namespace mpp::detail::shm {
 
 inline constexpr std::uint64_t kArenaMagic = 0x3161'6e65'7261'706dull;  // "mparena1"
-inline constexpr std::uint32_t kArenaVersion = 2;
-inline constexpr unsigned kClasses = 44;          ///< block sizes 16 B << 0 .. 16 B << 43
+inline constexpr std::uint32_t kArenaVersion = 4;
+inline constexpr unsigned kClasses = 112;  ///< size classes (see class_size)
 inline constexpr std::uint64_t kMinBlock = 16;
 inline constexpr std::uint64_t kBlockHeader = 8;  ///< {u32 class, u32 user length}
 inline constexpr std::uint32_t kMaxObjects = 256;  ///< named containers per manager
@@ -50,6 +50,9 @@ inline constexpr std::size_t kObjectNameCapacity = 56;
 inline constexpr std::uint64_t kMinArena = std::uint64_t{1} << 20;
 /// Iterations a writer spins on a held lock before it may sleep (tens of microseconds).
 inline constexpr int kLockSpin = 4000;
+/// The heap's pages are allocated ahead of the bump pointer in chunks of this size: one system
+/// call instead of a page fault per page, and a full /dev/shm is an error, not a SIGBUS.
+inline constexpr std::uint64_t kPopulateChunk = std::uint64_t{2} << 20;
 
 /// Thrown (inside a transaction, which then rolls back) when the arena has no room left.
 class ArenaFull : public Error {
@@ -79,6 +82,7 @@ struct ArenaHeader {
   alignas(kCacheLine) LockState lock;  ///< serialises writers (robust)
   alignas(kCacheLine) std::atomic<std::uint64_t> log_used;  ///< bytes of undo log; 0 = committed
   std::atomic<std::uint64_t> seq_off;  ///< the sequence word the current writer made odd
+  std::uint64_t populated;  ///< heap pages below this offset were allocated ahead (a hint)
   // ---- everything from here on is changed only inside transactions (logged) ----
   std::uint64_t bump;        ///< next never-used byte of the heap
   std::uint64_t next_auto;   ///< counter for anonymous container names
@@ -136,6 +140,17 @@ inline std::uint64_t hash_bytes(const std::byte* p, std::size_t n) noexcept {
   }
   return fmix64(h);
 }
+
+/// Bytes in a block of size class `c`: 16, 32, 64, then four steps per power of two
+/// (80, 96, 112, 128, 160, ...), so a block wastes at most a quarter of its size. All are
+/// multiples of 16, so every block stays 16-byte aligned.
+constexpr std::uint64_t class_size(unsigned c) noexcept {
+  if (c < 3) return kMinBlock << c;
+  const unsigned j = c - 3, k = 6 + j / 4, sub = j % 4 + 1;
+  return (std::uint64_t{1} << k) + sub * (std::uint64_t{1} << (k - 2));
+}
+static_assert(class_size(3) == 80 && class_size(6) == 128 && class_size(7) == 160);
+static_assert(class_size(kClasses - 1) > (std::uint64_t{1} << 33));
 
 /// A view of an arena mapped in this process: bounds-checked access by offset.
 class Arena {
@@ -214,8 +229,8 @@ class Arena {
     std::uint32_t cls, len;
     std::memcpy(&cls, h, 4);
     len = racy_load(reinterpret_cast<const std::uint32_t*>(h + 4));
-    if (cls >= kClasses || (kMinBlock << cls) - kBlockHeader < len ||
-        !in_bounds(p - kBlockHeader, kMinBlock << cls))
+    if (cls >= kClasses || class_size(cls) - kBlockHeader < len ||
+        !in_bounds(p - kBlockHeader, class_size(cls)))
       fail<CorruptedError>("manager '{}': corrupted block header at {}", owner_, p - kBlockHeader);
     return len;
   }
@@ -331,8 +346,13 @@ class Arena {
 
 /// Size class of a block holding `n` user bytes.
 inline unsigned size_class(std::uint64_t n) noexcept {
-  const std::uint64_t total = std::max<std::uint64_t>(n + kBlockHeader, kMinBlock);
-  return static_cast<unsigned>(std::bit_width(total - 1) - 4);  // 16 << c >= total
+  const std::uint64_t total = n + kBlockHeader;
+  if (total <= 64) return total <= 16 ? 0 : total <= 32 ? 1 : 2;
+  // 2^k < total <= 2^(k+1): steps of 2^(k-2) above 2^k.
+  const unsigned k = static_cast<unsigned>(std::bit_width(total - 1)) - 1;
+  const std::uint64_t base = std::uint64_t{1} << k, step = base >> 2;
+  const std::uint64_t sub = (total - base + step - 1) / step;  // 1..4
+  return 3 + (k - 6) * 4 + static_cast<unsigned>(sub - 1);
 }
 
 /// One mutation: holds the lock, logs old bytes, allocates and frees. Destroying an uncommitted
@@ -421,9 +441,9 @@ class Tx {
   //! its contents may be written without logging. Throws: ArenaFull.
   std::uint64_t alloc(std::uint64_t n) {
     const unsigned c = n > 0xffff'ff00ull ? kClasses : size_class(n);
-    if (c >= kClasses)
+    if (c >= kClasses || class_size(c) > a_.size())
       fail<ArenaFull>("manager '{}': an item of {} bytes is too large", a_.owner(), n);
-    const std::uint64_t bs = kMinBlock << c;
+    const std::uint64_t bs = class_size(c);
     std::uint64_t b = h_->free_head[c];
     if (b != 0) {
       if (b < h_->heap_start || b % kMinBlock != 0 || !a_.in_bounds(b, bs))
@@ -439,6 +459,7 @@ class Tx {
         fail<ArenaFull>("manager '{}' is full: {} bytes more do not fit in its capacity of {} "
                         "bytes; create it with a larger ManagerOptions::capacity",
                         a_.owner(), bs, a_.size());
+      if (top + bs > h_->populated) populate(top + bs);
       b = top;
       put_once(&h_->bump, top + bs);
       const std::uint32_t cls = c;
@@ -471,6 +492,20 @@ class Tx {
 
   /// The arena.
   Arena& arena() const noexcept { return a_; }
+
+  //!Effects: allocates the pages up to `end` (and a chunk beyond) now.
+  //!Throws: ArenaFull when the system has no memory left for them.
+  void populate(std::uint64_t end) {
+    const std::uint64_t from = std::max(h_->populated, h_->heap_start);
+    const std::uint64_t to =
+        std::min(a_.size(), (end + kPopulateChunk - 1) / kPopulateChunk * kPopulateChunk);
+    if (to <= from) return;
+    if (const int err = os::populate_write(a_.base() + from, to - from); err != 0)
+      fail<ArenaFull>("manager '{}': the system has no memory left for {} more bytes (is "
+                      "/dev/shm full?); free memory or remove unused objects",
+                      a_.owner(), to - from);
+    h_->populated = to;  // a hint: a rollback leaves it, the pages are just ready sooner
+  }
 
   //!Effects: makes the transaction's changes permanent (one store), ends the container's
   //! odd sequence and releases the lock.
