@@ -343,7 +343,11 @@ TEST_CASE("Queue: unbounded (maxsize <= 0)", "[queue]") {
   for (std::uint64_t i = 0; i < 200000; ++i) q.put_nowait(i);
   CHECK(q.qsize() == 200000);
   CHECK_FALSE(q.full());
-  for (std::uint64_t i = 0; i < 200000; ++i) REQUIRE(q.get_nowait() == i);
+  for (std::uint64_t i = 0; i < 150000; ++i) REQUIRE(q.get_nowait() == i);
+  CHECK(q.qsize() == 50000);
+  for (std::uint64_t i = 150000; i < 200000; ++i) REQUIRE(q.get_nowait() == i);
+  CHECK(q.empty());
+  CHECK_FALSE(q.try_get().has_value());
   // When the reserved slots run out, a clear error instead of a hang.
   mpp::QueueOptions small;
   small.unbounded_capacity = 16;
@@ -527,10 +531,12 @@ TEST_CASE("Queue: SIGKILL at every crash point of put and get", "[queue][kill]")
       {"queue.put.published", true, true}, {"queue.get.claimed", false, true},
       {"queue.get.read", false, true},     {"queue.get.committed", false, false},
   };
+  for (const long maxsize : {4L, 0L}) {
   for (const bool big : {false, true}) {
     for (const auto& c : cases) {
-      INFO("point " << c.point << (big ? " (big items)" : " (inline items)"));
-      mpp::Queue<std::string> q(4);
+      INFO("point " << c.point << (big ? " (big items)" : " (inline items)") << ", maxsize "
+                    << maxsize);
+      mpp::Queue<std::string> q(maxsize);
       const auto item = [&](int i) { return std::string(big ? 3000 : 4, static_cast<char>('a' + i)); };
       q.put(item(0));
       q.put(item(1));
@@ -565,6 +571,7 @@ TEST_CASE("Queue: SIGKILL at every crash point of put and get", "[queue][kill]")
         CHECK(q.get(true, 10s) == item(i % 20));
       }
     }
+  }
   }
 }
 

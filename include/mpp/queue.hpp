@@ -239,11 +239,24 @@ class Ops {
                           "create it with a larger QueueOptions::unbounded_capacity",
                           c.name(), c.capacity());
       if (!block) return false;
+      // Resume only once the consumers are a batch of slots ahead (or, after a while, as soon as
+      // this slot frees): writing right behind a reader would bounce every cache line between
+      // the two cores once per item.
+      const std::uint64_t batch = std::min<std::uint64_t>(c.capacity() / 8, 64);
+      if (batch > 1) {
+        Slot& ahead = c.slot_at(pos + batch);
+        std::uint64_t ahead_idx, ahead_lap;
+        c.split(pos + batch, ahead_idx, ahead_lap);
+        if (poll_briefly([&] {
+              return lap_diff(lap_of(ahead.state.load(std::memory_order_acquire)), ahead_lap) >= 0;
+            }))
+          continue;
+      }
       if (poll_briefly([&] { return sl.state.load(std::memory_order_acquire) != seen; })) continue;
       if (!Core::mark_waiter(sl, seen)) continue;
       const bool ready = sleep_on(
           c.header().not_full, [&] { return sl.state.load(std::memory_order_acquire) != seen; },
-          deadline, [&] { c.recover_all(); });
+          deadline, [&] { c.recover_all(true); });
       if (!ready) return false;
     }
   }
@@ -267,19 +280,19 @@ class Ops {
       }
       // Empty. A reader that died may have left an item behind the head: look for one.
       if (!block) {
-        if (c.recover_all() > 0) continue;
+        if (c.recover_all(true) > 0) continue;
         return false;
       }
       if (poll_briefly([&] { return sl.state.load(std::memory_order_acquire) != seen; })) continue;
       if (deadline.expired()) return false;
       if (!Core::mark_waiter(sl, seen)) continue;
-      if (c.recover_all() > 0) continue;
+      if (c.recover_all(true) > 0) continue;
       const bool ready = sleep_on(
           c.header().not_empty,
           [&] {
             return sl.state.load(std::memory_order_acquire) != seen || c.rescued_pending();
           },
-          deadline, [&] { c.recover_all(); });
+          deadline, [&] { c.recover_all(true); });
       if (!ready) return false;
     }
   }
@@ -334,7 +347,7 @@ class BasicQueue {
   //!Returns: the number of items in the queue, exact when no put/get is in flight (first repairs
   //! slots left by dead processes). Costs a scan of the slots.
   std::size_t qsize() const {
-    core_->recover_all();
+    core_->recover_all(true);
     return core_->count();
   }
   /// True if the queue holds no item (same exactness as qsize()).
@@ -533,7 +546,7 @@ class JoinableQueue : public detail::mpmc::BasicQueue<T, Kind::joinable_queue> {
     if (h.unfinished.load(std::memory_order_seq_cst) <= 0) return true;
     c.recover_all();
     bool busy = false;
-    if (c.count(&busy) != 0 || busy) return false;
+    if (c.count(&busy, true) != 0 || busy) return false;
     std::atomic_thread_fence(std::memory_order_seq_cst);
     std::int64_t held = 0;
     for (auto& p : h.parts) {

@@ -60,6 +60,8 @@ inline constexpr std::uint32_t kGenMask = 511;
 inline constexpr std::size_t kInline = 20;              // bytes stored in the slot itself
 inline constexpr std::size_t kMedium = 2048;            // bytes per slot in the medium array
 inline constexpr std::uint64_t kSlotsPerPage = 4096 / 32;
+inline constexpr std::uint64_t kSmallScan = 4096;  // queues this small are always scanned whole
+inline constexpr std::uint64_t kHintSlack = 1024;  // how far head/tail hints may lag
 inline constexpr std::uint32_t kBigFlag = 0x80000000u;  // len: the bytes are in the slot's region
 inline constexpr std::uint32_t kMedFlag = 0x40000000u;  // len: the bytes are in the slot's cell
 inline constexpr std::uint32_t kLenMask = 0x3fffffffu;
@@ -435,8 +437,18 @@ class Core {
     return repair(sl, s);
   }
 
-  //!Effects: repairs every slot held by a dead participant. Returns: how many were repaired.
-  std::size_t recover_all() {
+  //!Effects: repairs every slot held by a dead participant. With `throttle`, a large queue is
+  //! scanned at most every kPollInterval / 2 by this process (the scan reads every slot).
+  //!Returns: how many were repaired.
+  std::size_t recover_all(bool throttle = false) {
+    if (throttle && cap_ > kSmallScan) {
+      const i64 now = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                          std::chrono::steady_clock::now().time_since_epoch())
+                          .count();
+      const i64 last = last_scan_ns_.load(std::memory_order_relaxed);
+      if (now - last < std::chrono::nanoseconds(kPollInterval).count() / 2) return 0;
+      last_scan_ns_.store(now, std::memory_order_relaxed);
+    }
     std::array<std::int8_t, kMaxParticipants> alive{};  // 0 unknown, 1 alive, -1 dead (by index)
     std::array<std::uint32_t, kMaxParticipants> gens{};
     std::size_t n = 0;
@@ -457,14 +469,30 @@ class Core {
   }
 
   //!Returns: the number of items in the queue (FULL slots): exact when nothing is in flight.
-  std::size_t count(bool* any_busy_out = nullptr) const {
+  //! A large queue is scanned only around its head and tail (where items can be) unless
+  //! `full_scan` or an item given back by a dead reader may sit elsewhere.
+  std::size_t count(bool* any_busy_out = nullptr, bool full_scan = false) const {
     std::size_t n = 0;
     bool busy = false;
-    const u64 limit = scan_limit();
-    for (u64 i = 0; i < limit; ++i) {
+    auto visit = [&](u64 i) {
       const u64 ph = phase_of(slots_[i].state.load(std::memory_order_acquire));
       if (ph == kFull) ++n;
       else if (ph != kEmpty) busy = true;
+    };
+    if (full_scan || cap_ <= kSmallScan || rescued_pending()) {
+      const u64 limit = scan_limit();
+      for (u64 i = 0; i < limit; ++i) visit(i);
+    } else {
+      // Hints lag the truth by at most the number of operations in flight.
+      const u64 head = h_->head.load(std::memory_order_acquire);
+      const u64 tail = h_->tail.load(std::memory_order_acquire);
+      const u64 lo = head > kHintSlack ? head - kHintSlack : 0;
+      const u64 hi = std::min(std::max(tail, lo) + kHintSlack, lo + cap_);
+      for (u64 p = lo; p < hi; ++p) {
+        u64 idx, lap;
+        split(p, idx, lap);
+        visit(idx);
+      }
     }
     if (any_busy_out) *any_busy_out = busy;
     return n;
@@ -610,7 +638,8 @@ class Core {
   std::uint32_t owner_ = 0;
   ProcessRef self_{};
   std::atomic<bool> closed_{false};
-  std::atomic<u64> first_use_checked_{0};  // this process's hint (another may have done it)
+  std::atomic<u64> first_use_checked_{0};
+  std::atomic<i64> last_scan_ns_{0};  // this process's hint (another may have done it)
 };
 
 }  // namespace mpp::detail::mpmc
