@@ -521,8 +521,7 @@ class PipeEnd final : public ForkHook {
   void publish(std::uint64_t to) {
     ring::Control* c = out_.ctl;
     c->write_idx.store(to, std::memory_order_release);  // pairs with the reader's acquire load
-    if (c->data.sleeper.load(std::memory_order_relaxed) != 0) [[unlikely]] {
-      ring::ring_bell(c->data);
+    if (ring::wake_sleeper(c->data)) [[unlikely]] {
       // A sleeper that died leaves its mark: look at the reader's end now and then. A dead
       // reader is reported by the *next* send (this message may well have been received).
       check_reader();
@@ -536,7 +535,7 @@ class PipeEnd final : public ForkHook {
   void consume_ring(std::uint64_t to) noexcept {
     ring::Control* c = in_.ctl;
     c->read_idx.store(to, std::memory_order_release);  // pairs with the writer's acquire load
-    if (c->space.sleeper.load(std::memory_order_relaxed) != 0) [[unlikely]] ring::ring_bell(c->space);
+    ring::wake_sleeper(c->space);
   }
 
   std::uint64_t free_space(std::uint64_t w) {

@@ -16,11 +16,12 @@
 //
 // Sleeping without a fence on the fast path: after publishing, a side loads the other side's
 // `sleeper` word (relaxed, a line that is written only when someone goes to sleep, so it stays
-// in cache) and enters the kernel only when it is non-zero. A sleeper announces itself with a
-// seq_cst store, then re-checks. The one race this leaves — the publisher's store still in its
-// store buffer while its load of `sleeper` read 0 — is bounded by the store-buffer drain time,
-// so the sleeper's *first* sleep is a short slice (kFirstSlice) after which it re-checks; once
-// the announcement is visible, every later publish sees it and wakes the sleeper.
+// in cache) and enters the kernel only when it is non-zero; it then takes the announcement
+// (exchange), so one sleep costs one wake-up. A sleeper announces itself with a seq_cst store,
+// then re-checks. The one race this leaves — the publisher's store still in its store buffer
+// while its load of `sleeper` read 0 — is bounded by the store-buffer drain time, so the first
+// sleep after each announcement is a short slice (kFirstSlice) after which the sleeper re-checks;
+// once the announcement is visible, the next publish sees it and wakes the sleeper.
 #pragma once
 
 #include <algorithm>
@@ -120,15 +121,27 @@ constexpr std::uint32_t header(std::uint32_t len, std::uint32_t flags) noexcept 
   return len | (flags << 24);
 }
 
-//!Effects: wakes whoever sleeps on `b` (a system call only if someone announced itself).
+//!Effects: wakes whoever sleeps on `b` (a system call).
 inline void ring_bell(Bell& b) noexcept {
   b.seq.fetch_add(1, std::memory_order_seq_cst);
   os::wake_address(b.seq, INT_MAX);
 }
 
+//!Effects: after a publish, wakes the other side if it announced that it sleeps on `b`. The
+//! announcement is taken (exchanged for 0), so a sleeper costs one wake-up, not one per message
+//! sent while it is waking up. Returns: true if it woke someone.
+inline bool wake_sleeper(Bell& b) noexcept {
+  if (b.sleeper.load(std::memory_order_relaxed) == 0) [[likely]]
+    return false;
+  if (b.sleeper.exchange(0, std::memory_order_seq_cst) == 0) return false;
+  ring_bell(b);
+  return true;
+}
+
 //!Effects: returns when `ready()` is true: spins `spin` times, then announces itself in
-//! `b.sleeper` and sleeps on `b.seq`, first for kFirstSlice, then at most kPollInterval at a
-//! time, calling `check()` (which may throw) before the first sleep and after every wake-up.
+//! `b.sleeper` and sleeps on `b.seq` — for kFirstSlice after each (re-)announcement, then at
+//! most kPollInterval at a time — calling `check()` (which may throw) before the first sleep
+//! and after every wake-up.
 //!Returns: false if `deadline` passed first.
 template <class Ready, class Check>
 bool wait(Bell& b, Ready&& ready, const Deadline& deadline, Check&& check, int spin) {
@@ -137,21 +150,27 @@ bool wait(Bell& b, Ready&& ready, const Deadline& deadline, Check&& check, int s
     os::cpu_relax();
   }
   check();
-  struct Announce {
+  struct Clear {
     Bell& b;
-    explicit Announce(Bell& bell) : b(bell) {
-      b.sleeper.store(ProcessRef::self().pack(), std::memory_order_seq_cst);
-    }
-    ~Announce() { b.sleeper.store(0, std::memory_order_relaxed); }
-  } announce(b);
+    ~Clear() { b.sleeper.store(0, std::memory_order_relaxed); }
+  } clear{b};
+  const std::uint64_t me = ProcessRef::self().pack();
+  bool announced = false;
   std::chrono::nanoseconds slice = kFirstSlice;
   for (;;) {
+    if (!announced) {
+      b.sleeper.store(me, std::memory_order_seq_cst);
+      announced = true;
+      slice = kFirstSlice;
+    }
     const std::uint32_t s = b.seq.load(std::memory_order_seq_cst);
     if (ready()) return true;
     if (deadline.expired()) return false;
     std::optional<std::chrono::nanoseconds> d = slice;
     if (const auto left = deadline.remaining(); left && *left < *d) d = left;
     os::wait_on_address(b.seq, s, d);
+    // A waker took the announcement: announce again (with a short first sleep) if we must wait on.
+    if (b.sleeper.load(std::memory_order_relaxed) != me) announced = false;
     if (ready()) return true;
     check();
     slice = kPollInterval;
