@@ -876,4 +876,23 @@ TEST_CASE("Lock: a waiter killed while sleeping leaves the lock usable", "[sync]
   l.release();
 }
 
+TEST_CASE("Semaphore: an acquirer killed holding a unit keeps it (no owner, as in Python)",
+          "[sync][semaphore][kill]") {
+  mpp::Semaphore s(2);
+  SharedCounters sc;
+  const pid_t child = fork_child([&] {
+    s.acquire();
+    sc.d->flag = 1;
+    for (;;) std::this_thread::sleep_for(1s);
+    return 0;
+  });
+  await([&] { return sc.d->flag.load() == 1; });
+  kill_child(child);
+  CHECK(s.get_value() == 1);  // the dead process's unit is gone for good
+  CHECK(s.acquire(false));     // the others keep working with what is left
+  CHECK_FALSE(s.acquire(true, 20ms));
+  s.release(2);
+  CHECK(s.get_value() == 2);
+}
+
 #endif  // MPP_OS_POSIX
