@@ -489,3 +489,26 @@ TEST_CASE("a fork server that died is replaced by the next start()", "[process]"
   CHECK(second.exitcode() == 4);
   CHECK(mpp::detail::globals().server_pid != server);
 }
+
+TEST_CASE("the fork server exits when the process that started it dies", "[process]") {
+  const std::string path = temp_path("server");
+  const pid_t pid = mpp_test::fork_child([&] {
+    mpp::detail::globals().server_control.reset();  // start a server of our own
+    auto p = make(StartMethod::forkserver, do_nothing);
+    p.start();
+    p.join();
+    write_file(path, std::to_string(mpp::detail::globals().server_pid));
+    ::raise(SIGKILL);  // no clean-up: the server must notice by itself
+    return 0;
+  });
+  CHECK(mpp_test::wait_child(pid) == -SIGKILL);
+  const int server = std::atoi(read_file(path).c_str());
+  ::unlink(path.c_str());
+  REQUIRE(server > 0);
+  bool gone = false;
+  for (int i = 0; i < 2000 && !gone; ++i) {
+    gone = !mpp::detail::ProcessRef{server, 0}.alive();
+    if (!gone) std::this_thread::sleep_for(5ms);
+  }
+  CHECK(gone);
+}

@@ -686,13 +686,11 @@ inline void ensure_sentinel(ProcessState& s) {
 inline std::optional<int> wait_exit(ProcessState& s, const Deadline& deadline) {
   if (s.role == Role::child && s.method != StartMethod::forkserver && deadline.infinite()) {
     // The common join(): block in the kernel without opening a handle; reap under the lock.
-    while (!poll_exit(s)) {
-      if (!os::wait_process_exit(s.pid.load()) && s.exitcode.load() == kNoExitCode) {
-        auto c = poll_exit(s);  // not our child any more: poll_exit records 255
-        if (c) return c;
-      }
+    // If it is not our child any more (reaped behind our back), poll_exit records 255.
+    for (;;) {
+      if (auto c = poll_exit(s)) return c;
+      os::wait_process_exit(s.pid.load());
     }
-    return poll_exit(s);
   }
   ensure_sentinel(s);
   for (;;) {
