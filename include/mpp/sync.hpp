@@ -6,6 +6,10 @@
 // (detail/sync_state.hpp) that other objects embed. Handles are cheap to copy: copies share one
 // mapping. Locks survive a dead holder: the next acquirer gets the lock within ~100 ms of the
 // death and is told (`previous_owner_died()`), so it can repair what the lock protects.
+// Misuse — releasing an unlocked Lock or an RLock this thread does not own, over-releasing a
+// BoundedSemaphore, wait()/notify() without holding a Condition's lock — raises mpp::ValueError
+// (Python raises ValueError, AssertionError or RuntimeError depending on the class). Semaphores
+// have no owner, as in Python: a unit taken by a process that dies is not given back.
 #pragma once
 
 #include <chrono>
