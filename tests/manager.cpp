@@ -5,6 +5,7 @@
 // mpp::detail::crash_point() below, which SIGKILLs the process when armed for that point.
 #define MPP_CRASH_POINTS 1
 #include <mpp/manager.hpp>
+#include <mpp/process.hpp>
 
 #include <signal.h>
 
@@ -598,4 +599,31 @@ TEST_CASE("readers see only committed states while writers are SIGKILLed", "[man
   auto v = g.values();
   REQUIRE(v.size() == 3);
   CHECK((v[0] == v[1] && v[1] == v[2]));
+}
+
+namespace {
+// Runs in a re-executed program (spawn): it knows the containers only by their encoded names.
+void spawned_writer(mpp::SharedDict<std::string, int> d, mpp::SharedList<std::string> l,
+                    mpp::Namespace ns) {
+  d["spawned"] += d.at("base");
+  l.append("from a spawned process");
+  ns.set("done", true);
+}
+MPP_REGISTER(spawned_writer);
+}  // namespace
+
+TEST_CASE("a spawned (re-executed) process uses containers passed by name", "[manager]") {
+  mpp::Manager m(small());
+  auto d = m.dict<std::string, int>("d");
+  auto l = m.list<std::string>("l");
+  auto ns = m.Namespace("ns");
+  d.set("base", 41);
+  d.set("spawned", 1);
+  mpp::Process p({.start_method = mpp::StartMethod::spawn}, spawned_writer, d, l, ns);
+  p.start();
+  p.join();
+  REQUIRE(p.exitcode() == 0);
+  CHECK(d.at("spawned") == 42);
+  CHECK(l.to_vector() == std::vector<std::string>{"from a spawned process"});
+  CHECK(ns.get<bool>("done"));
 }
