@@ -120,6 +120,12 @@ class ValueError : public Error {
   using Error::Error;
 };
 
+/// A cancelled Future's result was asked for (Python's concurrent.futures.CancelledError).
+class CancelledError : public Error {
+ public:
+  using Error::Error;
+};
+
 /// A Barrier was broken (aborted, reset while waiting, a party died or timed out).
 class BrokenBarrierError : public Error {
  public:

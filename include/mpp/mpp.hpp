@@ -12,3 +12,5 @@
 #include "queue.hpp"
 #include "manager.hpp"
 #include "process.hpp"
+#include "pool.hpp"
+#include "futures.hpp"

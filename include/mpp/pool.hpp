@@ -319,6 +319,7 @@ struct ResultState {
   std::exception_ptr error;
   std::function<void(const R&)> callback;
   std::function<void(std::exception_ptr)> error_callback;
+  std::vector<std::function<void()>> on_done;  ///< run after completion (Future callbacks)
 
   void finish(std::optional<R> v, std::exception_ptr e) {
     {
@@ -336,13 +337,33 @@ struct ResultState {
       }
     } catch (...) {  // a throwing callback must not kill the supervisor
     }
+    std::vector<std::function<void()>> after;
     {
       std::lock_guard g(mu);
       value = std::move(v);
       error = e;
       done = true;
+      after.swap(on_done);
     }
     cv.notify_all();
+    for (auto& f : after) {
+      try {
+        f();
+      } catch (...) {
+      }
+    }
+  }
+
+  //!Effects: runs `f` once the result is ready (at once, in this thread, if it already is).
+  void when_done(std::function<void()> f) {
+    {
+      std::lock_guard g(mu);
+      if (!done) {
+        on_done.push_back(std::move(f));
+        return;
+      }
+    }
+    f();
   }
 };
 
@@ -402,6 +423,9 @@ class AsyncResult {
 
 template <class R>
 class IMapResult;
+class ProcessPoolExecutor;
+template <class R>
+class Future;
 
 /// A pool of worker processes (Python's multiprocessing.Pool). Workers are forked; tasks and
 /// results travel through mpp queues. The destructor terminates the workers (like leaving
@@ -497,32 +521,8 @@ class Pool {
                              std::type_identity_t<std::function<void(const R&)>> callback,
                              std::function<void(std::exception_ptr)> error_callback = {}) {
     check_callable<F>();
-    using Tuple = std::tuple<A...>;
-    using namespace detail::pool;
-    auto state = std::make_shared<ResultState<R>>();
-    state->callback = std::move(callback);
-    state->error_callback = std::move(error_callback);
-    struct One final : Job {
-      std::shared_ptr<ResultState<R>> s;
-      void deliver(std::size_t, std::string_view p) override {
-        std::optional<R> v;
-        std::exception_ptr e;
-        try {
-          if constexpr (std::is_same_v<R, Unit>)
-            v = Unit{};
-          else
-            v = from_wire<R>(p);
-        } catch (...) {
-          e = std::current_exception();
-        }
-        s->finish(std::move(v), e);
-      }
-      void fail_chunk(std::size_t, std::exception_ptr e) override { s->finish(std::nullopt, e); }
-    };
-    auto job = std::make_shared<One>();
-    job->s = state;
-    const auto id = Registered<&run_apply<F, Tuple>>::id;
-    enqueue(job, id, callable_bytes(f), {to_wire(a.values)});
+    auto [state, job] = submit_apply<R>(f, std::move(a.values), std::move(callback),
+                                        std::move(error_callback));
     return AsyncResult<R>(state);
   }
 
@@ -567,6 +567,9 @@ class Pool {
  private:
   template <class R>
   friend class IMapResult;
+  friend class ProcessPoolExecutor;
+  template <class R>
+  friend class Future;
 
   struct Task {
     std::uint64_t seq = 0;
@@ -584,6 +587,69 @@ class Pool {
     unsigned dispatched = 0;             // tasks given to this incarnation
     bool stopping = false;
   };
+
+  template <class R, class F, class Tuple>
+  std::pair<std::shared_ptr<detail::pool::ResultState<R>>, std::shared_ptr<detail::pool::Job>>
+  submit_apply(F f, Tuple values, std::function<void(const R&)> callback,
+               std::function<void(std::exception_ptr)> error_callback) {
+    using namespace detail::pool;
+    auto state = std::make_shared<ResultState<R>>();
+    state->callback = std::move(callback);
+    state->error_callback = std::move(error_callback);
+    struct One final : Job {
+      std::shared_ptr<ResultState<R>> s;
+      void deliver(std::size_t, std::string_view p) override {
+        std::optional<R> v;
+        std::exception_ptr e;
+        try {
+          if constexpr (std::is_same_v<R, Unit>)
+            v = Unit{};
+          else
+            v = from_wire<R>(p);
+        } catch (...) {
+          e = std::current_exception();
+        }
+        s->finish(std::move(v), e);
+      }
+      void fail_chunk(std::size_t, std::exception_ptr e) override { s->finish(std::nullopt, e); }
+    };
+    auto job = std::make_shared<One>();
+    job->s = state;
+    const auto id = Registered<&run_apply<F, Tuple>>::id;
+    enqueue(job, id, callable_bytes(f), {to_wire(values)});
+    return {state, job};
+  }
+
+  //!Effects: removes the tasks of `job` that no worker has been given yet.
+  //!Returns: true when none of its tasks had been given out (so it will never run).
+  bool cancel_pending(const detail::pool::Job* job) {
+    std::lock_guard g(mu_);
+    for (const auto& [seq, t] : inflight_)
+      if (t.job.get() == job) return false;
+    const auto before = pending_.size();
+    std::erase_if(pending_, [&](const Task& t) { return t.job.get() == job; });
+    return pending_.size() != before;
+  }
+
+  //!Effects: fails every task no worker has been given yet with CancelledError.
+  void cancel_all_pending() {
+    std::deque<Task> cancelled;
+    {
+      std::lock_guard g(mu_);
+      cancelled.swap(pending_);
+    }
+    for (auto& t : cancelled)
+      t.job->fail_chunk(t.index, std::make_exception_ptr(CancelledError(
+                                     "cancelled by shutdown(cancel_futures=true)")));
+  }
+
+  //!Returns: true while a worker holds a task of `job`.
+  bool is_running(const detail::pool::Job* job) {
+    std::lock_guard g(mu_);
+    for (const auto& [seq, t] : inflight_)
+      if (t.job.get() == job) return true;
+    return false;
+  }
 
   template <class F>
   static constexpr void check_callable() {

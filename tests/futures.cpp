@@ -1,0 +1,95 @@
+// ProcessPoolExecutor and Future across real worker processes.
+#include <mpp/futures.hpp>
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <numeric>
+#include <thread>
+#include <vector>
+
+#include "helpers.hpp"
+
+using namespace std::chrono_literals;
+
+namespace {
+int cube(int x) { return x * x * x; }
+int sleepy(int ms) {
+  std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+  return ms;
+}
+int suicide(int) {
+  ::kill(::getpid(), SIGKILL);
+  return 0;
+}
+}  // namespace
+
+TEST_CASE("submit returns futures with results and exceptions", "[futures]") {
+  mpp::ProcessPoolExecutor ex(2);
+  auto f = ex.submit(cube, 3);
+  CHECK(f.result(30s) == 27);
+  CHECK(f.done());
+  CHECK_FALSE(f.cancelled());
+  CHECK(f.exception() == nullptr);
+  auto bad = ex.submit([](int x) -> int { throw std::out_of_range("x=" + std::to_string(x)); }, 5);
+  CHECK_THROWS_AS(bad.result(30s), std::out_of_range);
+  CHECK(bad.exception() != nullptr);
+  auto slow = ex.submit(sleepy, 1000);
+  CHECK_THROWS_AS(slow.result(10ms), mpp::TimeoutError);
+  CHECK(slow.result() == 1000);
+  auto v = ex.submit([] {});  // void calls complete too
+  v.result(30s);
+}
+
+TEST_CASE("map, done callbacks and cancel", "[futures]") {
+  mpp::ProcessPoolExecutor ex(2);
+  std::vector<int> in(50);
+  std::iota(in.begin(), in.end(), 0);
+  const auto out = ex.map(cube, in, 60s, 5);
+  for (std::size_t i = 0; i < in.size(); ++i) CHECK(out[i] == cube(in[i]));
+
+  std::atomic<int> called{0};
+  auto f = ex.submit(cube, 2);
+  f.add_done_callback([&](const mpp::Future<int>& d) { called += d.result(); });
+  f.result(30s);
+  for (int i = 0; i < 1000 && called == 0; ++i) std::this_thread::sleep_for(1ms);
+  CHECK(called == 8);
+  f.add_done_callback([&](const mpp::Future<int>&) { called += 1; });  // already done: at once
+  CHECK(called == 9);
+
+  // Two long calls occupy the workers' windows; a later one can still be cancelled.
+  std::vector<mpp::Future<int>> busy;
+  for (int i = 0; i < 4; ++i) busy.push_back(ex.submit(sleepy, 300));
+  auto queued = ex.submit(sleepy, 1);
+  CHECK(queued.cancel());
+  CHECK(queued.cancelled());
+  CHECK(queued.done());
+  CHECK_THROWS_AS(queued.result(), mpp::CancelledError);
+  for (auto& b : busy) CHECK(b.result(60s) == 300);
+  CHECK_FALSE(busy[0].cancel());  // already done
+}
+
+TEST_CASE("shutdown waits, cancels on request, and refuses new work", "[futures]") {
+  mpp::ProcessPoolExecutor ex(2);
+  std::vector<mpp::Future<int>> fs;
+  for (int i = 0; i < 8; ++i) fs.push_back(ex.submit(sleepy, 100));
+  ex.shutdown(true, true);
+  int done = 0, cancelled = 0;
+  for (auto& f : fs) {
+    CHECK(f.done());
+    if (f.cancelled())
+      ++cancelled;
+    else if (f.result() == 100)
+      ++done;
+  }
+  CHECK(done + cancelled == 8);
+  CHECK(cancelled >= 1);
+  CHECK_THROWS_AS(ex.submit(cube, 1), mpp::ValueError);
+}
+
+TEST_CASE("a killed worker fails only its future", "[futures][kill]") {
+  mpp::ProcessPoolExecutor ex(2);
+  auto lost = ex.submit(suicide, 0);
+  CHECK_THROWS_AS(lost.result(60s), mpp::WorkerLostError);
+  CHECK(ex.submit(cube, 4).result(60s) == 64);  // the executor is not broken
+}
