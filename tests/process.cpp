@@ -354,7 +354,7 @@ TEST_CASE("active_children lists running children and reaps finished ones", "[pr
   CHECK(mpp::active_children().empty());
 }
 
-TEST_CASE("a multi-threaded parent starts processes through the fork server", "[process]") {
+TEST_CASE("a multi-threaded parent starts processes (fork server, spawn, fork)", "[process]") {
   std::atomic<bool> stop{false};
   std::vector<std::thread> busy;
   for (int i = 0; i < 2; ++i)
@@ -366,7 +366,11 @@ TEST_CASE("a multi-threaded parent starts processes through the fork server", "[
   for (int t = 0; t < 3; ++t)
     starters.emplace_back([&, t] {
       for (int i = 0; i < 3; ++i) {
-        auto p = make(StartMethod::forkserver, exit_sum, t, i);
+        // forkserver is the method meant for this; spawn (posix_spawn) and fork work as well.
+        const StartMethod m = i == 0 ? StartMethod::forkserver
+                              : i == 1 ? StartMethod::spawn
+                                       : StartMethod::fork;
+        auto p = make(m, exit_sum, t, i);
         p.start();
         p.join();
         if (p.exitcode() != t + i) failures.fetch_add(1);
