@@ -49,7 +49,40 @@ struct Record {
   bool operator==(const Record&) const = default;
 };
 
+/// A trivially copyable type with its own codec (tenths of a degree as an int64): the pipe must
+/// use it, not copy the bytes.
+struct Celsius {
+  double v;
+};
+
 }  // namespace
+
+template <>
+struct mpp::codec<Celsius> {
+  static void encode(const Celsius& c, Bytes& out) {
+    const auto tenths = static_cast<std::int64_t>(c.v * 10);
+    const auto* p = reinterpret_cast<const std::byte*>(&tenths);
+    out.insert(out.end(), p, p + 8);
+  }
+  static Celsius decode(std::span<const std::byte> in) {
+    std::int64_t tenths = 0;
+    if (in.size() != 8) throw mpp::CorruptedError("bad Celsius");
+    std::memcpy(&tenths, in.data(), 8);
+    return Celsius{static_cast<double>(tenths) / 10};
+  }
+};
+
+TEST_CASE("a user codec for a trivially copyable type is used", "[pipe]") {
+  auto [a, b] = mpp::Pipe<Celsius>();
+  a.send(Celsius{21.5});
+  a.send(Celsius{-3.25});
+  REQUIRE(b.recv().v == 21.5);
+  const auto enc = b.recv_bytes();
+  std::int64_t tenths = 0;
+  REQUIRE(enc.size() == 8);
+  std::memcpy(&tenths, enc.data(), 8);
+  REQUIRE(tenths == -32);
+}
 
 TEST_CASE("send and recv in one process, both directions", "[pipe]") {
   auto [a, b] = mpp::Pipe<int>();

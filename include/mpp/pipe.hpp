@@ -159,10 +159,10 @@ class PipeEnd final : public ForkHook {
     const std::uint64_t off = w & out_.mask;  // 4-aligned, so the header never wraps
     std::memcpy(out_.data + off, &hdr, ring::kHeader);
     const std::uint64_t poff = (off + ring::kHeader) & out_.mask;
-    if (poff + N <= out_.capacity) [[likely]]
+    if (N <= 64 && poff + N <= out_.capacity) [[likely]]
       std::memcpy(out_.data + poff, p, N);
     else
-      out_.put(w + ring::kHeader, p, N);
+      out_.put(w + ring::kHeader, p, N);  // the C library's memcpy for larger values
     publish(w + need);
   }
 
@@ -226,10 +226,10 @@ class PipeEnd final : public ForkHook {
     std::memcpy(&hdr, in_.data + off, ring::kHeader);
     if (hdr != ring::header(static_cast<std::uint32_t>(N), ring::kKindValue)) return false;
     const std::uint64_t poff = (off + ring::kHeader) & in_.mask;
-    if (poff + N <= in_.capacity) [[likely]]
+    if (N <= 64 && poff + N <= in_.capacity) [[likely]]
       std::memcpy(out, in_.data + poff, N);
     else
-      in_.get(r + ring::kHeader, out, N);
+      in_.get(r + ring::kHeader, out, N);  // the C library's memcpy for larger values
     consume_ring(r + need);
     return true;
   }
@@ -712,6 +712,8 @@ class Connection {
   static constexpr bool kUntyped = std::is_void_v<T>;
   struct NoElement {};
   using Elem = std::conditional_t<kUntyped, NoElement, T>;
+  // Values whose codec is the built-in raw one go straight between the object and the ring.
+  static constexpr bool kRaw = !kUntyped && detail::codec_kind<Elem>() == "raw";
 
  public:
   /// A connection that is already closed (assign a real one to it).
@@ -727,7 +729,7 @@ class Connection {
     requires(!kUntyped)
   {
     auto& e = end();
-    if constexpr (detail::RawEncodable<Elem>) {
+    if constexpr (kRaw) {
       e.template send_raw<sizeof(Elem)>(std::addressof(v));
     } else {
       Bytes& b = e.scratch();
@@ -761,7 +763,10 @@ class Connection {
   Elem recv(Timeout timeout = std::nullopt)
     requires(!kUntyped)
   {
-    if constexpr (detail::RawEncodable<Elem> && sizeof(Elem) <= 4096) {
+    if constexpr (kRaw && std::is_default_constructible_v<Elem> && !std::is_same_v<Elem, bool>) {
+      Elem v;  // the raw codec is a byte copy: copy the frame into the result directly
+      if (e_ && e_->template try_recv_raw<sizeof(Elem)>(std::addressof(v))) return v;
+    } else if constexpr (kRaw && sizeof(Elem) <= 4096) {
       alignas(Elem) std::byte buf[sizeof(Elem)];
       if (e_ && e_->template try_recv_raw<sizeof(Elem)>(buf))
         return codec<Elem>::decode({buf, sizeof(Elem)});
