@@ -169,8 +169,44 @@ class Ops {
 
   //!Returns: the oldest item, or nullopt if none came before `deadline` (or at once, !block).
   static std::optional<T> get(Core& c, bool joinable, bool block, const Deadline& deadline) {
-    check_open(c);
     std::optional<T> out;
+    get_with(c, joinable, block, deadline, [&](const std::byte* p, std::uint64_t n) {
+      if constexpr (kDirect) {
+        alignas(T) std::byte tmp[sizeof(T)];
+        std::memcpy(tmp, p, sizeof(T));
+        out.emplace(*std::launder(reinterpret_cast<T*>(tmp)));
+      } else {
+        out.emplace(codec<T>::decode(std::span<const std::byte>(p, n)));
+      }
+    });
+    return out;
+  }
+
+  //!Effects: like get(), but stores the item in `out` (one copy for trivially copyable T).
+  //!Returns: false if no item came before `deadline`.
+  static bool get_into(Core& c, T& out, bool joinable, bool block, const Deadline& deadline) {
+    return get_with(c, joinable, block, deadline, [&](const std::byte* p, std::uint64_t n) {
+      if constexpr (kDirect)
+        std::memcpy(static_cast<void*>(std::addressof(out)), p, sizeof(T));
+      else
+        out = codec<T>::decode(std::span<const std::byte>(p, n));
+    });
+  }
+
+  static void check_open(Core& c) {
+    if (c.closed().load(std::memory_order_relaxed))
+      fail<ValueError>("queue '{}' is closed in this process (close() was called)", c.name());
+  }
+
+ private:
+  // Trivially copyable T copied straight out of shared memory (bool goes through its codec,
+  // which rejects bytes other than 0 and 1).
+  static constexpr bool kDirect = kRaw && !std::is_same_v<std::remove_cv_t<T>, bool>;
+
+  // Runs `take(bytes, n)` on the oldest item's bytes (validated) while the slot is held.
+  template <class Take>
+  static bool get_with(Core& c, bool joinable, bool block, const Deadline& deadline, Take&& take) {
+    check_open(c);
     auto read = [&](Slot& sl, std::uint64_t idx) {
       const std::uint32_t raw = sl.len;  // read once, then check
       const std::uint32_t where = raw & (kBigFlag | kMedFlag);
@@ -182,28 +218,14 @@ class Ops {
       if (n > limit || where == (kBigFlag | kMedFlag))
         fail<CorruptedError>("queue '{}': an item claims {} bytes (slot {} holds at most {})",
                              c.name(), n, idx, limit);
-      const std::byte* p = where == 0 ? sl.data : where == kMedFlag ? c.cell(idx) : c.region(idx);
-      if constexpr (kRaw && std::is_same_v<std::remove_cv_t<T>, T> && !std::is_same_v<T, bool>) {
-        if (n != sizeof(T))
-          fail<CorruptedError>("queue '{}': an item has {} bytes, {} expected", c.name(), n,
-                               sizeof(T));
-        alignas(T) std::byte tmp[sizeof(T)];
-        std::memcpy(tmp, p, sizeof(T));
-        out.emplace(*std::launder(reinterpret_cast<T*>(tmp)));
-      } else {
-        out.emplace(codec<T>::decode(std::span<const std::byte>(p, n)));
-      }
+      if (kDirect && n != sizeof(T))
+        fail<CorruptedError>("queue '{}': an item has {} bytes, {} expected", c.name(), n,
+                             sizeof(T));
+      take(where == 0 ? sl.data : where == kMedFlag ? c.cell(idx) : c.region(idx), n);
     };
-    get_bytes(c, joinable, block, deadline, read);
-    return out;
+    return get_bytes(c, joinable, block, deadline, read);
   }
 
-  static void check_open(Core& c) {
-    if (c.closed().load(std::memory_order_relaxed))
-      fail<ValueError>("queue '{}' is closed in this process (close() was called)", c.name());
-  }
-
- private:
   static Bytes& scratch() {
     thread_local Bytes buf;
     return buf;
@@ -322,12 +344,16 @@ class BasicQueue {
   //! given). Throws: queue::Empty if none came; ValueError if closed; CorruptedError if the
   //! bytes in shared memory do not decode (the bad item is dropped).
   T get(bool block = true, Timeout timeout = std::nullopt) {
-    auto v = Ops<T>::get(*core_, kJoinable, block, deadline_of(block, timeout));
-    if (!v)
-      fail<queue::Empty>("queue '{}' is empty{}", core_->name(),
-                         block && timeout ? fmt::format(" after waiting {} s", timeout->count())
-                                          : std::string());
-    return std::move(*v);
+    if constexpr (std::is_default_constructible_v<T>) {
+      T v;  // filled in place: one copy out of shared memory
+      if (Ops<T>::get_into(*core_, v, kJoinable, block, deadline_of(block, timeout))) return v;
+    } else {
+      if (auto v = Ops<T>::get(*core_, kJoinable, block, deadline_of(block, timeout)))
+        return std::move(*v);
+    }
+    fail<queue::Empty>("queue '{}' is empty{}", core_->name(),
+                       block && timeout ? fmt::format(" after waiting {} s", timeout->count())
+                                        : std::string());
   }
 
   /// put(item, false): throws queue::Full at once if full.
