@@ -20,19 +20,6 @@ using mpp_test::unique_name;
 
 namespace {
 
-int run_unrelated(const char* spec, const std::string& name) {
-  const pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    ::setenv("MPP_TEST_OBJECT", name.c_str(), 1);
-    char self[] = "/proc/self/exe";
-    char* argv[] = {self, const_cast<char*>(spec), nullptr};
-    ::execv(self, argv);
-    ::_exit(127);
-  }
-  return mpp_test::wait_child(pid);
-}
-
 void square_list(const std::vector<int>& numlist, Array<int> result, Value<int> square_sum) {
   for (std::size_t idx = 0; idx < numlist.size(); ++idx) result[idx] = numlist[idx] * numlist[idx];
   square_sum = std::accumulate(result.begin(), result.end(), 0);
@@ -112,7 +99,7 @@ TEST_CASE("[.] helper: Array in an unrelated process", "[.][array-child]") {
 TEST_CASE("named: create, open by an unrelated process, size and type checked", "[array]") {
   const auto name = unique_name("arr");
   auto a = Array<std::int16_t>::create(name, {0, 1, 2, 3, 4});
-  CHECK(run_unrelated("[array-child]", name) == 0);
+  CHECK(mpp_test::run_unrelated("[array-child]", name) == 0);
   CHECK(a.to_vector() == std::vector<std::int16_t>{0, 2, 4, 6, 8});
   CHECK_THROWS_AS(Array<std::int32_t>::open(name), mpp::TypeMismatchError);
   CHECK_THROWS_AS(Value<std::int16_t>::open(name), mpp::TypeMismatchError);  // an Array, not a Value

@@ -14,6 +14,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <string_view>
@@ -41,6 +42,7 @@ inline double seconds_since(std::chrono::steady_clock::time_point t0) {
 /// Returns the child's pid; collect it with wait_child().
 template <class F>
 pid_t fork_child(F&& fn) {
+  std::fflush(nullptr);  // or the child would print the parent's buffered output again
   const pid_t pid = ::fork();
   REQUIRE(pid >= 0);
   if (pid == 0) {
@@ -65,6 +67,22 @@ inline int wait_child(pid_t pid) {
   if (WIFEXITED(status)) return WEXITSTATUS(status);
   if (WIFSIGNALED(status)) return -WTERMSIG(status);
   return -1000;
+}
+
+/// Runs this test executable again (an unrelated process: exec, not fork) on the hidden test
+/// case `spec`, passing `name` in the environment variable MPP_TEST_OBJECT. Returns its exit code.
+inline int run_unrelated(const char* spec, const std::string& name) {
+  std::fflush(nullptr);
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    ::setenv("MPP_TEST_OBJECT", name.c_str(), 1);
+    char self[] = "/proc/self/exe";
+    char* argv[] = {self, const_cast<char*>(spec), nullptr};
+    ::execv(self, argv);
+    ::_exit(127);
+  }
+  return wait_child(pid);
 }
 
 #endif  // MPP_OS_POSIX

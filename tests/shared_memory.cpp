@@ -33,21 +33,6 @@ Bytes bytes_of(std::string_view s) {
   return Bytes(p, p + s.size());
 }
 
-/// Runs this test executable again (an unrelated process: exec, not fork) on the hidden test
-/// case `spec`, passing `name` in the environment. Returns its exit code.
-int run_unrelated(const char* spec, const std::string& name) {
-  const pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    ::setenv("MPP_TEST_OBJECT", name.c_str(), 1);
-    char self[] = "/proc/self/exe";
-    char* argv[] = {self, const_cast<char*>(spec), nullptr};
-    ::execv(self, argv);
-    ::_exit(127);
-  }
-  return mpp_test::wait_child(pid);
-}
-
 }  // namespace
 
 TEST_CASE("create, write, attach from a forked child, read back", "[shared_memory]") {
@@ -83,7 +68,7 @@ TEST_CASE("[.] helper: SharedMemory in an unrelated process", "[.][shm-child]") 
 TEST_CASE("an unrelated process attaches by name", "[shared_memory]") {
   auto shm = SharedMemory::create(unique_name("unrel"), 3);
   shm.buf()[0] = std::byte{'a'};
-  CHECK(run_unrelated("[shm-child]", shm.name()) == 0);
+  CHECK(mpp_test::run_unrelated("[shm-child]", shm.name()) == 0);
   CHECK(shm.buf()[2] == std::byte{'z'});
   CHECK(shm_exists(shm.name()));
 }
@@ -242,7 +227,7 @@ TEST_CASE("[.] helper: ShareableList in an unrelated process", "[.][list-child]"
 
 TEST_CASE("ShareableList: an unrelated process attaches by name", "[shared_memory][shareable_list]") {
   auto sl = ShareableList::create(unique_name("unrel-list"), {std::string("héllo→"), None{}});
-  CHECK(run_unrelated("[list-child]", sl.name()) == 0);
+  CHECK(mpp_test::run_unrelated("[list-child]", sl.name()) == 0);
   CHECK(sl.get(1) == ShareableItem{bytes_of(std::string_view("\0\0", 2))});
 }
 

@@ -23,19 +23,6 @@ struct Point {
   friend bool operator==(const Point&, const Point&) = default;
 };
 
-int run_unrelated(const char* spec, const std::string& name) {
-  const pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    ::setenv("MPP_TEST_OBJECT", name.c_str(), 1);
-    char self[] = "/proc/self/exe";
-    char* argv[] = {self, const_cast<char*>(spec), nullptr};
-    ::execv(self, argv);
-    ::_exit(127);
-  }
-  return mpp_test::wait_child(pid);
-}
-
 template <class F>
 std::vector<pid_t> fork_n(int n, F fn) {
   std::vector<pid_t> kids;
@@ -77,7 +64,7 @@ TEST_CASE("[.] helper: Value in an unrelated process", "[.][value-child]") {
 TEST_CASE("named: create, open by an unrelated process, types checked", "[value]") {
   const auto name = unique_name("val");
   auto v = Value<double>::create(name, 1.5);
-  CHECK(run_unrelated("[value-child]", name) == 0);
+  CHECK(mpp_test::run_unrelated("[value-child]", name) == 0);
   CHECK(v.value() == 6.0);
   CHECK_THROWS_AS(Value<double>::create(name), mpp::ExistsError);
   CHECK_THROWS_AS(Value<int>::open(name), mpp::TypeMismatchError);
