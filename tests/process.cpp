@@ -37,14 +37,27 @@ void write_file(const std::string& path, const std::string& text) {
   std::ofstream(path + ".tmp") << text;
   std::rename((path + ".tmp").c_str(), path.c_str());
 }
+bool file_exists(const std::string& path) { return ::access(path.c_str(), F_OK) == 0; }
+
+/// Waits (generously) until `path` exists, then removes it.
+void wait_for_file(const std::string& path) {
+  for (int i = 0; i < 6000 && !file_exists(path); ++i) std::this_thread::sleep_for(5ms);
+  ::unlink(path.c_str());
+}
+
+/// Like sleep_seconds, but creates `ready` once SIGTERM has its default action again, so a test
+/// can terminate it without Catch's inherited handler reporting a failure from the child.
+void sleep_ready(double s, std::string ready) {
+  ::signal(SIGTERM, SIG_DFL);
+  write_file(ready, "ready");
+  std::this_thread::sleep_for(std::chrono::duration<double>(s));
+}
 std::string read_file(const std::string& path) {
   std::ifstream in(path);
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
 }
-bool file_exists(const std::string& path) { return ::access(path.c_str(), F_OK) == 0; }
-
 /// Writes what the child knows about itself:
 /// name|pid|parent pid|parent name|daemon|repr|parent alive|parent joined|parent sentinel valid.
 void describe_self(std::string path) {
@@ -70,10 +83,11 @@ void sleep_then_mark(double s, std::string marker) {
 /// pids to `path`, and returns: its exit must terminate the first and join the second.
 void parent_of_daemon(int method, std::string path, std::string marker) {
   const auto m = static_cast<StartMethod>(method);
-  mpp::Process daemon{{.daemon = true, .start_method = m}, sleep_seconds, 60.0};
+  mpp::Process daemon{{.daemon = true, .start_method = m}, sleep_ready, 60.0, path + ".ready"};
   mpp::Process worker{{.start_method = m}, sleep_then_mark, 0.3, marker};
   daemon.start();
   worker.start();
+  wait_for_file(path + ".ready");
   write_file(path, fmt::format("{} {}", *daemon.pid(), *worker.pid()));
 }
 
@@ -92,6 +106,7 @@ MPP_REGISTER(exit_with);
 MPP_REGISTER(exit_sum);
 MPP_REGISTER(throw_runtime_error);
 MPP_REGISTER(sleep_seconds);
+MPP_REGISTER(sleep_ready);
 MPP_REGISTER(describe_self);
 MPP_REGISTER(sleep_then_mark);
 MPP_REGISTER(parent_of_daemon);
@@ -175,9 +190,10 @@ TEST_CASE("exit codes follow Python: return, exit(n), exception, SIGTERM, SIGKIL
     CHECK(err.find("std::runtime_error: boom at line 1") != std::string::npos);
   }
 
-  auto term = make(m, sleep_seconds, 30.0);
+  const std::string ready = temp_path("ready");
+  auto term = make(m, sleep_ready, 30.0, ready);
   term.start();
-  CHECK_FALSE(term.join(0.3s));  // lets it reset the SIGTERM handler it inherited from Catch
+  wait_for_file(ready);
   term.terminate();
   term.join();
   CHECK(term.exitcode() == -SIGTERM);
@@ -317,11 +333,11 @@ TEST_CASE("daemon children are terminated and others joined when their parent ex
 TEST_CASE("the exit handler terminates daemons and joins children at std::exit", "[process]") {
   const std::string marker = temp_path("marker");
   const pid_t pid = mpp_test::fork_child([&] {
-    mpp::Process daemon{{.daemon = true}, sleep_seconds, 60.0};
+    mpp::Process daemon{{.daemon = true}, sleep_ready, 60.0, marker + ".ready"};
     mpp::Process worker{sleep_then_mark, 0.3, marker};
     daemon.start();
     worker.start();
-    (void)daemon.join(0.2s);  // lets it reset the SIGTERM handler it inherited from Catch
+    wait_for_file(marker + ".ready");
     std::exit(0);  // runs atexit handlers, like the end of main
     return 0;
   });
