@@ -19,9 +19,11 @@
 // in cache) and enters the kernel only when it is non-zero; it then takes the announcement
 // (exchange), so one sleep costs one wake-up. A sleeper announces itself with a seq_cst store,
 // then re-checks. The one race this leaves — the publisher's store still in its store buffer
-// while its load of `sleeper` read 0 — is bounded by the store-buffer drain time, so the first
-// sleep after each announcement is a short slice (kFirstSlice) after which the sleeper re-checks;
-// once the announcement is visible, the next publish sees it and wakes the sleeper.
+// while its load of `sleeper` read 0 — is bounded by the store-buffer drain time (a serialising
+// event such as a preemption drains it too), so after each announcement the sleeper keeps
+// re-checking for kAnnounceSpin rounds before it sleeps; a publish it could still miss is seen
+// at its next periodic wake-up (kPollInterval) at the latest. A timed first sleep would do the
+// same, but arming a short timer costs more than the spin on a virtual machine.
 #pragma once
 
 #include <algorithm>
@@ -57,8 +59,9 @@ inline constexpr std::uint64_t kMinCapacity = 4096;
 inline constexpr std::uint64_t kMaxCapacity = std::uint64_t{1} << 32;
 /// Largest message a reader accepts (its length is read from shared memory).
 inline constexpr std::uint64_t kMaxMessage = std::uint64_t{1} << 40;
-/// How long a sleeper's first sleep lasts before it re-checks (see the header comment).
-inline constexpr std::chrono::microseconds kFirstSlice{200};
+/// How many times a sleeper re-checks after announcing itself, before it enters the kernel (see
+/// the header comment): longer than a publisher's store buffer takes to drain.
+inline constexpr int kAnnounceSpin = 256;
 
 /// Bytes of payload per frame for a ring of `capacity` bytes: a quarter of the ring, so the
 /// writer can fill frames while the reader drains earlier ones.
@@ -139,9 +142,8 @@ inline bool wake_sleeper(Bell& b) noexcept {
 }
 
 //!Effects: returns when `ready()` is true: spins `spin` times, then announces itself in
-//! `b.sleeper` and sleeps on `b.seq` — for kFirstSlice after each (re-)announcement, then at
-//! most kPollInterval at a time — calling `check()` (which may throw) before the first sleep
-//! and after every wake-up.
+//! `b.sleeper` and sleeps on `b.seq` at most kPollInterval at a time, calling `check()` (which
+//! may throw) before the first sleep and after every wake-up.
 //!Returns: false if `deadline` passed first.
 template <class Ready, class Check>
 bool wait(Bell& b, Ready&& ready, const Deadline& deadline, Check&& check, int spin) {
@@ -156,24 +158,25 @@ bool wait(Bell& b, Ready&& ready, const Deadline& deadline, Check&& check, int s
   } clear{b};
   const std::uint64_t me = ProcessRef::self().pack();
   bool announced = false;
-  std::chrono::nanoseconds slice = kFirstSlice;
   for (;;) {
     if (!announced) {
       b.sleeper.store(me, std::memory_order_seq_cst);
       announced = true;
-      slice = kFirstSlice;
+      for (int i = 0; i < kAnnounceSpin; ++i) {  // outlast a publisher that missed the announcement
+        if (ready()) return true;
+        os::cpu_relax();
+      }
     }
     const std::uint32_t s = b.seq.load(std::memory_order_seq_cst);
     if (ready()) return true;
     if (deadline.expired()) return false;
-    std::optional<std::chrono::nanoseconds> d = slice;
+    std::optional<std::chrono::nanoseconds> d = kPollInterval;
     if (const auto left = deadline.remaining(); left && *left < *d) d = left;
     os::wait_on_address(b.seq, s, d);
-    // A waker took the announcement: announce again (with a short first sleep) if we must wait on.
+    // A waker took the announcement: announce again if we must wait on.
     if (b.sleeper.load(std::memory_order_relaxed) != me) announced = false;
     if (ready()) return true;
     check();
-    slice = kPollInterval;
   }
 }
 
