@@ -70,6 +70,11 @@ void describe_self(std::string path) {
                                parent && parent->sentinel() >= 0 ? 1 : 0));
 }
 
+/// Exits with 0 if `s` holds `n` copies of 'x' (a large argument arrived whole).
+void check_big(std::string s, std::size_t n) {
+  mpp::exit(s.size() == n && s.find_first_not_of('x') == std::string::npos ? 0 : 1);
+}
+
 /// Stores `x` into a shared value that travelled as its name (spawn, forkserver) or was inherited.
 void store_value(mpp::Value<int> v, int x) { v.set(x); }
 
@@ -112,6 +117,7 @@ MPP_REGISTER(sleep_then_mark);
 MPP_REGISTER(parent_of_daemon);
 MPP_REGISTER(start_grandchild);
 MPP_REGISTER(store_value);
+MPP_REGISTER(check_big);
 namespace {
 const auto exit_42 = [] { mpp::exit(42); };
 }
@@ -531,4 +537,14 @@ TEST_CASE("the fork server exits when the process that started it dies", "[proce
     if (!gone) std::this_thread::sleep_for(5ms);
   }
   CHECK(gone);
+}
+
+TEST_CASE("large arguments reach the child whole", "[process]") {
+  const StartMethod m = any_method();
+  CAPTURE(mpp::start_method_name(m));
+  const std::size_t n = 3 << 20;  // larger than a socket buffer
+  auto p = make(m, check_big, std::string(n, 'x'), n);
+  p.start();
+  p.join();
+  CHECK(p.exitcode() == 0);
 }

@@ -388,11 +388,13 @@ struct ProcessState {
 
 // ---- small framed messages over sockets ------------------------------------------------------
 
-inline void write_frame(const os::Fd& s, std::span<const std::byte> data) {
+inline void write_frame(const os::Fd& s, std::span<const std::byte> data,
+                        std::optional<std::chrono::nanoseconds> timeout = std::nullopt) {
   std::string head;
   append_u32(head, static_cast<std::uint32_t>(data.size()));
-  os::send_all(s, std::as_bytes(std::span(head)));
-  os::send_all(s, data);
+  const auto deadline = Deadline::from(timeout);
+  os::send_all(s, std::as_bytes(std::span(head)), deadline.remaining());
+  os::send_all(s, data, deadline.remaining());
 }
 
 /// Reads one frame. Returns: nullopt at end of file. Throws: CorruptedError, EOFError.
@@ -860,8 +862,13 @@ inline void launch_spawn(ProcessState& s) {
   std::optional<Record> r;
   try {
     try {
-      write_frame(mine, payload);
+      write_frame(mine, payload, kBootstrapTimeout);
     } catch (const BrokenPipeError&) {  // it is gone already; the missing answer says why
+    } catch (const TimeoutError&) {
+      fail<ProcessError>("the spawned child (pid {}, running {}) did not read its launch "
+                         "request within {} s: does its main() call mpp::bootstrap(argc, argv) "
+                         "first?",
+                         pid, executable_path(), kBootstrapTimeout.count());
     }
     r = await_record(mine, fmt::format("the spawned child (pid {})", pid).c_str());
   } catch (...) {

@@ -640,17 +640,28 @@ inline std::pair<Fd, Fd> socket_pair(bool packets = false) {
   return {Fd{sv[0]}, Fd{sv[1]}};
 }
 
-//!Effects: writes all of `data` to socket `s` (no SIGPIPE). Throws: BrokenPipeError if the peer
-//! is gone, OSError otherwise.
-inline void send_all(const Fd& s, std::span<const std::byte> data) {
+//!Effects: writes all of `data` to socket `s` (no SIGPIPE), within `timeout` if one is given.
+//!Throws: BrokenPipeError if the peer is gone, TimeoutError, OSError otherwise.
+inline void send_all(const Fd& s, std::span<const std::byte> data,
+                     std::optional<std::chrono::nanoseconds> timeout = std::nullopt) {
+  const auto until = timeout ? std::optional(std::chrono::steady_clock::now() + *timeout) : std::nullopt;
   std::size_t done = 0;
   while (done < data.size()) {
-    const ssize_t n = ::send(s.get(), data.data() + done, data.size() - done, MSG_NOSIGNAL);
+    const ssize_t n = ::send(s.get(), data.data() + done, data.size() - done,
+                             MSG_NOSIGNAL | (until ? MSG_DONTWAIT : 0));
     if (n >= 0) {
       done += static_cast<std::size_t>(n);
       continue;
     }
     if (errno == EINTR) continue;
+    if (until && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      const auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(*until - std::chrono::steady_clock::now());
+      struct pollfd p{s.get(), POLLOUT, 0};
+      if (left.count() <= 0 || ::poll(&p, 1, posix_detail::poll_timeout_ms(left)) == 0)
+        fail<TimeoutError>("the other process did not read {} bytes within the timeout",
+                           data.size() - done);
+      continue;
+    }
     if (errno == EPIPE || errno == ECONNRESET)
       fail<BrokenPipeError>("the other process closed its end of the socket (it exited)");
     throw_errno("send", "", errno);
