@@ -5,6 +5,9 @@
 //
 // Environment knobs (documented in README "Crash safety"):
 //   MPP_KILL_REPS=N    repetitions of the random-kill scenarios (CI default is small)
+//   MPP_KILL_PUTS=N, MPP_KILL_SEED=S   size and seed of the queue kill runs
+//   MPP_HOSTILE_ROUNDS=N, MPP_HOSTILE_SEED=S   rounds and seed of the scribbling hostile peer
+//   MPP_PIPE_KILL_NOW=1  kill pipe writers right after fork (before they run), not at random
 //   MPP_CRASH_AT=point[:n]  any process of this binary SIGKILLs itself at the n-th (default 1st)
 //                      hit of MPP_CRASH_POINT(point) — for reproducing one crash point by hand
 //
@@ -1006,6 +1009,59 @@ TEST_CASE("hostile peer rewrites the header of a live segment: handles keep thei
   CHECK_THROWS_AS(open_test(name, quick), mpp::CorruptedError);
   CHECK(reg::inspect(name).state == reg::State::corrupt);
 }
+
+#if defined(MPP_CRASH_HAVE_PIPE)
+TEST_CASE("writer SIGKILLed mid-message: the reader gets only whole messages, then EOFError",
+          "[crash][kill][pipe]") {
+  const long reps = std::max(1L, std::atol(std::getenv("MPP_KILL_REPS") ? std::getenv("MPP_KILL_REPS") : "10"));
+  std::mt19937_64 rng(std::random_device{}());
+  auto message = [](std::uint64_t seq, std::size_t n) {
+    std::string m = fmt::format("{}:{}:", seq, n);
+    m.resize(m.size() + n, static_cast<char>('a' + seq % 26));
+    return m;
+  };
+  for (long rep = 0; rep < reps; ++rep) {
+    mpp::PipeOptions po;
+    po.capacity = 16384;  // messages of up to 40 KB span several frames and wrap the ring
+    mpp::Pipe<std::string> p(false, po);
+    auto& reader = p.first;
+    auto& writer = p.second;
+    const std::uint64_t seed = rng();
+    const pid_t child = mpp_test::fork_child([&] {
+      reader.close();
+      std::mt19937_64 r(seed);
+      for (std::uint64_t seq = 0;; ++seq) writer.send(message(seq, r() % 40000));
+      return 0;
+    });
+    writer.close();  // the child holds the only writer now
+    std::uint64_t got = 0;
+    bool eof = false;
+    std::thread killer([&, delay = std::getenv("MPP_PIPE_KILL_NOW") ? 0 : rng() % 30000] {
+      std::this_thread::sleep_for(std::chrono::microseconds(delay));
+      ::kill(child, SIGKILL);
+    });
+    try {
+      for (;;) {
+        const std::string m = reader.recv(30s);
+        // Whole and in order: "<seq>:<n>:" then n copies of one letter.
+        const auto a = m.find(':'), b = m.find(':', a + 1);
+        REQUIRE(b != std::string::npos);
+        CHECK(std::stoull(m.substr(0, a)) == got);
+        const std::size_t n = std::stoull(m.substr(a + 1, b - a - 1));
+        CHECK(m.size() == b + 1 + n);
+        CHECK(m.find_first_not_of(static_cast<char>('a' + got % 26), b + 1) == std::string::npos);
+        ++got;
+      }
+    } catch (const mpp::EOFError&) {
+      eof = true;
+    }
+    killer.join();
+    CHECK(mpp_test::wait_child(child) == -SIGKILL);
+    CHECK(eof);
+    INFO("rep " << rep << ": " << got << " whole messages before EOF");
+  }
+}
+#endif
 
 #if defined(MPP_CRASH_HAVE_QUEUE) && defined(MPP_CRASH_HAVE_PIPE)
 namespace {

@@ -40,6 +40,10 @@ std::string size_text(std::uint64_t n) {
   return fmt::format("{}M", n / (1024 * 1024));
 }
 
+std::string fit(const std::string& s, std::size_t width) {
+  return s.size() <= width ? s : s.substr(0, width - 1) + "~";
+}
+
 std::string users_text(const reg::ObjectInfo& o) {
   if (!o.header_readable) return "-";
   return fmt::format("{}/{}", reg::live_users(o).size(), o.attachers.size());
@@ -53,7 +57,7 @@ int cmd_ls(std::string_view prefix) {
     const bool h = o.header_readable;
     const auto depth = reg::queue_depth(o);
     fmt::print("{:<40} {:<14} {:<24} {:>8} {:>8} {:>6} {:>6}  {}{}{}\n", o.name,
-               h ? o.kind_label : "-", h ? o.type_name : "-", size_text(o.stat.size),
+               h ? fit(o.kind_label, 14) : "-", h ? fit(o.type_name, 24) : "-", size_text(o.stat.size),
                h && o.creator.pid > 0 ? fmt::format("{}", o.creator.pid) : "-", users_text(o),
                depth ? fmt::format("{}", *depth) : "-", reg::state_name(o.state),
                o.problem.empty() ? "" : ": ", o.problem);
