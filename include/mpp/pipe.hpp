@@ -246,9 +246,12 @@ class PipeEnd final : public ForkHook {
       PipeEnd& e;
       ~Guard() {
         if (e.assembling_ && e.asm_direct_) {
-          e.msg_.assign(e.asm_dst_, e.asm_dst_ + e.asm_got_);
-          e.msg_.resize(e.asm_total_);
-          e.asm_dst_ = e.msg_.data();
+          try {
+            e.msg_.assign(e.asm_dst_, e.asm_dst_ + e.asm_got_);
+          } catch (...) {  // out of memory: the message is lost, never delivered torn
+            e.assembling_ = false;
+          }
+          e.asm_dst_ = nullptr;
           e.asm_direct_ = false;
         }
       }
@@ -294,13 +297,16 @@ class PipeEnd final : public ForkHook {
           asm_dst_ = direct.data();
           asm_direct_ = true;
         } else {
-          msg_.resize(total);
-          asm_dst_ = msg_.data();
+          // The declared total comes from the writer: reserve at most kReserveLimit up front
+          // and grow with the data that actually arrives, so a hostile total cannot make this
+          // process allocate memory that no frame fills.
+          msg_.clear();
+          msg_.reserve(std::min<std::uint64_t>(total, kReserveLimit));
+          asm_dst_ = nullptr;
           asm_direct_ = false;
         }
         assembling_ = true;
-        in_.get(payload + 8, asm_dst_, len - 8);
-        asm_got_ = len - 8;
+        append(payload + 8, len - 8);
         consume_ring(r + fsize);
         continue;
       }
@@ -310,8 +316,7 @@ class PipeEnd final : public ForkHook {
       }
       if (len > asm_total_ - asm_got_ || ((flags & ring::kMore) == 0 && asm_got_ + len != asm_total_))
         corrupted(fmt::format("frames of a {}-byte message do not add up", asm_total_));
-      in_.get(payload, asm_dst_ + asm_got_, len);
-      asm_got_ += len;
+      append(payload, len);
       consume_ring(r + fsize);
       if ((flags & ring::kMore) != 0) continue;
       assembling_ = false;
@@ -499,6 +504,17 @@ class PipeEnd final : public ForkHook {
     return v;
   }
 
+  // Copies `len` bytes of the ring at `pos` to the end of the message being assembled.
+  void append(std::uint64_t pos, std::uint64_t len) {
+    if (asm_direct_) {
+      in_.get(pos, asm_dst_ + asm_got_, len);
+    } else {
+      msg_.resize(asm_got_ + len);  // geometric growth: amortised O(1) per byte
+      in_.get(pos, msg_.data() + asm_got_, len);
+    }
+    asm_got_ += len;
+  }
+
   std::optional<Message> complete(std::uint32_t kind, std::uint64_t size) {
     have_msg_ = true;
     msg_kind_ = kind;
@@ -655,6 +671,7 @@ class PipeEnd final : public ForkHook {
   }
 
   static constexpr std::chrono::milliseconds kScanInterval{20};
+  static constexpr std::uint64_t kReserveLimit = std::uint64_t{16} << 20;
   static constexpr std::uint32_t kSendCheckPeriod = 4096;
 
   std::shared_ptr<Segment> seg_;
