@@ -3,14 +3,9 @@
 #define CATCH_CONFIG_RUNNER  // Catch2 v2: we provide main(); ignored by v3
 #include "catch.hpp"
 
-#include <mpp/detail/config.hpp>
-#if defined(MPP_OS_POSIX)  // the Win32 backend has no Process yet
-#  include <mpp/process.hpp>
-#endif
+#include <mpp/process.hpp>
 
 int main(int argc, char** argv) {
-#if defined(MPP_OS_POSIX)
   mpp::bootstrap(argc, argv);
-#endif
   return Catch::Session().run(argc, argv);
 }

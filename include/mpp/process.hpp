@@ -534,7 +534,7 @@ inline const RegisteredFunction* lookup_for_child(const LaunchRequest& req, std:
 }
 
 /// Spawned child: read the request, acknowledge, run, exit.
-[[noreturn]] inline void spawn_main(int fd) noexcept {
+[[noreturn]] inline void spawn_main(os::native_handle fd) noexcept {
   LaunchRequest req;
   const RegisteredFunction* fn = nullptr;
   try {
@@ -558,7 +558,7 @@ inline const RegisteredFunction* lookup_for_child(const LaunchRequest& req, std:
 }
 
 /// The fork server's loop: fork a child per request, report its pid and exit code.
-[[noreturn]] inline void forkserver_main(int fd) noexcept {
+[[noreturn]] inline void forkserver_main(os::native_handle fd) noexcept {
   struct Child {
     os::pid_type pid;
     os::Fd handle;
@@ -596,7 +596,7 @@ inline const RegisteredFunction* lookup_for_child(const LaunchRequest& req, std:
       os::Fd channel;
       std::byte buf[16];
       if (os::recv_with_handle(control, buf, channel) == 0) break;  // every client is gone
-      if (channel.get() < 0) continue;
+      if (!channel.valid()) continue;
       LaunchRequest req;
       const RegisteredFunction* fn = nullptr;
       os::pid_type pid = 0;
@@ -673,15 +673,15 @@ inline std::optional<int> poll_exit(ProcessState& s) {
 /// is still the same process). A forkserver child's sentinel is its status channel, open already.
 inline void ensure_sentinel(ProcessState& s) {
   std::lock_guard lock(s.reap_mutex);
-  if (s.sentinel.get() >= 0 || s.role == Role::current || s.pid.load() == 0) return;
+  if (s.sentinel.valid() || s.role == Role::current || s.pid.load() == 0) return;
   if (s.role == Role::parent) {
     os::Fd h = os::open_process(s.pid.load());
-    if (h.get() >= 0 && ProcessRef{s.pid.load(), s.start_tag}.alive()) s.sentinel = std::move(h);
+    if (h.valid() && ProcessRef{s.pid.load(), s.start_tag}.alive()) s.sentinel = std::move(h);
     return;
   }
   // Not reaped yet (we hold reap_mutex), so the pid is still this child's, zombie or not.
   if (s.exitcode.load() == kNoExitCode) s.sentinel = os::open_process(s.pid.load());
-  if (s.sentinel.get() < 0) s.sentinel = os::ready_handle();
+  if (!s.sentinel.valid()) s.sentinel = os::ready_handle();
 }
 
 //!Effects: waits until the process ends or `deadline` passes. Returns: its exit code, or nullopt.
@@ -697,7 +697,7 @@ inline std::optional<int> wait_exit(ProcessState& s, const Deadline& deadline) {
   ensure_sentinel(s);
   for (;;) {
     if (auto c = poll_exit(s)) return c;
-    if (s.role == Role::parent && s.sentinel.get() < 0) {  // no handle: poll liveness
+    if (s.role == Role::parent && !s.sentinel.valid()) {  // no handle: poll liveness
       if (deadline.expired()) return std::nullopt;
       auto slice = std::chrono::nanoseconds(kPollInterval);
       if (auto left = deadline.remaining(); left && *left < slice) slice = *left;
@@ -764,7 +764,7 @@ inline void exit_handler() noexcept {
     g.server_control.reset();  // the server exits when it sees end of file
     try {
       auto h = os::open_process(g.server_pid);
-      if (h.get() < 0 || !os::wait_readable(h.get(), std::chrono::seconds(2)))
+      if (!h.valid() || !os::wait_readable(h.get(), std::chrono::seconds(2)))
         os::send_signal(g.server_pid, os::kSigKill);
       os::wait_readable(h.get(), std::chrono::seconds(2));
       os::poll_process(g.server_pid);
@@ -830,9 +830,9 @@ inline void launch_fork(ProcessState& s) {
 /// Reaps a re-executed child that failed to start (killing it if it lingers).
 inline int reap_failed(os::pid_type pid, const os::Fd& handle) noexcept {
   try {
-    if (handle.get() < 0 || !os::wait_readable(handle.get(), std::chrono::seconds(5))) {
+    if (!handle.valid() || !os::wait_readable(handle.get(), std::chrono::seconds(5))) {
       os::send_signal(pid, os::kSigKill);
-      if (handle.get() >= 0) os::wait_readable(handle.get(), std::chrono::seconds(5));
+      if (handle.valid()) os::wait_readable(handle.get(), std::chrono::seconds(5));
     }
     return os::poll_process(pid).value_or(255);
   } catch (const std::exception&) {
@@ -856,7 +856,7 @@ inline void launch_spawn(ProcessState& s) {
   const os::native_handle inherit[] = {theirs.get()};
   const os::pid_type pid =
       os::spawn_program(executable_path(), child_argv("--mpp-spawn"),
-                        {fmt::format("{}=spawn:{}", kBootstrapEnv, theirs.get())}, inherit);
+                        {fmt::format("{}=spawn:{}", kBootstrapEnv, os::handle_to_text(theirs.get()))}, inherit);
   theirs.reset();
   os::Fd handle = os::open_process(pid);
   std::optional<Record> r;
@@ -889,13 +889,13 @@ inline void launch_spawn(ProcessState& s) {
 
 /// Starts the fork server if this process has none (caller holds g.server_mutex).
 inline void ensure_forkserver(Globals& g) {
-  if (g.server_control.get() >= 0) return;
+  if (g.server_control.valid()) return;
   require_bootstrap(StartMethod::forkserver);
   auto [mine, theirs] = os::socket_pair(/*packets=*/true);
   const os::native_handle inherit[] = {theirs.get()};
   const os::pid_type pid =
       os::spawn_program(executable_path(), child_argv("--mpp-forkserver"),
-                        {fmt::format("{}=forkserver:{}", kBootstrapEnv, theirs.get())}, inherit);
+                        {fmt::format("{}=forkserver:{}", kBootstrapEnv, os::handle_to_text(theirs.get()))}, inherit);
   theirs.reset();
   os::Fd handle = os::open_process(pid);
   bool ready = false;
@@ -1033,7 +1033,7 @@ inline Process current_process();
 /// still joined at exit, as in Python).
 class Process {
  public:
-  /// The handle type of sentinel(): a file descriptor on POSIX.
+  /// The handle type of sentinel(): a file descriptor on POSIX, a HANDLE on Windows.
   using native_handle = detail::os::native_handle;
 
   //!Effects: prepares a process that will run `f(args...)` (copies of them); nothing runs until
@@ -1378,15 +1378,11 @@ inline void bootstrap(int argc, const char* const* argv) {
   if (!role) return;
   detail::os::unset_env(detail::kBootstrapEnv);
   const auto colon = role->find(':');
-  int fd = -1;
-  if (colon != std::string::npos) {
-    char* end = nullptr;
-    const long v = std::strtol(role->c_str() + colon + 1, &end, 10);
-    if (end != nullptr && *end == '\0' && v >= 0 && v < INT_MAX) fd = static_cast<int>(v);
-  }
+  std::optional<detail::os::native_handle> fd;
+  if (colon != std::string::npos) fd = detail::os::handle_from_text(role->substr(colon + 1));
   const std::string_view kind = std::string_view(*role).substr(0, colon);
-  if (fd >= 0 && kind == "spawn") detail::spawn_main(fd);
-  if (fd >= 0 && kind == "forkserver") detail::forkserver_main(fd);
+  if (fd && kind == "spawn") detail::spawn_main(*fd);
+  if (fd && kind == "forkserver") detail::forkserver_main(*fd);
   fmt::print(stderr, "mpp: invalid {}='{}' in the environment; exiting\n", detail::kBootstrapEnv,
              *role);
   detail::os::exit_process(1);

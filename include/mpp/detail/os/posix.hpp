@@ -63,6 +63,8 @@ class Fd {
   ~Fd() { reset(); }
   /// The raw descriptor (-1 if none).
   int get() const noexcept { return fd_; }
+  /// Whether a descriptor is held.
+  bool valid() const noexcept { return fd_ >= 0; }
   /// Gives up ownership and returns the descriptor.
   int release() noexcept { return std::exchange(fd_, -1); }
   /// Closes the descriptor if one is held.
@@ -461,6 +463,18 @@ inline int exit_code_from_status(int status) noexcept {
   if (WIFEXITED(status)) return WEXITSTATUS(status);
   if (WIFSIGNALED(status)) return -WTERMSIG(status);
   return 255;
+}
+
+//!Returns: the text form of descriptor `h` for a child's environment (it keeps the same number).
+inline std::string handle_to_text(native_handle h) { return std::to_string(h); }
+
+//!Returns: the descriptor written by handle_to_text, or nullopt if `text` is not one.
+inline std::optional<native_handle> handle_from_text(const std::string& text) {
+  if (text.empty() || text.size() > 10 || text.find_first_not_of("0123456789") != std::string::npos)
+    return std::nullopt;
+  const long v = std::strtol(text.c_str(), nullptr, 10);
+  if (v < 0 || v >= INT_MAX) return std::nullopt;
+  return static_cast<native_handle>(v);
 }
 
 //!Returns: "SIGTERM" for 15 and so on (Python's names in Process reprs); "" if unknown.

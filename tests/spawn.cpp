@@ -1,0 +1,181 @@
+// Portable tests of mpp::Process with the spawn start method (the only one on Windows): they run
+// on Linux and, cross-compiled with mingw-w64, under wine. Exit codes as Python reports them on
+// each platform, terminate/kill, join with a timeout, sentinels, arguments through the codec
+// (large ones too), shared values passed by name, parent_process() in the child, and the errors
+// for unregistered functions and start methods the platform lacks.
+#include <chrono>
+#include <mpp/process.hpp>
+#include <mpp/value.hpp>
+#include <string>
+#include <thread>
+
+#include "helpers.hpp"
+
+using namespace std::chrono_literals;
+using mpp::StartMethod;
+
+namespace {
+
+void do_nothing() {}
+void exit_with(int code) { mpp::exit(code); }
+void exit_sum(int a, int b) { mpp::exit(a + b); }
+void throw_runtime_error(std::string message) { throw std::runtime_error(message); }
+void sleep_seconds(double s) { std::this_thread::sleep_for(std::chrono::duration<double>(s)); }
+/// Exits with 0 if `s` holds `n` copies of 'x' (a large argument arrived whole).
+void check_big(std::string s, std::size_t n) {
+  mpp::exit(s.size() == n && s.find_first_not_of('x') == std::string::npos ? 0 : 1);
+}
+/// Stores `x` into a shared value that travelled as its name.
+void store_value(mpp::Value<int> v, int x) { v.set(x); }
+/// Exits with 0 if this child sees its parent (pid `parent`) and its own name `name`.
+void check_family(int parent, std::string name) {
+  auto p = mpp::parent_process();
+  const bool ok = p && p->pid() == parent && p->is_alive() && mpp::current_process().name() == name &&
+                  mpp::current_process().pid() == static_cast<int>(mpp::detail::os::current_pid());
+  mpp::exit(ok ? 0 : 1);
+}
+const auto exit_42 = [] { mpp::exit(42); };
+
+}  // namespace
+
+MPP_REGISTER(do_nothing);
+MPP_REGISTER(exit_with);
+MPP_REGISTER(exit_sum);
+MPP_REGISTER(throw_runtime_error);
+MPP_REGISTER(sleep_seconds);
+MPP_REGISTER(check_big);
+MPP_REGISTER(store_value);
+MPP_REGISTER(check_family);
+MPP_REGISTER_AS("exit_42", exit_42);
+
+namespace {
+
+template <class F, class... Args>
+mpp::Process spawn(F&& f, Args&&... args) {
+  return mpp::get_context(StartMethod::spawn).process(std::forward<F>(f), std::forward<Args>(args)...);
+}
+
+#if defined(MPP_OS_WINDOWS)
+// CPython on Windows: terminate() and kill() both call TerminateProcess(h, 0x10000), and an exit
+// code of 0x10000 reads as -SIGTERM (multiprocessing/popen_spawn_win32.py).
+constexpr int kTerminated = -15;
+constexpr int kKilled = -15;
+#else
+constexpr int kTerminated = -15;  // -SIGTERM
+constexpr int kKilled = -9;       // -SIGKILL
+#endif
+
+}  // namespace
+
+TEST_CASE("spawn: exit codes follow Python (return, exit(n), exception, registered lambda)",
+          "[spawn]") {
+  auto ok = spawn(do_nothing);
+  ok.start();
+  ok.join();
+  CHECK(ok.exitcode() == 0);
+
+  auto sum = spawn(exit_sum, 20, 22);
+  sum.start();
+  sum.join();
+  CHECK(sum.exitcode() == 42);
+
+  auto seven = spawn(exit_with, 7);
+  seven.start();
+  CHECK(seven.join(60s));
+  CHECK(seven.exitcode() == 7);
+
+  auto boom = spawn(throw_runtime_error, std::string("boom (expected in this test)"));
+  boom.start();
+  boom.join();
+  CHECK(boom.exitcode() == 1);
+
+  auto lambda = spawn(exit_42);
+  lambda.start();
+  lambda.join();
+  CHECK(lambda.exitcode() == 42);
+}
+
+TEST_CASE("spawn: terminate and kill, with Python's exit codes", "[spawn]") {
+  auto term = spawn(sleep_seconds, 60.0);
+  term.start();
+  CHECK(term.is_alive());
+  term.terminate();
+  CHECK(term.join(30s));
+  CHECK(term.exitcode() == kTerminated);
+  CHECK(fmt::format("{}", term).find("exitcode=-SIGTERM") != std::string::npos);
+
+  auto killed = spawn(sleep_seconds, 60.0);
+  killed.start();
+  killed.kill();
+  CHECK(killed.join(30s));
+  CHECK(killed.exitcode() == kKilled);
+  killed.kill();  // after it ended: nothing happens
+  CHECK(killed.exitcode() == kKilled);
+  killed.close();
+  CHECK_THROWS_AS(killed.is_alive(), mpp::ValueError);
+}
+
+TEST_CASE("spawn: join with a timeout, is_alive, sentinel, active_children", "[spawn]") {
+  auto p = spawn(sleep_seconds, 60.0);
+  CHECK_FALSE(p.is_alive());
+  CHECK(p.pid() == std::nullopt);
+  p.start();
+  CHECK(p.pid().has_value());
+  CHECK(p.is_alive());
+  const auto t0 = std::chrono::steady_clock::now();
+  CHECK_FALSE(p.join(0.2s));
+  CHECK(mpp_test::seconds_since(t0) >= 0.15);
+  CHECK(p.exitcode() == std::nullopt);
+  CHECK_FALSE(mpp::detail::os::wait_readable(p.sentinel(), 10ms));
+  CHECK(mpp::active_children().size() == 1);
+  CHECK_THROWS_AS(p.close(), mpp::ValueError);  // still running
+  p.terminate();
+  CHECK(mpp::detail::os::wait_readable(p.sentinel(), 30s));
+  p.join();
+  CHECK_FALSE(p.is_alive());
+  CHECK(mpp::active_children().empty());
+  CHECK_THROWS_AS(p.start(), mpp::ProcessError);
+}
+
+TEST_CASE("spawn: arguments, large ones and shared values by name reach the child", "[spawn]") {
+  const std::size_t n = 3u << 20;  // far more than a pipe buffer
+  auto big = spawn(check_big, std::string(n, 'x'), n);
+  big.start();
+  big.join();
+  CHECK(big.exitcode() == 0);
+
+  const std::string name = mpp_test::unique_name("spawn.value");
+  {
+    auto v = mpp::Value<int>::create(name, 0);
+    auto p = spawn(store_value, v, 1234);
+    p.start();
+    p.join();
+    CHECK(p.exitcode() == 0);
+    CHECK(v.value() == 1234);
+  }
+  mpp::unlink(name);
+
+  auto family = mpp::Process({.name = "worker-7", .start_method = StartMethod::spawn}, check_family,
+                             static_cast<int>(mpp::detail::os::current_pid()),
+                             std::string("worker-7"));
+  family.start();
+  family.join();
+  CHECK(family.exitcode() == 0);
+}
+
+TEST_CASE("spawn: errors for unregistered functions and missing start methods", "[spawn]") {
+  auto p = spawn([] { mpp::exit(43); });  // an unnamed lambda cannot be re-executed
+  CHECK_THROWS_AS(p.start(), mpp::ProcessError);
+  CHECK(p.pid() == std::nullopt);
+  CHECK(mpp::cpu_count() >= 1);
+  const auto methods = mpp::get_all_start_methods();
+  CHECK(std::find(methods.begin(), methods.end(), "spawn") != methods.end());
+  if constexpr (!mpp::detail::os::kCanFork) {
+    CHECK(methods.size() == 1);
+    CHECK(mpp::Process::default_method() == StartMethod::spawn);
+    auto f = mpp::get_context(StartMethod::fork).process(do_nothing);
+    CHECK_THROWS_AS(f.start(), mpp::ProcessError);
+    auto fs = mpp::get_context(StartMethod::forkserver).process(do_nothing);
+    CHECK_THROWS_AS(fs.start(), mpp::ProcessError);
+  }
+}
