@@ -159,6 +159,22 @@ TEST_CASE("recv timeout, poll, closed connections", "[pipe]") {
   REQUIRE_THROWS_AS(none.recv(), mpp::ValueError);
 }
 
+TEST_CASE("send with a timeout on a full ring; a half-sent long message is skipped", "[pipe]") {
+  auto [r, w] = mpp::Pipe<std::uint64_t>(false, {.capacity = 4096});
+  std::uint64_t sent = 0;
+  REQUIRE_THROWS_AS(([&] {
+                      for (;;) w.send(sent++, 0.05s);
+                    }()),
+                    mpp::TimeoutError);
+  --sent;  // the last one timed out: not sent
+  for (std::uint64_t i = 0; i < sent; ++i) REQUIRE(r.recv() == i);
+  // A message four times the ring: its first part fits, then the timeout strikes.
+  REQUIRE_THROWS_AS(w.send_bytes(pattern(16384, 1), 0, std::nullopt, 0.05s), mpp::TimeoutError);
+  REQUIRE_THROWS_AS(r.recv_bytes(std::nullopt, 0.05s), mpp::TimeoutError);  // nothing complete
+  w.send(99);
+  REQUIRE(r.recv() == 99);
+}
+
 TEST_CASE("send_bytes, recv_bytes, recv_bytes_into, BufferTooShort keeps the message", "[pipe]") {
   auto [a, b] = mpp::Pipe<int>(true, {.capacity = 4096});
   const auto data = pattern(1000, 1);

@@ -142,17 +142,17 @@ class PipeEnd final : public ForkHook {
 
   //!Effects: sends the N bytes at `p` as one value frame: the fast path of Connection<T>::send.
   template <std::size_t N>
-  void send_raw(const void* p) {
+  void send_raw(const void* p, const Deadline& deadline) {
     constexpr std::uint64_t need = ring::frame_size(N);
     if (!send_ok_ || need - ring::kHeader > out_.max_frame) [[unlikely]] {
-      write_message(ring::kKindValue, {}, {static_cast<const std::byte*>(p), N});
+      write_message(ring::kKindValue, {}, {static_cast<const std::byte*>(p), N}, deadline);
       return;
     }
     ring::Control* c = out_.ctl;
     const std::uint64_t w = c->write_idx.load(std::memory_order_relaxed);  // ours: never stale
     if (((w & 3) | c->data.gone.load(std::memory_order_relaxed)) != 0 ||
         out_.capacity - (w - rcache_) < need) [[unlikely]] {
-      write_message(ring::kKindValue, {}, {static_cast<const std::byte*>(p), N});
+      write_message(ring::kKindValue, {}, {static_cast<const std::byte*>(p), N}, deadline);
       return;
     }
     const std::uint32_t hdr = ring::header(static_cast<std::uint32_t>(N), ring::kKindValue);
@@ -167,10 +167,12 @@ class PipeEnd final : public ForkHook {
   }
 
   //!Effects: sends one message of kind `kind` made of `head` then `body`, as one frame or as a
-  //! chain of frames; blocks while the ring is full. Throws: ValueError (closed / read-only),
-  //! BrokenPipeError (the other end is closed or its process died), CorruptedError.
+  //! chain of frames; blocks while the ring is full, until `deadline`. Throws: ValueError
+  //! (closed / read-only), BrokenPipeError (the other end is closed or its process died),
+  //! TimeoutError (no room in time: nothing was sent, or — for a message longer than a frame —
+  //! its first part was and the receiver will skip it), CorruptedError.
   void write_message(std::uint32_t kind, std::span<const std::byte> head,
-                     std::span<const std::byte> body) {
+                     std::span<const std::byte> body, const Deadline& deadline = Deadline::never()) {
     check_open("send");
     if (!writable_)
       fail<ValueError>("send on pipe '{}': this end is read-only (Pipe(duplex=false) gives a "
@@ -183,7 +185,7 @@ class PipeEnd final : public ForkHook {
     Cursor cur;
     if (total <= out_.max_frame) {
       cur.add(head).add(body);
-      write_frame(static_cast<std::uint32_t>(total), kind, cur);
+      write_frame(static_cast<std::uint32_t>(total), kind, cur, deadline);
       return;
     }
     // [u64 total][head][body] cut into frames of at most max_frame bytes.
@@ -195,7 +197,7 @@ class PipeEnd final : public ForkHook {
       left -= len;
       std::uint32_t flags = kind | (first ? ring::kLong : ring::kCont);
       if (left > 0) flags |= ring::kMore;
-      write_frame(static_cast<std::uint32_t>(len), flags, cur);
+      write_frame(static_cast<std::uint32_t>(len), flags, cur, deadline);
       first = false;
     }
   }
@@ -522,12 +524,12 @@ class PipeEnd final : public ForkHook {
     return Message{kind, {msg_.data(), size}, false};
   }
 
-  void write_frame(std::uint32_t len, std::uint32_t flags, Cursor& cur) {
+  void write_frame(std::uint32_t len, std::uint32_t flags, Cursor& cur, const Deadline& deadline) {
     ring::Control* c = out_.ctl;
     const std::uint64_t need = ring::frame_size(len);
     const std::uint64_t w = c->write_idx.load(std::memory_order_relaxed);
     if ((w & 3) != 0) corrupted(fmt::format("write index {} is not frame-aligned", w));
-    wait_space(w, need);
+    wait_space(w, need, deadline);
     cur.copy_to(out_, w + ring::kHeader, len);
     const std::uint32_t hdr = ring::header(len, flags);
     std::memcpy(out_.data + (w & out_.mask), &hdr, ring::kHeader);
@@ -561,7 +563,7 @@ class PipeEnd final : public ForkHook {
     return cap_ - (w - rcache_);
   }
 
-  void wait_space(std::uint64_t w, std::uint64_t need) {
+  void wait_space(std::uint64_t w, std::uint64_t need, const Deadline& deadline) {
     if (cap_ - (w - rcache_) >= need && w - rcache_ <= cap_) {
       if (out_.ctl->data.gone.load(std::memory_order_acquire) != 0) broken_pipe();
       return;
@@ -569,8 +571,12 @@ class PipeEnd final : public ForkHook {
     auto ready = [&] {
       return free_space(w) >= need || out_.ctl->data.gone.load(std::memory_order_acquire) != 0;
     };
-    ring::wait(out_.ctl->space, ready, Deadline::never(), [&] { check_reader(); }, spin_);
+    const bool ok = ring::wait(out_.ctl->space, ready, deadline, [&] { check_reader(); }, spin_);
     if (out_.ctl->data.gone.load(std::memory_order_acquire) != 0) broken_pipe();
+    if (!ok)
+      fail<TimeoutError>("send on pipe '{}': the ring stayed full until the timeout (the reader "
+                         "is alive but not receiving)",
+                         name());
   }
 
   std::uint64_t refresh_avail(std::uint64_t r) {
@@ -738,21 +744,23 @@ class Connection {
   /// Wraps one process's use of a pipe end (used by Pipe).
   explicit Connection(std::shared_ptr<detail::PipeEnd> end) : e_(std::move(end)) {}
 
-  //!Effects: sends `v` (Python's send(obj)); blocks only while the ring is full. Messages of any
-  //! size are accepted; large ones stream through the ring.
-  //!Throws: BrokenPipeError (the other end is closed or its process died), ValueError (closed
-  //! or receive-only end), CorruptedError.
-  void send(const Elem& v)
+  //!Effects: sends `v` (Python's send(obj)); blocks only while the ring is full, at most
+  //! `timeout` (default: as long as the reader lives). Messages of any size are accepted; large
+  //! ones stream through the ring.
+  //!Throws: BrokenPipeError (the other end is closed or its process died), TimeoutError (a
+  //! message longer than a frame that times out half-sent is skipped by the receiver),
+  //! ValueError (closed or receive-only end), CorruptedError.
+  void send(const Elem& v, Timeout timeout = std::nullopt)
     requires(!kUntyped)
   {
     auto& e = end();
     if constexpr (kRaw) {
-      e.template send_raw<sizeof(Elem)>(std::addressof(v));
+      e.template send_raw<sizeof(Elem)>(std::addressof(v), detail::Deadline::from(timeout));
     } else {
       Bytes& b = e.scratch();
       b.clear();
       codec<Elem>::encode(v, b);
-      e.write_message(detail::ring::kKindValue, {}, b);
+      e.write_message(detail::ring::kKindValue, {}, b, detail::Deadline::from(timeout));
     }
   }
 
@@ -760,7 +768,7 @@ class Connection {
   //! recv<U>() can check it. Throws: as send(const T&).
   template <class U>
     requires(kUntyped)
-  void send(const U& v) {
+  void send(const U& v, Timeout timeout = std::nullopt) {
     static_assert(Encodable<U>,
                   "mpp: this type cannot cross processes: make it trivially copyable, give it a "
                   "cereal serialize() member, or specialise mpp::codec<T>");
@@ -770,7 +778,7 @@ class Connection {
     Bytes& b = e.scratch();
     b.clear();
     codec<U>::encode(v, b);
-    e.write_message(detail::ring::kKindTagged, head, b);
+    e.write_message(detail::ring::kKindTagged, head, b, detail::Deadline::from(timeout));
   }
 
   //!Returns: the next value (Python's recv()), waiting at most `timeout` (default: forever).
@@ -850,11 +858,11 @@ class Connection {
   }
 
   //!Effects: sends `size` bytes of `buf` from `offset` (all the rest by default) as one message
-  //! (Python's send_bytes(buffer, offset, size)).
+  //! (Python's send_bytes(buffer, offset, size)); waits for room at most `timeout`.
   //!Throws: ValueError (offset/size outside the buffer, closed or receive-only end),
-  //! BrokenPipeError, CorruptedError.
+  //! BrokenPipeError, TimeoutError (as send), CorruptedError.
   void send_bytes(std::span<const std::byte> buf, std::size_t offset = 0,
-                  std::optional<std::size_t> size = std::nullopt) {
+                  std::optional<std::size_t> size = std::nullopt, Timeout timeout = std::nullopt) {
     auto& e = end();
     if (offset > buf.size())
       detail::fail<ValueError>("send_bytes on pipe '{}': offset {} is past the {}-byte buffer",
@@ -864,7 +872,7 @@ class Connection {
       detail::fail<ValueError>("send_bytes on pipe '{}': offset {} + size {} is past the {}-byte "
                                "buffer",
                                e.name(), offset, n, buf.size());
-    e.write_message(detail::ring::kKindBytes, {}, buf.subspan(offset, n));
+    e.write_message(detail::ring::kKindBytes, {}, buf.subspan(offset, n), detail::Deadline::from(timeout));
   }
   /// send_bytes of the characters of `s`.
   void send_bytes(std::string_view s) { send_bytes(std::as_bytes(std::span(s.data(), s.size()))); }
