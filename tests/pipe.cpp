@@ -1,13 +1,12 @@
 // Pipe and Connection: typed and untyped messages, one-way and duplex, streaming of messages far
 // larger than the ring, EOF / BrokenPipe when the other end is closed or its process died (also
 // while blocked), fork liveness, named pipes between unrelated processes — across real processes.
-#include <mpp/pipe.hpp>
-
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdint>
+#include <mpp/pipe.hpp>
 #include <random>
 #include <string>
 #include <thread>
@@ -312,7 +311,8 @@ TEST_CASE("mixed message sizes around the ring size", "[pipe]") {
   for (int i = 0; i < 300; ++i) sizes.push_back(rng() % (3 * kCap));
   const pid_t pid = fork_child([&] {
     r.close();
-    for (std::size_t i = 0; i < sizes.size(); ++i) w.send_bytes(pattern(sizes[i], static_cast<std::uint32_t>(i)));
+    for (std::size_t i = 0; i < sizes.size(); ++i)
+      w.send_bytes(pattern(sizes[i], static_cast<std::uint32_t>(i)));
     return 0;
   });
   w.close();
@@ -355,13 +355,16 @@ void stream_one(std::size_t size) {
 }
 }  // namespace
 
-TEST_CASE("a 32 MiB message through a 256 KiB ring", "[pipe]") { stream_one(std::size_t{32} << 20); }
+TEST_CASE("a 32 MiB message through a 256 KiB ring", "[pipe]") {
+  stream_one(std::size_t{32} << 20);
+}
 
 TEST_CASE("a 256 MiB message through a 256 KiB ring", "[pipe][stress]") {
   stream_one(std::size_t{256} << 20);
 }
 
-TEST_CASE("EOF after draining: the writer closes, exits, or its copies close one by one", "[pipe]") {
+TEST_CASE("EOF after draining: the writer closes, exits, or its copies close one by one",
+          "[pipe]") {
   auto [r, w] = mpp::Pipe<int>(false);
   const pid_t pid = fork_child([&] {
     for (int i = 0; i < 5; ++i) w.send(i);
@@ -471,7 +474,7 @@ TEST_CASE("named pipe: unrelated processes connect by name", "[pipe]") {
   REQUIRE(server.recv() == "hello world");
   server.send("bye");
   REQUIRE(wait_child(pid) == 0);
-  REQUIRE_THROWS_AS(server.recv(), mpp::EOFError);  // the client exited
+  REQUIRE_THROWS_AS(server.recv(), mpp::EOFError);                          // the client exited
   REQUIRE_THROWS_AS(mpp::Pipe<std::string>::open(name), mpp::ExistsError);  // one client only
 }
 

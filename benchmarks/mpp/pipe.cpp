@@ -1,15 +1,14 @@
 // mpp's Pipe on the pipe.* workloads (see peers/limits.cpp and peers/kernel.cpp for the peers):
-//   pipe.8B.throughput    Pipe<uint64_t>(duplex=false), send/recv, producer core 0 -> consumer core 1
-//   pipe.1KiB.throughput  Pipe<Msg<1024>> (a trivially copyable 1 KiB struct), send/recv
+//   pipe.8B.throughput    Pipe<uint64_t>(duplex=false), send/recv, producer core 0 -> consumer core
+//   1 pipe.1KiB.throughput  Pipe<Msg<1024>> (a trivially copyable 1 KiB struct), send/recv
 //   pipe.1MiB.throughput  send_bytes of 1 MiB / recv_bytes_into a 1 MiB buffer, in GB/s
 //   pipe.8B.rtt           one duplex Pipe<uint64_t>: ping, echo, 8 bytes each way (busy phase)
 //   pipe.8B.rtt.blocked   the same with spin_iterations = 0, started with the echo side asleep:
 //                         every hop sleeps and is woken, read against the futex ping-pong
 // Throughput is timed at the consumer; every message is checked (sequence stamps).
-#include <mpp/pipe.hpp>
-
 #include <array>
 #include <cstring>
+#include <mpp/pipe.hpp>
 #include <vector>
 
 #include "../common.hpp"
@@ -183,7 +182,8 @@ int main(int argc, char** argv) {
              [&] { return throughput_1m(opt.n(5'000, 600)); });
   bench::run(opt, {"pipe.8B.rtt", "mpp", "µs", false},
              [&] { return rtt_us(opt.n(500'000, 50'000), mpp::detail::kSpinIterations, false); });
-  bench::run(opt, {"pipe.8B.rtt.blocked", "mpp", "µs", false},
-             [&] { return rtt_us(opt.n(4'000, 600), 0, true); },
-             "spin_iterations = 0, echo side asleep at the start: every hop wakes a sleeper");
+  bench::run(
+      opt, {"pipe.8B.rtt.blocked", "mpp", "µs", false},
+      [&] { return rtt_us(opt.n(4'000, 600), 0, true); },
+      "spin_iterations = 0, echo side asleep at the start: every hop wakes a sleeper");
 }

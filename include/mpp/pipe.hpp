@@ -58,8 +58,9 @@ struct PipeOptions {
 /// buffer or with recv_bytes().
 class BufferTooShort : public ProcessError {
  public:
-  //!Effects: records how many bytes the message needs.
-  BufferTooShort(const std::string& what, std::size_t needed) : ProcessError(what), needed_(needed) {}
+  //! Effects: records how many bytes the message needs.
+  BufferTooShort(const std::string& what, std::size_t needed)
+      : ProcessError(what), needed_(needed) {}
   /// Size of the message that did not fit.
   std::size_t needed() const noexcept { return needed_; }
 
@@ -80,7 +81,7 @@ inline constexpr std::uint32_t kNoSlot = ~std::uint32_t{0};
 
 /// The shared state of one end.
 struct EndShared {
-  std::atomic<std::uint64_t> holders[kMaxHolders];  ///< packed ProcessRefs, 0 = free
+  std::atomic<std::uint64_t> holders[kMaxHolders];         ///< packed ProcessRefs, 0 = free
   alignas(kCacheLine) std::atomic<std::uint32_t> claimed;  ///< 1 once some process held it
   std::atomic<std::uint32_t> dead;  ///< 1 once held and then left by every holder (sticky)
 };
@@ -114,8 +115,9 @@ inline bool holder_alive(std::uint64_t w) noexcept {
 /// One process's use of one end of a pipe, shared by every copy of a Connection in this process.
 class PipeEnd final : public ForkHook {
  public:
-  //!Effects: uses end `end` of the pipe in `seg`; this process already holds holder slot `slot`.
-  PipeEnd(std::shared_ptr<Segment> seg, unsigned end, std::uint32_t slot, int spin = kSpinIterations)
+  //! Effects: uses end `end` of the pipe in `seg`; this process already holds holder slot `slot`.
+  PipeEnd(std::shared_ptr<Segment> seg, unsigned end, std::uint32_t slot,
+          int spin = kSpinIterations)
       : seg_(std::move(seg)), end_(end), spin_(spin < 0 ? 0 : spin), slot_(slot) {
     std::byte* base = seg_->payload();
     h_ = reinterpret_cast<pipe_layout::Header*>(base);
@@ -140,7 +142,7 @@ class PipeEnd final : public ForkHook {
 
   // ---- sending ---------------------------------------------------------------------------
 
-  //!Effects: sends the N bytes at `p` as one value frame: the fast path of Connection<T>::send.
+  //! Effects: sends the N bytes at `p` as one value frame: the fast path of Connection<T>::send.
   template <std::size_t N>
   void send_raw(const void* p, const Deadline& deadline) {
     constexpr std::uint64_t need = ring::frame_size(N);
@@ -166,18 +168,20 @@ class PipeEnd final : public ForkHook {
     publish(w + need);
   }
 
-  //!Effects: sends one message of kind `kind` made of `head` then `body`, as one frame or as a
-  //! chain of frames; blocks while the ring is full, until `deadline`. Throws: ValueError
-  //! (closed / read-only), BrokenPipeError (the other end is closed or its process died),
-  //! TimeoutError (no room in time: nothing was sent, or — for a message longer than a frame —
-  //! its first part was and the receiver will skip it), CorruptedError.
+  //! Effects: sends one message of kind `kind` made of `head` then `body`, as one frame or as a
+  //!  chain of frames; blocks while the ring is full, until `deadline`. Throws: ValueError
+  //!  (closed / read-only), BrokenPipeError (the other end is closed or its process died),
+  //!  TimeoutError (no room in time: nothing was sent, or — for a message longer than a frame —
+  //!  its first part was and the receiver will skip it), CorruptedError.
   void write_message(std::uint32_t kind, std::span<const std::byte> head,
-                     std::span<const std::byte> body, const Deadline& deadline = Deadline::never()) {
+                     std::span<const std::byte> body,
+                     const Deadline& deadline = Deadline::never()) {
     check_open("send");
     if (!writable_)
-      fail<ValueError>("send on pipe '{}': this end is read-only (Pipe(duplex=false) gives a "
-                       "receive-only first end and a send-only second end)",
-                       name());
+      fail<ValueError>(
+          "send on pipe '{}': this end is read-only (Pipe(duplex=false) gives a "
+          "receive-only first end and a send-only second end)",
+          name());
     if (out_.ctl->data.gone.load(std::memory_order_acquire) != 0) broken_pipe();
     const std::uint64_t total = head.size() + body.size();
     std::array<std::byte, 8> prefix{};
@@ -211,8 +215,8 @@ class PipeEnd final : public ForkHook {
     bool direct;  ///< assembled into the caller's buffer (and already consumed from the ring)
   };
 
-  //!Effects: the fast path of Connection<T>::recv for a raw T of N bytes: when the next frame
-  //! is a complete N-byte value, copies it to `out` and consumes it. Returns: false otherwise.
+  //! Effects: the fast path of Connection<T>::recv for a raw T of N bytes: when the next frame
+  //!  is a complete N-byte value, copies it to `out` and consumes it. Returns: false otherwise.
   template <std::size_t N>
   bool try_recv_raw(void* out) noexcept {
     if (!recv_ok_ || have_msg_ || assembling_) return false;
@@ -236,11 +240,11 @@ class PipeEnd final : public ForkHook {
     return true;
   }
 
-  //!Returns: the next complete message, without consuming it; nullopt if `deadline` passed.
-  //! A message longer than a frame is assembled into `direct` when it fits there (kinds value
-  //! and bytes), otherwise into a buffer of this end.
-  //!Throws: EOFError (the writer is gone and nothing complete is left; a partial message is
-  //! discarded), ValueError (closed / write-only), CorruptedError.
+  //! Returns: the next complete message, without consuming it; nullopt if `deadline` passed.
+  //!  A message longer than a frame is assembled into `direct` when it fits there (kinds value
+  //!  and bytes), otherwise into a buffer of this end.
+  //! Throws: EOFError (the writer is gone and nothing complete is left; a partial message is
+  //!  discarded), ValueError (closed / write-only), CorruptedError.
   std::optional<Message> peek(const Deadline& deadline, std::span<std::byte> direct = {}) {
     check_readable("recv");
     if (have_msg_) return Message{msg_kind_, {msg_.data(), msg_size_}, false};
@@ -268,8 +272,8 @@ class PipeEnd final : public ForkHook {
       const std::uint32_t flags = hdr >> 24;
       const std::uint32_t kind = flags & ring::kKindMask;
       const std::uint64_t fsize = ring::frame_size(len);
-      if ((flags & ~ring::kKnownFlags) != 0 || kind < ring::kKindValue || kind > ring::kKindTagged ||
-          len > in_.max_frame || fsize > avail)
+      if ((flags & ~ring::kKnownFlags) != 0 || kind < ring::kKindValue ||
+          kind > ring::kKindTagged || len > in_.max_frame || fsize > avail)
         corrupted(fmt::format("invalid frame header (length {}, flags {:#x}, {} bytes available)",
                               len, flags, avail));
       const std::uint64_t payload = r + ring::kHeader;
@@ -316,7 +320,8 @@ class PipeEnd final : public ForkHook {
         consume_ring(r + fsize);
         continue;
       }
-      if (len > asm_total_ - asm_got_ || ((flags & ring::kMore) == 0 && asm_got_ + len != asm_total_))
+      if (len > asm_total_ - asm_got_ ||
+          ((flags & ring::kMore) == 0 && asm_got_ + len != asm_total_))
         corrupted(fmt::format("frames of a {}-byte message do not add up", asm_total_));
       append(payload, len);
       consume_ring(r + fsize);
@@ -327,7 +332,7 @@ class PipeEnd final : public ForkHook {
     }
   }
 
-  //!Effects: consumes the message returned by the last peek().
+  //! Effects: consumes the message returned by the last peek().
   void consume() noexcept {
     if (have_msg_) {
       have_msg_ = false;
@@ -348,8 +353,8 @@ class PipeEnd final : public ForkHook {
   }
   bool message_in_buffer() const noexcept { return have_msg_; }
 
-  //!Returns: true when a frame (or a complete message) is waiting, or the writer is gone (so
-  //! recv would not block); false if `deadline` passed first.
+  //! Returns: true when a frame (or a complete message) is waiting, or the writer is gone (so
+  //!  recv would not block); false if `deadline` passed first.
   bool poll(const Deadline& deadline) {
     check_readable("poll");
     if (have_msg_) return true;
@@ -360,11 +365,12 @@ class PipeEnd final : public ForkHook {
       check_writer();
       return ready();
     }
-    return ring::wait(in_.ctl->data, ready, deadline, [&] { check_writer(); }, spin_);
+    return ring::wait(
+        in_.ctl->data, ready, deadline, [&] { check_writer(); }, spin_);
   }
 
-  //!Effects: this process stops holding the end; when no live process holds it any more, the
-  //! peer is told (its recv raises EOFError, its send BrokenPipeError). Idempotent.
+  //! Effects: this process stops holding the end; when no live process holds it any more, the
+  //!  peer is told (its recv raises EOFError, its send BrokenPipeError). Idempotent.
   void close() noexcept {
     if (closed_) return;
     closed_ = true;
@@ -441,16 +447,17 @@ class PipeEnd final : public ForkHook {
   void check_readable(const char* op) const {
     check_open(op);
     if (!readable_)
-      fail<ValueError>("{} on pipe '{}': this end is send-only (Pipe(duplex=false) gives a "
-                       "receive-only first end and a send-only second end)",
-                       op, name());
+      fail<ValueError>(
+          "{} on pipe '{}': this end is send-only (Pipe(duplex=false) gives a "
+          "receive-only first end and a send-only second end)",
+          op, name());
   }
 
   /// Scratch buffer for encoding (kept to reuse its capacity).
   Bytes& scratch() noexcept { return scratch_; }
 
-  //!Effects: claims end `end` of the pipe in `seg` for this process (open of a named pipe).
-  //!Returns: the holder slot. Throws: ExistsError if the end was already taken.
+  //! Effects: claims end `end` of the pipe in `seg` for this process (open of a named pipe).
+  //! Returns: the holder slot. Throws: ExistsError if the end was already taken.
   static std::uint32_t claim_end(Segment& seg, unsigned end) {
     auto* h = reinterpret_cast<pipe_layout::Header*>(seg.payload());
     auto& es = h->ends[end];
@@ -458,14 +465,16 @@ class PipeEnd final : public ForkHook {
     // Hold a slot before the end counts as claimed, so it never looks claimed-but-unheld.
     const std::uint32_t slot = claim_slot_in(es, me);
     if (slot == pipe_layout::kNoSlot)
-      fail<Error>("pipe '{}': {} processes already hold this end", seg.name(), pipe_layout::kMaxHolders);
+      fail<Error>("pipe '{}': {} processes already hold this end", seg.name(),
+                  pipe_layout::kMaxHolders);
     std::uint32_t expect = 0;
     if (!es.claimed.compare_exchange_strong(expect, 1, std::memory_order_seq_cst)) {
       std::uint64_t w = me;
       es.holders[slot].compare_exchange_strong(w, 0);
-      fail<ExistsError>("pipe '{}' is already connected: another process opened it; a named "
-                        "pipe connects its creator with one opener",
-                        seg.name());
+      fail<ExistsError>(
+          "pipe '{}' is already connected: another process opened it; a named "
+          "pipe connects its creator with one opener",
+          seg.name());
     }
     return slot;
   }
@@ -559,7 +568,8 @@ class PipeEnd final : public ForkHook {
   std::uint64_t free_space(std::uint64_t w) {
     rcache_ = out_.ctl->read_idx.load(std::memory_order_acquire);
     if (w - rcache_ > cap_)
-      corrupted(fmt::format("indices out of range (write {}, read {}, capacity {})", w, rcache_, cap_));
+      corrupted(
+          fmt::format("indices out of range (write {}, read {}, capacity {})", w, rcache_, cap_));
     return cap_ - (w - rcache_);
   }
 
@@ -571,18 +581,21 @@ class PipeEnd final : public ForkHook {
     auto ready = [&] {
       return free_space(w) >= need || out_.ctl->data.gone.load(std::memory_order_acquire) != 0;
     };
-    const bool ok = ring::wait(out_.ctl->space, ready, deadline, [&] { check_reader(); }, spin_);
+    const bool ok = ring::wait(
+        out_.ctl->space, ready, deadline, [&] { check_reader(); }, spin_);
     if (out_.ctl->data.gone.load(std::memory_order_acquire) != 0) broken_pipe();
     if (!ok)
-      fail<TimeoutError>("send on pipe '{}': the ring stayed full until the timeout (the reader "
-                         "is alive but not receiving)",
-                         name());
+      fail<TimeoutError>(
+          "send on pipe '{}': the ring stayed full until the timeout (the reader "
+          "is alive but not receiving)",
+          name());
   }
 
   std::uint64_t refresh_avail(std::uint64_t r) {
     wcache_ = in_.ctl->write_idx.load(std::memory_order_acquire);
     if (wcache_ - r > cap_ || (r & 3) != 0)
-      corrupted(fmt::format("indices out of range (write {}, read {}, capacity {})", wcache_, r, cap_));
+      corrupted(
+          fmt::format("indices out of range (write {}, read {}, capacity {})", wcache_, r, cap_));
     return wcache_ - r;
   }
 
@@ -593,17 +606,18 @@ class PipeEnd final : public ForkHook {
     if (avail >= ring::kHeader && avail <= cap_ && (r & 3) == 0) return avail;
     avail = refresh_avail(r);
     if (avail < ring::kHeader) {
-      auto ready = [&] {
-        return (avail = refresh_avail(r)) >= ring::kHeader || writer_gone();
-      };
-      if (!ring::wait(in_.ctl->data, ready, deadline, [&] { check_writer(); }, spin_)) return 0;
+      auto ready = [&] { return (avail = refresh_avail(r)) >= ring::kHeader || writer_gone(); };
+      if (!ring::wait(
+              in_.ctl->data, ready, deadline, [&] { check_writer(); }, spin_))
+        return 0;
       avail = refresh_avail(r);  // everything sent before the writer left is visible now
       if (avail < ring::kHeader) {
         if (avail != 0) corrupted(fmt::format("{} stray bytes at the end of the ring", avail));
         assembling_ = false;  // never deliver a message whose writer died before finishing it
-        fail<EOFError>("recv on pipe '{}': the other end was closed or its process died, and "
-                       "no message is left",
-                       name());
+        fail<EOFError>(
+            "recv on pipe '{}': the other end was closed or its process died, and "
+            "no message is left",
+            name());
       }
     }
     return avail;
@@ -614,9 +628,10 @@ class PipeEnd final : public ForkHook {
   }
 
   [[noreturn]] void broken_pipe() const {
-    fail<BrokenPipeError>("send on pipe '{}': the other end was closed or its process died; "
-                          "nobody will receive this message",
-                          name());
+    fail<BrokenPipeError>(
+        "send on pipe '{}': the other end was closed or its process died; "
+        "nobody will receive this message",
+        name());
   }
 
   bool scan_due() noexcept {
@@ -630,7 +645,8 @@ class PipeEnd final : public ForkHook {
     if (!writer_gone() && scan_due() && !has_live_holder(1 - end_)) mark_dead(1 - end_);
   }
   void check_reader() {
-    if (scan_due() && out_.ctl->data.gone.load(std::memory_order_acquire) == 0 && !has_live_holder(1 - end_))
+    if (scan_due() && out_.ctl->data.gone.load(std::memory_order_acquire) == 0 &&
+        !has_live_holder(1 - end_))
       mark_dead(1 - end_);
   }
 
@@ -686,9 +702,9 @@ class PipeEnd final : public ForkHook {
   std::uint64_t cap_ = 0;
   bool duplex_ = true, readable_ = false, writable_ = false, closed_ = false;
   bool send_ok_ = false, recv_ok_ = false;  // writable_/readable_ and not closed_
-  ring::View in_, out_;     // the ring this end reads, the ring it writes
-  std::uint64_t wcache_ = 0;  // last write index seen on in_
-  std::uint64_t rcache_ = 0;  // last read index seen on out_
+  ring::View in_, out_;                     // the ring this end reads, the ring it writes
+  std::uint64_t wcache_ = 0;                // last write index seen on in_
+  std::uint64_t rcache_ = 0;                // last read index seen on out_
   std::uint32_t send_countdown_ = kSendCheckPeriod;
   int spin_ = kSpinIterations;
   std::chrono::steady_clock::time_point last_scan_{};
@@ -711,7 +727,8 @@ class PipeEnd final : public ForkHook {
 };
 
 /// The element type recorded for an untyped pipe (Connection<>).
-inline constexpr TypeInfo kUntypedPipe{fnv1a("mpp::Connection<> (any codec type)"), "any (Connection<>)"};
+inline constexpr TypeInfo kUntypedPipe{fnv1a("mpp::Connection<> (any codec type)"),
+                                       "any (Connection<>)"};
 
 /// Head of an untyped message: {u64 fingerprint, u32 name length, name}.
 template <class U>
@@ -744,15 +761,13 @@ class Connection {
   /// Wraps one process's use of a pipe end (used by Pipe).
   explicit Connection(std::shared_ptr<detail::PipeEnd> end) : e_(std::move(end)) {}
 
-  //!Effects: sends `v` (Python's send(obj)); blocks only while the ring is full, at most
-  //! `timeout` (default: as long as the reader lives). Messages of any size are accepted; large
-  //! ones stream through the ring.
-  //!Throws: BrokenPipeError (the other end is closed or its process died), TimeoutError (a
-  //! message longer than a frame that times out half-sent is skipped by the receiver),
-  //! ValueError (closed or receive-only end), CorruptedError.
-  void send(const Elem& v, Timeout timeout = std::nullopt)
-    requires(!kUntyped)
-  {
+  //! Effects: sends `v` (Python's send(obj)); blocks only while the ring is full, at most
+  //!  `timeout` (default: as long as the reader lives). Messages of any size are accepted; large
+  //!  ones stream through the ring.
+  //! Throws: BrokenPipeError (the other end is closed or its process died), TimeoutError (a
+  //!  message longer than a frame that times out half-sent is skipped by the receiver),
+  //!  ValueError (closed or receive-only end), CorruptedError.
+  void send(const Elem& v, Timeout timeout = std::nullopt) requires(!kUntyped) {
     auto& e = end();
     if constexpr (kRaw) {
       e.template send_raw<sizeof(Elem)>(std::addressof(v), detail::Deadline::from(timeout));
@@ -764,11 +779,10 @@ class Connection {
     }
   }
 
-  //!Effects: sends `v` of any codec type U, tagged with U's fingerprint and name so that
-  //! recv<U>() can check it. Throws: as send(const T&).
+  //! Effects: sends `v` of any codec type U, tagged with U's fingerprint and name so that
+  //!  recv<U>() can check it. Throws: as send(const T&).
   template <class U>
-    requires(kUntyped)
-  void send(const U& v, Timeout timeout = std::nullopt) {
+  requires(kUntyped) void send(const U& v, Timeout timeout = std::nullopt) {
     static_assert(Encodable<U>,
                   "mpp: this type cannot cross processes: make it trivially copyable, give it a "
                   "cereal serialize() member, or specialise mpp::codec<T>");
@@ -781,13 +795,11 @@ class Connection {
     e.write_message(detail::ring::kKindTagged, head, b, detail::Deadline::from(timeout));
   }
 
-  //!Returns: the next value (Python's recv()), waiting at most `timeout` (default: forever).
-  //!Throws: EOFError (nothing left and the other end is closed or its process died),
-  //! TimeoutError, TypeMismatchError (the next message was sent with send_bytes; it is kept),
-  //! ValueError (closed or send-only end), CorruptedError.
-  Elem recv(Timeout timeout = std::nullopt)
-    requires(!kUntyped)
-  {
+  //! Returns: the next value (Python's recv()), waiting at most `timeout` (default: forever).
+  //! Throws: EOFError (nothing left and the other end is closed or its process died),
+  //!  TimeoutError, TypeMismatchError (the next message was sent with send_bytes; it is kept),
+  //!  ValueError (closed or send-only end), CorruptedError.
+  Elem recv(Timeout timeout = std::nullopt) requires(!kUntyped) {
     if constexpr (kRaw && std::is_default_constructible_v<Elem> && !std::is_same_v<Elem, bool>) {
       Elem v;  // the raw codec is a byte copy: copy the frame into the result directly
       if (e_ && e_->template try_recv_raw<sizeof(Elem)>(std::addressof(v))) return v;
@@ -799,12 +811,11 @@ class Connection {
     return recv_slow(timeout);
   }
 
-  //!Returns: the next value, which must be a U (Connection<> only); waits at most `timeout`.
-  //!Throws: TypeMismatchError naming both types when the next message is not a U (the message
-  //! is kept: receive it as its type), EOFError, TimeoutError, ValueError, CorruptedError.
+  //! Returns: the next value, which must be a U (Connection<> only); waits at most `timeout`.
+  //! Throws: TypeMismatchError naming both types when the next message is not a U (the message
+  //!  is kept: receive it as its type), EOFError, TimeoutError, ValueError, CorruptedError.
   template <class U>
-    requires(kUntyped)
-  U recv(Timeout timeout = std::nullopt) {
+  requires(kUntyped) U recv(Timeout timeout = std::nullopt) {
     static_assert(Encodable<U>, "mpp: recv<U>() needs a type with an mpp::codec");
     auto& e = end();
     auto m = e.peek(detail::Deadline::from(timeout));
@@ -835,9 +846,7 @@ class Connection {
 
  private:
   // Everything but the fast path of recv(): kept out of line so that recv() inlines.
-  [[gnu::noinline]] Elem recv_slow(Timeout timeout)
-    requires(!kUntyped)
-  {
+  [[gnu::noinline]] Elem recv_slow(Timeout timeout) requires(!kUntyped) {
     auto& e = end();
     auto m = e.peek(detail::Deadline::from(timeout));
     if (!m) timed_out(timeout);
@@ -850,17 +859,17 @@ class Connection {
   }
 
  public:
-  //!Returns: whether there is something to receive (or the other end is gone, so recv would not
-  //! block), waiting at most `timeout` (Python's poll(timeout); default 0: do not wait;
-  //! std::nullopt: wait forever). Throws: ValueError (closed or send-only end).
+  //! Returns: whether there is something to receive (or the other end is gone, so recv would not
+  //!  block), waiting at most `timeout` (Python's poll(timeout); default 0: do not wait;
+  //!  std::nullopt: wait forever). Throws: ValueError (closed or send-only end).
   bool poll(Timeout timeout = std::chrono::duration<double>(0)) {
     return end().poll(detail::Deadline::from(timeout));
   }
 
-  //!Effects: sends `size` bytes of `buf` from `offset` (all the rest by default) as one message
-  //! (Python's send_bytes(buffer, offset, size)); waits for room at most `timeout`.
-  //!Throws: ValueError (offset/size outside the buffer, closed or receive-only end),
-  //! BrokenPipeError, TimeoutError (as send), CorruptedError.
+  //! Effects: sends `size` bytes of `buf` from `offset` (all the rest by default) as one message
+  //!  (Python's send_bytes(buffer, offset, size)); waits for room at most `timeout`.
+  //! Throws: ValueError (offset/size outside the buffer, closed or receive-only end),
+  //!  BrokenPipeError, TimeoutError (as send), CorruptedError.
   void send_bytes(std::span<const std::byte> buf, std::size_t offset = 0,
                   std::optional<std::size_t> size = std::nullopt, Timeout timeout = std::nullopt) {
     auto& e = end();
@@ -869,18 +878,21 @@ class Connection {
                                e.name(), offset, buf.size());
     const std::size_t n = size.value_or(buf.size() - offset);
     if (n > buf.size() - offset)
-      detail::fail<ValueError>("send_bytes on pipe '{}': offset {} + size {} is past the {}-byte "
-                               "buffer",
-                               e.name(), offset, n, buf.size());
-    e.write_message(detail::ring::kKindBytes, {}, buf.subspan(offset, n), detail::Deadline::from(timeout));
+      detail::fail<ValueError>(
+          "send_bytes on pipe '{}': offset {} + size {} is past the {}-byte "
+          "buffer",
+          e.name(), offset, n, buf.size());
+    e.write_message(detail::ring::kKindBytes, {}, buf.subspan(offset, n),
+                    detail::Deadline::from(timeout));
   }
   /// send_bytes of the characters of `s`.
   void send_bytes(std::string_view s) { send_bytes(std::as_bytes(std::span(s.data(), s.size()))); }
 
-  //!Returns: the next message as bytes (Python's recv_bytes(maxlength)); for a value message,
-  //! its encoding. Throws: OSError if it is longer than `maxlength` (the message is kept),
-  //! EOFError, TimeoutError, ValueError, CorruptedError.
-  Bytes recv_bytes(std::optional<std::size_t> maxlength = std::nullopt, Timeout timeout = std::nullopt) {
+  //! Returns: the next message as bytes (Python's recv_bytes(maxlength)); for a value message,
+  //!  its encoding. Throws: OSError if it is longer than `maxlength` (the message is kept),
+  //!  EOFError, TimeoutError, ValueError, CorruptedError.
+  Bytes recv_bytes(std::optional<std::size_t> maxlength = std::nullopt,
+                   Timeout timeout = std::nullopt) {
     auto& e = end();
     auto m = e.peek(detail::Deadline::from(timeout));
     if (!m) timed_out(timeout);
@@ -896,11 +908,11 @@ class Connection {
     return out;
   }
 
-  //!Effects: receives the next message into `buf` from `offset` (Python's
-  //! recv_bytes_into(buffer, offset)); large messages are assembled there directly.
-  //!Returns: the message's size in bytes. Throws: BufferTooShort (the message is kept),
-  //! ValueError (offset past the buffer, closed or send-only end), EOFError, TimeoutError,
-  //! CorruptedError.
+  //! Effects: receives the next message into `buf` from `offset` (Python's
+  //!  recv_bytes_into(buffer, offset)); large messages are assembled there directly.
+  //! Returns: the message's size in bytes. Throws: BufferTooShort (the message is kept),
+  //!  ValueError (offset past the buffer, closed or send-only end), EOFError, TimeoutError,
+  //!  CorruptedError.
   std::size_t recv_bytes_into(std::span<std::byte> buf, std::size_t offset = 0,
                               Timeout timeout = std::nullopt) {
     auto& e = end();
@@ -922,8 +934,8 @@ class Connection {
     return body.size();
   }
 
-  //!Effects: this process stops using the end (Python's close()); once no process holds it,
-  //! the other end's recv raises EOFError (after draining) and its send BrokenPipeError.
+  //! Effects: this process stops using the end (Python's close()); once no process holds it,
+  //!  the other end's recv raises EOFError (after draining) and its send BrokenPipeError.
   void close() noexcept {
     if (e_) e_->close();
   }
@@ -948,7 +960,8 @@ class Connection {
   }
 
   // The message's bytes without an untyped message's tag.
-  static std::span<const std::byte> payload_of(detail::PipeEnd& e, const detail::PipeEnd::Message& m) {
+  static std::span<const std::byte> payload_of(detail::PipeEnd& e,
+                                               const detail::PipeEnd::Message& m) {
     if (m.kind != detail::ring::kKindTagged) return m.bytes;
     std::uint32_t n = 0;
     if (m.bytes.size() < 12) e.corrupted("an untyped message without its type tag");
@@ -984,26 +997,30 @@ class Pipe : public std::pair<Connection<T>, Connection<T>> {
   using Base = std::pair<Connection<T>, Connection<T>>;
 
  public:
-  //!Effects: creates an anonymous pipe (Python's Pipe(duplex)); forked children inherit both
-  //! ends. Throws: InvalidArgument (bad capacity), OSError.
-  explicit Pipe(bool duplex = true, const PipeOptions& opts = {}) : Base(make_anonymous(duplex, opts)) {}
+  //! Effects: creates an anonymous pipe (Python's Pipe(duplex)); forked children inherit both
+  //!  ends. Throws: InvalidArgument (bad capacity), OSError.
+  explicit Pipe(bool duplex = true, const PipeOptions& opts = {})
+      : Base(make_anonymous(duplex, opts)) {}
 
-  //!Effects: creates the named pipe `name` and returns its first end (receive-only when
-  //! duplex=false); another process connects with open(name). The name is removed when the
-  //! creator's last handle goes away. Throws: InvalidArgument, ExistsError, OSError.
-  static Connection<T> create(std::string_view name, bool duplex = true, const PipeOptions& opts = {}) {
+  //! Effects: creates the named pipe `name` and returns its first end (receive-only when
+  //!  duplex=false); another process connects with open(name). The name is removed when the
+  //!  creator's last handle goes away. Throws: InvalidArgument, ExistsError, OSError.
+  static Connection<T> create(std::string_view name, bool duplex = true,
+                              const PipeOptions& opts = {}) {
     check(opts);
     auto seg = std::make_shared<detail::Segment>(
         detail::Segment::create(name, spec(duplex, opts), init(duplex, opts, false)));
-    return Connection<T>(std::make_shared<detail::PipeEnd>(std::move(seg), 0, 0, opts.spin_iterations));
+    return Connection<T>(
+        std::make_shared<detail::PipeEnd>(std::move(seg), 0, 0, opts.spin_iterations));
   }
 
-  //!Effects: connects to the named pipe `name` created by another process and returns its
-  //! second end (send-only when the pipe is one-way).
-  //!Throws: NotFoundError, ExistsError (another process already connected), TypeMismatchError
-  //! (another element type or not a pipe), CorruptedError, TimeoutError, OSError.
+  //! Effects: connects to the named pipe `name` created by another process and returns its
+  //!  second end (send-only when the pipe is one-way).
+  //! Throws: NotFoundError, ExistsError (another process already connected), TypeMismatchError
+  //!  (another element type or not a pipe), CorruptedError, TimeoutError, OSError.
   static Connection<T> open(std::string_view name, const detail::SegmentOptions& opts = {}) {
-    auto seg = std::make_shared<detail::Segment>(detail::Segment::open(name, Kind::pipe, type(), opts));
+    auto seg =
+        std::make_shared<detail::Segment>(detail::Segment::open(name, Kind::pipe, type(), opts));
     validate(*seg);
     const std::uint32_t slot = detail::PipeEnd::claim_end(*seg, 1);
     return Connection<T>(std::make_shared<detail::PipeEnd>(std::move(seg), 1, slot));
@@ -1023,7 +1040,8 @@ class Pipe : public std::pair<Connection<T>, Connection<T>> {
                                     c, detail::ring::kMinCapacity, detail::ring::kMaxCapacity);
   }
   static detail::SegmentSpec spec(bool duplex, const PipeOptions& opts) {
-    return detail::SegmentSpec{Kind::pipe, type(), detail::pipe_layout::payload_size(opts.capacity, duplex),
+    return detail::SegmentSpec{Kind::pipe, type(),
+                               detail::pipe_layout::payload_size(opts.capacity, duplex),
                                opts.capacity};
   }
   // Both ends (anonymous) or the first (named) are held by the creator from the start.
@@ -1050,9 +1068,10 @@ class Pipe : public std::pair<Connection<T>, Connection<T>> {
     if (layout != detail::pipe_layout::kLayoutVersion || duplex > 1 ||
         c < detail::ring::kMinCapacity || c > detail::ring::kMaxCapacity || (c & (c - 1)) != 0 ||
         seg.payload_size() != detail::pipe_layout::payload_size(c, duplex != 0))
-      detail::fail<CorruptedError>("pipe '{}': invalid header (layout {}, duplex {}, capacity {}, "
-                                   "payload {} bytes)",
-                                   seg.name(), layout, duplex, c, seg.payload_size());
+      detail::fail<CorruptedError>(
+          "pipe '{}': invalid header (layout {}, duplex {}, capacity {}, "
+          "payload {} bytes)",
+          seg.name(), layout, duplex, c, seg.payload_size());
   }
   static Base make_anonymous(bool duplex, const PipeOptions& opts) {
     check(opts);

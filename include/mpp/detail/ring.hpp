@@ -49,9 +49,10 @@ inline constexpr std::uint32_t kKindMask = 0x3;
 inline constexpr std::uint32_t kKindValue = 1;   ///< a value of the pipe's element type
 inline constexpr std::uint32_t kKindBytes = 2;   ///< send_bytes()
 inline constexpr std::uint32_t kKindTagged = 3;  ///< untyped pipe: {fingerprint, name} + value
-inline constexpr std::uint32_t kMore = 0x4;   ///< another frame of this message follows
-inline constexpr std::uint32_t kCont = 0x8;   ///< continues the message of the previous frame
-inline constexpr std::uint32_t kLong = 0x10;  ///< first frame of several: payload starts with the u64 total
+inline constexpr std::uint32_t kMore = 0x4;      ///< another frame of this message follows
+inline constexpr std::uint32_t kCont = 0x8;      ///< continues the message of the previous frame
+inline constexpr std::uint32_t kLong =
+    0x10;  ///< first frame of several: payload starts with the u64 total
 inline constexpr std::uint32_t kKnownFlags = kKindMask | kMore | kCont | kLong;
 
 /// Smallest and largest ring (bytes per direction).
@@ -69,13 +70,15 @@ constexpr std::uint64_t max_frame(std::uint64_t capacity) noexcept {
   return std::min<std::uint64_t>(capacity / 4, std::uint64_t{1} << 20);  // < 2^24: fits the header
 }
 /// Bytes a frame with `len` payload bytes occupies.
-constexpr std::uint64_t frame_size(std::uint64_t len) noexcept { return kHeader + ((len + 3) & ~std::uint64_t{3}); }
+constexpr std::uint64_t frame_size(std::uint64_t len) noexcept {
+  return kHeader + ((len + 3) & ~std::uint64_t{3});
+}
 
 /// Where one side sleeps. `sleeper` is read by the other side after every publish, so it lives
 /// on its own line with nothing that changes often.
 struct Bell {
-  std::atomic<std::uint32_t> seq;      ///< futex word, bumped by a waker that saw a sleeper
-  std::atomic<std::uint32_t> gone;     ///< 1 once the end that sleeps on this bell is closed or dead
+  std::atomic<std::uint32_t> seq;   ///< futex word, bumped by a waker that saw a sleeper
+  std::atomic<std::uint32_t> gone;  ///< 1 once the end that sleeps on this bell is closed or dead
   std::atomic<std::uint64_t> sleeper;  ///< packed ProcessRef of the sleeper, 0 if none
   char pad[kCacheLine - 16];
 };
@@ -124,15 +127,15 @@ constexpr std::uint32_t header(std::uint32_t len, std::uint32_t flags) noexcept 
   return len | (flags << 24);
 }
 
-//!Effects: wakes whoever sleeps on `b` (a system call).
+//! Effects: wakes whoever sleeps on `b` (a system call).
 inline void ring_bell(Bell& b) noexcept {
   b.seq.fetch_add(1, std::memory_order_seq_cst);
   os::wake_address(b.seq, INT_MAX);
 }
 
-//!Effects: after a publish, wakes the other side if it announced that it sleeps on `b`. The
-//! announcement is taken (exchanged for 0), so a sleeper costs one wake-up, not one per message
-//! sent while it is waking up. Returns: true if it woke someone.
+//! Effects: after a publish, wakes the other side if it announced that it sleeps on `b`. The
+//!  announcement is taken (exchanged for 0), so a sleeper costs one wake-up, not one per message
+//!  sent while it is waking up. Returns: true if it woke someone.
 inline bool wake_sleeper(Bell& b) noexcept {
   if (b.sleeper.load(std::memory_order_relaxed) == 0) [[likely]]
     return false;
@@ -141,10 +144,10 @@ inline bool wake_sleeper(Bell& b) noexcept {
   return true;
 }
 
-//!Effects: returns when `ready()` is true: spins `spin` times, then announces itself in
-//! `b.sleeper` and sleeps on `b.seq` at most kPollInterval at a time, calling `check()` (which
-//! may throw) before the first sleep and after every wake-up.
-//!Returns: false if `deadline` passed first.
+//! Effects: returns when `ready()` is true: spins `spin` times, then announces itself in
+//!  `b.sleeper` and sleeps on `b.seq` at most kPollInterval at a time, calling `check()` (which
+//!  may throw) before the first sleep and after every wake-up.
+//! Returns: false if `deadline` passed first.
 template <class Ready, class Check>
 bool wait(Bell& b, Ready&& ready, const Deadline& deadline, Check&& check, int spin) {
   for (int i = 0; i < spin; ++i) {
