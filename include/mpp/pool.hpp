@@ -134,6 +134,56 @@ struct Registered {
 template <class F, class A>
 using map_result_t = std::invoke_result_t<const F&, const A&>;
 
+/// Element types that cross as their bytes (no cereal): trivially copyable with the built-in raw
+/// codec (bool excluded: its codec rejects bytes other than 0 and 1).
+template <class T>
+inline constexpr bool kRawItem = std::is_trivially_copyable_v<T> &&
+                                 std::is_default_constructible_v<T> && !std::is_reference_v<T> &&
+                                 detail::codec_kind<T>() == std::string_view("raw") &&
+                                 !std::is_same_v<std::remove_cv_t<T>, bool>;
+
+/// Runs a map chunk of raw items in a worker: (callable bytes, input bytes, output area) ->
+/// bytes of results written.
+using RawFn = std::size_t (*)(std::string_view fn, const std::byte* in, std::size_t n,
+                              std::byte* out, std::size_t cap);
+struct RawTable {
+  std::vector<RawFn> fns;
+  std::uint32_t add(RawFn f) {
+    fns.push_back(f);
+    return static_cast<std::uint32_t>(fns.size() - 1);
+  }
+};
+inline RawTable& raw_invokers() {
+  static RawTable t;
+  return t;
+}
+template <RawFn Fn>
+struct RawRegistered {
+  static inline const std::uint32_t id = raw_invokers().add(Fn);
+};
+
+// map of raw items: reads the input bytes, writes the result bytes (no intermediate vectors).
+template <class F, class A>
+std::size_t run_raw_chunk(std::string_view fn, const std::byte* in, std::size_t n, std::byte* out,
+                          std::size_t cap) {
+  using R = map_result_t<F, A>;
+  if (n % sizeof(A) != 0)
+    fail<CorruptedError>("pool task: {} input bytes are not a whole number of {}-byte items", n,
+                         sizeof(A));
+  const std::size_t count = n / sizeof(A);
+  if (count > cap / sizeof(R))
+    fail<CorruptedError>("pool task: {} results do not fit in {} bytes", count, cap);
+  return with_callable<F>(fn, [&](F& f) {
+    for (std::size_t i = 0; i < count; ++i) {
+      A a;
+      std::memcpy(static_cast<void*>(&a), in + i * sizeof(A), sizeof(A));
+      const R r = std::invoke(f, a);
+      std::memcpy(out + i * sizeof(R), static_cast<const void*>(&r), sizeof(R));
+    }
+    return count * sizeof(R);
+  });
+}
+
 // map / imap: f applied to each element of a chunk.
 template <class F, class A>
 std::string run_map_chunk(std::string_view fn, std::string_view args) {
@@ -177,18 +227,31 @@ std::string run_apply(std::string_view fn, std::string_view args) {
 /// Wire format of a task: header + callable bytes + argument bytes.
 struct TaskHeader {
   std::uint64_t seq;      ///< supervisor's task number (0: "stop")
-  std::uint32_t invoker;  ///< index into invokers()
+  std::uint32_t invoker;  ///< index into invokers() (raw: into raw_invokers())
   std::uint32_t fn_size;  ///< bytes of the callable that follow the header
+  std::uint32_t raw = 0;     ///< 1: raw map chunk (input bytes, results as bytes)
+  std::uint32_t region = 0;  ///< k + 1: the input is in this worker's arena region k; 0: inline
+  std::uint64_t in_size = 0;  ///< bytes of input in the region (inline raw: result bytes expected)
+  std::uint64_t out_off = 0;  ///< where the results go in the region (0: over the input)
 };
 /// Wire format of a result: header + payload (result bytes, or an encoded (type, message)).
 struct ResultHeader {
   std::uint64_t seq;
   std::uint32_t ok;  ///< 1: payload is the result; 0: payload is an encoded error
   std::uint32_t worker;
+  std::uint32_t region = 0;    ///< k + 1: the result bytes are in arena region k; 0: inline
+  std::uint32_t pad = 0;
+  std::uint64_t out_size = 0;  ///< result bytes in the region
 };
 
 inline constexpr std::size_t kMaxMessage = std::size_t{64} << 20;  // per task or result (encoded)
 inline constexpr unsigned kWindow = 2;  // chunks assigned to a worker at once (one runs, one waits)
+// Raw map chunks travel through a shared arena inherited by the (forked) workers instead of the
+// queues: worker i owns regions [i * kWindow, (i + 1) * kWindow), one per task it may hold; a
+// region holds the input at 0 and the results over it (when they are no larger) or at
+// out_offset(input bytes). Memory is committed only where chunks were written.
+inline constexpr std::size_t kRegion = std::size_t{16} << 20;
+inline constexpr std::size_t out_offset(std::size_t in) { return (in + 63) / 64 * 64; }
 
 inline std::string task_message(const TaskHeader& h, std::string_view fn, std::string_view args) {
   std::string m(sizeof h, '\0');
@@ -209,6 +272,11 @@ struct WorkerConfig {
   std::string init_fn, init_args;
   std::int32_t parent_pid = 0;
   std::uint32_t parent_tag = 0;
+  std::byte* arena = nullptr;  ///< the shared arena (mapped before the fork), or null
+  std::size_t arena_size = 0;
+  // The parent's handles, inherited by the forked worker (saves opening them by name).
+  std::optional<Queue<std::string>> tasks_q, results_q;
+  std::optional<RawArray<std::uint64_t>> status_a;
 };
 
 inline std::int64_t now_ns() noexcept {
@@ -225,15 +293,16 @@ inline std::string error_payload(const std::string& type, const std::string& mes
 inline void worker_main(const WorkerConfig& c) {
   using namespace std::chrono_literals;
   os::default_termination_signals();  // terminate() must end a worker, whatever the parent caught
-  auto tasks = Queue<std::string>::open(c.tasks);
-  auto results = Queue<std::string>::open(c.results);
-  auto status = RawArray<std::uint64_t>::open(c.status);
+  auto tasks = c.tasks_q ? *c.tasks_q : Queue<std::string>::open(c.tasks);
+  auto results = c.results_q ? *c.results_q : Queue<std::string>::open(c.results);
+  auto status = c.status_a ? *c.status_a : RawArray<std::uint64_t>::open(c.status);
   const ProcessRef parent{c.parent_pid, c.parent_tag};
   if (2 * c.index + 1 >= status.size())
     fail<CorruptedError>("pool worker {}: status array too small", c.index);
   std::atomic_ref<std::uint64_t> running(status[2 * c.index]);
   std::atomic_ref<std::uint64_t> started(status[2 * c.index + 1]);
   auto& table = invokers().fns;
+  auto& raw_table = raw_invokers().fns;
   if (c.init_invoker >= 0) {
     if (static_cast<std::size_t>(c.init_invoker) >= table.size())
       fail<CorruptedError>("pool initializer: unknown invoker {}", c.init_invoker);
@@ -252,15 +321,45 @@ inline void worker_main(const WorkerConfig& c) {
     TaskHeader h;
     std::memcpy(&h, m->data(), sizeof h);
     if (h.seq == 0) return;  // stop
-    if (h.invoker >= table.size() || h.fn_size > m->size() - sizeof h)
+    if (h.invoker >= (h.raw ? raw_table.size() : table.size()) ||
+        h.fn_size > m->size() - sizeof h || h.region > kWindow)
       fail<CorruptedError>("pool task {} is malformed", h.seq);
+    std::byte* region = nullptr;
+    if (h.region != 0) {
+      const std::size_t at = (std::size_t{c.index} * kWindow + (h.region - 1)) * kRegion;
+      if (c.arena == nullptr || at + kRegion > c.arena_size || h.in_size > kRegion)
+        fail<CorruptedError>("pool task {}: region {} ({} bytes) is outside the arena", h.seq,
+                             h.region, h.in_size);
+      region = c.arena + at;
+    }
     const std::string_view body(m->data() + sizeof h, m->size() - sizeof h);
     started.store(static_cast<std::uint64_t>(now_ns()), std::memory_order_relaxed);
     running.store(h.seq, std::memory_order_release);
     ResultHeader r{h.seq, 1, c.index};
     std::string payload;
     try {
-      payload = table[h.invoker](body.substr(0, h.fn_size), body.substr(h.fn_size));
+      if (h.raw && region != nullptr) {
+        const std::uint64_t off = h.out_off;
+        if (off > kRegion || (off != 0 && off < h.in_size))
+          fail<CorruptedError>("pool task {}: results at {} after {} input bytes", h.seq, off,
+                               h.in_size);
+        r.out_size = raw_table[h.invoker](body.substr(0, h.fn_size), region,
+                                          static_cast<std::size_t>(h.in_size), region + off,
+                                          kRegion - off);
+        r.region = h.region;
+      } else if (h.raw) {
+        const std::string_view in = body.substr(h.fn_size);
+        // Inline raw chunk (too big for a region): in_size carries the result bytes expected.
+        if (h.in_size > kMaxMessage - sizeof r)
+          fail<CorruptedError>("pool task {}: {} result bytes expected", h.seq, h.in_size);
+        payload.resize(static_cast<std::size_t>(h.in_size));
+        payload.resize(raw_table[h.invoker](body.substr(0, h.fn_size),
+                                            reinterpret_cast<const std::byte*>(in.data()),
+                                            in.size(), reinterpret_cast<std::byte*>(payload.data()),
+                                            payload.size()));
+      } else {
+        payload = table[h.invoker](body.substr(0, h.fn_size), body.substr(h.fn_size));
+      }
       if (payload.size() + sizeof r > kMaxMessage)
         payload = error_payload("mpp::ValueError",
                                 fmt::format("the result is {} bytes encoded; the limit is {} "
@@ -418,6 +517,13 @@ class AsyncResult {
  private:
   friend class Pool;
   explicit AsyncResult(std::shared_ptr<detail::pool::ResultState<R>> s) : s_(std::move(s)) {}
+  // get() for a result nobody else sees (Pool::map): moves the value out instead of copying it.
+  R take() {
+    wait(std::nullopt);
+    std::lock_guard g(s_->mu);
+    if (s_->error) std::rethrow_exception(s_->error);
+    return std::move(*s_->value);
+  }
   std::shared_ptr<detail::pool::ResultState<R>> s_;
 };
 
@@ -462,7 +568,29 @@ class Pool {
   //! (0: Python's choice, len / (4 * processes) rounded up). Throws: the first task's exception.
   template <class F, class Range>
   auto map(F f, const Range& range, std::size_t chunksize = 0) {
-    return map_async(f, range, chunksize).get();
+    using A = std::ranges::range_value_t<Range>;
+    using R = detail::pool::map_result_t<F, A>;
+    if constexpr (detail::pool::kRawItem<A> && detail::pool::kRawItem<R> &&
+                  std::ranges::contiguous_range<const Range&> &&
+                  std::ranges::sized_range<const Range&>) {
+      // The chunks are copied to the workers straight from `range`, which outlives this call.
+      check_callable<F>();
+      auto src = std::make_shared<RawSource>();
+      src->data = reinterpret_cast<const std::byte*>(std::ranges::data(range));
+      auto r = submit_raw<R, A>(
+          detail::pool::RawRegistered<&detail::pool::run_raw_chunk<F, A>>::id,
+          detail::pool::callable_bytes(f), src, std::ranges::size(range), chunksize, {}, {});
+      try {
+        auto v = r.take();
+        release_source(*src);
+        return v;
+      } catch (...) {
+        release_source(*src);
+        throw;
+      }
+    } else {
+      return map_async(f, range, chunksize).take();
+    }
   }
 
   //!Returns: an AsyncResult of map(); `callback` / `error_callback` run in the pool's thread.
@@ -473,10 +601,35 @@ class Pool {
       std::type_identity_t<std::function<void(const std::vector<R>&)>> callback = {},
       std::function<void(std::exception_ptr)> error_callback = {}) {
     check_callable<F>();
-    std::vector<A> items(std::ranges::begin(range), std::ranges::end(range));
-    const auto id = detail::pool::Registered<&detail::pool::run_map_chunk<F, A>>::id;
-    return submit_chunks<R>(id, detail::pool::callable_bytes(f), std::move(items), chunksize,
-                            std::move(callback), std::move(error_callback));
+    if constexpr (detail::pool::kRawItem<A> && detail::pool::kRawItem<R>) {
+      const auto id = detail::pool::RawRegistered<&detail::pool::run_raw_chunk<F, A>>::id;
+      auto src = std::make_shared<RawSource>();
+      std::size_t count = 0;
+      if constexpr (std::ranges::contiguous_range<const Range&> &&
+                    std::ranges::sized_range<const Range&>) {  // one copy, owned by the tasks
+        count = std::ranges::size(range);
+        src->owned.resize(count * sizeof(A));
+        if (count != 0)
+          std::memcpy(src->owned.data(), static_cast<const void*>(std::ranges::data(range)),
+                      count * sizeof(A));
+      } else {
+        for (const A& a : range) {
+          if (src->owned.size() < (count + 1) * sizeof(A))
+            src->owned.resize(std::max<std::size_t>(64, 2 * src->owned.size()));
+          std::memcpy(src->owned.data() + count * sizeof(A), static_cast<const void*>(&a),
+                      sizeof(A));
+          ++count;
+        }
+      }
+      src->data = src->owned.data();
+      return submit_raw<R, A>(id, detail::pool::callable_bytes(f), std::move(src), count,
+                              chunksize, std::move(callback), std::move(error_callback));
+    } else {
+      std::vector<A> items(std::ranges::begin(range), std::ranges::end(range));
+      const auto id = detail::pool::Registered<&detail::pool::run_map_chunk<F, A>>::id;
+      return submit_chunks<R>(id, detail::pool::callable_bytes(f), std::move(items), chunksize,
+                              std::move(callback), std::move(error_callback));
+    }
   }
 
   //!Returns: [f(*t) for t in range] (Python's starmap), range elements being tuples or pairs.
@@ -571,6 +724,13 @@ class Pool {
   template <class R>
   friend class Future;
 
+  // The input of a raw map: owned (map_async) or borrowed from the caller (map, which waits and
+  // sets `gone` under mu_ before returning). Read only by dispatch_locked(), under mu_.
+  struct RawSource {
+    const std::byte* data = nullptr;
+    bool gone = false;
+    std::vector<std::byte> owned;
+  };
   struct Task {
     std::uint64_t seq = 0;
     std::shared_ptr<detail::pool::Job> job;
@@ -579,10 +739,16 @@ class Pool {
     std::shared_ptr<const std::string> fn;
     std::string args;
     unsigned attempts = 0;
+    bool raw = false;           // a raw map chunk (raw_invokers(); args and results are bytes)
+    std::size_t out_bytes = 0;  // raw: the result bytes expected
+    bool in_place = false;      // raw: results no larger than the input: written over it
+    std::shared_ptr<RawSource> src;  // raw: the input bytes are src->data[src_off, +args_size)
+    std::size_t src_off = 0, args_size = 0;
   };
   struct Worker {
     std::optional<Process> proc;
     std::optional<Queue<std::string>> tasks;
+    std::array<std::uint64_t, detail::pool::kWindow> region{};  // task seq using arena region k
     std::deque<std::uint64_t> assigned;  // in the order the worker will run them
     unsigned dispatched = 0;             // tasks given to this incarnation
     bool stopping = false;
@@ -669,6 +835,13 @@ class Pool {
     qo.max_item_size = detail::pool::kMaxMessage;
     results_.emplace(static_cast<long>(4 * n + 8), qo);
     status_.emplace(static_cast<std::size_t>(2 * n));
+    arena_ = std::make_shared<detail::Segment>(detail::Segment::create_anonymous(
+        detail::SegmentSpec{Kind::pool, TypeInfo::none(),
+                            static_cast<std::uint64_t>(n) * detail::pool::kWindow *
+                                detail::pool::kRegion,
+                            static_cast<std::uint64_t>(n)}));
+    config_.arena = arena_->payload();
+    config_.arena_size = static_cast<std::size_t>(n) * detail::pool::kWindow * detail::pool::kRegion;
     config_.results = results_->name();
     config_.status = status_->name();
     config_.maxtasks = opts.maxtasksperchild;
@@ -689,10 +862,14 @@ class Pool {
     qo.max_item_size = detail::pool::kMaxMessage;
     w.tasks.emplace(static_cast<long>(detail::pool::kWindow + 1), qo);
     w.assigned.clear();
+    w.region.fill(0);
     w.dispatched = 0;
     w.stopping = false;
     detail::pool::WorkerConfig c = config_;
     c.tasks = w.tasks->name();
+    c.tasks_q = *w.tasks;  // workers are forked: they inherit these mappings
+    c.results_q = *results_;
+    c.status_a = *status_;
     c.index = static_cast<std::uint32_t>(i);
     std::atomic_ref<std::uint64_t>((*status_)[2 * i]).store(0);
     ProcessOptions po;
@@ -701,6 +878,59 @@ class Pool {
     po.start_method = StartMethod::fork;
     w.proc.emplace(po, [c] { detail::pool::worker_main(c); });
     w.proc->start();
+  }
+
+  static std::size_t default_chunksize(std::size_t items, std::size_t workers) {
+    const std::size_t parts = 4 * workers;
+    const std::size_t c = items / parts + (items % parts != 0 ? 1 : 0);
+    return c == 0 ? 1 : c;
+  }
+
+  // map of raw items: chunks are the items' bytes, results are written straight into the output.
+  template <class R, class A>
+  AsyncResult<std::vector<R>> submit_raw(std::uint32_t invoker, std::string fn,
+                                         std::shared_ptr<RawSource> src, std::size_t count,
+                                         std::size_t chunksize,
+                                         std::function<void(const std::vector<R>&)> cb,
+                                         std::function<void(std::exception_ptr)> ecb) {
+    using namespace detail::pool;
+    if (chunksize == 0) chunksize = default_chunksize(count, workers_.size());
+    auto state = std::make_shared<ResultState<std::vector<R>>>();
+    state->callback = std::move(cb);
+    state->error_callback = std::move(ecb);
+    struct RawChunks final : Job {
+      std::shared_ptr<ResultState<std::vector<R>>> s;
+      std::vector<R> all;
+      std::size_t chunksize = 1, left = 0;
+      bool failed = false;
+      void deliver(std::size_t i, std::string_view p) override {
+        if (failed) return;
+        const std::size_t b = i * chunksize;
+        const std::size_t n = b < all.size() ? std::min(chunksize, all.size() - b) : 0;
+        if (n == 0 || p.size() != n * sizeof(R))
+          return fail_chunk(i, std::make_exception_ptr(CorruptedError(fmt::format(
+                                   "pool map chunk {}: {} result bytes, {} expected", i, p.size(),
+                                   n * sizeof(R)))));
+        std::memcpy(static_cast<void*>(all.data() + b), p.data(), p.size());
+        if (--left == 0) s->finish(std::move(all), nullptr);
+      }
+      void fail_chunk(std::size_t, std::exception_ptr e) override {
+        failed = true;  // Python's map reports the first failure
+        s->finish(std::nullopt, e);
+      }
+    };
+    auto job = std::make_shared<RawChunks>();
+    job->s = state;
+    job->chunksize = chunksize;
+    if (count == 0) {
+      state->finish(std::vector<R>{}, nullptr);
+      return AsyncResult<std::vector<R>>(state);
+    }
+    job->all.resize(count);
+    job->left = count / chunksize + (count % chunksize != 0 ? 1 : 0);
+    enqueue_raw(job, invoker, std::move(fn), std::move(src), count, chunksize, sizeof(A),
+                sizeof(R));
+    return AsyncResult<std::vector<R>>(state);
   }
 
   template <class R, class T>
@@ -781,6 +1011,45 @@ class Pool {
     wake_supervisor();
   }
 
+  // Raw map chunks of `chunk` items (`in` / `out` bytes each) over `count` items of `src`.
+  void enqueue_raw(std::shared_ptr<detail::pool::Job> job, std::uint32_t invoker, std::string fn,
+                   std::shared_ptr<RawSource> src, std::size_t count, std::size_t chunk,
+                   std::size_t in, std::size_t out) {
+    auto shared_fn = std::make_shared<const std::string>(std::move(fn));
+    const std::size_t biggest = std::min(chunk, count) * std::max(in, out);
+    if (biggest + shared_fn->size() + sizeof(detail::pool::TaskHeader) +
+            sizeof(detail::pool::ResultHeader) >
+        detail::pool::kMaxMessage)
+      detail::fail<ValueError>("a task of {} bytes exceeds the pool's {} byte limit; use a "
+                               "smaller chunksize",
+                               biggest, detail::pool::kMaxMessage);
+    std::lock_guard g(mu_);
+    if (closed_) detail::fail<ValueError>("Pool not running: it was closed or terminated");
+    for (std::size_t b = 0, i = 0; b < count; b += chunk, ++i) {
+      const std::size_t n = std::min(chunk, count - b);
+      Task t;
+      t.seq = ++next_seq_;
+      t.job = job;
+      t.index = i;
+      t.invoker = invoker;
+      t.fn = shared_fn;
+      t.raw = true;
+      t.src = src;
+      t.src_off = b * in;
+      t.args_size = n * in;
+      t.out_bytes = n * out;
+      t.in_place = out <= in;
+      pending_.push_back(std::move(t));
+    }
+    wake_supervisor();
+  }
+
+  //!Effects: the borrowed input of a map() that is returning may no longer be read.
+  void release_source(RawSource& src) {
+    std::lock_guard g(mu_);
+    src.gone = true;
+  }
+
   // The supervisor sleeps in the result queue; an empty message wakes it to dispatch new work.
   void wake_supervisor() {
     if (results_) (void)results_->try_put(std::string());
@@ -811,8 +1080,34 @@ class Pool {
       while (!pending_.empty() && w.assigned.size() < detail::pool::kWindow && !w.stopping &&
              (opts_.maxtasksperchild == 0 || w.dispatched < opts_.maxtasksperchild)) {
         Task& t = pending_.front();
-        const detail::pool::TaskHeader h{t.seq, t.invoker, static_cast<std::uint32_t>(t.fn->size())};
-        if (!w.tasks->try_put(detail::pool::task_message(h, *t.fn, t.args))) break;
+        detail::pool::TaskHeader h{t.seq, t.invoker, static_cast<std::uint32_t>(t.fn->size())};
+        std::string_view args = t.args;
+        std::size_t k = w.region.size();
+        if (t.raw) {
+          using detail::pool::kRegion;
+          if (t.src->gone) {  // its map() returned (failed): nobody wants this chunk any more
+            pending_.pop_front();
+            continue;
+          }
+          args = std::string_view(reinterpret_cast<const char*>(t.src->data) + t.src_off,
+                                  t.args_size);
+          h.raw = 1;
+          h.in_size = t.out_bytes;  // inline: the result bytes expected
+          h.out_off = t.in_place ? 0 : detail::pool::out_offset(t.args_size);
+          if (arena_ && t.args_size <= kRegion && h.out_off + t.out_bytes <= kRegion) {
+            k = 0;
+            while (k < w.region.size() && w.region[k] != 0) ++k;
+          }
+          if (k < w.region.size()) {  // the input goes to region k, only the header to the queue
+            std::memcpy(arena_->payload() + (i * detail::pool::kWindow + k) * kRegion,
+                        args.data(), args.size());
+            h.region = static_cast<std::uint32_t>(k + 1);
+            h.in_size = t.args_size;
+            args = {};
+          }
+        }
+        if (!w.tasks->try_put(detail::pool::task_message(h, *t.fn, args))) break;
+        if (k < w.region.size()) w.region[k] = t.seq;
         w.assigned.push_back(t.seq);
         ++w.dispatched;
         const std::uint64_t seq = t.seq;
@@ -837,8 +1132,9 @@ class Pool {
     if (m.size() < sizeof(ResultHeader)) return;  // a wake-up (or malformed: cannot be attributed)
     ResultHeader h;
     std::memcpy(&h, m.data(), sizeof h);
-    const std::string_view payload(m.data() + sizeof h, m.size() - sizeof h);
+    std::string_view payload(m.data() + sizeof h, m.size() - sizeof h);
     Task t;
+    std::uint64_t* region = nullptr;  // the worker's region slot to free once delivered
     {
       std::lock_guard g(mu_);
       auto it = inflight_.find(h.seq);
@@ -848,11 +1144,32 @@ class Pool {
       if (h.worker < workers_.size()) {
         auto& a = workers_[h.worker].assigned;
         a.erase(std::remove(a.begin(), a.end(), h.seq), a.end());
+        for (auto& r : workers_[h.worker].region)
+          if (r == h.seq) region = &r;
       }
+    }
+    if (h.ok && h.region != 0) {
+      // Results in the arena: only the region this task was given, and only its expected size.
+      const std::size_t k = h.region - 1;
+      const std::size_t off = t.in_place ? 0 : out_offset(t.args_size);
+      if (!t.raw || region == nullptr || k >= kWindow ||
+          region != &workers_[h.worker].region[k] || h.out_size != t.out_bytes ||
+          off + t.out_bytes > kRegion) {
+        if (region != nullptr) *region = 0;
+        t.job->fail_chunk(t.index, std::make_exception_ptr(CorruptedError(fmt::format(
+                                       "pool task {}: a malformed result (region {}, {} bytes)",
+                                       h.seq, h.region, h.out_size))));
+        return;
+      }
+      payload = std::string_view(reinterpret_cast<const char*>(arena_->payload()) +
+                                     (h.worker * kWindow + k) * kRegion + off,
+                                 t.out_bytes);
     }
     if (h.ok) {
       t.job->deliver(t.index, payload);
+      if (region != nullptr) *region = 0;  // only this thread dispatches: safe to reuse now
     } else {
+      if (region != nullptr) *region = 0;
       std::exception_ptr e;
       try {
         const auto err = from_wire<std::pair<std::string, std::string>>(payload);
@@ -930,6 +1247,7 @@ class Pool {
       inflight_.erase(f);
     }
     w.assigned.clear();
+    w.region.fill(0);
     w.proc.reset();
     w.tasks.reset();
     if (terminated_) return;
@@ -973,6 +1291,7 @@ class Pool {
   detail::pool::WorkerConfig config_;
   std::optional<Queue<std::string>> results_;
   std::optional<RawArray<std::uint64_t>> status_;
+  std::shared_ptr<detail::Segment> arena_;  // raw map chunks (see kRegion); inherited by workers
   std::vector<Worker> workers_;
   std::thread supervisor_;
   std::mutex mu_;
