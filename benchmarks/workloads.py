@@ -58,9 +58,9 @@ WORKLOADS = [
     Workload("queue.8B.rtt", "µs", False, LIMITS + ("boost", "posix_mq"),
              "8-byte ping-pong round trip through two queues"),
     # Locks and values.
-    Workload("lock.uncontended", "ns", False, ("boost", "pthread"),
+    Workload("lock.uncontended", "ns", False, ("boost", "pthread", "python"),
              "lock + unlock, one process"),
-    Workload("lock.contended.2proc", "ops/s", True, ("boost", "pthread"),
+    Workload("lock.contended.2proc", "ops/s", True, ("boost", "pthread", "python"),
              "lock; ++x; unlock from 2 processes, total"),
     Workload("value.locked_increment.2proc", "ops/s", True, ("python",),
              "Value<int64>: with get_lock(): value += 1, from 2 processes, total"),

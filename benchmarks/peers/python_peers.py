@@ -133,6 +133,33 @@ def pipe_rtt_us(n):
 # Value
 
 
+def lock_uncontended_ns(n):
+    """multiprocessing.Lock acquire + release in one process."""
+    lock = CTX.Lock()
+    t0 = now()
+    for _ in range(n):
+        lock.acquire()
+        lock.release()
+    return (now() - t0) * 1e9 / n
+
+
+def lock_contended_ops(n_each):
+    """with lock: x.value += 1 from 2 processes (x a RawValue), total ops/s."""
+    lock = CTX.Lock()
+    x = CTX.RawValue("q", 0)
+
+    def body(i, span):
+        span[2 * i] = now()
+        for _ in range(n_each):
+            with lock:
+                x.value += 1
+        span[2 * i + 1] = now()
+
+    span = run_procs([body, body], span_slots=2)
+    check(x.value == 2 * n_each, "lost increment")
+    return 2 * n_each / elapsed(span, 2)
+
+
 def value_locked_increment(n_each):
     v = CTX.Value("q", 0)
 
@@ -315,6 +342,8 @@ def main():
     run("pipe.8B.rtt", "µs", False, lambda: pipe_rtt_us(n(4_000, 500)))
     run("queue.8B.1p1c.throughput", "msg/s", True, lambda: channel_throughput("queue", n(200_000, 30_000), None))
     run("queue.1KiB.1p1c.throughput", "msg/s", True, lambda: channel_throughput("queue", n(200_000, 30_000), 1024))
+    run("lock.uncontended", "ns", False, lambda: lock_uncontended_ns(n(1_000_000, 200_000)))
+    run("lock.contended.2proc", "ops/s", True, lambda: lock_contended_ops(n(300_000, 50_000)))
     run("value.locked_increment.2proc", "ops/s", True, lambda: value_locked_increment(n(300_000, 50_000)))
     run("dict.set.1proc", "ops/s", True, lambda: manager_ops("set", n(10_000, 2_000)))
     run("dict.get.1proc", "ops/s", True, lambda: manager_ops("get", n(10_000, 2_000)))
