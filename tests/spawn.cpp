@@ -4,7 +4,10 @@
 // (large ones too), shared values passed by name, parent_process() in the child, and the errors
 // for unregistered functions and start methods the platform lacks.
 #include <chrono>
+#include <mpp/array.hpp>
 #include <mpp/process.hpp>
+#include <mpp/queue.hpp>
+#include <mpp/sync.hpp>
 #include <mpp/value.hpp>
 #include <string>
 #include <thread>
@@ -35,6 +38,23 @@ void check_family(int parent, std::string name) {
   mpp::exit(ok ? 0 : 1);
 }
 const auto exit_42 = [] { mpp::exit(42); };
+/// Puts `n` numbers starting at `first` on `q`, then adds 1 to `counter` under `lock` `n` times
+/// and records its own id in `slots[id]`.
+void produce(mpp::Queue<int> q, int first, int n, mpp::Lock lock, mpp::Value<int> counter,
+             mpp::Array<int> slots, int id) {
+  for (int i = 0; i < n; ++i) q.put(first + i);
+  for (int i = 0; i < n; ++i) {
+    mpp::Guard g(lock);
+    counter.set(counter.load() + 1);
+  }
+  slots[static_cast<std::size_t>(id)] = id + 100;
+}
+/// Takes `n` numbers off `q` and puts their sum on `out`.
+void consume(mpp::Queue<int> q, int n, mpp::Queue<long long> out) {
+  long long sum = 0;
+  for (int i = 0; i < n; ++i) sum += q.get();
+  out.put(sum);
+}
 
 }  // namespace
 
@@ -47,6 +67,8 @@ MPP_REGISTER(check_big);
 MPP_REGISTER(store_value);
 MPP_REGISTER(check_family);
 MPP_REGISTER_AS("exit_42", exit_42);
+MPP_REGISTER(produce);
+MPP_REGISTER(consume);
 
 namespace {
 
@@ -178,4 +200,28 @@ TEST_CASE("spawn: errors for unregistered functions and missing start methods", 
     auto fs = mpp::get_context(StartMethod::forkserver).process(do_nothing);
     CHECK_THROWS_AS(fs.start(), mpp::ProcessError);
   }
+}
+
+TEST_CASE("spawn: queues, a lock, a value and an array shared with spawned workers", "[spawn]") {
+  constexpr int kPer = 2000;
+  // Small item regions: on Windows a mapping is committed in full when created (the queue's
+  // default sparse item area of up to 8 GiB would not fit; see README, platforms).
+  const mpp::QueueOptions small{.max_item_size = 256};
+  mpp::Queue<int> q(64, small);  // bounded: producers block while the consumer is behind
+  mpp::Queue<long long> result(4, small);
+  mpp::Lock lock;
+  mpp::Value<int> counter{0};
+  mpp::Array<int> slots(2);
+  auto a = spawn(produce, q, 0, kPer, lock, counter, slots, 0);
+  auto b = spawn(produce, q, kPer, kPer, lock, counter, slots, 1);
+  auto c = spawn(consume, q, 2 * kPer, result);
+  for (auto* p : {&a, &b, &c}) p->start();
+  for (auto* p : {&a, &b, &c}) {
+    CHECK(p->join(120s));
+    CHECK(p->exitcode() == 0);
+  }
+  const long long n = 2 * kPer;
+  CHECK(result.get(true, 10s) == n * (n - 1) / 2);
+  CHECK(counter.value() == 2 * kPer);
+  CHECK(slots.to_vector() == std::vector<int>{100, 101});
 }

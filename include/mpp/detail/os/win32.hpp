@@ -904,4 +904,11 @@ inline std::string current_exception_type_name() {
 }
 // ==== end processes ============================================================================
 
+// ==== queue memory (mirrors posix.hpp) =========================================================
+//!Effects: nothing: a pagefile-backed mapping (SEC_COMMIT) is charged in full when it is created,
+//! so running out of memory is an error of CreateFileMapping, never a fault on first touch.
+//!Returns: 0.
+inline int populate_write(void*, std::size_t) noexcept { return 0; }
+// ==== end queue memory ==========================================================================
+
 }  // namespace mpp::detail::os
