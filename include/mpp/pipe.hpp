@@ -58,7 +58,7 @@ struct PipeOptions {
 /// buffer or with recv_bytes().
 class BufferTooShort : public ProcessError {
  public:
-  //! Effects: records how many bytes the message needs.
+  //!Effects: records how many bytes the message needs.
   BufferTooShort(const std::string& what, std::size_t needed)
       : ProcessError(what), needed_(needed) {}
   /// Size of the message that did not fit.
@@ -115,7 +115,7 @@ inline bool holder_alive(std::uint64_t w) noexcept {
 /// One process's use of one end of a pipe, shared by every copy of a Connection in this process.
 class PipeEnd final : public ForkHook {
  public:
-  //! Effects: uses end `end` of the pipe in `seg`; this process already holds holder slot `slot`.
+  //!Effects: uses end `end` of the pipe in `seg`; this process already holds holder slot `slot`.
   PipeEnd(std::shared_ptr<Segment> seg, unsigned end, std::uint32_t slot,
           int spin = kSpinIterations)
       : seg_(std::move(seg)), end_(end), spin_(spin < 0 ? 0 : spin), slot_(slot) {
@@ -142,19 +142,19 @@ class PipeEnd final : public ForkHook {
 
   // ---- sending ---------------------------------------------------------------------------
 
-  //! Effects: sends the N bytes at `p` as one value frame: the fast path of Connection<T>::send.
+  //!Effects: sends the N bytes at `p` as one value frame: the fast path of Connection<T>::send.
   template <std::size_t N>
-  void send_raw(const void* p, const Deadline& deadline) {
+  void send_raw(const void* p, const Deadline* deadline = nullptr) {
     constexpr std::uint64_t need = ring::frame_size(N);
     if (!send_ok_ || need - ring::kHeader > out_.max_frame) [[unlikely]] {
-      write_message(ring::kKindValue, {}, {static_cast<const std::byte*>(p), N}, deadline);
+      send_slow(p, N, deadline);
       return;
     }
     ring::Control* c = out_.ctl;
     const std::uint64_t w = c->write_idx.load(std::memory_order_relaxed);  // ours: never stale
     if (((w & 3) | c->data.gone.load(std::memory_order_relaxed)) != 0 ||
         out_.capacity - (w - rcache_) < need) [[unlikely]] {
-      write_message(ring::kKindValue, {}, {static_cast<const std::byte*>(p), N}, deadline);
+      send_slow(p, N, deadline);
       return;
     }
     const std::uint32_t hdr = ring::header(static_cast<std::uint32_t>(N), ring::kKindValue);
@@ -168,11 +168,18 @@ class PipeEnd final : public ForkHook {
     publish(w + need);
   }
 
-  //! Effects: sends one message of kind `kind` made of `head` then `body`, as one frame or as a
-  //!  chain of frames; blocks while the ring is full, until `deadline`. Throws: ValueError
-  //!  (closed / read-only), BrokenPipeError (the other end is closed or its process died),
-  //!  TimeoutError (no room in time: nothing was sent, or — for a message longer than a frame —
-  //!  its first part was and the receiver will skip it), CorruptedError.
+  // The slow path of send_raw (full ring, closed, sleeping or gone reader), out of line so that
+  // send() inlines.
+  [[gnu::noinline]] void send_slow(const void* p, std::size_t n, const Deadline* deadline) {
+    write_message(ring::kKindValue, {}, {static_cast<const std::byte*>(p), n},
+                  deadline != nullptr ? *deadline : Deadline::never());
+  }
+
+  //!Effects: sends one message of kind `kind` made of `head` then `body`, as one frame or as a
+  //! chain of frames; blocks while the ring is full, until `deadline`. Throws: ValueError
+  //! (closed / read-only), BrokenPipeError (the other end is closed or its process died),
+  //! TimeoutError (no room in time: nothing was sent, or — for a message longer than a frame —
+  //! its first part was and the receiver will skip it), CorruptedError.
   void write_message(std::uint32_t kind, std::span<const std::byte> head,
                      std::span<const std::byte> body,
                      const Deadline& deadline = Deadline::never()) {
@@ -215,8 +222,8 @@ class PipeEnd final : public ForkHook {
     bool direct;  ///< assembled into the caller's buffer (and already consumed from the ring)
   };
 
-  //! Effects: the fast path of Connection<T>::recv for a raw T of N bytes: when the next frame
-  //!  is a complete N-byte value, copies it to `out` and consumes it. Returns: false otherwise.
+  //!Effects: the fast path of Connection<T>::recv for a raw T of N bytes: when the next frame
+  //! is a complete N-byte value, copies it to `out` and consumes it. Returns: false otherwise.
   template <std::size_t N>
   bool try_recv_raw(void* out) noexcept {
     if (!recv_ok_ || have_msg_ || assembling_) return false;
@@ -240,11 +247,11 @@ class PipeEnd final : public ForkHook {
     return true;
   }
 
-  //! Returns: the next complete message, without consuming it; nullopt if `deadline` passed.
-  //!  A message longer than a frame is assembled into `direct` when it fits there (kinds value
-  //!  and bytes), otherwise into a buffer of this end.
-  //! Throws: EOFError (the writer is gone and nothing complete is left; a partial message is
-  //!  discarded), ValueError (closed / write-only), CorruptedError.
+  //!Returns: the next complete message, without consuming it; nullopt if `deadline` passed.
+  //! A message longer than a frame is assembled into `direct` when it fits there (kinds value
+  //! and bytes), otherwise into a buffer of this end.
+  //!Throws: EOFError (the writer is gone and nothing complete is left; a partial message is
+  //! discarded), ValueError (closed / write-only), CorruptedError.
   std::optional<Message> peek(const Deadline& deadline, std::span<std::byte> direct = {}) {
     check_readable("recv");
     if (have_msg_) return Message{msg_kind_, {msg_.data(), msg_size_}, false};
@@ -332,7 +339,7 @@ class PipeEnd final : public ForkHook {
     }
   }
 
-  //! Effects: consumes the message returned by the last peek().
+  //!Effects: consumes the message returned by the last peek().
   void consume() noexcept {
     if (have_msg_) {
       have_msg_ = false;
@@ -353,8 +360,8 @@ class PipeEnd final : public ForkHook {
   }
   bool message_in_buffer() const noexcept { return have_msg_; }
 
-  //! Returns: true when a frame (or a complete message) is waiting, or the writer is gone (so
-  //!  recv would not block); false if `deadline` passed first.
+  //!Returns: true when a frame (or a complete message) is waiting, or the writer is gone (so
+  //! recv would not block); false if `deadline` passed first.
   bool poll(const Deadline& deadline) {
     check_readable("poll");
     if (have_msg_) return true;
@@ -369,8 +376,8 @@ class PipeEnd final : public ForkHook {
         in_.ctl->data, ready, deadline, [&] { check_writer(); }, spin_);
   }
 
-  //! Effects: this process stops holding the end; when no live process holds it any more, the
-  //!  peer is told (its recv raises EOFError, its send BrokenPipeError). Idempotent.
+  //!Effects: this process stops holding the end; when no live process holds it any more, the
+  //! peer is told (its recv raises EOFError, its send BrokenPipeError). Idempotent.
   void close() noexcept {
     if (closed_) return;
     closed_ = true;
@@ -456,8 +463,8 @@ class PipeEnd final : public ForkHook {
   /// Scratch buffer for encoding (kept to reuse its capacity).
   Bytes& scratch() noexcept { return scratch_; }
 
-  //! Effects: claims end `end` of the pipe in `seg` for this process (open of a named pipe).
-  //! Returns: the holder slot. Throws: ExistsError if the end was already taken.
+  //!Effects: claims end `end` of the pipe in `seg` for this process (open of a named pipe).
+  //!Returns: the holder slot. Throws: ExistsError if the end was already taken.
   static std::uint32_t claim_end(Segment& seg, unsigned end) {
     auto* h = reinterpret_cast<pipe_layout::Header*>(seg.payload());
     auto& es = h->ends[end];
@@ -761,26 +768,30 @@ class Connection {
   /// Wraps one process's use of a pipe end (used by Pipe).
   explicit Connection(std::shared_ptr<detail::PipeEnd> end) : e_(std::move(end)) {}
 
-  //! Effects: sends `v` (Python's send(obj)); blocks only while the ring is full, at most
-  //!  `timeout` (default: as long as the reader lives). Messages of any size are accepted; large
-  //!  ones stream through the ring.
-  //! Throws: BrokenPipeError (the other end is closed or its process died), TimeoutError (a
-  //!  message longer than a frame that times out half-sent is skipped by the receiver),
-  //!  ValueError (closed or receive-only end), CorruptedError.
-  void send(const Elem& v, Timeout timeout = std::nullopt) requires(!kUntyped) {
-    auto& e = end();
+  //!Effects: sends `v` (Python's send(obj)); blocks only while the ring is full and the reader
+  //! lives. Messages of any size are accepted; large ones stream through the ring.
+  //!Throws: BrokenPipeError (the other end is closed or its process died), TimeoutError (a
+  //! message longer than a frame that times out half-sent is skipped by the receiver),
+  //! ValueError (closed or receive-only end), CorruptedError.
+  void send(const Elem& v) requires(!kUntyped) {
     if constexpr (kRaw) {
-      e.template send_raw<sizeof(Elem)>(std::addressof(v), detail::Deadline::from(timeout));
+      end().template send_raw<sizeof(Elem)>(std::addressof(v));
     } else {
-      Bytes& b = e.scratch();
-      b.clear();
-      codec<Elem>::encode(v, b);
-      e.write_message(detail::ring::kKindValue, {}, b, detail::Deadline::from(timeout));
+      send_encoded(v, detail::Deadline::never());
+    }
+  }
+  /// send(v) waiting for room at most `timeout` (TimeoutError).
+  void send(const Elem& v, Timeout timeout) requires(!kUntyped) {
+    const auto deadline = detail::Deadline::from(timeout);
+    if constexpr (kRaw) {
+      end().template send_raw<sizeof(Elem)>(std::addressof(v), &deadline);
+    } else {
+      send_encoded(v, deadline);
     }
   }
 
-  //! Effects: sends `v` of any codec type U, tagged with U's fingerprint and name so that
-  //!  recv<U>() can check it. Throws: as send(const T&).
+  //!Effects: sends `v` of any codec type U, tagged with U's fingerprint and name so that
+  //! recv<U>() can check it. Throws: as send(const T&).
   template <class U>
   requires(kUntyped) void send(const U& v, Timeout timeout = std::nullopt) {
     static_assert(Encodable<U>,
@@ -795,10 +806,10 @@ class Connection {
     e.write_message(detail::ring::kKindTagged, head, b, detail::Deadline::from(timeout));
   }
 
-  //! Returns: the next value (Python's recv()), waiting at most `timeout` (default: forever).
-  //! Throws: EOFError (nothing left and the other end is closed or its process died),
-  //!  TimeoutError, TypeMismatchError (the next message was sent with send_bytes; it is kept),
-  //!  ValueError (closed or send-only end), CorruptedError.
+  //!Returns: the next value (Python's recv()), waiting at most `timeout` (default: forever).
+  //!Throws: EOFError (nothing left and the other end is closed or its process died),
+  //! TimeoutError, TypeMismatchError (the next message was sent with send_bytes; it is kept),
+  //! ValueError (closed or send-only end), CorruptedError.
   Elem recv(Timeout timeout = std::nullopt) requires(!kUntyped) {
     if constexpr (kRaw && std::is_default_constructible_v<Elem> && !std::is_same_v<Elem, bool>) {
       Elem v;  // the raw codec is a byte copy: copy the frame into the result directly
@@ -811,9 +822,9 @@ class Connection {
     return recv_slow(timeout);
   }
 
-  //! Returns: the next value, which must be a U (Connection<> only); waits at most `timeout`.
-  //! Throws: TypeMismatchError naming both types when the next message is not a U (the message
-  //!  is kept: receive it as its type), EOFError, TimeoutError, ValueError, CorruptedError.
+  //!Returns: the next value, which must be a U (Connection<> only); waits at most `timeout`.
+  //!Throws: TypeMismatchError naming both types when the next message is not a U (the message
+  //! is kept: receive it as its type), EOFError, TimeoutError, ValueError, CorruptedError.
   template <class U>
   requires(kUntyped) U recv(Timeout timeout = std::nullopt) {
     static_assert(Encodable<U>, "mpp: recv<U>() needs a type with an mpp::codec");
@@ -845,6 +856,14 @@ class Connection {
   }
 
  private:
+  void send_encoded(const Elem& v, const detail::Deadline& deadline) requires(!kUntyped) {
+    auto& e = end();
+    Bytes& b = e.scratch();
+    b.clear();
+    codec<Elem>::encode(v, b);
+    e.write_message(detail::ring::kKindValue, {}, b, deadline);
+  }
+
   // Everything but the fast path of recv(): kept out of line so that recv() inlines.
   [[gnu::noinline]] Elem recv_slow(Timeout timeout) requires(!kUntyped) {
     auto& e = end();
@@ -859,17 +878,17 @@ class Connection {
   }
 
  public:
-  //! Returns: whether there is something to receive (or the other end is gone, so recv would not
-  //!  block), waiting at most `timeout` (Python's poll(timeout); default 0: do not wait;
-  //!  std::nullopt: wait forever). Throws: ValueError (closed or send-only end).
+  //!Returns: whether there is something to receive (or the other end is gone, so recv would not
+  //! block), waiting at most `timeout` (Python's poll(timeout); default 0: do not wait;
+  //! std::nullopt: wait forever). Throws: ValueError (closed or send-only end).
   bool poll(Timeout timeout = std::chrono::duration<double>(0)) {
     return end().poll(detail::Deadline::from(timeout));
   }
 
-  //! Effects: sends `size` bytes of `buf` from `offset` (all the rest by default) as one message
-  //!  (Python's send_bytes(buffer, offset, size)); waits for room at most `timeout`.
-  //! Throws: ValueError (offset/size outside the buffer, closed or receive-only end),
-  //!  BrokenPipeError, TimeoutError (as send), CorruptedError.
+  //!Effects: sends `size` bytes of `buf` from `offset` (all the rest by default) as one message
+  //! (Python's send_bytes(buffer, offset, size)); waits for room at most `timeout`.
+  //!Throws: ValueError (offset/size outside the buffer, closed or receive-only end),
+  //! BrokenPipeError, TimeoutError (as send), CorruptedError.
   void send_bytes(std::span<const std::byte> buf, std::size_t offset = 0,
                   std::optional<std::size_t> size = std::nullopt, Timeout timeout = std::nullopt) {
     auto& e = end();
@@ -888,9 +907,9 @@ class Connection {
   /// send_bytes of the characters of `s`.
   void send_bytes(std::string_view s) { send_bytes(std::as_bytes(std::span(s.data(), s.size()))); }
 
-  //! Returns: the next message as bytes (Python's recv_bytes(maxlength)); for a value message,
-  //!  its encoding. Throws: OSError if it is longer than `maxlength` (the message is kept),
-  //!  EOFError, TimeoutError, ValueError, CorruptedError.
+  //!Returns: the next message as bytes (Python's recv_bytes(maxlength)); for a value message,
+  //! its encoding. Throws: OSError if it is longer than `maxlength` (the message is kept),
+  //! EOFError, TimeoutError, ValueError, CorruptedError.
   Bytes recv_bytes(std::optional<std::size_t> maxlength = std::nullopt,
                    Timeout timeout = std::nullopt) {
     auto& e = end();
@@ -908,11 +927,11 @@ class Connection {
     return out;
   }
 
-  //! Effects: receives the next message into `buf` from `offset` (Python's
-  //!  recv_bytes_into(buffer, offset)); large messages are assembled there directly.
-  //! Returns: the message's size in bytes. Throws: BufferTooShort (the message is kept),
-  //!  ValueError (offset past the buffer, closed or send-only end), EOFError, TimeoutError,
-  //!  CorruptedError.
+  //!Effects: receives the next message into `buf` from `offset` (Python's
+  //! recv_bytes_into(buffer, offset)); large messages are assembled there directly.
+  //!Returns: the message's size in bytes. Throws: BufferTooShort (the message is kept),
+  //! ValueError (offset past the buffer, closed or send-only end), EOFError, TimeoutError,
+  //! CorruptedError.
   std::size_t recv_bytes_into(std::span<std::byte> buf, std::size_t offset = 0,
                               Timeout timeout = std::nullopt) {
     auto& e = end();
@@ -934,8 +953,8 @@ class Connection {
     return body.size();
   }
 
-  //! Effects: this process stops using the end (Python's close()); once no process holds it,
-  //!  the other end's recv raises EOFError (after draining) and its send BrokenPipeError.
+  //!Effects: this process stops using the end (Python's close()); once no process holds it,
+  //! the other end's recv raises EOFError (after draining) and its send BrokenPipeError.
   void close() noexcept {
     if (e_) e_->close();
   }
@@ -997,14 +1016,14 @@ class Pipe : public std::pair<Connection<T>, Connection<T>> {
   using Base = std::pair<Connection<T>, Connection<T>>;
 
  public:
-  //! Effects: creates an anonymous pipe (Python's Pipe(duplex)); forked children inherit both
-  //!  ends. Throws: InvalidArgument (bad capacity), OSError.
+  //!Effects: creates an anonymous pipe (Python's Pipe(duplex)); forked children inherit both
+  //! ends. Throws: InvalidArgument (bad capacity), OSError.
   explicit Pipe(bool duplex = true, const PipeOptions& opts = {})
       : Base(make_anonymous(duplex, opts)) {}
 
-  //! Effects: creates the named pipe `name` and returns its first end (receive-only when
-  //!  duplex=false); another process connects with open(name). The name is removed when the
-  //!  creator's last handle goes away. Throws: InvalidArgument, ExistsError, OSError.
+  //!Effects: creates the named pipe `name` and returns its first end (receive-only when
+  //! duplex=false); another process connects with open(name). The name is removed when the
+  //! creator's last handle goes away. Throws: InvalidArgument, ExistsError, OSError.
   static Connection<T> create(std::string_view name, bool duplex = true,
                               const PipeOptions& opts = {}) {
     check(opts);
@@ -1014,10 +1033,10 @@ class Pipe : public std::pair<Connection<T>, Connection<T>> {
         std::make_shared<detail::PipeEnd>(std::move(seg), 0, 0, opts.spin_iterations));
   }
 
-  //! Effects: connects to the named pipe `name` created by another process and returns its
-  //!  second end (send-only when the pipe is one-way).
-  //! Throws: NotFoundError, ExistsError (another process already connected), TypeMismatchError
-  //!  (another element type or not a pipe), CorruptedError, TimeoutError, OSError.
+  //!Effects: connects to the named pipe `name` created by another process and returns its
+  //! second end (send-only when the pipe is one-way).
+  //!Throws: NotFoundError, ExistsError (another process already connected), TypeMismatchError
+  //! (another element type or not a pipe), CorruptedError, TimeoutError, OSError.
   static Connection<T> open(std::string_view name, const detail::SegmentOptions& opts = {}) {
     auto seg =
         std::make_shared<detail::Segment>(detail::Segment::open(name, Kind::pipe, type(), opts));

@@ -54,7 +54,7 @@ inline void child() noexcept {
 }
 }  // namespace fork_hooks_detail
 
-//! Effects: `h` takes part in every later fork() of this process until unregistered.
+//!Effects: `h` takes part in every later fork() of this process until unregistered.
 inline void register_fork_hook(ForkHook* h) {
   static const bool installed = [] {
     // The pid cache's own child handler must run before ours (handlers run in registration
@@ -69,7 +69,7 @@ inline void register_fork_hook(ForkHook* h) {
   r.hooks.push_back(h);
 }
 
-//! Effects: `h` no longer takes part in fork(). Idempotent.
+//!Effects: `h` no longer takes part in fork(). Idempotent.
 inline void unregister_fork_hook(ForkHook* h) noexcept {
   auto& r = fork_hooks_detail::registry();
   std::lock_guard<std::mutex> lock(r.mutex);
