@@ -49,6 +49,17 @@ void produce(mpp::Queue<int> q, int first, int n, mpp::Lock lock, mpp::Value<int
   }
   slots[static_cast<std::size_t>(id)] = id + 100;
 }
+/// Takes `lock`, says so through `held`, and sleeps holding it (until killed).
+void hold_lock(mpp::Lock lock, mpp::Value<int> held) {
+  lock.acquire();
+  held.set(1);
+  std::this_thread::sleep_for(std::chrono::seconds(60));
+}
+/// Blocks in get() on an empty queue (until killed).
+void take_forever(mpp::Queue<int> q, mpp::Value<int> started) {
+  started.set(1);
+  (void)q.get();
+}
 /// Takes `n` numbers off `q` and puts their sum on `out`.
 void consume(mpp::Queue<int> q, int n, mpp::Queue<long long> out) {
   long long sum = 0;
@@ -68,6 +79,8 @@ MPP_REGISTER(store_value);
 MPP_REGISTER(check_family);
 MPP_REGISTER_AS("exit_42", exit_42);
 MPP_REGISTER(produce);
+MPP_REGISTER(hold_lock);
+MPP_REGISTER(take_forever);
 MPP_REGISTER(consume);
 
 namespace {
@@ -224,4 +237,33 @@ TEST_CASE("spawn: queues, a lock, a value and an array shared with spawned worke
   CHECK(result.get(true, 10s) == n * (n - 1) / 2);
   CHECK(counter.value() == 2 * kPer);
   CHECK(slots.to_vector() == std::vector<int>{100, 101});
+}
+
+TEST_CASE("spawn: a killed lock holder is reported; a killed getter leaves the queue usable",
+          "[spawn][kill]") {
+  mpp::Lock lock;
+  mpp::Value<int> held{0};
+  auto holder = spawn(hold_lock, lock, held);
+  holder.start();
+  for (int i = 0; i < 12000 && held.load() == 0; ++i) std::this_thread::sleep_for(5ms);
+  REQUIRE(held.load() == 1);
+  holder.kill();
+  CHECK(holder.join(30s));
+  CHECK(holder.exitcode() == kKilled);
+  REQUIRE(lock.acquire(true, 30s));
+  CHECK(lock.previous_owner_died());
+  lock.release();
+
+  const mpp::QueueOptions small{.max_item_size = 256};
+  mpp::Queue<int> q(8, small);
+  mpp::Value<int> started{0};
+  auto getter = spawn(take_forever, q, started);
+  getter.start();
+  for (int i = 0; i < 12000 && started.load() == 0; ++i) std::this_thread::sleep_for(5ms);
+  std::this_thread::sleep_for(50ms);  // most likely asleep in get() now
+  getter.terminate();
+  CHECK(getter.join(30s));
+  CHECK(getter.exitcode() == kTerminated);
+  q.put(7);
+  CHECK(q.get(true, 10s) == 7);
 }
