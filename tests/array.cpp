@@ -3,7 +3,9 @@
 // of the element count read back from the segment.
 #include <mpp/array.hpp>
 
-#include <unistd.h>
+#if defined(MPP_OS_POSIX)  // the tests that fork (the rest also runs under wine)
+#  include <unistd.h>
+#endif
 
 #include <cstdlib>
 #include <list>
@@ -20,13 +22,14 @@ using mpp_test::unique_name;
 
 namespace {
 
-void square_list(const std::vector<int>& numlist, Array<int> result, Value<int> square_sum) {
+[[maybe_unused]] void square_list(const std::vector<int>& numlist, Array<int> result, Value<int> square_sum) {
   for (std::size_t idx = 0; idx < numlist.size(); ++idx) result[idx] = numlist[idx] * numlist[idx];
   square_sum = std::accumulate(result.begin(), result.end(), 0);
 }
 
 }  // namespace
 
+#if defined(MPP_OS_POSIX)
 TEST_CASE("square_list: a child fills Array<int>(4) and Value<int>", "[array]") {
   Array<int> result(4);  // Python: multiprocessing.Array('i', 4)
   Value<int> square_sum;  // Python: multiprocessing.Value('i')
@@ -40,6 +43,8 @@ TEST_CASE("square_list: a child fills Array<int>(4) and Value<int>", "[array]") 
   CHECK(result.to_vector() == std::vector<int>{1, 4, 9, 16});
   CHECK(square_sum.value() == 30);
 }
+
+#endif  // MPP_OS_POSIX
 
 TEST_CASE("construction, indexing, iteration, span", "[array]") {
   Array<double> a{1.5, 2.5, 3.5};
@@ -96,6 +101,7 @@ TEST_CASE("[.] helper: Array in an unrelated process", "[.][array-child]") {
   });
 }
 
+#if defined(MPP_OS_POSIX)
 TEST_CASE("named: create, open by an unrelated process, size and type checked", "[array]") {
   const auto name = unique_name("arr");
   auto a = Array<std::int16_t>::create(name, {0, 1, 2, 3, 4});
@@ -130,6 +136,8 @@ TEST_CASE("lock: 4 processes x 100 000 increments of two elements", "[array]") {
   CHECK(a[0] == 4 * kEach);
   CHECK(a[1] == 4 * kEach);
 }
+
+#endif  // MPP_OS_POSIX
 
 TEST_CASE("RawArray and lock=false have no lock", "[array]") {
   RawArray<char> r{'a', 'b'};

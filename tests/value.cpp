@@ -3,8 +3,10 @@
 // without a lock, typed opening, validation of what another process wrote.
 #include <mpp/value.hpp>
 
-#include <signal.h>
-#include <unistd.h>
+#if defined(MPP_OS_POSIX)  // the tests that fork (the rest also runs under wine)
+#  include <signal.h>
+#  include <unistd.h>
+#endif
 
 #include <cstdlib>
 #include <mutex>
@@ -23,15 +25,18 @@ struct Point {
   friend bool operator==(const Point&, const Point&) = default;
 };
 
+#if defined(MPP_OS_POSIX)
 template <class F>
 std::vector<pid_t> fork_n(int n, F fn) {
   std::vector<pid_t> kids;
   for (int i = 0; i < n; ++i) kids.push_back(mpp_test::fork_child([&fn, i] { return fn(i); }));
   return kids;
 }
+#endif  // MPP_OS_POSIX
 
 }  // namespace
 
+#if defined(MPP_OS_POSIX)
 TEST_CASE("value, set, operator= across a forked child", "[value]") {
   Value<int> v;  // Python: Value('i'), zero
   CHECK(v.value() == 0);
@@ -47,6 +52,7 @@ TEST_CASE("value, set, operator= across a forked child", "[value]") {
   CHECK(mpp_test::wait_child(child) == 0);
   CHECK(v.value() == 30);
 }
+#endif  // MPP_OS_POSIX
 
 TEST_CASE("Value<int8_t> wraps around like Value('b', 129)", "[value]") {
   Value<std::int8_t> v(static_cast<std::int8_t>(129));
@@ -61,6 +67,7 @@ TEST_CASE("[.] helper: Value in an unrelated process", "[.][value-child]") {
   v.with_lock([](double& d) { d *= 4; });
 }
 
+#if defined(MPP_OS_POSIX)
 TEST_CASE("named: create, open by an unrelated process, types checked", "[value]") {
   const auto name = unique_name("val");
   auto v = Value<double>::create(name, 1.5);
@@ -141,6 +148,7 @@ TEST_CASE("atomic operations without a lock", "[value]") {
   for (pid_t k : kids) CHECK(mpp_test::wait_child(k) == 0);
   CHECK(sum.value() == 4000.0);
 }
+#endif  // MPP_OS_POSIX
 
 TEST_CASE("lock=false and RawValue have no lock", "[value]") {
   Value<int> v(3, {.lock = false});
@@ -154,6 +162,7 @@ TEST_CASE("lock=false and RawValue have no lock", "[value]") {
   CHECK(p.get_obj().y == 5);
 }
 
+#if defined(MPP_OS_POSIX)
 TEST_CASE("a non-lock-free T: value() and set() take the lock, with_lock returns", "[value]") {
   Value<Point> p(Point{1, 2, 3});
   static_assert(!Value<Point>::is_lock_free);
@@ -179,6 +188,7 @@ TEST_CASE("a non-lock-free T: value() and set() take the lock, with_lock returns
   const double s = p.with_lock([](Point& q) { return q.x + q.y + q.z; });
   CHECK(s == 21);
 }
+#endif  // MPP_OS_POSIX
 
 TEST_CASE("with_lock: timeout, exceptions release the lock", "[value]") {
   Value<int> v(1);
@@ -190,6 +200,7 @@ TEST_CASE("with_lock: timeout, exceptions release the lock", "[value]") {
   CHECK(v.with_lock(std::chrono::seconds(5), [](int& x) { return ++x; }) == 2);
 }
 
+#if defined(MPP_OS_POSIX)
 TEST_CASE("a holder killed with the lock: the next acquirer proceeds and is told", "[value][kill]") {
   Value<int> v(0);
   int ready[2];
@@ -227,6 +238,7 @@ TEST_CASE("a holder killed with the lock: the next acquirer proceeds and is told
   ::close(ready[0]);
   ::close(ready[1]);
 }
+#endif  // MPP_OS_POSIX
 
 TEST_CASE("a corrupted header is an error, not an out-of-bounds read", "[value]") {
   const auto name = unique_name("corrupt");
@@ -246,6 +258,7 @@ TEST_CASE("a corrupted header is an error, not an out-of-bounds read", "[value]"
   }
 }
 
+#if defined(MPP_OS_POSIX)
 TEST_CASE("a Value crosses processes as its name (codec)", "[value]") {
   static_assert(mpp::Encodable<Value<int>> && mpp::Encodable<RawValue<int>>);
   Value<int> v(5);
@@ -290,3 +303,4 @@ TEST_CASE("workers killed at random while incrementing under the lock: nobody ha
     CHECK(total <= 4 * kEach);
   }
 }
+#endif  // MPP_OS_POSIX
