@@ -240,7 +240,7 @@ struct ResultHeader {
   std::uint32_t ok;  ///< 1: payload is the result; 0: payload is an encoded error
   std::uint32_t worker;
   std::uint32_t region = 0;    ///< k + 1: the result bytes are in arena region k; 0: inline
-  std::uint32_t pad = 0;
+  std::uint32_t gen = 0;       ///< the worker's incarnation (a region is only its own's)
   std::uint64_t out_size = 0;  ///< result bytes in the region
 };
 
@@ -252,6 +252,12 @@ inline constexpr unsigned kWindow = 2;  // chunks assigned to a worker at once (
 // out_offset(input bytes). Memory is committed only where chunks were written.
 inline constexpr std::size_t kRegion = std::size_t{16} << 20;
 inline constexpr std::size_t out_offset(std::size_t in) { return (in + 63) / 64 * 64; }
+// A region's pages are allocated and mapped (one madvise, not a fault per page) the first time
+// a chunk needs them, in steps of this much.
+inline constexpr std::size_t kWarmStep = std::size_t{256} << 10;
+inline constexpr std::size_t warm_size(std::size_t need) {
+  return std::min(kRegion, (need + kWarmStep - 1) / kWarmStep * kWarmStep);
+}
 
 inline std::string task_message(const TaskHeader& h, std::string_view fn, std::string_view args) {
   std::string m(sizeof h, '\0');
@@ -267,6 +273,7 @@ struct WorkerConfig {
   std::string results;    ///< name of the shared result queue
   std::string status;     ///< name of the status array: [2i] = running task seq, [2i+1] = start ns
   std::uint32_t index = 0;
+  std::uint32_t gen = 0;  ///< incarnation of worker `index` (echoed in results)
   std::uint32_t maxtasks = 0;
   std::int32_t init_invoker = -1;  ///< initializer (or -1)
   std::string init_fn, init_args;
@@ -303,6 +310,7 @@ inline void worker_main(const WorkerConfig& c) {
   std::atomic_ref<std::uint64_t> started(status[2 * c.index + 1]);
   auto& table = invokers().fns;
   auto& raw_table = raw_invokers().fns;
+  std::array<std::size_t, kWindow> warm{};  // bytes of each of our regions mapped in here
   if (c.init_invoker >= 0) {
     if (static_cast<std::size_t>(c.init_invoker) >= table.size())
       fail<CorruptedError>("pool initializer: unknown invoker {}", c.init_invoker);
@@ -327,15 +335,24 @@ inline void worker_main(const WorkerConfig& c) {
     std::byte* region = nullptr;
     if (h.region != 0) {
       const std::size_t at = (std::size_t{c.index} * kWindow + (h.region - 1)) * kRegion;
-      if (c.arena == nullptr || at + kRegion > c.arena_size || h.in_size > kRegion)
+      if (c.arena == nullptr || at + kRegion > c.arena_size || h.in_size > kRegion ||
+          h.out_off > kRegion)
         fail<CorruptedError>("pool task {}: region {} ({} bytes) is outside the arena", h.seq,
                              h.region, h.in_size);
       region = c.arena + at;
+      // Map the region's pages in this process at once (the parent allocated them).
+      const std::size_t need = warm_size(static_cast<std::size_t>(
+          std::max<std::uint64_t>(h.in_size, h.out_off + h.in_size)));
+      if (warm[h.region - 1] < need) {
+        (void)os::populate_write(region, need);  // on failure the pages fault in one by one
+        warm[h.region - 1] = need;
+      }
     }
     const std::string_view body(m->data() + sizeof h, m->size() - sizeof h);
     started.store(static_cast<std::uint64_t>(now_ns()), std::memory_order_relaxed);
     running.store(h.seq, std::memory_order_release);
     ResultHeader r{h.seq, 1, c.index};
+    r.gen = c.gen;
     std::string payload;
     try {
       if (h.raw && region != nullptr) {
@@ -752,6 +769,7 @@ class Pool {
     std::deque<std::uint64_t> assigned;  // in the order the worker will run them
     unsigned dispatched = 0;             // tasks given to this incarnation
     bool stopping = false;
+    std::uint32_t gen = 0;               // incarnation (worker_counter_ at its spawn)
   };
 
   template <class R, class F, class Tuple>
@@ -840,6 +858,7 @@ class Pool {
                             static_cast<std::uint64_t>(n) * detail::pool::kWindow *
                                 detail::pool::kRegion,
                             static_cast<std::uint64_t>(n)}));
+    arena_warm_.assign(static_cast<std::size_t>(n) * detail::pool::kWindow, 0);
     config_.arena = arena_->payload();
     config_.arena_size = static_cast<std::size_t>(n) * detail::pool::kWindow * detail::pool::kRegion;
     config_.results = results_->name();
@@ -871,9 +890,10 @@ class Pool {
     c.results_q = *results_;
     c.status_a = *status_;
     c.index = static_cast<std::uint32_t>(i);
+    w.gen = c.gen = ++worker_counter_;
     std::atomic_ref<std::uint64_t>((*status_)[2 * i]).store(0);
     ProcessOptions po;
-    po.name = fmt::format("PoolWorker-{}", ++worker_counter_);
+    po.name = fmt::format("PoolWorker-{}", worker_counter_);
     po.daemon = true;
     po.start_method = StartMethod::fork;
     w.proc.emplace(po, [c] { detail::pool::worker_main(c); });
@@ -926,6 +946,9 @@ class Pool {
       state->finish(std::vector<R>{}, nullptr);
       return AsyncResult<std::vector<R>>(state);
     }
+    // Allocate the output's pages in one call rather than a fault per page.
+    job->all.reserve(count);
+    (void)detail::os::populate_write(job->all.data(), count * sizeof(R));
     job->all.resize(count);
     job->left = count / chunksize + (count % chunksize != 0 ? 1 : 0);
     enqueue_raw(job, invoker, std::move(fn), std::move(src), count, chunksize, sizeof(A),
@@ -1097,6 +1120,20 @@ class Pool {
           if (arena_ && t.args_size <= kRegion && h.out_off + t.out_bytes <= kRegion) {
             k = 0;
             while (k < w.region.size() && w.region[k] != 0) ++k;
+            if (k < w.region.size()) {
+              // First use of this much of the region: have its pages allocated now, in one
+              // call (a clear fallback if memory ran out: the chunk goes through the queue).
+              std::size_t& warm = arena_warm_[i * detail::pool::kWindow + k];
+              const std::size_t need = detail::pool::warm_size(
+                  std::max<std::size_t>(t.args_size, h.out_off + t.out_bytes));
+              if (warm < need) {
+                if (detail::os::populate_write(
+                        arena_->payload() + (i * detail::pool::kWindow + k) * kRegion, need) == 0)
+                  warm = need;
+                else
+                  k = w.region.size();
+              }
+            }
           }
           if (k < w.region.size()) {  // the input goes to region k, only the header to the queue
             std::memcpy(arena_->payload() + (i * detail::pool::kWindow + k) * kRegion,
@@ -1137,6 +1174,11 @@ class Pool {
     std::uint64_t* region = nullptr;  // the worker's region slot to free once delivered
     {
       std::lock_guard g(mu_);
+      // Results left in a region by an earlier incarnation of the worker (it exited or was
+      // replaced before we read them): the region may hold other data now. The task was
+      // requeued or failed when that worker went away.
+      if (h.region != 0 && (h.worker >= workers_.size() || workers_[h.worker].gen != h.gen))
+        return;
       auto it = inflight_.find(h.seq);
       if (it == inflight_.end()) return;  // already failed (timeout, lost worker)
       t = std::move(it->second);
@@ -1292,6 +1334,7 @@ class Pool {
   std::optional<Queue<std::string>> results_;
   std::optional<RawArray<std::uint64_t>> status_;
   std::shared_ptr<detail::Segment> arena_;  // raw map chunks (see kRegion); inherited by workers
+  std::vector<std::size_t> arena_warm_;     // per region: bytes allocated (see warm_size)
   std::vector<Worker> workers_;
   std::thread supervisor_;
   std::mutex mu_;
