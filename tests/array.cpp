@@ -101,7 +101,6 @@ TEST_CASE("[.] helper: Array in an unrelated process", "[.][array-child]") {
   });
 }
 
-#if defined(MPP_OS_POSIX)
 TEST_CASE("named: create, open by an unrelated process, size and type checked", "[array]") {
   const auto name = unique_name("arr");
   auto a = Array<std::int16_t>::create(name, {0, 1, 2, 3, 4});
@@ -115,6 +114,7 @@ TEST_CASE("named: create, open by an unrelated process, size and type checked", 
   CHECK(fresh.size() == 3);
 }
 
+#if defined(MPP_OS_POSIX)
 TEST_CASE("lock: 4 processes x 100 000 increments of two elements", "[array]") {
   Array<std::int64_t> a(2);
   constexpr int kEach = 100'000;

@@ -85,6 +85,20 @@ inline int run_unrelated(const char* spec, const std::string& name) {
   return wait_child(pid);
 }
 
+#else  // Windows: no fork; run_unrelated re-executes the test program through the os backend
+
+/// Runs this test executable again (an unrelated process) on the hidden test case `spec`,
+/// passing `name` in the environment variable MPP_TEST_OBJECT. Returns its exit code.
+inline int run_unrelated(const char* spec, const std::string& name) {
+  namespace os = mpp::detail::os;
+  std::fflush(nullptr);
+  const std::string self = os::self_executable();
+  const auto pid = os::spawn_program(self, {self, spec}, {"MPP_TEST_OBJECT=" + name}, {});
+  while (!os::wait_process_exit(pid)) {
+  }
+  return os::poll_process(pid).value_or(-1000);
+}
+
 #endif  // MPP_OS_POSIX
 
 }  // namespace mpp_test

@@ -67,7 +67,6 @@ TEST_CASE("[.] helper: Value in an unrelated process", "[.][value-child]") {
   v.with_lock([](double& d) { d *= 4; });
 }
 
-#if defined(MPP_OS_POSIX)
 TEST_CASE("named: create, open by an unrelated process, types checked", "[value]") {
   const auto name = unique_name("val");
   auto v = Value<double>::create(name, 1.5);
@@ -83,6 +82,7 @@ TEST_CASE("named: create, open by an unrelated process, types checked", "[value]
   CHECK_FALSE(raw.has_lock());
 }
 
+#if defined(MPP_OS_POSIX)
 TEST_CASE("get_lock around read-modify-write: 4 processes x 100 000 increments", "[value]") {
   Value<std::int64_t> v;
   constexpr int kEach = 100'000;
