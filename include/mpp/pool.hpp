@@ -253,10 +253,10 @@ inline constexpr unsigned kWindow = 2;  // chunks assigned to a worker at once (
 inline constexpr std::size_t kRegion = std::size_t{16} << 20;
 inline constexpr std::size_t out_offset(std::size_t in) { return (in + 63) / 64 * 64; }
 // A region's pages are allocated and mapped (one madvise, not a fault per page) the first time
-// a chunk needs them, in steps of this much.
-inline constexpr std::size_t kWarmStep = std::size_t{256} << 10;
+// a chunk needs them, in steps of this much; a few pages are left to fault in.
+inline constexpr std::size_t kWarmStep = std::size_t{64} << 10;
 inline constexpr std::size_t warm_size(std::size_t need) {
-  return std::min(kRegion, (need + kWarmStep - 1) / kWarmStep * kWarmStep);
+  return need < kWarmStep ? 0 : std::min(kRegion, (need + kWarmStep - 1) / kWarmStep * kWarmStep);
 }
 
 inline std::string task_message(const TaskHeader& h, std::string_view fn, std::string_view args) {
@@ -948,7 +948,8 @@ class Pool {
     }
     // Allocate the output's pages in one call rather than a fault per page.
     job->all.reserve(count);
-    (void)detail::os::populate_write(job->all.data(), count * sizeof(R));
+    if (count * sizeof(R) >= kWarmStep)
+      (void)detail::os::populate_write(job->all.data(), count * sizeof(R));
     job->all.resize(count);
     job->left = count / chunksize + (count % chunksize != 0 ? 1 : 0);
     enqueue_raw(job, invoker, std::move(fn), std::move(src), count, chunksize, sizeof(A),
