@@ -921,10 +921,12 @@ class Pool {
     struct RawChunks final : Job {
       std::shared_ptr<ResultState<std::vector<R>>> s;
       std::vector<R> all;
+      std::mutex sizing;  // held by the submitter while it allocates `all`
       std::size_t chunksize = 1, left = 0;
       bool failed = false;
       void deliver(std::size_t i, std::string_view p) override {
         if (failed) return;
+        { std::lock_guard g(sizing); }  // `all` is allocated
         const std::size_t b = i * chunksize;
         const std::size_t n = b < all.size() ? std::min(chunksize, all.size() - b) : 0;
         if (n == 0 || p.size() != n * sizeof(R))
@@ -947,13 +949,21 @@ class Pool {
       return AsyncResult<std::vector<R>>(state);
     }
     // Allocate the output's pages in one call rather than a fault per page.
-    job->all.reserve(count);
-    if (count * sizeof(R) >= kWarmStep)
-      (void)detail::os::populate_write(job->all.data(), count * sizeof(R));
-    job->all.resize(count);
     job->left = count / chunksize + (count % chunksize != 0 ? 1 : 0);
+    // The workers start on the first chunks while this thread allocates the output.
+    std::unique_lock sizing(job->sizing);
+    RawSource* source = src.get();
     enqueue_raw(job, invoker, std::move(fn), std::move(src), count, chunksize, sizeof(A),
                 sizeof(R));
+    try {
+      job->all.reserve(count);
+      if (count * sizeof(R) >= kWarmStep)
+        (void)detail::os::populate_write(job->all.data(), count * sizeof(R));
+      job->all.resize(count);
+    } catch (...) {  // out of memory: the chunks fail (no room for them); stop reading the input
+      release_source(*source);
+      throw;
+    }
     return AsyncResult<std::vector<R>>(state);
   }
 
