@@ -11,6 +11,13 @@
 // Callables and arguments cross as data: the callable's bytes (a trivially copyable functor, a
 // function pointer — meaningful because workers are forked from this program) and the encoded
 // arguments; the worker finds the code to run by the index of a registered invoker.
+// Fast path: map() over trivially copyable items with trivially copyable results (kRawItem) skips
+// the codec and the queues' payload copies. Each worker owns kWindow regions of a shared arena
+// (inherited by fork): the supervisor copies a chunk straight from the caller's range into a free
+// region, the queue carries only a header, the worker writes the results over the input (or
+// behind it) and the supervisor copies them straight into the output vector. Region pages are
+// allocated with one populate call on first use; a result is accepted only from the worker
+// incarnation that was given the region, with its expected size.
 #pragma once
 
 #include <algorithm>
