@@ -119,23 +119,26 @@ T from_wire(std::string_view s) {
 /// Runs a task in a worker: (callable bytes, argument bytes) -> result bytes.
 using InvokeFn = std::string (*)(std::string_view fn, std::string_view args);
 
-/// The invokers of this program, in registration order (identical in forked workers).
-struct InvokerTable {
-  std::vector<InvokeFn> fns;
-  std::uint32_t add(InvokeFn f) {
+/// Functions of one signature that workers may run, in registration order (identical in forked
+/// workers): a task names its function by index here, so only data crosses processes.
+template <class Fn>
+struct FnTable {
+  std::vector<Fn> fns;
+  std::uint32_t add(Fn f) {
     fns.push_back(f);
     return static_cast<std::uint32_t>(fns.size() - 1);
   }
+  static FnTable& get() {
+    static FnTable t;
+    return t;
+  }
 };
-inline InvokerTable& invokers() {
-  static InvokerTable t;
-  return t;
-}
+inline FnTable<InvokeFn>& invokers() { return FnTable<InvokeFn>::get(); }
 
-/// One invoker per (shape, callable, argument) combination, registered at static initialisation.
-template <InvokeFn Fn>
+/// One entry per (shape, callable, argument) combination, registered at static initialisation.
+template <auto Fn>
 struct Registered {
-  static inline const std::uint32_t id = invokers().add(Fn);
+  static inline const std::uint32_t id = FnTable<decltype(Fn)>::get().add(Fn);
 };
 
 template <class F, class A>
@@ -153,21 +156,7 @@ inline constexpr bool kRawItem = std::is_trivially_copyable_v<T> &&
 /// bytes of results written.
 using RawFn = std::size_t (*)(std::string_view fn, const std::byte* in, std::size_t n,
                               std::byte* out, std::size_t cap);
-struct RawTable {
-  std::vector<RawFn> fns;
-  std::uint32_t add(RawFn f) {
-    fns.push_back(f);
-    return static_cast<std::uint32_t>(fns.size() - 1);
-  }
-};
-inline RawTable& raw_invokers() {
-  static RawTable t;
-  return t;
-}
-template <RawFn Fn>
-struct RawRegistered {
-  static inline const std::uint32_t id = raw_invokers().add(Fn);
-};
+inline FnTable<RawFn>& raw_invokers() { return FnTable<RawFn>::get(); }
 
 // map of raw items: reads the input bytes, writes the result bytes (no intermediate vectors).
 template <class F, class A>
@@ -602,7 +591,7 @@ class Pool {
       auto src = std::make_shared<RawSource>();
       src->data = reinterpret_cast<const std::byte*>(std::ranges::data(range));
       auto r = submit_raw<R, A>(
-          detail::pool::RawRegistered<&detail::pool::run_raw_chunk<F, A>>::id,
+          detail::pool::Registered<&detail::pool::run_raw_chunk<F, A>>::id,
           detail::pool::callable_bytes(f), src, std::ranges::size(range), chunksize, {}, {});
       try {
         auto v = r.take();
@@ -626,7 +615,7 @@ class Pool {
       std::function<void(std::exception_ptr)> error_callback = {}) {
     check_callable<F>();
     if constexpr (detail::pool::kRawItem<A> && detail::pool::kRawItem<R>) {
-      const auto id = detail::pool::RawRegistered<&detail::pool::run_raw_chunk<F, A>>::id;
+      const auto id = detail::pool::Registered<&detail::pool::run_raw_chunk<F, A>>::id;
       auto src = std::make_shared<RawSource>();
       std::size_t count = 0;
       if constexpr (std::ranges::contiguous_range<const Range&> &&
