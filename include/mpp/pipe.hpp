@@ -165,6 +165,7 @@ class PipeEnd final : public ForkHook {
       std::memcpy(out_.data + poff, p, N);
     else
       out_.put(w + ring::kHeader, p, N);  // the C library's memcpy for larger values
+    MPP_CRASH_POINT("pipe.send.frame_filled");
     publish(w + need);
   }
 
@@ -209,6 +210,7 @@ class PipeEnd final : public ForkHook {
       std::uint32_t flags = kind | (first ? ring::kLong : ring::kCont);
       if (left > 0) flags |= ring::kMore;
       write_frame(static_cast<std::uint32_t>(len), flags, cur, deadline);
+      if (left > 0) MPP_CRASH_POINT("pipe.send.mid_message");
       first = false;
     }
   }
@@ -243,6 +245,7 @@ class PipeEnd final : public ForkHook {
       std::memcpy(out, in_.data + poff, N);
     else
       in_.get(r + ring::kHeader, out, N);  // the C library's memcpy for larger values
+    MPP_CRASH_POINT("pipe.recv.copied");
     consume_ring(r + need);
     return true;
   }
@@ -321,6 +324,7 @@ class PipeEnd final : public ForkHook {
         assembling_ = true;
         append(payload + 8, len - 8);
         consume_ring(r + fsize);
+        MPP_CRASH_POINT("pipe.recv.mid_message");
         continue;
       }
       if (!assembling_ || kind != asm_kind_) {  // the rest of a message we do not have: skip
@@ -332,7 +336,10 @@ class PipeEnd final : public ForkHook {
         corrupted(fmt::format("frames of a {}-byte message do not add up", asm_total_));
       append(payload, len);
       consume_ring(r + fsize);
-      if ((flags & ring::kMore) != 0) continue;
+      if ((flags & ring::kMore) != 0) {
+        MPP_CRASH_POINT("pipe.recv.mid_message");
+        continue;
+      }
       assembling_ = false;
       if (asm_direct_) return Message{kind, {asm_dst_, asm_total_}, true};
       return complete(kind, asm_total_);
@@ -401,6 +408,7 @@ class PipeEnd final : public ForkHook {
       es.holders[slot_].compare_exchange_strong(expect, 0, std::memory_order_seq_cst);
     }
     slot_ = pipe_layout::kNoSlot;
+    MPP_CRASH_POINT("pipe.close.released");
     // Of two holders leaving together, at least one sees the other gone (both seq_cst).
     if (!has_live_holder(end_)) mark_dead(end_);
   }
@@ -547,14 +555,17 @@ class PipeEnd final : public ForkHook {
     if ((w & 3) != 0) corrupted(fmt::format("write index {} is not frame-aligned", w));
     wait_space(w, need, deadline);
     cur.copy_to(out_, w + ring::kHeader, len);
+    MPP_CRASH_POINT("pipe.send.payload_copied");
     const std::uint32_t hdr = ring::header(len, flags);
     std::memcpy(out_.data + (w & out_.mask), &hdr, ring::kHeader);
+    MPP_CRASH_POINT("pipe.send.frame_filled");
     publish(w + need);
   }
 
   void publish(std::uint64_t to) {
     ring::Control* c = out_.ctl;
     c->write_idx.store(to, std::memory_order_release);  // pairs with the reader's acquire load
+    MPP_CRASH_POINT("pipe.send.published");
     if (ring::wake_sleeper(c->data)) [[unlikely]] {
       // A sleeper that died leaves its mark: look at the reader's end now and then. A dead
       // reader is reported by the *next* send (this message may well have been received).
@@ -569,6 +580,7 @@ class PipeEnd final : public ForkHook {
   void consume_ring(std::uint64_t to) noexcept {
     ring::Control* c = in_.ctl;
     c->read_idx.store(to, std::memory_order_release);  // pairs with the writer's acquire load
+    MPP_CRASH_POINT("pipe.recv.consumed");
     ring::wake_sleeper(c->space);
   }
 
@@ -669,18 +681,23 @@ class PipeEnd final : public ForkHook {
   bool ring_exists(unsigned i) const noexcept { return i == 0 || duplex_; }
 
   // End `e` is gone: raise the flags its peer looks at and wake the peer wherever it sleeps.
+  // Every step is idempotent and none is skipped because `dead` was already set: a process
+  // killed half-way through (after `dead`, before the ring flags) leaves the rest to the next
+  // one that finds the end gone, or the peer would wait for flags that never come.
   void mark_dead(unsigned e) noexcept {
     auto& es = h_->ends[e];
-    if (es.dead.exchange(1, std::memory_order_seq_cst) != 0) return;
+    es.dead.store(1, std::memory_order_seq_cst);
+    MPP_CRASH_POINT("pipe.mark_dead.flagged");
     if (ring_exists(e)) {  // e read ring e: its writer must stop
       const ring::View v = view(e);
-      v.ctl->data.gone.store(1, std::memory_order_seq_cst);
-      ring::ring_bell(v.ctl->space);
+      if (v.ctl->data.gone.exchange(1, std::memory_order_seq_cst) == 0)
+        ring::ring_bell(v.ctl->space);
     }
+    MPP_CRASH_POINT("pipe.mark_dead.half_told");
     if (ring_exists(1 - e)) {  // e wrote ring 1 - e: its reader sees EOF once drained
       const ring::View v = view(1 - e);
-      v.ctl->space.gone.store(1, std::memory_order_seq_cst);
-      ring::ring_bell(v.ctl->data);
+      if (v.ctl->space.gone.exchange(1, std::memory_order_seq_cst) == 0)
+        ring::ring_bell(v.ctl->data);
     }
   }
 

@@ -172,6 +172,7 @@ bool wait(Bell& b, Ready&& ready, const Deadline& deadline, Check&& check, int s
     if (!announced) {
       b.sleeper.store(me, std::memory_order_seq_cst);
       announced = true;
+      MPP_CRASH_POINT("pipe.wait.announced");
       for (int i = 0; i < kAnnounceSpin; ++i) {  // outlast a publisher that missed the announcement
         if (ready()) return true;
         os::cpu_relax();
