@@ -340,6 +340,32 @@ TEST_CASE("Lock: mutual exclusion across processes", "[sync][lock]") {
   CHECK(c.d->plain == 3 * kEach);
 }
 
+TEST_CASE("Lock: sleeping waiters are woken one after another (contended bit)", "[sync][lock]") {
+  // The holder keeps the lock until three children sleep on it; each child then holds it for a
+  // while, so the next ones sleep again and each release must wake one of them.
+  mpp::Lock l;
+  SharedCounters c;
+  l.acquire();
+  std::vector<pid_t> kids;
+  for (int k = 0; k < 3; ++k)
+    kids.push_back(fork_child([&] {
+      c.d->flag.fetch_add(1);
+      for (int i = 0; i < 5; ++i) {
+        if (!l.acquire(true, 30s)) return 1;
+        c.d->plain = c.d->plain + 1;
+        std::this_thread::sleep_for(1ms);
+        l.release();
+      }
+      return 0;
+    }));
+  await([&] { return c.d->flag.load() == 3; });
+  std::this_thread::sleep_for(20ms);  // let them spin out and sleep
+  l.release();
+  for (pid_t p : kids) CHECK(wait_child(p) == 0);
+  CHECK(c.d->plain == 15);
+  CHECK_FALSE(l.locked());
+}
+
 TEST_CASE("Lock: named create/open/open_or_create, released by another process", "[sync][lock]") {
   const auto name = unique_name("lock");
   auto a = mpp::Lock::create(name);

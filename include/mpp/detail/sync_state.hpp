@@ -3,11 +3,13 @@
 // unset / empty state (so a segment's zeroed payload needs no construction). The public handles
 // in sync.hpp wrap them; Value, Queue and the Manager embed them in their own segments.
 //
-// Robust lock algorithm: the owner word holds the owner's packed ProcessRef (0 = free). Acquire is
-// a CAS 0 -> me (no system call); release is an exchange to 0 followed by a wake only when someone
-// sleeps. A waiter sleeps on a WaitPoint and, at least every kPollInterval, checks whether the
-// owner still lives; if not, it takes the lock over by CAS from the dead owner's exact word and
-// reports LockResult::owner_died so the caller can repair the protected data.
+// Robust lock algorithm: the owner word holds the owner's packed ProcessRef (0 = free) and a
+// "contended" bit. Acquire is a CAS 0 -> me (no system call); a waiter spins briefly, then sets
+// the contended bit and sleeps on a WaitPoint; release is an exchange to 0 that wakes one sleeper
+// only when the bit was set (glibc's mutex protocol, so a lock one process keeps re-taking while
+// the others sleep costs no system call per release). At least every kPollInterval a sleeper
+// checks whether the owner still lives; if not, it takes the lock over by CAS from the dead
+// owner's exact word and reports LockResult::owner_died so the caller can repair the data.
 #pragma once
 
 #include <algorithm>
@@ -43,49 +45,94 @@ inline std::uint64_t thread_tag() noexcept {
 
 namespace sync_impl {
 
-//!Effects: the robust acquire loop shared by LockState and RLockState: CAS 0 -> me on `owner`,
-//! spinning then sleeping on `wp`; every poll, a dead owner's exact word is replaced by `me`.
-inline LockResult robust_acquire(std::atomic<std::uint64_t>& owner, WaitPoint& wp,
-                                 std::uint64_t me, const Deadline& deadline) {
-  std::uint64_t expected = 0;
-  if (owner.compare_exchange_strong(expected, me, std::memory_order_acquire,
-                                    std::memory_order_relaxed))
-    return LockResult::acquired;
-  bool took_over = false;
-  // Test before CAS: spinning on loads keeps the line shared until the holder lets go.
-  auto ready = [&] {
-    if (took_over) return true;
-    std::uint64_t e = owner.load(std::memory_order_relaxed);
-    return e == 0 && owner.compare_exchange_strong(e, me, std::memory_order_acquire,
-                                                   std::memory_order_relaxed);
-  };
-  auto check = [&] {
-    std::uint64_t w = owner.load(std::memory_order_acquire);
-    if (w == 0 || w == me) return;  // free (ready() takes it) or held by another of our threads
-    if (ProcessRef::unpack(w).alive()) return;
-    // Only the exact dead word is replaced: if someone else repaired it first, the CAS fails.
-    if (owner.compare_exchange_strong(w, me, std::memory_order_acquire, std::memory_order_relaxed))
-      took_over = true;
-  };
-  if (deadline.expired()) {  // non-blocking: no spinning, no sleep; only repair a dead holder
-    check();
-    return took_over ? LockResult::owner_died : LockResult::timeout;
-  }
-  if (!wp.wait(ready, deadline, check)) {
-    check();  // one last look: the holder may have died just before the deadline
-    if (!took_over) return LockResult::timeout;
-  }
-  return took_over ? LockResult::owner_died : LockResult::acquired;
+/// Bit of a lock's owner word that a waiter sets before it sleeps: the release that sees it wakes
+/// one sleeper (glibc's "contended" state). A process that takes a free lock by CAS 0 -> me leaves
+/// it clear, so while one process re-takes a lock the others sleep on, its releases make no system
+/// call. Free in every packed ProcessRef: pids stay below 2^31 (Linux pid_max <= 2^22; Win32
+/// process ids are multiples of 4 below 2^26).
+inline constexpr std::uint64_t kContended = std::uint64_t{1} << 31;
+/// Polls of a held lock before sleeping (about 2 µs here): shorter than a wake-up, and short
+/// enough not to keep pulling the holder's cache line away from it.
+inline constexpr int kLockSpinIterations = 100;
+
+/// The holder's packed ProcessRef in an owner word (0: free).
+constexpr std::uint64_t holder(std::uint64_t word) noexcept { return word & ~kContended; }
+
+//!Effects: if the holder recorded in `owner` is dead, replaces exactly that word by `me` (keeping
+//! the contended bit, so the sleepers are still woken by our release).
+//!Returns: true if the caller took the lock over.
+inline bool take_over_if_dead(std::atomic<std::uint64_t>& owner, std::uint64_t me) {
+  std::uint64_t w = owner.load(std::memory_order_acquire);
+  // Free (the caller's CAS takes it) or held by another of our threads: nothing to repair.
+  if (holder(w) == 0 || holder(w) == me || ProcessRef::unpack(holder(w)).alive()) return false;
+  // Only the exact dead word is replaced: if someone else repaired it first, the CAS fails.
+  return owner.compare_exchange_strong(w, me | (w & kContended), std::memory_order_acquire,
+                                       std::memory_order_relaxed);
 }
 
-//!Effects: releases `owner` (exchange to 0) and wakes one sleeper if there is one.
-//!Returns: the previous owner word (0: the lock was not held).
+//!Effects: the robust acquire loop shared by LockState and RLockState: CAS 0 -> me on `owner`,
+//! spinning briefly, then sleeping on `wp` with the contended bit set; at least every
+//! kPollInterval, a dead holder's exact word is replaced by `me`.
+inline LockResult robust_acquire(std::atomic<std::uint64_t>& owner, WaitPoint& wp,
+                                 std::uint64_t me, const Deadline& deadline) {
+  std::uint64_t w = 0;
+  if (owner.compare_exchange_strong(w, me, std::memory_order_acquire, std::memory_order_relaxed))
+    return LockResult::acquired;
+  if (deadline.expired())  // non-blocking: no spinning, no sleep; only repair a dead holder
+    return take_over_if_dead(owner, me) ? LockResult::owner_died : LockResult::timeout;
+  // Test before CAS: spinning on loads keeps the line shared until the holder lets go.
+  for (int i = 0; i < kLockSpinIterations; ++i) {
+    os::cpu_relax();
+    w = owner.load(std::memory_order_relaxed);
+    if (w == 0 && owner.compare_exchange_strong(w, me, std::memory_order_acquire,
+                                                std::memory_order_relaxed))
+      return LockResult::acquired;
+  }
+  auto last_check = Deadline::clock::now();
+  for (;;) {
+    // Count ourselves, then look: a release either sees us counted (and bumps seq, so the futex
+    // returns at once) or freed the lock before our load (Dekker via seq_cst, as in WaitPoint).
+    wp.sleepers.fetch_add(1, std::memory_order_seq_cst);
+    const std::uint32_t s = wp.seq.load(std::memory_order_seq_cst);
+    w = owner.load(std::memory_order_seq_cst);
+    if (w == 0) {
+      // Keep the chain of wake-ups going: if others sleep, our release must wake one of them.
+      const bool others = wp.sleepers.load(std::memory_order_seq_cst) > 1;
+      const bool got = owner.compare_exchange_strong(w, me | (others ? kContended : 0),
+                                                     std::memory_order_acquire,
+                                                     std::memory_order_relaxed);
+      wp.sleepers.fetch_sub(1, std::memory_order_relaxed);
+      if (got) return LockResult::acquired;
+      continue;
+    }
+    if ((w & kContended) != 0 ||
+        owner.compare_exchange_strong(w, w | kContended, std::memory_order_seq_cst,
+                                      std::memory_order_relaxed)) {
+      std::optional<std::chrono::nanoseconds> slice = kPollInterval;
+      if (const auto left = deadline.remaining(); left && *left < *slice) slice = left;
+      os::wait_on_address(wp.seq, s, slice);
+    }
+    wp.sleepers.fetch_sub(1, std::memory_order_relaxed);
+    const auto now = Deadline::clock::now();
+    if (now - last_check >= kPollInterval || deadline.expired()) {
+      last_check = now;
+      if (take_over_if_dead(owner, me)) return LockResult::owner_died;
+      if (deadline.expired()) {
+        // We may have been the sleeper a release woke: pass the wake-up on before leaving.
+        if (wp.sleepers.load(std::memory_order_seq_cst) != 0) wp.notify_one();
+        return LockResult::timeout;
+      }
+    }
+  }
+}
+
+//!Effects: releases `owner` (exchange to 0) and wakes one sleeper if a waiter marked the lock
+//! contended. Returns: the previous holder (0: the lock was not held).
 inline std::uint64_t robust_release(std::atomic<std::uint64_t>& owner, WaitPoint& wp) noexcept {
-  // seq_cst exchange and seq_cst load pair with the waiter's seq_cst "sleepers++; re-check owner"
-  // (WaitPoint::wait): either it sees the lock free or we see it counted. No fence needed on x86.
+  // The seq_cst exchange pairs with the waiter's seq_cst "sleepers++; load owner" (see above).
   const std::uint64_t prev = owner.exchange(0, std::memory_order_seq_cst);
-  if (wp.sleepers.load(std::memory_order_seq_cst) != 0) wp.notify_one();
-  return prev;
+  if ((prev & kContended) != 0) wp.notify_one();
+  return holder(prev);
 }
 
 }  // namespace sync_impl
@@ -116,7 +163,7 @@ struct LockState {
   bool locked() const noexcept { return owner.load(std::memory_order_relaxed) != 0; }
   /// True if the holder is this process (any of its threads).
   bool held_by_this_process() const noexcept {
-    return owner.load(std::memory_order_relaxed) == ProcessRef::self().pack();
+    return sync_impl::holder(owner.load(std::memory_order_relaxed)) == ProcessRef::self().pack();
   }
 };
 static_assert(std::is_standard_layout_v<LockState> && sizeof(LockState) == 16);
@@ -134,7 +181,7 @@ struct RLockState {
   /// True if the calling thread owns the lock.
   bool is_owned() const noexcept {
     // Only the owning thread ever writes its own tag, so a stale read can never show ours.
-    return owner.load(std::memory_order_relaxed) == ProcessRef::self().pack() &&
+    return sync_impl::holder(owner.load(std::memory_order_relaxed)) == ProcessRef::self().pack() &&
            thread.load(std::memory_order_relaxed) == thread_tag();
   }
   //!Effects: acquires (or re-enters) the lock, waiting until `deadline`; takes it over from a
