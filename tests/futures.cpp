@@ -4,6 +4,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <stdexcept>
+#include <string>
 #include <numeric>
 #include <thread>
 #include <vector>
@@ -22,7 +24,23 @@ int suicide(int) {
   ::kill(::getpid(), SIGKILL);
   return 0;
 }
+int plus_one(int x) { return x + 1; }
+int reject(int x) { throw std::out_of_range("x=" + std::to_string(x)); }
+int unregistered(int x) { return x; }
+
+mpp::ExecutorOptions with_method(mpp::StartMethod m) {
+  mpp::ExecutorOptions o;
+  o.max_workers = 2;
+  o.start_method = m;
+  return o;
+}
 }  // namespace
+
+MPP_REGISTER(cube);
+MPP_REGISTER(sleepy);
+MPP_REGISTER(suicide);
+MPP_REGISTER(plus_one);
+MPP_REGISTER(reject);
 
 TEST_CASE("submit returns futures with results and exceptions", "[futures]") {
   mpp::ProcessPoolExecutor ex(2);
@@ -92,4 +110,32 @@ TEST_CASE("a killed worker fails only its future", "[futures][kill]") {
   auto lost = ex.submit(suicide, 0);
   CHECK_THROWS_AS(lost.result(60s), mpp::WorkerLostError);
   CHECK(ex.submit(cube, 4).result(60s) == 64);  // the executor is not broken
+}
+
+TEST_CASE("spawn and forkserver executors run registered functions", "[futures][spawn]") {
+  for (auto m : {mpp::StartMethod::spawn, mpp::StartMethod::forkserver}) {
+    INFO("start method " << mpp::start_method_name(m));
+    mpp::ProcessPoolExecutor ex(with_method(m));
+    CHECK(ex.submit(cube, 3).result(30s) == 27);
+    std::vector<int> in(100);
+    std::iota(in.begin(), in.end(), 0);
+    const auto out = ex.map(plus_one, in, 60s);
+    CHECK(out.size() == in.size());
+    CHECK(std::accumulate(out.begin(), out.end(), 0) == 100 * 101 / 2);
+    CHECK_THROWS_AS(ex.submit(reject, 5).result(30s), std::out_of_range);
+    CHECK_THROWS_AS(ex.submit(unregistered, 1), mpp::InvalidArgument);
+    CHECK_THROWS_AS(ex.submit([](int x) { return x; }, 1), mpp::InvalidArgument);
+    ex.shutdown();
+  }
+}
+
+TEST_CASE("spawn and forkserver executors: a killed worker fails only its future",
+          "[futures][spawn][kill]") {
+  for (auto m : {mpp::StartMethod::spawn, mpp::StartMethod::forkserver}) {
+    INFO("start method " << mpp::start_method_name(m));
+    mpp::ProcessPoolExecutor ex(with_method(m));
+    auto lost = ex.submit(suicide, 0);
+    CHECK_THROWS_AS(lost.result(60s), mpp::WorkerLostError);
+    CHECK(ex.submit(cube, 4).result(60s) == 64);
+  }
 }

@@ -2,8 +2,11 @@
 // and workers killed mid-task (WorkerLostError or retry, never a hang).
 #include <mpp/pool.hpp>
 #include <mpp/value.hpp>
+#include <dirent.h>
 #include <signal.h>
 #include <unistd.h>
+
+#include <cstdlib>
 
 #include <numeric>
 #include <set>
@@ -47,7 +50,58 @@ int die_always_on_seven(int x) {
 
 int worker_pid(int) { return static_cast<int>(::getpid()); }
 
+// For pools whose workers are spawned (a new run of this program): functions are registered by
+// name, and state the workers share is opened by a name passed in the environment.
+std::vector<int> ones(const std::string& s) { return std::vector<int>(s.size(), 1); }
+int sleep_ms(int ms) {
+  std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+  return ms;
+}
+int not_registered(int x) { return x; }
+int g_marker = 0;  // set by the initializer in each worker
+void set_marker(int v) { g_marker = v; }
+int read_marker(int) { return g_marker; }
+constexpr const char* kKillsEnv = "MPP_TEST_POOL_KILLS";
+int die_once_on_seven_named(int x) {
+  if (x == 7) {
+    auto kills = mpp::RawValue<int>::open(std::getenv(kKillsEnv));
+    if (kills.fetch_add(1) == 0) ::kill(::getpid(), SIGKILL);
+  }
+  return x + 1;
+}
+const auto twice = [](int x) { return 2 * x; };
+
+/// Names this process has in /dev/shm (the pool's queues, status array and arena).
+std::set<std::string> my_shm_names() {
+  std::set<std::string> out;
+  const std::string prefix = fmt::format("mpp.anon.{}.", ::getpid());
+  if (DIR* d = ::opendir("/dev/shm")) {
+    while (const dirent* e = ::readdir(d))
+      if (std::string_view(e->d_name).starts_with(prefix)) out.insert(e->d_name);
+    ::closedir(d);
+  }
+  return out;
+}
+
+mpp::PoolOptions with_method(mpp::StartMethod m, int processes = 2) {
+  mpp::PoolOptions o;
+  o.processes = processes;
+  o.start_method = m;
+  return o;
+}
+
 }  // namespace
+
+MPP_REGISTER(square);
+MPP_REGISTER(fail_on_three);
+MPP_REGISTER(die_always_on_seven);
+MPP_REGISTER(worker_pid);
+MPP_REGISTER(ones);
+MPP_REGISTER(sleep_ms);
+MPP_REGISTER(set_marker);
+MPP_REGISTER(read_marker);
+MPP_REGISTER(die_once_on_seven_named);
+MPP_REGISTER_AS("twice", twice);
 
 TEST_CASE("map, starmap and apply compute in worker processes", "[pool]") {
   mpp::Pool pool(2);
@@ -165,6 +219,20 @@ TEST_CASE("initializer and maxtasksperchild", "[pool]") {
   CHECK(initialised.value() >= 6);  // every worker ran the initializer
 }
 
+TEST_CASE("a worker retiring at maxtasksperchild does not make its tasks run twice", "[pool]") {
+  mpp::RawValue<int> runs(0);
+  g_kills = &runs;  // counts executions here
+  mpp::PoolOptions o;
+  o.processes = 2;
+  o.maxtasksperchild = 1;
+  mpp::Pool pool(o);
+  std::vector<int> in(24);
+  std::iota(in.begin(), in.end(), 0);
+  const auto out = pool.map([](int x) { return g_kills->fetch_add(1) >= 0 ? x : -1; }, in, 1);
+  CHECK(out == in);
+  CHECK(runs.value() == 24);
+}
+
 TEST_CASE("close, join and terminate", "[pool]") {
   mpp::Pool pool(2);
   auto pending = pool.apply_async([](int ms) {
@@ -250,9 +318,118 @@ TEST_CASE("workers SIGKILLed from outside at random moments", "[pool][kill]") {
     std::this_thread::sleep_for(std::chrono::milliseconds(10 + 30 * round));
     ::kill(victim, SIGKILL);
     try {
-      CHECK(r.get(60s) == in);  // the kill may have landed between tasks
+      const auto got = r.get(60s);
+      CHECK(got == in);  // the kill may have landed between tasks
     } catch (const mpp::WorkerLostError&) {
     }
   }
   CHECK(pool.map(square, std::vector<int>{5}) == std::vector<int>{25});
+}
+
+// ---- spawn and forkserver pools: workers are new runs of this program -----------------------
+
+TEST_CASE("spawn and forkserver pools run registered functions", "[pool][spawn]") {
+  const auto before = my_shm_names();
+  for (auto m : {mpp::StartMethod::spawn, mpp::StartMethod::forkserver}) {
+    INFO("start method " << mpp::start_method_name(m));
+    {
+      mpp::Pool pool(with_method(m));
+      CHECK(pool.start_method() == m);
+      std::vector<int> in(1000);
+      std::iota(in.begin(), in.end(), 0);
+      const auto out = pool.map(square, in);  // the raw path, through the arena opened by name
+      bool all = out.size() == in.size();
+      for (std::size_t i = 0; all && i < in.size(); ++i) all = out[i] == in[i] * in[i];
+      CHECK(all);
+      CHECK(pool.map(twice, std::vector<int>{1, 2, 3}, 1) == std::vector<int>{2, 4, 6});
+      CHECK(pool.map(ones, std::vector<std::string>{"ab", "", "xyz"}) ==
+            std::vector<std::vector<int>>{{1, 1}, {}, {1, 1, 1}});
+      CHECK(pool.apply_async(square, 9).get(30s) == 81);
+      std::vector<int> order;
+      for (int v : pool.imap(square, std::vector<int>{1, 2, 3})) order.push_back(v);
+      CHECK(order == std::vector<int>{1, 4, 9});
+      for (int p : pool.map(worker_pid, std::vector<int>(4, 0), 1)) CHECK(p != ::getpid());
+      // Exceptions come back typed.
+      CHECK_THROWS_AS(pool.map(fail_on_three, std::vector<int>{1, 2, 3}), std::invalid_argument);
+      try {
+        pool.apply(fail_on_three, 4);
+        FAIL("no exception");
+      } catch (const mpp::RemoteError& e) {
+        CHECK(e.type_name().find("CustomError") != std::string::npos);
+        CHECK(e.remote_message() == "custom failure");
+      }
+      // Only registered functions: anything else is refused before it is sent.
+      CHECK_THROWS_AS(pool.map(not_registered, std::vector<int>{1}), mpp::InvalidArgument);
+      CHECK_THROWS_AS(pool.apply([](int x) { return x; }, 1), mpp::InvalidArgument);
+      const int k = 3;
+      try {
+        pool.map([k](int x) { return x * k; }, std::vector<int>{1});
+        FAIL("no exception");
+      } catch (const mpp::InvalidArgument& e) {
+        CHECK(std::string(e.what()).find("MPP_REGISTER") != std::string::npos);
+      }
+      CHECK(pool.apply(square, 7) == 49);  // still serving
+      pool.close();
+      pool.join();
+    }
+    CHECK(my_shm_names() == before);  // queues, status array and arena are unlinked
+  }
+}
+
+TEST_CASE("spawn pools: initializer, maxtasksperchild and task timeout", "[pool][spawn]") {
+  auto o = with_method(mpp::StartMethod::spawn);
+  o.maxtasksperchild = 2;
+  {
+    mpp::Pool pool(o, set_marker, 42);
+    const auto marks = pool.map(read_marker, std::vector<int>(8, 0), 1);
+    CHECK(marks == std::vector<int>(8, 42));  // every worker (replacements too) ran it
+    const auto pids = pool.map(worker_pid, std::vector<int>(8, 0), 1);
+    CHECK(std::set<int>(pids.begin(), pids.end()).size() >= 4);
+  }
+  auto t = with_method(mpp::StartMethod::forkserver);
+  t.task_timeout = 500ms;
+  mpp::Pool pool(t);
+  CHECK_THROWS_AS(pool.apply_async(sleep_ms, 60000).get(30s), mpp::TimeoutError);
+  CHECK(pool.map(square, std::vector<int>{1, 2, 3}) == std::vector<int>{1, 4, 9});
+  // An unregistered initializer is refused at once.
+  CHECK_THROWS_AS(mpp::Pool(with_method(mpp::StartMethod::spawn), not_registered, 1),
+                  mpp::InvalidArgument);
+}
+
+TEST_CASE("spawn and forkserver pools: a killed worker fails its task, never a hang",
+          "[pool][spawn][kill]") {
+  for (auto m : {mpp::StartMethod::spawn, mpp::StartMethod::forkserver}) {
+    INFO("start method " << mpp::start_method_name(m));
+    mpp::Pool pool(with_method(m));
+    std::vector<int> in(20);
+    std::iota(in.begin(), in.end(), 0);
+    const auto t0 = std::chrono::steady_clock::now();
+    CHECK_THROWS_AS(pool.map(die_always_on_seven, in, 2), mpp::WorkerLostError);
+    CHECK_THROWS_AS(pool.apply_async(die_always_on_seven, 7).get(30s), mpp::WorkerLostError);
+    CHECK(mpp_test::seconds_since(t0) < 30.0);
+    // Killed from outside while busy: the map completes (the kill landed between tasks, or its
+    // task failed).
+    const int victim = pool.apply(worker_pid, 0);
+    auto r = pool.map_async(sleep_ms, std::vector<int>(40, 5), 2);
+    std::this_thread::sleep_for(30ms);
+    ::kill(victim, SIGKILL);
+    try {
+      const auto got = r.get(60s);
+      CHECK(got == std::vector<int>(40, 5));
+    } catch (const mpp::WorkerLostError&) {
+    }
+    CHECK(pool.map(square, std::vector<int>{2, 3}) == std::vector<int>{4, 9});
+  }
+  // With retries, the task runs again in a new worker.
+  mpp::RawValue<int> kills(0);
+  ::setenv(kKillsEnv, kills.name().c_str(), 1);  // spawned workers inherit the environment
+  auto o = with_method(mpp::StartMethod::spawn);
+  o.retries = 1;
+  mpp::Pool pool(o);
+  std::vector<int> in(20), expect;
+  std::iota(in.begin(), in.end(), 0);
+  for (int x : in) expect.push_back(x + 1);
+  CHECK(pool.map(die_once_on_seven_named, in, 3) == expect);
+  CHECK(kills.value() >= 1);
+  ::unsetenv(kKillsEnv);
 }

@@ -24,6 +24,9 @@ struct ExecutorOptions {
   unsigned max_tasks_per_child = 0;  ///< a worker is replaced after this many tasks (0: never)
   Timeout task_timeout{};            ///< per call: the worker is killed and the future fails
   unsigned retries = 0;              ///< re-runs of a call whose worker died
+  /// How workers start (Python's mp_context=get_context(method)); nullopt: get_start_method().
+  /// spawn and forkserver run registered functions only (see PoolOptions::start_method).
+  std::optional<StartMethod> start_method{};
 };
 
 class ProcessPoolExecutor;
@@ -166,6 +169,7 @@ class ProcessPoolExecutor {
     p.maxtasksperchild = o.max_tasks_per_child;
     p.task_timeout = o.task_timeout;
     p.retries = o.retries;
+    p.start_method = o.start_method;
     return p;
   }
   Pool pool_;

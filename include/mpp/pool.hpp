@@ -57,6 +57,10 @@ struct PoolOptions {
   unsigned maxtasksperchild = 0;      ///< a worker is replaced after this many tasks (0: never)
   Timeout task_timeout{};             ///< per task (chunk): the worker is killed, the task fails
   unsigned retries = 0;               ///< re-runs of a task whose worker died before failing it
+  /// How workers start (Python's get_context(method).Pool()); nullopt: get_start_method(). With
+  /// spawn or forkserver, workers attach to the pool's queues by name and run only registered
+  /// functions (MPP_REGISTER), as spawn Process targets.
+  std::optional<StartMethod> start_method{};
 };
 
 /// Packs the arguments of apply_async(f, mpp::args(a, b), callback, error_callback).
@@ -73,9 +77,38 @@ Args<std::decay_t<A>...> args(A&&... a) {
 namespace detail::pool {
 
 /// Callables a worker can run: their bytes are all that crosses (workers are forked from this
-/// program, so a function pointer means the same code there).
+/// program, so a function pointer means the same code there). Spawned and forkserver workers are
+/// another run of the program: there a callable crosses as the name it was registered under.
 template <class F>
 concept Callable = std::is_trivially_copyable_v<F> || (Encodable<F> && !std::is_pointer_v<F>);
+
+/// True in a worker started with spawn or forkserver: callables arrive as registered names.
+inline bool& named_callables() noexcept {
+  static bool named = false;
+  return named;
+}
+
+//!Returns: the name `f` was registered under, for a worker started with `m` (spawn, forkserver).
+//!Throws: InvalidArgument when `f` is not a registered function or capture-less lambda.
+template <class F>
+std::string registered_name(const F& f, StartMethod m) {
+  if constexpr (Transportable<F>) {
+    if (auto name = function_registry().name_of(function_key(f))) return *name;
+    fail<InvalidArgument>(
+        "a Pool whose workers start with '{}' runs tasks in a new run of the program, which finds "
+        "functions by their registered name, and this {} is not registered: add "
+        "MPP_REGISTER(your_function) at namespace scope (or call mpp::register_function(\"name\", "
+        "fn) before mpp::bootstrap), or use a Pool with the 'fork' start method",
+        start_method_name(m), std::is_pointer_v<F> ? "function" : "lambda");
+  } else {
+    fail<InvalidArgument>(
+        "a Pool whose workers start with '{}' runs tasks in a new run of the program, which "
+        "cannot re-create this callable ({}): use a plain function or capture-less lambda whose "
+        "parameters are Encodable, registered with MPP_REGISTER, or a Pool with the 'fork' start "
+        "method",
+        start_method_name(m), type_name<F>());
+  }
+}
 
 template <class F>
 std::string callable_bytes(const F& f) {
@@ -87,10 +120,29 @@ std::string callable_bytes(const F& f) {
   }
 }
 
-/// Rebuilds the callable from its bytes; `fn` receives it (functors need not be default
-/// constructible).
+/// Rebuilds the callable from its bytes (in a spawned worker: from its registered name); `fn`
+/// receives it (functors need not be default constructible).
 template <class F, class Fn>
 decltype(auto) with_callable(std::string_view bytes, Fn&& fn) {
+  if constexpr (Transportable<F>) {
+    if (named_callables()) {
+      const auto key = function_registry().key_of(std::string(bytes));
+      if (!key || key->first != std::type_index(typeid(F)))
+        fail<InvalidArgument>("pool task: '{}' is not registered in this program as a {}; "
+                              "register it with MPP_REGISTER",
+                              bytes, type_name<F>());
+      if constexpr (std::is_pointer_v<F>) {
+        F f = reinterpret_cast<F>(key->second);
+        return fn(f);
+      } else {
+        F f{};
+        return fn(f);
+      }
+    }
+  } else {
+    if (named_callables())
+      fail<InvalidArgument>("pool task: a {} cannot run in a spawned worker", type_name<F>());
+  }
   if constexpr (std::is_trivially_copyable_v<F>) {
     if (bytes.size() != sizeof(F))
       fail<CorruptedError>("pool task: callable of {} bytes, expected {}", bytes.size(), sizeof(F));
@@ -275,11 +327,18 @@ struct WorkerConfig {
   std::string init_fn, init_args;
   std::int32_t parent_pid = 0;
   std::uint32_t parent_tag = 0;
+  std::string arena_name;      ///< name of the shared arena (spawned workers open it)
   std::byte* arena = nullptr;  ///< the shared arena (mapped before the fork), or null
   std::size_t arena_size = 0;
   // The parent's handles, inherited by the forked worker (saves opening them by name).
   std::optional<Queue<std::string>> tasks_q, results_q;
   std::optional<RawArray<std::uint64_t>> status_a;
+  /// What a spawned worker receives: names and numbers (it opens the objects by name).
+  template <class Ar>
+  void serialize(Ar& ar) {
+    ar(tasks, results, status, index, gen, maxtasks, init_invoker, init_fn, init_args, parent_pid,
+       parent_tag, arena_name);
+  }
 };
 
 inline std::int64_t now_ns() noexcept {
@@ -396,6 +455,23 @@ inline void worker_main(const WorkerConfig& c) {
     ++done;
   }
 }
+
+/// The body of a worker started with spawn or forkserver: it finds callables by registered name
+/// and opens the pool's queues, status array and arena by name.
+inline void spawned_worker_main(WorkerConfig c) {
+  named_callables() = true;
+  std::optional<Segment> arena;
+  if (!c.arena_name.empty()) {
+    arena.emplace(Segment::open(c.arena_name, Kind::pool, TypeInfo::none()));
+    c.arena = arena->payload();
+    c.arena_size = static_cast<std::size_t>(arena->payload_size());
+  }
+  worker_main(c);
+}
+
+/// Registers the spawned worker's body (identically in every run of the program).
+inline const bool kSpawnedWorkerRegistered =
+    register_function("mpp.pool.worker", &spawned_worker_main);
 
 /// Rethrows a worker's exception: std:: types as themselves, others as RemoteError.
 [[noreturn]] inline void throw_remote(const std::string& type, const std::string& message) {
@@ -565,7 +641,7 @@ class Pool {
     using Tuple = std::tuple<std::decay_t<A>...>;
     const auto id = static_cast<std::int32_t>(
         detail::pool::Registered<&detail::pool::run_apply<Fn, Tuple>>::id);
-    start(opts, id, detail::pool::callable_bytes(Fn(initializer)),
+    start(opts, id, wire_for(method_of(opts), Fn(initializer)),
           detail::pool::to_wire(Tuple(std::forward<A>(initargs)...)));
   }
 
@@ -576,6 +652,8 @@ class Pool {
 
   /// Number of worker processes.
   int processes() const noexcept { return static_cast<int>(workers_.size()); }
+  /// How the workers are started (PoolOptions::start_method, else get_start_method() at creation).
+  StartMethod start_method() const noexcept { return method_; }
 
   //!Returns: [f(x) for x in range], in order; the work is split into chunks of `chunksize` items
   //! (0: Python's choice, len / (4 * processes) rounded up). Throws: the first task's exception.
@@ -592,7 +670,7 @@ class Pool {
       src->data = reinterpret_cast<const std::byte*>(std::ranges::data(range));
       auto r = submit_raw<R, A>(
           detail::pool::Registered<&detail::pool::run_raw_chunk<F, A>>::id,
-          detail::pool::callable_bytes(f), src, std::ranges::size(range), chunksize, {}, {});
+          wire(f), src, std::ranges::size(range), chunksize, {}, {});
       try {
         auto v = r.take();
         release_source(*src);
@@ -635,12 +713,12 @@ class Pool {
         }
       }
       src->data = src->owned.data();
-      return submit_raw<R, A>(id, detail::pool::callable_bytes(f), std::move(src), count,
+      return submit_raw<R, A>(id, wire(f), std::move(src), count,
                               chunksize, std::move(callback), std::move(error_callback));
     } else {
       std::vector<A> items(std::ranges::begin(range), std::ranges::end(range));
       const auto id = detail::pool::Registered<&detail::pool::run_map_chunk<F, A>>::id;
-      return submit_chunks<R>(id, detail::pool::callable_bytes(f), std::move(items), chunksize,
+      return submit_chunks<R>(id, wire(f), std::move(items), chunksize,
                               std::move(callback), std::move(error_callback));
     }
   }
@@ -661,7 +739,7 @@ class Pool {
     check_callable<F>();
     std::vector<T> items(std::ranges::begin(range), std::ranges::end(range));
     const auto id = detail::pool::Registered<&detail::pool::run_star_chunk<F, T>>::id;
-    return submit_chunks<R>(id, detail::pool::callable_bytes(f), std::move(items), chunksize,
+    return submit_chunks<R>(id, wire(f), std::move(items), chunksize,
                             std::move(callback), std::move(error_callback));
   }
 
@@ -765,6 +843,7 @@ class Pool {
     std::deque<std::uint64_t> assigned;  // in the order the worker will run them
     unsigned dispatched = 0;             // tasks given to this incarnation
     bool stopping = false;
+    bool respawn = false;                // its replacement failed to start: try again
     std::uint32_t gen = 0;               // incarnation (worker_counter_ at its spawn)
   };
 
@@ -796,7 +875,7 @@ class Pool {
     auto job = std::make_shared<One>();
     job->s = state;
     const auto id = Registered<&run_apply<F, Tuple>>::id;
-    enqueue(job, id, callable_bytes(f), {to_wire(values)});
+    enqueue(job, id, wire(f), {to_wire(values)});
     return {state, job};
   }
 
@@ -838,11 +917,27 @@ class Pool {
                   "a lambda/functor whose captures are trivially copyable or that is Encodable");
   }
 
+  static StartMethod method_of(const PoolOptions& opts) {
+    return opts.start_method ? *opts.start_method : Process::default_method();
+  }
+  // What crosses to a worker for callable `f`: its bytes (fork), or its registered name.
+  template <class F>
+  static std::string wire_for(StartMethod m, const F& f) {
+    return m == StartMethod::fork ? detail::pool::callable_bytes(f)
+                                  : detail::pool::registered_name(f, m);
+  }
+  template <class F>
+  std::string wire(const F& f) const {
+    return wire_for(method_, f);
+  }
+
   void start(const PoolOptions& opts, std::int32_t init_invoker, std::string init_fn,
              std::string init_args) {
-    if (!detail::os::kCanFork)
-      detail::fail<ValueError>("mpp::Pool runs its workers with the fork start method, which "
-                               "this platform does not have");
+    method_ = method_of(opts);
+    if (method_ == StartMethod::fork && !detail::os::kCanFork)
+      detail::fail<ValueError>("this platform has no 'fork' start method: make the Pool with "
+                               "PoolOptions::start_method = StartMethod::spawn and registered "
+                               "functions");
     opts_ = opts;
     const int n = opts.processes > 0 ? opts.processes : std::max(1, cpu_count());
     QueueOptions qo;
@@ -866,8 +961,18 @@ class Pool {
     const auto me = detail::ProcessRef::self();
     config_.parent_pid = me.pid;
     config_.parent_tag = me.start_tag;
+    config_.arena_name = arena_->name();
     workers_.resize(static_cast<std::size_t>(n));
-    for (std::size_t i = 0; i < workers_.size(); ++i) spawn_worker(i);
+    try {
+      for (std::size_t i = 0; i < workers_.size(); ++i) spawn_worker(i);
+    } catch (...) {  // e.g. spawn without mpp::bootstrap: stop the workers already started
+      for (auto& w : workers_)
+        if (w.proc) {
+          w.proc->kill();
+          w.proc->join(Timeout(5.0));
+        }
+      throw;
+    }
     supervisor_ = std::thread([this] { supervise(); });
   }
 
@@ -882,17 +987,22 @@ class Pool {
     w.stopping = false;
     detail::pool::WorkerConfig c = config_;
     c.tasks = w.tasks->name();
-    c.tasks_q = *w.tasks;  // workers are forked: they inherit these mappings
-    c.results_q = *results_;
-    c.status_a = *status_;
     c.index = static_cast<std::uint32_t>(i);
     w.gen = c.gen = ++worker_counter_;
     std::atomic_ref<std::uint64_t>((*status_)[2 * i]).store(0);
     ProcessOptions po;
     po.name = fmt::format("PoolWorker-{}", worker_counter_);
     po.daemon = true;
-    po.start_method = StartMethod::fork;
-    w.proc.emplace(po, [c] { detail::pool::worker_main(c); });
+    po.start_method = method_;
+    if (method_ == StartMethod::fork) {
+      c.tasks_q = *w.tasks;  // workers are forked: they inherit these mappings
+      c.results_q = *results_;
+      c.status_a = *status_;
+      w.proc.emplace(po, [c] { detail::pool::worker_main(c); });
+    } else {  // a new run of the program: it opens everything by name (see spawned_worker_main)
+      c.arena = nullptr;
+      w.proc.emplace(po, &detail::pool::spawned_worker_main, std::move(c));
+    }
     w.proc->start();
   }
 
@@ -1107,6 +1217,7 @@ class Pool {
   void dispatch_locked() {
     for (std::size_t i = 0; i < workers_.size() && !pending_.empty(); ++i) {
       Worker& w = workers_[i];
+      if (!w.tasks) continue;  // its replacement failed to start (see replace())
       while (!pending_.empty() && w.assigned.size() < detail::pool::kWindow && !w.stopping &&
              (opts_.maxtasksperchild == 0 || w.dispatched < opts_.maxtasksperchild)) {
         Task& t = pending_.front();
@@ -1233,7 +1344,10 @@ class Pool {
   void check_workers() {
     for (std::size_t i = 0; i < workers_.size(); ++i) {
       Worker& w = workers_[i];
-      if (!w.proc) continue;
+      if (!w.proc) {
+        if (w.respawn) replace(i, 0);
+        continue;
+      }
       const std::uint64_t running =
           std::atomic_ref<std::uint64_t>((*status_)[2 * i]).load(std::memory_order_acquire);
       if (opts_.task_timeout && running != 0) {
@@ -1251,7 +1365,9 @@ class Pool {
         }
       }
       if (w.proc->is_alive()) continue;
-      // Exited: after maxtasksperchild (normal), or died (killed, crashed).
+      // Exited: after maxtasksperchild (normal), or died (killed, crashed). Results it queued
+      // before it went are read first, so their tasks are delivered rather than run again.
+      for (auto m = results_->try_get(); m; m = results_->try_get()) handle_result(*m);
       const int code = w.proc->exitcode().value_or(-1);
       if (running != 0) {
         std::unique_lock g(mu_);
@@ -1299,9 +1415,28 @@ class Pool {
     w.region.fill(0);
     w.proc.reset();
     w.tasks.reset();
+    w.respawn = false;
     if (terminated_) return;
     g.unlock();
-    spawn_worker(i);
+    try {
+      spawn_worker(i);
+    } catch (const std::exception& e) {  // e.g. a spawned program that cannot start
+      w.proc.reset();
+      w.tasks.reset();
+      w.respawn = true;  // check_workers() tries again
+      bool any = false;
+      for (auto& o : workers_) any = any || o.proc.has_value();
+      if (!any) {  // nobody can run the queued work: fail it rather than leave it waiting
+        std::deque<Task> lost;
+        {
+          std::lock_guard g2(mu_);
+          lost.swap(pending_);
+        }
+        for (auto& t : lost)
+          t.job->fail_chunk(t.index, std::make_exception_ptr(ProcessError(fmt::format(
+                                         "no pool worker could be started: {}", e.what()))));
+      }
+    }
   }
 
   void shutdown(bool terminate) {
@@ -1337,6 +1472,7 @@ class Pool {
   }
 
   PoolOptions opts_;
+  StartMethod method_ = StartMethod::fork;
   detail::pool::WorkerConfig config_;
   std::optional<Queue<std::string>> results_;
   std::optional<RawArray<std::uint64_t>> status_;
@@ -1504,7 +1640,7 @@ auto Pool::imap(F f, Range&& range, std::size_t chunksize) {
   };
   auto src = std::make_shared<Source>(Source{std::forward<Range>(range), {}});
   src->it = std::ranges::begin(src->range);
-  auto fn = detail::pool::callable_bytes(f);
+  auto fn = wire(f);
   return IMapResult<R>(true, 2 * workers_.size(),
                        [this, id, src, fn, chunksize](std::shared_ptr<detail::pool::Job> job,
                                                       std::size_t index) {

@@ -236,6 +236,14 @@ class FunctionRegistry {
     auto it = by_key_.find(key);
     return it == by_key_.end() ? std::nullopt : std::optional(it->second);
   }
+  //!Returns: the key (type and, for a function pointer, address in this program) of the function
+  //! registered as `name`, or nullopt (lets a pool worker run a registered function by name).
+  std::optional<FunctionKey> key_of(const std::string& name) const {
+    std::lock_guard lock(mutex_);
+    for (const auto& [key, n] : by_key_)
+      if (n == name) return key;
+    return std::nullopt;
+  }
   const RegisteredFunction* find(const std::string& name) const {
     std::lock_guard lock(mutex_);
     auto it = by_name_.find(name);
