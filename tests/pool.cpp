@@ -396,6 +396,15 @@ TEST_CASE("spawn pools: initializer, maxtasksperchild and task timeout", "[pool]
                   mpp::InvalidArgument);
 }
 
+TEST_CASE("a spawn pool whose workers cannot start fails cleanly", "[pool][spawn]") {
+  const auto before = my_shm_names();
+  mpp::set_executable("/nonexistent/mpp-test-program");
+  CHECK_THROWS_AS(mpp::Pool(with_method(mpp::StartMethod::spawn)), mpp::Error);
+  mpp::set_executable("");
+  CHECK(my_shm_names() == before);
+  CHECK(mpp::active_children().empty());
+}
+
 TEST_CASE("spawn and forkserver pools: a killed worker fails its task, never a hang",
           "[pool][spawn][kill]") {
   for (auto m : {mpp::StartMethod::spawn, mpp::StartMethod::forkserver}) {

@@ -11,6 +11,12 @@
 // Callables and arguments cross as data: the callable's bytes (a trivially copyable functor, a
 // function pointer — meaningful because workers are forked from this program) and the encoded
 // arguments; the worker finds the code to run by the index of a registered invoker.
+// Start methods: with spawn or forkserver (PoolOptions::start_method) a worker is a new run of
+// the same program, so invoker indices (assigned at static initialisation) still match, but
+// addresses do not: the callable crosses as the name it was registered under (MPP_REGISTER), the
+// worker looks it up in the same registry as spawn Process targets and checks its type, and
+// opens the queues, status array and arena by their names. Unregistered callables are refused
+// with InvalidArgument when the task is submitted. Forked workers use none of this.
 // Fast path: map() over trivially copyable items with trivially copyable results (kRawItem) skips
 // the codec and the queues' payload copies. Each worker owns kWindow regions of a shared arena
 // (inherited by fork): the supervisor copies a chunk straight from the caller's range into a free
