@@ -341,6 +341,12 @@ TEST_CASE("spawn and forkserver pools run registered functions", "[pool][spawn]"
       bool all = out.size() == in.size();
       for (std::size_t i = 0; all && i < in.size(); ++i) all = out[i] == in[i] * in[i];
       CHECK(all);
+      std::vector<int> big(300'000);  // regions of several MiB, allocated in one call
+      for (std::size_t i = 0; i < big.size(); ++i) big[i] = static_cast<int>(i % 1000);
+      const auto big_out = pool.map(square, big);
+      all = big_out.size() == big.size();
+      for (std::size_t i = 0; all && i < big.size(); ++i) all = big_out[i] == big[i] * big[i];
+      CHECK(all);
       CHECK(pool.map(twice, std::vector<int>{1, 2, 3}, 1) == std::vector<int>{2, 4, 6});
       CHECK(pool.map(ones, std::vector<std::string>{"ab", "", "xyz"}) ==
             std::vector<std::vector<int>>{{1, 1}, {}, {1, 1, 1}});
