@@ -123,7 +123,7 @@ TEST_CASE("lock: 4 processes x 100 000 increments of two elements", "[array]") {
     kids.push_back(mpp_test::fork_child([&] {
       for (int i = 0; i < kEach; ++i) {
         if (i % 2 == 0) {
-          std::lock_guard<mpp::Lock> g(a.get_lock());
+          std::lock_guard<mpp::RLock> g(a.get_lock());
           ++a[0];
         } else {
           a.with_lock([](std::span<std::int64_t> s) { ++s[0]; });

@@ -10,6 +10,7 @@
 
 #include <cstdlib>
 #include <mutex>
+#include <thread>
 #include <vector>
 
 #include "helpers.hpp"
@@ -88,7 +89,7 @@ TEST_CASE("get_lock around read-modify-write: 4 processes x 100 000 increments",
   constexpr int kEach = 100'000;
   auto kids = fork_n(4, [&](int) {
     for (int i = 0; i < kEach; ++i) {
-      std::lock_guard<mpp::Lock> g(v.get_lock());
+      std::lock_guard<mpp::RLock> g(v.get_lock());
       v.set(v.value() + 1);  // Python: with v.get_lock(): v.value += 1
     }
     return 0;
@@ -181,7 +182,7 @@ TEST_CASE("a non-lock-free T: value() and set() take the lock, with_lock returns
   CHECK(torn == 0);
   // Holding the lock in this process, value()/set() do not deadlock.
   {
-    std::lock_guard<mpp::Lock> g(p.get_lock());
+    std::lock_guard<mpp::RLock> g(p.get_lock());
     p.set(Point{7, 7, 7});
     CHECK(p.value() == Point{7, 7, 7});
   }
@@ -190,14 +191,32 @@ TEST_CASE("a non-lock-free T: value() and set() take the lock, with_lock returns
 }
 #endif  // MPP_OS_POSIX
 
-TEST_CASE("with_lock: timeout, exceptions release the lock", "[value]") {
+TEST_CASE("with_lock: re-entrant in the holding thread, timeout in another, exceptions release",
+          "[value]") {
   Value<int> v(1);
   CHECK_THROWS_AS(v.with_lock([](int&) { throw std::runtime_error("x"); }), std::runtime_error);
   CHECK_FALSE(v.get_lock().locked());
   v.get_lock().acquire();
-  CHECK_THROWS_AS(v.with_lock(std::chrono::milliseconds(20), [](int&) {}), mpp::TimeoutError);
+  v.get_lock().acquire();  // re-entrant, as Python's Value lock (an RLock)
+  CHECK(v.get_lock().depth() == 2);
+  CHECK(v.with_lock(std::chrono::milliseconds(20), [](int& x) { return x; }) == 1);
+  v.set(v.value() + 1);  // value()/set() take the lock too: re-entered, no deadlock
+  bool timed_out = false;
+  std::thread other([&] {
+    try {
+      v.with_lock(std::chrono::milliseconds(20), [](int&) {});
+    } catch (const mpp::TimeoutError&) {
+      timed_out = true;
+    }
+  });
+  other.join();
+  CHECK(timed_out);
   v.get_lock().release();
-  CHECK(v.with_lock(std::chrono::seconds(5), [](int& x) { return ++x; }) == 2);
+  CHECK(v.get_lock().locked());
+  v.get_lock().release();
+  CHECK_FALSE(v.get_lock().locked());
+  CHECK_THROWS_AS(v.get_lock().release(), mpp::ValueError);
+  CHECK(v.with_lock(std::chrono::seconds(5), [](int& x) { return ++x; }) == 3);
 }
 
 #if defined(MPP_OS_POSIX)

@@ -42,7 +42,7 @@ int main(int argc, char** argv) {
   // Python: `with v.get_lock(): v.value += 1`.
   bench::run(opt, {"value.locked_increment.2proc", "mpp", "ops/s", true}, [&] {
     return two_proc_ops(n, [](mpp::Value<std::int64_t>& v) {
-      std::lock_guard<mpp::Lock> g(v.get_lock());
+      std::lock_guard<mpp::RLock> g(v.get_lock());
       v.get_obj() += 1;
     });
   }, "std::lock_guard(v.get_lock()); v.get_obj() += 1");

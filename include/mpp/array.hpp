@@ -1,7 +1,7 @@
 // mpp — Array<T> and RawArray<T> (Python's multiprocessing.Array / RawArray): a fixed number of
-// trivially copyable T in a named segment, with an embedded robust Lock (Array only). Elements are
-// plain shared memory: index them, view them as a std::span<T>, slice and copy them; hold
-// get_lock() (or use with_lock) around updates that other processes must see whole, or use
+// trivially copyable T in a named segment, with an embedded robust re-entrant lock (Array only).
+// Elements are plain shared memory: index them, view them as a std::span<T>, slice and copy them;
+// hold get_lock() (or use with_lock) around updates that other processes must see whole, or use
 // atomic(i) on lock-free element types. Same payload layout as Value<T> (see value.hpp); the
 // element count read back from the segment is validated against the mapping.
 #pragma once
@@ -183,7 +183,7 @@ concept ArrayInitRange = std::ranges::sized_range<R> && std::ranges::forward_ran
 }  // namespace detail
 
 /// Python's multiprocessing.Array: n elements of T in shared memory with an embedded robust
-/// Lock. T must be trivially copyable. Array<int>(4) is four zeros (Python: Array('i', 4));
+/// RLock. T must be trivially copyable. Array<int>(4) is four zeros (Python: Array('i', 4));
 /// Array<int>{1, 2, 3} or Array<int>(vec) copies the values (Python: Array('i', [1, 2, 3])).
 template <class T>
 class Array : public detail::ArrayBase<T> {
@@ -228,9 +228,9 @@ class Array : public detail::ArrayBase<T> {
     return Array(Block::open_or_create(Kind::array, name, n, opts, Base::zero_fill()));
   }
 
-  //!Returns: the embedded robust Lock (Python's get_lock()).
+  //!Returns: the embedded robust re-entrant lock (Python's get_lock(), an RLock).
   //!Throws: ValueError if the array was created with lock=false.
-  Lock& get_lock() {
+  RLock& get_lock() {
     if (!lock_) (void)this->b_.lock_state("get_lock");
     return *lock_;
   }
@@ -250,7 +250,7 @@ class Array : public detail::ArrayBase<T> {
 
  private:
   explicit Array(Block b) : Base(std::move(b)), lock_(this->b_.make_lock()) {}
-  std::optional<Lock> lock_;
+  std::optional<RLock> lock_;
 };
 
 /// Python's multiprocessing.RawArray: n elements of T in shared memory, no lock.

@@ -3,8 +3,9 @@
 // lock-free T, atomic load / store / fetch_add / compare_exchange that need no lock at all.
 //
 // Payload layout (shared with Array<T>, see array.hpp): a 32-byte BlockHeader {count, flags,
-// element size, LockState} then the elements, aligned for std::atomic_ref<T>. A Value<int64_t>'s
+// element size, RLockState} then the elements, aligned for std::atomic_ref<T>. A Value<int64_t>'s
 // lock and value share one cache line, so "lock; ++v; unlock" moves one line between cores.
+// The lock is re-entrant, as Python's (Value/Array with lock=True make an RLock).
 #pragma once
 
 #include <algorithm>
@@ -44,9 +45,9 @@ struct BlockHeader {
   std::uint64_t count;      ///< elements (1 for a Value); must equal the segment's capacity
   std::uint32_t flags;      ///< kBlockHasLock
   std::uint32_t elem_size;  ///< sizeof(T), for tools
-  LockState lock;           ///< zero (unused) without kBlockHasLock
+  RLockState lock;          ///< zero (unused) without kBlockHasLock
 };
-static_assert(std::is_standard_layout_v<BlockHeader> && sizeof(BlockHeader) == 32);
+static_assert(std::is_standard_layout_v<BlockHeader> && sizeof(BlockHeader) == 48);
 inline constexpr std::uint32_t kBlockHasLock = 1;
 
 /// True when T can be shared by Value / Array at all (the static_asserts below say why not).
@@ -164,15 +165,15 @@ struct SharedBlock {
     return b;
   }
 
-  std::optional<Lock> make_lock() const {
+  std::optional<RLock> make_lock() const {
     if (!has_lock) return std::nullopt;
-    return Lock::view(seg, &header->lock);
+    return RLock::view(seg, &header->lock);
   }
 
   /// Holds the embedded lock for a scope (no Lock handle: the fast path is one CAS).
   class Hold {
    public:
-    Hold(LockState& l, const Deadline& d, std::string_view name) : l_(l) {
+    Hold(RLockState& l, const Deadline& d, std::string_view name) : l_(l) {
       const LockResult r = l_.acquire(d);
       if (r == LockResult::timeout)
         fail<TimeoutError>("could not acquire the lock of '{}' before the timeout", name);
@@ -184,11 +185,11 @@ struct SharedBlock {
     bool previous_owner_died() const noexcept { return died_; }
 
    private:
-    LockState& l_;
+    RLockState& l_;
     bool died_ = false;
   };
 
-  LockState& lock_state(const char* what) const {
+  RLockState& lock_state(const char* what) const {
     if (!has_lock)
       fail<ValueError>("{}() on '{}', which was created with lock=false (a RawValue/RawArray): "
                        "it has no lock",
@@ -225,7 +226,7 @@ class ValueBase {
     if constexpr (is_lock_free) {
       return std::atomic_ref<T>(*b_.data).load(std::memory_order_seq_cst);
     } else {
-      if (b_.has_lock && !b_.header->lock.held_by_this_process()) {
+      if (b_.has_lock) {  // re-entrant: also when this thread holds it already
         typename SharedBlock<T>::Hold h(b_.header->lock, Deadline::never(), b_.seg->name());
         return copy();
       }
@@ -237,7 +238,7 @@ class ValueBase {
     if constexpr (is_lock_free) {
       std::atomic_ref<T>(*b_.data).store(v, std::memory_order_seq_cst);
     } else {
-      if (b_.has_lock && !b_.header->lock.held_by_this_process()) {
+      if (b_.has_lock) {
         typename SharedBlock<T>::Hold h(b_.header->lock, Deadline::never(), b_.seg->name());
         std::memcpy(static_cast<void*>(b_.data), &v, sizeof(T));
         return;
@@ -373,10 +374,10 @@ class Value : public detail::ValueBase<T> {
     return *this;
   }
 
-  //!Returns: the embedded robust Lock (Python's get_lock()); lock it around read-modify-write
-  //! sequences. Its previous_owner_died() tells when a holder died holding it.
+  //!Returns: the embedded robust re-entrant lock (Python's get_lock(), an RLock); lock it around
+  //! read-modify-write sequences. Its previous_owner_died() tells when a holder died holding it.
   //!Throws: ValueError if the Value was created with lock=false.
-  Lock& get_lock() {
+  RLock& get_lock() {
     if (!lock_) (void)this->b_.lock_state("get_lock");
     return *lock_;
   }
@@ -398,7 +399,7 @@ class Value : public detail::ValueBase<T> {
 
  private:
   explicit Value(Block b) : Base(std::move(b)), lock_(this->b_.make_lock()) {}
-  std::optional<Lock> lock_;
+  std::optional<RLock> lock_;
 };
 
 /// Python's multiprocessing.RawValue: one T in shared memory, no lock. Reads and writes of a
