@@ -185,6 +185,7 @@ class PipeEnd final : public ForkHook {
                      std::span<const std::byte> body,
                      const Deadline& deadline = Deadline::never()) {
     check_open("send");
+    os::check_mapping(h_);  // CorruptedError if a peer truncated the segment under us
     if (!writable_)
       fail<ValueError>(
           "send on pipe '{}': this end is read-only (Pipe(duplex=false) gives a "
@@ -258,6 +259,7 @@ class PipeEnd final : public ForkHook {
   std::optional<Message> peek(const Deadline& deadline, std::span<std::byte> direct = {}) {
     check_readable("recv");
     if (have_msg_) return Message{msg_kind_, {msg_.data(), msg_size_}, false};
+    os::check_mapping(h_);  // CorruptedError if a peer truncated the segment under us
     struct Guard {  // a partial message assembled in the caller's buffer moves to ours
       PipeEnd& e;
       ~Guard() {
@@ -372,6 +374,7 @@ class PipeEnd final : public ForkHook {
   bool poll(const Deadline& deadline) {
     check_readable("poll");
     if (have_msg_) return true;
+    os::check_mapping(h_);
     const std::uint64_t r = in_.ctl->read_idx.load(std::memory_order_relaxed);
     auto ready = [&] { return refresh_avail(r) >= ring::kHeader || writer_gone(); };
     if (ready()) return true;

@@ -196,6 +196,7 @@ class Ops {
   static void check_open(Core& c) {
     if (c.closed().load(std::memory_order_relaxed))
       fail<ValueError>("queue '{}' is closed in this process (close() was called)", c.name());
+    os::check_mapping(&c.header());  // CorruptedError if a peer truncated the segment under us
   }
 
  private:

@@ -197,6 +197,7 @@ class Segment {
     s.size_ = total;
     try {
       s.base_ = static_cast<std::byte*>(os::map(fd, total, name));
+      os::guard_mapping(s.base_, total, name);  // a peer's ftruncate: CorruptedError, not SIGBUS
     } catch (...) {
       os::shm_remove(name);
       throw;
@@ -277,6 +278,7 @@ class Segment {
     s.name_ = std::string(name);
     s.size_ = info.size;
     s.base_ = static_cast<std::byte*>(os::map(fd, info.size, name));
+    os::guard_mapping(s.base_, info.size, name);  // a peer's ftruncate: CorruptedError, not SIGBUS
     auto* h = s.header_ptr();
     const bool ready = h->init_wait.wait(
         [&] { return h->init_state.load(std::memory_order_acquire) == kInitReady; }, deadline,
@@ -284,9 +286,9 @@ class Segment {
     if (!ready)
       fail<TimeoutError>("'{}' is still being initialised by pid {} after {} ms; try again later",
                          name, ProcessRef::unpack(h->creator.load()).pid, opts.init_timeout.count());
-    // info.size is final: a creator sets the size once (ftruncate) before anyone sees a header.
+    const std::uint64_t final_size = os::file_info(fd, name).size;
     s.keep(std::move(fd));
-    s.validate(kind, type, info.size);
+    s.validate(kind, type, final_size);
     s.attach_self();
     return s;
   }
@@ -367,6 +369,7 @@ class Segment {
       } catch (...) {  // best effort in a destructor; `mpp gc` removes what is left
       }
     }
+    os::unguard_mapping(base_);
     os::unmap(base_, size_);
     fd_.reset();
     base_ = nullptr;

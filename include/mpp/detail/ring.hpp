@@ -183,6 +183,7 @@ bool wait(Bell& b, Ready&& ready, const Deadline& deadline, Check&& check, int s
     if (deadline.expired()) return false;
     std::optional<std::chrono::nanoseconds> d = kPollInterval;
     if (const auto left = deadline.remaining(); left && *left < *d) d = left;
+    os::check_mapping(&b);  // CorruptedError if a peer truncated the segment under us
     os::wait_on_address(b.seq, s, d);
     // A waker took the announcement: announce again if we must wait on.
     if (b.sleeper.load(std::memory_order_relaxed) != me) announced = false;

@@ -90,6 +90,10 @@ struct WaitPoint {
       }
       std::optional<std::chrono::nanoseconds> slice = kPollInterval;
       if (const auto left = deadline.remaining(); left && *left < *slice) slice = left;
+      if (os::mapping_faulted(this)) [[unlikely]] {  // a peer truncated the segment under us
+        sleepers.fetch_sub(1, std::memory_order_relaxed);
+        os::check_mapping(this);  // throws CorruptedError
+      }
       os::wait_on_address(seq, s, slice);
       sleepers.fetch_sub(1, std::memory_order_relaxed);
       if (ready()) return true;

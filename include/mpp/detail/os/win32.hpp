@@ -911,4 +911,17 @@ inline std::string current_exception_type_name() {
 inline int populate_write(void*, std::size_t) noexcept { return 0; }
 // ==== end queue memory ==========================================================================
 
+// ==== mapping guard (owner: crash-safety suite; mirrors posix.hpp) ==============================
+// Nothing to guard: Windows refuses to shrink a section while any view of it is mapped, so a
+// mapped segment can never lose pages under us (POSIX needs a SIGBUS handler for that).
+/// No-op on Windows (see above).
+inline void guard_mapping(void*, std::uint64_t, std::string_view) noexcept {}
+/// No-op on Windows (see above).
+inline void unguard_mapping(void*) noexcept {}
+/// Always false on Windows (see above).
+inline bool mapping_faulted(const void*) noexcept { return false; }
+/// No-op on Windows (see above).
+inline void check_mapping(const void*) {}
+// ==== end mapping guard =========================================================================
+
 }  // namespace mpp::detail::os
