@@ -286,9 +286,9 @@ class Segment {
     if (!ready)
       fail<TimeoutError>("'{}' is still being initialised by pid {} after {} ms; try again later",
                          name, ProcessRef::unpack(h->creator.load()).pid, opts.init_timeout.count());
-    const std::uint64_t final_size = os::file_info(fd, name).size;
+    // info.size is final: a creator sets the size once (ftruncate) before anyone sees a header.
     s.keep(std::move(fd));
-    s.validate(kind, type, final_size);
+    s.validate(kind, type, info.size);
     s.attach_self();
     return s;
   }
