@@ -972,11 +972,14 @@ class Pool {
     try {
       for (std::size_t i = 0; i < workers_.size(); ++i) spawn_worker(i);
     } catch (...) {  // e.g. spawn without mpp::bootstrap: stop the workers already started
-      for (auto& w : workers_)
-        if (w.proc) {
+      for (auto& w : workers_) {
+        if (!w.proc || !w.proc->pid()) continue;  // not started
+        try {
           w.proc->kill();
           w.proc->join(Timeout(5.0));
+        } catch (const std::exception&) {  // keep the start failure as the error
         }
+      }
       throw;
     }
     supervisor_ = std::thread([this] { supervise(); });
