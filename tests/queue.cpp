@@ -3,12 +3,18 @@
 // many producers and consumers with checksums, and SIGKILL of producers and consumers at every
 // crash point and at random moments (Jepsen-style lost/duplicated counts).
 //
+// The tests that fork or SIGKILL are POSIX-only; the rest, and the spawn tests (named queues
+// shared with spawned processes), also run on Windows (under wine in the Windows lane).
+//
 // Compiled with MPP_CRASH_POINTS: MPP_CRASH_POINT(name) calls crash_point() below, which SIGKILLs
 // the process when it is armed for that point (only forked children arm it).
 #define MPP_CRASH_POINTS 1
+#include <mpp/process.hpp>
 #include <mpp/queue.hpp>
 
-#include <sys/mman.h>
+#if defined(MPP_OS_POSIX)
+#  include <sys/mman.h>
+#endif
 
 #include <array>
 #include <cstdlib>
@@ -23,9 +29,11 @@
 #include "helpers.hpp"
 
 using namespace std::chrono_literals;
-using mpp_test::fork_child;
 using mpp_test::unique_name;
+#if defined(MPP_OS_POSIX)
+using mpp_test::fork_child;
 using mpp_test::wait_child;
+#endif
 
 // ---- crash-point hook (process-local; armed in forked children only) ----------------------------
 namespace {
@@ -34,7 +42,7 @@ struct CrashArm {
   long countdown = 0;
 };
 CrashArm g_arm;
-void arm(const char* point, long hit) {
+[[maybe_unused]] void arm(const char* point, long hit) {
   std::snprintf(g_arm.target, sizeof g_arm.target, "%s", point);
   g_arm.countdown = hit;
 }
@@ -42,13 +50,19 @@ void arm(const char* point, long hit) {
 
 namespace mpp::detail {
 void crash_point(const char* name) noexcept {
-  if (g_arm.target[0] != '\0' && std::strcmp(g_arm.target, name) == 0 && --g_arm.countdown == 0)
+  if (g_arm.target[0] != '\0' && std::strcmp(g_arm.target, name) == 0 && --g_arm.countdown == 0) {
+#if defined(MPP_OS_POSIX)
     ::kill(::getpid(), SIGKILL);
+#else
+    std::_Exit(137);  // never armed on Windows (no fork)
+#endif
+  }
 }
 }  // namespace mpp::detail
 
 namespace {
 
+#if defined(MPP_OS_POSIX)
 /// An array of T in anonymous shared memory (parent and forked children see the same bytes).
 template <class T>
 class SharedArray {
@@ -71,8 +85,19 @@ class SharedArray {
   std::size_t n_;
 };
 
+#endif  // MPP_OS_POSIX
+
 bool shm_exists(const std::string& name) {
+#if defined(MPP_OS_POSIX)
   return ::access(("/dev/shm/" + name).c_str(), F_OK) == 0;
+#else  // Windows: a mapping's name exists while a handle to it is open
+  try {
+    (void)mpp::detail::os::shm_open_existing(name);
+    return true;
+  } catch (const mpp::NotFoundError&) {
+    return false;
+  }
+#endif
 }
 
 struct Big {
@@ -80,7 +105,7 @@ struct Big {
   char pad[200];
 };
 
-std::uint64_t tag(std::uint64_t producer, std::uint64_t seq) { return producer << 40 | seq; }
+[[maybe_unused]] std::uint64_t tag(std::uint64_t producer, std::uint64_t seq) { return producer << 40 | seq; }
 
 /// An item whose decoding (which runs while the consumer still holds the slot, before the get
 /// commits) reports the value to a hook: the kill test's "delivered before commit" log.
@@ -234,6 +259,7 @@ TEST_CASE("Queue: close, join_thread and cancel_join_thread", "[queue]") {
 
 // ---- across processes ----------------------------------------------------------------------------
 
+#if defined(MPP_OS_POSIX)
 TEST_CASE("Queue: producer and consumer in different processes block on each other", "[queue]") {
   mpp::Queue<std::uint64_t> q(4);
   mpp::Queue<std::string> back(2);
@@ -269,6 +295,7 @@ TEST_CASE("Queue: a consumer that waits is woken by a later put", "[queue]") {
   CHECK(q.get(true, 10s) == 7);
   CHECK(wait_child(child) == 0);
 }
+#endif  // MPP_OS_POSIX
 
 TEST_CASE("Queue: named queue opened by an unrelated process", "[queue]") {
   const auto name = unique_name("q");
@@ -281,19 +308,9 @@ TEST_CASE("Queue: named queue opened by an unrelated process", "[queue]") {
   CHECK_THROWS_AS(mpp::JoinableQueue<int>::open(name), mpp::TypeMismatchError);
   CHECK_THROWS_AS(mpp::Queue<int>::open(unique_name("none")), mpp::NotFoundError);
   for (int i = 1; i <= 3; ++i) q.put(i * 10);
-  // A fresh program (exec of this test binary) that only knows the names.
-  const pid_t child = ::fork();
-  REQUIRE(child >= 0);
-  if (child == 0) {
-    ::setenv("MPP_QUEUE_CHILD", (name + " " + reply).c_str(), 1);
-    char self[] = "/proc/self/exe";
-    char spec[] = "[.queue_child]";
-    char* argv[] = {self, spec, nullptr};
-    ::execv(self, argv);
-    ::_exit(127);
-  }
+  // A fresh program (this test binary run again) that only knows the names.
+  CHECK(mpp_test::run_unrelated("[.queue_child]", name + " " + reply) == 0);
   CHECK(r.get(true, 30s) == "60");
-  CHECK(wait_child(child) == 0);
   CHECK(q.get(true, 5s) == 99);
   auto again = mpp::Queue<int>::open_or_create(name, 1);  // exists: opened, maxsize unchanged
   CHECK(again.maxsize() == 8);
@@ -312,7 +329,7 @@ TEST_CASE("Queue: a queue handle crosses processes as its name", "[queue]") {
 }
 
 TEST_CASE("queue child: opens queues by name", "[.queue_child]") {
-  const char* env = std::getenv("MPP_QUEUE_CHILD");
+  const char* env = std::getenv("MPP_TEST_OBJECT");
   if (env == nullptr) return;
   const std::string both(env);
   const auto space = both.find(' ');
@@ -324,6 +341,7 @@ TEST_CASE("queue child: opens queues by name", "[.queue_child]") {
   r.put(std::to_string(sum));
 }
 
+#if defined(MPP_OS_POSIX)
 TEST_CASE("Queue: a process may exit with items it put still queued", "[queue]") {
   // Python's "joining processes that use queues" deadlock: here put() has already written the
   // item to shared memory, so the child exits at once and the parent reads after joining it.
@@ -336,6 +354,7 @@ TEST_CASE("Queue: a process may exit with items it put still queued", "[queue]")
   CHECK(q.qsize() == 1000);
   for (int i = 0; i < 1000; ++i) CHECK(q.get_nowait()[0] == static_cast<char>('a' + i % 26));
 }
+#endif  // MPP_OS_POSIX
 
 TEST_CASE("Queue: unbounded (maxsize <= 0)", "[queue]") {
   mpp::Queue<std::uint64_t> q;
@@ -362,6 +381,7 @@ TEST_CASE("Queue: unbounded (maxsize <= 0)", "[queue]") {
   CHECK(put < 100);
 }
 
+#if defined(MPP_OS_POSIX)
 TEST_CASE("Queue: qsize under concurrency", "[queue]") {
   mpp::Queue<int> q(100000);
   SharedArray<std::atomic<int>> go(1);
@@ -449,16 +469,22 @@ TEST_CASE("Queue: 4 producers / 4 consumers with checksums and per-producer FIFO
 TEST_CASE("Queue: 4P/4C x 10^6 items with checksums", "[queue][stress]") {
   mpmc_run(4, 4, 250000, 1024);
 }
+#endif  // MPP_OS_POSIX
 
 TEST_CASE("SimpleQueue: put, get, empty, close", "[queue]") {
   mpp::SimpleQueue<std::string> q;
   CHECK(q.empty());
+#if defined(MPP_OS_POSIX)
   const pid_t child = fork_child([&] {
     q.put("from child");
     return 0;
   });
   CHECK(q.get() == "from child");
   CHECK(wait_child(child) == 0);
+#else
+  q.put("from this process");
+  CHECK(q.get() == "from this process");
+#endif
   CHECK(q.empty());
   const auto name = unique_name("sq");
   auto n = mpp::SimpleQueue<int>::create(name);
@@ -488,6 +514,7 @@ TEST_CASE("JoinableQueue: task_done, join and ValueError", "[queue]") {
   CHECK_THROWS_AS(q.task_done(), mpp::ValueError);
 }
 
+#if defined(MPP_OS_POSIX)
 TEST_CASE("JoinableQueue: a worker pool across processes", "[queue]") {
   mpp::JoinableQueue<int> tasks;
   mpp::Queue<long> results;
@@ -514,8 +541,75 @@ TEST_CASE("JoinableQueue: a worker pool across processes", "[queue]") {
   tasks.join();
   for (auto k : kids) CHECK(wait_child(k) == 0);
 }
+#endif  // MPP_OS_POSIX
+
+// ---- spawned processes (portable: these also run on Windows) -------------------------------------
+
+namespace {
+/// Opens the named queues `in` and `out` and sends the `n` items it gets from `in` back on `out`.
+void echo_items(std::string in, std::string out, int n) {
+  auto from = mpp::Queue<std::string>::open(in);
+  auto to = mpp::Queue<std::string>::open(out);
+  for (int i = 0; i < n; ++i) to.put(from.get(true, 60s));
+}
+/// Squares the tasks it gets, until a negative one, calling task_done() for each.
+void square_tasks(mpp::JoinableQueue<int> tasks, mpp::Queue<long> results) {
+  for (;;) {
+    const int t = tasks.get(true, 60s);
+    if (t >= 0) results.put(static_cast<long>(t) * t);
+    tasks.task_done();
+    if (t < 0) return;
+  }
+}
+}  // namespace
+MPP_REGISTER(echo_items);
+MPP_REGISTER(square_tasks);
+
+TEST_CASE("Queue: a spawned process gets from a named queue and replies", "[queue][spawn]") {
+  const auto in_name = unique_name("q.in");
+  const auto out_name = unique_name("q.out");
+  // Default queues: unbounded, with the default sparse item area (tens of GiB of address space
+  // of which only the pages written are used, on Windows as on Linux).
+  auto in = mpp::Queue<std::string>::create(in_name);
+  auto out = mpp::Queue<std::string>::create(out_name);
+  std::vector<std::string> items;
+  for (std::size_t n : {0, 1, 12, 13, 900, 2040, 2041, 50000, 65528})  // inline, cell, region
+    items.push_back(std::string(n, static_cast<char>('a' + n % 26)));
+  for (int i = 0; i < 300; ++i) items.push_back(std::to_string(i) + std::string(i * 7, 'x'));
+  for (const auto& it : items) in.put(it);
+  auto p = mpp::get_context(mpp::StartMethod::spawn)
+               .process(echo_items, in_name, out_name, static_cast<int>(items.size()));
+  p.start();
+  for (const auto& it : items) REQUIRE(out.get(true, 60s) == it);
+  CHECK(p.join(60s));
+  CHECK(p.exitcode() == 0);
+  CHECK(in.empty());
+  CHECK(out.empty());
+}
+
+TEST_CASE("JoinableQueue: spawned workers, task_done and join", "[queue][spawn]") {
+  mpp::JoinableQueue<int> tasks;
+  mpp::Queue<long> results;
+  std::vector<mpp::Process> workers;
+  for (int w = 0; w < 2; ++w)
+    workers.push_back(
+        mpp::get_context(mpp::StartMethod::spawn).process(square_tasks, tasks, results));
+  for (auto& w : workers) w.start();
+  for (int i = 0; i < 200; ++i) tasks.put(i);
+  CHECK(tasks.join(60s));  // every task done
+  long sum = 0;
+  for (int i = 0; i < 200; ++i) sum += results.get(true, 10s);
+  CHECK(sum == 199L * 200 * 399 / 6);
+  for (std::size_t w = 0; w < workers.size(); ++w) tasks.put(-1);
+  CHECK(tasks.join(60s));
+  for (auto& w : workers) {
+    CHECK(w.join(60s));
+    CHECK(w.exitcode() == 0);
+  }
+}
 
 // ---- kill tests -----------------------------------------------------------------------------------
+#if defined(MPP_OS_POSIX)
 
 namespace {
 struct PointCase {
@@ -771,3 +865,4 @@ TEST_CASE("JoinableQueue: killed inside put or get, join still returns", "[queue
     CHECK(q.join(20s));
   }
 }
+#endif  // MPP_OS_POSIX

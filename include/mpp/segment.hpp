@@ -146,6 +146,10 @@ struct SegmentSpec {
   TypeInfo type = TypeInfo::none();  ///< element type (checked by open)
   std::uint64_t payload_size = 0;  ///< bytes after the header
   std::uint64_t capacity = 0;      ///< kind-specific, stored for tools and validation
+  /// The object touches only part of its payload and commits each part with os::commit() (or
+  /// os::populate_write()) before first use: Windows then reserves the rest instead of charging
+  /// it in full (POSIX shared memory is sparse anyway).
+  bool sparse = false;
 };
 
 /// Options common to create/open.
@@ -191,13 +195,15 @@ class Segment {
       fail<InvalidArgument>("cannot create '{}': a payload of {} bytes is too large", name,
                             spec.payload_size);
     const std::uint64_t total = offset + spec.payload_size;
-    os::Fd fd = os::shm_create(name, total);
+    os::Fd fd = spec.sparse ? os::shm_create_sparse(name, total) : os::shm_create(name, total);
     Segment s;
     s.name_ = std::string(name);
     s.size_ = total;
     try {
       s.base_ = static_cast<std::byte*>(os::map(fd, total, name));
       os::guard_mapping(s.base_, total, name);  // a peer's ftruncate: CorruptedError, not SIGBUS
+      if (const int err = spec.sparse ? os::commit(s.base_, offset) : 0; err != 0)
+        throw OSError(fmt::format("cannot create '{}': no memory for its header", name), err);
     } catch (...) {
       os::shm_remove(name);
       throw;

@@ -159,8 +159,13 @@ class Core {
       fail<InvalidArgument>("max_item_size {} is out of range ({} .. {} bytes)", max_item,
                             kInline, kMaxItemLimit);
     const Layout l = Layout::of(cap, max_item);
-    const SegmentSpec spec{kind, type, l.payload_size, cap};
+    SegmentSpec spec{kind, type, l.payload_size, cap};
+    spec.sparse = true;  // the cells and regions are committed by ensure_backed()
     auto init = [&](std::byte* p, std::uint64_t) {
+      // Header, slots and fill marks: any process may read any slot (scans), so all of them.
+      if (const int err = os::commit(p, l.medium_offset); err != 0)
+        throw OSError(fmt::format("cannot create a queue of {} slots: no memory for them", cap),
+                      err);
       auto* h = new (p) Header{};
       h->capacity = cap;
       h->maxsize = maxsize;

@@ -812,6 +812,24 @@ inline int populate_write(void* p, std::size_t n) noexcept {
 }
 // ==== end queue memory ==========================================================================
 
+// ==== sparse segments (owner: Windows lane; mirrors win32.hpp) =================================
+//!Effects: creates the shared-memory object `name` as shm_create() does, for an object that
+//! touches only part of its `size` bytes (a queue's item area, a manager's heap). POSIX shared
+//! memory is sparse already: a page is allocated when it is first touched.
+inline Fd shm_create_sparse(std::string_view name, std::uint64_t size) {
+  return shm_create(name, size);
+}
+
+//!Effects: makes [p, p + n) of a sparse segment usable before it is first touched. Nothing to do
+//! on POSIX (populate_write() allocates ahead where a full /dev/shm must be an error).
+//!Returns: 0 (the Win32 backend returns an errno value when the memory ran out).
+inline int commit(void* p, std::size_t n) noexcept {
+  (void)p;
+  (void)n;
+  return 0;
+}
+// ==== end sparse segments =======================================================================
+
 // ==== mapping guard (owner: crash-safety suite) ================================================
 // A process that has a segment mapped gets SIGBUS from the kernel when it touches a page that is
 // no longer backed by the object: another process (buggy or hostile, same user) shrank it with

@@ -22,6 +22,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cerrno>
 #include <climits>
 #include <cstdint>
 #include <cstring>
@@ -206,11 +207,12 @@ struct SectionBasicInformation {
 /// Whether a segment must keep its OS handle open while mapped (a mapping's name lives only as long as a handle to it).
 inline constexpr bool kKeepHandleWhileMapped = true;
 
-//!Effects: creates the named file mapping `name` (session-local, current user only) of `size`
-//! bytes. Throws: ExistsError if the name is taken, OSError otherwise.
-inline Fd shm_create(std::string_view name, std::uint64_t size) {
-  win32_detail::OwnerOnly sa;
-  Fd h(::CreateFileMappingW(INVALID_HANDLE_VALUE, sa.get(), PAGE_READWRITE,
+namespace win32_detail {
+/// CreateFileMapping of `size` pagefile-backed bytes named `name`, with `section` SEC_COMMIT
+/// (charged in full now) or SEC_RESERVE (pages are committed by commit() before first use).
+inline Fd create_mapping(std::string_view name, std::uint64_t size, DWORD section) {
+  OwnerOnly sa;
+  Fd h(::CreateFileMappingW(INVALID_HANDLE_VALUE, sa.get(), PAGE_READWRITE | section,
                             static_cast<DWORD>(size >> 32), static_cast<DWORD>(size),
                             kernel_name(name).c_str()));
   const DWORD err = ::GetLastError();
@@ -222,6 +224,13 @@ inline Fd shm_create(std::string_view name, std::uint64_t size) {
   if (err == ERROR_ALREADY_EXISTS)
     fail<ExistsError>("'{}' already exists; open it with open() or pick another name", name);
   return h;
+}
+}  // namespace win32_detail
+
+//!Effects: creates the named file mapping `name` (session-local, current user only) of `size`
+//! bytes, committed in full. Throws: ExistsError if the name is taken, OSError otherwise.
+inline Fd shm_create(std::string_view name, std::uint64_t size) {
+  return win32_detail::create_mapping(name, size, SEC_COMMIT);
 }
 
 //!Effects: opens the existing named file mapping `name`.
@@ -904,11 +913,54 @@ inline std::string current_exception_type_name() {
 }
 // ==== end processes ============================================================================
 
+// ==== sparse segments (owner: Windows lane; mirrors posix.hpp) =================================
+// A queue's item area or a manager's heap is mostly never touched. A SEC_COMMIT mapping would be
+// charged against the commit limit in full (GiBs), so these are SEC_RESERVE mappings: a view
+// starts out reserved, and commit() commits pages of the section before they are first touched.
+// A commit through one view is a commit of the section: every process's view sees those pages.
+// Touching a page nobody committed is an access violation (where Linux would read zeros).
+
+//!Effects: creates the named file mapping `name` of `size` bytes as shm_create() does, but only
+//! reserved (SEC_RESERVE): nothing is charged until commit(). Throws: as shm_create().
+inline Fd shm_create_sparse(std::string_view name, std::uint64_t size) {
+  return win32_detail::create_mapping(name, size, SEC_RESERVE);
+}
+
+//!Effects: commits the still-reserved pages of [p, p + n) (VirtualAlloc MEM_COMMIT on the view),
+//! so they can be used by every process that maps the section. Pages committed already (all of a
+//! SEC_COMMIT view) are left as they are. Returns: 0, or ENOMEM when the commit limit is reached
+//! (EFAULT if the range is not part of a mapped view).
+inline int commit(void* p, std::size_t n) noexcept {
+  if (n == 0) return 0;
+  auto* at = static_cast<char*>(p);
+  char* const end = at + n;
+  while (at < end) {
+    MEMORY_BASIC_INFORMATION mbi{};
+    if (::VirtualQuery(at, &mbi, sizeof mbi) == 0) return EFAULT;
+    char* const region_end = static_cast<char*>(mbi.BaseAddress) + mbi.RegionSize;
+    char* const stop = region_end < end ? region_end : end;
+    if (mbi.State == MEM_RESERVE) {
+      if (::VirtualAlloc(at, static_cast<SIZE_T>(stop - at), MEM_COMMIT, PAGE_READWRITE) == nullptr) {
+        const DWORD err = ::GetLastError();
+        return err == ERROR_COMMITMENT_LIMIT || err == ERROR_NOT_ENOUGH_MEMORY ||
+                       err == ERROR_OUTOFMEMORY || err == ERROR_COMMITMENT_MINIMUM
+                   ? ENOMEM
+                   : EFAULT;
+      }
+    } else if (mbi.State != MEM_COMMIT) {
+      return EFAULT;
+    }
+    at = stop;
+  }
+  return 0;
+}
+// ==== end sparse segments =======================================================================
+
 // ==== queue memory (mirrors posix.hpp) =========================================================
-//!Effects: nothing: a pagefile-backed mapping (SEC_COMMIT) is charged in full when it is created,
-//! so running out of memory is an error of CreateFileMapping, never a fault on first touch.
-//!Returns: 0.
-inline int populate_write(void*, std::size_t) noexcept { return 0; }
+//!Effects: commits the pages of [p, p + n) that are still reserved (see commit()), so running
+//! out of memory is an error code here instead of an access violation later.
+//!Returns: 0, or the errno value commit() returns.
+inline int populate_write(void* p, std::size_t n) noexcept { return commit(p, n); }
 // ==== end queue memory ==========================================================================
 
 // ==== mapping guard (owner: crash-safety suite; mirrors posix.hpp) ==============================
