@@ -5,6 +5,7 @@
 #include <mpp/detail/registry.hpp>
 #include <mpp/queue.hpp>
 #include <mpp/segment.hpp>
+#include <mpp/shared_memory.hpp>
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -169,6 +170,51 @@ TEST_CASE("gc removes an object whose creator and users were all killed", "[tool
   CHECK_FALSE(shm_exists(name));
 }
 
+TEST_CASE("gc keeps a persistent object whose users are gone, unless --include-persistent",
+          "[tools]") {
+  // Created persistent, an untracked SharedMemory (kept until unlink(), as in Python) and a
+  // tracked one (removed by its last user, so garbage once they all died); then the creator dies.
+  const auto kept = mpp_test::unique_name("persist");
+  const auto untracked = mpp_test::unique_name("persist");
+  const auto tracked = mpp_test::unique_name("persist");
+  Holder creator([&] {
+    mpp::detail::SegmentOptions o;
+    o.persistent = true;
+    auto a = std::make_shared<Segment>(Segment::create(kept, queue_spec(), {}, o));
+    auto b = std::make_shared<mpp::SharedMemory>(untracked, true, 64, /*track=*/false);
+    auto c = std::make_shared<mpp::SharedMemory>(tracked, true, 64, /*track=*/true);
+    return std::make_tuple(a, b, c);
+  });
+  creator.kill();
+  CHECK(reg::inspect(kept).persistent);
+  CHECK(reg::inspect(untracked).persistent);
+  CHECK_FALSE(reg::inspect(tracked).persistent);
+  CHECK(run_tool("ls --prefix " + prefix_of(kept)).find("ready persistent") != std::string::npos);
+  for (const auto& name : {kept, untracked}) {
+    auto e = reg::gc(false, {}, prefix_of(name));
+    REQUIRE(find(e, name) != nullptr);
+    CHECK_FALSE(find(e, name)->removed);
+    CHECK(find(e, name)->verdict.reason.find("persistent") != std::string::npos);
+    CHECK(shm_exists(name));
+  }
+  auto e = reg::gc(false, {}, prefix_of(tracked));
+  REQUIRE(find(e, tracked) != nullptr);
+  CHECK(find(e, tracked)->removed);
+  // Asked explicitly: the persistent ones go too (a dry run first removes nothing).
+  int status = 0;
+  CHECK(run_tool("gc --dry-run --include-persistent --prefix " + prefix_of(kept), &status)
+            .find("would remove " + kept) != std::string::npos);
+  CHECK(shm_exists(kept));
+  reg::GcPolicy all;
+  all.include_persistent = true;
+  for (const auto& name : {kept, untracked}) {
+    e = reg::gc(false, all, prefix_of(name));
+    REQUIRE(find(e, name) != nullptr);
+    CHECK(find(e, name)->removed);
+    CHECK_FALSE(shm_exists(name));
+  }
+}
+
 TEST_CASE("gc keeps an object used by a live forked child that is not the creator", "[tools]") {
   const auto name = mpp_test::unique_name("gc.fork");
   // The creator forks a child that uses the inherited handle (claiming its own attach slot), then
@@ -207,6 +253,50 @@ TEST_CASE("gc keeps an object used by a live forked child that is not the creato
   CHECK((!live.empty() && live[0].pid == user));
 
   // The grandchild was reparented to us: kill and reap it.
+  ::kill(user, SIGKILL);
+  CHECK(mpp_test::wait_child(user) == -SIGKILL);
+  e = reg::gc(false, {}, prefix_of(name));
+  REQUIRE(find(e, name) != nullptr);
+  CHECK(find(e, name)->removed);
+  CHECK_FALSE(shm_exists(name));
+}
+
+TEST_CASE("gc keeps a queue that a live forked child uses without an attach slot", "[tools]") {
+  // As above, but through a Queue handle: the child registers with the queue, not in the
+  // segment's attach table. gc still sees that it has the object mapped.
+  const auto name = mpp_test::unique_name("gc.forkq");
+  REQUIRE(::prctl(PR_SET_CHILD_SUBREAPER, 1) == 0);
+  int p[2];
+  REQUIRE(::pipe(p) == 0);
+  const pid_t creator = mpp_test::fork_child([&] {
+    auto q = mpp::Queue<int>::create(name, 4);
+    const pid_t grandchild = ::fork();
+    if (grandchild == 0) {
+      q.put(1);
+      (void)q.get();
+      const pid_t me = ::getpid();
+      (void)!::write(p[1], &me, sizeof me);
+      for (;;) ::pause();
+    }
+    for (;;) ::pause();
+    return 0;
+  });
+  pid_t user = 0;
+  REQUIRE(::read(p[0], &user, sizeof user) == sizeof user);
+  ::close(p[0]);
+  ::close(p[1]);
+  ::kill(creator, SIGKILL);
+  CHECK(mpp_test::wait_child(creator) == -SIGKILL);
+
+  const auto o = find(reg::scan(prefix_of(name)), name);
+  REQUIRE(o.has_value());
+  CHECK(reg::live_users(*o).empty());  // nobody registered is alive ...
+  auto e = reg::gc(false, {}, prefix_of(name));
+  REQUIRE(find(e, name) != nullptr);
+  CHECK_FALSE(find(e, name)->removed);  // ... but the child has it mapped
+  CHECK(find(e, name)->verdict.reason.find(fmt::format("pid {}", user)) != std::string::npos);
+  CHECK(shm_exists(name));
+
   ::kill(user, SIGKILL);
   CHECK(mpp_test::wait_child(user) == -SIGKILL);
   e = reg::gc(false, {}, prefix_of(name));

@@ -22,7 +22,8 @@ namespace reg = mpp::detail::registry;
 
 constexpr std::string_view kUsage =
     "usage: mpp ls [--prefix P]\n"
-    "       mpp gc [--dry-run] [--grace SECONDS] [--include-corrupt] [--prefix P]\n"
+    "       mpp gc [--dry-run] [--grace SECONDS] [--include-corrupt] [--include-persistent]\n"
+    "              [--prefix P]\n"
     "       mpp inspect NAME\n"
     "       mpp rm NAME\n"
     "\n"
@@ -30,7 +31,8 @@ constexpr std::string_view kUsage =
     "         live users / registered users, queue depth, state.\n"
     "gc       removes objects whose creator and attached processes are all dead (pid + start\n"
     "         time), including half-built ones whose creator died; never one with a live user.\n"
-    "         --dry-run only prints what would be removed.\n"
+    "         Persistent objects (created with persistent = true, untracked SharedMemory) are\n"
+    "         kept unless --include-persistent. --dry-run only prints what would be removed.\n"
     "inspect  prints one object's header fields, attach table and gc verdict.\n"
     "rm       removes a name regardless of its users (mapped views keep working).\n";
 
@@ -59,7 +61,8 @@ int cmd_ls(std::string_view prefix) {
     fmt::print("{:<40} {:<14} {:<24} {:>8} {:>8} {:>6} {:>6}  {}{}{}\n", o.name,
                h ? fit(o.kind_label, 14) : "-", h ? fit(o.type_name, 24) : "-", size_text(o.stat.size),
                h && o.creator.pid > 0 ? fmt::format("{}", o.creator.pid) : "-", users_text(o),
-               depth ? fmt::format("{}", *depth) : "-", reg::state_name(o.state),
+               depth ? fmt::format("{}", *depth) : "-",
+               fmt::format("{}{}", reg::state_name(o.state), h && o.persistent ? " persistent" : ""),
                o.problem.empty() ? "" : ": ", o.problem);
   }
   return 0;
@@ -107,6 +110,7 @@ int cmd_inspect(std::string_view name) {
     fmt::print("sizes:           total {}, payload at {} size {}, capacity {}\n", o.total_size,
                o.payload_offset, o.payload_size, o.capacity);
     fmt::print("created:         unix ms {}\n", o.created_unix_ms);
+    fmt::print("persistent:      {}\n", o.persistent ? "yes (gc keeps it when its users are gone)" : "no");
     fmt::print("creator:         pid {} (start tag {:#x}) {}\n", o.creator.pid, o.creator.start_tag,
                o.creator.pid > 0 ? (reg::process_alive(o.creator) ? "alive" : "dead") : "-");
     if (const auto depth = reg::queue_depth(o))
@@ -164,6 +168,8 @@ int main(int argc, char** argv) {
         dry_run = true;
       } else if (a == "--include-corrupt") {
         policy.include_corrupt = true;
+      } else if (a == "--include-persistent") {
+        policy.include_persistent = true;
       } else if ((a == "--grace" || a == "--prefix") && i + 1 < args.size()) {
         const std::string v(args[++i]);
         if (a == "--prefix") {

@@ -114,6 +114,8 @@ inline constexpr std::uint32_t kMaxAttach = 128;
 inline constexpr std::size_t kTypeNameCapacity = 128;
 inline constexpr std::uint32_t kInitBuilding = 0;  // a fresh (zero-filled) segment
 inline constexpr std::uint32_t kInitReady = 1;
+/// SegmentHeader::flags: the object is meant to outlive its users (`mpp gc` keeps it).
+inline constexpr std::uint32_t kSegmentPersistent = 1;
 
 /// One entry of a segment's attach table: the packed ProcessRef of a process using the object,
 /// 0 when free. Claimed, released and reaped (when its holder died) by CAS on the whole word.
@@ -136,9 +138,13 @@ struct SegmentHeader {
   std::atomic<std::uint64_t> creator;  ///< packed ProcessRef, written before anything else
   std::uint64_t created_unix_ms;
   WaitPoint init_wait;  ///< openers sleep here while init_state is kInitBuilding
+  /// kSegmentPersistent, ... In what was padding before the attach table, so the layout (and
+  /// its version) is unchanged: objects of earlier builds read 0, i.e. not persistent.
+  std::atomic<std::uint32_t> flags;
   alignas(kCacheLine) AttachSlot attach[kMaxAttach];
 };
 static_assert(std::is_standard_layout_v<SegmentHeader>);
+static_assert(offsetof(SegmentHeader, attach) == 4 * kCacheLine, "the header layout changed");
 
 /// How to build a new segment.
 struct SegmentSpec {
@@ -240,6 +246,7 @@ class Segment {
       s.creator_pid_ = 0;  // nothing left to unlink
       throw;
     }
+    h->flags.store(opts.persistent ? kSegmentPersistent : 0, std::memory_order_relaxed);
     h->magic = kSegmentMagic;
     h->init_state.store(kInitReady, std::memory_order_release);  // publishes all of the above
     h->init_wait.notify_all();
@@ -334,6 +341,17 @@ class Segment {
   bool is_creator() const noexcept { return creator_pid_ != 0 && creator_pid_ == os::current_pid(); }
   /// Keep (true) or remove (false) the name when the creating handle is destroyed.
   void set_persistent(bool p) noexcept { persistent_ = p; }
+  //!Effects: records in the shared header whether the object is meant to outlive its users
+  //! (create() records SegmentOptions::persistent): `mpp gc` keeps a persistent object after its
+  //! users are gone, and removes one that is not.
+  void mark_persistent(bool keep) noexcept {
+    if (base_ == nullptr) return;
+    if (keep)
+      header_ptr()->flags.fetch_or(kSegmentPersistent, std::memory_order_relaxed);
+    else
+      header_ptr()->flags.fetch_and(~kSegmentPersistent, std::memory_order_relaxed);
+  }
+
 
   //!Effects: removes the name now (processes that have it mapped keep working); the creator's
   //! handle will not try again. Returns: false if the name was already gone.

@@ -37,6 +37,7 @@ struct TrackedSegment {
 
   TrackedSegment(Segment s, bool t) noexcept : seg(std::move(s)), track(t) {
     seg.set_persistent(true);  // the rule below decides, not Segment's creator-unlinks rule
+    if (seg.is_creator()) seg.mark_persistent(!t);  // untracked: `mpp gc` keeps it, as unlink() would
   }
   TrackedSegment(const TrackedSegment&) = delete;
   TrackedSegment& operator=(const TrackedSegment&) = delete;

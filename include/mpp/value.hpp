@@ -124,7 +124,10 @@ struct SharedBlock {
     const PayloadInit init = initializer(n, o.lock, fill);
     Segment s = name.empty() ? Segment::create_anonymous(sp, init)
                              : Segment::create(name, sp, init, SegmentOptions{o.persistent});
-    if (name.empty() && o.persistent) s.set_persistent(true);
+    if (name.empty() && o.persistent) {
+      s.set_persistent(true);
+      s.mark_persistent(true);  // `mpp gc` keeps it
+    }
     return wrap(std::move(s));
   }
 

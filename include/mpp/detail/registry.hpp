@@ -74,6 +74,7 @@ struct ObjectInfo {
   std::uint64_t capacity = 0;
   std::uint64_t created_unix_ms = 0;
   ProcessRef creator;        ///< pid 0 when not written yet
+  bool persistent = false;   ///< its creator asked to keep it after its users are gone
   std::vector<Attacher> attachers;  ///< non-empty attach slots
   /// A copy of the first bytes of the payload (kind-specific state such as a queue's indices),
   /// for ready/truncated objects; untrusted like everything else.
@@ -136,6 +137,7 @@ inline ObjectInfo parse_header(std::string_view name, std::span<const std::byte>
   o.capacity = field<std::uint64_t>(bytes, offsetof(H, capacity));
   o.created_unix_ms = field<std::uint64_t>(bytes, offsetof(H, created_unix_ms));
   o.creator = ProcessRef::unpack(field<std::uint64_t>(bytes, offsetof(H, creator)));
+  o.persistent = (field<std::uint32_t>(bytes, offsetof(H, flags)) & kSegmentPersistent) != 0;
   for (std::uint32_t i = 0; i < kMaxAttach; ++i) {
     const auto w = field<std::uint64_t>(bytes, offsetof(H, attach) + i * sizeof(AttachSlot));
     if (w != 0) o.attachers.push_back({i, ProcessRef::unpack(w)});
@@ -274,11 +276,15 @@ struct GcPolicy {
   std::int64_t grace_ms = 10'000;
   /// Also judge objects whose header is inconsistent (their attach table is then only a hint).
   bool include_corrupt = false;
+  /// Also remove persistent objects (created with `persistent`, or an untracked SharedMemory)
+  /// whose users are all dead; by default they are kept, as their creator asked.
+  bool include_persistent = false;
 };
 
 //!Returns: whether gc may remove `o`: only when it is ours, a regular object, and every user it
 //! registered (creator + attach table) is dead; a header too short or too fresh to name its
-//! creator is kept until the grace period passed. Never removes an object with a live user.
+//! creator is kept until the grace period passed; a published persistent object is kept unless
+//! policy.include_persistent. Never removes an object with a live user.
 inline Verdict gc_verdict(const ObjectInfo& o, std::int64_t now_unix_ms, const GcPolicy& policy = {},
                           const AliveFn& alive = process_alive) {
   if (o.state == State::foreign) return {false, "kept: " + o.problem};
@@ -304,6 +310,10 @@ inline Verdict gc_verdict(const ObjectInfo& o, std::int64_t now_unix_ms, const G
   }
   if (o.state == State::building)
     return {true, fmt::format("half-built: creator pid {} died while initialising it", o.creator.pid)};
+  if (o.persistent && !policy.include_persistent)
+    return {false, fmt::format("kept: persistent, its users are gone but its creator asked to keep "
+                               "it; remove it with `mpp rm {}` (or `mpp gc --include-persistent`)",
+                               o.name)};
   return {true, fmt::format("creator pid {} and all {} attached users are dead", o.creator.pid,
                             o.attachers.size())};
 }
@@ -317,17 +327,31 @@ struct GcEntry {
 };
 
 //!Effects: judges every object whose name starts with `prefix` and, unless `dry_run`, removes
-//! the garbage. Each candidate is inspected a second time right before removal and kept if that
-//! changes the verdict or the object behind the name (a process attaching after the first look,
-//! or the name recreated). Returns: one entry per object, in name order.
+//! the garbage. A candidate that a live process still has mapped is kept even though no live
+//! process is registered in it (a forked child using an inherited Queue, Pipe, Value, ...
+//! handle need not take an attach slot). Each candidate is inspected a second time right
+//! before removal and kept if that changes the verdict or the object behind the name (a
+//! process attaching after the first look, or the name recreated).
+//!Returns: one entry per object, in name order.
 inline std::vector<GcEntry> gc(bool dry_run, const GcPolicy& policy = {},
                                std::string_view prefix = "mpp.",
                                const AliveFn& alive = process_alive) {
   std::vector<GcEntry> out;
+  std::optional<std::vector<os::ShmMapper>> mappers;  // read once, when there is a candidate
   for (auto& info : scan(prefix)) {
     GcEntry e;
     e.verdict = gc_verdict(info, os::unix_time_ms(), policy, alive);
     e.info = std::move(info);
+    if (e.verdict.remove) {
+      if (!mappers) mappers = os::shm_mappers();
+      for (const auto& m : *mappers) {
+        if (m.inode != e.info.stat.inode || !ProcessRef{m.pid, 0}.alive()) continue;
+        e.verdict = {false, fmt::format("kept: pid {} still has it mapped without being registered "
+                                        "in it (a forked child using an inherited handle?)",
+                                        m.pid)};
+        break;
+      }
+    }
     if (e.verdict.remove && !dry_run) {
       ObjectInfo again = inspect(e.info.name);
       const Verdict v2 = gc_verdict(again, os::unix_time_ms(), policy, alive);

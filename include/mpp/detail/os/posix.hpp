@@ -314,6 +314,7 @@ inline std::uint64_t random_u64() {
 #include <dirent.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <vector>
 
 namespace mpp::detail::os {
@@ -408,6 +409,45 @@ inline std::int64_t unix_time_ms() noexcept {
   struct timespec ts{};
   ::clock_gettime(CLOCK_REALTIME, &ts);
   return static_cast<std::int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+/// A process that has a shared-memory object mapped.
+struct ShmMapper {
+  std::uint64_t inode;  ///< the object (st_ino under kShmDirectory)
+  pid_type pid;         ///< the process mapping it
+};
+
+//!Returns: every (object, process) pair where a process this user may inspect has an object of
+//! kShmDirectory mapped, from /proc/<pid>/maps — whether or not the process registered itself
+//! in the object's attach table (a forked child using an inherited handle may not have). Linux
+//! only; empty if /proc cannot be read.
+inline std::vector<ShmMapper> shm_mappers() {
+  std::vector<ShmMapper> out;
+  DIR* proc = ::opendir("/proc");
+  if (proc == nullptr) return out;
+  const std::string dir = std::string(kShmDirectory) + "/";
+  std::vector<char> line(4096);
+  while (const struct dirent* e = ::readdir(proc)) {
+    char* end = nullptr;
+    const long pid = std::strtol(e->d_name, &end, 10);
+    if (pid <= 0 || end == e->d_name || *end != '\0') continue;
+    const std::string path = "/proc/" + std::string(e->d_name) + "/maps";
+    std::FILE* f = std::fopen(path.c_str(), "re");
+    if (f == nullptr) continue;  // gone, or another user's
+    std::uint64_t last = 0;
+    while (std::fgets(line.data(), static_cast<int>(line.size()), f) != nullptr) {
+      // "start-end perms offset dev inode   path"
+      unsigned long long inode = 0;
+      int at = 0;
+      if (std::sscanf(line.data(), "%*s %*s %*s %*s %llu %n", &inode, &at) != 1 || inode == 0)
+        continue;
+      if (std::strncmp(line.data() + at, dir.c_str(), dir.size()) != 0 || inode == last) continue;
+      last = inode;  // a mapping often spans several consecutive lines
+      out.push_back({static_cast<std::uint64_t>(inode), static_cast<pid_type>(pid)});
+    }
+    std::fclose(f);
+  }
+  ::closedir(proc);
+  return out;
 }
 // ==== end registry tooling ====================================================================
 
