@@ -352,7 +352,6 @@ class Segment {
       header_ptr()->flags.fetch_and(~kSegmentPersistent, std::memory_order_relaxed);
   }
 
-
   //!Effects: removes the name now (processes that have it mapped keep working); the creator's
   //! handle will not try again. Returns: false if the name was already gone.
   bool unlink() {
