@@ -1,12 +1,18 @@
 // Pipe and Connection: typed and untyped messages, one-way and duplex, streaming of messages far
 // larger than the ring, EOF / BrokenPipe when the other end is closed or its process died (also
 // while blocked), fork liveness, named pipes between unrelated processes — across real processes.
-#include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
+// The tests that fork or SIGKILL are POSIX-only; the rest, and the spawn tests (named pipes to
+// spawned processes), also run on Windows (under wine in the Windows lane).
+#include <mpp/detail/config.hpp>
+#if defined(MPP_OS_POSIX)
+#  include <signal.h>
+#  include <sys/wait.h>
+#  include <unistd.h>
+#endif
 
 #include <cstdint>
 #include <mpp/pipe.hpp>
+#include <mpp/process.hpp>
 #include <random>
 #include <string>
 #include <thread>
@@ -15,10 +21,12 @@
 #include "helpers.hpp"
 
 using namespace std::chrono_literals;
-using mpp_test::fork_child;
 using mpp_test::seconds_since;
 using mpp_test::unique_name;
+#if defined(MPP_OS_POSIX)
+using mpp_test::fork_child;
 using mpp_test::wait_child;
+#endif
 
 namespace {
 
@@ -120,6 +128,7 @@ TEST_CASE("one-way pipe: first end receives, second end sends", "[pipe]") {
   REQUIRE(p.tag == 7);
 }
 
+#if defined(MPP_OS_POSIX)
 TEST_CASE("values of cereal types, empty and large", "[pipe]") {
   auto [a, b] = mpp::Pipe<Record>(true, {.capacity = 4096});
   const Record small{"x", {}};
@@ -138,6 +147,7 @@ TEST_CASE("values of cereal types, empty and large", "[pipe]") {
   REQUIRE(a.recv() == big);
   REQUIRE(wait_child(pid) == 0);
 }
+#endif  // MPP_OS_POSIX
 
 TEST_CASE("recv timeout, poll, closed connections", "[pipe]") {
   auto [a, b] = mpp::Pipe<int>();
@@ -202,6 +212,7 @@ TEST_CASE("send_bytes, recv_bytes, recv_bytes_into, BufferTooShort keeps the mes
   a.send(77);
   const auto enc = b.recv_bytes();  // the value's encoding, as Python gives the pickle
   REQUIRE(mpp::decode<int>(enc) == 77);
+#if defined(MPP_OS_POSIX)
   // Large messages into a caller's buffer, and a too-small buffer for a streamed one.
   const auto big = pattern(50000, 2);
   const pid_t pid = fork_child([&, a = a] {
@@ -217,6 +228,7 @@ TEST_CASE("send_bytes, recv_bytes, recv_bytes_into, BufferTooShort keeps the mes
   REQUIRE_THROWS_AS(b.recv_bytes_into(tiny), mpp::BufferTooShort);
   REQUIRE(b.recv_bytes() == big);
   REQUIRE(wait_child(pid) == 0);
+#endif  // MPP_OS_POSIX
 }
 
 TEST_CASE("untyped Connection<>: any codec type, TypeMismatchError names both, keeps the message",
@@ -237,6 +249,7 @@ TEST_CASE("untyped Connection<>: any codec type, TypeMismatchError names both, k
   REQUIRE_THROWS_AS(b.recv<double>(), mpp::TypeMismatchError);
   REQUIRE(b.recv<std::string>() == "text");
   REQUIRE(b.recv<Record>() == Record{"r", {1, 2, 3}});
+#if defined(MPP_OS_POSIX)
   // Across processes, with a message larger than the ring.
   auto [c, d] = mpp::Pipe<>(true, {.capacity = 4096});
   const pid_t pid = fork_child([&, d = d] {
@@ -251,8 +264,10 @@ TEST_CASE("untyped Connection<>: any codec type, TypeMismatchError names both, k
   c.send(9);
   REQUIRE(wait_child(pid) == 0);
   REQUIRE_THROWS_AS(mpp::Pipe<int>::open(c.name()), mpp::Error);  // anonymous: no name left
+#endif  // MPP_OS_POSIX
 }
 
+#if defined(MPP_OS_POSIX)
 TEST_CASE("fork: parent and child talk both ways; ordering of 10^6 messages", "[pipe]") {
   auto [a, b] = mpp::Pipe<std::uint64_t>();
   constexpr std::uint64_t kN = 1'000'000;
@@ -496,10 +511,86 @@ TEST_CASE("named one-way pipe: the creator receives, the opener sends", "[pipe]"
   REQUIRE_THROWS_AS(r.recv(), mpp::EOFError);
 }
 
+#endif  // MPP_OS_POSIX
+
 TEST_CASE("invalid capacity", "[pipe]") {
   REQUIRE_THROWS_AS(mpp::Pipe<int>(true, {.capacity = 1000}), mpp::InvalidArgument);
   REQUIRE_THROWS_AS(mpp::Pipe<int>(true, {.capacity = 2048}), mpp::InvalidArgument);
 }
+
+// ---- spawned processes (portable: these also run on Windows) ---------------------------------
+
+namespace {
+/// Opens the named pipe `name` and sends back each of the `n` messages it receives.
+void pipe_echo(std::string name, int n) {
+  auto c = mpp::Pipe<std::string>::open(name);
+  for (int i = 0; i < n; ++i) c.send(c.recv(60s));
+}
+/// Opens the named one-way pipe `name` (its sending end) and sends 0 .. n-1.
+void pipe_count(std::string name, int n) {
+  auto w = mpp::Pipe<int>::open(name);
+  for (int i = 0; i < n; ++i) w.send(i);
+}
+/// Opens the named pipe `name`, says hello, then blocks in recv() (until it is killed).
+void pipe_hang(std::string name) {
+  auto c = mpp::Pipe<int>::open(name);
+  c.send(1);
+  (void)c.recv();
+}
+template <class F, class... Args>
+mpp::Process spawn(F&& f, Args&&... args) {
+  return mpp::get_context(mpp::StartMethod::spawn)
+      .process(std::forward<F>(f), std::forward<Args>(args)...);
+}
+}  // namespace
+MPP_REGISTER(pipe_echo);
+MPP_REGISTER(pipe_count);
+MPP_REGISTER(pipe_hang);
+
+TEST_CASE("named pipe: a spawned process connects by name and echoes", "[pipe][spawn]") {
+  const auto name = unique_name("pipe.echo");
+  auto server = mpp::Pipe<std::string>::create(name, true, {.capacity = 4096});
+  std::vector<std::string> msgs{"", "hello", std::string(4000, 'r'), std::string(300000, 's')};
+  for (int i = 0; i < 200; ++i) msgs.push_back(std::to_string(i) + std::string(i * 13, '.'));
+  auto p = spawn(pipe_echo, name, static_cast<int>(msgs.size()));
+  p.start();
+  for (const auto& m : msgs) {  // one at a time: a streamed message needs the peer reading
+    server.send(m);
+    REQUIRE(server.recv(60s) == m);
+  }
+  CHECK(p.join(60s));
+  CHECK(p.exitcode() == 0);
+  CHECK_THROWS_AS(server.recv(10s), mpp::EOFError);  // the spawned end is gone with its process
+}
+
+TEST_CASE("named one-way pipe: a spawned sender blocks on a full ring and is woken", "[pipe][spawn]") {
+  const auto name = unique_name("pipe.count");
+  auto r = mpp::Pipe<int>::create(name, false, {.capacity = 4096});
+  constexpr int n = 20000;
+  auto p = spawn(pipe_count, name, n);
+  p.start();
+  for (int i = 0; i < n; ++i) REQUIRE(r.recv(60s) == i);
+  CHECK(p.join(60s));
+  CHECK(p.exitcode() == 0);
+  CHECK_THROWS_AS(r.recv(10s), mpp::EOFError);
+}
+
+TEST_CASE("named pipe: a blocked recv raises EOFError when the spawned peer is killed",
+          "[pipe][spawn][kill]") {
+  const auto name = unique_name("pipe.hang");
+  auto c = mpp::Pipe<int>::create(name);
+  auto p = spawn(pipe_hang, name);
+  p.start();
+  REQUIRE(c.recv(60s) == 1);
+  p.kill();
+  const auto t0 = std::chrono::steady_clock::now();
+  CHECK_THROWS_AS(c.recv(30s), mpp::EOFError);
+  CHECK(seconds_since(t0) < 20.0);  // noticed by the periodic liveness check, not the timeout
+  CHECK(p.join(30s));
+  CHECK_THROWS_AS(c.send(2), mpp::BrokenPipeError);
+}
+
+#if defined(MPP_OS_POSIX)
 
 // ---- peers killed with SIGKILL ----------------------------------------------------------------
 
@@ -632,3 +723,4 @@ TEST_CASE("a forked child SIGKILLed mid-message while the parent still holds the
   w.close();
   REQUIRE(wait_child(drain) == 0);
 }
+#endif  // MPP_OS_POSIX

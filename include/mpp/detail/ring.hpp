@@ -134,10 +134,11 @@ constexpr std::uint32_t header(std::uint32_t len, std::uint32_t flags) noexcept 
   return len | (flags << 24);
 }
 
-//!Effects: wakes whoever sleeps on `b` (a system call).
+//!Effects: wakes the sleeper on `b` (a system call). One: a bell has one announced sleeper, and
+//! a semaphore-based backend (Win32) would keep surplus wake-ups as spurious ones for later.
 inline void ring_bell(Bell& b) noexcept {
   b.seq.fetch_add(1, std::memory_order_seq_cst);
-  os::wake_address(b.seq, INT_MAX);
+  os::wake_address(b.seq, 1);
 }
 
 //!Effects: after a publish, wakes the other side if it announced that it sleeps on `b`. The
