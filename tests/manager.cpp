@@ -1,5 +1,7 @@
 // Tests of mpp::Manager, SharedDict, SharedList and Namespace across real processes, including
-// writers SIGKILLed at random moments and at every crash point of the storage layer.
+// writers SIGKILLed at random moments and at every crash point of the storage layer. The tests
+// that fork or SIGKILL are POSIX-only; the rest, and the spawn tests (a named manager shared with
+// spawned processes, spawned writers terminated at random), also run on Windows (under wine).
 //
 // Compiled with MPP_CRASH_POINTS: every MPP_CRASH_POINT(name) in the library calls
 // mpp::detail::crash_point() below, which SIGKILLs the process when armed for that point.
@@ -7,10 +9,13 @@
 #include <mpp/manager.hpp>
 #include <mpp/process.hpp>
 
-#include <signal.h>
+#if defined(MPP_OS_POSIX)
+#  include <signal.h>
+#endif
 
 #include <chrono>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <random>
 #include <set>
@@ -21,9 +26,11 @@
 #include "helpers.hpp"
 
 using namespace std::chrono_literals;
-using mpp_test::fork_child;
 using mpp_test::unique_name;
+#if defined(MPP_OS_POSIX)
+using mpp_test::fork_child;
 using mpp_test::wait_child;
+#endif
 
 namespace crash_arm {
 char target[96];  // process-local: each forked child arms its own copy
@@ -35,8 +42,13 @@ namespace mpp::detail {
 void crash_point(const char* name) noexcept {
   if (crash_arm::seen != nullptr) crash_arm::seen->insert(name);
   if (crash_arm::target[0] != '\0' && std::strcmp(crash_arm::target, name) == 0 &&
-      --crash_arm::countdown == 0)
+      --crash_arm::countdown == 0) {
+#if defined(MPP_OS_POSIX)
     ::kill(::getpid(), SIGKILL);
+#else
+    std::_Exit(137);  // never armed on Windows (no fork)
+#endif
+  }
 }
 }  // namespace mpp::detail
 
@@ -215,6 +227,7 @@ TEST_CASE("manager: names, kinds and types are checked", "[manager]") {
   CHECK(again.dict<std::string, int>("d").at("a") == 1);
 }
 
+#if defined(MPP_OS_POSIX)
 TEST_CASE("dict, list and Namespace across forked processes", "[manager]") {
   mpp::Manager m(small());
   auto d = m.dict<std::string, int>();
@@ -294,6 +307,7 @@ TEST_CASE("readers run concurrently with a writer and see consistent snapshots",
   CHECK(bad == 0);
   CHECK(l.size() == 3000);
 }
+#endif  // MPP_OS_POSIX
 
 TEST_CASE("a full manager throws and leaves the container unchanged", "[manager]") {
   mpp::Manager m(small(1u << 20));
@@ -411,6 +425,7 @@ void check_consistent(mpp::Manager m) {
 
 }  // namespace
 
+#if defined(MPP_OS_POSIX)
 TEST_CASE("writers SIGKILLed at random moments leave every container before or after", "[manager][kill]") {
   mpp::Manager m(small());
   std::mt19937 rng(1234);
@@ -451,6 +466,8 @@ TEST_CASE("a writer killed at each crash point leaves every container before or 
   }
 }
 
+#endif  // MPP_OS_POSIX
+
 TEST_CASE("holds 10^6 string->int entries", "[manager][stress]") {
   mpp::Manager m;  // default capacity (sparse)
   auto d = m.dict<std::string, int>();
@@ -463,6 +480,7 @@ TEST_CASE("holds 10^6 string->int entries", "[manager][stress]") {
   CHECK(keys[12345] == "key-12345");
 }
 
+#if defined(MPP_OS_POSIX)
 TEST_CASE("manager: synchronisation objects and handles cross processes by name", "[manager]") {
   mpp::Manager m(small());
   auto d = m.dict<std::string, int>("d");
@@ -500,6 +518,8 @@ TEST_CASE("manager: synchronisation objects and handles cross processes by name"
   CHECK(e.is_set());
 }
 
+#endif  // MPP_OS_POSIX
+
 TEST_CASE("corrupted shared memory is a CorruptedError, never a wild access", "[manager]") {
   const auto name = unique_name("mgr");
   auto m = mpp::Manager::create(name, small());
@@ -532,6 +552,7 @@ TEST_CASE("corrupted shared memory is a CorruptedError, never a wild access", "[
   CHECK(l.to_vector() == std::vector<int>{1});
 }
 
+#if defined(MPP_OS_POSIX)
 TEST_CASE("a recoverer killed while replaying the undo log leaves it for the next one", "[manager][kill]") {
   mpp::Manager m(small());
   auto d = m.dict<int, std::string>("v");
@@ -601,6 +622,8 @@ TEST_CASE("readers see only committed states while writers are SIGKILLed", "[man
   CHECK((v[0] == v[1] && v[1] == v[2]));
 }
 
+#endif  // MPP_OS_POSIX
+
 namespace {
 // Runs in a re-executed program (spawn): it knows the containers only by their encoded names.
 void spawned_writer(mpp::SharedDict<std::string, int> d, mpp::SharedList<std::string> l,
@@ -626,4 +649,71 @@ TEST_CASE("a spawned (re-executed) process uses containers passed by name", "[ma
   CHECK(d.at("spawned") == 42);
   CHECK(l.to_vector() == std::vector<std::string>{"from a spawned process"});
   CHECK(ns.get<bool>("done"));
+}
+
+namespace {
+/// Opens the manager `name` and, `n` times, adds 1 to d["counter"] and appends `id` to list "l".
+void count_in_manager(std::string name, int id, int n) {
+  auto m = mpp::Manager::open(name);
+  auto d = m.dict<std::string, int>("d");
+  auto l = m.list<int>("l");
+  for (int i = 0; i < n; ++i) {
+    d["counter"] += 1;
+    l.append(id);
+  }
+  d.set(fmt::format("done.{}", id), n);
+}
+/// Says it started (Namespace "started"), then runs mutate_forever() until it is terminated.
+void mutate_spawned(mpp::Manager m, unsigned seed) {
+  m.Namespace("started").set(std::to_string(seed), true);
+  mutate_forever(m, seed, std::numeric_limits<long>::max());
+}
+MPP_REGISTER(count_in_manager);
+MPP_REGISTER(mutate_spawned);
+}  // namespace
+
+TEST_CASE("a named manager shared with spawned processes: atomic updates from both", "[manager][spawn]") {
+  const auto name = unique_name("mgr.spawn");
+  auto m = mpp::Manager::create(name, small());
+  auto d = m.dict<std::string, int>("d");
+  auto l = m.list<int>("l");
+  constexpr int kN = 500;
+  std::vector<mpp::Process> ps;
+  for (int id = 0; id < 2; ++id)
+    ps.push_back(mpp::Process({.start_method = mpp::StartMethod::spawn}, count_in_manager, name, id, kN));
+  for (auto& p : ps) p.start();
+  for (auto& p : ps) {
+    CHECK(p.join(120s));
+    CHECK(p.exitcode() == 0);
+  }
+  CHECK(d.at("counter") == 2 * kN);
+  CHECK(d.at("done.0") == kN);
+  CHECK(d.at("done.1") == kN);
+  CHECK(l.size() == 2 * kN);
+  CHECK(l.count(0) == kN);
+  CHECK(l.count(1) == kN);
+}
+
+TEST_CASE("spawned writers terminated at random moments leave every container before or after",
+          "[manager][spawn][kill]") {
+  mpp::Manager m(small());
+  std::mt19937 rng(4321);
+  for (int round = 0; round < 4; ++round) {
+    std::vector<mpp::Process> ps;
+    std::vector<std::string> seeds;
+    for (int w = 0; w < 2; ++w) {
+      const auto seed = static_cast<unsigned>(rng());
+      seeds.push_back(std::to_string(seed));
+      ps.push_back(mpp::Process({.start_method = mpp::StartMethod::spawn}, mutate_spawned, m, seed));
+    }
+    for (auto& p : ps) p.start();
+    auto started = m.Namespace("started");
+    for (int i = 0; i < 6000 && !(started.contains(seeds[0]) && started.contains(seeds[1])); ++i)
+      std::this_thread::sleep_for(5ms);
+    std::this_thread::sleep_for(std::chrono::milliseconds(5 + rng() % 60));
+    for (auto& p : ps) CHECK(p.is_alive());  // still mutating when killed
+    for (auto& p : ps) p.kill();
+    for (auto& p : ps) CHECK(p.join(60s));
+    check_consistent(m);
+  }
 }

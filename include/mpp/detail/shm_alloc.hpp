@@ -101,7 +101,8 @@ struct UndoEntry {
 template <class T>
 inline T racy_load(const T* p) noexcept {
   static_assert(std::is_trivially_copyable_v<T> && (sizeof(T) == 4 || sizeof(T) == 8));
-  return __atomic_load_n(p, __ATOMIC_RELAXED);
+  // atomic_ref, not a compiler builtin: the header must build with MSVC too. Never writes.
+  return std::atomic_ref<T>(*const_cast<T*>(p)).load(std::memory_order_relaxed);
 }
 
 inline std::uint64_t fmix64(std::uint64_t h) noexcept {
