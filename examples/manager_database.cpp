@@ -39,7 +39,12 @@ void append_data(Record new_data, Database data_list) {
   std::fflush(stdout);
 }
 
-int main() {
+// Registered, so that the spawn start method (the only one on Windows) can run them too.
+MPP_REGISTER(get_data);
+MPP_REGISTER(append_data);
+
+int main(int argc, char** argv) {
+  mpp::bootstrap(argc, argv);  // like Python's freeze_support(): spawned children start here
   mpp::Manager manager;
   auto database = manager.list<Record>("database");
   database.extend({{"Maura", 70}, {"Alexis", 79}, {"Pete", 96}});

@@ -37,7 +37,9 @@ int main(int argc, char** argv) {
   mpp::bootstrap(argc, argv);  // like Python's freeze_support(): a spawned child stops here
 
   const std::vector<int> num_list{1, 2, 3, 4};
-  for (auto method : {"fork", "spawn", "forkserver"}) {  // same result with every start method
+  // Same result with every start method this platform has (fork, spawn and forkserver on Linux;
+  // spawn only on Windows, as in Python).
+  for (auto method : mpp::get_all_start_methods()) {
     auto p1 = mpp::get_context(method).process(square, num_list);
     p1.start();
     p1.join();

@@ -41,6 +41,10 @@ void consumer(mpp::Queue<Item> q, mpp::Queue<long> done) {
   done.put(count);
 }
 
+// Registered, so that the spawn start method (the only one on Windows) can run them too.
+MPP_REGISTER(producer);
+MPP_REGISTER(consumer);
+
 int main(int argc, char** argv) {
   mpp::bootstrap(argc, argv);  // like Python's freeze_support()
 

@@ -42,6 +42,7 @@ void worker(mpp::JoinableQueue<std::optional<int>> tasks, mpp::Queue<std::pair<i
     tasks.task_done();
   }
 }
+MPP_REGISTER(worker);  // so the spawn start method (the only one on Windows) can run it too
 
 int main(int argc, char** argv) {
   mpp::bootstrap(argc, argv);
