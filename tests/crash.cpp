@@ -1550,7 +1550,8 @@ TEST_CASE("the SIGBUS guard passes faults outside mpp mappings on: a real bug st
   // AddressSanitizer by its report (exit code 1) — never survive, never spin on the fault.
   const pid_t child = mpp_test::fork_child([] {
     ::alarm(30);
-    mpp::Pipe<int> p0;  // an mpp object whose name is gone already: nothing left behind
+    mpp::Pipe<int> p0;  // an mpp object (its name removed at once: nothing left behind)
+    mpp::unlink(p0.first.name());
     p0.second.send(1);
     const int fd = ::memfd_create("not-mpp", MFD_CLOEXEC);
     if (fd < 0 || ::ftruncate(fd, 8192) != 0) return 40;

@@ -537,6 +537,18 @@ void pipe_hang(std::string name) {
   c.send(1);
   (void)c.recv();
 }
+/// Python's `def f(conn): conn.send(...); conn.close()` with the connection as an argument.
+void greet(mpp::Connection<std::string> c, int n) {
+  for (int i = 0; i < n; ++i) c.send("hello " + std::to_string(i));
+  c.close();
+}
+/// Receives ints on `c` and sends each one back doubled until EOF.
+void doubler(mpp::Connection<int> c) {
+  try {
+    for (;;) c.send(2 * c.recv(60s));
+  } catch (const mpp::EOFError&) {
+  }
+}
 template <class F, class... Args>
 mpp::Process spawn(F&& f, Args&&... args) {
   return mpp::get_context(mpp::StartMethod::spawn)
@@ -546,6 +558,8 @@ mpp::Process spawn(F&& f, Args&&... args) {
 MPP_REGISTER(pipe_echo);
 MPP_REGISTER(pipe_count);
 MPP_REGISTER(pipe_hang);
+MPP_REGISTER(greet);
+MPP_REGISTER(doubler);
 
 TEST_CASE("named pipe: a spawned process connects by name and echoes", "[pipe][spawn]") {
   const auto name = unique_name("pipe.echo");
@@ -573,6 +587,49 @@ TEST_CASE("named one-way pipe: a spawned sender blocks on a full ring and is wok
   CHECK(p.join(60s));
   CHECK(p.exitcode() == 0);
   CHECK_THROWS_AS(r.recv(10s), mpp::EOFError);
+}
+
+TEST_CASE("spawn: a Connection passed as an argument, as Python's Process(args=(conn,))",
+          "[pipe][spawn]") {
+  SECTION("the parent closes its copy right after start(), as Python programs do") {
+    auto [parent, child] = mpp::Pipe<std::string>();
+    auto p = spawn(greet, child, 3);
+    p.start();
+    child.close();
+    for (int i = 0; i < 3; ++i) CHECK(parent.recv(60s) == "hello " + std::to_string(i));
+    CHECK_THROWS_AS(parent.recv(60s), mpp::EOFError);  // the child closed the only copy left
+    CHECK(p.join(60s));
+    CHECK(p.exitcode() == 0);
+  }
+  SECTION("both ways: the child answers until the parent closes its end") {
+    auto [a, b] = mpp::Pipe<int>();
+    auto p = spawn(doubler, b);
+    p.start();
+    b.close();
+    long long sum = 0;
+    for (int i = 1; i <= 100; ++i) {
+      a.send(i);
+      sum += a.recv(60s);
+    }
+    CHECK(sum == 2 * 5050);
+    a.close();  // the doubler sees EOF and returns
+    CHECK(p.join(60s));
+    CHECK(p.exitcode() == 0);
+  }
+  SECTION("a closed connection cannot be passed") {
+    auto [a, b] = mpp::Pipe<int>();
+    b.close();
+    mpp::Bytes out;
+    CHECK_THROWS_AS(mpp::codec<mpp::Connection<int>>::encode(b, out), mpp::ValueError);
+  }
+  SECTION("an encoded connection whose sender closed it first is refused clearly") {
+    auto [a, b] = mpp::Pipe<int>();
+    mpp::Bytes wire;
+    mpp::codec<mpp::Connection<int>>::encode(b, wire);
+    b.close();  // nobody took the reserved slot: it is freed (after up to 1 s)
+    CHECK_THROWS_AS(mpp::codec<mpp::Connection<int>>::decode(wire), mpp::ValueError);
+    CHECK_THROWS_AS(a.recv(10s), mpp::EOFError);
+  }
 }
 
 TEST_CASE("named pipe: a blocked recv raises EOFError when the spawned peer is killed",

@@ -28,6 +28,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -452,6 +453,43 @@ class PipeEnd final : public ForkHook {
       slot_ = claim_slot(end_, me);
     fork_slot_ = pipe_layout::kNoSlot;
   }
+
+  // ---- passing an end to another process by name (codec<Connection<T>>) ------------------
+
+  //!Effects: reserves a holder slot of this end for a process that will open it from an encoded
+  //! Connection, as before_fork() does for a child: the end stays held (no EOF for the peer)
+  //! until that process takes the slot over, and close() frees the slot if it never does.
+  //!Returns: the slot and the word it holds. Throws: ValueError (closed), Error (no free slot).
+  std::pair<std::uint32_t, std::uint64_t> reserve_for_transfer() {
+    check_open("passing a connection");
+    const std::uint64_t word = ProcessRef::self().pack() | pipe_layout::kPendingBit;
+    const std::uint32_t s = claim_slot(end_, word);
+    if (s == pipe_layout::kNoSlot)
+      fail<Error>("pipe '{}': {} processes already hold this end", name(), pipe_layout::kMaxHolders);
+    pending_.push_back(s);
+    return {s, word};
+  }
+
+  //!Effects: this process takes over holder slot `slot` of end `end` of the pipe in `seg`,
+  //! reserved for it by reserve_for_transfer() in the sending process (`word`).
+  //!Returns: the end. Throws: CorruptedError (bad end or slot), ValueError (the sender closed the
+  //! end, or died, before this process took it over).
+  static std::shared_ptr<PipeEnd> adopt(std::shared_ptr<Segment> seg, unsigned end,
+                                        std::uint32_t slot, std::uint64_t word) {
+    if (end > 1 || slot >= pipe_layout::kMaxHolders || (word & pipe_layout::kPendingBit) == 0)
+      fail<CorruptedError>("pipe '{}': an encoded connection names end {} and slot {}",
+                           seg->name(), end, slot);
+    auto* h = reinterpret_cast<pipe_layout::Header*>(seg->payload());
+    std::uint64_t expect = word;
+    if (!h->ends[end].holders[slot].compare_exchange_strong(
+            expect, ProcessRef::self().pack(), std::memory_order_seq_cst))
+      fail<ValueError>("pipe '{}': the connection was closed by the process that sent it before "
+                       "this process opened it (keep it open until the receiver has started)",
+                       seg->name());
+    return std::make_shared<PipeEnd>(std::move(seg), end, slot);
+  }
+  /// Which end this is (0: the first of Pipe(), 1: the second).
+  unsigned end_index() const noexcept { return end_; }
 
   // ---- helpers shared with Connection ----------------------------------------------------
 
@@ -1021,6 +1059,7 @@ class Connection {
     }
   }
 
+  friend struct codec<Connection<T>>;
   std::shared_ptr<detail::PipeEnd> e_;
 };
 
@@ -1112,13 +1151,48 @@ class Pipe : public std::pair<Connection<T>, Connection<T>> {
           "payload {} bytes)",
           seg.name(), layout, duplex, c, seg.payload_size());
   }
+  friend struct codec<Connection<T>>;
+  // The receiving side of codec<Connection<T>>: opens the pipe by name and takes over the slot.
+  static Connection<T> adopt(std::string_view name, unsigned end, std::uint32_t slot,
+                             std::uint64_t word) {
+    auto seg =
+        std::make_shared<detail::Segment>(detail::Segment::open(name, Kind::pipe, type()));
+    validate(*seg);
+    return Connection<T>(detail::PipeEnd::adopt(std::move(seg), end, slot, word));
+  }
   static Base make_anonymous(bool duplex, const PipeOptions& opts) {
     check(opts);
     auto seg = std::make_shared<detail::Segment>(
         detail::Segment::create_anonymous(spec(duplex, opts), init(duplex, opts, true)));
-    seg->unlink();  // forked children inherit the mapping; no name is left behind on a crash
+    // The name stays while this process holds the pipe, so that an end can be passed to a
+    // spawned process (codec<Connection<T>>); forked children inherit the mapping.
     return Base(Connection<T>(std::make_shared<detail::PipeEnd>(seg, 0, 0, opts.spin_iterations)),
                 Connection<T>(std::make_shared<detail::PipeEnd>(seg, 1, 0, opts.spin_iterations)));
+  }
+};
+
+/// A Connection crosses to another process (a spawned Process's argument, a queue item) as the
+/// pipe's name, its end and a holder slot reserved for the receiver, as Python pickles a
+/// Connection by duplicating its descriptor: the receiver then holds the end too. The sender may
+/// close its copy once the receiver has started (close() waits up to 1 s for the take-over).
+template <class T>
+struct codec<Connection<T>> {
+  /// Name of the encoding (part of the type fingerprint).
+  static constexpr std::string_view kind = "handle";
+  /// What crosses: pipe name, end, reserved slot, the slot's reservation word.
+  using Wire = std::tuple<std::string, std::uint32_t, std::uint32_t, std::uint64_t>;
+  //!Effects: appends the pipe's name, the end and a slot reserved for the receiver.
+  //!Throws: ValueError (closed connection), Error (no free holder slot).
+  static void encode(const Connection<T>& c, Bytes& out) {
+    auto& e = c.end();
+    const auto [slot, word] = e.reserve_for_transfer();
+    codec<Wire>::encode(Wire{e.name(), e.end_index(), slot, word}, out);
+  }
+  //!Returns: this process's copy of the end. Throws: NotFoundError, TypeMismatchError,
+  //! CorruptedError, ValueError (the sender closed it before it arrived).
+  static Connection<T> decode(std::span<const std::byte> in) {
+    const auto [name, end, slot, word] = codec<Wire>::decode(in);
+    return Pipe<T>::adopt(name, end, slot, word);
   }
 };
 
