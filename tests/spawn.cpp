@@ -5,12 +5,17 @@
 // for unregistered functions and start methods the platform lacks.
 #include <chrono>
 #include <mpp/array.hpp>
+#include <mpp/pool.hpp>
 #include <mpp/process.hpp>
 #include <mpp/queue.hpp>
 #include <mpp/sync.hpp>
 #include <mpp/value.hpp>
+#include <numeric>
+#include <set>
+#include <stdexcept>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "helpers.hpp"
 
@@ -217,8 +222,6 @@ TEST_CASE("spawn: errors for unregistered functions and missing start methods", 
 
 TEST_CASE("spawn: queues, a lock, a value and an array shared with spawned workers", "[spawn]") {
   constexpr int kPer = 2000;
-  // Small item regions: on Windows a mapping is committed in full when created (the queue's
-  // default sparse item area of up to 8 GiB would not fit; see README, platforms).
   const mpp::QueueOptions small{.max_item_size = 256};
   mpp::Queue<int> q(64, small);  // bounded: producers block while the consumer is behind
   mpp::Queue<long long> result(4, small);
@@ -266,4 +269,77 @@ TEST_CASE("spawn: a killed lock holder is reported; a killed getter leaves the q
   CHECK(getter.exitcode() == kTerminated);
   q.put(7);
   CHECK(q.get(true, 10s) == 7);
+}
+
+// ---- Pool with spawned workers (the only kind on Windows) ----------------------------------------
+
+namespace {
+int square(int x) { return x * x; }
+int fail_on_three(int x) {
+  if (x == 3) throw std::invalid_argument("three is not allowed");
+  return x;
+}
+int worker_pid(int) { return static_cast<int>(mpp::detail::os::current_pid()); }
+int g_marker = 0;  // set by the initializer in each worker
+void set_marker(int v) { g_marker = v; }
+int read_marker(int) { return g_marker; }
+/// Ends its worker abruptly (no clean-up, as a crash or a kill would) when it sees 7.
+int die_on_seven(int x) {
+  if (x == 7) std::_Exit(9);
+  return x + 1;
+}
+mpp::PoolOptions spawn_pool(int processes = 2) {
+  mpp::PoolOptions o;
+  o.processes = processes;
+  o.start_method = StartMethod::spawn;
+  return o;
+}
+}  // namespace
+MPP_REGISTER(square);
+MPP_REGISTER(fail_on_three);
+MPP_REGISTER(worker_pid);
+MPP_REGISTER(set_marker);
+MPP_REGISTER(read_marker);
+MPP_REGISTER(die_on_seven);
+
+TEST_CASE("spawn: a Pool of spawned workers maps, imaps and applies registered functions",
+          "[spawn][pool]") {
+  mpp::Pool pool(spawn_pool());
+  std::vector<int> in(10000);
+  std::iota(in.begin(), in.end(), 0);
+  const auto out = pool.map(square, in);
+  bool all = out.size() == in.size();
+  for (std::size_t i = 0; all && i < in.size(); ++i) all = out[i] == in[i] * in[i];
+  CHECK(all);
+  CHECK(pool.apply_async(square, 9).get(60s) == 81);
+  std::vector<int> order;
+  for (int v : pool.imap(square, std::vector<int>{1, 2, 3})) order.push_back(v);
+  CHECK(order == std::vector<int>{1, 4, 9});
+  for (int p : pool.map(worker_pid, std::vector<int>(4, 0), 1))
+    CHECK(p != static_cast<int>(mpp::detail::os::current_pid()));
+  CHECK_THROWS_AS(pool.map(fail_on_three, std::vector<int>{1, 2, 3}), std::invalid_argument);
+  CHECK(pool.apply(square, 7) == 49);  // still serving
+  pool.close();
+  pool.join();
+}
+
+TEST_CASE("spawn: Pool initializer and maxtasksperchild with spawned workers", "[spawn][pool]") {
+  auto o = spawn_pool();
+  o.maxtasksperchild = 2;
+  mpp::Pool pool(o, set_marker, 42);
+  CHECK(pool.map(read_marker, std::vector<int>(8, 0), 1) == std::vector<int>(8, 42));
+  const auto pids = pool.map(worker_pid, std::vector<int>(8, 0), 1);
+  CHECK(std::set<int>(pids.begin(), pids.end()).size() >= 4);  // workers were replaced
+}
+
+TEST_CASE("spawn: a spawned Pool worker that dies fails its task, never a hang",
+          "[spawn][pool][kill]") {
+  mpp::Pool pool(spawn_pool());
+  std::vector<int> in(20);
+  std::iota(in.begin(), in.end(), 0);
+  const auto t0 = std::chrono::steady_clock::now();
+  CHECK_THROWS_AS(pool.map(die_on_seven, in, 2), mpp::WorkerLostError);
+  CHECK_THROWS_AS(pool.apply_async(die_on_seven, 7).get(60s), mpp::WorkerLostError);
+  CHECK(mpp_test::seconds_since(t0) < 60.0);
+  CHECK(pool.map(square, std::vector<int>{2, 3}) == std::vector<int>{4, 9});  // replaced
 }
