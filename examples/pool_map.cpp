@@ -11,12 +11,18 @@
 #include <mpp/mpp.hpp>
 #include <mpp/pool.hpp>
 #include <fmt/ranges.h>
-#include <unistd.h>
 
 #include <numeric>
 #include <vector>
 
 int square(int x) { return x * x; }
+void init(int tag) {
+  fmt::print("worker {} starts: {}\n", *mpp::current_process().pid(), tag);
+  std::fflush(stdout);
+}
+// Registered, so that spawned workers (the only kind on Windows) can run them too.
+MPP_REGISTER(square);
+MPP_REGISTER(init);
 
 int main(int argc, char** argv) {
   mpp::bootstrap(argc, argv);
@@ -26,7 +32,7 @@ int main(int argc, char** argv) {
   mpp::PoolOptions opts;
   opts.processes = 2;
   opts.maxtasksperchild = 4;
-  mpp::Pool pool(opts, [](int tag) { fmt::print("worker {} starts: {}\n", ::getpid(), tag); std::fflush(stdout); }, 42);
+  mpp::Pool pool(opts, init, 42);
   fmt::print("{}\n", pool.map(square, xs));
   fmt::print("{}\n", pool.apply_async(square, 12).get(std::chrono::seconds(5)));
   for (int y : pool.imap(square, std::vector<int>{0, 1, 2, 3, 4})) fmt::print("{} ", y);
