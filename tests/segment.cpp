@@ -117,6 +117,29 @@ TEST_CASE("bad names are rejected with the rule", "[segment]") {
                   mpp::InvalidArgument);
 }
 
+TEST_CASE("sparse segment: pages are committed before use and seen by every view", "[segment]") {
+  namespace os = mpp::detail::os;
+  const auto name = unique_name("sparse");
+  constexpr std::uint64_t size = std::uint64_t{1} << 30;  // reserved, not charged (Windows)
+  auto spec = spec_of(size);
+  spec.sparse = true;
+  auto s = Segment::create(name, spec);
+  std::byte* mid = s.payload() + size / 2;
+  if constexpr (os::kSparseNeedsCommit) CHECK_FALSE(os::committed(mid, 4096));
+  REQUIRE(os::commit(mid, 10000) == 0);
+  CHECK(os::committed(mid, 10000));
+  std::memset(mid, 0x5a, 10000);
+  auto t = Segment::open(name, mpp::Kind::test, mpp::type_info<std::uint64_t>());
+  std::byte* mid2 = t.payload() + size / 2;
+  CHECK(os::committed(mid2, 10000));  // a commit is a commit of the section: every view
+  CHECK(mid2[0] == std::byte{0x5a});
+  CHECK(mid2[9999] == std::byte{0x5a});
+  REQUIRE(os::commit(mid2, 10000) == 0);  // committing again keeps the bytes
+  CHECK(mid[5000] == std::byte{0x5a});
+  if constexpr (os::kSparseNeedsCommit)  // the rest stays reserved
+    CHECK_FALSE(os::committed(t.payload() + size - 4096, 4096));
+}
+
 #if defined(MPP_OS_POSIX)
 TEST_CASE("segments are created 0600 whatever the umask", "[segment]") {
   for (mode_t mask : {mode_t{0}, mode_t{077}, mode_t{0277}}) {

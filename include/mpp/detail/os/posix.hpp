@@ -868,6 +868,16 @@ inline int commit(void* p, std::size_t n) noexcept {
   (void)n;
   return 0;
 }
+
+/// Whether a sparse segment's pages must be committed (commit()) before they are touched.
+inline constexpr bool kSparseNeedsCommit = false;
+
+//!Returns: whether [p, p + n) of a mapping can be touched now: always on POSIX.
+inline bool committed(const void* p, std::size_t n) noexcept {
+  (void)p;
+  (void)n;
+  return true;
+}
 // ==== end sparse segments =======================================================================
 
 // ==== mapping guard (owner: crash-safety suite) ================================================

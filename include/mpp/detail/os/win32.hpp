@@ -954,6 +954,21 @@ inline int commit(void* p, std::size_t n) noexcept {
   }
   return 0;
 }
+
+/// Whether a sparse segment's pages must be committed (commit()) before they are touched.
+inline constexpr bool kSparseNeedsCommit = true;
+
+//!Returns: whether every page of [p, p + n) is committed (VirtualQuery), i.e. can be touched.
+inline bool committed(const void* p, std::size_t n) noexcept {
+  const auto* at = static_cast<const char*>(p);
+  const char* const end = at + n;
+  while (at < end) {
+    MEMORY_BASIC_INFORMATION mbi{};
+    if (::VirtualQuery(at, &mbi, sizeof mbi) == 0 || mbi.State != MEM_COMMIT) return false;
+    at = static_cast<const char*>(mbi.BaseAddress) + mbi.RegionSize;
+  }
+  return true;
+}
 // ==== end sparse segments =======================================================================
 
 // ==== queue memory (mirrors posix.hpp) =========================================================
