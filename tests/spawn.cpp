@@ -5,6 +5,7 @@
 // for unregistered functions and start methods the platform lacks.
 #include <chrono>
 #include <mpp/array.hpp>
+#include <mpp/futures.hpp>
 #include <mpp/pool.hpp>
 #include <mpp/process.hpp>
 #include <mpp/queue.hpp>
@@ -342,4 +343,21 @@ TEST_CASE("spawn: a spawned Pool worker that dies fails its task, never a hang",
   CHECK_THROWS_AS(pool.apply_async(die_on_seven, 7).get(60s), mpp::WorkerLostError);
   CHECK(mpp_test::seconds_since(t0) < 60.0);
   CHECK(pool.map(square, std::vector<int>{2, 3}) == std::vector<int>{4, 9});  // replaced
+}
+
+TEST_CASE("spawn: a ProcessPoolExecutor of spawned workers returns futures", "[spawn][pool]") {
+  mpp::ExecutorOptions o;
+  o.max_workers = 2;
+  o.start_method = StartMethod::spawn;
+  mpp::ProcessPoolExecutor ex(o);
+  auto f = ex.submit(square, 12);
+  CHECK(f.result(60s) == 144);
+  CHECK(f.done());
+  std::vector<int> in(100);
+  std::iota(in.begin(), in.end(), 0);
+  const auto out = ex.map(square, in, 60s);
+  CHECK(out.size() == in.size());
+  CHECK(std::accumulate(out.begin(), out.end(), 0) == 99 * 100 * 199 / 6);
+  CHECK_THROWS_AS(ex.submit(fail_on_three, 3).result(60s), std::invalid_argument);
+  ex.shutdown();
 }
