@@ -13,17 +13,20 @@
 #include <vector>
 
 int square(int x) { return x * x; }
+void work(int i, mpp::Value<int> total, mpp::Array<double> halves) {
+  halves[i] = i / 2.0;
+  total.with_lock([&](int& t) { t += i; });
+}
+// Registered by name, so spawned processes (the only kind on Windows) can run them too.
+MPP_REGISTER(square);
+MPP_REGISTER(work);
 
 int main(int argc, char** argv) {
   mpp::bootstrap(argc, argv);  // like Python's freeze_support(): spawned children start here
   mpp::Value<int> total{0};    // one int in shared memory, with a robust lock
   mpp::Array<double> halves(4);
   std::vector<mpp::Process> procs;
-  for (int i = 0; i < 4; ++i)
-    procs.emplace_back([=]() mutable {
-      halves[i] = i / 2.0;
-      total.with_lock([&](int& t) { t += i; });
-    });
+  for (int i = 0; i < 4; ++i) procs.emplace_back(work, i, total, halves);
   for (auto& p : procs) p.start();
   for (auto& p : procs) p.join();
   mpp::Pool pool(2);
