@@ -316,6 +316,74 @@ TEST_CASE("Queue: named queue opened by an unrelated process", "[queue]") {
   CHECK(again.maxsize() == 8);
 }
 
+namespace {
+/// The queue header of the named queue `name` of element type T (a mapping of its segment).
+template <class T>
+struct HeaderView {
+  explicit HeaderView(const std::string& name)
+      : seg(mpp::detail::Segment::open(name, mpp::Kind::queue, mpp::type_info<T>())),
+        h(reinterpret_cast<mpp::detail::mpmc::Header*>(seg.payload())) {}
+  mpp::detail::Segment seg;
+  mpp::detail::mpmc::Header* h;
+};
+}  // namespace
+
+TEST_CASE("Queue: cell sizes follow the element type; open checks them", "[queue]") {
+  using Big = std::array<char, 1000>;
+  const auto n8 = unique_name("q8"), ns = unique_name("qs"), nb = unique_name("qb");
+  auto q8 = mpp::Queue<std::uint64_t>::create(n8, 8);
+  auto qs = mpp::Queue<std::string>::create(ns, 8);
+  auto qb = mpp::Queue<Big>::create(nb, 8);
+  {
+    HeaderView<std::uint64_t> v8(n8);
+    HeaderView<std::string> vs(ns);
+    HeaderView<Big> vb(nb);
+    CHECK(v8.h->cell_size == 64);    // unused: the items live in the slots
+    CHECK(vs.h->cell_size == 2048);  // any encoded size up to 2 KiB
+    CHECK(vb.h->cell_size == 1024);  // 1000 bytes rounded up to a cache line
+  }
+  // Items cross processes in every layout, and wrap around the ring.
+  const auto produce = [&](int i) {
+    Big x{};
+    x[0] = static_cast<char>(i);
+    x[999] = static_cast<char>(i + 1);
+    q8.put(static_cast<std::uint64_t>(i) * 0x0101010101010101ull);
+    qs.put(std::string(static_cast<std::size_t>(i * 50), 'x'));
+    qb.put(x);
+  };
+  const auto consume = [&](int i) {
+    CHECK(q8.get(true, 10s) == static_cast<std::uint64_t>(i) * 0x0101010101010101ull);
+    CHECK(qs.get(true, 10s).size() == static_cast<std::size_t>(i * 50));
+    const Big b = qb.get(true, 10s);
+    CHECK(b[0] == static_cast<char>(i));
+    CHECK(b[999] == static_cast<char>(i + 1));
+  };
+#if defined(MPP_OS_POSIX)
+  const pid_t child = fork_child([&] {
+    for (int i = 0; i < 40; ++i) produce(i);
+    return 0;
+  });
+  for (int i = 0; i < 40; ++i) consume(i);
+  CHECK(wait_child(child) == 0);
+#else
+  for (int i = 0; i < 40; ++i) {
+    produce(i);
+    consume(i);
+  }
+#endif
+  CHECK(q8.qsize() == 0);
+  // A header whose layout does not match its element type (or no valid layout) is refused.
+  {
+    HeaderView<Big> vb(nb);
+    vb.h->cell_size = 2048;
+    CHECK_THROWS_AS(mpp::Queue<Big>::open(nb), mpp::CorruptedError);
+    vb.h->cell_size = 1000;
+    CHECK_THROWS_AS(mpp::Queue<Big>::open(nb), mpp::CorruptedError);
+    vb.h->cell_size = 1024;
+    CHECK_NOTHROW(mpp::Queue<Big>::open(nb));
+  }
+}
+
 TEST_CASE("Queue: a queue handle crosses processes as its name", "[queue]") {
   mpp::Queue<int> q(4);
   mpp::Queue<mpp::Queue<int>> handles(2);
@@ -667,6 +735,66 @@ TEST_CASE("Queue: SIGKILL at every crash point of put and get", "[queue][kill]")
     }
   }
   }
+}
+
+namespace {
+/// SIGKILL at every crash point on a queue of one raw type T (in the slot, or in cells fitted to
+/// T); `item(i)` makes the i-th item, `tag(v)` recovers i.
+template <class T, class Make, class Tag>
+void kill_at_every_point(Make item, Tag tag) {
+  const PointCase cases[] = {
+      {"queue.put.claimed", true, false},  {"queue.put.written", true, false},
+      {"queue.put.published", true, true}, {"queue.get.claimed", false, true},
+      {"queue.get.read", false, true},     {"queue.get.committed", false, false},
+  };
+  for (const long maxsize : {4L, 0L}) {
+    for (const auto& c : cases) {
+      INFO("point " << c.point << ", maxsize " << maxsize << ", " << sizeof(T) << "-byte items");
+      mpp::Queue<T> q(maxsize);
+      q.put(item(0));
+      q.put(item(1));
+      const pid_t child = fork_child([&] {
+        arm(c.point, 1);
+        if (c.put_side)
+          q.put(item(2));
+        else
+          (void)q.get();
+        return 0;
+      });
+      REQUIRE(wait_child(child) == -SIGKILL);
+      q.put(item(3), true, 10s);
+      std::multiset<int> seen;
+      while (auto v = q.try_get()) seen.insert(tag(*v));
+      if (c.put_side) {
+        CHECK(seen.count(0) == 1);
+        CHECK(seen.count(1) == 1);
+        CHECK(seen.count(2) == (c.delivered ? 1u : 0u));
+      } else {
+        CHECK(seen.count(0) == (c.delivered ? 1u : 0u));  // given back, not duplicated
+        CHECK(seen.count(1) == 1);
+      }
+      CHECK(seen.count(3) == 1);
+      CHECK(q.qsize() == 0);
+      for (int i = 0; i < 20; ++i) {
+        q.put(item(i));
+        CHECK(tag(q.get(true, 10s)) == i);
+      }
+    }
+  }
+}
+}  // namespace
+
+TEST_CASE("Queue: SIGKILL at crash points with raw items in fitted cells", "[queue][kill]") {
+  kill_at_every_point<std::uint64_t>([](int i) { return static_cast<std::uint64_t>(i) << 40; },
+                                     [](std::uint64_t v) { return static_cast<int>(v >> 40); });
+  using Big = std::array<char, 1000>;
+  kill_at_every_point<Big>(
+      [](int i) {
+        Big b{};
+        b.fill(static_cast<char>(i));
+        return b;
+      },
+      [](const Big& b) { return b[0] == b[999] ? static_cast<int>(b[0]) : -1; });
 }
 
 TEST_CASE("Queue: a waiting consumer is not stuck behind a killed producer", "[queue][kill]") {

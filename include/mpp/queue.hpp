@@ -9,7 +9,8 @@
 //   exactly once; an interrupted put() at most once; an interrupted get() gives its item back; the
 //   queue stays usable and nobody waits forever.
 // - qsize() is exact whenever no put/get is in flight (Python's is approximate).
-// Items of any Encodable type; up to 20 bytes live in the slot, larger ones (up to
+// Items of any Encodable type; up to 20 bytes live in the slot, up to 2 KiB in the slot's cell
+// (cells fitted to the type for one trivially copyable type), larger ones (up to
 // QueueOptions::max_item_size) in the slot's own region of a sparse item area.
 #pragma once
 
@@ -122,6 +123,10 @@ template <class T>
 class Ops {
  public:
   static constexpr bool kRaw = codec_kind<T>() == std::string_view("raw");
+  /// Bytes per cell: an encoded item (of any size up to kMedium), or one fixed-size raw T
+  /// rounded up to a cache line (so that consecutive 1 KiB items use consecutive 1 KiB).
+  static constexpr std::uint64_t kCellSize =
+      kRaw ? align_up(std::min<std::uint64_t>(sizeof(T), kMedium), kCacheLine) : kMedium;
 
   //!Effects: puts `item`; blocks (until `deadline`) while full. Returns: false if it timed out.
   static bool put(Core& c, const T& item, bool joinable, bool block, const Deadline& deadline) {
@@ -154,7 +159,7 @@ class Ops {
         if (n <= kInline) {
           if (n != 0) std::memcpy(sl.data, buf.data(), n);
           sl.len = n;
-        } else if (n <= kMedium) {
+        } else if (n <= c.cell_size()) {
           c.ensure_backed(idx, true, n);
           std::memcpy(c.cell(idx), buf.data(), n);
           sl.len = n | kMedFlag;
@@ -213,7 +218,7 @@ class Ops {
       const std::uint32_t where = raw & (kBigFlag | kMedFlag);
       const std::uint64_t n = raw & kLenMask;
       const std::uint64_t limit = where == 0          ? kInline
-                                  : where == kMedFlag ? kMedium
+                                  : where == kMedFlag ? c.cell_size()
                                   : where == kBigFlag ? c.max_item()
                                                       : 0;
       if (n > limit || where == (kBigFlag | kMedFlag))
@@ -416,12 +421,12 @@ class BasicQueue {
     so.persistent = o.persistent;
     so.init_timeout = o.init_timeout;
     return Core::create(name, K, type_info<T>(), maxsize, item, o.unbounded_capacity, so,
-                        mode == 2, mode == 0);
+                        mode == 2, mode == 0, Ops<T>::kCellSize);
   }
   static std::shared_ptr<Core> attach(std::string_view name, const QueueOptions& o) {
     SegmentOptions so;
     so.init_timeout = o.init_timeout;
-    return Core::open(name, K, type_info<T>(), so);
+    return Core::open(name, K, type_info<T>(), so, Ops<T>::kCellSize);
   }
   static Deadline deadline_of(bool block, const Timeout& t) {
     return block ? Deadline::from(t) : Deadline::after(std::chrono::seconds(0));

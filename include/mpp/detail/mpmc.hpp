@@ -18,9 +18,13 @@
 // process whose claim CAS consumes the bit wakes it, so the fast path has no fence and no syscall.
 //
 // Items up to kInline bytes live in the slot; up to kMedium bytes in the slot's cell of a compact
-// array (consecutive slots, consecutive cells: streaming copies); larger ones in the slot's own
-// region of the sparse item area (max_item bytes per slot, allocated by tmpfs only when touched,
-// staggered so that regions do not all map to the same cache sets). All are owned with the slot.
+// array (consecutive slots, consecutive cells: streaming copies). Cells are kMedium bytes, or, in
+// a queue of one fixed-size raw type, that size rounded up to a cache line (chosen at creation,
+// recorded in the header, checked on open): 1 KiB items then take 1 KiB of cells each, not 2, and
+// a full queue's items stay twice as dense in the cores' caches. Larger items live in the slot's
+// own region of the sparse item area (max_item bytes per slot, allocated by tmpfs only when
+// touched, staggered so that regions do not all map to the same cache sets). All are owned with
+// the slot.
 #pragma once
 
 #include <algorithm>
@@ -58,7 +62,7 @@ inline constexpr u64 kLapMask = (u64{1} << 44) - 1;
 inline constexpr std::uint32_t kMaxParticipants = 128;  // owner = index (7 bits) + generation (9 bits)
 inline constexpr std::uint32_t kGenMask = 511;
 inline constexpr std::size_t kInline = 20;              // bytes stored in the slot itself
-inline constexpr std::size_t kMedium = 2048;            // bytes per slot in the medium array
+inline constexpr std::size_t kMedium = 2048;            // largest cell (bytes per slot)
 inline constexpr std::uint64_t kSlotsPerPage = 4096 / 32;
 inline constexpr std::uint64_t kSmallScan = 4096;  // queues this small are always scanned whole
 inline constexpr std::uint64_t kHintSlack = 1024;  // how far head/tail hints may lag
@@ -66,7 +70,7 @@ inline constexpr std::uint32_t kBigFlag = 0x80000000u;  // len: the bytes are in
 inline constexpr std::uint32_t kMedFlag = 0x40000000u;  // len: the bytes are in the slot's cell
 inline constexpr std::uint32_t kLenMask = 0x3fffffffu;
 inline constexpr std::uint64_t kMaxItemLimit = kLenMask;
-inline constexpr u64 kMagic = 0x3165756575717070ull;    // "ppqueue1"
+inline constexpr u64 kMagic = 0x3265756575717070ull;    // "ppqueue2"
 
 constexpr u64 make_state(u64 lap, u64 phase, u64 owner) noexcept {
   return ((lap & kLapMask) << kLapShift) | ((owner & kOwnerMask) << kOwnerShift) | phase;
@@ -103,9 +107,10 @@ inline constexpr std::uint32_t kUnbounded = 1;
 /// The start of the payload. Immutable configuration first, then each hot word on its own line.
 struct Header {
   u64 magic;
-  u64 capacity;  ///< slots
-  i64 maxsize;   ///< as given by the creator (<= 0: unbounded)
-  u64 max_item;  ///< bytes per slot region
+  u64 capacity;   ///< slots
+  i64 maxsize;    ///< as given by the creator (<= 0: unbounded)
+  u64 max_item;   ///< bytes per slot region
+  u64 cell_size;  ///< bytes per slot cell (a multiple of kCacheLine, at most kMedium)
   u64 slots_offset;
   u64 regions_offset;
   u64 payload_size;
@@ -122,16 +127,21 @@ struct Header {
 };
 static_assert(std::is_standard_layout_v<Header>);
 
-/// Layout of a queue of `capacity` slots with `max_item`-byte regions.
+/// True if `n` is a valid cell size.
+constexpr bool valid_cell_size(u64 n) noexcept {
+  return n >= kCacheLine && n <= kMedium && n % kCacheLine == 0;
+}
+
+/// Layout of a queue of `capacity` slots with `cell`-byte cells and `max_item`-byte regions.
 struct Layout {
   u64 slots_offset, filled_offset, medium_offset, regions_offset, region_stride, payload_size;
-  static Layout of(u64 capacity, u64 max_item) {
+  static Layout of(u64 capacity, u64 max_item, u64 cell) {
     Layout l{};
     l.slots_offset = align_up(sizeof(Header), kCacheLine);
     // Per slot: how much of its cell / region the kernel has allocated (see ensure_backed()).
     l.filled_offset = align_up(l.slots_offset + capacity * sizeof(Slot), kCacheLine);
     l.medium_offset = align_up(l.filled_offset + capacity * sizeof(std::uint32_t), 4096);
-    l.regions_offset = align_up(l.medium_offset + capacity * kMedium, 4096);
+    l.regions_offset = align_up(l.medium_offset + capacity * cell, 4096);
     // One cache line more than whole pages: region i starts at a different cache set than i-1.
     l.region_stride = align_up(max_item, 4096) + kCacheLine;
     l.payload_size = l.regions_offset + capacity * l.region_stride;
@@ -146,11 +156,12 @@ enum class Status { ok, empty, full, busy };
 /// (handles share it through a shared_ptr).
 class Core {
  public:
-  //!Effects: creates the segment (named, or anonymous when `name` is empty).
+  //!Effects: creates the segment (named, or anonymous when `name` is empty) with `cell`-byte
+  //! cells; open_or_create checks an existing queue's cells against `cell`.
   static std::shared_ptr<Core> create(std::string_view name, Kind kind, const TypeInfo& type,
                                       i64 maxsize, u64 max_item, u64 unbounded_capacity,
                                       const SegmentOptions& opts, bool open_existing_ok,
-                                      bool anonymous) {
+                                      bool anonymous, u64 cell) {
     const bool unbounded = maxsize <= 0;
     const u64 cap = unbounded ? unbounded_capacity : static_cast<u64>(maxsize);
     if (cap == 0 || cap > (u64{1} << 30))
@@ -158,7 +169,8 @@ class Core {
     if (max_item < kInline || max_item > kMaxItemLimit)
       fail<InvalidArgument>("max_item_size {} is out of range ({} .. {} bytes)", max_item,
                             kInline, kMaxItemLimit);
-    const Layout l = Layout::of(cap, max_item);
+    if (!valid_cell_size(cell)) fail<InvalidArgument>("queue cell size {} is invalid", cell);
+    const Layout l = Layout::of(cap, max_item, cell);
     SegmentSpec spec{kind, type, l.payload_size, cap};
     spec.sparse = true;  // the cells and regions are committed by ensure_backed()
     auto init = [&](std::byte* p, std::uint64_t) {
@@ -170,6 +182,7 @@ class Core {
       h->capacity = cap;
       h->maxsize = maxsize;
       h->max_item = max_item;
+      h->cell_size = cell;
       h->slots_offset = l.slots_offset;
       h->regions_offset = l.regions_offset;
       h->payload_size = l.payload_size;
@@ -185,13 +198,14 @@ class Core {
       seg = Segment::create(name, spec, init, opts);
     }
     if (opts.persistent) seg.set_persistent(true);
-    return std::make_shared<Core>(std::move(seg));
+    return checked(std::make_shared<Core>(std::move(seg)), cell);
   }
 
-  //!Effects: opens the existing queue `name`. Throws: what Segment::open throws, CorruptedError.
+  //!Effects: opens the existing queue `name`, whose cells must be `cell` bytes.
+  //!Throws: what Segment::open throws, CorruptedError.
   static std::shared_ptr<Core> open(std::string_view name, Kind kind, const TypeInfo& type,
-                                    const SegmentOptions& opts) {
-    return std::make_shared<Core>(Segment::open(name, kind, type, opts));
+                                    const SegmentOptions& opts, u64 cell) {
+    return checked(std::make_shared<Core>(Segment::open(name, kind, type, opts)), cell);
   }
 
   explicit Core(Segment seg) : seg_(std::move(seg)) {
@@ -201,17 +215,20 @@ class Core {
     h_ = reinterpret_cast<Header*>(seg_.payload());
     // Read every configuration word once and check it against the mapping.
     const u64 magic = h_->magic, cap = h_->capacity, max_item = h_->max_item;
+    const u64 cell = h_->cell_size;
     const u64 so = h_->slots_offset, ro = h_->regions_offset;
     if (magic != kMagic || cap == 0 || cap > (u64{1} << 30) || max_item < kInline ||
-        max_item > kMaxItemLimit || cap != seg_.capacity())
-      fail<CorruptedError>("queue '{}' has an invalid header (capacity {}, max item {})",
-                           seg_.name(), cap, max_item);
-    const Layout l = Layout::of(cap, max_item);
+        max_item > kMaxItemLimit || cap != seg_.capacity() || !valid_cell_size(cell))
+      fail<CorruptedError>(
+          "queue '{}' has an invalid header (capacity {}, max item {}, cell {} bytes)",
+          seg_.name(), cap, max_item, cell);
+    const Layout l = Layout::of(cap, max_item, cell);
     if (so != l.slots_offset || ro != l.regions_offset || l.payload_size > seg_.payload_size())
       fail<CorruptedError>("queue '{}': its layout does not fit its {} bytes", seg_.name(),
                            seg_.payload_size());
     cap_ = cap;
     max_item_ = max_item;
+    cell_ = cell;
     maxsize_ = h_->maxsize;
     unbounded_ = (h_->flags & kUnbounded) != 0;
     pow2_ = (cap & (cap - 1)) == 0;
@@ -241,6 +258,8 @@ class Core {
   i64 maxsize() const noexcept { return maxsize_; }
   bool unbounded() const noexcept { return unbounded_; }
   u64 max_item() const noexcept { return max_item_; }
+  /// Bytes per cell (items up to this size that do not fit in the slot live in its cell).
+  u64 cell_size() const noexcept { return cell_; }
   Header& header() const noexcept { return *h_; }
   std::atomic<bool>& closed() noexcept { return closed_; }
 
@@ -263,7 +282,7 @@ class Core {
   }
   Slot& slot(u64 idx) const noexcept { return slots_[idx]; }
   std::byte* region(u64 idx) const noexcept { return regions_ + idx * stride_; }
-  std::byte* cell(u64 idx) const noexcept { return medium_ + idx * kMedium; }
+  std::byte* cell(u64 idx) const noexcept { return medium_ + idx * cell_; }
 
   //!Effects: makes sure the kernel has allocated the first `n` bytes of slot idx's cell
   //! (`in_cell`) or region, so that a full /dev/shm is an error here, not a SIGBUS in memcpy.
@@ -273,7 +292,7 @@ class Core {
     std::uint32_t& f = filled_[idx];
     const std::uint32_t have = f;
     if (in_cell ? (have & kCellDone) != 0 : (have & ~kCellDone) >= n) return;
-    populate(in_cell ? cell(idx) : region(idx), in_cell ? kMedium : n, "an item");
+    populate(in_cell ? cell(idx) : region(idx), in_cell ? cell_ : n, "an item");
     f = in_cell ? (have | kCellDone) : ((have & kCellDone) | static_cast<std::uint32_t>(n));
   }
 
@@ -528,6 +547,15 @@ class Core {
   }
 
  private:
+  // The queue's cells must be `cell` bytes: the size this element type was created with.
+  static std::shared_ptr<Core> checked(std::shared_ptr<Core> c, u64 cell) {
+    if (c->cell_ != cell)
+      fail<CorruptedError>("queue '{}' has cells of {} bytes where its element type needs {} "
+                           "(created by another mpp version?); recreate it",
+                           c->name(), c->cell_, cell);
+    return c;
+  }
+
   bool claim_read(Slot& sl, u64& s, u64 lap, u64 me, bool joinable) {
     if (joinable) me_held().fetch_add(1, std::memory_order_seq_cst);
     if (sl.state.compare_exchange_strong(s, make_state(lap, kReading, me),
@@ -633,7 +661,7 @@ class Core {
   std::byte* regions_ = nullptr;
   std::byte* medium_ = nullptr;
   std::uint32_t* filled_ = nullptr;
-  u64 cap_ = 0, max_item_ = 0, mask_ = 0, stride_ = 0;
+  u64 cap_ = 0, max_item_ = 0, cell_ = kMedium, mask_ = 0, stride_ = 0;
   i64 maxsize_ = 0;
   unsigned shift_ = 0;
   bool pow2_ = false, unbounded_ = false;
