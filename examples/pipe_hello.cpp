@@ -18,6 +18,7 @@ void greet(mpp::Connection<std::string> r, mpp::Connection<std::string> w) {
   r.close();
   w.send("Hello, world");
 }
+MPP_REGISTER(greet);  // so the spawn start method (the only one on Windows) can run it too
 
 int main(int argc, char** argv) {
   mpp::bootstrap(argc, argv);  // like Python's freeze_support()

@@ -62,6 +62,10 @@ void consumer(mpp::Connection<Reading> conn, mpp::Connection<std::uint64_t> repo
   report.send(samples);
 }
 
+// Registered, so that the spawn start method (the only one on Windows) can run them too.
+MPP_REGISTER(producer);
+MPP_REGISTER(consumer);
+
 int main(int argc, char** argv) {
   mpp::bootstrap(argc, argv);
 
