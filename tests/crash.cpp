@@ -1565,6 +1565,8 @@ TEST_CASE("the SIGBUS guard passes faults outside mpp mappings on: a real bug st
   });
   const int rc = mpp_test::wait_child(child);
   INFO("child exit status " << rc);
-  CHECK((rc == -SIGBUS || rc == 1));
+  // Dead as without mpp: by SIGBUS, by AddressSanitizer's report (exit 1), or by an abort from a
+  // sanitizer's or the test framework's own handler of the fault (seen once under a loaded CI).
+  CHECK((rc == -SIGBUS || rc == 1 || rc == -SIGABRT));
 }
 #endif
