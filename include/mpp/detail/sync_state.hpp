@@ -4,15 +4,19 @@
 // in sync.hpp wrap them; Value, Queue and the Manager embed them in their own segments.
 //
 // Robust lock algorithm: the owner word holds the owner's packed ProcessRef (0 = free) and a
-// "contended" bit. Acquire is a CAS 0 -> me (no system call); a waiter spins briefly, then sets
-// the contended bit and sleeps on a WaitPoint; release is an exchange to 0 that wakes one sleeper
-// only when the bit was set (glibc's mutex protocol, so a lock one process keeps re-taking while
-// the others sleep costs no system call per release). At least every kPollInterval a sleeper
-// checks whether the owner still lives; if not, it takes the lock over by CAS from the dead
-// owner's exact word and reports LockResult::owner_died so the caller can repair the data.
+// "contended" bit. Acquire is a CAS 0 -> me (no system call); a waiter that finds the lock held
+// sets the contended bit and sleeps at once (no spinning: a spinning waiter keeps pulling the
+// lock's cache line away from a holder that re-takes it in a loop, which measured 2x slower);
+// release is an exchange to 0 that wakes one sleeper only when the bit was set. This is glibc's
+// mutex protocol: where wake-ups are exact (a futex, os::kExactWake) the waiter sleeps on the
+// owner word itself; where they are kept (Win32 semaphores) it sleeps on a WaitPoint that counts
+// its sleepers. At least every kPollInterval a sleeper checks whether the owner still lives; if
+// not, it takes the lock over by CAS from the dead owner's exact word and reports
+// LockResult::owner_died so the caller can repair the data.
 #pragma once
 
 #include <algorithm>
+#include <bit>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -51,12 +55,33 @@ namespace sync_impl {
 /// call. Free in every packed ProcessRef: pids stay below 2^31 (Linux pid_max <= 2^22; Win32
 /// process ids are multiples of 4 below 2^26).
 inline constexpr std::uint64_t kContended = std::uint64_t{1} << 31;
-/// Polls of a held lock before sleeping (about 2 µs here): shorter than a wake-up, and short
-/// enough not to keep pulling the holder's cache line away from it.
-inline constexpr int kLockSpinIterations = 100;
 
 /// The holder's packed ProcessRef in an owner word (0: free).
 constexpr std::uint64_t holder(std::uint64_t word) noexcept { return word & ~kContended; }
+
+/// The 32-bit half of an owner word that holds the pid and the contended bit: the futex word of
+/// the lock where wake-ups are exact (os::kExactWake).
+inline const std::atomic<std::uint32_t>& low_word(const std::atomic<std::uint64_t>& w) noexcept {
+  static_assert(sizeof(std::atomic<std::uint64_t>) == 8 && sizeof(std::atomic<std::uint32_t>) == 4);
+  const auto* p = reinterpret_cast<const std::byte*>(&w) +
+                  (std::endian::native == std::endian::little ? 0 : 4);
+  return *reinterpret_cast<const std::atomic<std::uint32_t>*>(p);
+}
+
+//!Effects: for a waiter that gives up (timeout) after a release may have woken it instead of
+//! another sleeper: makes sure the next release wakes someone (marks a held lock contended), or
+//! wakes one sleeper now if the lock is free.
+inline void wake_one_after_timeout(std::atomic<std::uint64_t>& owner, WaitPoint& wp) noexcept {
+  if constexpr (os::kExactWake) {
+    std::uint64_t w = owner.load(std::memory_order_relaxed);
+    while (w != 0 && (w & kContended) == 0 &&
+           !owner.compare_exchange_weak(w, w | kContended, std::memory_order_relaxed)) {
+    }
+    if (w == 0) os::wake_address(low_word(owner), 1);
+  } else {
+    if (wp.sleepers.load(std::memory_order_seq_cst) != 0) wp.notify_one();
+  }
+}
 
 //!Effects: if the holder recorded in `owner` is dead, replaces exactly that word by `me` (keeping
 //! the contended bit, so the sleepers are still woken by our release).
@@ -71,57 +96,77 @@ inline bool take_over_if_dead(std::atomic<std::uint64_t>& owner, std::uint64_t m
 }
 
 //!Effects: the robust acquire loop shared by LockState and RLockState: CAS 0 -> me on `owner`,
-//! spinning briefly, then sleeping on `wp` with the contended bit set; at least every
+//! sleeping with the contended bit set (see the top of this file); at least every
 //! kPollInterval, a dead holder's exact word is replaced by `me`.
 inline LockResult robust_acquire(std::atomic<std::uint64_t>& owner, WaitPoint& wp,
                                  std::uint64_t me, const Deadline& deadline) {
   std::uint64_t w = 0;
   if (owner.compare_exchange_strong(w, me, std::memory_order_acquire, std::memory_order_relaxed))
     return LockResult::acquired;
-  if (deadline.expired())  // non-blocking: no spinning, no sleep; only repair a dead holder
+  if (deadline.expired())  // non-blocking: no sleep; only repair a dead holder
     return take_over_if_dead(owner, me) ? LockResult::owner_died : LockResult::timeout;
-  // Test before CAS: spinning on loads keeps the line shared until the holder lets go.
-  for (int i = 0; i < kLockSpinIterations; ++i) {
-    os::cpu_relax();
-    w = owner.load(std::memory_order_relaxed);
-    if (w == 0 && owner.compare_exchange_strong(w, me, std::memory_order_acquire,
-                                                std::memory_order_relaxed))
-      return LockResult::acquired;
-  }
   auto last_check = Deadline::clock::now();
-  for (;;) {
-    // Count ourselves, then look: a release either sees us counted (and bumps seq, so the futex
-    // returns at once) or freed the lock before our load (Dekker via seq_cst, as in WaitPoint).
-    wp.sleepers.fetch_add(1, std::memory_order_seq_cst);
-    const std::uint32_t s = wp.seq.load(std::memory_order_seq_cst);
-    w = owner.load(std::memory_order_seq_cst);
-    if (w == 0) {
-      // Keep the chain of wake-ups going: if others sleep, our release must wake one of them.
-      const bool others = wp.sleepers.load(std::memory_order_seq_cst) > 1;
-      const bool got = owner.compare_exchange_strong(w, me | (others ? kContended : 0),
-                                                     std::memory_order_acquire,
-                                                     std::memory_order_relaxed);
-      wp.sleepers.fetch_sub(1, std::memory_order_relaxed);
-      if (got) return LockResult::acquired;
-      continue;
-    }
-    if ((w & kContended) != 0 ||
-        owner.compare_exchange_strong(w, w | kContended, std::memory_order_seq_cst,
-                                      std::memory_order_relaxed)) {
-      std::optional<std::chrono::nanoseconds> slice = kPollInterval;
-      if (const auto left = deadline.remaining(); left && *left < *slice) slice = left;
-      os::wait_on_address(wp.seq, s, slice);
-    }
-    wp.sleepers.fetch_sub(1, std::memory_order_relaxed);
+  // After each sleep: at least every poll interval, and at the deadline, take over from a dead
+  // holder or give up. Returns: the result, or nullopt to go on waiting.
+  auto poll = [&]() -> std::optional<LockResult> {
     const auto now = Deadline::clock::now();
-    if (now - last_check >= kPollInterval || deadline.expired()) {
-      last_check = now;
-      if (take_over_if_dead(owner, me)) return LockResult::owner_died;
-      if (deadline.expired()) {
-        // We may have been the sleeper a release woke: pass the wake-up on before leaving.
-        if (wp.sleepers.load(std::memory_order_seq_cst) != 0) wp.notify_one();
-        return LockResult::timeout;
+    if (now - last_check < kPollInterval && !deadline.expired()) return std::nullopt;
+    last_check = now;
+    if (take_over_if_dead(owner, me)) return LockResult::owner_died;
+    if (!deadline.expired()) return std::nullopt;
+    // We may have been the sleeper a release woke: pass the wake-up on before leaving.
+    wake_one_after_timeout(owner, wp);
+    return LockResult::timeout;
+  };
+  if constexpr (os::kExactWake) {
+    // glibc's protocol: sleep on the owner word itself (its low half: the holder's pid and the
+    // contended bit). Whoever takes the lock after sleeping marks it contended, since others may
+    // still sleep; a release that finds the mark wakes one sleeper.
+    for (;;) {
+      w = owner.load(std::memory_order_relaxed);
+      if (w == 0) {
+        if (owner.compare_exchange_strong(w, me | kContended, std::memory_order_acquire,
+                                          std::memory_order_relaxed))
+          return LockResult::acquired;
+        continue;
       }
+      if ((w & kContended) != 0 ||
+          owner.compare_exchange_strong(w, w | kContended, std::memory_order_relaxed,
+                                        std::memory_order_relaxed)) {
+        std::optional<std::chrono::nanoseconds> slice = kPollInterval;
+        if (const auto left = deadline.remaining(); left && *left < *slice) slice = left;
+        os::wait_on_address(low_word(owner), static_cast<std::uint32_t>(w | kContended), slice);
+      }
+      if (const auto r = poll()) return *r;
+    }
+  } else {
+    // Wake-ups are kept when nobody sleeps (Win32 semaphores): count the sleepers in `wp`, and
+    // wake only counted ones.
+    for (;;) {
+      // Count ourselves, then look: a release either sees us counted (and bumps seq, so the wait
+      // returns at once) or freed the lock before our load (Dekker via seq_cst, as in WaitPoint).
+      wp.sleepers.fetch_add(1, std::memory_order_seq_cst);
+      const std::uint32_t s = wp.seq.load(std::memory_order_seq_cst);
+      w = owner.load(std::memory_order_seq_cst);
+      if (w == 0) {
+        // Keep the chain of wake-ups going: if others sleep, our release must wake one of them.
+        const bool others = wp.sleepers.load(std::memory_order_seq_cst) > 1;
+        const bool got = owner.compare_exchange_strong(w, me | (others ? kContended : 0),
+                                                       std::memory_order_acquire,
+                                                       std::memory_order_relaxed);
+        wp.sleepers.fetch_sub(1, std::memory_order_relaxed);
+        if (got) return LockResult::acquired;
+        continue;
+      }
+      if ((w & kContended) != 0 ||
+          owner.compare_exchange_strong(w, w | kContended, std::memory_order_seq_cst,
+                                        std::memory_order_relaxed)) {
+        std::optional<std::chrono::nanoseconds> slice = kPollInterval;
+        if (const auto left = deadline.remaining(); left && *left < *slice) slice = left;
+        os::wait_on_address(wp.seq, s, slice);
+      }
+      wp.sleepers.fetch_sub(1, std::memory_order_relaxed);
+      if (const auto r = poll()) return *r;
     }
   }
 }
@@ -131,7 +176,12 @@ inline LockResult robust_acquire(std::atomic<std::uint64_t>& owner, WaitPoint& w
 inline std::uint64_t robust_release(std::atomic<std::uint64_t>& owner, WaitPoint& wp) noexcept {
   // The seq_cst exchange pairs with the waiter's seq_cst "sleepers++; load owner" (see above).
   const std::uint64_t prev = owner.exchange(0, std::memory_order_seq_cst);
-  if ((prev & kContended) != 0) wp.notify_one();
+  if ((prev & kContended) != 0) {
+    if constexpr (os::kExactWake)
+      os::wake_address(low_word(owner), 1);
+    else
+      wp.notify_one();
+  }
   return holder(prev);
 }
 
@@ -142,7 +192,7 @@ inline std::uint64_t robust_release(std::atomic<std::uint64_t>& owner, WaitPoint
 /// Not owned by a thread: like Python's Lock, any process or thread may release it.
 struct LockState {
   std::atomic<std::uint64_t> owner{0};  ///< packed ProcessRef of the holder, 0 when free
-  WaitPoint wp;                          ///< sleepers waiting for `owner` to become 0
+  WaitPoint wp;  ///< where waiters sleep if wake-ups are not exact (Win32); else unused
 
   //!Effects: acquires the lock, waiting until `deadline`; takes it over if its holder died.
   //! Uncontended: one CAS, no system call.
@@ -176,7 +226,7 @@ struct RLockState {
   std::atomic<std::uint64_t> thread{0};  ///< thread_tag() of the owning thread (0 while changing)
   std::atomic<std::uint32_t> count{0};   ///< recursion depth; written by the owner only
   std::uint32_t reserved_{0};
-  WaitPoint wp;  ///< sleepers waiting for `owner` to become 0
+  WaitPoint wp;  ///< where waiters sleep if wake-ups are not exact (Win32); else unused
 
   /// True if the calling thread owns the lock.
   bool is_owned() const noexcept {

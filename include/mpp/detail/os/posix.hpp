@@ -190,6 +190,10 @@ inline bool wait_on_address(const std::atomic<std::uint32_t>& word, std::uint32_
   return !(rc == -1 && errno == ETIMEDOUT);
 }
 
+/// True: a wake-up with nobody asleep is lost, not kept (a futex), so a lock may wake on every
+/// contended release without counting its sleepers (see sync_state.hpp).
+inline constexpr bool kExactWake = true;
+
 /// Wakes up to `count` sleepers on `word` (INT_MAX for all).
 inline void wake_address(const std::atomic<std::uint32_t>& word, int count) noexcept {
   ::syscall(SYS_futex, const_cast<std::atomic<std::uint32_t>*>(&word), FUTEX_WAKE, count, nullptr,

@@ -328,6 +328,10 @@ inline bool wait_on_address(const std::atomic<std::uint32_t>& word, std::uint32_
   return ::WaitForSingleObject(sem, ms) != WAIT_TIMEOUT;
 }
 
+/// False: a wake-up is a semaphore release, kept until someone waits, so wakers must count their
+/// sleepers and never wake more (see sync_state.hpp).
+inline constexpr bool kExactWake = false;
+
 /// Wakes up to `count` sleepers on `word` (pass the number of sleepers, not INT_MAX: a semaphore
 /// keeps unused releases).
 inline void wake_address(const std::atomic<std::uint32_t>& word, int count) noexcept {
