@@ -215,19 +215,19 @@ TEST_CASE("gc keeps a persistent object whose users are gone, unless --include-p
   }
 }
 
-TEST_CASE("gc keeps an object used by a live forked child that is not the creator", "[tools]") {
-  const auto name = mpp_test::unique_name("gc.fork");
-  // The creator forks a child that uses the inherited handle (claiming its own attach slot), then
-  // the creator is killed: the child alone keeps the object alive. We become the orphan's new
-  // parent (subreaper) so that we can reap it, whatever the init process does with orphans.
+/// Forks a creator that runs `make()` (which creates the object `name` and returns its handle),
+/// then forks a grandchild that runs `use(handle)` and stays alive; kills the creator. We become
+/// the orphan's new parent (subreaper), so that we can reap it whatever init does with orphans.
+/// Returns: the grandchild's pid.
+template <class Make, class Use>
+pid_t orphaned_user(Make make, Use use) {
   REQUIRE(::prctl(PR_SET_CHILD_SUBREAPER, 1) == 0);
   int p[2];
   REQUIRE(::pipe(p) == 0);
   const pid_t creator = mpp_test::fork_child([&] {
-    auto s = Segment::create(name, queue_spec());
-    const pid_t grandchild = ::fork();
-    if (grandchild == 0) {
-      (void)s.attach_index();
+    auto handle = make();
+    if (::fork() == 0) {
+      use(handle);
       const pid_t me = ::getpid();
       (void)!::write(p[1], &me, sizeof me);
       for (;;) ::pause();
@@ -241,6 +241,15 @@ TEST_CASE("gc keeps an object used by a live forked child that is not the creato
   ::close(p[1]);
   ::kill(creator, SIGKILL);
   CHECK(mpp_test::wait_child(creator) == -SIGKILL);
+  return user;
+}
+
+TEST_CASE("gc keeps an object used by a live forked child that is not the creator", "[tools]") {
+  const auto name = mpp_test::unique_name("gc.fork");
+  // The creator forks a child that uses the inherited handle (claiming its own attach slot), then
+  // the creator is killed: the child alone keeps the object alive.
+  const pid_t user = orphaned_user([&] { return Segment::create(name, queue_spec()); },
+                                   [](Segment& s) { (void)s.attach_index(); });
 
   auto e = reg::gc(false, {}, prefix_of(name));
   REQUIRE(find(e, name) != nullptr);
@@ -265,28 +274,11 @@ TEST_CASE("gc keeps a queue that a live forked child uses without an attach slot
   // As above, but through a Queue handle: the child registers with the queue, not in the
   // segment's attach table. gc still sees that it has the object mapped.
   const auto name = mpp_test::unique_name("gc.forkq");
-  REQUIRE(::prctl(PR_SET_CHILD_SUBREAPER, 1) == 0);
-  int p[2];
-  REQUIRE(::pipe(p) == 0);
-  const pid_t creator = mpp_test::fork_child([&] {
-    auto q = mpp::Queue<int>::create(name, 4);
-    const pid_t grandchild = ::fork();
-    if (grandchild == 0) {
-      q.put(1);
-      (void)q.get();
-      const pid_t me = ::getpid();
-      (void)!::write(p[1], &me, sizeof me);
-      for (;;) ::pause();
-    }
-    for (;;) ::pause();
-    return 0;
-  });
-  pid_t user = 0;
-  REQUIRE(::read(p[0], &user, sizeof user) == sizeof user);
-  ::close(p[0]);
-  ::close(p[1]);
-  ::kill(creator, SIGKILL);
-  CHECK(mpp_test::wait_child(creator) == -SIGKILL);
+  const pid_t user = orphaned_user([&] { return mpp::Queue<int>::create(name, 4); },
+                                   [](mpp::Queue<int>& q) {
+                                     q.put(1);
+                                     (void)q.get();
+                                   });
 
   const auto o = find(reg::scan(prefix_of(name)), name);
   REQUIRE(o.has_value());
