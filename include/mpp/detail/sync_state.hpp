@@ -106,6 +106,11 @@ inline LockResult robust_acquire(std::atomic<std::uint64_t>& owner, WaitPoint& w
   if (deadline.expired())  // non-blocking: no sleep; only repair a dead holder
     return take_over_if_dead(owner, me) ? LockResult::owner_died : LockResult::timeout;
   auto last_check = Deadline::clock::now();
+  // One sleep: until woken, at most a poll interval, at most until the deadline.
+  auto slice = [&]() -> std::optional<std::chrono::nanoseconds> {
+    const auto left = deadline.remaining();
+    return left && *left < kPollInterval ? *left : std::chrono::nanoseconds(kPollInterval);
+  };
   // After each sleep: at least every poll interval, and at the deadline, take over from a dead
   // holder or give up. Returns: the result, or nullopt to go on waiting.
   auto poll = [&]() -> std::optional<LockResult> {
@@ -133,9 +138,7 @@ inline LockResult robust_acquire(std::atomic<std::uint64_t>& owner, WaitPoint& w
       if ((w & kContended) != 0 ||
           owner.compare_exchange_strong(w, w | kContended, std::memory_order_relaxed,
                                         std::memory_order_relaxed)) {
-        std::optional<std::chrono::nanoseconds> slice = kPollInterval;
-        if (const auto left = deadline.remaining(); left && *left < *slice) slice = left;
-        os::wait_on_address(low_word(owner), static_cast<std::uint32_t>(w | kContended), slice);
+        os::wait_on_address(low_word(owner), static_cast<std::uint32_t>(w | kContended), slice());
       }
       if (const auto r = poll()) return *r;
     }
@@ -161,9 +164,7 @@ inline LockResult robust_acquire(std::atomic<std::uint64_t>& owner, WaitPoint& w
       if ((w & kContended) != 0 ||
           owner.compare_exchange_strong(w, w | kContended, std::memory_order_seq_cst,
                                         std::memory_order_relaxed)) {
-        std::optional<std::chrono::nanoseconds> slice = kPollInterval;
-        if (const auto left = deadline.remaining(); left && *left < *slice) slice = left;
-        os::wait_on_address(wp.seq, s, slice);
+        os::wait_on_address(wp.seq, s, slice());
       }
       wp.sleepers.fetch_sub(1, std::memory_order_relaxed);
       if (const auto r = poll()) return *r;
