@@ -1072,8 +1072,10 @@ class Pool {
                 sizeof(R));
     try {
       job->all.reserve(count);
-      if (count * sizeof(R) >= kWarmStep)
+      if (count * sizeof(R) >= kWarmStep) {
+        detail::os::discard_private(job->all.data(), count * sizeof(R));
         (void)detail::os::populate_write(job->all.data(), count * sizeof(R));
+      }
       job->all.resize(count);
     } catch (...) {  // out of memory: the chunks fail (no room for them); stop reading the input
       release_source(*source);

@@ -829,6 +829,17 @@ inline std::string current_exception_type_name() {
 inline void default_termination_signals() noexcept {
   for (int sig : {SIGTERM, SIGINT, SIGHUP}) ::signal(sig, SIG_DFL);
 }
+
+//!Effects: gives back the whole pages inside [p, p + n) of this process's private memory (a
+//! freshly reserved, not yet written buffer) so that writing them takes fresh zero pages. A
+//! heap page shared copy-on-write with forked workers would otherwise be copied on its first
+//! write, with a TLB shoot-down to the other cores each time (measured up to 3x slower).
+inline void discard_private(void* p, std::size_t n) noexcept {
+  const auto page = static_cast<std::uintptr_t>(page_size());
+  const auto begin = (reinterpret_cast<std::uintptr_t>(p) + page - 1) / page * page;
+  const auto end = (reinterpret_cast<std::uintptr_t>(p) + n) / page * page;
+  if (end > begin) (void)::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
 // ==== end pool workers ========================================================================
 
 // ==== queue memory (owner: Queue) ==============================================================

@@ -975,6 +975,14 @@ inline bool committed(const void* p, std::size_t n) noexcept {
 }
 // ==== end sparse segments =======================================================================
 
+// ==== pool workers (mirrors posix.hpp) =========================================================
+//!Effects: none: without fork() no page is shared copy-on-write with a worker.
+inline void discard_private(void* p, std::size_t n) noexcept {
+  (void)p;
+  (void)n;
+}
+// ==== end pool workers ==========================================================================
+
 // ==== queue memory (mirrors posix.hpp) =========================================================
 //!Effects: commits the pages of [p, p + n) that are still reserved (see commit()), so running
 //! out of memory is an error code here instead of an access violation later.
