@@ -408,6 +408,57 @@ TEST_CASE("Lock: a waiter sleeps and is woken by the release", "[sync][lock]") {
   CHECK(wait_child(child) == 0);
 }
 
+TEST_CASE("RLock: release after a fresh take checks ownership through every path",
+          "[sync][rlock]") {
+  // A release right after a depth-1 take skips reading the lock (a thread-local record): each
+  // case here must still see who owns it.
+  auto a = mpp::RLock::create(unique_name("rlock"));
+  auto b = mpp::RLock::open(a.name());  // a second mapping of the same lock
+  CHECK(a.acquire());
+  b.release();  // the same lock, through another address: frees it
+  CHECK_FALSE(a.locked());
+  CHECK_THROWS_AS(a.release(), mpp::ValueError);
+
+  CHECK(a.acquire());
+  CHECK(b.acquire());  // re-entered through the other mapping: depth 2
+  a.release();
+  CHECK(b.is_owned());
+  b.release();
+  CHECK_FALSE(a.locked());
+
+  // Two locks taken in turn, released in either order.
+  mpp::RLock c;
+  CHECK(a.acquire());
+  CHECK(c.acquire());
+  a.release();
+  CHECK(c.is_owned());
+  c.release();
+  CHECK_FALSE(a.locked());
+  CHECK_FALSE(c.locked());
+#if defined(MPP_OS_POSIX)
+  // A forked child inherits the thread-local record, not the lock.
+  CHECK(a.acquire());
+  const pid_t child = fork_child([&] {
+    try {
+      a.release();
+      return 2;
+    } catch (const mpp::ValueError&) {
+    }
+    return a.locked() ? 0 : 3;
+  });
+  CHECK(wait_child(child) == 0);
+  CHECK(a.is_owned());
+  a.release();
+  CHECK_FALSE(a.locked());
+#endif
+  // Another thread that never took it cannot release it.
+  CHECK(a.acquire());
+  std::thread t([&] { CHECK_THROWS_AS(a.release(), mpp::ValueError); });
+  t.join();
+  a.release();
+  CHECK_FALSE(a.locked());
+}
+
 // ---- RLock --------------------------------------------------------------------------------
 
 TEST_CASE("RLock: mutual exclusion across processes and threads", "[sync][rlock]") {

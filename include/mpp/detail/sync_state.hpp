@@ -239,6 +239,18 @@ struct LockState {
 static_assert(std::is_standard_layout_v<LockState> && sizeof(LockState) == 16);
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
 
+/// The RLockState this thread last took fresh (depth 1) and has not acquired or released since,
+/// and the pid that took it: releasing exactly that lock needs no read of its (contended) line.
+struct FreshTake {
+  const void* lock = nullptr;
+  os::pid_type pid = 0;
+};
+/// This thread's FreshTake.
+inline FreshTake& fresh_take() noexcept {
+  static thread_local FreshTake f;
+  return f;
+}
+
 /// A robust re-entrant lock (Python's RLock): owned by one thread of one process, which may
 /// acquire it again; it is free once released as many times as acquired. Zero-filled is valid.
 struct RLockState {
@@ -262,6 +274,13 @@ struct RLockState {
   //!Effects: undoes one acquire; frees the lock (waking a waiter) when the count reaches zero.
   //!Returns: false if the calling thread does not own the lock (nothing changes).
   bool release() noexcept {
+    FreshTake& f = fresh_take();
+    const bool fresh = f.lock == this && f.pid == os::current_pid();
+    f.lock = nullptr;
+    if (fresh) {  // taken by this thread at depth 1 and untouched since: owned, count 1
+      free_owned();
+      return true;
+    }
     if (!is_owned()) return false;
     const std::uint32_t c = count.load(std::memory_order_relaxed);
     if (c > 1)
@@ -277,6 +296,7 @@ struct RLockState {
   //!Effects: frees the lock whatever the recursion depth (for Condition::wait).
   //!Returns: the depth to give back to acquire_restore(), or 0 if the caller did not own it.
   std::uint32_t release_all() noexcept {
+    fresh_take().lock = nullptr;
     if (!is_owned()) return 0;
     const std::uint32_t c = count.load(std::memory_order_relaxed);
     free_owned();
@@ -305,10 +325,10 @@ struct RLockState {
     std::uint64_t e = 0;
     if (owner.compare_exchange_strong(e, me, std::memory_order_acquire,
                                       std::memory_order_relaxed)) {
-      thread.store(thread_tag(), std::memory_order_relaxed);
-      count.store(depth == 0 ? 1 : depth, std::memory_order_relaxed);
+      took(depth);
       return true;
     }
+    fresh_take().lock = nullptr;
     // Only the owning thread ever writes its own tag, so a stale read can never show ours.
     if (depth != 0 || sync_impl::holder(e) != me ||
         thread.load(std::memory_order_relaxed) != thread_tag())
@@ -316,12 +336,18 @@ struct RLockState {
     count.store(count.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     return true;
   }
+  /// Records a take of the free lock by this thread, with recursion depth `depth` (0 means 1).
+  void took(std::uint32_t depth) noexcept {
+    thread.store(thread_tag(), std::memory_order_relaxed);
+    count.store(depth == 0 ? 1 : depth, std::memory_order_relaxed);
+    FreshTake& f = fresh_take();
+    f.lock = depth <= 1 ? this : nullptr;
+    f.pid = os::current_pid();
+  }
   LockResult acquire_with_count(const Deadline& deadline, std::uint32_t depth) {
     if (take_or_reenter(depth)) return LockResult::acquired;
     const LockResult r = sync_impl::robust_wait(owner, wp, ProcessRef::self().pack(), deadline);
-    if (r == LockResult::timeout) return r;
-    thread.store(thread_tag(), std::memory_order_relaxed);
-    count.store(depth == 0 ? 1 : depth, std::memory_order_relaxed);
+    if (r != LockResult::timeout) took(depth);
     return r;
   }
 };
