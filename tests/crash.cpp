@@ -1543,6 +1543,30 @@ TEST_CASE("hostile peer truncates a live queue and pipe: the victim gets Corrupt
   }
 }
 
+TEST_CASE("a put into a region a truncation cut off reports CorruptedError, not out of memory",
+          "[crash][hostile]") {
+  // A fresh queue: no item region is allocated yet, so a put first asks the kernel for its pages,
+  // and that fails (EFAULT) beyond the new end of the file. That is corruption, not lack of memory.
+  const auto qname = mpp_test::unique_name("trunc.fresh");
+  auto q = mpp::Queue<std::string>::create(qname, 64);
+  const int fd = ::shm_open(("/" + qname).c_str(), O_RDWR, 0);
+  REQUIRE(fd >= 0);
+  struct stat st{};
+  REQUIRE(::fstat(fd, &st) == 0);
+  REQUIRE(::ftruncate(fd, st.st_size / 2) == 0);  // the later slots' regions are gone
+  ::close(fd);
+  bool corrupted = false;
+  for (int i = 0; i < 64 && !corrupted; ++i) {
+    try {
+      q.put(std::string(4000, 'x'), true, 100ms);
+    } catch (const mpp::CorruptedError& e) {
+      corrupted = true;
+      CHECK(std::string(e.what()).find("truncated") != std::string::npos);
+    }  // an OSError fails the test: it would tell the user to free /dev/shm
+  }
+  CHECK(corrupted);
+}
+
 TEST_CASE("the SIGBUS guard passes faults outside mpp mappings on: a real bug still crashes",
           "[crash][hostile]") {
   // A child that uses an mpp object (so the guard is installed) and then touches a vanished page

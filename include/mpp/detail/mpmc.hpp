@@ -590,8 +590,15 @@ class Core {
   }
 
   void populate(void* p, std::size_t n, const char* what) {
-    if (const int err = os::populate_write(p, n); err != 0)
-      throw OSError(fmt::format("queue '{}': out of shared memory while allocating {} ({} bytes): "
+    const int err = os::populate_write(p, n);
+    if (err == 0) return;
+    const auto end = static_cast<std::uint64_t>(static_cast<std::byte*>(p) + n -
+                                                reinterpret_cast<std::byte*>(&seg_.header()));
+    if (os::shm_shrunk(name(), end))
+      fail<CorruptedError>("queue '{}' was truncated by another process: it no longer holds "
+                           "the {} bytes this item needs; remove it (mpp rm) and create it again",
+                           name(), end);
+    throw OSError(fmt::format("queue '{}': out of shared memory while allocating {} ({} bytes): "
                                 "{} (errno {}); /dev/shm is full: free memory there, or use "
                                 "smaller items or a bounded queue",
                                 name(), what, n, std::strerror(err), err),

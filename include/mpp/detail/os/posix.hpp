@@ -378,6 +378,13 @@ inline ShmStat shm_lstat(std::string_view name) {
   return posix_detail::to_shm_stat(st);
 }
 
+//!Returns: true if the object `name` still exists and is now smaller than `size` bytes (another
+//! process truncated it under our mapping).
+inline bool shm_shrunk(std::string_view name, std::uint64_t size) {
+  const ShmStat st = shm_lstat(name);
+  return st.exists && st.size < size;
+}
+
 /// The status of an open object.
 inline ShmStat shm_fstat(const Fd& fd, std::string_view name) {
   struct stat st{};

@@ -975,6 +975,13 @@ inline bool committed(const void* p, std::size_t n) noexcept {
 }
 // ==== end sparse segments =======================================================================
 
+//!Returns: false: a section cannot shrink while it is mapped.
+inline bool shm_shrunk(std::string_view name, std::uint64_t size) {
+  (void)name;
+  (void)size;
+  return false;
+}
+
 // ==== pool workers (mirrors posix.hpp) =========================================================
 //!Effects: none: without fork() no page is shared copy-on-write with a worker.
 inline void discard_private(void* p, std::size_t n) noexcept {
