@@ -361,6 +361,14 @@ TEST_CASE("process liveness is not fooled by pid reuse or zombies", "[segment]")
   // Same pid, another start time: the process that had this pid is gone.
   CHECK_FALSE(ProcessRef{me.pid, me.start_tag + 1}.alive());
   CHECK_FALSE(ProcessRef{}.alive());
+  // A forked child answers for itself from its own identity, not its parent's cached one.
+  const pid_t checker = mpp_test::fork_child([me] {
+    const ProcessRef self = ProcessRef::self();
+    const bool ok = self.pid != me.pid && self.alive() && me.alive() &&
+                    !ProcessRef{self.pid, self.start_tag + 1}.alive();
+    return ok ? 0 : 1;
+  });
+  CHECK(mpp_test::wait_child(checker) == 0);
   const pid_t child = mpp_test::fork_child([] {
     for (;;) ::pause();
     return 0;

@@ -19,9 +19,12 @@ struct ProcessRef {
     return {os::current_pid(), static_cast<std::uint32_t>(os::current_start_time())};
   }
 
-  //!Returns: true if this process still runs (zombies count as dead).
+  //!Returns: true if this process still runs (zombies count as dead). The calling process is
+  //! answered from its cached identity, without reading the system's process table.
   bool alive() const noexcept {
     if (pid <= 0) return false;
+    if (pid == os::current_pid())
+      return start_tag == 0 || start_tag == static_cast<std::uint32_t>(os::current_start_time());
     const auto st = os::process_start_time(pid);
     return st.has_value() && (start_tag == 0 || static_cast<std::uint32_t>(*st) == start_tag);
   }
