@@ -341,8 +341,10 @@ class Core {
             if (s & kWaiter) h_->not_empty.notify_all();
             return Status::ok;
           }
+          ++lost_races();
           continue;  // lost the race for this slot (or a waiter bit appeared): look again
         }
+        ++lost_races();
         ++t;  // claimed by another producer
       } else if (d > 0) {
         ++t;  // stale hint
@@ -380,9 +382,11 @@ class Core {
             consume(sl, idx, lap, s, read, joinable);
             return Status::ok;
           }
+          ++lost_races();
           continue;
         }
         if (ph == kReading) {
+          ++lost_races();
           ++h;
         } else {
           seen = s;
@@ -538,6 +542,13 @@ class Core {
   bool rescued_pending() const noexcept {
     return h_->rescued.load(std::memory_order_acquire) !=
            h_->rescued_taken.load(std::memory_order_acquire);
+  }
+
+  /// Slot races this thread lost to processes of its own role (a producer to a producer, a
+  /// consumer to a consumer) since the queue front end last reset the count.
+  static int& lost_races() noexcept {
+    thread_local int n = 0;
+    return n;
   }
 
   Slot& slot_at(u64 pos) const noexcept {
