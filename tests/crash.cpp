@@ -18,6 +18,7 @@
 #include <mpp/segment.hpp>
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 
@@ -180,8 +181,14 @@ struct Signal {
     char c = 1;
     (void)!::write(fd[1], &c, 1);
   }
+  /// Waits for `n` posts; fails the test after 60 s (a child that died before posting).
   void wait(int n = 1) const {
     for (int i = 0; i < n; ++i) {
+      pollfd p{fd[0], POLLIN, 0};
+      int rc;
+      while ((rc = ::poll(&p, 1, 60000)) < 0 && errno == EINTR) {
+      }
+      REQUIRE(rc == 1);  // 0: nothing posted within 60 s
       char c;
       REQUIRE(::read(fd[0], &c, 1) == 1);
     }
@@ -1433,6 +1440,68 @@ TEST_CASE("hostile peer scribbles over a live queue and pipe: errors, never cras
     WARN(blocked_sends << " pipe round(s) blocked in send() for 20 s: the scribbled indices make "
                           "the ring look full while its reader lives (send has no timeout form)");
   CHECK(bad_alloc == 0);  // a hostile length must not make the victim allocate without bound
+}
+
+TEST_CASE("hostile peer zeroes a live pipe's ring control blocks: CorruptedError, not an empty pipe",
+          "[crash][hostile]") {
+  // What a truncation does to a ring whose control block stays in the file's last page: the
+  // kernel zeroes the rest of that page, so both indices read 0 together, without any SIGBUS.
+  // Consistent zeros look like a fresh empty ring; only the indices' history tells.
+  const auto name = mpp_test::unique_name("zeroed.p");
+  mpp::PipeOptions po;
+  po.capacity = 4096;
+  po.spin_iterations = 0;
+  auto a = mpp::Pipe<std::string>::create(name, true, po);
+  for (int i = 0; i < 3; ++i) a.send("m" + std::to_string(i));
+  Signal ready, go;
+  const pid_t victim = mpp_test::fork_child([&] {
+    ::alarm(30);
+    auto b = mpp::Pipe<std::string>::open(name);
+    for (int i = 0; i < 3; ++i)
+      if (b.recv(1s) != "m" + std::to_string(i)) return 3;
+    try {  // until the ring is full: the writer then looks at the read index
+      for (;;) b.send(std::string(100, 'r'), 10ms);
+    } catch (const mpp::TimeoutError&) {
+    }
+    ready.post();
+    go.wait();
+    auto corrupted = [](auto&& op) {
+      try {
+        op();
+      } catch (const mpp::CorruptedError&) {
+        return true;
+      }
+      return false;
+    };
+    if (!corrupted([&] { (void)b.poll(); })) return 10;  // not "nothing to read"
+    if (!corrupted([&] { (void)b.recv(10ms); })) return 11;  // not "m0" a second time
+    if (!corrupted([&] { b.send(std::string(100, 'r'), 10ms); })) return 12;
+    return 0;
+  });
+  ready.wait();
+  // Drain what the victim sent so far, so its ring 0 read index is past 0 too.
+  while (a.poll(std::chrono::duration<double>(0.2))) (void)a.recv();
+  const pid_t vandal = mpp_test::fork_child([&] {
+    const int fd = ::shm_open(("/" + name).c_str(), O_RDWR, 0);
+    if (fd < 0) return 1;
+    struct stat st{};
+    ::fstat(fd, &st);
+    auto* base = static_cast<std::byte*>(::mmap(nullptr, static_cast<std::size_t>(st.st_size),
+                                                PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
+    ::close(fd);
+    if (base == MAP_FAILED) return 2;
+    const auto payload_at = reinterpret_cast<const mpp::detail::SegmentHeader*>(base)->payload_offset;
+    for (unsigned ring : {0u, 1u})
+      std::memset(base + payload_at + mpp::detail::pipe_layout::ring_offset(ring, 4096), 0,
+                  sizeof(mpp::detail::ring::Control));
+    ::munmap(base, static_cast<std::size_t>(st.st_size));
+    return 0;
+  });
+  REQUIRE(mpp_test::wait_child(vandal) == 0);
+  go.post();
+  CHECK(mpp_test::wait_child(victim) == 0);
+  // The creator read ring 0 and wrote ring 1 too: it notices as well.
+  CHECK_THROWS_AS(a.recv(10ms), mpp::CorruptedError);
 }
 #endif
 

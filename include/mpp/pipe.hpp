@@ -153,8 +153,8 @@ class PipeEnd final : public ForkHook {
     }
     ring::Control* c = out_.ctl;
     const std::uint64_t w = c->write_idx.load(std::memory_order_relaxed);  // ours: never stale
-    if (((w & 3) | c->data.gone.load(std::memory_order_relaxed)) != 0 ||
-        out_.capacity - (w - rcache_) < need) [[unlikely]] {
+    if (((w & 3) | c->data.gone.load(std::memory_order_relaxed)) != 0 || w < wseen_ ||
+        w - rcache_ > out_.capacity - need) [[unlikely]] {  // full, or indices out of range
       send_slow(p, N, deadline);
       return;
     }
@@ -233,9 +233,12 @@ class PipeEnd final : public ForkHook {
     if (!recv_ok_ || have_msg_ || assembling_) return false;
     ring::Control* c = in_.ctl;
     const std::uint64_t r = c->read_idx.load(std::memory_order_relaxed);
+    if (r < rseen_) [[unlikely]] return false;  // went backwards: peek reports the corruption
     constexpr std::uint64_t need = ring::frame_size(N);
     if (wcache_ - r < need || wcache_ - r > in_.capacity || (r & 3) != 0) {
-      wcache_ = c->write_idx.load(std::memory_order_acquire);
+      const std::uint64_t w = c->write_idx.load(std::memory_order_acquire);
+      if (w < wcache_) return false;  // went backwards: the slow path reports the corruption
+      wcache_ = w;
       if (wcache_ - r < need || wcache_ - r > in_.capacity || (r & 3) != 0) return false;
     }
     const std::uint64_t off = r & in_.mask;
@@ -276,7 +279,7 @@ class PipeEnd final : public ForkHook {
       }
     } guard{*this};
     for (;;) {
-      const std::uint64_t r = in_.ctl->read_idx.load(std::memory_order_relaxed);
+      const std::uint64_t r = read_index();
       const std::uint64_t avail = wait_data(r, deadline);
       if (avail == 0) return std::nullopt;
       std::uint32_t hdr;
@@ -376,7 +379,7 @@ class PipeEnd final : public ForkHook {
     check_readable("poll");
     if (have_msg_) return true;
     os::check_mapping(h_);
-    const std::uint64_t r = in_.ctl->read_idx.load(std::memory_order_relaxed);
+    const std::uint64_t r = read_index();
     auto ready = [&] { return refresh_avail(r) >= ring::kHeader || writer_gone(); };
     if (ready()) return true;
     if (deadline.expired()) {
@@ -594,6 +597,7 @@ class PipeEnd final : public ForkHook {
     const std::uint64_t need = ring::frame_size(len);
     const std::uint64_t w = c->write_idx.load(std::memory_order_relaxed);
     if ((w & 3) != 0) corrupted(fmt::format("write index {} is not frame-aligned", w));
+    if (w < wseen_) corrupted(fmt::format("the write index went back from {} to {}", wseen_, w));
     wait_space(w, need, deadline);
     cur.copy_to(out_, w + ring::kHeader, len);
     MPP_CRASH_POINT("pipe.send.payload_copied");
@@ -606,6 +610,7 @@ class PipeEnd final : public ForkHook {
   void publish(std::uint64_t to) {
     ring::Control* c = out_.ctl;
     c->write_idx.store(to, std::memory_order_release);  // pairs with the reader's acquire load
+    wseen_ = to;
     MPP_CRASH_POINT("pipe.send.published");
     if (ring::wake_sleeper(c->data)) [[unlikely]] {
       // A sleeper that died leaves its mark: look at the reader's end now and then. A dead
@@ -621,15 +626,30 @@ class PipeEnd final : public ForkHook {
   void consume_ring(std::uint64_t to) noexcept {
     ring::Control* c = in_.ctl;
     c->read_idx.store(to, std::memory_order_release);  // pairs with the writer's acquire load
+    rseen_ = to;
     MPP_CRASH_POINT("pipe.recv.consumed");
     ring::wake_sleeper(c->space);
   }
 
+  // The indices of a ring only grow (64 bits never wrap). Each end remembers the largest value it
+  // saw of each (wseen_/rseen_: its own stores, wcache_/rcache_: its peer's) and reports a
+  // smaller one as corruption: a peer that zeroed or rewrote a ring's control block (a
+  // truncation that keeps it in the file's last page zeroes it without any SIGBUS) must not turn
+  // into an empty ring that waits forever or into messages delivered twice.
+
+  /// The read index of in_, checked against the last one this end stored.
+  std::uint64_t read_index() const {
+    const std::uint64_t r = in_.ctl->read_idx.load(std::memory_order_relaxed);
+    if (r < rseen_) corrupted(fmt::format("the read index went back from {} to {}", rseen_, r));
+    return r;
+  }
+
   std::uint64_t free_space(std::uint64_t w) {
-    rcache_ = out_.ctl->read_idx.load(std::memory_order_acquire);
-    if (w - rcache_ > cap_)
-      corrupted(
-          fmt::format("indices out of range (write {}, read {}, capacity {})", w, rcache_, cap_));
+    const std::uint64_t r = out_.ctl->read_idx.load(std::memory_order_acquire);
+    if (r < rcache_ || w - r > cap_)
+      corrupted(fmt::format("indices out of range (write {}, read {}, last read seen {}, "
+                            "capacity {})", w, r, rcache_, cap_));
+    rcache_ = r;
     return cap_ - (w - rcache_);
   }
 
@@ -652,10 +672,11 @@ class PipeEnd final : public ForkHook {
   }
 
   std::uint64_t refresh_avail(std::uint64_t r) {
-    wcache_ = in_.ctl->write_idx.load(std::memory_order_acquire);
-    if (wcache_ - r > cap_ || (r & 3) != 0)
-      corrupted(
-          fmt::format("indices out of range (write {}, read {}, capacity {})", wcache_, r, cap_));
+    const std::uint64_t w = in_.ctl->write_idx.load(std::memory_order_acquire);
+    if (w < wcache_ || w - r > cap_ || (r & 3) != 0)
+      corrupted(fmt::format("indices out of range (write {}, read {}, last write seen {}, "
+                            "capacity {})", w, r, wcache_, cap_));
+    wcache_ = w;
     return wcache_ - r;
   }
 
@@ -770,6 +791,8 @@ class PipeEnd final : public ForkHook {
   ring::View in_, out_;                     // the ring this end reads, the ring it writes
   std::uint64_t wcache_ = 0;                // last write index seen on in_
   std::uint64_t rcache_ = 0;                // last read index seen on out_
+  std::uint64_t wseen_ = 0;                 // last write index this end stored on out_
+  std::uint64_t rseen_ = 0;                 // last read index this end stored on in_
   std::uint32_t send_countdown_ = kSendCheckPeriod;
   int spin_ = kSpinIterations;
   std::chrono::steady_clock::time_point last_scan_{};
