@@ -141,14 +141,27 @@ TEST_CASE("sparse segment: pages are committed before use and seen by every view
 }
 
 #if defined(MPP_OS_POSIX)
-TEST_CASE("segments are created 0600 whatever the umask", "[segment]") {
-  for (mode_t mask : {mode_t{0}, mode_t{077}, mode_t{0277}}) {
-    const mode_t old = ::umask(mask);
-    const auto name = unique_name("perm");
-    auto seg = Segment::create(name, spec_of());
-    ::umask(old);
-    CHECK(shm_mode(name) == 0600);
-  }
+TEST_CASE("segments are private whatever the umask, and openable by their user", "[segment]") {
+  // Root opens any file whatever its mode: run the objects' user as nobody then.
+  const pid_t runner = mpp_test::fork_child([&] {
+    if (::geteuid() == 0 && (::setegid(65534) != 0 || ::seteuid(65534) != 0)) return 10;
+    for (mode_t mask : {mode_t{0}, mode_t{077}, mode_t{0277}, mode_t{0377}}) {
+      const mode_t old = ::umask(mask);
+      const auto name = unique_name("perm");
+      auto seg = Segment::create(name, spec_of());
+      ::umask(old);
+      if ((shm_mode(name) & 077) != 0) return 1;  // never more than 0600 (and no fchmod)
+      // An umask that took owner bits away is repaired by the first process that opens it.
+      const pid_t opener = mpp_test::fork_child([&] {
+        auto s = Segment::open(name, mpp::Kind::test, mpp::type_info<std::uint64_t>());
+        return s.payload_size() == seg.payload_size() ? 0 : 1;
+      });
+      if (mpp_test::wait_child(opener) != 0) return 2;
+      if (shm_mode(name) != 0600) return 3;
+    }
+    return 0;
+  });
+  CHECK(mpp_test::wait_child(runner) == 0);
 }
 
 TEST_CASE("a segment with group/world access is refused", "[segment]") {

@@ -4,13 +4,17 @@
 #include <mpp/shared_memory.hpp>
 
 #if defined(MPP_OS_POSIX)
+#  include <mpp/detail/registry.hpp>
+#  include <signal.h>
 #  include <sys/stat.h>
 #  include <unistd.h>
 #endif
 
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "helpers.hpp"
 
@@ -177,6 +181,125 @@ TEST_CASE("track=false keeps the name until unlink; a dead user does not count",
   }
   CHECK_FALSE(shm_exists(name));
 }
+
+#if defined(MPP_OS_POSIX)
+// On POSIX a handle counts as a user through a lock the kernel keeps (the creating handle
+// through the header): no pid table to go stale, no page of the mapping touched to attach.
+
+TEST_CASE("users: attachers count until they leave or die; a creator that left does not",
+          "[shared_memory][kill]") {
+  const auto name = unique_name("users");
+  auto creator = std::make_optional<SharedMemory>(name, true, 64);
+  CHECK(creator->live_users() == 1);
+  int ready[2], go[2];
+  REQUIRE(::pipe(ready) == 0);
+  REQUIRE(::pipe(go) == 0);
+  std::vector<pid_t> kids;
+  for (int i = 0; i < 3; ++i)
+    kids.push_back(mpp_test::fork_child([&] {  // the inherited `creator` stays unused here
+      SharedMemory mine(name);
+      char c = 1;
+      if (::write(ready[1], &c, 1) != 1 || ::read(go[0], &c, 1) != 1) return 2;
+      return mine.buf()[0] == std::byte{5} ? 0 : 3;
+    }));
+  char c = 0;
+  for (int i = 0; i < 3; ++i) REQUIRE(::read(ready[0], &c, 1) == 1);
+  CHECK(creator->live_users() == 4);
+  ::kill(kids[0], SIGKILL);
+  CHECK(mpp_test::wait_child(kids[0]) == -SIGKILL);
+  CHECK(creator->live_users() == 3);  // the kernel dropped the dead one's lock
+  creator->buf()[0] = std::byte{5};
+  creator.reset();  // the creator leaves first: two users remain, the name stays
+  REQUIRE(shm_exists(name));
+  {
+    SharedMemory probe(name);
+    CHECK(probe.live_users() == 3);  // the two children and the probe, not the creator
+    for (int i = 0; i < 2; ++i) REQUIRE(::write(go[1], &c, 1) == 1);
+    for (int i = 1; i < 3; ++i) CHECK(mpp_test::wait_child(kids[i]) == 0);
+    CHECK(shm_exists(name));  // the probe still uses it
+    CHECK(probe.live_users() == 1);
+  }
+  CHECK_FALSE(shm_exists(name));  // the probe was the last user
+  for (int fd : {ready[0], ready[1], go[0], go[1]}) ::close(fd);
+}
+
+TEST_CASE("users: a forked child counts once it uses the inherited handle, not before",
+          "[shared_memory]") {
+  const auto name = unique_name("inherit");
+  auto shm = std::make_optional<SharedMemory>(name, true, 8);
+  int ready[2], go[2];
+  REQUIRE(::pipe(ready) == 0);
+  REQUIRE(::pipe(go) == 0);
+  const pid_t idle = mpp_test::fork_child([&] {  // never touches its copy of the handle
+    char c;
+    return ::read(go[0], &c, 1) == 1 ? 0 : 2;
+  });
+  const pid_t busy = mpp_test::fork_child([&] {
+    shm->buf()[0] = std::byte{7};  // the inherited handle: this child is a user now
+    char c = 1;
+    if (::write(ready[1], &c, 1) != 1 || ::read(go[0], &c, 1) != 1) return 2;
+    shm.reset();  // the last user: removes the name
+    return shm_exists(name) ? 3 : 0;
+  });
+  char c = 0;
+  REQUIRE(::read(ready[0], &c, 1) == 1);
+  CHECK(shm->live_users() == 2);  // the creator and the busy child; the idle one does not count
+  CHECK(shm->buf()[0] == std::byte{7});
+  shm.reset();  // the creator leaves while the busy child uses the block
+  CHECK(shm_exists(name));
+  REQUIRE(::write(go[1], &c, 1) == 1);
+  // Whichever child read the byte, both finish: give the other one its byte too.
+  REQUIRE(::write(go[1], &c, 1) == 1);
+  CHECK(mpp_test::wait_child(busy) == 0);
+  CHECK(mpp_test::wait_child(idle) == 0);
+  CHECK_FALSE(shm_exists(name));
+  for (int fd : {ready[0], ready[1], go[0], go[1]}) ::close(fd);
+}
+
+TEST_CASE("users: an unused inherited attachment does not keep the name", "[shared_memory]") {
+  SharedMemory creator(unique_name("inherit2"), true, 8);
+  const std::string name = creator.name();
+  auto attached = std::make_optional<SharedMemory>(name);
+  creator.close();  // the creating handle leaves; `attached` is the only user
+  int go[2];
+  REQUIRE(::pipe(go) == 0);
+  const pid_t idle = mpp_test::fork_child([&] {  // inherits `attached`, never uses it
+    char c;
+    return ::read(go[0], &c, 1) == 1 ? 0 : 2;
+  });
+  attached.reset();  // the last user leaves while the idle child still holds the copy
+  CHECK_FALSE(shm_exists(name));
+  char c = 0;
+  REQUIRE(::write(go[1], &c, 1) == 1);
+  CHECK(mpp_test::wait_child(idle) == 0);
+  for (int fd : go) ::close(fd);
+}
+
+TEST_CASE("users: many handles (the attach table held 128), a dead creator, gc's view",
+          "[shared_memory]") {
+  const auto name = unique_name("many");
+  const pid_t maker = mpp_test::fork_child([&] {
+    SharedMemory shm(name, true, 16);
+    shm.buf()[3] = std::byte{3};
+    ::_exit(0);  // dies without leaving: its name stays
+    return 0;
+  });
+  REQUIRE(mpp_test::wait_child(maker) == 0);
+  REQUIRE(shm_exists(name));
+  {
+    std::vector<SharedMemory> handles;
+    for (int i = 0; i < 200; ++i) handles.emplace_back(name);
+    CHECK(handles.front().live_users() == 200);  // the dead creator is not counted
+    CHECK(handles.back().buf()[3] == std::byte{3});
+    const auto o = mpp::detail::registry::inspect(name);
+    CHECK(o.lock_users == 200);
+    CHECK_FALSE(mpp::detail::registry::gc_verdict(o, mpp::detail::os::unix_time_ms()).remove);
+    handles.erase(handles.begin() + 1, handles.end());
+    CHECK(handles.front().live_users() == 1);
+  }
+  CHECK_FALSE(shm_exists(name));  // the last handle removed it
+}
+#endif  // MPP_OS_POSIX
 
 TEST_CASE("ShareableList: every kind round-trips byte-exact", "[shared_memory][shareable_list]") {
   const std::vector<ShareableItem> items = {

@@ -48,7 +48,13 @@ std::string fit(const std::string& s, std::size_t width) {
 
 std::string users_text(const reg::ObjectInfo& o) {
   if (!o.header_readable) return "-";
-  return fmt::format("{}/{}", reg::live_users(o).size(), o.attachers.size());
+  // live / registered. User locks count in both (the kernel drops a dead holder's lock); a
+  // creator that is not in the attach table (SharedMemory, ShareableList) counts until it left.
+  std::size_t registered = o.attachers.size() + o.lock_users;
+  const bool creator_in_table = std::any_of(o.attachers.begin(), o.attachers.end(),
+                                            [&](const auto& a) { return a.who == o.creator; });
+  if (o.creator.pid > 0 && !o.creator_left && !creator_in_table) ++registered;
+  return fmt::format("{}/{}", reg::live_users(o).size() + o.lock_users, registered);
 }
 
 int cmd_ls(std::string_view prefix) {

@@ -116,6 +116,9 @@ inline constexpr std::uint32_t kInitBuilding = 0;  // a fresh (zero-filled) segm
 inline constexpr std::uint32_t kInitReady = 1;
 /// SegmentHeader::flags: the object is meant to outlive its users (`mpp gc` keeps it).
 inline constexpr std::uint32_t kSegmentPersistent = 1;
+/// SegmentHeader::flags: the creating handle of an object whose users hold user locks
+/// (SharedMemory, ShareableList on POSIX) is gone; until then its live creator is a user.
+inline constexpr std::uint32_t kSegmentCreatorLeft = 2;
 
 /// One entry of a segment's attach table: the packed ProcessRef of a process using the object,
 /// 0 when free. Claimed, released and reaped (when its holder died) by CAS on the whole word.
@@ -163,6 +166,12 @@ struct SegmentOptions {
   bool persistent = false;  ///< keep the name when the creator's handle goes away
   /// How long open() waits for a segment whose creator is still initialising it.
   std::chrono::milliseconds init_timeout{5000};
+  /// POSIX: create/open without touching the mapping (on this VM the first touch of a fresh
+  /// mapping costs more than every system call of an attach together): the header goes through
+  /// the descriptor (pwrite/pread), the attach table is not used, and the descriptor stays open
+  /// (take_descriptor()) so that the caller can track its users with user locks. Ignored on
+  /// Windows.
+  bool untouched = false;
 };
 
 /// Initialises the payload of a new segment (runs before anyone else can use it).
@@ -202,43 +211,31 @@ class Segment {
                             spec.payload_size);
     const std::uint64_t total = offset + spec.payload_size;
     os::Fd fd = spec.sparse ? os::shm_create_sparse(name, total) : os::shm_create(name, total);
+    const bool untouched = untouched_io(opts);
     Segment s;
     s.name_ = std::string(name);
     s.size_ = total;
     try {
+      if (untouched) {  // the header goes in through the descriptor, complete but unpublished
+        SegmentHeader h{};
+        fill_header(h, spec, total, offset, opts.persistent);
+        if (!init) h.init_state.store(kInitReady, std::memory_order_relaxed);  // nothing to wait for
+        write_header(fd, &h, sizeof h, name);
+      }
       s.base_ = static_cast<std::byte*>(os::map(fd, total, name));
       os::guard_mapping(s.base_, total, name);  // a peer's ftruncate: CorruptedError, not SIGBUS
-      if (const int err = spec.sparse ? os::commit(s.base_, offset) : 0; err != 0)
+      if (const int err = spec.sparse && !untouched ? os::commit(s.base_, offset) : 0; err != 0)
         throw OSError(fmt::format("cannot create '{}': no memory for its header", name), err);
     } catch (...) {
       os::shm_remove(name);
       throw;
     }
-    s.keep(std::move(fd));
     s.creator_pid_ = os::current_pid();
     s.persistent_ = opts.persistent;
     s.payload_size_ = spec.payload_size;
     s.payload_offset_ = offset;
     s.capacity_ = spec.capacity;
-    auto* h = s.header_ptr();
-    // Creator identity first, so an opener can tell "still building" from "creator died".
-    const ProcessRef me = ProcessRef::self();
-    h->creator.store(me.pack(), std::memory_order_release);
-    h->layout_version = kLayoutVersion;
-    h->kind = static_cast<std::uint32_t>(spec.kind);
-    h->header_size = sizeof(SegmentHeader);
-    h->type_fingerprint = spec.type.fingerprint;
-    const auto n = std::min(spec.type.name.size(), kTypeNameCapacity - 1);
-    std::memcpy(h->type_name, spec.type.name.data(), n);
-    h->type_name[n] = '\0';
-    h->total_size = total;
-    h->payload_offset = offset;
-    h->payload_size = spec.payload_size;
-    h->capacity = spec.capacity;
-    h->created_unix_ms = static_cast<std::uint64_t>(
-        std::chrono::duration_cast<std::chrono::milliseconds>(
-            std::chrono::system_clock::now().time_since_epoch())
-            .count());
+    if (!untouched) fill_header(*s.header_ptr(), spec, total, offset, opts.persistent);
     try {
       if (init) init(s.base_ + offset, spec.payload_size);
     } catch (...) {
@@ -246,8 +243,16 @@ class Segment {
       s.creator_pid_ = 0;  // nothing left to unlink
       throw;
     }
-    h->flags.store(opts.persistent ? kSegmentPersistent : 0, std::memory_order_relaxed);
-    h->magic = kSegmentMagic;
+    if (untouched) {
+      if (init) {  // publish: the payload's stores come before the flag that an opener reads
+        std::atomic_thread_fence(std::memory_order_seq_cst);
+        write_header(fd, &kInitReady, sizeof kInitReady, name);
+      }
+      s.fd_ = std::move(fd);
+      return s;
+    }
+    s.keep(std::move(fd));
+    auto* h = s.header_ptr();
     h->init_state.store(kInitReady, std::memory_order_release);  // publishes all of the above
     h->init_wait.notify_all();
     s.attach_self();
@@ -256,11 +261,12 @@ class Segment {
 
   //!Effects: creates an object with a fresh random name "mpp.anon.<pid>.<hex>". Forked children
   //! inherit the mapping; spawned processes can open it by name while the creator keeps it.
-  static Segment create_anonymous(const SegmentSpec& spec, const PayloadInit& init = {}) {
+  static Segment create_anonymous(const SegmentSpec& spec, const PayloadInit& init = {},
+                                  const SegmentOptions& opts = {}) {
     for (;;) {
       const auto name = fmt::format("mpp.anon.{}.{:016x}", os::current_pid(), os::random_u64());
       try {
-        return create(name, spec, init);
+        return create(name, spec, init, opts);
       } catch (const ExistsError&) {  // 2^-64 odds; try another name
       }
     }
@@ -287,6 +293,7 @@ class Segment {
       os::sleep_for(std::chrono::microseconds(200));
       info = os::file_info(fd, name);
     }
+    if (untouched_io(opts)) return open_untouched(name, std::move(fd), info.size, kind, type, deadline);
     Segment s;
     s.name_ = std::string(name);
     s.size_ = info.size;
@@ -301,7 +308,7 @@ class Segment {
                          name, ProcessRef::unpack(h->creator.load()).pid, opts.init_timeout.count());
     // info.size is final: a creator sets the size once (ftruncate) before anyone sees a header.
     s.keep(std::move(fd));
-    s.validate(kind, type, info.size);
+    s.validate(*h, kind, type, info.size);
     s.attach_self();
     return s;
   }
@@ -337,6 +344,12 @@ class Segment {
   std::uint64_t capacity() const noexcept { return capacity_; }
   /// The header (for tools; its atomics may change under you).
   SegmentHeader& header() const noexcept { return *header_ptr(); }
+  //!Returns: the descriptor an untouched segment keeps open (see SegmentOptions::untouched),
+  //! which the segment no longer holds; invalid for other segments.
+  os::Fd take_descriptor() noexcept {
+    if constexpr (os::kKeepHandleWhileMapped) return {};  // the mapping needs it
+    return std::move(fd_);
+  }
   /// True if this process created the segment through this handle.
   bool is_creator() const noexcept { return creator_pid_ != 0 && creator_pid_ == os::current_pid(); }
   /// Keep (true) or remove (false) the name when the creating handle is destroyed.
@@ -402,6 +415,84 @@ class Segment {
  private:
   SegmentHeader* header_ptr() const noexcept { return reinterpret_cast<SegmentHeader*>(base_); }
 
+  static bool untouched_io(const SegmentOptions& opts) noexcept {
+    return opts.untouched && !os::kKeepHandleWhileMapped;
+  }
+
+  // Every field of a new header but init_state; the creator's identity first, so that an
+  // opener can tell "still building" from "creator died".
+  static void fill_header(SegmentHeader& h, const SegmentSpec& spec, std::uint64_t total,
+                          std::uint64_t offset, bool persistent) {
+    h.creator.store(ProcessRef::self().pack(), std::memory_order_release);
+    h.layout_version = kLayoutVersion;
+    h.kind = static_cast<std::uint32_t>(spec.kind);
+    h.header_size = sizeof(SegmentHeader);
+    h.type_fingerprint = spec.type.fingerprint;
+    const auto n = std::min(spec.type.name.size(), kTypeNameCapacity - 1);
+    std::memcpy(h.type_name, spec.type.name.data(), n);
+    h.type_name[n] = '\0';
+    h.total_size = total;
+    h.payload_offset = offset;
+    h.payload_size = spec.payload_size;
+    h.capacity = spec.capacity;
+    h.created_unix_ms = static_cast<std::uint64_t>(
+        std::chrono::duration_cast<std::chrono::milliseconds>(
+            std::chrono::system_clock::now().time_since_epoch())
+            .count());
+    h.flags.store(persistent ? kSegmentPersistent : 0, std::memory_order_relaxed);
+    h.magic = kSegmentMagic;
+  }
+
+#if defined(MPP_OS_POSIX)
+  // The first `n` bytes of a header, written through the descriptor (untouched segments).
+  static void write_header(const os::Fd& fd, const void* h, std::size_t n, std::string_view name) {
+    if (const int err = os::write_at(fd, 0, h, n); err != 0)
+      throw OSError(fmt::format("cannot create '{}': cannot write its header ({}); /dev/shm may "
+                                "be full",
+                                name, std::strerror(err)),
+                    err);
+  }
+
+  // open() of an untouched segment: the header is read through the descriptor, so that neither
+  // the wait for its creator nor the checks touch the mapping.
+  static Segment open_untouched(std::string_view name, os::Fd fd, std::uint64_t file_size,
+                                Kind kind, const TypeInfo& type, const Deadline& deadline) {
+    SegmentHeader h{};
+    for (int bad_magic = 0;;) {
+      const bool whole = os::read_at(fd, 0, &h, sizeof h) == sizeof h;
+      if (whole && h.init_state.load(std::memory_order_relaxed) == kInitReady) {
+        // A header being written while we read it could look published but not whole: read
+        // once more before calling it corrupt (validate() says what is wrong).
+        if (h.magic == kSegmentMagic || ++bad_magic > 1) break;
+        continue;
+      }
+      const auto creator = ProcessRef::unpack(h.creator.load(std::memory_order_relaxed));
+      if (whole && creator.pid != 0 && !creator.alive())
+        fail<CorruptedError>("the creator of '{}' (pid {}) died while initialising it; "
+                             "remove the stale object with mpp::unlink(\"{}\")",
+                             name, creator.pid, name);
+      if (deadline.expired())
+        fail<TimeoutError>("'{}' is still being initialised (pid {}); try again later", name,
+                           creator.pid);
+      os::sleep_for(std::chrono::microseconds(200));
+    }
+    Segment s;
+    s.name_ = std::string(name);
+    s.size_ = file_size;
+    s.base_ = static_cast<std::byte*>(os::map(fd, file_size, name));
+    os::guard_mapping(s.base_, file_size, name);
+    s.fd_ = std::move(fd);
+    s.validate(h, kind, type, file_size);
+    return s;
+  }
+#else
+  static void write_header(const os::Fd&, const void*, std::size_t, std::string_view) {}
+  static Segment open_untouched(std::string_view, os::Fd, std::uint64_t, Kind, const TypeInfo&,
+                                const Deadline&) {
+    return {};
+  }
+#endif
+
   // Windows removes a mapping's name with its last handle, so the handle lives as long as we do;
   // on POSIX the mapping alone keeps the object and the descriptor is closed at once.
   void keep(os::Fd fd) noexcept {
@@ -445,8 +536,7 @@ class Segment {
   }
 
   // Every field is read once into a local and checked before anything trusts it.
-  void validate(Kind kind, const TypeInfo& type, std::uint64_t file_size) {
-    const SegmentHeader& h = *header_ptr();
+  void validate(const SegmentHeader& h, Kind kind, const TypeInfo& type, std::uint64_t file_size) {
     if (h.magic != kSegmentMagic)
       fail<CorruptedError>("'{}' is not an mpp object (bad magic); remove it if it is stale",
                            name_);

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "codec.hpp"
+#include "detail/fork_hooks.hpp"
 #include "errors.hpp"
 #include "segment.hpp"
 
@@ -28,24 +29,61 @@ namespace mpp {
 
 namespace detail {
 
+/// Segment options of SharedMemory and ShareableList: created and opened without touching the
+/// mapping (POSIX), kept (persistent) when untracked so that `mpp gc` keeps it as unlink() would.
+inline SegmentOptions tracked_options(bool track) {
+  SegmentOptions o;
+  o.persistent = !track;
+  o.untouched = true;
+  return o;
+}
+
 /// One process's mapping of a SharedMemory / ShareableList segment, shared by every copy of the
-/// handle in this process. Destroying it applies the `track` rule.
-struct TrackedSegment {
+/// handle in this process; destroying it applies the `track` rule. It counts as a user of the
+/// segment. POSIX: the creating handle through the header (its creator, alive, and no
+/// kSegmentCreatorLeft flag), every other one through a user lock, which the kernel drops when
+/// the process dies; neither touches the mapping. Windows: the attach table.
+struct TrackedSegment final : ForkHook {
   Segment seg;
   bool track = true;
   bool unlinked = false;
 
-  TrackedSegment(Segment s, bool t) noexcept : seg(std::move(s)), track(t) {
+  //!Effects: takes over `s` (created or opened with tracked_options()) and counts this handle as
+  //! a user. Throws: OSError if the kernel refuses the user lock.
+  TrackedSegment(Segment s, bool t) : seg(std::move(s)), track(t) {
     seg.set_persistent(true);  // the rule below decides, not Segment's creator-unlinks rule
-    if (seg.is_creator()) seg.mark_persistent(!t);  // untracked: `mpp gc` keeps it, as unlink() would
+#if defined(MPP_OS_POSIX)
+    user_fd_ = seg.take_descriptor();
+    if (seg.is_creator())
+      user_pid_ = os::current_pid();  // counted through the header it wrote
+    else
+      lock_user();
+    register_fork_hook(this);
+#endif
   }
   TrackedSegment(const TrackedSegment&) = delete;
   TrackedSegment& operator=(const TrackedSegment&) = delete;
 
-  //!Effects: with track, removes the name if no other live process is attached (gh-82300).
-  //! Our own slot is released *before* looking at the others: of two processes leaving at the
-  //! same time, at least one sees the other gone (both seq_cst), so the name is not leaked.
+  //!Effects: with track, removes the name if no other live process uses it (gh-82300). Our own
+  //! mark is dropped *before* looking at the others: of two processes leaving at the same time,
+  //! at least one sees the other gone, so the name is not leaked.
   ~TrackedSegment() {
+#if defined(MPP_OS_POSIX)
+    unregister_fork_hook(this);
+    if (user_pid_ != os::current_pid()) return;  // a forked child that never used it: not a user
+    try {
+      if (locked_)
+        os::release_user_lock(user_fd_, slot_);  // a forked child may hold the descriptor too
+      else
+        set_creator_left(user_fd_, seg.name());
+      user_fd_.reset();
+      if (!track || unlinked || !seg.valid()) return;
+      const std::string name = seg.name();
+      seg.close();
+      if (others_using(name) == 0) os::shm_remove(name);
+    } catch (...) {  // best effort in a destructor; `mpp gc` removes what is left
+    }
+#else
     if (!track || unlinked || !seg.valid()) return;
     try {
       const std::uint32_t me = seg.attach_index();
@@ -54,7 +92,106 @@ struct TrackedSegment {
       if (seg.live_users() == 0) seg.unlink();
     } catch (...) {  // best effort in a destructor; `mpp gc` removes what is left
     }
+#endif
   }
+
+  //!Effects: a forked child that uses an inherited handle becomes a user of its own.
+  void note_use() {
+#if defined(MPP_OS_POSIX)
+    if (user_pid_ == os::current_pid()) return;
+    try {
+      user_fd_ = os::shm_open_existing(seg.name());
+    } catch (const NotFoundError&) {  // removed: nobody can attach any more, nothing to mark
+      user_pid_ = os::current_pid();
+      locked_ = true;
+      return;
+    }
+    lock_user();
+#else
+    seg.attach_index();
+#endif
+  }
+
+  /// Handles using the segment now, this one included (if it is a user); dead ones do not count.
+  std::uint32_t live_users() {
+#if defined(MPP_OS_POSIX)
+    if (user_pid_ != os::current_pid() || !user_fd_.valid()) return others_using(seg.name());
+    // Through our own descriptor the kernel reports every lock but ours.
+    return 1 + count_locks(user_fd_, seg.name()) + (locked_ ? creator_using(user_fd_) : 0);
+#else
+    return seg.live_users();
+#endif
+  }
+
+  void before_fork() noexcept override {}
+  void after_fork_parent() noexcept override {}
+  // POSIX: the child's copy of the descriptor would keep the parent's lock after the parent let
+  // go. (Registered only there.)
+  void after_fork_child() noexcept override {
+#if defined(MPP_OS_POSIX)
+    user_fd_.reset();
+#endif
+  }
+
+#if defined(MPP_OS_POSIX)
+ private:
+  void lock_user() {
+    const auto pid = os::current_pid();
+    // Distinct first guesses for this process's handles and for other processes.
+    static std::atomic<std::uint32_t> handles{0};
+    const std::uint32_t hint = (static_cast<std::uint32_t>(pid) * 2654435761u >> 12) +
+                               handles.fetch_add(1, std::memory_order_relaxed);
+    if (const int err = os::take_user_lock(user_fd_, hint, slot_); err != 0)
+      throw OSError(fmt::format("'{}': cannot mark this process as a user (fcntl F_OFD_SETLK: "
+                                "{}); close some handles",
+                                seg.name(), std::strerror(err)),
+                    err);
+    user_pid_ = pid;
+    locked_ = true;
+  }
+
+  static std::uint32_t count_locks(const os::Fd& fd, const std::string& name) {
+    const auto n = os::count_user_locks(fd);
+    if (!n)
+      throw OSError(fmt::format("'{}': cannot count its users (fcntl F_OFD_GETLK: {})", name,
+                                std::strerror(errno)),
+                    errno);
+    return *n;
+  }
+
+  // 1 if the segment's creating handle is still in use (its process lives and has not left).
+  static std::uint32_t creator_using(const os::Fd& fd) {
+    SegmentHeader h{};
+    if (os::read_at(fd, 0, &h, sizeof h) != sizeof h) return 0;
+    if ((h.flags.load(std::memory_order_relaxed) & kSegmentCreatorLeft) != 0) return 0;
+    return ProcessRef::unpack(h.creator.load(std::memory_order_relaxed)).alive() ? 1 : 0;
+  }
+
+  static void set_creator_left(const os::Fd& fd, const std::string& name) {
+    std::uint32_t flags = 0;
+    constexpr std::size_t at = offsetof(SegmentHeader, flags);
+    if (os::read_at(fd, at, &flags, sizeof flags) != sizeof flags) return;
+    flags |= kSegmentCreatorLeft;
+    if (const int err = os::write_at(fd, at, &flags, sizeof flags); err != 0)
+      throw OSError(fmt::format("'{}': cannot record that its creator left", name), err);
+  }
+
+  // Users of `name`, seen through a new descriptor (0 if the name is gone).
+  static std::uint32_t others_using(const std::string& name) {
+    os::Fd fd;
+    try {
+      fd = os::shm_open_existing(name);
+    } catch (const NotFoundError&) {
+      return 0;
+    }
+    return count_locks(fd, name) + creator_using(fd);
+  }
+
+  os::Fd user_fd_;             // this handle's descriptor (holding its user lock, if locked_)
+  os::pid_type user_pid_ = 0;  // the process in which it is a user (a forked child: none yet)
+  bool locked_ = false;        // a user through a lock, not as the creator
+  std::uint32_t slot_ = 0;     // which lock
+#endif
 };
 
 }  // namespace detail
@@ -86,7 +223,7 @@ class SharedMemory {
   /// The bytes of the block: exactly size() of them. Throws: ValueError after close().
   std::span<std::byte> buf() const {
     auto& s = state("buf");
-    s.seg.attach_index();  // a forked child using an inherited handle counts as a user
+    s.note_use();  // a forked child using an inherited handle counts as a user
     return {s.seg.payload(), static_cast<std::size_t>(s.seg.payload_size())};
   }
   /// The block's name (pass it to SharedMemory(name) in another process).
@@ -112,7 +249,7 @@ class SharedMemory {
   }
 
   /// Processes currently attached to the block (dead ones are not counted).
-  std::uint32_t live_users() const { return state("live_users").seg.live_users(); }
+  std::uint32_t live_users() const { return state("live_users").live_users(); }
 
  private:
   explicit SharedMemory(std::shared_ptr<detail::TrackedSegment> s) noexcept : state_(std::move(s)) {}
@@ -123,13 +260,15 @@ class SharedMemory {
           "cannot create shared memory '{}' of size 0: the size must be positive",
           name.empty() ? std::string_view("(anonymous)") : name);
     const detail::SegmentSpec spec{Kind::shared_memory, TypeInfo::none(), size, size};
-    detail::Segment seg = name.empty() ? detail::Segment::create_anonymous(spec)
-                                       : detail::Segment::create(name, spec, {}, {true});
+    const auto opts = detail::tracked_options(track);
+    detail::Segment seg = name.empty() ? detail::Segment::create_anonymous(spec, {}, opts)
+                                       : detail::Segment::create(name, spec, {}, opts);
     return SharedMemory(std::make_shared<detail::TrackedSegment>(std::move(seg), track));
   }
 
   static SharedMemory attach(std::string_view name, bool track) {
-    auto seg = detail::Segment::open(name, Kind::shared_memory, TypeInfo::none());
+    auto seg = detail::Segment::open(name, Kind::shared_memory, TypeInfo::none(),
+                                     detail::tracked_options(track));
     return SharedMemory(std::make_shared<detail::TrackedSegment>(std::move(seg), track));
   }
 
@@ -203,7 +342,8 @@ class ShareableList {
   //!Effects: attaches to the existing list `name` (Python: ShareableList(name=...)).
   //!Throws: NotFoundError, TypeMismatchError, CorruptedError (a slot table that does not fit).
   static ShareableList open(std::string_view name, bool track = true) {
-    auto seg = detail::Segment::open(name, Kind::shareable_list, TypeInfo::none());
+    auto seg = detail::Segment::open(name, Kind::shareable_list, TypeInfo::none(),
+                                     detail::tracked_options(track));
     ShareableList l(std::make_shared<detail::TrackedSegment>(std::move(seg), track));
     l.validate();
     return l;
@@ -387,8 +527,9 @@ class ShareableList {
         off += d[i].capacity;
       }
     };
-    Segment seg = name.empty() ? Segment::create_anonymous(spec, init)
-                               : Segment::create(name, spec, init, {true});
+    const auto opts = tracked_options(track);
+    Segment seg = name.empty() ? Segment::create_anonymous(spec, init, opts)
+                               : Segment::create(name, spec, init, opts);
     ShareableList l(std::make_shared<TrackedSegment>(std::move(seg), track));
     l.validate();
     for (std::uint64_t i = 0; i < n; ++i) l.set(static_cast<std::ptrdiff_t>(i), items[i]);
@@ -413,7 +554,7 @@ class ShareableList {
   }
 
   detail::SlotDesc& desc(std::ptrdiff_t i) const {
-    state("item access").seg.attach_index();  // a forked child using the list counts as a user
+    state("item access").note_use();  // a forked child using the list counts as a user
     const auto n = static_cast<std::ptrdiff_t>(count_);
     const std::ptrdiff_t j = i < 0 ? i + n : i;
     if (j < 0 || j >= n)

@@ -75,6 +75,9 @@ struct ObjectInfo {
   std::uint64_t created_unix_ms = 0;
   ProcessRef creator;        ///< pid 0 when not written yet
   bool persistent = false;   ///< its creator asked to keep it after its users are gone
+  bool creator_left = false;  ///< kSegmentCreatorLeft: the creating handle is gone
+  /// Users marked by a user lock (SharedMemory, ShareableList on POSIX); live by construction.
+  std::uint32_t lock_users = 0;
   std::vector<Attacher> attachers;  ///< non-empty attach slots
   /// A copy of the first bytes of the payload (kind-specific state such as a queue's indices),
   /// for ready/truncated objects; untrusted like everything else.
@@ -137,7 +140,9 @@ inline ObjectInfo parse_header(std::string_view name, std::span<const std::byte>
   o.capacity = field<std::uint64_t>(bytes, offsetof(H, capacity));
   o.created_unix_ms = field<std::uint64_t>(bytes, offsetof(H, created_unix_ms));
   o.creator = ProcessRef::unpack(field<std::uint64_t>(bytes, offsetof(H, creator)));
-  o.persistent = (field<std::uint32_t>(bytes, offsetof(H, flags)) & kSegmentPersistent) != 0;
+  const auto flags = field<std::uint32_t>(bytes, offsetof(H, flags));
+  o.persistent = (flags & kSegmentPersistent) != 0;
+  o.creator_left = (flags & kSegmentCreatorLeft) != 0;
   for (std::uint32_t i = 0; i < kMaxAttach; ++i) {
     const auto w = field<std::uint64_t>(bytes, offsetof(H, attach) + i * sizeof(AttachSlot));
     if (w != 0) o.attachers.push_back({i, ProcessRef::unpack(w)});
@@ -205,6 +210,7 @@ inline ObjectInfo inspect(std::string_view name) {
   buf.resize(os::read_at(fd, 0, buf.data(), buf.size()));
   ObjectInfo o = parse_header(name, buf, st.size);
   o.stat = st;
+  o.lock_users = os::count_user_locks(fd).value_or(0);
   if ((o.state == State::ready || o.state == State::truncated) && o.payload_size >= kPayloadPeek) {
     o.payload_head.resize(kPayloadPeek);
     o.payload_head.resize(os::read_at(fd, o.payload_offset, o.payload_head.data(), kPayloadPeek));
@@ -246,8 +252,9 @@ using AliveFn = std::function<bool(const ProcessRef&)>;
 /// The default liveness test: pid + start time (ProcessRef::alive).
 inline bool process_alive(const ProcessRef& p) { return p.alive(); }
 
-//!Returns: the live registered users of `o`: its creator and its attach-table holders, each
-//! process counted once.
+//!Returns: the live registered users of `o`: its creator (unless its creating handle left) and
+//! its attach-table holders, each process counted once. Users marked by a user lock are counted
+//! in o.lock_users instead (the kernel does not say which processes hold them).
 inline std::vector<ProcessRef> live_users(const ObjectInfo& o, const AliveFn& alive = process_alive) {
   std::vector<ProcessRef> live;
   auto add = [&](const ProcessRef& p) {
@@ -257,7 +264,7 @@ inline std::vector<ProcessRef> live_users(const ObjectInfo& o, const AliveFn& al
     if (alive(p)) live.push_back(p);
   };
   if (o.header_readable) {
-    add(o.creator);
+    if (!o.creator_left) add(o.creator);
     for (const auto& a : o.attachers) add(a.who);
   }
   return live;
@@ -292,6 +299,9 @@ inline Verdict gc_verdict(const ObjectInfo& o, std::int64_t now_unix_ms, const G
     return {false, fmt::format("kept: corrupt header ({}); remove it with `mpp rm {}` if you are "
                                "sure nobody uses it",
                                o.problem, o.name)};
+  if (o.lock_users > 0)
+    return {false, fmt::format("kept: {} user{} hold{} a user lock", o.lock_users,
+                               o.lock_users == 1 ? "" : "s", o.lock_users == 1 ? "s" : "")};
   const auto live = live_users(o, alive);
   if (!live.empty()) {
     std::string pids;

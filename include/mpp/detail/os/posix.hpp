@@ -84,8 +84,20 @@ inline constexpr bool kKeepHandleWhileMapped = false;
 
 inline std::string shm_path(std::string_view name) { return "/" + std::string(name); }
 
-//!Effects: creates the shared-memory object `name` exclusively, mode 0600 whatever the umask,
-//! sized `size` bytes. Throws: ExistsError if the name is taken, OSError otherwise.
+/// Where named shared-memory objects appear in the file system (Linux: tmpfs on /dev/shm).
+inline constexpr const char* kShmDirectory = "/dev/shm";
+
+//!Returns: the effective user id, read once per process and again whenever `uid` differs from
+//! it (each system call costs about 1 µs in a VM). A file of the cached uid that the process
+//! opened with mode 0600 is the cached user's or root's; either way the process may use it.
+inline bool is_effective_uid(uid_t uid) noexcept {
+  static const uid_t first = ::geteuid();
+  return uid == first || uid == ::geteuid();
+}
+
+//!Effects: creates the shared-memory object `name` exclusively, mode 0600 (an umask can only
+//! narrow that; shm_open_existing() repairs a narrowed mode of our own object), sized `size`
+//! bytes. Throws: ExistsError if the name is taken, OSError otherwise.
 inline Fd shm_create(std::string_view name, std::uint64_t size) {
   const std::string path = shm_path(name);
   // glibc adds O_NOFOLLOW|O_CLOEXEC; we ask for them explicitly so a planted symlink never wins.
@@ -98,7 +110,6 @@ inline Fd shm_create(std::string_view name, std::uint64_t size) {
                          name, name);
     throw_errno("shm_open(create)", name, err);
   }
-  if (::fchmod(fd.get(), 0600) != 0) throw_errno("fchmod", name, errno);  // umask can't widen it
   int rc;
   do rc = ::ftruncate(fd.get(), static_cast<off_t>(size));
   while (rc != 0 && errno == EINTR);
@@ -115,6 +126,16 @@ inline Fd shm_create(std::string_view name, std::uint64_t size) {
 inline Fd shm_open_existing(std::string_view name) {
   const std::string path = shm_path(name);
   Fd fd(::shm_open(path.c_str(), O_RDWR | O_NOFOLLOW | O_CLOEXEC, 0));
+  if (fd.get() < 0 && errno == EACCES) {
+    // Our own private object whose creator's umask took owner bits away: give them back.
+    const std::string file = kShmDirectory + path;
+    struct stat st{};
+    if (::lstat(file.c_str(), &st) == 0 && S_ISREG(st.st_mode) && (st.st_mode & 077) == 0 &&
+        is_effective_uid(st.st_uid) && ::chmod(file.c_str(), 0600) == 0)
+      fd = Fd(::shm_open(path.c_str(), O_RDWR | O_NOFOLLOW | O_CLOEXEC, 0));
+    else
+      errno = EACCES;
+  }
   if (fd.get() < 0) {
     const int err = errno;
     if (err == ENOENT)
@@ -149,7 +170,7 @@ struct FileInfo {
 inline FileInfo file_info(const Fd& fd, std::string_view name) {
   struct stat st{};
   if (::fstat(fd.get(), &st) != 0) throw_errno("fstat", name, errno);
-  return FileInfo{static_cast<std::uint64_t>(st.st_size), st.st_uid == ::geteuid(),
+  return FileInfo{static_cast<std::uint64_t>(st.st_size), is_effective_uid(st.st_uid),
                   (st.st_mode & 077) == 0, S_ISREG(st.st_mode)};
 }
 
@@ -323,9 +344,6 @@ inline std::uint64_t random_u64() {
 
 namespace mpp::detail::os {
 
-/// Where named shared-memory objects appear in the file system (Linux: tmpfs on /dev/shm).
-inline constexpr const char* kShmDirectory = "/dev/shm";
-
 //!Returns: the names of the shared-memory objects starting with `prefix`, sorted (empty if the
 //! directory cannot be read). Entries of any type are listed, planted links included.
 inline std::vector<std::string> shm_list(std::string_view prefix) {
@@ -413,6 +431,93 @@ inline std::size_t read_at(const Fd& fd, std::uint64_t offset, void* buf, std::s
     done += static_cast<std::size_t>(r);
   }
   return done;
+}
+
+//!Effects: copies `n` bytes from `buf` to `offset` of `fd` (no mapping is touched).
+//!Returns: 0, or the errno of the failure (ENOSPC when /dev/shm is full).
+inline int write_at(const Fd& fd, std::uint64_t offset, const void* buf, std::size_t n) noexcept {
+  std::size_t done = 0;
+  while (done < n) {
+    const ssize_t r = ::pwrite(fd.get(), static_cast<const char*>(buf) + done, n - done,
+                               static_cast<off_t>(offset + done));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return r < 0 ? errno : EIO;
+    done += static_cast<std::size_t>(r);
+  }
+  return 0;
+}
+
+// ---- user locks: which processes use an object, kept by the kernel --------------------------
+// A user holds a write lock on one byte of a range far past the end of any object, taken with
+// F_OFD_SETLK on its own open file description: the kernel drops it when that description is
+// closed, including when the process dies, so a crashed user never stays counted and nothing in
+// the mapping is touched (attaching then costs no page fault).
+
+inline constexpr std::uint64_t kUserLockBase = std::uint64_t{1} << 60;
+inline constexpr std::uint32_t kUserLockSlots = 4096;
+
+namespace posix_detail {
+inline struct flock user_lock_range(short type, std::uint64_t first, std::uint64_t count) noexcept {
+  struct flock l{};
+  l.l_type = type;
+  l.l_whence = SEEK_SET;
+  l.l_start = static_cast<off_t>(kUserLockBase + first);
+  l.l_len = static_cast<off_t>(count);
+  return l;
+}
+}  // namespace posix_detail
+
+//!Effects: takes a free user-lock byte of fd's object, trying `hint` first; stores it in `slot`.
+//!Returns: 0, or the errno of the failure (EAGAIN: all kUserLockSlots are taken).
+inline int take_user_lock(const Fd& fd, std::uint32_t hint, std::uint32_t& slot) noexcept {
+  for (std::uint32_t i = 0; i < kUserLockSlots; ++i) {
+    slot = (hint + i) % kUserLockSlots;
+    struct flock l = posix_detail::user_lock_range(F_WRLCK, slot, 1);
+    if (::fcntl(fd.get(), F_OFD_SETLK, &l) == 0) return 0;
+    if (errno != EAGAIN && errno != EACCES && errno != EINTR) return errno;
+  }
+  return EAGAIN;
+}
+
+//!Effects: releases the user lock `slot` of fd's open file description, also for the copies
+//! of the descriptor that a forked child still holds (closing ours would leave it to them).
+inline void release_user_lock(const Fd& fd, std::uint32_t slot) noexcept {
+  struct flock l = posix_detail::user_lock_range(F_UNLCK, slot, 1);
+  (void)::fcntl(fd.get(), F_OFD_SETLK, &l);
+}
+
+//!Returns: the user locks held on fd's object through open file descriptions other than fd's
+//! (so not counting fd's own), or nullopt if the kernel cannot tell. The kernel reports one
+//! conflicting lock per query, not necessarily the lowest, so both sides of it are searched:
+//! 2n + 1 queries for n locks.
+inline std::optional<std::uint32_t> count_user_locks(const Fd& fd) noexcept {
+  std::uint32_t n = 0;
+  // Ranges [first, end) still to search. The larger side of each split waits on the stack and
+  // the smaller one is searched first, so the stack never holds more than log2(slots) + 1.
+  std::uint32_t stack[32][2];
+  int top = 0;
+  stack[top][0] = 0;
+  stack[top++][1] = kUserLockSlots;
+  while (top > 0) {
+    std::uint32_t first = stack[--top][0], end = stack[top][1];
+    while (first < end) {
+      struct flock l = posix_detail::user_lock_range(F_WRLCK, first, end - first);
+      if (::fcntl(fd.get(), F_OFD_GETLK, &l) != 0) return std::nullopt;
+      if (l.l_type == F_UNLCK) break;
+      const std::uint64_t at = static_cast<std::uint64_t>(l.l_start) - kUserLockBase;
+      if (at < first || at >= end || top == 32) return std::nullopt;  // not one of ours
+      ++n;
+      const auto slot = static_cast<std::uint32_t>(at);
+      const bool left_smaller = slot - first < end - (slot + 1);
+      stack[top][0] = left_smaller ? slot + 1 : first;
+      stack[top++][1] = left_smaller ? end : slot;
+      if (left_smaller)
+        end = slot;
+      else
+        first = slot + 1;
+    }
+  }
+  return n;
 }
 
 /// Milliseconds since the Unix epoch (wall clock).
