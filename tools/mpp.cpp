@@ -9,6 +9,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
@@ -119,6 +120,8 @@ int cmd_inspect(std::string_view name) {
     fmt::print("persistent:      {}\n", o.persistent ? "yes (gc keeps it when its users are gone)" : "no");
     fmt::print("creator:         pid {} (start tag {:#x}) {}\n", o.creator.pid, o.creator.start_tag,
                o.creator.pid > 0 ? (reg::process_alive(o.creator) ? "alive" : "dead") : "-");
+    if (o.creator_left) fmt::print("creator handle:  closed (the creator no longer uses it)\n");
+    if (o.lock_users > 0) fmt::print("user locks:      {} (held by live handles)\n", o.lock_users);
     if (const auto depth = reg::queue_depth(o))
       fmt::print("queue depth:     {} (from the head/tail hints)\n", *depth);
     fmt::print("attach table:    {} slot(s) in use\n", o.attachers.size());
