@@ -41,7 +41,13 @@ using pid_type = std::int32_t;
 
 //!Throws: OSError naming the call, the object and errno's text (or a more specific mpp error).
 [[noreturn]] inline void throw_errno(const char* call, std::string_view object, int err) {
-  throw OSError(fmt::format("{}('{}') failed: {} (errno {})", call, object, std::strerror(err), err),
+  throw OSError(fmt::format("{}('{}') failed: {} (errno {}){}", call, object, std::strerror(err),
+                            err,
+                            err == EMFILE || err == ENFILE
+                                ? "; every open SharedMemory and ShareableList handle holds a "
+                                  "file descriptor: close handles you no longer need, or raise "
+                                  "the limit (ulimit -n)"
+                                : ""),
                 err);
 }
 
