@@ -5,11 +5,14 @@
 
 #if defined(MPP_OS_POSIX)
 #  include <mpp/detail/registry.hpp>
+#  include <fcntl.h>
 #  include <signal.h>
+#  include <sys/mman.h>
 #  include <sys/stat.h>
 #  include <unistd.h>
 #endif
 
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <optional>
@@ -273,6 +276,74 @@ TEST_CASE("users: an unused inherited attachment does not keep the name", "[shar
   REQUIRE(::write(go[1], &c, 1) == 1);
   CHECK(mpp_test::wait_child(idle) == 0);
   for (int fd : go) ::close(fd);
+}
+
+TEST_CASE("attaching while the creator is still writing the header: found whole or not at all",
+          "[shared_memory]") {
+  // The creator sizes the file, then writes the header through its descriptor: an opener in
+  // between sees an empty file or a zero header and waits; it never reports corruption.
+  const std::string base = unique_name("race");
+  constexpr int kRounds = 200;
+  int go[2];
+  REQUIRE(::pipe(go) == 0);
+  const pid_t creator = mpp_test::fork_child([&] {
+    char c;
+    if (::read(go[0], &c, 1) != 1) return 2;
+    std::vector<SharedMemory> made;
+    for (int i = 0; i < kRounds; ++i) {
+      made.emplace_back(base + "." + std::to_string(i), true, 4096 + i);
+      made.back().buf()[0] = std::byte{1};
+    }
+    return ::read(go[0], &c, 1) == 1 ? 0 : 3;  // keep them until the opener is done
+  });
+  char c = 0;
+  REQUIRE(::write(go[1], &c, 1) == 1);
+  int opened = 0;
+  for (int i = 0; i < kRounds; ++i) {
+    const std::string name = base + "." + std::to_string(i);
+    for (;;) {
+      try {
+        SharedMemory shm(name);
+        CHECK(shm.size() == static_cast<std::size_t>(4096 + i));
+        ++opened;
+        break;
+      } catch (const mpp::NotFoundError&) {  // not created yet
+      }
+    }
+  }
+  CHECK(opened == kRounds);
+  REQUIRE(::write(go[1], &c, 1) == 1);
+  CHECK(mpp_test::wait_child(creator) == 0);
+  for (int fd : go) ::close(fd);
+}
+
+TEST_CASE("an opener waits for a header that is not written yet", "[shared_memory]") {
+  // A block sized but whose header is still zero (its creator between ftruncate and pwrite):
+  // built here by hand from a real block's header, written 100 ms after the opener started.
+  SharedMemory real(unique_name("hdr.src"), true, 100);
+  const std::string late = unique_name("hdr.late");
+  const int src = ::shm_open(("/" + real.name()).c_str(), O_RDONLY, 0);
+  const int dst = ::shm_open(("/" + late).c_str(), O_RDWR | O_CREAT | O_EXCL, 0600);
+  REQUIRE((src >= 0 && dst >= 0));
+  struct stat st{};
+  REQUIRE(::fstat(src, &st) == 0);
+  REQUIRE(::ftruncate(dst, st.st_size) == 0);
+  std::vector<char> header(sizeof(mpp::detail::SegmentHeader));
+  REQUIRE(::pread(src, header.data(), header.size(), 0) == static_cast<ssize_t>(header.size()));
+  const pid_t writer = mpp_test::fork_child([&] {
+    ::usleep(100'000);
+    return ::pwrite(dst, header.data(), header.size(), 0) == static_cast<ssize_t>(header.size()) ? 0 : 2;
+  });
+  const auto t0 = std::chrono::steady_clock::now();
+  {
+    SharedMemory opened(late);  // waits for the header instead of calling the block corrupt
+    CHECK(opened.size() == 100);
+    CHECK(mpp_test::seconds_since(t0) > 0.05);
+  }
+  CHECK(mpp_test::wait_child(writer) == 0);
+  ::close(src);
+  ::close(dst);
+  mpp::unlink(late);
 }
 
 TEST_CASE("users: many handles (the attach table held 128), a dead creator, gc's view",

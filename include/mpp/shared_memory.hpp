@@ -248,7 +248,8 @@ class SharedMemory {
     return s.seg.unlink();
   }
 
-  /// Processes currently attached to the block (dead ones are not counted).
+  /// Handles using the block now, in any process, this one included (a killed process's are not
+  /// counted; a forked child's inherited handle counts once the child uses it).
   std::uint32_t live_users() const { return state("live_users").live_users(); }
 
  private:
