@@ -210,6 +210,7 @@ inline ObjectInfo inspect(std::string_view name) {
   buf.resize(os::read_at(fd, 0, buf.data(), buf.size()));
   ObjectInfo o = parse_header(name, buf, st.size);
   o.stat = st;
+  // Should the kernel not tell, gc still keeps an object that a live process has mapped.
   o.lock_users = os::count_user_locks(fd).value_or(0);
   if ((o.state == State::ready || o.state == State::truncated) && o.payload_size >= kPayloadPeek) {
     o.payload_head.resize(kPayloadPeek);
@@ -324,6 +325,9 @@ inline Verdict gc_verdict(const ObjectInfo& o, std::int64_t now_unix_ms, const G
     return {false, fmt::format("kept: persistent, its users are gone but its creator asked to keep "
                                "it; remove it with `mpp rm {}` (or `mpp gc --include-persistent`)",
                                o.name)};
+  if (o.creator_left)
+    return {true, fmt::format("its creating handle (pid {}) was closed and no user is left",
+                              o.creator.pid)};
   return {true, fmt::format("creator pid {} and all {} attached users are dead", o.creator.pid,
                             o.attachers.size())};
 }

@@ -93,9 +93,9 @@ inline std::string shm_path(std::string_view name) { return "/" + std::string(na
 /// Where named shared-memory objects appear in the file system (Linux: tmpfs on /dev/shm).
 inline constexpr const char* kShmDirectory = "/dev/shm";
 
-//!Returns: the effective user id, read once per process and again whenever `uid` differs from
-//! it (each system call costs about 1 µs in a VM). A file of the cached uid that the process
-//! opened with mode 0600 is the cached user's or root's; either way the process may use it.
+//!Returns: whether `uid` is this process's effective user id. The id is read once per process
+//! (a system call costs 1–2 µs in a VM) and again only when `uid` differs from that reading, so
+//! a process that changed its effective uid since still accepts objects of its first identity.
 inline bool is_effective_uid(uid_t uid) noexcept {
   static const uid_t first = ::geteuid();
   return uid == first || uid == ::geteuid();
