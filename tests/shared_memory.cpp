@@ -12,11 +12,13 @@
 #  include <unistd.h>
 #endif
 
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "helpers.hpp"
@@ -257,6 +259,26 @@ TEST_CASE("users: a forked child counts once it uses the inherited handle, not b
   CHECK(mpp_test::wait_child(idle) == 0);
   CHECK_FALSE(shm_exists(name));
   for (int fd : {ready[0], ready[1], go[0], go[1]}) ::close(fd);
+}
+
+TEST_CASE("users: threads of a forked child that first use the inherited handle at once make "
+          "one user", "[shared_memory]") {
+  SharedMemory shm(unique_name("threads"), true, 64);
+  const pid_t child = mpp_test::fork_child([&] {
+    std::atomic<bool> go{false};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 8; ++t)
+      threads.emplace_back([&, t] {
+        while (!go.load()) std::this_thread::yield();
+        shm.buf()[static_cast<std::size_t>(t)] = std::byte{1};
+      });
+    go.store(true);
+    for (auto& th : threads) th.join();
+    return shm.live_users() == 2 ? 0 : 10 + static_cast<int>(shm.live_users());
+  });
+  CHECK(mpp_test::wait_child(child) == 0);
+  CHECK(shm.live_users() == 1);  // the child's lock went with it
+  for (std::size_t t = 0; t < 8; ++t) CHECK(shm.buf()[t] == std::byte{1});
 }
 
 TEST_CASE("users: an unused inherited attachment does not keep the name", "[shared_memory]") {

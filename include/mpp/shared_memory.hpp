@@ -12,6 +12,7 @@
 #include <cstring>
 #include <initializer_list>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
@@ -55,7 +56,7 @@ struct TrackedSegment final : ForkHook {
 #if defined(MPP_OS_POSIX)
     user_fd_ = seg.take_descriptor();
     if (seg.is_creator())
-      user_pid_ = os::current_pid();  // counted through the header it wrote
+      user_pid_.store(os::current_pid(), std::memory_order_release);  // counted by its header
     else
       lock_user();
     register_fork_hook(this);
@@ -70,7 +71,7 @@ struct TrackedSegment final : ForkHook {
   ~TrackedSegment() {
 #if defined(MPP_OS_POSIX)
     unregister_fork_hook(this);
-    if (user_pid_ != os::current_pid()) return;  // a forked child that never used it: not a user
+    if (!user_here()) return;  // a forked child that never used it: not a user
     try {
       if (locked_)
         os::release_user_lock(user_fd_, slot_);  // a forked child may hold the descriptor too
@@ -95,15 +96,18 @@ struct TrackedSegment final : ForkHook {
 #endif
   }
 
-  //!Effects: a forked child that uses an inherited handle becomes a user of its own.
+  //!Effects: a forked child that uses an inherited handle becomes a user of its own (once,
+  //! whichever of its threads comes first).
   void note_use() {
 #if defined(MPP_OS_POSIX)
-    if (user_pid_ == os::current_pid()) return;
+    if (user_here()) return;
+    std::lock_guard<std::mutex> lock(use_mutex_);
+    if (user_here()) return;
     try {
       user_fd_ = os::shm_open_existing(seg.name());
     } catch (const NotFoundError&) {  // removed: nobody can attach any more, nothing to mark
-      user_pid_ = os::current_pid();
       locked_ = true;
+      user_pid_.store(os::current_pid(), std::memory_order_release);
       return;
     }
     lock_user();
@@ -115,7 +119,8 @@ struct TrackedSegment final : ForkHook {
   /// Handles using the segment now, this one included (if it is a user); dead ones do not count.
   std::uint32_t live_users() {
 #if defined(MPP_OS_POSIX)
-    if (user_pid_ != os::current_pid() || !user_fd_.valid()) return others_using(seg.name());
+    std::lock_guard<std::mutex> lock(use_mutex_);
+    if (!user_here() || !user_fd_.valid()) return others_using(seg.name());
     // Through our own descriptor the kernel reports every lock but ours.
     return 1 + count_locks(user_fd_, seg.name()) + (locked_ ? creator_using(user_fd_) : 0);
 #else
@@ -123,13 +128,23 @@ struct TrackedSegment final : ForkHook {
 #endif
   }
 
-  void before_fork() noexcept override {}
-  void after_fork_parent() noexcept override {}
-  // POSIX: the child's copy of the descriptor would keep the parent's lock after the parent let
-  // go. (Registered only there.)
+  // POSIX only (registered only there): no thread is inside note_use() or live_users() while
+  // the address space is copied, and the child's copy of the descriptor, which would keep the
+  // parent's lock after the parent let go, is closed.
+  void before_fork() noexcept override {
+#if defined(MPP_OS_POSIX)
+    use_mutex_.lock();
+#endif
+  }
+  void after_fork_parent() noexcept override {
+#if defined(MPP_OS_POSIX)
+    use_mutex_.unlock();
+#endif
+  }
   void after_fork_child() noexcept override {
 #if defined(MPP_OS_POSIX)
     user_fd_.reset();
+    use_mutex_.unlock();
 #endif
   }
 
@@ -146,8 +161,13 @@ struct TrackedSegment final : ForkHook {
                                 "{}); close some handles",
                                 seg.name(), std::strerror(err)),
                     err);
-    user_pid_ = pid;
     locked_ = true;
+    user_pid_.store(pid, std::memory_order_release);
+  }
+
+  // Whether this handle is a user in this process (false in a forked child until note_use()).
+  bool user_here() const noexcept {
+    return user_pid_.load(std::memory_order_acquire) == os::current_pid();
   }
 
   static std::uint32_t count_locks(const os::Fd& fd, const std::string& name) {
@@ -187,10 +207,12 @@ struct TrackedSegment final : ForkHook {
     return count_locks(fd, name) + creator_using(fd);
   }
 
-  os::Fd user_fd_;             // this handle's descriptor (holding its user lock, if locked_)
-  os::pid_type user_pid_ = 0;  // the process in which it is a user (a forked child: none yet)
-  bool locked_ = false;        // a user through a lock, not as the creator
-  std::uint32_t slot_ = 0;     // which lock
+  // Set before user_pid_ names this process, fixed afterwards (until a fork).
+  os::Fd user_fd_;        // this handle's descriptor (holding its user lock, if locked_)
+  bool locked_ = false;   // a user through a lock, not as the creator
+  std::uint32_t slot_ = 0;  // which lock
+  std::atomic<os::pid_type> user_pid_{0};  // the process in which it is a user (forked child: 0)
+  std::mutex use_mutex_;  // serialises note_use()'s slow path and live_users()
 #endif
 };
 
