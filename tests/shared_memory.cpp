@@ -321,9 +321,11 @@ TEST_CASE("attaching while the creator is still writing the header: found whole 
   char c = 0;
   REQUIRE(::write(go[1], &c, 1) == 1);
   int opened = 0;
+  const auto t0 = std::chrono::steady_clock::now();
   for (int i = 0; i < kRounds; ++i) {
     const std::string name = base + "." + std::to_string(i);
     for (;;) {
+      if (mpp_test::seconds_since(t0) > 60) FAIL("block " << i << " never appeared");
       try {
         SharedMemory shm(name);
         CHECK(shm.size() == static_cast<std::size_t>(4096 + i));

@@ -211,7 +211,7 @@ struct TrackedSegment final : ForkHook {
   os::Fd user_fd_;        // this handle's descriptor (holding its user lock, if locked_)
   bool locked_ = false;   // a user through a lock, not as the creator
   std::uint32_t slot_ = 0;  // which lock
-  std::atomic<os::pid_type> user_pid_{0};  // the process in which it is a user (forked child: 0)
+  std::atomic<os::pid_type> user_pid_{0};  // the process in which it is a user (not a forked child)
   std::mutex use_mutex_;  // serialises note_use()'s slow path and live_users()
 #endif
 };
