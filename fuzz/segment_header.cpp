@@ -26,7 +26,9 @@ const std::string& object_name() {
 bool write_object(const std::uint8_t* data, std::size_t size) {
   const std::string path = "/" + object_name();
   ::shm_unlink(path.c_str());
-  const int fd = ::shm_open(path.c_str(), O_RDWR | O_CREAT | O_EXCL, 0600);
+  // Marked as an object with a header, as Segment::create marks it.
+  const int fd = ::shm_open(path.c_str(), O_RDWR | O_CREAT | O_EXCL,
+                            0600 | mpp::detail::os::kModeHeadered);
   if (fd < 0) return false;
   bool ok = ::ftruncate(fd, static_cast<off_t>(size)) == 0;
   std::size_t done = 0;

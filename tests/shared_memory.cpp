@@ -118,10 +118,40 @@ TEST_CASE("anonymous, close, unlink, errors", "[shared_memory]") {
   const auto taken = unique_name("taken");
   SharedMemory first(taken, true, 8);
   CHECK_THROWS_AS(SharedMemory(taken, true, 8), mpp::ExistsError);
-  // A ShareableList is not a SharedMemory.
+}
+
+TEST_CASE("kinds: a block is no other mpp object and no other object is a block",
+          "[shared_memory]") {
+  // An mpp object with a header is marked from its shm_open on: never attached as a block.
+  const auto seg_name = unique_name("kind.seg");
+  auto seg = mpp::detail::Segment::create(
+      seg_name, {mpp::Kind::test, mpp::type_info<std::uint64_t>(), 64, 0});
+  try {
+    SharedMemory wrong(seg_name);
+    FAIL("an mpp object with a header was attached as a SharedMemory");
+  } catch (const mpp::TypeMismatchError& e) {
+    CHECK(std::string(e.what()).find("is a test, not a SharedMemory") != std::string::npos);
+  }
+  // A block opened as an object with a header.
+  SharedMemory block(unique_name("kind.block"), true, 4096);
+  CHECK_THROWS_AS(mpp::detail::Segment::open(block.name(), mpp::Kind::test,
+                                             mpp::type_info<std::uint64_t>()),
+                  mpp::TypeMismatchError);
+  // A block that holds something else is not a ShareableList; a zeroed one that nobody else
+  // holds is not one either (nobody is filling it).
+  const auto zeroed = unique_name("kind.zeroed");
+  SharedMemory(zeroed, true, 4096, /*track=*/false).close();
+  CHECK_THROWS_AS(ShareableList::open(zeroed), mpp::CorruptedError);
+  CHECK(mpp::unlink(zeroed));
+  block.buf()[0] = std::byte{1};
+  CHECK_THROWS_AS(ShareableList::open(block.name()), mpp::TypeMismatchError);
+  SharedMemory tiny(unique_name("kind.tiny"), true, 3);
+  CHECK_THROWS_AS(ShareableList::open(tiny.name()), mpp::TypeMismatchError);
+  // As in Python, a ShareableList lives in a SharedMemory block, which opens as one.
   const auto list_name = unique_name("list");
   auto sl = ShareableList::create(list_name, {std::int64_t{1}});
-  CHECK_THROWS_AS(SharedMemory::open(list_name), mpp::TypeMismatchError);
+  SharedMemory under(list_name);
+  CHECK(under.size() == sizeof(mpp::detail::ShareableListHeader) + sizeof(mpp::detail::SlotDesc) + 8);
 }
 
 TEST_CASE("track: the last process to leave removes the name, never an earlier one",
@@ -188,8 +218,8 @@ TEST_CASE("track=false keeps the name until unlink; a dead user does not count",
 }
 
 #if defined(MPP_OS_POSIX)
-// On POSIX a handle counts as a user through a lock the kernel keeps (the creating handle
-// through the header): no pid table to go stale, no page of the mapping touched to attach.
+// On POSIX a handle counts as a user through a lock the kernel keeps: no pid table to go stale,
+// no page of the mapping touched to attach.
 
 TEST_CASE("users: attachers count until they leave or die; a creator that left does not",
           "[shared_memory][kill]") {
@@ -300,10 +330,10 @@ TEST_CASE("users: an unused inherited attachment does not keep the name", "[shar
   for (int fd : go) ::close(fd);
 }
 
-TEST_CASE("attaching while the creator is still writing the header: found whole or not at all",
+TEST_CASE("attaching while the creator is still sizing the block: found whole or not at all",
           "[shared_memory]") {
-  // The creator sizes the file, then writes the header through its descriptor: an opener in
-  // between sees an empty file or a zero header and waits; it never reports corruption.
+  // The creator takes its user lock, then sizes the file: an opener in between sees an empty
+  // file and waits; it never reports corruption, and never sees another size.
   const std::string base = unique_name("race");
   constexpr int kRounds = 200;
   int go[2];
@@ -341,33 +371,80 @@ TEST_CASE("attaching while the creator is still writing the header: found whole 
   for (int fd : go) ::close(fd);
 }
 
-TEST_CASE("an opener waits for a header that is not written yet", "[shared_memory]") {
-  // A block sized but whose header is still zero (its creator between ftruncate and pwrite):
-  // built here by hand from a real block's header, written 100 ms after the opener started.
-  SharedMemory real(unique_name("hdr.src"), true, 100);
-  const std::string late = unique_name("hdr.late");
-  const int src = ::shm_open(("/" + real.name()).c_str(), O_RDONLY, 0);
-  const int dst = ::shm_open(("/" + late).c_str(), O_RDWR | O_CREAT | O_EXCL, 0600);
-  REQUIRE((src >= 0 && dst >= 0));
-  struct stat st{};
-  REQUIRE(::fstat(src, &st) == 0);
-  REQUIRE(::ftruncate(dst, st.st_size) == 0);
-  std::vector<char> header(sizeof(mpp::detail::SegmentHeader));
-  REQUIRE(::pread(src, header.data(), header.size(), 0) == static_cast<ssize_t>(header.size()));
-  const pid_t writer = mpp_test::fork_child([&] {
+TEST_CASE("an opener waits for a block that is not sized yet; an abandoned empty one is an error",
+          "[shared_memory]") {
+  // What a creator leaves between its user lock and ftruncate, built here by hand: sized 100 ms
+  // after the opener started.
+  namespace os = mpp::detail::os;
+  const std::string late = unique_name("late");
+  os::Fd creator(::shm_open(("/" + late).c_str(), O_RDWR | O_CREAT | O_EXCL, 0600));
+  REQUIRE(creator.valid());
+  std::uint32_t slot = 0;
+  REQUIRE(os::take_user_lock(creator, 7, slot) == 0);
+  const pid_t sizer = mpp_test::fork_child([&] {
     ::usleep(100'000);
-    return ::pwrite(dst, header.data(), header.size(), 0) == static_cast<ssize_t>(header.size()) ? 0 : 2;
+    return ::ftruncate(creator.get(), 100) == 0 ? 0 : 2;
   });
   const auto t0 = std::chrono::steady_clock::now();
   {
-    SharedMemory opened(late);  // waits for the header instead of calling the block corrupt
+    SharedMemory opened(late);  // waits for the size instead of calling the block corrupt
     CHECK(opened.size() == 100);
     CHECK(mpp_test::seconds_since(t0) > 0.05);
   }
-  CHECK(mpp_test::wait_child(writer) == 0);
-  ::close(src);
-  ::close(dst);
+  CHECK(mpp_test::wait_child(sizer) == 0);
+  creator.reset();
   mpp::unlink(late);
+
+  // Nobody holds an empty block: its creator died before sizing it.
+  const std::string abandoned = unique_name("abandoned");
+  os::Fd dead(::shm_open(("/" + abandoned).c_str(), O_RDWR | O_CREAT | O_EXCL, 0600));
+  REQUIRE(dead.valid());
+  try {
+    SharedMemory never(abandoned);
+    FAIL("an empty block that nobody holds was attached");
+  } catch (const mpp::CorruptedError& e) {
+    CHECK(std::string(e.what()).find("mpp::unlink") != std::string::npos);
+  }
+  mpp::unlink(abandoned);
+}
+
+TEST_CASE("Python's SharedMemory attaches to an mpp block, and mpp to Python's",
+          "[shared_memory]") {
+  if (std::system("python3 -c 'import multiprocessing.shared_memory' >/dev/null 2>&1") != 0) {
+    WARN("python3 with multiprocessing.shared_memory is not installed; skipped");
+    return;
+  }
+  SharedMemory mine(unique_name("py"), true, 100);
+  std::memcpy(mine.buf().data(), "hello", 5);
+  const std::string theirs = mine.name() + ".py";
+  // Python before 3.13 registers an attached block with its resource tracker, which would remove
+  // it at exit (gh-82300): unregister it, as Python's own documentation advises.
+  const std::string script =
+      "import sys\n"
+      "from multiprocessing import shared_memory, resource_tracker\n"
+      "a = shared_memory.SharedMemory(name=sys.argv[1])\n"
+      "resource_tracker.unregister(a._name, 'shared_memory')\n"
+      "assert a.size == 100, a.size\n"
+      "assert bytes(a.buf[:5]) == b'hello'\n"
+      "a.buf[5:10] = b'world'\n"
+      "a.close()\n"
+      "b = shared_memory.SharedMemory(name=sys.argv[2], create=True, size=10)\n"
+      "resource_tracker.unregister(b._name, 'shared_memory')\n"
+      "b.buf[:3] = b'abc'\n"
+      "b.close()\n";
+  const std::string path = "/tmp/" + unique_name("py") + ".py";
+  {
+    FILE* f = std::fopen(path.c_str(), "w");
+    REQUIRE(f != nullptr);
+    std::fputs(script.c_str(), f);
+    std::fclose(f);
+  }
+  CHECK(std::system(("python3 " + path + " " + mine.name() + " " + theirs).c_str()) == 0);
+  std::remove(path.c_str());
+  CHECK(std::memcmp(mine.buf().data(), "helloworld", 10) == 0);
+  SharedMemory py(theirs);
+  CHECK(py.size() == 10);
+  CHECK(std::memcmp(py.buf().data(), "abc", 3) == 0);
 }
 
 TEST_CASE("users: many handles (the attach table held 128), a dead creator, gc's view",
@@ -465,9 +542,9 @@ TEST_CASE("ShareableList: an unrelated process attaches by name", "[shared_memor
 TEST_CASE("ShareableList: corrupted tables are errors, not reads out of bounds",
           "[shared_memory][shareable_list]") {
   auto sl = ShareableList::create(unique_name("corrupt"), {std::string("abc"), std::int64_t{1}});
-  // The segment behind the list, as a hostile peer sees it.
-  auto seg = mpp::detail::Segment::open(sl.name(), mpp::Kind::shareable_list, mpp::TypeInfo::none());
-  auto* payload = seg.payload();
+  // The block behind the list, as a hostile peer sees it.
+  SharedMemory raw(sl.name());
+  auto* payload = raw.buf().data();
   auto* table = reinterpret_cast<mpp::detail::SlotDesc*>(payload + sizeof(mpp::detail::ShareableListHeader));
   SECTION("a length beyond the slot") {
     table[0].tag = (std::uint64_t{100} << 32) | 4;

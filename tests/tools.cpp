@@ -329,9 +329,11 @@ TEST_CASE("gc removes a half-built object only once its creator died", "[tools]"
 }
 
 TEST_CASE("an object with no recorded creator is kept during the grace period", "[tools]") {
-  // What a creator leaves between shm_open and its first write: an empty, then a zeroed file.
+  // What a creator leaves between shm_open and its first write: an empty, then a zeroed file
+  // (marked as an object with a header from its shm_open on).
   const auto name = mpp_test::unique_name("gc.empty");
-  const int fd = ::shm_open(("/" + name).c_str(), O_RDWR | O_CREAT | O_EXCL, 0600);
+  const int fd = ::shm_open(("/" + name).c_str(), O_RDWR | O_CREAT | O_EXCL,
+                            0600 | mpp::detail::os::kModeHeadered);
   REQUIRE(fd >= 0);
   for (off_t size : {off_t{0}, off_t{sizeof(mpp::detail::SegmentHeader) + 64}}) {
     REQUIRE(::ftruncate(fd, size) == 0);
@@ -353,6 +355,42 @@ TEST_CASE("an object with no recorded creator is kept during the grace period", 
   REQUIRE(find(e, name) != nullptr);
   CHECK(find(e, name)->removed);
   CHECK_FALSE(shm_exists(name));
+}
+
+TEST_CASE("SharedMemory blocks: an empty one waits out the grace, a sized one needs a user",
+          "[tools]") {
+  // A block's creator takes its user lock before it sizes the block, so only an empty block can
+  // have a creator that holds no lock yet.
+  const auto name = mpp_test::unique_name("gc.block");
+  const int fd = ::shm_open(("/" + name).c_str(), O_RDWR | O_CREAT | O_EXCL, 0600);
+  REQUIRE(fd >= 0);
+  auto o = find(reg::scan(prefix_of(name)), name);
+  REQUIRE(o.has_value());
+  CHECK(o->block);
+  CHECK(o->state == reg::State::empty);
+  const auto now = mpp::detail::os::unix_time_ms();
+  CHECK_FALSE(reg::gc_verdict(*o, now).remove);
+  CHECK(reg::gc_verdict(*o, now + 3'600'000).remove);
+  REQUIRE(::ftruncate(fd, 4096) == 0);
+  o = find(reg::scan(prefix_of(name)), name);
+  CHECK(o->state == reg::State::ready);
+  CHECK(o->kind_label == "SharedMemory");
+  CHECK(o->total_size == 4096);
+  CHECK(reg::gc_verdict(*o, now).remove);  // sized, and nobody holds it
+  {
+    mpp::SharedMemory user(name);
+    o = find(reg::scan(prefix_of(name)), name);
+    CHECK(o->lock_users == 1);
+    CHECK_FALSE(reg::gc_verdict(*o, now).remove);
+    CHECK(run_tool("ls --prefix " + prefix_of(name)).find("SharedMemory") != std::string::npos);
+    CHECK(run_tool("inspect " + name).find("user locks:      1") != std::string::npos);
+    ::close(fd);
+  }
+  CHECK_FALSE(shm_exists(name));  // the tracked handle was its last user
+  mpp::ShareableList list = mpp::ShareableList::create(name, {std::int64_t{7}});
+  o = find(reg::scan(prefix_of(name)), name);
+  CHECK(o->kind_label == "ShareableList");
+  CHECK(o->lock_users == 1);
 }
 
 TEST_CASE("hostile files: corrupt headers, links and truncation are described, not trusted",

@@ -48,14 +48,14 @@ std::string fit(const std::string& s, std::size_t width) {
 }
 
 std::string users_text(const reg::ObjectInfo& o) {
+  if (o.block) return fmt::format("{}/{}", o.lock_users, o.lock_users);  // locks: all live
   if (!o.header_readable) return "-";
-  // live / registered. User locks count in both (the kernel drops a dead holder's lock); a
-  // creator that is not in the attach table (SharedMemory, ShareableList) counts until it left.
-  std::size_t registered = o.attachers.size() + o.lock_users;
+  // live / registered: the creator counts (as live_users() counts it) if not in the table.
+  std::size_t registered = o.attachers.size();
   const bool creator_in_table = std::any_of(o.attachers.begin(), o.attachers.end(),
                                             [&](const auto& a) { return a.who == o.creator; });
-  if (o.creator.pid > 0 && !o.creator_left && !creator_in_table) ++registered;
-  return fmt::format("{}/{}", reg::live_users(o).size() + o.lock_users, registered);
+  if (o.creator.pid > 0 && !creator_in_table) ++registered;
+  return fmt::format("{}/{}", reg::live_users(o).size(), registered);
 }
 
 int cmd_ls(std::string_view prefix) {
@@ -63,7 +63,7 @@ int cmd_ls(std::string_view prefix) {
   fmt::print("{:<40} {:<14} {:<24} {:>8} {:>8} {:>6} {:>6}  {}\n", "NAME", "KIND", "TYPE", "SIZE",
              "CREATOR", "USERS", "DEPTH", "STATE");
   for (const auto& o : objects) {
-    const bool h = o.header_readable;
+    const bool h = o.header_readable || o.block;
     const auto depth = reg::queue_depth(o);
     fmt::print("{:<40} {:<14} {:<24} {:>8} {:>8} {:>6} {:>6}  {}{}{}\n", o.name,
                h ? fit(o.kind_label, 14) : "-", h ? fit(o.type_name, 24) : "-", size_text(o.stat.size),
@@ -109,6 +109,12 @@ int cmd_inspect(std::string_view name) {
              o.problem);
   fmt::print("file:            {} bytes, uid {}, mode {:04o}\n", o.stat.size, o.stat.uid,
              o.stat.mode);
+  if (o.block) {
+    fmt::print("kind:            {} (a headerless block: {} bytes of data and nothing else)\n",
+               o.kind_label, o.total_size);
+    fmt::print("persistent:      {}\n", o.persistent ? "yes (untracked: kept until unlinked)" : "no");
+    fmt::print("user locks:      {} (one per live handle)\n", o.lock_users);
+  }
   if (o.header_readable) {
     fmt::print("kind:            {} ({})\n", o.kind_label, o.kind);
     fmt::print("element type:    {} (fingerprint {:#018x})\n", o.type_name, o.type_fingerprint);
@@ -120,8 +126,6 @@ int cmd_inspect(std::string_view name) {
     fmt::print("persistent:      {}\n", o.persistent ? "yes (gc keeps it when its users are gone)" : "no");
     fmt::print("creator:         pid {} (start tag {:#x}) {}\n", o.creator.pid, o.creator.start_tag,
                o.creator.pid > 0 ? (reg::process_alive(o.creator) ? "alive" : "dead") : "-");
-    if (o.creator_left) fmt::print("creator handle:  closed (the creator no longer uses it)\n");
-    if (o.lock_users > 0) fmt::print("user locks:      {} (held by live handles)\n", o.lock_users);
     if (const auto depth = reg::queue_depth(o))
       fmt::print("queue depth:     {} (from the head/tail hints)\n", *depth);
     fmt::print("attach table:    {} slot(s) in use\n", o.attachers.size());

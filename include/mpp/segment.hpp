@@ -116,9 +116,6 @@ inline constexpr std::uint32_t kInitBuilding = 0;  // a fresh (zero-filled) segm
 inline constexpr std::uint32_t kInitReady = 1;
 /// SegmentHeader::flags: the object is meant to outlive its users (`mpp gc` keeps it).
 inline constexpr std::uint32_t kSegmentPersistent = 1;
-/// SegmentHeader::flags: the creating handle of an object whose users hold user locks
-/// (SharedMemory, ShareableList on POSIX) is gone; until then its live creator is a user.
-inline constexpr std::uint32_t kSegmentCreatorLeft = 2;
 
 /// One entry of a segment's attach table: the packed ProcessRef of a process using the object,
 /// 0 when free. Claimed, released and reaped (when its holder died) by CAS on the whole word.
@@ -166,12 +163,6 @@ struct SegmentOptions {
   bool persistent = false;  ///< keep the name when the creator's handle goes away
   /// How long open() waits for a segment whose creator is still initialising it.
   std::chrono::milliseconds init_timeout{5000};
-  /// POSIX: create/open without touching the mapping (on this VM the first touch of a fresh
-  /// mapping costs more than every system call of an attach together): the header goes through
-  /// the descriptor (pwrite/pread), the attach table is not used, and the descriptor stays open
-  /// (take_descriptor()) so that the caller can track its users with user locks. Ignored on
-  /// Windows.
-  bool untouched = false;
 };
 
 /// Initialises the payload of a new segment (runs before anyone else can use it).
@@ -179,6 +170,20 @@ using PayloadInit = std::function<void(std::byte* payload, std::uint64_t size)>;
 
 constexpr std::uint64_t align_up(std::uint64_t v, std::uint64_t a) noexcept {
   return (v + a - 1) / a * a;
+}
+
+//!Effects: refuses an object that another user owns, that group or others may access, or that
+//! is not a regular shared-memory object. Throws: PermissionError.
+inline void check_access(const os::FileInfo& info, std::string_view name) {
+  if (!info.owned_by_us)
+    fail<PermissionError>("'{}' belongs to another user; refusing to share it (someone may be "
+                          "squatting the name): choose another name",
+                          name);
+  if (!info.private_mode)
+    fail<PermissionError>("'{}' is accessible to group or others (mpp creates objects with mode "
+                          "0600); refusing it: remove it with mpp::unlink(\"{}\")",
+                          name, name);
+  if (!info.regular) fail<PermissionError>("'{}' is not a shared-memory object", name);
 }
 
 /// A mapped, validated segment. Move-only. The handle that created the segment removes its name
@@ -211,20 +216,13 @@ class Segment {
                             spec.payload_size);
     const std::uint64_t total = offset + spec.payload_size;
     os::Fd fd = spec.sparse ? os::shm_create_sparse(name, total) : os::shm_create(name, total);
-    const bool untouched = untouched_io(opts);
     Segment s;
     s.name_ = std::string(name);
     s.size_ = total;
     try {
-      if (untouched) {  // the header goes in through the descriptor, complete but unpublished
-        SegmentHeader h{};
-        fill_header(h, spec, total, offset, opts.persistent);
-        if (!init) h.init_state.store(kInitReady, std::memory_order_relaxed);  // nothing to wait for
-        write_header(fd, &h, sizeof h, name);
-      }
       s.base_ = static_cast<std::byte*>(os::map(fd, total, name));
       os::guard_mapping(s.base_, total, name);  // a peer's ftruncate: CorruptedError, not SIGBUS
-      if (const int err = spec.sparse && !untouched ? os::commit(s.base_, offset) : 0; err != 0)
+      if (const int err = spec.sparse ? os::commit(s.base_, offset) : 0; err != 0)
         throw OSError(fmt::format("cannot create '{}': no memory for its header", name), err);
     } catch (...) {
       os::shm_remove(name);
@@ -235,21 +233,13 @@ class Segment {
     s.payload_size_ = spec.payload_size;
     s.payload_offset_ = offset;
     s.capacity_ = spec.capacity;
-    if (!untouched) fill_header(*s.header_ptr(), spec, total, offset, opts.persistent);
+    fill_header(*s.header_ptr(), spec, total, offset, opts.persistent);
     try {
       if (init) init(s.base_ + offset, spec.payload_size);
     } catch (...) {
       os::shm_remove(name);
       s.creator_pid_ = 0;  // nothing left to unlink
       throw;
-    }
-    if (untouched) {
-      if (init) {  // publish: the payload's stores come before the flag that an opener reads
-        std::atomic_thread_fence(std::memory_order_seq_cst);
-        write_header(fd, &kInitReady, sizeof kInitReady, name);
-      }
-      s.fd_ = std::move(fd);
-      return s;
     }
     s.keep(std::move(fd));
     auto* h = s.header_ptr();
@@ -284,6 +274,10 @@ class Segment {
     const auto deadline = Deadline::after(opts.init_timeout);
     auto info = os::file_info(fd, name);
     check_access(info, name);
+    if (!info.headered)  // marked at shm_open, so even a header not yet written is known
+      fail<TypeMismatchError>("'{}' is a SharedMemory block (or another program's object), not "
+                              "a {}: open it with mpp::SharedMemory",
+                              name, kind_name(kind));
     // A creator between shm_open and ftruncate leaves an empty object for a moment.
     while (info.size < sizeof(SegmentHeader)) {
       if (deadline.expired())
@@ -293,7 +287,6 @@ class Segment {
       os::sleep_for(std::chrono::microseconds(200));
       info = os::file_info(fd, name);
     }
-    if (untouched_io(opts)) return open_untouched(name, std::move(fd), info.size, kind, type, deadline);
     Segment s;
     s.name_ = std::string(name);
     s.size_ = info.size;
@@ -344,12 +337,6 @@ class Segment {
   std::uint64_t capacity() const noexcept { return capacity_; }
   /// The header (for tools; its atomics may change under you).
   SegmentHeader& header() const noexcept { return *header_ptr(); }
-  //!Returns: the descriptor an untouched segment keeps open (see SegmentOptions::untouched),
-  //! which the segment no longer holds; invalid for other segments.
-  os::Fd take_descriptor() noexcept {
-    if constexpr (os::kKeepHandleWhileMapped) return {};  // the mapping needs it
-    return std::move(fd_);
-  }
   /// True if this process created the segment through this handle.
   bool is_creator() const noexcept { return creator_pid_ != 0 && creator_pid_ == os::current_pid(); }
   /// Keep (true) or remove (false) the name when the creating handle is destroyed.
@@ -415,10 +402,6 @@ class Segment {
  private:
   SegmentHeader* header_ptr() const noexcept { return reinterpret_cast<SegmentHeader*>(base_); }
 
-  static bool untouched_io(const SegmentOptions& opts) noexcept {
-    return opts.untouched && !os::kKeepHandleWhileMapped;
-  }
-
   // Every field of a new header but init_state; the creator's identity first, so that an
   // opener can tell "still building" from "creator died".
   static void fill_header(SegmentHeader& h, const SegmentSpec& spec, std::uint64_t total,
@@ -442,56 +425,6 @@ class Segment {
     h.flags.store(persistent ? kSegmentPersistent : 0, std::memory_order_relaxed);
     h.magic = kSegmentMagic;
   }
-
-#if defined(MPP_OS_POSIX)
-  // The first `n` bytes of a header, written through the descriptor (untouched segments).
-  static void write_header(const os::Fd& fd, const void* h, std::size_t n, std::string_view name) {
-    if (const int err = os::write_at(fd, 0, h, n); err != 0)
-      throw OSError(fmt::format("cannot create '{}': cannot write its header ({}); /dev/shm may "
-                                "be full",
-                                name, std::strerror(err)),
-                    err);
-  }
-
-  // open() of an untouched segment: the header is read through the descriptor, so that neither
-  // the wait for its creator nor the checks touch the mapping.
-  static Segment open_untouched(std::string_view name, os::Fd fd, std::uint64_t file_size,
-                                Kind kind, const TypeInfo& type, const Deadline& deadline) {
-    SegmentHeader h{};
-    for (int bad_magic = 0;;) {
-      const bool whole = os::read_at(fd, 0, &h, sizeof h) == sizeof h;
-      if (whole && h.init_state.load(std::memory_order_relaxed) == kInitReady) {
-        // A header being written while we read it could look published but not whole: read
-        // once more before calling it corrupt (validate() says what is wrong).
-        if (h.magic == kSegmentMagic || ++bad_magic > 1) break;
-        continue;
-      }
-      const auto creator = ProcessRef::unpack(h.creator.load(std::memory_order_relaxed));
-      if (whole && creator.pid != 0 && !creator.alive())
-        fail<CorruptedError>("the creator of '{}' (pid {}) died while initialising it; "
-                             "remove the stale object with mpp::unlink(\"{}\")",
-                             name, creator.pid, name);
-      if (deadline.expired())
-        fail<TimeoutError>("'{}' is still being initialised (pid {}); try again later", name,
-                           creator.pid);
-      os::sleep_for(std::chrono::microseconds(200));
-    }
-    Segment s;
-    s.name_ = std::string(name);
-    s.size_ = file_size;
-    s.base_ = static_cast<std::byte*>(os::map(fd, file_size, name));
-    os::guard_mapping(s.base_, file_size, name);
-    s.fd_ = std::move(fd);
-    s.validate(h, kind, type, file_size);
-    return s;
-  }
-#else
-  static void write_header(const os::Fd&, const void*, std::size_t, std::string_view) {}
-  static Segment open_untouched(std::string_view, os::Fd, std::uint64_t, Kind, const TypeInfo&,
-                                const Deadline&) {
-    return {};
-  }
-#endif
 
   // Windows removes a mapping's name with its last handle, so the handle lives as long as we do;
   // on POSIX the mapping alone keeps the object and the descriptor is closed at once.
@@ -521,18 +454,6 @@ class Segment {
     std::swap(attach_idx_, o.attach_idx_);
     std::swap(attach_pid_, o.attach_pid_);
     std::swap(fd_, o.fd_);
-  }
-
-  static void check_access(const os::FileInfo& info, std::string_view name) {
-    if (!info.owned_by_us)
-      fail<PermissionError>("'{}' belongs to another user; refusing to share it (someone may be "
-                            "squatting the name): choose another name",
-                            name);
-    if (!info.private_mode)
-      fail<PermissionError>("'{}' is accessible to group or others (mpp creates objects with mode "
-                            "0600); refusing it: remove it with mpp::unlink(\"{}\")",
-                            name, name);
-    if (!info.regular) fail<PermissionError>("'{}' is not a shared-memory object", name);
   }
 
   // Every field is read once into a local and checked before anything trusts it.

@@ -30,139 +30,243 @@ namespace mpp {
 
 namespace detail {
 
-/// Segment options of SharedMemory and ShareableList: created and opened without touching the
-/// mapping (POSIX), kept (persistent) when untracked so that `mpp gc` keeps it as unlink() would.
-inline SegmentOptions tracked_options(bool track) {
-  SegmentOptions o;
-  o.persistent = !track;
-  o.untouched = true;
-  return o;
-}
+/// One process's use of a SharedMemory block, shared by every copy of the handle in this
+/// process; destroying it applies the `track` rule (gh-82300: never remove a block that another
+/// live process uses).
+///
+/// POSIX: the block is headerless. The object holds exactly the requested bytes, so creating and
+/// attaching make the system calls of a bare shm_open + ftruncate (or fstat) + mmap, with a user
+/// lock in place of the close, and any program can attach to it (Python's SharedMemory, say).
+/// Every handle is a user through an OFD lock on its own descriptor (os::take_user_lock), which
+/// the kernel drops when the process dies; nothing in the block is touched to count users. The
+/// mode tells it from an mpp object with a header (os::kModeHeadered) and, with os::kModeKeep,
+/// that it outlives its users (track=false, for `mpp gc`). A forked child becomes a user the
+/// first time it uses an inherited handle (note_use()).
+/// Windows: a Segment of Kind::shared_memory whose attach table counts the users.
+class BlockHandle final : public ForkHook {
+  struct Tag {};
 
-/// One process's mapping of a SharedMemory / ShareableList segment, shared by every copy of the
-/// handle in this process; destroying it applies the `track` rule. It counts as a user of the
-/// segment. POSIX: the creating handle through the header (its creator, alive, and no
-/// kSegmentCreatorLeft flag), every other one through a user lock, which the kernel drops when
-/// the process dies; neither touches the mapping. Windows: the attach table.
-struct TrackedSegment final : ForkHook {
-  Segment seg;
-  bool track = true;
-  bool unlinked = false;
+ public:
+  BlockHandle(Tag, std::string_view name, bool track) : name_(name), track_(track) {}
+  BlockHandle(const BlockHandle&) = delete;
+  BlockHandle& operator=(const BlockHandle&) = delete;
 
-  //!Effects: takes over `s` (created or opened with tracked_options()) and counts this handle as
-  //! a user. Throws: OSError if the kernel refuses the user lock.
-  TrackedSegment(Segment s, bool t) : seg(std::move(s)), track(t) {
-    seg.set_persistent(true);  // the rule below decides, not Segment's creator-unlinks rule
-#if defined(MPP_OS_POSIX)
-    user_fd_ = seg.take_descriptor();
-    if (seg.is_creator())
-      user_pid_.store(os::current_pid(), std::memory_order_release);  // counted by its header
-    else
-      lock_user();
-    register_fork_hook(this);
-#endif
+  //!Effects: creates the block `name` (empty: a fresh "mpp.anon.<pid>.<hex>" name) of `size`
+  //! zeroed bytes, this handle its first user.
+  //!Throws: InvalidArgument (bad name, size 0 or too large), ExistsError, OSError.
+  static std::shared_ptr<BlockHandle> create(std::string_view name, std::uint64_t size, bool track) {
+    if (size == 0)
+      fail<InvalidArgument>("cannot create shared memory '{}' of size 0: the size must be positive",
+                            name.empty() ? std::string_view("(anonymous)") : name);
+    if (size > (std::uint64_t{1} << 46))
+      fail<InvalidArgument>("cannot create shared memory '{}': {} bytes is too large", name, size);
+    for (;;) {
+      const std::string anon =
+          name.empty() ? fmt::format("mpp.anon.{}.{:016x}", os::current_pid(), os::random_u64()) : "";
+      try {
+        return make(name.empty() ? std::string_view(anon) : name, size, track);
+      } catch (const ExistsError&) {
+        if (!name.empty()) throw;  // an anonymous name taken: 2^-64 odds, try another
+      }
+    }
   }
-  TrackedSegment(const TrackedSegment&) = delete;
-  TrackedSegment& operator=(const TrackedSegment&) = delete;
+
+  //!Effects: attaches to the existing block `name`, waiting up to `wait` for a creator that has
+  //! not sized it yet. Throws: InvalidArgument, NotFoundError, PermissionError,
+  //! TypeMismatchError (an mpp object of another kind), CorruptedError (left empty by a creator
+  //! that died), TimeoutError, OSError.
+  static std::shared_ptr<BlockHandle> open(std::string_view name, bool track,
+                                           std::chrono::milliseconds wait = std::chrono::seconds(5)) {
+    validate_name(name);
+    auto b = std::make_shared<BlockHandle>(Tag{}, name, track);
+#if defined(MPP_OS_POSIX)
+    b->fd_ = os::shm_open_existing(name);
+    auto info = os::file_info(b->fd_, name);
+    check_access(info, name);
+    if (info.headered) wrong_kind(b->fd_, name);
+    b->slot_ = take_lock(b->fd_, name);  // marked before anything is believed, as create() is
+    const auto deadline = Deadline::after(wait);
+    while (info.size == 0) {  // its creator is between shm_open and ftruncate, or died there
+      if (count_locks(b->fd_, name) == 0)
+        fail<CorruptedError>("'{}' is empty and no process holds it: its creator died before "
+                             "sizing it; remove it with mpp::unlink(\"{}\")",
+                             name, name);
+      if (deadline.expired())
+        fail<TimeoutError>("'{}' is still empty after {} ms: its creator has not sized it yet",
+                           name, wait.count());
+      os::sleep_for(std::chrono::microseconds(200));
+      info = os::file_info(b->fd_, name);
+    }
+    b->map(info.size);
+    b->become_user();
+#else
+    SegmentOptions o;
+    o.init_timeout = wait;
+    b->seg_ = Segment::open(name, Kind::shared_memory, TypeInfo::none(), o);
+    b->seg_.set_persistent(true);  // the track rule decides, not Segment's creator-unlinks rule
+#endif
+    return b;
+  }
 
   //!Effects: with track, removes the name if no other live process uses it (gh-82300). Our own
   //! mark is dropped *before* looking at the others: of two processes leaving at the same time,
   //! at least one sees the other gone, so the name is not leaked.
-  ~TrackedSegment() {
+  ~BlockHandle() {
 #if defined(MPP_OS_POSIX)
     unregister_fork_hook(this);
-    if (!user_here()) return;  // a forked child that never used it: not a user
+    const bool user = user_here();  // false in a forked child that never used it
+    if (user && fd_.valid()) os::release_user_lock(fd_, slot_);  // for a forked child's copies too
+    fd_.reset();
+    if (base_ != nullptr) {
+      os::unguard_mapping(base_);
+      os::unmap(base_, size_);
+    }
+    if (!user || !track_ || unlinked_) return;
     try {
-      if (locked_)
-        os::release_user_lock(user_fd_, slot_);  // a forked child may hold the descriptor too
-      else
-        set_creator_left(user_fd_, seg.name());
-      user_fd_.reset();
-      if (!track || unlinked || !seg.valid()) return;
-      const std::string name = seg.name();
-      seg.close();
-      if (others_using(name) == 0) os::shm_remove(name);
+      if (others_using(name_) == 0) os::shm_remove(name_);
     } catch (...) {  // best effort in a destructor; `mpp gc` removes what is left
     }
 #else
-    if (!track || unlinked || !seg.valid()) return;
+    if (!track_ || unlinked_ || !seg_.valid()) return;
     try {
-      const std::uint32_t me = seg.attach_index();
+      const std::uint32_t me = seg_.attach_index();
       std::uint64_t mine = ProcessRef::self().pack();
-      seg.header().attach[me].compare_exchange_strong(mine, 0, std::memory_order_seq_cst);
-      if (seg.live_users() == 0) seg.unlink();
+      seg_.header().attach[me].compare_exchange_strong(mine, 0, std::memory_order_seq_cst);
+      if (seg_.live_users() == 0) seg_.unlink();
     } catch (...) {  // best effort in a destructor; `mpp gc` removes what is left
     }
 #endif
   }
 
+  /// The block's name.
+  const std::string& name() const noexcept { return name_; }
+  /// The block's bytes.
+  std::byte* data() const noexcept {
+#if defined(MPP_OS_POSIX)
+    return base_;
+#else
+    return seg_.payload();
+#endif
+  }
+  /// The size requested at creation (POSIX: the object's size, which is exactly that).
+  std::uint64_t size() const noexcept {
+#if defined(MPP_OS_POSIX)
+    return size_;
+#else
+    return seg_.payload_size();
+#endif
+  }
+  /// Whether this handle applies the track rule when it goes away.
+  bool track() const noexcept { return track_; }
+
+  /// This handle never removes the name (an opener that found no object of its kind there).
+  void leave_name() noexcept { track_ = false; }
+
+  //!Effects: removes the name now; this handle will not try again. Returns: false if it was gone.
+  bool unlink() {
+    unlinked_ = true;
+#if defined(MPP_OS_POSIX)
+    return os::shm_remove(name_);
+#else
+    return seg_.unlink();
+#endif
+  }
+
   //!Effects: a forked child that uses an inherited handle becomes a user of its own (once,
-  //! whichever of its threads comes first).
+  //! whichever of its threads comes first). Throws: OSError if the kernel refuses the lock.
   void note_use() {
 #if defined(MPP_OS_POSIX)
     if (user_here()) return;
     std::lock_guard<std::mutex> lock(use_mutex_);
     if (user_here()) return;
     try {
-      user_fd_ = os::shm_open_existing(seg.name());
+      fd_ = os::shm_open_existing(name_);
     } catch (const NotFoundError&) {  // removed: nobody can attach any more, nothing to mark
-      locked_ = true;
       user_pid_.store(os::current_pid(), std::memory_order_release);
       return;
     }
-    lock_user();
+    slot_ = take_lock(fd_, name_);
+    user_pid_.store(os::current_pid(), std::memory_order_release);
 #else
-    seg.attach_index();
+    seg_.attach_index();
 #endif
   }
 
-  /// Handles using the segment now, this one included (if it is a user); dead ones do not count.
+  /// Handles using the block now, this one included (if it is a user); dead ones do not count.
   std::uint32_t live_users() {
 #if defined(MPP_OS_POSIX)
     std::lock_guard<std::mutex> lock(use_mutex_);
-    if (!user_here() || !user_fd_.valid()) return others_using(seg.name());
-    // Through our own descriptor the kernel reports every lock but ours.
-    return 1 + count_locks(user_fd_, seg.name()) + (locked_ ? creator_using(user_fd_) : 0);
+    if (!user_here()) return others_using(name_);
+    if (!fd_.valid()) return 1;  // a forked child that found the name removed: only itself
+    return 1 + count_locks(fd_, name_);  // through our own descriptor: every lock but ours
 #else
-    return seg.live_users();
+    return seg_.live_users();
 #endif
   }
 
   // POSIX only (registered only there): no thread is inside note_use() or live_users() while
   // the address space is copied, and the child's copy of the descriptor, which would keep the
   // parent's lock after the parent let go, is closed.
-  void before_fork() noexcept override {
-#if defined(MPP_OS_POSIX)
-    use_mutex_.lock();
-#endif
-  }
-  void after_fork_parent() noexcept override {
-#if defined(MPP_OS_POSIX)
-    use_mutex_.unlock();
-#endif
-  }
+  void before_fork() noexcept override { use_mutex_.lock(); }
+  void after_fork_parent() noexcept override { use_mutex_.unlock(); }
   void after_fork_child() noexcept override {
-#if defined(MPP_OS_POSIX)
-    user_fd_.reset();
+    fd_.reset();
     use_mutex_.unlock();
+  }
+
+ private:
+  static std::shared_ptr<BlockHandle> make(std::string_view name, std::uint64_t size, bool track) {
+    validate_name(name);
+    auto b = std::make_shared<BlockHandle>(Tag{}, name, track);
+#if defined(MPP_OS_POSIX)
+    b->fd_ = os::shm_create_empty(name, track ? 0 : os::kModeKeep);
+    try {
+      // The lock comes before the size: an opener that sees a size sees the creator as a user.
+      b->slot_ = take_lock(b->fd_, name);
+      os::shm_set_size(b->fd_, name, size);
+      b->map(size);
+    } catch (...) {
+      try {
+        os::shm_remove(name);
+      } catch (...) {  // the original error matters more
+      }
+      throw;
+    }
+    b->become_user();
+#else
+    SegmentOptions o;
+    o.persistent = !track;  // recorded for `mpp gc`
+    b->seg_ = Segment::create(name, SegmentSpec{Kind::shared_memory, TypeInfo::none(), size, size},
+                              {}, o);
+    b->seg_.set_persistent(true);  // the track rule decides, not Segment's creator-unlinks rule
 #endif
+    return b;
   }
 
 #if defined(MPP_OS_POSIX)
- private:
-  void lock_user() {
-    const auto pid = os::current_pid();
+  void map(std::uint64_t size) {
+    base_ = static_cast<std::byte*>(os::map(fd_, size, name_));
+    size_ = size;
+    os::guard_mapping(base_, size, name_);  // a peer's ftruncate: CorruptedError, not SIGBUS
+  }
+
+  void become_user() {
+    user_pid_.store(os::current_pid(), std::memory_order_release);
+    register_fork_hook(this);
+  }
+
+  static std::uint32_t take_lock(const os::Fd& fd, std::string_view name) {
     // Distinct first guesses for this process's handles and for other processes.
     static std::atomic<std::uint32_t> handles{0};
-    const std::uint32_t hint = (static_cast<std::uint32_t>(pid) * 2654435761u >> 12) +
+    const std::uint32_t hint = (static_cast<std::uint32_t>(os::current_pid()) * 2654435761u >> 12) +
                                handles.fetch_add(1, std::memory_order_relaxed);
-    if (const int err = os::take_user_lock(user_fd_, hint, slot_); err != 0)
+    std::uint32_t slot = 0;
+    if (const int err = os::take_user_lock(fd, hint, slot); err != 0)
       throw OSError(fmt::format("'{}': cannot mark this process as a user (fcntl F_OFD_SETLK: "
                                 "{}); close some handles",
-                                seg.name(), std::strerror(err)),
+                                name, std::strerror(err)),
                     err);
-    locked_ = true;
-    user_pid_.store(pid, std::memory_order_release);
+    return slot;
   }
 
   // Whether this handle is a user in this process (false in a forked child until note_use()).
@@ -170,30 +274,13 @@ struct TrackedSegment final : ForkHook {
     return user_pid_.load(std::memory_order_acquire) == os::current_pid();
   }
 
-  static std::uint32_t count_locks(const os::Fd& fd, const std::string& name) {
+  static std::uint32_t count_locks(const os::Fd& fd, std::string_view name) {
     const auto n = os::count_user_locks(fd);
     if (!n)
       throw OSError(fmt::format("'{}': cannot count its users (fcntl F_OFD_GETLK: {})", name,
                                 std::strerror(errno)),
                     errno);
     return *n;
-  }
-
-  // 1 if the segment's creating handle is still in use (its process lives and has not left).
-  static std::uint32_t creator_using(const os::Fd& fd) {
-    SegmentHeader h{};
-    if (os::read_at(fd, 0, &h, sizeof h) != sizeof h) return 0;
-    if ((h.flags.load(std::memory_order_relaxed) & kSegmentCreatorLeft) != 0) return 0;
-    return ProcessRef::unpack(h.creator.load(std::memory_order_relaxed)).alive() ? 1 : 0;
-  }
-
-  static void set_creator_left(const os::Fd& fd, const std::string& name) {
-    std::uint32_t flags = 0;
-    constexpr std::size_t at = offsetof(SegmentHeader, flags);
-    if (os::read_at(fd, at, &flags, sizeof flags) != sizeof flags) return;
-    flags |= kSegmentCreatorLeft;
-    if (const int err = os::write_at(fd, at, &flags, sizeof flags); err != 0)
-      throw OSError(fmt::format("'{}': cannot record that its creator left", name), err);
   }
 
   // Users of `name`, seen through a new descriptor (0 if the name is gone).
@@ -204,15 +291,35 @@ struct TrackedSegment final : ForkHook {
     } catch (const NotFoundError&) {
       return 0;
     }
-    return count_locks(fd, name) + creator_using(fd);
+    return count_locks(fd, name);
   }
 
+  // An mpp object with a header opened as a block: says which kind it is, if its header says.
+  [[noreturn]] static void wrong_kind(const os::Fd& fd, std::string_view name) {
+    SegmentHeader h{};
+    const bool whole = os::read_at(fd, 0, &h, sizeof h) == sizeof h;
+    if (whole && h.magic == kSegmentMagic)
+      fail<TypeMismatchError>("'{}' is a {}, not a SharedMemory", name,
+                              kind_name(static_cast<Kind>(h.kind)));
+    fail<TypeMismatchError>("'{}' is an mpp object of another kind (its header is not written "
+                            "yet), not a SharedMemory",
+                            name);
+  }
+#endif
+
+  std::string name_;
+  bool track_ = true;
+  bool unlinked_ = false;
+#if defined(MPP_OS_POSIX)
+  std::byte* base_ = nullptr;
+  std::uint64_t size_ = 0;
   // Set before user_pid_ names this process, fixed afterwards (until a fork).
-  os::Fd user_fd_;        // this handle's descriptor (holding its user lock, if locked_)
-  bool locked_ = false;   // a user through a lock, not as the creator
+  os::Fd fd_;               // this handle's descriptor, holding its user lock
   std::uint32_t slot_ = 0;  // which lock
   std::atomic<os::pid_type> user_pid_{0};  // the process in which it is a user (not a forked child)
   std::mutex use_mutex_;  // serialises note_use()'s slow path and live_users()
+#else
+  Segment seg_;
 #endif
 };
 
@@ -224,36 +331,42 @@ class SharedMemory {
   //!Effects: Python's SharedMemory(name, create, size, track): creates the block `name` of
   //! `size` zeroed bytes when `create`, otherwise attaches to the existing block `name` (size is
   //! then ignored). With `track`, the name is removed when the last handle of the last attached
-  //! process goes away; without it, only unlink() removes it.
+  //! process goes away; without it, only unlink() removes it. On POSIX the object holds exactly
+  //! `size` bytes and nothing else, so other programs (Python's SharedMemory) can attach to it
+  //! and it can attach to theirs.
   //!Throws: InvalidArgument (bad name, create with size 0), ExistsError, NotFoundError,
   //! TypeMismatchError (the name is another kind of object), CorruptedError, OSError.
   SharedMemory(std::string_view name, bool create = false, std::size_t size = 0, bool track = true)
-      : SharedMemory(create ? make(name, size, track) : attach(name, track)) {}
+      : state_(create ? detail::BlockHandle::create(name, size, track)
+                      : detail::BlockHandle::open(name, track)) {}
 
   //!Effects: creates an anonymous block of `size` zeroed bytes (a fresh "mpp.anon.*" name, as
   //! Python's SharedMemory(create=True, size=n)); forked children inherit it, and other
   //! processes can attach by name() while it lives.
-  explicit SharedMemory(std::size_t size, bool track = true) : SharedMemory(make({}, size, track)) {}
+  explicit SharedMemory(std::size_t size, bool track = true)
+      : state_(detail::BlockHandle::create({}, size, track)) {}
 
   /// Creates the block `name` of `size` zeroed bytes (ExistsError if taken).
   static SharedMemory create(std::string_view name, std::size_t size, bool track = true) {
-    return make(name, size, track);
+    return SharedMemory(detail::BlockHandle::create(name, size, track));
   }
   /// Attaches to the existing block `name` (NotFoundError if absent).
-  static SharedMemory open(std::string_view name, bool track = true) { return attach(name, track); }
+  static SharedMemory open(std::string_view name, bool track = true) {
+    return SharedMemory(detail::BlockHandle::open(name, track));
+  }
 
   /// The bytes of the block: exactly size() of them. Throws: ValueError after close().
   std::span<std::byte> buf() const {
     auto& s = state("buf");
     s.note_use();  // a forked child using an inherited handle counts as a user
-    return {s.seg.payload(), static_cast<std::size_t>(s.seg.payload_size())};
+    return {s.data(), static_cast<std::size_t>(s.size())};
   }
   /// The block's name (pass it to SharedMemory(name) in another process).
-  const std::string& name() const { return state("name").seg.name(); }
+  const std::string& name() const { return state("name").name(); }
   /// The size requested at creation (not rounded up to pages: cpython#101623).
-  std::size_t size() const { return static_cast<std::size_t>(state("size").seg.payload_size()); }
+  std::size_t size() const { return static_cast<std::size_t>(state("size").size()); }
   /// Whether this handle applies the track rule when it goes away.
-  bool track() const { return state("track").track; }
+  bool track() const { return state("track").track(); }
   /// False after close().
   bool is_open() const noexcept { return state_ != nullptr; }
 
@@ -264,43 +377,21 @@ class SharedMemory {
   //!Effects: Python's unlink(): removes the name now, whoever else still uses it; mappings keep
   //! working, but no process can attach any more. Throws: ValueError after close().
   //!Returns: false if the name was already gone.
-  bool unlink() {
-    auto& s = state("unlink");
-    s.unlinked = true;
-    return s.seg.unlink();
-  }
+  bool unlink() { return state("unlink").unlink(); }
 
   /// Handles using the block now, in any process, this one included (a killed process's are not
   /// counted; a forked child's inherited handle counts once the child uses it).
   std::uint32_t live_users() const { return state("live_users").live_users(); }
 
  private:
-  explicit SharedMemory(std::shared_ptr<detail::TrackedSegment> s) noexcept : state_(std::move(s)) {}
+  explicit SharedMemory(std::shared_ptr<detail::BlockHandle> s) noexcept : state_(std::move(s)) {}
 
-  static SharedMemory make(std::string_view name, std::size_t size, bool track) {
-    if (size == 0)
-      detail::fail<InvalidArgument>(
-          "cannot create shared memory '{}' of size 0: the size must be positive",
-          name.empty() ? std::string_view("(anonymous)") : name);
-    const detail::SegmentSpec spec{Kind::shared_memory, TypeInfo::none(), size, size};
-    const auto opts = detail::tracked_options(track);
-    detail::Segment seg = name.empty() ? detail::Segment::create_anonymous(spec, {}, opts)
-                                       : detail::Segment::create(name, spec, {}, opts);
-    return SharedMemory(std::make_shared<detail::TrackedSegment>(std::move(seg), track));
-  }
-
-  static SharedMemory attach(std::string_view name, bool track) {
-    auto seg = detail::Segment::open(name, Kind::shared_memory, TypeInfo::none(),
-                                     detail::tracked_options(track));
-    return SharedMemory(std::make_shared<detail::TrackedSegment>(std::move(seg), track));
-  }
-
-  detail::TrackedSegment& state(const char* what) const {
+  detail::BlockHandle& state(const char* what) const {
     if (!state_) detail::fail<ValueError>("SharedMemory::{}() on a closed handle", what);
     return *state_;
   }
 
-  std::shared_ptr<detail::TrackedSegment> state_;
+  std::shared_ptr<detail::BlockHandle> state_;
 };
 
 /// Python's None in a ShareableList.
@@ -313,8 +404,12 @@ namespace detail {
 
 enum class SlotKind : std::uint8_t { none = 0, int64, float64, boolean, str, bytes };
 
-/// Start of a ShareableList payload; then `count` SlotDesc, then the data area.
+/// ShareableListHeader::magic ("mpplist1"), stored last by the creator (release).
+inline constexpr std::uint64_t kShareableListMagic = 0x317473696c70706dull;
+
+/// Start of a ShareableList's block; then `count` SlotDesc, then the data area.
 struct ShareableListHeader {
+  std::uint64_t magic;  ///< kShareableListMagic once the list is filled; 0 before; atomic_ref
   std::uint64_t count;
   std::uint64_t data_size;
 };
@@ -345,7 +440,8 @@ inline std::uint64_t slot_capacity(const ShareableItem& item) {
 /// bool, string, bytes or None. A slot reserves its space at creation (8 bytes for scalars,
 /// 8 * (n / 8 + 1) for a string or bytes of n bytes); assigning anything that needs more is a
 /// ValueError, as in Python. Unlike Python, strings and bytes keep trailing NULs and multi-byte
-/// UTF-8 exactly. Like Python, there is no lock: guard concurrent writers with a Lock.
+/// UTF-8 exactly. Like Python, there is no lock: guard concurrent writers with a Lock. It lives in
+/// a SharedMemory block (as in Python), which a SharedMemory may open by the list's name.
 class ShareableList {
  public:
   using value_type = ShareableItem;
@@ -363,19 +459,25 @@ class ShareableList {
     return make(name, items, track);
   }
   //!Effects: attaches to the existing list `name` (Python: ShareableList(name=...)).
-  //!Throws: NotFoundError, TypeMismatchError, CorruptedError (a slot table that does not fit).
+  //! Waits up to 5 s for a creator that is still filling it.
+  //!Throws: NotFoundError, TypeMismatchError (a block that holds no list), CorruptedError (a slot
+  //! table that does not fit, or a creator that died while filling it), TimeoutError.
   static ShareableList open(std::string_view name, bool track = true) {
-    auto seg = detail::Segment::open(name, Kind::shareable_list, TypeInfo::none(),
-                                     detail::tracked_options(track));
-    ShareableList l(std::make_shared<detail::TrackedSegment>(std::move(seg), track));
-    l.validate();
+    ShareableList l(detail::BlockHandle::open(name, track));
+    try {
+      l.wait_filled(std::chrono::seconds(5));
+      l.validate();
+    } catch (...) {
+      l.state_->leave_name();  // not a list: not ours to remove
+      throw;
+    }
     return l;
   }
 
   /// Number of slots (fixed).
   std::size_t size() const { return count_; }
   /// The list's name.
-  const std::string& name() const { return state("name").seg.name(); }
+  const std::string& name() const { return state("name").name(); }
 
   //!Returns: the item in slot `i`. Throws: std::out_of_range (IndexError), CorruptedError.
   //! Negative indices count from the end, as in Python.
@@ -520,14 +622,10 @@ class ShareableList {
     count_ = 0;
   }
   /// Removes the name now (see SharedMemory::unlink). Returns: false if it was already gone.
-  bool unlink() {
-    auto& s = state("unlink");
-    s.unlinked = true;
-    return s.seg.unlink();
-  }
+  bool unlink() { return state("unlink").unlink(); }
 
  private:
-  explicit ShareableList(std::shared_ptr<detail::TrackedSegment> s) noexcept : state_(std::move(s)) {}
+  explicit ShareableList(std::shared_ptr<detail::BlockHandle> s) noexcept : state_(std::move(s)) {}
 
   static ShareableList make(std::string_view name, const std::vector<ShareableItem>& items,
                             bool track) {
@@ -536,42 +634,65 @@ class ShareableList {
     std::uint64_t data_size = 0;
     for (const auto& it : items) data_size += slot_capacity(it);
     const std::uint64_t table = sizeof(ShareableListHeader) + n * sizeof(SlotDesc);
-    const SegmentSpec spec{Kind::shareable_list, TypeInfo::none(), table + data_size, n};
-    PayloadInit init = [&](std::byte* p, std::uint64_t) {
-      auto* h = reinterpret_cast<ShareableListHeader*>(p);
-      h->count = n;
-      h->data_size = data_size;
-      auto* d = reinterpret_cast<SlotDesc*>(p + sizeof(ShareableListHeader));
-      std::uint64_t off = 0;
-      for (std::uint64_t i = 0; i < n; ++i) {
-        d[i].offset = off;
-        d[i].capacity = slot_capacity(items[i]);
-        d[i].tag = 0;
-        off += d[i].capacity;
-      }
-    };
-    const auto opts = tracked_options(track);
-    Segment seg = name.empty() ? Segment::create_anonymous(spec, init, opts)
-                               : Segment::create(name, spec, init, opts);
-    ShareableList l(std::make_shared<TrackedSegment>(std::move(seg), track));
+    ShareableList l(BlockHandle::create(name, table + data_size, track));
+    std::byte* p = l.state_->data();
+    auto* h = reinterpret_cast<ShareableListHeader*>(p);
+    h->count = n;
+    h->data_size = data_size;
+    auto* d = reinterpret_cast<SlotDesc*>(p + sizeof(ShareableListHeader));
+    std::uint64_t off = 0;
+    for (std::uint64_t i = 0; i < n; ++i) {
+      d[i].offset = off;
+      d[i].capacity = slot_capacity(items[i]);
+      off += d[i].capacity;
+    }
     l.validate();
     for (std::uint64_t i = 0; i < n; ++i) l.set(static_cast<std::ptrdiff_t>(i), items[i]);
+    // Published last: an opener that sees the magic sees the whole table and every item.
+    std::atomic_ref<std::uint64_t>(h->magic).store(kShareableListMagic, std::memory_order_release);
     return l;
+  }
+
+  // An opener waits for the creator's magic; a block that never gets one is not a list.
+  void wait_filled(std::chrono::milliseconds wait) {
+    using namespace detail;
+    auto& b = state("open");
+    if (b.size() < sizeof(ShareableListHeader))
+      fail<TypeMismatchError>("'{}' is a SharedMemory block of {} bytes, not a ShareableList",
+                              b.name(), b.size());
+    std::atomic_ref<std::uint64_t> magic(reinterpret_cast<ShareableListHeader*>(b.data())->magic);
+    const auto deadline = Deadline::after(wait);
+    for (;;) {
+      const std::uint64_t m = magic.load(std::memory_order_acquire);
+      if (m == kShareableListMagic) return;
+      if (m != 0)
+        fail<TypeMismatchError>("'{}' is a SharedMemory block that holds no ShareableList",
+                                b.name());
+      if (b.live_users() <= 1)
+        fail<CorruptedError>("'{}' holds no ShareableList and nobody else has it open: a zeroed "
+                             "SharedMemory, or a list whose creator died while filling it",
+                             b.name());
+      if (deadline.expired())
+        fail<TimeoutError>("'{}' is still not a filled ShareableList after {} ms (its creator "
+                           "is slow, or it is a zeroed SharedMemory)",
+                           b.name(), wait.count());
+      os::sleep_for(std::chrono::microseconds(200));
+    }
   }
 
   // The slot table is checked once here; every access re-checks its slot, since another process
   // may overwrite the table at any time.
   void validate() {
     using namespace detail;
-    auto& seg = state("open").seg;
-    const std::uint64_t psize = seg.payload_size();
-    if (psize < sizeof(ShareableListHeader)) corrupt(-1, "the payload is smaller than its header");
-    const auto* h = reinterpret_cast<const ShareableListHeader*>(seg.payload());
+    auto& b = state("open");
+    const std::uint64_t psize = b.size();
+    if (psize < sizeof(ShareableListHeader)) corrupt(-1, "the block is smaller than its header");
+    const auto* h = reinterpret_cast<const ShareableListHeader*>(b.data());
     const std::uint64_t n = h->count;
-    if (n != seg.capacity() || n > (psize - sizeof(ShareableListHeader)) / sizeof(SlotDesc))
-      corrupt(-1, "its slot count does not fit the segment");
-    table_ = reinterpret_cast<SlotDesc*>(seg.payload() + sizeof(ShareableListHeader));
-    data_ = seg.payload() + sizeof(ShareableListHeader) + n * sizeof(SlotDesc);
+    if (n > (psize - sizeof(ShareableListHeader)) / sizeof(SlotDesc))
+      corrupt(-1, "its slot count does not fit the block");
+    table_ = reinterpret_cast<SlotDesc*>(b.data() + sizeof(ShareableListHeader));
+    data_ = b.data() + sizeof(ShareableListHeader) + n * sizeof(SlotDesc);
     data_size_ = psize - sizeof(ShareableListHeader) - n * sizeof(SlotDesc);
     count_ = static_cast<std::size_t>(n);
   }
@@ -595,15 +716,15 @@ class ShareableList {
 
   [[noreturn]] void corrupt(std::ptrdiff_t i, std::string_view what) const {
     detail::fail<CorruptedError>("ShareableList '{}': item {} is corrupted: {}",
-                                 state_ ? state_->seg.name() : std::string("?"), i, what);
+                                 state_ ? state_->name() : std::string("?"), i, what);
   }
 
-  detail::TrackedSegment& state(const char* what) const {
+  detail::BlockHandle& state(const char* what) const {
     if (!state_) detail::fail<ValueError>("ShareableList: {} on a closed handle", what);
     return *state_;
   }
 
-  std::shared_ptr<detail::TrackedSegment> state_;
+  std::shared_ptr<detail::BlockHandle> state_;
   detail::SlotDesc* table_ = nullptr;
   std::byte* data_ = nullptr;
   std::uint64_t data_size_ = 0;

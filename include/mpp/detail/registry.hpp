@@ -1,7 +1,8 @@
 // mpp — the object registry behind the `mpp ls / gc / inspect` tool and the crash-safety tests:
 // reads segment headers *defensively* (a copy of the bytes, never a mapping; every field checked
-// before it is believed) and decides, from the creator word and the attach table, whether an
-// object still has a live user. No system calls here: the file system is reached through
+// before it is believed) and decides, from the creator word, the attach table and the user locks,
+// whether an object still has a live user. SharedMemory blocks (POSIX) have no header: what is
+// known of them comes from their mode and their user locks. No system calls here: the file system is reached through
 // detail/os (shm_list, shm_open_readonly, read_at, shm_lstat), liveness through ProcessRef.
 #pragma once
 
@@ -17,6 +18,7 @@
 #include <vector>
 
 #include "../segment.hpp"
+#include "../shared_memory.hpp"
 #include "liveness.hpp"
 #include "mpmc.hpp"
 #include "os.hpp"
@@ -75,8 +77,10 @@ struct ObjectInfo {
   std::uint64_t created_unix_ms = 0;
   ProcessRef creator;        ///< pid 0 when not written yet
   bool persistent = false;   ///< its creator asked to keep it after its users are gone
-  bool creator_left = false;  ///< kSegmentCreatorLeft: the creating handle is gone
-  /// Users marked by a user lock (SharedMemory, ShareableList on POSIX); live by construction.
+  /// A headerless SharedMemory block (not marked os::kModeHeadered; POSIX): its users are its
+  /// lock_users, `persistent` is os::kModeKeep, and no creator is recorded.
+  bool block = false;
+  /// Users marked by a user lock (SharedMemory and ShareableList handles); live by construction.
   std::uint32_t lock_users = 0;
   std::vector<Attacher> attachers;  ///< non-empty attach slots
   /// A copy of the first bytes of the payload (kind-specific state such as a queue's indices),
@@ -142,7 +146,6 @@ inline ObjectInfo parse_header(std::string_view name, std::span<const std::byte>
   o.creator = ProcessRef::unpack(field<std::uint64_t>(bytes, offsetof(H, creator)));
   const auto flags = field<std::uint32_t>(bytes, offsetof(H, flags));
   o.persistent = (flags & kSegmentPersistent) != 0;
-  o.creator_left = (flags & kSegmentCreatorLeft) != 0;
   for (std::uint32_t i = 0; i < kMaxAttach; ++i) {
     const auto w = field<std::uint64_t>(bytes, offsetof(H, attach) + i * sizeof(AttachSlot));
     if (w != 0) o.attachers.push_back({i, ProcessRef::unpack(w)});
@@ -180,6 +183,31 @@ inline ObjectInfo parse_header(std::string_view name, std::span<const std::byte>
   return o;
 }
 
+//!Returns: what is known of the headerless block `name` (open as `fd`, status `st`): a
+//! ShareableList if its first bytes say so, else a SharedMemory; never `building` (an empty
+//! block is `empty`).
+inline ObjectInfo inspect_block(std::string_view name, const os::Fd& fd, const os::ShmStat& st) {
+  ObjectInfo o;
+  o.name = std::string(name);
+  o.stat = st;
+  o.block = true;
+  o.persistent = (st.mode & os::kModeKeep) != 0;
+  o.lock_users = os::count_user_locks(fd).value_or(0);
+  o.total_size = o.payload_size = o.capacity = st.size;
+  std::uint64_t magic = 0;
+  const bool list = os::read_at(fd, 0, &magic, sizeof magic) == sizeof magic &&
+                    magic == kShareableListMagic;
+  o.kind = static_cast<std::uint32_t>(list ? Kind::shareable_list : Kind::shared_memory);
+  o.kind_label = std::string(kind_name(static_cast<Kind>(o.kind)));
+  o.state = st.size == 0 ? State::empty : State::ready;
+  if (st.size == 0) o.problem = "an empty block (its creator has not sized it yet, or died first)";
+  if (!st.owned_by_us) {
+    o.problem = fmt::format("owned by uid {}{}{}", st.uid, o.problem.empty() ? "" : "; ", o.problem);
+    o.state = State::foreign;
+  }
+  return o;
+}
+
 //!Effects: reads the object `name` without attaching to it, mapping it or following a link.
 //!Returns: its ObjectInfo (state foreign with a problem if it cannot be read). Never throws on
 //! hostile content; a concurrent truncation only yields a shorter copy.
@@ -206,6 +234,7 @@ inline ObjectInfo inspect(std::string_view name) {
     return foreign(e.what());
   }
   if (!st.regular) return foreign("not a regular shared-memory object");
+  if ((st.mode & os::kModeHeadered) == 0) return inspect_block(name, fd, st);
   std::vector<std::byte> buf(sizeof(SegmentHeader));
   buf.resize(os::read_at(fd, 0, buf.data(), buf.size()));
   ObjectInfo o = parse_header(name, buf, st.size);
@@ -253,9 +282,9 @@ using AliveFn = std::function<bool(const ProcessRef&)>;
 /// The default liveness test: pid + start time (ProcessRef::alive).
 inline bool process_alive(const ProcessRef& p) { return p.alive(); }
 
-//!Returns: the live registered users of `o`: its creator (unless its creating handle left) and
-//! its attach-table holders, each process counted once. Users marked by a user lock are counted
-//! in o.lock_users instead (the kernel does not say which processes hold them).
+//!Returns: the live registered users of `o`: its creator and its attach-table holders, each
+//! process counted once. Users marked by a user lock are counted in o.lock_users instead (the
+//! kernel does not say which processes hold them).
 inline std::vector<ProcessRef> live_users(const ObjectInfo& o, const AliveFn& alive = process_alive) {
   std::vector<ProcessRef> live;
   auto add = [&](const ProcessRef& p) {
@@ -265,7 +294,7 @@ inline std::vector<ProcessRef> live_users(const ObjectInfo& o, const AliveFn& al
     if (alive(p)) live.push_back(p);
   };
   if (o.header_readable) {
-    if (!o.creator_left) add(o.creator);
+    add(o.creator);
     for (const auto& a : o.attachers) add(a.who);
   }
   return live;
@@ -310,6 +339,23 @@ inline Verdict gc_verdict(const ObjectInfo& o, std::int64_t now_unix_ms, const G
     return {false, fmt::format("kept: {} live user{} (pid {})", live.size(),
                                live.size() == 1 ? "" : "s", pids)};
   }
+  if (o.block) {
+    if (o.persistent && !policy.include_persistent)
+      return {false, fmt::format("kept: persistent (an untracked SharedMemory, kept until "
+                                 "unlinked); remove it with `mpp rm {}` (or `mpp gc "
+                                 "--include-persistent`)",
+                                 o.name)};
+    // A creator takes its user lock before it sizes the block: only an empty one may still
+    // have a creator that holds no lock yet.
+    if (o.state == State::empty) {
+      const std::int64_t age = now_unix_ms - o.stat.mtime_unix_ms;
+      if (age < policy.grace_ms)
+        return {false, fmt::format("kept: empty and only {} ms old (grace {} ms)", age,
+                                   policy.grace_ms)};
+      return {true, fmt::format("empty after {} s: abandoned while being created", age / 1000)};
+    }
+    return {true, "no process holds it: its users closed it or died"};
+  }
   const bool creator_known = o.header_readable && o.creator.pid > 0;
   if (!creator_known) {
     const std::int64_t age = now_unix_ms - o.stat.mtime_unix_ms;
@@ -325,9 +371,6 @@ inline Verdict gc_verdict(const ObjectInfo& o, std::int64_t now_unix_ms, const G
     return {false, fmt::format("kept: persistent, its users are gone but its creator asked to keep "
                                "it; remove it with `mpp rm {}` (or `mpp gc --include-persistent`)",
                                o.name)};
-  if (o.creator_left)
-    return {true, fmt::format("its creating handle (pid {}) was closed and no user is left",
-                              o.creator.pid)};
   return {true, fmt::format("creator pid {} and all {} attached users are dead", o.creator.pid,
                             o.attachers.size())};
 }

@@ -101,13 +101,23 @@ inline bool is_effective_uid(uid_t uid) noexcept {
   return uid == first || uid == ::geteuid();
 }
 
-//!Effects: creates the shared-memory object `name` exclusively, mode 0600 (an umask can only
-//! narrow that; shm_open_existing() repairs a narrowed mode of our own object), sized `size`
-//! bytes. Throws: ExistsError if the name is taken, OSError otherwise.
-inline Fd shm_create(std::string_view name, std::uint64_t size) {
+/// Mode bit of an object that starts with an mpp header (every mpp object but a SharedMemory
+/// block): set atomically by shm_open, so an opener tells a header still being written from a
+/// headerless block, without reading it. Not touched by umask, ftruncate or chmod.
+inline constexpr unsigned kModeHeadered = S_ISVTX;
+/// Mode bit of a headerless block that outlives its users (an untracked SharedMemory): `mpp gc`
+/// keeps it. Kept by ftruncate and chmod as long as the group is the creator's own.
+inline constexpr unsigned kModeKeep = S_ISGID;
+
+//!Effects: creates the shared-memory object `name` exclusively and empty, mode 0600 plus
+//! `mark` (kModeHeadered, kModeKeep or 0); an umask can only narrow the 0600, and
+//! shm_open_existing() repairs a narrowed mode of our own object.
+//!Throws: ExistsError if the name is taken, OSError otherwise.
+inline Fd shm_create_empty(std::string_view name, unsigned mark) {
   const std::string path = shm_path(name);
   // glibc adds O_NOFOLLOW|O_CLOEXEC; we ask for them explicitly so a planted symlink never wins.
-  Fd fd(::shm_open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
+  Fd fd(::shm_open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                   static_cast<mode_t>(0600 | mark)));
   if (fd.get() < 0) {
     const int err = errno;
     if (err == EEXIST)
@@ -116,14 +126,27 @@ inline Fd shm_create(std::string_view name, std::uint64_t size) {
                          name, name);
     throw_errno("shm_open(create)", name, err);
   }
+  return fd;
+}
+
+//!Effects: sizes the new object `name` (open as `fd`) to `size` bytes; on failure removes it.
+//!Throws: OSError.
+inline void shm_set_size(const Fd& fd, std::string_view name, std::uint64_t size) {
   int rc;
   do rc = ::ftruncate(fd.get(), static_cast<off_t>(size));
   while (rc != 0 && errno == EINTR);
   if (rc != 0) {
     const int err = errno;
-    ::shm_unlink(path.c_str());
+    ::shm_unlink(shm_path(name).c_str());
     throw_errno("ftruncate", name, err);
   }
+}
+
+//!Effects: creates the object `name` of an mpp header and payload, `size` bytes, exclusively
+//! (see shm_create_empty; marked kModeHeadered). Throws: ExistsError, OSError.
+inline Fd shm_create(std::string_view name, std::uint64_t size) {
+  Fd fd = shm_create_empty(name, kModeHeadered);
+  shm_set_size(fd, name, size);
   return fd;
 }
 
@@ -137,7 +160,7 @@ inline Fd shm_open_existing(std::string_view name) {
     const std::string file = kShmDirectory + path;
     struct stat st{};
     if (::lstat(file.c_str(), &st) == 0 && S_ISREG(st.st_mode) && (st.st_mode & 077) == 0 &&
-        is_effective_uid(st.st_uid) && ::chmod(file.c_str(), 0600) == 0)
+        is_effective_uid(st.st_uid) && ::chmod(file.c_str(), (st.st_mode & 07000) | 0600) == 0)
       fd = Fd(::shm_open(path.c_str(), O_RDWR | O_NOFOLLOW | O_CLOEXEC, 0));
     else
       errno = EACCES;
@@ -171,13 +194,16 @@ struct FileInfo {
   bool owned_by_us;     ///< owner is this process's effective user
   bool private_mode;    ///< no group/other permission bits
   bool regular;         ///< a regular shared-memory object, not a device or directory
+  bool headered;        ///< marked kModeHeadered: an mpp object that starts with a header
+  bool keep;            ///< marked kModeKeep: a block that outlives its users
 };
 
 inline FileInfo file_info(const Fd& fd, std::string_view name) {
   struct stat st{};
   if (::fstat(fd.get(), &st) != 0) throw_errno("fstat", name, errno);
   return FileInfo{static_cast<std::uint64_t>(st.st_size), is_effective_uid(st.st_uid),
-                  (st.st_mode & 077) == 0, S_ISREG(st.st_mode)};
+                  (st.st_mode & 077) == 0, S_ISREG(st.st_mode), (st.st_mode & kModeHeadered) != 0,
+                  (st.st_mode & kModeKeep) != 0};
 }
 
 //!Effects: maps `size` bytes of `fd` shared and read-write. Throws: OSError.
