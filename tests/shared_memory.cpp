@@ -339,6 +339,7 @@ TEST_CASE("attaching while the creator is still sizing the block: found whole or
   int go[2];
   REQUIRE(::pipe(go) == 0);
   const pid_t creator = mpp_test::fork_child([&] {
+    ::close(go[1]);  // a parent that fails or dies ends our reads (EOF) instead of blocking them
     char c;
     if (::read(go[0], &c, 1) != 1) return 2;
     std::vector<SharedMemory> made;

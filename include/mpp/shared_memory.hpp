@@ -1,12 +1,15 @@
 // mpp — SharedMemory and ShareableList (Python's multiprocessing.shared_memory).
-// SharedMemory is a block of raw bytes in a named segment; size() is exactly the size asked for
-// (cpython#101623) and, with track=true, the name is removed when the last process using the
-// block lets go, never while another live process is still attached (gh-82300). ShareableList is
-// a fixed-length list of int64 / double / bool / string / bytes / None slots that keeps strings
-// and bytes byte-exact: trailing NULs and multi-byte UTF-8 survive (cpython#106939, #96779).
+// SharedMemory is a named block of raw bytes (on POSIX exactly those bytes, with no header, so
+// Python can attach to it); size() is exactly the size asked for (cpython#101623) and, with
+// track=true, the name is removed when the last process using the block lets go, never while
+// another live process is still attached (gh-82300). ShareableList, which lives in such a block,
+// is a fixed-length list of int64 / double / bool / string / bytes / None slots that keeps
+// strings and bytes byte-exact: trailing NULs and multi-byte UTF-8 survive (cpython#106939,
+// #96779).
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -87,7 +90,9 @@ class BlockHandle final : public ForkHook {
     b->slot_ = take_lock(b->fd_, name);  // marked before anything is believed, as create() is
     const auto deadline = Deadline::after(wait);
     while (info.size == 0) {  // its creator is between shm_open and ftruncate, or died there
-      if (count_locks(b->fd_, name) == 0)
+      // The creator takes its lock right after shm_open: empty, a second old and unlocked, the
+      // block was abandoned.
+      if (os::unix_time_ms() - info.mtime_unix_ms > 1000 && count_locks(b->fd_, name) == 0)
         fail<CorruptedError>("'{}' is empty and no process holds it: its creator died before "
                              "sizing it; remove it with mpp::unlink(\"{}\")",
                              name, name);
@@ -204,15 +209,21 @@ class BlockHandle final : public ForkHook {
 #endif
   }
 
-  // POSIX only (registered only there): no thread is inside note_use() or live_users() while
-  // the address space is copied, and the child's copy of the descriptor, which would keep the
-  // parent's lock after the parent let go, is closed.
+#if defined(MPP_OS_POSIX)
+  // No thread is inside note_use() or live_users() while the address space is copied, and the
+  // child's copy of the descriptor, which would keep the parent's lock after the parent let go,
+  // is closed.
   void before_fork() noexcept override { use_mutex_.lock(); }
   void after_fork_parent() noexcept override { use_mutex_.unlock(); }
   void after_fork_child() noexcept override {
     fd_.reset();
     use_mutex_.unlock();
   }
+#else  // never registered: Windows has no fork
+  void before_fork() noexcept override {}
+  void after_fork_parent() noexcept override {}
+  void after_fork_child() noexcept override {}
+#endif
 
  private:
   static std::shared_ptr<BlockHandle> make(std::string_view name, std::uint64_t size, bool track) {

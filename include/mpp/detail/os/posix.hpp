@@ -196,6 +196,7 @@ struct FileInfo {
   bool regular;         ///< a regular shared-memory object, not a device or directory
   bool headered;        ///< marked kModeHeadered: an mpp object that starts with a header
   bool keep;            ///< marked kModeKeep: a block that outlives its users
+  std::int64_t mtime_unix_ms;  ///< last size change or write (creation, for a new object)
 };
 
 inline FileInfo file_info(const Fd& fd, std::string_view name) {
@@ -203,7 +204,8 @@ inline FileInfo file_info(const Fd& fd, std::string_view name) {
   if (::fstat(fd.get(), &st) != 0) throw_errno("fstat", name, errno);
   return FileInfo{static_cast<std::uint64_t>(st.st_size), is_effective_uid(st.st_uid),
                   (st.st_mode & 077) == 0, S_ISREG(st.st_mode), (st.st_mode & kModeHeadered) != 0,
-                  (st.st_mode & kModeKeep) != 0};
+                  (st.st_mode & kModeKeep) != 0,
+                  static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1000 + st.st_mtim.tv_nsec / 1000000};
 }
 
 //!Effects: maps `size` bytes of `fd` shared and read-write. Throws: OSError.
@@ -1072,6 +1074,7 @@ struct Table {
   std::atomic<std::uint32_t> faulted[kMaxGuarded];  ///< 1 once the handler repaired a fault in it
   char names[kMaxGuarded][kNameCapacity];            ///< for messages only (not read by the handler)
   std::atomic<std::size_t> used;       ///< entries at or above this index were never claimed
+  std::atomic<std::size_t> free_hint;  ///< where guard_mapping() starts looking (a hint only)
   std::atomic<std::uint32_t> faults;   ///< registered mappings with faulted == 1
   std::atomic<int> installed;          ///< 0: handler not installed, 1: installing, 2: installed
   std::uintptr_t page;                 ///< page size, read by the handler
@@ -1156,7 +1159,11 @@ inline void guard_mapping(void* p, std::uint64_t size, std::string_view name) no
   const auto b = reinterpret_cast<std::uintptr_t>(p);
   if (b == 0 || size == 0) return;
   guard_detail::install();
-  for (std::size_t i = 0; i < guard_detail::kMaxGuarded; ++i) {
+  // From the hint on, then the entries before it: no scan over every live mapping when many
+  // are registered (the hint points past the last entry claimed, or at the last one freed).
+  const std::size_t start = t.free_hint.load(std::memory_order_relaxed) % guard_detail::kMaxGuarded;
+  for (std::size_t k = 0; k < guard_detail::kMaxGuarded; ++k) {
+    const std::size_t i = (start + k) % guard_detail::kMaxGuarded;
     std::uintptr_t expect = 0;
     if (t.begin[i].load(std::memory_order_relaxed) != 0 ||
         !t.begin[i].compare_exchange_strong(expect, b, std::memory_order_acq_rel))
@@ -1170,6 +1177,7 @@ inline void guard_mapping(void* p, std::uint64_t size, std::string_view name) no
            !t.used.compare_exchange_weak(used, i + 1, std::memory_order_acq_rel)) {
     }
     t.end[i].store(b + size, std::memory_order_release);  // the handler may use it from now on
+    t.free_hint.store(i + 1, std::memory_order_relaxed);
     return;
   }
 }
@@ -1186,6 +1194,7 @@ inline void unguard_mapping(void* p) noexcept {
     if (t.faulted[i].exchange(0, std::memory_order_acq_rel) != 0)
       t.faults.fetch_sub(1, std::memory_order_relaxed);
     t.begin[i].store(0, std::memory_order_release);
+    t.free_hint.store(i, std::memory_order_relaxed);
     return;
   }
 }
