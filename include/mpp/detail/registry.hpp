@@ -2,8 +2,9 @@
 // reads segment headers *defensively* (a copy of the bytes, never a mapping; every field checked
 // before it is believed) and decides, from the creator word, the attach table and the user locks,
 // whether an object still has a live user. SharedMemory blocks (POSIX) have no header: what is
-// known of them comes from their mode and their user locks. No system calls here: the file system is reached through
-// detail/os (shm_list, shm_open_readonly, read_at, shm_lstat), liveness through ProcessRef.
+// known of them comes from their mode and their user locks. No system calls here: the file
+// system is reached through detail/os (shm_list, shm_open_readonly, read_at, shm_lstat,
+// count_user_locks), liveness through ProcessRef.
 #pragma once
 
 #include <cstddef>

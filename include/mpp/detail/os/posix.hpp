@@ -195,7 +195,6 @@ struct FileInfo {
   bool private_mode;    ///< no group/other permission bits
   bool regular;         ///< a regular shared-memory object, not a device or directory
   bool headered;        ///< marked kModeHeadered: an mpp object that starts with a header
-  bool keep;            ///< marked kModeKeep: a block that outlives its users
   std::int64_t mtime_unix_ms;  ///< last size change or write (creation, for a new object)
 };
 
@@ -204,7 +203,6 @@ inline FileInfo file_info(const Fd& fd, std::string_view name) {
   if (::fstat(fd.get(), &st) != 0) throw_errno("fstat", name, errno);
   return FileInfo{static_cast<std::uint64_t>(st.st_size), is_effective_uid(st.st_uid),
                   (st.st_mode & 077) == 0, S_ISREG(st.st_mode), (st.st_mode & kModeHeadered) != 0,
-                  (st.st_mode & kModeKeep) != 0,
                   static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1000 + st.st_mtim.tv_nsec / 1000000};
 }
 

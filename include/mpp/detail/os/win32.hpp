@@ -262,7 +262,6 @@ struct FileInfo {
   bool private_mode;   ///< no access for other users
   bool regular;        ///< always true for a file mapping
   bool headered;       ///< always true: every object starts with an mpp header on Windows
-  bool keep;           ///< always false (Windows removes a mapping with its last handle)
   std::int64_t mtime_unix_ms;  ///< not known: 0
 };
 
@@ -277,7 +276,7 @@ inline FileInfo file_info(const Fd& h, std::string_view name) {
                   static_cast<int>(status));
   // The session-local namespace and the owner-only DACL given at creation keep other users out;
   // OpenFileMapping already failed with ERROR_ACCESS_DENIED for objects we may not use.
-  return FileInfo{static_cast<std::uint64_t>(info.size.QuadPart), true, true, true, true, false, 0};
+  return FileInfo{static_cast<std::uint64_t>(info.size.QuadPart), true, true, true, true, 0};
 }
 
 //!Effects: maps `size` bytes of the mapping read-write and remembers the view for wait keys.
