@@ -164,6 +164,35 @@ TEST_CASE("segments are private whatever the umask, and openable by their user",
   CHECK(mpp_test::wait_child(runner) == 0);
 }
 
+TEST_CASE("objects open by name even after the program closed or replaced mpp's descriptors",
+          "[segment]") {
+  // Objects are opened from a cached /dev/shm directory descriptor; a program that closes every
+  // descriptor (as daemons do), or puts a file in its place, must not break opening by name.
+  const auto name = unique_name("dirfd");
+  auto seg = Segment::create(name, spec_of());
+  const pid_t child = mpp_test::fork_child([&] {
+    const int dir = mpp::detail::os::posix_detail::g_shm_dir.load();
+    if (dir < 0) return 1;  // create() went through it
+    ::close(dir);
+    if (Segment::open(name, mpp::Kind::test, mpp::type_info<std::uint64_t>()).payload_size() !=
+        seg.payload_size())
+      return 2;
+    const int dir2 = mpp::detail::os::posix_detail::g_shm_dir.load();
+    const int file = ::open("/proc/self/status", O_RDONLY);  // a non-directory in its place
+    if (dir2 < 0 || file < 0 || ::dup2(file, dir2) != dir2) return 3;
+    if (Segment::open(name, mpp::Kind::test, mpp::type_info<std::uint64_t>()).payload_size() !=
+        seg.payload_size())
+      return 4;
+    try {
+      Segment::open(name + "x", mpp::Kind::test, mpp::type_info<std::uint64_t>());
+      return 5;
+    } catch (const mpp::NotFoundError&) {
+      return 0;
+    }
+  });
+  CHECK(mpp_test::wait_child(child) == 0);
+}
+
 TEST_CASE("a segment with group/world access is refused", "[segment]") {
   const auto name = unique_name("squat");
   // Someone pre-creates the name with mode 0666 and a plausible size.

@@ -109,15 +109,62 @@ inline constexpr unsigned kModeHeadered = S_ISVTX;
 /// keeps it. Kept by ftruncate and chmod as long as the group is the creator's own.
 inline constexpr unsigned kModeKeep = S_ISGID;
 
+namespace posix_detail {
+// /dev/shm as an O_PATH descriptor, opened once per process: opening an object by name from it
+// walks one path component instead of four (0.3-0.4 µs of a 10 µs attach here). It is moved to a
+// high number so that a program that closes or reuses low descriptors does not meet it; one that
+// closed it anyway gets EBADF or ENOTDIR, and the directory is opened again.
+inline std::atomic<int> g_shm_dir{-1};
+
+inline int shm_dir(bool reopen = false) noexcept {
+  int d = g_shm_dir.load(std::memory_order_acquire);
+  if (d >= 0 && !reopen) return d;
+  int fresh = ::open(kShmDirectory, O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (fresh < 0) return -1;
+  if (const int high = ::fcntl(fresh, F_DUPFD_CLOEXEC, 900); high >= 0) {
+    ::close(fresh);
+    fresh = high;
+  }
+  if (g_shm_dir.compare_exchange_strong(d, fresh, std::memory_order_acq_rel)) return fresh;
+  ::close(fresh);  // another thread was first: use its descriptor
+  return d;
+}
+}  // namespace posix_detail
+
+//!Effects: shm_open(name) on Linux's /dev/shm: openat(2) from the cached directory descriptor,
+//! or shm_open(3) if there is none. `name` must not contain '/' (EINVAL, as shm_open).
+//!Returns: the descriptor, or -1 with errno set.
+inline int shm_open_name(std::string_view name, int flags, mode_t mode) noexcept {
+  char path[NAME_MAX + 2];
+  if (name.empty() || name.size() > NAME_MAX || name.find('/') != std::string_view::npos) {
+    errno = name.size() > NAME_MAX ? ENAMETOOLONG : EINVAL;
+    return -1;
+  }
+  const int dir = posix_detail::shm_dir();
+  if (dir < 0) {
+    path[0] = '/';
+    std::memcpy(path + 1, name.data(), name.size());
+    path[name.size() + 1] = '\0';
+    return ::shm_open(path, flags, mode);
+  }
+  std::memcpy(path, name.data(), name.size());
+  path[name.size()] = '\0';
+  int fd = ::openat(dir, path, flags, mode);
+  if (fd < 0 && (errno == EBADF || errno == ENOTDIR)) {  // the program closed or replaced it
+    const int again = posix_detail::shm_dir(true);
+    if (again >= 0) fd = ::openat(again, path, flags, mode);
+  }
+  return fd;
+}
+
 //!Effects: creates the shared-memory object `name` exclusively and empty, mode 0600 plus
 //! `mark` (kModeHeadered, kModeKeep or 0); an umask can only narrow the 0600, and
 //! shm_open_existing() repairs a narrowed mode of our own object.
 //!Throws: ExistsError if the name is taken, OSError otherwise.
 inline Fd shm_create_empty(std::string_view name, unsigned mark) {
-  const std::string path = shm_path(name);
-  // glibc adds O_NOFOLLOW|O_CLOEXEC; we ask for them explicitly so a planted symlink never wins.
-  Fd fd(::shm_open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
-                   static_cast<mode_t>(0600 | mark)));
+  // O_NOFOLLOW: a planted symlink never wins.
+  Fd fd(shm_open_name(name, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                      static_cast<mode_t>(0600 | mark)));
   if (fd.get() < 0) {
     const int err = errno;
     if (err == EEXIST)
@@ -153,15 +200,14 @@ inline Fd shm_create(std::string_view name, std::uint64_t size) {
 //!Effects: opens the existing shared-memory object `name` read-write.
 //!Throws: NotFoundError if it does not exist, PermissionError if access is denied or it is a link.
 inline Fd shm_open_existing(std::string_view name) {
-  const std::string path = shm_path(name);
-  Fd fd(::shm_open(path.c_str(), O_RDWR | O_NOFOLLOW | O_CLOEXEC, 0));
+  Fd fd(shm_open_name(name, O_RDWR | O_NOFOLLOW | O_CLOEXEC, 0));
   if (fd.get() < 0 && errno == EACCES) {
     // Our own private object whose creator's umask took owner bits away: give them back.
-    const std::string file = kShmDirectory + path;
+    const std::string file = std::string(kShmDirectory) + shm_path(name);
     struct stat st{};
     if (::lstat(file.c_str(), &st) == 0 && S_ISREG(st.st_mode) && (st.st_mode & 077) == 0 &&
         is_effective_uid(st.st_uid) && ::chmod(file.c_str(), (st.st_mode & 07000) | 0600) == 0)
-      fd = Fd(::shm_open(path.c_str(), O_RDWR | O_NOFOLLOW | O_CLOEXEC, 0));
+      fd = Fd(shm_open_name(name, O_RDWR | O_NOFOLLOW | O_CLOEXEC, 0));
     else
       errno = EACCES;
   }
@@ -445,8 +491,7 @@ inline ShmStat shm_fstat(const Fd& fd, std::string_view name) {
 //!Effects: opens `name` read-only, never following a link and never creating anything.
 //!Returns: the descriptor, or an invalid Fd (get() < 0) with `err` set to errno.
 inline Fd shm_open_readonly(std::string_view name, int& err) noexcept {
-  const std::string path = shm_path(name);
-  Fd fd(::shm_open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, 0));
+  Fd fd(shm_open_name(name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, 0));
   err = fd.get() < 0 ? errno : 0;
   return fd;
 }
