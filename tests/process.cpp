@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <mpp/detail/fork_hooks.hpp>
 #include <mpp/process.hpp>
 #include <mpp/value.hpp>
 #include <sstream>
@@ -547,4 +548,44 @@ TEST_CASE("large arguments reach the child whole", "[process]") {
   p.start();
   p.join();
   CHECK(p.exitcode() == 0);
+}
+
+namespace {
+// Counts the fork() callbacks it receives; the child reports its counts in its exit status.
+struct CountingHook final : mpp::detail::ForkHook {
+  int before = 0, parent = 0, child = 0;
+  void before_fork() noexcept override { ++before; }
+  void after_fork_parent() noexcept override { ++parent; }
+  void after_fork_child() noexcept override { ++child; }
+};
+}  // namespace
+
+TEST_CASE("fork hooks: every registered hook runs, an unregistered one does not", "[process]") {
+  // Removal moves the last hook into the freed place: the moved hook must still be called and
+  // still be removable, whatever the order of removals.
+  std::vector<CountingHook> hooks(5);
+  for (auto& h : hooks) mpp::detail::register_fork_hook(&h);
+  mpp::detail::register_fork_hook(&hooks[0]);  // twice: still one registration
+  mpp::detail::unregister_fork_hook(&hooks[1]);  // hooks[4] takes its place
+  mpp::detail::unregister_fork_hook(&hooks[1]);  // idempotent
+  const pid_t pid = mpp_test::fork_child([&] {
+    int mask = 0;
+    for (int i = 0; i < 5; ++i) mask |= (hooks[static_cast<std::size_t>(i)].child == 1) << i;
+    return mask;
+  });
+  CHECK(mpp_test::wait_child(pid) == 0b11101);
+  for (int i : {0, 2, 3, 4}) {
+    CHECK(hooks[static_cast<std::size_t>(i)].before == 1);
+    CHECK(hooks[static_cast<std::size_t>(i)].parent == 1);
+  }
+  CHECK(hooks[1].before == 0);
+  mpp::detail::unregister_fork_hook(&hooks[4]);  // the one that moved
+  mpp::detail::unregister_fork_hook(&hooks[0]);
+  const pid_t pid2 = mpp_test::fork_child([] { return 0; });
+  CHECK(mpp_test::wait_child(pid2) == 0);
+  CHECK(hooks[4].before == 1);
+  CHECK(hooks[0].before == 1);
+  CHECK(hooks[2].before == 2);
+  CHECK(hooks[3].before == 2);
+  for (int i : {2, 3}) mpp::detail::unregister_fork_hook(&hooks[static_cast<std::size_t>(i)]);
 }

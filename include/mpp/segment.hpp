@@ -221,7 +221,8 @@ class Segment {
     s.size_ = total;
     try {
       s.base_ = static_cast<std::byte*>(os::map(fd, total, name));
-      os::guard_mapping(s.base_, total, name);  // a peer's ftruncate: CorruptedError, not SIGBUS
+      // A peer's ftruncate: CorruptedError, not SIGBUS.
+      s.guard_ = os::guard_mapping(s.base_, total, name);
       if (const int err = spec.sparse ? os::commit(s.base_, offset) : 0; err != 0)
         throw OSError(fmt::format("cannot create '{}': no memory for its header", name), err);
     } catch (...) {
@@ -291,7 +292,8 @@ class Segment {
     s.name_ = std::string(name);
     s.size_ = info.size;
     s.base_ = static_cast<std::byte*>(os::map(fd, info.size, name));
-    os::guard_mapping(s.base_, info.size, name);  // a peer's ftruncate: CorruptedError, not SIGBUS
+    // A peer's ftruncate: CorruptedError, not SIGBUS.
+    s.guard_ = os::guard_mapping(s.base_, info.size, name);
     auto* h = s.header_ptr();
     const bool ready = h->init_wait.wait(
         [&] { return h->init_state.load(std::memory_order_acquire) == kInitReady; }, deadline,
@@ -392,7 +394,8 @@ class Segment {
       } catch (...) {  // best effort in a destructor; `mpp gc` removes what is left
       }
     }
-    os::unguard_mapping(base_);
+    os::unguard_mapping(base_, guard_);
+    guard_ = os::kNoGuard;
     os::unmap(base_, size_);
     fd_.reset();
     base_ = nullptr;
@@ -445,6 +448,7 @@ class Segment {
   void swap(Segment& o) noexcept {
     std::swap(name_, o.name_);
     std::swap(base_, o.base_);
+    std::swap(guard_, o.guard_);
     std::swap(size_, o.size_);
     std::swap(payload_size_, o.payload_size_);
     std::swap(payload_offset_, o.payload_offset_);
@@ -522,6 +526,7 @@ class Segment {
 
   std::string name_;
   std::byte* base_ = nullptr;
+  std::uint32_t guard_ = os::kNoGuard;  // base_'s entry in the SIGBUS guard
   std::uint64_t size_ = 0;
   std::uint64_t payload_size_ = 0;
   std::uint64_t payload_offset_ = 0;

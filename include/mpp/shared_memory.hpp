@@ -123,7 +123,7 @@ class BlockHandle final : public ForkHook {
     if (user && fd_.valid()) os::release_user_lock(fd_, slot_);  // for a forked child's copies too
     fd_.reset();
     if (base_ != nullptr) {
-      os::unguard_mapping(base_);
+      os::unguard_mapping(base_, guard_);
       os::unmap(base_, size_);
     }
     if (!user || !track_ || unlinked_) return;
@@ -258,7 +258,7 @@ class BlockHandle final : public ForkHook {
   void map(std::uint64_t size) {
     base_ = static_cast<std::byte*>(os::map(fd_, size, name_));
     size_ = size;
-    os::guard_mapping(base_, size, name_);  // a peer's ftruncate: CorruptedError, not SIGBUS
+    guard_ = os::guard_mapping(base_, size, name_);  // a peer's ftruncate: CorruptedError
   }
 
   void become_user() {
@@ -324,6 +324,7 @@ class BlockHandle final : public ForkHook {
 #if defined(MPP_OS_POSIX)
   std::byte* base_ = nullptr;
   std::uint64_t size_ = 0;
+  std::uint32_t guard_ = os::kNoGuard;  // base_'s entry in the SIGBUS guard
   // Set before user_pid_ names this process, fixed afterwards (until a fork).
   os::Fd fd_;               // this handle's descriptor, holding its user lock
   std::uint32_t slot_ = 0;  // which lock

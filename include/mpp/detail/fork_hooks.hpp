@@ -4,7 +4,7 @@
 // the prepare handler, so no end is added or removed while the address space is copied.
 #pragma once
 
-#include <algorithm>
+#include <cstddef>
 #include <mutex>
 #include <vector>
 
@@ -12,8 +12,13 @@
 
 namespace mpp::detail {
 
+class ForkHook;
+inline void register_fork_hook(ForkHook* h);
+inline void unregister_fork_hook(ForkHook* h) noexcept;
+
 /// Something that must act around fork(). The handlers run with the registry locked: they must
-/// not register or unregister hooks, and must not throw.
+/// not register or unregister hooks, and must not throw. Not copyable (it is registered by
+/// address).
 class ForkHook {
  public:
   /// In the parent, just before the address space is copied.
@@ -24,7 +29,16 @@ class ForkHook {
   virtual void after_fork_child() noexcept = 0;
 
  protected:
+  ForkHook() = default;
+  ForkHook(const ForkHook&) = delete;
+  ForkHook& operator=(const ForkHook&) = delete;
   ~ForkHook() = default;
+
+ private:
+  friend void register_fork_hook(ForkHook* h);
+  friend void unregister_fork_hook(ForkHook* h) noexcept;
+  static constexpr std::size_t kUnregistered = ~std::size_t{0};
+  std::size_t fork_slot_ = kUnregistered;  // its index in the registry (under the registry lock)
 };
 
 namespace fork_hooks_detail {
@@ -66,14 +80,21 @@ inline void register_fork_hook(ForkHook* h) {
   (void)installed;
   auto& r = fork_hooks_detail::registry();
   std::lock_guard<std::mutex> lock(r.mutex);
+  if (h->fork_slot_ != ForkHook::kUnregistered) return;
   r.hooks.push_back(h);
+  h->fork_slot_ = r.hooks.size() - 1;
 }
 
-//!Effects: `h` no longer takes part in fork(). Idempotent.
+//!Effects: `h` no longer takes part in fork(); O(1) (the last hook takes its place). Idempotent.
 inline void unregister_fork_hook(ForkHook* h) noexcept {
   auto& r = fork_hooks_detail::registry();
   std::lock_guard<std::mutex> lock(r.mutex);
-  r.hooks.erase(std::remove(r.hooks.begin(), r.hooks.end(), h), r.hooks.end());
+  const std::size_t i = h->fork_slot_;
+  if (i >= r.hooks.size() || r.hooks[i] != h) return;
+  r.hooks[i] = r.hooks.back();
+  r.hooks[i]->fork_slot_ = i;
+  r.hooks.pop_back();
+  h->fork_slot_ = ForkHook::kUnregistered;
 }
 
 }  // namespace mpp::detail

@@ -1195,12 +1195,16 @@ inline void install() noexcept {
 }
 }  // namespace guard_detail
 
+/// What guard_mapping() returns when it protected nothing.
+inline constexpr std::uint32_t kNoGuard = 0xffffffffu;
+
 //!Effects: protects the mapping [p, p + size) of the object `name` against SIGBUS (see above).
 //! Silently leaves it unprotected if this process already guards kMaxGuarded mappings.
-inline void guard_mapping(void* p, std::uint64_t size, std::string_view name) noexcept {
+//!Returns: the entry to give unguard_mapping(), or kNoGuard.
+inline std::uint32_t guard_mapping(void* p, std::uint64_t size, std::string_view name) noexcept {
   auto& t = guard_detail::table;
   const auto b = reinterpret_cast<std::uintptr_t>(p);
-  if (b == 0 || size == 0) return;
+  if (b == 0 || size == 0) return kNoGuard;
   guard_detail::install();
   // From the hint on, then the entries before it: no scan over every live mapping when many
   // are registered (the hint points past the last entry claimed, or at the last one freed).
@@ -1221,25 +1225,25 @@ inline void guard_mapping(void* p, std::uint64_t size, std::string_view name) no
     }
     t.end[i].store(b + size, std::memory_order_release);  // the handler may use it from now on
     t.free_hint.store(i + 1, std::memory_order_relaxed);
-    return;
+    return static_cast<std::uint32_t>(i);
   }
+  return kNoGuard;
 }
 
-//!Effects: stops protecting the mapping that starts at `p` (call before unmapping it).
-inline void unguard_mapping(void* p) noexcept {
+//!Effects: stops protecting the mapping that starts at `p`, registered as entry `guard` (call
+//! before unmapping it); nothing for kNoGuard.
+inline void unguard_mapping(void* p, std::uint32_t guard) noexcept {
   auto& t = guard_detail::table;
   const auto b = reinterpret_cast<std::uintptr_t>(p);
-  const std::size_t n = t.used.load(std::memory_order_acquire);
-  for (std::size_t i = 0; i < n && b != 0; ++i) {
-    if (t.begin[i].load(std::memory_order_acquire) != b || t.end[i].load(std::memory_order_relaxed) == 0)
-      continue;
-    t.end[i].store(0, std::memory_order_release);
-    if (t.faulted[i].exchange(0, std::memory_order_acq_rel) != 0)
-      t.faults.fetch_sub(1, std::memory_order_relaxed);
-    t.begin[i].store(0, std::memory_order_release);
-    t.free_hint.store(i, std::memory_order_relaxed);
+  const std::size_t i = guard;
+  if (b == 0 || i >= guard_detail::kMaxGuarded || t.begin[i].load(std::memory_order_acquire) != b ||
+      t.end[i].load(std::memory_order_relaxed) == 0)
     return;
-  }
+  t.end[i].store(0, std::memory_order_release);
+  if (t.faulted[i].exchange(0, std::memory_order_acq_rel) != 0)
+    t.faults.fetch_sub(1, std::memory_order_relaxed);
+  t.begin[i].store(0, std::memory_order_release);
+  t.free_hint.store(i, std::memory_order_relaxed);
 }
 
 //!Returns: true if `addr` lies in a guarded mapping whose object shrank under this process.

@@ -1002,10 +1002,14 @@ inline int populate_write(void* p, std::size_t n) noexcept { return commit(p, n)
 // ==== mapping guard (owner: crash-safety suite; mirrors posix.hpp) ==============================
 // Nothing to guard: Windows refuses to shrink a section while any view of it is mapped, so a
 // mapped segment can never lose pages under us (POSIX needs a SIGBUS handler for that).
+/// What guard_mapping() returns when it protected nothing (always, on Windows).
+inline constexpr std::uint32_t kNoGuard = 0xffffffffu;
+/// No-op on Windows (see above). Returns: kNoGuard.
+inline std::uint32_t guard_mapping(void*, std::uint64_t, std::string_view) noexcept {
+  return kNoGuard;
+}
 /// No-op on Windows (see above).
-inline void guard_mapping(void*, std::uint64_t, std::string_view) noexcept {}
-/// No-op on Windows (see above).
-inline void unguard_mapping(void*) noexcept {}
+inline void unguard_mapping(void*, std::uint32_t) noexcept {}
 /// Always false on Windows (see above).
 inline bool mapping_faulted(const void*) noexcept { return false; }
 /// No-op on Windows (see above).
