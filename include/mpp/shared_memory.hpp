@@ -92,7 +92,7 @@ class BlockHandle final : public ForkHook {
     while (info.size == 0) {  // its creator is between shm_open and ftruncate, or died there
       // The creator takes its lock right after shm_open: empty, a second old and unlocked, the
       // block was abandoned.
-      if (os::unix_time_ms() - info.mtime_unix_ms > 1000 && count_locks(b->fd_, name) == 0)
+      if (os::unix_time_ms() - info.mtime_unix_ms > 1000 && count_locks(b->fd_, name, 1) == 0)
         fail<CorruptedError>("'{}' is empty and no process holds it: its creator died before "
                              "sizing it; remove it with mpp::unlink(\"{}\")",
                              name, name);
@@ -128,7 +128,7 @@ class BlockHandle final : public ForkHook {
     }
     if (!user || !track_ || unlinked_) return;
     try {
-      if (others_using(name_) == 0) os::shm_remove(name_);
+      if (others_using(name_, 1) == 0) os::shm_remove(name_);  // one query: is any lock held?
     } catch (...) {  // best effort in a destructor; `mpp gc` removes what is left
     }
 #else
@@ -285,8 +285,10 @@ class BlockHandle final : public ForkHook {
     return user_pid_.load(std::memory_order_acquire) == os::current_pid();
   }
 
-  static std::uint32_t count_locks(const os::Fd& fd, std::string_view name) {
-    const auto n = os::count_user_locks(fd);
+  // Other handles' locks on fd's object, counted up to `limit`.
+  static std::uint32_t count_locks(const os::Fd& fd, std::string_view name,
+                                   std::uint32_t limit = os::kUserLockSlots) {
+    const auto n = os::count_user_locks(fd, limit);
     if (!n)
       throw OSError(fmt::format("'{}': cannot count its users (fcntl F_OFD_GETLK: {})", name,
                                 std::strerror(errno)),
@@ -294,15 +296,16 @@ class BlockHandle final : public ForkHook {
     return *n;
   }
 
-  // Users of `name`, seen through a new descriptor (0 if the name is gone).
-  static std::uint32_t others_using(const std::string& name) {
+  // Users of `name` (counted up to `limit`), seen through a new descriptor (0 if the name is gone).
+  static std::uint32_t others_using(const std::string& name,
+                                    std::uint32_t limit = os::kUserLockSlots) {
     os::Fd fd;
     try {
       fd = os::shm_open_existing(name);
     } catch (const NotFoundError&) {
       return 0;
     }
-    return count_locks(fd, name);
+    return count_locks(fd, name, limit);
   }
 
   // An mpp object with a header opened as a block: says which kind it is, if its header says.

@@ -566,8 +566,9 @@ inline void release_user_lock(const Fd& fd, std::uint32_t slot) noexcept {
 //!Returns: the user locks held on fd's object through open file descriptions other than fd's
 //! (so not counting fd's own), or nullopt if the kernel cannot tell. The kernel reports one
 //! conflicting lock per query, not necessarily the lowest, so both sides of it are searched:
-//! 2n + 1 queries for n locks.
-inline std::optional<std::uint32_t> count_user_locks(const Fd& fd) noexcept {
+//! 2n + 1 queries for n locks. The count stops at `limit` (1: one query says whether any is held).
+inline std::optional<std::uint32_t> count_user_locks(const Fd& fd,
+                                                     std::uint32_t limit = kUserLockSlots) noexcept {
   std::uint32_t n = 0;
   // Ranges [first, end) still to search. The larger side of each split waits on the stack and
   // the smaller one is searched first, so the stack never holds more than log2(slots) + 1.
@@ -583,7 +584,7 @@ inline std::optional<std::uint32_t> count_user_locks(const Fd& fd) noexcept {
       if (l.l_type == F_UNLCK) break;
       const std::uint64_t at = static_cast<std::uint64_t>(l.l_start) - kUserLockBase;
       if (at < first || at >= end || top == 32) return std::nullopt;  // not one of ours
-      ++n;
+      if (++n >= limit) return n;
       const auto slot = static_cast<std::uint32_t>(at);
       const bool left_smaller = slot - first < end - (slot + 1);
       stack[top][0] = left_smaller ? slot + 1 : first;
