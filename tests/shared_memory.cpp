@@ -581,3 +581,34 @@ TEST_CASE("SharedMemory and ShareableList cross processes as their names (codec)
   sl2[0] = 2.0;
   CHECK(sl.get(0) == ShareableItem{2.0});
 }
+
+#if defined(MPP_OS_POSIX)
+TEST_CASE("tsan: blocks created, attached and closed from several threads at once",
+          "[shared_memory][tsan]") {
+  // The threads race on the first open of the /dev/shm descriptor, on the SIGBUS guard's table
+  // and on the fork-hook registry; every block must read back what was written and be gone after.
+  const int old_dir = mpp::detail::os::posix_detail::g_shm_dir.exchange(-1);
+  if (old_dir >= 0) ::close(old_dir);
+  constexpr int kThreads = 4, kEach = 100;
+  const std::string base = unique_name("threads");
+  std::atomic<int> bad{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t)
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kEach; ++i) {
+        const std::string name = base + "." + std::to_string(t) + "." + std::to_string(i);
+        SharedMemory made(name, true, 4096);
+        made.buf()[i] = static_cast<std::byte>(t + 1);
+        SharedMemory seen(name);
+        if (seen.buf()[i] != static_cast<std::byte>(t + 1) || seen.live_users() != 2) ++bad;
+      }
+    });
+  for (auto& th : threads) th.join();
+  CHECK(bad.load() == 0);
+  for (int t = 0; t < kThreads; ++t)
+    for (int i = 0; i < kEach; i += 33)
+      CHECK_FALSE(mpp::detail::os::shm_lstat(base + "." + std::to_string(t) + "." +
+                                             std::to_string(i))
+                      .exists);
+}
+#endif  // MPP_OS_POSIX
