@@ -33,8 +33,8 @@ class Workload:
     what: str
     mpp: bool = True  # mpp is expected to cover it
     # Measured in alternating rounds, one repetition of every program per round, instead of each
-    # program's repetitions back to back: for short system-call sequences whose cost drifts with
-    # the host over minutes more than the systems differ (see benchmarks/README.md).
+    # program's repetitions back to back: for workloads whose cost drifts with the host over
+    # seconds or minutes more than the systems differ (see benchmarks/README.md).
     interleaved: bool = False
 
 
@@ -54,13 +54,15 @@ WORKLOADS = [
              "pipe.8B.rtt with mpp's spinning turned off, so every hop sleeps and is woken"),
     # Queue: the same shapes through a bounded multi-producer queue (user space: 1024 slots).
     Workload("queue.8B.1p1c.throughput", "msg/s", True, ("ring", "boost", "posix_mq", "python"),
-             "8-byte messages (Python: small ints), 1 producer -> 1 consumer"),
+             "8-byte messages (Python: small ints), 1 producer -> 1 consumer", interleaved=True),
     Workload("queue.1KiB.1p1c.throughput", "msg/s", True, ("ring", "boost", "posix_mq", "python"),
-             "1 KiB messages (Python: bytes objects), 1 producer -> 1 consumer"),
+             "1 KiB messages (Python: bytes objects), 1 producer -> 1 consumer",
+             interleaved=True),
     Workload("queue.8B.2p2c.throughput", "msg/s", True, ("boost", "posix_mq"),
-             "8-byte messages, 2 producers -> 2 consumers, process i on core i mod 2"),
+             "8-byte messages, 2 producers -> 2 consumers, process i on core i mod 2",
+             interleaved=True),
     Workload("queue.8B.rtt", "µs", False, LIMITS + ("boost", "posix_mq"),
-             "8-byte ping-pong round trip through two queues"),
+             "8-byte ping-pong round trip through two queues", interleaved=True),
     # Locks and values.
     Workload("lock.uncontended", "ns", False, ("boost", "pthread", "python"),
              "lock + unlock, one process"),
