@@ -58,10 +58,10 @@ WORKLOADS = [
     Workload("queue.1KiB.1p1c.throughput", "msg/s", True, ("ring", "boost", "posix_mq", "python"),
              "1 KiB messages (Python: bytes objects), 1 producer -> 1 consumer",
              interleaved=True),
-    Workload("queue.8B.2p2c.throughput", "msg/s", True, ("boost", "posix_mq"),
+    Workload("queue.8B.2p2c.throughput", "msg/s", True, ("boost", "posix_mq", "python"),
              "8-byte messages, 2 producers -> 2 consumers, process i on core i mod 2",
              interleaved=True),
-    Workload("queue.8B.rtt", "µs", False, LIMITS + ("boost", "posix_mq"),
+    Workload("queue.8B.rtt", "µs", False, LIMITS + ("boost", "posix_mq", "python"),
              "8-byte ping-pong round trip through two queues", interleaved=True),
     # Locks and values.
     Workload("lock.uncontended", "ns", False, ("boost", "pthread", "python"),

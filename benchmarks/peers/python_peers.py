@@ -112,6 +112,63 @@ def channel_throughput(kind, n, size):
     return n / elapsed(span, 1)
 
 
+def queue_2p2c_throughput(n):
+    """Small ints per second through one Queue: 2 producers send n in total, then a stop each;
+    2 consumers check that each producer's numbers rise and that the sum is right. Process i on
+    core i mod cores (as peers/queue_load.hpp)."""
+    q = CTX.Queue()
+    each = n // 2
+    sums = CTX.Array("q", 2, lock=False)
+    counts = CTX.Array("q", 2, lock=False)
+
+    def producer(i, span):
+        for k in range(each):
+            q.put((i, k))
+        q.put(None)
+        q.close()
+        q.join_thread()
+
+    def consumer(i, span):
+        c = i - 2
+        last = [-1, -1]
+        got = total = 0
+        span[2 * c] = now()
+        while True:
+            x = q.get()
+            if x is None:
+                break
+            p, k = x
+            check(k > last[p], "out of order")
+            last[p] = k
+            got += 1
+            total += k
+        span[2 * c + 1] = now()
+        sums[c], counts[c] = total, got
+
+    span = run_procs([producer, producer, consumer, consumer], span_slots=2)
+    check(sum(counts) == 2 * each and sum(sums) == 2 * (each * (each - 1) // 2),
+          "messages lost or duplicated")
+    return 2 * each / elapsed(span, 2)
+
+
+def queue_rtt_us(n):
+    """Round trip of a small int through one Queue and back through another."""
+    there, back = CTX.Queue(), CTX.Queue()
+
+    def pinger(i, span):
+        span[0] = now()
+        for k in range(n):
+            there.put(k)
+            check(back.get() == k, "wrong echo")
+        span[1] = now()
+
+    def ponger(i, span):
+        for _ in range(n):
+            back.put(there.get())
+
+    return elapsed(run_procs([pinger, ponger]), 1) / n * 1e6
+
+
 def pipe_rtt_us(n):
     a, b = CTX.Pipe()
 
@@ -342,6 +399,8 @@ def main():
     run("pipe.8B.rtt", "µs", False, lambda: pipe_rtt_us(n(4_000, 500)))
     run("queue.8B.1p1c.throughput", "msg/s", True, lambda: channel_throughput("queue", n(200_000, 30_000), None))
     run("queue.1KiB.1p1c.throughput", "msg/s", True, lambda: channel_throughput("queue", n(200_000, 30_000), 1024))
+    run("queue.8B.2p2c.throughput", "msg/s", True, lambda: queue_2p2c_throughput(n(200_000, 30_000)))
+    run("queue.8B.rtt", "µs", False, lambda: queue_rtt_us(n(4_000, 500)))
     run("lock.uncontended", "ns", False, lambda: lock_uncontended_ns(n(1_000_000, 200_000)))
     run("lock.contended.2proc", "ops/s", True, lambda: lock_contended_ops(n(300_000, 50_000)))
     run("value.locked_increment.2proc", "ops/s", True, lambda: value_locked_increment(n(300_000, 50_000)))

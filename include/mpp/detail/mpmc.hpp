@@ -85,6 +85,27 @@ constexpr i64 lap_diff(u64 a, u64 b) noexcept {
   return static_cast<i64>(((a - b) & kLapMask) << kLapShift) >> kLapShift;
 }
 
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#  define MPP_SANITIZED 1
+#elif defined(__has_feature)
+#  if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#    define MPP_SANITIZED 1
+#  endif
+#endif
+
+//!Effects: copies an item's `n` bytes into or out of a cell (std::memcpy semantics). On x86-64
+//! with GCC or Clang this is one `rep movsb`, which moves whole cache lines between the two
+//! cores faster than the vector loop memcpy runs for cell sizes (queue.1KiB.1p1c: +13%, median
+//! of paired runs on the 2-vCPU EPYC test VM); elsewhere, and under sanitizers (which do not see
+//! into inline assembly), memcpy.
+inline void copy_cell(void* dst, const void* src, std::size_t n) noexcept {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(MPP_SANITIZED)
+  asm volatile("rep movsb" : "+D"(dst), "+S"(src), "+c"(n) : : "memory");
+#else
+  std::memcpy(dst, src, n);
+#endif
+}
+
 /// One slot: 32 bytes, two per cache line.
 struct Slot {
   std::atomic<u64> state;
