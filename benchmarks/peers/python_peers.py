@@ -151,37 +151,26 @@ def queue_2p2c_throughput(n):
     return 2 * each / elapsed(span, 2)
 
 
-def queue_rtt_us(n):
-    """Round trip of a small int through one Queue and back through another."""
-    there, back = CTX.Queue(), CTX.Queue()
+def rtt_us(kind, n):
+    """Round trip of a small int: through a duplex Pipe, or through one Queue and back through
+    another."""
+    if kind == "pipe":
+        a, b = CTX.Pipe()
+        out, back_in, there_in, back_out = a.send, a.recv, b.recv, b.send
+    else:
+        there, back = CTX.Queue(), CTX.Queue()
+        out, back_in, there_in, back_out = there.put, back.get, there.get, back.put
 
     def pinger(i, span):
         span[0] = now()
         for k in range(n):
-            there.put(k)
-            check(back.get() == k, "wrong echo")
+            out(k)
+            check(back_in() == k, "wrong echo")
         span[1] = now()
 
     def ponger(i, span):
         for _ in range(n):
-            back.put(there.get())
-
-    return elapsed(run_procs([pinger, ponger]), 1) / n * 1e6
-
-
-def pipe_rtt_us(n):
-    a, b = CTX.Pipe()
-
-    def pinger(i, span):
-        span[0] = now()
-        for k in range(n):
-            a.send(k)
-            check(a.recv() == k, "wrong echo")
-        span[1] = now()
-
-    def ponger(i, span):
-        for _ in range(n):
-            b.send(b.recv())
+            back_out(there_in())
 
     return elapsed(run_procs([pinger, ponger]), 1) / n * 1e6
 
@@ -396,11 +385,11 @@ def main():
 
     run("pipe.8B.throughput", "msg/s", True, lambda: channel_throughput("pipe", n(200_000, 30_000), None))
     run("pipe.1KiB.throughput", "msg/s", True, lambda: channel_throughput("pipe", n(200_000, 30_000), 1024))
-    run("pipe.8B.rtt", "µs", False, lambda: pipe_rtt_us(n(4_000, 500)))
+    run("pipe.8B.rtt", "µs", False, lambda: rtt_us("pipe", n(4_000, 500)))
     run("queue.8B.1p1c.throughput", "msg/s", True, lambda: channel_throughput("queue", n(200_000, 30_000), None))
     run("queue.1KiB.1p1c.throughput", "msg/s", True, lambda: channel_throughput("queue", n(200_000, 30_000), 1024))
     run("queue.8B.2p2c.throughput", "msg/s", True, lambda: queue_2p2c_throughput(n(200_000, 30_000)))
-    run("queue.8B.rtt", "µs", False, lambda: queue_rtt_us(n(4_000, 500)))
+    run("queue.8B.rtt", "µs", False, lambda: rtt_us("queue", n(4_000, 500)))
     run("lock.uncontended", "ns", False, lambda: lock_uncontended_ns(n(1_000_000, 200_000)))
     run("lock.contended.2proc", "ops/s", True, lambda: lock_contended_ops(n(300_000, 50_000)))
     run("value.locked_increment.2proc", "ops/s", True, lambda: value_locked_increment(n(300_000, 50_000)))
