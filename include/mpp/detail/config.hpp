@@ -24,6 +24,16 @@
 #  error "mpp: unsupported compiler (need __PRETTY_FUNCTION__ or __FUNCSIG__)"
 #endif
 
+//! MPP_SANITIZED: defined when AddressSanitizer or ThreadSanitizer instruments this build (they do
+//! not see into inline assembly, so hand-written copies fall back to memcpy).
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#  define MPP_SANITIZED 1
+#elif defined(__has_feature)
+#  if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#    define MPP_SANITIZED 1
+#  endif
+#endif
+
 //! MPP_CRASH_POINT(name): a place inside a multi-step shared-memory mutation where a test build
 //! (compiled with MPP_CRASH_POINTS defined to a function) may kill the process. Empty otherwise.
 #if defined(MPP_CRASH_POINTS)

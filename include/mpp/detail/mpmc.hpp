@@ -85,14 +85,6 @@ constexpr i64 lap_diff(u64 a, u64 b) noexcept {
   return static_cast<i64>(((a - b) & kLapMask) << kLapShift) >> kLapShift;
 }
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#  define MPP_SANITIZED 1
-#elif defined(__has_feature)
-#  if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#    define MPP_SANITIZED 1
-#  endif
-#endif
-
 //!Effects: copies an item's `n` bytes into or out of a cell (std::memcpy semantics). On x86-64
 //! with GCC or Clang this is one `rep movsb`, which moves whole cache lines between the two
 //! cores faster than the vector loop memcpy runs for cell sizes (queue.1KiB.1p1c: +13%, median
