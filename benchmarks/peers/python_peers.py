@@ -113,9 +113,9 @@ def channel_throughput(kind, n, size):
 
 
 def queue_2p2c_throughput(n):
-    """Small ints per second through one Queue: 2 producers send n in total, then a stop each;
-    2 consumers check that each producer's numbers rise and that the sum is right. Process i on
-    core i mod cores (as peers/queue_load.hpp)."""
+    """Messages per second through one Queue: 2 producers send n (producer, seq) tuples in total,
+    then a None each; 2 consumers check that each producer's numbers rise and that the sum is
+    right. Process i on core i mod cores (as peers/queue_load.hpp)."""
     q = CTX.Queue()
     each = n // 2
     sums = CTX.Array("q", 2, lock=False)
