@@ -450,6 +450,135 @@ TEST_CASE("Queue: unbounded (maxsize <= 0)", "[queue]") {
 }
 
 #if defined(MPP_OS_POSIX)
+namespace {
+/// A Queue<std::uint64_t> whose header the tests may read (which process holds a role).
+class PeekQueue : public mpp::Queue<std::uint64_t> {
+ public:
+  using mpp::Queue<std::uint64_t>::Queue;
+  /// Header::excl of `role` (0: no exclusive holder).
+  std::uint64_t holder(int role) const { return core_->header().excl[role].load(); }
+};
+constexpr int kProducerRole = mpp::detail::mpmc::kProducer;
+constexpr int kConsumerRole = mpp::detail::mpmc::kConsumer;
+/// Whether this system has the asymmetric fence the exclusive roles need (not on Windows).
+bool exclusive_roles_supported() { return mpp::detail::os::membarrier_register(); }
+}  // namespace
+
+TEST_CASE("Queue: a lone producer and consumer go exclusive; others take the roles back",
+          "[queue]") {
+  PeekQueue q(64);
+  constexpr std::uint64_t kStop = ~std::uint64_t{0};
+  SharedArray<std::atomic<std::uint64_t>> sum(2), got(2);  // per consumer
+  SharedArray<std::atomic<int>> phase(1), fifo_errors(1);
+  auto consume = [&](std::size_t me) {
+    std::int64_t last[2] = {-1, -1};
+    for (;;) {
+      const std::uint64_t v = q.get(true, 60s);
+      if (v == kStop) return;
+      const auto p = static_cast<std::size_t>(v >> 40);
+      const auto i = static_cast<std::int64_t>(v & ((std::uint64_t{1} << 40) - 1));
+      if (p > 1 || i <= last[p]) fifo_errors[0].fetch_add(1);
+      if (p <= 1) last[p] = i;
+      sum[me] += v;
+      got[me] += 1;
+    }
+  };
+  // Producer A alone, then idle while it still holds the role, then again alongside B.
+  const pid_t a = fork_child([&] {
+    std::uint64_t i = 0;
+    for (; i < 20000; ++i) q.put(tag(0, i));
+    phase[0] = 1;
+    while (phase[0].load() != 2) std::this_thread::sleep_for(1ms);
+    for (; i < 60000; ++i) q.put(tag(0, i));
+    return 0;
+  });
+  const pid_t consumer = fork_child([&] {
+    consume(0);
+    return 0;
+  });
+  while (phase[0].load() != 1) std::this_thread::sleep_for(1ms);
+  while (q.qsize() != 0) std::this_thread::sleep_for(1ms);
+  if (exclusive_roles_supported()) {
+    CHECK(q.holder(kProducerRole) != 0);
+    CHECK(q.holder(kConsumerRole) != 0);
+  }
+  // B puts while A holds the role and sleeps: B must take it back, not wait for A.
+  const pid_t b = fork_child([&] {
+    for (std::uint64_t i = 0; i < 100; ++i) q.put(tag(1, i), true, 10s);
+    phase[0] = 2;  // now A and B put together, and a second consumer takes part
+    for (std::uint64_t i = 100; i < 40000; ++i) q.put(tag(1, i));
+    return 0;
+  });
+  const pid_t consumer2 = fork_child([&] {
+    consume(1);
+    return 0;
+  });
+  CHECK(wait_child(a) == 0);
+  CHECK(wait_child(b) == 0);
+  q.put(kStop);
+  q.put(kStop);
+  CHECK(wait_child(consumer) == 0);
+  CHECK(wait_child(consumer2) == 0);
+  std::uint64_t want = 0;
+  for (std::uint64_t i = 0; i < 60000; ++i) want += tag(0, i);
+  for (std::uint64_t i = 0; i < 40000; ++i) want += tag(1, i);
+  CHECK(got[0].load() + got[1].load() == 100000u);
+  CHECK(sum[0].load() + sum[1].load() == want);
+  CHECK(fifo_errors[0].load() == 0);
+  CHECK(q.qsize() == 0);
+}
+
+TEST_CASE("Queue: exclusive producer and consumer wake each other's sleepers", "[queue]") {
+  PeekQueue q(16);
+  constexpr std::uint64_t kHandoffs = 40;
+  SharedArray<std::atomic<std::uint64_t>> done(2);  // [0] gets by the parent, [1] puts by the child
+  auto await = [](const std::atomic<std::uint64_t>& n, std::uint64_t want) {
+    const auto give_up = std::chrono::steady_clock::now() + 30s;
+    while (n.load() < want && std::chrono::steady_clock::now() < give_up)
+      std::this_thread::yield();
+    return n.load() >= want;
+  };
+  const pid_t child = fork_child([&] {
+    for (std::uint64_t i = 0; i < 20000; ++i) q.put(i);  // become the exclusive producer
+    // Lock step: each put comes 5 ms after the parent went to sleep in get().
+    for (std::uint64_t i = 0; i < kHandoffs; ++i) {
+      if (!await(done[0], i)) return 2;
+      std::this_thread::sleep_for(5ms);
+      q.put(i);
+    }
+    if (!await(done[0], kHandoffs)) return 2;
+    for (std::uint64_t i = 0; i < 16 + kHandoffs; ++i) {  // from the 17th on, put() sleeps
+      q.put(i);
+      done[1] += 1;
+    }
+    return 0;
+  });
+  for (std::uint64_t i = 0; i < 20000; ++i) REQUIRE(q.get() == i);  // the exclusive consumer
+  if (exclusive_roles_supported()) {
+    CHECK(q.holder(kProducerRole) != 0);
+    CHECK(q.holder(kConsumerRole) != 0);
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  for (std::uint64_t i = 0; i < kHandoffs; ++i) {
+    REQUIRE(q.get(true, 10s) == i);
+    done[0] += 1;
+  }
+  REQUIRE(await(done[1], 16));  // the queue is full; the child sleeps in put()
+  for (std::uint64_t i = 0; i < 16 + kHandoffs; ++i) {
+    if (i < kHandoffs) {
+      std::this_thread::sleep_for(5ms);
+      REQUIRE(q.get(true, 10s) == i);
+      REQUIRE(await(done[1], 17 + i));  // the get woke the child, which put one more
+    } else {
+      REQUIRE(q.get(true, 10s) == i);
+    }
+  }
+  const auto spent = std::chrono::steady_clock::now() - t0;
+  CHECK(wait_child(child) == 0);
+  // 80 hand-offs of ~5 ms: about 0.4 s. A missed wake-up costs a 100 ms poll interval each.
+  CHECK(spent < 2500ms);
+}
+
 TEST_CASE("Queue: qsize under concurrency", "[queue]") {
   mpp::Queue<int> q(100000);
   SharedArray<std::atomic<int>> go(1);
@@ -754,6 +883,57 @@ TEST_CASE("Queue: SIGKILL at crash points with raw items in fitted cells", "[que
         return b;
       },
       [](const Big& b) { return b[0] == b[999] ? static_cast<int>(b[0]) : -1; });
+}
+
+TEST_CASE("Queue: SIGKILL of an exclusive producer or consumer at every crash point",
+          "[queue][kill]") {
+  const PointCase cases[] = {
+      {"queue.put.claimed", true, false},  {"queue.put.written", true, false},
+      {"queue.put.published", true, true}, {"queue.get.claimed", false, true},
+      {"queue.get.read", false, true},     {"queue.get.committed", false, false},
+  };
+  for (const auto& c : cases) {
+    INFO("point " << c.point);
+    PeekQueue q(8);
+    const std::uint64_t item0 = 1000001, item1 = 1000002, item2 = 1000003, item3 = 1000004;
+    const pid_t child = fork_child([&] {
+      for (std::uint64_t i = 0; i < 3000; ++i) {  // alone: it becomes both exclusive roles
+        q.put(i);
+        if (q.get() != i) return 2;
+      }
+      q.put(item0);
+      q.put(item1);
+      arm(c.point, 1);
+      if (c.put_side)
+        q.put(item2);
+      else
+        (void)q.get();
+      return 0;
+    });
+    REQUIRE(wait_child(child) == -SIGKILL);
+    if (exclusive_roles_supported()) {  // it died holding the role it was killed in
+      CHECK(q.holder(c.put_side ? kProducerRole : kConsumerRole) != 0);
+    }
+    q.put(item3, true, 10s);  // takes the producer role back from the dead holder
+    std::multiset<std::uint64_t> seen;
+    while (auto v = q.try_get()) seen.insert(*v);
+    if (c.put_side) {
+      CHECK(seen.count(item0) == 1);
+      CHECK(seen.count(item1) == 1);
+      CHECK(seen.count(item2) == (c.delivered ? 1u : 0u));
+    } else {
+      CHECK(seen.count(item0) == (c.delivered ? 1u : 0u));  // given back, not duplicated
+      CHECK(seen.count(item1) == 1);
+    }
+    CHECK(seen.count(item3) == 1);
+    CHECK(seen.size() == 3u + (c.put_side && c.delivered ? 1u : 0u) -
+                             (!c.put_side && !c.delivered ? 1u : 0u));
+    CHECK(q.qsize() == 0);
+    for (std::uint64_t i = 0; i < 20; ++i) {
+      q.put(i);
+      CHECK(q.get(true, 10s) == i);
+    }
+  }
 }
 
 TEST_CASE("Queue: a waiting consumer is not stuck behind a killed producer", "[queue][kill]") {

@@ -17,6 +17,23 @@
 // that find the queue empty scan for it. A waiter sets a WAITER bit in the state it sleeps on; the
 // process whose claim CAS consumes the bit wakes it, so the fast path has no fence and no syscall.
 //
+// Exclusive roles. A locked instruction (the claim CAS) waits until this core's earlier stores
+// have reached the other core, so with one CAS per operation each item pays the full cross-core
+// transfer of its slot line; with plain stores the transfers of consecutive items overlap (a
+// bare 8-byte 1P/1C model of this protocol: 2.3x). So when one thread has been the only producer
+// (consumer) for a while it becomes the exclusive one (Header::excl) and claims with plain stores
+// of the same states: crash recovery is unchanged. Any other thread that wants the role takes it
+// back first (revoke): it marks excl revoking, runs membarrier_all() (every thread of every
+// registered process executes a full barrier), waits until the holder is outside its current
+// operation (Participant::inside, or the holder is dead) and clears excl; whoever finds excl
+// revoking does the same, so a revoker that dies midway blocks nobody. The holder sets inside
+// before it re-reads excl, with no fence of its own: the barrier makes sure it either sees the
+// revocation or is seen inside (Dekker with one cheap side). A plain claim may overwrite a
+// WAITER bit, so exclusive operations also wake when the wait point counts sleepers, and a
+// sleeper runs membarrier_all() between counting itself and its last look when the other role
+// has a holder. A JoinableQueue never goes exclusive (its counters take a locked instruction
+// per item anyway), nor does a system without membarrier (Windows).
+//
 // Items up to kInline bytes live in the slot; up to kMedium bytes in the slot's cell of a compact
 // array (consecutive slots, consecutive cells: streaming copies). Cells are kMedium bytes, or, in
 // a queue of one fixed-size raw type, that size rounded up to a cache line (chosen at creation,
@@ -70,7 +87,11 @@ inline constexpr std::uint32_t kBigFlag = 0x80000000u;  // len: the bytes are in
 inline constexpr std::uint32_t kMedFlag = 0x40000000u;  // len: the bytes are in the slot's cell
 inline constexpr std::uint32_t kLenMask = 0x3fffffffu;
 inline constexpr std::uint64_t kMaxItemLimit = kLenMask;
-inline constexpr u64 kMagic = 0x3265756575717070ull;    // "ppqueue2"
+inline constexpr u64 kMagic = 0x3365756575717070ull;    // "ppqueue3"
+/// Roles, indexing Header::excl and Participant::inside / busy.
+inline constexpr int kProducer = 0, kConsumer = 1;
+/// Threads of one process with their own Participant::busy word per role.
+inline constexpr int kBusySlots = 3;
 
 constexpr u64 make_state(u64 lap, u64 phase, u64 owner) noexcept {
   return ((lap & kLapMask) << kLapShift) | ((owner & kOwnerMask) << kOwnerShift) | phase;
@@ -113,7 +134,16 @@ struct alignas(kCacheLine) Participant {
   std::atomic<u64> who;
   std::atomic<std::uint32_t> gen;
   std::atomic<i64> held;  ///< JoinableQueue: items got and not yet task_done() by this process
+  /// Per role: 1 while this process's exclusive thread runs an exclusive operation.
+  std::atomic<std::uint32_t> inside[2];
+  /// Per role: one word for each of this process's first kBusySlots threads that play it, odd
+  /// while the thread is in a general (compare-and-swap) operation, +2 per operation (written
+  /// by that thread only, with plain stores); further threads share the count busy_more
+  /// (changed with locked instructions).
+  std::atomic<std::uint32_t> busy[2][kBusySlots];
+  std::atomic<std::uint32_t> busy_more[2];
 };
+static_assert(sizeof(Participant) == kCacheLine);
 
 /// Queue flags stored in the header.
 inline constexpr std::uint32_t kUnbounded = 1;
@@ -137,6 +167,9 @@ struct Header {
   WaitPoint all_done;
   std::atomic<u64> rescued;        ///< items given back by dead readers (ever)
   std::atomic<u64> rescued_taken;  ///< of those, taken again (a hint: may lag after a crash)
+  /// Per role: the token of the participant whose one thread is the only producer (consumer)
+  /// and claims slots with plain stores; 0: everyone claims with compare-and-swap.
+  alignas(kCacheLine) std::atomic<u64> excl[2];
   Participant parts[kMaxParticipants];
 };
 static_assert(std::is_standard_layout_v<Header>);
@@ -261,6 +294,11 @@ class Core {
 
   ~Core() {
     if (reg_pid_.load(std::memory_order_relaxed) == os::current_pid()) {
+      for (int role = 0; role < 2; ++role) {
+        u64 tok = token();
+        if (holder_[role].load(std::memory_order_relaxed) != nullptr)
+          h_->excl[role].compare_exchange_strong(tok, 0, std::memory_order_acq_rel);
+      }
       u64 me = self_.pack();
       h_->parts[reg_idx_].who.compare_exchange_strong(me, 0, std::memory_order_acq_rel);
     }
@@ -466,6 +504,190 @@ class Core {
     return false;
   }
 
+  // ---- exclusive operations -------------------------------------------------------------------
+  //!Effects: if this thread is the exclusive producer and the slot at the tail is free, calls
+  //! write(slot, idx), publishes the slot and advances the tail, all with plain stores: with no
+  //! other producer there is nothing to claim it from, and a put killed before the publish leaves
+  //! the slot EMPTY (the next put writes it again), as a dead WRITING would be repaired to.
+  //! Returns: false (nothing done) otherwise: use the general path.
+  template <class Write>
+  bool put_exclusive(Write& write) {
+    u64 t, idx, lap, s;
+    for (int spin = 0;; ++spin) {
+      if (!begin_exclusive(kProducer)) return false;
+      t = h_->tail.load(std::memory_order_relaxed);
+      split(t, idx, lap);
+      s = slots_[idx].state.load(std::memory_order_acquire);
+      if ((s & ~kWaiter) == make_state(lap, kEmpty, 0)) break;
+      end_exclusive(kProducer);
+      if (spin == kExclusivePutSpins) return false;
+      os::cpu_relax();
+    }
+    Slot& sl = slots_[idx];
+    // The first use of a page of slots goes through put_once, which has it allocated.
+    if (lap == 0 && idx % kSlotsPerPage == 0 &&
+        first_use_checked_.load(std::memory_order_relaxed) <= idx) {
+      end_exclusive(kProducer);
+      return false;
+    }
+    MPP_CRASH_POINT("queue.put.claimed");
+    try {
+      write(sl, idx);
+    } catch (...) {  // nothing was published
+      end_exclusive(kProducer);
+      throw;
+    }
+    MPP_CRASH_POINT("queue.put.written");
+    sl.state.store(make_state(lap, kFull, 0), std::memory_order_release);
+    h_->tail.store(t + 1, std::memory_order_relaxed);
+    end_exclusive(kProducer);
+    MPP_CRASH_POINT("queue.put.published");
+    // A sleeper's WAITER bit may have been overwritten by the publish: its count is not.
+    if ((s & kWaiter) != 0 || h_->not_empty.sleepers.load(std::memory_order_relaxed) != 0)
+      h_->not_empty.notify_all();
+    return true;
+  }
+
+  //!Effects: if this thread is the exclusive consumer and the item at the head is there, calls
+  //! read(slot, idx), then frees the slot and advances the head (even when read throws), with
+  //! plain stores: a get killed before the free leaves the item FULL at the head, taken by the
+  //! next get, as a dead READING would be repaired to. Returns: false (nothing done) otherwise.
+  template <class Read>
+  bool get_exclusive(Read& read) {
+    u64 h, idx, lap, s;
+    for (int spin = 0;; ++spin) {
+      if (!begin_exclusive(kConsumer)) return false;
+      h = h_->head.load(std::memory_order_relaxed);
+      split(h, idx, lap);
+      s = slots_[idx].state.load(std::memory_order_acquire);
+      if ((s & ~kWaiter) == make_state(lap, kFull, 0)) break;
+      end_exclusive(kConsumer);
+      if (spin == kExclusiveGetSpins) return false;
+      os::cpu_relax();
+    }
+    Slot& sl = slots_[idx];
+    MPP_CRASH_POINT("queue.get.claimed");
+    struct Commit {
+      Core* self;
+      Slot& sl;
+      u64 head, lap, from;
+      ~Commit() {
+        MPP_CRASH_POINT("queue.get.read");
+        sl.state.store(make_state(lap + 1, kEmpty, 0), std::memory_order_release);
+        self->h_->head.store(head + 1, std::memory_order_relaxed);
+        self->end_exclusive(kConsumer);
+        MPP_CRASH_POINT("queue.get.committed");
+        if ((from & kWaiter) != 0 ||
+            self->h_->not_full.sleepers.load(std::memory_order_relaxed) != 0)
+          self->h_->not_full.notify_all();
+      }
+    } commit{this, sl, h, lap, s};
+    read(sl, idx);
+    return true;
+  }
+
+  // ---- exclusive roles (see the top of this file) ---------------------------------------------
+  static constexpr std::uint32_t kAcquireAfter = 256, kAcquireAfterMax = 1u << 20;
+  /// How long an exclusive operation polls its slot before it takes the general path: a
+  /// producer not at all (the general path waits until the consumers are a batch of slots
+  /// ahead, instead of writing right behind them), a consumer briefly.
+  static constexpr int kExclusivePutSpins = 0, kExclusiveGetSpins = 128;
+
+  /// An address unique to the calling thread within this process.
+  static const void* thread_tag() noexcept {
+    thread_local const char tag = 0;
+    return &tag;
+  }
+  /// This participant's value in Header::excl (never 0); valid after owner().
+  u64 token() const noexcept { return (u64{1} << 32) | owner_; }
+  /// Header::excl: the holder in it is being revoked; the role is free once excl reads 0.
+  static constexpr u64 kRevoking = u64{1} << 33;
+
+  //!Returns: true if the calling thread holds `role` and may now run one exclusive operation,
+  //! which it ends with end_exclusive(role). Frees the role locally when it was revoked.
+  bool begin_exclusive(int role) {
+    if (holder_[role].load(std::memory_order_relaxed) != thread_tag()) return false;
+    if (reg_pid_.load(std::memory_order_relaxed) != os::current_pid()) {  // a forked child
+      holder_[role].store(nullptr, std::memory_order_relaxed);
+      return false;
+    }
+    std::atomic<std::uint32_t>& inside = me().inside[role];
+    inside.store(1, std::memory_order_relaxed);
+    // The store above is ordered before the load below by the revoker's membarrier_all().
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    if (h_->excl[role].load(std::memory_order_relaxed) == token()) return true;
+    inside.store(0, std::memory_order_relaxed);
+    holder_[role].store(nullptr, std::memory_order_relaxed);
+    back_off(role);
+    return false;
+  }
+  void end_exclusive(int role) noexcept {
+    me().inside[role].store(0, std::memory_order_release);
+  }
+
+  //!Effects: starts a general operation of `role`: marks this thread busy in it (`slot`: its
+  //! Participant::busy word, or -1) and takes the role back from an exclusive holder other than
+  //! this thread: marks it revoking, then waits until the holder is outside its operation, and
+  //! frees the role. Pair with leave_shared().
+  //!Returns: false (not entered) if `deadline` passed while a live holder stayed inside its
+  //! operation (it was stopped or preempted there).
+  bool enter_shared(int role, const Deadline& deadline, int& slot) {
+    owner();
+    slot = busy_slot(role);
+    if (slot >= 0) {
+      std::atomic<std::uint32_t>& b = me().busy[role][slot];
+      b.store(b.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+      // Ordered before the load of excl below by the acquirer's membarrier_all().
+      std::atomic_signal_fence(std::memory_order_seq_cst);
+    } else {
+      me().busy_more[role].fetch_add(1, std::memory_order_seq_cst);
+    }
+    std::atomic<u64>& excl = h_->excl[role];
+    u64 e = excl.load(std::memory_order_relaxed);
+    for (;;) {
+      if (e == 0 || (e == token() && holder_[role].load(std::memory_order_relaxed) == thread_tag()))
+        return true;
+      if ((e & kRevoking) != 0) break;
+      if (excl.compare_exchange_weak(e, e | kRevoking, std::memory_order_seq_cst)) {
+        e |= kRevoking;
+        break;
+      }
+    }
+    // Everyone who finds the role being revoked completes the revocation (so a revoker that
+    // dies midway blocks nobody): the barrier, then the holder outside its operation.
+    if (!os::membarrier_all()) {
+      unbusy(role, slot);
+      fail<Error>("queue '{}': cannot take the {} role from its exclusive holder: membarrier(2) "
+                  "failed in this process but worked in the holder's (a seccomp filter?)",
+                  name(), role == kProducer ? "producer" : "consumer");
+    }
+    const auto holder = static_cast<std::uint32_t>(e);
+    const Participant& p = h_->parts[holder & (kMaxParticipants - 1)];
+    for (unsigned i = 1; p.inside[role].load(std::memory_order_acquire) != 0; ++i) {
+      if (i < 64) {
+        os::cpu_relax();
+        continue;
+      }
+      const bool expired = deadline.expired();
+      if (expired || i % 4096 == 64) {
+        if (!owner_alive(holder)) break;  // it died inside: recovery repairs its slot
+        if (expired) {
+          unbusy(role, slot);
+          return false;
+        }
+      }
+      os::yield();
+    }
+    excl.compare_exchange_strong(e, 0, std::memory_order_seq_cst);
+    return true;
+  }
+  //!Effects: ends a general operation; after `succeeded` ones, may make this thread the
+  //! exclusive holder of `role` (never for a JoinableQueue: `may_acquire` false).
+  void leave_shared(int role, int slot, bool succeeded, bool may_acquire) noexcept {
+    unbusy(role, slot);
+    if (succeeded && may_acquire) maybe_acquire(role);
+  }
+
   // ---- recovery -----------------------------------------------------------------------------
   //!Returns: true if the participant `owner` (index + generation) is alive.
   bool owner_alive(std::uint32_t owner) const {
@@ -591,6 +813,78 @@ class Core {
     return c;
   }
 
+  // This thread's Participant::busy word for `role`: found, or claimed on first use; -1 when
+  // kBusySlots other threads of this process have them (this one then counts in busy_more).
+  int busy_slot(int role) noexcept {
+    const void* tag = thread_tag();
+    for (int i = 0; i < kBusySlots; ++i)
+      if (busy_tag_[role][i].load(std::memory_order_relaxed) == tag) return i;
+    for (int i = 0; i < kBusySlots; ++i) {
+      const void* none = nullptr;
+      if (busy_tag_[role][i].compare_exchange_strong(none, tag, std::memory_order_relaxed))
+        return i;
+    }
+    return -1;
+  }
+  // Ends what enter_shared's announcement began (the release orders the operation first).
+  void unbusy(int role, int slot) noexcept {
+    if (slot < 0) {
+      me().busy_more[role].fetch_sub(1, std::memory_order_seq_cst);
+      return;
+    }
+    std::atomic<std::uint32_t>& b = me().busy[role][slot];
+    b.store(b.load(std::memory_order_relaxed) + 1, std::memory_order_release);
+  }
+  // True if any thread (of any process) is in a general operation of `role`.
+  bool anyone_busy(int role) const noexcept {
+    for (const Participant& p : h_->parts) {
+      if (p.busy_more[role].load(std::memory_order_acquire) != 0) return true;
+      for (const auto& b : p.busy[role])
+        if ((b.load(std::memory_order_acquire) & 1) != 0) return true;
+    }
+    return false;
+  }
+
+  // Counts this thread's successful general operations of `role`; after acquire_after_ of them,
+  // tries to become the exclusive holder if no other process plays the role: none is in an
+  // operation of it now, and none ended one since the previous try. Then takes excl if free,
+  // runs membarrier_all() (so that a thread that marked itself busy before it read excl is seen)
+  // and gives the role back at once if any thread is busy in it after all.
+  void maybe_acquire(int role) noexcept {
+    thread_local std::uint32_t streak[2] = {0, 0};
+    if (++streak[role] < acquire_after_[role].load(std::memory_order_relaxed)) return;
+    streak[role] = 0;
+    if (h_->excl[role].load(std::memory_order_relaxed) != 0 || !os::membarrier_register()) return;
+    u64 others = 0;
+    for (std::uint32_t i = 0; i < kMaxParticipants; ++i) {
+      if (i == reg_idx_) continue;
+      const Participant& p = h_->parts[i];
+      if (p.busy_more[role].load(std::memory_order_relaxed) != 0) return;
+      for (const auto& b : p.busy[role]) {
+        const std::uint32_t v = b.load(std::memory_order_relaxed);
+        if ((v & 1) != 0) return;
+        others += v / 2;
+      }
+    }
+    if (others_ended_[role].exchange(others, std::memory_order_relaxed) != others) return;
+    u64 expected = 0;
+    const u64 tok = token();
+    if (!h_->excl[role].compare_exchange_strong(expected, tok, std::memory_order_seq_cst)) return;
+    if (!os::membarrier_all() || anyone_busy(role)) {
+      expected = tok;
+      h_->excl[role].compare_exchange_strong(expected, 0, std::memory_order_seq_cst);
+      back_off(role);
+      return;
+    }
+    holder_[role].store(thread_tag(), std::memory_order_relaxed);
+  }
+
+  // Another thread plays `role` too: try to become its exclusive holder half as often.
+  void back_off(int role) noexcept {
+    const std::uint32_t after = acquire_after_[role].load(std::memory_order_relaxed);
+    acquire_after_[role].store(std::min(after * 2, kAcquireAfterMax), std::memory_order_relaxed);
+  }
+
   bool claim_read(Slot& sl, u64& s, u64 lap, u64 me, bool joinable) {
     if (joinable) me_held().fetch_add(1, std::memory_order_seq_cst);
     if (sl.state.compare_exchange_strong(s, make_state(lap, kReading, me),
@@ -685,6 +979,11 @@ class Core {
         if (w != 0 && (pass == 0 || ProcessRef::unpack(w).alive())) continue;
         if (p.who.compare_exchange_strong(w, me, std::memory_order_acq_rel)) {
           p.held.store(0, std::memory_order_relaxed);
+          for (int r = 0; r < 2; ++r) {
+            p.inside[r].store(0, std::memory_order_relaxed);
+            p.busy_more[r].store(0, std::memory_order_relaxed);
+            for (auto& b : p.busy[r]) b.store(0, std::memory_order_relaxed);
+          }
           const std::uint32_t g = p.gen.fetch_add(1, std::memory_order_acq_rel) + 1;
           reg_idx_ = i;
           owner_ = i | ((g & kGenMask) << 7);
@@ -715,6 +1014,39 @@ class Core {
   std::atomic<bool> closed_{false};
   std::atomic<u64> first_use_checked_{0};
   std::atomic<i64> last_scan_ns_{0};  // this process's hint (another may have done it)
+  std::atomic<const void*> holder_[2]{};  // per role: thread_tag() of this process's holder
+  // Per role: successful general operations a thread makes before it tries to become the
+  // exclusive one; doubled each time this process's holder is revoked (2P/2C do not churn).
+  std::atomic<std::uint32_t> acquire_after_[2]{kAcquireAfter, kAcquireAfter};
+  std::atomic<u64> others_ended_[2]{};  // per role: other processes' ended operations, last try
+  std::atomic<const void*> busy_tag_[2][kBusySlots]{};  // which thread has which busy word
+};
+
+/// One general operation of a role (Core::enter_shared / leave_shared), as a scope.
+class SharedRole {
+ public:
+  //!Effects: enters (see Core::enter_shared); `may_acquire`: success may make this thread the
+  //! role's exclusive holder.
+  SharedRole(Core& c, int role, bool may_acquire, const Deadline& deadline)
+      : c_(c), role_(role), may_acquire_(may_acquire),
+        entered_(c.enter_shared(role, deadline, slot_)) {}
+  ~SharedRole() {
+    if (entered_) c_.leave_shared(role_, slot_, ok_, may_acquire_);
+  }
+  SharedRole(const SharedRole&) = delete;
+  SharedRole& operator=(const SharedRole&) = delete;
+  /// False if the deadline passed before the role could be taken from its holder.
+  bool entered() const noexcept { return entered_; }
+  /// The operation succeeded.
+  void succeeded() noexcept { ok_ = true; }
+
+ private:
+  Core& c_;
+  int role_;
+  int slot_ = -1;
+  bool may_acquire_;
+  bool entered_;
+  bool ok_ = false;
 };
 
 }  // namespace mpp::detail::mpmc

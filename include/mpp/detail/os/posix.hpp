@@ -11,6 +11,7 @@
 
 #include <fcntl.h>
 #include <linux/futex.h>
+#include <linux/membarrier.h>
 #include <pthread.h>
 #include <sched.h>
 #include <sys/mman.h>
@@ -350,6 +351,40 @@ inline pid_type current_pid() noexcept {
     c.pid.store(pid, std::memory_order_relaxed);
   }
   return pid;
+}
+
+// Asymmetric fences (membarrier(2)): a thread that calls membarrier_all() knows that every thread
+// of every registered process has executed a full memory barrier meanwhile, so those threads'
+// fast paths can order a store before a load with no fence of their own (Dekker with one cheap
+// side). Used by the queue's exclusive producer and consumer (detail/mpmc.hpp).
+namespace posix_detail {
+inline long membarrier(int cmd) noexcept { return ::syscall(__NR_membarrier, cmd, 0, 0); }
+}  // namespace posix_detail
+
+//!Effects: registers this process for membarrier_all() (again in a forked child: the
+//! registration belongs to the address space).
+//!Returns: true if membarrier_all() will order this process's threads.
+inline bool membarrier_register() noexcept {
+  static const bool supported = [] {
+    const long cmds = posix_detail::membarrier(MEMBARRIER_CMD_QUERY);
+    return cmds >= 0 && (cmds & MEMBARRIER_CMD_GLOBAL_EXPEDITED) != 0 &&
+           (cmds & MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED) != 0;
+  }();
+  static std::atomic<pid_type> registered{0};
+  if (!supported) return false;
+  const pid_type pid = current_pid();
+  if (registered.load(std::memory_order_acquire) == pid) return true;
+  if (posix_detail::membarrier(MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED) != 0) return false;
+  registered.store(pid, std::memory_order_release);
+  return true;
+}
+
+//!Effects: returns only after every running thread of every process registered with
+//! membarrier_register() has executed a full memory barrier (a few microseconds: IPIs).
+//!Returns: false if the system refused (the caller must not rely on the barrier then).
+inline bool membarrier_all() noexcept {
+  if (posix_detail::membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED) == 0) return true;
+  return posix_detail::membarrier(MEMBARRIER_CMD_GLOBAL) == 0;  // slower, no registration
 }
 
 /// This thread's kernel id (unique per thread within the system).

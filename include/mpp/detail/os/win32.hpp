@@ -364,6 +364,12 @@ inline pid_type current_pid() noexcept { return static_cast<pid_type>(::GetCurre
 /// This thread's id.
 inline std::uint64_t current_thread_id() noexcept { return ::GetCurrentThreadId(); }
 
+/// Asymmetric fences across processes do not exist on Windows (FlushProcessWriteBuffers covers
+/// one process): the queue's exclusive fast paths stay off there.
+inline bool membarrier_register() noexcept { return false; }
+/// See membarrier_register(); never called when it returned false.
+inline bool membarrier_all() noexcept { return false; }
+
 inline std::uint64_t creation_time(HANDLE process) noexcept {
   FILETIME created, exited, kernel, user;
   if (!::GetProcessTimes(process, &created, &exited, &kernel, &user)) return 0;
