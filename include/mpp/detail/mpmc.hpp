@@ -19,20 +19,24 @@
 //
 // Exclusive roles. A locked instruction (the claim CAS) waits until this core's earlier stores
 // have reached the other core, so with one CAS per operation each item pays the full cross-core
-// transfer of its slot line; with plain stores the transfers of consecutive items overlap (a
-// bare 8-byte 1P/1C model of this protocol: 2.3x). So when one thread has been the only producer
-// (consumer) for a while it becomes the exclusive one (Header::excl) and claims with plain stores
-// of the same states: crash recovery is unchanged. Any other thread that wants the role takes it
-// back first (revoke): it marks excl revoking, runs membarrier_all() (every thread of every
-// registered process executes a full barrier), waits until the holder is outside its current
-// operation (Participant::inside, or the holder is dead) and clears excl; whoever finds excl
-// revoking does the same, so a revoker that dies midway blocks nobody. The holder sets inside
-// before it re-reads excl, with no fence of its own: the barrier makes sure it either sees the
-// revocation or is seen inside (Dekker with one cheap side). A plain claim may overwrite a
-// WAITER bit, so exclusive operations also wake when the wait point counts sleepers, and a
-// sleeper runs membarrier_all() between counting itself and its last look when the other role
-// has a holder. A JoinableQueue never goes exclusive (its counters take a locked instruction
-// per item anyway), nor does a system without membarrier (Windows).
+// transfer of its slot line; with plain stores the transfers of consecutive items overlap. So
+// when one thread has been the only producer (consumer) for a while (kAcquireAfter general
+// operations with no other process in the role) it becomes the exclusive one (Header::excl) and
+// needs no claim: it publishes a slot EMPTY -> FULL (frees it FULL -> EMPTY of the next lap) with
+// one release store, after the copy. Killed before that store it leaves the slot as recovery
+// leaves a dead WRITING (READING): nothing published (the item still there, at the head).
+// Any other thread that wants the role takes it back first (revoke): it marks excl revoking,
+// runs membarrier_all() (every thread of every registered process executes a full barrier),
+// waits until the holder is outside its current operation (Participant::inside, or the holder
+// is dead) and clears excl; whoever finds excl revoking does the same, so a revoker that dies
+// midway blocks nobody. The holder sets inside before it re-reads excl, with no fence of its
+// own: the barrier makes sure it either sees the revocation or is seen inside (Dekker with one
+// cheap side). The same pairing covers a thread that enters a general operation just as another
+// becomes exclusive (Participant::busy, read by the acquirer after its barrier). A plain store
+// may overwrite a WAITER bit, so exclusive operations also wake when the wait point counts
+// sleepers, and a sleeper runs membarrier_all() between counting itself and its last look when
+// the other role has a holder. A JoinableQueue never goes exclusive (its counters take a locked
+// instruction per item anyway), nor does a system without membarrier (Windows).
 //
 // Items up to kInline bytes live in the slot; up to kMedium bytes in the slot's cell of a compact
 // array (consecutive slots, consecutive cells: streaming copies). Cells are kMedium bytes, or, in
