@@ -1,7 +1,8 @@
 // Queue, SimpleQueue, JoinableQueue: Python's semantics (Empty/Full, timeouts, qsize, close,
 // task_done/join) across real processes, named queues opened by an unrelated (exec'd) process,
 // many producers and consumers with checksums, and SIGKILL of producers and consumers at every
-// crash point and at random moments (Jepsen-style lost/duplicated counts).
+// crash point and at random moments (Jepsen-style lost/duplicated counts), and threads of one
+// process taking the exclusive producer role from each other ([tsan]: run under ThreadSanitizer).
 //
 // The tests that fork or SIGKILL are POSIX-only; the rest, and the spawn tests (named queues
 // shared with spawned processes), also run on Windows (under wine in the Windows lane).
@@ -577,6 +578,53 @@ TEST_CASE("Queue: exclusive producer and consumer wake each other's sleepers", "
   CHECK(wait_child(child) == 0);
   // 80 hand-offs of ~5 ms: about 0.4 s. A missed wake-up costs a 100 ms poll interval each.
   CHECK(spent < 2500ms);
+}
+
+TEST_CASE("tsan: Queue between threads; a second producer thread takes the role back",
+          "[queue][tsan]") {
+  PeekQueue q(64);
+  constexpr std::uint64_t kStop = ~std::uint64_t{0}, kA = 20000, kB = 10000;
+  std::atomic<int> phase{0};
+  std::atomic<bool> a_was_exclusive{false};
+  std::uint64_t sum = 0, got = 0;  // the consumer thread's, read after it joined
+  int fifo_errors = 0;
+  std::thread consumer([&] {
+    std::int64_t last[2] = {-1, -1};
+    for (;;) {
+      const std::uint64_t v = q.get(true, 60s);
+      if (v == kStop) return;
+      const auto p = static_cast<std::size_t>(v >> 40);
+      const auto i = static_cast<std::int64_t>(v & ((std::uint64_t{1} << 40) - 1));
+      if (p > 1 || i <= last[p]) ++fifo_errors;
+      if (p <= 1) last[p] = i;
+      sum += v;
+      ++got;
+    }
+  });
+  // A puts alone (and goes exclusive), then goes on while B puts too (B revokes A's role).
+  std::thread a([&] {
+    std::uint64_t i = 0;
+    for (; i < kA / 2; ++i) q.put(tag(0, i));
+    a_was_exclusive = q.holder(kProducerRole) != 0;
+    phase = 1;
+    for (; i < kA; ++i) q.put(tag(0, i));
+  });
+  while (phase.load() != 1) std::this_thread::yield();
+  std::thread b([&] {
+    for (std::uint64_t i = 0; i < kB; ++i) q.put(tag(1, i));
+  });
+  a.join();
+  b.join();
+  q.put(kStop);
+  consumer.join();
+  if (exclusive_roles_supported()) CHECK(a_was_exclusive.load());
+  std::uint64_t want = 0;
+  for (std::uint64_t i = 0; i < kA; ++i) want += tag(0, i);
+  for (std::uint64_t i = 0; i < kB; ++i) want += tag(1, i);
+  CHECK(got == kA + kB);
+  CHECK(sum == want);
+  CHECK(fifo_errors == 0);
+  CHECK(q.qsize() == 0);
 }
 
 TEST_CASE("Queue: qsize under concurrency", "[queue]") {
