@@ -23,6 +23,7 @@
 #include <map>
 #include <random>
 #include <set>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -107,6 +108,15 @@ struct Big {
 };
 
 [[maybe_unused]] std::uint64_t tag(std::uint64_t producer, std::uint64_t seq) { return producer << 40 | seq; }
+/// Whether `v` = tag(p, i) comes from a known producer (p < last.size()) and after the last
+/// value seen from p (last[p], -1 at first); records it.
+[[maybe_unused]] bool in_order(std::span<std::int64_t> last, std::uint64_t v) {
+  const auto p = static_cast<std::size_t>(v >> 40);
+  const auto i = static_cast<std::int64_t>(v & ((std::uint64_t{1} << 40) - 1));
+  const bool ok = p < last.size() && i > last[p];
+  if (p < last.size()) last[p] = i;
+  return ok;
+}
 
 /// An item whose decoding (which runs while the consumer still holds the slot, before the get
 /// commits) reports the value to a hook: the kill test's "delivered before commit" log.
@@ -476,10 +486,7 @@ TEST_CASE("Queue: a lone producer and consumer go exclusive; others take the rol
     for (;;) {
       const std::uint64_t v = q.get(true, 60s);
       if (v == kStop) return;
-      const auto p = static_cast<std::size_t>(v >> 40);
-      const auto i = static_cast<std::int64_t>(v & ((std::uint64_t{1} << 40) - 1));
-      if (p > 1 || i <= last[p]) fifo_errors[0].fetch_add(1);
-      if (p <= 1) last[p] = i;
+      if (!in_order(last, v)) fifo_errors[0].fetch_add(1);
       sum[me] += v;
       got[me] += 1;
     }
@@ -593,10 +600,7 @@ TEST_CASE("tsan: Queue between threads; a second producer thread takes the role 
     for (;;) {
       const std::uint64_t v = q.get(true, 60s);
       if (v == kStop) return;
-      const auto p = static_cast<std::size_t>(v >> 40);
-      const auto i = static_cast<std::int64_t>(v & ((std::uint64_t{1} << 40) - 1));
-      if (p > 1 || i <= last[p]) ++fifo_errors;
-      if (p <= 1) last[p] = i;
+      if (!in_order(last, v)) ++fifo_errors;
       sum += v;
       ++got;
     }
@@ -676,10 +680,7 @@ void mpmc_run(int producers, int consumers, std::uint64_t each, long maxsize) {
           }
           break;
         }
-        const auto p = static_cast<std::size_t>(v >> 40);
-        const auto s = static_cast<std::int64_t>(v & ((std::uint64_t{1} << 40) - 1));
-        if (p >= last.size() || s <= last[p]) res[0].fifo_errors.fetch_add(1);
-        if (p < last.size()) last[p] = s;
+        if (!in_order(last, v)) res[0].fifo_errors.fetch_add(1);
         ++count;
         sum += v;
       }
