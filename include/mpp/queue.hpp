@@ -446,19 +446,12 @@ class BasicQueue {
   //! bytes in shared memory do not decode (the bad item is dropped).
   T get(bool block = true, Timeout timeout = std::nullopt) {
     if constexpr (std::is_default_constructible_v<T>) {
-      T v;  // filled in place: one copy out of shared memory
-      if constexpr (!kJoinable) {
-        if (Ops<T>::get_fast(*core_, v)) return v;
-      }
-      get_general(v, block, timeout);
-      return v;
+      return get_in_place(block, timeout);
     } else {
       if (auto v = Ops<T>::get(*core_, kJoinable, block, deadline_of(block, timeout)))
         return std::move(*v);
+      fail_empty(block, timeout);
     }
-    fail<queue::Empty>("queue '{}' is empty{}", core_->name(),
-                       block && timeout ? fmt::format(" after waiting {} s", timeout->count())
-                                        : std::string());
   }
 
   /// put(item, false): throws queue::Full at once if full.
@@ -537,7 +530,21 @@ class BasicQueue {
                                          : std::string());
   }
   [[gnu::noinline]] void get_general(T& v, bool block, const Timeout& timeout) {
-    if (Ops<T>::get_into(*core_, v, kJoinable, block, deadline_of(block, timeout))) return;
+    if (!Ops<T>::get_into(*core_, v, kJoinable, block, deadline_of(block, timeout)))
+      fail_empty(block, timeout);
+  }
+  // get() of a default-constructible T, filled in place: one copy out of shared memory. A
+  // function of its own because GCC 12 does not elide the copy of a returned variable that is
+  // declared in an inner block (here, of get()'s `if constexpr`): 1 KiB items were copied twice.
+  T get_in_place(bool block, const Timeout& timeout) {
+    T v;
+    if constexpr (!kJoinable) {
+      if (Ops<T>::get_fast(*core_, v)) return v;
+    }
+    get_general(v, block, timeout);
+    return v;
+  }
+  [[noreturn]] void fail_empty(bool block, const Timeout& timeout) const {
     fail<queue::Empty>("queue '{}' is empty{}", core_->name(),
                        block && timeout ? fmt::format(" after waiting {} s", timeout->count())
                                         : std::string());

@@ -62,6 +62,10 @@
 #include <string_view>
 #include <utility>
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#  include <cpuid.h>
+#endif
+
 #include "../errors.hpp"
 #include "../segment.hpp"
 #include "config.hpp"
@@ -122,6 +126,31 @@ inline void copy_cell(void* dst, const void* src, std::size_t n) noexcept {
 #else
   std::memcpy(dst, src, n);
 #endif
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+/// True if the CPU has PREFETCHW (CPUID 0x80000001 ECX bit 8): every AMD64 CPU, Intel's since
+/// Broadwell.
+inline const bool kHasPrefetchW = [] {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  return __get_cpuid(0x80000001u, &a, &b, &c, &d) != 0 && (c & (1u << 8)) != 0;
+}();
+#endif
+
+//!Effects: asks the CPU to fetch the `n` bytes at `p` (whole cache lines) for writing: PREFETCHW
+//! on x86-64 where the CPU has it, which takes each line exclusive at once instead of shared
+//! first and exclusive at the store (GCC's __builtin_prefetch(p, 1) is PREFETCHW only with
+//! -mprfchw, a read prefetch otherwise: queue.1KiB.1p1c +5–10% in 9 of 10 paired runs in the
+//! test VM's slow mode, no change in its fast one); a read prefetch elsewhere. Never faults.
+inline void prefetch_for_write(const std::byte* p, std::size_t n) noexcept {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  if (kHasPrefetchW) {
+    for (std::size_t off = 0; off < n; off += kCacheLine)
+      asm volatile("prefetchw %0" : : "m"(p[off]));
+    return;
+  }
+#endif
+  for (std::size_t off = 0; off < n; off += kCacheLine) __builtin_prefetch(p + off, 1);
 }
 
 /// One slot: 32 bytes, two per cache line.
@@ -345,9 +374,7 @@ class Core {
   //! claim's compare-and-swap (1 KiB items 1P/1C: +30–60% on this VM). Never faults.
   void prefetch_next_cell(u64 idx, u64 n) const noexcept {
     if (++idx == cap_) idx = 0;
-    const std::byte* p = cell(idx);
-    const u64 end = std::min(n, cell_);
-    for (u64 off = 0; off < end; off += kCacheLine) __builtin_prefetch(p + off, 1);
+    prefetch_for_write(cell(idx), std::min(n, cell_));
   }
 
   //!Effects: makes sure the kernel has allocated the first `n` bytes of slot idx's cell
