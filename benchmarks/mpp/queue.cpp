@@ -1,7 +1,7 @@
 // mpp's side of the queue.* workloads (benchmarks/workloads.py): mpp::Queue driven by the same
 // load as Boost message_queue and POSIX mq (peers/queue_load.hpp), 1024 slots like the other
 // user-space queues. 8-byte messages are Queue<std::uint64_t> (stored in the slot), 1 KiB
-// messages Queue<std::array<char, 1024>> (stored in the slot's item region).
+// messages Queue<std::array<char, 1024>> (stored in the slot's cell).
 #include <mpp/queue.hpp>
 
 #include <array>
