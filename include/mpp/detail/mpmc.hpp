@@ -140,8 +140,9 @@ inline const bool kHasPrefetchW = [] {
 //!Effects: asks the CPU to fetch the `n` bytes at `p` (whole cache lines) for writing: PREFETCHW
 //! on x86-64 where the CPU has it, which takes each line exclusive at once instead of shared
 //! first and exclusive at the store (GCC's __builtin_prefetch(p, 1) is PREFETCHW only with
-//! -mprfchw, a read prefetch otherwise: queue.1KiB.1p1c +5–10% in 9 of 10 paired runs in the
-//! test VM's slow mode, no change in its fast one); a read prefetch elsewhere. Never faults.
+//! -mprfchw, a read prefetch otherwise: queue.1KiB.1p1c +4–5%, medians of two sets of paired
+//! runs in the test VM's slow mode, no change in its fast one); a read prefetch elsewhere.
+//! Never faults.
 inline void prefetch_for_write(const std::byte* p, std::size_t n) noexcept {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   if (kHasPrefetchW) {
