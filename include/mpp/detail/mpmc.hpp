@@ -131,7 +131,7 @@ inline void copy_cell(void* dst, const void* src, std::size_t n) noexcept {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 /// True if the CPU has PREFETCHW (CPUID 0x80000001 ECX bit 8): every AMD64 CPU, Intel's since
 /// Broadwell.
-inline const bool kHasPrefetchW = [] {
+inline const bool cpu_has_prefetchw = [] {
   unsigned a = 0, b = 0, c = 0, d = 0;
   return __get_cpuid(0x80000001u, &a, &b, &c, &d) != 0 && (c & (1u << 8)) != 0;
 }();
@@ -145,7 +145,7 @@ inline const bool kHasPrefetchW = [] {
 //! Never faults.
 inline void prefetch_for_write(const std::byte* p, std::size_t n) noexcept {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  if (kHasPrefetchW) {
+  if (cpu_has_prefetchw) {
     for (std::size_t off = 0; off < n; off += kCacheLine)
       asm volatile("prefetchw %0" : : "m"(p[off]));
     return;
