@@ -526,8 +526,7 @@ class BasicQueue {
   [[gnu::noinline]] void put_general(const T& item, bool block, const Timeout& timeout) {
     if (!Ops<T>::put(*core_, item, kJoinable, block, deadline_of(block, timeout)))
       fail<queue::Full>("queue '{}' is full ({} items){}", core_->name(), core_->capacity(),
-                        block && timeout ? fmt::format(" after waiting {} s", timeout->count())
-                                         : std::string());
+                        waited(block, timeout));
   }
   [[gnu::noinline]] void get_general(T& v, bool block, const Timeout& timeout) {
     if (!Ops<T>::get_into(*core_, v, kJoinable, block, deadline_of(block, timeout)))
@@ -545,9 +544,11 @@ class BasicQueue {
     return v;
   }
   [[noreturn]] void fail_empty(bool block, const Timeout& timeout) const {
-    fail<queue::Empty>("queue '{}' is empty{}", core_->name(),
-                       block && timeout ? fmt::format(" after waiting {} s", timeout->count())
-                                        : std::string());
+    fail<queue::Empty>("queue '{}' is empty{}", core_->name(), waited(block, timeout));
+  }
+  // The end of a Full / Empty message: how long the call waited, when it was given a timeout.
+  static std::string waited(bool block, const Timeout& timeout) {
+    return block && timeout ? fmt::format(" after waiting {} s", timeout->count()) : std::string();
   }
 
   static Deadline deadline_of(bool block, const Timeout& t) {
