@@ -138,6 +138,21 @@ class KeyError : public Error {
   using Error::Error;
 };
 
+/// An index out of range (Python's IndexError): Array::at, ShareableList, SharedList. A
+/// KeyError too, as both are LookupErrors in Python.
+class IndexError : public KeyError {
+ public:
+  using KeyError::KeyError;
+};
+
+/// A process died while it held the lock that protects some shared data, which may therefore be
+/// half-written. Raised by operations that would otherwise return that data as if it were
+/// whole; the message names the object and how to repair it.
+class OwnerDiedError : public Error {
+ public:
+  using Error::Error;
+};
+
 /// An OS call failed; the message names the call, the object and errno's text.
 class OSError : public Error {
  public:
@@ -148,6 +163,13 @@ class OSError : public Error {
 
  private:
   int code_;
+};
+
+/// The backing store of shared memory is full (ENOSPC: /dev/shm on Linux); the message says how
+/// many bytes were needed and how many are free.
+class NoSpaceError : public OSError {
+ public:
+  using OSError::OSError;
 };
 
 namespace detail {

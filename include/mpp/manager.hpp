@@ -40,12 +40,6 @@
 
 namespace mpp {
 
-/// Python's IndexError: a list index out of range (a KeyError, as both are LookupErrors).
-class IndexError : public KeyError {
- public:
-  using KeyError::KeyError;
-};
-
 /// How a Manager's segment is made.
 struct ManagerOptions {
   /// Bytes reserved for all containers. The segment is sparse: memory is used only as it fills.
