@@ -4,6 +4,7 @@
 #include <mpp/value.hpp>
 #include <dirent.h>
 #include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -71,6 +72,82 @@ int die_once_on_seven_named(int x) {
 }
 const auto twice = [](int x) { return 2 * x; };
 
+// Initializers that fail; each run is counted in a RawValue named by this variable (spawned
+// workers inherit the environment, forked ones too).
+constexpr const char* kInitRunsEnv = "MPP_TEST_POOL_INIT_RUNS";
+void count_init_run() {
+  if (const char* n = std::getenv(kInitRunsEnv)) mpp::RawValue<int>::open(n).fetch_add(1);
+}
+void failing_init(int code) {
+  count_init_run();
+  throw std::runtime_error(fmt::format("init boom {}", code));
+}
+void dying_init(int) {
+  count_init_run();
+  ::kill(::getpid(), SIGKILL);
+}
+
+/// Failed expectations of a scenario run in a child process, reported on stderr.
+struct Expect {
+  int failed = 0;
+  void operator()(bool ok, std::string_view what) {
+    if (!ok) {
+      fmt::print(stderr, "scenario check failed: {}\n", what);
+      ++failed;
+    }
+  }
+};
+
+/// Runs `scenario` in a forked child, waiting at most `limit`: a regression that hangs fails
+/// (the child is killed, -1000 returned) instead of blocking the suite. Returns its exit code.
+template <class F>
+int run_with_deadline(F&& scenario, std::chrono::seconds limit) {
+  const pid_t pid = mpp_test::fork_child(std::forward<F>(scenario));
+  const auto t0 = std::chrono::steady_clock::now();
+  for (;;) {
+    int status = 0;
+    const pid_t r = ::waitpid(pid, &status, WNOHANG);
+    if (r == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+    if (r < 0 && errno != EINTR) return -2000;
+    if (mpp_test::seconds_since(t0) > std::chrono::duration<double>(limit).count()) {
+      ::kill(pid, SIGKILL);
+      (void)mpp_test::wait_child(pid);
+      return -1000;
+    }
+    std::this_thread::sleep_for(20ms);
+  }
+}
+
+/// Whether `e` is a BrokenProcessPool naming `text`, with a nested `Cause` naming it too.
+template <class Cause>
+bool broken_by(std::exception_ptr e, std::string_view text) {
+  try {
+    std::rethrow_exception(e);
+  } catch (const mpp::BrokenProcessPool& b) {
+    if (std::string_view(b.what()).find(text) == std::string_view::npos) return false;
+    try {
+      std::rethrow_if_nested(b);
+    } catch (const Cause& c) {
+      return std::string_view(c.what()).find(text) != std::string_view::npos;
+    } catch (...) {
+      return false;
+    }
+    return false;  // nothing nested
+  } catch (...) {
+    return false;
+  }
+}
+
+template <class F>
+std::exception_ptr error_of(F&& call) {
+  try {
+    call();
+  } catch (...) {
+    return std::current_exception();
+  }
+  return nullptr;
+}
+
 /// Names this process has in /dev/shm (the pool's queues, status array and arena).
 std::set<std::string> my_shm_names() {
   std::set<std::string> out;
@@ -102,6 +179,8 @@ MPP_REGISTER(set_marker);
 MPP_REGISTER(read_marker);
 MPP_REGISTER(die_once_on_seven_named);
 MPP_REGISTER_AS("twice", twice);
+MPP_REGISTER(failing_init);
+MPP_REGISTER(dying_init);
 
 TEST_CASE("map, starmap and apply compute in worker processes", "[pool]") {
   mpp::Pool pool(2);
@@ -451,4 +530,90 @@ TEST_CASE("spawn and forkserver pools: a killed worker fails its task, never a h
   CHECK(pool.map(die_once_on_seven_named, in, 3) == expect);
   CHECK(kills.value() >= 1);
   ::unsetenv(kKillsEnv);
+}
+
+// ---- a failing initializer breaks the pool (Python's BrokenProcessPool) ----------------------
+
+TEST_CASE("a Pool whose initializer throws is broken: calls fail, nothing respawns, nothing hangs",
+          "[pool][spawn]") {
+  for (auto m : {mpp::StartMethod::fork, mpp::StartMethod::spawn}) {
+    INFO("start method " << mpp::start_method_name(m));
+    const int rc = run_with_deadline(
+        [m] {
+          Expect expect;
+          mpp::RawValue<int> runs(0);
+          ::setenv(kInitRunsEnv, runs.name().c_str(), 1);
+          {
+            mpp::Pool pool(with_method(m, 2), failing_init, 7);
+            auto r = pool.apply_async(square, 3);
+            const auto e = error_of([&] { (void)r.get(30s); });
+            expect(broken_by<std::runtime_error>(e, "init boom 7"),
+                   "get() raises BrokenProcessPool nesting the initializer's runtime_error");
+            try {
+              std::rethrow_exception(e);
+            } catch (const std::exception& b) {
+              expect(std::string_view(b.what()).find("std::runtime_error") != std::string::npos,
+                     "the message names the initializer's exception type");
+            }
+            // Later calls raise it at once: apply, map (raw and encoded), imap.
+            expect(broken_by<std::runtime_error>(error_of([&] { (void)pool.apply(square, 1); }),
+                                                 "init boom 7"),
+                   "apply() after the break raises BrokenProcessPool");
+            expect(broken_by<std::runtime_error>(
+                       error_of([&] { (void)pool.map(square, std::vector<int>{1, 2}); }),
+                       "init boom 7"),
+                   "map() after the break raises BrokenProcessPool");
+            expect(broken_by<std::runtime_error>(
+                       error_of([&] {
+                         (void)pool.map(ones, std::vector<std::string>{"a"});
+                       }),
+                       "init boom 7"),
+                   "map() of encoded items after the break raises BrokenProcessPool");
+            expect(broken_by<std::runtime_error>(error_of([&] {
+                                                   for (int v : pool.imap(square,
+                                                                          std::vector<int>{1}))
+                                                     (void)v;
+                                                 }),
+                                                 "init boom 7"),
+                   "imap() after the break raises BrokenProcessPool");
+            std::this_thread::sleep_for(300ms);  // time for (wrong) respawns to show
+            expect(runs.value() >= 1 && runs.value() <= 2,
+                   fmt::format("the initializer ran once per worker, not again ({} runs)",
+                               runs.value()));
+            pool.close();
+            pool.join();  // returns
+          }
+          // The destructor of a broken pool that was not closed returns too.
+          { mpp::Pool pool(with_method(m, 2), failing_init, 8); }
+          expect(runs.value() <= 4, fmt::format("{} initializer runs in all", runs.value()));
+          ::unsetenv(kInitRunsEnv);
+          return expect.failed;
+        },
+        60s);
+    CHECK(rc == 0);
+  }
+}
+
+TEST_CASE("a Pool whose initializer kills its worker is broken too", "[pool][kill]") {
+  const int rc = run_with_deadline(
+      [] {
+        Expect expect;
+        mpp::RawValue<int> runs(0);
+        ::setenv(kInitRunsEnv, runs.name().c_str(), 1);
+        mpp::Pool pool(with_method(mpp::StartMethod::fork, 2), dying_init, 0);
+        const auto e = error_of([&] { (void)pool.apply_async(square, 3).get(30s); });
+        expect(broken_by<mpp::WorkerLostError>(e, "initializer"),
+               "get() raises BrokenProcessPool nesting a WorkerLostError");
+        expect(broken_by<mpp::WorkerLostError>(error_of([&] { (void)pool.apply(square, 1); }),
+                                               "initializer"),
+               "apply() after the break raises BrokenProcessPool");
+        std::this_thread::sleep_for(300ms);
+        expect(runs.value() >= 1 && runs.value() <= 2,
+               fmt::format("the initializer ran at most once per worker ({} runs)", runs.value()));
+        pool.terminate();
+        ::unsetenv(kInitRunsEnv);
+        return expect.failed;
+      },
+      60s);
+  CHECK(rc == 0);
 }

@@ -59,6 +59,17 @@ class WorkerLostError : public Error {
   using Error::Error;
 };
 
+/// A Pool or ProcessPoolExecutor can run nothing more because its initializer failed in a worker
+/// (threw, or the worker died while running it); every pending and later call fails with it
+/// (Python's concurrent.futures.process.BrokenProcessPool). When the initializer threw, the
+/// message names the exception's type and message, and the exception is nested in this one
+/// (std::rethrow_if_nested gives it back, as the pool would have thrown it: a std:: type or a
+/// RemoteError).
+class BrokenProcessPool : public Error {
+ public:
+  using Error::Error;
+};
+
 /// An exception raised in another process; carries its type name and message.
 class RemoteError : public Error {
  public:

@@ -1,6 +1,7 @@
 // mpp — ProcessPoolExecutor and Future (Python's concurrent.futures), on top of mpp::Pool: the same
 // workers, queues and lost-worker handling (a killed worker fails its future with WorkerLostError
-// instead of breaking the whole executor as Python's BrokenProcessPool does).
+// instead of breaking the whole executor as Python's BrokenProcessPool does). A failed
+// initializer does break it, as in Python: see ProcessPoolExecutor.
 #pragma once
 
 #include <chrono>
@@ -112,13 +113,20 @@ class Future {
 };
 
 /// A pool of worker processes running submitted calls (Python's ProcessPoolExecutor).
+///
+/// A failed initializer breaks the executor, as in Python: when it throws in any worker (or a
+/// worker dies while running it), the workers are stopped and none is started again, the pending
+/// and running futures fail with BrokenProcessPool (its message names the initializer's
+/// exception, which is nested in it), submit() and map() raise it from then on, and shutdown()
+/// and the destructor return at once. One failure is enough, even if other workers initialised.
 class ProcessPoolExecutor {
  public:
   //!Effects: starts `max_workers` workers (<= 0: cpu_count()).
   explicit ProcessPoolExecutor(int max_workers = 0) : ProcessPoolExecutor(ExecutorOptions{max_workers}) {}
   //!Effects: starts the workers described by `o`.
   explicit ProcessPoolExecutor(const ExecutorOptions& o) : pool_(pool_options(o)) {}
-  //!Effects: starts the workers; each runs `initializer(initargs...)` first.
+  //!Effects: starts the workers; each runs `initializer(initargs...)` first; if it fails the
+  //! executor is broken (BrokenProcessPool, see the class comment).
   template <class F, class... A>
   ProcessPoolExecutor(const ExecutorOptions& o, F&& initializer, A&&... initargs)
       : pool_(pool_options(o), std::forward<F>(initializer), std::forward<A>(initargs)...) {}
@@ -132,7 +140,8 @@ class ProcessPoolExecutor {
     }
   }
 
-  //!Returns: a Future of f(args...). Throws: ValueError after shutdown().
+  //!Returns: a Future of f(args...). Throws: BrokenProcessPool once the initializer failed,
+  //! ValueError after shutdown().
   template <class F, class... A, class R0 = std::invoke_result_t<const F&, const std::decay_t<A>&...>,
             class R = std::conditional_t<std::is_void_v<R0>, detail::pool::Unit, R0>>
   Future<R> submit(F f, A&&... a) {

@@ -357,6 +357,26 @@ inline std::string error_payload(const std::string& type, const std::string& mes
   return to_wire(std::pair<std::string, std::string>(type, message));
 }
 
+/// The running-task word of a worker that is running the pool's initializer: a worker that dies
+/// with it set died in the initializer, which breaks the pool (see Pool).
+inline constexpr std::uint64_t kInitializing = ~std::uint64_t{0};
+/// The seq of a result that reports the initializer's exception (no task has seq 0).
+inline constexpr std::uint64_t kInitFailed = 0;
+
+/// Puts a result; a full result queue is waited on only while the parent lives (nobody else
+/// reads it). Returns: false when the parent died first.
+inline bool put_result(Queue<std::string>& results, const std::string& m, const ProcessRef& parent) {
+  using namespace std::chrono_literals;
+  for (;;) {
+    try {
+      results.put(m, true, 0.1s);
+      return true;
+    } catch (const queue::Full&) {
+      if (!parent.alive()) return false;
+    }
+  }
+}
+
 /// The body of a worker process.
 inline void worker_main(const WorkerConfig& c) {
   using namespace std::chrono_literals;
@@ -375,7 +395,34 @@ inline void worker_main(const WorkerConfig& c) {
   if (c.init_invoker >= 0) {
     if (static_cast<std::size_t>(c.init_invoker) >= table.size())
       fail<CorruptedError>("pool initializer: unknown invoker {}", c.init_invoker);
-    table[static_cast<std::size_t>(c.init_invoker)](c.init_fn, c.init_args);
+    // An exception is reported to the supervisor (which breaks the pool), then ends this worker
+    // as an escaped exception does (printed with the worker's name, exit code 1).
+    running.store(kInitializing, std::memory_order_release);
+    std::string type, what;
+    std::exception_ptr error;
+    try {
+      table[static_cast<std::size_t>(c.init_invoker)](c.init_fn, c.init_args);
+    } catch (const ExitRequest&) {
+      throw;
+    } catch (const std::exception& e) {
+      type = os::current_exception_type_name();
+      what = e.what();
+      error = std::current_exception();
+    } catch (...) {
+      type = os::current_exception_type_name();
+      what = "unknown exception";
+      error = std::current_exception();
+    }
+    if (error) {
+      ResultHeader r{kInitFailed, 0, c.index};
+      r.gen = c.gen;
+      std::string out(sizeof r, '\0');
+      std::memcpy(out.data(), &r, sizeof r);
+      out.append(error_payload(type, what));
+      (void)put_result(results, out, parent);
+      std::rethrow_exception(error);
+    }
+    running.store(0, std::memory_order_release);
   }
   for (std::uint32_t done = 0; c.maxtasks == 0 || done < c.maxtasks;) {
     std::optional<std::string> m;
@@ -456,7 +503,7 @@ inline void worker_main(const WorkerConfig& c) {
     std::string out(sizeof r, '\0');
     std::memcpy(out.data(), &r, sizeof r);
     out.append(payload);
-    results.put(out);
+    if (!put_result(results, out, parent)) return;  // orphaned
     running.store(0, std::memory_order_release);
     ++done;
   }
@@ -631,6 +678,16 @@ class Future;
 /// A pool of worker processes (Python's multiprocessing.Pool). Workers are forked; tasks and
 /// results travel through mpp queues. The destructor terminates the workers (like leaving
 /// Python's `with Pool() as p:` block); call close() and join() first to let queued work finish.
+///
+/// A failed initializer breaks the pool, as in Python's concurrent.futures (Python's Pool
+/// instead starts workers again for ever and its calls never complete): when the initializer
+/// throws in any worker, or a worker dies while running it, the pool stops every worker, starts
+/// none again, fails its pending and running calls with BrokenProcessPool (which names the
+/// initializer's exception and nests it), and every later call raises it; close(), join(),
+/// terminate() and the destructor return at once. The rule holds for a flaky initializer too
+/// (one failure breaks the pool even if other workers initialised), because a worker that
+/// cannot be relied on to initialise would otherwise be retried without end; results already
+/// delivered stay valid.
 class Pool {
  public:
   //!Effects: starts `processes` workers (<= 0: cpu_count()). Throws: ProcessError, ValueError.
@@ -639,7 +696,8 @@ class Pool {
   //!Effects: starts the workers described by `opts`.
   explicit Pool(const PoolOptions& opts) { start(opts, -1, {}, {}); }
 
-  //!Effects: starts the workers; each runs `initializer(initargs...)` first (Python's initializer).
+  //!Effects: starts the workers; each runs `initializer(initargs...)` first (Python's
+  //! initializer); if it fails the pool is broken (BrokenProcessPool, see the class comment).
   template <class F, class... A>
     requires detail::pool::Callable<std::decay_t<F>>
   Pool(const PoolOptions& opts, F&& initializer, A&&... initargs) {
@@ -1143,6 +1201,7 @@ class Pool {
                std::vector<std::string> chunks, std::size_t first_index = 0) {
     auto shared_fn = std::make_shared<const std::string>(std::move(fn));
     std::lock_guard g(mu_);
+    if (broken_) std::rethrow_exception(broken_);
     if (closed_) detail::fail<ValueError>("Pool not running: it was closed or terminated");
     for (std::size_t i = 0; i < chunks.size(); ++i) {
       Task t;
@@ -1175,6 +1234,7 @@ class Pool {
                                "smaller chunksize",
                                biggest, detail::pool::kMaxMessage);
     std::lock_guard g(mu_);
+    if (broken_) std::rethrow_exception(broken_);
     if (closed_) detail::fail<ValueError>("Pool not running: it was closed or terminated");
     for (std::size_t b = 0, i = 0; b < count; b += chunk, ++i) {
       const std::size_t n = std::min(chunk, count - b);
@@ -1299,6 +1359,10 @@ class Pool {
     ResultHeader h;
     std::memcpy(&h, m.data(), sizeof h);
     std::string_view payload(m.data() + sizeof h, m.size() - sizeof h);
+    if (h.seq == kInitFailed) {
+      if (h.ok == 0) initializer_failed(h.worker, payload);
+      return;
+    }
     Task t;
     std::uint64_t* region = nullptr;  // the worker's region slot to free once delivered
     {
@@ -1361,7 +1425,7 @@ class Pool {
       }
       const std::uint64_t running =
           std::atomic_ref<std::uint64_t>((*status_)[2 * i]).load(std::memory_order_acquire);
-      if (opts_.task_timeout && running != 0) {
+      if (opts_.task_timeout && running != 0 && running != detail::pool::kInitializing) {
         const auto started = static_cast<std::int64_t>(
             std::atomic_ref<std::uint64_t>((*status_)[2 * i + 1]).load(std::memory_order_relaxed));
         const double secs = static_cast<double>(detail::pool::now_ns() - started) / 1e9;
@@ -1379,7 +1443,25 @@ class Pool {
       // Exited: after maxtasksperchild (normal), or died (killed, crashed). Results it queued
       // before it went are read first, so their tasks are delivered rather than run again.
       for (auto m = results_->try_get(); m; m = results_->try_get()) handle_result(*m);
+      if (!w.proc) continue;  // its report of a failed initializer broke the pool
       const int code = w.proc->exitcode().value_or(-1);
+      if (running == detail::pool::kInitializing) {  // died without a report: killed, crashed
+        std::exception_ptr e;
+        try {
+          try {
+            detail::fail<WorkerLostError>(
+                "pool worker {} died (exit code {}) while running the initializer", i, code);
+          } catch (...) {
+            std::throw_with_nested(BrokenProcessPool(fmt::format(
+                "pool worker {} died (exit code {}) while running the pool's initializer; {}", i,
+                code, kBrokenAdvice)));
+          }
+        } catch (...) {
+          e = std::current_exception();
+        }
+        break_pool(e);
+        continue;
+      }
       if (running != 0) {
         std::unique_lock g(mu_);
         auto it = inflight_.find(running);
@@ -1427,7 +1509,7 @@ class Pool {
     w.proc.reset();
     w.tasks.reset();
     w.respawn = false;
-    if (terminated_) return;
+    if (terminated_ || broken_) return;
     g.unlock();
     try {
       spawn_worker(i);
@@ -1446,6 +1528,80 @@ class Pool {
         for (auto& t : lost)
           t.job->fail_chunk(t.index, std::make_exception_ptr(ProcessError(fmt::format(
                                          "no pool worker could be started: {}", e.what()))));
+      }
+    }
+  }
+
+  static constexpr const char* kBrokenAdvice =
+      "the pool is broken: its pending and later calls fail with BrokenProcessPool and no worker "
+      "is started again (make a new pool once the initializer is fixed)";
+
+  // A worker reported that the initializer threw: the pool is broken, with that exception nested
+  // in the BrokenProcessPool.
+  void initializer_failed(std::uint32_t worker, std::string_view payload) {
+    using namespace detail::pool;
+    std::pair<std::string, std::string> err;
+    try {
+      err = from_wire<std::pair<std::string, std::string>>(payload);
+    } catch (const std::exception& e) {  // malformed: still a failed initializer
+      err = {"mpp::CorruptedError", fmt::format("an unreadable report ({})", e.what())};
+    }
+    std::exception_ptr broken;
+    try {
+      try {
+        throw_remote(err.first, err.second);
+      } catch (...) {
+        std::throw_with_nested(BrokenProcessPool(fmt::format(
+            "the pool's initializer raised {}: {} (in pool worker {}); {}", err.first, err.second,
+            worker, kBrokenAdvice)));
+      }
+    } catch (...) {
+      broken = std::current_exception();
+    }
+    break_pool(broken);
+  }
+
+  // Python's terminate_broken(): every pending and running call fails with `e`, the workers are
+  // stopped and none is started again; later calls raise `e`. Runs in the supervisor thread.
+  void break_pool(std::exception_ptr e) {
+    std::deque<Task> left;
+    {
+      std::lock_guard g(mu_);
+      if (broken_) return;
+      broken_ = e;
+      for (auto& [seq, t] : inflight_) left.push_back(std::move(t));
+      for (auto& t : pending_) left.push_back(std::move(t));
+      inflight_.clear();
+      pending_.clear();
+    }
+    stop_workers();
+    for (auto& w : workers_) {
+      w.proc.reset();
+      w.tasks.reset();
+      w.assigned.clear();
+      w.region.fill(0);
+      w.respawn = false;
+    }
+    for (auto& t : left) t.job->fail_chunk(t.index, e);
+  }
+
+  // SIGTERM to every worker, SIGKILL to those still there after a second; each wait is bounded.
+  void stop_workers() {
+    for (auto& w : workers_) {
+      if (!w.proc) continue;
+      try {
+        w.proc->terminate();
+      } catch (const std::exception&) {  // already reaped
+      }
+    }
+    for (auto& w : workers_) {
+      if (!w.proc) continue;
+      try {
+        if (!w.proc->join(Timeout(1.0))) {
+          w.proc->kill();
+          (void)w.proc->join(Timeout(5.0));
+        }
+      } catch (const std::exception&) {
       }
     }
   }
@@ -1498,6 +1654,7 @@ class Pool {
   unsigned worker_counter_ = 0;
   bool closed_ = false;
   bool terminated_ = false;
+  std::exception_ptr broken_;  // set once, by break_pool(): every later call raises it
 };
 
 /// The input range returned by Pool::imap / imap_unordered: yields results as they are ready,
