@@ -1,7 +1,11 @@
 // ProcessPoolExecutor and Future across real worker processes.
 #include <mpp/futures.hpp>
+#include <mpp/value.hpp>
 #include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+#include <cstdlib>
 
 #include <atomic>
 #include <stdexcept>
@@ -34,6 +38,61 @@ mpp::ExecutorOptions with_method(mpp::StartMethod m) {
   o.start_method = m;
   return o;
 }
+
+// An initializer that always throws; its runs are counted in the RawValue this variable names.
+constexpr const char* kInitRunsEnv = "MPP_TEST_FUTURES_INIT_RUNS";
+void failing_init(int code) {
+  if (const char* n = std::getenv(kInitRunsEnv)) mpp::RawValue<int>::open(n).fetch_add(1);
+  throw std::invalid_argument("bad init " + std::to_string(code));
+}
+
+/// Runs `scenario` in a forked child, waiting at most `limit`: a regression that hangs fails
+/// (the child is killed, -1000 returned) instead of blocking the suite. Returns its exit code.
+template <class F>
+int run_with_deadline(F&& scenario, std::chrono::seconds limit) {
+  const pid_t pid = mpp_test::fork_child(std::forward<F>(scenario));
+  const auto t0 = std::chrono::steady_clock::now();
+  for (;;) {
+    int status = 0;
+    const pid_t r = ::waitpid(pid, &status, WNOHANG);
+    if (r == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+    if (r < 0 && errno != EINTR) return -2000;
+    if (mpp_test::seconds_since(t0) > std::chrono::duration<double>(limit).count()) {
+      ::kill(pid, SIGKILL);
+      (void)mpp_test::wait_child(pid);
+      return -1000;
+    }
+    std::this_thread::sleep_for(20ms);
+  }
+}
+
+/// Whether `call` raises BrokenProcessPool naming "bad init <code>" (and std::invalid_argument),
+/// with the initializer's std::invalid_argument nested in it.
+template <class F>
+bool raises_broken(F&& call, int code) {
+  const std::string text = "bad init " + std::to_string(code);
+  try {
+    call();
+  } catch (const mpp::BrokenProcessPool& b) {
+    const std::string_view what = b.what();
+    if (what.find(text) == what.npos || what.find("std::invalid_argument") == what.npos) {
+      fmt::print(stderr, "unexpected message: {}\n", what);
+      return false;
+    }
+    try {
+      std::rethrow_if_nested(b);
+    } catch (const std::invalid_argument& cause) {
+      return cause.what() == text;
+    } catch (...) {
+      return false;
+    }
+    return false;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "unexpected exception: {}\n", e.what());
+    return false;
+  }
+  return false;
+}
 }  // namespace
 
 MPP_REGISTER(cube);
@@ -41,6 +100,7 @@ MPP_REGISTER(sleepy);
 MPP_REGISTER(suicide);
 MPP_REGISTER(plus_one);
 MPP_REGISTER(reject);
+MPP_REGISTER(failing_init);
 
 TEST_CASE("submit returns futures with results and exceptions", "[futures]") {
   mpp::ProcessPoolExecutor ex(2);
@@ -137,5 +197,45 @@ TEST_CASE("spawn and forkserver executors: a killed worker fails only its future
     auto lost = ex.submit(suicide, 0);
     CHECK_THROWS_AS(lost.result(60s), mpp::WorkerLostError);
     CHECK(ex.submit(cube, 4).result(60s) == 64);
+  }
+}
+
+TEST_CASE("an executor whose initializer throws is broken: futures fail, submit raises, shutdown "
+          "returns", "[futures][spawn]") {
+  for (auto m : {mpp::StartMethod::fork, mpp::StartMethod::spawn}) {
+    INFO("start method " << mpp::start_method_name(m));
+    const int rc = run_with_deadline(
+        [m] {
+          int failed = 0;
+          auto expect = [&](bool ok, const char* what) {
+            if (!ok) fmt::print(stderr, "scenario check failed: {}\n", what), ++failed;
+          };
+          mpp::RawValue<int> runs(0);
+          ::setenv(kInitRunsEnv, runs.name().c_str(), 1);
+          {
+            mpp::ProcessPoolExecutor ex(with_method(m), failing_init, 3);
+            // Submitted before the break is seen: the future fails; after: submit() raises.
+            for (int i = 0; i < 4; ++i)
+              expect(raises_broken([&] { (void)ex.submit(cube, i).result(30s); }, 3),
+                     "a pending future fails with BrokenProcessPool");
+            expect(raises_broken([&] { (void)ex.submit(cube, 1); }, 3),
+                   "submit() after the break raises BrokenProcessPool");
+            expect(raises_broken([&] { (void)ex.map(cube, std::vector<int>{1, 2}, 30s); }, 3),
+                   "map() after the break raises BrokenProcessPool");
+            ex.shutdown(true);  // returns
+          }
+          expect(runs.value() >= 1 && runs.value() <= 2,
+                 "the initializer ran at most once per worker");
+          {  // the destructor (shutdown(wait=true)) of a broken executor returns too
+            mpp::ProcessPoolExecutor ex(with_method(m), failing_init, 4);
+            expect(raises_broken([&] { (void)ex.submit(cube, 2).result(30s); }, 4),
+                   "the future fails");
+          }
+          expect(runs.value() <= 4, "no initializer runs after the break");
+          ::unsetenv(kInitRunsEnv);
+          return failed;
+        },
+        60s);
+    CHECK(rc == 0);
   }
 }

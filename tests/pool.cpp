@@ -545,8 +545,8 @@ TEST_CASE("a Pool whose initializer throws is broken: calls fail, nothing respaw
           ::setenv(kInitRunsEnv, runs.name().c_str(), 1);
           {
             mpp::Pool pool(with_method(m, 2), failing_init, 7);
-            auto r = pool.apply_async(square, 3);
-            const auto e = error_of([&] { (void)r.get(30s); });
+            // Submitted before the break is seen: get() raises; after: apply_async() does.
+            const auto e = error_of([&] { (void)pool.apply_async(square, 3).get(30s); });
             expect(broken_by<std::runtime_error>(e, "init boom 7"),
                    "get() raises BrokenProcessPool nesting the initializer's runtime_error");
             try {
