@@ -1423,7 +1423,7 @@ class Pool {
         if (w.respawn) replace(i, 0);
         continue;
       }
-      const std::uint64_t running =
+      std::uint64_t running =
           std::atomic_ref<std::uint64_t>((*status_)[2 * i]).load(std::memory_order_acquire);
       if (opts_.task_timeout && running != 0 && running != detail::pool::kInitializing) {
         const auto started = static_cast<std::int64_t>(
@@ -1440,6 +1440,9 @@ class Pool {
         }
       }
       if (w.proc->is_alive()) continue;
+      // Read again now that it is gone: it may have left the initializer or started a task
+      // since the first read.
+      running = std::atomic_ref<std::uint64_t>((*status_)[2 * i]).load(std::memory_order_acquire);
       // Exited: after maxtasksperchild (normal), or died (killed, crashed). Results it queued
       // before it went are read first, so their tasks are delivered rather than run again.
       for (auto m = results_->try_get(); m; m = results_->try_get()) handle_result(*m);
