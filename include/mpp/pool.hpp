@@ -1565,7 +1565,7 @@ class Pool {
   }
 
   // Python's terminate_broken(): every pending and running call fails with `e`, the workers are
-  // stopped and none is started again; later calls raise `e`. Runs in the supervisor thread.
+  // killed and none is started again; later calls raise `e`. Runs in the supervisor thread.
   void break_pool(std::exception_ptr e) {
     std::deque<Task> left;
     {
@@ -1577,7 +1577,7 @@ class Pool {
       inflight_.clear();
       pending_.clear();
     }
-    stop_workers();
+    kill_workers();
     for (auto& w : workers_) {
       w.proc.reset();
       w.tasks.reset();
@@ -1588,22 +1588,20 @@ class Pool {
     for (auto& t : left) t.job->fail_chunk(t.index, e);
   }
 
-  // SIGTERM to every worker, SIGKILL to those still there after a second; each wait is bounded.
-  void stop_workers() {
+  // SIGKILL, not SIGTERM: nothing a worker of a broken pool holds needs its cleanup, and a
+  // worker forked a moment ago may still run the SIGTERM handler it inherited from this program.
+  void kill_workers() {
     for (auto& w : workers_) {
       if (!w.proc) continue;
       try {
-        w.proc->terminate();
+        w.proc->kill();
       } catch (const std::exception&) {  // already reaped
       }
     }
     for (auto& w : workers_) {
       if (!w.proc) continue;
       try {
-        if (!w.proc->join(Timeout(1.0))) {
-          w.proc->kill();
-          (void)w.proc->join(Timeout(5.0));
-        }
+        (void)w.proc->join(Timeout(5.0));
       } catch (const std::exception&) {
       }
     }
