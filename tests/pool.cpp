@@ -82,6 +82,11 @@ void failing_init(int code) {
   count_init_run();
   throw std::runtime_error(fmt::format("init boom {}", code));
 }
+// Fails in the first worker only (a flaky initializer).
+void flaky_init(int) {
+  if (const char* n = std::getenv(kInitRunsEnv))
+    if (mpp::RawValue<int>::open(n).fetch_add(1) == 0) throw std::runtime_error("flaky init");
+}
 void dying_init(int) {
   count_init_run();
   ::kill(::getpid(), SIGKILL);
@@ -121,6 +126,7 @@ int run_with_deadline(F&& scenario, std::chrono::seconds limit) {
 /// Whether `e` is a BrokenProcessPool naming `text`, with a nested `Cause` naming it too.
 template <class Cause>
 bool broken_by(std::exception_ptr e, std::string_view text) {
+  if (!e) return false;  // no exception at all
   try {
     std::rethrow_exception(e);
   } catch (const mpp::BrokenProcessPool& b) {
@@ -181,6 +187,7 @@ MPP_REGISTER(die_once_on_seven_named);
 MPP_REGISTER_AS("twice", twice);
 MPP_REGISTER(failing_init);
 MPP_REGISTER(dying_init);
+MPP_REGISTER(flaky_init);
 
 TEST_CASE("map, starmap and apply compute in worker processes", "[pool]") {
   mpp::Pool pool(2);
@@ -611,6 +618,28 @@ TEST_CASE("a Pool whose initializer kills its worker is broken too", "[pool][kil
         expect(runs.value() >= 1 && runs.value() <= 2,
                fmt::format("the initializer ran at most once per worker ({} runs)", runs.value()));
         pool.terminate();
+        ::unsetenv(kInitRunsEnv);
+        return expect.failed;
+      },
+      60s);
+  CHECK(rc == 0);
+}
+
+TEST_CASE("one failure of a flaky initializer breaks the pool; no worker is retried", "[pool]") {
+  const int rc = run_with_deadline(
+      [] {
+        Expect expect;
+        mpp::RawValue<int> runs(0);
+        ::setenv(kInitRunsEnv, runs.name().c_str(), 1);
+        mpp::Pool pool(with_method(mpp::StartMethod::fork, 1), flaky_init, 0);
+        expect(broken_by<std::runtime_error>(
+                   error_of([&] { (void)pool.apply_async(square, 3).get(30s); }), "flaky init"),
+               "the call fails with BrokenProcessPool although a new worker would initialise");
+        expect(broken_by<std::runtime_error>(error_of([&] { (void)pool.apply(square, 2); }),
+                                             "flaky init"),
+               "later calls raise it too");
+        std::this_thread::sleep_for(200ms);
+        expect(runs.value() == 1, fmt::format("one initializer run ({})", runs.value()));
         ::unsetenv(kInitRunsEnv);
         return expect.failed;
       },
