@@ -611,8 +611,9 @@ class Tx {
   void commit() {
     for (std::uint64_t p : freed_) free_now(p);
     freed_.clear();
-    // Writes to pages a truncation removed went to this process's private zero pages.
-    a_.check_mapped();
+    // Writes to pages a truncation removed went to this process's private zero pages, and a
+    // cut that zeroed the header in place freed the lock under us: commit neither.
+    a_.check_header();
     MPP_CRASH_POINT("manager.tx.before_commit");
     std::atomic_signal_fence(std::memory_order_seq_cst);
     h_->log_used.store(0, std::memory_order_release);  // the commit point
