@@ -233,6 +233,9 @@ class SharedDict {
     return mpp::decode<V>(found);
   }
   //!Effects: removes k. Returns: its value. Throws: KeyError if missing.
+  //! Like Python's manager, pop(), popitem() and SharedList::pop() decode the item after it is
+  //! removed (outside the lock, as decoding a container handle opens its manager): an item that
+  //! cannot be decoded is gone and the decoding error propagates.
   V pop(const K& k) {
     auto v = take(k);
     if (!v) missing(k);
