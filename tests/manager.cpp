@@ -10,7 +10,12 @@
 #include <mpp/process.hpp>
 
 #if defined(MPP_OS_POSIX)
+#  include <fcntl.h>
+#  include <poll.h>
 #  include <signal.h>
+#  include <sys/mman.h>
+#  include <sys/stat.h>
+#  include <unistd.h>
 #endif
 
 #include <chrono>
@@ -717,3 +722,345 @@ TEST_CASE("spawned writers terminated at random moments leave every container be
     check_consistent(m);
   }
 }
+
+#if defined(MPP_OS_POSIX)
+namespace {
+
+/// Runs `fn` in a forked child that must finish within `limit`: a child still running then is
+/// SIGKILLed and reported as -SIGKILL (a hang). Returns the child's exit code or -signal.
+template <class F>
+int bounded_child(std::chrono::milliseconds limit, F&& fn) {
+  const pid_t pid = fork_child(std::forward<F>(fn));
+  const auto t0 = std::chrono::steady_clock::now();
+  for (;;) {
+    int status = 0;
+    const pid_t r = ::waitpid(pid, &status, WNOHANG);
+    if (r == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+    if (r < 0 && errno != EINTR) return -1000;
+    if (std::chrono::steady_clock::now() - t0 > limit) {
+      ::kill(pid, SIGKILL);
+      return wait_child(pid);
+    }
+    std::this_thread::sleep_for(2ms);
+  }
+}
+
+/// A one-shot "go" from the parent to a forked child (a pipe).
+struct Go {
+  int fd[2]{-1, -1};
+  Go() { REQUIRE(::pipe(fd) == 0); }
+  ~Go() {
+    ::close(fd[0]);
+    ::close(fd[1]);
+  }
+  void post() const {
+    const char c = 1;
+    REQUIRE(::write(fd[1], &c, 1) == 1);
+  }
+  bool wait() const {  // false after 30 s without a post
+    pollfd p{fd[0], POLLIN, 0};
+    if (::poll(&p, 1, 30000) != 1) return false;
+    char c;
+    return ::read(fd[0], &c, 1) == 1;
+  }
+};
+
+/// The arena of the manager `name`, mapped behind the library's back (as a hostile peer would).
+struct RawArena {
+  std::byte* file = nullptr;
+  std::size_t file_size = 0;
+  std::byte* base = nullptr;  ///< the arena (payload) start
+  explicit RawArena(const std::string& name) {
+    const int fd = ::shm_open(("/" + name).c_str(), O_RDWR, 0);
+    REQUIRE(fd >= 0);
+    struct stat st{};
+    REQUIRE(::fstat(fd, &st) == 0);
+    file_size = static_cast<std::size_t>(st.st_size);
+    void* p = ::mmap(nullptr, file_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    ::close(fd);
+    REQUIRE(p != MAP_FAILED);
+    file = static_cast<std::byte*>(p);
+    base = file + reinterpret_cast<const mpp::detail::SegmentHeader*>(file)->payload_offset;
+  }
+  ~RawArena() { ::munmap(file, file_size); }
+  mpp::detail::shm::ArenaHeader* header() const {
+    return reinterpret_cast<mpp::detail::shm::ArenaHeader*>(base);
+  }
+  std::uint64_t payload_offset() const { return static_cast<std::uint64_t>(base - file); }
+  void write(std::uint64_t off, std::uint64_t v) const {
+    if (payload_offset() + off + 8 <= file_size) std::memcpy(base + off, &v, 8);
+  }
+  std::uint64_t read(std::uint64_t off) const {
+    std::uint64_t v = 0;
+    if (payload_offset() + off + 8 <= file_size) std::memcpy(&v, base + off, 8);
+    return v;
+  }
+};
+
+/// Exit codes of a victim process.
+enum VictimRc { kOk = 0, kForeign = 3, kNoError = 4, kWrongError = 5, kNoGo = 6 };
+
+/// Calls `op`, treating an mpp::Error as an accepted outcome; other exceptions escape.
+template <class F>
+void tolerate(F&& op) {
+  try {
+    op();
+  } catch (const mpp::Error&) {
+  }
+}
+
+}  // namespace
+
+TEST_CASE("eight zero bytes over the arena's bump word: CorruptedError, not SIGSEGV", "[manager]") {
+  const auto name = unique_name("mgr.bump");
+  auto m = mpp::Manager::create(name, small(16u << 20));
+  auto d = m.dict<std::string, int>("d");
+  auto l = m.list<std::string>("l");
+  for (int i = 0; i < 4; ++i) {
+    d.set(fmt::format("k{}", i), i);
+    l.append(std::string(40, 'x'));
+  }
+  RawArena raw(name);
+  raw.write(offsetof(mpp::detail::shm::ArenaHeader, bump), 0);
+  const int rc = bounded_child(20s, [&]() -> int {
+    int corrupted = 0;
+    for (int i = 0; i < 2; ++i) {
+      try {
+        d.set(fmt::format("new{}", i), i);
+        l.append(std::string(300, 'y'));
+      } catch (const mpp::CorruptedError& e) {
+        corrupted += std::string_view(e.what()).find(name) != std::string_view::npos;
+      }
+    }
+    return corrupted == 2 ? kOk : kWrongError;
+  });
+  CHECK(rc == kOk);
+  CHECK(d.at("k3") == 3);  // reads do not need the allocator
+}
+
+TEST_CASE("hostile peer scribbles over a live manager: errors, never a crash or a hang",
+          "[manager][kill][hostile]") {
+  namespace shm = mpp::detail::shm;
+  const long rounds = [] {
+    const char* e = std::getenv("MPP_HOSTILE_ROUNDS");
+    return e != nullptr ? std::atol(e) : 240L;
+  }();
+  const std::uint64_t seed0 = [] {
+    const char* e = std::getenv("MPP_HOSTILE_SEED");
+    return e != nullptr ? std::strtoull(e, nullptr, 10) : 20281ull;
+  }();
+  int errors_seen = 0;
+  for (long round = 0; round < rounds; ++round) {
+    const std::uint64_t seed = seed0 + static_cast<std::uint64_t>(round);
+    INFO("round " << round << "; reproduce with MPP_HOSTILE_SEED=" << seed
+                  << " MPP_HOSTILE_ROUNDS=1");
+    const auto name = unique_name("mgr.hostile");
+    mpp::ManagerOptions o = small(1u << 20);
+    o.timeout = 200ms;  // a scribbled lock word may name a live holder
+    auto m = mpp::Manager::create(name, o);
+    auto d = m.dict<std::string, int>("d");
+    auto l = m.list<std::string>("l");
+    auto ns = m.Namespace("ns");
+    for (int i = 0; i < 24; ++i) {
+      d.set(fmt::format("key{}", i), i);
+      l.append(std::string(static_cast<std::size_t>(1 + i * 7), static_cast<char>('a' + i % 26)));
+    }
+    for (int i = 0; i < 6; ++i) {  // fill some free lists
+      d.erase(fmt::format("key{}", i * 3));
+      l.pop(0);
+    }
+    ns.set("x", 1.5);
+
+    // Where to scribble: the header's hot words, the allocator, the undo log, the directory,
+    // the containers' roots and tables, anywhere in the used heap.
+    RawArena raw(name);
+    const auto* h = raw.header();
+    const std::uint64_t log_off = h->log_off, heap = h->heap_start, top = h->bump;
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges{
+        {0, offsetof(shm::ArenaHeader, free_head)},
+        {offsetof(shm::ArenaHeader, bump), offsetof(shm::ArenaHeader, bump) + 8},
+        {offsetof(shm::ArenaHeader, log_used), offsetof(shm::ArenaHeader, log_used) + 16},
+        {offsetof(shm::ArenaHeader, free_head), offsetof(shm::ArenaHeader, dir_count)},
+        {offsetof(shm::ArenaHeader, dir_count), offsetof(shm::ArenaHeader, dir) + 3 * sizeof(shm::DirEntry)},
+        {log_off, log_off + 512},
+        {heap, top}};
+    for (int i = 0; i < 3; ++i) {
+      const std::uint64_t root = h->dir[i].root;
+      ranges.push_back({root, root + 64});
+      for (int f = 2; f < 8; ++f)  // the blocks the root's offset fields point to
+        if (const std::uint64_t t = raw.read(root + 8 * f); t >= heap && t < top)
+          ranges.push_back({t, std::min(top, t + 256)});
+    }
+    std::mt19937_64 rng(seed);
+    const int writes = 1 + static_cast<int>(rng() % 6);
+    for (int w = 0; w < writes; ++w) {
+      const auto& [b, e] = ranges[rng() % ranges.size()];
+      const std::uint64_t off = (b + rng() % std::max<std::uint64_t>(1, e - b)) & ~std::uint64_t{7};
+      std::uint64_t v = rng();
+      switch (rng() % 7) {
+        case 0: v = 0; break;
+        case 1: v %= 64; break;  // a plausible small index or length
+        case 2: v = ~std::uint64_t{0} - (v % 4); break;  // -1 and friends
+        case 3: v &= 0xffffffff; break;
+        case 4: v = heap + (v % (top - heap + 4096)) / 16 * 16 + 8; break;  // a plausible block
+        case 5: v = v % (raw.file_size * 2); break;  // near the arena's size
+        default: break;
+      }
+      raw.write(off, v);
+    }
+    if (rng() % 4 == 0) {  // a forged undo log: the next writer "recovers" from it
+      raw.write(log_off, rng() % (top + 4096));
+      raw.write(log_off + 8, rng() % 64);
+      raw.write(offsetof(shm::ArenaHeader, log_used), 16 + 8 * (rng() % 10));
+    }
+
+    // The victim opened the manager before the scribbling (inherited handles), so open-time
+    // validation cannot protect it; it also opens it afresh.
+    const int rc = bounded_child(20s, [&]() -> int {
+      int errors = 0;
+      auto count = [&](auto&& op) {
+        try {
+          op();
+        } catch (const mpp::Error&) {
+          ++errors;
+        }
+      };
+      try {
+        for (int i = 0; i < 3; ++i) {
+          count([&] { d.set(fmt::format("new{}.{}", i, seed), i); });
+          count([&] { (void)d.get("key4"); });
+          count([&] { (void)d.pop("key7", -1); });
+          count([&] { (void)d.popitem(); });
+          count([&] { (void)d.setdefault("key10", 5); });
+          count([&] { d.update_with("key11", [](int x) { return x + 1; }); });
+          count([&] { (void)d.items(); });
+          count([&] { l.append(std::string(static_cast<std::size_t>(i * 90), 'n')); });
+          count([&] { l.insert(1, "ins"); });
+          count([&] { (void)l.pop(); });
+          count([&] { (void)l.get(2); });
+          count([&] { l.set(0, std::string(100, 's')); });
+          count([&] { (void)l.to_vector(); });
+          count([&] { l.sort(); });
+          count([&] { l.erase(0, 2); });
+          count([&] { ns.set("x", i); });
+          count([&] { (void)ns.get<int>("x"); });
+          count([&] { (void)m.list<int>(fmt::format("fresh{}", i)); });
+        }
+        count([&] { d.clear(); });
+        count([&] { l.clear(); });
+        count([&] {
+          auto m2 = mpp::Manager::open(name, o);
+          auto d2 = m2.dict<std::string, int>("d");
+          d2.set("reopened", 1);
+          (void)d2.keys();
+        });
+      } catch (const std::exception& e) {
+        fmt::print(stderr, "victim: foreign exception {}\n", e.what());
+        return kForeign;
+      }
+      return errors > 0 ? 1 : kOk;  // 1: some operation raised an mpp::Error
+    });
+    INFO("victim exit status " << rc << " (0/1: survived, negative: killed by that signal)");
+    CHECK((rc == kOk || rc == 1));
+    errors_seen += rc == 1;
+  }
+  CHECK(errors_seen > rounds / 4);  // the scribbles did damage that was detected
+}
+
+TEST_CASE("containers of containers: pop/popitem/setdefault and locked reads do not deadlock",
+          "[manager][kill]") {
+  const auto name = unique_name("mgr.nested");
+  auto m = mpp::Manager::create(name, small());
+  auto outer = m.list<mpp::SharedList<int>>("outer");
+  auto d = m.dict<std::string, mpp::SharedList<int>>("d");
+  for (int i = 0; i < 4; ++i) {
+    auto in = m.list<int>(fmt::format("in{}", i));
+    in.append(i);
+    outer.append(in);
+    d.set(fmt::format("k{}", i), in);
+  }
+  auto first = [](const mpp::SharedList<int>& l) { return l.get(0); };
+  // Each operation in a child of its own, which must finish: a deadlock is killed and fails.
+  CHECK(bounded_child(20s, [&] { return first(outer.pop()) == 3 ? 0 : 2; }) == 0);
+  CHECK(bounded_child(20s, [&] { return first(outer.pop(0)) == 0 ? 0 : 2; }) == 0);
+  CHECK(bounded_child(20s, [&] {
+          auto [k, v] = d.popitem();
+          return k == "k3" && first(v) == 3 ? 0 : 2;
+        }) == 0);
+  CHECK(bounded_child(20s, [&] { return first(d.pop("k1")) == 1 ? 0 : 2; }) == 0);
+  CHECK(bounded_child(20s, [&] {
+          return first(d.setdefault("k2", m.list<int>("in0"))) == 2 ? 0 : 2;
+        }) == 0);
+  // Other operations that decode under the lock: update_with, sort, and a read that falls back
+  // to the lock because a writer died with the dict's sequence word odd.
+  CHECK(bounded_child(20s, [&] {
+          auto v = d.update_with("k0", [](mpp::SharedList<int> l) { return l; }, m.list<int>("in1"));
+          return first(v) == 0 ? 0 : 2;
+        }) == 0);
+  CHECK(bounded_child(20s, [&] {
+          outer.sort([](const auto& a, const auto& b) { return a.name() > b.name(); });
+          return first(outer.get(0)) == 2 ? 0 : 2;
+        }) == 0);
+  REQUIRE(wait_child(fork_child([&] {
+            std::snprintf(crash_arm::target, sizeof crash_arm::target, "%s",
+                          "manager.dict.set.after_entry");
+            crash_arm::countdown = 1;
+            d.set("dies", m.list<int>("in3"));
+            return 0;
+          })) == -SIGKILL);
+  CHECK(bounded_child(20s, [&] { return first(d.at("k0")) == 0 ? 0 : 2; }) == 0);
+  CHECK(d.size() == 2);
+  CHECK(outer.size() == 2);
+  CHECK_FALSE(d.contains("dies"));
+}
+
+TEST_CASE("a manager truncated under a live user reports that it shrank", "[manager][kill]") {
+  for (const bool to_zero : {true, false}) {
+    INFO((to_zero ? "truncated to 0 bytes" : "truncated inside the heap"));
+    const auto name = unique_name("mgr.trunc");
+    auto m = mpp::Manager::create(name, small(4u << 20));
+    auto d = m.dict<int, std::string>("d");
+    auto l = m.list<std::string>("l");
+    for (int i = 0; i < 300; ++i) {
+      d.set(i, std::string(100, 'v'));
+      l.append(std::string(100, 'l'));
+    }
+    std::uint64_t cut = 0;
+    if (!to_zero) {
+      RawArena raw(name);
+      cut = raw.payload_offset() + raw.header()->heap_start + 8192;  // header and log intact
+    }
+    Go ready, go;
+    const pid_t victim = fork_child([&]() -> int {
+      if (d.at(7).size() != 100 || l.size() != 300) return 2;  // in use before the cut
+      ready.post();
+      if (!go.wait()) return kNoGo;
+      int shrank = 0;
+      auto expect = [&](auto&& op) {
+        try {
+          op();
+        } catch (const mpp::CorruptedError& e) {
+          const std::string_view w = e.what();
+          if (w.find("shrank") != w.npos && w.find(name) != w.npos) ++shrank;
+          else fmt::print(stderr, "victim: {}\n", w);
+        }
+      };
+      expect([&] { d.set(1000, "new"); });
+      expect([&] { (void)d.get(250); });
+      expect([&] { l.append("more"); });
+      expect([&] { (void)l.to_vector(); });
+      return shrank == 4 ? kOk : kWrongError;
+    });
+    REQUIRE(ready.wait());
+    {  // The hostile process: cut the object under everyone's feet.
+      const pid_t cutter = fork_child([&] {
+        const int fd = ::shm_open(("/" + name).c_str(), O_RDWR, 0);
+        return fd >= 0 && ::ftruncate(fd, static_cast<off_t>(cut)) == 0 ? 0 : 1;
+      });
+      REQUIRE(wait_child(cutter) == 0);
+    }
+    go.post();
+    CHECK(wait_child(victim) == kOk);
+  }
+}
+#endif  // MPP_OS_POSIX

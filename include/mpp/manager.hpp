@@ -216,18 +216,26 @@ class SharedDict {
   V setdefault(const K& k, const V& def = V{}) {
     Bytes key = mpp::encode(k);
     const std::uint64_t h = detail::shm::hash_bytes(key.data(), key.size());
-    detail::shm::Tx tx(arena(), ref_.deadline(), "setdefault", &root()->seq);
-    if (auto hit = core().find(key, h)) {
-      V v = mpp::decode<V>(hit->value);
-      tx.commit();
-      return v;
+    Bytes found;
+    {
+      detail::shm::Tx tx(arena(), ref_.deadline(), "setdefault", &root()->seq);
+      if (auto hit = core().find(key, h)) {
+        // Decoded after the lock is released: decoding a container handle opens the manager.
+        found.assign(hit->value.begin(), hit->value.end());
+        tx.commit();
+      } else {
+        const ByteSpan val = detail::encode_into(def, detail::scratch(1));
+        core().insert_new(tx, key, h, val);
+        tx.commit();
+        return def;
+      }
     }
-    const ByteSpan val = detail::encode_into(def, detail::scratch(1));
-    core().insert_new(tx, key, h, val);
-    tx.commit();
-    return def;
+    return mpp::decode<V>(found);
   }
   //!Effects: removes k. Returns: its value. Throws: KeyError if missing.
+  //! Like Python's manager, pop(), popitem() and SharedList::pop() decode the item after it is
+  //! removed (outside the lock, as decoding a container handle opens its manager): an item that
+  //! cannot be decoded is gone and the decoding error propagates.
   V pop(const K& k) {
     auto v = take(k);
     if (!v) missing(k);
@@ -240,13 +248,19 @@ class SharedDict {
   }
   //!Effects: removes the most recently inserted item. Returns: it. Throws: KeyError if empty.
   std::pair<K, V> popitem() {
-    detail::shm::Tx tx(arena(), ref_.deadline(), "popitem", &root()->seq);
-    auto hit = core().last();
-    if (!hit) detail::fail<KeyError>("popitem(): dict '{}' of manager '{}' is empty", ref_.name, mname());
-    std::pair<K, V> r{mpp::decode<K>(hit->key), mpp::decode<V>(hit->value)};
-    core().erase(tx, *hit);
-    tx.commit();
-    return r;
+    Bytes k, v;
+    {
+      detail::shm::Tx tx(arena(), ref_.deadline(), "popitem", &root()->seq);
+      auto hit = core().last();
+      if (!hit)
+        detail::fail<KeyError>("popitem(): dict '{}' of manager '{}' is empty", ref_.name, mname());
+      // Copied under the lock, decoded after it (decoding a handle opens the manager).
+      k.assign(hit->key.begin(), hit->key.end());
+      v.assign(hit->value.begin(), hit->value.end());
+      core().erase(tx, *hit);
+      tx.commit();
+    }
+    return {mpp::decode<K>(k), mpp::decode<V>(v)};
   }
   /// Removes k; returns false if it was missing (Python's `del d[k]` without the KeyError).
   bool erase(const K& k) { return take(k).has_value(); }
@@ -363,13 +377,17 @@ class SharedDict {
   std::optional<V> take(const K& k) {
     const ByteSpan key = detail::encode_into(k, detail::scratch(0));
     const std::uint64_t h = detail::shm::hash_bytes(key.data(), key.size());
-    detail::shm::Tx tx(arena(), ref_.deadline(), "pop", &root()->seq);
-    auto hit = core().find(key, h);
-    if (!hit) return std::nullopt;  // ~Tx releases the lock (nothing was logged)
-    V v = mpp::decode<V>(hit->value);
-    core().erase(tx, *hit);
-    tx.commit();
-    return v;
+    Bytes v;
+    {
+      detail::shm::Tx tx(arena(), ref_.deadline(), "pop", &root()->seq);
+      auto hit = core().find(key, h);
+      if (!hit) return std::nullopt;  // ~Tx releases the lock (nothing was logged)
+      // Copied under the lock, decoded after it (decoding a handle opens the manager).
+      v.assign(hit->value.begin(), hit->value.end());
+      core().erase(tx, *hit);
+      tx.commit();
+    }
+    return mpp::decode<V>(v);
   }
   [[noreturn]] void missing(const K& k) const {
     detail::fail<KeyError>("key{} not found in dict '{}' of manager '{}'", detail::key_text(k), ref_.name,
@@ -438,7 +456,7 @@ class SharedList {
     const ByteSpan b = detail::encode_into(v, detail::scratch(1));
     detail::shm::Tx tx(arena(), ref_.deadline(), "insert", &root()->seq);
     Core c = core();
-    const auto n = static_cast<std::int64_t>(c.root()->size);
+    const auto n = static_cast<std::int64_t>(c.size());
     if (i < 0) i = std::max<std::int64_t>(0, i + n);
     if (i > n) i = n;
     c.insert(tx, static_cast<std::uint64_t>(i), c.make_item(tx, b));
@@ -446,13 +464,18 @@ class SharedList {
   }
   //!Effects: removes item i (default: the last). Returns: it. Throws: IndexError.
   T pop(std::int64_t i = -1) {
-    detail::shm::Tx tx(arena(), ref_.deadline(), "pop", &root()->seq);
-    Core c = core();
-    const std::uint64_t at = normalize(i, c.root()->size, "pop");
-    T v = mpp::decode<T>(c.item(at));
-    c.erase(tx, at);
-    tx.commit();
-    return v;
+    Bytes v;
+    {
+      detail::shm::Tx tx(arena(), ref_.deadline(), "pop", &root()->seq);
+      Core c = core();
+      const std::uint64_t at = normalize(i, c.size(), "pop");
+      // Copied under the lock, decoded after it (decoding a handle opens the manager).
+      const ByteSpan b = c.item(at);
+      v.assign(b.begin(), b.end());
+      c.erase(tx, at);
+      tx.commit();
+    }
+    return mpp::decode<T>(v);
   }
   //!Effects: removes the first item equal to v. Throws: ValueError if there is none.
   void remove(const T& v) {
@@ -542,7 +565,7 @@ class SharedList {
     const ByteSpan b = detail::encode_into(v, detail::scratch(1));
     detail::shm::Tx tx(arena(), ref_.deadline(), "assign", &root()->seq);
     Core c = core();
-    const std::uint64_t at = normalize(i, c.root()->size, "assignment");
+    const std::uint64_t at = normalize(i, c.size(), "assignment");
     c.assign(tx, at, c.make_item(tx, b));
     tx.commit();
   }
@@ -891,8 +914,16 @@ class Manager {
   Manager(detail::Segment seg, const ManagerOptions& opts)
       : core_(std::make_shared<detail::ManagerCore>()) {
     core_->seg = std::make_shared<detail::Segment>(std::move(seg));
-    core_->arena = detail::shm::Arena(core_->seg->payload(), core_->seg->payload_size(),
-                                      core_->seg->name());
+    const detail::Segment& s = *core_->seg;
+    const auto* file = reinterpret_cast<const std::byte*>(&s.header());
+    const auto file_end = static_cast<std::uint64_t>(s.payload() - file) + s.payload_size();
+    // Every mapping of this segment computes the same identity (its creator and creation time):
+    // how a thread that holds the lock recognises the manager when a decode reopens it.
+    const std::uint64_t id =
+        detail::shm::fmix64(s.header().creator.load(std::memory_order_relaxed) ^
+                            detail::shm::fmix64(s.header().created_unix_ms)) |
+        1;
+    core_->arena = detail::shm::Arena(s.payload(), s.payload_size(), s.name(), file_end, id);
     core_->timeout = opts.timeout;
     core_->arena.validate();
   }
@@ -933,27 +964,22 @@ class Manager {
                               name, c);
     auto& a = core_->arena;
     auto* h = a.header();
-    detail::shm::Tx tx(a, core_->deadline(), "create a container");
-    const std::uint64_t n = h->dir_count;
-    if (n > detail::shm::kMaxObjects)
-      detail::fail<CorruptedError>("manager '{}': directory count {} is invalid", this->name(), n);
-    for (std::uint64_t i = 0; i < n; ++i) {
-      const auto& e = h->dir[i];
-      if (std::memchr(e.name, '\0', sizeof e.name) == nullptr)
-        detail::fail<CorruptedError>("manager '{}': unterminated container name", this->name());
-      if (std::string_view(e.name) != name) continue;
-      if (e.kind != static_cast<std::uint32_t>(kind))
-        detail::fail<TypeMismatchError>("'{}' in manager '{}' is a {}, not a {}", name, this->name(),
-                                detail::object_kind_name(e.kind),
-                                detail::object_kind_name(static_cast<std::uint32_t>(kind)));
-      if (e.type != type)
-        detail::fail<TypeMismatchError>("{} '{}' in manager '{}' was created with other element types",
-                                detail::object_kind_name(e.kind), name, this->name());
-      const std::uint64_t root = e.root;
-      tx.commit();
-      return detail::ObjectRef{core_, root, std::string(name)};
+    if (a.held_by_this_thread()) {
+      // A decode under this manager's lock (a container of containers read, sorted or updated)
+      // reopens it: the directory cannot change while we hold the lock, so look it up directly.
+      if (auto root = find_object(name, kind, type))
+        return detail::ObjectRef{core_, *root, std::string(name)};
+      detail::fail<Error>("manager '{}': cannot create container '{}' while this thread holds the "
+                          "manager's lock (inside update_with() or a decode); create it first",
+                          this->name(), name);
     }
-    if (n == detail::shm::kMaxObjects)
+    detail::shm::Tx tx(a, core_->deadline(), "create a container");
+    if (auto root = find_object(name, kind, type)) {
+      tx.commit();
+      return detail::ObjectRef{core_, *root, std::string(name)};
+    }
+    const std::uint64_t n = detail::shm::racy_load(&h->dir_count);
+    if (n >= detail::shm::kMaxObjects)
       detail::fail<Error>("manager '{}' already holds {} containers, the limit; reuse existing ones",
                   this->name(), detail::shm::kMaxObjects);
     const std::uint64_t root = make(tx);
@@ -966,6 +992,33 @@ class Manager {
     tx.put(&h->dir_count, n + 1);
     tx.commit();
     return detail::ObjectRef{core_, root, std::string(name)};
+  }
+
+  // The root of container `name` if it exists (called with the lock held). Throws:
+  // TypeMismatchError for another kind or type, CorruptedError for a damaged directory.
+  std::optional<std::uint64_t> find_object(std::string_view name, detail::ObjectKind kind,
+                                           std::uint64_t type) const {
+    auto& a = core_->arena;
+    const auto* h = a.header();
+    const std::uint64_t n = detail::shm::racy_load(&h->dir_count);
+    if (n > detail::shm::kMaxObjects) a.corrupted(fmt::format("directory count {} is invalid", n));
+    for (std::uint64_t i = 0; i < n; ++i) {
+      detail::shm::DirEntry e;  // one copy, checked and used (a peer may write the directory)
+      std::memcpy(static_cast<void*>(&e), &h->dir[i], sizeof e);
+      if (std::memchr(e.name, '\0', sizeof e.name) == nullptr)
+        a.corrupted("unterminated container name");
+      if (std::string_view(e.name) != name) continue;
+      if (e.kind != static_cast<std::uint32_t>(kind))
+        detail::fail<TypeMismatchError>("'{}' in manager '{}' is a {}, not a {}", name,
+                                        this->name(), detail::object_kind_name(e.kind),
+                                        detail::object_kind_name(static_cast<std::uint32_t>(kind)));
+      if (e.type != type)
+        detail::fail<TypeMismatchError>(
+            "{} '{}' in manager '{}' was created with other element types",
+            detail::object_kind_name(e.kind), name, this->name());
+      return e.root;
+    }
+    return std::nullopt;
   }
 
   std::shared_ptr<detail::ManagerCore> core_;

@@ -64,9 +64,16 @@ constexpr std::uint64_t make_slot(std::uint64_t e, std::uint64_t h) noexcept {
 }
 
 [[noreturn]] inline void torn(const Arena& a, const char* what) {
-  fail<CorruptedError>("manager '{}': inconsistent {} (a peer wrote invalid data)", a.owner(),
-                       what);
+  a.corrupted(fmt::format("inconsistent {}", what));
 }
+
+/// A dict's root fields, each read once from shared memory and checked, with its tables.
+struct DictView {
+  DictRoot* r;
+  std::uint64_t count, used, ecap, icap, filled;
+  std::uint64_t* idx;  ///< u64[icap]
+  DictEntry* ent;      ///< DictEntry[ecap]
+};
 
 /// A dict's operations over encoded keys and values.
 class DictCore {
@@ -76,14 +83,28 @@ class DictCore {
   //!Effects: allocates an empty dict inside `tx`. Returns: its root offset.
   static std::uint64_t create(Tx& tx) {
     const std::uint64_t r = tx.alloc(sizeof(DictRoot));
-    auto* root = tx.arena().obj<DictRoot>(r);
+    auto* root = tx.arena().heap_obj<DictRoot>(r);
     std::memset(static_cast<void*>(root), 0, sizeof(DictRoot));
     DictCore d(&tx.arena(), r);
     d.build(tx, root, 8, {}, false);
     return r;
   }
 
-  DictRoot* root() const { return a_->obj<DictRoot>(root_); }
+  DictRoot* root() const { return a_->heap_obj<DictRoot>(root_); }
+
+  //!Returns: the root's fields and tables, each field read once and checked (a racy snapshot
+  //! for optimistic readers, which validate it with the sequence word). Throws: CorruptedError.
+  DictView view() const {
+    DictRoot* r = root();
+    DictView v{r,       racy_load(&r->count), racy_load(&r->used), racy_load(&r->ecap),
+               racy_load(&r->icap), racy_load(&r->filled), nullptr, nullptr};
+    if (v.icap == 0 || (v.icap & (v.icap - 1)) != 0 || v.used > v.ecap ||
+        v.ecap > kSlotMask - 2 || v.filled > v.icap)
+      torn(*a_, "dict table");
+    v.idx = a_->array<std::uint64_t>(racy_load(&r->index_off), v.icap);
+    v.ent = a_->array<DictEntry>(racy_load(&r->entries_off), v.ecap);
+    return v;
+  }
 
   /// A located item.
   struct Hit {
@@ -97,8 +118,7 @@ class DictCore {
   std::pair<ByteSpan, ByteSpan> split(std::uint64_t kv) const {
     const ByteSpan b = a_->block_bytes(kv);
     if (b.size() < 4) torn(*a_, "dict item");
-    std::uint32_t klen;
-    std::memcpy(&klen, b.data(), 4);
+    const std::uint32_t klen = racy_load(reinterpret_cast<const std::uint32_t*>(b.data()));
     if (klen > b.size() - 4) torn(*a_, "dict item");
     return {b.subspan(4, klen), b.subspan(4 + klen)};
   }
@@ -107,45 +127,17 @@ class DictCore {
   std::uint64_t size() const { return racy_load(&root()->count); }
 
   //!Returns: the item with key bytes `key` (hash `h`), if any.
-  std::optional<Hit> find(ByteSpan key, std::uint64_t h) const {
-    const DictRoot* r = root();
-    const std::uint64_t icap = racy_load(&r->icap), used = racy_load(&r->used),
-                        ecap = racy_load(&r->ecap);
-    if (icap == 0 || (icap & (icap - 1)) != 0 || used > ecap || ecap > kSlotMask - 2)
-      torn(*a_, "dict table");
-    const std::uint64_t* idx = a_->array<std::uint64_t>(racy_load(&r->index_off), icap);
-    const DictEntry* ent = a_->array<DictEntry>(racy_load(&r->entries_off), ecap);
-    const std::uint64_t mask = icap - 1;
-    std::uint64_t i = h & mask;
-    for (std::uint64_t n = 0; n < icap; ++n, i = (i + 1) & mask) {
-      const std::uint64_t v = racy_load(&idx[i]);
-      const std::uint64_t low = v & kSlotMask;
-      if (low == 0) return std::nullopt;
-      if (low == 1 || (v >> kSlotBits) != (h >> kSlotBits)) continue;
-      const std::uint64_t e = low - 2;
-      if (e >= used) torn(*a_, "dict index");
-      if (racy_load(&ent[e].hash) != h) continue;
-      const std::uint64_t kv = racy_load(&ent[e].kv);
-      if (kv == 0) torn(*a_, "dict entry");
-      auto [k, val] = split(kv);
-      if (k.size() == key.size() && std::memcmp(k.data(), key.data(), key.size()) == 0)
-        return Hit{i, e, kv, k, val};
-    }
-    return std::nullopt;
-  }
+  std::optional<Hit> find(ByteSpan key, std::uint64_t h) const { return find(view(), key, h); }
 
   //!Effects: calls fn(key bytes, value bytes) for each item in insertion order.
   template <class F>
   void for_each(F&& fn) const {
-    const DictRoot* r = root();
-    const std::uint64_t used = racy_load(&r->used), ecap = racy_load(&r->ecap);
-    if (used > ecap) torn(*a_, "dict table");
-    const DictEntry* ent = a_->array<DictEntry>(racy_load(&r->entries_off), ecap);
-    for (std::uint64_t e = 0; e < used; ++e) {
-      const std::uint64_t kv = racy_load(&ent[e].kv);
+    const DictView v = view();
+    for (std::uint64_t e = 0; e < v.used; ++e) {
+      const std::uint64_t kv = racy_load(&v.ent[e].kv);
       if (kv == 0) continue;
-      auto [k, v] = split(kv);
-      fn(k, v);
+      auto [k, val] = split(kv);
+      fn(k, val);
     }
   }
 
@@ -172,62 +164,66 @@ class DictCore {
     }
     const std::uint64_t kv = make_kv(tx, hit.key, value);
     MPP_CRASH_POINT("manager.dict.replace.after_alloc");
-    DictEntry* ent = entries();
-    tx.put(&ent[hit.e].kv, kv);
+    const DictView v = view();
+    if (hit.e >= v.used) torn(*a_, "dict entry");
+    tx.put(&v.ent[hit.e].kv, kv);
     tx.free(hit.kv);
   }
 
   /// Inserts a key known to be absent.
   void insert_new(Tx& tx, ByteSpan key, std::uint64_t h, ByteSpan value) {
-    DictRoot* r = root();
-    if (r->used >= r->ecap || r->filled + 1 > r->icap / 3 * 2) grow(tx, r);
+    DictView v = view();
+    if (v.used >= v.ecap || v.filled + 1 > v.icap / 3 * 2) {
+      grow(tx, v);
+      v = view();
+      if (v.used >= v.ecap) torn(*a_, "dict table");
+    }
     const std::uint64_t kv = make_kv(tx, key, value);
     MPP_CRASH_POINT("manager.dict.set.after_alloc");
-    std::uint64_t* idx = index();
-    DictEntry* ent = entries();
-    const std::uint64_t mask = r->icap - 1;
-    std::uint64_t i = h & mask;
-    for (std::uint64_t n = 0; (idx[i] & kSlotMask) > 1; ++n, i = (i + 1) & mask)
-      if (n > r->icap) torn(*a_, "dict index (full)");
-    const bool was_empty = (idx[i] & kSlotMask) == 0;
-    const std::uint64_t e = r->used;
+    const std::uint64_t mask = v.icap - 1;
+    std::uint64_t i = h & mask, slot = racy_load(&v.idx[i]);
+    for (std::uint64_t n = 0; (slot & kSlotMask) > 1; slot = racy_load(&v.idx[i])) {
+      if (++n >= v.icap) torn(*a_, "dict index (full)");
+      i = (i + 1) & mask;
+    }
+    const bool was_empty = (slot & kSlotMask) == 0;
+    const std::uint64_t e = v.used;
     // Entry `e` is past `used`: no reader looks at it and a rollback restores `used`, so it is
     // written unlogged (within one transaction a dict only grows or only shrinks).
-    ent[e] = DictEntry{h, kv};
+    v.ent[e] = DictEntry{h, kv};
     MPP_CRASH_POINT("manager.dict.set.after_entry");
-    tx.put(&idx[i], make_slot(e, h));
+    tx.put(&v.idx[i], make_slot(e, h));
     MPP_CRASH_POINT("manager.dict.set.after_index");
-    tx.put_once(&r->used, e + 1);
-    tx.put_once(&r->count, r->count + 1);
-    if (was_empty) tx.put_once(&r->filled, r->filled + 1);
+    tx.put_once(&v.r->used, e + 1);
+    tx.put_once(&v.r->count, v.count + 1);
+    if (was_empty) tx.put_once(&v.r->filled, v.filled + 1);
   }
 
   //!Effects: removes the item `hit` inside `tx`.
   void erase(Tx& tx, const Hit& hit) {
-    DictRoot* r = root();
-    tx.put(&index()[hit.slot], std::uint64_t{1});
+    const DictView v = view();
+    if (hit.slot >= v.icap || hit.e >= v.used || v.count == 0) torn(*a_, "dict entry");
+    tx.put(&v.idx[hit.slot], std::uint64_t{1});
     MPP_CRASH_POINT("manager.dict.erase.after_index");
-    tx.put(&entries()[hit.e].kv, std::uint64_t{0});
-    tx.put_once(&r->count, r->count - 1);
+    tx.put(&v.ent[hit.e].kv, std::uint64_t{0});
+    tx.put_once(&v.r->count, v.count - 1);
     // Trailing holes are dropped so that popitem() stays O(1) amortised.
-    if (hit.e + 1 == r->used) {
+    if (hit.e + 1 == v.used) {
       std::uint64_t u = hit.e;
-      const DictEntry* ent = entries();
-      while (u > 0 && ent[u - 1].kv == 0) --u;
-      tx.put_once(&r->used, u);
+      while (u > 0 && racy_load(&v.ent[u - 1].kv) == 0) --u;
+      tx.put_once(&v.r->used, u);
     }
     tx.free(hit.kv);
   }
 
   //!Returns: the last item in insertion order (for popitem), if any.
   std::optional<Hit> last() const {
-    const DictRoot* r = root();
-    if (r->used > r->ecap) torn(*a_, "dict table");
-    const DictEntry* ent = entries();
-    for (std::uint64_t e = r->used; e > 0; --e) {
-      if (ent[e - 1].kv == 0) continue;
-      auto [k, v] = split(ent[e - 1].kv);
-      auto hit = find(k, ent[e - 1].hash);
+    const DictView v = view();
+    for (std::uint64_t e = v.used; e > 0; --e) {
+      const std::uint64_t kv = racy_load(&v.ent[e - 1].kv);
+      if (kv == 0) continue;
+      auto [k, val] = split(kv);
+      auto hit = find(v, k, racy_load(&v.ent[e - 1].hash));
       if (!hit || hit->e != e - 1) torn(*a_, "dict index");
       return hit;
     }
@@ -237,25 +233,34 @@ class DictCore {
   //!Effects: empties the dict inside `tx` (fresh small tables). Returns: the kv blocks that the
   //! caller frees after the commit, in later transactions (so the log stays small).
   std::vector<std::uint64_t> clear(Tx& tx) {
-    DictRoot* r = root();
-    if (r->used > r->ecap) torn(*a_, "dict table");
+    const DictView v = view();
     std::vector<std::uint64_t> blocks;
-    blocks.reserve(std::min(r->count, r->used));
-    const DictEntry* ent = entries();
-    for (std::uint64_t e = 0; e < r->used; ++e)
-      if (ent[e].kv != 0) blocks.push_back(ent[e].kv);
-    build(tx, r, 8, {}, true);
+    blocks.reserve(std::min(v.count, v.used));
+    for (std::uint64_t e = 0; e < v.used; ++e)
+      if (const std::uint64_t kv = racy_load(&v.ent[e].kv); kv != 0) blocks.push_back(kv);
+    build(tx, v.r, 8, {}, true);
     return blocks;
   }
 
  private:
-  std::uint64_t* index() const {
-    const DictRoot* r = root();
-    return a_->array<std::uint64_t>(r->index_off, r->icap);
-  }
-  DictEntry* entries() const {
-    const DictRoot* r = root();
-    return a_->array<DictEntry>(r->entries_off, r->ecap);
+  std::optional<Hit> find(const DictView& v, ByteSpan key, std::uint64_t h) const {
+    const std::uint64_t mask = v.icap - 1;
+    std::uint64_t i = h & mask;
+    for (std::uint64_t n = 0; n < v.icap; ++n, i = (i + 1) & mask) {
+      const std::uint64_t s = racy_load(&v.idx[i]);
+      const std::uint64_t low = s & kSlotMask;
+      if (low == 0) return std::nullopt;
+      if (low == 1 || (s >> kSlotBits) != (h >> kSlotBits)) continue;
+      const std::uint64_t e = low - 2;
+      if (e >= v.used) torn(*a_, "dict index");
+      if (racy_load(&v.ent[e].hash) != h) continue;
+      const std::uint64_t kv = racy_load(&v.ent[e].kv);
+      if (kv == 0) torn(*a_, "dict entry");
+      auto [k, val] = split(kv);
+      if (k.size() == key.size() && std::memcmp(k.data(), key.data(), key.size()) == 0)
+        return Hit{i, e, kv, k, val};
+    }
+    return std::nullopt;
   }
 
   std::uint64_t make_kv(Tx& tx, ByteSpan key, ByteSpan value) {
@@ -269,15 +274,15 @@ class DictCore {
     return kv;
   }
 
-  void grow(Tx& tx, DictRoot* r) {
-    if (r->used > r->ecap) torn(*a_, "dict table");
+  void grow(Tx& tx, const DictView& v) {
     std::vector<DictEntry> live;
-    live.reserve(std::min(r->count, r->used));
-    const DictEntry* ent = entries();
-    for (std::uint64_t e = 0; e < r->used; ++e)
-      if (ent[e].kv != 0) live.push_back(ent[e]);
+    live.reserve(std::min(v.count, v.used));
+    for (std::uint64_t e = 0; e < v.used; ++e) {
+      const DictEntry d{racy_load(&v.ent[e].hash), racy_load(&v.ent[e].kv)};
+      if (d.kv != 0) live.push_back(d);
+    }
     // Doubling: the tables of all generations add up to about twice the final ones.
-    build(tx, r, std::max<std::uint64_t>(8, (live.size() + 1) * 2), live, true);
+    build(tx, v.r, std::max<std::uint64_t>(8, (live.size() + 1) * 2), live, true);
     MPP_CRASH_POINT("manager.dict.grow.after_build");
   }
 
@@ -297,12 +302,14 @@ class DictCore {
     for (std::uint64_t e = 0; e < live.size(); ++e) {
       ent[e] = live[e];
       std::uint64_t i = live[e].hash & mask;
-      while (idx[i] != 0) i = (i + 1) & mask;
+      // Bounded: the table has room (icap > usable >= live.size()) unless a peer fills it.
+      for (std::uint64_t n = 0; racy_load(&idx[i]) != 0; i = (i + 1) & mask)
+        if (++n >= icap) torn(*a_, "dict index (full)");
       idx[i] = make_slot(e, live[e].hash);
     }
     if (free_old) {
-      tx.free(r->index_off);
-      tx.free(r->entries_off);
+      tx.free(racy_load(&r->index_off));
+      tx.free(racy_load(&r->entries_off));
     }
     tx.put_once(&r->index_off, io);
     tx.put_once(&r->entries_off, eo);
@@ -317,6 +324,13 @@ class DictCore {
   std::uint64_t root_;
 };
 
+/// A list's root fields, each read once from shared memory and checked, with its array.
+struct ListView {
+  ListRoot* r;
+  std::uint64_t size, cap;
+  std::uint64_t* arr;  ///< u64[cap] (null when cap is 0)
+};
+
 /// A list's operations over encoded items.
 class ListCore {
  public:
@@ -325,23 +339,31 @@ class ListCore {
   //!Effects: allocates an empty list inside `tx`. Returns: its root offset.
   static std::uint64_t create(Tx& tx) {
     const std::uint64_t r = tx.alloc(sizeof(ListRoot));
-    auto* root = tx.arena().obj<ListRoot>(r);
+    auto* root = tx.arena().heap_obj<ListRoot>(r);
     std::memset(static_cast<void*>(root), 0, sizeof(ListRoot));
     return r;
   }
 
-  ListRoot* root() const { return a_->obj<ListRoot>(root_); }
+  ListRoot* root() const { return a_->heap_obj<ListRoot>(root_); }
+
+  //!Returns: the root's fields and array, each field read once and checked.
+  //!Throws: CorruptedError.
+  ListView view() const {
+    ListRoot* r = root();
+    ListView v{r, racy_load(&r->size), racy_load(&r->cap), nullptr};
+    if (v.size > v.cap) torn(*a_, "list");
+    if (v.cap != 0) v.arr = a_->array<std::uint64_t>(racy_load(&r->arr_off), v.cap);
+    return v;
+  }
 
   /// Number of items (racy read).
   std::uint64_t size() const { return racy_load(&root()->size); }
 
   /// The item offsets [0, size) (bounds-checked, racy).
   std::span<const std::uint64_t> items() const {
-    const ListRoot* r = root();
-    const std::uint64_t size = racy_load(&r->size), cap = racy_load(&r->cap);
-    if (size > cap) torn(*a_, "list");
-    if (cap == 0) return {};
-    return {a_->array<std::uint64_t>(racy_load(&r->arr_off), cap), size};
+    const ListView v = view();
+    if (v.cap == 0) return {};
+    return {v.arr, v.size};
   }
 
   /// The bytes of item `i` (checked against the size).
@@ -360,52 +382,48 @@ class ListCore {
 
   /// Appends an item block.
   void push_back(Tx& tx, std::uint64_t item) {
-    ListRoot* r = root();
-    if (r->size >= r->cap) reserve(tx, std::max<std::uint64_t>(8, r->cap * 2));
+    const ListView v = room(tx);
     // Slot `size` is past the end: a rollback restores `size` (a list only grows or only shrinks
     // within one transaction), so it is written unlogged.
-    arr()[r->size] = item;
+    v.arr[v.size] = item;
     MPP_CRASH_POINT("manager.list.append.after_slot");
-    tx.put_once(&r->size, r->size + 1);
+    tx.put_once(&v.r->size, v.size + 1);
   }
 
   /// Inserts an item block at position i (0 <= i <= size).
   void insert(Tx& tx, std::uint64_t i, std::uint64_t item) {
-    ListRoot* r = root();
-    if (r->size >= r->cap) reserve(tx, std::max<std::uint64_t>(8, r->cap * 2));
-    std::uint64_t* a = arr();
-    if (i < r->size) {
-      tx.log(&a[i], (r->size - i) * 8);
-      std::memmove(&a[i + 1], &a[i], (r->size - i) * 8);
+    const ListView v = room(tx);
+    if (i > v.size) torn(*a_, "list index");
+    if (i < v.size) {
+      tx.log(&v.arr[i], (v.size - i) * 8);
+      std::memmove(&v.arr[i + 1], &v.arr[i], (v.size - i) * 8);
     }
     MPP_CRASH_POINT("manager.list.insert.after_shift");
-    a[i] = item;
-    tx.put_once(&r->size, r->size + 1);
+    v.arr[i] = item;
+    tx.put_once(&v.r->size, v.size + 1);
   }
 
   /// Removes position i; returns its item block (freed by the caller's transaction).
   std::uint64_t erase(Tx& tx, std::uint64_t i) {
-    ListRoot* r = root();
-    if (i >= r->size) torn(*a_, "list index");
-    std::uint64_t* a = arr();
-    const std::uint64_t item = a[i];
-    if (i + 1 < r->size) {
-      tx.log(&a[i], (r->size - i - 1) * 8);
-      std::memmove(&a[i], &a[i + 1], (r->size - i - 1) * 8);
+    const ListView v = view();
+    if (i >= v.size) torn(*a_, "list index");
+    const std::uint64_t item = racy_load(&v.arr[i]);
+    if (i + 1 < v.size) {
+      tx.log(&v.arr[i], (v.size - i - 1) * 8);
+      std::memmove(&v.arr[i], &v.arr[i + 1], (v.size - i - 1) * 8);
     }
     MPP_CRASH_POINT("manager.list.erase.after_shift");
-    tx.put_once(&r->size, r->size - 1);
+    tx.put_once(&v.r->size, v.size - 1);
     tx.free(item);
     return item;
   }
 
   /// Replaces the item block at i.
   void assign(Tx& tx, std::uint64_t i, std::uint64_t item) {
-    ListRoot* r = root();
-    if (i >= r->size) torn(*a_, "list index");
-    std::uint64_t* a = arr();
-    const std::uint64_t old = a[i];
-    tx.put(&a[i], item);
+    const ListView v = view();
+    if (i >= v.size) torn(*a_, "list index");
+    const std::uint64_t old = racy_load(&v.arr[i]);
+    tx.put(&v.arr[i], item);
     tx.free(old);
   }
 
@@ -416,27 +434,27 @@ class ListCore {
     const std::uint64_t cap = std::max<std::uint64_t>(8, order.size());
     const std::uint64_t na = tx.alloc(cap * 8);
     if (!order.empty()) std::memcpy(a_->at(na, order.size() * 8), order.data(), order.size() * 8);
-    if (r->arr_off != 0) tx.free(r->arr_off);
+    if (const std::uint64_t old = racy_load(&r->arr_off); old != 0) tx.free(old);
     tx.put_once(&r->arr_off, na);
     tx.put_once(&r->cap, cap);
     tx.put_once(&r->size, std::uint64_t{order.size()});
   }
 
-  std::uint64_t* arr() const {
-    const ListRoot* r = root();
-    if (r->cap == 0 || r->size > r->cap) torn(*a_, "list array");
-    return a_->array<std::uint64_t>(r->arr_off, r->cap);
-  }
-
  private:
-  void reserve(Tx& tx, std::uint64_t cap) {
-    ListRoot* r = root();
+  // The view, after growing the array if it is full: arr[size] is then a free slot.
+  ListView room(Tx& tx) {
+    ListView v = view();
+    if (v.size < v.cap) return v;
+    const std::uint64_t cap = std::max<std::uint64_t>(8, v.cap * 2);
     const std::uint64_t na = tx.alloc(cap * 8);
-    if (r->size > 0) std::memcpy(a_->at(na, r->size * 8), arr(), r->size * 8);
-    if (r->arr_off != 0) tx.free(r->arr_off);
-    tx.put_once(&r->arr_off, na);
-    tx.put_once(&r->cap, cap);
+    if (v.size > 0) std::memcpy(a_->at(na, v.size * 8), v.arr, v.size * 8);
+    if (const std::uint64_t old = racy_load(&v.r->arr_off); old != 0) tx.free(old);
+    tx.put_once(&v.r->arr_off, na);
+    tx.put_once(&v.r->cap, cap);
     MPP_CRASH_POINT("manager.list.grow.after_swap");
+    v = view();
+    if (v.size >= v.cap) torn(*a_, "list array");
+    return v;
   }
 
   const Arena* a_;

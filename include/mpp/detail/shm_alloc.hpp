@@ -28,6 +28,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <iterator>
 #include <span>
 #include <string_view>
 #include <vector>
@@ -151,12 +152,24 @@ constexpr std::uint64_t class_size(unsigned c) noexcept {
 static_assert(class_size(3) == 80 && class_size(6) == 128 && class_size(7) == 160);
 static_assert(class_size(kClasses - 1) > (std::uint64_t{1} << 33));
 
-/// A view of an arena mapped in this process: bounds-checked access by offset.
+/// Identities of the arenas whose write lock the calling thread holds (see Arena::lock).
+inline std::vector<std::uint64_t>& held_locks() {
+  thread_local std::vector<std::uint64_t> held;
+  return held;
+}
+
+/// A view of an arena mapped in this process: bounds-checked access by offset. The layout words
+/// (log region, heap start) are read from shared memory once, by validate(), and used from this
+/// process's copy ever after: a peer that rewrites them cannot move our writes.
 class Arena {
  public:
   Arena() noexcept = default;
-  Arena(std::byte* base, std::uint64_t size, std::string_view owner) noexcept
-      : base_(base), size_(size), owner_(owner) {}
+  //!Effects: a view of the arena at `base` (`size` bytes) of the manager `owner`. `file_end`:
+  //! where the arena ends in its shared-memory object (0: unknown), to tell a truncation from
+  //! other damage; `id`: an identity shared by every mapping of this arena (0: none).
+  Arena(std::byte* base, std::uint64_t size, std::string_view owner, std::uint64_t file_end = 0,
+        std::uint64_t id = 0) noexcept
+      : base_(base), size_(size), owner_(owner), file_end_(file_end), id_(id) {}
 
   //!Effects: lays out a fresh (zero-filled) arena of `size` bytes. Throws: InvalidArgument.
   static void format(std::byte* base, std::uint64_t size) {
@@ -174,22 +187,59 @@ class Arena {
     h->magic = kArenaMagic;
   }
 
-  //!Effects: checks the header of an arena created by another process. Throws: CorruptedError.
-  void validate() const {
-    const auto* h = header();
-    if (size_ < sizeof(ArenaHeader) || h->magic != kArenaMagic || h->version != kArenaVersion ||
-        h->header_size != sizeof(ArenaHeader))
+  //!Effects: checks the header of an arena created by another process and keeps its layout.
+  //!Throws: CorruptedError.
+  void validate() {
+    if (size_ < sizeof(ArenaHeader))
       fail<CorruptedError>("manager '{}': not a manager arena of this mpp version", owner_);
-    if (h->size != size_ || h->log_off < sizeof(ArenaHeader) || h->log_cap > size_ ||
-        h->log_off > size_ - h->log_cap || h->heap_start != h->log_off + h->log_cap ||
-        h->heap_start > size_)
-      fail<CorruptedError>("manager '{}': arena layout does not fit its {} bytes", owner_, size_);
+    const auto* h = header();
+    const std::uint64_t magic = racy_load(&h->magic), size = racy_load(&h->size),
+                        log_off = racy_load(&h->log_off), log_cap = racy_load(&h->log_cap),
+                        heap_start = racy_load(&h->heap_start);
+    if (magic != kArenaMagic || racy_load(&h->version) != kArenaVersion ||
+        racy_load(&h->header_size) != sizeof(ArenaHeader))
+      corrupted("not a manager arena of this mpp version");
+    if (size != size_ || log_off < sizeof(ArenaHeader) || log_off % 64 != 0 ||
+        log_cap % 64 != 0 || log_cap > size_ || log_off > size_ - log_cap ||
+        heap_start != log_off + log_cap || heap_start > size_)
+      corrupted(fmt::format("arena layout does not fit its {} bytes", size_));
+    log_off_ = log_off;
+    log_cap_ = log_cap;
+    heap_start_ = heap_start;
   }
 
   ArenaHeader* header() const noexcept { return reinterpret_cast<ArenaHeader*>(base_); }
   std::byte* base() const noexcept { return base_; }
   std::uint64_t size() const noexcept { return size_; }
   std::string_view owner() const noexcept { return owner_; }
+  std::uint64_t log_off() const noexcept { return log_off_; }
+  std::uint64_t log_cap() const noexcept { return log_cap_; }
+  std::uint64_t heap_start() const noexcept { return heap_start_; }
+
+  //!Effects: throws the CorruptedError for damage `what` found in this arena; a segment that
+  //! shrank under this process is reported as such (its vanished pages read as zeros here).
+  [[noreturn]] void corrupted(std::string_view what) const {
+    if (os::mapping_faulted(base_)) shrank();
+    fail<CorruptedError>("manager '{}': {}: another process wrote invalid data into its shared "
+                         "memory, so its contents cannot be trusted; stop using it, remove it "
+                         "(mpp rm {}) and create it again",
+                         owner_, what, owner_);
+  }
+  //!Effects: throws the CorruptedError for a segment that another process truncated.
+  [[noreturn]] void shrank() const {
+    fail<CorruptedError>("manager '{}' shrank while this process used it: another process "
+                         "truncated its shared memory (or /dev/shm ran out), so the missing part "
+                         "reads as zeros here and nothing written to it reaches other processes; "
+                         "stop using it, remove it (mpp rm {}) and create it again",
+                         owner_, owner_);
+  }
+  /// Throws the "shrank" CorruptedError if a page of this mapping vanished (one load otherwise).
+  void check_mapped() const {
+    if (os::mapping_faulted(base_)) [[unlikely]]
+      shrank();
+  }
+  /// True if the shared-memory object now ends before this arena (another process truncated it).
+  bool truncated() const { return file_end_ != 0 && os::shm_shrunk(owner_, file_end_); }
 
   /// True if [off, off + n) lies inside the arena.
   bool in_bounds(std::uint64_t off, std::uint64_t n) const noexcept {
@@ -198,49 +248,60 @@ class Arena {
   //!Returns: a pointer to [off, off + n) after a bounds check. Throws: CorruptedError.
   std::byte* at(std::uint64_t off, std::uint64_t n) const {
     if (off == 0 || !in_bounds(off, n))
-      fail<CorruptedError>("manager '{}': offset {} (+{} bytes) is outside its {} bytes", owner_,
-                           off, n, size_);
+      corrupted(fmt::format("offset {} (+{} bytes) is outside its {} bytes", off, n, size_));
     return base_ + off;
   }
   template <class T>
   T* obj(std::uint64_t off) const {
-    if (off % alignof(T) != 0)
-      fail<CorruptedError>("manager '{}': misaligned offset {}", owner_, off);
+    if (off % alignof(T) != 0) corrupted(fmt::format("misaligned offset {}", off));
     return reinterpret_cast<T*>(at(off, sizeof(T)));
+  }
+  /// obj() of a block of the heap (never the header or the undo log).
+  template <class T>
+  T* heap_obj(std::uint64_t off) const {
+    if (off < heap_start_) corrupted(fmt::format("offset {} is outside the heap", off));
+    return obj<T>(off);
   }
   template <class T>
   T* array(std::uint64_t off, std::uint64_t count) const {
-    if (count > size_ / sizeof(T))
-      fail<CorruptedError>("manager '{}': {} elements cannot fit", owner_, count);
-    if (off % alignof(T) != 0)
-      fail<CorruptedError>("manager '{}': misaligned offset {}", owner_, off);
+    if (count > size_ / sizeof(T)) corrupted(fmt::format("{} elements cannot fit", count));
+    if (off % alignof(T) != 0) corrupted(fmt::format("misaligned offset {}", off));
     return reinterpret_cast<T*>(at(off, count * sizeof(T)));
   }
   std::uint64_t offset_of(const void* p) const noexcept {
     return static_cast<std::uint64_t>(static_cast<const std::byte*>(p) - base_);
   }
 
+  /// A block's header, read once: {size class, user length}.
+  struct BlockHead {
+    std::uint32_t cls;
+    std::uint32_t len;
+  };
+  //!Returns: the header of the block whose data starts at `p`, checked: the block lies in the
+  //! heap and its length fits its size class. Throws: CorruptedError.
+  BlockHead block_head(std::uint64_t p) const {
+    if (p < heap_start_ + kBlockHeader || (p - kBlockHeader) % kMinBlock != 0)
+      corrupted(fmt::format("bad block offset {}", p));
+    const std::byte* h = at(p - kBlockHeader, kBlockHeader);
+    const BlockHead b{racy_load(reinterpret_cast<const std::uint32_t*>(h)),
+                      racy_load(reinterpret_cast<const std::uint32_t*>(h + 4))};
+    if (b.cls >= kClasses || class_size(b.cls) - kBlockHeader < b.len ||
+        !in_bounds(p - kBlockHeader, class_size(b.cls)))
+      corrupted(fmt::format("corrupted block header at {}", p - kBlockHeader));
+    return b;
+  }
   //!Returns: the user length recorded in the block whose data starts at `p` (bounds-checked
   //! against the block's size class). Throws: CorruptedError.
-  std::uint32_t block_len(std::uint64_t p) const {
-    if (p < kBlockHeader) fail<CorruptedError>("manager '{}': bad block offset {}", owner_, p);
-    const std::byte* h = at(p - kBlockHeader, kBlockHeader);
-    std::uint32_t cls, len;
-    std::memcpy(&cls, h, 4);
-    len = racy_load(reinterpret_cast<const std::uint32_t*>(h + 4));
-    if (cls >= kClasses || class_size(cls) - kBlockHeader < len ||
-        !in_bounds(p - kBlockHeader, class_size(cls)))
-      fail<CorruptedError>("manager '{}': corrupted block header at {}", owner_, p - kBlockHeader);
-    return len;
-  }
+  std::uint32_t block_len(std::uint64_t p) const { return block_head(p).len; }
   /// The user bytes of a block (bounds-checked).
   std::span<const std::byte> block_bytes(std::uint64_t p) const {
     const std::uint32_t len = block_len(p);
-    return {at(p, len), len};
+    return {base_ + p, len};
   }
 
   //!Effects: takes the write lock (replaying a dead writer's undo log first). Throws:
-  //! TimeoutError after `deadline`, CorruptedError if the log is invalid.
+  //! TimeoutError after `deadline`, CorruptedError if the header or the log is invalid or the
+  //! segment shrank.
   void lock(const Deadline& deadline, std::string_view what) {
     // LockState spins briefly before it sleeps. An extra spin here was measured to lower the
     // 2-process set rate (the waiter's polling steals the lock's line from the holder).
@@ -249,19 +310,52 @@ class Arena {
       fail<TimeoutError>("manager '{}': timed out waiting for the lock to {}; another process "
                          "holds it",
                          owner_, what);
-    if (r == LockResult::owner_died ||
-        header()->log_used.load(std::memory_order_acquire) != 0 ||
-        header()->seq_off.load(std::memory_order_acquire) != 0) {
-      try {
+    try {
+      check_header();
+      // A dead holder may have left a half-done transaction: its undo log restores the state
+      // before it, so the owner-died state is fully handled here and not passed on.
+      if (r == LockResult::owner_died ||
+          header()->log_used.load(std::memory_order_acquire) != 0 ||
+          header()->seq_off.load(std::memory_order_acquire) != 0)
         recover();
-      } catch (...) {
-        header()->lock.release();
-        throw;
-      }
+      if (id_ != 0) held_locks().push_back(id_);
+    } catch (...) {
+      header()->lock.release();
+      throw;
     }
   }
   /// Releases the write lock.
-  void unlock() noexcept { header()->lock.release(); }
+  void unlock() noexcept {
+    if (id_ != 0) {
+      auto& held = held_locks();
+      for (auto it = held.rbegin(); it != held.rend(); ++it)
+        if (*it == id_) {
+          held.erase(std::next(it).base());
+          break;
+        }
+    }
+    header()->lock.release();
+  }
+  /// True if the calling thread holds this arena's lock (through any mapping of it).
+  bool held_by_this_thread() const {
+    if (id_ == 0) return false;
+    const auto& held = held_locks();
+    return std::find(held.begin(), held.end(), id_) != held.end();
+  }
+
+  //!Effects: throws CorruptedError unless the layout words still read as validate() found them
+  //! (a truncated segment reads as zeros; a hostile peer may rewrite them). A few loads of one
+  //! cache line that only validate() and this read, so it stays shared in every cache.
+  void check_header() const {
+    check_mapped();
+    const auto* h = header();
+    if (racy_load(&h->magic) != kArenaMagic || racy_load(&h->size) != size_ ||
+        racy_load(&h->log_off) != log_off_ || racy_load(&h->log_cap) != log_cap_ ||
+        racy_load(&h->heap_start) != heap_start_) {
+      if (truncated()) shrank();
+      corrupted("its header was overwritten");
+    }
+  }
 
   //!Effects: undoes the interrupted transaction of a dead writer (idempotent: a recoverer that
   //! dies too leaves the same log for the next one). Called with the lock held.
@@ -269,9 +363,8 @@ class Arena {
     auto* h = header();
     const std::uint64_t used = h->log_used.load(std::memory_order_acquire);
     if (used != 0) {
-      if (used > h->log_cap)
-        fail<CorruptedError>("manager '{}': undo log length {} exceeds its {} bytes", owner_, used,
-                             h->log_cap);
+      if (used > log_cap_)
+        corrupted(fmt::format("undo log length {} exceeds its {} bytes", used, log_cap_));
       replay(used);
       std::atomic_signal_fence(std::memory_order_seq_cst);
       h->log_used.store(0, std::memory_order_release);
@@ -279,27 +372,26 @@ class Arena {
     finish_seq();
   }
 
-  /// Replays `used` bytes of undo log, newest entry first.
+  /// Replays `used` (<= log_cap()) bytes of undo log, newest entry first. Each entry is read
+  /// once, checked, and restored from that copy (a peer writing the log meanwhile cannot move it).
   void replay(std::uint64_t used) {
-    auto* h = header();
-    std::vector<std::uint64_t> entries;
+    struct Saved {
+      std::uint64_t pos, off, size;
+    };
+    std::vector<Saved> entries;
     std::uint64_t pos = 0;
     while (pos < used) {
-      if (used - pos < sizeof(UndoEntry))
-        fail<CorruptedError>("manager '{}': truncated undo log entry", owner_);
+      if (used - pos < sizeof(UndoEntry)) corrupted("truncated undo log entry");
       UndoEntry e;
-      std::memcpy(&e, base_ + h->log_off + pos, sizeof e);
+      std::memcpy(&e, base_ + log_off_ + pos, sizeof e);
       const std::uint64_t padded = (e.size + 7) / 8 * 8;
-      if (e.size > h->log_cap || padded > used - pos - sizeof e || !loggable(e.off, e.size))
-        fail<CorruptedError>("manager '{}': invalid undo log entry ({} bytes at {})", owner_,
-                             e.size, e.off);
-      entries.push_back(pos);
+      if (e.size > log_cap_ || padded > used - pos - sizeof e || !loggable(e.off, e.size))
+        corrupted(fmt::format("invalid undo log entry ({} bytes at {})", e.size, e.off));
+      entries.push_back({pos, e.off, e.size});
       pos += sizeof e + padded;
     }
     for (auto it = entries.rbegin(); it != entries.rend(); ++it) {
-      UndoEntry e;
-      std::memcpy(&e, base_ + h->log_off + *it, sizeof e);
-      std::memcpy(base_ + e.off, base_ + h->log_off + *it + sizeof e, e.size);
+      std::memcpy(base_ + it->off, base_ + log_off_ + it->pos + sizeof(UndoEntry), it->size);
       // A recoverer killed here leaves the log in place: the next one replays it all again.
       MPP_CRASH_POINT("manager.recover.replay");
     }
@@ -310,7 +402,7 @@ class Arena {
     auto* h = header();
     const std::uint64_t so = h->seq_off.load(std::memory_order_acquire);
     if (so == 0) return;
-    if (so % 8 == 0 && so >= h->heap_start && in_bounds(so, 8)) {
+    if (so % 8 == 0 && so >= heap_start_ && in_bounds(so, 8)) {
       auto* seq = reinterpret_cast<std::atomic<std::uint64_t>*>(base_ + so);
       const std::uint64_t s = seq->load(std::memory_order_relaxed);
       if (s & 1) seq->store(s + 1, std::memory_order_release);
@@ -320,16 +412,21 @@ class Arena {
 
   /// True if [off, off + n) is memory a transaction may change (and the log may restore).
   bool loggable(std::uint64_t off, std::uint64_t n) const noexcept {
-    const auto* h = header();
     constexpr std::uint64_t lo = offsetof(ArenaHeader, bump);
     if (off >= lo && off <= sizeof(ArenaHeader) && n <= sizeof(ArenaHeader) - off) return true;
-    return off >= h->heap_start && in_bounds(off, n);
+    return off >= heap_start_ && in_bounds(off, n);
   }
 
  private:
   std::byte* base_ = nullptr;
   std::uint64_t size_ = 0;
   std::string_view owner_;
+  std::uint64_t file_end_ = 0;
+  std::uint64_t id_ = 0;
+  // The layout, as validate() read and checked it (never re-read from shared memory).
+  std::uint64_t log_off_ = 0;
+  std::uint64_t log_cap_ = 0;
+  std::uint64_t heap_start_ = 0;
 };
 
 /// Size class of a block holding `n` user bytes.
@@ -344,7 +441,8 @@ inline unsigned size_class(std::uint64_t n) noexcept {
 }
 
 /// One mutation: holds the lock, logs old bytes, allocates and frees. Destroying an uncommitted
-/// transaction rolls it back (so an exception leaves the arena as before).
+/// transaction rolls it back (so an exception leaves the arena as before). Every word it reads
+/// from shared memory is read once into a local, checked, and only the local is used.
 class Tx {
  public:
   //!Effects: takes the lock (recovering a dead writer's work) and, when `seq` is not null, makes
@@ -353,7 +451,6 @@ class Tx {
      std::atomic<std::uint64_t>* seq = nullptr)
       : a_(a), h_(a.header()) {
     a_.lock(deadline, what);
-    log_base_ = h_->log_off;
     if (seq != nullptr) begin_seq(seq);
   }
   Tx(const Tx&) = delete;
@@ -382,15 +479,15 @@ class Tx {
   //! Throws: ArenaFull when the log is full (the transaction then rolls back).
   void log(const void* p, std::uint64_t n) {
     const std::uint64_t off = a_.offset_of(p);
-    if (!a_.loggable(off, n))
-      fail<CorruptedError>("manager '{}': write outside the arena at {}", a_.owner(), off);
+    if (!a_.loggable(off, n)) a_.corrupted(fmt::format("write outside the arena at {}", off));
     const std::uint64_t padded = (n + 7) / 8 * 8;
     const std::uint64_t need = sizeof(UndoEntry) + padded;
-    if (need > h_->log_cap - used_)
+    // The log's place and size are this process's validated copies, never re-read.
+    if (need > a_.log_cap() - used_)
       fail<ArenaFull>("manager '{}': this mutation changes more than the {} bytes of undo log "
                       "allow; split it into smaller ones",
-                      a_.owner(), h_->log_cap);
-    std::byte* dst = a_.base() + log_base_ + used_;
+                      a_.owner(), a_.log_cap());
+    std::byte* dst = a_.base() + a_.log_off() + used_;
     const UndoEntry e{off, n};
     std::memcpy(dst, &e, sizeof e);
     std::memcpy(dst + sizeof e, p, n);
@@ -425,31 +522,42 @@ class Tx {
     std::memcpy(static_cast<void*>(p), &v, sizeof(T));
   }
 
+  //!Returns: the next never-used byte of the heap, checked (16-aligned, inside the heap).
+  //!Throws: CorruptedError.
+  std::uint64_t top() const {
+    const std::uint64_t t = racy_load(&h_->bump);
+    if (t < a_.heap_start() || t > a_.size() || t % kMinBlock != 0)
+      a_.corrupted(fmt::format("its allocator's top {} is outside the heap", t));
+    return t;
+  }
+
   //!Returns: the offset of a block with room for `n` user bytes (its length field set to `n`);
-  //! its contents may be written without logging. Throws: ArenaFull.
+  //! its contents may be written without logging. Throws: ArenaFull, CorruptedError.
   std::uint64_t alloc(std::uint64_t n) {
     const unsigned c = n > 0xffff'ff00ull ? kClasses : size_class(n);
     if (c >= kClasses || class_size(c) > a_.size())
       fail<ArenaFull>("manager '{}': an item of {} bytes is too large", a_.owner(), n);
     const std::uint64_t bs = class_size(c);
-    std::uint64_t b = h_->free_head[c];
+    const std::uint64_t t = top();
+    std::uint64_t b = racy_load(&h_->free_head[c]);
     if (b != 0) {
-      if (b < h_->heap_start || b % kMinBlock != 0 || !a_.in_bounds(b, bs))
-        fail<CorruptedError>("manager '{}': free list {} points outside the heap", a_.owner(), c);
-      std::uint64_t next;
-      std::memcpy(&next, a_.base() + b + kBlockHeader, 8);
+      // A free block was handed out before, so it lies below the top.
+      if (b < a_.heap_start() || b % kMinBlock != 0 || b > t || bs > t - b)
+        a_.corrupted(fmt::format("free list {} points outside the heap", c));
+      if (racy_load(reinterpret_cast<const std::uint32_t*>(a_.base() + b)) != c)
+        a_.corrupted(fmt::format("a block of free list {} has another size class", c));
+      const std::uint64_t next = racy_load(reinterpret_cast<const std::uint64_t*>(a_.base() + b + kBlockHeader));
       // The caller overwrites the link word and the length: save both.
       log(a_.base() + b, kBlockHeader + 8);
       put_once(&h_->free_head[c], next);
     } else {
-      const std::uint64_t top = h_->bump;
-      if (top > a_.size() || bs > a_.size() - top)
+      if (bs > a_.size() - t)
         fail<ArenaFull>("manager '{}' is full: {} bytes more do not fit in its capacity of {} "
                         "bytes; create it with a larger ManagerOptions::capacity",
                         a_.owner(), bs, a_.size());
-      if (top + bs > h_->populated) populate(top + bs);
-      b = top;
-      put_once(&h_->bump, top + bs);
+      if (t + bs > racy_load(&h_->populated)) populate(t + bs);
+      b = t;
+      put_once(&h_->bump, t + bs);
       const std::uint32_t cls = c;
       std::memcpy(a_.base() + b, &cls, 4);
     }
@@ -466,41 +574,47 @@ class Tx {
   }
 
   //!Effects: returns the block at user offset `p` to its free list now (logged).
+  //!Throws: CorruptedError if `p` is not a block below the heap's top.
   void free_now(std::uint64_t p) {
     if (p == 0) return;
-    a_.block_len(p);  // validates the header
+    const Arena::BlockHead bh = a_.block_head(p);  // validates the header (read once)
     const std::uint64_t b = p - kBlockHeader;
-    std::uint32_t c;
-    std::memcpy(&c, a_.base() + b, 4);
-    if (b < h_->heap_start)
-      fail<CorruptedError>("manager '{}': freeing a block outside the heap", a_.owner());
-    put(reinterpret_cast<std::uint64_t*>(a_.base() + p), h_->free_head[c]);
-    put_once(&h_->free_head[c], b);
+    if (b >= top() || class_size(bh.cls) > top() - b)
+      a_.corrupted(fmt::format("freeing a block at {} above the heap's top", b));
+    put(reinterpret_cast<std::uint64_t*>(a_.base() + p), racy_load(&h_->free_head[bh.cls]));
+    put_once(&h_->free_head[bh.cls], b);
   }
 
   /// The arena.
   Arena& arena() const noexcept { return a_; }
 
   //!Effects: allocates the pages up to `end` (and a chunk beyond) now.
-  //!Throws: ArenaFull when the system has no memory left for them.
+  //!Throws: ArenaFull when the system has no memory left for them; CorruptedError when the
+  //! segment was truncated under us.
   void populate(std::uint64_t end) {
-    const std::uint64_t from = std::max(h_->populated, h_->heap_start);
+    const std::uint64_t from = std::max(racy_load(&h_->populated), a_.heap_start());
     const std::uint64_t to =
         std::min(a_.size(), (end + kPopulateChunk - 1) / kPopulateChunk * kPopulateChunk);
     if (to <= from) return;
-    if (const int err = os::populate_write(a_.base() + from, to - from); err != 0)
+    if (const int err = os::populate_write(a_.base() + from, to - from); err != 0) {
+      if (a_.truncated()) a_.shrank();
       fail<ArenaFull>("manager '{}': the system has no memory left for {} more bytes (is "
                       "/dev/shm full?); free memory or remove unused objects",
                       a_.owner(), to - from);
+    }
     h_->populated = to;  // a hint: a rollback leaves it, the pages are just ready sooner
   }
 
   //!Effects: makes the transaction's changes permanent (one store), ends the container's
   //! odd sequence and releases the lock.
-  //! Throws: ArenaFull if the deferred frees overflow the log (then nothing was committed).
+  //! Throws: ArenaFull if the deferred frees overflow the log, CorruptedError if the segment
+  //! shrank under this process (then nothing was committed).
   void commit() {
     for (std::uint64_t p : freed_) free_now(p);
     freed_.clear();
+    // Writes to pages a truncation removed went to this process's private zero pages, and a
+    // cut that zeroed the header in place freed the lock under us: commit neither.
+    a_.check_header();
     MPP_CRASH_POINT("manager.tx.before_commit");
     std::atomic_signal_fence(std::memory_order_seq_cst);
     h_->log_used.store(0, std::memory_order_release);  // the commit point
@@ -534,7 +648,6 @@ class Tx {
 
   Arena& a_;
   ArenaHeader* h_;
-  std::uint64_t log_base_ = 0;
   std::uint64_t used_ = 0;
   std::array<const void*, 16> once_small_{};
   std::size_t once_n_ = 0;
@@ -566,7 +679,10 @@ auto seq_read(Arena& a, const std::atomic<std::uint64_t>& seq, const Deadline& d
     try {
       auto r = f();
       std::atomic_thread_fence(std::memory_order_acquire);
-      if (seq.load(std::memory_order_relaxed) == s1) return r;
+      if (seq.load(std::memory_order_relaxed) == s1) {
+        a.check_mapped();  // what it read may have been zeros where pages vanished
+        return r;
+      }
     } catch (...) {  // CorruptedError, or whatever a user codec throws on torn bytes
       std::atomic_thread_fence(std::memory_order_acquire);
       if (seq.load(std::memory_order_relaxed) == s1) throw;
@@ -577,7 +693,9 @@ auto seq_read(Arena& a, const std::atomic<std::uint64_t>& seq, const Deadline& d
     Arena& a;
     ~Unlock() { a.unlock(); }
   } unlock{a};
-  return f();
+  auto r = f();
+  a.check_mapped();
+  return r;
 }
 
 }  // namespace mpp::detail::shm
