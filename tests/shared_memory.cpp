@@ -519,8 +519,8 @@ TEST_CASE("ShareableList: fixed slots, Python's errors", "[shared_memory][sharea
   CHECK(sl.get(1) == ShareableItem{2.5});                          // unchanged after the error
   sl[1] = None{};
   CHECK(sl.get(1) == ShareableItem{None{}});
-  CHECK_THROWS_AS(sl.get(2), std::out_of_range);
-  CHECK_THROWS_AS(sl.get(-3), std::out_of_range);
+  CHECK_THROWS_AS(sl.get(2), mpp::IndexError);
+  CHECK_THROWS_AS(sl.get(-3), mpp::IndexError);
   ShareableList empty(std::vector<ShareableItem>{});
   CHECK(empty.size() == 0);
   CHECK(empty.to_vector().empty());

@@ -17,10 +17,12 @@
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -177,24 +179,75 @@ inline Fd shm_create_empty(std::string_view name, unsigned mark) {
   return fd;
 }
 
-//!Effects: sizes the new object `name` (open as `fd`) to `size` bytes; on failure removes it.
-//!Throws: OSError.
-inline void shm_set_size(const Fd& fd, std::string_view name, std::uint64_t size) {
-  int rc;
-  do rc = ::ftruncate(fd.get(), static_cast<off_t>(size));
-  while (rc != 0 && errno == EINTR);
-  if (rc != 0) {
-    const int err = errno;
-    ::shm_unlink(shm_path(name).c_str());
-    throw_errno("ftruncate", name, err);
+//!Returns: the bytes an unprivileged process may still allocate in /dev/shm (statvfs), or
+//! nullopt if the file system cannot tell.
+inline std::optional<std::uint64_t> shm_free_bytes() noexcept {
+  struct statvfs v{};
+  if (::statvfs(kShmDirectory, &v) != 0) return std::nullopt;
+  return static_cast<std::uint64_t>(v.f_bavail) * static_cast<std::uint64_t>(v.f_frsize);
+}
+
+//!Throws: NoSpaceError saying that /dev/shm has no room for `needed` more bytes of `name`, how
+//! much it has, and what to do (`advice` is appended to that).
+[[noreturn]] inline void fail_no_space(std::string_view name, std::uint64_t needed,
+                                       std::string_view advice = {}) {
+  const auto free = shm_free_bytes();
+  throw NoSpaceError(
+      fmt::format("{} is full: {} bytes needed for '{}', {} free; free space with `mpp gc` or "
+                  "enlarge {}{}",
+                  kShmDirectory, needed, name, free ? fmt::format("{}", *free) : std::string("?"),
+                  kShmDirectory, advice),
+      ENOSPC);
+}
+
+namespace posix_detail {
+// fallocate(2) on tmpfs allocates the pages now (and undoes its partial work on failure), so a
+// full /dev/shm is ENOSPC here rather than a SIGBUS at the first touch. Returns: 0 or errno;
+// EOPNOTSUPP where the file system cannot reserve (then the pages are allocated on first touch).
+inline int fallocate_retry(int fd, int mode, std::uint64_t len) noexcept {
+  for (;;) {
+    if (::fallocate(fd, mode, 0, static_cast<off_t>(len)) == 0) return 0;
+    if (errno != EINTR) return errno;
   }
+}
+}  // namespace posix_detail
+
+//!Effects: sizes the new object `name` (open as `fd`) to `size` bytes, of which the first
+//! `reserve` are backed by memory now (a full /dev/shm is an error here, not a fault at the first
+//! touch); the rest is allocated as it is touched. With everything reserved, the object's size
+//! changes once, when all of it is backed. On failure removes the name.
+//!Throws: NoSpaceError (/dev/shm full), OSError.
+inline void shm_set_size(const Fd& fd, std::string_view name, std::uint64_t size,
+                         std::uint64_t reserve = UINT64_MAX) {
+  reserve = std::min(reserve, size);
+  int err = reserve == size && size != 0 ? posix_detail::fallocate_retry(fd.get(), 0, size)
+                                         : EOPNOTSUPP;
+  const char* call = "fallocate";
+  if (err == EOPNOTSUPP || err == ENOSYS) {  // sparse by request, or no fallocate: size it
+    call = "ftruncate";
+    int rc;
+    do rc = ::ftruncate(fd.get(), static_cast<off_t>(size));
+    while (rc != 0 && errno == EINTR);
+    err = rc == 0 ? 0 : errno;
+    if (err == 0 && reserve != 0 && reserve != size) {
+      call = "fallocate";
+      err = posix_detail::fallocate_retry(fd.get(), FALLOC_FL_KEEP_SIZE, reserve);
+      if (err == EOPNOTSUPP || err == ENOSYS) err = 0;
+    }
+  }
+  if (err == 0) return;
+  ::shm_unlink(shm_path(name).c_str());
+  if (err == ENOSPC || err == ENOMEM) fail_no_space(name, reserve);
+  throw_errno(call, name, err);
 }
 
 //!Effects: creates the object `name` of an mpp header and payload, `size` bytes, exclusively
-//! (see shm_create_empty; marked kModeHeadered). Throws: ExistsError, OSError.
-inline Fd shm_create(std::string_view name, std::uint64_t size) {
+//! (see shm_create_empty; marked kModeHeadered), the first `reserve` bytes backed now (see
+//! shm_set_size). Throws: ExistsError, NoSpaceError, OSError.
+inline Fd shm_create(std::string_view name, std::uint64_t size,
+                     std::uint64_t reserve = UINT64_MAX) {
   Fd fd = shm_create_empty(name, kModeHeadered);
-  shm_set_size(fd, name, size);
+  shm_set_size(fd, name, size, reserve);
   return fd;
 }
 
@@ -222,6 +275,10 @@ inline Fd shm_open_existing(std::string_view name) {
       fail<PermissionError>("'{}' exists but cannot be opened by this user ({}); it belongs to "
                              "someone else or is a link: choose another name",
                              name, std::strerror(err));
+    if (err == EISDIR)  // a directory squatting the name (only a file system user can make one)
+      fail<PermissionError>("'{}' is a directory, not a shared-memory object; refusing it: "
+                             "choose another name, or remove the directory {}/{}",
+                             name, kShmDirectory, name);
     throw_errno("shm_open", name, err);
   }
   return fd;
@@ -1096,8 +1153,9 @@ inline int populate_write(void* p, std::size_t n) noexcept {
 //!Effects: creates the shared-memory object `name` as shm_create() does, for an object that
 //! touches only part of its `size` bytes (a queue's item area, a manager's heap). POSIX shared
 //! memory is sparse already: a page is allocated when it is first touched.
-inline Fd shm_create_sparse(std::string_view name, std::uint64_t size) {
-  return shm_create(name, size);
+//! The first `reserve` bytes are backed now (see shm_set_size).
+inline Fd shm_create_sparse(std::string_view name, std::uint64_t size, std::uint64_t reserve) {
+  return shm_create(name, size, reserve);
 }
 
 //!Effects: makes [p, p + n) of a sparse segment usable before it is first touched. Nothing to do
@@ -1298,19 +1356,40 @@ inline bool mapping_faulted(const void* addr) noexcept {
 }
 
 //!Effects: nothing while the mapping holding `addr` is intact (one load when no mapping of this
-//! process ever faulted). Throws: CorruptedError naming the object if it shrank under us.
+//! process ever faulted).
+//!Throws: if a page of it could not be touched: NoSpaceError naming the object when the object
+//! still has its full size (tmpfs could not allocate the page: /dev/shm is full), CorruptedError
+//! when it shrank under us (another process truncated it) or its name is gone (cannot tell).
 inline void check_mapping(const void* addr) {
   if (!mapping_faulted(addr)) [[likely]]
     return;
   auto& t = guard_detail::table;
   const auto a = reinterpret_cast<std::uintptr_t>(addr);
   std::string name = "?";
+  std::uint64_t length = 0;
   for (std::size_t i = 0; i < t.used.load(std::memory_order_acquire); ++i) {
     const std::uintptr_t e = t.end[i].load(std::memory_order_acquire);
-    if (e != 0 && a >= t.begin[i].load(std::memory_order_relaxed) && a < e) {
+    const std::uintptr_t b = t.begin[i].load(std::memory_order_relaxed);
+    if (e != 0 && a >= b && a < e) {
       name.assign(t.names[i], ::strnlen(t.names[i], guard_detail::kNameCapacity));
+      length = e - b;
       break;
     }
+  }
+  // The handler cannot tell the two causes apart; the object's size now can: a mapping covers
+  // exactly its object, so a fault in an object that still has all its bytes was a page tmpfs
+  // could not allocate.
+  if (const ShmStat st = shm_lstat(name); st.exists && st.regular && length != 0 &&
+                                          st.size >= length) {
+    const auto free = shm_free_bytes();
+    throw NoSpaceError(
+        fmt::format("{} is full: a page of '{}' could not be allocated ({} free), so what this "
+                    "process wrote there since reads as zeros here and did not reach other "
+                    "processes: close this handle, free space with `mpp gc` or enlarge {}, and "
+                    "recreate the object",
+                    kShmDirectory, name, free ? fmt::format("{} bytes", *free) : std::string("? bytes"),
+                    kShmDirectory),
+        ENOSPC);
   }
   fail<CorruptedError>(
       "'{}' shrank while this process had it mapped (another process truncated it, or /dev/shm "
