@@ -585,11 +585,13 @@ class ShareableList {
     std::uint64_t len = 0;
     detail::SlotKind kind = detail::SlotKind::none;
     auto put = [&](const void* src, std::uint64_t n, detail::SlotKind k) {
-      if (n > cap)
+      if (n > cap) {
+        state_->check_mapping();  // a capacity read from a vanished page is no ValueError
         detail::fail<ValueError>(
             "ShareableList '{}': item {} has room for {} bytes, the new value needs {} (a slot's "
             "size is fixed when the list is created)",
             name(), i, cap, n);
+      }
       if (n != 0) std::memcpy(p, src, static_cast<std::size_t>(n));
       len = n;
       kind = k;
@@ -812,6 +814,7 @@ class ShareableList {
   }
 
   [[noreturn]] void corrupt(std::ptrdiff_t i, std::string_view what) const {
+    if (state_) state_->check_mapping();  // zeros from a vanished page: say that instead
     detail::fail<CorruptedError>("ShareableList '{}': item {} is corrupted: {}",
                                  state_ ? state_->name() : std::string("?"), i, what);
   }

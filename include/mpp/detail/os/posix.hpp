@@ -285,10 +285,15 @@ inline Fd shm_open_existing(std::string_view name) {
 }
 
 //!Effects: removes the name `name`; existing mappings stay valid. Returns: false if it did not exist.
+//!Throws: PermissionError if the name is a directory, OSError.
 inline bool shm_remove(std::string_view name) {
   const std::string path = shm_path(name);
   if (::shm_unlink(path.c_str()) == 0) return true;
   if (errno == ENOENT) return false;
+  if (errno == EISDIR)  // a directory squatting the name
+    fail<PermissionError>("'{}' is a directory, not a shared-memory object; refusing to remove "
+                           "it: remove it with rmdir {}/{} if it is yours",
+                           name, kShmDirectory, name);
   throw_errno("shm_unlink", name, errno);
 }
 
