@@ -377,6 +377,16 @@ class BlockHandle final : public ForkHook {
 }  // namespace detail
 
 /// Python's SharedMemory: a block of shared bytes with a name.
+///
+/// Creation backs every byte with memory (POSIX: fallocate on /dev/shm), so a full /dev/shm is a
+/// NoSpaceError from the constructor, never a block that exists in this process only. buf() is
+/// raw memory that mpp cannot watch, so damage done by another process is reported at the calls
+/// mpp controls: buf(), size() and live_users() raise CorruptedError naming the block when it is
+/// smaller than this process mapped it (another process truncated it; one fstat), or when this
+/// process touched a page that had vanished (it read zeros, and what it wrote there reached no
+/// one; the touch itself never kills the process), and NoSpaceError when a page of a block
+/// created sparse by another program could not be allocated. A truncation undone by growing the
+/// block again before anyone touched the cut part only zeroes bytes, as any writer may.
 class SharedMemory {
  public:
   //!Effects: Python's SharedMemory(name, create, size, track): creates the block `name` of
@@ -521,7 +531,9 @@ inline std::uint64_t slot_capacity(const ShareableItem& item) {
 /// 8 * (n / 8 + 1) for a string or bytes of n bytes); assigning anything that needs more is a
 /// ValueError, as in Python. Unlike Python, strings and bytes keep trailing NULs and multi-byte
 /// UTF-8 exactly. Like Python, there is no lock: guard concurrent writers with a Lock. It lives in
-/// a SharedMemory block (as in Python), which a SharedMemory may open by the list's name.
+/// a SharedMemory block (as in Python), which a SharedMemory may open by the list's name. Every
+/// operation reports a block that shrank under it (CorruptedError naming it), never returning
+/// the zeros of a vanished page as None or storing into memory no one else sees.
 class ShareableList {
  public:
   using value_type = ShareableItem;

@@ -17,6 +17,7 @@
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -1191,8 +1192,11 @@ inline bool committed(const void* p, std::size_t n) noexcept {
 // A process-wide SIGBUS handler, installed once at the first registration, recognises faults
 // inside registered mappings, maps private zero pages over the mapping from the faulting page to
 // its end (mmap MAP_FIXED: the access completes, and no later access to those pages faults), and
-// marks the mapping faulted. check_mapping() — called by every wait loop before it sleeps and by
-// the slow paths of the operations — then throws CorruptedError naming the object. Faults outside
+// marks the mapping faulted, noting whether /dev/shm was full at that moment. check_mapping() —
+// called by every wait loop before it sleeps and by the slow paths of the operations — then
+// throws CorruptedError naming the object, or NoSpaceError when /dev/shm was full and the object
+// still has its size (creation reserves an object's pages, so this is a lazily used object's
+// page, or another program's sparse object). Faults outside
 // registered mappings go to the handler that was installed before ours (a sanitizer's, or the
 // default action: the process dies of SIGBUS as it would without mpp).
 // fork(): the child inherits the mappings at the same addresses, the table and the handler, so
@@ -1209,11 +1213,16 @@ namespace guard_detail {
 /// Mappings this process can protect at once (more are mapped unprotected).
 inline constexpr std::size_t kMaxGuarded = 4096;
 inline constexpr std::size_t kNameCapacity = 112;
+/// Free bytes in /dev/shm below which a fault counts as "no space" (tmpfs counts free pages per
+/// CPU in batches, so "full" is not exactly 0).
+inline constexpr std::uint64_t kLowSpace = std::uint64_t{4} << 20;
 
 struct Table {
   std::atomic<std::uintptr_t> begin[kMaxGuarded];  ///< start of a mapping; 0: entry free
   std::atomic<std::uintptr_t> end[kMaxGuarded];    ///< one past its end; 0 while (un)registering
   std::atomic<std::uint32_t> faulted[kMaxGuarded];  ///< 1 once the handler repaired a fault in it
+  /// 1 if /dev/shm was (nearly) full when the handler repaired that fault
+  std::atomic<std::uint32_t> low_space[kMaxGuarded];
   char names[kMaxGuarded][kNameCapacity];            ///< for messages only (not read by the handler)
   std::atomic<std::size_t> used;       ///< entries at or above this index were never claimed
   std::atomic<std::size_t> free_hint;  ///< where guard_mapping() starts looking (a hint only)
@@ -1260,6 +1269,13 @@ inline void on_sigbus(int sig, siginfo_t* info, void* ctx) noexcept {
       const long r = ::syscall(SYS_mmap, from, to - from, PROT_READ | PROT_WRITE,
                                MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
       if (r == -1) break;  // cannot repair (out of memory): let the fault take its course
+      // Remember whether tmpfs was out of space at the time: with the object still its full
+      // size afterwards, that (and not a truncation) is why the page could not be had.
+      struct statfs fs{};
+      if (::syscall(SYS_statfs, kShmDirectory, &fs) == 0 &&
+          static_cast<std::uint64_t>(fs.f_bavail) * static_cast<std::uint64_t>(fs.f_bsize) <
+              kLowSpace)
+        table.low_space[i].store(1, std::memory_order_relaxed);
       if (table.faulted[i].exchange(1, std::memory_order_acq_rel) == 0)
         table.faults.fetch_add(1, std::memory_order_release);
       errno = saved_errno;
@@ -1315,6 +1331,7 @@ inline std::uint32_t guard_mapping(void* p, std::uint64_t size, std::string_view
         !t.begin[i].compare_exchange_strong(expect, b, std::memory_order_acq_rel))
       continue;
     t.faulted[i].store(0, std::memory_order_relaxed);
+    t.low_space[i].store(0, std::memory_order_relaxed);
     const std::size_t n = std::min(name.size(), guard_detail::kNameCapacity - 1);
     std::memcpy(t.names[i], name.data(), n);
     t.names[i][n] = '\0';
@@ -1372,19 +1389,22 @@ inline void check_mapping(const void* addr) {
   const auto a = reinterpret_cast<std::uintptr_t>(addr);
   std::string name = "?";
   std::uint64_t length = 0;
+  bool low_space = false;
   for (std::size_t i = 0; i < t.used.load(std::memory_order_acquire); ++i) {
     const std::uintptr_t e = t.end[i].load(std::memory_order_acquire);
     const std::uintptr_t b = t.begin[i].load(std::memory_order_relaxed);
     if (e != 0 && a >= b && a < e) {
       name.assign(t.names[i], ::strnlen(t.names[i], guard_detail::kNameCapacity));
       length = e - b;
+      low_space = t.low_space[i].load(std::memory_order_relaxed) != 0;
       break;
     }
   }
-  // The handler cannot tell the two causes apart; the object's size now can: a mapping covers
-  // exactly its object, so a fault in an object that still has all its bytes was a page tmpfs
-  // could not allocate.
-  if (const ShmStat st = shm_lstat(name); st.exists && st.regular && length != 0 &&
+  // A page past the end of a shrunk object and a page tmpfs could not allocate fault alike. A
+  // mapping covers exactly its object, so a fault while /dev/shm was full in an object that
+  // still has all its bytes was the latter; anything else is taken for a truncation (one that
+  // was undone by growing the object again included).
+  if (const ShmStat st = shm_lstat(name); low_space && st.exists && st.regular && length != 0 &&
                                           st.size >= length) {
     const auto free = shm_free_bytes();
     throw NoSpaceError(
