@@ -153,7 +153,8 @@ TEST_CASE("a full /dev/shm: creating any kind raises NoSpaceError and leaves not
     expect_no_space(__LINE__, "mpp.full.list", [] {
       mpp::ShareableList::create("mpp.full.list", {std::int64_t{1}, std::string("x")});
     });
-    expect_no_space(__LINE__, "mpp.full.pipe", [] { (void)mpp::Pipe<int>::create("mpp.full.pipe"); });
+    expect_no_space(__LINE__, "mpp.full.pipe",
+                    [] { (void)mpp::Pipe<int>::create("mpp.full.pipe"); });
     expect_no_space(__LINE__, "", [] { mpp::Pipe<int> p; });
     expect_no_space(__LINE__, "mpp.full.queue", [] { mpp::Queue<int>::create("mpp.full.queue"); });
     expect_no_space(__LINE__, "mpp.full.queue2",
@@ -161,6 +162,11 @@ TEST_CASE("a full /dev/shm: creating any kind raises NoSpaceError and leaves not
     expect_no_space(__LINE__, "", [] { mpp::Queue<int> q; });
     expect_no_space(__LINE__, "mpp.full.manager",
                     [] { mpp::Manager::create("mpp.full.manager"); });
+    // The anonymous forms ("mpp.anon.<pid>.*") are refused and removed alike.
+    expect_no_space(__LINE__, "", [] { mpp::Value<int> v(7); });
+    expect_no_space(__LINE__, "", [] { mpp::Array<double> a(16); });
+    expect_no_space(__LINE__, "", [] { mpp::ShareableList l{std::int64_t{1}}; });
+    expect_no_space(__LINE__, "", [] { mpp::Manager m; });
     // Once there is room again, the same names work across processes.
     leave_free(filler, 1 << 20);
     auto v = mpp::Value<int>::create("mpp.full.value", 7);

@@ -254,13 +254,15 @@ class Core {
     const Layout l = Layout::of(cap, max_item, cell);
     SegmentSpec spec{kind, type, l.payload_size, cap};
     spec.sparse = true;  // the cells and regions are committed by ensure_backed()
-    // POSIX backs the header now (a full /dev/shm is a NoSpaceError from create); the slot table
-    // (24 MiB for an unbounded queue) fills lazily, its pages allocated as the ring reaches them.
-    spec.reserve = l.slots_offset;
+    // POSIX backs the header and the start of the slot table now (a full /dev/shm is a
+    // NoSpaceError from create): all of a bounded queue's table, but not the 24 MiB of an
+    // unbounded one, whose later pages are allocated as the ring reaches them.
+    spec.reserve = std::min<u64>(l.medium_offset, l.slots_offset + (u64{64} << 10));
     auto init = [&](std::byte* p, std::uint64_t) {
       // Header, slots and fill marks: any process may read any slot (scans), so all of them.
       if (const int err = os::commit(p, l.medium_offset); err != 0) {
-        if (err == ENOMEM) os::fail_no_space(name.empty() ? "(anonymous queue)" : name, l.medium_offset);
+        if (err == ENOMEM)
+          os::fail_no_space(name.empty() ? "(anonymous queue)" : name, l.medium_offset);
         throw OSError(fmt::format("cannot create a queue of {} slots: no memory for them", cap),
                       err);
       }

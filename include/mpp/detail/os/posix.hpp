@@ -1412,7 +1412,8 @@ inline void check_mapping(const void* addr) {
                     "process wrote there since reads as zeros here and did not reach other "
                     "processes: close this handle, free space with `mpp gc` or enlarge {}, and "
                     "recreate the object",
-                    kShmDirectory, name, free ? fmt::format("{} bytes", *free) : std::string("? bytes"),
+                    kShmDirectory, name,
+                    free ? fmt::format("{} bytes", *free) : std::string("? bytes"),
                     kShmDirectory),
         ENOSPC);
   }
