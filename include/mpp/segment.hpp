@@ -282,9 +282,10 @@ class Segment {
 
   //!Effects: opens the existing object `name`, checking owner, permissions, header, kind and
   //! element type; waits up to opts.init_timeout for a creator that is still initialising.
-  //!Throws: NotFoundError, PermissionError (other owner or group/world access), TypeMismatchError
-  //! (another kind or element type), CorruptedError (bad header or creator died during
-  //! initialisation), TimeoutError (still being built after the timeout).
+  //!Throws: NotFoundError, PermissionError (other owner, group/world access, or a directory
+  //! squatting the name), TypeMismatchError (another kind or element type), CorruptedError (bad
+  //! header or creator died during initialisation), TimeoutError (still being built after the
+  //! timeout).
   static Segment open(std::string_view name, Kind kind, const TypeInfo& type,
                       const SegmentOptions& opts = {}) {
     validate_name(name);
@@ -296,7 +297,8 @@ class Segment {
       fail<TypeMismatchError>("'{}' is a SharedMemory block (or another program's object), not "
                               "a {}: open it with mpp::SharedMemory",
                               name, kind_name(kind));
-    // A creator between shm_open and ftruncate leaves an empty object for a moment.
+    // A creator between shm_open and sizing (fallocate, which sets the size once all of it is
+    // backed, or ftruncate) leaves an empty object for a moment.
     while (info.size < sizeof(SegmentHeader)) {
       if (deadline.expired())
         fail<TimeoutError>("'{}' is still smaller than an mpp header after {} ms; its creator "

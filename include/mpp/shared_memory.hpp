@@ -76,7 +76,8 @@ class BlockHandle final : public ForkHook {
   }
 
   //!Effects: attaches to the existing block `name`, waiting up to `wait` for a creator that has
-  //! not sized it yet. Throws: InvalidArgument, NotFoundError, PermissionError,
+  //! not sized it yet. Throws: InvalidArgument, NotFoundError, PermissionError (another user's
+  //! object, group/world access, or a directory squatting the name),
   //! TypeMismatchError (an mpp object of another kind), CorruptedError (left empty by a creator
   //! that died), TimeoutError, OSError.
   static std::shared_ptr<BlockHandle> open(std::string_view name, bool track,
