@@ -777,6 +777,7 @@ class ShareableList {
     const auto deadline = Deadline::after(wait);
     for (;;) {
       const std::uint64_t m = magic.load(std::memory_order_acquire);
+      b.check_size("open");  // a zero read from a vanished page is no "not filled yet"
       if (m == kShareableListMagic) return;
       if (m != 0)
         fail<TypeMismatchError>("'{}' is a SharedMemory block that holds no ShareableList",
