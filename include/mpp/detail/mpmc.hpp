@@ -254,10 +254,12 @@ class Core {
     const Layout l = Layout::of(cap, max_item, cell);
     SegmentSpec spec{kind, type, l.payload_size, cap};
     spec.sparse = true;  // the cells and regions are committed by ensure_backed()
-    // POSIX backs the header and the start of the slot table now (a full /dev/shm is a
-    // NoSpaceError from create): all of a bounded queue's table, but not the 24 MiB of an
-    // unbounded one, whose later pages are allocated as the ring reaches them.
-    spec.reserve = std::min<u64>(l.medium_offset, l.slots_offset + (u64{64} << 10));
+    // POSIX backs the header now (a full /dev/shm is a NoSpaceError from create), and the slots
+    // a scan may read before a put reached them: the whole table of a small queue (scanned
+    // whole), the first two pages of a larger one's (the 32 MiB table of an unbounded queue is
+    // populated a page at a time as the ring reaches it).
+    spec.reserve = cap <= kSmallScan ? l.medium_offset
+                                     : l.slots_offset + 2 * kSlotsPerPage * sizeof(Slot);
     auto init = [&](std::byte* p, std::uint64_t) {
       // Header, slots and fill marks: any process may read any slot (scans), so all of them.
       if (const int err = os::commit(p, l.medium_offset); err != 0) {
