@@ -684,7 +684,11 @@ class ShareableList {
     detail::fail<ValueError>("ShareableList '{}': the value is not in the list", name());
   }
   /// Bytes reserved by slot `i` (the most a string or bytes value stored there may take).
-  std::size_t capacity(std::ptrdiff_t i) const { return static_cast<std::size_t>(desc(i).capacity); }
+  std::size_t capacity(std::ptrdiff_t i) const {
+    const std::uint64_t cap = desc(i).capacity;
+    state_->check_mapping();  // not a 0 read from a vanished page
+    return static_cast<std::size_t>(cap);
+  }
 
   /// Stops using the list in this handle (see SharedMemory::close).
   void close() noexcept {

@@ -1196,9 +1196,9 @@ inline bool committed(const void* p, std::size_t n) noexcept {
 // called by every wait loop before it sleeps and by the slow paths of the operations — then
 // throws CorruptedError naming the object, or NoSpaceError when /dev/shm was full and the object
 // still has its size (creation reserves an object's pages, so this is a lazily used object's
-// page, or another program's sparse object). Faults outside
-// registered mappings go to the handler that was installed before ours (a sanitizer's, or the
-// default action: the process dies of SIGBUS as it would without mpp).
+// page, or another program's sparse object). Faults outside registered mappings go to the
+// handler that was installed before ours (a sanitizer's, or the default action: the process dies
+// of SIGBUS as it would without mpp).
 // fork(): the child inherits the mappings at the same addresses, the table and the handler, so
 // it is protected too; exec() drops all three together.
 // Windows needs none of this: a section cannot be shrunk while it is mapped, so win32.hpp has
