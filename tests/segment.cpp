@@ -209,6 +209,27 @@ TEST_CASE("a segment with group/world access is refused", "[segment]") {
   CHECK_FALSE(mpp::unlink(name));
 }
 
+TEST_CASE("a directory squatting a name is a PermissionError for every kind", "[segment]") {
+  const auto name = unique_name("dir");
+  // Another process (same user) plants a directory where the object would be.
+  REQUIRE(mpp_test::wait_child(mpp_test::fork_child(
+              [&] { return ::mkdir(("/dev/shm/" + name).c_str(), 0700) == 0 ? 0 : 1; })) == 0);
+  for (const auto kind : {mpp::Kind::test, mpp::Kind::lock, mpp::Kind::value, mpp::Kind::queue,
+                          mpp::Kind::pipe, mpp::Kind::manager}) {
+    INFO(mpp::kind_name(kind));
+    CHECK_THROWS_AS(Segment::open(name, kind, mpp::type_info<std::uint64_t>()),
+                    mpp::PermissionError);
+    CHECK_THROWS_WITH(Segment::open(name, kind, mpp::type_info<std::uint64_t>()),
+                      Catch::Matchers::Contains("directory"));
+    auto spec = spec_of();
+    spec.kind = kind;
+    CHECK_THROWS_AS(Segment::open_or_create(name, spec), mpp::PermissionError);
+    CHECK_THROWS_AS(Segment::create(name, spec), mpp::ExistsError);  // the name is taken
+  }
+  CHECK_THROWS_AS(mpp::unlink(name), mpp::PermissionError);
+  CHECK(::rmdir(("/dev/shm/" + name).c_str()) == 0);
+}
+
 TEST_CASE("a creator killed during init is reported, not waited on", "[segment]") {
   const auto name = unique_name("initkill");
   int ready[2];

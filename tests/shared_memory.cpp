@@ -519,8 +519,8 @@ TEST_CASE("ShareableList: fixed slots, Python's errors", "[shared_memory][sharea
   CHECK(sl.get(1) == ShareableItem{2.5});                          // unchanged after the error
   sl[1] = None{};
   CHECK(sl.get(1) == ShareableItem{None{}});
-  CHECK_THROWS_AS(sl.get(2), std::out_of_range);
-  CHECK_THROWS_AS(sl.get(-3), std::out_of_range);
+  CHECK_THROWS_AS(sl.get(2), mpp::IndexError);
+  CHECK_THROWS_AS(sl.get(-3), mpp::IndexError);
   ShareableList empty(std::vector<ShareableItem>{});
   CHECK(empty.size() == 0);
   CHECK(empty.to_vector().empty());
@@ -610,5 +610,100 @@ TEST_CASE("tsan: blocks created, attached and closed from several threads at onc
       CHECK_FALSE(mpp::detail::os::shm_lstat(base + "." + std::to_string(t) + "." +
                                              std::to_string(i))
                       .exists);
+}
+#endif  // MPP_OS_POSIX
+
+TEST_CASE("an empty name is refused as by every other kind; the anonymous form is separate",
+          "[shared_memory]") {
+  // Python: SharedMemory(name=None, create=True) is anonymous; a name, when given, is a name.
+  CHECK_THROWS_AS(SharedMemory("", true, 16), mpp::InvalidArgument);
+  CHECK_THROWS_AS(SharedMemory::create("", 16), mpp::InvalidArgument);
+  CHECK_THROWS_AS(SharedMemory(""), mpp::InvalidArgument);
+  CHECK_THROWS_AS(ShareableList::create("", {std::int64_t{1}}), mpp::InvalidArgument);
+  SharedMemory anon(16);  // the anonymous forms still work
+  CHECK(anon.name().rfind("mpp.anon.", 0) == 0);
+  ShareableList list{std::int64_t{1}};
+  CHECK(list.name().rfind("mpp.anon.", 0) == 0);
+}
+
+TEST_CASE("ShareableList out of range is mpp::IndexError, also for references",
+          "[shared_memory][shareable_list]") {
+  ShareableList sl{std::int64_t{1}, 2.5};
+  CHECK_THROWS_AS(sl[2], mpp::IndexError);
+  CHECK_THROWS_AS(sl[-3], mpp::IndexError);
+  CHECK_THROWS_AS(sl.set(5, None{}), mpp::IndexError);
+  CHECK_THROWS_AS(sl.capacity(2), mpp::IndexError);
+  CHECK_THROWS_WITH(sl.get(9), Catch::Matchers::Contains(sl.name()));
+  CHECK(sl.get(-1) == ShareableItem{2.5});
+}
+
+#if defined(MPP_OS_POSIX)
+namespace {
+// A peer (same user) that truncates the object `name` to `size` bytes; returns its exit code.
+int truncate_from_another_process(const std::string& name, off_t size) {
+  return mpp_test::wait_child(mpp_test::fork_child([&] {
+    const int fd = ::shm_open(("/" + name).c_str(), O_RDWR, 0);
+    return fd >= 0 && ::ftruncate(fd, size) == 0 ? 0 : 1;
+  }));
+}
+}  // namespace
+
+TEST_CASE("a directory squatting a block's name is a PermissionError", "[shared_memory]") {
+  const auto name = unique_name("dir");
+  REQUIRE(mpp_test::wait_child(mpp_test::fork_child(
+              [&] { return ::mkdir(("/dev/shm/" + name).c_str(), 0700) == 0 ? 0 : 1; })) == 0);
+  CHECK_THROWS_AS(SharedMemory(name), mpp::PermissionError);
+  CHECK_THROWS_AS(SharedMemory::open(name), mpp::PermissionError);
+  CHECK_THROWS_AS(ShareableList::open(name), mpp::PermissionError);
+  CHECK_THROWS_AS(SharedMemory(name, true, 16), mpp::ExistsError);  // the name is taken
+  CHECK_THROWS_AS(mpp::unlink(name), mpp::PermissionError);
+  CHECK(::rmdir(("/dev/shm/" + name).c_str()) == 0);
+}
+
+TEST_CASE("a truncated SharedMemory is CorruptedError naming it, before and after a touch",
+          "[shared_memory]") {
+  for (const off_t cut : {off_t{0}, off_t{5000}}) {
+    INFO("truncated to " << cut << " bytes");
+    const auto name = unique_name("cut");
+    SharedMemory shm(name, true, 64 * 1024);
+    std::memset(shm.buf().data(), 0x11, shm.buf().size());
+    const auto buf = shm.buf();  // raw memory, held across the truncation
+    SharedMemory other = SharedMemory::open(name);
+    REQUIRE(truncate_from_another_process(name, cut) == 0);
+    // Seen at the API points before any vanished page is touched ...
+    CHECK_THROWS_AS(shm.size(), mpp::CorruptedError);
+    CHECK_THROWS_WITH(shm.buf(), Catch::Matchers::Contains(name) &&
+                                     Catch::Matchers::Contains("shrank"));
+    CHECK_THROWS_AS(other.live_users(), mpp::CorruptedError);
+    // ... by a forked child using an inherited handle ...
+    CHECK(mpp_test::wait_child(mpp_test::fork_child([&] {
+            try {
+              (void)shm.buf();
+            } catch (const mpp::CorruptedError&) {
+              return 0;
+            }
+            return 1;
+          })) == 0);
+    // ... and after a touch of a vanished page, which reads zeros instead of killing us.
+    CHECK(buf[60000] == std::byte{0});
+    CHECK_THROWS_AS(shm.size(), mpp::CorruptedError);
+    shm.close();
+    other.close();
+    CHECK_FALSE(shm_exists(name));  // the last user left: the track rule removed it
+  }
+}
+
+TEST_CASE("a truncated ShareableList: items on vanished pages are CorruptedError, not None",
+          "[shared_memory][shareable_list]") {
+  std::vector<ShareableItem> items(2000, ShareableItem{std::int64_t{7}});
+  auto sl = ShareableList::create(unique_name("cutlist"), items);
+  CHECK(sl.get(1999) == ShareableItem{std::int64_t{7}});
+  // The table is 2000 * 24 bytes: cut in the middle of it.
+  REQUIRE(truncate_from_another_process(sl.name(), 8192) == 0);
+  CHECK_THROWS_AS(sl.get(1999), mpp::CorruptedError);   // its descriptor's page is gone
+  CHECK_THROWS_AS(sl[1999] = std::int64_t{1}, mpp::CorruptedError);
+  CHECK_THROWS_AS(sl.get(0), mpp::CorruptedError);  // the block is known to be damaged now
+  CHECK_THROWS_AS(ShareableList::open(sl.name()), mpp::CorruptedError);
+  sl.unlink();
 }
 #endif  // MPP_OS_POSIX

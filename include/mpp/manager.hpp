@@ -929,7 +929,10 @@ class Manager {
   }
 
   static detail::SegmentSpec spec(const ManagerOptions& opts) {
-    return detail::SegmentSpec{Kind::manager, TypeInfo::none(), opts.capacity, 0};
+    detail::SegmentSpec s{Kind::manager, TypeInfo::none(), opts.capacity, 0};
+    // Backed at creation: the arena header; the heap is populated as it grows (1 GiB by default).
+    s.reserve = sizeof(detail::shm::ArenaHeader);
+    return s;
   }
   static detail::SegmentOptions seg_opts(const ManagerOptions& opts) {
     return detail::SegmentOptions{opts.persistent, opts.init_timeout};

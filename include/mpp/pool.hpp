@@ -1008,11 +1008,12 @@ class Pool {
     qo.max_item_size = detail::pool::kMaxMessage;
     results_.emplace(static_cast<long>(4 * n + 8), qo);
     status_.emplace(static_cast<std::size_t>(2 * n));
-    arena_ = std::make_shared<detail::Segment>(detail::Segment::create_anonymous(
-        detail::SegmentSpec{Kind::pool, TypeInfo::none(),
-                            static_cast<std::uint64_t>(n) * detail::pool::kWindow *
-                                detail::pool::kRegion,
-                            static_cast<std::uint64_t>(n)}));
+    detail::SegmentSpec arena_spec{
+        Kind::pool, TypeInfo::none(),
+        static_cast<std::uint64_t>(n) * detail::pool::kWindow * detail::pool::kRegion,
+        static_cast<std::uint64_t>(n)};
+    arena_spec.reserve = 0;  // 32 MiB a worker, populated as chunks are written
+    arena_ = std::make_shared<detail::Segment>(detail::Segment::create_anonymous(arena_spec));
     arena_warm_.assign(static_cast<std::size_t>(n) * detail::pool::kWindow, 0);
     config_.arena = arena_->payload();
     config_.arena_size = static_cast<std::size_t>(n) * detail::pool::kWindow * detail::pool::kRegion;

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -156,6 +157,13 @@ struct SegmentSpec {
   /// os::populate_write()) before first use: Windows then reserves the rest instead of charging
   /// it in full (POSIX shared memory is sparse anyway).
   bool sparse = false;
+  /// Bytes of the payload backed by memory at creation (POSIX: fallocate on the object), so that
+  /// a full /dev/shm is a NoSpaceError from create() instead of a page that cannot be allocated
+  /// at its first touch. All of it by default. An object that uses its payload lazily (a queue's
+  /// slots, a manager's heap) reserves only what its init touches and backs the rest with
+  /// os::populate_write() before first use; a page it touches without that is reported by
+  /// os::check_mapping() (NoSpaceError).
+  std::uint64_t reserve = UINT64_MAX;
 };
 
 /// Options common to create/open.
@@ -204,9 +212,11 @@ class Segment {
   Segment& operator=(const Segment&) = delete;
   ~Segment() { close(); }
 
-  //!Effects: creates the segment `name` exclusively (mode 0600), runs `init` on the zeroed
-  //! payload, then publishes it. Throws: InvalidArgument (bad name), ExistsError, OSError; an
-  //! exception from `init` removes the half-built segment and propagates.
+  //!Effects: creates the segment `name` exclusively (mode 0600), backs its header and
+  //! spec.reserve bytes of payload with memory, runs `init` on the zeroed payload, then
+  //! publishes it. Throws: InvalidArgument (bad name), ExistsError, NoSpaceError (/dev/shm has no
+  //! room for it: nothing is left behind), OSError; an exception from `init` removes the
+  //! half-built segment and propagates.
   static Segment create(std::string_view name, const SegmentSpec& spec, const PayloadInit& init = {},
                         const SegmentOptions& opts = {}) {
     validate_name(name);
@@ -215,7 +225,9 @@ class Segment {
       fail<InvalidArgument>("cannot create '{}': a payload of {} bytes is too large", name,
                             spec.payload_size);
     const std::uint64_t total = offset + spec.payload_size;
-    os::Fd fd = spec.sparse ? os::shm_create_sparse(name, total) : os::shm_create(name, total);
+    const std::uint64_t reserve = offset + std::min(spec.reserve, spec.payload_size);
+    os::Fd fd = spec.sparse ? os::shm_create_sparse(name, total, reserve)
+                            : os::shm_create(name, total, reserve);
     Segment s;
     s.name_ = std::string(name);
     s.size_ = total;
@@ -223,8 +235,10 @@ class Segment {
       s.base_ = static_cast<std::byte*>(os::map(fd, total, name));
       // A peer's ftruncate: CorruptedError, not SIGBUS.
       s.guard_ = os::guard_mapping(s.base_, total, name);
-      if (const int err = spec.sparse ? os::commit(s.base_, offset) : 0; err != 0)
+      if (const int err = spec.sparse ? os::commit(s.base_, offset) : 0; err != 0) {
+        if (err == ENOMEM) os::fail_no_space(name, offset);
         throw OSError(fmt::format("cannot create '{}': no memory for its header", name), err);
+      }
     } catch (...) {
       os::shm_remove(name);
       throw;
@@ -237,6 +251,9 @@ class Segment {
     fill_header(*s.header_ptr(), spec, total, offset, opts.persistent);
     try {
       if (init) init(s.base_ + offset, spec.payload_size);
+      // A page init touched beyond the reservation that tmpfs could not allocate: the object
+      // would exist in this process only.
+      os::check_mapping(s.base_);
     } catch (...) {
       os::shm_remove(name);
       s.creator_pid_ = 0;  // nothing left to unlink
@@ -265,9 +282,10 @@ class Segment {
 
   //!Effects: opens the existing object `name`, checking owner, permissions, header, kind and
   //! element type; waits up to opts.init_timeout for a creator that is still initialising.
-  //!Throws: NotFoundError, PermissionError (other owner or group/world access), TypeMismatchError
-  //! (another kind or element type), CorruptedError (bad header or creator died during
-  //! initialisation), TimeoutError (still being built after the timeout).
+  //!Throws: NotFoundError, PermissionError (other owner, group/world access, or a directory
+  //! squatting the name), TypeMismatchError (another kind or element type), CorruptedError (bad
+  //! header or creator died during initialisation), TimeoutError (still being built after the
+  //! timeout).
   static Segment open(std::string_view name, Kind kind, const TypeInfo& type,
                       const SegmentOptions& opts = {}) {
     validate_name(name);
@@ -279,7 +297,8 @@ class Segment {
       fail<TypeMismatchError>("'{}' is a SharedMemory block (or another program's object), not "
                               "a {}: open it with mpp::SharedMemory",
                               name, kind_name(kind));
-    // A creator between shm_open and ftruncate leaves an empty object for a moment.
+    // A creator between shm_open and sizing (fallocate, which sets the size once all of it is
+    // backed, or ftruncate) leaves an empty object for a moment.
     while (info.size < sizeof(SegmentHeader)) {
       if (deadline.expired())
         fail<TimeoutError>("'{}' is still smaller than an mpp header after {} ms; its creator "

@@ -55,8 +55,9 @@ class BlockHandle final : public ForkHook {
   BlockHandle& operator=(const BlockHandle&) = delete;
 
   //!Effects: creates the block `name` (empty: a fresh "mpp.anon.<pid>.<hex>" name) of `size`
-  //! zeroed bytes, this handle its first user.
-  //!Throws: InvalidArgument (bad name, size 0 or too large), ExistsError, OSError.
+  //! zeroed bytes, all backed by memory now, this handle its first user.
+  //!Throws: InvalidArgument (bad name, size 0 or too large), ExistsError, NoSpaceError (/dev/shm
+  //! has no room for `size` bytes; nothing is left behind), OSError.
   static std::shared_ptr<BlockHandle> create(std::string_view name, std::uint64_t size, bool track) {
     if (size == 0)
       fail<InvalidArgument>("cannot create shared memory '{}' of size 0: the size must be positive",
@@ -75,7 +76,8 @@ class BlockHandle final : public ForkHook {
   }
 
   //!Effects: attaches to the existing block `name`, waiting up to `wait` for a creator that has
-  //! not sized it yet. Throws: InvalidArgument, NotFoundError, PermissionError,
+  //! not sized it yet. Throws: InvalidArgument, NotFoundError, PermissionError (another user's
+  //! object, group/world access, or a directory squatting the name),
   //! TypeMismatchError (an mpp object of another kind), CorruptedError (left empty by a creator
   //! that died), TimeoutError, OSError.
   static std::shared_ptr<BlockHandle> open(std::string_view name, bool track,
@@ -163,6 +165,41 @@ class BlockHandle final : public ForkHook {
   }
   /// Whether this handle applies the track rule when it goes away.
   bool track() const noexcept { return track_; }
+
+  //!Effects: nothing while the block is intact (one load on POSIX).
+  //!Throws: CorruptedError naming the block if a page of it vanished under this process (another
+  //! process truncated it: what was read there was zeros, what was written there is lost),
+  //! NoSpaceError if a page could not be allocated (/dev/shm full).
+  void check_mapping() const {
+#if defined(MPP_OS_POSIX)
+    os::check_mapping(base_);
+#endif
+  }
+
+  //!Effects: check_mapping(), and a look at the object's size (one fstat on POSIX; nothing on
+  //! Windows, where a mapped section cannot shrink), so a truncation is seen before any page of
+  //! it is touched. Throws: CorruptedError naming the block if it is smaller than mapped.
+  void check_size(std::string_view what) const {
+#if defined(MPP_OS_POSIX)
+    check_mapping();
+    std::uint64_t now;
+    if (user_here() && fd_.valid()) {  // fixed once this process is a user
+      now = os::file_info(fd_, name_).size;
+    } else {  // a forked child that has not used it: through the name, if it is still there
+      const auto st = os::shm_lstat(name_);
+      if (!st.exists) return;
+      now = st.size;
+    }
+    if (now < size_)
+      fail<CorruptedError>("SharedMemory '{}' shrank from {} to {} bytes while this process had "
+                           "it mapped (another process truncated it), seen at {}; the missing "
+                           "part reads as zeros and nothing written there reaches other "
+                           "processes: close it and create it again",
+                           name_, size_, now, what);
+#else
+    (void)what;
+#endif
+  }
 
   /// This handle never removes the name (an opener that found no object of its kind there).
   void leave_name() noexcept { track_ = false; }
@@ -341,6 +378,16 @@ class BlockHandle final : public ForkHook {
 }  // namespace detail
 
 /// Python's SharedMemory: a block of shared bytes with a name.
+///
+/// Creation backs every byte with memory (POSIX: fallocate on /dev/shm), so a full /dev/shm is a
+/// NoSpaceError from the constructor, never a block that exists in this process only. buf() is
+/// raw memory that mpp cannot watch, so damage done by another process is reported at the calls
+/// mpp controls: buf(), size() and live_users() raise CorruptedError naming the block when it is
+/// smaller than this process mapped it (another process truncated it; one fstat), or when this
+/// process touched a page that had vanished (it read zeros, and what it wrote there reached no
+/// one; the touch itself never kills the process), and NoSpaceError when a page of a block
+/// created sparse by another program could not be allocated. A truncation undone by growing the
+/// block again before anyone touched the cut part only zeroes bytes, as any writer may.
 class SharedMemory {
  public:
   //!Effects: Python's SharedMemory(name, create, size, track): creates the block `name` of
@@ -349,10 +396,14 @@ class SharedMemory {
   //! process goes away; without it, only unlink() removes it. On POSIX the object holds exactly
   //! `size` bytes and nothing else, so other programs (Python's SharedMemory) can attach to it
   //! and it can attach to theirs.
-  //!Throws: InvalidArgument (bad name, create with size 0), ExistsError, NotFoundError,
-  //! TypeMismatchError (the name is another kind of object), CorruptedError, OSError.
+  //! An empty name is refused as by every other kind (InvalidArgument): the anonymous block of
+  //! Python's SharedMemory(create=True, size=n) is SharedMemory(n).
+  //!Throws: InvalidArgument (bad or empty name, create with size 0), ExistsError, NotFoundError,
+  //! TypeMismatchError (the name is another kind of object), NoSpaceError (/dev/shm has no room
+  //! for `size` bytes), PermissionError (another user's object, or a directory, by that name),
+  //! CorruptedError, OSError.
   SharedMemory(std::string_view name, bool create = false, std::size_t size = 0, bool track = true)
-      : state_(create ? detail::BlockHandle::create(name, size, track)
+      : state_(create ? detail::BlockHandle::create(named(name), size, track)
                       : detail::BlockHandle::open(name, track)) {}
 
   //!Effects: creates an anonymous block of `size` zeroed bytes (a fresh "mpp.anon.*" name, as
@@ -361,25 +412,38 @@ class SharedMemory {
   explicit SharedMemory(std::size_t size, bool track = true)
       : state_(detail::BlockHandle::create({}, size, track)) {}
 
-  /// Creates the block `name` of `size` zeroed bytes (ExistsError if taken).
+  /// Creates the block `name` of `size` zeroed bytes (ExistsError if taken; InvalidArgument for
+  /// an empty name, NoSpaceError if /dev/shm has no room for it).
   static SharedMemory create(std::string_view name, std::size_t size, bool track = true) {
-    return SharedMemory(detail::BlockHandle::create(name, size, track));
+    return SharedMemory(detail::BlockHandle::create(named(name), size, track));
   }
   /// Attaches to the existing block `name` (NotFoundError if absent).
   static SharedMemory open(std::string_view name, bool track = true) {
     return SharedMemory(detail::BlockHandle::open(name, track));
   }
 
-  /// The bytes of the block: exactly size() of them. Throws: ValueError after close().
+  //!Returns: the bytes of the block: exactly size() of them.
+  //!Throws: ValueError after close(); CorruptedError naming the block if it shrank under this
+  //! process (another process truncated it), NoSpaceError if a page of it could not be allocated.
+  //! These are checked here (one fstat on POSIX) and by size(), live_users() and every
+  //! ShareableList operation, the points mpp controls: the span itself is raw memory, so a
+  //! truncation between two buf() calls shows as zeros in the vanished part (never a crash) and
+  //! is reported at the next of these calls.
   std::span<std::byte> buf() const {
     auto& s = state("buf");
     s.note_use();  // a forked child using an inherited handle counts as a user
+    s.check_size("buf()");
     return {s.data(), static_cast<std::size_t>(s.size())};
   }
   /// The block's name (pass it to SharedMemory(name) in another process).
   const std::string& name() const { return state("name").name(); }
-  /// The size requested at creation (not rounded up to pages: cpython#101623).
-  std::size_t size() const { return static_cast<std::size_t>(state("size").size()); }
+  //!Returns: the size requested at creation (not rounded up to pages: cpython#101623).
+  //!Throws: ValueError after close(); CorruptedError, NoSpaceError as buf().
+  std::size_t size() const {
+    auto& s = state("size");
+    s.check_size("size()");
+    return static_cast<std::size_t>(s.size());
+  }
   /// Whether this handle applies the track rule when it goes away.
   bool track() const { return state("track").track(); }
   /// False after close().
@@ -396,10 +460,22 @@ class SharedMemory {
 
   /// Handles using the block now, in any process, this one included (a killed process's are not
   /// counted; a forked child's inherited handle counts once the child uses it).
-  std::uint32_t live_users() const { return state("live_users").live_users(); }
+  std::uint32_t live_users() const {
+    auto& s = state("live_users");
+    s.check_size("live_users()");
+    return s.live_users();
+  }
 
  private:
   explicit SharedMemory(std::shared_ptr<detail::BlockHandle> s) noexcept : state_(std::move(s)) {}
+
+  // A name given as a name must be one: "" would otherwise mean an anonymous block.
+  static std::string_view named(std::string_view name) {
+    if (name.empty())
+      detail::fail<InvalidArgument>("invalid object name '': names must start with \"mpp.\" "
+                                    "(for an anonymous block, use SharedMemory(size))");
+    return name;
+  }
 
   detail::BlockHandle& state(const char* what) const {
     if (!state_) detail::fail<ValueError>("SharedMemory::{}() on a closed handle", what);
@@ -456,7 +532,9 @@ inline std::uint64_t slot_capacity(const ShareableItem& item) {
 /// 8 * (n / 8 + 1) for a string or bytes of n bytes); assigning anything that needs more is a
 /// ValueError, as in Python. Unlike Python, strings and bytes keep trailing NULs and multi-byte
 /// UTF-8 exactly. Like Python, there is no lock: guard concurrent writers with a Lock. It lives in
-/// a SharedMemory block (as in Python), which a SharedMemory may open by the list's name.
+/// a SharedMemory block (as in Python), which a SharedMemory may open by the list's name. Every
+/// operation reports a block that shrank under it (CorruptedError naming it), never returning
+/// the zeros of a vanished page as None or storing into memory no one else sees.
 class ShareableList {
  public:
   using value_type = ShareableItem;
@@ -468,9 +546,13 @@ class ShareableList {
   explicit ShareableList(const std::vector<ShareableItem>& items, bool track = true)
       : ShareableList(make({}, items, track)) {}
 
-  /// Creates the list `name` holding `items` (ExistsError if taken).
+  /// Creates the list `name` holding `items` (ExistsError if taken, InvalidArgument for an
+  /// empty name: the anonymous form is ShareableList(items), NoSpaceError if /dev/shm is full).
   static ShareableList create(std::string_view name, const std::vector<ShareableItem>& items,
                               bool track = true) {
+    if (name.empty())
+      detail::fail<InvalidArgument>("invalid object name '': names must start with \"mpp.\" "
+                                    "(for an anonymous list, use ShareableList(items))");
     return make(name, items, track);
   }
   //!Effects: attaches to the existing list `name` (Python: ShareableList(name=...)).
@@ -482,6 +564,7 @@ class ShareableList {
     try {
       l.wait_filled(std::chrono::seconds(5));
       l.validate();
+      l.state_->check_size("open");
     } catch (...) {
       l.state_->leave_name();  // not a list: not ours to remove
       throw;
@@ -494,9 +577,132 @@ class ShareableList {
   /// The list's name.
   const std::string& name() const { return state("name").name(); }
 
-  //!Returns: the item in slot `i`. Throws: std::out_of_range (IndexError), CorruptedError.
-  //! Negative indices count from the end, as in Python.
+  //!Returns: the item in slot `i`. Negative indices count from the end, as in Python.
+  //!Throws: IndexError, CorruptedError (a slot that does not fit, or a block that shrank under
+  //! this process: see SharedMemory::buf()), NoSpaceError.
   ShareableItem get(std::ptrdiff_t i) const {
+    ShareableItem v = read(i);
+    // A page that vanished under us read as zeros: say so rather than return them.
+    state_->check_mapping();
+    return v;
+  }
+
+  //!Effects: stores `v` in slot `i` (the slot may change kind, as in Python).
+  //!Throws: IndexError, ValueError if `v` needs more bytes than the slot reserved,
+  //! CorruptedError if the block shrank under this process (the value did not reach the others),
+  //! NoSpaceError.
+  void set(std::ptrdiff_t i, const ShareableItem& v) {
+    auto& d = desc(i);
+    std::byte* p = data(d);
+    const std::uint64_t cap = d.capacity;
+    std::uint64_t len = 0;
+    detail::SlotKind kind = detail::SlotKind::none;
+    auto put = [&](const void* src, std::uint64_t n, detail::SlotKind k) {
+      if (n > cap) {
+        state_->check_mapping();  // a capacity read from a vanished page is no ValueError
+        detail::fail<ValueError>(
+            "ShareableList '{}': item {} has room for {} bytes, the new value needs {} (a slot's "
+            "size is fixed when the list is created)",
+            name(), i, cap, n);
+      }
+      if (n != 0) std::memcpy(p, src, static_cast<std::size_t>(n));
+      len = n;
+      kind = k;
+    };
+    std::visit(
+        [&](const auto& x) {
+          using X = std::decay_t<decltype(x)>;
+          if constexpr (std::is_same_v<X, None>) {
+            kind = detail::SlotKind::none;
+          } else if constexpr (std::is_same_v<X, std::int64_t>) {
+            put(&x, 8, detail::SlotKind::int64);
+          } else if constexpr (std::is_same_v<X, double>) {
+            put(&x, 8, detail::SlotKind::float64);
+          } else if constexpr (std::is_same_v<X, bool>) {
+            const unsigned char b = x ? 1 : 0;
+            put(&b, 1, detail::SlotKind::boolean);
+          } else if constexpr (std::is_same_v<X, std::string>) {
+            put(x.data(), x.size(), detail::SlotKind::str);
+          } else {
+            put(x.data(), x.size(), detail::SlotKind::bytes);
+          }
+        },
+        v);
+    // Data first, then the tag (release): a reader that sees the new tag sees its bytes.
+    std::atomic_ref<std::uint64_t>(d.tag).store(
+        (len << 32) | static_cast<std::uint64_t>(kind), std::memory_order_release);
+    // A page that vanished under us took the value into private memory: say so.
+    state_->check_mapping();
+  }
+
+  /// Reads and writes one slot: `sl[i] = "x"`, `ShareableItem v = sl[i]`.
+  class Reference {
+   public:
+    /// The item now in the slot.
+    operator ShareableItem() const { return list_->get(i_); }
+    /// The item now in the slot.
+    ShareableItem get() const { return list_->get(i_); }
+    /// Stores `v` in the slot (see ShareableList::set).
+    Reference& operator=(const ShareableItem& v) {
+      list_->set(i_, v);
+      return *this;
+    }
+    /// Compares the item in the slot with `v`.
+    friend bool operator==(const Reference& r, const ShareableItem& v) { return r.list_->get(r.i_) == v; }
+
+   private:
+    friend class ShareableList;
+    Reference(ShareableList* l, std::ptrdiff_t i) : list_(l), i_(i) {}
+    ShareableList* list_;
+    std::ptrdiff_t i_;
+  };
+  /// Slot `i` (negative counts from the end); bounds-checked (IndexError).
+  Reference operator[](std::ptrdiff_t i) {
+    (void)desc(i);
+    return Reference(this, i);
+  }
+  /// The item in slot `i`.
+  ShareableItem operator[](std::ptrdiff_t i) const { return get(i); }
+
+  /// Every item, in order.
+  std::vector<ShareableItem> to_vector() const {
+    std::vector<ShareableItem> out;
+    out.reserve(count_);
+    for (std::size_t i = 0; i < count_; ++i) out.push_back(get(static_cast<std::ptrdiff_t>(i)));
+    return out;
+  }
+  /// Python's count(value): how many slots hold `v`.
+  std::size_t count(const ShareableItem& v) const {
+    std::size_t n = 0;
+    for (std::size_t i = 0; i < count_; ++i) n += get(static_cast<std::ptrdiff_t>(i)) == v;
+    return n;
+  }
+  /// Python's index(value): the first slot holding `v`. Throws: ValueError if none does.
+  std::size_t index(const ShareableItem& v) const {
+    for (std::size_t i = 0; i < count_; ++i)
+      if (get(static_cast<std::ptrdiff_t>(i)) == v) return i;
+    detail::fail<ValueError>("ShareableList '{}': the value is not in the list", name());
+  }
+  /// Bytes reserved by slot `i` (the most a string or bytes value stored there may take).
+  std::size_t capacity(std::ptrdiff_t i) const {
+    const std::uint64_t cap = desc(i).capacity;
+    state_->check_mapping();  // not a 0 read from a vanished page
+    return static_cast<std::size_t>(cap);
+  }
+
+  /// Stops using the list in this handle (see SharedMemory::close).
+  void close() noexcept {
+    state_.reset();
+    count_ = 0;
+  }
+  /// Removes the name now (see SharedMemory::unlink). Returns: false if it was already gone.
+  bool unlink() { return state("unlink").unlink(); }
+
+ private:
+  explicit ShareableList(std::shared_ptr<detail::BlockHandle> s) noexcept : state_(std::move(s)) {}
+
+  // get() before its check that the pages read were still the block's.
+  ShareableItem read(std::ptrdiff_t i) const {
     auto& d = desc(i);
     const std::uint64_t tag = std::atomic_ref<std::uint64_t>(d.tag).load(std::memory_order_acquire);
     const auto kind = static_cast<detail::SlotKind>(tag & 0xff);
@@ -538,110 +744,6 @@ class ShareableList {
     corrupt(i, "an unknown element kind");
   }
 
-  //!Effects: stores `v` in slot `i` (the slot may change kind, as in Python).
-  //!Throws: std::out_of_range, ValueError if `v` needs more bytes than the slot reserved.
-  void set(std::ptrdiff_t i, const ShareableItem& v) {
-    auto& d = desc(i);
-    std::byte* p = data(d);
-    const std::uint64_t cap = d.capacity;
-    std::uint64_t len = 0;
-    detail::SlotKind kind = detail::SlotKind::none;
-    auto put = [&](const void* src, std::uint64_t n, detail::SlotKind k) {
-      if (n > cap)
-        detail::fail<ValueError>(
-            "ShareableList '{}': item {} has room for {} bytes, the new value needs {} (a slot's "
-            "size is fixed when the list is created)",
-            name(), i, cap, n);
-      if (n != 0) std::memcpy(p, src, static_cast<std::size_t>(n));
-      len = n;
-      kind = k;
-    };
-    std::visit(
-        [&](const auto& x) {
-          using X = std::decay_t<decltype(x)>;
-          if constexpr (std::is_same_v<X, None>) {
-            kind = detail::SlotKind::none;
-          } else if constexpr (std::is_same_v<X, std::int64_t>) {
-            put(&x, 8, detail::SlotKind::int64);
-          } else if constexpr (std::is_same_v<X, double>) {
-            put(&x, 8, detail::SlotKind::float64);
-          } else if constexpr (std::is_same_v<X, bool>) {
-            const unsigned char b = x ? 1 : 0;
-            put(&b, 1, detail::SlotKind::boolean);
-          } else if constexpr (std::is_same_v<X, std::string>) {
-            put(x.data(), x.size(), detail::SlotKind::str);
-          } else {
-            put(x.data(), x.size(), detail::SlotKind::bytes);
-          }
-        },
-        v);
-    // Data first, then the tag (release): a reader that sees the new tag sees its bytes.
-    std::atomic_ref<std::uint64_t>(d.tag).store(
-        (len << 32) | static_cast<std::uint64_t>(kind), std::memory_order_release);
-  }
-
-  /// Reads and writes one slot: `sl[i] = "x"`, `ShareableItem v = sl[i]`.
-  class Reference {
-   public:
-    /// The item now in the slot.
-    operator ShareableItem() const { return list_->get(i_); }
-    /// The item now in the slot.
-    ShareableItem get() const { return list_->get(i_); }
-    /// Stores `v` in the slot (see ShareableList::set).
-    Reference& operator=(const ShareableItem& v) {
-      list_->set(i_, v);
-      return *this;
-    }
-    /// Compares the item in the slot with `v`.
-    friend bool operator==(const Reference& r, const ShareableItem& v) { return r.list_->get(r.i_) == v; }
-
-   private:
-    friend class ShareableList;
-    Reference(ShareableList* l, std::ptrdiff_t i) : list_(l), i_(i) {}
-    ShareableList* list_;
-    std::ptrdiff_t i_;
-  };
-  /// Slot `i` (negative counts from the end); bounds-checked (std::out_of_range).
-  Reference operator[](std::ptrdiff_t i) {
-    (void)desc(i);
-    return Reference(this, i);
-  }
-  /// The item in slot `i`.
-  ShareableItem operator[](std::ptrdiff_t i) const { return get(i); }
-
-  /// Every item, in order.
-  std::vector<ShareableItem> to_vector() const {
-    std::vector<ShareableItem> out;
-    out.reserve(count_);
-    for (std::size_t i = 0; i < count_; ++i) out.push_back(get(static_cast<std::ptrdiff_t>(i)));
-    return out;
-  }
-  /// Python's count(value): how many slots hold `v`.
-  std::size_t count(const ShareableItem& v) const {
-    std::size_t n = 0;
-    for (std::size_t i = 0; i < count_; ++i) n += get(static_cast<std::ptrdiff_t>(i)) == v;
-    return n;
-  }
-  /// Python's index(value): the first slot holding `v`. Throws: ValueError if none does.
-  std::size_t index(const ShareableItem& v) const {
-    for (std::size_t i = 0; i < count_; ++i)
-      if (get(static_cast<std::ptrdiff_t>(i)) == v) return i;
-    detail::fail<ValueError>("ShareableList '{}': the value is not in the list", name());
-  }
-  /// Bytes reserved by slot `i` (the most a string or bytes value stored there may take).
-  std::size_t capacity(std::ptrdiff_t i) const { return static_cast<std::size_t>(desc(i).capacity); }
-
-  /// Stops using the list in this handle (see SharedMemory::close).
-  void close() noexcept {
-    state_.reset();
-    count_ = 0;
-  }
-  /// Removes the name now (see SharedMemory::unlink). Returns: false if it was already gone.
-  bool unlink() { return state("unlink").unlink(); }
-
- private:
-  explicit ShareableList(std::shared_ptr<detail::BlockHandle> s) noexcept : state_(std::move(s)) {}
-
   static ShareableList make(std::string_view name, const std::vector<ShareableItem>& items,
                             bool track) {
     using namespace detail;
@@ -679,6 +781,7 @@ class ShareableList {
     const auto deadline = Deadline::after(wait);
     for (;;) {
       const std::uint64_t m = magic.load(std::memory_order_acquire);
+      b.check_size("open");  // a zero read from a vanished page is no "not filled yet"
       if (m == kShareableListMagic) return;
       if (m != 0)
         fail<TypeMismatchError>("'{}' is a SharedMemory block that holds no ShareableList",
@@ -717,8 +820,7 @@ class ShareableList {
     const auto n = static_cast<std::ptrdiff_t>(count_);
     const std::ptrdiff_t j = i < 0 ? i + n : i;
     if (j < 0 || j >= n)
-      throw std::out_of_range(
-          fmt::format("ShareableList '{}': index {} out of range (size {})", name(), i, n));
+      detail::fail<IndexError>("ShareableList '{}': index {} out of range (size {})", name(), i, n);
     return table_[j];
   }
 
@@ -730,6 +832,7 @@ class ShareableList {
   }
 
   [[noreturn]] void corrupt(std::ptrdiff_t i, std::string_view what) const {
+    if (state_) state_->check_mapping();  // zeros from a vanished page: say that instead
     detail::fail<CorruptedError>("ShareableList '{}': item {} is corrupted: {}",
                                  state_ ? state_->name() : std::string("?"), i, what);
   }

@@ -254,11 +254,20 @@ class Core {
     const Layout l = Layout::of(cap, max_item, cell);
     SegmentSpec spec{kind, type, l.payload_size, cap};
     spec.sparse = true;  // the cells and regions are committed by ensure_backed()
+    // POSIX backs the header now (a full /dev/shm is a NoSpaceError from create), and the slots
+    // a scan may read before a put reached them: the whole table of a small queue (scanned
+    // whole), the first two pages of a larger one's (the 32 MiB table of an unbounded queue is
+    // populated a page at a time as the ring reaches it).
+    spec.reserve = cap <= kSmallScan ? l.medium_offset
+                                     : l.slots_offset + 2 * kSlotsPerPage * sizeof(Slot);
     auto init = [&](std::byte* p, std::uint64_t) {
       // Header, slots and fill marks: any process may read any slot (scans), so all of them.
-      if (const int err = os::commit(p, l.medium_offset); err != 0)
+      if (const int err = os::commit(p, l.medium_offset); err != 0) {
+        if (err == ENOMEM)
+          os::fail_no_space(name.empty() ? "(anonymous queue)" : name, l.medium_offset);
         throw OSError(fmt::format("cannot create a queue of {} slots: no memory for them", cap),
                       err);
+      }
       auto* h = new (p) Header{};
       h->capacity = cap;
       h->maxsize = maxsize;
@@ -962,6 +971,10 @@ class Core {
       fail<CorruptedError>("queue '{}' was truncated by another process: it no longer holds "
                            "the {} bytes this item needs; remove it (mpp rm) and create it again",
                            name(), end);
+    // EFAULT (POSIX: the page fault failed) or ENOMEM (Windows: the commit limit) with the
+    // object whole: no memory to back the pages.
+    if (err == EFAULT || err == ENOMEM || err == ENOSPC)
+      os::fail_no_space(name(), n, "; or use smaller items or a bounded queue");
     throw OSError(fmt::format("queue '{}': out of shared memory while allocating {} ({} bytes): "
                                 "{} (errno {}); /dev/shm is full: free memory there, or use "
                                 "smaller items or a bounded queue",

@@ -17,10 +17,13 @@
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -177,24 +180,75 @@ inline Fd shm_create_empty(std::string_view name, unsigned mark) {
   return fd;
 }
 
-//!Effects: sizes the new object `name` (open as `fd`) to `size` bytes; on failure removes it.
-//!Throws: OSError.
-inline void shm_set_size(const Fd& fd, std::string_view name, std::uint64_t size) {
-  int rc;
-  do rc = ::ftruncate(fd.get(), static_cast<off_t>(size));
-  while (rc != 0 && errno == EINTR);
-  if (rc != 0) {
-    const int err = errno;
-    ::shm_unlink(shm_path(name).c_str());
-    throw_errno("ftruncate", name, err);
+//!Returns: the bytes an unprivileged process may still allocate in /dev/shm (statvfs), or
+//! nullopt if the file system cannot tell.
+inline std::optional<std::uint64_t> shm_free_bytes() noexcept {
+  struct statvfs v{};
+  if (::statvfs(kShmDirectory, &v) != 0) return std::nullopt;
+  return static_cast<std::uint64_t>(v.f_bavail) * static_cast<std::uint64_t>(v.f_frsize);
+}
+
+//!Throws: NoSpaceError saying that /dev/shm has no room for `needed` more bytes of `name`, how
+//! much it has, and what to do (`advice` is appended to that).
+[[noreturn]] inline void fail_no_space(std::string_view name, std::uint64_t needed,
+                                       std::string_view advice = {}) {
+  const auto free = shm_free_bytes();
+  throw NoSpaceError(
+      fmt::format("{} is full: {} bytes needed for '{}', {} free; free space with `mpp gc` or "
+                  "enlarge {}{}",
+                  kShmDirectory, needed, name, free ? fmt::format("{}", *free) : std::string("?"),
+                  kShmDirectory, advice),
+      ENOSPC);
+}
+
+namespace posix_detail {
+// fallocate(2) on tmpfs allocates the pages now (and undoes its partial work on failure), so a
+// full /dev/shm is ENOSPC here rather than a SIGBUS at the first touch. Returns: 0 or errno;
+// EOPNOTSUPP where the file system cannot reserve (then the pages are allocated on first touch).
+inline int fallocate_retry(int fd, int mode, std::uint64_t len) noexcept {
+  for (;;) {
+    if (::fallocate(fd, mode, 0, static_cast<off_t>(len)) == 0) return 0;
+    if (errno != EINTR) return errno;
   }
+}
+}  // namespace posix_detail
+
+//!Effects: sizes the new object `name` (open as `fd`) to `size` bytes, of which the first
+//! `reserve` are backed by memory now (a full /dev/shm is an error here, not a fault at the first
+//! touch); the rest is allocated as it is touched. With everything reserved, the object's size
+//! changes once, when all of it is backed. On failure removes the name.
+//!Throws: NoSpaceError (/dev/shm full), OSError.
+inline void shm_set_size(const Fd& fd, std::string_view name, std::uint64_t size,
+                         std::uint64_t reserve = UINT64_MAX) {
+  reserve = std::min(reserve, size);
+  int err = reserve == size && size != 0 ? posix_detail::fallocate_retry(fd.get(), 0, size)
+                                         : EOPNOTSUPP;
+  const char* call = "fallocate";
+  if (err == EOPNOTSUPP || err == ENOSYS) {  // sparse by request, or no fallocate: size it
+    call = "ftruncate";
+    int rc;
+    do rc = ::ftruncate(fd.get(), static_cast<off_t>(size));
+    while (rc != 0 && errno == EINTR);
+    err = rc == 0 ? 0 : errno;
+    if (err == 0 && reserve != 0 && reserve != size) {
+      call = "fallocate";
+      err = posix_detail::fallocate_retry(fd.get(), FALLOC_FL_KEEP_SIZE, reserve);
+      if (err == EOPNOTSUPP || err == ENOSYS) err = 0;
+    }
+  }
+  if (err == 0) return;
+  ::shm_unlink(shm_path(name).c_str());
+  if (err == ENOSPC || err == ENOMEM) fail_no_space(name, reserve);
+  throw_errno(call, name, err);
 }
 
 //!Effects: creates the object `name` of an mpp header and payload, `size` bytes, exclusively
-//! (see shm_create_empty; marked kModeHeadered). Throws: ExistsError, OSError.
-inline Fd shm_create(std::string_view name, std::uint64_t size) {
+//! (see shm_create_empty; marked kModeHeadered), the first `reserve` bytes backed now (see
+//! shm_set_size). Throws: ExistsError, NoSpaceError, OSError.
+inline Fd shm_create(std::string_view name, std::uint64_t size,
+                     std::uint64_t reserve = UINT64_MAX) {
   Fd fd = shm_create_empty(name, kModeHeadered);
-  shm_set_size(fd, name, size);
+  shm_set_size(fd, name, size, reserve);
   return fd;
 }
 
@@ -222,16 +276,25 @@ inline Fd shm_open_existing(std::string_view name) {
       fail<PermissionError>("'{}' exists but cannot be opened by this user ({}); it belongs to "
                              "someone else or is a link: choose another name",
                              name, std::strerror(err));
+    if (err == EISDIR)  // a directory squatting the name (only a file system user can make one)
+      fail<PermissionError>("'{}' is a directory, not a shared-memory object; refusing it: "
+                             "choose another name, or remove the directory {}/{}",
+                             name, kShmDirectory, name);
     throw_errno("shm_open", name, err);
   }
   return fd;
 }
 
 //!Effects: removes the name `name`; existing mappings stay valid. Returns: false if it did not exist.
+//!Throws: PermissionError if the name is a directory, OSError.
 inline bool shm_remove(std::string_view name) {
   const std::string path = shm_path(name);
   if (::shm_unlink(path.c_str()) == 0) return true;
   if (errno == ENOENT) return false;
+  if (errno == EISDIR)  // a directory squatting the name
+    fail<PermissionError>("'{}' is a directory, not a shared-memory object; refusing to remove "
+                           "it: remove it with rmdir {}/{} if it is yours",
+                           name, kShmDirectory, name);
   throw_errno("shm_unlink", name, errno);
 }
 
@@ -1096,8 +1159,9 @@ inline int populate_write(void* p, std::size_t n) noexcept {
 //!Effects: creates the shared-memory object `name` as shm_create() does, for an object that
 //! touches only part of its `size` bytes (a queue's item area, a manager's heap). POSIX shared
 //! memory is sparse already: a page is allocated when it is first touched.
-inline Fd shm_create_sparse(std::string_view name, std::uint64_t size) {
-  return shm_create(name, size);
+//! The first `reserve` bytes are backed now (see shm_set_size).
+inline Fd shm_create_sparse(std::string_view name, std::uint64_t size, std::uint64_t reserve) {
+  return shm_create(name, size, reserve);
 }
 
 //!Effects: makes [p, p + n) of a sparse segment usable before it is first touched. Nothing to do
@@ -1128,10 +1192,13 @@ inline bool committed(const void* p, std::size_t n) noexcept {
 // A process-wide SIGBUS handler, installed once at the first registration, recognises faults
 // inside registered mappings, maps private zero pages over the mapping from the faulting page to
 // its end (mmap MAP_FIXED: the access completes, and no later access to those pages faults), and
-// marks the mapping faulted. check_mapping() — called by every wait loop before it sleeps and by
-// the slow paths of the operations — then throws CorruptedError naming the object. Faults outside
-// registered mappings go to the handler that was installed before ours (a sanitizer's, or the
-// default action: the process dies of SIGBUS as it would without mpp).
+// marks the mapping faulted, noting whether /dev/shm was full at that moment. check_mapping() —
+// called by every wait loop before it sleeps and by the slow paths of the operations — then
+// throws CorruptedError naming the object, or NoSpaceError when /dev/shm was full and the object
+// still has its size (creation reserves an object's pages, so this is a lazily used object's
+// page, or another program's sparse object). Faults outside registered mappings go to the
+// handler that was installed before ours (a sanitizer's, or the default action: the process dies
+// of SIGBUS as it would without mpp).
 // fork(): the child inherits the mappings at the same addresses, the table and the handler, so
 // it is protected too; exec() drops all three together.
 // Windows needs none of this: a section cannot be shrunk while it is mapped, so win32.hpp has
@@ -1146,11 +1213,16 @@ namespace guard_detail {
 /// Mappings this process can protect at once (more are mapped unprotected).
 inline constexpr std::size_t kMaxGuarded = 4096;
 inline constexpr std::size_t kNameCapacity = 112;
+/// Free bytes in /dev/shm below which a fault counts as "no space" (tmpfs counts free pages per
+/// CPU in batches, so "full" is not exactly 0).
+inline constexpr std::uint64_t kLowSpace = std::uint64_t{4} << 20;
 
 struct Table {
   std::atomic<std::uintptr_t> begin[kMaxGuarded];  ///< start of a mapping; 0: entry free
   std::atomic<std::uintptr_t> end[kMaxGuarded];    ///< one past its end; 0 while (un)registering
   std::atomic<std::uint32_t> faulted[kMaxGuarded];  ///< 1 once the handler repaired a fault in it
+  /// 1 if /dev/shm was (nearly) full when the handler repaired that fault
+  std::atomic<std::uint32_t> low_space[kMaxGuarded];
   char names[kMaxGuarded][kNameCapacity];            ///< for messages only (not read by the handler)
   std::atomic<std::size_t> used;       ///< entries at or above this index were never claimed
   std::atomic<std::size_t> free_hint;  ///< where guard_mapping() starts looking (a hint only)
@@ -1197,6 +1269,13 @@ inline void on_sigbus(int sig, siginfo_t* info, void* ctx) noexcept {
       const long r = ::syscall(SYS_mmap, from, to - from, PROT_READ | PROT_WRITE,
                                MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
       if (r == -1) break;  // cannot repair (out of memory): let the fault take its course
+      // Remember whether tmpfs was out of space at the time: with the object still its full
+      // size afterwards, that (and not a truncation) is why the page could not be had.
+      struct statfs fs{};
+      if (::syscall(SYS_statfs, kShmDirectory, &fs) == 0 &&
+          static_cast<std::uint64_t>(fs.f_bavail) * static_cast<std::uint64_t>(fs.f_bsize) <
+              kLowSpace)
+        table.low_space[i].store(1, std::memory_order_relaxed);
       if (table.faulted[i].exchange(1, std::memory_order_acq_rel) == 0)
         table.faults.fetch_add(1, std::memory_order_release);
       errno = saved_errno;
@@ -1252,6 +1331,7 @@ inline std::uint32_t guard_mapping(void* p, std::uint64_t size, std::string_view
         !t.begin[i].compare_exchange_strong(expect, b, std::memory_order_acq_rel))
       continue;
     t.faulted[i].store(0, std::memory_order_relaxed);
+    t.low_space[i].store(0, std::memory_order_relaxed);
     const std::size_t n = std::min(name.size(), guard_detail::kNameCapacity - 1);
     std::memcpy(t.names[i], name.data(), n);
     t.names[i][n] = '\0';
@@ -1298,19 +1378,44 @@ inline bool mapping_faulted(const void* addr) noexcept {
 }
 
 //!Effects: nothing while the mapping holding `addr` is intact (one load when no mapping of this
-//! process ever faulted). Throws: CorruptedError naming the object if it shrank under us.
+//! process ever faulted).
+//!Throws: if a page of it could not be touched: NoSpaceError naming the object when the object
+//! still has its full size (tmpfs could not allocate the page: /dev/shm is full), CorruptedError
+//! when it shrank under us (another process truncated it) or its name is gone (cannot tell).
 inline void check_mapping(const void* addr) {
   if (!mapping_faulted(addr)) [[likely]]
     return;
   auto& t = guard_detail::table;
   const auto a = reinterpret_cast<std::uintptr_t>(addr);
   std::string name = "?";
+  std::uint64_t length = 0;
+  bool low_space = false;
   for (std::size_t i = 0; i < t.used.load(std::memory_order_acquire); ++i) {
     const std::uintptr_t e = t.end[i].load(std::memory_order_acquire);
-    if (e != 0 && a >= t.begin[i].load(std::memory_order_relaxed) && a < e) {
+    const std::uintptr_t b = t.begin[i].load(std::memory_order_relaxed);
+    if (e != 0 && a >= b && a < e) {
       name.assign(t.names[i], ::strnlen(t.names[i], guard_detail::kNameCapacity));
+      length = e - b;
+      low_space = t.low_space[i].load(std::memory_order_relaxed) != 0;
       break;
     }
+  }
+  // A page past the end of a shrunk object and a page tmpfs could not allocate fault alike. A
+  // mapping covers exactly its object, so a fault while /dev/shm was full in an object that
+  // still has all its bytes was the latter; anything else is taken for a truncation (one that
+  // was undone by growing the object again included).
+  if (const ShmStat st = shm_lstat(name); low_space && st.exists && st.regular && length != 0 &&
+                                          st.size >= length) {
+    const auto free = shm_free_bytes();
+    throw NoSpaceError(
+        fmt::format("{} is full: a page of '{}' could not be allocated ({} free), so what this "
+                    "process wrote there since reads as zeros here and did not reach other "
+                    "processes: close this handle, free space with `mpp gc` or enlarge {}, and "
+                    "recreate the object",
+                    kShmDirectory, name,
+                    free ? fmt::format("{} bytes", *free) : std::string("? bytes"),
+                    kShmDirectory),
+        ENOSPC);
   }
   fail<CorruptedError>(
       "'{}' shrank while this process had it mapped (another process truncated it, or /dev/shm "

@@ -228,9 +228,25 @@ inline Fd create_mapping(std::string_view name, std::uint64_t size, DWORD sectio
 }  // namespace win32_detail
 
 //!Effects: creates the named file mapping `name` (session-local, current user only) of `size`
-//! bytes, committed in full. Throws: ExistsError if the name is taken, OSError otherwise.
-inline Fd shm_create(std::string_view name, std::uint64_t size) {
+//! bytes, committed in full (so `reserve`, the bytes POSIX backs now, is all of it here).
+//! Throws: ExistsError if the name is taken, OSError otherwise.
+inline Fd shm_create(std::string_view name, std::uint64_t size,
+                     std::uint64_t reserve = UINT64_MAX) {
+  (void)reserve;
   return win32_detail::create_mapping(name, size, SEC_COMMIT);
+}
+
+//!Returns: nullopt: a section is charged to the commit limit, not to a file system.
+inline std::optional<std::uint64_t> shm_free_bytes() noexcept { return std::nullopt; }
+
+//!Throws: NoSpaceError saying that the system has no memory left for `needed` more bytes of
+//! `name` (the twin of the POSIX "/dev/shm is full" error).
+[[noreturn]] inline void fail_no_space(std::string_view name, std::uint64_t needed,
+                                       std::string_view advice = {}) {
+  throw NoSpaceError(fmt::format("out of memory: {} bytes needed for '{}' (the system commit "
+                                 "limit is reached); free memory or enlarge the page file{}",
+                                 needed, name, advice),
+                     ENOMEM);
 }
 
 //!Effects: opens the existing named file mapping `name`.
@@ -933,8 +949,10 @@ inline std::string current_exception_type_name() {
 // Touching a page nobody committed is an access violation (where Linux would read zeros).
 
 //!Effects: creates the named file mapping `name` of `size` bytes as shm_create() does, but only
-//! reserved (SEC_RESERVE): nothing is charged until commit(). Throws: as shm_create().
-inline Fd shm_create_sparse(std::string_view name, std::uint64_t size) {
+//! reserved (SEC_RESERVE): nothing is charged until commit() (the caller commits what POSIX
+//! reserves, `reserve` bytes, itself). Throws: as shm_create().
+inline Fd shm_create_sparse(std::string_view name, std::uint64_t size, std::uint64_t reserve) {
+  (void)reserve;
   return win32_detail::create_mapping(name, size, SEC_RESERVE);
 }
 
