@@ -52,8 +52,8 @@ TEST_CASE("construction, indexing, iteration, span", "[array]") {
   CHECK(len(a) == 3);
   CHECK(a[1] == 2.5);
   CHECK(a.at(-1) == 3.5);
-  CHECK_THROWS_AS(a.at(3), std::out_of_range);
-  CHECK_THROWS_AS(a.at(-4), std::out_of_range);
+  CHECK_THROWS_AS(a.at(3), mpp::IndexError);
+  CHECK_THROWS_AS(a.at(-4), mpp::IndexError);
   double sum = 0;
   for (double x : a) sum += x;
   CHECK(sum == 7.5);
@@ -166,7 +166,7 @@ TEST_CASE("a corrupted element count is an error, not an out-of-bounds read", "[
     auto b = Array<int>::open(name);
     h->count = 1'000'000;  // a hostile write after opening
     CHECK(b.size() == 10);
-    CHECK_THROWS_AS(b.at(10), std::out_of_range);
+    CHECK_THROWS_AS(b.at(10), mpp::IndexError);
   }
 }
 

@@ -4,6 +4,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstring>
+#include <new>
 #include <mutex>
 #include <random>
 #include <thread>
@@ -96,13 +98,19 @@ TEST_CASE("Lock: acquire, release, try, misuse", "[sync][lock]") {
     CHECK(l.locked());
   }
   CHECK_FALSE(l.locked());
-  // Zero-filled memory is a valid unlocked state.
+  // A constructed state is free; zero-filled memory is what a truncation leaves: never acquired.
   alignas(16) unsigned char raw[sizeof(mpp::detail::LockState)] = {};
-  auto* st = reinterpret_cast<mpp::detail::LockState*>(raw);
+  auto* st = new (raw) mpp::detail::LockState();
   CHECK_FALSE(st->locked());
   CHECK(st->try_acquire());
   CHECK(st->release());
   CHECK_FALSE(st->release());
+  std::memset(raw, 0, sizeof raw);
+  CHECK(st->cut());
+  CHECK_FALSE(st->try_acquire());
+  CHECK_THROWS_AS(st->acquire(mpp::detail::Deadline::never(), "zeroed"), mpp::CorruptedError);
+  CHECK(st->release());  // nothing left to release: a no-op, and the word stays cut
+  CHECK(st->cut());
 }
 
 TEST_CASE("Lock::view keeps the owner's segment alive", "[sync][lock]") {
