@@ -4,7 +4,10 @@
 #include <mpp/value.hpp>
 
 #if defined(MPP_OS_POSIX)  // the tests that fork (the rest also runs under wine)
+#  include <fcntl.h>
 #  include <signal.h>
+#  include <sys/mman.h>
+#  include <sys/stat.h>
 #  include <unistd.h>
 #endif
 
@@ -357,6 +360,78 @@ TEST_CASE("a holder killed half-way through a 40-byte write: value() raises Owne
     bool told = true;
     v.with_lock([&](Record&, bool died) { told = died; });
     CHECK_FALSE(told);
+  }
+}
+
+namespace {
+/// Shrinks the object `name` to `size` bytes, as a hostile process (same user) would.
+void shrink(const std::string& name, off_t size) {
+  const int fd = ::shm_open(("/" + name).c_str(), O_RDWR, 0);
+  REQUIRE(fd >= 0);
+  REQUIRE(::ftruncate(fd, size) == 0);
+  ::close(fd);
+}
+/// True if `op` raises CorruptedError.
+template <class F>
+bool corrupted(F&& op) {
+  try {
+    op();
+  } catch (const mpp::CorruptedError&) {
+    return true;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "expected CorruptedError, got: {}\n", e.what());
+  }
+  return false;
+}
+/// Cut `cut` of a Value's segment: 0 bytes (every page faults), where the data starts, or the
+/// payload's last byte (both zero bytes in place, no fault).
+off_t value_cut(const std::shared_ptr<mpp::detail::Segment>& seg, std::size_t data_at, int cut) {
+  const auto& h = seg->header();
+  if (cut == 0) return 0;
+  if (cut == 1) return static_cast<off_t>(h.payload_offset + data_at);
+  return static_cast<off_t>(h.payload_offset + h.payload_size - 1);
+}
+}  // namespace
+
+TEST_CASE("a Value truncated under its users: CorruptedError, never zeros", "[value][truncate]") {
+  for (int cut = 0; cut < 3; ++cut) {
+    INFO("cut " << cut << " (0: to 0 bytes; 1: to the data's start; 2: the payload's last byte)");
+    auto v = Value<std::int64_t>::create(unique_name("cut.v"), 42);
+    auto r = Value<Record>::create(unique_name("cut.r"), kOld);
+    int pipes[2][2];
+    REQUIRE(::pipe(pipes[0]) == 0);
+    REQUIRE(::pipe(pipes[1]) == 0);
+    const pid_t user = mpp_test::fork_child([&] {
+      ::alarm(30);
+      auto w = Value<std::int64_t>::open(v.name());
+      auto q = Value<Record>::open(r.name());
+      if (w.value() != 42 || !(q.value() == kOld)) return 2;  // touched before the cut
+      char c = 1;
+      if (::write(pipes[0][1], &c, 1) != 1 || ::read(pipes[1][0], &c, 1) != 1) return 3;
+      int bad = 0;
+      bad += !corrupted([&] { (void)w.value(); });
+      bad += !corrupted([&] { (void)w.load(); });
+      bad += !corrupted([&] { w.store(1); });
+      bad += !corrupted([&] { (void)w.fetch_add(1); });
+      bad += !corrupted([&] { w.set(3); });
+      bad += !corrupted([&] { (void)q.value(); });
+      bad += !corrupted([&] { q.set(kNew); });
+      bad += !corrupted([&] { q.with_lock([](Record&, bool) {}); });
+      return bad == 0 ? 0 : 10 + bad;
+    });
+    char c = 0;
+    REQUIRE(::read(pipes[0][0], &c, 1) == 1);
+    shrink(v.name(), value_cut(v.segment(), mpp::detail::block_data_offset<std::int64_t>(), cut));
+    shrink(r.name(), value_cut(r.segment(), mpp::detail::block_data_offset<Record>(), cut));
+    REQUIRE(::write(pipes[1][1], &c, 1) == 1);
+    CHECK(mpp_test::wait_child(user) == 0);
+    CHECK(corrupted([&] { (void)v.value(); }));  // the creator too
+    CHECK(corrupted([&] { (void)r.value(); }));
+    CHECK_THROWS_AS(Value<std::int64_t>::open(v.name()), mpp::Error);  // and a new opener
+    for (auto& p : pipes) {
+      ::close(p[0]);
+      ::close(p[1]);
+    }
   }
 }
 #endif  // MPP_OS_POSIX
