@@ -96,6 +96,14 @@ struct SyncHandle {
   }
 };
 
+/// The name of a handle's object, looked up only when an error message needs it (not on the
+/// fast path of an acquire).
+template <class H>
+struct LazyName {
+  const H* h;
+  std::string_view operator()() const noexcept { return h->name(); }
+};
+
 }  // namespace detail
 
 /// RAII guard for any mpp lock (and Condition): acquires in the constructor, releases in the
@@ -164,7 +172,7 @@ class Lock {
   //!Throws: CorruptedError if another process truncated the lock's segment (nobody can
   //! acquire it then).
   bool acquire(bool block = true, Timeout timeout = {}) {
-    return record(h_.state->acquire(detail::acquire_deadline(block, timeout), h_.name()));
+    return record(h_.state->acquire(detail::acquire_deadline(block, timeout), detail::LazyName<Handle>{&h_}));
   }
   //!Effects: releases the lock. Throws: ValueError if it is not locked (Python: ValueError).
   void release() {
@@ -251,7 +259,7 @@ class RLock {
   //! (e.g. Value::value() met the death first and raised OwnerDiedError).
   //!Throws: CorruptedError if another process truncated the lock's segment.
   bool acquire(bool block = true, Timeout timeout = {}) {
-    const auto r = h_.state->acquire(detail::acquire_deadline(block, timeout), h_.name());
+    const auto r = h_.state->acquire(detail::acquire_deadline(block, timeout), detail::LazyName<Handle>{&h_});
     if (r == detail::LockResult::timeout) return false;
     if (h_.state->count.load(std::memory_order_relaxed) == 1)
       died_ = r == detail::LockResult::owner_died;
@@ -612,16 +620,21 @@ class Condition {
   }
   //!Effects: waits until `pred()` is true (checked first, then after each wake-up), at most
   //! `timeout` in total. Returns: the last value of pred(), as Python's wait_for.
+  //! previous_owner_died() is true afterwards if any of the re-acquisitions took the lock over
+  //! from a dead holder (a later one does not hide an earlier one).
   template <class Pred>
   bool wait_for(Pred&& pred, Timeout timeout = {}) {
     const auto deadline = detail::Deadline::from(timeout);
     bool result = pred();
+    bool died = false;
     while (!result) {
       const auto left = deadline.remaining();
       if (left && left->count() <= 0) break;
       wait(left ? Timeout(*left) : Timeout{});
+      died = died || previous_owner_died();
       result = pred();
     }
+    if (died) std::visit([](auto& l) { l.died_ = true; }, lock_);
     return result;
   }
   //!Effects: wakes up to `n` waiters, oldest first. Throws: ValueError without the lock held.

@@ -243,10 +243,10 @@ struct SharedBlock {
   /// user of a Hold must raise OwnerDiedError, tell its caller, or repair (repaired()).
   class Hold {
    public:
-    Hold(RLockState& l, const Deadline& d, std::string_view name) : l_(l) {
-      const LockResult r = l_.acquire(d, name);
+    Hold(RLockState& l, const Deadline& d, const std::shared_ptr<Segment>& seg) : l_(l) {
+      const LockResult r = l_.acquire(d, [&] { return std::string_view(seg->name()); });
       if (r == LockResult::timeout)
-        fail<TimeoutError>("could not acquire the lock of '{}' before the timeout", name);
+        fail<TimeoutError>("could not acquire the lock of '{}' before the timeout", seg->name());
       died_ = r == LockResult::owner_died;
     }
     Hold(const Hold&) = delete;
@@ -281,7 +281,7 @@ struct SharedBlock {
                                         A&&... args) const {
     constexpr bool told = std::is_invocable_v<F&, A..., bool>;
     using R = with_lock_result_t<F, A...>;
-    Hold h(lock_state("with_lock"), d, seg->name());
+    Hold h(lock_state("with_lock"), d, seg);
     if constexpr (!told)
       if (h.previous_owner_died()) owner_died("with_lock(fn)", repair);
     check_whole();
@@ -331,7 +331,7 @@ class ValueBase {
       return v;
     } else {
       if (b_.has_lock) {  // re-entrant: also when this thread holds it already
-        typename SharedBlock<T>::Hold h(b_.header->lock, Deadline::never(), b_.seg->name());
+        typename SharedBlock<T>::Hold h(b_.header->lock, Deadline::never(), b_.seg);
         if (h.previous_owner_died()) b_.owner_died("value()", repair_hint());
         return copy();
       }
@@ -347,7 +347,7 @@ class ValueBase {
       b_.check_whole();
     } else {
       if (b_.has_lock) {
-        typename SharedBlock<T>::Hold h(b_.header->lock, Deadline::never(), b_.seg->name());
+        typename SharedBlock<T>::Hold h(b_.header->lock, Deadline::never(), b_.seg);
         std::memcpy(static_cast<void*>(b_.data), &v, sizeof(T));
         b_.check_whole();
         h.repaired();
