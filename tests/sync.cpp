@@ -1075,6 +1075,22 @@ TEST_CASE("RLock truncated while held and contended: never two holders, Corrupte
   CHECK(hammer_and_cut(make, sizeof(mpp::detail::RLockState)) == 0);
 }
 
+TEST_CASE("Condition over a supplied Lock that is truncated: a waiter without timeout is woken",
+          "[sync][condition][truncate]") {
+  auto l = mpp::Lock::create(unique_name("cut.clock"));
+  mpp::Condition c(l);
+  SharedCounters sc;
+  const pid_t waiter = fork_child([&] {
+    ::alarm(20);  // nobody can notify through a vanished lock: a hang dies here
+    c.acquire();
+    sc.d->flag = 1;
+    return corrupted([&] { (void)c.wait(); }) ? 0 : 4;
+  });
+  await([&] { return sc.d->flag.load() == 1 && !l.locked(); });  // asleep in wait()
+  shrink(l.name(), 0);
+  CHECK(wait_child(waiter) == 0);
+}
+
 TEST_CASE("Semaphore, Event, Condition, Barrier truncated in use: CorruptedError, not silent state",
           "[sync][truncate]") {
   for (int cut = 0; cut < 3; ++cut) {

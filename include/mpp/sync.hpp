@@ -603,7 +603,7 @@ class Condition {
       return cond.wait(
           deadline, [&] { l->release(); },
           [&] { l->record(l->state().acquire(detail::Deadline::never(), l->name())); },
-          h_.name());
+          [&] { return l->state().cut(); }, h_.name());
     }
     auto& r = std::get<RLock>(lock_);
     if (r.state().cut()) (void)r.acquire(false);  // throws CorruptedError naming it
@@ -616,7 +616,7 @@ class Condition {
           const auto res = r.state().acquire_restore(depth, detail::Deadline::never(), r.name());
           r.died_ = res == detail::LockResult::owner_died;
         },
-        h_.name());
+        [&] { return r.state().cut(); }, h_.name());
   }
   //!Effects: waits until `pred()` is true (checked first, then after each wake-up), at most
   //! `timeout` in total. Returns: the last value of pred(), as Python's wait_for.

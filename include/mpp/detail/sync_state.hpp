@@ -681,11 +681,12 @@ struct ConditionState {
   std::atomic<std::uint64_t> live{sync_impl::kLiveMark};  ///< cleared by a truncation
 
   //!Effects: (caller holds the lock) registers as a waiter, calls `unlock()`, sleeps until
-  //! notified or `deadline`, then calls `relock()` (which must re-acquire without a deadline).
+  //! notified or `deadline` (or until `lock_cut()` says the lock was truncated: nobody could
+  //! notify then), then calls `relock()` (which must re-acquire without a deadline).
   //!Returns: true if notified. Throws: Error if kConditionSlots threads already wait;
   //! CorruptedError naming `name` (after relock()) if the condition's segment was truncated.
-  template <class Unlock, class Relock>
-  bool wait(const Deadline& deadline, Unlock&& unlock, Relock&& relock,
+  template <class Unlock, class Relock, class LockCut>
+  bool wait(const Deadline& deadline, Unlock&& unlock, Relock&& relock, LockCut&& lock_cut,
             std::string_view name = {}) {
     check_live(name);
     ConditionSlot& s = slots[claim()];
@@ -693,7 +694,7 @@ struct ConditionState {
     s.wp.wait(
         [&] {
           return s.state.load(std::memory_order_acquire) == ConditionSlot::kNotified ||
-                 live.load(std::memory_order_acquire) != sync_impl::kLiveMark;
+                 live.load(std::memory_order_acquire) != sync_impl::kLiveMark || lock_cut();
         },
         deadline);
     relock();
