@@ -113,7 +113,10 @@ template <class L>
 class Guard {
  public:
   //!Effects: acquires `l` (blocking). Throws: what l.acquire() throws.
-  explicit Guard(L& l) : l_(&l), unwinding_(std::uncaught_exceptions()) { l_->acquire(); }
+  explicit Guard(L& l) : l_(&l) {
+    if constexpr (requires { l.release_unrepaired(); }) unwinding_ = std::uncaught_exceptions();
+    l_->acquire();
+  }
   Guard(const Guard&) = delete;
   Guard& operator=(const Guard&) = delete;
   /// Releases the lock; an error (another process already released a Lock) is ignored here.
@@ -134,7 +137,7 @@ class Guard {
 
  private:
   L* l_;
-  int unwinding_;  // exceptions in flight at construction
+  int unwinding_ = 0;  // exceptions in flight at construction (RLock only)
 };
 
 /// Python's multiprocessing.Lock: a robust, non-recursive lock shared between processes.
