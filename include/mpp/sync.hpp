@@ -175,7 +175,8 @@ class Lock {
   //!Throws: CorruptedError if another process truncated the lock's segment (nobody can
   //! acquire it then).
   bool acquire(bool block = true, Timeout timeout = {}) {
-    return record(h_.state->acquire(detail::acquire_deadline(block, timeout), detail::LazyName<Handle>{&h_}));
+    return record(
+        h_.state->acquire(detail::acquire_deadline(block, timeout), detail::LazyName<Handle>{&h_}));
   }
   //!Effects: releases the lock. Throws: ValueError if it is not locked (Python: ValueError).
   void release() {
@@ -262,7 +263,8 @@ class RLock {
   //! (e.g. Value::value() met the death first and raised OwnerDiedError).
   //!Throws: CorruptedError if another process truncated the lock's segment.
   bool acquire(bool block = true, Timeout timeout = {}) {
-    const auto r = h_.state->acquire(detail::acquire_deadline(block, timeout), detail::LazyName<Handle>{&h_});
+    const auto r =
+        h_.state->acquire(detail::acquire_deadline(block, timeout), detail::LazyName<Handle>{&h_});
     if (r == detail::LockResult::timeout) return false;
     if (h_.state->count.load(std::memory_order_relaxed) == 1)
       died_ = r == detail::LockResult::owner_died;
@@ -337,13 +339,13 @@ class SemaphoreBase {
   //!Returns: true if a unit was taken.
   //!Throws: CorruptedError if another process truncated the semaphore's segment.
   bool acquire(bool block = true, Timeout timeout = {}) {
-    if (!block) return h_.state->try_acquire(h_.name());
-    return h_.state->acquire(Deadline::from(timeout), h_.name());
+    if (!block) return h_.state->try_acquire(LazyName<Handle>{&h_});
+    return h_.state->acquire(Deadline::from(timeout), LazyName<Handle>{&h_});
   }
   //!Effects: gives back `n` units (waking waiters). Throws: ValueError if a BoundedSemaphore
   //! would exceed its initial value, or the value would exceed SemaphoreState::kValueMax.
   void release(std::uint32_t n = 1) {
-    if (!h_.state->release(n, h_.name()))
+    if (!h_.state->release(n, LazyName<Handle>{&h_}))
       fail<ValueError>("semaphore '{}' released too many times (value {}, bound {})", h_.name(),
                        h_.state->get_value(h_.name()),
                        h_.state->max_value != 0 ? h_.state->max_value
@@ -481,11 +483,11 @@ class Event {
 
   /// Sets the flag and wakes every waiter. Each operation of an Event throws CorruptedError if
   /// another process truncated its segment.
-  void set() { h_.state->set(h_.name()); }
+  void set() { h_.state->set(detail::LazyName<Handle>{&h_}); }
   /// Clears the flag.
   void clear() { h_.state->clear(h_.name()); }
   /// True if the flag is set.
-  bool is_set() const { return h_.state->is_set(h_.name()); }
+  bool is_set() const { return h_.state->is_set(detail::LazyName<Handle>{&h_}); }
   //!Effects: waits until the flag is set, at most `timeout` (forever when nullopt).
   //!Returns: the flag (false only on timeout), as Python's Event.wait.
   bool wait(Timeout timeout = {}) {

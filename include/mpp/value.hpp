@@ -14,8 +14,11 @@
 // possibly torn data as if it were whole: value() raises OwnerDiedError (naming the object and
 // the repair); with_lock(fn(T&)) raises it too, without running fn; with_lock(fn(T&, bool)) runs
 // fn with true and clears the mark when fn returns normally; set() overwrites the whole value, so
-// it repairs; get_lock()'s acquirer sees previous_owner_died() and its release repairs. Lock-free
-// T are never torn: their load()/value() never raise it.
+// it repairs; get_lock()'s acquirer sees previous_owner_died() and its release repairs. The
+// lock-free operations of a lock-free T (load(), value(), store(), fetch_add(), ...) take no lock,
+// so they do not consult the mark: each reads or writes a whole T, but a holder that wrote such
+// a T field by field inside with_lock and died may have left a mix (use with_lock(fn(T&, bool))
+// or get_lock() where that matters).
 //
 // Truncation: a cut of the segment (another process's ftruncate) zeroes everything from some
 // byte to the end, so it always clears the trailer. Every operation that reads or writes the
@@ -215,7 +218,8 @@ struct SharedBlock {
   //! or written just now may have been on a vanished page).
   void check_whole() const {
     // seq_cst: ordered after the caller's accesses to the data, stores included.
-    const std::uint64_t t = std::atomic_ref<std::uint64_t>(*trailer).load(std::memory_order_seq_cst);
+    const std::uint64_t t =
+        std::atomic_ref<std::uint64_t>(*trailer).load(std::memory_order_seq_cst);
     if (t != kBlockLive) [[unlikely]]
       cut(t);
   }

@@ -536,8 +536,8 @@ struct RLockState {
       case Take::reentered: return LockResult::acquired;
       case Take::none: break;
     }
-    const LockResult r =
-        sync_impl::robust_wait(owner, wp, sync_impl::self_word(), deadline, sync_impl::name_of(name));
+    const LockResult r = sync_impl::robust_wait(owner, wp, sync_impl::self_word(), deadline,
+                                                sync_impl::name_of(name));
     if (r == LockResult::timeout) return r;
     took(depth);
     // Set while holding: a taker that dies before this line is taken over in turn.
@@ -568,10 +568,12 @@ struct SemaphoreState {
 
   //!Effects: takes a unit if one is available (no system call).
   //!Throws: CorruptedError naming `name` if the semaphore's segment was truncated under it.
-  bool try_acquire(std::string_view name = {}) {
+  template <class N = std::string_view>
+  bool try_acquire(const N& name = {}) {
     std::uint32_t v = value.load(std::memory_order_relaxed);
     for (;;) {
-      if ((v & kLive) == 0) sync_impl::state_cut(&value, "semaphore's value", name, v);
+      if ((v & kLive) == 0)
+        sync_impl::state_cut(&value, "semaphore's value", sync_impl::name_of(name), v);
       if (v == kLive) return false;
       if (value.compare_exchange_weak(v, v - 1, std::memory_order_acquire,
                                       std::memory_order_relaxed))
@@ -580,18 +582,21 @@ struct SemaphoreState {
   }
   //!Effects: takes a unit, waiting until `deadline`. Returns: false on timeout.
   //!Throws: CorruptedError (see try_acquire).
-  bool acquire(const Deadline& deadline, std::string_view name = {}) {
+  template <class N = std::string_view>
+  bool acquire(const Deadline& deadline, const N& name = {}) {
     if (try_acquire(name)) return true;
     return wp.wait([&] { return try_acquire(name); }, deadline);
   }
   //!Effects: adds `n` units and wakes as many sleepers.
   //!Returns: false, changing nothing, if that would exceed the bound (or kValueMax).
   //!Throws: CorruptedError (see try_acquire).
-  bool release(std::uint32_t n = 1, std::string_view name = {}) {
+  template <class N = std::string_view>
+  bool release(std::uint32_t n = 1, const N& name = {}) {
     const std::uint32_t limit = max_value != 0 ? max_value : kValueMax;
     std::uint32_t v = value.load(std::memory_order_relaxed);
     do {
-      if ((v & kLive) == 0) sync_impl::state_cut(&value, "semaphore's value", name, v);
+      if ((v & kLive) == 0)
+        sync_impl::state_cut(&value, "semaphore's value", sync_impl::name_of(name), v);
       const std::uint32_t units = v & ~kLive;
       if (units > limit || n > limit - units) return false;
     } while (!value.compare_exchange_weak(v, v + n, std::memory_order_seq_cst,
@@ -628,10 +633,12 @@ struct EventState {
 
   //!Effects: sets the flag and wakes every waiter. Throws: CorruptedError if the event's segment
   //! was truncated under it (a set that nobody would see).
-  void set(std::string_view name = {}) {
+  template <class N = std::string_view>
+  void set(const N& name = {}) {
     // fetch_or cannot bring a cut word back: the live bit stays clear for everyone.
     const std::uint32_t prev = flag.fetch_or(kSet, std::memory_order_seq_cst);
-    if ((prev & kLive) == 0) sync_impl::state_cut(&flag, "event's flag", name, prev);
+    if ((prev & kLive) == 0)
+      sync_impl::state_cut(&flag, "event's flag", sync_impl::name_of(name), prev);
     wp.notify_all();
   }
   /// Clears the flag. Throws: CorruptedError (see set()).
@@ -640,9 +647,10 @@ struct EventState {
     if ((prev & kLive) == 0) sync_impl::state_cut(&flag, "event's flag", name, prev);
   }
   /// True if the flag is set. Throws: CorruptedError (see set()).
-  bool is_set(std::string_view name = {}) const {
+  template <class N = std::string_view>
+  bool is_set(const N& name = {}) const {
     const std::uint32_t v = flag.load(std::memory_order_acquire);
-    if ((v & kLive) == 0) sync_impl::state_cut(&flag, "event's flag", name, v);
+    if ((v & kLive) == 0) sync_impl::state_cut(&flag, "event's flag", sync_impl::name_of(name), v);
     return (v & kSet) != 0;
   }
   //!Effects: waits until the flag is set or `deadline` passes. Returns: the flag.
