@@ -4,10 +4,17 @@
 #include <mpp/array.hpp>
 
 #if defined(MPP_OS_POSIX)  // the tests that fork (the rest also runs under wine)
+#  include <fcntl.h>
+#  include <signal.h>
+#  include <sys/mman.h>
+#  include <sys/stat.h>
 #  include <unistd.h>
 #endif
 
+#include <algorithm>
+#include <cstdint>
 #include <cstdlib>
+#include <string>
 #include <list>
 #include <mutex>
 #include <numeric>
@@ -52,8 +59,8 @@ TEST_CASE("construction, indexing, iteration, span", "[array]") {
   CHECK(len(a) == 3);
   CHECK(a[1] == 2.5);
   CHECK(a.at(-1) == 3.5);
-  CHECK_THROWS_AS(a.at(3), std::out_of_range);
-  CHECK_THROWS_AS(a.at(-4), std::out_of_range);
+  CHECK_THROWS_AS(a.at(3), mpp::IndexError);
+  CHECK_THROWS_AS(a.at(-4), mpp::IndexError);
   double sum = 0;
   for (double x : a) sum += x;
   CHECK(sum == 7.5);
@@ -166,9 +173,148 @@ TEST_CASE("a corrupted element count is an error, not an out-of-bounds read", "[
     auto b = Array<int>::open(name);
     h->count = 1'000'000;  // a hostile write after opening
     CHECK(b.size() == 10);
-    CHECK_THROWS_AS(b.at(10), std::out_of_range);
+    CHECK_THROWS_AS(b.at(10), mpp::IndexError);
   }
 }
+
+TEST_CASE("at() out of range raises mpp::IndexError naming the array, index and size", "[array]") {
+  auto a = Array<int>::create(unique_name("idx"), 4);
+  for (const std::ptrdiff_t i : {std::ptrdiff_t{4}, std::ptrdiff_t{-5}, std::ptrdiff_t{1} << 40}) {
+    try {
+      (void)a.at(i);
+      FAIL("no exception for index " << i);
+    } catch (const mpp::IndexError& e) {
+      const std::string m = e.what();
+      CHECK(m.find(a.name()) != std::string::npos);
+      CHECK(m.find(std::to_string(i)) != std::string::npos);
+      CHECK(m.find("size 4") != std::string::npos);
+    }
+  }
+  CHECK_THROWS_AS(a.at(4), mpp::KeyError);  // a LookupError, as in Python
+  CHECK_NOTHROW(a.at(-4));
+#if defined(MPP_OS_POSIX)
+  // The same in another process that opened it by name (its size read back and validated).
+  const pid_t p = mpp_test::fork_child([&] {
+    auto b = Array<int>::open(a.name());
+    try {
+      (void)b.at(4);
+    } catch (const mpp::IndexError&) {
+      return 0;
+    }
+    return 2;
+  });
+  CHECK(mpp_test::wait_child(p) == 0);
+#endif
+}
+
+#if defined(MPP_OS_POSIX)
+TEST_CASE("a holder killed half-way through updating the elements: with_lock(fn(span)) raises "
+          "OwnerDiedError until repaired",
+          "[array][kill]") {
+  auto a = Array<std::int64_t>::create(unique_name("torn"), 10);
+  const pid_t k = mpp_test::fork_child([&] {
+    a.with_lock([](std::span<std::int64_t> s) {
+      for (std::size_t i = 0; i < s.size() / 2; ++i) s[i] = 9;  // half of them
+      ::raise(SIGKILL);
+    });
+    return 3;
+  });
+  REQUIRE(mpp_test::wait_child(k) == -SIGKILL);
+  auto raises = [&](auto&& fn) {
+    try {
+      fn();
+    } catch (const mpp::OwnerDiedError& e) {
+      return std::string(e.what()).find(a.name()) != std::string::npos;
+    }
+    return false;
+  };
+  CHECK(raises([&] { a.with_lock([](std::span<std::int64_t>) {}); }));
+  CHECK(raises([&] { a.with_lock([](std::span<std::int64_t>) {}); }));  // the mark stays
+  const pid_t other = mpp_test::fork_child([&] {
+    auto b = Array<std::int64_t>::open(a.name());
+    return raises([&] { b.with_lock([](std::span<std::int64_t>) {}); }) ? 0 : 4;
+  });
+  CHECK(mpp_test::wait_child(other) == 0);
+  SECTION("with_lock(fn(span, bool)) is told and repairs") {
+    bool told = false;
+    a.with_lock([&](std::span<std::int64_t> s, bool died) {
+      told = died;
+      std::fill(s.begin(), s.end(), 9);
+    });
+    CHECK(told);
+    a.with_lock([&](std::span<std::int64_t> s, bool died) {
+      told = died;
+      CHECK(s[9] == 9);
+    });
+    CHECK_FALSE(told);
+  }
+  SECTION("get_lock()'s acquirer sees previous_owner_died(); its release repairs") {
+    auto& lock = a.get_lock();
+    REQUIRE(lock.acquire(true, std::chrono::seconds(10)));
+    CHECK(lock.previous_owner_died());
+    std::fill(a.begin(), a.end(), 9);
+    lock.release();
+    CHECK_NOTHROW(a.with_lock([](std::span<std::int64_t>) {}));
+    REQUIRE(lock.acquire());
+    CHECK_FALSE(lock.previous_owner_died());
+    lock.release();
+  }
+  CHECK(a.to_vector() == std::vector<std::int64_t>(10, 9));
+}
+
+TEST_CASE("an Array truncated under its users: CorruptedError, never zeros", "[array][truncate]") {
+  constexpr std::size_t kN = 3000;  // 12 KB of elements: several pages
+  for (int cut = 0; cut < 3; ++cut) {
+    INFO("cut " << cut << " (0: to 0 bytes; 1: half-way through the data; 2: the last byte)");
+    auto a = Array<int>::create(unique_name("cut.a"), std::vector<int>(kN, 5));
+    const auto& h = a.segment()->header();
+    const off_t size = cut == 0   ? 0
+                       : cut == 1 ? static_cast<off_t>(h.payload_offset + h.payload_size / 2 + 3)
+                                  : static_cast<off_t>(h.payload_offset + h.payload_size - 1);
+    int pipes[2][2];
+    REQUIRE(::pipe(pipes[0]) == 0);
+    REQUIRE(::pipe(pipes[1]) == 0);
+    const pid_t user = mpp_test::fork_child([&] {
+      ::alarm(30);
+      auto b = Array<int>::open(a.name());
+      if (b.to_vector() != std::vector<int>(kN, 5)) return 2;  // touched before the cut
+      char c = 1;
+      if (::write(pipes[0][1], &c, 1) != 1 || ::read(pipes[1][0], &c, 1) != 1) return 3;
+      auto corrupted = [](auto&& op) {
+        try {
+          op();
+        } catch (const mpp::CorruptedError&) {
+          return true;
+        } catch (const std::exception& e) {
+          fmt::print(stderr, "expected CorruptedError, got: {}\n", e.what());
+        }
+        return false;
+      };
+      int bad = 0;
+      bad += !corrupted([&] { (void)b.to_vector(); });
+      bad += !corrupted([&] { (void)b.slice(0, 10); });
+      bad += !corrupted([&] { b.set_slice(0, 2, {1, 2}); });
+      bad += !corrupted([&] { b.with_lock([](std::span<int>, bool) {}); });
+      return bad == 0 ? 0 : 10 + bad;
+    });
+    char c = 0;
+    REQUIRE(::read(pipes[0][0], &c, 1) == 1);
+    {
+      const int fd = ::shm_open(("/" + a.name()).c_str(), O_RDWR, 0);
+      REQUIRE(fd >= 0);
+      REQUIRE(::ftruncate(fd, size) == 0);
+      ::close(fd);
+    }
+    REQUIRE(::write(pipes[1][1], &c, 1) == 1);
+    CHECK(mpp_test::wait_child(user) == 0);
+    CHECK_THROWS_AS(a.to_vector(), mpp::CorruptedError);  // the creator too
+    for (auto& p : pipes) {
+      ::close(p[0]);
+      ::close(p[1]);
+    }
+  }
+}
+#endif  // MPP_OS_POSIX
 
 TEST_CASE("an Array crosses processes as its name (codec)", "[array]") {
   static_assert(mpp::Encodable<Array<int>> && mpp::Encodable<RawArray<int>>);

@@ -4,15 +4,21 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstring>
+#include <new>
 #include <mutex>
 #include <random>
+#include <string>
 #include <thread>
 #include <vector>
 
 #include "helpers.hpp"
 
 #if defined(MPP_OS_POSIX)
+#  include <fcntl.h>
 #  include <sys/mman.h>
+#  include <sys/stat.h>
+#  include <unistd.h>
 using mpp_test::fork_child;
 using mpp_test::wait_child;
 #endif
@@ -96,13 +102,19 @@ TEST_CASE("Lock: acquire, release, try, misuse", "[sync][lock]") {
     CHECK(l.locked());
   }
   CHECK_FALSE(l.locked());
-  // Zero-filled memory is a valid unlocked state.
+  // A constructed state is free; zero-filled memory is what a truncation leaves: never acquired.
   alignas(16) unsigned char raw[sizeof(mpp::detail::LockState)] = {};
-  auto* st = reinterpret_cast<mpp::detail::LockState*>(raw);
+  auto* st = new (raw) mpp::detail::LockState();
   CHECK_FALSE(st->locked());
   CHECK(st->try_acquire());
   CHECK(st->release());
   CHECK_FALSE(st->release());
+  std::memset(raw, 0, sizeof raw);
+  CHECK(st->cut());
+  CHECK_FALSE(st->try_acquire());
+  CHECK_THROWS_AS(st->acquire(mpp::detail::Deadline::never(), "zeroed"), mpp::CorruptedError);
+  CHECK(st->release());  // nothing left to release: a no-op, and the word stays cut
+  CHECK(st->cut());
 }
 
 TEST_CASE("Lock::view keeps the owner's segment alive", "[sync][lock]") {
@@ -970,6 +982,172 @@ TEST_CASE("Semaphore: an acquirer killed holding a unit keeps it (no owner, as i
   CHECK_FALSE(s.acquire(true, 20ms));
   s.release(2);
   CHECK(s.get_value() == 2);
+}
+
+// ---- truncation: a hostile process shrinks a live object's segment --------------------------
+// Three cuts per kind: to 0 bytes (every page faults: the SIGBUS guard maps private zero pages),
+// to where the state starts, and to the state's last byte (both zero bytes in place, no fault).
+
+namespace {
+/// Shrinks the object `name` to `size` bytes, as a hostile process (same user) would.
+void shrink(const std::string& name, off_t size) {
+  const int fd = ::shm_open(("/" + name).c_str(), O_RDWR, 0);
+  REQUIRE(fd >= 0);
+  REQUIRE(::ftruncate(fd, size) == 0);
+  ::close(fd);
+}
+
+/// The three cuts for a state of `state_size` bytes at the start of `seg`'s payload.
+std::vector<off_t> cuts(const std::shared_ptr<mpp::detail::Segment>& seg, std::size_t state_size) {
+  const auto at = static_cast<off_t>(seg->header().payload_offset);
+  return {0, at, at + static_cast<off_t>(state_size) - 1};
+}
+
+/// True if `op` raises CorruptedError (anything else, or nothing, is false).
+template <class F>
+bool corrupted(F&& op) {
+  try {
+    op();
+  } catch (const mpp::CorruptedError&) {
+    return true;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "expected CorruptedError, got: {}\n", e.what());
+    return false;
+  }
+  return false;
+}
+
+/// Three processes take a fresh lock `make()` in a loop, each counting a second holder inside;
+/// the lock is cut under them (each of the three cuts). Every one must stop with CorruptedError,
+/// and nobody may ever hold it beside another. Returns: the violations seen.
+template <class Make>
+int hammer_and_cut(Make&& make, std::size_t state_size) {
+  int violations = 0;
+  for (int cut = 0; cut < 3; ++cut) {
+    auto l = make();
+    const off_t size = cuts(l.segment(), state_size)[static_cast<std::size_t>(cut)];
+    INFO("cut to " << size << " bytes");
+    SharedCounters c;
+    std::vector<pid_t> kids;
+    for (int k = 0; k < 3; ++k)
+      kids.push_back(fork_child([&]() -> int {
+        ::alarm(30);
+        const auto t0 = Clock::now();
+        while (seconds_since(t0) < 5) {
+          try {
+            if (!l.acquire(true, 0.5s)) continue;
+          } catch (const mpp::CorruptedError&) {
+            return 0;
+          }
+          if (c.d->inside.exchange(1) != 0) c.d->value.fetch_add(1);  // a second holder
+          c.d->flag.store(1);
+          std::this_thread::sleep_for(50us);
+          c.d->inside.store(0);
+          try {
+            l.release();  // a cut lock: nothing left to release, no error
+          } catch (const std::exception& e) {
+            fmt::print(stderr, "release: {}\n", e.what());
+            return 3;
+          }
+        }
+        return 10;  // still "working" five seconds after the cut
+      }));
+    await([&] { return c.d->flag.load() == 1; });
+    std::this_thread::sleep_for(20ms);  // mid-traffic
+    shrink(l.name(), size);
+    for (const pid_t k : kids) CHECK(wait_child(k) == 0);
+    CHECK(corrupted([&] { (void)l.acquire(false); }));  // the creator too
+    violations += static_cast<int>(c.d->value.load());
+  }
+  return violations;
+}
+}  // namespace
+
+TEST_CASE("Lock truncated while held and contended: never two holders, CorruptedError for all",
+          "[sync][lock][truncate]") {
+  auto make = [] { return mpp::Lock::create(unique_name("cut.lock")); };
+  CHECK(hammer_and_cut(make, sizeof(mpp::detail::LockState)) == 0);
+}
+
+TEST_CASE("RLock truncated while held and contended: never two holders, CorruptedError for all",
+          "[sync][rlock][truncate]") {
+  auto make = [] { return mpp::RLock::create(unique_name("cut.rlock")); };
+  CHECK(hammer_and_cut(make, sizeof(mpp::detail::RLockState)) == 0);
+}
+
+TEST_CASE("Condition over a supplied Lock that is truncated: a waiter without timeout is woken",
+          "[sync][condition][truncate]") {
+  auto l = mpp::Lock::create(unique_name("cut.clock"));
+  mpp::Condition c(l);
+  SharedCounters sc;
+  const pid_t waiter = fork_child([&] {
+    ::alarm(20);  // nobody can notify through a vanished lock: a hang dies here
+    c.acquire();
+    sc.d->flag = 1;
+    return corrupted([&] { (void)c.wait(); }) ? 0 : 4;
+  });
+  await([&] { return sc.d->flag.load() == 1 && !l.locked(); });  // asleep in wait()
+  shrink(l.name(), 0);
+  CHECK(wait_child(waiter) == 0);
+}
+
+TEST_CASE("Semaphore, Event, Condition, Barrier truncated in use: CorruptedError, not silent state",
+          "[sync][truncate]") {
+  for (int cut = 0; cut < 3; ++cut) {
+    INFO("cut " << cut << " (0: to 0 bytes; 1: to the state's start; 2: its last byte)");
+    auto sem = mpp::Semaphore::create(unique_name("cut.sem"), 2);
+    auto ev = mpp::Event::create(unique_name("cut.ev"));
+    auto cond = mpp::Condition::create(unique_name("cut.cond"));
+    auto bar = mpp::Barrier::create(unique_name("cut.bar"), 2);
+    ev.set();
+    int ready[2];
+    REQUIRE(::pipe(ready) == 0);
+    // One victim sleeps in Condition::wait, another in Barrier::wait, when the cuts come.
+    const pid_t in_cond = fork_child([&] {
+      ::alarm(30);
+      auto c = mpp::Condition::open(cond.name());
+      c.acquire();
+      (void)!::write(ready[1], "c", 1);
+      const bool r = corrupted([&] { (void)c.wait(10s); });
+      return r ? 0 : 4;
+    });
+    const pid_t in_barrier = fork_child([&] {
+      ::alarm(30);
+      auto b = mpp::Barrier::open(bar.name());
+      (void)!::write(ready[1], "b", 1);
+      return corrupted([&] { (void)b.wait(10s); }) ? 0 : 5;
+    });
+    char buf[2];
+    REQUIRE(::read(ready[0], buf, 1) == 1);
+    REQUIRE(::read(ready[0], buf + 1, 1) == 1);
+    await([&] { return bar.n_waiting() == 1; });
+    std::this_thread::sleep_for(50ms);  // asleep in cond.wait()
+    shrink(sem.name(), cuts(sem.segment(), sizeof(mpp::detail::SemaphoreState))[cut]);
+    shrink(ev.name(), cuts(ev.segment(), sizeof(mpp::detail::EventState))[cut]);
+    shrink(cond.name(), cuts(cond.segment(), sizeof(mpp::detail::ConditionBlock))[cut]);
+    shrink(bar.name(), cuts(bar.segment(), sizeof(mpp::detail::BarrierState))[cut]);
+    CHECK(wait_child(in_cond) == 0);
+    CHECK(wait_child(in_barrier) == 0);
+    // A process that opened them before the cut (here: forked with the handles) is told too.
+    const pid_t user = fork_child([&] {
+      int bad = 0;
+      bad += !corrupted([&] { (void)sem.acquire(false); });
+      bad += !corrupted([&] { sem.release(); });
+      bad += !corrupted([&] { (void)sem.get_value(); });
+      bad += !corrupted([&] { (void)ev.is_set(); });
+      bad += !corrupted([&] { ev.set(); });
+      bad += !corrupted([&] { (void)ev.wait(10ms); });
+      bad += !corrupted([&] {
+        auto g = cond.guard();
+        cond.notify();
+      });
+      bad += !corrupted([&] { (void)bar.wait(10ms); });
+      return bad;
+    });
+    CHECK(wait_child(user) == 0);
+    ::close(ready[0]);
+    ::close(ready[1]);
+  }
 }
 
 #endif  // MPP_OS_POSIX

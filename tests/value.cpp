@@ -4,12 +4,18 @@
 #include <mpp/value.hpp>
 
 #if defined(MPP_OS_POSIX)  // the tests that fork (the rest also runs under wine)
+#  include <fcntl.h>
 #  include <signal.h>
+#  include <sys/mman.h>
+#  include <sys/stat.h>
 #  include <unistd.h>
 #endif
 
+#include <cstdint>
 #include <cstdlib>
 #include <mutex>
+#include <stdexcept>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -257,6 +263,177 @@ TEST_CASE("a holder killed with the lock: the next acquirer proceeds and is told
   ::close(ready[0]);
   ::close(ready[1]);
 }
+
+namespace {
+/// 40 bytes: not lock-free, so value() and set() take the lock, and a write can be torn.
+struct Record {
+  std::int64_t f[5];
+  friend bool operator==(const Record&, const Record&) = default;
+};
+constexpr Record kOld{{1, 1, 1, 1, 1}};
+constexpr Record kNew{{7, 7, 7, 7, 7}};
+
+/// Whether `fn` raises OwnerDiedError whose message names `name`.
+template <class F>
+bool raises_owner_died(F&& fn, const std::string& name) {
+  try {
+    fn();
+  } catch (const mpp::OwnerDiedError& e) {
+    return std::string(e.what()).find(name) != std::string::npos;
+  }
+  return false;
+}
+
+/// A child that dies of SIGKILL inside with_lock, half-way through writing kNew over `v`.
+pid_t kill_half_way(Value<Record>& v) {
+  return mpp_test::fork_child([&] {
+    v.with_lock([](Record& r) {
+      r.f[0] = kNew.f[0];
+      r.f[1] = kNew.f[1];  // two of five fields written: torn
+      ::raise(SIGKILL);
+    });
+    return 3;
+  });
+}
+}  // namespace
+
+TEST_CASE("a holder killed half-way through a 40-byte write: value() raises OwnerDiedError until "
+          "repaired",
+          "[value][kill]") {
+  auto v = Value<Record>::create(unique_name("torn"), kOld);
+  REQUIRE(mpp_test::wait_child(kill_half_way(v)) == -SIGKILL);
+  // Every process is told, and the mark stays until a told holder repairs: never torn data.
+  CHECK(raises_owner_died([&] { (void)v.value(); }, v.name()));
+  CHECK(raises_owner_died([&] { (void)v.value(); }, v.name()));
+  CHECK(raises_owner_died([&] { v.with_lock([](Record&) {}); }, v.name()));
+  const pid_t other = mpp_test::fork_child([&] {
+    auto w = Value<Record>::open(v.name());
+    return raises_owner_died([&] { (void)w.value(); }, v.name()) ? 0 : 4;
+  });
+  CHECK(mpp_test::wait_child(other) == 0);
+  SECTION("with_lock(fn(T&, bool)) is told, and its normal return repairs") {
+    // A told fn that throws has not repaired: the mark stays.
+    CHECK_THROWS_AS(v.with_lock([](Record&, bool died) {
+      if (died) throw std::runtime_error("not now");
+    }),
+                    std::runtime_error);
+    CHECK_THROWS_AS(v.value(), mpp::OwnerDiedError);
+    bool told = false;
+    v.with_lock([&](Record& r, bool died) {
+      told = died;
+      r = kNew;
+    });
+    CHECK(told);
+    CHECK(v.value() == kNew);
+    v.with_lock([&](Record&, bool died) { told = died; });
+    CHECK_FALSE(told);
+  }
+  SECTION("get_lock()'s acquirer sees previous_owner_died(); its release repairs") {
+    auto& lock = v.get_lock();
+    {
+      // Left by an exception, a guard keeps the mark.
+      try {
+        auto g = lock.guard();
+        CHECK(g.previous_owner_died());
+        throw std::runtime_error("repair interrupted");
+      } catch (const std::runtime_error&) {
+      }
+    }
+    CHECK_THROWS_AS(v.value(), mpp::OwnerDiedError);
+    REQUIRE(lock.acquire(true, std::chrono::seconds(10)));
+    CHECK(lock.previous_owner_died());
+    v.get_obj() = kNew;
+    lock.release();
+    CHECK(v.value() == kNew);
+    REQUIRE(lock.acquire());
+    CHECK_FALSE(lock.previous_owner_died());
+    lock.release();
+  }
+  SECTION("set() writes a whole value, which repairs") {
+    const pid_t setter = mpp_test::fork_child([&] {
+      auto w = Value<Record>::open(v.name());
+      w.set(kNew);
+      return w.value() == kNew ? 0 : 5;
+    });
+    CHECK(mpp_test::wait_child(setter) == 0);
+    CHECK(v.value() == kNew);
+    bool told = true;
+    v.with_lock([&](Record&, bool died) { told = died; });
+    CHECK_FALSE(told);
+  }
+}
+
+namespace {
+/// Shrinks the object `name` to `size` bytes, as a hostile process (same user) would.
+void shrink(const std::string& name, off_t size) {
+  const int fd = ::shm_open(("/" + name).c_str(), O_RDWR, 0);
+  REQUIRE(fd >= 0);
+  REQUIRE(::ftruncate(fd, size) == 0);
+  ::close(fd);
+}
+/// True if `op` raises CorruptedError.
+template <class F>
+bool corrupted(F&& op) {
+  try {
+    op();
+  } catch (const mpp::CorruptedError&) {
+    return true;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "expected CorruptedError, got: {}\n", e.what());
+  }
+  return false;
+}
+/// Cut `cut` of a Value's segment: 0 bytes (every page faults), where the data starts, or the
+/// payload's last byte (both zero bytes in place, no fault).
+off_t value_cut(const std::shared_ptr<mpp::detail::Segment>& seg, std::size_t data_at, int cut) {
+  const auto& h = seg->header();
+  if (cut == 0) return 0;
+  if (cut == 1) return static_cast<off_t>(h.payload_offset + data_at);
+  return static_cast<off_t>(h.payload_offset + h.payload_size - 1);
+}
+}  // namespace
+
+TEST_CASE("a Value truncated under its users: CorruptedError, never zeros", "[value][truncate]") {
+  for (int cut = 0; cut < 3; ++cut) {
+    INFO("cut " << cut << " (0: to 0 bytes; 1: to the data's start; 2: the payload's last byte)");
+    auto v = Value<std::int64_t>::create(unique_name("cut.v"), 42);
+    auto r = Value<Record>::create(unique_name("cut.r"), kOld);
+    int pipes[2][2];
+    REQUIRE(::pipe(pipes[0]) == 0);
+    REQUIRE(::pipe(pipes[1]) == 0);
+    const pid_t user = mpp_test::fork_child([&] {
+      ::alarm(30);
+      auto w = Value<std::int64_t>::open(v.name());
+      auto q = Value<Record>::open(r.name());
+      if (w.value() != 42 || !(q.value() == kOld)) return 2;  // touched before the cut
+      char c = 1;
+      if (::write(pipes[0][1], &c, 1) != 1 || ::read(pipes[1][0], &c, 1) != 1) return 3;
+      int bad = 0;
+      bad += !corrupted([&] { (void)w.value(); });
+      bad += !corrupted([&] { (void)w.load(); });
+      bad += !corrupted([&] { w.store(1); });
+      bad += !corrupted([&] { (void)w.fetch_add(1); });
+      bad += !corrupted([&] { w.set(3); });
+      bad += !corrupted([&] { (void)q.value(); });
+      bad += !corrupted([&] { q.set(kNew); });
+      bad += !corrupted([&] { q.with_lock([](Record&, bool) {}); });
+      return bad == 0 ? 0 : 10 + bad;
+    });
+    char c = 0;
+    REQUIRE(::read(pipes[0][0], &c, 1) == 1);
+    shrink(v.name(), value_cut(v.segment(), mpp::detail::block_data_offset<std::int64_t>(), cut));
+    shrink(r.name(), value_cut(r.segment(), mpp::detail::block_data_offset<Record>(), cut));
+    REQUIRE(::write(pipes[1][1], &c, 1) == 1);
+    CHECK(mpp_test::wait_child(user) == 0);
+    CHECK(corrupted([&] { (void)v.value(); }));  // the creator too
+    CHECK(corrupted([&] { (void)r.value(); }));
+    CHECK_THROWS_AS(Value<std::int64_t>::open(v.name()), mpp::Error);  // and a new opener
+    for (auto& p : pipes) {
+      ::close(p[0]);
+      ::close(p[1]);
+    }
+  }
+}
 #endif  // MPP_OS_POSIX
 
 TEST_CASE("a corrupted header is an error, not an out-of-bounds read", "[value]") {
@@ -300,7 +477,8 @@ TEST_CASE("workers killed at random while incrementing under the lock: nobody ha
   for (int round = 0; round < 3; ++round) {
     v = 0;
     std::vector<pid_t> kids = fork_n(4, [&](int) {
-      for (int i = 0; i < kEach; ++i) v.with_lock([](std::int64_t& x) { ++x; });
+      // The bool form: a worker accepts a killed worker's count (an increment is never torn).
+      for (int i = 0; i < kEach; ++i) v.with_lock([](std::int64_t& x, bool) { ++x; });
       return 0;
     });
     // Kill two of them at some point of their run (possibly while holding the lock).
@@ -317,7 +495,8 @@ TEST_CASE("workers killed at random while incrementing under the lock: nobody ha
         CHECK((rc == 0 || rc == -SIGKILL));
     }
     CHECK(survivors_ok == 2);
-    const std::int64_t total = v.with_lock(std::chrono::seconds(10), [](std::int64_t& x) { return x; });
+    const std::int64_t total =
+        v.with_lock(std::chrono::seconds(10), [](std::int64_t& x, bool) { return x; });
     CHECK(total >= 2 * kEach);
     CHECK(total <= 4 * kEach);
   }

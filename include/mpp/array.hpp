@@ -3,7 +3,12 @@
 // Elements are plain shared memory: index them, view them as a std::span<T>, slice and copy them;
 // hold get_lock() (or use with_lock) around updates that other processes must see whole, or use
 // atomic(i) on lock-free element types. Same payload layout as Value<T> (see value.hpp); the
-// element count read back from the segment is validated against the mapping.
+// element count read back from the segment is validated against the mapping. A holder that dies
+// inside with_lock leaves the lock's "not yet repaired" mark (see value.hpp): with_lock(fn(span))
+// then raises OwnerDiedError instead of handing fn possibly torn elements, fn(span, bool) is told
+// and repairs, get_lock()'s acquirer sees previous_owner_died(). The copying reads and writes
+// (slice, to_vector, set_slice, with_lock) raise CorruptedError if another process truncated the
+// segment; operator[], at(), span() and the iterators are raw shared memory and check nothing.
 #pragma once
 
 #include <algorithm>
@@ -16,7 +21,6 @@
 #include <optional>
 #include <ranges>
 #include <span>
-#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -77,13 +81,13 @@ class ArrayBase {
   /// Element `i`, unchecked like std::vector (use at() for a checked access).
   T& operator[](std::size_t i) const noexcept { return b_.data[i]; }
   //!Returns: element `i`; negative `i` counts from the end, as in Python.
-  //!Throws: std::out_of_range (Python's IndexError).
+  //!Throws: mpp::IndexError (Python's IndexError) naming the array, the index and the size.
   T& at(std::ptrdiff_t i) const {
     const auto n = static_cast<std::ptrdiff_t>(b_.count);
     const std::ptrdiff_t j = i < 0 ? i + n : i;
     if (j < 0 || j >= n)
-      throw std::out_of_range(
-          fmt::format("Array '{}': index {} out of range (size {})", b_.seg->name(), i, n));
+      fail<IndexError>("Array '{}': index {} out of range (size {}; valid: {}..{})",
+                       b_.seg->name(), i, n, -n, n - 1);
     return b_.data[j];
   }
   /// The elements as a span over shared memory (no copy).
@@ -107,6 +111,7 @@ class ArrayBase {
     out.reserve(s.length);
     for (std::size_t k = 0; k < s.length; ++k)
       out.push_back(b_.data[s.start + static_cast<std::ptrdiff_t>(k) * s.step]);
+    b_.check_whole();
     return out;
   }
   //!Effects: arr[start:stop] = values (Python: the lengths must match).
@@ -124,6 +129,7 @@ class ArrayBase {
                        b_.seg->name(), tmp.size(), s.length);
     if (!tmp.empty())
       std::memcpy(static_cast<void*>(b_.data + s.start), tmp.data(), tmp.size() * sizeof(T));
+    b_.check_whole();
   }
   /// set_slice() from a braced list.
   void set_slice(std::optional<std::ptrdiff_t> start, std::optional<std::ptrdiff_t> stop,
@@ -131,8 +137,13 @@ class ArrayBase {
     set_slice<std::initializer_list<T>>(start, stop, values);
   }
 
-  /// A copy of every element (Python's list(arr) / arr[:]).
-  std::vector<T> to_vector() const { return std::vector<T>(begin(), end()); }
+  /// A copy of every element (Python's list(arr) / arr[:]). Throws: CorruptedError if the
+  /// segment was truncated (the copy would hold zeros).
+  std::vector<T> to_vector() const {
+    std::vector<T> out(begin(), end());
+    b_.check_whole();
+    return out;
+  }
 
   /// Atomic access to element `i` (checked; lock-free T only): e.g. arr.atomic(3).fetch_add(1).
   std::atomic_ref<T> atomic(std::ptrdiff_t i) const
@@ -228,28 +239,37 @@ class Array : public detail::ArrayBase<T> {
     return Array(Block::open_or_create(Kind::array, name, n, opts, Base::zero_fill()));
   }
 
-  //!Returns: the embedded robust re-entrant lock (Python's get_lock(), an RLock).
+  //!Returns: the embedded robust re-entrant lock (Python's get_lock(), an RLock). Its
+  //! previous_owner_died() tells when a holder died holding it (or died earlier and the elements
+  //! were not repaired since); releasing it then repairs.
   //!Throws: ValueError if the array was created with lock=false.
   RLock& get_lock() {
     if (!lock_) (void)this->b_.lock_state("get_lock");
     return *lock_;
   }
   //!Effects: runs fn(std::span<T>) — or fn(span, bool previous_owner_died) — holding the lock.
-  //!Throws: ValueError (no lock), what fn throws.
+  //! After a holder died (and until someone repairs the elements), fn(span, bool) is told (true)
+  //! and its normal return declares them repaired; fn(span) is not run on possibly torn data.
+  //!Throws: ValueError (no lock), OwnerDiedError (fn(span) while the elements wait for repair),
+  //! CorruptedError (the segment was truncated), what fn throws.
   template <class F>
     requires std::is_invocable_v<F&, std::span<T>> || std::is_invocable_v<F&, std::span<T>, bool>
   decltype(auto) with_lock(F&& fn) {
-    return this->b_.with_lock(detail::Deadline::never(), fn, this->span());
+    return this->b_.with_lock(detail::Deadline::never(), kRepairHint, fn, this->span());
   }
   /// with_lock() waiting at most `timeout` for the lock. Throws: TimeoutError.
   template <class F>
     requires std::is_invocable_v<F&, std::span<T>> || std::is_invocable_v<F&, std::span<T>, bool>
   decltype(auto) with_lock(Timeout timeout, F&& fn) {
-    return this->b_.with_lock(detail::Deadline::from(timeout), fn, this->span());
+    return this->b_.with_lock(detail::Deadline::from(timeout), kRepairHint, fn, this->span());
   }
 
  private:
   explicit Array(Block b) : Base(std::move(b)), lock_(this->b_.make_lock()) {}
+  static constexpr std::string_view kRepairHint =
+      "call with_lock([](std::span<T> s, bool previous_owner_died) { ... }) and fix the elements "
+      "(or acquire get_lock(), whose previous_owner_died() is then true, and release it once "
+      "repaired)";
   std::optional<RLock> lock_;
 };
 

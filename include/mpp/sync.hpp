@@ -6,6 +6,10 @@
 // (detail/sync_state.hpp) that other objects embed. Handles are cheap to copy: copies share one
 // mapping. Locks survive a dead holder: the next acquirer gets the lock within ~100 ms of the
 // death and is told (`previous_owner_died()`), so it can repair what the lock protects.
+// A segment that another process truncates under its users is detected before its state is
+// trusted, including a cut that zeroes a lock word in place: every operation then raises
+// mpp::CorruptedError naming the object, and a cut Lock is never acquired by anyone (releasing
+// one is a no-op: nothing is left to release).
 // Misuse — releasing an unlocked Lock or an RLock this thread does not own, over-releasing a
 // BoundedSemaphore, wait()/notify() without holding a Condition's lock — raises mpp::ValueError
 // (Python raises ValueError, AssertionError or RuntimeError depending on the class). Semaphores
@@ -13,6 +17,7 @@
 #pragma once
 
 #include <chrono>
+#include <exception>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -91,20 +96,38 @@ struct SyncHandle {
   }
 };
 
+/// The name of a handle's object, looked up only when an error message needs it (not on the
+/// fast path of an acquire).
+template <class H>
+struct LazyName {
+  const H* h;
+  std::string_view operator()() const noexcept { return h->name(); }
+};
+
 }  // namespace detail
 
 /// RAII guard for any mpp lock (and Condition): acquires in the constructor, releases in the
-/// destructor, and tells whether the previous holder died.
+/// destructor, and tells whether the previous holder died. Left by an exception, it keeps an
+/// RLock's "not yet repaired" mark (see RLock::release): the repair did not finish.
 template <class L>
 class Guard {
  public:
   //!Effects: acquires `l` (blocking). Throws: what l.acquire() throws.
-  explicit Guard(L& l) : l_(&l) { l_->acquire(); }
+  explicit Guard(L& l) : l_(&l) {
+    if constexpr (requires { l.release_unrepaired(); }) unwinding_ = std::uncaught_exceptions();
+    l_->acquire();
+  }
   Guard(const Guard&) = delete;
   Guard& operator=(const Guard&) = delete;
   /// Releases the lock; an error (another process already released a Lock) is ignored here.
   ~Guard() {
     try {
+      if constexpr (requires { l_->release_unrepaired(); }) {
+        if (std::uncaught_exceptions() > unwinding_) {
+          l_->release_unrepaired();
+          return;
+        }
+      }
       l_->release();
     } catch (const Error&) {
     }
@@ -114,6 +137,7 @@ class Guard {
 
  private:
   L* l_;
+  int unwinding_ = 0;  // exceptions in flight at construction (RLock only)
 };
 
 /// Python's multiprocessing.Lock: a robust, non-recursive lock shared between processes.
@@ -148,8 +172,11 @@ class Lock {
   //!Effects: acquires the lock; with block=false tries once; with a timeout waits at most that
   //! long. A lock whose holder died is taken over (see previous_owner_died()).
   //!Returns: true if the lock is now held.
+  //!Throws: CorruptedError if another process truncated the lock's segment (nobody can
+  //! acquire it then).
   bool acquire(bool block = true, Timeout timeout = {}) {
-    return record(h_.state->acquire(detail::acquire_deadline(block, timeout)));
+    return record(
+        h_.state->acquire(detail::acquire_deadline(block, timeout), detail::LazyName<Handle>{&h_}));
   }
   //!Effects: releases the lock. Throws: ValueError if it is not locked (Python: ValueError).
   void release() {
@@ -231,20 +258,27 @@ class RLock {
   }
 
   //!Effects: acquires or re-enters the lock (see Lock::acquire). Returns: true if held.
+  //! previous_owner_died() is true after an outermost acquire while the data the lock protects
+  //! waits for repair: its holder died just now, or earlier and no holder repaired it since
+  //! (e.g. Value::value() met the death first and raised OwnerDiedError).
+  //!Throws: CorruptedError if another process truncated the lock's segment.
   bool acquire(bool block = true, Timeout timeout = {}) {
-    const auto r = h_.state->acquire(detail::acquire_deadline(block, timeout));
+    const auto r =
+        h_.state->acquire(detail::acquire_deadline(block, timeout), detail::LazyName<Handle>{&h_});
     if (r == detail::LockResult::timeout) return false;
     if (h_.state->count.load(std::memory_order_relaxed) == 1)
       died_ = r == detail::LockResult::owner_died;
     return true;
   }
-  //!Effects: undoes one acquire. Throws: ValueError if the calling thread does not own the lock.
-  void release() {
-    if (!h_.state->release())
-      detail::fail<ValueError>("release() of re-entrant lock '{}' which this thread does not own",
-                               h_.name());
-  }
-  /// True if the outermost acquire took the lock over from a dead holder.
+  //!Effects: undoes one acquire. The outermost release by a holder that was told
+  //! (previous_owner_died()) declares the protected data repaired: the owner-died mark is
+  //! cleared, and value() works again (a Guard left by an exception keeps the mark).
+  //!Throws: ValueError if the calling thread does not own the lock.
+  void release() { release_impl(true); }
+  /// release() that keeps the owner-died mark (the repair did not finish).
+  void release_unrepaired() { release_impl(false); }
+  /// True if the outermost acquire took the lock over from a dead holder, or found the data it
+  /// protects still waiting for repair after such a death.
   bool previous_owner_died() const noexcept { return died_; }
   /// True while some thread holds the lock.
   bool locked() const noexcept { return h_.state->locked(); }
@@ -283,6 +317,13 @@ class RLock {
   using Handle = detail::SyncHandle<detail::RLockState>;
   explicit RLock(Handle h) : h_(std::move(h)) {}
   static void construct(void* p) { new (p) detail::RLockState(); }
+  void release_impl(bool repaired) {
+    auto& st = *h_.state;
+    if (repaired && died_ && st.depth() == 1) st.mark_repaired();  // still held: we may write
+    if (!st.release())
+      detail::fail<ValueError>("release() of re-entrant lock '{}' which this thread does not own",
+                               h_.name());
+  }
   friend class Condition;
 
   Handle h_;
@@ -296,21 +337,23 @@ class SemaphoreBase {
  public:
   //!Effects: takes a unit; with block=false tries once; with a timeout waits at most that long.
   //!Returns: true if a unit was taken.
+  //!Throws: CorruptedError if another process truncated the semaphore's segment.
   bool acquire(bool block = true, Timeout timeout = {}) {
-    if (!block) return h_.state->try_acquire();
-    return h_.state->acquire(Deadline::from(timeout));
+    if (!block) return h_.state->try_acquire(LazyName<Handle>{&h_});
+    return h_.state->acquire(Deadline::from(timeout), LazyName<Handle>{&h_});
   }
   //!Effects: gives back `n` units (waking waiters). Throws: ValueError if a BoundedSemaphore
   //! would exceed its initial value, or the value would exceed SemaphoreState::kValueMax.
   void release(std::uint32_t n = 1) {
-    if (!h_.state->release(n))
+    if (!h_.state->release(n, LazyName<Handle>{&h_}))
       fail<ValueError>("semaphore '{}' released too many times (value {}, bound {})", h_.name(),
-                       h_.state->get_value(),
+                       h_.state->get_value(h_.name()),
                        h_.state->max_value != 0 ? h_.state->max_value
                                                 : SemaphoreState::kValueMax);
   }
-  /// Units available now (Python's get_value(); works on every platform).
-  std::uint32_t get_value() const noexcept { return h_.state->get_value(); }
+  /// Units available now (Python's get_value(); works on every platform). Throws: CorruptedError
+  /// if another process truncated the semaphore's segment.
+  std::uint32_t get_value() const { return h_.state->get_value(h_.name()); }
   /// BasicLockable: acquire (blocking).
   void lock() { acquire(); }
   /// BasicLockable: release one unit.
@@ -438,15 +481,18 @@ class Event {
     return Event(std::move(h));
   }
 
-  /// Sets the flag and wakes every waiter.
-  void set() noexcept { h_.state->set(); }
+  /// Sets the flag and wakes every waiter. Each operation of an Event throws CorruptedError if
+  /// another process truncated its segment.
+  void set() { h_.state->set(detail::LazyName<Handle>{&h_}); }
   /// Clears the flag.
-  void clear() noexcept { h_.state->clear(); }
+  void clear() { h_.state->clear(h_.name()); }
   /// True if the flag is set.
-  bool is_set() const noexcept { return h_.state->is_set(); }
+  bool is_set() const { return h_.state->is_set(detail::LazyName<Handle>{&h_}); }
   //!Effects: waits until the flag is set, at most `timeout` (forever when nullopt).
   //!Returns: the flag (false only on timeout), as Python's Event.wait.
-  bool wait(Timeout timeout = {}) { return h_.state->wait(detail::Deadline::from(timeout)); }
+  bool wait(Timeout timeout = {}) {
+    return h_.state->wait(detail::Deadline::from(timeout), h_.name());
+  }
 
   /// The object's name.
   const std::string& name() const noexcept { return h_.name(); }
@@ -550,50 +596,61 @@ class Condition {
   //! re-acquires it (restoring an RLock's depth).
   //!Returns: false if the timeout expired. Throws: ValueError if the caller does not hold the
   //! lock; Error if 64 threads already wait on this condition.
+  //! CorruptedError if another process truncated the condition's or the lock's segment.
   bool wait(Timeout timeout = {}) {
     const auto deadline = detail::Deadline::from(timeout);
     auto& cond = h_.state->cond;
     if (auto* l = std::get_if<Lock>(&lock_)) {
+      if (l->state().cut()) (void)l->acquire(false);  // throws CorruptedError naming it
       if (!l->state().held_by_this_process())
         detail::fail<ValueError>("wait() on condition '{}' without holding its lock", h_.name());
+      // The re-acquire tells a dead holder through previous_owner_died(), as acquire() does.
       return cond.wait(
           deadline, [&] { l->release(); },
-          [&] { l->record(l->state().acquire(detail::Deadline::never())); });
+          [&] { l->record(l->state().acquire(detail::Deadline::never(), l->name())); },
+          [&] { return l->state().cut(); }, h_.name());
     }
     auto& r = std::get<RLock>(lock_);
+    if (r.state().cut()) (void)r.acquire(false);  // throws CorruptedError naming it
     if (!r.is_owned())
       detail::fail<ValueError>("wait() on condition '{}' without holding its lock", h_.name());
     std::uint32_t depth = 0;
     return cond.wait(
         deadline, [&] { depth = r.state().release_all(); },
         [&] {
-          const auto res = r.state().acquire_restore(depth, detail::Deadline::never());
+          const auto res = r.state().acquire_restore(depth, detail::Deadline::never(), r.name());
           r.died_ = res == detail::LockResult::owner_died;
-        });
+        },
+        [&] { return r.state().cut(); }, h_.name());
   }
   //!Effects: waits until `pred()` is true (checked first, then after each wake-up), at most
   //! `timeout` in total. Returns: the last value of pred(), as Python's wait_for.
+  //! previous_owner_died() is true afterwards if any of the re-acquisitions took the lock over
+  //! from a dead holder (a later one does not hide an earlier one).
   template <class Pred>
   bool wait_for(Pred&& pred, Timeout timeout = {}) {
     const auto deadline = detail::Deadline::from(timeout);
     bool result = pred();
+    bool died = false;
     while (!result) {
       const auto left = deadline.remaining();
       if (left && left->count() <= 0) break;
       wait(left ? Timeout(*left) : Timeout{});
+      died = died || previous_owner_died();
       result = pred();
     }
+    if (died) std::visit([](auto& l) { l.died_ = true; }, lock_);
     return result;
   }
   //!Effects: wakes up to `n` waiters, oldest first. Throws: ValueError without the lock held.
   void notify(std::uint32_t n = 1) {
     check_owned("notify");
-    h_.state->cond.notify(n);
+    h_.state->cond.notify(n, h_.name());
   }
   /// Wakes every waiter. Throws: ValueError without the lock held.
   void notify_all() {
     check_owned("notify_all");
-    h_.state->cond.notify(detail::kConditionSlots);
+    h_.state->cond.notify(detail::kConditionSlots, h_.name());
   }
 
   /// The object's name.
@@ -616,6 +673,11 @@ class Condition {
   Condition(Handle h, L lock) : h_(std::move(h)), lock_(std::move(lock)) {}
   static void construct(void* p) { new (p) detail::ConditionBlock(); }
   void check_owned(const char* what) const {
+    std::visit(
+        [](const auto& l) {
+          if (l.state().cut()) (void)const_cast<std::decay_t<decltype(l)>&>(l).acquire(false);
+        },
+        lock_);  // a truncated lock: CorruptedError naming it, not "not holding it"
     const bool owned = std::visit(
         [](const auto& l) {
           if constexpr (std::is_same_v<std::decay_t<decltype(l)>, Lock>)
@@ -682,9 +744,9 @@ class Barrier {
                           name());
   }
   /// Returns the barrier to its initial state; parties waiting now get BrokenBarrierError.
-  void reset() { h_.state->reset(); }
+  void reset() { h_.state->reset(name()); }
   /// Breaks the barrier: waiters (now and later, until reset()) get BrokenBarrierError.
-  void abort() { h_.state->abort(); }
+  void abort() { h_.state->abort(name()); }
   /// Number of parties needed to trip the barrier.
   std::uint32_t parties() const { return h_.state->checked_parties(name()); }
   /// Parties waiting now.

@@ -2,10 +2,29 @@
 // copyable T in a named segment, with an embedded robust Lock (get_lock(), with_lock()) and, for
 // lock-free T, atomic load / store / fetch_add / compare_exchange that need no lock at all.
 //
-// Payload layout (shared with Array<T>, see array.hpp): a 32-byte BlockHeader {count, flags,
-// element size, RLockState} then the elements, aligned for std::atomic_ref<T>. A Value<int64_t>'s
-// lock and value share one cache line, so "lock; ++v; unlock" moves one line between cores.
-// The lock is re-entrant, as Python's (Value/Array with lock=True make an RLock).
+// Payload layout (shared with Array<T>, see array.hpp): a 48-byte BlockHeader {count, flags,
+// element size, RLockState} then the elements, aligned for std::atomic_ref<T>, then an 8-byte
+// trailer holding kBlockLive. A Value<int64_t>'s lock, value and trailer share one cache line, so
+// "lock; ++v; unlock" moves one line between cores. The lock is re-entrant, as Python's
+// (Value/Array with lock=True make an RLock).
+//
+// A dead holder: when a process dies holding the lock (e.g. inside with_lock, half-way through
+// writing a struct), the lock keeps an "owner died, not yet repaired" mark in shared memory
+// (RLockState::died) until a holder that was told repairs the data. Meanwhile nothing returns the
+// possibly torn data as if it were whole: value() raises OwnerDiedError (naming the object and
+// the repair); with_lock(fn(T&)) raises it too, without running fn; with_lock(fn(T&, bool)) runs
+// fn with true and clears the mark when fn returns normally; set() overwrites the whole value, so
+// it repairs; get_lock()'s acquirer sees previous_owner_died() and its release repairs. The
+// lock-free operations of a lock-free T (load(), value(), store(), fetch_add(), ...) take no lock,
+// so they do not consult the mark: each reads or writes a whole T, but a holder that wrote such
+// a T field by field inside with_lock and died may have left a mix (use with_lock(fn(T&, bool))
+// or get_lock() where that matters).
+//
+// Truncation: a cut of the segment (another process's ftruncate) zeroes everything from some
+// byte to the end, so it always clears the trailer. Every operation that reads or writes the
+// data checks the trailer after doing so (one load of a line the data shares for small T) and
+// raises CorruptedError instead of returning zeros from a vanished page; the lock's own word is
+// checked by the lock (see detail/sync_state.hpp).
 #pragma once
 
 #include <algorithm>
@@ -39,6 +58,10 @@ struct SharedOptions {
 };
 
 namespace detail {
+
+/// The last 8 bytes of a Value / Array payload: non-zero (and this exact constant) until a
+/// truncation clears them.
+inline constexpr std::uint64_t kBlockLive = 0x6576696c2e70706dull;  // "mpp.live"
 
 /// The first bytes of a Value / Array payload.
 struct BlockHeader {
@@ -88,6 +111,13 @@ constexpr bool check_shared_element() {
   return true;
 }
 
+/// What with_lock(fn, args...) returns: fn(args..., bool) if fn takes the bool, else fn(args...).
+template <class F, class... A>
+using with_lock_result_t =
+    typename std::conditional_t<std::is_invocable_v<F&, A..., bool>,
+                                std::invoke_result<F&, A..., bool>,
+                                std::invoke_result<F&, A...>>::type;
+
 /// A mapped Value / Array segment: the validated header and elements of one T block.
 template <class T>
 struct SharedBlock {
@@ -97,11 +127,18 @@ struct SharedBlock {
   std::size_t count = 0;  ///< validated against the mapping; never re-read from shared memory
   bool has_lock = false;
 
+  std::uint64_t* trailer = nullptr;  ///< kBlockLive at the payload's end (see the file's top)
+
+  /// Offset of the trailer in a payload of `n` elements (after them, 8-aligned).
+  static constexpr std::uint64_t trailer_offset(std::uint64_t n) noexcept {
+    return (block_data_offset<T>() + n * sizeof(T) + 7) / 8 * 8;
+  }
+
   static SegmentSpec spec(Kind kind, std::size_t n) {
     if (n > (std::uint64_t{1} << 46) / sizeof(T))
       fail<InvalidArgument>("cannot create a {} of {} elements of {} bytes: too large",
                             kind_name(kind), n, sizeof(T));
-    return SegmentSpec{kind, type_info<T>(), block_data_offset<T>() + n * sizeof(T), n};
+    return SegmentSpec{kind, type_info<T>(), trailer_offset(n) + sizeof(std::uint64_t), n};
   }
 
   /// `fill(T*)` writes the n initial elements (the payload starts zeroed).
@@ -113,6 +150,7 @@ struct SharedBlock {
       h->flags = lock ? kBlockHasLock : 0;
       h->elem_size = sizeof(T);
       fill(reinterpret_cast<T*>(p + block_data_offset<T>()));
+      std::memcpy(p + trailer_offset(n), &kBlockLive, sizeof kBlockLive);
     };
   }
 
@@ -153,10 +191,16 @@ struct SharedBlock {
     auto* h = reinterpret_cast<BlockHeader*>(s.payload());
     const std::uint64_t n = h->count;
     const std::uint32_t flags = h->flags, esize = h->elem_size;
-    if (n != s.capacity() || n > (psize - block_data_offset<T>()) / sizeof(T))
+    if (n != s.capacity() || n > (psize - block_data_offset<T>()) / sizeof(T) ||
+        psize < trailer_offset(n) + sizeof(std::uint64_t))
       fail<CorruptedError>("'{}' claims {} elements of {} bytes but its payload holds {} bytes; "
                            "it is corrupted: remove it",
                            s.name(), n, sizeof(T), psize);
+    auto* tr = reinterpret_cast<std::uint64_t*>(s.payload() + trailer_offset(n));
+    if (std::atomic_ref<std::uint64_t>(*tr).load(std::memory_order_acquire) != kBlockLive)
+      fail<CorruptedError>("'{}': its last bytes are not the end mark of a {}: it was truncated "
+                           "(or overwritten) by another process; remove it",
+                           s.name(), kind_name(static_cast<Kind>(s.header().kind)));
     if ((flags & ~kBlockHasLock) != 0 || esize != sizeof(T))
       fail<CorruptedError>("'{}': invalid header (flags {:#x}, element size {}); remove it",
                            s.name(), flags, esize);
@@ -164,8 +208,33 @@ struct SharedBlock {
     b.data = reinterpret_cast<T*>(s.payload() + block_data_offset<T>());
     b.count = static_cast<std::size_t>(n);
     b.has_lock = (flags & kBlockHasLock) != 0;
+    b.trailer = tr;
     b.seg = std::make_shared<Segment>(std::move(s));
     return b;
+  }
+
+  //!Effects: nothing while the payload is whole (one load).
+  //!Throws: CorruptedError naming the object if a truncation cleared the trailer (the data read
+  //! or written just now may have been on a vanished page).
+  void check_whole() const {
+    // seq_cst: ordered after the caller's accesses to the data, stores included.
+    const std::uint64_t t =
+        std::atomic_ref<std::uint64_t>(*trailer).load(std::memory_order_seq_cst);
+    if (t != kBlockLive) [[unlikely]]
+      cut(t);
+  }
+  [[noreturn]] void cut(std::uint64_t seen) const {
+    os::check_mapping(trailer);  // the guard's message, if this process faulted on it
+    fail<CorruptedError>("'{}' shrank while in use: another process truncated its segment, so "
+                         "its data now reads as zeros (end mark {:#x}) and writes to it are lost; "
+                         "close every handle and recreate the object",
+                         seg->name(), seen);
+  }
+  //!Throws: OwnerDiedError for `what` on this object, saying how to repair it.
+  [[noreturn]] void owner_died(std::string_view what, std::string_view repair) const {
+    fail<OwnerDiedError>("{} of '{}': a process died holding its lock, possibly half-way through "
+                         "an update, so the data may be torn. Repair it: {}",
+                         what, seg->name(), repair);
   }
 
   std::optional<RLock> make_lock() const {
@@ -174,18 +243,24 @@ struct SharedBlock {
   }
 
   /// Holds the embedded lock for a scope (no Lock handle: the fast path is one CAS).
+  /// previous_owner_died() is true while the data waits for repair (RLockState's mark); the
+  /// user of a Hold must raise OwnerDiedError, tell its caller, or repair (repaired()).
   class Hold {
    public:
-    Hold(RLockState& l, const Deadline& d, std::string_view name) : l_(l) {
-      const LockResult r = l_.acquire(d);
+    Hold(RLockState& l, const Deadline& d, const std::shared_ptr<Segment>& seg) : l_(l) {
+      const LockResult r = l_.acquire(d, [&] { return std::string_view(seg->name()); });
       if (r == LockResult::timeout)
-        fail<TimeoutError>("could not acquire the lock of '{}' before the timeout", name);
+        fail<TimeoutError>("could not acquire the lock of '{}' before the timeout", seg->name());
       died_ = r == LockResult::owner_died;
     }
     Hold(const Hold&) = delete;
     Hold& operator=(const Hold&) = delete;
     ~Hold() { l_.release(); }
     bool previous_owner_died() const noexcept { return died_; }
+    /// Clears the owner-died mark: the holder rewrote (or was told and repaired) the data.
+    void repaired() noexcept {
+      if (died_) l_.mark_repaired();
+    }
 
    private:
     RLockState& l_;
@@ -200,14 +275,39 @@ struct SharedBlock {
     return header->lock;
   }
 
-  //!Effects: runs fn(args..., [previous_owner_died]) holding the lock until `deadline`.
+  //!Effects: runs fn(args..., [previous_owner_died]) holding the lock until `deadline`; checks
+  //! the trailer before and after fn. With the bool, fn is told of a dead holder and the mark
+  //! is cleared when fn returns normally; without it, a dead holder's data is not handed to fn.
+  //!Throws: OwnerDiedError (fn without the bool, data waiting for repair; `repair` says how),
+  //! CorruptedError (truncated), TimeoutError, what fn throws.
   template <class F, class... A>
-  decltype(auto) with_lock(const Deadline& d, F& fn, A&&... args) const {
-    Hold h(lock_state("with_lock"), d, seg->name());
-    if constexpr (std::is_invocable_v<F&, A..., bool>)
-      return std::invoke(fn, std::forward<A>(args)..., h.previous_owner_died());
-    else
-      return std::invoke(fn, std::forward<A>(args)...);
+  with_lock_result_t<F, A...> with_lock(const Deadline& d, std::string_view repair, F& fn,
+                                        A&&... args) const {
+    constexpr bool told = std::is_invocable_v<F&, A..., bool>;
+    using R = with_lock_result_t<F, A...>;
+    Hold h(lock_state("with_lock"), d, seg);
+    if constexpr (!told)
+      if (h.previous_owner_died()) owner_died("with_lock(fn)", repair);
+    check_whole();
+    auto call = [&]() -> R {
+      if constexpr (told)
+        return std::invoke(fn, std::forward<A>(args)..., h.previous_owner_died());
+      else
+        return std::invoke(fn, std::forward<A>(args)...);
+    };
+    if constexpr (std::is_void_v<R>) {
+      call();
+      h.repaired();
+      check_whole();
+    } else {
+      R r = call();
+      h.repaired();
+      check_whole();
+      if constexpr (std::is_reference_v<R>)
+        return static_cast<R>(r);
+      else
+        return r;
+    }
   }
 };
 
@@ -225,91 +325,110 @@ class ValueBase {
   //!Returns: a copy of the value. Atomic for lock-free T; otherwise read under the embedded
   //! lock (Python's `v.value`) unless this process already holds it, or without one for a
   //! RawValue (no synchronisation, as in Python).
+  //!Throws: OwnerDiedError (not lock-free T) if a process died holding the lock and nobody
+  //! repaired the value since: it may be torn (see the top of this file for the repair);
+  //! CorruptedError if another process truncated the segment (the value would read as zeros).
   T value() const {
     if constexpr (is_lock_free) {
-      return std::atomic_ref<T>(*b_.data).load(std::memory_order_seq_cst);
+      const T v = std::atomic_ref<T>(*b_.data).load(std::memory_order_seq_cst);
+      b_.check_whole();
+      return v;
     } else {
       if (b_.has_lock) {  // re-entrant: also when this thread holds it already
-        typename SharedBlock<T>::Hold h(b_.header->lock, Deadline::never(), b_.seg->name());
+        typename SharedBlock<T>::Hold h(b_.header->lock, Deadline::never(), b_.seg);
+        if (h.previous_owner_died()) b_.owner_died("value()", repair_hint());
         return copy();
       }
       return copy();
     }
   }
-  //!Effects: stores `v` (atomically for lock-free T; else as value() reads).
+  //!Effects: stores `v` (atomically for lock-free T; else as value() reads). Overwriting the
+  //! whole value repairs it after a holder died (the owner-died mark is cleared).
+  //!Throws: CorruptedError if another process truncated the segment (the store is lost).
   void set(const T& v) {
     if constexpr (is_lock_free) {
       std::atomic_ref<T>(*b_.data).store(v, std::memory_order_seq_cst);
+      b_.check_whole();
     } else {
       if (b_.has_lock) {
-        typename SharedBlock<T>::Hold h(b_.header->lock, Deadline::never(), b_.seg->name());
+        typename SharedBlock<T>::Hold h(b_.header->lock, Deadline::never(), b_.seg);
         std::memcpy(static_cast<void*>(b_.data), &v, sizeof(T));
+        b_.check_whole();
+        h.repaired();
         return;
       }
       std::memcpy(static_cast<void*>(b_.data), &v, sizeof(T));
+      b_.check_whole();
     }
   }
+
+  // Each atomic operation below checks the trailer after it (one load, no system call) and
+  // throws CorruptedError if another process truncated the segment.
 
   /// Atomic read (lock-free T only; no lock needed).
   T load(std::memory_order o = std::memory_order_seq_cst) const
     requires is_lock_free
   {
-    return std::atomic_ref<T>(*b_.data).load(o);
+    const T v = std::atomic_ref<T>(*b_.data).load(o);
+    b_.check_whole();
+    return v;
   }
   /// Atomic write (lock-free T only).
   void store(T v, std::memory_order o = std::memory_order_seq_cst)
     requires is_lock_free
   {
     std::atomic_ref<T>(*b_.data).store(v, o);
+    b_.check_whole();
   }
   /// Atomic exchange; returns the previous value (lock-free T only).
   T exchange(T v, std::memory_order o = std::memory_order_seq_cst)
     requires is_lock_free
   {
-    return std::atomic_ref<T>(*b_.data).exchange(v, o);
+    return checked(std::atomic_ref<T>(*b_.data).exchange(v, o));
   }
   /// Atomic compare-and-swap: if the value equals `expected`, stores `desired` and returns true;
   /// otherwise loads the value into `expected` and returns false (lock-free T only).
   bool compare_exchange(T& expected, T desired, std::memory_order o = std::memory_order_seq_cst)
     requires is_lock_free
   {
-    return std::atomic_ref<T>(*b_.data).compare_exchange_strong(expected, desired, o);
+    return checked(std::atomic_ref<T>(*b_.data).compare_exchange_strong(expected, desired, o));
   }
   /// Atomic `value += d`; returns the previous value (integral or floating-point T).
   T fetch_add(T d, std::memory_order o = std::memory_order_seq_cst)
     requires is_lock_free && (std::is_integral_v<T> || std::is_floating_point_v<T>) &&
              (!std::is_same_v<T, bool>)
   {
-    return std::atomic_ref<T>(*b_.data).fetch_add(d, o);
+    return checked(std::atomic_ref<T>(*b_.data).fetch_add(d, o));
   }
   /// Atomic `value -= d`; returns the previous value.
   T fetch_sub(T d, std::memory_order o = std::memory_order_seq_cst)
     requires is_lock_free && (std::is_integral_v<T> || std::is_floating_point_v<T>) &&
              (!std::is_same_v<T, bool>)
   {
-    return std::atomic_ref<T>(*b_.data).fetch_sub(d, o);
+    return checked(std::atomic_ref<T>(*b_.data).fetch_sub(d, o));
   }
   /// Atomic bitwise and / or / xor; return the previous value (integral T).
   T fetch_and(T d, std::memory_order o = std::memory_order_seq_cst)
     requires is_lock_free && std::is_integral_v<T> && (!std::is_same_v<T, bool>)
   {
-    return std::atomic_ref<T>(*b_.data).fetch_and(d, o);
+    return checked(std::atomic_ref<T>(*b_.data).fetch_and(d, o));
   }
   /// See fetch_and.
   T fetch_or(T d, std::memory_order o = std::memory_order_seq_cst)
     requires is_lock_free && std::is_integral_v<T> && (!std::is_same_v<T, bool>)
   {
-    return std::atomic_ref<T>(*b_.data).fetch_or(d, o);
+    return checked(std::atomic_ref<T>(*b_.data).fetch_or(d, o));
   }
   /// See fetch_and.
   T fetch_xor(T d, std::memory_order o = std::memory_order_seq_cst)
     requires is_lock_free && std::is_integral_v<T> && (!std::is_same_v<T, bool>)
   {
-    return std::atomic_ref<T>(*b_.data).fetch_xor(d, o);
+    return checked(std::atomic_ref<T>(*b_.data).fetch_xor(d, o));
   }
 
   /// Python's get_obj(): the shared T itself, for use while holding the lock (or for a
-  /// RawValue, with your own synchronisation).
+  /// RawValue, with your own synchronisation). Raw memory: neither a dead holder nor a
+  /// truncation is checked through it.
   T& get_obj() const noexcept { return *b_.data; }
   /// The object's name ("mpp.anon.*" when anonymous): open it elsewhere with open(name).
   const std::string& name() const noexcept { return b_.seg->name(); }
@@ -333,7 +452,18 @@ class ValueBase {
   T copy() const {
     T out;
     std::memcpy(static_cast<void*>(&out), b_.data, sizeof(T));
+    b_.check_whole();
     return out;
+  }
+  template <class U>
+  U checked(U r) const {
+    b_.check_whole();
+    return r;
+  }
+  static constexpr std::string_view repair_hint() noexcept {
+    return "set() a whole new value, or call with_lock([](T& v, bool previous_owner_died) { ... "
+           "}) and fix v (or acquire get_lock(), whose previous_owner_died() is then true, and "
+           "release it once repaired)";
   }
 
   SharedBlock<T> b_;
@@ -378,7 +508,8 @@ class Value : public detail::ValueBase<T> {
   }
 
   //!Returns: the embedded robust re-entrant lock (Python's get_lock(), an RLock); lock it around
-  //! read-modify-write sequences. Its previous_owner_died() tells when a holder died holding it.
+  //! read-modify-write sequences. Its previous_owner_died() tells when a holder died holding it
+  //! (or died earlier and the value was not repaired since); releasing it then repairs.
   //!Throws: ValueError if the Value was created with lock=false.
   RLock& get_lock() {
     if (!lock_) (void)this->b_.lock_state("get_lock");
@@ -387,17 +518,22 @@ class Value : public detail::ValueBase<T> {
 
   //!Effects: runs fn(T&) — or fn(T&, bool previous_owner_died) — holding the lock, and returns
   //! what fn returns. The lock is released when fn returns or throws.
-  //!Throws: ValueError (no lock), what fn throws.
+  //! After a holder died (and until someone repairs the value), fn(T&, bool) is told (true) and
+  //! its normal return declares the value repaired; fn(T&) is not run on possibly torn data.
+  //!Throws: ValueError (no lock), OwnerDiedError (fn(T&) while the value waits for repair),
+  //! CorruptedError (the segment was truncated), what fn throws.
   template <class F>
     requires std::is_invocable_v<F&, T&> || std::is_invocable_v<F&, T&, bool>
   decltype(auto) with_lock(F&& fn) {
-    return this->b_.with_lock(detail::Deadline::never(), fn, *this->b_.data);
+    return this->b_.with_lock(detail::Deadline::never(), Base::repair_hint(), fn,
+                              *this->b_.data);
   }
   /// with_lock() waiting at most `timeout` for the lock. Throws: TimeoutError.
   template <class F>
     requires std::is_invocable_v<F&, T&> || std::is_invocable_v<F&, T&, bool>
   decltype(auto) with_lock(Timeout timeout, F&& fn) {
-    return this->b_.with_lock(detail::Deadline::from(timeout), fn, *this->b_.data);
+    return this->b_.with_lock(detail::Deadline::from(timeout), Base::repair_hint(), fn,
+                              *this->b_.data);
   }
 
  private:

@@ -27,6 +27,7 @@
 #include <bit>
 #include <cstddef>
 #include <cstdint>
+#include <new>
 #include <cstring>
 #include <iterator>
 #include <span>
@@ -184,6 +185,7 @@ class Arena {
     h->log_cap = std::clamp<std::uint64_t>(size / 16, 64 * 1024, 16u << 20) / 64 * 64;
     h->heap_start = h->log_off + h->log_cap;
     h->bump = h->heap_start;
+    new (&h->lock) LockState();  // a free lock is not all zeros (zeros are a truncation's mark)
     h->magic = kArenaMagic;
   }
 

@@ -1,13 +1,13 @@
 // mpp — raw, in-segment states of the synchronisation primitives (DESIGN.md section 4). Each is a
-// standard-layout struct that lives in shared memory; zero-filled memory is a valid, unlocked /
-// unset / empty state (so a segment's zeroed payload needs no construction). The public handles
-// in sync.hpp wrap them; Value, Queue and the Manager embed them in their own segments.
+// standard-layout struct that lives in shared memory, valid once constructed (`new (p) State()`).
+// The public handles in sync.hpp wrap them; Value, Queue and the Manager embed them in their own
+// segments.
 //
-// Robust lock algorithm: the owner word holds the owner's packed ProcessRef (0 = free) and a
-// "contended" bit. Acquire is a CAS 0 -> me (no system call); a waiter that finds the lock held
-// sets the contended bit and sleeps at once (no spinning on the lock's line: a spinning waiter
-// keeps pulling it away from a holder that re-takes the lock in a loop, which measured 2x
-// slower); release is an exchange to 0 that wakes one sleeper only when the bit was set. This is
+// Robust lock algorithm: the owner word holds the owner's identity (0 = free), a "contended" bit
+// and a constant "live" bit. Acquire is a CAS free -> me (no system call); a waiter that finds the
+// lock held sets the contended bit and sleeps at once (no spinning on the lock's line: a spinning
+// waiter keeps pulling it away from a holder that re-takes the lock in a loop, which measured 2x
+// slower); release is an exchange to free that wakes one sleeper only when the bit was set. This is
 // glibc's mutex protocol: where wake-ups are exact (a futex, os::kExactWake) the waiter sleeps on
 // the owner word itself; where they are kept (Win32 semaphores) it sleeps on a WaitPoint that
 // counts its sleepers. One departure: a waiter that is woken and finds the lock taken again (the
@@ -16,6 +16,19 @@
 // holder a wake system call. At least every kPollInterval a sleeper checks whether the owner
 // still lives; if not, it takes the lock over by CAS from the dead owner's exact word and
 // reports LockResult::owner_died so the caller can repair the data.
+//
+// Truncation: another process may shrink a segment under its users (ftruncate). Pages past the
+// new end fault (the SIGBUS guard of detail/os maps private zero pages there), and the rest of
+// the page that holds the new end reads as zeros, with no fault at all. So every state here keeps
+// a constant non-zero mark in its *last* bytes (the lock word's live bit sits in its most
+// significant byte; Semaphore and Event keep theirs in the top bit of their last word; Condition
+// and Barrier end with a kLiveMark word): a cut that reaches into a state always clears its mark,
+// since it zeroes everything from some byte to the end. No operation accepts a state whose mark is
+// gone: a lock word without its live bit is never acquired (the CAS expects the live bit) and
+// never left free (a release that finds it cut puts it back, so a vanished lock is not brought
+// back to life, not even in one process's private zero page), and the caller gets
+// CorruptedError naming the object. The check is part of the CAS or one load of the same line:
+// no system call on any fast path.
 #pragma once
 
 #include <algorithm>
@@ -53,22 +66,79 @@ inline std::uint64_t thread_tag() noexcept {
 namespace sync_impl {
 
 /// Bit of a lock's owner word that a waiter sets before it sleeps: the release that sees it wakes
-/// one sleeper (glibc's "contended" state). A process that takes a free lock by CAS 0 -> me leaves
-/// it clear, so while one process re-takes a lock the others sleep on, its releases make no system
-/// call. Free in every packed ProcessRef: pids stay below 2^31 (Linux pid_max <= 2^22; Win32
-/// process ids are multiples of 4 below 2^26).
-inline constexpr std::uint64_t kContended = std::uint64_t{1} << 31;
+/// one sleeper (glibc's "contended" state). A process that takes a free lock by CAS free -> me
+/// leaves it clear, so while one process re-takes a lock the others sleep on, its releases make no
+/// system call.
+inline constexpr std::uint64_t kContended = std::uint64_t{1} << 63;
+/// Bit set in every valid owner word, free or held: a word without it was zeroed by a truncation
+/// (or scribbled on), and nobody may acquire or release it. It lives in the word's most
+/// significant byte, the last one in memory on the (little-endian) machines mpp runs on, so a cut
+/// that ends anywhere inside the word clears it.
+inline constexpr std::uint64_t kLive = std::uint64_t{1} << 62;
+/// The owner word of a free lock.
+inline constexpr std::uint64_t kFree = kLive;
 
-/// The holder's packed ProcessRef in an owner word (0: free).
-constexpr std::uint64_t holder(std::uint64_t word) noexcept { return word & ~kContended; }
+/// The owner word of the process whose packed ProcessRef is `packed`: its pid (below 2^30: Linux
+/// pid_max <= 2^22, Win32 process ids below 2^26) in the high half next to the two flags, so that
+/// the half a futex sleeps on holds the pid and the flags, and the start tag in the low half.
+constexpr std::uint64_t owner_word(std::uint64_t packed) noexcept {
+  return std::rotl(packed, 32) | kLive;
+}
+/// The calling process's owner word.
+inline std::uint64_t self_word() noexcept { return owner_word(ProcessRef::self().pack()); }
 
-/// The 32-bit half of an owner word that holds the pid and the contended bit: the futex word of
-/// the lock where wake-ups are exact (os::kExactWake).
+/// The holder's identity in an owner word without its flags (0: free).
+constexpr std::uint64_t holder(std::uint64_t word) noexcept {
+  return word & ~(kContended | kLive);
+}
+/// The holder of an owner word as a ProcessRef.
+constexpr ProcessRef holder_ref(std::uint64_t word) noexcept {
+  return ProcessRef::unpack(std::rotr(holder(word), 32));
+}
+/// True when `word` is a valid owner word (free or held), i.e. not cut.
+constexpr bool live(std::uint64_t word) noexcept { return (word & kLive) != 0; }
+
+/// A constant that Condition and Barrier keep in their last 8 bytes (see the top of this file).
+inline constexpr std::uint64_t kLiveMark = 0xd1e5a11fe0b1e55dull;
+
+//!Throws: CorruptedError for the object `name` (or "a lock" when empty) whose `what` at `addr`
+//! lost its live mark: its segment was truncated (or overwritten) under us.
+[[noreturn]] inline void state_cut(const void* addr, std::string_view what, std::string_view name,
+                                   std::uint64_t seen) {
+  os::check_mapping(addr);  // the guard names the object when this process faulted on it
+  fail<CorruptedError>("'{}': the {} reads {:#x}, which is not a valid state: another process "
+                       "truncated (or overwrote) the segment that holds it, and its state is "
+                       "gone; nobody can use it any more: recreate the object",
+                       name.empty() ? std::string_view("?") : name, what, seen);
+}
+
+/// The object name `n` stands for: a string (view) itself, or a callable returning one, so that
+/// the fast paths need not compute a name they only use in an error message.
+template <class N>
+std::string_view name_of(const N& n) {
+  if constexpr (std::is_invocable_v<const N&>)
+    return std::string_view(n());
+  else
+    return std::string_view(n);
+}
+
+//!Throws: CorruptedError (see state_cut) for the lock word `owner` that reads `w`.
+[[noreturn]] inline void lock_cut(const std::atomic<std::uint64_t>& owner, std::uint64_t w,
+                                  std::string_view name) {
+  state_cut(&owner, "lock word", name, w);
+}
+
+/// The 32-bit half of an owner word that holds the pid and the flags: the futex word of the lock
+/// where wake-ups are exact (os::kExactWake).
 inline const std::atomic<std::uint32_t>& low_word(const std::atomic<std::uint64_t>& w) noexcept {
   static_assert(sizeof(std::atomic<std::uint64_t>) == 8 && sizeof(std::atomic<std::uint32_t>) == 4);
   const auto* p = reinterpret_cast<const std::byte*>(&w) +
-                  (std::endian::native == std::endian::little ? 0 : 4);
+                  (std::endian::native == std::endian::little ? 4 : 0);
   return *reinterpret_cast<const std::atomic<std::uint32_t>*>(p);
+}
+/// The value of low_word() in the owner word `w`.
+constexpr std::uint32_t low_half(std::uint64_t w) noexcept {
+  return static_cast<std::uint32_t>(w >> 32);
 }
 
 //!Effects: for a waiter that gives up (timeout) after a release may have woken it instead of
@@ -77,10 +147,10 @@ inline const std::atomic<std::uint32_t>& low_word(const std::atomic<std::uint64_
 inline void wake_one_after_timeout(std::atomic<std::uint64_t>& owner, WaitPoint& wp) noexcept {
   if constexpr (os::kExactWake) {
     std::uint64_t w = owner.load(std::memory_order_relaxed);
-    while (w != 0 && (w & kContended) == 0 &&
+    while (live(w) && holder(w) != 0 && (w & kContended) == 0 &&
            !owner.compare_exchange_weak(w, w | kContended, std::memory_order_relaxed)) {
     }
-    if (w == 0) os::wake_address(low_word(owner), 1);
+    if (w == kFree) os::wake_address(low_word(owner), 1);
   } else {
     if (wp.sleepers.load(std::memory_order_seq_cst) != 0) wp.notify_one();
   }
@@ -88,18 +158,20 @@ inline void wake_one_after_timeout(std::atomic<std::uint64_t>& owner, WaitPoint&
 
 //!Effects: if the holder recorded in `owner` is dead, replaces exactly that word by `me` (keeping
 //! the contended bit, so the sleepers are still woken by our release).
-//!Returns: true if the caller took the lock over.
-inline bool take_over_if_dead(std::atomic<std::uint64_t>& owner, std::uint64_t me) {
+//!Returns: true if the caller took the lock over. Throws: CorruptedError if the word was cut.
+inline bool take_over_if_dead(std::atomic<std::uint64_t>& owner, std::uint64_t me,
+                              std::string_view name) {
   std::uint64_t w = owner.load(std::memory_order_acquire);
+  if (!live(w)) lock_cut(owner, w, name);
   // Free (the caller's CAS takes it) or held by another of our threads: nothing to repair.
-  if (holder(w) == 0 || holder(w) == me || ProcessRef::unpack(holder(w)).alive()) return false;
+  if (holder(w) == 0 || holder(w) == holder(me) || holder_ref(w).alive()) return false;
   // Only the exact dead word is replaced: if someone else repaired it first, the CAS fails.
   return owner.compare_exchange_strong(w, me | (w & kContended), std::memory_order_acquire,
                                        std::memory_order_relaxed);
 }
 
 inline LockResult robust_wait(std::atomic<std::uint64_t>& owner, WaitPoint& wp, std::uint64_t me,
-                              const Deadline& deadline);
+                              const Deadline& deadline, std::string_view name);
 
 /// One round of backoff_spin(), and how many rounds it makes: about one wake-up of a sleeping
 /// process on this kind of machine (~25 us), after which sleeping costs less than spinning.
@@ -116,7 +188,7 @@ inline bool backoff_spin(std::atomic<std::uint64_t>& owner, std::uint64_t me,
   for (int round = 0; round < kBackoffRounds; ++round) {
     const auto until = Deadline::clock::now() + kBackoffRound;
     while (Deadline::clock::now() < until) os::cpu_relax();
-    std::uint64_t w = 0;
+    std::uint64_t w = kFree;
     if (owner.compare_exchange_strong(w, me | kContended, std::memory_order_acquire,
                                       std::memory_order_relaxed))
       return true;
@@ -125,23 +197,25 @@ inline bool backoff_spin(std::atomic<std::uint64_t>& owner, std::uint64_t me,
   return false;
 }
 
-//!Effects: the robust acquire loop shared by LockState and RLockState: CAS 0 -> me on `owner`,
-//! sleeping with the contended bit set (see the top of this file); at least every
-//! kPollInterval, a dead holder's exact word is replaced by `me`.
-inline LockResult robust_acquire(std::atomic<std::uint64_t>& owner, WaitPoint& wp,
-                                 std::uint64_t me, const Deadline& deadline) {
-  std::uint64_t w = 0;
+//!Effects: the robust acquire loop shared by LockState and RLockState: CAS free -> me (an owner
+//! word, see owner_word()) on `owner`, sleeping with the contended bit set (see the top of this
+//! file); at least every kPollInterval, a dead holder's exact word is replaced by `me`.
+//!Throws: CorruptedError naming `name` (see name_of) if the word lost its live bit.
+template <class N>
+LockResult robust_acquire(std::atomic<std::uint64_t>& owner, WaitPoint& wp, std::uint64_t me,
+                          const Deadline& deadline, const N& name) {
+  std::uint64_t w = kFree;
   if (owner.compare_exchange_strong(w, me, std::memory_order_acquire, std::memory_order_relaxed))
     return LockResult::acquired;
-  return robust_wait(owner, wp, me, deadline);
+  return robust_wait(owner, wp, me, deadline, name_of(name));
 }
 
 //!Effects: robust_acquire() after its first CAS failed.
 inline LockResult robust_wait(std::atomic<std::uint64_t>& owner, WaitPoint& wp, std::uint64_t me,
-                              const Deadline& deadline) {
+                              const Deadline& deadline, std::string_view name) {
   std::uint64_t w = 0;
   if (deadline.expired())  // non-blocking: no sleep; only repair a dead holder
-    return take_over_if_dead(owner, me) ? LockResult::owner_died : LockResult::timeout;
+    return take_over_if_dead(owner, me, name) ? LockResult::owner_died : LockResult::timeout;
   // Without a deadline the clock is read only after a sleep that timed out (a dead holder
   // releases nothing, so its waiters time out) and every kClocklessWakes wake-ups: a read per
   // wake-up measured 10-20% of contended throughput here.
@@ -160,7 +234,7 @@ inline LockResult robust_wait(std::atomic<std::uint64_t>& owner, WaitPoint& wp, 
     const auto now = Deadline::clock::now();
     if (now - last_check < kPollInterval && !deadline.expired()) return std::nullopt;
     last_check = now;
-    if (take_over_if_dead(owner, me)) return LockResult::owner_died;
+    if (take_over_if_dead(owner, me, name)) return LockResult::owner_died;
     if (!deadline.expired()) return std::nullopt;
     // We may have been the sleeper a release woke: pass the wake-up on before leaving.
     wake_one_after_timeout(owner, wp);
@@ -179,19 +253,19 @@ inline LockResult robust_wait(std::atomic<std::uint64_t>& owner, WaitPoint& wp, 
     // still sleep; a release that finds the mark wakes one sleeper.
     for (;;) {
       w = owner.load(std::memory_order_relaxed);
-      if (w == 0) {
+      if (w == kFree) {
         if (owner.compare_exchange_strong(w, me | kContended, std::memory_order_acquire,
                                           std::memory_order_relaxed))
           return LockResult::acquired;
         continue;
       }
+      if (!live(w)) lock_cut(owner, w, name);
       if (spin_after_lost_race()) return LockResult::acquired;
       bool woken = true;
       if ((w & kContended) != 0 ||
           owner.compare_exchange_strong(w, w | kContended, std::memory_order_relaxed,
                                         std::memory_order_relaxed)) {
-        woken = os::wait_on_address(low_word(owner), static_cast<std::uint32_t>(w | kContended),
-                                    slice());
+        woken = os::wait_on_address(low_word(owner), low_half(w | kContended), slice());
       }
       lost_race = woken;
       if (const auto r = poll(woken)) return *r;
@@ -205,7 +279,11 @@ inline LockResult robust_wait(std::atomic<std::uint64_t>& owner, WaitPoint& wp, 
       wp.sleepers.fetch_add(1, std::memory_order_seq_cst);
       const std::uint32_t s = wp.seq.load(std::memory_order_seq_cst);
       w = owner.load(std::memory_order_seq_cst);
-      if (w == 0) {
+      if (!live(w)) {
+        wp.sleepers.fetch_sub(1, std::memory_order_relaxed);
+        lock_cut(owner, w, name);
+      }
+      if (w == kFree) {
         // Keep the chain of wake-ups going: if others sleep, our release must wake one of them.
         const bool others = wp.sleepers.load(std::memory_order_seq_cst) > 1;
         const bool got = owner.compare_exchange_strong(w, me | (others ? kContended : 0),
@@ -233,50 +311,77 @@ inline LockResult robust_wait(std::atomic<std::uint64_t>& owner, WaitPoint& wp, 
   }
 }
 
-//!Effects: releases `owner` (exchange to 0) and wakes one sleeper if a waiter marked the lock
-//! contended. Returns: the previous holder (0: the lock was not held).
+//!Effects: releases `owner` (exchange to free) and wakes one sleeper if a waiter marked the lock
+//! contended. A word that had lost its live bit (cut) is put back as it was: left free, the
+//! vanished lock would go on working (in a private zero page: for this process only) and
+//! nobody would be told. In the instant it read free, one acquirer may have taken it alone; the
+//! put-back then cuts it under that holder, whose release puts it back in turn.
+//!Returns: the previous owner word (holder() 0: the lock was not held; !live(): it was cut).
 inline std::uint64_t robust_release(std::atomic<std::uint64_t>& owner, WaitPoint& wp) noexcept {
   // The seq_cst exchange pairs with the waiter's seq_cst "sleepers++; load owner" (see above).
-  const std::uint64_t prev = owner.exchange(0, std::memory_order_seq_cst);
+  // An exchange, not a load and a CAS: measured 30-50% slower for an uncontended lock here.
+  const std::uint64_t prev = owner.exchange(kFree, std::memory_order_seq_cst);
+  if (!live(prev)) [[unlikely]] {
+    owner.store(prev, std::memory_order_seq_cst);
+    return prev;
+  }
   if ((prev & kContended) != 0) {
     if constexpr (os::kExactWake)
       os::wake_address(low_word(owner), 1);
     else
       wp.notify_one();
   }
-  return holder(prev);
+  return prev;
 }
 
 }  // namespace sync_impl
 
 /// A robust, non-recursive, process-shared lock (Python's multiprocessing.Lock) in shared memory.
-/// Zero-filled memory is a valid unlocked state, as is `new (p) LockState()`. 16 bytes.
+/// Valid after `new (p) LockState()` (free); zero-filled memory is not a lock (it reads as one
+/// a truncation cut: see the top of this file). 16 bytes, the owner word last.
 /// Not owned by a thread: like Python's Lock, any process or thread may release it.
+/// No "not yet repaired" mark is kept here: whoever acquires a lock whose holder died is told
+/// (owner_died), and if it dies before repairing, the next acquirer takes over from it and is
+/// told in turn. RLockState keeps such a mark for Value and Array (see there).
 struct LockState {
-  std::atomic<std::uint64_t> owner{0};  ///< packed ProcessRef of the holder, 0 when free
   WaitPoint wp;  ///< where waiters sleep if wake-ups are not exact (Win32); else unused
+  std::atomic<std::uint64_t> owner{sync_impl::kFree};  ///< owner word: holder, flags, live bit
 
   //!Effects: acquires the lock, waiting until `deadline`; takes it over if its holder died.
   //! Uncontended: one CAS, no system call.
   //!Returns: acquired, owner_died (acquired; the previous holder died holding it) or timeout.
-  LockResult acquire(const Deadline& deadline) {
-    return sync_impl::robust_acquire(owner, wp, ProcessRef::self().pack(), deadline);
+  //!Throws: CorruptedError naming `name` (a string, or a callable returning one, called only
+  //! then) if the lock's segment was truncated under it.
+  template <class N = std::string_view>
+  LockResult acquire(const Deadline& deadline, const N& name = {}) {
+    return sync_impl::robust_acquire(owner, wp, sync_impl::self_word(), deadline, name);
   }
-  /// Acquires the lock if it is free (one CAS; never takes over from a dead holder).
+  /// Acquires the lock if it is free (one CAS; never takes over from a dead holder, never
+  /// acquires a cut lock).
   bool try_acquire() noexcept {
-    std::uint64_t e = 0;
-    return owner.compare_exchange_strong(e, ProcessRef::self().pack(), std::memory_order_acquire,
+    std::uint64_t e = sync_impl::kFree;
+    return owner.compare_exchange_strong(e, sync_impl::self_word(), std::memory_order_acquire,
                                          std::memory_order_relaxed);
   }
   //!Effects: releases the lock and wakes one waiter if any sleeps. No system call otherwise.
+  //! A cut lock (see cut()) is left alone: nothing is left to release, and every acquirer gets
+  //! CorruptedError.
   //!Returns: false if the lock was not held (the caller decides whether that is an error).
-  bool release() noexcept { return sync_impl::robust_release(owner, wp) != 0; }
+  bool release() noexcept {
+    const std::uint64_t prev = sync_impl::robust_release(owner, wp);
+    return !sync_impl::live(prev) || sync_impl::holder(prev) != 0;
+  }
   /// True while someone holds the lock.
-  bool locked() const noexcept { return owner.load(std::memory_order_relaxed) != 0; }
+  bool locked() const noexcept {
+    return sync_impl::holder(owner.load(std::memory_order_relaxed)) != 0;
+  }
   /// True if the holder is this process (any of its threads).
   bool held_by_this_process() const noexcept {
-    return sync_impl::holder(owner.load(std::memory_order_relaxed)) == ProcessRef::self().pack();
+    return sync_impl::holder(owner.load(std::memory_order_relaxed)) ==
+           sync_impl::holder(sync_impl::self_word());
   }
+  /// True if the lock's word lost its live bit: its segment was truncated (or overwritten).
+  bool cut() const noexcept { return !sync_impl::live(owner.load(std::memory_order_relaxed)); }
 };
 static_assert(std::is_standard_layout_v<LockState> && sizeof(LockState) == 16);
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
@@ -294,26 +399,46 @@ inline FreshTake& fresh_take() noexcept {
 }
 
 /// A robust re-entrant lock (Python's RLock): owned by one thread of one process, which may
-/// acquire it again; it is free once released as many times as acquired. Zero-filled is valid.
+/// acquire it again; it is free once released as many times as acquired. Valid after
+/// `new (p) RLockState()`; the owner word comes last (see the top of this file).
+///
+/// "Owner died, not yet repaired": the data an RLock protects (a Value's or an Array's elements)
+/// may be half-written when a holder dies. The acquirer that takes the lock over sets `died`,
+/// which stays in shared memory until a holder that was told declares the data repaired
+/// (mark_repaired()). Until then every fresh acquisition (depth 1) returns owner_died, whoever
+/// makes it, so no internal acquisition can swallow the news: Value::value() raises
+/// OwnerDiedError, RLock::acquire() reports previous_owner_died().
 struct RLockState {
-  std::atomic<std::uint64_t> owner{0};   ///< packed ProcessRef of the owning process, 0 when free
+  /// The value of `died` while a dead holder's data waits for repair.
+  static constexpr std::uint32_t kDiedMark = 1;
+
   std::atomic<std::uint64_t> thread{0};  ///< thread_tag() of the owning thread (0 while changing)
   std::atomic<std::uint32_t> count{0};   ///< recursion depth; written by the owner only
-  std::uint32_t reserved_{0};
+  std::atomic<std::uint32_t> died{0};    ///< kDiedMark: a holder died, data not yet repaired
   WaitPoint wp;  ///< where waiters sleep if wake-ups are not exact (Win32); else unused
+  std::atomic<std::uint64_t> owner{sync_impl::kFree};  ///< owner word of the owning process
 
   /// True if the calling thread owns the lock.
   bool is_owned() const noexcept {
     // Only the owning thread ever writes its own tag, so a stale read can never show ours.
-    return sync_impl::holder(owner.load(std::memory_order_relaxed)) == ProcessRef::self().pack() &&
+    return sync_impl::holder(owner.load(std::memory_order_relaxed)) ==
+               sync_impl::holder(sync_impl::self_word()) &&
            thread.load(std::memory_order_relaxed) == thread_tag();
   }
   //!Effects: acquires (or re-enters) the lock, waiting until `deadline`; takes it over from a
-  //! dead holder. Returns: acquired, owner_died or timeout.
-  LockResult acquire(const Deadline& deadline) { return acquire_with_count(deadline, 0); }
-  /// Acquires or re-enters the lock if that needs no waiting.
-  bool try_acquire() noexcept { return take_or_reenter(0); }
+  //! dead holder. Returns: acquired, owner_died (a fresh take while the data waits for repair:
+  //! taken over now, or earlier and not repaired since) or timeout.
+  //!Throws: CorruptedError naming `name` (see LockState::acquire) if the lock's segment was
+  //! truncated under it.
+  template <class N = std::string_view>
+  LockResult acquire(const Deadline& deadline, const N& name = {}) {
+    return acquire_with_count(deadline, 0, name);
+  }
+  /// Acquires or re-enters the lock if that needs no waiting (never takes over from a dead
+  /// holder). Does not tell about a dead holder: use acquire() with an expired deadline for that.
+  bool try_acquire() noexcept { return take_or_reenter(0) != Take::none; }
   //!Effects: undoes one acquire; frees the lock (waking a waiter) when the count reaches zero.
+  //! A cut lock (see cut()) is left alone: nothing is left to release.
   //!Returns: false if the calling thread does not own the lock (nothing changes).
   bool release() noexcept {
     FreshTake& f = fresh_take();
@@ -323,6 +448,7 @@ struct RLockState {
       free_owned();
       return true;
     }
+    if (cut()) return true;
     if (!is_owned()) return false;
     const std::uint32_t c = count.load(std::memory_order_relaxed);
     if (c > 1)
@@ -344,14 +470,26 @@ struct RLockState {
     free_owned();
     return c == 0 ? 1 : c;
   }
-  /// Re-acquires after release_all() with the saved depth.
-  LockResult acquire_restore(std::uint32_t depth, const Deadline& deadline) {
-    return acquire_with_count(deadline, depth);
+  /// Re-acquires after release_all() with the saved depth (results as acquire()).
+  template <class N = std::string_view>
+  LockResult acquire_restore(std::uint32_t depth, const Deadline& deadline, const N& name = {}) {
+    return acquire_with_count(deadline, depth, name);
   }
   /// True while someone holds the lock.
-  bool locked() const noexcept { return owner.load(std::memory_order_relaxed) != 0; }
+  bool locked() const noexcept {
+    return sync_impl::holder(owner.load(std::memory_order_relaxed)) != 0;
+  }
+  /// True if a holder died and no holder declared the data repaired since (see the class).
+  bool unrepaired() const noexcept { return died.load(std::memory_order_relaxed) != 0; }
+  /// (Holder only.) Declares the protected data repaired: clears the owner-died mark.
+  void mark_repaired() noexcept {
+    if (died.load(std::memory_order_relaxed) != 0) died.store(0, std::memory_order_relaxed);
+  }
+  /// True if the lock's word lost its live bit: its segment was truncated (or overwritten).
+  bool cut() const noexcept { return !sync_impl::live(owner.load(std::memory_order_relaxed)); }
 
  private:
+  enum class Take { none, fresh, reentered };
   /// Frees the lock, which the calling thread owns.
   void free_owned() noexcept {
     // `count` means something only while owned: the next acquire sets it.
@@ -359,24 +497,24 @@ struct RLockState {
     sync_impl::robust_release(owner, wp);
   }
   //!Effects: takes the lock if it is free (with recursion depth `depth`, or 1 if 0), or, when
-  //! `depth` is 0, re-enters it if the calling thread owns it. Returns: true if either happened.
-  bool take_or_reenter(std::uint32_t depth) noexcept {
+  //! `depth` is 0, re-enters it if the calling thread owns it. Returns: what happened.
+  Take take_or_reenter(std::uint32_t depth) noexcept {
     // The CAS comes first: reading the owner word first would fetch a contended line shared,
     // then pay a second transfer to own it.
-    const std::uint64_t me = ProcessRef::self().pack();
-    std::uint64_t e = 0;
+    const std::uint64_t me = sync_impl::self_word();
+    std::uint64_t e = sync_impl::kFree;
     if (owner.compare_exchange_strong(e, me, std::memory_order_acquire,
                                       std::memory_order_relaxed)) {
       took(depth);
-      return true;
+      return Take::fresh;
     }
     fresh_take().lock = nullptr;
     // Only the owning thread ever writes its own tag, so a stale read can never show ours.
-    if (depth != 0 || sync_impl::holder(e) != me ||
+    if (depth != 0 || sync_impl::holder(e) != sync_impl::holder(me) ||
         thread.load(std::memory_order_relaxed) != thread_tag())
-      return false;
+      return Take::none;
     count.store(count.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-    return true;
+    return Take::reentered;
   }
   /// Records a take of the free lock by this thread, with recursion depth `depth` (0 means 1).
   void took(std::uint32_t depth) noexcept {
@@ -386,52 +524,81 @@ struct RLockState {
     f.lock = depth <= 1 ? this : nullptr;
     f.pid = os::current_pid();
   }
-  LockResult acquire_with_count(const Deadline& deadline, std::uint32_t depth) {
-    if (take_or_reenter(depth)) return LockResult::acquired;
-    const LockResult r = sync_impl::robust_wait(owner, wp, ProcessRef::self().pack(), deadline);
-    if (r != LockResult::timeout) took(depth);
-    return r;
+  /// The result of a fresh take: owner_died while the mark is set.
+  LockResult fresh_result() const noexcept {
+    return died.load(std::memory_order_relaxed) != 0 ? LockResult::owner_died
+                                                     : LockResult::acquired;
+  }
+  template <class N>
+  LockResult acquire_with_count(const Deadline& deadline, std::uint32_t depth, const N& name) {
+    switch (take_or_reenter(depth)) {
+      case Take::fresh: return fresh_result();
+      case Take::reentered: return LockResult::acquired;
+      case Take::none: break;
+    }
+    const LockResult r = sync_impl::robust_wait(owner, wp, sync_impl::self_word(), deadline,
+                                                sync_impl::name_of(name));
+    if (r == LockResult::timeout) return r;
+    took(depth);
+    // Set while holding: a taker that dies before this line is taken over in turn.
+    if (r == LockResult::owner_died) died.store(kDiedMark, std::memory_order_relaxed);
+    return fresh_result();
   }
 };
 static_assert(std::is_standard_layout_v<RLockState> && sizeof(RLockState) == 32);
 
 /// A counting semaphore (Python's Semaphore / BoundedSemaphore). No owner, as in Python: a unit
 /// taken by a process that dies is not given back (a dead acquirer lowers the value for good;
-/// size the count or use a Lock when a death must be recovered). Zero-filled: value 0, unbounded.
+/// size the count or use a Lock when a death must be recovered). Valid once constructed; the
+/// value word, last, carries the live bit (see the top of this file).
 struct SemaphoreState {
   /// Largest value a semaphore can hold (Python's SEM_VALUE_MAX on Linux).
   static constexpr std::uint32_t kValueMax = 0x7fffffff;
+  /// Bit of `value` set in every valid state (a cut clears it).
+  static constexpr std::uint32_t kLive = 0x80000000u;
 
-  std::atomic<std::uint32_t> value{0};  ///< units available
-  std::uint32_t max_value{0};           ///< BoundedSemaphore's bound; 0 = unbounded. Read-only.
   WaitPoint wp;                         ///< sleepers waiting for value > 0
+  std::uint32_t max_value{0};           ///< BoundedSemaphore's bound; 0 = unbounded. Read-only.
+  std::atomic<std::uint32_t> value{kLive};  ///< kLive | units available
 
   SemaphoreState() noexcept = default;
   /// A semaphore holding `initial` units, bounded by `bound` (0: unbounded).
   SemaphoreState(std::uint32_t initial, std::uint32_t bound) noexcept
-      : value(initial), max_value(bound) {}
+      : max_value(bound), value(kLive | initial) {}
 
-  /// Takes a unit if one is available (no system call).
-  bool try_acquire() noexcept {
+  //!Effects: takes a unit if one is available (no system call).
+  //!Throws: CorruptedError naming `name` if the semaphore's segment was truncated under it.
+  template <class N = std::string_view>
+  bool try_acquire(const N& name = {}) {
     std::uint32_t v = value.load(std::memory_order_relaxed);
-    while (v > 0)
+    for (;;) {
+      if ((v & kLive) == 0)
+        sync_impl::state_cut(&value, "semaphore's value", sync_impl::name_of(name), v);
+      if (v == kLive) return false;
       if (value.compare_exchange_weak(v, v - 1, std::memory_order_acquire,
                                       std::memory_order_relaxed))
         return true;
-    return false;
+    }
   }
   //!Effects: takes a unit, waiting until `deadline`. Returns: false on timeout.
-  bool acquire(const Deadline& deadline) {
-    if (try_acquire()) return true;
-    return wp.wait([&] { return try_acquire(); }, deadline);
+  //!Throws: CorruptedError (see try_acquire).
+  template <class N = std::string_view>
+  bool acquire(const Deadline& deadline, const N& name = {}) {
+    if (try_acquire(name)) return true;
+    return wp.wait([&] { return try_acquire(name); }, deadline);
   }
   //!Effects: adds `n` units and wakes as many sleepers.
   //!Returns: false, changing nothing, if that would exceed the bound (or kValueMax).
-  bool release(std::uint32_t n = 1) noexcept {
+  //!Throws: CorruptedError (see try_acquire).
+  template <class N = std::string_view>
+  bool release(std::uint32_t n = 1, const N& name = {}) {
     const std::uint32_t limit = max_value != 0 ? max_value : kValueMax;
     std::uint32_t v = value.load(std::memory_order_relaxed);
     do {
-      if (v > limit || n > limit - v) return false;
+      if ((v & kLive) == 0)
+        sync_impl::state_cut(&value, "semaphore's value", sync_impl::name_of(name), v);
+      const std::uint32_t units = v & ~kLive;
+      if (units > limit || n > limit - units) return false;
     } while (!value.compare_exchange_weak(v, v + n, std::memory_order_seq_cst,
                                           std::memory_order_relaxed));
     // seq_cst CAS, then seq_cst load: pairs with the sleeper's "sleepers++; re-check value".
@@ -443,29 +610,53 @@ struct SemaphoreState {
     }
     return true;
   }
-  /// Units available now.
-  std::uint32_t get_value() const noexcept { return value.load(std::memory_order_relaxed); }
+  //!Returns: the units available now. Throws: CorruptedError (see try_acquire).
+  std::uint32_t get_value(std::string_view name = {}) const {
+    const std::uint32_t v = value.load(std::memory_order_relaxed);
+    if ((v & kLive) == 0) sync_impl::state_cut(&value, "semaphore's value", name, v);
+    return v & ~kLive;
+  }
 };
 static_assert(std::is_standard_layout_v<SemaphoreState> && sizeof(SemaphoreState) == 16);
 
-/// Python's Event: a flag that waiters sleep on. Zero-filled: clear.
+/// Python's Event: a flag that waiters sleep on. Valid once constructed (clear); the flag word,
+/// last, carries the live bit (see the top of this file).
 struct EventState {
-  std::atomic<std::uint32_t> flag{0};  ///< 1 when set
-  std::uint32_t reserved_{0};
-  WaitPoint wp;  ///< sleepers waiting for flag == 1
+  /// Bit of `flag` set in every valid state (a cut clears it).
+  static constexpr std::uint32_t kLive = 0x80000000u;
+  /// Bit of `flag` set while the event is set.
+  static constexpr std::uint32_t kSet = 1;
 
-  /// Sets the flag and wakes every waiter.
-  void set() noexcept {
-    flag.store(1, std::memory_order_seq_cst);
+  WaitPoint wp;  ///< sleepers waiting for the flag
+  std::uint32_t reserved_{0};
+  std::atomic<std::uint32_t> flag{kLive};  ///< kLive | kSet when set
+
+  //!Effects: sets the flag and wakes every waiter. Throws: CorruptedError if the event's segment
+  //! was truncated under it (a set that nobody would see).
+  template <class N = std::string_view>
+  void set(const N& name = {}) {
+    // fetch_or cannot bring a cut word back: the live bit stays clear for everyone.
+    const std::uint32_t prev = flag.fetch_or(kSet, std::memory_order_seq_cst);
+    if ((prev & kLive) == 0)
+      sync_impl::state_cut(&flag, "event's flag", sync_impl::name_of(name), prev);
     wp.notify_all();
   }
-  /// Clears the flag.
-  void clear() noexcept { flag.store(0, std::memory_order_seq_cst); }
-  /// True if the flag is set.
-  bool is_set() const noexcept { return flag.load(std::memory_order_acquire) != 0; }
+  /// Clears the flag. Throws: CorruptedError (see set()).
+  void clear(std::string_view name = {}) {
+    const std::uint32_t prev = flag.fetch_and(~kSet, std::memory_order_seq_cst);
+    if ((prev & kLive) == 0) sync_impl::state_cut(&flag, "event's flag", name, prev);
+  }
+  /// True if the flag is set. Throws: CorruptedError (see set()).
+  template <class N = std::string_view>
+  bool is_set(const N& name = {}) const {
+    const std::uint32_t v = flag.load(std::memory_order_acquire);
+    if ((v & kLive) == 0) sync_impl::state_cut(&flag, "event's flag", sync_impl::name_of(name), v);
+    return (v & kSet) != 0;
+  }
   //!Effects: waits until the flag is set or `deadline` passes. Returns: the flag.
-  bool wait(const Deadline& deadline) {
-    return wp.wait([&] { return is_set(); }, deadline);
+  //!Throws: CorruptedError (see set()).
+  bool wait(const Deadline& deadline, std::string_view name = {}) {
+    return wp.wait([&] { return is_set(name); }, deadline);
   }
 };
 static_assert(std::is_standard_layout_v<EventState> && sizeof(EventState) == 16);
@@ -488,23 +679,34 @@ static_assert(std::is_standard_layout_v<ConditionSlot> && sizeof(ConditionSlot) 
 /// Every field changes only under that lock; a waiter reads its own slot's state while asleep.
 /// Exact: notify(n) wakes the n oldest waiters. A waiter that died (killed while waiting) is
 /// skipped by notify when it matters (fewer notifications than waiters) and its slot is reaped
-/// when the table is full. Zero-filled: no waiters.
+/// when the table is full. Valid once constructed (no waiters); ends with `live` (see the top of
+/// this file), checked before the table is trusted.
 struct ConditionState {
   std::atomic<std::uint64_t> next_ticket{0};
   std::atomic<std::uint32_t> waiting{0};  ///< slots in state kWaiting
   std::uint32_t reserved_{0};
   ConditionSlot slots[kConditionSlots];
+  std::atomic<std::uint64_t> live{sync_impl::kLiveMark};  ///< cleared by a truncation
 
   //!Effects: (caller holds the lock) registers as a waiter, calls `unlock()`, sleeps until
-  //! notified or `deadline`, then calls `relock()` (which must re-acquire without a deadline).
-  //!Returns: true if notified. Throws: Error if kConditionSlots threads already wait.
-  template <class Unlock, class Relock>
-  bool wait(const Deadline& deadline, Unlock&& unlock, Relock&& relock) {
+  //! notified or `deadline` (or until `lock_cut()` says the lock was truncated: nobody could
+  //! notify then), then calls `relock()` (which must re-acquire without a deadline).
+  //!Returns: true if notified. Throws: Error if kConditionSlots threads already wait;
+  //! CorruptedError naming `name` (after relock()) if the condition's segment was truncated.
+  template <class Unlock, class Relock, class LockCut>
+  bool wait(const Deadline& deadline, Unlock&& unlock, Relock&& relock, LockCut&& lock_cut,
+            std::string_view name = {}) {
+    check_live(name);
     ConditionSlot& s = slots[claim()];
     unlock();
-    s.wp.wait([&] { return s.state.load(std::memory_order_acquire) == ConditionSlot::kNotified; },
-              deadline);
+    s.wp.wait(
+        [&] {
+          return s.state.load(std::memory_order_acquire) == ConditionSlot::kNotified ||
+                 live.load(std::memory_order_acquire) != sync_impl::kLiveMark || lock_cut();
+        },
+        deadline);
     relock();
+    check_live(name);  // the lock is held again, as every wait() returns
     const bool notified = s.state.load(std::memory_order_relaxed) == ConditionSlot::kNotified;
     if (!notified) dec_waiting();
     s.state.store(ConditionSlot::kFree, std::memory_order_relaxed);
@@ -513,8 +715,9 @@ struct ConditionState {
   }
 
   //!Effects: (caller holds the lock) wakes up to `n` waiters, oldest first.
-  //!Returns: how many were woken.
-  std::uint32_t notify(std::uint32_t n) {
+  //!Returns: how many were woken. Throws: CorruptedError (see wait()).
+  std::uint32_t notify(std::uint32_t n, std::string_view name = {}) {
+    check_live(name);
     std::uint32_t woken = 0;
     const std::uint64_t self_pid = static_cast<std::uint32_t>(ProcessRef::self().pid);
     while (woken < n) {
@@ -550,6 +753,11 @@ struct ConditionState {
 
   /// Waiters registered now (including any that died while waiting).
   std::uint32_t n_waiting() const noexcept { return waiting.load(std::memory_order_relaxed); }
+  /// Throws: CorruptedError naming `name` if a truncation cleared `live`.
+  void check_live(std::string_view name) const {
+    const std::uint64_t v = live.load(std::memory_order_acquire);
+    if (v != sync_impl::kLiveMark) sync_impl::state_cut(&live, "condition's waiter table", name, v);
+  }
 
  private:
   void dec_waiting() noexcept {
@@ -587,7 +795,9 @@ inline constexpr std::uint32_t kMaxBarrierParties = 256;
 
 /// Python's Barrier. Waiting parties are recorded by ProcessRef, so a party that dies while the
 /// others wait breaks the barrier (BrokenBarrierError in every waiter) instead of hanging them.
-/// Valid after `new (p) BarrierState(parties)`; zero-filled memory is not (no parties).
+/// Valid after `new (p) BarrierState(parties)`; zero-filled memory is not (no parties). Every
+/// operation checks `live` (last) after taking the lock and after each sleep, so a truncated
+/// barrier raises CorruptedError instead of releasing its waiters on a zeroed generation.
 struct BarrierState {
   LockState lock;  ///< guards the fields below (robust: a party may die holding it)
   WaitPoint wp;    ///< waiters sleep here until the generation changes or the barrier breaks
@@ -597,6 +807,7 @@ struct BarrierState {
   std::atomic<std::uint32_t> broken{0};      ///< 1 after abort(), a timeout or a dead party
   std::atomic<std::uint64_t> reset_mask{0};  ///< bit g % 64: generation g ended by reset()
   std::atomic<std::uint64_t> waiting[kMaxBarrierParties] = {};  ///< ProcessRef by arrival index
+  std::atomic<std::uint64_t> live{sync_impl::kLiveMark};  ///< cleared by a truncation (see top)
 
   BarrierState() noexcept = default;
   /// A barrier for `n` parties (1..kMaxBarrierParties; the handle checks).
@@ -606,11 +817,11 @@ struct BarrierState {
   //! `action` first (if it throws, the barrier breaks and the exception propagates).
   //!Returns: this caller's arrival index, 0..parties-1.
   //!Throws: BrokenBarrierError (broken, reset, aborted, timed out or a waiting party died),
-  //! CorruptedError if the shared fields are out of range.
+  //! CorruptedError if the shared fields are out of range or the segment was truncated.
   template <class Action>
   std::uint32_t wait(const Deadline& deadline, Action&& action, std::string_view name) {
     const std::uint32_t n = checked_parties(name);
-    lock_internal();
+    lock_internal(name);
     if (broken.load(std::memory_order_relaxed) != 0) {
       lock.release();
       fail<BrokenBarrierError>("barrier '{}' is broken; reset() it before waiting again", name);
@@ -654,11 +865,13 @@ struct BarrierState {
     const bool done = wp.wait(
         [&] {
           return generation.load(std::memory_order_acquire) != gen ||
-                 broken.load(std::memory_order_acquire) != 0;
+                 broken.load(std::memory_order_acquire) != 0 ||
+                 live.load(std::memory_order_acquire) != sync_impl::kLiveMark;
         },
-        deadline, [&] { break_if_party_died(gen); });
+        deadline, [&] { break_if_party_died(gen, name); });
+    check_live(name);  // a zeroed generation is no trip
     if (!done) {  // timed out: as in Python, that breaks the barrier for everyone
-      break_generation(gen);
+      break_generation(gen, name);
       if (generation.load(std::memory_order_acquire) == gen)
         fail<BrokenBarrierError>("barrier '{}': timed out waiting for {} parties; the barrier is "
                                  "now broken",
@@ -675,15 +888,23 @@ struct BarrierState {
   }
 
   /// Breaks the barrier: current and future waiters get BrokenBarrierError until reset().
-  void abort() {
-    lock_internal();
+  /// Throws: CorruptedError naming `name` if the barrier's segment was truncated.
+  void abort(std::string_view name = {}) {
+    lock_internal(name);
     break_locked();
     lock.release();
     wp.notify_all();
   }
   /// Returns the barrier to its initial state; parties waiting now get BrokenBarrierError.
-  void reset() {
-    lock.acquire(Deadline::never());
+  /// Throws: CorruptedError naming `name` if the barrier's segment was truncated.
+  void reset(std::string_view name = {}) {
+    // A holder that died inside the critical section needs no repair here: reset() rewrites
+    // every field the lock protects.
+    (void)lock.acquire(Deadline::never(), name);
+    if (live.load(std::memory_order_acquire) != sync_impl::kLiveMark) {
+      lock.release();
+      check_live(name);
+    }
     const std::uint32_t gen = generation.load(std::memory_order_relaxed);
     reset_mask.fetch_or(std::uint64_t{1} << (gen % 64), std::memory_order_relaxed);
     for (auto& w : waiting) w.store(0, std::memory_order_relaxed);
@@ -700,6 +921,11 @@ struct BarrierState {
   /// True if the barrier is broken.
   bool is_broken() const noexcept { return broken.load(std::memory_order_relaxed) != 0; }
 
+  /// Throws: CorruptedError naming `name` if a truncation cleared `live`.
+  void check_live(std::string_view name) const {
+    const std::uint64_t v = live.load(std::memory_order_acquire);
+    if (v != sync_impl::kLiveMark) sync_impl::state_cut(&live, "barrier's state", name, v);
+  }
   //!Returns: the number of parties. Throws: CorruptedError if out of range.
   std::uint32_t checked_parties(std::string_view name) const {
     const std::uint32_t n = parties.load(std::memory_order_relaxed);
@@ -715,12 +941,18 @@ struct BarrierState {
     generation.store(g, std::memory_order_release);
   }
   void break_locked() noexcept { broken.store(1, std::memory_order_release); }
-  // A party that died inside the barrier's own critical section leaves it broken.
-  void lock_internal() {
-    if (lock.acquire(Deadline::never()) == LockResult::owner_died) break_locked();
+  // A party that died inside the barrier's own critical section leaves it broken (that is how
+  // the death reaches the parties: BrokenBarrierError). A truncated barrier is not trusted.
+  void lock_internal(std::string_view name) {
+    const LockResult r = lock.acquire(Deadline::never(), name);
+    if (live.load(std::memory_order_acquire) != sync_impl::kLiveMark) {
+      lock.release();
+      check_live(name);
+    }
+    if (r == LockResult::owner_died) break_locked();
   }
-  void break_generation(std::uint32_t gen) {
-    lock_internal();
+  void break_generation(std::uint32_t gen, std::string_view name) {
+    lock_internal(name);
     if (generation.load(std::memory_order_relaxed) == gen) break_locked();
     lock.release();
     wp.notify_all();
@@ -738,8 +970,9 @@ struct BarrierState {
     }
     return std::nullopt;
   }
-  void break_if_party_died(std::uint32_t gen) {
-    if (dead_party(count.load(std::memory_order_acquire))) break_generation(gen);
+  void break_if_party_died(std::uint32_t gen, std::string_view name) {
+    check_live(name);
+    if (dead_party(count.load(std::memory_order_acquire))) break_generation(gen, name);
   }
 };
 static_assert(std::is_standard_layout_v<BarrierState>);
