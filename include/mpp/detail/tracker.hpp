@@ -66,7 +66,7 @@ namespace mpp::detail::tracker {
 
 namespace tracker_detail {
 
-enum : std::uint8_t { kRegister = 1, kUnregister = 2, kReady = 3 };
+enum : std::uint8_t { kRegister = 1, kUnregister = 2, kReady = 3, kWatch = 4 };
 
 /// One message: fixed fields, then the name (not terminated).
 struct Wire {
@@ -82,7 +82,7 @@ struct Wire {
 /// This process's side: the connection (inherited by forked children), guarded against fork.
 struct Client final : ForkHook {
   std::mutex mutex;
-  int fd = -1;
+  os::Fd fd;
   std::pair<std::uint64_t, std::uint64_t> identity{0, 0};  // of fd, to notice it was closed
   bool disabled = false;  // MPP_NO_TRACKER, or a start failed: leave objects to `mpp gc`
   // No thread is inside start() or send() while the address space is copied.
@@ -107,35 +107,44 @@ inline bool& serving() noexcept {
   return s;
 }
 
+// The process this program started as (recorded before main; a forked child inherits it): the
+// objects of a forked child that starts its own tracker are kept while the program's first
+// process lives, as if the child had shared that process's tracker.
+inline ProcessRef& program_root() noexcept {
+  static ProcessRef r;
+  return r;
+}
+
 inline bool connected(Client& c) noexcept {
-  return c.fd >= 0 && os::fd_identity(c.fd) == c.identity;
+  return c.fd.valid() && os::fd_identity(c.fd.get()) == c.identity;
 }
 
 // Starts a tracker and waits (bounded) until it says it runs. False: none (stay disabled).
-inline bool start(Client& c) noexcept {
-  if (const char* off = std::getenv("MPP_NO_TRACKER"); off != nullptr && *off != '\0' && *off != '0')
+inline bool start(Client& c) {
+  if (const auto off = os::get_env("MPP_NO_TRACKER"); off && !off->empty() && *off != "0")
     return false;
-  int ours = -1, theirs = -1;
-  if (!os::packet_pair(ours, theirs)) return false;
-  const os::pid_type pid = os::spawn_tracker(theirs);
-  ::close(theirs);
-  if (pid < 0) {
-    ::close(ours);
-    return false;
-  }
+  auto [ours, theirs] = os::packet_pair();
+  if (!ours.valid()) return false;
+  const os::pid_type pid = os::spawn_tracker(theirs.get());
+  theirs.reset();  // from now on only the tracker holds its end: end of file means it is gone
+  if (pid < 0) return false;
   // Any program the link names starts; only one built with mpp answers. 10 s: an exec of a
   // sanitized binary on a loaded machine.
   Wire hello{};
-  const long n = os::recv_packet(ours, &hello, sizeof hello, std::chrono::seconds(10));
-  if (n <= 0 || hello.op != kReady) os::send_signal(pid, os::kSigKill);
+  const long n = os::recv_packet(ours.get(), &hello, sizeof hello, std::chrono::seconds(10));
+  const bool ok = n > 0 && hello.op == kReady;
+  if (!ok) (void)os::send_signal(pid, os::kSigKill);
   os::reap(pid);  // its first process exits as soon as the tracker is forked
-  if (n <= 0 || hello.op != kReady) {
-    ::close(ours);
-    return false;
+  if (!ok) return false;
+  c.identity = os::fd_identity(ours.get());
+  c.fd = std::move(ours);
+  const ProcessRef root = program_root();
+  if (root.pid > 0 && root.pid != os::current_pid()) {
+    Wire w{};
+    w.op = kWatch;
+    w.creator = root.pack();
+    (void)os::send_packet(c.fd.get(), &w, offsetof(Wire, name), std::chrono::seconds(1));
   }
-  if (c.fd >= 0 && os::fd_identity(c.fd) == c.identity) ::close(c.fd);
-  c.fd = ours;
-  c.identity = os::fd_identity(ours);
   return true;
 }
 
@@ -148,19 +157,18 @@ inline void post(const Wire& w, bool start_if_needed) noexcept {
     const std::size_t size = offsetof(Wire, name) + w.name_size;
     for (int attempt = 0; attempt < 2; ++attempt) {
       if (!connected(c)) {
-        c.fd = -1;  // closed or replaced by the program: not ours any more
+        (void)c.fd.release();  // closed or replaced by the program: not ours to close any more
         if (!start_if_needed) return;
         if (!start(c)) {
           c.disabled = true;
           return;
         }
       }
-      const int err = os::send_packet(c.fd, &w, size, std::chrono::seconds(1));
+      const int err = os::send_packet(c.fd.get(), &w, size, std::chrono::seconds(1));
       if (err == 0 || err == EAGAIN) return;  // EAGAIN: a stuck tracker; `mpp gc` remains
-      ::close(c.fd);  // the tracker died (killed by hand?): start another for what comes next
-      c.fd = -1;
+      c.fd.reset();  // the tracker died (killed by hand?): start another for what comes next
     }
-  } catch (...) {  // std::system_error from the mutex: tracking is best effort
+  } catch (...) {  // no memory, no mutex, a failed kill: tracking is best effort
   }
 }
 
@@ -300,6 +308,7 @@ inline bool sweep(std::map<std::string, Entry>& entries) {
 [[noreturn]] inline void serve(int fd) noexcept {
   serving() = true;
   std::map<std::string, Entry> entries;
+  std::vector<ProcessRef> watched;  // processes whose end must be awaited too
   try {
     Wire ready{};
     ready.op = kReady;
@@ -311,6 +320,10 @@ inline bool sweep(std::map<std::string, Entry>& entries) {
       if (static_cast<std::size_t>(n) < offsetof(Wire, name) || w.name_size > sizeof w.name ||
           static_cast<std::size_t>(n) != offsetof(Wire, name) + w.name_size)
         continue;  // not a message of ours
+      if (w.op == kWatch) {
+        watched.push_back(ProcessRef::unpack(w.creator));
+        continue;
+      }
       std::string name(w.name, w.name_size);
       try {
         validate_name(name);
@@ -327,7 +340,11 @@ inline bool sweep(std::map<std::string, Entry>& entries) {
           entries.erase(it);
       }
     }
-    ::close(fd);
+    os::close_fd(fd);
+    // A forked child's tracker: the program's first process keeps the child's objects too.
+    while (!entries.empty() && std::any_of(watched.begin(), watched.end(),
+                                           [](const ProcessRef& p) { return p.alive(); }))
+      os::sleep_for(std::chrono::milliseconds(100));
     const auto eof = std::chrono::steady_clock::now();
     while (sweep(entries)) {
       // Prompt while the program's last users are likely to exit, then at a gentler pace.
@@ -336,17 +353,21 @@ inline bool sweep(std::map<std::string, Entry>& entries) {
     }
   } catch (...) {  // out of memory: nothing sensible is left to do
   }
-  ::_exit(0);
+  os::exit_process(0);
 }
 
 // Runs in every program built with mpp, before its static initialisers (see the top of this
-// file); does something only in a copy started by spawn_tracker().
-[[gnu::constructor(101)]] [[maybe_unused]] static void tracker_entry() noexcept {
-  const char* v = std::getenv(os::kTrackerEnv);
-  if (v == nullptr || std::strtol(v, nullptr, 10) != os::kTrackerFd) return;
-  serving() = true;
-  if (!os::become_tracker()) ::_exit(1);
-  serve(os::kTrackerFd);
+// file): records the program's first process, and serves in a copy started by spawn_tracker()
+// (glibc passes main's arguments to constructors: argv[0] is "mpp-tracker" there).
+[[gnu::constructor(101)]] [[maybe_unused]] static void tracker_entry(int argc, char** argv, char**) noexcept {
+  if (program_root().pid != 0) return;  // another translation unit's copy ran first
+  if (argc >= 1 && argv != nullptr && argv[0] != nullptr &&
+      std::strcmp(argv[0], os::kTrackerName) == 0 && os::is_tracker_connection(os::kTrackerFd)) {
+    serving() = true;
+    if (!os::become_tracker()) os::exit_process(1);
+    serve(os::kTrackerFd);
+  }
+  program_root() = ProcessRef::self();
 }
 
 }  // namespace tracker_detail

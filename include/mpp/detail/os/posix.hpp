@@ -1332,6 +1332,8 @@ namespace mpp::detail::os {
 inline constexpr const char* kTrackerEnv = "MPP_TRACKER_FD";
 /// The descriptor number the tracker's connection has in the tracker.
 inline constexpr int kTrackerFd = 3;
+/// The tracker's argv[0] and process name (as `ps` shows it).
+inline constexpr const char* kTrackerName = "mpp-tracker";
 
 //!Effects: starts this program again (/proc/self/exe) as a tracker: `conn` becomes its
 //! descriptor kTrackerFd, stdin/stdout/stderr are /dev/null and every other descriptor is closed
@@ -1366,8 +1368,7 @@ inline pid_type spawn_tracker(int conn) noexcept {
   for (char** e = environ; e != nullptr && *e != nullptr; ++e)
     if (std::strncmp(*e, kTrackerEnv, key_len) != 0 || (*e)[key_len] != '=') envp.push_back(*e);
   envp.push_back(nullptr);
-  char arg0[] = "mpp-tracker";
-  char* argv[] = {arg0, nullptr};
+  char* argv[] = {const_cast<char*>(kTrackerName), nullptr};
   pid_t pid = -1;
   const int rc = ::posix_spawn(&pid, "/proc/self/exe", &fa, &attr, argv, envp.data());
   ::posix_spawn_file_actions_destroy(&fa);
@@ -1392,14 +1393,28 @@ inline bool become_tracker() noexcept {
   ::signal(SIGINT, SIG_IGN);
   ::signal(SIGHUP, SIG_IGN);
   ::signal(SIGPIPE, SIG_IGN);
-  (void)::prctl(PR_SET_NAME, "mpp-tracker", 0, 0, 0);
+  (void)::prctl(PR_SET_NAME, kTrackerName, 0, 0, 0);
   return true;
 }
 
-/// A connected pair of packet sockets (close-on-exec; each send is one whole message).
-inline bool packet_pair(int& a, int& b) noexcept {
+//!Returns: whether this process was started by spawn_tracker(): its environment names `fd`
+//! and `fd` is a packet socket.
+inline bool is_tracker_connection(int fd) noexcept {
+  const char* v = ::getenv(kTrackerEnv);
+  if (v == nullptr || std::strtol(v, nullptr, 10) != fd) return false;
+  int type = 0;
+  socklen_t len = sizeof type;
+  return ::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 && type == SOCK_SEQPACKET;
+}
+
+/// Closes descriptor `fd` (for one that no Fd owns).
+inline void close_fd(int fd) noexcept { ::close(fd); }
+
+//!Returns: a connected pair of packet sockets (close-on-exec; each send is one whole message),
+//! both invalid if the system refuses.
+inline std::pair<Fd, Fd> packet_pair() noexcept {
   int sv[2];
-  if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) return false;
+  if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) return {};
   // Far from the low numbers a program closes, dup2s over or hands to its children.
   for (int& s : sv) {
     if (const int high = ::fcntl(s, F_DUPFD_CLOEXEC, 700); high >= 0) {
@@ -1407,9 +1422,7 @@ inline bool packet_pair(int& a, int& b) noexcept {
       s = high;
     }
   }
-  a = sv[0];
-  b = sv[1];
-  return true;
+  return {Fd{sv[0]}, Fd{sv[1]}};
 }
 
 //!Returns: the identity (device and inode) of descriptor `fd`, or {0, 0} if it is not open.
