@@ -90,6 +90,24 @@ void hold_program(std::string prefix, mpp::Event ready) {
 }
 MPP_REGISTER(hold_program);
 
+/// A program that opens the object `name` (it takes an attach slot), says so, and waits.
+void open_and_wait(std::string name, mpp::Event ready) {
+  auto v = mpp::Value<int>::open(name);
+  ready.set();
+  for (;;) ::pause();
+}
+MPP_REGISTER(open_and_wait);
+
+/// A program that creates `prefix`shared, spawns a program that opens it (and then sets
+/// `ready`), and waits to be killed.
+void share_program(std::string prefix, mpp::Event ready) {
+  auto shared = mpp::Value<int>::create(prefix + "shared", 5);
+  auto user = mpp::get_context(mpp::StartMethod::spawn).process(open_and_wait, prefix + "shared", ready);
+  user.start();
+  for (;;) ::pause();
+}
+MPP_REGISTER(share_program);
+
 std::vector<std::string> shm_names() {
   std::vector<std::string> out;
   if (DIR* d = ::opendir("/dev/shm")) {
@@ -196,6 +214,26 @@ TEST_CASE("the tracker keeps an object that a live forked grandchild uses until 
   CHECK(eventually([&] { return process_gone(grandchild); }));
   CHECK(eventually([&] { return !shm_exists(held); }));
   if (shm_exists(held)) mpp::unlink(held);
+}
+
+TEST_CASE("the tracker keeps an object that a live spawned program has open until it exits",
+          "[tracker][kill]") {
+  const auto prefix = mpp_test::unique_name("trk") + ".";
+  const auto shared = prefix + "shared";
+  mpp::Event ready;
+  auto p = mpp::get_context(mpp::StartMethod::spawn).process(share_program, prefix, ready);
+  p.start();
+  REQUIRE(ready.wait(60s));
+  const auto users = children_of(*p.pid());
+  REQUIRE(users.size() == 1);
+  p.kill();
+  REQUIRE(p.join(60s));
+  std::this_thread::sleep_for(1500ms);  // the tracker has seen its program end
+  CHECK(shm_exists(shared));            // the spawned user holds an attach slot
+  CHECK(::kill(users[0], SIGKILL) == 0);
+  CHECK(eventually([&] { return process_gone(users[0]); }));
+  CHECK(eventually([&] { return !shm_exists(shared); }));
+  if (shm_exists(shared)) mpp::unlink(shared);
 }
 
 TEST_CASE("MPP_NO_TRACKER=1 leaves a crashed program's objects to mpp gc", "[tracker][kill]") {
