@@ -136,7 +136,8 @@ int cmd_inspect(std::string_view name) {
                  reg::process_alive(a.who) ? "alive" : "dead");
   }
   const auto v = reg::gc_verdict(o, mpp::detail::os::unix_time_ms());
-  fmt::print("gc:              {}\n", v.remove ? "would remove (" + v.reason + ")" : v.reason);
+  fmt::print("gc:              {}{}\n", v.remove ? "would remove (" + v.reason + ")" : v.reason,
+             v.grace ? "; removed at once if no live process has it open (its creator died)" : "");
   return 0;
 }
 
