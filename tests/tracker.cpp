@@ -24,7 +24,9 @@
 
 #  include <algorithm>
 #  include <cstdio>
+#  include <cstdlib>
 #  include <fstream>
+#  include <iterator>
 #  include <sstream>
 #  include <stdexcept>
 
@@ -107,6 +109,14 @@ void share_program(std::string prefix, mpp::Event ready) {
   for (;;) ::pause();
 }
 MPP_REGISTER(share_program);
+
+/// A program that creates an object (which starts its tracker) and waits to be killed.
+void create_and_wait(mpp::Event ready) {
+  mpp::Lock lock;
+  ready.set();
+  for (;;) ::pause();
+}
+MPP_REGISTER(create_and_wait);
 
 std::vector<std::string> shm_names() {
   std::vector<std::string> out;
@@ -234,6 +244,65 @@ TEST_CASE("the tracker keeps an object that a live spawned program has open unti
   CHECK(eventually([&] { return process_gone(users[0]); }));
   CHECK(eventually([&] { return !shm_exists(shared); }));
   if (shm_exists(shared)) mpp::unlink(shared);
+}
+
+TEST_CASE("the tracker is nobody's child, holds nothing of its program's, and exits after it",
+          "[tracker][kill]") {
+  // Its environment is its program's: a mark set for the spawned program finds its tracker.
+  const auto mark = mpp_test::unique_name("mark");
+  ::setenv("MPP_TEST_TRACKER_MARK", mark.c_str(), 1);
+  mpp::Event ready;
+  auto p = mpp::get_context(mpp::StartMethod::spawn).process(create_and_wait, ready);
+  p.start();
+  ::unsetenv("MPP_TEST_TRACKER_MARK");
+  REQUIRE(ready.wait(60s));
+  int tracker = 0;
+  if (DIR* proc = ::opendir("/proc")) {
+    while (const dirent* e = ::readdir(proc)) {
+      const int pid = std::atoi(e->d_name);
+      std::ifstream comm("/proc/" + std::to_string(pid) + "/comm"), env("/proc/" + std::to_string(pid) + "/environ");
+      std::string c, all((std::istreambuf_iterator<char>(env)), std::istreambuf_iterator<char>());
+      std::getline(comm, c);
+      if (pid > 0 && c == "mpp-tracker" &&
+          all.find("MPP_TEST_TRACKER_MARK=" + mark + '\0') != std::string::npos)
+        tracker = pid;
+    }
+    ::closedir(proc);
+  }
+  REQUIRE(tracker > 0);
+  std::ifstream stat("/proc/" + std::to_string(tracker) + "/stat");
+  std::string line;
+  std::getline(stat, line);
+  std::istringstream fields(line.substr(line.rfind(')') + 2));
+  char state;
+  int ppid, pgrp, session;
+  fields >> state >> ppid >> pgrp >> session;
+  CHECK(ppid != *p.pid());  // its first process exited and was reaped: it was adopted
+  CHECK(ppid != ::getpid());
+  CHECK(session != ::getsid(0));  // a session of its own: a terminal's Ctrl-C does not reach it
+  std::vector<std::string> fds;
+  const std::string fd_dir = "/proc/" + std::to_string(tracker) + "/fd";
+  if (DIR* d = ::opendir(fd_dir.c_str())) {
+    while (const dirent* e = ::readdir(d)) {
+      if (e->d_name[0] == '.') continue;
+      char target[4096];
+      const ssize_t n = ::readlink((fd_dir + "/" + e->d_name).c_str(), target, sizeof target - 1);
+      fds.push_back(std::string(e->d_name) + "=" + std::string(target, n > 0 ? std::size_t(n) : 0));
+    }
+    ::closedir(d);
+  }
+  std::sort(fds.begin(), fds.end());
+  std::string listed;
+  for (const auto& f : fds) listed += f + " ";
+  INFO("its descriptors: " << listed);
+  REQUIRE(fds.size() == 4);  // stdin, stdout, stderr on /dev/null, its connection: nothing else
+  CHECK(fds[0] == "0=/dev/null");
+  CHECK(fds[1] == "1=/dev/null");
+  CHECK(fds[2] == "2=/dev/null");
+  CHECK(fds[3].rfind("3=socket:", 0) == 0);
+  p.kill();
+  REQUIRE(p.join(60s));
+  CHECK(eventually([&] { return process_gone(tracker); }));
 }
 
 TEST_CASE("MPP_NO_TRACKER=1 leaves a crashed program's objects to mpp gc", "[tracker][kill]") {
