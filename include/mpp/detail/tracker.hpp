@@ -34,7 +34,9 @@
 //   are untouched. A full socket or a dead tracker never blocks the program for more than a
 //   second; the object is then simply left to `mpp gc`.
 // - MPP_NO_TRACKER=1 in the environment (read when a tracker would be started) disables it, for
-//   debugging what a crash leaves behind.
+//   debugging what a crash leaves behind. Where mpp is compiled into a shared library (a plugin)
+//   rather than the executable, re-executing the executable would not run this code: no tracker
+//   is started there, and leftovers are `mpp gc`'s, as before.
 // The tracker judges objects as `mpp gc` does (detail/registry.hpp: creator word, attach table,
 // user locks, then the processes that have it mapped) but reads only what it needs: it lives
 // below the registry (segment.hpp includes it), and removes nothing more than gc would.
@@ -119,10 +121,13 @@ inline bool connected(Client& c) noexcept {
   return c.fd.valid() && os::fd_identity(c.fd.get()) == c.identity;
 }
 
+inline bool start_here() noexcept;
+
 // Starts a tracker and waits (bounded) until it says it runs. False: none (stay disabled).
 inline bool start(Client& c) {
   if (const auto off = os::get_env("MPP_NO_TRACKER"); off && !off->empty() && *off != "0")
     return false;
+  if (!start_here()) return false;  // mpp is in a shared library: the executable is not ours
   auto [ours, theirs] = os::packet_pair();
   if (!ours.valid()) return false;
   const os::pid_type pid = os::spawn_tracker(theirs.get());
@@ -368,6 +373,11 @@ inline bool sweep(std::map<std::string, Entry>& entries) {
     serve(os::kTrackerFd);
   }
   program_root() = ProcessRef::self();
+}
+
+// Whether the code of this header (and so tracker_entry) is in the executable itself.
+inline bool start_here() noexcept {
+  return os::in_main_executable(reinterpret_cast<const void*>(&start_here));
 }
 
 }  // namespace tracker_detail

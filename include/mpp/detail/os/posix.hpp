@@ -1323,6 +1323,7 @@ inline void check_mapping(const void* addr) {
 }  // namespace mpp::detail::os
 
 // ==== crash tracker (owner: tracker; see detail/tracker.hpp) ====================================
+#include <link.h>
 #include <sys/prctl.h>
 
 namespace mpp::detail::os {
@@ -1378,6 +1379,29 @@ inline pid_type spawn_tracker(int conn) noexcept {
     return -1;
   }
   return static_cast<pid_type>(pid);
+}
+
+//!Returns: whether `code` lies in the program's executable itself, not in a shared library: only
+//! then does re-executing /proc/self/exe run that code (a plugin's host program may do anything
+//! when started without arguments).
+inline bool in_main_executable(const void* code) noexcept {
+  struct Query {
+    std::uintptr_t addr;
+    bool found;
+  } q{reinterpret_cast<std::uintptr_t>(code), false};
+  ::dl_iterate_phdr(
+      [](struct dl_phdr_info* info, std::size_t, void* data) -> int {
+        auto* q = static_cast<Query*>(data);
+        for (int i = 0; i < info->dlpi_phnum; ++i) {
+          const auto& ph = info->dlpi_phdr[i];
+          if (ph.p_type != PT_LOAD) continue;
+          const std::uintptr_t begin = info->dlpi_addr + ph.p_vaddr;
+          if (q->addr >= begin && q->addr < begin + ph.p_memsz) q->found = true;
+        }
+        return 1;  // the first object reported is the executable: stop there
+      },
+      &q);
+  return q.found;
 }
 
 //!Effects: in the started copy, before any of the program's own static initialisers: forks, the
