@@ -1,9 +1,10 @@
 // The crash tracker (detail/tracker.hpp): a program that dies abnormally — SIGKILL, SIGTERM,
 // abort(), an uncaught exception — leaves none of its objects in /dev/shm once no live process
 // uses them, with nothing for the user to run; a persistent object stays; an object that a live
-// forked grandchild still uses stays until that grandchild exits. The crashing programs are
-// spawned (a program of their own, with their own tracker), and each test polls /dev/shm with a
-// bounded deadline.
+// forked grandchild or a spawned program still uses stays until that process exits; the tracker
+// is nobody's child, holds none of its program's descriptors and exits after it; MPP_NO_TRACKER=1
+// turns it off. The crashing programs are spawned (a program of their own, with their own
+// tracker), and each test polls /dev/shm with a bounded deadline.
 #include <mpp/detail/registry.hpp>
 #include <mpp/mpp.hpp>
 
