@@ -318,10 +318,21 @@ inline bool sweep(std::map<std::string, Entry>& entries) {
     Wire ready{};
     ready.op = kReady;
     (void)os::send_packet(fd, &ready, offsetof(Wire, name), std::chrono::seconds(1));
+    bool busy = false;  // the last look found messages
     for (;;) {
       Wire w{};
-      const long n = os::recv_packet(fd, &w, sizeof w, std::chrono::milliseconds(-1));
+      long n = os::recv_packet(fd, &w, sizeof w, std::chrono::milliseconds(0));
+      if (n == -2 && busy) {
+        // A burst (objects created and destroyed in a loop): let it accumulate for a moment,
+        // since a sender whose receiver sleeps here wakes nobody, while one that finds the
+        // receiver blocked pays for waking it on every message.
+        busy = false;
+        os::sleep_for(std::chrono::milliseconds(1));
+        continue;
+      }
+      if (n == -2) n = os::recv_packet(fd, &w, sizeof w, std::chrono::milliseconds(-1));
       if (n <= 0) break;  // end of file: the program and its forked children are gone
+      busy = true;
       if (static_cast<std::size_t>(n) < offsetof(Wire, name) || w.name_size > sizeof w.name ||
           static_cast<std::size_t>(n) != offsetof(Wire, name) + w.name_size)
         continue;  // not a message of ours

@@ -1474,11 +1474,21 @@ inline int send_packet(int fd, const void* data, std::size_t n, std::chrono::mil
 }
 
 //!Effects: receives one message from packet socket `fd` into `buf`, waiting at most `timeout`
-//! (forever when negative). Returns: its size, 0 at end of file, -1 on timeout or error.
+//! (forever when negative; not at all when zero).
+//!Returns: its size, 0 at end of file, -1 on timeout or error, -2 if `timeout` is zero and no
+//! message is there.
 inline long recv_packet(int fd, void* buf, std::size_t n, std::chrono::milliseconds timeout) noexcept {
+  if (timeout.count() == 0) {
+    for (;;) {
+      const ssize_t got = ::recv(fd, buf, n, MSG_DONTWAIT);
+      if (got >= 0) return static_cast<long>(got);
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return -2;
+      if (errno != EINTR) return -1;
+    }
+  }
   const auto until = std::chrono::steady_clock::now() + timeout;
   for (;;) {
-    if (timeout.count() >= 0) {
+    if (timeout.count() > 0) {
       const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now());
       struct pollfd p{fd, POLLIN, 0};
       const int r = ::poll(&p, 1, left.count() > 0 ? static_cast<int>(left.count()) + 1 : 0);
