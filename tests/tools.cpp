@@ -357,6 +357,57 @@ TEST_CASE("an object with no recorded creator is kept during the grace period", 
   CHECK_FALSE(shm_exists(name));
 }
 
+TEST_CASE("gc right after a crash during creation: a creator provably dead needs no grace",
+          "[tools]") {
+  // What a creator killed between shm_open and its first header write leaves: an empty object
+  // (a block, or one marked as having a header), or a zeroed header. An immediate restart must
+  // be able to create the name again after `mpp gc`, without waiting out the grace period.
+  struct Case {
+    unsigned mark;
+    off_t size;
+  };
+  const Case cases[] = {{mpp::detail::os::kModeHeadered, 0},
+                        {mpp::detail::os::kModeHeadered, off_t{sizeof(mpp::detail::SegmentHeader) + 64}},
+                        {0, 0}};
+  for (const Case& c : cases) {
+    const auto name = mpp_test::unique_name("gc.crashed");
+    int p[2];
+    REQUIRE(::pipe(p) == 0);
+    const pid_t creator = mpp_test::fork_child([&] {
+      const int fd = ::shm_open(("/" + name).c_str(), O_RDWR | O_CREAT | O_EXCL, 0600 | c.mark);
+      if (fd < 0 || ::ftruncate(fd, c.size) != 0) return 1;
+      char ready = 1;
+      (void)!::write(p[1], &ready, 1);
+      for (;;) ::pause();  // killed before it writes its identity
+      return 0;
+    });
+    ::close(p[1]);
+    char ready = 0;
+    REQUIRE(::read(p[0], &ready, 1) == 1);
+    ::close(p[0]);
+    // Its creator holds it open: kept.
+    auto e = reg::gc(false, {}, prefix_of(name));
+    REQUIRE(find(e, name) != nullptr);
+    CHECK_FALSE(find(e, name)->removed);
+    CHECK(shm_exists(name));
+
+    ::kill(creator, SIGKILL);
+    CHECK(mpp_test::wait_child(creator) == -SIGKILL);
+    e = reg::gc(false, {}, prefix_of(name));
+    REQUIRE(find(e, name) != nullptr);
+    CHECK(find(e, name)->removed);
+    CHECK(find(e, name)->verdict.reason.find("died") != std::string::npos);
+    CHECK_FALSE(shm_exists(name));
+    if (c.mark != 0) {
+      auto again = Segment::create(name, queue_spec());  // the restart
+      CHECK(again.valid());
+    } else {
+      mpp::SharedMemory again = mpp::SharedMemory::create(name, 64);
+      CHECK(again.size() == 64);
+    }
+  }
+}
+
 TEST_CASE("SharedMemory blocks: an empty one waits out the grace, a sized one needs a user",
           "[tools]") {
   // A block's creator takes its user lock before it sizes the block, so only an empty block can

@@ -32,6 +32,8 @@ constexpr std::string_view kUsage =
     "         live users / registered users, queue depth, state.\n"
     "gc       removes objects whose creator and attached processes are all dead (pid + start\n"
     "         time), including half-built ones whose creator died; never one with a live user.\n"
+    "         One too new to name its creator is removed when no live process has it open or\n"
+    "         mapped (its creator died), else kept for --grace seconds (default 10).\n"
     "         Persistent objects (created with persistent = true, untracked SharedMemory) are\n"
     "         kept unless --include-persistent. --dry-run only prints what would be removed.\n"
     "inspect  prints one object's header fields, attach table and gc verdict.\n"
@@ -134,7 +136,8 @@ int cmd_inspect(std::string_view name) {
                  reg::process_alive(a.who) ? "alive" : "dead");
   }
   const auto v = reg::gc_verdict(o, mpp::detail::os::unix_time_ms());
-  fmt::print("gc:              {}\n", v.remove ? "would remove (" + v.reason + ")" : v.reason);
+  fmt::print("gc:              {}{}\n", v.remove ? "would remove (" + v.reason + ")" : v.reason,
+             v.grace ? "; removed at once if no live process has it open (its creator died)" : "");
   return 0;
 }
 

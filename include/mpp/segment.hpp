@@ -147,6 +147,11 @@ struct SegmentHeader {
 static_assert(std::is_standard_layout_v<SegmentHeader>);
 static_assert(offsetof(SegmentHeader, attach) == 4 * kCacheLine, "the header layout changed");
 
+namespace tracker {  // the crash tracker (detail/tracker.hpp, included at the end of this file)
+inline void track(std::string_view name, const SegmentHeader& h) noexcept;
+inline void untrack(std::string_view name, const SegmentHeader& h) noexcept;
+}  // namespace tracker
+
 /// How to build a new segment.
 struct SegmentSpec {
   Kind kind;                      ///< what the object is
@@ -249,6 +254,7 @@ class Segment {
     s.payload_offset_ = offset;
     s.capacity_ = spec.capacity;
     fill_header(*s.header_ptr(), spec, total, offset, opts.persistent);
+    tracker::track(name, *s.header_ptr());  // removed if this program dies before it does
     try {
       if (init) init(s.base_ + offset, spec.payload_size);
       // A page init touched beyond the reservation that tmpfs could not allocate: the object
@@ -256,6 +262,7 @@ class Segment {
       os::check_mapping(s.base_);
     } catch (...) {
       os::shm_remove(name);
+      tracker::untrack(name, *s.header_ptr());
       s.creator_pid_ = 0;  // nothing left to unlink
       throw;
     }
@@ -377,6 +384,7 @@ class Segment {
   //! handle will not try again. Returns: false if the name was already gone.
   bool unlink() {
     creator_pid_ = 0;
+    if (base_ != nullptr) tracker::untrack(name_, *header_ptr());
     return os::shm_remove(name_);
   }
 
@@ -408,6 +416,7 @@ class Segment {
     if (base_ == nullptr) return;
     if (attach_pid_ == os::current_pid()) release_slot();
     if (is_creator() && !persistent_) {
+      tracker::untrack(name_, *header_ptr());
       try {
         os::shm_remove(name_);
       } catch (...) {  // best effort in a destructor; `mpp gc` removes what is left
@@ -559,3 +568,5 @@ class Segment {
 
 }  // namespace detail
 }  // namespace mpp
+
+#include "detail/tracker.hpp"  // after Segment: the tracker reads segment headers

@@ -130,7 +130,8 @@ class BlockHandle final : public ForkHook {
     }
     if (!user || !track_ || unlinked_) return;
     try {
-      if (others_using(name_, 1) == 0) os::shm_remove(name_);  // one query: is any lock held?
+      if (others_using(name_, 1) == 0 && os::shm_remove(name_))  // one query: is any lock held?
+        tracker::untrack_block(name_);
     } catch (...) {  // best effort in a destructor; `mpp gc` removes what is left
     }
 #else
@@ -208,6 +209,7 @@ class BlockHandle final : public ForkHook {
   bool unlink() {
     unlinked_ = true;
 #if defined(MPP_OS_POSIX)
+    tracker::untrack_block(name_);
     return os::shm_remove(name_);
 #else
     return seg_.unlink();
@@ -273,6 +275,7 @@ class BlockHandle final : public ForkHook {
       b->slot_ = take_lock(b->fd_, name);
       os::shm_set_size(b->fd_, name, size);
       b->map(size);
+      tracker::track_block(name, os::shm_fstat(b->fd_, name).inode);
     } catch (...) {
       try {
         os::shm_remove(name);

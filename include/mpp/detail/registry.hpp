@@ -7,6 +7,7 @@
 // count_user_locks), liveness through ProcessRef.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -305,6 +306,10 @@ inline std::vector<ProcessRef> live_users(const ObjectInfo& o, const AliveFn& al
 struct Verdict {
   bool remove = false;  ///< true: garbage, no registered user can still be using it
   std::string reason;   ///< why (for the tool's output)
+  /// Kept only for the grace period: no creator is recorded yet, so none can be judged dead
+  /// from the object. gc() removes it anyway when no live process has it open or mapped (its
+  /// creator holds a descriptor from the moment the name exists: it died).
+  bool grace = false;
 };
 
 /// How careful gc is.
@@ -351,8 +356,9 @@ inline Verdict gc_verdict(const ObjectInfo& o, std::int64_t now_unix_ms, const G
     if (o.state == State::empty) {
       const std::int64_t age = now_unix_ms - o.stat.mtime_unix_ms;
       if (age < policy.grace_ms)
-        return {false, fmt::format("kept: empty and only {} ms old (grace {} ms)", age,
-                                   policy.grace_ms)};
+        return {false,
+                fmt::format("kept: empty and only {} ms old (grace {} ms)", age, policy.grace_ms),
+                true};
       return {true, fmt::format("empty after {} s: abandoned while being created", age / 1000)};
     }
     return {true, "no process holds it: its users closed it or died"};
@@ -361,8 +367,10 @@ inline Verdict gc_verdict(const ObjectInfo& o, std::int64_t now_unix_ms, const G
   if (!creator_known) {
     const std::int64_t age = now_unix_ms - o.stat.mtime_unix_ms;
     if (age < policy.grace_ms)
-      return {false, fmt::format("kept: no creator recorded yet and only {} ms old (grace {} ms)",
-                                 age, policy.grace_ms)};
+      return {false,
+              fmt::format("kept: no creator recorded yet and only {} ms old (grace {} ms)", age,
+                          policy.grace_ms),
+              true};
     return {true, fmt::format("no creator recorded after {} s: abandoned while being created",
                               age / 1000)};
   }
@@ -387,19 +395,41 @@ struct GcEntry {
 //!Effects: judges every object whose name starts with `prefix` and, unless `dry_run`, removes
 //! the garbage. A candidate that a live process still has mapped is kept even though no live
 //! process is registered in it (a forked child using an inherited Queue, Pipe, Value, ...
-//! handle need not take an attach slot). Each candidate is inspected a second time right
-//! before removal and kept if that changes the verdict or the object behind the name (a
-//! process attaching after the first look, or the name recreated).
+//! handle need not take an attach slot). An object kept only for the grace period (no creator
+//! recorded yet) is garbage at once when no live process has it open or mapped: its creator
+//! provably died while creating it, so an immediate restart can create the name again. Each
+//! candidate is inspected a second time right before removal and kept if that changes the
+//! verdict or the object behind the name (a process attaching after the first look, or the
+//! name recreated).
 //!Returns: one entry per object, in name order.
 inline std::vector<GcEntry> gc(bool dry_run, const GcPolicy& policy = {},
                                std::string_view prefix = "mpp.",
                                const AliveFn& alive = process_alive) {
   std::vector<GcEntry> out;
   std::optional<std::vector<os::ShmMapper>> mappers;  // read once, when there is a candidate
+  std::optional<std::vector<os::ShmMapper>> openers;  // read once, when an object is in grace
+  // Whether a live process has the object with inode `inode` open (a creator building it).
+  auto opened = [&](std::uint64_t inode) {
+    if (!openers) openers = os::shm_openers();
+    return std::any_of(openers->begin(), openers->end(), [&](const os::ShmMapper& m) {
+      return m.inode == inode && ProcessRef{m.pid, 0}.alive();
+    });
+  };
+  const auto dead_creator = [](const ObjectInfo& o) {
+    return Verdict{true, o.block ? "empty, and no process has it open: its creator died before "
+                                   "sizing it"
+                                 : "no creator recorded, and no process has it open: its creator "
+                                   "died while creating it"};
+  };
   for (auto& info : scan(prefix)) {
     GcEntry e;
     e.verdict = gc_verdict(info, os::unix_time_ms(), policy, alive);
     e.info = std::move(info);
+    bool grace = false;
+    if (e.verdict.grace && !opened(e.info.stat.inode)) {
+      e.verdict = dead_creator(e.info);
+      grace = true;
+    }
     if (e.verdict.remove) {
       if (!mappers) mappers = os::shm_mappers();
       for (const auto& m : *mappers) {
@@ -412,7 +442,8 @@ inline std::vector<GcEntry> gc(bool dry_run, const GcPolicy& policy = {},
     }
     if (e.verdict.remove && !dry_run) {
       ObjectInfo again = inspect(e.info.name);
-      const Verdict v2 = gc_verdict(again, os::unix_time_ms(), policy, alive);
+      Verdict v2 = gc_verdict(again, os::unix_time_ms(), policy, alive);
+      if (grace && v2.grace && again.stat.inode == e.info.stat.inode) v2 = dead_creator(again);
       if (!v2.remove || again.stat.inode != e.info.stat.inode) {
         e.verdict = {false, "kept: changed while being collected (" + v2.reason + ")"};
       } else {
