@@ -397,6 +397,8 @@ class Segment {
   std::uint64_t capacity() const noexcept { return capacity_; }
   /// The header (for tools; its atomics may change under you).
   SegmentHeader& header() const noexcept { return *header_ptr(); }
+  /// Random at creation: tells this object from an earlier one of the same name.
+  std::uint64_t instance() const noexcept { return instance_; }
   /// True if this process created the segment through this handle.
   bool is_creator() const noexcept { return creator_pid_ != 0 && creator_pid_ == os::current_pid(); }
   /// Keep (true) or remove (false) the name when the creating handle is destroyed.
@@ -410,6 +412,19 @@ class Segment {
       header_ptr()->flags.fetch_or(kSegmentPersistent, std::memory_order_relaxed);
     else
       header_ptr()->flags.fetch_and(~kSegmentPersistent, std::memory_order_relaxed);
+  }
+
+  //!Effects: does to the name now what close() would do (the creator's handle removes it unless
+  //! persistent), and this handle is no longer the creator; the mapping stays. For an object
+  //! whose creating handle is shared with handles opened later in the same process.
+  void release_name() noexcept {
+    if (is_creator() && !persistent_) {
+      try {
+        os::shm_remove(name_);
+      } catch (...) {  // best effort in a destructor; `mpp gc` removes what is left
+      }
+    }
+    creator_pid_ = 0;
   }
 
   //!Effects: removes the name now (processes that have it mapped keep working); the creator's
