@@ -452,3 +452,55 @@ TEST_CASE("spawn and forkserver pools: a killed worker fails its task, never a h
   CHECK(kills.value() >= 1);
   ::unsetenv(kKillsEnv);
 }
+
+// ---- many workers (each is a user of the pool's shared queues, status array and arena) ----------
+
+namespace {
+// map(square) over n items on `pool`, one item per task: every result is checked.
+bool squares_right(mpp::Pool& pool, int n) {
+  std::vector<int> in(static_cast<std::size_t>(n));
+  std::iota(in.begin(), in.end(), 0);
+  const auto out = pool.map(square, in, 1);
+  bool all = out.size() == in.size();
+  for (std::size_t i = 0; all && i < in.size(); ++i) all = out[i] == in[i] * in[i];
+  return all;
+}
+}  // namespace
+
+TEST_CASE("Pool(200): more workers than the old 128 users per object", "[pool][users]") {
+  const auto before = my_shm_names();
+  {
+    mpp::Pool pool(200);
+    REQUIRE(pool.processes() == 200);
+    CHECK(squares_right(pool, 1000));
+    const auto pids = pool.map(worker_pid, std::vector<int>(400, 0), 1);
+    CHECK(std::set<int>(pids.begin(), pids.end()).size() > 1);
+    pool.close();
+    pool.join();
+  }
+  CHECK(my_shm_names() == before);
+}
+
+TEST_CASE("Pool(1024): a trivial map over 2048 items with every result right", "[pool][users][stress]") {
+  const auto t0 = std::chrono::steady_clock::now();
+  {
+    mpp::Pool pool(1024);
+    REQUIRE(pool.processes() == 1024);
+    CHECK(squares_right(pool, 2048));
+    pool.close();
+    pool.join();
+  }
+  WARN("Pool(1024): " << mpp_test::seconds_since(t0) << " s");
+}
+
+TEST_CASE("spawn Pool(200): every worker starts and serves", "[pool][users][spawn]") {
+  const auto t0 = std::chrono::steady_clock::now();
+  {
+    mpp::Pool pool(with_method(mpp::StartMethod::spawn, 200));
+    REQUIRE(pool.processes() == 200);
+    CHECK(squares_right(pool, 1000));
+    pool.close();
+    pool.join();
+  }
+  WARN("spawn Pool(200): " << mpp_test::seconds_since(t0) << " s");
+}
