@@ -3,9 +3,11 @@
 #include <mpp/pool.hpp>
 #include <mpp/value.hpp>
 #include <dirent.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 
 #include <numeric>
@@ -494,13 +496,32 @@ TEST_CASE("Pool(1024): a trivial map over 2048 items with every result right", "
 }
 
 TEST_CASE("spawn Pool(200): every worker starts and serves", "[pool][users][spawn]") {
-  const auto t0 = std::chrono::steady_clock::now();
+  // A worker that fails reports it on stderr (and is replaced): catch what the workers print.
+  const std::string path = fmt::format("/tmp/mpp-test-{}-stderr", ::getpid());
+  std::fflush(stderr);
+  const int saved = ::dup(2);
+  const int fd = ::open(path.c_str(), O_CREAT | O_TRUNC | O_WRONLY, 0600);
+  REQUIRE(fd >= 0);
+  ::dup2(fd, 2);
+  ::close(fd);
+  bool right = false;
   {
     mpp::Pool pool(with_method(mpp::StartMethod::spawn, 200));
-    REQUIRE(pool.processes() == 200);
-    CHECK(squares_right(pool, 1000));
+    right = pool.processes() == 200 && squares_right(pool, 1000);
     pool.close();
     pool.join();
   }
-  WARN("spawn Pool(200): " << mpp_test::seconds_since(t0) << " s");
+  std::fflush(stderr);
+  ::dup2(saved, 2);
+  ::close(saved);
+  std::string printed;
+  if (std::FILE* f = std::fopen(path.c_str(), "r")) {
+    char buf[4096];
+    for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;) printed.append(buf, n);
+    std::fclose(f);
+  }
+  std::remove(path.c_str());
+  INFO(printed.substr(0, 2000));
+  CHECK(right);
+  CHECK(printed.find("PoolWorker") == std::string::npos);  // no worker died
 }

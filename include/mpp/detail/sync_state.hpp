@@ -582,8 +582,9 @@ struct ConditionState {
 };
 static_assert(std::is_standard_layout_v<ConditionState>);
 
-/// Most parties a Barrier can have (each waiting party is tracked by its ProcessRef).
-inline constexpr std::uint32_t kMaxBarrierParties = 256;
+/// Most parties a Barrier can have (each waiting party is tracked by its ProcessRef; a barrier
+/// touches the pages of its first `parties` entries only).
+inline constexpr std::uint32_t kMaxBarrierParties = 4096;
 
 /// Python's Barrier. Waiting parties are recorded by ProcessRef, so a party that dies while the
 /// others wait breaks the barrier (BrokenBarrierError in every waiter) instead of hanging them.
@@ -596,7 +597,9 @@ struct BarrierState {
   std::atomic<std::uint32_t> generation{0};  ///< bumped when the barrier trips or is reset
   std::atomic<std::uint32_t> broken{0};      ///< 1 after abort(), a timeout or a dead party
   std::atomic<std::uint64_t> reset_mask{0};  ///< bit g % 64: generation g ended by reset()
-  std::atomic<std::uint64_t> waiting[kMaxBarrierParties] = {};  ///< ProcessRef by arrival index
+  /// ProcessRef by arrival index, through waiting(i). No initializer: the segment is zero-filled,
+  /// and writing all of it would allocate every page for a barrier of a few parties.
+  std::uint64_t waiting_[kMaxBarrierParties];
 
   BarrierState() noexcept = default;
   /// A barrier for `n` parties (1..kMaxBarrierParties; the handle checks).
@@ -622,7 +625,7 @@ struct BarrierState {
       fail<CorruptedError>("barrier '{}': {} parties waiting but only {} expected", name, index,
                            n);
     }
-    waiting[index].store(ProcessRef::self().pack(), std::memory_order_relaxed);
+    waiting(index).store(ProcessRef::self().pack(), std::memory_order_relaxed);
     count.store(index + 1, std::memory_order_release);
     if (index + 1 == n) {
       // A party that arrived and then died would pass this trip and leave the survivors waiting
@@ -643,7 +646,7 @@ struct BarrierState {
         wp.notify_all();
         throw;
       }
-      for (std::uint32_t i = 0; i < n; ++i) waiting[i].store(0, std::memory_order_relaxed);
+      for (std::uint32_t i = 0; i < n; ++i) waiting(i).store(0, std::memory_order_relaxed);
       count.store(0, std::memory_order_relaxed);
       start_generation(gen + 1);
       lock.release();
@@ -686,7 +689,8 @@ struct BarrierState {
     lock.acquire(Deadline::never());
     const std::uint32_t gen = generation.load(std::memory_order_relaxed);
     reset_mask.fetch_or(std::uint64_t{1} << (gen % 64), std::memory_order_relaxed);
-    for (auto& w : waiting) w.store(0, std::memory_order_relaxed);
+    const std::uint32_t n = std::min(parties.load(std::memory_order_relaxed), kMaxBarrierParties);
+    for (std::uint32_t i = 0; i < n; ++i) waiting(i).store(0, std::memory_order_relaxed);
     count.store(0, std::memory_order_relaxed);
     broken.store(0, std::memory_order_relaxed);
     start_generation(gen + 1);
@@ -710,6 +714,13 @@ struct BarrierState {
   }
 
  private:
+  // Entry i (< kMaxBarrierParties) of waiting_.
+  std::atomic_ref<std::uint64_t> waiting(std::uint32_t i) noexcept {
+    return std::atomic_ref<std::uint64_t>(waiting_[i]);
+  }
+  std::atomic_ref<std::uint64_t> waiting(std::uint32_t i) const noexcept {  // for loads only
+    return std::atomic_ref<std::uint64_t>(const_cast<std::uint64_t&>(waiting_[i]));
+  }
   void start_generation(std::uint32_t g) noexcept {
     reset_mask.fetch_and(~(std::uint64_t{1} << (g % 64)), std::memory_order_relaxed);
     generation.store(g, std::memory_order_release);
@@ -731,7 +742,7 @@ struct BarrierState {
     c = std::min(c, kMaxBarrierParties);
     const std::uint64_t me = ProcessRef::self().pack();
     for (std::uint32_t i = 0; i < c; ++i) {
-      const std::uint64_t w = waiting[i].load(std::memory_order_relaxed);
+      const std::uint64_t w = waiting(i).load(std::memory_order_relaxed);
       if (w == 0 || w == me) continue;
       const ProcessRef p = ProcessRef::unpack(w);
       if (!p.alive()) return p.pid;
