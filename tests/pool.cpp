@@ -483,6 +483,11 @@ TEST_CASE("Pool(200): more workers than the old 128 users per object", "[pool][u
   CHECK(my_shm_names() == before);
 }
 
+TEST_CASE("a Pool larger than its queues admit is refused at once", "[pool][users]") {
+  CHECK_THROWS_AS(mpp::Pool(mpp::Pool::kMaxProcesses + 1), mpp::ValueError);
+  CHECK(mpp::active_children().empty());
+}
+
 TEST_CASE("Pool(1024): a trivial map over 2048 items with every result right", "[pool][users][stress]") {
   const auto t0 = std::chrono::steady_clock::now();
   {

@@ -1,6 +1,7 @@
 // mpp — named shared-memory segments with a validated header (DESIGN.md section 3).
 // Every shareable object lives in a Segment: a header (magic, layout version, kind, element type
-// fingerprint, sizes, creator, attach table, init state) followed by the object's payload.
+// fingerprint, sizes, creator, init state) followed by the object's payload, then its attach
+// table (one entry per process using it, shared by that process's handles).
 // Creating is exclusive, opening validates every header field against the mapped size, and a
 // half-built segment is waited for (bounded) unless its creator is known to have died.
 #pragma once
@@ -646,7 +647,8 @@ class Segment {
         if (used == 0 || at % os::page_size() == 0) {
           if (const int err = os::populate_write(base_ + at, sizeof(AttachSlot)); err != 0)
             throw NoSpaceError(fmt::format("cannot use '{}': no memory for entry {} of its "
-                                           "attach table ({}); free space in /dev/shm (`mpp gc`)",
+                                           "attach table ({}); free space in /dev/shm (`mpp gc`) "
+                                           "or enlarge it",
                                            name_, used, std::strerror(err)),
                                err);
         }

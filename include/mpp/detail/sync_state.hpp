@@ -659,7 +659,7 @@ struct BarrierState {
           return generation.load(std::memory_order_acquire) != gen ||
                  broken.load(std::memory_order_acquire) != 0;
         },
-        deadline, [&] { break_if_party_died(gen); });
+        deadline, [&] { break_if_party_died(gen, index); });
     if (!done) {  // timed out: as in Python, that breaks the barrier for everyone
       break_generation(gen);
       if (generation.load(std::memory_order_acquire) == gen)
@@ -749,8 +749,17 @@ struct BarrierState {
     }
     return std::nullopt;
   }
-  void break_if_party_died(std::uint32_t gen) {
-    if (dead_party(count.load(std::memory_order_acquire))) break_generation(gen);
+  // A waiter looks at the party that arrived after it (the last arrival at the first): each
+  // arrived party is watched by another, and in a ring of parties neither all alive nor all
+  // dead some live one watches a dead one. One liveness check per waiter and poll, not one per
+  // party (hundreds of waiters each reading every party's liveness swamped the machine).
+  void break_if_party_died(std::uint32_t gen, std::uint32_t index) {
+    const std::uint32_t c = std::min(count.load(std::memory_order_acquire), kMaxBarrierParties);
+    if (c < 2) return;
+    const std::uint32_t next = (index + 1) % c;
+    const std::uint64_t w = waiting(next).load(std::memory_order_relaxed);
+    if (w == 0 || w == ProcessRef::self().pack()) return;
+    if (!ProcessRef::unpack(w).alive()) break_generation(gen);
   }
 };
 static_assert(std::is_standard_layout_v<BarrierState>);
