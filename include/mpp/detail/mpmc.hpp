@@ -828,8 +828,9 @@ class Core {
       last_scan_ns_.store(now, std::memory_order_relaxed);
     }
     const std::uint32_t used = parts_used();
-    std::vector<std::int8_t> alive(used + 1);  // 0 unknown, 1 alive, -1 dead (by index)
-    std::vector<std::uint32_t> gens(used + 1);
+    // By participant index (used: never handed out); allocated at the first slot in flight.
+    std::vector<std::int8_t> alive;  // 0 unknown, 1 alive, -1 dead
+    std::vector<std::uint32_t> gens;
     std::size_t n = 0;
     const u64 limit = scan_limit();
     for (u64 i = 0; i < limit; ++i) {
@@ -837,8 +838,12 @@ class Core {
       const u64 s = sl.state.load(std::memory_order_acquire);
       const u64 ph = phase_of(s);
       if (ph != kWriting && ph != kReading) continue;
+      if (alive.empty()) {
+        alive.assign(used + 1, 0);
+        gens.assign(used + 1, 0);
+      }
       const std::uint32_t o = owner_of(s);
-      const std::uint32_t idx = std::min(o & (kMaxParticipants - 1), used);  // used: no one
+      const std::uint32_t idx = std::min(o & (kMaxParticipants - 1), used);
       if (alive[idx] == 0 || gens[idx] != o) {
         alive[idx] = owner_alive(o) ? 1 : -1;
         gens[idx] = o;
