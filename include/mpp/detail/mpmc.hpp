@@ -1149,28 +1149,39 @@ class Core {
   }
 
   // The Core of the queue in `seg` for this process: the one its other handles of the queue
-  // use, or a new one (remembered for the next).
+  // use, or a new one (remembered for the next). No other lock is taken under the cache's:
+  // fork() takes the cache's and the attach registry's in their registration order.
   static std::shared_ptr<Core> share(Segment seg, u64 cell) {
     CoreCache& cache = CoreCache::get();
+    const std::pair<std::string, std::uint64_t> key{seg.name(), seg.instance()};
     std::shared_ptr<Core> core;
     {
       std::lock_guard<std::mutex> lock(cache.mutex);
-      std::weak_ptr<Core>& slot = cache.cores[{seg.name(), seg.instance()}];
-      core = slot.lock();
-      if (core) {
-        core->recheck();  // opening checks the header, even when the Core is already here
-        // Opening registers this process as a user (a forked child may share a Core it
-        // inherited).
-        (void)core->seg_.attach_index();
-      }
-      if (!core) {
-        core = std::make_shared<Core>(std::move(seg));
-        slot = core;
-        if (cache.cores.size() >= cache.sweep_at) {
-          std::erase_if(cache.cores, [](const auto& kv) { return kv.second.expired(); });
-          cache.sweep_at = 2 * cache.cores.size() + 16;
+      if (const auto it = cache.cores.find(key); it != cache.cores.end()) core = it->second.lock();
+    }
+    if (!core) {
+      auto fresh = std::make_shared<Core>(std::move(seg));
+      {
+        std::lock_guard<std::mutex> lock(cache.mutex);
+        std::weak_ptr<Core>& slot = cache.cores[key];
+        core = slot.lock();
+        if (!core) {
+          slot = fresh;
+          core = fresh;
+          if (cache.cores.size() >= cache.sweep_at) {
+            std::erase_if(cache.cores, [](const auto& kv) { return kv.second.expired(); });
+            cache.sweep_at = 2 * cache.cores.size() + 16;
+          }
         }
       }
+      if (core == fresh) return checked(std::move(core), cell);
+    }  // else another handle's Core: `seg` (or `fresh`) goes, this process keeps its entry
+    core->recheck();  // opening checks the header, even when the Core is already here
+    {
+      // Opening registers this process as a user (a forked child may share a Core it
+      // inherited).
+      std::lock_guard<std::mutex> lock(core->reg_mutex_);
+      (void)core->seg_.attach_index();
     }
     return checked(std::move(core), cell);
   }
