@@ -382,10 +382,11 @@ TEST_CASE("refcount under crashes: 8 attach, 4 killed, live_users counts exactly
   auto o = reg::inspect(name);
   CHECK(o.attachers.size() == 9);  // dead holders still occupy their slots...
   CHECK(reg::live_users(o).size() == 5);  // ...but are not counted
-  // A newcomer reuses a dead holder's slot only when the table is full; it is counted exactly once.
+  // A second handle in this process shares the process's entry: it is not counted again.
   {
-    auto newcomer = open_test(name);  // a second handle in this process takes its own slot
-    CHECK(seg.live_users() == 6);
+    auto newcomer = open_test(name);
+    CHECK(newcomer.attach_index() == seg.attach_index());
+    CHECK(seg.live_users() == 5);
   }
   for (int i = 0; i < 4; ++i) release.post();
   for (int i = 1; i < 8; i += 2) CHECK(mpp_test::wait_child(users[i]) == 0);

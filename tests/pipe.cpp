@@ -14,6 +14,7 @@
 #include <mpp/pipe.hpp>
 #include <mpp/process.hpp>
 #include <random>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -779,5 +780,40 @@ TEST_CASE("a forked child SIGKILLed mid-message while the parent still holds the
   w.send_bytes(pattern(100, 4));
   w.close();
   REQUIRE(wait_child(drain) == 0);
+}
+
+TEST_CASE("users: an end held by 100 forked children stays held until the last one leaves",
+          "[pipe][users]") {
+  constexpr int kKids = 100, kKilled = 64;  // 64 entries per end used to be the limit
+  auto [a, b] = mpp::Pipe<int>();
+  int go[2];
+  REQUIRE(::pipe(go) == 0);
+  std::vector<pid_t> kids;
+  for (int i = 0; i < kKids; ++i) {
+    kids.push_back(fork_child([&, i] {
+      ::close(go[1]);
+      char c;
+      if (::read(go[0], &c, 1) != 1) return 2;
+      b.send(i);
+      return 0;
+    }));
+  }
+  b.close();  // the children hold it now
+  for (int i = 0; i < kKilled; ++i) {
+    ::kill(kids[static_cast<std::size_t>(i)], SIGKILL);
+    CHECK(wait_child(kids[static_cast<std::size_t>(i)]) == -SIGKILL);
+  }
+  // The survivors still hold the end: nothing to read, and no EOF before their messages.
+  CHECK_FALSE(a.poll(300ms));
+  const std::vector<char> bytes(kKids - kKilled, 1);
+  REQUIRE(::write(go[1], bytes.data(), bytes.size()) == static_cast<ssize_t>(bytes.size()));
+  std::set<int> got;
+  for (int i = kKilled; i < kKids; ++i) got.insert(a.recv());
+  CHECK(got.size() == static_cast<std::size_t>(kKids - kKilled));
+  CHECK(*got.begin() == kKilled);
+  for (int i = kKilled; i < kKids; ++i) CHECK(wait_child(kids[static_cast<std::size_t>(i)]) == 0);
+  CHECK_THROWS_AS(a.recv(), mpp::EOFError);  // the last holder left
+  ::close(go[0]);
+  ::close(go[1]);
 }
 #endif  // MPP_OS_POSIX

@@ -3,10 +3,12 @@
 #include <mpp/pool.hpp>
 #include <mpp/value.hpp>
 #include <dirent.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 
 #include <numeric>
@@ -645,4 +647,79 @@ TEST_CASE("one failure of a flaky initializer breaks the pool; no worker is retr
       },
       60s);
   CHECK(rc == 0);
+
+// ---- many workers (each is a user of the pool's shared queues, status array and arena) ----------
+
+namespace {
+// map(square) over n items on `pool`, one item per task: every result is checked.
+bool squares_right(mpp::Pool& pool, int n) {
+  std::vector<int> in(static_cast<std::size_t>(n));
+  std::iota(in.begin(), in.end(), 0);
+  const auto out = pool.map(square, in, 1);
+  bool all = out.size() == in.size();
+  for (std::size_t i = 0; all && i < in.size(); ++i) all = out[i] == in[i] * in[i];
+  return all;
+}
+}  // namespace
+
+TEST_CASE("Pool(200): more workers than the old 128 users per object", "[pool][users]") {
+  const auto before = my_shm_names();
+  {
+    mpp::Pool pool(200);
+    REQUIRE(pool.processes() == 200);
+    CHECK(squares_right(pool, 1000));
+    const auto pids = pool.map(worker_pid, std::vector<int>(400, 0), 1);
+    CHECK(std::set<int>(pids.begin(), pids.end()).size() > 1);
+    pool.close();
+    pool.join();
+  }
+  CHECK(my_shm_names() == before);
+}
+
+TEST_CASE("a Pool larger than its queues admit is refused at once", "[pool][users]") {
+  CHECK_THROWS_AS(mpp::Pool(mpp::Pool::kMaxProcesses + 1), mpp::ValueError);
+  CHECK(mpp::active_children().empty());
+}
+
+TEST_CASE("Pool(1024): a trivial map over 2048 items with every result right", "[pool][users][stress]") {
+  const auto t0 = std::chrono::steady_clock::now();
+  {
+    mpp::Pool pool(1024);
+    REQUIRE(pool.processes() == 1024);
+    CHECK(squares_right(pool, 2048));
+    pool.close();
+    pool.join();
+  }
+  WARN("Pool(1024): " << mpp_test::seconds_since(t0) << " s");
+}
+
+TEST_CASE("spawn Pool(200): every worker starts and serves", "[pool][users][spawn]") {
+  // A worker that fails reports it on stderr (and is replaced): catch what the workers print.
+  const std::string path = fmt::format("/tmp/mpp-test-{}-stderr", ::getpid());
+  std::fflush(stderr);
+  const int saved = ::dup(2);
+  const int fd = ::open(path.c_str(), O_CREAT | O_TRUNC | O_WRONLY, 0600);
+  REQUIRE(fd >= 0);
+  ::dup2(fd, 2);
+  ::close(fd);
+  bool right = false;
+  {
+    mpp::Pool pool(with_method(mpp::StartMethod::spawn, 200));
+    right = pool.processes() == 200 && squares_right(pool, 1000);
+    pool.close();
+    pool.join();
+  }
+  std::fflush(stderr);
+  ::dup2(saved, 2);
+  ::close(saved);
+  std::string printed;
+  if (std::FILE* f = std::fopen(path.c_str(), "r")) {
+    char buf[4096];
+    for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;) printed.append(buf, n);
+    std::fclose(f);
+  }
+  std::remove(path.c_str());
+  INFO(printed.substr(0, 2000));
+  CHECK(right);
+  CHECK(printed.find("PoolWorker") == std::string::npos);  // no worker died
 }

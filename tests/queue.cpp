@@ -10,11 +10,16 @@
 // Compiled with MPP_CRASH_POINTS: MPP_CRASH_POINT(name) calls crash_point() below, which SIGKILLs
 // the process when it is armed for that point (only forked children arm it).
 #define MPP_CRASH_POINTS 1
+#include <mpp/detail/registry.hpp>
 #include <mpp/process.hpp>
 #include <mpp/queue.hpp>
+#include <mpp/sync.hpp>
+#include <mpp/value.hpp>
 
 #if defined(MPP_OS_POSIX)
+#  include <fcntl.h>
 #  include <sys/mman.h>
+#  include <unistd.h>
 #endif
 
 #include <array>
@@ -1180,5 +1185,122 @@ TEST_CASE("JoinableQueue: killed inside put or get, join still returns", "[queue
     while (auto v = q.try_get()) q.task_done();
     CHECK(q.join(20s));
   }
+}
+
+// ---- users: many processes per queue, one entry per process --------------------------------------
+
+namespace {
+// The queue's participant high-water mark, read from its file as `mpp inspect` reads headers.
+std::uint32_t parts_used(const std::string& name) {
+  const auto o = mpp::detail::registry::inspect(name);
+  const int fd = ::shm_open(("/" + name).c_str(), O_RDONLY, 0);
+  REQUIRE(fd >= 0);
+  std::uint32_t n = 0;
+  const auto at = static_cast<off_t>(o.payload_offset + offsetof(mpp::detail::mpmc::Header, parts_used));
+  REQUIRE(::pread(fd, &n, sizeof n, at) == static_cast<ssize_t>(sizeof n));
+  ::close(fd);
+  return n;
+}
+}  // namespace
+
+TEST_CASE("users: 200 handles of one queue in one process share one entry; others still get in",
+          "[queue][users]") {
+  namespace reg = mpp::detail::registry;
+  const auto name = unique_name("users.q");
+  auto q = mpp::Queue<int>::create(name, 1000);
+  {
+    std::vector<mpp::Queue<int>> handles;
+    for (int i = 0; i < 200; ++i) {
+      handles.push_back(mpp::Queue<int>::open(name));
+      handles.back().put(i);
+    }
+    CHECK(reg::inspect(name).attachers.size() == 1);
+    CHECK(parts_used(name) == 1);
+    // Another process opens the queue by name and uses it.
+    const pid_t child = fork_child([&] {
+      auto mine = mpp::Queue<int>::open(name);
+      const int v = mine.get(true, 10s);
+      mine.put(v);
+      mine.put(1000);
+      return reg::inspect(name).attachers.size() == 2 ? 0 : 3;
+    });
+    CHECK(wait_child(child) == 0);
+    CHECK(parts_used(name) == 2);
+    std::multiset<int> got;
+    for (int i = 0; i < 201; ++i) got.insert(handles[static_cast<std::size_t>(i % 200)].get(true, 10s));
+    std::multiset<int> want{1000};
+    for (int i = 0; i < 200; ++i) want.insert(i);
+    CHECK(got == want);
+  }
+  // The creator's handle outlived the opened ones: the name is still there, and goes with it.
+  CHECK(reg::inspect(name).attachers.size() >= 1);
+  auto again = mpp::Queue<int>::open(name);
+  again.put(5);
+  CHECK(q.get() == 5);
+}
+
+TEST_CASE("users: the creating handle removes the name even while opened handles remain",
+          "[queue][users]") {
+  const auto name = unique_name("users.qname");
+  auto opened = [&] {
+    auto q = mpp::Queue<int>::create(name, 4);
+    auto o = mpp::Queue<int>::open(name);
+    o.put(7);
+    return o;
+  }();
+  CHECK_THROWS_AS(mpp::Queue<int>::open(name), mpp::NotFoundError);
+  CHECK(opened.get() == 7);  // the mapping lives on
+}
+
+TEST_CASE("users: 300 processes use one Queue, Lock and Value at the same time",
+          "[queue][users]") {
+  namespace reg = mpp::detail::registry;
+  constexpr int kProcs = 300;
+  const auto base = unique_name("users.many");
+  auto q = mpp::Queue<int>::create(base + ".q", kProcs + 10);
+  auto lock = mpp::Lock::create(base + ".l");
+  auto v = mpp::Value<int>::create(base + ".v", 0);
+  int go[2], ready[2];
+  REQUIRE(::pipe(go) == 0);
+  REQUIRE(::pipe(ready) == 0);
+  std::vector<pid_t> kids;
+  for (int i = 0; i < kProcs; ++i) {
+    kids.push_back(fork_child([&, i] {
+      ::close(go[1]);
+      auto cq = mpp::Queue<int>::open(base + ".q");
+      auto cl = mpp::Lock::open(base + ".l");
+      auto cv = mpp::Value<int>::open(base + ".v");
+      if (!cl.acquire(true, 20s)) return 2;
+      cv.set(cv.value() + 1);
+      cl.release();
+      cq.put(i, true, 20s);
+      const char c = 1;
+      if (::write(ready[1], &c, 1) != 1) return 3;
+      char x;
+      (void)::read(go[0], &x, 1);  // returns at EOF, when the parent closes its end
+      return 0;
+    }));
+  }
+  ::close(ready[1]);
+  int n = 0;
+  char c;
+  while (n < kProcs && ::read(ready[0], &c, 1) == 1) ++n;
+  CHECK(n == kProcs);
+  // Every child is alive and registered, each once, next to the parent.
+  for (const char* suffix : {".q", ".l", ".v"}) {
+    INFO(suffix);
+    CHECK(reg::live_users(reg::inspect(base + suffix)).size() == static_cast<std::size_t>(kProcs + 1));
+  }
+  CHECK(parts_used(base + ".q") == kProcs);  // the parent never used its queue handle
+  ::close(go[1]);
+  int failed = 0;
+  for (pid_t k : kids) failed += wait_child(k) != 0;
+  ::close(go[0]);
+  ::close(ready[0]);
+  CHECK(failed == 0);
+  std::set<int> got;
+  while (auto x = q.try_get()) got.insert(*x);
+  CHECK(got.size() == static_cast<std::size_t>(kProcs));
+  CHECK(v.value() == kProcs);
 }
 #endif  // MPP_OS_POSIX

@@ -1,6 +1,8 @@
 // Named segments: create/open, validation, permissions, lifetime, creator death, liveness,
 // wait/wake — across real processes.
+#include <mpp/detail/registry.hpp>
 #include <mpp/segment.hpp>
+#include <mpp/value.hpp>
 
 #if defined(MPP_OS_POSIX)
 #  include <fcntl.h>
@@ -11,6 +13,7 @@
 #include <cstring>
 #include <random>
 #include <thread>
+#include <vector>
 
 #include "helpers.hpp"
 
@@ -59,7 +62,7 @@ TEST_CASE("create, open, exists and not found", "[segment]") {
       auto other = Segment::open(name, mpp::Kind::test, mpp::type_info<std::uint64_t>());
       CHECK_FALSE(other.is_creator());
       CHECK(other.payload()[63] == std::byte{0xAB});
-      CHECK(seg.live_users() == 2);
+      CHECK(seg.live_users() == 1);  // one process: its handles share one attach entry
     }
 #if defined(MPP_OS_POSIX)
     // An unrelated process opens it by name and sees the initialised payload.
@@ -288,8 +291,8 @@ TEST_CASE("every corrupted header byte is rejected cleanly", "[segment]") {
   opts.init_timeout = 5ms;
   std::mt19937 rng(42);
   int rejected = 0, accepted = 0;
-  // The attach table at the end only holds owner words; the fields before it are all checked.
-  const std::size_t checked = offsetof(SegmentHeader, attach);
+  // Every header field (the attach table after the payload only holds owner words).
+  const std::size_t checked = sizeof(SegmentHeader);
   for (std::size_t i = 0; i < checked; ++i) {
     for (unsigned char v : {static_cast<unsigned char>(raw[i] ^ 0xFF),
                             static_cast<unsigned char>(rng())}) {
@@ -481,3 +484,71 @@ TEST_CASE("WaitPoint wakes a sleeper in another process and honours timeouts", "
                   mpp::EOFError);
 }
 #endif  // MPP_OS_POSIX
+
+// ---- users: many per object, one entry per process ---------------------------------------------
+
+TEST_CASE("users: 5000 handles of one Value in one process share one attach entry",
+          "[segment][users]") {
+  namespace reg = mpp::detail::registry;
+  const auto name = unique_name("users.value");
+  auto v = mpp::Value<int>::create(name, 0);
+  {
+    std::vector<mpp::Value<int>> handles;
+    handles.reserve(5000);
+    for (int i = 0; i < 5000; ++i) handles.push_back(mpp::Value<int>::open(name));
+    for (auto& h : handles) h.set(h.value() + 1);
+    CHECK(v.value() == 5000);
+    auto o = reg::inspect(name);
+    CHECK(o.attachers.size() == 1);  // the creator's handle and the 5000 opened ones
+    CHECK(o.attach_used == 1);
+#if defined(MPP_OS_POSIX)
+    // A forked child that opens the object takes an entry of its own (it does not count on the
+    // parent's, which it inherited), shared by its handles; they going away do not free the
+    // parent's entry.
+    const pid_t child = mpp_test::fork_child([&] {
+      handles[17].set(handles[17].value() + 1);
+      auto mine = mpp::Value<int>::open(name);
+      {
+        auto again = mpp::Value<int>::open(name);
+        again.set(again.value() + 1);
+        const auto seen = reg::inspect(name);
+        if (seen.attachers.size() != 2) return 10 + static_cast<int>(seen.attachers.size());
+      }
+      const auto seen = reg::inspect(name);  // `mine` keeps the child's entry
+      return seen.attachers.size() == 2 ? 0 : 20 + static_cast<int>(seen.attachers.size());
+    });
+    CHECK(mpp_test::wait_child(child) == 0);
+    CHECK(v.value() == 5002);
+    o = reg::inspect(name);
+    CHECK(reg::live_users(o).size() == 1);
+#endif
+  }
+  // The 5000 handles are gone; the creator's handle still holds this process's entry.
+  const auto o = reg::inspect(name);
+  REQUIRE(o.attachers.size() >= 1);
+  CHECK(o.attachers[0].who == mpp::detail::ProcessRef::self());
+  CHECK(reg::live_users(o).size() == 1);
+}
+
+TEST_CASE("users: the last handle of a process frees its entry; other processes keep theirs",
+          "[segment][users]") {
+  namespace reg = mpp::detail::registry;
+  const auto name = unique_name("users.release");
+  auto seg = Segment::create(name, spec_of());
+  seg.set_persistent(true);  // so that the name outlives the creator's handle below
+  {
+    auto a = Segment::open(name, mpp::Kind::test, mpp::type_info<std::uint64_t>());
+    auto b = Segment::open(name, mpp::Kind::test, mpp::type_info<std::uint64_t>());
+    CHECK(a.attach_index() == seg.attach_index());
+    CHECK(b.attach_index() == seg.attach_index());
+    seg.close();  // the other two handles keep the entry
+    CHECK(a.live_users() == 1);
+    a.close();
+    CHECK(b.live_users() == 1);
+  }
+  // All three closed: the entry is free again.
+  const auto o = reg::inspect(name);
+  CHECK(o.attachers.empty());
+  CHECK(o.attach_used == 1);
+  CHECK(mpp::unlink(name));
+}

@@ -1150,4 +1150,26 @@ TEST_CASE("Semaphore, Event, Condition, Barrier truncated in use: CorruptedError
   }
 }
 
+
+
+TEST_CASE("Barrier: 300 processes as parties (the limit was 256)", "[sync][barrier][users]") {
+  constexpr int kParties = 300;
+  const auto name = unique_name("users.barrier");
+  auto b = mpp::Barrier::create(name, kParties);
+  std::vector<pid_t> kids;
+  for (int i = 0; i < kParties - 1; ++i) {
+    kids.push_back(fork_child([&] {
+      auto mine = mpp::Barrier::open(name);
+      const auto index = mine.wait(60s);
+      return index < static_cast<std::uint32_t>(kParties) ? 0 : 2;
+    }));
+  }
+  CHECK(b.wait(60s) < static_cast<std::uint32_t>(kParties));
+  int failed = 0;
+  for (pid_t k : kids) failed += wait_child(k) != 0;
+  CHECK(failed == 0);
+  CHECK(b.n_waiting() == 0);
+  CHECK_FALSE(b.broken());
+  CHECK_THROWS_AS(mpp::Barrier(mpp::detail::kMaxBarrierParties + 1), mpp::InvalidArgument);
+}
 #endif  // MPP_OS_POSIX

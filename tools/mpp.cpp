@@ -130,9 +130,11 @@ int cmd_inspect(std::string_view name) {
                o.creator.pid > 0 ? (reg::process_alive(o.creator) ? "alive" : "dead") : "-");
     if (const auto depth = reg::queue_depth(o))
       fmt::print("queue depth:     {} (from the head/tail hints)\n", *depth);
-    fmt::print("attach table:    {} slot(s) in use\n", o.attachers.size());
+    fmt::print("attach table:    {} entr{} in use ({} of {} ever handed out; one per process)\n",
+               o.attachers.size(), o.attachers.size() == 1 ? "y" : "ies",
+               std::min(o.attach_used, o.attach_capacity), o.attach_capacity);
     for (const auto& a : o.attachers)
-      fmt::print("  [{:3}] pid {:>8} start tag {:#010x} {}\n", a.slot, a.who.pid, a.who.start_tag,
+      fmt::print("  [{:4}] pid {:>8} start tag {:#010x} {}\n", a.slot, a.who.pid, a.who.start_tag,
                  reg::process_alive(a.who) ? "alive" : "dead");
   }
   const auto v = reg::gc_verdict(o, mpp::detail::os::unix_time_ms());

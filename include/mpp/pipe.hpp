@@ -73,11 +73,13 @@ namespace detail {
 namespace pipe_layout {
 
 /// Processes that may hold one end at the same time (the creator, its forked children, ...).
-inline constexpr std::uint32_t kMaxHolders = 64;
+/// Entries are handed out from 0 up (EndShared::used): a pipe with few holders touches one page
+/// of the table.
+inline constexpr std::uint32_t kMaxHolders = 4096;
 /// Marks a holder entry reserved at fork() for a child that has not taken it over yet: the
 /// parent's packed ProcessRef with this bit set in the pid half (pids are below 2^22).
 inline constexpr std::uint64_t kPendingBit = 0x80000000ull;
-inline constexpr std::uint32_t kLayoutVersion = 1;
+inline constexpr std::uint32_t kLayoutVersion = 2;
 inline constexpr std::uint32_t kNoSlot = ~std::uint32_t{0};
 
 /// The shared state of one end.
@@ -85,6 +87,14 @@ struct EndShared {
   std::atomic<std::uint64_t> holders[kMaxHolders];         ///< packed ProcessRefs, 0 = free
   alignas(kCacheLine) std::atomic<std::uint32_t> claimed;  ///< 1 once some process held it
   std::atomic<std::uint32_t> dead;  ///< 1 once held and then left by every holder (sticky)
+  /// Entries of `holders` ever handed out (a high-water mark): scans stop here. Clamped to
+  /// kMaxHolders wherever it is read.
+  std::atomic<std::uint32_t> used;
+
+  /// Entries that may be in use.
+  std::uint32_t used_entries() const noexcept {
+    return std::min(used.load(std::memory_order_seq_cst), kMaxHolders);
+  }
 };
 
 /// The first bytes of a pipe's payload; the rings follow.
@@ -735,8 +745,9 @@ class PipeEnd final : public ForkHook {
     const auto& es = h_->ends[e];
     if (es.dead.load(std::memory_order_acquire) != 0) return false;
     if (es.claimed.load(std::memory_order_seq_cst) == 0) return true;  // not connected yet
-    for (const auto& w : es.holders)
-      if (pipe_layout::holder_alive(w.load(std::memory_order_seq_cst))) return true;
+    const std::uint32_t used = es.used_entries();
+    for (std::uint32_t i = 0; i < used; ++i)
+      if (pipe_layout::holder_alive(es.holders[i].load(std::memory_order_seq_cst))) return true;
     return false;
   }
 
@@ -763,16 +774,34 @@ class PipeEnd final : public ForkHook {
     }
   }
 
+  // A free entry below the high-water mark, else the next one above it, else (all handed out)
+  // the entry of a holder that died.
   static std::uint32_t claim_slot_in(pipe_layout::EndShared& es, std::uint64_t word) noexcept {
-    for (int pass = 0; pass < 2; ++pass) {
-      for (std::uint32_t i = 0; i < pipe_layout::kMaxHolders; ++i) {
+    for (;;) {
+      const std::uint32_t used = es.used_entries();
+      for (std::uint32_t i = 0; i < used; ++i) {
         std::uint64_t w = es.holders[i].load(std::memory_order_acquire);
-        // Second pass: reuse entries of dead holders (the CAS fails if it changed hands).
-        if (w != 0 && (pass == 0 || pipe_layout::holder_alive(w))) continue;
-        if (es.holders[i].compare_exchange_strong(w, word, std::memory_order_seq_cst)) return i;
+        if (w == 0 && es.holders[i].compare_exchange_strong(w, word, std::memory_order_seq_cst))
+          return i;
       }
+      if (used < pipe_layout::kMaxHolders) {
+        std::uint32_t expect = used;
+        if (es.used.compare_exchange_strong(expect, used + 1, std::memory_order_seq_cst)) {
+          std::uint64_t w = 0;
+          if (es.holders[used].compare_exchange_strong(w, word, std::memory_order_seq_cst))
+            return used;
+        }
+        continue;  // another process took it: look again
+      }
+      // Reuse entries of dead holders (the CAS fails if it changed hands).
+      for (std::uint32_t i = 0; i < used; ++i) {
+        std::uint64_t w = es.holders[i].load(std::memory_order_acquire);
+        if (w != 0 && !pipe_layout::holder_alive(w) &&
+            es.holders[i].compare_exchange_strong(w, word, std::memory_order_seq_cst))
+          return i;
+      }
+      return pipe_layout::kNoSlot;
     }
-    return pipe_layout::kNoSlot;
   }
   std::uint32_t claim_slot(unsigned e, std::uint64_t word) noexcept {
     return claim_slot_in(h_->ends[e], word);
@@ -1155,6 +1184,7 @@ class Pipe : public std::pair<Connection<T>, Connection<T>> {
       const std::uint64_t me = detail::ProcessRef::self().pack();
       for (unsigned e = 0; e < (both ? 2u : 1u); ++e) {
         h->ends[e].holders[0].store(me, std::memory_order_relaxed);
+        h->ends[e].used.store(1, std::memory_order_relaxed);
         h->ends[e].claimed.store(1, std::memory_order_relaxed);
       }
     };

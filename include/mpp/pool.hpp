@@ -690,6 +690,9 @@ class Future;
 /// delivered stay valid.
 class Pool {
  public:
+  /// The most worker processes a Pool can have.
+  static constexpr int kMaxProcesses = static_cast<int>(detail::mpmc::kMaxParticipants) - 1;
+
   //!Effects: starts `processes` workers (<= 0: cpu_count()). Throws: ProcessError, ValueError.
   explicit Pool(int processes = 0) : Pool(PoolOptions{processes}) {}
 
@@ -1004,6 +1007,11 @@ class Pool {
                                "functions");
     opts_ = opts;
     const int n = opts.processes > 0 ? opts.processes : std::max(1, cpu_count());
+    // The workers and this process all use the shared result queue and status array.
+    if (n > kMaxProcesses)
+      detail::fail<ValueError>("a Pool of {} processes: at most {} (every worker and the pool's "
+                               "own process use its shared queue, which admits {} processes)",
+                               n, kMaxProcesses, detail::mpmc::kMaxParticipants);
     QueueOptions qo;
     qo.max_item_size = detail::pool::kMaxMessage;
     results_.emplace(static_cast<long>(4 * n + 8), qo);

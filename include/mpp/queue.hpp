@@ -704,7 +704,7 @@ class JoinableQueue : public detail::mpmc::BasicQueue<T, Kind::joinable_queue> {
     if (c.count(&busy, true) != 0 || busy) return false;
     std::atomic_thread_fence(std::memory_order_seq_cst);
     std::int64_t held = 0;
-    for (auto& p : h.parts) {
+    for (auto& p : c.participants()) {
       const auto who = p.who.load(std::memory_order_seq_cst);
       if (who == 0) continue;
       const std::int64_t n = p.held.load(std::memory_order_seq_cst);

@@ -1,6 +1,7 @@
 // mpp — named shared-memory segments with a validated header (DESIGN.md section 3).
 // Every shareable object lives in a Segment: a header (magic, layout version, kind, element type
-// fingerprint, sizes, creator, attach table, init state) followed by the object's payload.
+// fingerprint, sizes, creator, init state) followed by the object's payload, then its attach
+// table (one entry per process using it, shared by that process's handles).
 // Creating is exclusive, opening validates every header field against the mapped size, and a
 // half-built segment is waited for (bounded) unless its creator is known to have died.
 #pragma once
@@ -13,11 +14,14 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <map>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <utility>
 
 #include "codec.hpp"
+#include "detail/fork_hooks.hpp"
 #include "detail/liveness.hpp"
 #include "detail/os.hpp"
 #include "detail/wait.hpp"
@@ -110,8 +114,10 @@ inline bool unlink(std::string_view name) {
 namespace detail {
 
 inline constexpr std::uint64_t kSegmentMagic = 0x316765737070'6d00ull;  // "\0mppseg1"
-inline constexpr std::uint32_t kLayoutVersion = 1;
-inline constexpr std::uint32_t kMaxAttach = 128;
+inline constexpr std::uint32_t kLayoutVersion = 2;
+/// Entries in an attach table: the most processes that can use one object at the same time
+/// (every handle of one object in one process shares one entry).
+inline constexpr std::uint32_t kMaxAttach = 4096;
 inline constexpr std::size_t kTypeNameCapacity = 128;
 inline constexpr std::uint32_t kInitBuilding = 0;  // a fresh (zero-filled) segment
 inline constexpr std::uint32_t kInitReady = 1;
@@ -120,6 +126,9 @@ inline constexpr std::uint32_t kSegmentPersistent = 1;
 
 /// One entry of a segment's attach table: the packed ProcessRef of a process using the object,
 /// 0 when free. Claimed, released and reaped (when its holder died) by CAS on the whole word.
+/// The table follows the payload (SegmentHeader::attach_offset) and is used from entry 0 up:
+/// only its first SegmentHeader::attach_used entries are ever read or written, so an object
+/// with few users touches one page of it (tmpfs allocates the rest only if it is reached).
 using AttachSlot = std::atomic<std::uint64_t>;
 static_assert(AttachSlot::is_always_lock_free);
 
@@ -139,13 +148,56 @@ struct SegmentHeader {
   std::atomic<std::uint64_t> creator;  ///< packed ProcessRef, written before anything else
   std::uint64_t created_unix_ms;
   WaitPoint init_wait;  ///< openers sleep here while init_state is kInitBuilding
-  /// kSegmentPersistent, ... In what was padding before the attach table, so the layout (and
-  /// its version) is unchanged: objects of earlier builds read 0, i.e. not persistent.
-  std::atomic<std::uint32_t> flags;
-  alignas(kCacheLine) AttachSlot attach[kMaxAttach];
+  std::atomic<std::uint32_t> flags;  ///< kSegmentPersistent, ...
+  /// Attach-table entries ever handed out (a high-water mark, raised by CAS after the entry's
+  /// page is allocated): scans stop here. Clamped to attach_capacity wherever it is read.
+  std::atomic<std::uint32_t> attach_used;
+  std::uint64_t attach_offset;    ///< from the start of the segment, after the payload
+  std::uint32_t attach_capacity;  ///< entries in the attach table
+  std::uint32_t reserved;
+  /// Random, written at creation: tells this object from an earlier one of the same name (this
+  /// process's handles of one object share one attach entry, found by name and instance).
+  std::uint64_t instance;
 };
 static_assert(std::is_standard_layout_v<SegmentHeader>);
-static_assert(offsetof(SegmentHeader, attach) == 4 * kCacheLine, "the header layout changed");
+static_assert(sizeof(SegmentHeader) <= 4 * kCacheLine, "the header grew past its cache lines");
+
+/// Offset of the attach table of a segment whose payload ends at `payload_end`.
+constexpr std::uint64_t attach_table_offset(std::uint64_t payload_end) noexcept {
+  return (payload_end + kCacheLine - 1) / kCacheLine * kCacheLine;
+}
+
+namespace segment_detail {
+/// This process's attach entries, one per object (name + instance), each counting the handles
+/// that share it. The lock is held across fork() and the child starts with no entries: a
+/// child claims an entry of its own when it uses an object.
+class AttachRegistry final : public ForkHook {
+ public:
+  struct Entry {
+    os::pid_type pid = 0;
+    std::uint32_t index = 0;
+    std::uint64_t handles = 0;
+  };
+  std::mutex mutex;
+  std::map<std::pair<std::string, std::uint64_t>, Entry> entries;
+
+  void before_fork() noexcept override { mutex.lock(); }
+  void after_fork_parent() noexcept override { mutex.unlock(); }
+  void after_fork_child() noexcept override {
+    entries.clear();
+    mutex.unlock();
+  }
+};
+// Never destroyed: segments may close from static destructors after main returns.
+inline AttachRegistry& attach_registry() {
+  static AttachRegistry* r = [] {
+    auto* reg = new AttachRegistry;
+    register_fork_hook(reg);
+    return reg;
+  }();
+  return *r;
+}
+}  // namespace segment_detail
 
 namespace tracker {  // the crash tracker (detail/tracker.hpp, included at the end of this file)
 inline void track(std::string_view name, const SegmentHeader& h) noexcept;
@@ -229,7 +281,9 @@ class Segment {
     if (spec.payload_size > (std::uint64_t{1} << 46))
       fail<InvalidArgument>("cannot create '{}': a payload of {} bytes is too large", name,
                             spec.payload_size);
-    const std::uint64_t total = offset + spec.payload_size;
+    const std::uint64_t table = attach_table_offset(offset + spec.payload_size);
+    const std::uint64_t total = table + std::uint64_t{kMaxAttach} * sizeof(AttachSlot);
+    // The attach table is backed a page at a time as processes arrive (attach_self()).
     const std::uint64_t reserve = offset + std::min(spec.reserve, spec.payload_size);
     os::Fd fd = spec.sparse ? os::shm_create_sparse(name, total, reserve)
                             : os::shm_create(name, total, reserve);
@@ -253,7 +307,13 @@ class Segment {
     s.payload_size_ = spec.payload_size;
     s.payload_offset_ = offset;
     s.capacity_ = spec.capacity;
+    s.attach_offset_ = table;
+    s.attach_cap_ = kMaxAttach;
+    s.instance_ = os::random_u64();
     fill_header(*s.header_ptr(), spec, total, offset, opts.persistent);
+    s.header_ptr()->attach_offset = table;
+    s.header_ptr()->attach_capacity = kMaxAttach;
+    s.header_ptr()->instance = s.instance_;
     tracker::track(name, *s.header_ptr());  // removed if this program dies before it does
     try {
       if (init) init(s.base_ + offset, spec.payload_size);
@@ -365,6 +425,8 @@ class Segment {
   std::uint64_t capacity() const noexcept { return capacity_; }
   /// The header (for tools; its atomics may change under you).
   SegmentHeader& header() const noexcept { return *header_ptr(); }
+  /// Random at creation: tells this object from an earlier one of the same name.
+  std::uint64_t instance() const noexcept { return instance_; }
   /// True if this process created the segment through this handle.
   bool is_creator() const noexcept { return creator_pid_ != 0 && creator_pid_ == os::current_pid(); }
   /// Keep (true) or remove (false) the name when the creating handle is destroyed.
@@ -380,6 +442,19 @@ class Segment {
       header_ptr()->flags.fetch_and(~kSegmentPersistent, std::memory_order_relaxed);
   }
 
+  //!Effects: does to the name now what close() would do (the creator's handle removes it unless
+  //! persistent), and this handle is no longer the creator; the mapping stays. For an object
+  //! whose creating handle is shared with handles opened later in the same process.
+  void release_name() noexcept {
+    if (is_creator() && !persistent_) {
+      try {
+        os::shm_remove(name_);
+      } catch (...) {  // best effort in a destructor; `mpp gc` removes what is left
+      }
+    }
+    creator_pid_ = 0;
+  }
+
   //!Effects: removes the name now (processes that have it mapped keep working); the creator's
   //! handle will not try again. Returns: false if the name was already gone.
   bool unlink() {
@@ -388,33 +463,49 @@ class Segment {
     return os::shm_remove(name_);
   }
 
-  //!Returns: this process's index in the attach table, claiming a slot if this process has none
-  //! (e.g. a forked child using an inherited handle). Throws: Error if all slots hold live users.
+  //!Returns: this process's index in the attach table, claiming an entry if this handle has
+  //! none in this process (e.g. a forked child using an inherited handle); the handles of one
+  //! object in one process share one entry. Throws: Error if all entries hold live users,
+  //! NoSpaceError if the entry's page cannot be allocated.
   std::uint32_t attach_index() {
     if (attach_pid_ != os::current_pid()) attach_self();
     return attach_idx_;
   }
 
-  /// The process that holds attach slot `i` (pid 0 if free); `i` is bounds-checked.
+  /// The process that holds attach entry `i` (pid 0 if free); `i` is bounds-checked.
   ProcessRef attached(std::uint32_t i) const {
-    if (i >= kMaxAttach)
-      fail<CorruptedError>("'{}': attach index {} out of range (max {})", name_, i, kMaxAttach);
-    return ProcessRef::unpack(header_ptr()->attach[i].load(std::memory_order_acquire));
+    if (i >= attach_cap_)
+      fail<CorruptedError>("'{}': attach index {} out of range (max {})", name_, i, attach_cap_);
+    if (i >= attach_used()) return {};  // never handed out (and its page maybe never touched)
+    return ProcessRef::unpack(table()[i].load(std::memory_order_acquire));
   }
 
-  /// Number of attach slots held by live processes (dead holders are not counted).
+  /// Number of attach entries held by live processes (dead holders are not counted): the
+  /// processes using the object, each counted once.
   std::uint32_t live_users() const noexcept {
     std::uint32_t n = 0;
-    for (auto& slot : header_ptr()->attach)
-      if (ProcessRef::unpack(slot.load(std::memory_order_acquire)).alive()) ++n;
+    const std::uint32_t used = attach_used();
+    for (std::uint32_t i = 0; i < used; ++i)
+      if (ProcessRef::unpack(table()[i].load(std::memory_order_acquire)).alive()) ++n;
     return n;
+  }
+
+  /// Attach-table entries ever handed out (scans stop here), at most its capacity.
+  std::uint32_t attach_used() const noexcept {
+    return std::min(header_ptr()->attach_used.load(std::memory_order_acquire), attach_cap_);
+  }
+
+  //!Effects: this handle stops counting as a use of the object by this process; the process's
+  //! attach entry is freed when no other handle of the object in it remains. Idempotent.
+  void detach() noexcept {
+    if (base_ != nullptr && attach_pid_ == os::current_pid()) release_slot();
   }
 
   //!Effects: detaches from the segment and unmaps it; the creator's handle also removes the name
   //! (unless persistent). Idempotent.
   void close() noexcept {
     if (base_ == nullptr) return;
-    if (attach_pid_ == os::current_pid()) release_slot();
+    detach();
     if (is_creator() && !persistent_) {
       tracker::untrack(name_, *header_ptr());
       try {
@@ -432,6 +523,9 @@ class Segment {
 
  private:
   SegmentHeader* header_ptr() const noexcept { return reinterpret_cast<SegmentHeader*>(base_); }
+  AttachSlot* table() const noexcept {
+    return reinterpret_cast<AttachSlot*>(base_ + attach_offset_);
+  }
 
   // Every field of a new header but init_state; the creator's identity first, so that an
   // opener can tell "still building" from "creator died".
@@ -485,6 +579,9 @@ class Segment {
     std::swap(persistent_, o.persistent_);
     std::swap(attach_idx_, o.attach_idx_);
     std::swap(attach_pid_, o.attach_pid_);
+    std::swap(attach_offset_, o.attach_offset_);
+    std::swap(attach_cap_, o.attach_cap_);
+    std::swap(instance_, o.instance_);
     std::swap(fd_, o.fd_);
   }
 
@@ -522,33 +619,100 @@ class Segment {
                            total);
     if (ProcessRef::unpack(h.creator.load(std::memory_order_relaxed)).pid <= 0)
       fail<CorruptedError>("'{}': invalid creator pid", name_);
+    const std::uint64_t table = h.attach_offset;
+    const std::uint32_t cap = h.attach_capacity;
+    if (table < off + psize || table % alignof(AttachSlot) != 0 || table > total || cap == 0 ||
+        cap > kMaxAttach || cap > (total - table) / sizeof(AttachSlot))
+      fail<CorruptedError>("'{}': attach table [{}, {} entries) does not fit after the payload "
+                           "in {} bytes",
+                           name_, table, cap, total);
     payload_size_ = psize;
     payload_offset_ = off;  // validated once; the shared copy may be overwritten later
     capacity_ = h.capacity;
+    attach_offset_ = table;
+    attach_cap_ = cap;
+    instance_ = h.instance;
   }
 
+  // Gives this handle this process's attach entry of the object: the entry the process's other
+  // handles share, or a newly claimed one.
   void attach_self() {
+    auto& reg = segment_detail::attach_registry();
+    const auto pid = os::current_pid();
+    std::lock_guard<std::mutex> lock(reg.mutex);
+    auto [it, fresh] = reg.entries.try_emplace({name_, instance_});
+    auto& e = it->second;
+    if (!fresh && e.pid == pid && e.handles > 0) {
+      ++e.handles;
+    } else {
+      try {
+        e.index = claim_entry();
+      } catch (...) {
+        reg.entries.erase(it);
+        throw;
+      }
+      e.pid = pid;
+      e.handles = 1;
+    }
+    attach_idx_ = e.index;
+    attach_pid_ = pid;
+  }
+
+  // Claims a free entry below the high-water mark, else the next one above it (allocating its
+  // page first, so that a full /dev/shm is an error here and scans never read a page that is
+  // not there), else, with the table full, the entry of a dead process.
+  std::uint32_t claim_entry() {
     const std::uint64_t me = ProcessRef::self().pack();
-    for (int pass = 0; pass < 2; ++pass) {
-      for (std::uint32_t i = 0; i < kMaxAttach; ++i) {
-        auto& slot = header_ptr()->attach[i];
-        std::uint64_t w = slot.load(std::memory_order_acquire);
-        // Second pass: reap slots whose holder died (the CAS fails if the slot changed hands).
-        if (w != 0 && (pass == 0 || ProcessRef::unpack(w).alive())) continue;
-        if (slot.compare_exchange_strong(w, me, std::memory_order_acq_rel)) {
-          attach_idx_ = i;
-          attach_pid_ = os::current_pid();
-          return;
+    auto* h = header_ptr();
+    AttachSlot* t = table();
+    for (;;) {
+      const std::uint32_t used = attach_used();
+      for (std::uint32_t i = 0; i < used; ++i) {
+        std::uint64_t w = t[i].load(std::memory_order_acquire);
+        if (w == 0 && t[i].compare_exchange_strong(w, me, std::memory_order_acq_rel)) return i;
+      }
+      if (used < attach_cap_) {
+        const std::uint64_t at = attach_offset_ + std::uint64_t{used} * sizeof(AttachSlot);
+        if (used == 0 || at % os::page_size() == 0) {
+          if (const int err = os::populate_write(base_ + at, sizeof(AttachSlot)); err != 0)
+            throw NoSpaceError(fmt::format("cannot use '{}': no memory for entry {} of its "
+                                           "attach table ({}); free space in /dev/shm (`mpp gc`) "
+                                           "or enlarge it",
+                                           name_, used, std::strerror(err)),
+                               err);
         }
+        std::uint32_t expect = used;
+        if (h->attach_used.compare_exchange_strong(expect, used + 1, std::memory_order_acq_rel)) {
+          std::uint64_t w = 0;
+          if (t[used].compare_exchange_strong(w, me, std::memory_order_acq_rel)) return used;
+        }
+        continue;  // another process took it: look again
+      }
+      // Full: reuse the entry of a process that died (the CAS fails if it changed hands).
+      for (std::uint32_t i = 0; i < used; ++i) {
+        std::uint64_t w = t[i].load(std::memory_order_acquire);
+        if (w != 0 && !ProcessRef::unpack(w).alive() &&
+            t[i].compare_exchange_strong(w, me, std::memory_order_acq_rel))
+          return i;
+      }
+      fail<Error>("'{}' already has {} live processes using it; end some of them", name_,
+                  attach_cap_);
+    }
+  }
+
+  // This handle lets go of the process's entry; the last handle of the process frees it.
+  void release_slot() noexcept {
+    auto& reg = segment_detail::attach_registry();
+    {
+      std::lock_guard<std::mutex> lock(reg.mutex);
+      const auto it = reg.entries.find({name_, instance_});
+      if (it != reg.entries.end() && it->second.pid == attach_pid_ && --it->second.handles == 0) {
+        const std::uint32_t i = it->second.index;
+        reg.entries.erase(it);
+        std::uint64_t me = ProcessRef::self().pack();
+        if (i < attach_cap_) table()[i].compare_exchange_strong(me, 0, std::memory_order_acq_rel);
       }
     }
-    fail<Error>("'{}' already has {} live users; close some handles", name_, kMaxAttach);
-  }
-
-  void release_slot() noexcept {
-    if (attach_idx_ >= kMaxAttach) return;
-    std::uint64_t me = ProcessRef::self().pack();
-    header_ptr()->attach[attach_idx_].compare_exchange_strong(me, 0, std::memory_order_acq_rel);
     attach_pid_ = 0;
   }
 
@@ -562,7 +726,10 @@ class Segment {
   os::pid_type creator_pid_ = 0;  // the process whose handle created it (0: not ours to unlink)
   bool persistent_ = false;
   std::uint32_t attach_idx_ = kMaxAttach;
-  os::pid_type attach_pid_ = 0;
+  os::pid_type attach_pid_ = 0;  // the process in which attach_idx_ counts this handle
+  std::uint64_t attach_offset_ = 0;  // validated once (the shared copy may change)
+  std::uint32_t attach_cap_ = 0;
+  std::uint64_t instance_ = 0;
   os::Fd fd_;  // held only where the OS needs it (kKeepHandleWhileMapped)
 };
 

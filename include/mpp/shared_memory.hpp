@@ -137,9 +137,7 @@ class BlockHandle final : public ForkHook {
 #else
     if (!track_ || unlinked_ || !seg_.valid()) return;
     try {
-      const std::uint32_t me = seg_.attach_index();
-      std::uint64_t mine = ProcessRef::self().pack();
-      seg_.header().attach[me].compare_exchange_strong(mine, 0, std::memory_order_seq_cst);
+      seg_.detach();  // frees this process's entry unless another of its handles keeps it
       if (seg_.live_users() == 0) seg_.unlink();
     } catch (...) {  // best effort in a destructor; `mpp gc` removes what is left
     }

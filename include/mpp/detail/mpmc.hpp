@@ -55,12 +55,16 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
+#include <tuple>
 #include <utility>
+#include <vector>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #  include <cpuid.h>
@@ -69,6 +73,7 @@
 #include "../errors.hpp"
 #include "../segment.hpp"
 #include "config.hpp"
+#include "fork_hooks.hpp"
 #include "liveness.hpp"
 #include "os.hpp"
 #include "wait.hpp"
@@ -81,10 +86,13 @@ using i64 = std::int64_t;
 inline constexpr u64 kEmpty = 0, kWriting = 1, kFull = 2, kReading = 3, kPhaseMask = 3;
 inline constexpr u64 kWaiter = 4;  ///< someone sleeps until this state changes
 inline constexpr int kOwnerShift = 3;
-inline constexpr u64 kOwnerMask = 0xffff;
-inline constexpr int kLapShift = 20;
-inline constexpr u64 kLapMask = (u64{1} << 44) - 1;
-inline constexpr std::uint32_t kMaxParticipants = 128;  // owner = index (7 bits) + generation (9 bits)
+/// owner = participant index (kIndexBits) + generation (9 bits).
+inline constexpr int kIndexBits = 12;
+inline constexpr u64 kOwnerMask = (u64{1} << (kIndexBits + 9)) - 1;
+inline constexpr int kLapShift = kOwnerShift + kIndexBits + 9;
+inline constexpr u64 kLapMask = (u64{1} << (64 - kLapShift)) - 1;  // 40 bits
+/// Processes that can use one queue at the same time (one participant entry each).
+inline constexpr std::uint32_t kMaxParticipants = 1u << kIndexBits;
 inline constexpr std::uint32_t kGenMask = 511;
 inline constexpr std::size_t kInline = 20;              // bytes stored in the slot itself
 inline constexpr std::size_t kMedium = 2048;            // largest cell (bytes per slot)
@@ -95,7 +103,7 @@ inline constexpr std::uint32_t kBigFlag = 0x80000000u;  // len: the bytes are in
 inline constexpr std::uint32_t kMedFlag = 0x40000000u;  // len: the bytes are in the slot's cell
 inline constexpr std::uint32_t kLenMask = 0x3fffffffu;
 inline constexpr std::uint64_t kMaxItemLimit = kLenMask;
-inline constexpr u64 kMagic = 0x3365756575717070ull;    // "ppqueue3"
+inline constexpr u64 kMagic = 0x3465756575717070ull;    // "ppqueue4"
 /// Roles, indexing Header::excl and Participant::inside / busy.
 inline constexpr int kProducer = 0, kConsumer = 1;
 /// Threads of one process with their own Participant::busy word per role.
@@ -109,7 +117,7 @@ constexpr u64 lap_of(u64 s) noexcept { return s >> kLapShift; }
 constexpr std::uint32_t owner_of(u64 s) noexcept {
   return static_cast<std::uint32_t>((s >> kOwnerShift) & kOwnerMask);
 }
-/// a - b for 44-bit laps, sign-extended (laps wrap after 2^44).
+/// a - b for 40-bit laps, sign-extended (laps wrap after 2^40).
 constexpr i64 lap_diff(u64 a, u64 b) noexcept {
   return static_cast<i64>(((a - b) & kLapMask) << kLapShift) >> kLapShift;
 }
@@ -162,8 +170,10 @@ struct Slot {
 };
 static_assert(sizeof(Slot) == 32 && std::is_standard_layout_v<Slot>);
 
-/// A process using the queue. `who` is its packed ProcessRef (0: free); `gen` changes whenever
-/// the entry changes hands, so an owner field naming a previous holder is recognised as dead.
+/// A process using the queue (all its handles of the queue share one Core, hence one entry).
+/// `who` is its packed ProcessRef (0: free); `gen` changes whenever the entry changes hands, so
+/// an owner field naming a previous holder is recognised as dead. The table of them follows the
+/// fill marks (Layout::parts_offset) and is used from entry 0 up, to Header::parts_used.
 struct alignas(kCacheLine) Participant {
   std::atomic<u64> who;
   std::atomic<std::uint32_t> gen;
@@ -192,6 +202,7 @@ struct Header {
   u64 slots_offset;
   u64 regions_offset;
   u64 payload_size;
+  u64 parts_offset;  ///< the participant table (kMaxParticipants entries)
   std::uint32_t flags;
   alignas(kCacheLine) std::atomic<u64> tail;  ///< hint: next position to put
   alignas(kCacheLine) std::atomic<u64> head;  ///< hint: next position to get
@@ -204,7 +215,9 @@ struct Header {
   /// Per role: the token of the participant whose one thread is the only producer (consumer)
   /// and claims slots with plain stores; 0: everyone claims with compare-and-swap.
   alignas(kCacheLine) std::atomic<u64> excl[2];
-  Participant parts[kMaxParticipants];
+  /// Participant entries ever handed out (a high-water mark, raised by CAS after the entry's
+  /// page is allocated): scans stop here. Clamped to kMaxParticipants wherever it is read.
+  alignas(kCacheLine) std::atomic<std::uint32_t> parts_used;
 };
 static_assert(std::is_standard_layout_v<Header>);
 
@@ -215,13 +228,16 @@ constexpr bool valid_cell_size(u64 n) noexcept {
 
 /// Layout of a queue of `capacity` slots with `cell`-byte cells and `max_item`-byte regions.
 struct Layout {
-  u64 slots_offset, filled_offset, medium_offset, regions_offset, region_stride, payload_size;
+  u64 slots_offset, filled_offset, parts_offset, medium_offset, regions_offset, region_stride,
+      payload_size;
   static Layout of(u64 capacity, u64 max_item, u64 cell) {
     Layout l{};
     l.slots_offset = align_up(sizeof(Header), kCacheLine);
     // Per slot: how much of its cell / region the kernel has allocated (see ensure_backed()).
     l.filled_offset = align_up(l.slots_offset + capacity * sizeof(Slot), kCacheLine);
-    l.medium_offset = align_up(l.filled_offset + capacity * sizeof(std::uint32_t), 4096);
+    // Allocated a page at a time as processes arrive (Core::claim_participant()).
+    l.parts_offset = align_up(l.filled_offset + capacity * sizeof(std::uint32_t), 4096);
+    l.medium_offset = align_up(l.parts_offset + kMaxParticipants * sizeof(Participant), 4096);
     l.regions_offset = align_up(l.medium_offset + capacity * cell, 4096);
     // One cache line more than whole pages: region i starts at a different cache set than i-1.
     l.region_stride = align_up(max_item, 4096) + kCacheLine;
@@ -232,6 +248,32 @@ struct Layout {
 
 /// Result of one attempt.
 enum class Status { ok, empty, full, busy };
+
+class Core;
+
+/// This process's Cores, by queue (name + instance): every handle of one queue in one process
+/// shares one Core, hence one mapping and one participant entry. The lock is held across
+/// fork(); a forked child keeps the entries (its Cores register anew on first use there).
+class CoreCache final : public ForkHook {
+ public:
+  std::mutex mutex;
+  std::map<std::pair<std::string, std::uint64_t>, std::weak_ptr<Core>> cores;
+  std::size_t sweep_at = 16;  // sweep expired entries when the map reaches this size
+
+  void before_fork() noexcept override { mutex.lock(); }
+  void after_fork_parent() noexcept override { mutex.unlock(); }
+  void after_fork_child() noexcept override { mutex.unlock(); }
+
+  // Never destroyed: handles may go away in static destructors after main returns.
+  static CoreCache& get() {
+    static CoreCache* c = [] {
+      auto* cache = new CoreCache;
+      register_fork_hook(cache);
+      return cache;
+    }();
+    return *c;
+  }
+};
 
 /// The byte-level queue shared by the typed front ends. Thread-safe; one per process and mapping
 /// (handles share it through a shared_ptr).
@@ -257,14 +299,16 @@ class Core {
     // POSIX backs the header now (a full /dev/shm is a NoSpaceError from create), and the slots
     // a scan may read before a put reached them: the whole table of a small queue (scanned
     // whole), the first two pages of a larger one's (the 32 MiB table of an unbounded queue is
-    // populated a page at a time as the ring reaches it).
-    spec.reserve = cap <= kSmallScan ? l.medium_offset
+    // populated a page at a time as the ring reaches it). Participant pages are backed as
+    // processes arrive.
+    spec.reserve = cap <= kSmallScan ? l.parts_offset
                                      : l.slots_offset + 2 * kSlotsPerPage * sizeof(Slot);
     auto init = [&](std::byte* p, std::uint64_t) {
       // Header, slots and fill marks: any process may read any slot (scans), so all of them.
-      if (const int err = os::commit(p, l.medium_offset); err != 0) {
+      // Participant entries are allocated as processes arrive.
+      if (const int err = os::commit(p, l.parts_offset); err != 0) {
         if (err == ENOMEM)
-          os::fail_no_space(name.empty() ? "(anonymous queue)" : name, l.medium_offset);
+          os::fail_no_space(name.empty() ? "(anonymous queue)" : name, l.parts_offset);
         throw OSError(fmt::format("cannot create a queue of {} slots: no memory for them", cap),
                       err);
       }
@@ -276,26 +320,40 @@ class Core {
       h->slots_offset = l.slots_offset;
       h->regions_offset = l.regions_offset;
       h->payload_size = l.payload_size;
+      h->parts_offset = l.parts_offset;
       h->flags = unbounded ? kUnbounded : 0;
       h->magic = kMagic;  // slots are zero: EMPTY at lap 0
     };
     Segment seg;
+    bool created = true;
     if (anonymous) {
       seg = Segment::create_anonymous(spec, init);
     } else if (open_existing_ok) {
-      seg = Segment::open_or_create(name, spec, init, opts).first;
+      std::tie(seg, created) = Segment::open_or_create(name, spec, init, opts);
     } else {
       seg = Segment::create(name, spec, init, opts);
     }
     if (opts.persistent) seg.set_persistent(true);
-    return checked(std::make_shared<Core>(std::move(seg)), cell);
+    if (!created) return share(std::move(seg), cell);
+    // The creating handle (and its copies) removes the name when it goes, as before; handles
+    // opened later in this process share the Core and keep the mapping.
+    struct Creation {
+      explicit Creation(std::shared_ptr<Core> c) noexcept : core(std::move(c)) {}
+      Creation(const Creation&) = delete;
+      Creation& operator=(const Creation&) = delete;
+      ~Creation() { core->seg_.release_name(); }
+      std::shared_ptr<Core> core;
+    };
+    auto creation = std::make_shared<Creation>(share(std::move(seg), cell));
+    Core* core = creation->core.get();
+    return std::shared_ptr<Core>(std::move(creation), core);
   }
 
   //!Effects: opens the existing queue `name`, whose cells must be `cell` bytes.
   //!Throws: what Segment::open throws, CorruptedError.
   static std::shared_ptr<Core> open(std::string_view name, Kind kind, const TypeInfo& type,
                                     const SegmentOptions& opts, u64 cell) {
-    return checked(std::make_shared<Core>(Segment::open(name, kind, type, opts)), cell);
+    return share(Segment::open(name, kind, type, opts), cell);
   }
 
   explicit Core(Segment seg) : seg_(std::move(seg)) {
@@ -313,7 +371,8 @@ class Core {
           "queue '{}' has an invalid header (capacity {}, max item {}, cell {} bytes)",
           seg_.name(), cap, max_item, cell);
     const Layout l = Layout::of(cap, max_item, cell);
-    if (so != l.slots_offset || ro != l.regions_offset || l.payload_size > seg_.payload_size())
+    if (so != l.slots_offset || ro != l.regions_offset || h_->parts_offset != l.parts_offset ||
+        l.payload_size > seg_.payload_size())
       fail<CorruptedError>("queue '{}': its layout does not fit its {} bytes", seg_.name(),
                            seg_.payload_size());
     cap_ = cap;
@@ -329,6 +388,7 @@ class Core {
     regions_ = seg_.payload() + ro;
     medium_ = seg_.payload() + l.medium_offset;
     filled_ = reinterpret_cast<std::uint32_t*>(seg_.payload() + l.filled_offset);
+    parts_ = reinterpret_cast<Participant*>(seg_.payload() + l.parts_offset);
     stride_ = l.region_stride;
   }
 
@@ -343,7 +403,7 @@ class Core {
           h_->excl[role].compare_exchange_strong(tok, 0, std::memory_order_acq_rel);
       }
       u64 me = self_.pack();
-      h_->parts[reg_idx_].who.compare_exchange_strong(me, 0, std::memory_order_acq_rel);
+      parts_[reg_idx_].who.compare_exchange_strong(me, 0, std::memory_order_acq_rel);
     }
   }
 
@@ -364,7 +424,13 @@ class Core {
     return register_slow();
   }
   /// This process's participant entry (after owner()).
-  Participant& me() noexcept { return h_->parts[reg_idx_]; }
+  Participant& me() noexcept { return parts_[reg_idx_]; }
+  /// Participant entries ever handed out (scans stop here).
+  std::uint32_t parts_used() const noexcept {
+    return std::min(h_->parts_used.load(std::memory_order_acquire), kMaxParticipants);
+  }
+  /// The participant entries ever handed out (free ones have `who` 0).
+  std::span<const Participant> participants() const noexcept { return {parts_, parts_used()}; }
 
   void split(u64 pos, u64& idx, u64& lap) const noexcept {
     if (pow2_) {
@@ -706,8 +772,11 @@ class Core {
                   name(), role == kProducer ? "producer" : "consumer");
     }
     const auto holder = static_cast<std::uint32_t>(e);
-    const Participant& p = h_->parts[holder & (kMaxParticipants - 1)];
-    for (unsigned i = 1; p.inside[role].load(std::memory_order_acquire) != 0; ++i) {
+    // An index never handed out names no process: nobody to wait for.
+    const std::uint32_t holder_idx = holder & (kMaxParticipants - 1);
+    const std::atomic<std::uint32_t>* inside =
+        holder_idx < parts_used() ? &parts_[holder_idx].inside[role] : nullptr;
+    for (unsigned i = 1; inside != nullptr && inside->load(std::memory_order_acquire) != 0; ++i) {
       if (i < 64) {
         os::cpu_relax();
         continue;
@@ -735,8 +804,9 @@ class Core {
   // ---- recovery -----------------------------------------------------------------------------
   //!Returns: true if the participant `owner` (index + generation) is alive.
   bool owner_alive(std::uint32_t owner) const {
-    const std::uint32_t idx = owner & (kMaxParticipants - 1), gen = owner >> 7;
-    const Participant& p = h_->parts[idx];
+    const std::uint32_t idx = owner & (kMaxParticipants - 1), gen = owner >> kIndexBits;
+    if (idx >= parts_used()) return false;  // never handed out: no process had it
+    const Participant& p = parts_[idx];
     if ((p.gen.load(std::memory_order_acquire) & kGenMask) != gen) return false;
     const u64 who = p.who.load(std::memory_order_acquire);
     if (who == 0) return false;
@@ -767,8 +837,10 @@ class Core {
       if (now - last < std::chrono::nanoseconds(kPollInterval).count() / 2) return 0;
       last_scan_ns_.store(now, std::memory_order_relaxed);
     }
-    std::array<std::int8_t, kMaxParticipants> alive{};  // 0 unknown, 1 alive, -1 dead (by index)
-    std::array<std::uint32_t, kMaxParticipants> gens{};
+    const std::uint32_t used = parts_used();
+    // By participant index (used: never handed out); allocated at the first slot in flight.
+    std::vector<std::int8_t> alive;  // 0 unknown, 1 alive, -1 dead
+    std::vector<std::uint32_t> gens;
     std::size_t n = 0;
     const u64 limit = scan_limit();
     for (u64 i = 0; i < limit; ++i) {
@@ -776,7 +848,12 @@ class Core {
       const u64 s = sl.state.load(std::memory_order_acquire);
       const u64 ph = phase_of(s);
       if (ph != kWriting && ph != kReading) continue;
-      const std::uint32_t o = owner_of(s), idx = o & (kMaxParticipants - 1);
+      if (alive.empty()) {
+        alive.assign(used + 1, 0);
+        gens.assign(used + 1, 0);
+      }
+      const std::uint32_t o = owner_of(s);
+      const std::uint32_t idx = std::min(o & (kMaxParticipants - 1), used);
       if (alive[idx] == 0 || gens[idx] != o) {
         alive[idx] = owner_alive(o) ? 1 : -1;
         gens[idx] = o;
@@ -881,7 +958,7 @@ class Core {
   }
   // True if any thread (of any process) is in a general operation of `role`.
   bool anyone_busy(int role) const noexcept {
-    for (const Participant& p : h_->parts) {
+    for (const Participant& p : participants()) {
       if (p.busy_more[role].load(std::memory_order_acquire) != 0) return true;
       for (const auto& b : p.busy[role])
         if ((b.load(std::memory_order_acquire) & 1) != 0) return true;
@@ -900,9 +977,10 @@ class Core {
     streak[role] = 0;
     if (h_->excl[role].load(std::memory_order_relaxed) != 0 || !os::membarrier_register()) return;
     u64 others = 0;
-    for (std::uint32_t i = 0; i < kMaxParticipants; ++i) {
+    const std::uint32_t used = parts_used();
+    for (std::uint32_t i = 0; i < used; ++i) {
       if (i == reg_idx_) continue;
-      const Participant& p = h_->parts[i];
+      const Participant& p = parts_[i];
       if (p.busy_more[role].load(std::memory_order_relaxed) != 0) return;
       for (const auto& b : p.busy[role]) {
         const std::uint32_t v = b.load(std::memory_order_relaxed);
@@ -1006,7 +1084,7 @@ class Core {
     return true;
   }
 
-  std::atomic<i64>& me_held() noexcept { return h_->parts[reg_idx_].held; }
+  std::atomic<i64>& me_held() noexcept { return parts_[reg_idx_].held; }
 
   // Slots that may be in use: all of them once the ring has wrapped.
   u64 scan_limit() const noexcept {
@@ -1019,29 +1097,107 @@ class Core {
     const auto pid = os::current_pid();
     if (reg_pid_.load(std::memory_order_relaxed) == pid) return owner_;
     self_ = ProcessRef::self();
-    const u64 me = self_.pack();
-    for (int pass = 0; pass < 2; ++pass) {
-      for (std::uint32_t i = 0; i < kMaxParticipants; ++i) {
-        Participant& p = h_->parts[i];
-        u64 w = p.who.load(std::memory_order_acquire);
-        if (w != 0 && (pass == 0 || ProcessRef::unpack(w).alive())) continue;
-        if (p.who.compare_exchange_strong(w, me, std::memory_order_acq_rel)) {
-          p.held.store(0, std::memory_order_relaxed);
-          for (int r = 0; r < 2; ++r) {
-            p.inside[r].store(0, std::memory_order_relaxed);
-            p.busy_more[r].store(0, std::memory_order_relaxed);
-            for (auto& b : p.busy[r]) b.store(0, std::memory_order_relaxed);
+    const std::uint32_t i = claim_participant(self_.pack());
+    Participant& p = parts_[i];
+    p.held.store(0, std::memory_order_relaxed);
+    for (int r = 0; r < 2; ++r) {
+      p.inside[r].store(0, std::memory_order_relaxed);
+      p.busy_more[r].store(0, std::memory_order_relaxed);
+      for (auto& b : p.busy[r]) b.store(0, std::memory_order_relaxed);
+    }
+    const std::uint32_t g = p.gen.fetch_add(1, std::memory_order_acq_rel) + 1;
+    reg_idx_ = i;
+    owner_ = i | ((g & kGenMask) << kIndexBits);
+    reg_pid_.store(pid, std::memory_order_release);
+    return owner_;
+  }
+
+  // Claims a free participant entry below the high-water mark, else the next one above it
+  // (allocating its page first: a full /dev/shm is an error here, and scans never read a page
+  // that is not there), else, with the table full, the entry of a dead process.
+  std::uint32_t claim_participant(u64 me) {
+    constexpr std::uint32_t kPerPage = 4096 / sizeof(Participant);
+    for (;;) {
+      const std::uint32_t used = parts_used();
+      for (std::uint32_t i = 0; i < used; ++i) {
+        u64 w = parts_[i].who.load(std::memory_order_acquire);
+        if (w == 0 && parts_[i].who.compare_exchange_strong(w, me, std::memory_order_acq_rel))
+          return i;
+      }
+      if (used < kMaxParticipants) {
+        if (used % kPerPage == 0)
+          populate(parts_ + used, std::min(kPerPage, kMaxParticipants - used) * sizeof(Participant),
+                   "an entry of its participant table");
+        std::uint32_t expect = used;
+        if (h_->parts_used.compare_exchange_strong(expect, used + 1, std::memory_order_acq_rel)) {
+          u64 w = 0;
+          if (parts_[used].who.compare_exchange_strong(w, me, std::memory_order_acq_rel))
+            return used;
+        }
+        continue;  // another process took it: look again
+      }
+      // Full: reuse the entry of a process that died (the CAS fails if it changed hands).
+      for (std::uint32_t i = 0; i < used; ++i) {
+        u64 w = parts_[i].who.load(std::memory_order_acquire);
+        if (w != 0 && !ProcessRef::unpack(w).alive() &&
+            parts_[i].who.compare_exchange_strong(w, me, std::memory_order_acq_rel))
+          return i;
+      }
+      fail<Error>("queue '{}' already has {} live processes using it; no room for another",
+                  name(), kMaxParticipants);
+    }
+  }
+
+  // The configuration words of the header still say what this Core read when it was made.
+  void recheck() const {
+    const Header& h = *h_;
+    if (h.magic != kMagic || h.capacity != cap_ || h.max_item != max_item_ ||
+        h.cell_size != cell_ || h.slots_offset != Layout::of(cap_, max_item_, cell_).slots_offset ||
+        h.regions_offset != static_cast<u64>(regions_ - seg_.payload()) ||
+        h.parts_offset != static_cast<u64>(reinterpret_cast<std::byte*>(parts_) - seg_.payload()))
+      fail<CorruptedError>(
+          "queue '{}' has an invalid header (capacity {}, max item {}, cell {} bytes): it was "
+          "overwritten since this process opened it",
+          name(), static_cast<u64>(h.capacity), static_cast<u64>(h.max_item),
+          static_cast<u64>(h.cell_size));
+  }
+
+  // The Core of the queue in `seg` for this process: the one its other handles of the queue
+  // use, or a new one (remembered for the next). No other lock is taken under the cache's:
+  // fork() takes the cache's and the attach registry's in their registration order.
+  static std::shared_ptr<Core> share(Segment seg, u64 cell) {
+    CoreCache& cache = CoreCache::get();
+    const std::pair<std::string, std::uint64_t> key{seg.name(), seg.instance()};
+    std::shared_ptr<Core> core;
+    {
+      std::lock_guard<std::mutex> lock(cache.mutex);
+      if (const auto it = cache.cores.find(key); it != cache.cores.end()) core = it->second.lock();
+    }
+    if (!core) {
+      auto fresh = std::make_shared<Core>(std::move(seg));
+      {
+        std::lock_guard<std::mutex> lock(cache.mutex);
+        std::weak_ptr<Core>& slot = cache.cores[key];
+        core = slot.lock();
+        if (!core) {
+          slot = fresh;
+          core = fresh;
+          if (cache.cores.size() >= cache.sweep_at) {
+            std::erase_if(cache.cores, [](const auto& kv) { return kv.second.expired(); });
+            cache.sweep_at = 2 * cache.cores.size() + 16;
           }
-          const std::uint32_t g = p.gen.fetch_add(1, std::memory_order_acq_rel) + 1;
-          reg_idx_ = i;
-          owner_ = i | ((g & kGenMask) << 7);
-          reg_pid_.store(pid, std::memory_order_release);
-          return owner_;
         }
       }
+      if (core == fresh) return checked(std::move(core), cell);
+    }  // else another handle's Core: `seg` (or `fresh`) goes, this process keeps its entry
+    core->recheck();  // opening checks the header, even when the Core is already here
+    {
+      // Opening registers this process as a user (a forked child may share a Core it
+      // inherited).
+      std::lock_guard<std::mutex> lock(core->reg_mutex_);
+      (void)core->seg_.attach_index();
     }
-    fail<Error>("queue '{}' already has {} live processes using it; no room for another",
-                name(), kMaxParticipants);
+    return checked(std::move(core), cell);
   }
 
   Segment seg_;
@@ -1050,6 +1206,7 @@ class Core {
   std::byte* regions_ = nullptr;
   std::byte* medium_ = nullptr;
   std::uint32_t* filled_ = nullptr;
+  Participant* parts_ = nullptr;
   u64 cap_ = 0, max_item_ = 0, cell_ = kMedium, mask_ = 0, stride_ = 0;
   i64 maxsize_ = 0;
   unsigned shift_ = 0;

@@ -84,7 +84,10 @@ struct ObjectInfo {
   bool block = false;
   /// Users marked by a user lock (SharedMemory and ShareableList handles); live by construction.
   std::uint32_t lock_users = 0;
-  std::vector<Attacher> attachers;  ///< non-empty attach slots
+  std::uint64_t attach_offset = 0;    ///< where the attach table starts (after the payload)
+  std::uint32_t attach_capacity = 0;  ///< entries in it
+  std::uint32_t attach_used = 0;      ///< entries ever handed out (as recorded; maybe a lie)
+  std::vector<Attacher> attachers;    ///< non-empty attach entries
   /// A copy of the first bytes of the payload (kind-specific state such as a queue's indices),
   /// for ready/truncated objects; untrusted like everything else.
   std::vector<std::byte> payload_head;
@@ -109,6 +112,28 @@ inline std::string printable(const char* p, std::size_t n) {
   return s;
 }
 }  // namespace registry_detail
+
+//!Returns: where the used part of `o`'s attach table lies in the file ({offset, bytes}), or
+//! nullopt if the header's numbers do not describe a table inside it after the payload.
+inline std::optional<std::pair<std::uint64_t, std::uint64_t>> attach_span(const ObjectInfo& o) {
+  const std::uint64_t off = o.attach_offset, cap = o.attach_capacity;
+  const std::uint64_t payload_end = o.payload_offset + o.payload_size;
+  if (o.payload_offset > o.total_size || o.payload_size > o.total_size - o.payload_offset ||
+      off < payload_end || off % alignof(AttachSlot) != 0 || off > o.total_size || cap == 0 ||
+      cap > kMaxAttach || cap > (o.total_size - off) / sizeof(AttachSlot))
+    return std::nullopt;
+  return std::pair{off, std::min<std::uint64_t>(o.attach_used, cap) * sizeof(AttachSlot)};
+}
+
+//!Effects: fills o.attachers from `table`, a copy of the used part of the attach table.
+inline void parse_attachers(ObjectInfo& o, std::span<const std::byte> table) {
+  o.attachers.clear();
+  const std::size_t n = table.size() / sizeof(AttachSlot);
+  for (std::size_t i = 0; i < n; ++i) {
+    const auto w = registry_detail::field<std::uint64_t>(table, i * sizeof(AttachSlot));
+    if (w != 0) o.attachers.push_back({static_cast<std::uint32_t>(i), ProcessRef::unpack(w)});
+  }
+}
 
 //!Returns: what the first bytes of an object say about it. `bytes` is a copy of (at most) the
 //! header — it may be shorter than a header, or hold any values at all; `file_size` is the size
@@ -148,10 +173,14 @@ inline ObjectInfo parse_header(std::string_view name, std::span<const std::byte>
   o.creator = ProcessRef::unpack(field<std::uint64_t>(bytes, offsetof(H, creator)));
   const auto flags = field<std::uint32_t>(bytes, offsetof(H, flags));
   o.persistent = (flags & kSegmentPersistent) != 0;
-  for (std::uint32_t i = 0; i < kMaxAttach; ++i) {
-    const auto w = field<std::uint64_t>(bytes, offsetof(H, attach) + i * sizeof(AttachSlot));
-    if (w != 0) o.attachers.push_back({i, ProcessRef::unpack(w)});
-  }
+  o.attach_offset = field<std::uint64_t>(bytes, offsetof(H, attach_offset));
+  o.attach_capacity = field<std::uint32_t>(bytes, offsetof(H, attach_capacity));
+  o.attach_used = field<std::uint32_t>(bytes, offsetof(H, attach_used));
+  // `bytes` may be the whole object (a fuzzer's input): then the table is read from it too.
+  if (const auto span = attach_span(o); span && span->first <= bytes.size() &&
+                                        span->second <= bytes.size() - span->first)
+    parse_attachers(o, bytes.subspan(static_cast<std::size_t>(span->first),
+                                     static_cast<std::size_t>(span->second)));
 
   if (o.init_state == kInitBuilding) {
     o.state = State::building;
@@ -176,6 +205,10 @@ inline ObjectInfo parse_header(std::string_view name, std::span<const std::byte>
                             o.payload_size, o.total_size);
   } else if (o.creator.pid <= 0) {
     o.problem = fmt::format("invalid creator pid {}", o.creator.pid);
+  } else if (!attach_span(o)) {
+    o.problem = fmt::format("attach table [{}, {} entries) does not fit after the payload in {} "
+                            "bytes",
+                            o.attach_offset, o.attach_capacity, o.total_size);
   } else if (o.total_size != file_size) {
     o.state = State::truncated;
     o.problem = fmt::format("header says {} bytes, the file has {}", o.total_size, file_size);
@@ -241,6 +274,13 @@ inline ObjectInfo inspect(std::string_view name) {
   buf.resize(os::read_at(fd, 0, buf.data(), buf.size()));
   ObjectInfo o = parse_header(name, buf, st.size);
   o.stat = st;
+  // The entries ever handed out (the rest are free and may be pages never allocated).
+  if (const auto span = o.header_readable ? attach_span(o) : std::nullopt;
+      span && span->second > 0 && span->first + span->second <= st.size) {
+    std::vector<std::byte> table(static_cast<std::size_t>(span->second));
+    table.resize(os::read_at(fd, span->first, table.data(), table.size()));
+    parse_attachers(o, table);
+  }
   // Should the kernel not tell, gc still keeps an object that a live process has mapped.
   o.lock_users = os::count_user_locks(fd).value_or(0);
   if ((o.state == State::ready || o.state == State::truncated) && o.payload_size >= kPayloadPeek) {

@@ -790,8 +790,9 @@ struct ConditionState {
 };
 static_assert(std::is_standard_layout_v<ConditionState>);
 
-/// Most parties a Barrier can have (each waiting party is tracked by its ProcessRef).
-inline constexpr std::uint32_t kMaxBarrierParties = 256;
+/// Most parties a Barrier can have (each waiting party is tracked by its ProcessRef; a barrier
+/// touches the pages of its first `parties` entries only).
+inline constexpr std::uint32_t kMaxBarrierParties = 4096;
 
 /// Python's Barrier. Waiting parties are recorded by ProcessRef, so a party that dies while the
 /// others wait breaks the barrier (BrokenBarrierError in every waiter) instead of hanging them.
@@ -806,7 +807,9 @@ struct BarrierState {
   std::atomic<std::uint32_t> generation{0};  ///< bumped when the barrier trips or is reset
   std::atomic<std::uint32_t> broken{0};      ///< 1 after abort(), a timeout or a dead party
   std::atomic<std::uint64_t> reset_mask{0};  ///< bit g % 64: generation g ended by reset()
-  std::atomic<std::uint64_t> waiting[kMaxBarrierParties] = {};  ///< ProcessRef by arrival index
+  /// ProcessRef by arrival index, through waiting(i). No initializer: the segment is zero-filled,
+  /// and writing all of it would allocate every page for a barrier of a few parties.
+  std::uint64_t waiting_[kMaxBarrierParties];
   std::atomic<std::uint64_t> live{sync_impl::kLiveMark};  ///< cleared by a truncation (see top)
 
   BarrierState() noexcept = default;
@@ -833,7 +836,7 @@ struct BarrierState {
       fail<CorruptedError>("barrier '{}': {} parties waiting but only {} expected", name, index,
                            n);
     }
-    waiting[index].store(ProcessRef::self().pack(), std::memory_order_relaxed);
+    waiting(index).store(ProcessRef::self().pack(), std::memory_order_relaxed);
     count.store(index + 1, std::memory_order_release);
     if (index + 1 == n) {
       // A party that arrived and then died would pass this trip and leave the survivors waiting
@@ -854,7 +857,7 @@ struct BarrierState {
         wp.notify_all();
         throw;
       }
-      for (std::uint32_t i = 0; i < n; ++i) waiting[i].store(0, std::memory_order_relaxed);
+      for (std::uint32_t i = 0; i < n; ++i) waiting(i).store(0, std::memory_order_relaxed);
       count.store(0, std::memory_order_relaxed);
       start_generation(gen + 1);
       lock.release();
@@ -868,7 +871,7 @@ struct BarrierState {
                  broken.load(std::memory_order_acquire) != 0 ||
                  live.load(std::memory_order_acquire) != sync_impl::kLiveMark;
         },
-        deadline, [&] { break_if_party_died(gen, name); });
+        deadline, [&] { break_if_party_died(gen, index, name); });
     check_live(name);  // a zeroed generation is no trip
     if (!done) {  // timed out: as in Python, that breaks the barrier for everyone
       break_generation(gen, name);
@@ -907,7 +910,8 @@ struct BarrierState {
     }
     const std::uint32_t gen = generation.load(std::memory_order_relaxed);
     reset_mask.fetch_or(std::uint64_t{1} << (gen % 64), std::memory_order_relaxed);
-    for (auto& w : waiting) w.store(0, std::memory_order_relaxed);
+    const std::uint32_t n = std::min(parties.load(std::memory_order_relaxed), kMaxBarrierParties);
+    for (std::uint32_t i = 0; i < n; ++i) waiting(i).store(0, std::memory_order_relaxed);
     count.store(0, std::memory_order_relaxed);
     broken.store(0, std::memory_order_relaxed);
     start_generation(gen + 1);
@@ -936,6 +940,13 @@ struct BarrierState {
   }
 
  private:
+  // Entry i (< kMaxBarrierParties) of waiting_.
+  std::atomic_ref<std::uint64_t> waiting(std::uint32_t i) noexcept {
+    return std::atomic_ref<std::uint64_t>(waiting_[i]);
+  }
+  std::atomic_ref<std::uint64_t> waiting(std::uint32_t i) const noexcept {  // for loads only
+    return std::atomic_ref<std::uint64_t>(const_cast<std::uint64_t&>(waiting_[i]));
+  }
   void start_generation(std::uint32_t g) noexcept {
     reset_mask.fetch_and(~(std::uint64_t{1} << (g % 64)), std::memory_order_relaxed);
     generation.store(g, std::memory_order_release);
@@ -963,16 +974,25 @@ struct BarrierState {
     c = std::min(c, kMaxBarrierParties);
     const std::uint64_t me = ProcessRef::self().pack();
     for (std::uint32_t i = 0; i < c; ++i) {
-      const std::uint64_t w = waiting[i].load(std::memory_order_relaxed);
+      const std::uint64_t w = waiting(i).load(std::memory_order_relaxed);
       if (w == 0 || w == me) continue;
       const ProcessRef p = ProcessRef::unpack(w);
       if (!p.alive()) return p.pid;
     }
     return std::nullopt;
   }
-  void break_if_party_died(std::uint32_t gen, std::string_view name) {
+  // A waiter looks at the party that arrived after it (the last arrival at the first): each
+  // arrived party is watched by another, and in a ring of parties neither all alive nor all
+  // dead some live one watches a dead one. One liveness check per waiter and poll, not one per
+  // party (hundreds of waiters each reading every party's liveness swamped the machine).
+  void break_if_party_died(std::uint32_t gen, std::uint32_t index, std::string_view name) {
     check_live(name);
-    if (dead_party(count.load(std::memory_order_acquire))) break_generation(gen, name);
+    const std::uint32_t c = std::min(count.load(std::memory_order_acquire), kMaxBarrierParties);
+    if (c < 2) return;
+    const std::uint32_t next = (index + 1) % c;
+    const std::uint64_t w = waiting(next).load(std::memory_order_relaxed);
+    if (w == 0 || w == ProcessRef::self().pack()) return;
+    if (!ProcessRef::unpack(w).alive()) break_generation(gen, name);
   }
 };
 static_assert(std::is_standard_layout_v<BarrierState>);

@@ -262,9 +262,17 @@ inline Judgement judge(const std::string& name, const Entry& e, std::uint64_t& i
     if ((field<std::uint32_t>(h.data(), offsetof(H, flags)) & kSegmentPersistent) != 0)
       return Judgement::forget;  // its creator asked to keep it
     if (creator.alive()) return Judgement::keep;
-    for (std::uint32_t i = 0; i < kMaxAttach; ++i)
-      if (ProcessRef::unpack(field<std::uint64_t>(h.data(), offsetof(H, attach) + i * sizeof(AttachSlot)))
-              .alive())
+    // The attach table's entries in use; a table that does not fit the file is not ours to judge.
+    const std::uint32_t used =
+        std::min(field<std::uint32_t>(h.data(), offsetof(H, attach_used)), kMaxAttach);
+    const auto table = field<std::uint64_t>(h.data(), offsetof(H, attach_offset));
+    if (table < sizeof(H) || table > st.size || (st.size - table) / sizeof(AttachSlot) < used)
+      return Judgement::forget;
+    std::vector<std::byte> slots(std::size_t{used} * sizeof(AttachSlot));
+    if (os::read_at(fd, table, slots.data(), slots.size()) != slots.size())
+      return Judgement::forget;
+    for (std::uint32_t i = 0; i < used; ++i)
+      if (ProcessRef::unpack(field<std::uint64_t>(slots.data(), i * sizeof(AttachSlot))).alive())
         return Judgement::keep;
   }
   const auto locks = os::count_user_locks(fd, 1);
