@@ -647,6 +647,7 @@ TEST_CASE("one failure of a flaky initializer breaks the pool; no worker is retr
       },
       60s);
   CHECK(rc == 0);
+}
 
 // ---- many workers (each is a user of the pool's shared queues, status array and arena) ----------
 

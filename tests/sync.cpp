@@ -1150,8 +1150,6 @@ TEST_CASE("Semaphore, Event, Condition, Barrier truncated in use: CorruptedError
   }
 }
 
-
-
 TEST_CASE("Barrier: 300 processes as parties (the limit was 256)", "[sync][barrier][users]") {
   constexpr int kParties = 300;
   const auto name = unique_name("users.barrier");
