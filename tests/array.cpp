@@ -26,6 +26,7 @@ using mpp::Array;
 using mpp::RawArray;
 using mpp::Value;
 using mpp_test::unique_name;
+using mpp_test::corrupted;
 
 namespace {
 
@@ -280,16 +281,6 @@ TEST_CASE("an Array truncated under its users: CorruptedError, never zeros", "[a
       if (b.to_vector() != std::vector<int>(kN, 5)) return 2;  // touched before the cut
       char c = 1;
       if (::write(pipes[0][1], &c, 1) != 1 || ::read(pipes[1][0], &c, 1) != 1) return 3;
-      auto corrupted = [](auto&& op) {
-        try {
-          op();
-        } catch (const mpp::CorruptedError&) {
-          return true;
-        } catch (const std::exception& e) {
-          fmt::print(stderr, "expected CorruptedError, got: {}\n", e.what());
-        }
-        return false;
-      };
       int bad = 0;
       bad += !corrupted([&] { (void)b.to_vector(); });
       bad += !corrupted([&] { (void)b.slice(0, 10); });

@@ -55,6 +55,7 @@ using mpp::detail::ProcessRef;
 using mpp::detail::Segment;
 using mpp::detail::SegmentOptions;
 using mpp::detail::SegmentSpec;
+using mpp_test::tolerate;
 namespace reg = mpp::detail::registry;
 
 // Children of this binary must not inherit (and print again) the parent's buffered output.
@@ -1360,14 +1361,6 @@ int hostile_round(const std::string& name, const std::vector<std::pair<std::uint
   return mpp_test::wait_child(victim);
 }
 
-/// Calls `op` and swallows mpp errors (the accepted outcome on a corrupted object).
-template <class F>
-void tolerate(F&& op) {
-  try {
-    op();
-  } catch (const mpp::Error&) {
-  }
-}
 }  // namespace
 
 TEST_CASE("hostile peer scribbles over a live queue and pipe: errors, never crashes or hangs",

@@ -46,26 +46,6 @@ void failing_init(int code) {
   throw std::invalid_argument("bad init " + std::to_string(code));
 }
 
-/// Runs `scenario` in a forked child, waiting at most `limit`: a regression that hangs fails
-/// (the child is killed, -1000 returned) instead of blocking the suite. Returns its exit code.
-template <class F>
-int run_with_deadline(F&& scenario, std::chrono::seconds limit) {
-  const pid_t pid = mpp_test::fork_child(std::forward<F>(scenario));
-  const auto t0 = std::chrono::steady_clock::now();
-  for (;;) {
-    int status = 0;
-    const pid_t r = ::waitpid(pid, &status, WNOHANG);
-    if (r == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
-    if (r < 0 && errno != EINTR) return -2000;
-    if (mpp_test::seconds_since(t0) > std::chrono::duration<double>(limit).count()) {
-      ::kill(pid, SIGKILL);
-      (void)mpp_test::wait_child(pid);
-      return -1000;
-    }
-    std::this_thread::sleep_for(20ms);
-  }
-}
-
 /// Whether `call` raises BrokenProcessPool naming "bad init <code>" (and std::invalid_argument),
 /// with the initializer's std::invalid_argument nested in it.
 template <class F>
@@ -204,8 +184,7 @@ TEST_CASE("an executor whose initializer throws is broken: futures fail, submit 
           "returns", "[futures][spawn]") {
   for (auto m : {mpp::StartMethod::fork, mpp::StartMethod::spawn}) {
     INFO("start method " << mpp::start_method_name(m));
-    const int rc = run_with_deadline(
-        [m] {
+    const int rc = mpp_test::run_bounded(60s, [m] {
           int failed = 0;
           auto expect = [&](bool ok, const char* what) {
             if (!ok) fmt::print(stderr, "scenario check failed: {}\n", what), ++failed;
@@ -234,8 +213,7 @@ TEST_CASE("an executor whose initializer throws is broken: futures fail, submit 
           expect(runs.value() <= 4, "no initializer runs after the break");
           ::unsetenv(kInitRunsEnv);
           return failed;
-        },
-        60s);
+        });
     CHECK(rc == 0);
   }
 }

@@ -5,9 +5,11 @@
 #include <fmt/format.h>
 #include <mpp/detail/config.hpp>
 #include <mpp/detail/os.hpp>
+#include <mpp/errors.hpp>
 
 #if defined(MPP_OS_POSIX)
 #  include <signal.h>
+#  include <cerrno>
 #  include <sys/wait.h>
 #  include <unistd.h>
 #endif
@@ -16,8 +18,11 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <string>
 #include <string_view>
+#include <thread>
+#include <typeinfo>
 #include <utility>
 
 #include "catch.hpp"
@@ -69,6 +74,30 @@ inline int wait_child(pid_t pid) {
   return -1000;
 }
 
+/// What run_bounded() returns for a child that was still running at its limit (a hang).
+inline constexpr int kHung = -1000;
+
+/// Runs `fn` in a forked child that must finish within `limit`: a regression that hangs fails
+/// (the child is SIGKILLed, kHung returned) instead of blocking the suite. Returns the child's
+/// exit code, or -signal.
+template <class Rep, class Period, class F>
+int run_bounded(std::chrono::duration<Rep, Period> limit, F&& fn) {
+  const pid_t pid = fork_child(std::forward<F>(fn));
+  const auto until = std::chrono::steady_clock::now() + limit;
+  for (;;) {
+    int status = 0;
+    const pid_t r = ::waitpid(pid, &status, WNOHANG);
+    if (r == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+    if (r < 0 && errno != EINTR) return -2000;
+    if (std::chrono::steady_clock::now() > until) {
+      ::kill(pid, SIGKILL);
+      (void)wait_child(pid);
+      return kHung;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+}
+
 /// Runs this test executable again (an unrelated process: exec, not fork) on the hidden test
 /// case `spec`, passing `name` in the environment variable MPP_TEST_OBJECT. Returns its exit code.
 inline int run_unrelated(const char* spec, const std::string& name) {
@@ -100,5 +129,35 @@ inline int run_unrelated(const char* spec, const std::string& name) {
 }
 
 #endif  // MPP_OS_POSIX
+
+/// True if `op` raises E; anything else it raises is printed (and false), as is raising nothing.
+template <class E, class F>
+bool raises(F&& op) {
+  try {
+    op();
+  } catch (const E&) {
+    return true;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "expected {}, got: {}\n", typeid(E).name(), e.what());
+    return false;
+  }
+  return false;
+}
+
+/// True if `op` raises mpp::CorruptedError (see raises()).
+template <class F>
+bool corrupted(F&& op) {
+  return raises<mpp::CorruptedError>(std::forward<F>(op));
+}
+
+/// Calls `op`, treating an mpp::Error as an accepted outcome (on a corrupted object); other
+/// exceptions escape.
+template <class F>
+void tolerate(F&& op) {
+  try {
+    op();
+  } catch (const mpp::Error&) {
+  }
+}
 
 }  // namespace mpp_test

@@ -35,6 +35,7 @@ using mpp_test::unique_name;
 #if defined(MPP_OS_POSIX)
 using mpp_test::fork_child;
 using mpp_test::wait_child;
+using mpp_test::tolerate;
 #endif
 
 namespace crash_arm {
@@ -726,25 +727,6 @@ TEST_CASE("spawned writers terminated at random moments leave every container be
 #if defined(MPP_OS_POSIX)
 namespace {
 
-/// Runs `fn` in a forked child that must finish within `limit`: a child still running then is
-/// SIGKILLed and reported as -SIGKILL (a hang). Returns the child's exit code or -signal.
-template <class F>
-int bounded_child(std::chrono::milliseconds limit, F&& fn) {
-  const pid_t pid = fork_child(std::forward<F>(fn));
-  const auto t0 = std::chrono::steady_clock::now();
-  for (;;) {
-    int status = 0;
-    const pid_t r = ::waitpid(pid, &status, WNOHANG);
-    if (r == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
-    if (r < 0 && errno != EINTR) return -1000;
-    if (std::chrono::steady_clock::now() - t0 > limit) {
-      ::kill(pid, SIGKILL);
-      return wait_child(pid);
-    }
-    std::this_thread::sleep_for(2ms);
-  }
-}
-
 /// A one-shot "go" from the parent to a forked child (a pipe).
 struct Go {
   int fd[2]{-1, -1};
@@ -800,15 +782,6 @@ struct RawArena {
 /// Exit codes of a victim process.
 enum VictimRc { kOk = 0, kForeign = 3, kNoError = 4, kWrongError = 5, kNoGo = 6 };
 
-/// Calls `op`, treating an mpp::Error as an accepted outcome; other exceptions escape.
-template <class F>
-void tolerate(F&& op) {
-  try {
-    op();
-  } catch (const mpp::Error&) {
-  }
-}
-
 }  // namespace
 
 TEST_CASE("eight zero bytes over the arena's bump word: CorruptedError, not SIGSEGV", "[manager]") {
@@ -822,7 +795,7 @@ TEST_CASE("eight zero bytes over the arena's bump word: CorruptedError, not SIGS
   }
   RawArena raw(name);
   raw.write(offsetof(mpp::detail::shm::ArenaHeader, bump), 0);
-  const int rc = bounded_child(20s, [&]() -> int {
+  const int rc = mpp_test::run_bounded(20s, [&]() -> int {
     int corrupted = 0;
     for (int i = 0; i < 2; ++i) {
       try {
@@ -916,7 +889,7 @@ TEST_CASE("hostile peer scribbles over a live manager: errors, never a crash or 
 
     // The victim opened the manager before the scribbling (inherited handles), so open-time
     // validation cannot protect it; it also opens it afresh.
-    const int rc = bounded_child(20s, [&]() -> int {
+    const int rc = mpp_test::run_bounded(20s, [&]() -> int {
       int errors = 0;
       auto count = [&](auto&& op) {
         try {
@@ -981,23 +954,23 @@ TEST_CASE("containers of containers: pop/popitem/setdefault and locked reads do 
   }
   auto first = [](const mpp::SharedList<int>& l) { return l.get(0); };
   // Each operation in a child of its own, which must finish: a deadlock is killed and fails.
-  CHECK(bounded_child(20s, [&] { return first(outer.pop()) == 3 ? 0 : 2; }) == 0);
-  CHECK(bounded_child(20s, [&] { return first(outer.pop(0)) == 0 ? 0 : 2; }) == 0);
-  CHECK(bounded_child(20s, [&] {
+  CHECK(mpp_test::run_bounded(20s, [&] { return first(outer.pop()) == 3 ? 0 : 2; }) == 0);
+  CHECK(mpp_test::run_bounded(20s, [&] { return first(outer.pop(0)) == 0 ? 0 : 2; }) == 0);
+  CHECK(mpp_test::run_bounded(20s, [&] {
           auto [k, v] = d.popitem();
           return k == "k3" && first(v) == 3 ? 0 : 2;
         }) == 0);
-  CHECK(bounded_child(20s, [&] { return first(d.pop("k1")) == 1 ? 0 : 2; }) == 0);
-  CHECK(bounded_child(20s, [&] {
+  CHECK(mpp_test::run_bounded(20s, [&] { return first(d.pop("k1")) == 1 ? 0 : 2; }) == 0);
+  CHECK(mpp_test::run_bounded(20s, [&] {
           return first(d.setdefault("k2", m.list<int>("in0"))) == 2 ? 0 : 2;
         }) == 0);
   // Other operations that decode under the lock: update_with, sort, and a read that falls back
   // to the lock because a writer died with the dict's sequence word odd.
-  CHECK(bounded_child(20s, [&] {
+  CHECK(mpp_test::run_bounded(20s, [&] {
           auto v = d.update_with("k0", [](mpp::SharedList<int> l) { return l; }, m.list<int>("in1"));
           return first(v) == 0 ? 0 : 2;
         }) == 0);
-  CHECK(bounded_child(20s, [&] {
+  CHECK(mpp_test::run_bounded(20s, [&] {
           outer.sort([](const auto& a, const auto& b) { return a.name() > b.name(); });
           return first(outer.get(0)) == 2 ? 0 : 2;
         }) == 0);
@@ -1008,7 +981,7 @@ TEST_CASE("containers of containers: pop/popitem/setdefault and locked reads do 
             d.set("dies", m.list<int>("in3"));
             return 0;
           })) == -SIGKILL);
-  CHECK(bounded_child(20s, [&] { return first(d.at("k0")) == 0 ? 0 : 2; }) == 0);
+  CHECK(mpp_test::run_bounded(20s, [&] { return first(d.at("k0")) == 0 ? 0 : 2; }) == 0);
   CHECK(d.size() == 2);
   CHECK(outer.size() == 2);
   CHECK_FALSE(d.contains("dies"));

@@ -105,26 +105,6 @@ struct Expect {
   }
 };
 
-/// Runs `scenario` in a forked child, waiting at most `limit`: a regression that hangs fails
-/// (the child is killed, -1000 returned) instead of blocking the suite. Returns its exit code.
-template <class F>
-int run_with_deadline(F&& scenario, std::chrono::seconds limit) {
-  const pid_t pid = mpp_test::fork_child(std::forward<F>(scenario));
-  const auto t0 = std::chrono::steady_clock::now();
-  for (;;) {
-    int status = 0;
-    const pid_t r = ::waitpid(pid, &status, WNOHANG);
-    if (r == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
-    if (r < 0 && errno != EINTR) return -2000;
-    if (mpp_test::seconds_since(t0) > std::chrono::duration<double>(limit).count()) {
-      ::kill(pid, SIGKILL);
-      (void)mpp_test::wait_child(pid);
-      return -1000;
-    }
-    std::this_thread::sleep_for(20ms);
-  }
-}
-
 /// Whether `e` is a BrokenProcessPool naming `text`, with a nested `Cause` naming it too.
 template <class Cause>
 bool broken_by(std::exception_ptr e, std::string_view text) {
@@ -547,8 +527,7 @@ TEST_CASE("a Pool whose initializer throws is broken: calls fail, nothing respaw
           "[pool][spawn]") {
   for (auto m : {mpp::StartMethod::fork, mpp::StartMethod::spawn}) {
     INFO("start method " << mpp::start_method_name(m));
-    const int rc = run_with_deadline(
-        [m] {
+    const int rc = mpp_test::run_bounded(60s, [m] {
           Expect expect;
           mpp::RawValue<int> runs(0);
           ::setenv(kInitRunsEnv, runs.name().c_str(), 1);
@@ -597,15 +576,13 @@ TEST_CASE("a Pool whose initializer throws is broken: calls fail, nothing respaw
           expect(runs.value() <= 4, fmt::format("{} initializer runs in all", runs.value()));
           ::unsetenv(kInitRunsEnv);
           return expect.failed;
-        },
-        60s);
+        });
     CHECK(rc == 0);
   }
 }
 
 TEST_CASE("a Pool whose initializer kills its worker is broken too", "[pool][kill]") {
-  const int rc = run_with_deadline(
-      [] {
+  const int rc = mpp_test::run_bounded(60s, [] {
         Expect expect;
         mpp::RawValue<int> runs(0);
         ::setenv(kInitRunsEnv, runs.name().c_str(), 1);
@@ -622,14 +599,12 @@ TEST_CASE("a Pool whose initializer kills its worker is broken too", "[pool][kil
         pool.terminate();
         ::unsetenv(kInitRunsEnv);
         return expect.failed;
-      },
-      60s);
+      });
   CHECK(rc == 0);
 }
 
 TEST_CASE("one failure of a flaky initializer breaks the pool; no worker is retried", "[pool]") {
-  const int rc = run_with_deadline(
-      [] {
+  const int rc = mpp_test::run_bounded(60s, [] {
         Expect expect;
         mpp::RawValue<int> runs(0);
         ::setenv(kInitRunsEnv, runs.name().c_str(), 1);
@@ -644,8 +619,7 @@ TEST_CASE("one failure of a flaky initializer breaks the pool; no worker is retr
         expect(runs.value() == 1, fmt::format("one initializer run ({})", runs.value()));
         ::unsetenv(kInitRunsEnv);
         return expect.failed;
-      },
-      60s);
+      });
   CHECK(rc == 0);
 }
 

@@ -21,6 +21,7 @@
 #  include <unistd.h>
 using mpp_test::fork_child;
 using mpp_test::wait_child;
+using mpp_test::corrupted;
 #endif
 
 using namespace std::chrono_literals;
@@ -1003,19 +1004,6 @@ std::vector<off_t> cuts(const std::shared_ptr<mpp::detail::Segment>& seg, std::s
   return {0, at, at + static_cast<off_t>(state_size) - 1};
 }
 
-/// True if `op` raises CorruptedError (anything else, or nothing, is false).
-template <class F>
-bool corrupted(F&& op) {
-  try {
-    op();
-  } catch (const mpp::CorruptedError&) {
-    return true;
-  } catch (const std::exception& e) {
-    fmt::print(stderr, "expected CorruptedError, got: {}\n", e.what());
-    return false;
-  }
-  return false;
-}
 
 /// Three processes take a fresh lock `make()` in a loop, each counting a second holder inside;
 /// the lock is cut under them (each of the three cuts). Every one must stop with CorruptedError,

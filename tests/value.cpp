@@ -24,6 +24,7 @@
 using mpp::RawValue;
 using mpp::Value;
 using mpp_test::unique_name;
+using mpp_test::corrupted;
 
 namespace {
 
@@ -370,18 +371,6 @@ void shrink(const std::string& name, off_t size) {
   REQUIRE(fd >= 0);
   REQUIRE(::ftruncate(fd, size) == 0);
   ::close(fd);
-}
-/// True if `op` raises CorruptedError.
-template <class F>
-bool corrupted(F&& op) {
-  try {
-    op();
-  } catch (const mpp::CorruptedError&) {
-    return true;
-  } catch (const std::exception& e) {
-    fmt::print(stderr, "expected CorruptedError, got: {}\n", e.what());
-  }
-  return false;
 }
 /// Cut `cut` of a Value's segment: 0 bytes (every page faults), where the data starts, or the
 /// payload's last byte (both zero bytes in place, no fault).
