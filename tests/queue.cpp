@@ -10,13 +10,13 @@
 // Compiled with MPP_CRASH_POINTS: MPP_CRASH_POINT(name) calls crash_point() below, which SIGKILLs
 // the process when it is armed for that point (only forked children arm it).
 #define MPP_CRASH_POINTS 1
-#include <mpp/detail/registry.hpp>
 #include <mpp/process.hpp>
 #include <mpp/queue.hpp>
 #include <mpp/sync.hpp>
 #include <mpp/value.hpp>
 
 #if defined(MPP_OS_POSIX)
+#  include <mpp/detail/registry.hpp>
 #  include <fcntl.h>
 #  include <sys/mman.h>
 #  include <unistd.h>

@@ -1,10 +1,10 @@
 // Named segments: create/open, validation, permissions, lifetime, creator death, liveness,
 // wait/wake — across real processes.
-#include <mpp/detail/registry.hpp>
 #include <mpp/segment.hpp>
 #include <mpp/value.hpp>
 
 #if defined(MPP_OS_POSIX)
+#  include <mpp/detail/registry.hpp>
 #  include <fcntl.h>
 #  include <sys/mman.h>
 #  include <sys/stat.h>
@@ -485,7 +485,8 @@ TEST_CASE("WaitPoint wakes a sleeper in another process and honours timeouts", "
 }
 #endif  // MPP_OS_POSIX
 
-// ---- users: many per object, one entry per process ---------------------------------------------
+// ---- users: many per object, one entry per process (read through the POSIX registry) -------
+#if defined(MPP_OS_POSIX)
 
 TEST_CASE("users: 5000 handles of one Value in one process share one attach entry",
           "[segment][users]") {
@@ -501,7 +502,6 @@ TEST_CASE("users: 5000 handles of one Value in one process share one attach entr
     auto o = reg::inspect(name);
     CHECK(o.attachers.size() == 1);  // the creator's handle and the 5000 opened ones
     CHECK(o.attach_used == 1);
-#if defined(MPP_OS_POSIX)
     // A forked child that opens the object takes an entry of its own (it does not count on the
     // parent's, which it inherited), shared by its handles; they going away do not free the
     // parent's entry.
@@ -521,7 +521,6 @@ TEST_CASE("users: 5000 handles of one Value in one process share one attach entr
     CHECK(v.value() == 5002);
     o = reg::inspect(name);
     CHECK(reg::live_users(o).size() == 1);
-#endif
   }
   // The 5000 handles are gone; the creator's handle still holds this process's entry.
   const auto o = reg::inspect(name);
@@ -552,3 +551,4 @@ TEST_CASE("users: the last handle of a process frees its entry; other processes 
   CHECK(o.attach_used == 1);
   CHECK(mpp::unlink(name));
 }
+#endif  // MPP_OS_POSIX
