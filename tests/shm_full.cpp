@@ -18,6 +18,7 @@
 #  include <mpp/array.hpp>
 #  include <mpp/manager.hpp>
 #  include <mpp/pipe.hpp>
+#  include <mpp/pool.hpp>
 #  include <mpp/queue.hpp>
 #  include <mpp/shared_memory.hpp>
 #  include <mpp/sync.hpp>
@@ -133,7 +134,11 @@ void expect_no_space(int line, const std::string& name, F&& create) {
   throw failure(line, fmt::format("creating '{}' on a full /dev/shm succeeded", name));
 }
 
+double add_one(double x) { return x + 1; }
+
 }  // namespace
+
+MPP_REGISTER(add_one);
 
 TEST_CASE("a full /dev/shm: creating any kind raises NoSpaceError and leaves nothing",
           "[shm_full]") {
@@ -259,6 +264,36 @@ TEST_CASE("a full /dev/shm: writing a page of another program's sparse block is 
     } catch (const mpp::NoSpaceError& e) {
       EXPECT(std::string(e.what()).find("mpp.sparse.block") != std::string::npos);
     }
+    return 0;
+  });
+}
+
+TEST_CASE("a full /dev/shm: a Pool map whose chunks cannot be backed fails with NoSpaceError",
+          "[shm_full]") {
+  run_in_small_shm("16m", [] {
+    mpp::Pool pool(1);
+    // One-item chunks go round the task and result queues' rings, backing all their cells: the
+    // messages then fit, and only the arena needs new pages.
+    EXPECT(pool.map(add_one, std::vector<double>(64, 1.0), 1) == std::vector<double>(64, 2.0));
+    const int filler = fill_shm();
+    leave_free(filler, 256 * 1024);
+    // 1 MiB of arguments in one chunk: more arena than /dev/shm has free.
+    const std::vector<double> big(128 * 1024, 1.0);
+    try {
+      const auto out = pool.map(add_one, big, big.size());
+      EXPECT(out.size() == big.size());
+      for (double x : out)
+        if (x != 2.0) throw failure(__LINE__, fmt::format("a result of {} arrived as {}", 2.0, x));
+      throw failure(__LINE__, "a 1 MiB chunk fitted in 256 KiB");
+    } catch (const mpp::NoSpaceError& e) {
+      const std::string msg = e.what();
+      EXPECT(msg.find("/dev/shm is full") != std::string::npos);
+      EXPECT(msg.find("Pool's map") != std::string::npos);
+    }
+    // The pool survives: with room again, a map works.
+    leave_free(filler, 4 << 20);
+    const auto out = pool.map(add_one, big, big.size());
+    for (double x : out) EXPECT(x == 2.0);
     return 0;
   });
 }
