@@ -517,6 +517,34 @@ TEST_CASE("a fork server that died is replaced by the next start()", "[process]"
   CHECK(mpp::detail::globals().server_pid != server);
 }
 
+TEST_CASE("a stopped fork server makes start() fail within its bound, not hang", "[process]") {
+  auto& g = mpp::detail::globals();
+  auto first = make(StartMethod::forkserver, do_nothing);
+  first.start();  // make sure a server runs
+  first.join();
+  const int server = g.server_pid;
+  REQUIRE(server > 0);
+  REQUIRE(::kill(server, SIGSTOP) == 0);
+  const auto saved = g.server_timeout;
+  g.server_timeout = 500ms;
+  auto second = make(StartMethod::forkserver, do_nothing);
+  std::string message;
+  try {
+    second.start();
+  } catch (const mpp::ProcessError& e) {
+    message = e.what();
+  }
+  CHECK_THAT(message, Catch::Contains("fork server") && Catch::Contains("stopped or stuck"));
+  g.server_timeout = saved;
+  CHECK(!mpp::detail::ProcessRef{server, 0}.alive());  // killed, not left stopped
+  // The next start() uses a new server.
+  auto third = make(StartMethod::forkserver, exit_with, 3);
+  third.start();
+  third.join();
+  CHECK(third.exitcode() == 3);
+  CHECK(g.server_pid != server);
+}
+
 TEST_CASE("the fork server exits when the process that started it dies", "[process]") {
   const std::string path = temp_path("server");
   const pid_t pid = mpp_test::fork_child([&] {

@@ -18,6 +18,7 @@
 #  include <mpp/array.hpp>
 #  include <mpp/manager.hpp>
 #  include <mpp/pipe.hpp>
+#  include <mpp/pool.hpp>
 #  include <mpp/queue.hpp>
 #  include <mpp/shared_memory.hpp>
 #  include <mpp/sync.hpp>
@@ -133,7 +134,11 @@ void expect_no_space(int line, const std::string& name, F&& create) {
   throw failure(line, fmt::format("creating '{}' on a full /dev/shm succeeded", name));
 }
 
+double add_one(double x) { return x + 1; }
+
 }  // namespace
+
+MPP_REGISTER(add_one);
 
 TEST_CASE("a full /dev/shm: creating any kind raises NoSpaceError and leaves nothing",
           "[shm_full]") {
@@ -259,6 +264,90 @@ TEST_CASE("a full /dev/shm: writing a page of another program's sparse block is 
     } catch (const mpp::NoSpaceError& e) {
       EXPECT(std::string(e.what()).find("mpp.sparse.block") != std::string::npos);
     }
+    return 0;
+  });
+}
+
+TEST_CASE("a full /dev/shm: a Pool map whose chunks cannot be backed fails with NoSpaceError",
+          "[shm_full]") {
+  run_in_small_shm("16m", [] {
+    mpp::Pool pool(1);
+    // One-item chunks go round the task and result queues' rings, backing all their cells: the
+    // messages then fit, and only the arena needs new pages.
+    EXPECT(pool.map(add_one, std::vector<double>(64, 1.0), 1) == std::vector<double>(64, 2.0));
+    const int filler = fill_shm();
+    leave_free(filler, 256 * 1024);
+    // 1 MiB of arguments in one chunk: more arena than /dev/shm has free.
+    const std::vector<double> big(128 * 1024, 1.0);
+    try {
+      const auto out = pool.map(add_one, big, big.size());
+      EXPECT(out.size() == big.size());
+      for (double x : out)
+        if (x != 2.0) throw failure(__LINE__, fmt::format("a result of {} arrived as {}", 2.0, x));
+      throw failure(__LINE__, "a 1 MiB chunk fitted in 256 KiB");
+    } catch (const mpp::NoSpaceError& e) {
+      const std::string msg = e.what();
+      EXPECT(msg.find("/dev/shm is full") != std::string::npos);
+      EXPECT(msg.find("Pool's map") != std::string::npos);
+    }
+    // The pool survives: with room again, a map works.
+    leave_free(filler, 4 << 20);
+    const auto out = pool.map(add_one, big, big.size());
+    for (double x : out) EXPECT(x == 2.0);
+    return 0;
+  });
+}
+
+TEST_CASE("a full /dev/shm: a Manager's undo log and heap say NoSpaceError, naming it",
+          "[shm_full]") {
+  run_in_small_shm("16m", [] {
+    mpp::ManagerOptions o;
+    o.capacity = 8 << 20;  // a 512 KiB undo log; the heap is backed 2 MiB at a time
+    auto m = mpp::Manager::create("mpp.full.mgr", o);
+    auto l = m.list<std::int64_t>("l");
+    for (std::int64_t b = 0; b < 20000; b += 1000) {  // small transactions: little undo log
+      std::vector<std::int64_t> items(1000);
+      for (std::int64_t i = 0; i < 1000; ++i) items[static_cast<std::size_t>(i)] = b + i;
+      l.extend(items);
+    }
+    const int filler = fill_shm();
+    // insert(0) logs the 160 KiB of the item array it shifts: more undo log than creation
+    // backed (and more than any transaction so far wrote).
+    try {
+      l.insert(0, -1);
+      throw failure(__LINE__, "insert(0) logged 160 KiB of undo log on a full /dev/shm");
+    } catch (const mpp::NoSpaceError& e) {
+      const std::string msg = e.what();
+      EXPECT(msg.find("/dev/shm is full") != std::string::npos);
+      EXPECT(msg.find("mpp.full.mgr") != std::string::npos);
+    }
+    // Rolled back; every process sees the list unchanged.
+    const int unchanged = wait_child(fork_child([] {
+      auto c = mpp::Manager::open("mpp.full.mgr").list<std::int64_t>("l");
+      EXPECT(c.size() == 20000 && c.get(0) == 0 && c.get(19999) == 19999);
+      return 0;
+    }));
+    EXPECT(unchanged == 0);
+    // A heap that must grow past its backed pages: NoSpaceError, not ArenaFull.
+    auto d = m.dict<std::string, std::string>("d");
+    try {
+      d.set("big", std::string(3 << 20, 'x'));
+      throw failure(__LINE__, "3 MiB more heap fitted on a full /dev/shm");
+    } catch (const mpp::NoSpaceError& e) {
+      EXPECT(std::string(e.what()).find("mpp.full.mgr") != std::string::npos);
+    }
+    // With room again both work, and another process sees them.
+    leave_free(filler, 8 << 20);
+    l.insert(0, -1);
+    d.set("big", std::string(3 << 20, 'x'));
+    const int seen = wait_child(fork_child([] {
+      auto c = mpp::Manager::open("mpp.full.mgr");
+      auto cl = c.list<std::int64_t>("l");
+      EXPECT(cl.size() == 20001 && cl.get(0) == -1 && cl.get(20000) == 19999);
+      EXPECT((c.dict<std::string, std::string>("d").get("big").value_or("").size() == (3u << 20)));
+      return 0;
+    }));
+    EXPECT(seen == 0);
     return 0;
   });
 }

@@ -930,8 +930,9 @@ class Manager {
 
   static detail::SegmentSpec spec(const ManagerOptions& opts) {
     detail::SegmentSpec s{Kind::manager, TypeInfo::none(), opts.capacity, 0};
-    // Backed at creation: the arena header; the heap is populated as it grows (1 GiB by default).
-    s.reserve = sizeof(detail::shm::ArenaHeader);
+    // Backed at creation: the arena header and the first part of the undo log; the rest of the
+    // log and the heap are populated as they are reached (1 GiB by default).
+    s.reserve = std::min(opts.capacity, detail::shm::Arena::reserved_bytes());
     return s;
   }
   static detail::SegmentOptions seg_opts(const ManagerOptions& opts) {

@@ -29,6 +29,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cerrno>
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
@@ -307,10 +308,11 @@ inline constexpr unsigned kWindow = 2;  // chunks assigned to a worker at once (
 inline constexpr std::size_t kRegion = std::size_t{16} << 20;
 inline constexpr std::size_t out_offset(std::size_t in) { return (in + 63) / 64 * 64; }
 // A region's pages are allocated and mapped (one madvise, not a fault per page) the first time
-// a chunk needs them, in steps of this much; a few pages are left to fault in.
+// a chunk needs them, in steps of this much; none is left to fault in (a full /dev/shm must
+// fail the chunk, not back its pages with memory only one process sees).
 inline constexpr std::size_t kWarmStep = std::size_t{64} << 10;
 inline constexpr std::size_t warm_size(std::size_t need) {
-  return need < kWarmStep ? 0 : std::min(kRegion, (need + kWarmStep - 1) / kWarmStep * kWarmStep);
+  return need == 0 ? 0 : std::min(kRegion, (need + kWarmStep - 1) / kWarmStep * kWarmStep);
 }
 
 inline std::string task_message(const TaskHeader& h, std::string_view fn, std::string_view args) {
@@ -452,7 +454,8 @@ inline void worker_main(const WorkerConfig& c) {
       const std::size_t need = warm_size(static_cast<std::size_t>(
           std::max<std::uint64_t>(h.in_size, h.out_off + h.in_size)));
       if (warm[h.region - 1] < need) {
-        (void)os::populate_write(region, need);  // on failure the pages fault in one by one
+        // The parent backed every page this task touches; this only maps them here.
+        (void)os::populate_write(region, need);
         warm[h.region - 1] = need;
       }
     }
@@ -1281,12 +1284,15 @@ class Pool {
     using namespace std::chrono_literals;
     for (;;) {
       bool stop_now = false, drained = false;
+      std::vector<std::pair<Task, std::exception_ptr>> unplaced;
       {
         std::unique_lock g(mu_);
         if (terminated_) stop_now = true;
-        dispatch_locked();
+        dispatch_locked(unplaced);
         drained = closed_ && pending_.empty() && inflight_.empty();
       }
+      // Failed outside mu_: a job's failure may run user callbacks.
+      for (auto& [t, e] : unplaced) t.job->fail_chunk(t.index, e);
       if (stop_now) return shutdown(true);
       if (drained) return shutdown(false);
       poll_results(20ms);
@@ -1294,7 +1300,9 @@ class Pool {
     }
   }
 
-  void dispatch_locked() {
+  //!Effects: hands pending tasks to workers with room; a task that cannot be placed because
+  //! /dev/shm is full is moved to `unplaced` with its NoSpaceError (only that call fails).
+  void dispatch_locked(std::vector<std::pair<Task, std::exception_ptr>>& unplaced) {
     for (std::size_t i = 0; i < workers_.size() && !pending_.empty(); ++i) {
       Worker& w = workers_[i];
       if (!w.tasks) continue;  // its replacement failed to start (see replace())
@@ -1320,16 +1328,33 @@ class Pool {
             while (k < w.region.size() && w.region[k] != 0) ++k;
             if (k < w.region.size()) {
               // First use of this much of the region: have its pages allocated now, in one
-              // call (a clear fallback if memory ran out: the chunk goes through the queue).
+              // call, so a full /dev/shm fails this chunk here rather than faulting the pages
+              // into memory only this process sees.
               std::size_t& warm = arena_warm_[i * detail::pool::kWindow + k];
               const std::size_t need = detail::pool::warm_size(
                   std::max<std::size_t>(t.args_size, h.out_off + t.out_bytes));
               if (warm < need) {
-                if (detail::os::populate_write(
-                        arena_->payload() + (i * detail::pool::kWindow + k) * kRegion, need) == 0)
+                const int err = detail::os::populate_write(
+                    arena_->payload() + (i * detail::pool::kWindow + k) * kRegion, need);
+                if (err == 0) {
                   warm = need;
-                else
-                  k = w.region.size();
+                } else if (err == EFAULT || err == ENOMEM || err == ENOSPC) {
+                  std::exception_ptr e;
+                  try {
+                    detail::os::fail_no_space(
+                        arena_->name(), need - warm,
+                        fmt::format("; or use a smaller chunksize (this chunk of a Pool's "
+                                    "map has {} bytes of arguments)",
+                                    t.args_size));
+                  } catch (const NoSpaceError&) {
+                    e = std::current_exception();
+                  }
+                  unplaced.emplace_back(std::move(t), e);
+                  pending_.pop_front();
+                  continue;
+                } else {
+                  k = w.region.size();  // not a lack of memory: the chunk goes through the queue
+                }
               }
             }
           }
@@ -1341,7 +1366,13 @@ class Pool {
             args = {};
           }
         }
-        if (!w.tasks->try_put(detail::pool::task_message(h, *t.fn, args))) break;
+        try {
+          if (!w.tasks->try_put(detail::pool::task_message(h, *t.fn, args))) break;
+        } catch (const NoSpaceError&) {  // the task queue cannot back this message
+          unplaced.emplace_back(std::move(t), std::current_exception());
+          pending_.pop_front();
+          continue;
+        }
         if (k < w.region.size()) w.region[k] = t.seq;
         w.assigned.push_back(t.seq);
         ++w.dispatched;

@@ -341,6 +341,9 @@ struct BoundTarget final : Target {
   }
 };
 
+/// How long start() waits for a re-executed program to reach mpp::bootstrap.
+inline constexpr std::chrono::seconds kBootstrapTimeout{60};
+
 struct ProcessState;
 
 /// This process's view of itself and its children (Python's _current_process, _children, ...).
@@ -362,14 +365,15 @@ struct Globals {
   os::Fd server_control;
   os::pid_type server_pid = 0;
   os::pid_type server_owner = 0;  ///< the process that started the server (and reaps it)
+  /// How long start() waits for a live fork server to take a request and answer; a detail-level
+  /// knob so tests can stop a server without waiting the full bootstrap bound.
+  std::chrono::nanoseconds server_timeout{kBootstrapTimeout};
 };
 
 inline Globals& globals();
 
 inline constexpr int kNoExitCode = INT_MIN;
 inline constexpr const char* kBootstrapEnv = "MPP_BOOTSTRAP";
-/// How long start() waits for a re-executed program to reach mpp::bootstrap.
-inline constexpr std::chrono::seconds kBootstrapTimeout{60};
 /// Largest launch request accepted (a corrupted length must not allocate gigabytes).
 inline constexpr std::uint32_t kMaxFrame = 1u << 30;
 
@@ -959,11 +963,30 @@ inline void launch_forkserver(ProcessState& s) {
   }
   theirs.reset();
   std::optional<Record> r;
+  bool timed_out = false;
   try {
-    write_frame(mine, payload);
-    r = read_record(mine);
+    // Bounded: a stopped or stuck server keeps its socket open, so only its death ends an
+    // unbounded wait.
+    const auto deadline = Deadline::after(g.server_timeout);
+    write_frame(mine, payload, deadline.remaining());
+    if (os::wait_readable(mine.get(), deadline.remaining()))
+      r = read_record(mine);
+    else
+      timed_out = true;
+  } catch (const TimeoutError&) {
+    timed_out = true;
   } catch (const Error&) {
     r.reset();
+  }
+  if (timed_out) {
+    std::lock_guard lock(g.server_mutex);
+    const os::pid_type server = g.server_pid;
+    // It is alive but not answering: kill it rather than let drop_forkserver wait for an exit.
+    if (server != 0 && g.server_owner == os::current_pid()) os::send_signal(server, os::kSigKill);
+    drop_forkserver(g);
+    fail<ProcessError>("the fork server (pid {}) did not start {} within {} s (is it stopped or "
+                       "stuck?); it has been killed and the next start() starts a new one",
+                       server, s.name, std::chrono::duration<double>(g.server_timeout).count());
   }
   if (!r) {
     std::lock_guard lock(g.server_mutex);

@@ -25,6 +25,7 @@
 #include <array>
 #include <atomic>
 #include <bit>
+#include <cerrno>
 #include <cstddef>
 #include <cstdint>
 #include <new>
@@ -53,6 +54,9 @@ inline constexpr std::uint64_t kMinArena = std::uint64_t{1} << 20;
 /// The heap's pages are allocated ahead of the bump pointer in chunks of this size: one system
 /// call instead of a page fault per page, and a full /dev/shm is an error, not a SIGBUS.
 inline constexpr std::uint64_t kPopulateChunk = std::uint64_t{2} << 20;
+/// Undo log backed when a manager is created (the smallest log, and more than most transactions
+/// write); a transaction that reaches beyond has the rest backed first, in steps of this size.
+inline constexpr std::uint64_t kLogReserve = std::uint64_t{64} << 10;
 
 /// Thrown (inside a transaction, which then rolls back) when the arena has no room left.
 class ArenaFull : public Error {
@@ -181,12 +185,41 @@ class Arena {
     h->version = kArenaVersion;
     h->header_size = sizeof(ArenaHeader);
     h->size = size;
-    h->log_off = (sizeof(ArenaHeader) + 63) / 64 * 64;
+    h->log_off = log_offset();
     h->log_cap = std::clamp<std::uint64_t>(size / 16, 64 * 1024, 16u << 20) / 64 * 64;
     h->heap_start = h->log_off + h->log_cap;
     h->bump = h->heap_start;
     new (&h->lock) LockState();  // a free lock is not all zeros (zeros are a truncation's mark)
     h->magic = kArenaMagic;
+  }
+
+  /// Where the undo log starts (after the header).
+  static constexpr std::uint64_t log_offset() noexcept {
+    return (sizeof(ArenaHeader) + 63) / 64 * 64;
+  }
+  /// Bytes a manager's segment backs at creation: the header and the first kLogReserve of the
+  /// undo log (every log is at least that large).
+  static constexpr std::uint64_t reserved_bytes() noexcept { return log_offset() + kLogReserve; }
+
+  //!Effects: has the kernel back the undo log's first `end` bytes (and up to a kLogReserve step
+  //! beyond) before a transaction writes them, so a full /dev/shm is an error here rather than
+  //! a write that faults into memory only this process sees. Caller holds the write lock.
+  //!Throws: NoSpaceError; CorruptedError if the segment was truncated under us.
+  void back_log(std::uint64_t end) {
+    if (end <= log_backed_) return;
+    const std::uint64_t to = std::min(log_cap_, (end + kLogReserve - 1) / kLogReserve * kLogReserve);
+    if (const int err = os::populate_write(base_ + log_off_ + log_backed_, to - log_backed_);
+        err != 0) {
+      if (truncated()) shrank();
+      if (err == EFAULT || err == ENOMEM || err == ENOSPC)
+        os::fail_no_space(owner_, to - log_backed_,
+                          " (the manager's undo log for this mutation); or make smaller changes "
+                          "per operation");
+      throw OSError(fmt::format("manager '{}': cannot back {} bytes of its undo log: {} (errno {})",
+                                owner_, to - log_backed_, std::strerror(err), err),
+                    err);
+    }
+    log_backed_ = to;
   }
 
   //!Effects: checks the header of an arena created by another process and keeps its layout.
@@ -208,6 +241,7 @@ class Arena {
     log_off_ = log_off;
     log_cap_ = log_cap;
     heap_start_ = heap_start;
+    log_backed_ = std::min(log_cap, kLogReserve);  // reserved by its creator (see reserved_bytes)
   }
 
   ArenaHeader* header() const noexcept { return reinterpret_cast<ArenaHeader*>(base_); }
@@ -429,6 +463,7 @@ class Arena {
   std::uint64_t log_off_ = 0;
   std::uint64_t log_cap_ = 0;
   std::uint64_t heap_start_ = 0;
+  std::uint64_t log_backed_ = 0;  ///< undo log bytes known to be backed (see back_log)
 };
 
 /// Size class of a block holding `n` user bytes.
@@ -478,7 +513,8 @@ class Tx {
   }
 
   //!Effects: saves the current bytes of [p, p + n) in the undo log. Call before changing them.
-  //! Throws: ArenaFull when the log is full (the transaction then rolls back).
+  //! Throws: ArenaFull when the log is full, NoSpaceError when /dev/shm cannot back it (the
+  //! transaction then rolls back).
   void log(const void* p, std::uint64_t n) {
     const std::uint64_t off = a_.offset_of(p);
     if (!a_.loggable(off, n)) a_.corrupted(fmt::format("write outside the arena at {}", off));
@@ -489,6 +525,7 @@ class Tx {
       fail<ArenaFull>("manager '{}': this mutation changes more than the {} bytes of undo log "
                       "allow; split it into smaller ones",
                       a_.owner(), a_.log_cap());
+    a_.back_log(used_ + need);
     std::byte* dst = a_.base() + a_.log_off() + used_;
     const UndoEntry e{off, n};
     std::memcpy(dst, &e, sizeof e);
@@ -591,8 +628,8 @@ class Tx {
   Arena& arena() const noexcept { return a_; }
 
   //!Effects: allocates the pages up to `end` (and a chunk beyond) now.
-  //!Throws: ArenaFull when the system has no memory left for them; CorruptedError when the
-  //! segment was truncated under us.
+  //!Throws: NoSpaceError when /dev/shm has no room left for them (ArenaFull is for a full
+  //! capacity); CorruptedError when the segment was truncated under us.
   void populate(std::uint64_t end) {
     const std::uint64_t from = std::max(racy_load(&h_->populated), a_.heap_start());
     const std::uint64_t to =
@@ -600,9 +637,11 @@ class Tx {
     if (to <= from) return;
     if (const int err = os::populate_write(a_.base() + from, to - from); err != 0) {
       if (a_.truncated()) a_.shrank();
-      fail<ArenaFull>("manager '{}': the system has no memory left for {} more bytes (is "
-                      "/dev/shm full?); free memory or remove unused objects",
-                      a_.owner(), to - from);
+      if (err == EFAULT || err == ENOMEM || err == ENOSPC)
+        os::fail_no_space(a_.owner(), to - from, "; or remove unused containers and objects");
+      throw OSError(fmt::format("manager '{}': cannot back {} more bytes of its heap: {} (errno {})",
+                                a_.owner(), to - from, std::strerror(err), err),
+                    err);
     }
     h_->populated = to;  // a hint: a rollback leaves it, the pages are just ready sooner
   }
