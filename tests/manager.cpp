@@ -123,10 +123,10 @@ TEST_CASE("dict: every method in one process", "[manager]") {
   d.clear();
   CHECK(d.size() == 0);
   CHECK_THROWS_AS(d.popitem(), mpp::KeyError);
-  for (int i = 0; i < 5000; ++i) d.set("k" + std::to_string(i), i);
-  for (int i = 0; i < 5000; i += 2) CHECK(d.erase("k" + std::to_string(i)));
+  for (int i = 0; i < 5000; ++i) d.set(fmt::format("k{}", i), i);
+  for (int i = 0; i < 5000; i += 2) CHECK(d.erase(fmt::format("k{}", i)));
   CHECK(d.size() == 2500);
-  for (int i = 1; i < 5000; i += 2) REQUIRE(d.at("k" + std::to_string(i)) == i);
+  for (int i = 1; i < 5000; i += 2) REQUIRE(d.at(fmt::format("k{}", i)) == i);
   d.set("k1", 123456789);
   CHECK(d.at("k1") == 123456789);
 }
