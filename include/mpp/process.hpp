@@ -1030,8 +1030,10 @@ inline std::shared_ptr<ProcessState> new_child_state(ProcessOptions opts) {
   }
   if (opts.name.empty()) {
     std::string n = "Process-";
-    for (std::size_t i = 0; i < s->identity.size(); ++i)
-      n += (i ? ":" : "") + std::to_string(s->identity[i]);
+    for (std::size_t i = 0; i < s->identity.size(); ++i) {
+      if (i != 0) n += ':';
+      n += std::to_string(s->identity[i]);
+    }
     s->name = std::move(n);
   } else {
     s->name = std::move(opts.name);
