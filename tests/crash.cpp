@@ -53,7 +53,6 @@
 using namespace std::chrono_literals;
 using mpp::detail::ProcessRef;
 using mpp::detail::Segment;
-using mpp::detail::SegmentOptions;
 using mpp::detail::SegmentSpec;
 using mpp_test::tolerate;
 namespace reg = mpp::detail::registry;
@@ -157,7 +156,7 @@ bool run_until_crash_point(const std::string& point, long hit, F&& workload) {
 SegmentSpec spec_of(std::uint64_t bytes = 4096) {
   return SegmentSpec{mpp::Kind::test, mpp::type_info<std::uint64_t>(), bytes, 1};
 }
-Segment open_test(const std::string& name, const SegmentOptions& o = {}) {
+Segment open_test(const std::string& name, const mpp::NamedOptions& o = {}) {
   return Segment::open(name, mpp::Kind::test, mpp::type_info<std::uint64_t>(), o);
 }
 
@@ -232,7 +231,7 @@ TEST_CASE("creator killed during init: openers fail fast, gc reclaims, the name 
   kill_and_reap(creator);
 
   // Openers in other processes (plain open and open_or_create) error out well within the bound.
-  SegmentOptions patient;
+  mpp::NamedOptions patient;
   patient.init_timeout = 30s;
   for (int variant = 0; variant < 2; ++variant) {
     const pid_t opener = mpp_test::fork_child([&] {
@@ -1002,7 +1001,7 @@ TEST_CASE("hostile peer truncates a live segment: new openers and the tool refus
     return fd >= 0 && ::ftruncate(fd, 4096) == 0 ? 0 : 1;
   });
   REQUIRE(mpp_test::wait_child(vandal) == 0);
-  SegmentOptions quick;
+  mpp::NamedOptions quick;
   quick.init_timeout = 50ms;
   CHECK_THROWS_AS(open_test(name, quick), mpp::CorruptedError);
   auto o = reg::inspect(name);
@@ -1044,7 +1043,7 @@ TEST_CASE("hostile peer rewrites the header of a live segment: handles keep thei
         payload - reinterpret_cast<std::byte*>(&seg.header()));
   CHECK(other.payload_size() == size);
   // New openers and the tool refuse the object.
-  SegmentOptions quick;
+  mpp::NamedOptions quick;
   quick.init_timeout = 50ms;
   CHECK_THROWS_AS(open_test(name, quick), mpp::CorruptedError);
   CHECK(reg::inspect(name).state == reg::State::corrupt);

@@ -617,3 +617,12 @@ TEST_CASE("fork hooks: every registered hook runs, an unregistered one does not"
   CHECK(hooks[3].before == 2);
   for (int i : {2, 3}) mpp::detail::unregister_fork_hook(&hooks[static_cast<std::size_t>(i)]);
 }
+
+TEST_CASE("Process: join takes a timeout in plain seconds", "[process]") {
+  mpp::Process p([] { std::this_thread::sleep_for(std::chrono::seconds(30)); });
+  p.start();
+  CHECK_FALSE(p.join(0.05));
+  CHECK(p.is_alive());
+  p.terminate();
+  CHECK(p.join(5.0));
+}

@@ -1304,3 +1304,11 @@ TEST_CASE("users: 300 processes use one Queue, Lock and Value at the same time",
   CHECK(v.value() == kProcs);
 }
 #endif  // MPP_OS_POSIX
+
+TEST_CASE("Queue: get and put take a timeout in plain seconds", "[queue]") {
+  mpp::Queue<int> q(1);
+  CHECK_THROWS_AS(q.get(true, 0.02), mpp::queue::Empty);
+  q.put(1, true, 0.02);
+  CHECK_THROWS_AS(q.put(2, true, 0.02), mpp::queue::Full);
+  CHECK(q.get(true, 0.5) == 1);
+}

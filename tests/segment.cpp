@@ -249,7 +249,7 @@ TEST_CASE("a creator killed during init is reported, not waited on", "[segment]"
   REQUIRE(::read(ready[0], &c, 1) == 1);
 
   // Still alive: a short open times out.
-  mpp::detail::SegmentOptions quick;
+  mpp::NamedOptions quick;
   quick.init_timeout = 200ms;
   CHECK_THROWS_AS(Segment::open(name, mpp::Kind::test, mpp::type_info<std::uint64_t>(), quick),
                   mpp::TimeoutError);
@@ -260,7 +260,7 @@ TEST_CASE("a creator killed during init is reported, not waited on", "[segment]"
     ::kill(child, SIGKILL);
     mpp_test::wait_child(child);
   });
-  mpp::detail::SegmentOptions patient;
+  mpp::NamedOptions patient;
   patient.init_timeout = 60s;
   const auto t0 = std::chrono::steady_clock::now();
   try {
@@ -287,7 +287,7 @@ TEST_CASE("every corrupted header byte is rejected cleanly", "[segment]") {
   auto* raw = static_cast<unsigned char*>(
       ::mmap(nullptr, st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
   REQUIRE(raw != MAP_FAILED);
-  mpp::detail::SegmentOptions opts;
+  mpp::NamedOptions opts;
   opts.init_timeout = 5ms;
   std::mt19937 rng(42);
   int rejected = 0, accepted = 0;
@@ -341,7 +341,7 @@ TEST_CASE("lifetime: creator unlinks, persistent keeps, mappings outlive the nam
   }
   const auto kept = unique_name("persist");
   {
-    mpp::detail::SegmentOptions o;
+    mpp::NamedOptions o;
     o.persistent = true;
     auto seg = Segment::create(kept, spec_of(), {}, o);
   }

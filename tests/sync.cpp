@@ -1159,3 +1159,24 @@ TEST_CASE("Barrier: 300 processes as parties (the limit was 256)", "[sync][barri
   CHECK_THROWS_AS(mpp::Barrier(mpp::detail::kMaxBarrierParties + 1), mpp::InvalidArgument);
 }
 #endif  // MPP_OS_POSIX
+
+TEST_CASE("Timeout: plain seconds, chrono durations and nullopt all bound a wait", "[sync]") {
+  static_assert(std::is_convertible_v<double, mpp::Timeout>);
+  static_assert(std::is_convertible_v<int, mpp::Timeout>);
+  static_assert(std::is_convertible_v<std::chrono::milliseconds, mpp::Timeout>);
+  static_assert(!std::is_convertible_v<bool, mpp::Timeout>);
+  mpp::Semaphore s(0);
+  auto t0 = Clock::now();
+  CHECK_FALSE(s.acquire(true, 0.05));  // Python: s.acquire(True, 0.05)
+  CHECK(seconds_since(t0) >= 0.04);
+  CHECK_FALSE(s.acquire(true, 20ms));
+  CHECK_FALSE(s.acquire(true, 0));
+  CHECK_FALSE(s.acquire(false));
+  mpp::Event e;
+  CHECK_FALSE(e.wait(0.01));
+  s.release();
+  CHECK(s.acquire(true, std::nullopt));
+  CHECK(mpp::Timeout(1.5) == mpp::Timeout(1500ms));
+  CHECK(mpp::Timeout().seconds_or(-1.0) == -1.0);
+  CHECK(mpp::Timeout(2).seconds_or(-1.0) == 2.0);
+}

@@ -178,7 +178,7 @@ TEST_CASE("gc keeps a persistent object whose users are gone, unless --include-p
   const auto untracked = mpp_test::unique_name("persist");
   const auto tracked = mpp_test::unique_name("persist");
   Holder creator([&] {
-    mpp::detail::SegmentOptions o;
+    mpp::NamedOptions o;
     o.persistent = true;
     auto a = std::make_shared<Segment>(Segment::create(kept, queue_spec(), {}, o));
     auto b = std::make_shared<mpp::SharedMemory>(untracked, true, 64, /*track=*/false);

@@ -231,7 +231,7 @@ class Array : public detail::ArrayBase<T> {
   }
   //!Effects: opens the named array `name`; its size is read from the segment and checked.
   //!Throws: NotFoundError, TypeMismatchError, CorruptedError, TimeoutError.
-  static Array open(std::string_view name, const detail::SegmentOptions& opts = {}) {
+  static Array open(std::string_view name, const NamedOptions& opts = {}) {
     return Array(Block::open(Kind::array, name, opts));
   }
   /// Opens `name`, or creates it with `n` zeroed elements if it does not exist.
@@ -296,7 +296,7 @@ class RawArray : public detail::ArrayBase<T> {
     return RawArray(Block::create(Kind::array, name, n, kNoLock, Base::zero_fill()));
   }
   /// Opens the named Array or RawArray `name` (its lock, if any, is ignored).
-  static RawArray open(std::string_view name, const detail::SegmentOptions& opts = {}) {
+  static RawArray open(std::string_view name, const NamedOptions& opts = {}) {
     return RawArray(Block::open(Kind::array, name, opts));
   }
 

@@ -935,8 +935,8 @@ class Manager {
     s.reserve = std::min(opts.capacity, detail::shm::Arena::reserved_bytes());
     return s;
   }
-  static detail::SegmentOptions seg_opts(const ManagerOptions& opts) {
-    return detail::SegmentOptions{opts.persistent, opts.init_timeout};
+  static NamedOptions seg_opts(const ManagerOptions& opts) {
+    return NamedOptions{opts.persistent, opts.init_timeout};
   }
   static void format(std::byte* p, std::uint64_t size) { detail::shm::Arena::format(p, size); }
 

@@ -3,6 +3,8 @@
 
 #include "codec.hpp"
 #include "errors.hpp"
+#include "options.hpp"
+#include "timeout.hpp"
 #include "segment.hpp"
 #include "shared_memory.hpp"
 #include "sync.hpp"

@@ -1148,7 +1148,7 @@ class Pipe : public std::pair<Connection<T>, Connection<T>> {
   //! second end (send-only when the pipe is one-way).
   //!Throws: NotFoundError, ExistsError (another process already connected), TypeMismatchError
   //! (another element type or not a pipe), CorruptedError, TimeoutError, OSError.
-  static Connection<T> open(std::string_view name, const detail::SegmentOptions& opts = {}) {
+  static Connection<T> open(std::string_view name, const NamedOptions& opts = {}) {
     auto seg =
         std::make_shared<detail::Segment>(detail::Segment::open(name, Kind::pipe, type(), opts));
     validate(*seg);

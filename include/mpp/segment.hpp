@@ -26,6 +26,7 @@
 #include "detail/os.hpp"
 #include "detail/wait.hpp"
 #include "errors.hpp"
+#include "options.hpp"
 
 namespace mpp {
 
@@ -224,11 +225,8 @@ struct SegmentSpec {
 };
 
 /// Options common to create/open.
-struct SegmentOptions {
-  bool persistent = false;  ///< keep the name when the creator's handle goes away
-  /// How long open() waits for a segment whose creator is still initialising it.
-  std::chrono::milliseconds init_timeout{5000};
-};
+/// Internal name of the public NamedOptions.
+using SegmentOptions = NamedOptions;
 
 /// Initialises the payload of a new segment (runs before anyone else can use it).
 using PayloadInit = std::function<void(std::byte* payload, std::uint64_t size)>;

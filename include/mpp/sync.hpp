@@ -148,15 +148,15 @@ class Lock {
   //!Effects: creates an anonymous lock (inherited by forked children). Throws: OSError.
   Lock() : h_(Handle::create_anonymous(Kind::lock, construct)) {}
   //!Effects: creates the named lock `name`. Throws: ExistsError, InvalidArgument, OSError.
-  static Lock create(std::string_view name, const detail::SegmentOptions& opts = {}) {
+  static Lock create(std::string_view name, const NamedOptions& opts = {}) {
     return Lock(Handle::create(Kind::lock, name, construct, opts));
   }
   //!Effects: opens the named lock `name`. Throws: NotFoundError, TypeMismatchError, ...
-  static Lock open(std::string_view name, const detail::SegmentOptions& opts = {}) {
+  static Lock open(std::string_view name, const NamedOptions& opts = {}) {
     return Lock(Handle::open(Kind::lock, name, opts));
   }
   /// Opens the named lock `name`, creating it if it does not exist.
-  static Lock open_or_create(std::string_view name, const detail::SegmentOptions& opts = {}) {
+  static Lock open_or_create(std::string_view name, const NamedOptions& opts = {}) {
     return Lock(Handle::open_or_create(Kind::lock, name, construct, opts));
   }
   //!Effects: a Lock over a LockState embedded in another object's segment; `owner` keeps that
@@ -237,15 +237,15 @@ class RLock {
   //!Effects: creates an anonymous re-entrant lock (inherited by forked children).
   RLock() : h_(Handle::create_anonymous(Kind::rlock, construct)) {}
   //!Effects: creates the named re-entrant lock `name`. Throws: ExistsError, ...
-  static RLock create(std::string_view name, const detail::SegmentOptions& opts = {}) {
+  static RLock create(std::string_view name, const NamedOptions& opts = {}) {
     return RLock(Handle::create(Kind::rlock, name, construct, opts));
   }
   //!Effects: opens the named re-entrant lock `name`. Throws: NotFoundError, ...
-  static RLock open(std::string_view name, const detail::SegmentOptions& opts = {}) {
+  static RLock open(std::string_view name, const NamedOptions& opts = {}) {
     return RLock(Handle::open(Kind::rlock, name, opts));
   }
   /// Opens the named re-entrant lock `name`, creating it if it does not exist.
-  static RLock open_or_create(std::string_view name, const detail::SegmentOptions& opts = {}) {
+  static RLock open_or_create(std::string_view name, const NamedOptions& opts = {}) {
     return RLock(Handle::open_or_create(Kind::rlock, name, construct, opts));
   }
   /// An RLock over an RLockState embedded in `owner`'s segment (kept alive by the handle).
@@ -403,16 +403,16 @@ class Semaphore : public detail::SemaphoreBase {
       : SemaphoreBase(Handle::create_anonymous(Kind::semaphore, maker(value, false))) {}
   //!Effects: creates the named semaphore `name`. Throws: ExistsError, InvalidArgument, OSError.
   static Semaphore create(std::string_view name, std::uint32_t value = 1,
-                          const detail::SegmentOptions& opts = {}) {
+                          const NamedOptions& opts = {}) {
     return Semaphore(Handle::create(Kind::semaphore, name, maker(value, false), opts));
   }
   //!Effects: opens the named semaphore `name`. Throws: NotFoundError, TypeMismatchError, ...
-  static Semaphore open(std::string_view name, const detail::SegmentOptions& opts = {}) {
+  static Semaphore open(std::string_view name, const NamedOptions& opts = {}) {
     return Semaphore(Handle::open(Kind::semaphore, name, opts));
   }
   /// Opens `name`, or creates it with `value` units.
   static Semaphore open_or_create(std::string_view name, std::uint32_t value = 1,
-                                  const detail::SegmentOptions& opts = {}) {
+                                  const NamedOptions& opts = {}) {
     return Semaphore(Handle::open_or_create(Kind::semaphore, name, maker(value, false), opts));
   }
   /// A Semaphore over a SemaphoreState embedded in `owner`'s segment.
@@ -437,16 +437,16 @@ class BoundedSemaphore : public detail::SemaphoreBase {
       : SemaphoreBase(Handle::create_anonymous(Kind::bounded_semaphore, maker(value, true))) {}
   //!Effects: creates the named bounded semaphore `name`. Throws: ExistsError, InvalidArgument.
   static BoundedSemaphore create(std::string_view name, std::uint32_t value = 1,
-                                 const detail::SegmentOptions& opts = {}) {
+                                 const NamedOptions& opts = {}) {
     return BoundedSemaphore(Handle::create(Kind::bounded_semaphore, name, maker(value, true), opts));
   }
   //!Effects: opens the named bounded semaphore `name`. Throws: NotFoundError, ...
-  static BoundedSemaphore open(std::string_view name, const detail::SegmentOptions& opts = {}) {
+  static BoundedSemaphore open(std::string_view name, const NamedOptions& opts = {}) {
     return BoundedSemaphore(Handle::open(Kind::bounded_semaphore, name, opts));
   }
   /// Opens `name`, or creates it with `value` units.
   static BoundedSemaphore open_or_create(std::string_view name, std::uint32_t value = 1,
-                                         const detail::SegmentOptions& opts = {}) {
+                                         const NamedOptions& opts = {}) {
     return BoundedSemaphore(
         Handle::open_or_create(Kind::bounded_semaphore, name, maker(value, true), opts));
   }
@@ -461,15 +461,15 @@ class Event {
   //!Effects: an anonymous, clear event (inherited by forked children).
   Event() : h_(Handle::create_anonymous(Kind::event, construct)) {}
   //!Effects: creates the named event `name` (clear). Throws: ExistsError, InvalidArgument, ...
-  static Event create(std::string_view name, const detail::SegmentOptions& opts = {}) {
+  static Event create(std::string_view name, const NamedOptions& opts = {}) {
     return Event(Handle::create(Kind::event, name, construct, opts));
   }
   //!Effects: opens the named event `name`. Throws: NotFoundError, TypeMismatchError, ...
-  static Event open(std::string_view name, const detail::SegmentOptions& opts = {}) {
+  static Event open(std::string_view name, const NamedOptions& opts = {}) {
     return Event(Handle::open(Kind::event, name, opts));
   }
   /// Opens `name`, creating it (clear) if it does not exist.
-  static Event open_or_create(std::string_view name, const detail::SegmentOptions& opts = {}) {
+  static Event open_or_create(std::string_view name, const NamedOptions& opts = {}) {
     return Event(Handle::open_or_create(Kind::event, name, construct, opts));
   }
   /// An Event over an EventState embedded in `owner`'s segment.
@@ -533,26 +533,26 @@ class Condition {
   explicit Condition(RLock lock)
       : h_(Handle::create_anonymous(Kind::condition, construct)), lock_(std::move(lock)) {}
   //!Effects: creates the named condition `name` with its own RLock, which every opener shares.
-  static Condition create(std::string_view name, const detail::SegmentOptions& opts = {}) {
+  static Condition create(std::string_view name, const NamedOptions& opts = {}) {
     return Condition(Handle::create(Kind::condition, name, construct, opts));
   }
   //!Effects: creates the named condition `name` over `lock`; every process must then open it
   //! with the same lock (open(name, lock)).
   template <class L>
-  static Condition create(std::string_view name, L lock, const detail::SegmentOptions& opts = {}) {
+  static Condition create(std::string_view name, L lock, const NamedOptions& opts = {}) {
     return Condition(Handle::create(Kind::condition, name, construct, opts), std::move(lock));
   }
   //!Effects: opens the named condition `name` with its own RLock. Throws: NotFoundError, ...
-  static Condition open(std::string_view name, const detail::SegmentOptions& opts = {}) {
+  static Condition open(std::string_view name, const NamedOptions& opts = {}) {
     return Condition(Handle::open(Kind::condition, name, opts));
   }
   /// Opens the named condition `name` over `lock` (the lock it was created with).
   template <class L>
-  static Condition open(std::string_view name, L lock, const detail::SegmentOptions& opts = {}) {
+  static Condition open(std::string_view name, L lock, const NamedOptions& opts = {}) {
     return Condition(Handle::open(Kind::condition, name, opts), std::move(lock));
   }
   /// Opens `name` with its own RLock, creating it if it does not exist.
-  static Condition open_or_create(std::string_view name, const detail::SegmentOptions& opts = {}) {
+  static Condition open_or_create(std::string_view name, const NamedOptions& opts = {}) {
     return Condition(Handle::open_or_create(Kind::condition, name, construct, opts));
   }
 
@@ -710,21 +710,21 @@ class Barrier {
         timeout_(timeout) {}
   //!Effects: creates the named barrier `name`. Throws: ExistsError, InvalidArgument, OSError.
   static Barrier create(std::string_view name, std::uint32_t parties, Action action = {},
-                        Timeout timeout = {}, const detail::SegmentOptions& opts = {}) {
+                        Timeout timeout = {}, const NamedOptions& opts = {}) {
     return Barrier(Handle::create(Kind::barrier, name, maker(parties), opts), std::move(action),
                    timeout);
   }
   //!Effects: opens the named barrier `name` (its party count is stored); `action` runs if this
   //! process arrives last. Throws: NotFoundError, TypeMismatchError, CorruptedError.
   static Barrier open(std::string_view name, Action action = {}, Timeout timeout = {},
-                      const detail::SegmentOptions& opts = {}) {
+                      const NamedOptions& opts = {}) {
     Barrier b(Handle::open(Kind::barrier, name, opts), std::move(action), timeout);
     b.h_.state->checked_parties(b.name());
     return b;
   }
   /// Opens `name`, creating it for `parties` if it does not exist.
   static Barrier open_or_create(std::string_view name, std::uint32_t parties, Action action = {},
-                                Timeout timeout = {}, const detail::SegmentOptions& opts = {}) {
+                                Timeout timeout = {}, const NamedOptions& opts = {}) {
     Barrier b(Handle::open_or_create(Kind::barrier, name, maker(parties), opts), std::move(action),
               timeout);
     b.h_.state->checked_parties(b.name());

@@ -492,7 +492,7 @@ class Value : public detail::ValueBase<T> {
   }
   //!Effects: opens the named Value `name`. Throws: NotFoundError, TypeMismatchError (another
   //! element type, naming both), CorruptedError, TimeoutError (still being created).
-  static Value open(std::string_view name, const detail::SegmentOptions& opts = {}) {
+  static Value open(std::string_view name, const NamedOptions& opts = {}) {
     return Value(Block::open(Kind::value, name, opts));
   }
   /// Opens `name`, or creates it holding `v` if it does not exist (safe against racing creators).
@@ -556,7 +556,7 @@ class RawValue : public detail::ValueBase<T> {
     return make(name, v, persistent);
   }
   /// Opens the named Value or RawValue `name` (its lock, if any, is ignored).
-  static RawValue open(std::string_view name, const detail::SegmentOptions& opts = {}) {
+  static RawValue open(std::string_view name, const NamedOptions& opts = {}) {
     return RawValue(Block::open(Kind::value, name, opts));
   }
   /// Opens `name`, or creates it holding `v`.

@@ -10,12 +10,10 @@
 #include <cstdint>
 #include <optional>
 
+#include "../timeout.hpp"
 #include "os.hpp"
 
 namespace mpp {
-
-/// A timeout in seconds as Python takes it; std::nullopt means "wait forever".
-using Timeout = std::optional<std::chrono::duration<double>>;
 
 namespace detail {
 
