@@ -37,6 +37,13 @@ inline std::string unique_name(std::string_view tag) {
 }
 
 /// Seconds elapsed since `t0` on the steady clock.
+/// The integer value of environment variable `name` (a test knob such as MPP_KILL_REPS), or
+/// `fallback` when it is unset or empty.
+inline long env_long(const char* name, long fallback) {
+  const char* v = std::getenv(name);
+  return v != nullptr && *v != '\0' ? std::atol(v) : fallback;
+}
+
 inline double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }

@@ -3,9 +3,10 @@
 // that fork or SIGKILL are POSIX-only; the rest, and the spawn tests (a named manager shared with
 // spawned processes, spawned writers terminated at random), also run on Windows (under wine).
 //
-// Compiled with MPP_CRASH_POINTS: every MPP_CRASH_POINT(name) in the library calls
-// mpp::detail::crash_point() below, which SIGKILLs the process when armed for that point.
-#define MPP_CRASH_POINTS 1
+// Compiled with the crash-point hook (crash_points.hpp): children armed for a point SIGKILL
+// themselves there.
+#include "crash_points.hpp"
+
 #include <mpp/manager.hpp>
 #include <mpp/process.hpp>
 
@@ -38,25 +39,6 @@ using mpp_test::wait_child;
 using mpp_test::tolerate;
 #endif
 
-namespace crash_arm {
-char target[96];  // process-local: each forked child arms its own copy
-long countdown = 0;
-std::set<std::string>* seen = nullptr;
-}  // namespace crash_arm
-
-namespace mpp::detail {
-void crash_point(const char* name) noexcept {
-  if (crash_arm::seen != nullptr) crash_arm::seen->insert(name);
-  if (crash_arm::target[0] != '\0' && std::strcmp(crash_arm::target, name) == 0 &&
-      --crash_arm::countdown == 0) {
-#if defined(MPP_OS_POSIX)
-    ::kill(::getpid(), SIGKILL);
-#else
-    std::_Exit(137);  // never armed on Windows (no fork)
-#endif
-  }
-}
-}  // namespace mpp::detail
 
 namespace {
 
@@ -451,17 +433,16 @@ TEST_CASE("a writer killed at each crash point leaves every container before or 
   REQUIRE(wait_child(fork_child([&] { return mutate_forever(m, 1, 3000); })) == 0);
   // Which crash points does the workload pass?
   std::set<std::string> points;
-  crash_arm::seen = &points;
+  mpp_test::crash_points::collect_into(&points);
   mutate_forever(m, 2, 3000);
-  crash_arm::seen = nullptr;
+  mpp_test::crash_points::collect_into(nullptr);
   CHECK(points.count("manager.tx.before_commit") == 1);
   CHECK(points.count("manager.dict.set.after_index") == 1);
   CHECK(points.size() >= 8);
   for (const auto& p : points) {
     for (long hit : {1L, 7L, 50L}) {
       const pid_t child = fork_child([&] {
-        std::snprintf(crash_arm::target, sizeof crash_arm::target, "%s", p.c_str());
-        crash_arm::countdown = hit;
+        mpp_test::crash_points::arm(p, hit);
         return mutate_forever(m, static_cast<unsigned>(hit) * 31 + 5, 5000);
       });
       const int rc = wait_child(child);
@@ -567,8 +548,7 @@ TEST_CASE("a recoverer killed while replaying the undo log leaves it for the nex
   l.extend({7, 7});
   // 1. A writer dies just before committing a big mutation (a long undo log).
   const pid_t writer = fork_child([&] {
-    std::snprintf(crash_arm::target, sizeof crash_arm::target, "%s", "manager.tx.before_commit");
-    crash_arm::countdown = 1;
+    mpp_test::crash_points::arm("manager.tx.before_commit", 1);
     std::vector<std::pair<int, std::string>> many;
     for (int i = 0; i < 500; ++i) many.emplace_back(i, std::string(static_cast<std::size_t>(i % 64), 'z'));
     d.update(many);
@@ -578,8 +558,7 @@ TEST_CASE("a recoverer killed while replaying the undo log leaves it for the nex
   // 2. Two recoverers in a row die half-way through the replay.
   for (long hit : {3L, 40L}) {
     const pid_t rec = fork_child([&] {
-      std::snprintf(crash_arm::target, sizeof crash_arm::target, "%s", "manager.recover.replay");
-      crash_arm::countdown = hit;
+      mpp_test::crash_points::arm("manager.recover.replay", hit);
       d.set(1000, "x");
       return 0;
     });
@@ -975,9 +954,7 @@ TEST_CASE("containers of containers: pop/popitem/setdefault and locked reads do 
           return first(outer.get(0)) == 2 ? 0 : 2;
         }) == 0);
   REQUIRE(wait_child(fork_child([&] {
-            std::snprintf(crash_arm::target, sizeof crash_arm::target, "%s",
-                          "manager.dict.set.after_entry");
-            crash_arm::countdown = 1;
+            mpp_test::crash_points::arm("manager.dict.set.after_entry", 1);
             d.set("dies", m.list<int>("in3"));
             return 0;
           })) == -SIGKILL);
@@ -1035,5 +1012,124 @@ TEST_CASE("a manager truncated under a live user reports that it shrank", "[mana
     go.post();
     CHECK(wait_child(victim) == kOk);
   }
+}
+#endif  // MPP_OS_POSIX
+
+#if defined(MPP_OS_POSIX)
+// ---- crash points of dict/list mutations, checked against a model --------------------------------
+
+using mpp::detail::Segment;
+
+namespace {
+// A fixed script of Manager mutations, applied both to shared containers and to a model.
+struct MgrOp {
+  enum Kind { set, pop, append, insert, pop_at, set_at } kind;
+  std::string key;
+  int value;
+  std::int64_t index;
+};
+std::vector<MgrOp> manager_script() {
+  std::vector<MgrOp> ops{{MgrOp::set, "a", 1, 0},    {MgrOp::append, "", 1, 0},
+                         {MgrOp::set, "b", 2, 0},    {MgrOp::append, "", 2, 0},
+                         {MgrOp::set, "a", 3, 0},    {MgrOp::insert, "", 0, 0},
+                         {MgrOp::pop, "b", 0, 0},    {MgrOp::pop_at, "", 0, 0},
+                         {MgrOp::set_at, "", 9, 1}};
+  for (int j = 0; j < 40; ++j) {  // enough to make both containers grow
+    ops.push_back({MgrOp::set, fmt::format("k{}", j), j, 0});
+    ops.push_back({MgrOp::append, "", 100 + j, 0});
+  }
+  for (int j = 0; j < 6; ++j) {
+    ops.push_back({MgrOp::pop, fmt::format("k{}", j * 3), 0, 0});
+    ops.push_back({MgrOp::pop_at, "", 0, 2});
+    ops.push_back({MgrOp::insert, "", -j, 1});
+  }
+  return ops;
+}
+template <class D, class L>
+void apply_op(const MgrOp& op, D& d, L& l) {
+  switch (op.kind) {
+    case MgrOp::set: d.set(op.key, op.value); break;
+    case MgrOp::pop: d.pop(op.key); break;
+    case MgrOp::append: l.append(op.value); break;
+    case MgrOp::insert: l.insert(op.index, op.value); break;
+    case MgrOp::pop_at: l.pop(op.index); break;
+    case MgrOp::set_at: l.set(op.index, op.value); break;
+  }
+}
+struct ModelDict {
+  std::map<std::string, int> m;
+  void set(const std::string& k, int v) { m[k] = v; }
+  void pop(const std::string& k) { m.erase(k); }
+};
+struct ModelList {
+  std::vector<int> v;
+  void append(int x) { v.push_back(x); }
+  void insert(std::int64_t i, int x) { v.insert(v.begin() + i, x); }
+  void pop(std::int64_t i) { v.erase(v.begin() + i); }
+  void set(std::int64_t i, int x) { v[static_cast<std::size_t>(i)] = x; }
+};
+std::pair<std::map<std::string, int>, std::vector<int>> model_after(std::size_t n) {
+  ModelDict d;
+  ModelList l;
+  const auto ops = manager_script();
+  for (std::size_t i = 0; i < n && i < ops.size(); ++i) apply_op(ops[i], d, l);
+  return {d.m, l.v};
+}
+}  // namespace
+
+TEST_CASE("Manager: crash points in dict/list mutations: each one is all or nothing",
+          "[manager][kill]") {
+  struct MLedger {
+    std::atomic<std::uint64_t> done;
+  };
+  auto lseg = Segment::create_anonymous(kt::spec_of(sizeof(MLedger)));
+  auto* L = reinterpret_cast<MLedger*>(lseg.payload());
+  const auto ops = manager_script();
+  mpp::ManagerOptions mo;
+  mo.capacity = std::uint64_t{1} << 24;
+  std::optional<mpp::Manager> m;
+  auto reset = [&] {
+    m.emplace(mo);
+    L->done.store(0);
+  };
+  auto work = [&] {
+    auto d = m->dict<std::string, int>("d");
+    auto l = m->list<int>("l");
+    for (const auto& op : ops) {
+      apply_op(op, d, l);
+      L->done.fetch_add(1);
+    }
+    return 0;
+  };
+  reset();
+  const auto points = mpp_test::crash_points::discover(work);
+  fmt::print("manager crash points: {}\n", fmt::join(points, ", "));
+  CHECK(points.size() >= 4);
+  for (const auto& p : points) {
+    for (long hit : {1L, 2L, 5L, 30L}) {
+      reset();
+      const bool died = mpp_test::crash_points::run_until(p, hit, work);
+      if (!died) continue;  // this point is passed fewer times
+      auto d = m->dict<std::string, int>("d");
+      auto l = m->list<int>("l");
+      std::map<std::string, int> dm;
+      for (auto& [k, v] : d.items()) dm[k] = v;
+      const std::vector<int> lv = l.to_vector();
+      const auto n = L->done.load();
+      const auto before = model_after(n), after = model_after(n + 1);
+      INFO("killed at " << p << " #" << hit << " during op " << n);
+      CHECK(((dm == before.first && lv == before.second) || (dm == after.first && lv == after.second)));
+      // The manager keeps working for a new process.
+      const pid_t next = mpp_test::fork_child([&] {
+        auto d2 = m->dict<std::string, int>("d");
+        auto l2 = m->list<int>("l");
+        d2.set("after", 1);
+        l2.append(777);
+        return d2.get("after", 0) == 1 && l2.to_vector().back() == 777 ? 0 : 1;
+      });
+      CHECK(mpp_test::wait_child(next) == 0);
+    }
+  }
+  m.reset();
 }
 #endif  // MPP_OS_POSIX

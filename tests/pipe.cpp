@@ -3,6 +3,10 @@
 // while blocked), fork liveness, named pipes between unrelated processes — across real processes.
 // The tests that fork or SIGKILL are POSIX-only; the rest, and the spawn tests (named pipes to
 // spawned processes), also run on Windows (under wine in the Windows lane).
+// Compiled with the crash-point hook (crash_points.hpp): children armed for a point SIGKILL
+// themselves there.
+#include "crash_points.hpp"
+
 #include <mpp/detail/config.hpp>
 #if defined(MPP_OS_POSIX)
 #  include <signal.h>
@@ -815,5 +819,244 @@ TEST_CASE("users: an end held by 100 forked children stays held until the last o
   CHECK_THROWS_AS(a.recv(), mpp::EOFError);  // the last holder left
   ::close(go[0]);
   ::close(go[1]);
+}
+#endif  // MPP_OS_POSIX
+
+#if defined(MPP_OS_POSIX)
+// ---- whole messages under SIGKILL and at every crash point -------------------------------------
+
+TEST_CASE("Pipe: writer SIGKILLed mid-message: the reader gets only whole messages, then EOFError",
+          "[pipe][kill]") {
+  const long reps = std::max(1L, std::atol(std::getenv("MPP_KILL_REPS") ? std::getenv("MPP_KILL_REPS") : "10"));
+  std::mt19937_64 rng(std::random_device{}());
+  auto message = [](std::uint64_t seq, std::size_t n) {
+    std::string m = fmt::format("{}:{}:", seq, n);
+    m.resize(m.size() + n, static_cast<char>('a' + seq % 26));
+    return m;
+  };
+  for (long rep = 0; rep < reps; ++rep) {
+    mpp::PipeOptions po;
+    po.capacity = 16384;  // messages of up to 40 KB span several frames and wrap the ring
+    mpp::Pipe<std::string> p(false, po);
+    auto& reader = p.first;
+    auto& writer = p.second;
+    const std::uint64_t seed = rng();
+    const pid_t child = mpp_test::fork_child([&] {
+      reader.close();
+      std::mt19937_64 r(seed);
+      for (std::uint64_t seq = 0;; ++seq) writer.send(message(seq, r() % 40000));
+      return 0;
+    });
+    writer.close();  // the child holds the only writer now
+    std::uint64_t got = 0;
+    bool eof = false;
+    std::thread killer([&, delay = std::getenv("MPP_PIPE_KILL_NOW") ? 0 : rng() % 30000] {
+      std::this_thread::sleep_for(std::chrono::microseconds(delay));
+      ::kill(child, SIGKILL);
+    });
+    try {
+      for (;;) {
+        const std::string m = reader.recv(30s);
+        // Whole and in order: "<seq>:<n>:" then n copies of one letter.
+        const auto a = m.find(':'), b = m.find(':', a + 1);
+        REQUIRE(b != std::string::npos);
+        CHECK(std::stoull(m.substr(0, a)) == got);
+        const std::size_t n = std::stoull(m.substr(a + 1, b - a - 1));
+        CHECK(m.size() == b + 1 + n);
+        CHECK(m.find_first_not_of(static_cast<char>('a' + got % 26), b + 1) == std::string::npos);
+        ++got;
+      }
+    } catch (const mpp::EOFError&) {
+      eof = true;
+    }
+    killer.join();
+    CHECK(mpp_test::wait_child(child) == -SIGKILL);
+    CHECK(eof);
+    INFO("rep " << rep << ": " << got << " whole messages before EOF");
+  }
+}
+
+// ---- crash points in pipe send/recv/close ---------------------------------------------------------
+
+namespace {
+constexpr std::uint64_t kPipeMsgs = 16;
+
+/// Message i of the bytes script: "<i>:" padded with one letter to a size that cycles through a
+/// small frame, a large frame, a chain of 3 frames and a chain of 9 frames that wraps the ring.
+std::string pipe_msg(std::uint64_t i) {
+  static constexpr std::size_t kSizes[] = {5, 300, 2500, 9000, 40};
+  std::string m = fmt::format("{}:", i);
+  m.resize(kSizes[i % 5], static_cast<char>('a' + i % 26));
+  return m;
+}
+bool same_bytes(const mpp::Bytes& b, std::size_t n, const std::string& want) {
+  return n == want.size() && std::memcmp(b.data(), want.data(), n) == 0;
+}
+
+/// Forks `fn` armed to die at the `hit`-th pass through `point` (none if empty), or recording
+/// the points it passes to `record_fd` (if >= 0).
+template <class F>
+pid_t fork_armed(const std::string& point, long hit, int record_fd, F&& fn) {
+  return mpp_test::fork_child([&] {
+    if (record_fd >= 0) mpp_test::crash_points::record_to(record_fd);
+    if (!point.empty()) mpp_test::crash_points::arm(point, hit);
+    return fn();
+  });
+}
+
+std::vector<std::string> read_points(int fd) {
+  std::string all;
+  char buf[512];
+  ssize_t n;
+  while ((n = ::read(fd, buf, sizeof buf)) > 0) all.append(buf, static_cast<std::size_t>(n));
+  std::vector<std::string> names;
+  for (std::size_t b = 0, e; (e = all.find('\n', b)) != std::string::npos; b = e + 1)
+    names.push_back(all.substr(b, e - b));
+  return names;
+}
+
+/// Drives one pipe path (`T` with `send_one(conn, i)` / `recv_one(conn, i)` -> whole and equal)
+/// through every crash point its sender and its receiver pass: a one-way pipe with a 4 KiB ring,
+/// the child sends (or receives) the kPipeMsgs-message script and closes its end; the parent
+/// does the other side. Killing the sender at a point must leave the parent receiving whole
+/// messages in order, then EOFError; killing the receiver must make the parent's send raise
+/// BrokenPipeError at the latest when the ring is full. Timeouts (10 s) turn hangs into failures.
+template <class T, class Send, class Recv>
+void pipe_crash_points(const char* path, Send send_one, Recv recv_one) {
+  mpp::PipeOptions po;
+  po.capacity = 4096;  // max frame 1 KiB: the bytes script streams and wraps
+  std::optional<mpp::Pipe<T>> p;
+  auto sender = [&] {
+    p->first.close();
+    for (std::uint64_t i = 0; i < kPipeMsgs; ++i) send_one(p->second, i);
+    p->second.close();
+    return 0;
+  };
+  auto receiver = [&] {
+    p->second.close();
+    for (std::uint64_t i = 0; i < kPipeMsgs; ++i)
+      if (!recv_one(p->first, i)) return 3;
+    p->first.close();
+    return 0;
+  };
+  // Parent side of "the sender dies": returns how many whole messages arrived before EOFError.
+  auto receive_all = [&](std::string& outcome) {
+    p->second.close();
+    std::uint64_t got = 0;
+    try {
+      for (;; ++got) {
+        if (got > kPipeMsgs) {
+          outcome = "more messages than were sent";
+          return got;
+        }
+        if (!recv_one(p->first, got)) {
+          outcome = fmt::format("message {} is torn or out of order", got);
+          return got;
+        }
+      }
+    } catch (const mpp::EOFError&) {
+      outcome = "EOFError";
+    } catch (const std::exception& e) {
+      outcome = e.what();
+    }
+    return got;
+  };
+  // Parent side of "the receiver dies": returns how many sends returned before BrokenPipeError.
+  auto send_all = [&](std::string& outcome) {
+    p->first.close();
+    std::uint64_t sent = 0;
+    try {
+      for (; sent < kPipeMsgs + 4096; ++sent) send_one(p->second, sent);
+      outcome = "no BrokenPipeError";
+    } catch (const mpp::BrokenPipeError&) {
+      outcome = "BrokenPipeError";
+    } catch (const std::exception& e) {
+      outcome = e.what();
+    }
+    return sent;
+  };
+
+  // Discovery: one clean run per role, the child reporting the points it passes.
+  std::vector<std::string> send_points, recv_points;
+  for (int role = 0; role < 2; ++role) {
+    p.emplace(false, po);
+    int rec[2];
+    REQUIRE(::pipe(rec) == 0);
+    const pid_t child = fork_armed("", 0, rec[1], [&] { return role == 0 ? sender() : receiver(); });
+    ::close(rec[1]);
+    std::string outcome;
+    const auto n = role == 0 ? receive_all(outcome) : send_all(outcome);
+    CHECK(outcome == (role == 0 ? "EOFError" : "BrokenPipeError"));
+    CHECK(n >= kPipeMsgs);
+    (role == 0 ? send_points : recv_points) = read_points(rec[0]);
+    ::close(rec[0]);
+    CHECK(mpp_test::wait_child(child) == 0);
+  }
+  fmt::print("pipe ({}) crash points: sender {}; receiver {}\n", path, fmt::join(send_points, ", "),
+             fmt::join(recv_points, ", "));
+  CHECK(send_points.size() >= 3);
+  CHECK(recv_points.size() >= 2);
+
+  int kills = 0;
+  double slowest = 0;
+  for (int role = 0; role < 2; ++role) {
+    for (const auto& point : role == 0 ? send_points : recv_points) {
+      for (long hit : {1L, 2L, 7L}) {
+        p.emplace(false, po);
+        const pid_t child =
+            fork_armed(point, hit, -1, [&] { return role == 0 ? sender() : receiver(); });
+        const auto t0 = std::chrono::steady_clock::now();
+        std::string outcome;
+        const auto n = role == 0 ? receive_all(outcome) : send_all(outcome);
+        slowest = std::max(slowest, mpp_test::seconds_since(t0));
+        const int rc = mpp_test::wait_child(child);
+        INFO(path << ": " << (role == 0 ? "sender" : "receiver") << " armed at " << point << " #"
+                  << hit << ", child status " << rc << ", parent " << outcome << " after " << n);
+        CHECK((rc == -SIGKILL || rc == 0));
+        kills += rc == -SIGKILL;
+        if (role == 0) {
+          CHECK(outcome == "EOFError");  // whole messages in order (checked), then EOF
+          if (rc == 0) CHECK(n == kPipeMsgs);
+        } else {
+          CHECK(outcome == "BrokenPipeError");
+          CHECK(n >= (rc == 0 ? kPipeMsgs : 0));
+          CHECK(n <= kPipeMsgs + 4096 / 12 + 1);  // at the latest once the ring is full
+        }
+      }
+    }
+  }
+  fmt::print("pipe ({}): {} kills, slowest run {:.2f} s\n", path, kills, slowest);
+  CHECK(kills >= 6);
+  p.reset();
+}
+}  // namespace
+
+TEST_CASE("Pipe: crash points in send/recv/close: whole messages then EOFError, or BrokenPipeError",
+          "[pipe][kill]") {
+  using namespace std::chrono_literals;
+  SECTION("raw values (the inline fast paths)") {
+    constexpr std::uint64_t kMul = 0x9E3779B97F4A7C15ull;
+    pipe_crash_points<std::uint64_t>(
+        "raw", [](auto& c, std::uint64_t i) { c.send(i * kMul, 10s); },
+        [](auto& c, std::uint64_t i) { return c.recv(10s) == i * kMul; });
+  }
+  SECTION("bytes (frames, chains of frames, direct assembly)") {
+    pipe_crash_points<void>(
+        "bytes",
+        [](auto& c, std::uint64_t i) {
+          const std::string m = pipe_msg(i);
+          c.send_bytes(std::as_bytes(std::span(m.data(), m.size())), 0, std::nullopt, 10s);
+        },
+        [](auto& c, std::uint64_t i) {
+          const std::string want = pipe_msg(i);
+          if (i % 2 == 0) {
+            const mpp::Bytes b = c.recv_bytes(std::nullopt, 10s);
+            return same_bytes(b, b.size(), want);
+          }
+          mpp::Bytes buf(16384);  // large messages are assembled here directly
+          const std::size_t n = c.recv_bytes_into(buf, 0, 10s);
+          return same_bytes(buf, n, want);
+        });
+  }
 }
 #endif  // MPP_OS_POSIX
