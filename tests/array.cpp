@@ -38,7 +38,7 @@ namespace {
 }  // namespace
 
 #if defined(MPP_OS_POSIX)
-TEST_CASE("square_list: a child fills Array<int>(4) and Value<int>", "[array]") {
+TEST_CASE("Array: square_list, a child fills Array<int>(4) and Value<int>", "[array]") {
   Array<int> result(4);  // Python: multiprocessing.Array('i', 4)
   Value<int> square_sum;  // Python: multiprocessing.Value('i')
   CHECK(result.to_vector() == std::vector<int>{0, 0, 0, 0});
@@ -54,7 +54,7 @@ TEST_CASE("square_list: a child fills Array<int>(4) and Value<int>", "[array]") 
 
 #endif  // MPP_OS_POSIX
 
-TEST_CASE("construction, indexing, iteration, span", "[array]") {
+TEST_CASE("Array: construction, indexing, iteration, span", "[array]") {
   Array<double> a{1.5, 2.5, 3.5};
   CHECK(a.size() == 3);
   CHECK(len(a) == 3);
@@ -79,7 +79,7 @@ TEST_CASE("construction, indexing, iteration, span", "[array]") {
   CHECK(empty.begin() == empty.end());
 }
 
-TEST_CASE("slices follow Python", "[array]") {
+TEST_CASE("Array: slices follow Python", "[array]") {
   Array<int> a{0, 1, 2, 3, 4, 5};
   using V = std::vector<int>;
   CHECK(a.slice(1, 3) == V{1, 2});
@@ -109,7 +109,7 @@ TEST_CASE("[.] helper: Array in an unrelated process", "[.][array-child]") {
   });
 }
 
-TEST_CASE("named: create, open by an unrelated process, size and type checked", "[array]") {
+TEST_CASE("Array: named, create, open by an unrelated process, size and type checked", "[array]") {
   const auto name = unique_name("arr");
   auto a = Array<std::int16_t>::create(name, {0, 1, 2, 3, 4});
   CHECK(mpp_test::run_unrelated("[array-child]", name) == 0);
@@ -123,7 +123,7 @@ TEST_CASE("named: create, open by an unrelated process, size and type checked", 
 }
 
 #if defined(MPP_OS_POSIX)
-TEST_CASE("lock: 4 processes x 100 000 increments of two elements", "[array]") {
+TEST_CASE("Array: lock, 4 processes x 100 000 increments of two elements", "[array]") {
   Array<std::int64_t> a(2);
   constexpr int kEach = 100'000;
   std::vector<pid_t> kids;
@@ -147,7 +147,7 @@ TEST_CASE("lock: 4 processes x 100 000 increments of two elements", "[array]") {
 
 #endif  // MPP_OS_POSIX
 
-TEST_CASE("RawArray and lock=false have no lock", "[array]") {
+TEST_CASE("Array: RawArray and lock=false have no lock", "[array]") {
   RawArray<char> r{'a', 'b'};
   CHECK_FALSE(r.has_lock());
   CHECK(r.to_vector() == std::vector<char>{'a', 'b'});
@@ -158,7 +158,7 @@ TEST_CASE("RawArray and lock=false have no lock", "[array]") {
   CHECK(Array<float>::open(name).has_lock() == false);
 }
 
-TEST_CASE("a corrupted element count is an error, not an out-of-bounds read", "[array]") {
+TEST_CASE("Array: a corrupted element count is an error, not an out-of-bounds read", "[array]") {
   const auto name = unique_name("corrupt");
   auto a = Array<int>::create(name, 10);
   auto* h = reinterpret_cast<mpp::detail::BlockHeader*>(a.segment()->payload());
@@ -178,7 +178,7 @@ TEST_CASE("a corrupted element count is an error, not an out-of-bounds read", "[
   }
 }
 
-TEST_CASE("at() out of range raises mpp::IndexError naming the array, index and size", "[array]") {
+TEST_CASE("Array: at() out of range raises mpp::IndexError naming the array, index and size", "[array]") {
   auto a = Array<int>::create(unique_name("idx"), 4);
   for (const std::ptrdiff_t i : {std::ptrdiff_t{4}, std::ptrdiff_t{-5}, std::ptrdiff_t{1} << 40}) {
     try {
@@ -209,7 +209,7 @@ TEST_CASE("at() out of range raises mpp::IndexError naming the array, index and 
 }
 
 #if defined(MPP_OS_POSIX)
-TEST_CASE("a holder killed half-way through updating the elements: with_lock(fn(span)) raises "
+TEST_CASE("Array: a holder killed half-way through updating the elements: with_lock(fn(span)) raises "
           "OwnerDiedError until repaired",
           "[array][kill]") {
   auto a = Array<std::int64_t>::create(unique_name("torn"), 10);
@@ -263,7 +263,7 @@ TEST_CASE("a holder killed half-way through updating the elements: with_lock(fn(
   CHECK(a.to_vector() == std::vector<std::int64_t>(10, 9));
 }
 
-TEST_CASE("an Array truncated under its users: CorruptedError, never zeros", "[array][truncate]") {
+TEST_CASE("Array: an Array truncated under its users: CorruptedError, never zeros", "[array][truncate]") {
   constexpr std::size_t kN = 3000;  // 12 KB of elements: several pages
   for (int cut = 0; cut < 3; ++cut) {
     INFO("cut " << cut << " (0: to 0 bytes; 1: half-way through the data; 2: the last byte)");
@@ -307,7 +307,7 @@ TEST_CASE("an Array truncated under its users: CorruptedError, never zeros", "[a
 }
 #endif  // MPP_OS_POSIX
 
-TEST_CASE("an Array crosses processes as its name (codec)", "[array]") {
+TEST_CASE("Array: an Array crosses processes as its name (codec)", "[array]") {
   static_assert(mpp::Encodable<Array<int>> && mpp::Encodable<RawArray<int>>);
   Array<int> a{1, 2, 3};
   auto b = mpp::decode<Array<int>>(mpp::encode(a));

@@ -73,7 +73,7 @@ static_assert(mpp::Encodable<std::map<std::string, std::vector<Person>>>);
 static_assert(!mpp::Encodable<NotEncodable>);
 static_assert(!mpp::Encodable<int*>);
 
-TEST_CASE("codec round trips", "[codec]") {
+TEST_CASE("Codec: round trips", "[codec]") {
   check_round_trip(42);
   check_round_trip(3.5);
   check_round_trip(true);
@@ -94,7 +94,7 @@ TEST_CASE("codec round trips", "[codec]") {
   CHECK(mpp::detail::codec_kind<Celsius>() == "user");
 }
 
-TEST_CASE("codec rejects corrupted buffers", "[codec]") {
+TEST_CASE("Codec: rejects corrupted buffers", "[codec]") {
   // A bool byte that is neither 0 nor 1.
   CHECK_THROWS_AS(mpp::decode<bool>(mpp::Bytes{std::byte{2}}), mpp::CorruptedError);
   // A string whose length prefix claims 2^60 bytes must not try to allocate them.
@@ -111,7 +111,7 @@ TEST_CASE("codec rejects corrupted buffers", "[codec]") {
 }
 
 #if defined(MPP_OS_POSIX)
-TEST_CASE("codec data crosses processes", "[codec]") {
+TEST_CASE("Codec: data crosses processes", "[codec]") {
   int fds[2];
   REQUIRE(::pipe(fds) == 0);
   const Person ada{"Ada", {1, 2, 3}, std::nullopt};

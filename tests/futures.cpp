@@ -82,7 +82,7 @@ MPP_REGISTER(plus_one);
 MPP_REGISTER(reject);
 MPP_REGISTER(failing_init);
 
-TEST_CASE("submit returns futures with results and exceptions", "[futures]") {
+TEST_CASE("Executor: submit returns futures with results and exceptions", "[futures]") {
   mpp::ProcessPoolExecutor ex(2);
   auto f = ex.submit(cube, 3);
   CHECK(f.result(30s) == 27);
@@ -99,7 +99,7 @@ TEST_CASE("submit returns futures with results and exceptions", "[futures]") {
   v.result(30s);
 }
 
-TEST_CASE("map, done callbacks and cancel", "[futures]") {
+TEST_CASE("Executor: map, done callbacks and cancel", "[futures]") {
   mpp::ProcessPoolExecutor ex(2);
   std::vector<int> in(50);
   std::iota(in.begin(), in.end(), 0);
@@ -127,7 +127,7 @@ TEST_CASE("map, done callbacks and cancel", "[futures]") {
   CHECK_FALSE(busy[0].cancel());  // already done
 }
 
-TEST_CASE("shutdown waits, cancels on request, and refuses new work", "[futures]") {
+TEST_CASE("Executor: shutdown waits, cancels on request, and refuses new work", "[futures]") {
   mpp::ProcessPoolExecutor ex(2);
   std::vector<mpp::Future<int>> fs;
   for (int i = 0; i < 8; ++i) fs.push_back(ex.submit(sleepy, 100));
@@ -145,14 +145,14 @@ TEST_CASE("shutdown waits, cancels on request, and refuses new work", "[futures]
   CHECK_THROWS_AS(ex.submit(cube, 1), mpp::ValueError);
 }
 
-TEST_CASE("a killed worker fails only its future", "[futures][kill]") {
+TEST_CASE("Executor: a killed worker fails only its future", "[futures][kill]") {
   mpp::ProcessPoolExecutor ex(2);
   auto lost = ex.submit(suicide, 0);
   CHECK_THROWS_AS(lost.result(60s), mpp::WorkerLostError);
   CHECK(ex.submit(cube, 4).result(60s) == 64);  // the executor is not broken
 }
 
-TEST_CASE("spawn and forkserver executors run registered functions", "[futures][spawn]") {
+TEST_CASE("Executor: spawn and forkserver executors run registered functions", "[futures][spawn]") {
   for (auto m : {mpp::StartMethod::spawn, mpp::StartMethod::forkserver}) {
     INFO("start method " << mpp::start_method_name(m));
     mpp::ProcessPoolExecutor ex(with_method(m));
@@ -169,7 +169,7 @@ TEST_CASE("spawn and forkserver executors run registered functions", "[futures][
   }
 }
 
-TEST_CASE("spawn and forkserver executors: a killed worker fails only its future",
+TEST_CASE("Executor: spawn and forkserver executors: a killed worker fails only its future",
           "[futures][spawn][kill]") {
   for (auto m : {mpp::StartMethod::spawn, mpp::StartMethod::forkserver}) {
     INFO("start method " << mpp::start_method_name(m));
@@ -180,7 +180,7 @@ TEST_CASE("spawn and forkserver executors: a killed worker fails only its future
   }
 }
 
-TEST_CASE("an executor whose initializer throws is broken: futures fail, submit raises, shutdown "
+TEST_CASE("Executor: an executor whose initializer throws is broken: futures fail, submit raises, shutdown "
           "returns", "[futures][spawn]") {
   for (auto m : {mpp::StartMethod::fork, mpp::StartMethod::spawn}) {
     INFO("start method " << mpp::start_method_name(m));

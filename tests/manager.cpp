@@ -60,7 +60,7 @@ mpp::ManagerOptions small(std::uint64_t cap = 64u << 20) {
 
 }  // namespace
 
-TEST_CASE("dict: every method in one process", "[manager]") {
+TEST_CASE("Manager: dict, every method in one process", "[manager]") {
   mpp::Manager m(small());
   auto d = m.dict<std::string, int>("d");
   CHECK(d.size() == 0);
@@ -113,7 +113,7 @@ TEST_CASE("dict: every method in one process", "[manager]") {
   CHECK(d.at("k1") == 123456789);
 }
 
-TEST_CASE("dict: keys and values of any codec type", "[manager]") {
+TEST_CASE("Manager: dict, keys and values of any codec type", "[manager]") {
   mpp::Manager m(small());
   auto d = m.dict<std::vector<int>, Person>("people");
   d.set({1, 2}, Person{"ann", 3});
@@ -126,7 +126,7 @@ TEST_CASE("dict: keys and values of any codec type", "[manager]") {
   for (int i = 0; i < 100; ++i) CHECK(e.at(i).size() == static_cast<std::size_t>(i));
 }
 
-TEST_CASE("list: every method in one process", "[manager]") {
+TEST_CASE("Manager: list, every method in one process", "[manager]") {
   mpp::Manager m(small());
   auto l = m.list<int>("l");
   CHECK(l.size() == 0);
@@ -197,7 +197,7 @@ TEST_CASE("Namespace: attributes of any codec type", "[manager]") {
   CHECK_FALSE(ns.contains("name"));
 }
 
-TEST_CASE("manager: names, kinds and types are checked", "[manager]") {
+TEST_CASE("Manager: names, kinds and types are checked", "[manager]") {
   const auto name = unique_name("mgr");
   auto m = mpp::Manager::create(name, small());
   CHECK(m.name() == name);
@@ -216,7 +216,7 @@ TEST_CASE("manager: names, kinds and types are checked", "[manager]") {
 }
 
 #if defined(MPP_OS_POSIX)
-TEST_CASE("dict, list and Namespace across forked processes", "[manager]") {
+TEST_CASE("Manager: dict, list and Namespace across forked processes", "[manager]") {
   mpp::Manager m(small());
   auto d = m.dict<std::string, int>();
   auto l = m.list<std::string>();
@@ -251,7 +251,7 @@ TEST_CASE("dict, list and Namespace across forked processes", "[manager]") {
   CHECK(d.size() == 2 + 2 * kN);
 }
 
-TEST_CASE("an unrelated process opens the manager by name", "[manager]") {
+TEST_CASE("Manager: an unrelated process opens the manager by name", "[manager]") {
   const auto name = unique_name("mgr");
   auto m = mpp::Manager::create(name, small());
   auto d = m.dict<std::string, std::vector<int>>("data");
@@ -269,7 +269,7 @@ TEST_CASE("an unrelated process opens the manager by name", "[manager]") {
   CHECK(m.list<int>("made_by_child").to_vector() == std::vector<int>{7});
 }
 
-TEST_CASE("readers run concurrently with a writer and see consistent snapshots", "[manager]") {
+TEST_CASE("Manager: readers run concurrently with a writer and see consistent snapshots", "[manager]") {
   mpp::Manager m(small());
   auto d = m.dict<int, std::string>();
   auto l = m.list<int>();
@@ -297,7 +297,7 @@ TEST_CASE("readers run concurrently with a writer and see consistent snapshots",
 }
 #endif  // MPP_OS_POSIX
 
-TEST_CASE("a full manager throws and leaves the container unchanged", "[manager]") {
+TEST_CASE("Manager: a full manager throws and leaves the container unchanged", "[manager]") {
   mpp::Manager m(small(1u << 20));
   auto d = m.dict<int, std::string>();
   const std::string big(4000, 'x');
@@ -414,7 +414,7 @@ void check_consistent(mpp::Manager m) {
 }  // namespace
 
 #if defined(MPP_OS_POSIX)
-TEST_CASE("writers SIGKILLed at random moments leave every container before or after", "[manager][kill]") {
+TEST_CASE("Manager: writers SIGKILLed at random moments leave every container before or after", "[manager][kill]") {
   mpp::Manager m(small());
   std::mt19937 rng(1234);
   for (int round = 0; round < 12; ++round) {
@@ -428,7 +428,7 @@ TEST_CASE("writers SIGKILLed at random moments leave every container before or a
   }
 }
 
-TEST_CASE("a writer killed at each crash point leaves every container before or after", "[manager][kill]") {
+TEST_CASE("Manager: a writer killed at each crash point leaves every container before or after", "[manager][kill]") {
   mpp::Manager m(small());
   REQUIRE(wait_child(fork_child([&] { return mutate_forever(m, 1, 3000); })) == 0);
   // Which crash points does the workload pass?
@@ -455,7 +455,7 @@ TEST_CASE("a writer killed at each crash point leaves every container before or 
 
 #endif  // MPP_OS_POSIX
 
-TEST_CASE("holds 10^6 string->int entries", "[manager][stress]") {
+TEST_CASE("Manager: holds 10^6 string->int entries", "[manager][stress]") {
   mpp::Manager m;  // default capacity (sparse)
   auto d = m.dict<std::string, int>();
   constexpr int kN = 1'000'000;
@@ -468,7 +468,7 @@ TEST_CASE("holds 10^6 string->int entries", "[manager][stress]") {
 }
 
 #if defined(MPP_OS_POSIX)
-TEST_CASE("manager: synchronisation objects and handles cross processes by name", "[manager]") {
+TEST_CASE("Manager: synchronisation objects and handles cross processes by name", "[manager]") {
   mpp::Manager m(small());
   auto d = m.dict<std::string, int>("d");
   auto l = m.list<int>("l");
@@ -507,7 +507,7 @@ TEST_CASE("manager: synchronisation objects and handles cross processes by name"
 
 #endif  // MPP_OS_POSIX
 
-TEST_CASE("corrupted shared memory is a CorruptedError, never a wild access", "[manager]") {
+TEST_CASE("Manager: corrupted shared memory is a CorruptedError, never a wild access", "[manager]") {
   const auto name = unique_name("mgr");
   auto m = mpp::Manager::create(name, small());
   auto d = m.dict<std::string, int>("d");
@@ -540,7 +540,7 @@ TEST_CASE("corrupted shared memory is a CorruptedError, never a wild access", "[
 }
 
 #if defined(MPP_OS_POSIX)
-TEST_CASE("a recoverer killed while replaying the undo log leaves it for the next one", "[manager][kill]") {
+TEST_CASE("Manager: a recoverer killed while replaying the undo log leaves it for the next one", "[manager][kill]") {
   mpp::Manager m(small());
   auto d = m.dict<int, std::string>("v");
   auto l = m.list<std::int64_t>("l");
@@ -571,7 +571,7 @@ TEST_CASE("a recoverer killed while replaying the undo log leaves it for the nex
   CHECK(d.size() == 3);
 }
 
-TEST_CASE("readers see only committed states while writers are SIGKILLed", "[manager][kill]") {
+TEST_CASE("Manager: readers see only committed states while writers are SIGKILLed", "[manager][kill]") {
   mpp::Manager m(small());
   auto g = m.dict<std::string, std::string>("g");
   g.update(std::vector<std::pair<std::string, std::string>>{{"a", ""}, {"b", ""}, {"c", ""}});
@@ -620,7 +620,7 @@ void spawned_writer(mpp::SharedDict<std::string, int> d, mpp::SharedList<std::st
 MPP_REGISTER(spawned_writer);
 }  // namespace
 
-TEST_CASE("a spawned (re-executed) process uses containers passed by name", "[manager]") {
+TEST_CASE("Manager: a spawned (re-executed) process uses containers passed by name", "[manager]") {
   mpp::Manager m(small());
   auto d = m.dict<std::string, int>("d");
   auto l = m.list<std::string>("l");
@@ -657,7 +657,7 @@ MPP_REGISTER(count_in_manager);
 MPP_REGISTER(mutate_spawned);
 }  // namespace
 
-TEST_CASE("a named manager shared with spawned processes: atomic updates from both", "[manager][spawn]") {
+TEST_CASE("Manager: a named manager shared with spawned processes: atomic updates from both", "[manager][spawn]") {
   const auto name = unique_name("mgr.spawn");
   auto m = mpp::Manager::create(name, small());
   auto d = m.dict<std::string, int>("d");
@@ -679,7 +679,7 @@ TEST_CASE("a named manager shared with spawned processes: atomic updates from bo
   CHECK(l.count(1) == kN);
 }
 
-TEST_CASE("spawned writers terminated at random moments leave every container before or after",
+TEST_CASE("Manager: spawned writers terminated at random moments leave every container before or after",
           "[manager][spawn][kill]") {
   mpp::Manager m(small());
   std::mt19937 rng(4321);
@@ -763,7 +763,7 @@ enum VictimRc { kOk = 0, kForeign = 3, kNoError = 4, kWrongError = 5, kNoGo = 6 
 
 }  // namespace
 
-TEST_CASE("eight zero bytes over the arena's bump word: CorruptedError, not SIGSEGV", "[manager]") {
+TEST_CASE("Manager: eight zero bytes over the arena's bump word: CorruptedError, not SIGSEGV", "[manager]") {
   const auto name = unique_name("mgr.bump");
   auto m = mpp::Manager::create(name, small(16u << 20));
   auto d = m.dict<std::string, int>("d");
@@ -790,7 +790,7 @@ TEST_CASE("eight zero bytes over the arena's bump word: CorruptedError, not SIGS
   CHECK(d.at("k3") == 3);  // reads do not need the allocator
 }
 
-TEST_CASE("hostile peer scribbles over a live manager: errors, never a crash or a hang",
+TEST_CASE("Manager: hostile peer scribbles over a live manager: errors, never a crash or a hang",
           "[manager][kill][hostile]") {
   namespace shm = mpp::detail::shm;
   const long rounds = [] {
@@ -919,7 +919,7 @@ TEST_CASE("hostile peer scribbles over a live manager: errors, never a crash or 
   CHECK(errors_seen > rounds / 4);  // the scribbles did damage that was detected
 }
 
-TEST_CASE("containers of containers: pop/popitem/setdefault and locked reads do not deadlock",
+TEST_CASE("Manager: containers of containers: pop/popitem/setdefault and locked reads do not deadlock",
           "[manager][kill]") {
   const auto name = unique_name("mgr.nested");
   auto m = mpp::Manager::create(name, small());
@@ -964,7 +964,7 @@ TEST_CASE("containers of containers: pop/popitem/setdefault and locked reads do 
   CHECK_FALSE(d.contains("dies"));
 }
 
-TEST_CASE("a manager truncated under a live user reports that it shrank", "[manager][kill]") {
+TEST_CASE("Manager: a manager truncated under a live user reports that it shrank", "[manager][kill]") {
   for (const bool to_zero : {true, false}) {
     INFO((to_zero ? "truncated to 0 bytes" : "truncated inside the heap"));
     const auto name = unique_name("mgr.trunc");

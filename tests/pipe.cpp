@@ -84,7 +84,7 @@ struct mpp::codec<Celsius> {
   }
 };
 
-TEST_CASE("a user codec for a trivially copyable type is used", "[pipe]") {
+TEST_CASE("Pipe: a user codec for a trivially copyable type is used", "[pipe]") {
   auto [a, b] = mpp::Pipe<Celsius>();
   a.send(Celsius{21.5});
   a.send(Celsius{-3.25});
@@ -96,7 +96,7 @@ TEST_CASE("a user codec for a trivially copyable type is used", "[pipe]") {
   REQUIRE(tenths == -32);
 }
 
-TEST_CASE("send and recv in one process, both directions", "[pipe]") {
+TEST_CASE("Pipe: send and recv in one process, both directions", "[pipe]") {
   auto [a, b] = mpp::Pipe<int>();
   REQUIRE(a.readable());
   REQUIRE(a.writable());
@@ -111,13 +111,13 @@ TEST_CASE("send and recv in one process, both directions", "[pipe]") {
   REQUIRE(a.recv() == 3);
 }
 
-TEST_CASE("Hello, world (the Python program)", "[pipe]") {
+TEST_CASE("Pipe: Hello, world (the Python program)", "[pipe]") {
   auto [r, w] = mpp::Pipe<std::string>();
   w.send("Hello, world");
   REQUIRE(r.recv() == "Hello, world");
 }
 
-TEST_CASE("one-way pipe: first end receives, second end sends", "[pipe]") {
+TEST_CASE("Pipe: one-way pipe, first end receives, second end sends", "[pipe]") {
   auto [r, w] = mpp::Pipe<Point>(false);
   REQUIRE(r.readable());
   REQUIRE_FALSE(r.writable());
@@ -134,7 +134,7 @@ TEST_CASE("one-way pipe: first end receives, second end sends", "[pipe]") {
 }
 
 #if defined(MPP_OS_POSIX)
-TEST_CASE("values of cereal types, empty and large", "[pipe]") {
+TEST_CASE("Pipe: values of cereal types, empty and large", "[pipe]") {
   auto [a, b] = mpp::Pipe<Record>(true, {.capacity = 4096});
   const Record small{"x", {}};
   Record big{"big", {}};
@@ -154,7 +154,7 @@ TEST_CASE("values of cereal types, empty and large", "[pipe]") {
 }
 #endif  // MPP_OS_POSIX
 
-TEST_CASE("recv timeout, poll, closed connections", "[pipe]") {
+TEST_CASE("Pipe: recv timeout, poll, closed connections", "[pipe]") {
   auto [a, b] = mpp::Pipe<int>();
   const auto t0 = std::chrono::steady_clock::now();
   REQUIRE_THROWS_AS(a.recv(0.05s), mpp::TimeoutError);
@@ -173,7 +173,7 @@ TEST_CASE("recv timeout, poll, closed connections", "[pipe]") {
   REQUIRE_THROWS_AS(none.recv(), mpp::ValueError);
 }
 
-TEST_CASE("send with a timeout on a full ring; a half-sent long message is skipped", "[pipe]") {
+TEST_CASE("Pipe: send with a timeout on a full ring; a half-sent long message is skipped", "[pipe]") {
   auto [r, w] = mpp::Pipe<std::uint64_t>(false, {.capacity = 4096});
   std::uint64_t sent = 0;
   REQUIRE_THROWS_AS(([&] {
@@ -189,7 +189,7 @@ TEST_CASE("send with a timeout on a full ring; a half-sent long message is skipp
   REQUIRE(r.recv() == 99);
 }
 
-TEST_CASE("send_bytes, recv_bytes, recv_bytes_into, BufferTooShort keeps the message", "[pipe]") {
+TEST_CASE("Pipe: send_bytes, recv_bytes, recv_bytes_into, BufferTooShort keeps the message", "[pipe]") {
   auto [a, b] = mpp::Pipe<int>(true, {.capacity = 4096});
   const auto data = pattern(1000, 1);
   a.send_bytes(data, 100, 50);
@@ -236,7 +236,7 @@ TEST_CASE("send_bytes, recv_bytes, recv_bytes_into, BufferTooShort keeps the mes
 #endif  // MPP_OS_POSIX
 }
 
-TEST_CASE("untyped Connection<>: any codec type, TypeMismatchError names both, keeps the message",
+TEST_CASE("Pipe: untyped Connection<>: any codec type, TypeMismatchError names both, keeps the message",
           "[pipe]") {
   auto [a, b] = mpp::Pipe<>();
   a.send(42);
@@ -273,7 +273,7 @@ TEST_CASE("untyped Connection<>: any codec type, TypeMismatchError names both, k
 }
 
 #if defined(MPP_OS_POSIX)
-TEST_CASE("fork: parent and child talk both ways; ordering of 10^6 messages", "[pipe]") {
+TEST_CASE("Pipe: fork, parent and child talk both ways; ordering of 10^6 messages", "[pipe]") {
   auto [a, b] = mpp::Pipe<std::uint64_t>();
   constexpr std::uint64_t kN = 1'000'000;
   const pid_t pid = fork_child([&] {
@@ -297,7 +297,7 @@ TEST_CASE("fork: parent and child talk both ways; ordering of 10^6 messages", "[
   REQUIRE_THROWS_AS(a.recv(), mpp::EOFError);  // the child, the last holder of b, exited
 }
 
-TEST_CASE("small values of odd sizes wrap around a small ring", "[pipe]") {
+TEST_CASE("Pipe: small values of odd sizes wrap around a small ring", "[pipe]") {
   struct Three {
     unsigned char b[3];
   };
@@ -321,7 +321,7 @@ TEST_CASE("small values of odd sizes wrap around a small ring", "[pipe]") {
   REQUIRE(wait_child(pid) == 0);
 }
 
-TEST_CASE("mixed message sizes around the ring size", "[pipe]") {
+TEST_CASE("Pipe: mixed message sizes around the ring size", "[pipe]") {
   constexpr std::size_t kCap = 4096;
   auto [r, w] = mpp::Pipe<int>(false, {.capacity = kCap});
   std::mt19937 rng(7);
@@ -375,11 +375,11 @@ void stream_one(std::size_t size) {
 }
 }  // namespace
 
-TEST_CASE("a 32 MiB message through a 256 KiB ring", "[pipe]") {
+TEST_CASE("Pipe: a 32 MiB message through a 256 KiB ring", "[pipe]") {
   stream_one(std::size_t{32} << 20);
 }
 
-TEST_CASE("a 256 MiB message through a 256 KiB ring", "[pipe][stress]") {
+TEST_CASE("Pipe: a 256 MiB message through a 256 KiB ring", "[pipe][stress]") {
   stream_one(std::size_t{256} << 20);
 }
 
@@ -401,7 +401,7 @@ TEST_CASE("EOF after draining: the writer closes, exits, or its copies close one
   REQUIRE_THROWS_AS(r.recv(), mpp::EOFError);  // and again
 }
 
-TEST_CASE("the parent closes its copy right after fork; the child still holds the end", "[pipe]") {
+TEST_CASE("Pipe: the parent closes its copy right after fork; the child still holds the end", "[pipe]") {
   for (int round = 0; round < 5; ++round) {
     auto [r, w] = mpp::Pipe<int>(false);
     const pid_t pid = fork_child([&] {
@@ -416,7 +416,7 @@ TEST_CASE("the parent closes its copy right after fork; the child still holds th
   }
 }
 
-TEST_CASE("grandchildren hold inherited ends too", "[pipe]") {
+TEST_CASE("Pipe: grandchildren hold inherited ends too", "[pipe]") {
   auto [r, w] = mpp::Pipe<int>(false);
   const pid_t pid = fork_child([&] {
     r.close();
@@ -434,7 +434,7 @@ TEST_CASE("grandchildren hold inherited ends too", "[pipe]") {
   REQUIRE(wait_child(pid) == 0);
 }
 
-TEST_CASE("a blocked recv raises EOFError within 1 s when the writer closes", "[pipe]") {
+TEST_CASE("Pipe: a blocked recv raises EOFError within 1 s when the writer closes", "[pipe]") {
   auto [r, w] = mpp::Pipe<int>(false);
   const pid_t pid = fork_child([&] {
     w.close();
@@ -452,7 +452,7 @@ TEST_CASE("a blocked recv raises EOFError within 1 s when the writer closes", "[
   REQUIRE(wait_child(pid) == 0);
 }
 
-TEST_CASE("send to a closed reader raises BrokenPipeError, also when blocked on a full ring",
+TEST_CASE("Pipe: send to a closed reader raises BrokenPipeError, also when blocked on a full ring",
           "[pipe]") {
   auto [r, w] = mpp::Pipe<std::uint64_t>(false, {.capacity = 4096});
   const pid_t pid = fork_child([&] {
@@ -470,7 +470,7 @@ TEST_CASE("send to a closed reader raises BrokenPipeError, also when blocked on 
   REQUIRE(wait_child(pid) == 0);
 }
 
-TEST_CASE("named pipe: unrelated processes connect by name", "[pipe]") {
+TEST_CASE("Pipe: named pipe, unrelated processes connect by name", "[pipe]") {
   const auto name = unique_name("pipe");
   // The child is forked before the pipe exists, so it inherits nothing: it opens by name.
   const pid_t pid = fork_child([&] {
@@ -498,7 +498,7 @@ TEST_CASE("named pipe: unrelated processes connect by name", "[pipe]") {
   REQUIRE_THROWS_AS(mpp::Pipe<std::string>::open(name), mpp::ExistsError);  // one client only
 }
 
-TEST_CASE("named one-way pipe: the creator receives, the opener sends", "[pipe]") {
+TEST_CASE("Pipe: named one-way pipe: the creator receives, the opener sends", "[pipe]") {
   const auto name = unique_name("oneway");
   auto r = mpp::Pipe<int>::create(name, false);
   REQUIRE(r.readable());
@@ -518,7 +518,7 @@ TEST_CASE("named one-way pipe: the creator receives, the opener sends", "[pipe]"
 
 #endif  // MPP_OS_POSIX
 
-TEST_CASE("invalid capacity", "[pipe]") {
+TEST_CASE("Pipe: invalid capacity", "[pipe]") {
   REQUIRE_THROWS_AS(mpp::Pipe<int>(true, {.capacity = 1000}), mpp::InvalidArgument);
   REQUIRE_THROWS_AS(mpp::Pipe<int>(true, {.capacity = 2048}), mpp::InvalidArgument);
 }
@@ -566,7 +566,7 @@ MPP_REGISTER(pipe_hang);
 MPP_REGISTER(greet);
 MPP_REGISTER(doubler);
 
-TEST_CASE("named pipe: a spawned process connects by name and echoes", "[pipe][spawn]") {
+TEST_CASE("Pipe: named pipe, a spawned process connects by name and echoes", "[pipe][spawn]") {
   const auto name = unique_name("pipe.echo");
   auto server = mpp::Pipe<std::string>::create(name, true, {.capacity = 4096});
   std::vector<std::string> msgs{"", "hello", std::string(4000, 'r'), std::string(300000, 's')};
@@ -582,7 +582,7 @@ TEST_CASE("named pipe: a spawned process connects by name and echoes", "[pipe][s
   CHECK_THROWS_AS(server.recv(10s), mpp::EOFError);  // the spawned end is gone with its process
 }
 
-TEST_CASE("named one-way pipe: a spawned sender blocks on a full ring and is woken", "[pipe][spawn]") {
+TEST_CASE("Pipe: named one-way pipe: a spawned sender blocks on a full ring and is woken", "[pipe][spawn]") {
   const auto name = unique_name("pipe.count");
   auto r = mpp::Pipe<int>::create(name, false, {.capacity = 4096});
   constexpr int n = 20000;
@@ -594,7 +594,7 @@ TEST_CASE("named one-way pipe: a spawned sender blocks on a full ring and is wok
   CHECK_THROWS_AS(r.recv(10s), mpp::EOFError);
 }
 
-TEST_CASE("spawn: a Connection passed as an argument, as Python's Process(args=(conn,))",
+TEST_CASE("Pipe: spawn, a Connection passed as an argument, as Python's Process(args=(conn,))",
           "[pipe][spawn]") {
   SECTION("the parent closes its copy right after start(), as Python programs do") {
     auto [parent, child] = mpp::Pipe<std::string>();
@@ -637,7 +637,7 @@ TEST_CASE("spawn: a Connection passed as an argument, as Python's Process(args=(
   }
 }
 
-TEST_CASE("named pipe: a blocked recv raises EOFError when the spawned peer is killed",
+TEST_CASE("Pipe: named pipe, a blocked recv raises EOFError when the spawned peer is killed",
           "[pipe][spawn][kill]") {
   const auto name = unique_name("pipe.hang");
   auto c = mpp::Pipe<int>::create(name);
@@ -656,7 +656,7 @@ TEST_CASE("named pipe: a blocked recv raises EOFError when the spawned peer is k
 
 // ---- peers killed with SIGKILL ----------------------------------------------------------------
 
-TEST_CASE("writer SIGKILLed while the reader is blocked: EOFError within 1 s", "[pipe][kill]") {
+TEST_CASE("Pipe: writer SIGKILLed while the reader is blocked: EOFError within 1 s", "[pipe][kill]") {
   auto [r, w] = mpp::Pipe<int>(false);
   const pid_t pid = fork_child([&] {
     r.close();
@@ -678,7 +678,7 @@ TEST_CASE("writer SIGKILLed while the reader is blocked: EOFError within 1 s", "
   REQUIRE(wait_child(pid) == -SIGKILL);
 }
 
-TEST_CASE("reader SIGKILLed while the writer is blocked on a full ring: BrokenPipeError within 1 s",
+TEST_CASE("Pipe: reader SIGKILLed while the writer is blocked on a full ring: BrokenPipeError within 1 s",
           "[pipe][kill]") {
   auto [r, w] = mpp::Pipe<std::uint64_t>(false, {.capacity = 4096});
   const pid_t pid = fork_child([&] {
@@ -702,7 +702,7 @@ TEST_CASE("reader SIGKILLed while the writer is blocked on a full ring: BrokenPi
   REQUIRE(wait_child(pid) == -SIGKILL);
 }
 
-TEST_CASE("send to a reader that died while waiting raises BrokenPipeError", "[pipe][kill]") {
+TEST_CASE("Pipe: send to a reader that died while waiting raises BrokenPipeError", "[pipe][kill]") {
   auto [r, w] = mpp::Pipe<int>(false);
   const pid_t pid = fork_child([&] {
     w.close();
@@ -726,7 +726,7 @@ TEST_CASE("send to a reader that died while waiting raises BrokenPipeError", "[p
   REQUIRE(broken);
 }
 
-TEST_CASE("writer SIGKILLed in the middle of a streamed message: EOFError, never a partial message",
+TEST_CASE("Pipe: writer SIGKILLed in the middle of a streamed message: EOFError, never a partial message",
           "[pipe][kill]") {
   for (int round = 0; round < 6; ++round) {
     auto [r, w] = mpp::Pipe<int>(false, {.capacity = 1 << 16});
@@ -764,7 +764,7 @@ TEST_CASE("writer SIGKILLed in the middle of a streamed message: EOFError, never
   }
 }
 
-TEST_CASE("a forked child SIGKILLed mid-message while the parent still holds the writer end",
+TEST_CASE("Pipe: a forked child SIGKILLed mid-message while the parent still holds the writer end",
           "[pipe][kill]") {
   auto [r, w] = mpp::Pipe<int>(false, {.capacity = 1 << 16});
   const pid_t pid = fork_child([&] {
@@ -786,7 +786,7 @@ TEST_CASE("a forked child SIGKILLed mid-message while the parent still holds the
   REQUIRE(wait_child(drain) == 0);
 }
 
-TEST_CASE("users: an end held by 100 forked children stays held until the last one leaves",
+TEST_CASE("Pipe: users, an end held by 100 forked children stays held until the last one leaves",
           "[pipe][users]") {
   constexpr int kKids = 100, kKilled = 64;  // 64 entries per end used to be the limit
   auto [a, b] = mpp::Pipe<int>();

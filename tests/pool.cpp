@@ -171,7 +171,7 @@ MPP_REGISTER(failing_init);
 MPP_REGISTER(dying_init);
 MPP_REGISTER(flaky_init);
 
-TEST_CASE("map, starmap and apply compute in worker processes", "[pool]") {
+TEST_CASE("Pool: map, starmap and apply compute in worker processes", "[pool]") {
   mpp::Pool pool(2);
   CHECK(pool.processes() == 2);
   CHECK(pool.map(square, std::vector<int>{1, 2, 3, 4}) == std::vector<int>{1, 4, 9, 16});
@@ -193,7 +193,7 @@ TEST_CASE("map, starmap and apply compute in worker processes", "[pool]") {
   pool.join();
 }
 
-TEST_CASE("a million items map to the same results", "[pool]") {
+TEST_CASE("Pool: a million items map to the same results", "[pool]") {
   std::vector<std::int64_t> in(1'000'000);
   std::iota(in.begin(), in.end(), 0);
   mpp::Pool pool(2);
@@ -204,7 +204,7 @@ TEST_CASE("a million items map to the same results", "[pool]") {
   CHECK(all);
 }
 
-TEST_CASE("apply_async, map_async and callbacks", "[pool]") {
+TEST_CASE("Pool: apply_async, map_async and callbacks", "[pool]") {
   mpp::Pool pool(2);
   auto r = pool.apply_async(square, 9);
   CHECK(r.get(30s) == 81);
@@ -239,7 +239,7 @@ TEST_CASE("apply_async, map_async and callbacks", "[pool]") {
   CHECK(slow.get() == 1500);
 }
 
-TEST_CASE("imap keeps order, imap_unordered keeps everything", "[pool]") {
+TEST_CASE("Pool: imap keeps order, imap_unordered keeps everything", "[pool]") {
   mpp::Pool pool(2);
   std::vector<int> in(100);
   std::iota(in.begin(), in.end(), 0);
@@ -270,14 +270,14 @@ static void check_typed_exceptions(mpp::Pool& pool) {
   }
 }
 
-TEST_CASE("worker exceptions come back typed", "[pool]") {
+TEST_CASE("Pool: worker exceptions come back typed", "[pool]") {
   mpp::Pool pool(2);
   check_typed_exceptions(pool);
   // The pool still works afterwards.
   CHECK(pool.apply(square, 6) == 36);
 }
 
-TEST_CASE("initializer and maxtasksperchild", "[pool]") {
+TEST_CASE("Pool: initializer and maxtasksperchild", "[pool]") {
   mpp::RawValue<int> initialised(0);
   g_initialised = &initialised;
   mpp::PoolOptions o;
@@ -292,7 +292,7 @@ TEST_CASE("initializer and maxtasksperchild", "[pool]") {
   CHECK(initialised.value() >= 6);  // every worker ran the initializer
 }
 
-TEST_CASE("a worker retiring at maxtasksperchild does not make its tasks run twice", "[pool]") {
+TEST_CASE("Pool: a worker retiring at maxtasksperchild does not make its tasks run twice", "[pool]") {
   mpp::RawValue<int> runs(0);
   g_kills = &runs;  // counts executions here
   mpp::PoolOptions o;
@@ -306,7 +306,7 @@ TEST_CASE("a worker retiring at maxtasksperchild does not make its tasks run twi
   CHECK(runs.value() == 24);
 }
 
-TEST_CASE("close, join and terminate", "[pool]") {
+TEST_CASE("Pool: close, join and terminate", "[pool]") {
   mpp::Pool pool(2);
   auto pending = pool.apply_async([](int ms) {
     std::this_thread::sleep_for(std::chrono::milliseconds(ms));
@@ -330,7 +330,7 @@ TEST_CASE("close, join and terminate", "[pool]") {
   CHECK_THROWS_AS(never.get(), mpp::ProcessError);
 }
 
-TEST_CASE("a task over its timeout fails and the pool carries on", "[pool]") {
+TEST_CASE("Pool: a task over its timeout fails and the pool carries on", "[pool]") {
   mpp::PoolOptions o;
   o.processes = 2;
   o.task_timeout = 500ms;
@@ -343,7 +343,7 @@ TEST_CASE("a task over its timeout fails and the pool carries on", "[pool]") {
   CHECK(pool.map(square, std::vector<int>{1, 2, 3}) == std::vector<int>{1, 4, 9});
 }
 
-TEST_CASE("a killed worker fails its task with WorkerLostError, never a hang", "[pool][kill]") {
+TEST_CASE("Pool: a killed worker fails its task with WorkerLostError, never a hang", "[pool][kill]") {
   mpp::RawValue<int> kills(0);
   g_kills = &kills;
   mpp::Pool pool(2);
@@ -360,7 +360,7 @@ TEST_CASE("a killed worker fails its task with WorkerLostError, never a hang", "
   CHECK(pool.processes() == 2);
 }
 
-TEST_CASE("with retries, a task whose worker died is run again", "[pool][kill]") {
+TEST_CASE("Pool: with retries, a task whose worker died is run again", "[pool][kill]") {
   mpp::RawValue<int> kills(0);
   g_kills = &kills;
   mpp::PoolOptions o;
@@ -376,7 +376,7 @@ TEST_CASE("with retries, a task whose worker died is run again", "[pool][kill]")
   CHECK(kills.value() >= 1);
 }
 
-TEST_CASE("workers SIGKILLed from outside at random moments", "[pool][kill]") {
+TEST_CASE("Pool: workers SIGKILLed from outside at random moments", "[pool][kill]") {
   mpp::Pool pool(2);
   std::vector<int> in(400);
   std::iota(in.begin(), in.end(), 0);
@@ -401,7 +401,7 @@ TEST_CASE("workers SIGKILLed from outside at random moments", "[pool][kill]") {
 
 // ---- spawn and forkserver pools: workers are new runs of this program -----------------------
 
-TEST_CASE("spawn and forkserver pools run registered functions", "[pool][spawn]") {
+TEST_CASE("Pool: spawn and forkserver pools run registered functions", "[pool][spawn]") {
   const auto before = my_shm_names();
   for (auto m : {mpp::StartMethod::spawn, mpp::StartMethod::forkserver}) {
     INFO("start method " << mpp::start_method_name(m));
@@ -448,7 +448,7 @@ TEST_CASE("spawn and forkserver pools run registered functions", "[pool][spawn]"
   }
 }
 
-TEST_CASE("spawn pools: initializer, maxtasksperchild and task timeout", "[pool][spawn]") {
+TEST_CASE("Pool: spawn pools, initializer, maxtasksperchild and task timeout", "[pool][spawn]") {
   auto o = with_method(mpp::StartMethod::spawn);
   o.maxtasksperchild = 2;
   {
@@ -468,7 +468,7 @@ TEST_CASE("spawn pools: initializer, maxtasksperchild and task timeout", "[pool]
                   mpp::InvalidArgument);
 }
 
-TEST_CASE("a spawn pool whose workers cannot start fails cleanly", "[pool][spawn]") {
+TEST_CASE("Pool: a spawn pool whose workers cannot start fails cleanly", "[pool][spawn]") {
   const auto before = my_shm_names();
   mpp::set_executable("/nonexistent/mpp-test-program");
   try {
@@ -483,7 +483,7 @@ TEST_CASE("a spawn pool whose workers cannot start fails cleanly", "[pool][spawn
   CHECK(mpp::active_children().empty());
 }
 
-TEST_CASE("spawn and forkserver pools: a killed worker fails its task, never a hang",
+TEST_CASE("Pool: spawn and forkserver pools: a killed worker fails its task, never a hang",
           "[pool][spawn][kill]") {
   for (auto m : {mpp::StartMethod::spawn, mpp::StartMethod::forkserver}) {
     INFO("start method " << mpp::start_method_name(m));
@@ -523,7 +523,7 @@ TEST_CASE("spawn and forkserver pools: a killed worker fails its task, never a h
 
 // ---- a failing initializer breaks the pool (Python's BrokenProcessPool) ----------------------
 
-TEST_CASE("a Pool whose initializer throws is broken: calls fail, nothing respawns, nothing hangs",
+TEST_CASE("Pool: a Pool whose initializer throws is broken: calls fail, nothing respawns, nothing hangs",
           "[pool][spawn]") {
   for (auto m : {mpp::StartMethod::fork, mpp::StartMethod::spawn}) {
     INFO("start method " << mpp::start_method_name(m));
@@ -581,7 +581,7 @@ TEST_CASE("a Pool whose initializer throws is broken: calls fail, nothing respaw
   }
 }
 
-TEST_CASE("a Pool whose initializer kills its worker is broken too", "[pool][kill]") {
+TEST_CASE("Pool: a Pool whose initializer kills its worker is broken too", "[pool][kill]") {
   const int rc = mpp_test::run_bounded(60s, [] {
         Expect expect;
         mpp::RawValue<int> runs(0);
@@ -603,7 +603,7 @@ TEST_CASE("a Pool whose initializer kills its worker is broken too", "[pool][kil
   CHECK(rc == 0);
 }
 
-TEST_CASE("one failure of a flaky initializer breaks the pool; no worker is retried", "[pool]") {
+TEST_CASE("Pool: one failure of a flaky initializer breaks the pool; no worker is retried", "[pool]") {
   const int rc = mpp_test::run_bounded(60s, [] {
         Expect expect;
         mpp::RawValue<int> runs(0);
@@ -637,7 +637,7 @@ bool squares_right(mpp::Pool& pool, int n) {
 }
 }  // namespace
 
-TEST_CASE("Pool(200): more workers than the old 128 users per object", "[pool][users]") {
+TEST_CASE("Pool: Pool(200): more workers than the old 128 users per object", "[pool][users]") {
   const auto before = my_shm_names();
   {
     mpp::Pool pool(200);
@@ -651,12 +651,12 @@ TEST_CASE("Pool(200): more workers than the old 128 users per object", "[pool][u
   CHECK(my_shm_names() == before);
 }
 
-TEST_CASE("a Pool larger than its queues admit is refused at once", "[pool][users]") {
+TEST_CASE("Pool: a Pool larger than its queues admit is refused at once", "[pool][users]") {
   CHECK_THROWS_AS(mpp::Pool(mpp::Pool::kMaxProcesses + 1), mpp::ValueError);
   CHECK(mpp::active_children().empty());
 }
 
-TEST_CASE("Pool(1024): a trivial map over 2048 items with every result right", "[pool][users][stress]") {
+TEST_CASE("Pool: Pool(1024): a trivial map over 2048 items with every result right", "[pool][users][stress]") {
   const auto t0 = std::chrono::steady_clock::now();
   {
     mpp::Pool pool(1024);
@@ -668,7 +668,7 @@ TEST_CASE("Pool(1024): a trivial map over 2048 items with every result right", "
   WARN("Pool(1024): " << mpp_test::seconds_since(t0) << " s");
 }
 
-TEST_CASE("spawn Pool(200): every worker starts and serves", "[pool][users][spawn]") {
+TEST_CASE("Pool: spawn Pool(200): every worker starts and serves", "[pool][users][spawn]") {
   // A worker that fails reports it on stderr (and is replaced): catch what the workers print.
   const std::string path = fmt::format("/tmp/mpp-test-{}-stderr", ::getpid());
   std::fflush(stderr);

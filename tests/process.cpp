@@ -166,7 +166,7 @@ mpp::Process make(StartMethod m, F&& f, Args&&... args) {
 
 }  // namespace
 
-TEST_CASE("exit codes follow Python: return, exit(n), exception, SIGTERM, SIGKILL", "[process]") {
+TEST_CASE("Process: exit codes follow Python: return, exit(n), exception, SIGTERM, SIGKILL", "[process]") {
   const StartMethod m = any_method();
   CAPTURE(mpp::start_method_name(m));
 
@@ -215,7 +215,7 @@ TEST_CASE("exit codes follow Python: return, exit(n), exception, SIGTERM, SIGKIL
   CHECK(killed.exitcode() == -SIGKILL);
 }
 
-TEST_CASE("registered capture-less lambdas run under every start method", "[process]") {
+TEST_CASE("Process: registered capture-less lambdas run under every start method", "[process]") {
   const StartMethod m = any_method();
   CAPTURE(mpp::start_method_name(m));
   auto registered = make(m, exit_42);
@@ -234,7 +234,7 @@ TEST_CASE("registered capture-less lambdas run under every start method", "[proc
   }
 }
 
-TEST_CASE("join with a timeout on a sleeping child; is_alive; sentinel", "[process]") {
+TEST_CASE("Process: join with a timeout on a sleeping child; is_alive; sentinel", "[process]") {
   const StartMethod m = any_method();
   CAPTURE(mpp::start_method_name(m));
   auto p = make(m, sleep_seconds, 30.0);
@@ -269,7 +269,7 @@ TEST_CASE("join with a timeout on a sleeping child; is_alive; sentinel", "[proce
   CHECK(fmt::format("{}", p).find("closed") != std::string::npos);
 }
 
-TEST_CASE("names, reprs, current_process and parent_process", "[process]") {
+TEST_CASE("Process: names, reprs, current_process and parent_process", "[process]") {
   const StartMethod m = any_method();
   CAPTURE(mpp::start_method_name(m));
   const std::string path = temp_path("describe");
@@ -311,7 +311,7 @@ TEST_CASE("names, reprs, current_process and parent_process", "[process]") {
   CHECK_THROWS_AS(mpp::current_process().join(), mpp::ProcessError);
 }
 
-TEST_CASE("daemon children are terminated and others joined when their parent exits",
+TEST_CASE("Process: daemon children are terminated and others joined when their parent exits",
           "[process]") {
   const StartMethod m = any_method();
   CAPTURE(mpp::start_method_name(m));
@@ -337,7 +337,7 @@ TEST_CASE("daemon children are terminated and others joined when their parent ex
   ::unlink(marker.c_str());
 }
 
-TEST_CASE("the exit handler terminates daemons and joins children at std::exit", "[process]") {
+TEST_CASE("Process: the exit handler terminates daemons and joins children at std::exit", "[process]") {
   const std::string marker = temp_path("marker");
   const pid_t pid = mpp_test::fork_child([&] {
     mpp::Process daemon{{.daemon = true}, sleep_ready, 60.0, marker + ".ready"};
@@ -355,7 +355,7 @@ TEST_CASE("the exit handler terminates daemons and joins children at std::exit",
   ::unlink(marker.c_str());
 }
 
-TEST_CASE("active_children lists running children and reaps finished ones", "[process]") {
+TEST_CASE("Process: active_children lists running children and reaps finished ones", "[process]") {
   const StartMethod m = any_method();
   CAPTURE(mpp::start_method_name(m));
   CHECK(mpp::active_children().empty());
@@ -377,7 +377,7 @@ TEST_CASE("active_children lists running children and reaps finished ones", "[pr
   CHECK(mpp::active_children().empty());
 }
 
-TEST_CASE("a multi-threaded parent starts processes (fork server, spawn, fork)", "[process]") {
+TEST_CASE("Process: a multi-threaded parent starts processes (fork server, spawn, fork)", "[process]") {
   std::atomic<bool> stop{false};
   std::vector<std::thread> busy;
   for (int i = 0; i < 2; ++i)
@@ -405,7 +405,7 @@ TEST_CASE("a multi-threaded parent starts processes (fork server, spawn, fork)",
   CHECK(failures.load() == 0);
 }
 
-TEST_CASE("fork runs any callable on a copy of the parent", "[process]") {
+TEST_CASE("Process: fork runs any callable on a copy of the parent", "[process]") {
   static std::vector<int> result;  // a global of the parent: the child changes its own copy
   std::vector<int> numbers{1, 2, 3, 4};
   mpp::Process p{[numbers] {
@@ -419,7 +419,7 @@ TEST_CASE("fork runs any callable on a copy of the parent", "[process]") {
   CHECK(result.empty());
 }
 
-TEST_CASE("spawn and forkserver need registered functions and a bootstrapped program",
+TEST_CASE("Process: spawn and forkserver need registered functions and a bootstrapped program",
           "[process]") {
   const StartMethod m = GENERATE(StartMethod::spawn, StartMethod::forkserver);
   CAPTURE(mpp::start_method_name(m));
@@ -439,7 +439,7 @@ TEST_CASE("spawn and forkserver need registered functions and a bootstrapped pro
   CHECK_THROWS_WITH(unregistered.start(), Catch::Contains("MPP_REGISTER"));
 }
 
-TEST_CASE("a spawned program that never calls bootstrap is reported", "[process]") {
+TEST_CASE("Process: a spawned program that never calls bootstrap is reported", "[process]") {
   mpp::set_executable("/bin/true");  // exits at once without reading its launch request
   auto p = make(StartMethod::spawn, do_nothing);
   CHECK_THROWS_WITH(p.start(), Catch::Contains("before it called mpp::bootstrap"));
@@ -451,7 +451,7 @@ TEST_CASE("a spawned program that never calls bootstrap is reported", "[process]
   CHECK(again.exitcode() == 0);
 }
 
-TEST_CASE("start methods, contexts and cpu_count", "[process]") {
+TEST_CASE("Process: start methods, contexts and cpu_count", "[process]") {
   CHECK(mpp::get_start_method() == "fork");
   CHECK(mpp::get_all_start_methods().size() == 3);
   CHECK(mpp::get_context().get_start_method() == "fork");
@@ -475,7 +475,7 @@ TEST_CASE("start methods, contexts and cpu_count", "[process]") {
   CHECK(n <= static_cast<int>(std::thread::hardware_concurrency()));
 }
 
-TEST_CASE("a Process destroyed while running is still reaped and joined", "[process]") {
+TEST_CASE("Process: a Process destroyed while running is still reaped and joined", "[process]") {
   const StartMethod m = any_method();
   CAPTURE(mpp::start_method_name(m));
   {
@@ -488,7 +488,7 @@ TEST_CASE("a Process destroyed while running is still reaped and joined", "[proc
   CHECK(mpp::active_children().empty());
 }
 
-TEST_CASE("mpp handles are passed to children (as names under spawn and forkserver)",
+TEST_CASE("Process: mpp handles are passed to children (as names under spawn and forkserver)",
           "[process]") {
   const StartMethod m = any_method();
   CAPTURE(mpp::start_method_name(m));
@@ -500,7 +500,7 @@ TEST_CASE("mpp handles are passed to children (as names under spawn and forkserv
   CHECK(v.value() == 17);
 }
 
-TEST_CASE("a fork server that died is replaced by the next start()", "[process]") {
+TEST_CASE("Process: a fork server that died is replaced by the next start()", "[process]") {
   auto first = make(StartMethod::forkserver, sleep_seconds, 30.0);
   first.start();
   const int server = mpp::detail::globals().server_pid;
@@ -517,7 +517,7 @@ TEST_CASE("a fork server that died is replaced by the next start()", "[process]"
   CHECK(mpp::detail::globals().server_pid != server);
 }
 
-TEST_CASE("a stopped fork server makes start() fail within its bound, not hang", "[process]") {
+TEST_CASE("Process: a stopped fork server makes start() fail within its bound, not hang", "[process]") {
   auto& g = mpp::detail::globals();
   auto first = make(StartMethod::forkserver, do_nothing);
   first.start();  // make sure a server runs
@@ -545,7 +545,7 @@ TEST_CASE("a stopped fork server makes start() fail within its bound, not hang",
   CHECK(g.server_pid != server);
 }
 
-TEST_CASE("the fork server exits when the process that started it dies", "[process]") {
+TEST_CASE("Process: the fork server exits when the process that started it dies", "[process]") {
   const std::string path = temp_path("server");
   const pid_t pid = mpp_test::fork_child([&] {
     mpp::detail::globals().server_control.reset();  // start a server of our own
@@ -568,7 +568,7 @@ TEST_CASE("the fork server exits when the process that started it dies", "[proce
   CHECK(gone);
 }
 
-TEST_CASE("large arguments reach the child whole", "[process]") {
+TEST_CASE("Process: large arguments reach the child whole", "[process]") {
   const StartMethod m = any_method();
   CAPTURE(mpp::start_method_name(m));
   const std::size_t n = 3 << 20;  // larger than a socket buffer
@@ -588,7 +588,7 @@ struct CountingHook final : mpp::detail::ForkHook {
 };
 }  // namespace
 
-TEST_CASE("fork hooks: every registered hook runs, an unregistered one does not", "[process]") {
+TEST_CASE("Process: fork hooks, every registered hook runs, an unregistered one does not", "[process]") {
   // Removal moves the last hook into the freed place: the moved hook must still be called and
   // still be removable, whatever the order of removals.
   std::vector<CountingHook> hooks(5);

@@ -388,7 +388,7 @@ TEST_CASE("Queue: a queue handle crosses processes as its name", "[queue]") {
   CHECK_THROWS_AS(mpp::decode<mpp::JoinableQueue<int>>(bytes), mpp::NotFoundError);  // gone
 }
 
-TEST_CASE("queue child: opens queues by name", "[.queue_child]") {
+TEST_CASE("Queue: queue child, opens queues by name", "[.queue_child]") {
   const char* env = std::getenv("MPP_TEST_OBJECT");
   if (env == nullptr) return;
   const std::string both(env);
@@ -568,7 +568,7 @@ TEST_CASE("Queue: exclusive producer and consumer wake each other's sleepers", "
   CHECK(spent < 2500ms);
 }
 
-TEST_CASE("tsan: Queue between threads; a second producer thread takes the role back",
+TEST_CASE("Queue: Queue between threads; a second producer thread takes the role back (tsan)",
           "[queue][tsan]") {
   PeekQueue q(64);
   constexpr std::uint64_t kStop = ~std::uint64_t{0}, kA = 20000, kB = 10000;
@@ -1179,7 +1179,7 @@ std::uint32_t parts_used(const std::string& name) {
 }
 }  // namespace
 
-TEST_CASE("users: 200 handles of one queue in one process share one entry; others still get in",
+TEST_CASE("Queue: users, 200 handles of one queue in one process share one entry; others still get in",
           "[queue][users]") {
   namespace reg = mpp::detail::registry;
   const auto name = unique_name("users.q");
@@ -1215,7 +1215,7 @@ TEST_CASE("users: 200 handles of one queue in one process share one entry; other
   CHECK(q.get() == 5);
 }
 
-TEST_CASE("users: the creating handle removes the name even while opened handles remain",
+TEST_CASE("Queue: users, the creating handle removes the name even while opened handles remain",
           "[queue][users]") {
   const auto name = unique_name("users.qname");
   auto opened = [&] {
@@ -1228,7 +1228,7 @@ TEST_CASE("users: the creating handle removes the name even while opened handles
   CHECK(opened.get() == 7);  // the mapping lives on
 }
 
-TEST_CASE("users: 300 processes use one Queue, Lock and Value at the same time",
+TEST_CASE("Queue: users, 300 processes use one Queue, Lock and Value at the same time",
           "[queue][users]") {
   namespace reg = mpp::detail::registry;
   constexpr int kProcs = 300;

@@ -44,7 +44,7 @@ bool shm_exists(const std::string& name) {
 
 }  // namespace
 
-TEST_CASE("create, open, exists and not found", "[segment]") {
+TEST_CASE("Segment: create, open, exists and not found", "[segment]") {
   const auto name = unique_name("basic");
   {
     auto seg = Segment::create(name, spec_of(), [](std::byte* p, std::uint64_t n) {
@@ -83,7 +83,7 @@ TEST_CASE("create, open, exists and not found", "[segment]") {
                   mpp::NotFoundError);
 }
 
-TEST_CASE("open checks the kind and the element type and names both", "[segment]") {
+TEST_CASE("Segment: open checks the kind and the element type and names both", "[segment]") {
   const auto name = unique_name("types");
   auto seg = Segment::create(name, spec_of());
   try {
@@ -100,7 +100,7 @@ TEST_CASE("open checks the kind and the element type and names both", "[segment]
   CHECK(mpp::type_info<std::string>().fingerprint == mpp::type_info<std::string>().fingerprint);
 }
 
-TEST_CASE("bad names are rejected with the rule", "[segment]") {
+TEST_CASE("Segment: bad names are rejected with the rule", "[segment]") {
   auto msg = [](std::string_view n) {
     try {
       mpp::validate_name(n);
@@ -120,7 +120,7 @@ TEST_CASE("bad names are rejected with the rule", "[segment]") {
                   mpp::InvalidArgument);
 }
 
-TEST_CASE("sparse segment: pages are committed before use and seen by every view", "[segment]") {
+TEST_CASE("Segment: sparse segment, pages are committed before use and seen by every view", "[segment]") {
   namespace os = mpp::detail::os;
   const auto name = unique_name("sparse");
   constexpr std::uint64_t size = std::uint64_t{1} << 30;  // reserved, not charged (Windows)
@@ -144,7 +144,7 @@ TEST_CASE("sparse segment: pages are committed before use and seen by every view
 }
 
 #if defined(MPP_OS_POSIX)
-TEST_CASE("segments are private whatever the umask, and openable by their user", "[segment]") {
+TEST_CASE("Segment: segments are private whatever the umask, and openable by their user", "[segment]") {
   // Root opens any file whatever its mode: run the objects' user as nobody then.
   const pid_t runner = mpp_test::fork_child([&] {
     if (::geteuid() == 0 && (::setegid(65534) != 0 || ::seteuid(65534) != 0)) return 10;
@@ -167,7 +167,7 @@ TEST_CASE("segments are private whatever the umask, and openable by their user",
   CHECK(mpp_test::wait_child(runner) == 0);
 }
 
-TEST_CASE("objects open by name even after the program closed or replaced mpp's descriptors",
+TEST_CASE("Segment: objects open by name even after the program closed or replaced mpp's descriptors",
           "[segment]") {
   // Objects are opened from a cached /dev/shm directory descriptor; a program that closes every
   // descriptor (as daemons do), or puts a file in its place, must not break opening by name.
@@ -196,7 +196,7 @@ TEST_CASE("objects open by name even after the program closed or replaced mpp's 
   CHECK(mpp_test::wait_child(child) == 0);
 }
 
-TEST_CASE("a segment with group/world access is refused", "[segment]") {
+TEST_CASE("Segment: a segment with group/world access is refused", "[segment]") {
   const auto name = unique_name("squat");
   // Someone pre-creates the name with mode 0666 and a plausible size.
   const int fd = ::shm_open(("/" + name).c_str(), O_RDWR | O_CREAT | O_EXCL, 0666);
@@ -212,7 +212,7 @@ TEST_CASE("a segment with group/world access is refused", "[segment]") {
   CHECK_FALSE(mpp::unlink(name));
 }
 
-TEST_CASE("a directory squatting a name is a PermissionError for every kind", "[segment]") {
+TEST_CASE("Segment: a directory squatting a name is a PermissionError for every kind", "[segment]") {
   const auto name = unique_name("dir");
   // Another process (same user) plants a directory where the object would be.
   REQUIRE(mpp_test::wait_child(mpp_test::fork_child(
@@ -233,7 +233,7 @@ TEST_CASE("a directory squatting a name is a PermissionError for every kind", "[
   CHECK(::rmdir(("/dev/shm/" + name).c_str()) == 0);
 }
 
-TEST_CASE("a creator killed during init is reported, not waited on", "[segment]") {
+TEST_CASE("Segment: a creator killed during init is reported, not waited on", "[segment]") {
   const auto name = unique_name("initkill");
   int ready[2];
   REQUIRE(::pipe(ready) == 0);
@@ -276,7 +276,7 @@ TEST_CASE("a creator killed during init is reported, not waited on", "[segment]"
   CHECK(mpp::unlink(name));
 }
 
-TEST_CASE("every corrupted header byte is rejected cleanly", "[segment]") {
+TEST_CASE("Segment: every corrupted header byte is rejected cleanly", "[segment]") {
   const auto name = unique_name("fuzzhdr");
   auto seg = Segment::create(name, spec_of(256));
   // A second, raw mapping plays the hostile peer.
@@ -324,7 +324,7 @@ TEST_CASE("every corrupted header byte is rejected cleanly", "[segment]") {
   ::close(fd);
 }
 
-TEST_CASE("lifetime: creator unlinks, persistent keeps, mappings outlive the name", "[segment]") {
+TEST_CASE("Segment: lifetime, creator unlinks, persistent keeps, mappings outlive the name", "[segment]") {
   const auto name = unique_name("life");
   {
     auto seg = Segment::create(name, spec_of());
@@ -359,7 +359,7 @@ TEST_CASE("lifetime: creator unlinks, persistent keeps, mappings outlive the nam
   CHECK(shm_exists(inherited));
 }
 
-TEST_CASE("anonymous segments are inherited by forked children", "[segment]") {
+TEST_CASE("Segment: anonymous segments are inherited by forked children", "[segment]") {
   auto seg = Segment::create_anonymous(spec_of());
   CHECK(seg.name().rfind("mpp.anon.", 0) == 0);
   const pid_t child = mpp_test::fork_child([&] {
@@ -370,7 +370,7 @@ TEST_CASE("anonymous segments are inherited by forked children", "[segment]") {
   CHECK(seg.payload()[0] == std::byte{7});
 }
 
-TEST_CASE("open_or_create: exactly one of many racing processes creates", "[segment]") {
+TEST_CASE("Segment: open_or_create, exactly one of many racing processes creates", "[segment]") {
   const auto name = unique_name("race");
   constexpr int kProcs = 6;
   std::vector<pid_t> kids;
@@ -396,7 +396,7 @@ TEST_CASE("open_or_create: exactly one of many racing processes creates", "[segm
   CHECK(mpp::unlink(name));
 }
 
-TEST_CASE("the attach table counts live users and reaps dead ones", "[segment]") {
+TEST_CASE("Segment: the attach table counts live users and reaps dead ones", "[segment]") {
   const auto name = unique_name("attach");
   auto seg = Segment::create(name, spec_of());
   CHECK(seg.live_users() == 1);
@@ -419,7 +419,7 @@ TEST_CASE("the attach table counts live users and reaps dead ones", "[segment]")
   ::close(go[1]);
 }
 
-TEST_CASE("process liveness is not fooled by pid reuse or zombies", "[segment]") {
+TEST_CASE("Segment: process liveness is not fooled by pid reuse or zombies", "[segment]") {
   using mpp::detail::ProcessRef;
   const ProcessRef me = ProcessRef::self();
   CHECK(me.alive());
@@ -450,7 +450,7 @@ TEST_CASE("process liveness is not fooled by pid reuse or zombies", "[segment]")
   CHECK_FALSE(kid.alive());
 }
 
-TEST_CASE("WaitPoint wakes a sleeper in another process and honours timeouts", "[segment]") {
+TEST_CASE("Segment: WaitPoint wakes a sleeper in another process and honours timeouts", "[segment]") {
   struct Shared {
     mpp::detail::WaitPoint wp;
     std::atomic<std::uint32_t> flag;
@@ -488,7 +488,7 @@ TEST_CASE("WaitPoint wakes a sleeper in another process and honours timeouts", "
 // ---- users: many per object, one entry per process (read through the POSIX registry) -------
 #if defined(MPP_OS_POSIX)
 
-TEST_CASE("users: 5000 handles of one Value in one process share one attach entry",
+TEST_CASE("Segment: users, 5000 handles of one Value in one process share one attach entry",
           "[segment][users]") {
   namespace reg = mpp::detail::registry;
   const auto name = unique_name("users.value");
@@ -529,7 +529,7 @@ TEST_CASE("users: 5000 handles of one Value in one process share one attach entr
   CHECK(reg::live_users(o).size() == 1);
 }
 
-TEST_CASE("users: the last handle of a process frees its entry; other processes keep theirs",
+TEST_CASE("Segment: users, the last handle of a process frees its entry; other processes keep theirs",
           "[segment][users]") {
   namespace reg = mpp::detail::registry;
   const auto name = unique_name("users.release");

@@ -54,7 +54,7 @@ Bytes bytes_of(std::string_view s) {
 }  // namespace
 
 #if defined(MPP_OS_POSIX)  // forks, or needs POSIX unlink semantics
-TEST_CASE("create, write, attach from a forked child, read back", "[shared_memory]") {
+TEST_CASE("SharedMemory: create, write, attach from a forked child, read back", "[shared_memory]") {
   SharedMemory shm(unique_name("shm"), true, 100);
   CHECK(shm.size() == 100);  // what was asked for, not a page (cpython#101623)
   CHECK(shm.buf().size() == 100);
@@ -85,7 +85,7 @@ TEST_CASE("[.] helper: SharedMemory in an unrelated process", "[.][shm-child]") 
   shm.buf()[2] = std::byte{'z'};
 }
 
-TEST_CASE("an unrelated process attaches by name", "[shared_memory]") {
+TEST_CASE("SharedMemory: an unrelated process attaches by name", "[shared_memory]") {
   auto shm = SharedMemory::create(unique_name("unrel"), 3);
   shm.buf()[0] = std::byte{'a'};
   CHECK(mpp_test::run_unrelated("[shm-child]", shm.name()) == 0);
@@ -94,7 +94,7 @@ TEST_CASE("an unrelated process attaches by name", "[shared_memory]") {
 }
 
 #if defined(MPP_OS_POSIX)  // forks, or needs POSIX unlink semantics
-TEST_CASE("anonymous, close, unlink, errors", "[shared_memory]") {
+TEST_CASE("SharedMemory: anonymous, close, unlink, errors", "[shared_memory]") {
   SharedMemory anon(64);
   CHECK(anon.name().rfind("mpp.anon.", 0) == 0);
   CHECK(anon.size() == 64);
@@ -120,7 +120,7 @@ TEST_CASE("anonymous, close, unlink, errors", "[shared_memory]") {
   CHECK_THROWS_AS(SharedMemory(taken, true, 8), mpp::ExistsError);
 }
 
-TEST_CASE("kinds: a block is no other mpp object and no other object is a block",
+TEST_CASE("SharedMemory: kinds, a block is no other mpp object and no other object is a block",
           "[shared_memory]") {
   // An mpp object with a header is marked from its shm_open on: never attached as a block.
   const auto seg_name = unique_name("kind.seg");
@@ -154,7 +154,7 @@ TEST_CASE("kinds: a block is no other mpp object and no other object is a block"
   CHECK(under.size() == sizeof(mpp::detail::ShareableListHeader) + sizeof(mpp::detail::SlotDesc) + 8);
 }
 
-TEST_CASE("track: the last process to leave removes the name, never an earlier one",
+TEST_CASE("SharedMemory: track, the last process to leave removes the name, never an earlier one",
           "[shared_memory]") {
   const auto name = unique_name("track");
   int to_child[2], to_parent[2];
@@ -183,7 +183,7 @@ TEST_CASE("track: the last process to leave removes the name, never an earlier o
   for (int fd : {to_child[0], to_child[1], to_parent[0], to_parent[1]}) ::close(fd);
 }
 
-TEST_CASE("track: an attacher that exits does not remove a block the creator uses (gh-82300)",
+TEST_CASE("SharedMemory: track, an attacher that exits does not remove a block the creator uses (gh-82300)",
           "[shared_memory]") {
   SharedMemory shm(unique_name("gh82300"), true, 8);
   const std::string name = shm.name();
@@ -201,7 +201,7 @@ TEST_CASE("track: an attacher that exits does not remove a block the creator use
   CHECK_FALSE(shm_exists(name));
 }
 
-TEST_CASE("track=false keeps the name until unlink; a dead user does not count", "[shared_memory]") {
+TEST_CASE("SharedMemory: track=false keeps the name until unlink; a dead user does not count", "[shared_memory]") {
   const auto name = unique_name("untracked");
   { SharedMemory shm(name, true, 8, /*track=*/false); }
   CHECK(shm_exists(name));
@@ -221,7 +221,7 @@ TEST_CASE("track=false keeps the name until unlink; a dead user does not count",
 // On POSIX a handle counts as a user through a lock the kernel keeps: no pid table to go stale,
 // no page of the mapping touched to attach.
 
-TEST_CASE("users: attachers count until they leave or die; a creator that left does not",
+TEST_CASE("SharedMemory: users, attachers count until they leave or die; a creator that left does not",
           "[shared_memory][kill]") {
   const auto name = unique_name("users");
   auto creator = std::make_optional<SharedMemory>(name, true, 64);
@@ -258,7 +258,7 @@ TEST_CASE("users: attachers count until they leave or die; a creator that left d
   for (int fd : {ready[0], ready[1], go[0], go[1]}) ::close(fd);
 }
 
-TEST_CASE("users: a forked child counts once it uses the inherited handle, not before",
+TEST_CASE("SharedMemory: users, a forked child counts once it uses the inherited handle, not before",
           "[shared_memory]") {
   const auto name = unique_name("inherit");
   auto shm = std::make_optional<SharedMemory>(name, true, 8);
@@ -291,7 +291,7 @@ TEST_CASE("users: a forked child counts once it uses the inherited handle, not b
   for (int fd : {ready[0], ready[1], go[0], go[1]}) ::close(fd);
 }
 
-TEST_CASE("users: threads of a forked child that first use the inherited handle at once make "
+TEST_CASE("SharedMemory: users, threads of a forked child that first use the inherited handle at once make "
           "one user", "[shared_memory]") {
   SharedMemory shm(unique_name("threads"), true, 64);
   const pid_t child = mpp_test::fork_child([&] {
@@ -311,7 +311,7 @@ TEST_CASE("users: threads of a forked child that first use the inherited handle 
   for (std::size_t t = 0; t < 8; ++t) CHECK(shm.buf()[t] == std::byte{1});
 }
 
-TEST_CASE("users: an unused inherited attachment does not keep the name", "[shared_memory]") {
+TEST_CASE("SharedMemory: users, an unused inherited attachment does not keep the name", "[shared_memory]") {
   SharedMemory creator(unique_name("inherit2"), true, 8);
   const std::string name = creator.name();
   auto attached = std::make_optional<SharedMemory>(name);
@@ -330,7 +330,7 @@ TEST_CASE("users: an unused inherited attachment does not keep the name", "[shar
   for (int fd : go) ::close(fd);
 }
 
-TEST_CASE("attaching while the creator is still sizing the block: found whole or not at all",
+TEST_CASE("SharedMemory: attaching while the creator is still sizing the block: found whole or not at all",
           "[shared_memory]") {
   // The creator takes its user lock, then sizes the file: an opener in between sees an empty
   // file and waits; it never reports corruption, and never sees another size.
@@ -372,7 +372,7 @@ TEST_CASE("attaching while the creator is still sizing the block: found whole or
   for (int fd : go) ::close(fd);
 }
 
-TEST_CASE("an opener waits for a block that is not sized yet; an abandoned empty one is an error",
+TEST_CASE("SharedMemory: an opener waits for a block that is not sized yet; an abandoned empty one is an error",
           "[shared_memory]") {
   // What a creator leaves between its user lock and ftruncate, built here by hand: sized 100 ms
   // after the opener started.
@@ -409,7 +409,7 @@ TEST_CASE("an opener waits for a block that is not sized yet; an abandoned empty
   mpp::unlink(abandoned);
 }
 
-TEST_CASE("Python's SharedMemory attaches to an mpp block, and mpp to Python's",
+TEST_CASE("SharedMemory: Python's SharedMemory attaches to an mpp block, and mpp to Python's",
           "[shared_memory]") {
   if (std::system("python3 -c 'import multiprocessing.shared_memory' >/dev/null 2>&1") != 0) {
     WARN("python3 with multiprocessing.shared_memory is not installed; skipped");
@@ -448,7 +448,7 @@ TEST_CASE("Python's SharedMemory attaches to an mpp block, and mpp to Python's",
   CHECK(std::memcmp(py.buf().data(), "abc", 3) == 0);
 }
 
-TEST_CASE("users: many handles (the attach table held 128), a dead creator, gc's view",
+TEST_CASE("SharedMemory: users, many handles (the attach table held 128), a dead creator, gc's view",
           "[shared_memory]") {
   const auto name = unique_name("many");
   const pid_t maker = mpp_test::fork_child([&] {
@@ -569,7 +569,7 @@ TEST_CASE("ShareableList: corrupted tables are errors, not reads out of bounds",
   }
 }
 
-TEST_CASE("SharedMemory and ShareableList cross processes as their names (codec)",
+TEST_CASE("SharedMemory: and ShareableList cross processes as their names (codec)",
           "[shared_memory]") {
   static_assert(mpp::Encodable<SharedMemory> && mpp::Encodable<ShareableList>);
   SharedMemory shm(8);
@@ -583,7 +583,7 @@ TEST_CASE("SharedMemory and ShareableList cross processes as their names (codec)
 }
 
 #if defined(MPP_OS_POSIX)
-TEST_CASE("tsan: blocks created, attached and closed from several threads at once",
+TEST_CASE("SharedMemory: blocks created, attached and closed from several threads at once (tsan)",
           "[shared_memory][tsan]") {
   // The threads race on the first open of the /dev/shm descriptor, on the SIGBUS guard's table
   // and on the fork-hook registry; every block must read back what was written and be gone after.
@@ -613,7 +613,7 @@ TEST_CASE("tsan: blocks created, attached and closed from several threads at onc
 }
 #endif  // MPP_OS_POSIX
 
-TEST_CASE("an empty name is refused as by every other kind; the anonymous form is separate",
+TEST_CASE("SharedMemory: an empty name is refused as by every other kind; the anonymous form is separate",
           "[shared_memory]") {
   // Python: SharedMemory(name=None, create=True) is anonymous; a name, when given, is a name.
   CHECK_THROWS_AS(SharedMemory("", true, 16), mpp::InvalidArgument);
@@ -626,7 +626,7 @@ TEST_CASE("an empty name is refused as by every other kind; the anonymous form i
   CHECK(list.name().rfind("mpp.anon.", 0) == 0);
 }
 
-TEST_CASE("ShareableList out of range is mpp::IndexError, also for references",
+TEST_CASE("SharedMemory: ShareableList out of range is mpp::IndexError, also for references",
           "[shared_memory][shareable_list]") {
   ShareableList sl{std::int64_t{1}, 2.5};
   CHECK_THROWS_AS(sl[2], mpp::IndexError);
@@ -648,7 +648,7 @@ int truncate_from_another_process(const std::string& name, off_t size) {
 }
 }  // namespace
 
-TEST_CASE("a directory squatting a block's name is a PermissionError", "[shared_memory]") {
+TEST_CASE("SharedMemory: a directory squatting a block's name is a PermissionError", "[shared_memory]") {
   const auto name = unique_name("dir");
   REQUIRE(mpp_test::wait_child(mpp_test::fork_child(
               [&] { return ::mkdir(("/dev/shm/" + name).c_str(), 0700) == 0 ? 0 : 1; })) == 0);
@@ -660,7 +660,7 @@ TEST_CASE("a directory squatting a block's name is a PermissionError", "[shared_
   CHECK(::rmdir(("/dev/shm/" + name).c_str()) == 0);
 }
 
-TEST_CASE("a truncated SharedMemory is CorruptedError naming it, before and after a touch",
+TEST_CASE("SharedMemory: a truncated SharedMemory is CorruptedError naming it, before and after a touch",
           "[shared_memory]") {
   for (const off_t cut : {off_t{0}, off_t{5000}}) {
     INFO("truncated to " << cut << " bytes");
@@ -693,7 +693,7 @@ TEST_CASE("a truncated SharedMemory is CorruptedError naming it, before and afte
   }
 }
 
-TEST_CASE("a truncated ShareableList: items on vanished pages are CorruptedError, not None",
+TEST_CASE("SharedMemory: a truncated ShareableList: items on vanished pages are CorruptedError, not None",
           "[shared_memory][shareable_list]") {
   std::vector<ShareableItem> items(2000, ShareableItem{std::int64_t{7}});
   auto sl = ShareableList::create(unique_name("cutlist"), items);

@@ -140,7 +140,7 @@ double add_one(double x) { return x + 1; }
 
 MPP_REGISTER(add_one);
 
-TEST_CASE("a full /dev/shm: creating any kind raises NoSpaceError and leaves nothing",
+TEST_CASE("Full /dev/shm: creating any kind raises NoSpaceError and leaves nothing",
           "[shm_full]") {
   run_in_small_shm("8m", [] {
     const int filler = fill_shm();
@@ -187,7 +187,7 @@ TEST_CASE("a full /dev/shm: creating any kind raises NoSpaceError and leaves not
   });
 }
 
-TEST_CASE("a full /dev/shm: a block larger than the free space is refused, not half-backed",
+TEST_CASE("Full /dev/shm: a block larger than the free space is refused, not half-backed",
           "[shm_full]") {
   run_in_small_shm("8m", [] {
     const int filler = fill_shm();
@@ -215,7 +215,7 @@ TEST_CASE("a full /dev/shm: a block larger than the free space is refused, not h
   });
 }
 
-TEST_CASE("a full /dev/shm: a queue put that cannot be backed says /dev/shm is full",
+TEST_CASE("Full /dev/shm: a queue put that cannot be backed says /dev/shm is full",
           "[shm_full]") {
   run_in_small_shm("8m", [] {
     const int filler = fill_shm();
@@ -245,7 +245,7 @@ TEST_CASE("a full /dev/shm: a queue put that cannot be backed says /dev/shm is f
   });
 }
 
-TEST_CASE("a full /dev/shm: writing a page of another program's sparse block is NoSpaceError",
+TEST_CASE("Full /dev/shm: writing a page of another program's sparse block is NoSpaceError",
           "[shm_full]") {
   run_in_small_shm("8m", [] {
     // Created as Python's SharedMemory does (shm_open + ftruncate, no pages yet), then /dev/shm
@@ -268,7 +268,7 @@ TEST_CASE("a full /dev/shm: writing a page of another program's sparse block is 
   });
 }
 
-TEST_CASE("a full /dev/shm: a Pool map whose chunks cannot be backed fails with NoSpaceError",
+TEST_CASE("Full /dev/shm: a Pool map whose chunks cannot be backed fails with NoSpaceError",
           "[shm_full]") {
   run_in_small_shm("16m", [] {
     mpp::Pool pool(1);
@@ -298,7 +298,7 @@ TEST_CASE("a full /dev/shm: a Pool map whose chunks cannot be backed fails with 
   });
 }
 
-TEST_CASE("a full /dev/shm: a Manager's undo log and heap say NoSpaceError, naming it",
+TEST_CASE("Full /dev/shm: a Manager's undo log and heap say NoSpaceError, naming it",
           "[shm_full]") {
   run_in_small_shm("16m", [] {
     mpp::ManagerOptions o;

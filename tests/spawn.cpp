@@ -108,7 +108,7 @@ constexpr int kKilled = -9;       // -SIGKILL
 
 }  // namespace
 
-TEST_CASE("spawn: exit codes follow Python (return, exit(n), exception, registered lambda)",
+TEST_CASE("Spawn: exit codes follow Python (return, exit(n), exception, registered lambda)",
           "[spawn]") {
   auto ok = spawn(do_nothing);
   ok.start();
@@ -136,7 +136,7 @@ TEST_CASE("spawn: exit codes follow Python (return, exit(n), exception, register
   CHECK(lambda.exitcode() == 42);
 }
 
-TEST_CASE("spawn: terminate and kill, with Python's exit codes", "[spawn]") {
+TEST_CASE("Spawn: terminate and kill, with Python's exit codes", "[spawn]") {
   auto term = spawn(sleep_seconds, 60.0);
   term.start();
   CHECK(term.is_alive());
@@ -156,7 +156,7 @@ TEST_CASE("spawn: terminate and kill, with Python's exit codes", "[spawn]") {
   CHECK_THROWS_AS(killed.is_alive(), mpp::ValueError);
 }
 
-TEST_CASE("spawn: join with a timeout, is_alive, sentinel, active_children", "[spawn]") {
+TEST_CASE("Spawn: join with a timeout, is_alive, sentinel, active_children", "[spawn]") {
   auto p = spawn(sleep_seconds, 60.0);
   CHECK_FALSE(p.is_alive());
   CHECK(p.pid() == std::nullopt);
@@ -178,7 +178,7 @@ TEST_CASE("spawn: join with a timeout, is_alive, sentinel, active_children", "[s
   CHECK_THROWS_AS(p.start(), mpp::ProcessError);
 }
 
-TEST_CASE("spawn: arguments, large ones and shared values by name reach the child", "[spawn]") {
+TEST_CASE("Spawn: arguments, large ones and shared values by name reach the child", "[spawn]") {
   const std::size_t n = 3u << 20;  // far more than a pipe buffer
   auto big = spawn(check_big, std::string(n, 'x'), n);
   big.start();
@@ -204,7 +204,7 @@ TEST_CASE("spawn: arguments, large ones and shared values by name reach the chil
   CHECK(family.exitcode() == 0);
 }
 
-TEST_CASE("spawn: errors for unregistered functions and missing start methods", "[spawn]") {
+TEST_CASE("Spawn: errors for unregistered functions and missing start methods", "[spawn]") {
   auto p = spawn([] { mpp::exit(43); });  // an unnamed lambda cannot be re-executed
   CHECK_THROWS_AS(p.start(), mpp::ProcessError);
   CHECK(p.pid() == std::nullopt);
@@ -221,7 +221,7 @@ TEST_CASE("spawn: errors for unregistered functions and missing start methods", 
   }
 }
 
-TEST_CASE("spawn: queues, a lock, a value and an array shared with spawned workers", "[spawn]") {
+TEST_CASE("Spawn: queues, a lock, a value and an array shared with spawned workers", "[spawn]") {
   constexpr int kPer = 2000;
   const mpp::QueueOptions small{.max_item_size = 256};
   mpp::Queue<int> q(64, small);  // bounded: producers block while the consumer is behind
@@ -243,7 +243,7 @@ TEST_CASE("spawn: queues, a lock, a value and an array shared with spawned worke
   CHECK(slots.to_vector() == std::vector<int>{100, 101});
 }
 
-TEST_CASE("spawn: a killed lock holder is reported; a killed getter leaves the queue usable",
+TEST_CASE("Spawn: a killed lock holder is reported; a killed getter leaves the queue usable",
           "[spawn][kill]") {
   mpp::Lock lock;
   mpp::Value<int> held{0};
@@ -303,7 +303,7 @@ MPP_REGISTER(set_marker);
 MPP_REGISTER(read_marker);
 MPP_REGISTER(die_on_seven);
 
-TEST_CASE("spawn: a Pool of spawned workers maps, imaps and applies registered functions",
+TEST_CASE("Spawn: a Pool of spawned workers maps, imaps and applies registered functions",
           "[spawn][pool]") {
   mpp::Pool pool(spawn_pool());
   std::vector<int> in(10000);
@@ -324,7 +324,7 @@ TEST_CASE("spawn: a Pool of spawned workers maps, imaps and applies registered f
   pool.join();
 }
 
-TEST_CASE("spawn: Pool initializer and maxtasksperchild with spawned workers", "[spawn][pool]") {
+TEST_CASE("Spawn: Pool initializer and maxtasksperchild with spawned workers", "[spawn][pool]") {
   auto o = spawn_pool();
   o.maxtasksperchild = 2;
   mpp::Pool pool(o, set_marker, 42);
@@ -333,7 +333,7 @@ TEST_CASE("spawn: Pool initializer and maxtasksperchild with spawned workers", "
   CHECK(std::set<int>(pids.begin(), pids.end()).size() >= 4);  // workers were replaced
 }
 
-TEST_CASE("spawn: a spawned Pool worker that dies fails its task, never a hang",
+TEST_CASE("Spawn: a spawned Pool worker that dies fails its task, never a hang",
           "[spawn][pool][kill]") {
   mpp::Pool pool(spawn_pool());
   std::vector<int> in(20);
@@ -345,7 +345,7 @@ TEST_CASE("spawn: a spawned Pool worker that dies fails its task, never a hang",
   CHECK(pool.map(square, std::vector<int>{2, 3}) == std::vector<int>{4, 9});  // replaced
 }
 
-TEST_CASE("spawn: a ProcessPoolExecutor of spawned workers returns futures", "[spawn][pool]") {
+TEST_CASE("Spawn: a ProcessPoolExecutor of spawned workers returns futures", "[spawn][pool]") {
   mpp::ExecutorOptions o;
   o.max_workers = 2;
   o.start_method = StartMethod::spawn;

@@ -118,7 +118,7 @@ TEST_CASE("Lock: acquire, release, try, misuse", "[sync][lock]") {
   CHECK(st->cut());
 }
 
-TEST_CASE("Lock::view keeps the owner's segment alive", "[sync][lock]") {
+TEST_CASE("Sync: Lock::view keeps the owner's segment alive", "[sync][lock]") {
   mpp::Lock v = [] {
     mpp::Lock base;
     return mpp::Lock::view(base.segment(), &base.state());
@@ -206,7 +206,7 @@ TEST_CASE("Condition: misuse raises ValueError; wait times out", "[sync][conditi
   CHECK(c.wait_for([] { return true; }, 0ms));
 }
 
-TEST_CASE("tsan: Lock and RLock protect plain data between threads", "[sync][tsan]") {
+TEST_CASE("Sync: Lock and RLock protect plain data between threads (tsan)", "[sync][tsan]") {
   mpp::Lock l;
   mpp::RLock r;
   std::int64_t a = 0, b = 0;  // plain, unsynchronised except by the locks under test
@@ -226,7 +226,7 @@ TEST_CASE("tsan: Lock and RLock protect plain data between threads", "[sync][tsa
   CHECK(b == 8000);
 }
 
-TEST_CASE("tsan: Semaphore and Event between threads", "[sync][tsan]") {
+TEST_CASE("Sync: Semaphore and Event between threads (tsan)", "[sync][tsan]") {
   mpp::Semaphore s(2);
   std::atomic<int> inside{0}, most{0};
   std::int64_t guarded = 0;
@@ -259,7 +259,7 @@ TEST_CASE("tsan: Semaphore and Event between threads", "[sync][tsan]") {
   t.join();
 }
 
-TEST_CASE("tsan: Condition producer/consumer between threads", "[sync][tsan]") {
+TEST_CASE("Sync: Condition producer/consumer between threads (tsan)", "[sync][tsan]") {
   mpp::Condition c;
   std::vector<int> items;  // guarded by c's lock
   int consumed = 0;
@@ -287,7 +287,7 @@ TEST_CASE("tsan: Condition producer/consumer between threads", "[sync][tsan]") {
   CHECK(consumed == kItems);
 }
 
-TEST_CASE("tsan: Barrier between threads", "[sync][tsan]") {
+TEST_CASE("Sync: Barrier between threads (tsan)", "[sync][tsan]") {
   std::int64_t phase_sum = 0;  // written by the action, read by every thread after the barrier
   mpp::Barrier b(3, [&] { ++phase_sum; });
   std::atomic<int> bad{0};
@@ -302,7 +302,7 @@ TEST_CASE("tsan: Barrier between threads", "[sync][tsan]") {
   CHECK(phase_sum == 400);
 }
 
-TEST_CASE("Handles cross processes as their names (codec)", "[sync][codec]") {
+TEST_CASE("Sync: Handles cross processes as their names (codec)", "[sync][codec]") {
   mpp::Lock l;
   auto l2 = mpp::decode<mpp::Lock>(mpp::encode(l));
   CHECK(l2.name() == l.name());
@@ -733,7 +733,7 @@ TEST_CASE("Condition: predicate waits with several waiters, notify(n) and notify
   CHECK(sc.d->flag.load() == kWaiters);
 }
 
-TEST_CASE("Condition over a Lock, named, and over a lock embedded elsewhere", "[sync][condition]") {
+TEST_CASE("Sync: Condition over a Lock, named, and over a lock embedded elsewhere", "[sync][condition]") {
   mpp::Lock base;
   mpp::Lock embedded = mpp::Lock::view(base.segment(), &base.state());
   mpp::Condition c(embedded);
@@ -1079,7 +1079,7 @@ TEST_CASE("Condition over a supplied Lock that is truncated: a waiter without ti
   CHECK(wait_child(waiter) == 0);
 }
 
-TEST_CASE("Semaphore, Event, Condition, Barrier truncated in use: CorruptedError, not silent state",
+TEST_CASE("Sync: Semaphore, Event, Condition, Barrier truncated in use: CorruptedError, not silent state",
           "[sync][truncate]") {
   for (int cut = 0; cut < 3; ++cut) {
     INFO("cut " << cut << " (0: to 0 bytes; 1: to the state's start; 2: its last byte)");

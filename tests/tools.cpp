@@ -97,7 +97,7 @@ std::string run_tool(const std::string& args, int* status = nullptr) {
 
 }  // namespace
 
-TEST_CASE("ls shows a live object with its kind, element type, creator and users", "[tools]") {
+TEST_CASE("mpp tool: ls shows a live object with its kind, element type, creator and users", "[tools]") {
   const auto name = mpp_test::unique_name("ls.q");
   auto seg = Segment::create(name, queue_spec());
   const auto o = find(reg::scan(prefix_of(name)), name);
@@ -113,7 +113,7 @@ TEST_CASE("ls shows a live object with its kind, element type, creator and users
   CHECK_FALSE(reg::gc_verdict(*o, mpp::detail::os::unix_time_ms()).remove);
 }
 
-TEST_CASE("ls shows a queue's depth", "[tools]") {
+TEST_CASE("mpp tool: ls shows a queue's depth", "[tools]") {
   const auto name = mpp_test::unique_name("ls.depth");
   auto q = mpp::Queue<int>::create(name, 8);
   for (int i = 0; i < 3; ++i) q.put(i);
@@ -134,7 +134,7 @@ TEST_CASE("ls shows a queue's depth", "[tools]") {
 #endif
 }
 
-TEST_CASE("gc removes an object whose creator and users were all killed", "[tools]") {
+TEST_CASE("mpp tool: gc removes an object whose creator and users were all killed", "[tools]") {
   const auto name = mpp_test::unique_name("gc.dead");
   Holder creator([&] {
     auto s = Segment::create(name, queue_spec());
@@ -170,7 +170,7 @@ TEST_CASE("gc removes an object whose creator and users were all killed", "[tool
   CHECK_FALSE(shm_exists(name));
 }
 
-TEST_CASE("gc keeps a persistent object whose users are gone, unless --include-persistent",
+TEST_CASE("mpp tool: gc keeps a persistent object whose users are gone, unless --include-persistent",
           "[tools]") {
   // Created persistent, an untracked SharedMemory (kept until unlink(), as in Python) and a
   // tracked one (removed by its last user, so garbage once they all died); then the creator dies.
@@ -244,7 +244,7 @@ pid_t orphaned_user(Make make, Use use) {
   return user;
 }
 
-TEST_CASE("gc keeps an object used by a live forked child that is not the creator", "[tools]") {
+TEST_CASE("mpp tool: gc keeps an object used by a live forked child that is not the creator", "[tools]") {
   const auto name = mpp_test::unique_name("gc.fork");
   // The creator forks a child that uses the inherited handle (claiming its own attach slot), then
   // the creator is killed: the child alone keeps the object alive.
@@ -270,7 +270,7 @@ TEST_CASE("gc keeps an object used by a live forked child that is not the creato
   CHECK_FALSE(shm_exists(name));
 }
 
-TEST_CASE("gc keeps a queue that a live forked child uses without an attach slot", "[tools]") {
+TEST_CASE("mpp tool: gc keeps a queue that a live forked child uses without an attach slot", "[tools]") {
   // As above, but through a Queue handle: the child registers with the queue, not in the
   // segment's attach table. gc still sees that it has the object mapped.
   const auto name = mpp_test::unique_name("gc.forkq");
@@ -297,7 +297,7 @@ TEST_CASE("gc keeps a queue that a live forked child uses without an attach slot
   CHECK_FALSE(shm_exists(name));
 }
 
-TEST_CASE("gc removes a half-built object only once its creator died", "[tools]") {
+TEST_CASE("mpp tool: gc removes a half-built object only once its creator died", "[tools]") {
   const auto name = mpp_test::unique_name("gc.half");
   int p[2];
   REQUIRE(::pipe(p) == 0);
@@ -328,7 +328,7 @@ TEST_CASE("gc removes a half-built object only once its creator died", "[tools]"
   CHECK_FALSE(shm_exists(name));
 }
 
-TEST_CASE("an object with no recorded creator is kept during the grace period", "[tools]") {
+TEST_CASE("mpp tool: an object with no recorded creator is kept during the grace period", "[tools]") {
   // What a creator leaves between shm_open and its first write: an empty, then a zeroed file
   // (marked as an object with a header from its shm_open on).
   const auto name = mpp_test::unique_name("gc.empty");
@@ -357,7 +357,7 @@ TEST_CASE("an object with no recorded creator is kept during the grace period", 
   CHECK_FALSE(shm_exists(name));
 }
 
-TEST_CASE("gc right after a crash during creation: a creator provably dead needs no grace",
+TEST_CASE("mpp tool: gc right after a crash during creation: a creator provably dead needs no grace",
           "[tools]") {
   // What a creator killed between shm_open and its first header write leaves: an empty object
   // (a block, or one marked as having a header), or a zeroed header. An immediate restart must
@@ -444,7 +444,7 @@ TEST_CASE("SharedMemory blocks: an empty one waits out the grace, a sized one ne
   CHECK(o->lock_users == 1);
 }
 
-TEST_CASE("hostile files: corrupt headers, links and truncation are described, not trusted",
+TEST_CASE("mpp tool: hostile files, corrupt headers, links and truncation are described, not trusted",
           "[tools]") {
   const auto name = mpp_test::unique_name("hostile.seg");
   auto seg = Segment::create(name, queue_spec());
@@ -494,7 +494,7 @@ TEST_CASE("hostile files: corrupt headers, links and truncation are described, n
   CHECK(seg.unlink());
 }
 
-TEST_CASE("the mpp binary: ls, inspect, gc --dry-run and gc", "[tools]") {
+TEST_CASE("mpp tool: the mpp binary: ls, inspect, gc --dry-run and gc", "[tools]") {
 #ifndef MPP_TOOL_PATH
   SUCCEED("built without the mpp tool (MPP_BUILD_TOOLS=OFF)");
 #else

@@ -175,7 +175,7 @@ bool process_gone(int pid) {
 
 }  // namespace
 
-TEST_CASE("a program that dies abnormally leaves none of its objects, but its persistent ones",
+TEST_CASE("Tracker: a program that dies abnormally leaves none of its objects, but its persistent ones",
           "[tracker][kill]") {
   const How how = GENERATE(kKill, kTerm, kAbort, kUncaught);
   const char* const labels[] = {"SIGKILL", "SIGTERM", "abort", "uncaught exception"};
@@ -205,7 +205,7 @@ TEST_CASE("a program that dies abnormally leaves none of its objects, but its pe
   CHECK(mpp::unlink(prefix + "keep"));
 }
 
-TEST_CASE("the tracker keeps an object that a live forked grandchild uses until it exits",
+TEST_CASE("Tracker: the tracker keeps an object that a live forked grandchild uses until it exits",
           "[tracker][kill]") {
   const auto prefix = mpp_test::unique_name("trk") + ".";
   const auto held = prefix + "held";
@@ -227,7 +227,7 @@ TEST_CASE("the tracker keeps an object that a live forked grandchild uses until 
   if (shm_exists(held)) mpp::unlink(held);
 }
 
-TEST_CASE("the tracker keeps an object that a live spawned program has open until it exits",
+TEST_CASE("Tracker: the tracker keeps an object that a live spawned program has open until it exits",
           "[tracker][kill]") {
   const auto prefix = mpp_test::unique_name("trk") + ".";
   const auto shared = prefix + "shared";
@@ -247,7 +247,7 @@ TEST_CASE("the tracker keeps an object that a live spawned program has open unti
   if (shm_exists(shared)) mpp::unlink(shared);
 }
 
-TEST_CASE("the tracker is nobody's child, holds nothing of its program's, and exits after it",
+TEST_CASE("Tracker: the tracker is nobody's child, holds nothing of its program's, and exits after it",
           "[tracker][kill]") {
   // Its environment is its program's: a mark set for the spawned program finds its tracker.
   const auto mark = mpp_test::unique_name("mark");
@@ -306,7 +306,7 @@ TEST_CASE("the tracker is nobody's child, holds nothing of its program's, and ex
   CHECK(eventually([&] { return process_gone(tracker); }));
 }
 
-TEST_CASE("MPP_NO_TRACKER=1 leaves a crashed program's objects to mpp gc", "[tracker][kill]") {
+TEST_CASE("Tracker: MPP_NO_TRACKER=1 leaves a crashed program's objects to mpp gc", "[tracker][kill]") {
   const auto prefix = mpp_test::unique_name("trk") + ".";
   mpp::Event ready;
   ::setenv("MPP_NO_TRACKER", "1", 1);  // inherited by the spawned program

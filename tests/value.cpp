@@ -45,7 +45,7 @@ std::vector<pid_t> fork_n(int n, F fn) {
 }  // namespace
 
 #if defined(MPP_OS_POSIX)
-TEST_CASE("value, set, operator= across a forked child", "[value]") {
+TEST_CASE("Value: value, set, operator= across a forked child", "[value]") {
   Value<int> v;  // Python: Value('i'), zero
   CHECK(v.value() == 0);
   v = 7;
@@ -62,7 +62,7 @@ TEST_CASE("value, set, operator= across a forked child", "[value]") {
 }
 #endif  // MPP_OS_POSIX
 
-TEST_CASE("Value<int8_t> wraps around like Value('b', 129)", "[value]") {
+TEST_CASE("Value: Value<int8_t> wraps around like Value('b', 129)", "[value]") {
   Value<std::int8_t> v(static_cast<std::int8_t>(129));
   CHECK(v.value() == -127);
 }
@@ -75,7 +75,7 @@ TEST_CASE("[.] helper: Value in an unrelated process", "[.][value-child]") {
   v.with_lock([](double& d) { d *= 4; });
 }
 
-TEST_CASE("named: create, open by an unrelated process, types checked", "[value]") {
+TEST_CASE("Value: named, create, open by an unrelated process, types checked", "[value]") {
   const auto name = unique_name("val");
   auto v = Value<double>::create(name, 1.5);
   CHECK(mpp_test::run_unrelated("[value-child]", name) == 0);
@@ -91,7 +91,7 @@ TEST_CASE("named: create, open by an unrelated process, types checked", "[value]
 }
 
 #if defined(MPP_OS_POSIX)
-TEST_CASE("get_lock around read-modify-write: 4 processes x 100 000 increments", "[value]") {
+TEST_CASE("Value: get_lock around read-modify-write: 4 processes x 100 000 increments", "[value]") {
   Value<std::int64_t> v;
   constexpr int kEach = 100'000;
   auto kids = fork_n(4, [&](int) {
@@ -105,7 +105,7 @@ TEST_CASE("get_lock around read-modify-write: 4 processes x 100 000 increments",
   CHECK(v.value() == 4 * kEach);
 }
 
-TEST_CASE("with_lock and fetch_add: 4 processes x 100 000 increments each", "[value]") {
+TEST_CASE("Value: with_lock and fetch_add: 4 processes x 100 000 increments each", "[value]") {
   Value<std::int64_t> locked, atomic;
   constexpr int kEach = 100'000;
   auto kids = fork_n(4, [&](int) {
@@ -120,7 +120,7 @@ TEST_CASE("with_lock and fetch_add: 4 processes x 100 000 increments each", "[va
   CHECK(atomic.load() == 4 * kEach);
 }
 
-TEST_CASE("atomic operations without a lock", "[value]") {
+TEST_CASE("Value: atomic operations without a lock", "[value]") {
   RawValue<std::uint32_t> v(5);
   CHECK_FALSE(v.has_lock());
   CHECK(v.fetch_add(3) == 5);
@@ -158,7 +158,7 @@ TEST_CASE("atomic operations without a lock", "[value]") {
 }
 #endif  // MPP_OS_POSIX
 
-TEST_CASE("lock=false and RawValue have no lock", "[value]") {
+TEST_CASE("Value: lock=false and RawValue have no lock", "[value]") {
   Value<int> v(3, {.lock = false});
   CHECK_FALSE(v.has_lock());
   CHECK_THROWS_AS(v.get_lock(), mpp::ValueError);
@@ -171,7 +171,7 @@ TEST_CASE("lock=false and RawValue have no lock", "[value]") {
 }
 
 #if defined(MPP_OS_POSIX)
-TEST_CASE("a non-lock-free T: value() and set() take the lock, with_lock returns", "[value]") {
+TEST_CASE("Value: a non-lock-free T: value() and set() take the lock, with_lock returns", "[value]") {
   Value<Point> p(Point{1, 2, 3});
   static_assert(!Value<Point>::is_lock_free);
   CHECK(p.value() == Point{1, 2, 3});
@@ -198,7 +198,7 @@ TEST_CASE("a non-lock-free T: value() and set() take the lock, with_lock returns
 }
 #endif  // MPP_OS_POSIX
 
-TEST_CASE("with_lock: re-entrant in the holding thread, timeout in another, exceptions release",
+TEST_CASE("Value: with_lock, re-entrant in the holding thread, timeout in another, exceptions release",
           "[value]") {
   Value<int> v(1);
   CHECK_THROWS_AS(v.with_lock([](int&) { throw std::runtime_error("x"); }), std::runtime_error);
@@ -227,7 +227,7 @@ TEST_CASE("with_lock: re-entrant in the holding thread, timeout in another, exce
 }
 
 #if defined(MPP_OS_POSIX)
-TEST_CASE("a holder killed with the lock: the next acquirer proceeds and is told", "[value][kill]") {
+TEST_CASE("Value: a holder killed with the lock: the next acquirer proceeds and is told", "[value][kill]") {
   Value<int> v(0);
   int ready[2];
   REQUIRE(::pipe(ready) == 0);
@@ -298,7 +298,7 @@ pid_t kill_half_way(Value<Record>& v) {
 }
 }  // namespace
 
-TEST_CASE("a holder killed half-way through a 40-byte write: value() raises OwnerDiedError until "
+TEST_CASE("Value: a holder killed half-way through a 40-byte write: value() raises OwnerDiedError until "
           "repaired",
           "[value][kill]") {
   auto v = Value<Record>::create(unique_name("torn"), kOld);
@@ -382,7 +382,7 @@ off_t value_cut(const std::shared_ptr<mpp::detail::Segment>& seg, std::size_t da
 }
 }  // namespace
 
-TEST_CASE("a Value truncated under its users: CorruptedError, never zeros", "[value][truncate]") {
+TEST_CASE("Value: a Value truncated under its users: CorruptedError, never zeros", "[value][truncate]") {
   for (int cut = 0; cut < 3; ++cut) {
     INFO("cut " << cut << " (0: to 0 bytes; 1: to the data's start; 2: the payload's last byte)");
     auto v = Value<std::int64_t>::create(unique_name("cut.v"), 42);
@@ -425,7 +425,7 @@ TEST_CASE("a Value truncated under its users: CorruptedError, never zeros", "[va
 }
 #endif  // MPP_OS_POSIX
 
-TEST_CASE("a corrupted header is an error, not an out-of-bounds read", "[value]") {
+TEST_CASE("Value: a corrupted header is an error, not an out-of-bounds read", "[value]") {
   const auto name = unique_name("corrupt");
   auto v = Value<int>::create(name, 5);
   auto* h = reinterpret_cast<mpp::detail::BlockHeader*>(v.segment()->payload());
@@ -444,7 +444,7 @@ TEST_CASE("a corrupted header is an error, not an out-of-bounds read", "[value]"
 }
 
 #if defined(MPP_OS_POSIX)
-TEST_CASE("a Value crosses processes as its name (codec)", "[value]") {
+TEST_CASE("Value: a Value crosses processes as its name (codec)", "[value]") {
   static_assert(mpp::Encodable<Value<int>> && mpp::Encodable<RawValue<int>>);
   Value<int> v(5);
   const mpp::Bytes b = mpp::encode(v);
@@ -459,7 +459,7 @@ TEST_CASE("a Value crosses processes as its name (codec)", "[value]") {
   CHECK_THROWS_AS(mpp::decode<Value<double>>(b), mpp::TypeMismatchError);
 }
 
-TEST_CASE("workers killed at random while incrementing under the lock: nobody hangs",
+TEST_CASE("Value: workers killed at random while incrementing under the lock: nobody hangs",
           "[value][kill]") {
   Value<std::int64_t> v;
   constexpr int kEach = 200'000;
