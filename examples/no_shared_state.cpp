@@ -1,4 +1,5 @@
-// "Sharing data between processes" (texts/003_dd197b7c491b7285.txt), the first program, in C++:
+// Why processes need shared state (the classic first example of sharing data between processes),
+// in C++:
 //
 //   result = []
 //   def square(num_list):

@@ -1,4 +1,4 @@
-// "Streaming data using Pipe" (texts/001_e2f8c29809404a5f.txt), in C++:
+// Streaming data through a Pipe, in C++:
 //
 //   from multiprocessing import Pipe
 //   r, w = Pipe()

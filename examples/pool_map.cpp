@@ -1,6 +1,6 @@
-// Pool.map of square over a list, with an initializer and maxtasksperchild — the Pool of
-// ../shared/texts/004 (multiprocessing.Pool([processes[, initializer[, initargs[, maxtasksperchild]]]])
-// and map(func, iterable[, chunksize])):
+// Pool.map of square over a list, with an initializer and maxtasksperchild
+// (multiprocessing.Pool([processes[, initializer[, initargs[, maxtasksperchild]]]]) and
+// map(func, iterable[, chunksize])):
 //
 //   def square(x): return x * x
 //   def init(tag): print("worker", os.getpid(), "starts:", tag)

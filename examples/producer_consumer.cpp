@@ -1,4 +1,4 @@
-// "Queue vs Pipe" (texts/001_e2f8c29809404a5f.txt): use Queue for capacity-limiting streaming
+// Queue vs Pipe: use a Queue for capacity-limiting streaming
 // between processes, the producer/consumer pattern. In Python:
 //
 //   from multiprocessing import Process, Queue

@@ -1,4 +1,4 @@
-// "Multiprocess Queue Methods" (texts/004_d1273463d5113a07.txt): a JoinableQueue feeds a pool of
+// Queue methods: a JoinableQueue feeds a pool of
 // worker processes; each calls task_done() per task and the main process join()s the queue.
 // In Python:
 //

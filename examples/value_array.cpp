@@ -1,4 +1,4 @@
-// "Method 1: sharing data using shared memory" (texts/003_dd197b7c491b7285.txt), in C++:
+// Sharing data using shared memory (Value and Array), in C++:
 //
 //   def square_list(numlist, result, square_sum):
 //       for idx, num in enumerate(numlist):
@@ -13,7 +13,7 @@
 //   square_sum.value  # 30
 //
 // The child writes into the parent's Array and Value; the parent sees the results. Also shown:
-// Value("b", 129) wrapping to -127 (texts/001) and the lock Python's Value carries.
+// Value("b", 129) wrapping to -127 and the lock Python's Value carries.
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
