@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -151,7 +152,7 @@ def table(doc, source):
         "",
         f"- Machine: {machine or 'unknown'}",
         f"- Date: {doc.get('date', 'unknown')}" + (f", commit `{commit[:12]}`" if commit else ""),
-        f"- Command: `{doc.get('command', 'benchmarks/run')}`"
+        f"- Command: `{command(doc)}`"
         + (f" ({doc['mode']} run)" if doc.get("mode") else ""),
     ]
     if load:
@@ -161,6 +162,23 @@ def table(doc, source):
     lines.append(f"- Results: [{source}]({source}); regenerate this table with "
                  "`scripts/bench_table.py`")
     return "\n".join(out + lines)
+
+
+def command(doc):
+    """The run's command without its --note, which the table shows on a line of its own."""
+    try:
+        argv = shlex.split(doc.get("command", "benchmarks/run"))
+    except ValueError:
+        return doc.get("command", "benchmarks/run")
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--note":
+            skip = True
+        elif not a.startswith("--note="):
+            out.append(a)
+    return shlex.join(out)
 
 
 def splice(text, block, path):
@@ -204,7 +222,8 @@ def svg(doc, path):
     ax.set_xlabel("mpp relative to the peer (> 1: mpp better; log scale)")
     m = doc.get("machine", {})
     ax.set_title(f"mpp vs. peers — {m.get('cpu', '?')}, {m.get('cores', '?')} cores, "
-                 f"{doc.get('date', '?')[:10]}", fontsize=10)
+                 f"{doc.get('date', '?')[:10]}" + (f", {doc['mode']} run" if doc.get("mode") else ""),
+                 fontsize=10)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), title="peer",
               title_fontsize=8)
     fig.tight_layout()
@@ -224,10 +243,9 @@ def main():
     results = (args.results or newest(RESULTS)).resolve()
     doc = json.loads(results.read_text())
     readme = args.readme.resolve()
-    try:
-        source = results.relative_to(readme.parent).as_posix()
-    except ValueError:
-        source = results.as_posix()
+    source = Path(os.path.relpath(results, readme.parent)).as_posix()
+    if args.svg:
+        svg(doc, args.svg)
     block = table(doc, source)
     if args.print:
         print(block)
@@ -241,8 +259,6 @@ def main():
         elif new != text:
             readme.write_text(new)
             print(f"updated {readme} from {source}", file=sys.stderr)
-    if args.svg:
-        svg(doc, args.svg)
     return 0
 
 
