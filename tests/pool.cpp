@@ -176,7 +176,7 @@ TEST_CASE("map, starmap and apply compute in worker processes", "[pool]") {
   CHECK(pool.processes() == 2);
   CHECK(pool.map(square, std::vector<int>{1, 2, 3, 4}) == std::vector<int>{1, 4, 9, 16});
   CHECK(pool.map(square, std::vector<int>{}).empty());
-  const int k = 10;  // captures that are trivially copyable travel with the lambda
+  int k = 10;  // captures that are trivially copyable travel with the lambda
   CHECK(pool.map([k](int x) { return x * k; }, std::vector<int>{1, 2}, 1) ==
         std::vector<int>{10, 20});
   // Strings in, vectors out.
