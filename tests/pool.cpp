@@ -433,7 +433,7 @@ TEST_CASE("spawn and forkserver pools run registered functions", "[pool][spawn]"
       // Only registered functions: anything else is refused before it is sent.
       CHECK_THROWS_AS(pool.map(not_registered, std::vector<int>{1}), mpp::InvalidArgument);
       CHECK_THROWS_AS(pool.apply([](int x) { return x; }, 1), mpp::InvalidArgument);
-      const int k = 3;
+      int k = 3;
       try {
         pool.map([k](int x) { return x * k; }, std::vector<int>{1});
         FAIL("no exception");

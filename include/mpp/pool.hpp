@@ -247,7 +247,9 @@ class IMapResult {
     /// Advances, as ++it.
     void operator++(int) { ++*this; }
     /// True once every result has been consumed.
-    friend bool operator==(const iterator& it, std::default_sentinel_t) { return it.r_->finished(); }
+    friend bool operator==(const iterator& it, std::default_sentinel_t) {
+      return it.r_->finished();
+    }
 
    private:
     friend class IMapResult;
@@ -299,7 +301,8 @@ Pool::Pool(const PoolOptions& opts, F&& initializer, A&&... initargs) {
   using Tuple = std::tuple<std::decay_t<A>...>;
   const auto id =
       static_cast<std::int32_t>(detail::pool::Registered<&detail::pool::run_apply<Fn, Tuple>>::id);
-  start(opts, id, detail::pool::wire_for(detail::pool::method_of(opts.start_method), Fn(initializer)),
+  const StartMethod method = detail::pool::method_of(opts.start_method);
+  start(opts, id, detail::pool::wire_for(method, Fn(initializer)),
         detail::pool::to_wire(Tuple(std::forward<A>(initargs)...)));
 }
 

@@ -15,7 +15,8 @@ template <class R>
 struct State {
   std::shared_ptr<pool::ResultState<R>> result;
   std::shared_ptr<pool::Job> job;
-  pool::Scheduler* sched = nullptr;  // valid while the executor lives (futures outliving it are done)
+  // Valid while the executor lives (futures that outlive it are done).
+  pool::Scheduler* sched = nullptr;
   std::atomic<bool> cancelled{false};
 };
 

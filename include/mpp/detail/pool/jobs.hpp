@@ -1,5 +1,5 @@
-// mpp — Pool internals: the jobs behind each kind of call (apply, map in chunks, map of raw items,
-// imap) and the functions that split a call into tasks for the Scheduler.
+// mpp — Pool internals: the jobs behind each kind of call (apply, map in chunks, map of raw
+// items, imap) and the functions that split a call into tasks for the Scheduler.
 #pragma once
 
 #include <algorithm>
@@ -177,7 +177,8 @@ std::shared_ptr<ResultState<std::vector<R>>> submit_chunks(
   std::vector<std::string> chunks;
   for (std::size_t b = 0; b < items.size(); b += chunksize) {
     const auto begin = items.begin() + static_cast<std::ptrdiff_t>(b);
-    const auto end = items.begin() + static_cast<std::ptrdiff_t>(std::min(items.size(), b + chunksize));
+    const auto end =
+        items.begin() + static_cast<std::ptrdiff_t>(std::min(items.size(), b + chunksize));
     chunks.push_back(
         to_wire(std::vector<T>(std::make_move_iterator(begin), std::make_move_iterator(end))));
   }

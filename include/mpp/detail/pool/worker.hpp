@@ -116,7 +116,8 @@ inline constexpr std::uint64_t kInitFailed = 0;
 
 /// Puts a result; a full result queue is waited on only while the parent lives (nobody else
 /// reads it). Returns: false when the parent died first.
-inline bool put_result(Queue<std::string>& results, const std::string& m, const ProcessRef& parent) {
+inline bool put_result(Queue<std::string>& results, const std::string& m,
+                       const ProcessRef& parent) {
   using namespace std::chrono_literals;
   for (;;) {
     try {
@@ -163,8 +164,12 @@ class WorkerLoop {
   }
 
  private:
-  std::atomic_ref<std::uint64_t> running() { return std::atomic_ref<std::uint64_t>(status_[2 * c_.index]); }
-  std::atomic_ref<std::uint64_t> started() { return std::atomic_ref<std::uint64_t>(status_[2 * c_.index + 1]); }
+  std::atomic_ref<std::uint64_t> running() {
+    return std::atomic_ref<std::uint64_t>(status_[2 * c_.index]);
+  }
+  std::atomic_ref<std::uint64_t> started() {
+    return std::atomic_ref<std::uint64_t>(status_[2 * c_.index + 1]);
+  }
 
   // An exception is reported to the supervisor (which breaks the pool), then ends this worker
   // as an escaped exception does (printed with the worker's name, exit code 1).
