@@ -126,7 +126,9 @@ class ProcessPoolExecutor {
   template <class F, class... A>
   ProcessPoolExecutor(const ExecutorOptions& o, F&& initializer, A&&... initargs)
       : pool_(pool_options(o), std::forward<F>(initializer), std::forward<A>(initargs)...) {}
+  /// Not copyable: an executor owns its worker processes.
   ProcessPoolExecutor(const ProcessPoolExecutor&) = delete;
+  /// Not copyable.
   ProcessPoolExecutor& operator=(const ProcessPoolExecutor&) = delete;
   /// shutdown(wait=true), like leaving Python's `with ProcessPoolExecutor() as ex:` block.
   ~ProcessPoolExecutor() {

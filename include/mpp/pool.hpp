@@ -141,7 +141,9 @@ class Pool {
     requires detail::pool::Callable<std::decay_t<F>>
   Pool(const PoolOptions& opts, F&& initializer, A&&... initargs);
 
+  /// Not copyable: a Pool owns its worker processes.
   Pool(const Pool&) = delete;
+  /// Not copyable.
   Pool& operator=(const Pool&) = delete;
   /// Terminates the workers (Python's Pool.__exit__).
   ~Pool() { terminate(); }
