@@ -176,7 +176,7 @@ TEST_CASE("Pool: map, starmap and apply compute in worker processes", "[pool]") 
   CHECK(pool.processes() == 2);
   CHECK(pool.map(square, std::vector<int>{1, 2, 3, 4}) == std::vector<int>{1, 4, 9, 16});
   CHECK(pool.map(square, std::vector<int>{}).empty());
-  const int k = 10;  // captures that are trivially copyable travel with the lambda
+  int k = 10;  // captures that are trivially copyable travel with the lambda
   CHECK(pool.map([k](int x) { return x * k; }, std::vector<int>{1, 2}, 1) ==
         std::vector<int>{10, 20});
   // Strings in, vectors out.
@@ -433,7 +433,7 @@ TEST_CASE("Pool: spawn and forkserver pools run registered functions", "[pool][s
       // Only registered functions: anything else is refused before it is sent.
       CHECK_THROWS_AS(pool.map(not_registered, std::vector<int>{1}), mpp::InvalidArgument);
       CHECK_THROWS_AS(pool.apply([](int x) { return x; }, 1), mpp::InvalidArgument);
-      const int k = 3;
+      int k = 3;
       try {
         pool.map([k](int x) { return x * k; }, std::vector<int>{1});
         FAIL("no exception");

@@ -10,12 +10,15 @@
 #include <memory>
 #include <optional>
 #include <ranges>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "errors.hpp"
 #include "pool.hpp"
+#include "timeout.hpp"
+#include "detail/pool/future_state.hpp"
 
 namespace mpp {
 
@@ -31,16 +34,6 @@ struct ExecutorOptions {
 };
 
 class ProcessPoolExecutor;
-
-namespace detail::futures {
-template <class R>
-struct State {
-  std::shared_ptr<pool::ResultState<R>> result;
-  std::shared_ptr<pool::Job> job;
-  Pool* pool = nullptr;  // valid while the executor lives (futures outliving it are done)
-  std::atomic<bool> cancelled{false};
-};
-}  // namespace detail::futures
 
 /// The eventual result of a submitted call (Python's concurrent.futures.Future).
 template <class R>
@@ -81,11 +74,13 @@ class Future {
     }
   }
   /// True while a worker runs the call.
-  bool running() const { return !done() && s_->pool != nullptr && s_->pool->is_running(s_->job.get()); }
+  bool running() const {
+    return !done() && s_->sched != nullptr && s_->sched->is_running(s_->job.get());
+  }
   //!Effects: cancels the call if no worker has started it. Returns: true if it is now cancelled.
   bool cancel() {
     if (cancelled()) return true;
-    if (done() || s_->pool == nullptr || !s_->pool->cancel_pending(s_->job.get())) return false;
+    if (done() || s_->sched == nullptr || !s_->sched->cancel_pending(s_->job.get())) return false;
     s_->cancelled = true;
     s_->result->finish(std::nullopt,
                        std::make_exception_ptr(CancelledError("the future was cancelled")));
@@ -122,7 +117,8 @@ class Future {
 class ProcessPoolExecutor {
  public:
   //!Effects: starts `max_workers` workers (<= 0: cpu_count()).
-  explicit ProcessPoolExecutor(int max_workers = 0) : ProcessPoolExecutor(ExecutorOptions{max_workers}) {}
+  explicit ProcessPoolExecutor(int max_workers = 0)
+      : ProcessPoolExecutor(ExecutorOptions{max_workers}) {}
   //!Effects: starts the workers described by `o`.
   explicit ProcessPoolExecutor(const ExecutorOptions& o) : pool_(pool_options(o)) {}
   //!Effects: starts the workers; each runs `initializer(initargs...)` first; if it fails the
@@ -130,7 +126,9 @@ class ProcessPoolExecutor {
   template <class F, class... A>
   ProcessPoolExecutor(const ExecutorOptions& o, F&& initializer, A&&... initargs)
       : pool_(pool_options(o), std::forward<F>(initializer), std::forward<A>(initargs)...) {}
+  /// Not copyable: an executor owns its worker processes.
   ProcessPoolExecutor(const ProcessPoolExecutor&) = delete;
+  /// Not copyable.
   ProcessPoolExecutor& operator=(const ProcessPoolExecutor&) = delete;
   /// shutdown(wait=true), like leaving Python's `with ProcessPoolExecutor() as ex:` block.
   ~ProcessPoolExecutor() {
@@ -142,16 +140,17 @@ class ProcessPoolExecutor {
 
   //!Returns: a Future of f(args...). Throws: BrokenProcessPool once the initializer failed,
   //! ValueError after shutdown().
-  template <class F, class... A, class R0 = std::invoke_result_t<const F&, const std::decay_t<A>&...>,
-            class R = std::conditional_t<std::is_void_v<R0>, detail::pool::Unit, R0>>
+  template <class F, class... A,
+            class R0 = std::invoke_result_t<const F&, const std::decay_t<A>&...>,
+            class R = std::conditional_t<std::is_void_v<R0>, Unit, R0>>
   Future<R> submit(F f, A&&... a) {
-    Pool::check_callable<F>();
+    detail::pool::check_callable<F>();
     auto s = std::make_shared<detail::futures::State<R>>();
-    auto [state, job] = pool_.submit_apply<R>(
-        f, std::tuple<std::decay_t<A>...>(std::forward<A>(a)...), {}, {});
+    auto [state, job] = detail::pool::submit_apply<R, Unit>(
+        pool_.sched_, f, std::tuple<std::decay_t<A>...>(std::forward<A>(a)...), {}, {});
     s->result = std::move(state);
     s->job = std::move(job);
-    s->pool = &pool_;
+    s->sched = &pool_.sched_;
     return Future<R>(std::move(s));
   }
 
@@ -166,7 +165,7 @@ class ProcessPoolExecutor {
   //!Effects: no more submissions; with `wait`, returns once every pending call has finished and
   //! the workers have exited; with `cancel_futures`, calls not yet started are cancelled first.
   void shutdown(bool wait = true, bool cancel_futures = false) {
-    if (cancel_futures) pool_.cancel_all_pending();
+    if (cancel_futures) pool_.sched_.cancel_all_pending();
     pool_.close();
     if (wait) pool_.join();
   }
