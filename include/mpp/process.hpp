@@ -59,9 +59,8 @@ inline StartMethod parse_start_method(std::string_view name) {
 struct ProcessOptions {
   std::string name{};                         ///< empty: "Process-N" as Python names them
   std::optional<bool> daemon{};               ///< terminated when the parent exits (default false)
-  std::optional<StartMethod> start_method{};  ///< empty: the method of get_start_method() at start()
+  std::optional<StartMethod> start_method{};  ///< empty: get_start_method() at start()
 };
-
 
 }  // namespace mpp
 

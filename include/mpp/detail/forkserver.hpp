@@ -102,7 +102,8 @@ class ForkServer {
       pid = os::fork_process();
     } catch (const std::exception& e) {
       try {
-        write_record(channel, 'E', 0, fmt::format("the fork server could not start it: {}", e.what()));
+        write_record(channel, 'E', 0,
+                     fmt::format("the fork server could not start it: {}", e.what()));
       } catch (const std::exception&) {
       }
       return;
@@ -153,9 +154,10 @@ inline void ensure_forkserver(Globals& g) {
   require_bootstrap(StartMethod::forkserver);
   auto [mine, theirs] = os::socket_pair(/*packets=*/true);
   const os::native_handle inherit[] = {theirs.get()};
+  const std::string role =
+      fmt::format("{}=forkserver:{}", kBootstrapEnv, os::handle_to_text(theirs.get()));
   const os::pid_type pid =
-      os::spawn_program(executable_path(), child_argv("--mpp-forkserver"),
-                        {fmt::format("{}=forkserver:{}", kBootstrapEnv, os::handle_to_text(theirs.get()))}, inherit);
+      os::spawn_program(executable_path(), child_argv("--mpp-forkserver"), {role}, inherit);
   theirs.reset();
   os::Fd handle = os::open_process(pid);
   bool ready = false;

@@ -158,6 +158,8 @@ struct RegisteredFunction {
 /// register_function before bootstrap, identically in the parent and the re-executed child.
 class FunctionRegistry {
  public:
+  //!Effects: adds `fn` under `key`; the same function under the same name again is a no-op.
+  //!Returns: true. Throws: InvalidArgument if another function already has this name.
   bool add(RegisteredFunction fn, FunctionKey key) {
     std::lock_guard lock(mutex_);
     if (auto it = by_name_.find(fn.name); it != by_name_.end()) {
@@ -172,6 +174,7 @@ class FunctionRegistry {
     by_name_.emplace(std::move(name), std::move(fn));
     return true;
   }
+  /// The name the function `key` is registered under, or nullopt.
   std::optional<std::string> name_of(const FunctionKey& key) const {
     std::lock_guard lock(mutex_);
     auto it = by_key_.find(key);
@@ -185,6 +188,7 @@ class FunctionRegistry {
       if (n == name) return key;
     return std::nullopt;
   }
+  /// The function registered as `name`, or nullptr.
   const RegisteredFunction* find(const std::string& name) const {
     std::lock_guard lock(mutex_);
     auto it = by_name_.find(name);

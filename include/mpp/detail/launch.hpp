@@ -128,6 +128,8 @@ struct BoundTarget final : Target {
   }
 };
 
+// ---- the state of a process, and of this program ---------------------------------------------
+
 /// How long start() waits for a re-executed program to reach mpp::bootstrap.
 inline constexpr std::chrono::seconds kBootstrapTimeout{60};
 
@@ -558,9 +560,10 @@ inline void launch_spawn(ProcessState& s) {
   const Bytes payload = mpp::encode(launch_request(s, StartMethod::spawn));
   auto [mine, theirs] = os::socket_pair();
   const os::native_handle inherit[] = {theirs.get()};
+  const std::string role =
+      fmt::format("{}=spawn:{}", kBootstrapEnv, os::handle_to_text(theirs.get()));
   const os::pid_type pid =
-      os::spawn_program(executable_path(), child_argv("--mpp-spawn"),
-                        {fmt::format("{}=spawn:{}", kBootstrapEnv, os::handle_to_text(theirs.get()))}, inherit);
+      os::spawn_program(executable_path(), child_argv("--mpp-spawn"), {role}, inherit);
   theirs.reset();
   os::Fd handle = os::open_process(pid);
   std::optional<Record> r;
@@ -590,6 +593,8 @@ inline void launch_spawn(ProcessState& s) {
   s.pid.store(pid);
   s.sentinel = std::move(handle);
 }
+
+// ---- creating and showing the state of a Process ----------------------------------------------
 
 /// What current_process() is in the main process.
 inline std::shared_ptr<ProcessState> make_main_state() {
@@ -652,7 +657,8 @@ inline std::string process_repr(ProcessState& s) {
   else if (!s.started) status = "initial";
   else status = (code = poll_exit(s)) ? "stopped" : "started";
   std::string out = fmt::format("<{} name='{}'", type, s.name);
-  if (s.role != Role::current && s.started && !s.closed) out += fmt::format(" pid={}", s.pid.load());
+  if (s.role != Role::current && s.started && !s.closed)
+    out += fmt::format(" pid={}", s.pid.load());
   const bool has_parent = s.role == Role::child || (s.role == Role::current && !is_main);
   out += has_parent ? fmt::format(" parent={}", s.creator_pid) : std::string(" parent=None");
   out += " " + status;
