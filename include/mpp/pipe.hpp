@@ -62,8 +62,6 @@ class Connection {
  public:
   /// A connection that is already closed (assign a real one to it).
   Connection() = default;
-  /// Wraps one process's use of a pipe end (used by Pipe).
-  explicit Connection(std::shared_ptr<detail::PipeEnd> end) : e_(std::move(end)) {}
 
   //!Effects: sends `v` (Python's send(obj)); blocks only while the ring is full and the reader
   //! lives. Messages of any size are accepted; large ones stream through the ring.
@@ -298,6 +296,11 @@ class Connection {
     }
   }
 
+  // Wraps one process's use of a pipe end (made by Pipe).
+  explicit Connection(std::shared_ptr<detail::PipeEnd> end) : e_(std::move(end)) {}
+
+  template <class>
+  friend class Pipe;
   friend struct codec<Connection<T>>;
   std::shared_ptr<detail::PipeEnd> e_;
 };
