@@ -26,10 +26,10 @@
 #include "mpmc.hpp"
 #include "wait.hpp"
 
-namespace mpp {
+namespace mpp::detail::mpmc {
 
-namespace detail::mpmc {
-
+/// The largest item of a queue of `capacity` slots when QueueOptions::max_item_size is 0: 8 GiB
+/// of sparse address space shared by the slots, between 64 KiB and 16 MiB each.
 inline std::uint64_t default_max_item(std::uint64_t capacity) {
   const std::uint64_t budget = std::uint64_t{8} << 30;
   return std::clamp<std::uint64_t>(budget / capacity, 64 * 1024, 16u << 20);
@@ -564,6 +564,4 @@ class BasicQueue {
   }
 };
 
-}  // namespace detail::mpmc
-
-}  // namespace mpp
+}  // namespace mpp::detail::mpmc
