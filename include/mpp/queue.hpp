@@ -1,5 +1,6 @@
 // mpp — Queue<T>, SimpleQueue<T>, JoinableQueue<T>: Python's multiprocessing queues over a
-// lock-free, crash-safe multi-producer multi-consumer ring in shared memory (detail/mpmc.hpp).
+// lock-free, crash-safe multi-producer multi-consumer ring in shared memory (the engine is
+// detail/queue_ops.hpp; how it works: docs/design/queue.md).
 //
 // Differences from Python, all in the caller's favour:
 // - put() returns once the item is in shared memory: there is no feeder thread, so a process may
