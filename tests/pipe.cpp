@@ -15,6 +15,7 @@
 #endif
 
 #include <cstdint>
+#include <initializer_list>
 #include <mpp/pipe.hpp>
 #include <mpp/process.hpp>
 #include <random>
@@ -306,7 +307,7 @@ TEST_CASE("Pipe: small values of odd sizes wrap around a small ring", "[pipe]") 
   const pid_t pid = fork_child([&] {
     for (int i = 0; i < 100000; ++i) {
       w.send(Three{{static_cast<unsigned char>(i), static_cast<unsigned char>(i >> 8), 7}});
-      w8.send(static_cast<std::uint64_t>(i) * 0x0101010101010101ull);
+      w8.send(static_cast<std::uint64_t>(i) * std::uint64_t{0x0101010101010101});
     }
     return 0;
   });
@@ -314,7 +315,7 @@ TEST_CASE("Pipe: small values of odd sizes wrap around a small ring", "[pipe]") 
   for (int i = 0; i < 100000; ++i) {
     const Three t = r.recv();
     if (t.b[0] != static_cast<unsigned char>(i) || t.b[1] != static_cast<unsigned char>(i >> 8) ||
-        t.b[2] != 7 || r8.recv() != static_cast<std::uint64_t>(i) * 0x0101010101010101ull)
+        t.b[2] != 7 || r8.recv() != static_cast<std::uint64_t>(i) * std::uint64_t{0x0101010101010101})
       ++bad;
   }
   REQUIRE(bad == 0);
@@ -326,7 +327,8 @@ TEST_CASE("Pipe: mixed message sizes around the ring size", "[pipe]") {
   auto [r, w] = mpp::Pipe<int>(false, {.capacity = kCap});
   std::mt19937 rng(7);
   std::vector<std::size_t> sizes;
-  for (std::size_t s : {0, 1, 7, 8, 9, 1016, 1024, 1025, 2040, 4088, 4096, 4097, 12289})
+  for (std::size_t s :
+       std::initializer_list<std::size_t>{0, 1, 7, 8, 9, 1016, 1024, 1025, 2040, 4088, 4096, 4097, 12289})
     sizes.push_back(s);
   for (int i = 0; i < 300; ++i) sizes.push_back(rng() % (3 * kCap));
   const pid_t pid = fork_child([&] {
@@ -570,7 +572,7 @@ TEST_CASE("Pipe: named pipe, a spawned process connects by name and echoes", "[p
   const auto name = unique_name("pipe.echo");
   auto server = mpp::Pipe<std::string>::create(name, true, {.capacity = 4096});
   std::vector<std::string> msgs{"", "hello", std::string(4000, 'r'), std::string(300000, 's')};
-  for (int i = 0; i < 200; ++i) msgs.push_back(std::to_string(i) + std::string(i * 13, '.'));
+  for (int i = 0; i < 200; ++i) msgs.push_back(std::to_string(i) + std::string(static_cast<std::size_t>(i) * 13, '.'));
   auto p = spawn(pipe_echo, name, static_cast<int>(msgs.size()));
   p.start();
   for (const auto& m : msgs) {  // one at a time: a streamed message needs the peer reading

@@ -26,6 +26,7 @@
 #include <array>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <map>
 #include <random>
 #include <set>
@@ -339,12 +340,12 @@ TEST_CASE("Queue: cell sizes follow the element type; open checks them", "[queue
     Big x{};
     x[0] = static_cast<char>(i);
     x[999] = static_cast<char>(i + 1);
-    q8.put(static_cast<std::uint64_t>(i) * 0x0101010101010101ull);
+    q8.put(static_cast<std::uint64_t>(i) * std::uint64_t{0x0101010101010101});
     qs.put(std::string(static_cast<std::size_t>(i * 50), 'x'));
     qb.put(x);
   };
   const auto consume = [&](int i) {
-    CHECK(q8.get(true, 10s) == static_cast<std::uint64_t>(i) * 0x0101010101010101ull);
+    CHECK(q8.get(true, 10s) == static_cast<std::uint64_t>(i) * std::uint64_t{0x0101010101010101});
     CHECK(qs.get(true, 10s).size() == static_cast<std::size_t>(i * 50));
     const Big b = qb.get(true, 10s);
     CHECK(b[0] == static_cast<char>(i));
@@ -800,9 +801,11 @@ TEST_CASE("Queue: a spawned process gets from a named queue and replies", "[queu
   auto in = mpp::Queue<std::string>::create(in_name);
   auto out = mpp::Queue<std::string>::create(out_name);
   std::vector<std::string> items;
-  for (std::size_t n : {0, 1, 12, 13, 900, 2040, 2041, 50000, 65528})  // inline, cell, region
+  // inline, cell, region
+  for (std::size_t n :
+       std::initializer_list<std::size_t>{0, 1, 12, 13, 900, 2040, 2041, 50000, 65528})
     items.push_back(std::string(n, static_cast<char>('a' + n % 26)));
-  for (int i = 0; i < 300; ++i) items.push_back(std::to_string(i) + std::string(i * 7, 'x'));
+  for (int i = 0; i < 300; ++i) items.push_back(std::to_string(i) + std::string(static_cast<std::size_t>(i) * 7, 'x'));
   for (const auto& it : items) in.put(it);
   auto p = mpp::get_context(mpp::StartMethod::spawn)
                .process(echo_items, in_name, out_name, static_cast<int>(items.size()));

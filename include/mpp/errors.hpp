@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include <cstddef>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -51,6 +52,21 @@ class BrokenPipeError : public Error {
 class ProcessError : public Error {
  public:
   using Error::Error;
+};
+
+/// recv_bytes_into() was given a buffer too small for the next message (Python's
+/// multiprocessing.BufferTooShort). The message is not consumed: receive it again with a larger
+/// buffer or with recv_bytes().
+class BufferTooShort : public ProcessError {
+ public:
+  //!Effects: records how many bytes the message needs.
+  BufferTooShort(const std::string& what, std::size_t needed)
+      : ProcessError(what), needed_(needed) {}
+  /// Size of the message that did not fit.
+  std::size_t needed() const noexcept { return needed_; }
+
+ private:
+  std::size_t needed_;
 };
 
 /// A pool worker died while running a task.

@@ -1,51 +1,9 @@
 // mpp — the crash-safe multi-producer multi-consumer slot ring behind Queue, SimpleQueue and
-// JoinableQueue (DESIGN.md sections 1.2 and 4).
-//
-// A bounded array of `capacity` slots. Position p (a 64-bit count) lives in slot p % capacity at
-// lap p / capacity. Each slot's 64-bit state word is the source of truth:
-//
-//     EMPTY(lap) --claim (CAS)--> WRITING(lap, owner) --publish (store)--> FULL(lap)
-//     FULL(lap)  --claim (CAS)--> READING(lap, owner) --commit  (store)--> EMPTY(lap + 1)
-//
-// `owner` identifies the participant (an entry of this queue's participant table: index plus
-// generation), so anyone who finds a slot held by a dead process repairs it with one CAS:
-// WRITING(dead) -> EMPTY(lap + 1) (a tombstone: that put never returned, nothing is lost) and
-// READING(dead) -> FULL(lap) (that get never returned; the item is delivered again, not lost).
-// Head and tail are hints that anyone advances with a plain store; the lap in the state word makes
-// stale hints and ABA harmless. Consumers skip READING slots, so an item rescued from a dead reader
-// can sit behind the head: consumers that arrive at its slot one lap later take it, and consumers
-// that find the queue empty scan for it. A waiter sets a WAITER bit in the state it sleeps on; the
-// process whose claim CAS consumes the bit wakes it, so the fast path has no fence and no syscall.
-//
-// Exclusive roles. A locked instruction (the claim CAS) waits until this core's earlier stores
-// have reached the other core, so with one CAS per operation each item pays the full cross-core
-// transfer of its slot line; with plain stores the transfers of consecutive items overlap. So
-// when one thread has been the only producer (consumer) for a while (kAcquireAfter general
-// operations with no other process in the role) it becomes the exclusive one (Header::excl) and
-// needs no claim: it publishes a slot EMPTY -> FULL (frees it FULL -> EMPTY of the next lap) with
-// one release store, after the copy. Killed before that store it leaves the slot as recovery
-// leaves a dead WRITING (READING): nothing published (the item still there, at the head).
-// Any other thread that wants the role takes it back first (revoke): it marks excl revoking,
-// runs membarrier_all() (every thread of every registered process executes a full barrier),
-// waits until the holder is outside its current operation (Participant::inside, or the holder
-// is dead) and clears excl; whoever finds excl revoking does the same, so a revoker that dies
-// midway blocks nobody. The holder sets inside before it re-reads excl, with no fence of its
-// own: the barrier makes sure it either sees the revocation or is seen inside (Dekker with one
-// cheap side). The same pairing covers a thread that enters a general operation just as another
-// becomes exclusive (Participant::busy, read by the acquirer after its barrier). A plain store
-// may overwrite a WAITER bit, so exclusive operations also wake when the wait point counts
-// sleepers, and a sleeper runs membarrier_all() between counting itself and its last look when
-// the other role has a holder. A JoinableQueue never goes exclusive (its counters take a locked
-// instruction per item anyway), nor does a system without membarrier (Windows).
-//
-// Items up to kInline bytes live in the slot; up to kMedium bytes in the slot's cell of a compact
-// array (consecutive slots, consecutive cells: streaming copies). Cells are kMedium bytes, or, in
-// a queue of one fixed-size raw type, that size rounded up to a cache line (chosen at creation,
-// recorded in the header, checked on open): 1 KiB items then take 1 KiB of cells each, not 2, and
-// a full queue's items stay twice as dense in the cores' caches. Larger items live in the slot's
-// own region of the sparse item area (max_item bytes per slot, allocated by tmpfs only when
-// touched, staggered so that regions do not all map to the same cache sets). All are owned with
-// the slot.
+// JoinableQueue (Core). Each slot's state word goes EMPTY -> WRITING -> FULL -> READING -> EMPTY
+// of the next lap by compare-and-swap, naming the process that holds it, so a slot left by a dead
+// process is repaired with one CAS; a lone producer or consumer becomes exclusive and works with
+// plain stores. Items live in the slot, in its cell, or in its region of a sparse area.
+// The full protocol, for readers of this file: docs/design/queue.md.
 #pragma once
 
 #include <algorithm>
@@ -66,13 +24,10 @@
 #include <utility>
 #include <vector>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#  include <cpuid.h>
-#endif
-
 #include "../errors.hpp"
 #include "../segment.hpp"
 #include "config.hpp"
+#include "cpu.hpp"
 #include "fork_hooks.hpp"
 #include "liveness.hpp"
 #include "os.hpp"
@@ -120,46 +75,6 @@ constexpr std::uint32_t owner_of(u64 s) noexcept {
 /// a - b for 40-bit laps, sign-extended (laps wrap after 2^40).
 constexpr i64 lap_diff(u64 a, u64 b) noexcept {
   return static_cast<i64>(((a - b) & kLapMask) << kLapShift) >> kLapShift;
-}
-
-//!Effects: copies an item's `n` bytes into or out of a cell (std::memcpy semantics). On x86-64
-//! with GCC or Clang this is one `rep movsb`, which moves whole cache lines between the two
-//! cores faster than the vector loop memcpy runs for cell sizes (queue.1KiB.1p1c on the 2-vCPU
-//! EPYC test VM: +10.5%, median of 30 paired rounds in its slow mode, 1.00–1.07× in its fast
-//! one; on a single core it is slower); elsewhere, and under sanitizers (which do not see into
-//! inline assembly), memcpy.
-inline void copy_cell(void* dst, const void* src, std::size_t n) noexcept {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(MPP_SANITIZED)
-  asm volatile("rep movsb" : "+D"(dst), "+S"(src), "+c"(n) : : "memory");
-#else
-  std::memcpy(dst, src, n);
-#endif
-}
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-/// True if the CPU has PREFETCHW (CPUID 0x80000001 ECX bit 8): every AMD64 CPU, Intel's since
-/// Broadwell.
-inline const bool cpu_has_prefetchw = [] {
-  unsigned a = 0, b = 0, c = 0, d = 0;
-  return __get_cpuid(0x80000001u, &a, &b, &c, &d) != 0 && (c & (1u << 8)) != 0;
-}();
-#endif
-
-//!Effects: asks the CPU to fetch the `n` bytes at `p` (whole cache lines) for writing: PREFETCHW
-//! on x86-64 where the CPU has it, which takes each line exclusive at once instead of shared
-//! first and exclusive at the store (GCC's __builtin_prefetch(p, 1) is PREFETCHW only with
-//! -mprfchw, a read prefetch otherwise: queue.1KiB.1p1c +4–5%, medians of two sets of paired
-//! runs in the test VM's slow mode, no change in its fast one); a read prefetch elsewhere.
-//! Never faults.
-inline void prefetch_for_write(const std::byte* p, std::size_t n) noexcept {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  if (cpu_has_prefetchw) {
-    for (std::size_t off = 0; off < n; off += kCacheLine)
-      asm volatile("prefetchw %0" : : "m"(p[off]));
-    return;
-  }
-#endif
-  for (std::size_t off = 0; off < n; off += kCacheLine) __builtin_prefetch(p + off, 1);
 }
 
 /// One slot: 32 bytes, two per cache line.
@@ -447,10 +362,10 @@ class Core {
   //!Effects: asks the CPU to fetch, for writing, the first `n` bytes of the cell after slot
   //! idx's. A producer calls it while it fills slot idx's cell: the next put's copy then finds
   //! its lines here instead of taking them from the consumer's core one by one, behind the next
-  //! claim's compare-and-swap (1 KiB items 1P/1C: +30–60% on this VM). Never faults.
+  //! claim's compare-and-swap (benchmarks row queue.1KiB.1p1c.throughput). Never faults.
   void prefetch_next_cell(u64 idx, u64 n) const noexcept {
     if (++idx == cap_) idx = 0;
-    prefetch_for_write(cell(idx), std::min(n, cell_));
+    cpu::prefetch_for_write(cell(idx), std::min(n, cell_));
   }
 
   //!Effects: makes sure the kernel has allocated the first `n` bytes of slot idx's cell
@@ -617,9 +532,9 @@ class Core {
   //! other producer there is nothing to claim it from, and a put killed before the publish leaves
   //! the slot EMPTY (the next put writes it again), as a dead WRITING would be repaired to.
   //! Returns: false (nothing done) otherwise: use the general path.
-  //! (Its polling loop is repeated in get_exclusive on purpose: shared as a helper, GCC 12 did
-  //! not inline it and queue.8B.1p1c fell to 0.23–0.43×; forced inline, queue.1KiB.1p1c made
-  //! 0.85–1.0× in six paired runs.)
+  //! (Its polling loop is repeated in get_exclusive on purpose: shared as a helper, GCC 12 does
+  //! not inline it and forced inline it slows larger items; benchmarks rows
+  //! queue.8B.1p1c.throughput and queue.1KiB.1p1c.throughput.)
   template <class Write>
   bool put_exclusive(Write& write) {
     u64 t, idx, lap, s;

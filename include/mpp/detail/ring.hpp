@@ -1,29 +1,8 @@
-// mpp — the single-producer / single-consumer byte ring under a Pipe (DESIGN.md section 4).
-//
-// Shared state per direction: the writer's index, the reader's index (each on its own cache
-// line) and two "bells" (where the reader, resp. the writer, sleeps), followed by `capacity`
-// bytes of data. Indices count bytes ever written / consumed; `index & (capacity - 1)` is the
-// position. Data is a sequence of frames, each a 4-byte header {length, flags} and `length`
-// payload bytes padded to a multiple of 4 (an 8-byte message takes 12 bytes); a payload may
-// wrap around the end of the ring, a header never does.
-//
-// Memory ordering: the writer fills a frame with plain stores, then publishes it with a
-// release store of write_idx, which pairs with the reader's acquire load of write_idx; the
-// reader frees space with a release store of read_idx, which pairs with the writer's acquire
-// load of read_idx. Each side caches the other's index and reloads it only when the cached value
-// says "full" (writer) or "empty" (reader), so a busy pipe bounces one index line per refresh,
-// not per message. A writer killed mid-frame leaves nothing visible.
-//
-// Sleeping without a fence on the fast path: after publishing, a side loads the other side's
-// `sleeper` word (relaxed, a line that is written only when someone goes to sleep, so it stays
-// in cache) and enters the kernel only when it is non-zero; it then takes the announcement
-// (exchange), so one sleep costs one wake-up. A sleeper announces itself with a seq_cst store,
-// then re-checks. The one race this leaves — the publisher's store still in its store buffer
-// while its load of `sleeper` read 0 — is bounded by the store-buffer drain time (a serialising
-// event such as a preemption drains it too), so after each announcement the sleeper keeps
-// re-checking for kAnnounceSpin rounds before it sleeps; a publish it could still miss is seen
-// at its next periodic wake-up (kPollInterval) at the latest. A timed first sleep would do the
-// same, but arming a short timer costs more than the spin on a virtual machine.
+// mpp — the single-producer / single-consumer byte ring under a Pipe: per direction, the
+// writer's and the reader's byte indices and two bells to sleep on, then the data as frames of a
+// 4-byte {length, flags} header and a padded payload. A frame is published by a release store of
+// the write index; a side enters the kernel to wake the other only when it announced that it
+// sleeps. The protocol, for readers of this file: docs/design/pipe.md.
 #pragma once
 
 #include <algorithm>

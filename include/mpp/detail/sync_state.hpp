@@ -1,13 +1,13 @@
-// mpp — raw, in-segment states of the synchronisation primitives (DESIGN.md section 4). Each is a
-// standard-layout struct that lives in shared memory, valid once constructed (`new (p) State()`).
+// mpp — raw, in-segment states of the synchronisation primitives. Each is a standard-layout
+// struct that lives in shared memory, valid once constructed (`new (p) State()`).
 // The public handles in sync.hpp wrap them; Value, Queue and the Manager embed them in their own
 // segments.
 //
 // Robust lock algorithm: the owner word holds the owner's identity (0 = free), a "contended" bit
 // and a constant "live" bit. Acquire is a CAS free -> me (no system call); a waiter that finds the
 // lock held sets the contended bit and sleeps at once (no spinning on the lock's line: a spinning
-// waiter keeps pulling it away from a holder that re-takes the lock in a loop, which measured 2x
-// slower); release is an exchange to free that wakes one sleeper only when the bit was set. This is
+// waiter keeps pulling it away from a holder that re-takes the lock in a loop; benchmarks row
+// lock.contended.2proc); release is an exchange to free that wakes one sleeper only when the bit was set. This is
 // glibc's mutex protocol: where wake-ups are exact (a futex, os::kExactWake) the waiter sleeps on
 // the owner word itself; where they are kept (Win32 semaphores) it sleeps on a WaitPoint that
 // counts its sleepers. One departure: a waiter that is woken and finds the lock taken again (the
@@ -218,7 +218,7 @@ inline LockResult robust_wait(std::atomic<std::uint64_t>& owner, WaitPoint& wp, 
     return take_over_if_dead(owner, me, name) ? LockResult::owner_died : LockResult::timeout;
   // Without a deadline the clock is read only after a sleep that timed out (a dead holder
   // releases nothing, so its waiters time out) and every kClocklessWakes wake-ups: a read per
-  // wake-up measured 10-20% of contended throughput here.
+  // wake-up costs contended throughput (benchmarks row lock.contended.2proc).
   constexpr std::uint32_t kClocklessWakes = 64;
   std::uint32_t wakes = 0;
   auto last_check = deadline.infinite() ? Deadline::clock::time_point{} : Deadline::clock::now();
@@ -319,7 +319,8 @@ inline LockResult robust_wait(std::atomic<std::uint64_t>& owner, WaitPoint& wp, 
 //!Returns: the previous owner word (holder() 0: the lock was not held; !live(): it was cut).
 inline std::uint64_t robust_release(std::atomic<std::uint64_t>& owner, WaitPoint& wp) noexcept {
   // The seq_cst exchange pairs with the waiter's seq_cst "sleepers++; load owner" (see above).
-  // An exchange, not a load and a CAS: measured 30-50% slower for an uncontended lock here.
+  // An exchange, not a load and a CAS, which is slower for an uncontended lock (benchmarks row
+  // lock.uncontended).
   const std::uint64_t prev = owner.exchange(kFree, std::memory_order_seq_cst);
   if (!live(prev)) [[unlikely]] {
     owner.store(prev, std::memory_order_seq_cst);

@@ -1,4 +1,4 @@
-// mpp — the one wait/wake mechanism every blocking primitive uses (DESIGN.md section 4):
+// mpp — the one wait/wake mechanism every blocking primitive uses:
 // spin briefly, then sleep on a 32-bit sequence word in shared memory, counting sleepers so that a
 // notify without sleepers never enters the kernel, and waking at least every kPollInterval so the
 // caller can check that the peers it waits for are still alive.
@@ -19,7 +19,7 @@ namespace detail {
 
 /// How often a sleeper wakes to check the liveness of the peers it waits on.
 inline constexpr std::chrono::milliseconds kPollInterval{100};
-/// How many times a waiter polls before it sleeps (about 1-5 µs here: less than one wake-up).
+/// How many times a waiter polls before it sleeps (a few µs: less than one wake-up costs).
 inline constexpr int kSpinIterations = 2000;
 
 /// A point in time after which a blocking call gives up; "never" when there is no timeout.
