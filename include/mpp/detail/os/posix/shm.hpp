@@ -38,8 +38,9 @@ inline std::string shm_path(std::string_view name) { return "/" + std::string(na
 inline constexpr const char* kShmDirectory = "/dev/shm";
 
 //!Returns: whether `uid` is this process's effective user id. The id is read once per process
-//! (a system call costs 1–2 µs in a VM) and again only when `uid` differs from that reading, so
-//! a process that changed its effective uid since still accepts objects of its first identity.
+//! (attaching stays free of that system call) and again only when `uid` differs from that
+//! reading, so a process that changed its effective uid since still accepts objects of its first
+//! identity.
 inline bool is_effective_uid(uid_t uid) noexcept {
   static const uid_t first = ::geteuid();
   return uid == first || uid == ::geteuid();
@@ -55,9 +56,9 @@ inline constexpr unsigned kModeKeep = S_ISGID;
 
 namespace posix_detail {
 // /dev/shm as an O_PATH descriptor, opened once per process: opening an object by name from it
-// walks one path component instead of four (0.3-0.4 µs of a 10 µs attach here). It is moved to a
-// high number so that a program that closes or reuses low descriptors does not meet it; one that
-// closed it anyway gets EBADF or ENOTDIR, and the directory is opened again.
+// walks one path component instead of four, a visible part of the cost of an attach. It is
+// moved to a high number so that a program that closes or reuses low descriptors does not meet
+// it; one that closed it anyway gets EBADF or ENOTDIR, and the directory is opened again.
 inline std::atomic<int> g_shm_dir{-1};
 
 inline int shm_dir(bool reopen = false) noexcept {
@@ -347,7 +348,7 @@ inline std::size_t read_at(const Fd& fd, std::uint64_t offset, void* buf, std::s
 //!Effects: gives back the whole pages inside [p, p + n) of this process's private memory (a
 //! freshly reserved, not yet written buffer) so that writing them takes fresh zero pages. A
 //! heap page shared copy-on-write with forked workers would otherwise be copied on its first
-//! write, with a TLB shoot-down to the other cores each time (measured up to 3x slower).
+//! write, with a TLB shoot-down to the other cores each time.
 inline void discard_private(void* p, std::size_t n) noexcept {
   const auto page = static_cast<std::uintptr_t>(page_size());
   const auto begin = (reinterpret_cast<std::uintptr_t>(p) + page - 1) / page * page;
