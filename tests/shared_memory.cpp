@@ -250,7 +250,7 @@ TEST_CASE("SharedMemory: users, attachers count until they leave or die; a creat
     SharedMemory probe(name);
     CHECK(probe.live_users() == 3);  // the two children and the probe, not the creator
     for (int i = 0; i < 2; ++i) REQUIRE(::write(go[1], &c, 1) == 1);
-    for (int i = 1; i < 3; ++i) CHECK(mpp_test::wait_child(kids[i]) == 0);
+    for (std::size_t i = 1; i < 3; ++i) CHECK(mpp_test::wait_child(kids[i]) == 0);
     CHECK(shm_exists(name));  // the probe still uses it
     CHECK(probe.live_users() == 1);
   }
@@ -598,9 +598,10 @@ TEST_CASE("SharedMemory: blocks created, attached and closed from several thread
       for (int i = 0; i < kEach; ++i) {
         const std::string name = base + "." + std::to_string(t) + "." + std::to_string(i);
         SharedMemory made(name, true, 4096);
-        made.buf()[i] = static_cast<std::byte>(t + 1);
+        const auto at = static_cast<std::size_t>(i);
+        made.buf()[at] = static_cast<std::byte>(t + 1);
         SharedMemory seen(name);
-        if (seen.buf()[i] != static_cast<std::byte>(t + 1) || seen.live_users() != 2) ++bad;
+        if (seen.buf()[at] != static_cast<std::byte>(t + 1) || seen.live_users() != 2) ++bad;
       }
     });
   for (auto& th : threads) th.join();

@@ -1,4 +1,5 @@
-// mpp — selects the operating-system backend (see detail/config.hpp).
+// mpp — selects the operating-system backend (see detail/config.hpp). What every backend
+// provides, topic by topic, is in detail/os/README.md.
 #pragma once
 
 #include "config.hpp"
