@@ -372,7 +372,7 @@ TEST_CASE("Hostile peer: zeroes a live pipe's ring control blocks: CorruptedErro
 }
 
 // A hostile process (same user) shrinks a live segment with ftruncate while a victim has it mapped
-// and is using it. Without the library's SIGBUS guard (detail/os/posix.hpp, "mapping guard") the
+// and is using it. Without the library's SIGBUS guard (detail/os/posix/sigbus.hpp) the
 // victim dies of SIGBUS at its next touch of a vanished page; with it, the access completes on
 // private zero pages and the object reports CorruptedError at its next operation or wait.
 namespace {
