@@ -22,6 +22,9 @@
 
 #include "helpers.hpp"
 
+// White-box checks reach a handle's raw state and segment through the internal accessor.
+using Access = mpp::detail::HandleAccess;
+
 using mpp::Array;
 using mpp::RawArray;
 using mpp::Value;
@@ -161,7 +164,7 @@ TEST_CASE("RawArray and lock=false have no lock", "[array]") {
 TEST_CASE("a corrupted element count is an error, not an out-of-bounds read", "[array]") {
   const auto name = unique_name("corrupt");
   auto a = Array<int>::create(name, 10);
-  auto* h = reinterpret_cast<mpp::detail::BlockHeader*>(a.segment()->payload());
+  auto* h = reinterpret_cast<mpp::detail::BlockHeader*>(Access::segment(a)->payload());
   SECTION("larger than the mapping") {
     h->count = std::uint64_t{1} << 40;
     CHECK_THROWS_AS(Array<int>::open(name), mpp::CorruptedError);
@@ -268,7 +271,7 @@ TEST_CASE("an Array truncated under its users: CorruptedError, never zeros", "[a
   for (int cut = 0; cut < 3; ++cut) {
     INFO("cut " << cut << " (0: to 0 bytes; 1: half-way through the data; 2: the last byte)");
     auto a = Array<int>::create(unique_name("cut.a"), std::vector<int>(kN, 5));
-    const auto& h = a.segment()->header();
+    const auto& h = Access::segment(a)->header();
     const off_t size = cut == 0   ? 0
                        : cut == 1 ? static_cast<off_t>(h.payload_offset + h.payload_size / 2 + 3)
                                   : static_cast<off_t>(h.payload_offset + h.payload_size - 1);

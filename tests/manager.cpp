@@ -322,7 +322,7 @@ TEST_CASE("a full manager throws and leaves the container unchanged", "[manager]
   int n = 0;
   try {
     for (;; ++n) d.set(n, big);
-  } catch (const mpp::Error& e) {
+  } catch (const mpp::MemoryError& e) {
     CHECK(std::string(e.what()).find("full") != std::string::npos);
   }
   CHECK(n > 10);

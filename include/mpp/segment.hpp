@@ -1,4 +1,4 @@
-// mpp — named shared-memory segments with a validated header (DESIGN.md section 3).
+// mpp — named shared-memory segments with a validated header.
 // Every shareable object lives in a Segment: a header (magic, layout version, kind, element type
 // fingerprint, sizes, creator, init state) followed by the object's payload, then its attach
 // table (one entry per process using it, shared by that process's handles).
