@@ -68,7 +68,7 @@ TEST_CASE("construction, indexing, iteration, span", "[array]") {
   double sum = 0;
   for (double x : a) sum += x;
   CHECK(sum == 7.5);
-  std::span<double> s = a;
+  std::span<double> s(a);  // an Array is a contiguous range of its shared elements
   s[0] = 10;
   CHECK(a.span()[0] == 10);
   CHECK(reinterpret_cast<std::uintptr_t>(a.data()) % alignof(double) == 0);

@@ -1113,10 +1113,10 @@ TEST_CASE("Semaphore, Event, Condition, Barrier truncated in use: CorruptedError
     REQUIRE(::read(ready[0], buf + 1, 1) == 1);
     await([&] { return bar.n_waiting() == 1; });
     std::this_thread::sleep_for(50ms);  // asleep in cond.wait()
-    shrink(sem.name(), cuts(Access::segment(sem), sizeof(mpp::detail::SemaphoreState))[cut]);
-    shrink(ev.name(), cuts(Access::segment(ev), sizeof(mpp::detail::EventState))[cut]);
-    shrink(cond.name(), cuts(Access::segment(cond), sizeof(mpp::detail::ConditionBlock))[cut]);
-    shrink(bar.name(), cuts(Access::segment(bar), sizeof(mpp::detail::BarrierState))[cut]);
+    shrink(sem.name(), cuts(Access::segment(sem), sizeof(mpp::detail::SemaphoreState))[static_cast<std::size_t>(cut)]);
+    shrink(ev.name(), cuts(Access::segment(ev), sizeof(mpp::detail::EventState))[static_cast<std::size_t>(cut)]);
+    shrink(cond.name(), cuts(Access::segment(cond), sizeof(mpp::detail::ConditionBlock))[static_cast<std::size_t>(cut)]);
+    shrink(bar.name(), cuts(Access::segment(bar), sizeof(mpp::detail::BarrierState))[static_cast<std::size_t>(cut)]);
     CHECK(wait_child(in_cond) == 0);
     CHECK(wait_child(in_barrier) == 0);
     // A process that opened them before the cut (here: forked with the handles) is told too.

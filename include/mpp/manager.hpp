@@ -504,7 +504,7 @@ class SharedList {
       const auto n = static_cast<std::int64_t>(items.size());
       const auto [lo, hi] = clamp_range(start, stop, n);
       for (std::int64_t i = lo; i < hi; ++i)
-        if (equal(arena().block_bytes(items[i]), b)) return i;
+        if (equal(arena().block_bytes(items[static_cast<std::size_t>(i)]), b)) return i;
       return -1;
     });
     if (r < 0) detail::fail<ValueError>("index(x): x not in list '{}' of manager '{}'", ref_.name, mname());
@@ -557,7 +557,7 @@ class SharedList {
       n = items.size();
       const std::int64_t j = i < 0 ? i + static_cast<std::int64_t>(n) : i;
       if (j < 0 || static_cast<std::uint64_t>(j) >= n) return std::nullopt;
-      return mpp::decode<T>(arena().block_bytes(items[j]));
+      return mpp::decode<T>(arena().block_bytes(items[static_cast<std::size_t>(j)]));
     });
     if (!v) normalize(i, n, "index");  // throws IndexError
     return std::move(*v);
@@ -578,7 +578,7 @@ class SharedList {
       const auto items = core().items();
       std::vector<T> out;
       for (std::int64_t i : slice_indices(start, stop, step, items.size()))
-        out.push_back(mpp::decode<T>(arena().block_bytes(items[i])));
+        out.push_back(mpp::decode<T>(arena().block_bytes(items[static_cast<std::size_t>(i)])));
       return out;
     });
   }

@@ -430,7 +430,7 @@ class Segment {
   /// Keep (true) or remove (false) the name when the creating handle is destroyed.
   void set_persistent(bool p) noexcept { persistent_ = p; }
   //!Effects: records in the shared header whether the object is meant to outlive its users
-  //! (create() records SegmentOptions::persistent): `mpp gc` keeps a persistent object after its
+  //! (create() records NamedOptions::persistent): `mpp gc` keeps a persistent object after its
   //! users are gone, and removes one that is not.
   void mark_persistent(bool keep) noexcept {
     if (base_ == nullptr) return;

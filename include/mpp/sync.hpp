@@ -59,7 +59,7 @@ struct SyncHandle {
   //! its payload.
   template <class Make>
   static SyncHandle create(Kind kind, std::string_view name, Make&& make,
-                           const SegmentOptions& opts) {
+                           const NamedOptions& opts) {
     const SegmentSpec spec{kind, type_info<State>(), sizeof(State), 0};
     auto init = [&](std::byte* p, std::uint64_t) { make(static_cast<void*>(p)); };
     return wrap(Segment::create(name, spec, init, opts));
@@ -72,12 +72,12 @@ struct SyncHandle {
     return wrap(Segment::create_anonymous(spec, init));
   }
   /// Opens the named segment and checks that it holds a `State`.
-  static SyncHandle open(Kind kind, std::string_view name, const SegmentOptions& opts) {
+  static SyncHandle open(Kind kind, std::string_view name, const NamedOptions& opts) {
     return wrap(Segment::open(name, kind, type_info<State>(), opts));
   }
   template <class Make>
   static SyncHandle open_or_create(Kind kind, std::string_view name, Make&& make,
-                                   const SegmentOptions& opts) {
+                                   const NamedOptions& opts) {
     const SegmentSpec spec{kind, type_info<State>(), sizeof(State), 0};
     auto init = [&](std::byte* p, std::uint64_t) { make(static_cast<void*>(p)); };
     return wrap(Segment::open_or_create(name, spec, init, opts).first);

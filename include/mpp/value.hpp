@@ -123,7 +123,7 @@ constexpr bool check_shared_element() {
     static_assert(std::is_trivially_copyable_v<T>,
                   "mpp::Value<T> needs a trivially copyable T: its bytes are shared as they are, "
                   "and a std::string or container holds pointers to this process's heap. Share "
-                  "such a value through a Manager (m.Namespace(\"config\").set(\"name\", "
+                  "such a value through an mpp::Manager m (m.Namespace(\"config\").set(\"name\", "
                   "std::string(...)), or m.dict<K, V>(name)), keep text of bounded length in an "
                   "mpp::Array<char>, or send copies through a Queue or Pipe");
   else

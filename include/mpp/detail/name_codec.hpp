@@ -18,7 +18,7 @@ struct OpenByName {
   /// What crosses: the object's name.
   using name_type = std::string;
   /// The name under which another process reopens `h`.
-  static const std::string& name_of(const H& h) { return h.name(); }
+  static decltype(auto) name_of(const H& h) { return h.name(); }
   /// `h` reopened in this process.
   static H open(const std::string& name) { return H::open(name); }
 };
