@@ -454,7 +454,7 @@ class Semaphore : public detail::SemaphoreBase<Semaphore, Kind::semaphore> {
   }
 
  private:
-  friend detail::SyncObject<Semaphore, detail::SemaphoreState, Kind::semaphore>;
+  friend SyncObject;
   explicit Semaphore(Handle h) : SemaphoreBase(std::move(h)) {}
 };
 
@@ -481,7 +481,7 @@ class BoundedSemaphore : public detail::SemaphoreBase<BoundedSemaphore, Kind::bo
   }
 
  private:
-  friend detail::SyncObject<BoundedSemaphore, detail::SemaphoreState, Kind::bounded_semaphore>;
+  friend SyncObject;
   explicit BoundedSemaphore(Handle h) : SemaphoreBase(std::move(h)) {}
 };
 
