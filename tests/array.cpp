@@ -22,6 +22,9 @@
 
 #include "helpers.hpp"
 
+// White-box checks reach a handle's raw state and segment through the internal accessor.
+using Access = mpp::detail::HandleAccess;
+
 using mpp::Array;
 using mpp::RawArray;
 using mpp::Value;
@@ -65,7 +68,7 @@ TEST_CASE("Array: construction, indexing, iteration, span", "[array]") {
   double sum = 0;
   for (double x : a) sum += x;
   CHECK(sum == 7.5);
-  std::span<double> s = a;
+  std::span<double> s(a);  // an Array is a contiguous range of its shared elements
   s[0] = 10;
   CHECK(a.span()[0] == 10);
   CHECK(reinterpret_cast<std::uintptr_t>(a.data()) % alignof(double) == 0);
@@ -161,7 +164,7 @@ TEST_CASE("Array: RawArray and lock=false have no lock", "[array]") {
 TEST_CASE("Array: a corrupted element count is an error, not an out-of-bounds read", "[array]") {
   const auto name = unique_name("corrupt");
   auto a = Array<int>::create(name, 10);
-  auto* h = reinterpret_cast<mpp::detail::BlockHeader*>(a.segment()->payload());
+  auto* h = reinterpret_cast<mpp::detail::BlockHeader*>(Access::segment(a)->payload());
   SECTION("larger than the mapping") {
     h->count = std::uint64_t{1} << 40;
     CHECK_THROWS_AS(Array<int>::open(name), mpp::CorruptedError);
@@ -268,7 +271,7 @@ TEST_CASE("Array: an Array truncated under its users: CorruptedError, never zero
   for (int cut = 0; cut < 3; ++cut) {
     INFO("cut " << cut << " (0: to 0 bytes; 1: half-way through the data; 2: the last byte)");
     auto a = Array<int>::create(unique_name("cut.a"), std::vector<int>(kN, 5));
-    const auto& h = a.segment()->header();
+    const auto& h = Access::segment(a)->header();
     const off_t size = cut == 0   ? 0
                        : cut == 1 ? static_cast<off_t>(h.payload_offset + h.payload_size / 2 + 3)
                                   : static_cast<off_t>(h.payload_offset + h.payload_size - 1);

@@ -304,7 +304,7 @@ TEST_CASE("Manager: a full manager throws and leaves the container unchanged", "
   int n = 0;
   try {
     for (;; ++n) d.set(n, big);
-  } catch (const mpp::Error& e) {
+  } catch (const mpp::MemoryError& e) {
     CHECK(std::string(e.what()).find("full") != std::string::npos);
   }
   CHECK(n > 10);
@@ -420,7 +420,7 @@ TEST_CASE("Manager: writers SIGKILLed at random moments leave every container be
   for (int round = 0; round < 12; ++round) {
     std::vector<pid_t> kids;
     for (int w = 0; w < 2; ++w)
-      kids.push_back(fork_child([&, w] { return mutate_forever(m, rng() + w, 1L << 40); }));
+      kids.push_back(fork_child([&, w] { return mutate_forever(m, static_cast<unsigned>(rng()) + static_cast<unsigned>(w), 1L << 40); }));
     std::this_thread::sleep_for(std::chrono::microseconds(2000 + rng() % 30000));
     for (pid_t p : kids) ::kill(p, SIGKILL);
     for (pid_t p : kids) CHECK(wait_child(p) == -SIGKILL);
@@ -839,7 +839,7 @@ TEST_CASE("Manager: hostile peer scribbles over a live manager: errors, never a 
     for (int i = 0; i < 3; ++i) {
       const std::uint64_t root = h->dir[i].root;
       ranges.push_back({root, root + 64});
-      for (int f = 2; f < 8; ++f)  // the blocks the root's offset fields point to
+      for (std::uint64_t f = 2; f < 8; ++f)  // the blocks the root's offset fields point to
         if (const std::uint64_t t = raw.read(root + 8 * f); t >= heap && t < top)
           ranges.push_back({t, std::min(top, t + 256)});
     }

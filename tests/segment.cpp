@@ -285,7 +285,7 @@ TEST_CASE("Segment: every corrupted header byte is rejected cleanly", "[segment]
   struct stat st{};
   REQUIRE(::fstat(fd, &st) == 0);
   auto* raw = static_cast<unsigned char*>(
-      ::mmap(nullptr, st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
+      ::mmap(nullptr, static_cast<std::size_t>(st.st_size), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
   REQUIRE(raw != MAP_FAILED);
   mpp::NamedOptions opts;
   opts.init_timeout = 5ms;
@@ -320,7 +320,7 @@ TEST_CASE("Segment: every corrupted header byte is rejected cleanly", "[segment]
   REQUIRE(::ftruncate(fd, 100) == 0);
   CHECK_THROWS_AS(Segment::open(name, mpp::Kind::test, mpp::type_info<std::uint64_t>(), opts),
                   mpp::TimeoutError);
-  ::munmap(raw, st.st_size);
+  ::munmap(raw, static_cast<std::size_t>(st.st_size));
   ::close(fd);
 }
 

@@ -14,6 +14,9 @@
 
 #include "helpers.hpp"
 
+// White-box checks reach a handle's raw state and segment through the internal accessor.
+using Access = mpp::detail::HandleAccess;
+
 #if defined(MPP_OS_POSIX)
 #  include <fcntl.h>
 #  include <sys/mman.h>
@@ -121,12 +124,12 @@ TEST_CASE("Lock: acquire, release, try, misuse", "[sync][lock]") {
 TEST_CASE("Sync: Lock::view keeps the owner's segment alive", "[sync][lock]") {
   mpp::Lock v = [] {
     mpp::Lock base;
-    return mpp::Lock::view(base.segment(), &base.state());
+    return Access::view<mpp::Lock>(Access::segment(base), &Access::state(base));
   }();
   CHECK(v.acquire());
   CHECK(v.locked());
   v.release();
-  CHECK_THROWS_AS(mpp::Lock::view(nullptr, nullptr), mpp::InvalidArgument);
+  CHECK_THROWS_AS(Access::view<mpp::Lock>(nullptr, static_cast<mpp::detail::LockState*>(nullptr)), mpp::InvalidArgument);
 }
 
 TEST_CASE("RLock: recursion, ownership, misuse", "[sync][rlock]") {
@@ -323,7 +326,7 @@ TEST_CASE("Sync: Handles cross processes as their names (codec)", "[sync][codec]
   mpp::Barrier b(4);
   CHECK(mpp::decode<mpp::Barrier>(mpp::encode(b)).parties() == 4);
   // Views and conditions over a supplied lock do not cross by themselves.
-  auto v = mpp::Lock::view(c.segment(), &l.state());
+  auto v = Access::view<mpp::Lock>(Access::segment(c), &Access::state(l));
   CHECK_THROWS_AS(mpp::encode(v), mpp::InvalidArgument);
   mpp::Condition over(l);
   CHECK_THROWS_AS(mpp::encode(over), mpp::InvalidArgument);
@@ -714,7 +717,7 @@ TEST_CASE("Condition: predicate waits with several waiters, notify(n) and notify
       return 0;
     }));
   await([&] { return sc.d->inside.load() == kWaiters; });
-  await([&] { return c.state().cond.n_waiting() == kWaiters; });
+  await([&] { return Access::state(c).cond.n_waiting() == kWaiters; });
   {
     std::lock_guard<mpp::Condition> g(c);
     sc.d->value = 2;
@@ -725,7 +728,7 @@ TEST_CASE("Condition: predicate waits with several waiters, notify(n) and notify
   CHECK(sc.d->flag.load() == 2);  // exactly two consumed; the others still wait
   {
     std::lock_guard<mpp::Condition> g(c);
-    CHECK(c.state().cond.n_waiting() == kWaiters - 2);
+    CHECK(Access::state(c).cond.n_waiting() == kWaiters - 2);
     sc.d->value = 2;
     c.notify_all();
   }
@@ -735,7 +738,7 @@ TEST_CASE("Condition: predicate waits with several waiters, notify(n) and notify
 
 TEST_CASE("Sync: Condition over a Lock, named, and over a lock embedded elsewhere", "[sync][condition]") {
   mpp::Lock base;
-  mpp::Lock embedded = mpp::Lock::view(base.segment(), &base.state());
+  mpp::Lock embedded = Access::view<mpp::Lock>(Access::segment(base), &Access::state(base));
   mpp::Condition c(embedded);
   SharedCounters sc;
   const pid_t child = fork_child([&] {
@@ -743,7 +746,7 @@ TEST_CASE("Sync: Condition over a Lock, named, and over a lock embedded elsewher
     sc.d->inside = 1;
     return c.wait_for([&] { return sc.d->value.load() == 7; }, 20s) ? 0 : 2;
   });
-  await([&] { return c.state().cond.n_waiting() == 1; });
+  await([&] { return Access::state(c).cond.n_waiting() == 1; });
   base.acquire();  // the same lock, through another handle
   sc.d->value = 7;
   c.notify();
@@ -758,7 +761,7 @@ TEST_CASE("Sync: Condition over a Lock, named, and over a lock embedded elsewher
     sc.d->flag = 1;
     return mine.wait_for([&] { return sc.d->value.load() == 8; }, 20s) ? 0 : 2;
   });
-  await([&] { return named.state().cond.n_waiting() == 1; });
+  await([&] { return Access::state(named).cond.n_waiting() == 1; });
   {
     auto g = named.guard();
     sc.d->value = 8;
@@ -859,12 +862,12 @@ TEST_CASE("Condition: a waiter killed in wait() does not swallow a notify", "[sy
     c.wait(60s);
     return 0;
   });
-  await([&] { return c.state().cond.n_waiting() == 1; });
+  await([&] { return Access::state(c).cond.n_waiting() == 1; });
   const pid_t live = fork_child([&] {
     std::lock_guard<mpp::Condition> g(c);
     return c.wait_for([&] { return sc.d->value.load() == 1; }, 20s) ? 0 : 2;
   });
-  await([&] { return c.state().cond.n_waiting() == 2; });
+  await([&] { return Access::state(c).cond.n_waiting() == 2; });
   kill_child(doomed);
   {
     std::lock_guard<mpp::Condition> g(c);
@@ -934,7 +937,7 @@ TEST_CASE("Barrier: a party killed inside the barrier's critical section breaks 
   mpp::Barrier b(2);
   SharedCounters sc;
   const pid_t child = fork_child([&] {
-    b.state().lock.acquire(mpp::detail::Deadline::never());  // as if killed mid-update
+    Access::state(b).lock.acquire(mpp::detail::Deadline::never());  // as if killed mid-update
     sc.d->flag = 1;
     for (;;) std::this_thread::sleep_for(1s);
     return 0;
@@ -1013,7 +1016,7 @@ int hammer_and_cut(Make&& make, std::size_t state_size) {
   int violations = 0;
   for (int cut = 0; cut < 3; ++cut) {
     auto l = make();
-    const off_t size = cuts(l.segment(), state_size)[static_cast<std::size_t>(cut)];
+    const off_t size = cuts(Access::segment(l), state_size)[static_cast<std::size_t>(cut)];
     INFO("cut to " << size << " bytes");
     SharedCounters c;
     std::vector<pid_t> kids;
@@ -1110,10 +1113,10 @@ TEST_CASE("Sync: Semaphore, Event, Condition, Barrier truncated in use: Corrupte
     REQUIRE(::read(ready[0], buf + 1, 1) == 1);
     await([&] { return bar.n_waiting() == 1; });
     std::this_thread::sleep_for(50ms);  // asleep in cond.wait()
-    shrink(sem.name(), cuts(sem.segment(), sizeof(mpp::detail::SemaphoreState))[cut]);
-    shrink(ev.name(), cuts(ev.segment(), sizeof(mpp::detail::EventState))[cut]);
-    shrink(cond.name(), cuts(cond.segment(), sizeof(mpp::detail::ConditionBlock))[cut]);
-    shrink(bar.name(), cuts(bar.segment(), sizeof(mpp::detail::BarrierState))[cut]);
+    shrink(sem.name(), cuts(Access::segment(sem), sizeof(mpp::detail::SemaphoreState))[static_cast<std::size_t>(cut)]);
+    shrink(ev.name(), cuts(Access::segment(ev), sizeof(mpp::detail::EventState))[static_cast<std::size_t>(cut)]);
+    shrink(cond.name(), cuts(Access::segment(cond), sizeof(mpp::detail::ConditionBlock))[static_cast<std::size_t>(cut)]);
+    shrink(bar.name(), cuts(Access::segment(bar), sizeof(mpp::detail::BarrierState))[static_cast<std::size_t>(cut)]);
     CHECK(wait_child(in_cond) == 0);
     CHECK(wait_child(in_barrier) == 0);
     // A process that opened them before the cut (here: forked with the handles) is told too.

@@ -21,6 +21,9 @@
 
 #include "helpers.hpp"
 
+// White-box checks reach a handle's raw state and segment through the internal accessor.
+using Access = mpp::detail::HandleAccess;
+
 using mpp::RawValue;
 using mpp::Value;
 using mpp_test::unique_name;
@@ -410,8 +413,8 @@ TEST_CASE("Value: a Value truncated under its users: CorruptedError, never zeros
     });
     char c = 0;
     REQUIRE(::read(pipes[0][0], &c, 1) == 1);
-    shrink(v.name(), value_cut(v.segment(), mpp::detail::block_data_offset<std::int64_t>(), cut));
-    shrink(r.name(), value_cut(r.segment(), mpp::detail::block_data_offset<Record>(), cut));
+    shrink(v.name(), value_cut(Access::segment(v), mpp::detail::block_data_offset<std::int64_t>(), cut));
+    shrink(r.name(), value_cut(Access::segment(r), mpp::detail::block_data_offset<Record>(), cut));
     REQUIRE(::write(pipes[1][1], &c, 1) == 1);
     CHECK(mpp_test::wait_child(user) == 0);
     CHECK(corrupted([&] { (void)v.value(); }));  // the creator too
@@ -428,7 +431,7 @@ TEST_CASE("Value: a Value truncated under its users: CorruptedError, never zeros
 TEST_CASE("Value: a corrupted header is an error, not an out-of-bounds read", "[value]") {
   const auto name = unique_name("corrupt");
   auto v = Value<int>::create(name, 5);
-  auto* h = reinterpret_cast<mpp::detail::BlockHeader*>(v.segment()->payload());
+  auto* h = reinterpret_cast<mpp::detail::BlockHeader*>(Access::segment(v)->payload());
   SECTION("element count") {
     h->count = 1'000'000;
     CHECK_THROWS_AS(Value<int>::open(name), mpp::CorruptedError);

@@ -62,7 +62,7 @@ inline SliceBounds slice_bounds(std::ptrdiff_t n, std::optional<std::ptrdiff_t> 
 /// What Array<T> and RawArray<T> share.
 template <class T>
 class ArrayBase {
-  static_assert(check_shared_element<T>());
+  static_assert(check_shared_element<T, Kind::array>());
 
  public:
   using value_type = T;                ///< the element type
@@ -158,10 +158,12 @@ class ArrayBase {
   bool has_lock() const noexcept { return b_.has_lock; }
   //!Effects: removes the name now; every handle keeps working. Returns: false if already gone.
   bool unlink() { return b_.seg->unlink(); }
-  /// The segment behind the array.
-  const std::shared_ptr<Segment>& segment() const noexcept { return b_.seg; }
 
  protected:
+  friend struct HandleAccess;
+  // The segment behind the array (kept mapped by this handle and its copies).
+  const std::shared_ptr<Segment>& segment() const noexcept { return b_.seg; }
+
   ArrayBase() = default;
   explicit ArrayBase(SharedBlock<T> b) : b_(std::move(b)) {}
 
@@ -278,7 +280,7 @@ template <class T>
 class RawArray : public detail::ArrayBase<T> {
   using Base = detail::ArrayBase<T>;
   using Block = detail::SharedBlock<T>;
-  static constexpr SharedOptions kNoLock{false, false};
+  static constexpr SharedOptions kNoLock = detail::unlocked({});
 
  public:
   /// Creates an anonymous array of `n` zeroed elements.
@@ -304,30 +306,12 @@ class RawArray : public detail::ArrayBase<T> {
   explicit RawArray(Block b) : Base(std::move(b)) { this->b_.has_lock = false; }
 };
 
-/// A Array<T> crosses processes as its name (as Python pickles it): the receiver opens it.
+/// An Array<T> crosses processes as its name (as Python pickles it): the receiver opens it.
 template <class T>
-struct codec<Array<T>> {
-  /// Name of the encoding (part of the type fingerprint).
-  static constexpr std::string_view kind = "handle";
-  /// Appends the object's name.
-  static void encode(const Array<T>& v, Bytes& out) { codec<std::string>::encode(v.name(), out); }
-  //!Returns: the object opened by name. Throws: CorruptedError, NotFoundError, TypeMismatchError.
-  static Array<T> decode(std::span<const std::byte> in) {
-    return Array<T>::open(codec<std::string>::decode(in));
-  }
-};
+struct codec<Array<T>> : detail::NameCodec<Array<T>> {};
 
 /// A RawArray<T> crosses processes as its name (as Python pickles it): the receiver opens it.
 template <class T>
-struct codec<RawArray<T>> {
-  /// Name of the encoding (part of the type fingerprint).
-  static constexpr std::string_view kind = "handle";
-  /// Appends the object's name.
-  static void encode(const RawArray<T>& v, Bytes& out) { codec<std::string>::encode(v.name(), out); }
-  //!Returns: the object opened by name. Throws: CorruptedError, NotFoundError, TypeMismatchError.
-  static RawArray<T> decode(std::span<const std::byte> in) {
-    return RawArray<T>::open(codec<std::string>::decode(in));
-  }
-};
+struct codec<RawArray<T>> : detail::NameCodec<RawArray<T>> {};
 
 }  // namespace mpp

@@ -1,4 +1,4 @@
-// mpp — how a T becomes bytes and back (DESIGN.md section 5): the C++ stand-in for pickle.
+// mpp — how a T becomes bytes and back: the C++ stand-in for pickle.
 // Trivially copyable types are copied as bytes; standard containers, strings, optional, variant,
 // tuples and user types with serialize() go through cereal with a bounds-checked binary archive;
 // users may specialise mpp::codec<T>. Only data crosses processes, never code. Decoding checks

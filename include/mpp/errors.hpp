@@ -1,4 +1,4 @@
-// mpp — the exception hierarchy (DESIGN.md section 7). Every exception derives from mpp::Error;
+// mpp — the exception hierarchy. Every exception derives from mpp::Error;
 // messages say what happened, to which named object, and what to do.
 #pragma once
 
@@ -197,6 +197,15 @@ class OSError : public Error {
 class NoSpaceError : public OSError {
  public:
   using OSError::OSError;
+};
+
+/// Python's MemoryError: an object of fixed capacity has no room left for a request (a Manager
+/// whose capacity its containers fill, an item larger than that capacity, a mutation larger than
+/// its undo log). The mutation is rolled back: the containers are as before it. The message
+/// names the manager and the bytes needed; free items or create it with a larger capacity.
+class MemoryError : public Error {
+ public:
+  using Error::Error;
 };
 
 namespace detail {

@@ -30,6 +30,7 @@
 
 #include "codec.hpp"
 #include "detail/manager_containers.hpp"
+#include "detail/name_codec.hpp"
 #include "detail/shm_alloc.hpp"
 #include "array.hpp"
 #include "errors.hpp"
@@ -50,6 +51,9 @@ struct ManagerOptions {
   Timeout timeout = std::nullopt;
   /// How long open() waits for a manager that its creator is still initialising.
   std::chrono::milliseconds init_timeout{5000};
+
+  /// The options of the manager's named segment.
+  NamedOptions named() const noexcept { return NamedOptions{persistent, init_timeout}; }
 };
 
 namespace detail {
@@ -129,8 +133,6 @@ inline void free_blocks(shm::Arena& a, const Deadline& dl, const std::vector<std
 
 }  // namespace detail
 
-using detail::shm::ByteSpan;
-
 /// Python's Manager().dict(): a dict in shared memory with keys K and values V of any codec type.
 /// Handles are cheap to copy and usable in forked children. Reads take no lock.
 template <class K, class V>
@@ -175,7 +177,7 @@ class SharedDict {
 
   //!Returns: the value of `k`, or nullopt (Python's d.get(k) returning None).
   std::optional<V> get(const K& k) const {
-    const ByteSpan key = detail::encode_into(k, detail::scratch(0));
+    const detail::ByteSpan key = detail::encode_into(k, detail::scratch(0));
     const std::uint64_t h = detail::shm::hash_bytes(key.data(), key.size());
     return read("get", [&]() -> std::optional<V> {
       auto hit = core().find(key, h);
@@ -199,8 +201,8 @@ class SharedDict {
 
   /// Sets d[k] = v (atomically; a killed writer leaves the old or the new value).
   void set(const K& k, const V& v) {
-    const ByteSpan key = detail::encode_into(k, detail::scratch(0));
-    const ByteSpan val = detail::encode_into(v, detail::scratch(1));
+    const detail::ByteSpan key = detail::encode_into(k, detail::scratch(0));
+    const detail::ByteSpan val = detail::encode_into(v, detail::scratch(1));
     const std::uint64_t h = detail::shm::hash_bytes(key.data(), key.size());
     detail::shm::Tx tx(arena(), ref_.deadline(), "set an item", &root()->seq);
     core().set(tx, key, h, val);
@@ -208,7 +210,7 @@ class SharedDict {
   }
   /// True if `k` is present.
   bool contains(const K& k) const {
-    const ByteSpan key = detail::encode_into(k, detail::scratch(0));
+    const detail::ByteSpan key = detail::encode_into(k, detail::scratch(0));
     const std::uint64_t h = detail::shm::hash_bytes(key.data(), key.size());
     return read("contains", [&] { return core().find(key, h).has_value(); });
   }
@@ -224,7 +226,7 @@ class SharedDict {
         found.assign(hit->value.begin(), hit->value.end());
         tx.commit();
       } else {
-        const ByteSpan val = detail::encode_into(def, detail::scratch(1));
+        const detail::ByteSpan val = detail::encode_into(def, detail::scratch(1));
         core().insert_new(tx, key, h, val);
         tx.commit();
         return def;
@@ -328,7 +330,7 @@ class SharedDict {
   std::vector<K> keys() const {
     return read("keys", [&] {
       std::vector<K> out;
-      core().for_each([&](ByteSpan k, ByteSpan) { out.push_back(mpp::decode<K>(k)); });
+      core().for_each([&](detail::ByteSpan k, detail::ByteSpan) { out.push_back(mpp::decode<K>(k)); });
       return out;
     });
   }
@@ -336,7 +338,7 @@ class SharedDict {
   std::vector<V> values() const {
     return read("values", [&] {
       std::vector<V> out;
-      core().for_each([&](ByteSpan, ByteSpan v) { out.push_back(mpp::decode<V>(v)); });
+      core().for_each([&](detail::ByteSpan, detail::ByteSpan v) { out.push_back(mpp::decode<V>(v)); });
       return out;
     });
   }
@@ -344,7 +346,7 @@ class SharedDict {
   std::vector<std::pair<K, V>> items() const {
     return read("items", [&] {
       std::vector<std::pair<K, V>> out;
-      core().for_each([&](ByteSpan k, ByteSpan v) {
+      core().for_each([&](detail::ByteSpan k, detail::ByteSpan v) {
         out.emplace_back(mpp::decode<K>(k), mpp::decode<V>(v));
       });
       return out;
@@ -375,7 +377,7 @@ class SharedDict {
     return detail::shm::seq_read(arena(), root()->seq, ref_.deadline(), what, f);
   }
   std::optional<V> take(const K& k) {
-    const ByteSpan key = detail::encode_into(k, detail::scratch(0));
+    const detail::ByteSpan key = detail::encode_into(k, detail::scratch(0));
     const std::uint64_t h = detail::shm::hash_bytes(key.data(), key.size());
     Bytes v;
     {
@@ -428,7 +430,7 @@ class SharedList {
 
   /// Appends v (atomically).
   void append(const T& v) {
-    const ByteSpan b = detail::encode_into(v, detail::scratch(1));
+    const detail::ByteSpan b = detail::encode_into(v, detail::scratch(1));
     detail::shm::Tx tx(arena(), ref_.deadline(), "append", &root()->seq);
     Core c = core();
     c.push_back(tx, c.make_item(tx, b));
@@ -453,7 +455,7 @@ class SharedList {
   void extend(std::initializer_list<T> items) { extend<std::initializer_list<T>>(items); }
   /// Inserts v before position i (clamped to [0, size] as in Python).
   void insert(std::int64_t i, const T& v) {
-    const ByteSpan b = detail::encode_into(v, detail::scratch(1));
+    const detail::ByteSpan b = detail::encode_into(v, detail::scratch(1));
     detail::shm::Tx tx(arena(), ref_.deadline(), "insert", &root()->seq);
     Core c = core();
     const auto n = static_cast<std::int64_t>(c.size());
@@ -470,7 +472,7 @@ class SharedList {
       Core c = core();
       const std::uint64_t at = normalize(i, c.size(), "pop");
       // Copied under the lock, decoded after it (decoding a handle opens the manager).
-      const ByteSpan b = c.item(at);
+      const detail::ByteSpan b = c.item(at);
       v.assign(b.begin(), b.end());
       c.erase(tx, at);
       tx.commit();
@@ -502,7 +504,7 @@ class SharedList {
       const auto n = static_cast<std::int64_t>(items.size());
       const auto [lo, hi] = clamp_range(start, stop, n);
       for (std::int64_t i = lo; i < hi; ++i)
-        if (equal(arena().block_bytes(items[i]), b)) return i;
+        if (equal(arena().block_bytes(items[static_cast<std::size_t>(i)]), b)) return i;
       return -1;
     });
     if (r < 0) detail::fail<ValueError>("index(x): x not in list '{}' of manager '{}'", ref_.name, mname());
@@ -555,14 +557,14 @@ class SharedList {
       n = items.size();
       const std::int64_t j = i < 0 ? i + static_cast<std::int64_t>(n) : i;
       if (j < 0 || static_cast<std::uint64_t>(j) >= n) return std::nullopt;
-      return mpp::decode<T>(arena().block_bytes(items[j]));
+      return mpp::decode<T>(arena().block_bytes(items[static_cast<std::size_t>(j)]));
     });
     if (!v) normalize(i, n, "index");  // throws IndexError
     return std::move(*v);
   }
   /// Replaces item i. Throws: IndexError.
   void set(std::int64_t i, const T& v) {
-    const ByteSpan b = detail::encode_into(v, detail::scratch(1));
+    const detail::ByteSpan b = detail::encode_into(v, detail::scratch(1));
     detail::shm::Tx tx(arena(), ref_.deadline(), "assign", &root()->seq);
     Core c = core();
     const std::uint64_t at = normalize(i, c.size(), "assignment");
@@ -576,7 +578,7 @@ class SharedList {
       const auto items = core().items();
       std::vector<T> out;
       for (std::int64_t i : slice_indices(start, stop, step, items.size()))
-        out.push_back(mpp::decode<T>(arena().block_bytes(items[i])));
+        out.push_back(mpp::decode<T>(arena().block_bytes(items[static_cast<std::size_t>(i)])));
       return out;
     });
   }
@@ -587,7 +589,8 @@ class SharedList {
     Core c = core();
     const auto items = c.items();
     std::vector<bool> drop(items.size());
-    for (std::int64_t i : slice_indices(start, stop, step, items.size())) drop[i] = true;
+    for (std::int64_t i : slice_indices(start, stop, step, items.size()))
+      drop[static_cast<std::size_t>(i)] = true;
     std::vector<std::uint64_t> keep;
     for (std::uint64_t i = 0; i < items.size(); ++i) {
       if (drop[i])
@@ -644,7 +647,7 @@ class SharedList {
   auto read(std::string_view what, F&& f) const -> decltype(f()) {
     return detail::shm::seq_read(arena(), root()->seq, ref_.deadline(), what, f);
   }
-  static bool equal(ByteSpan a, const Bytes& b) noexcept {
+  static bool equal(detail::ByteSpan a, const Bytes& b) noexcept {
     return a.size() == b.size() && (b.empty() || std::memcmp(a.data(), b.data(), b.size()) == 0);
   }
   std::uint64_t normalize(std::int64_t i, std::uint64_t size, const char* what) const {
@@ -693,7 +696,7 @@ class Namespace {
   /// Sets attribute `attr` to v (atomically).
   template <class T>
   void set(std::string_view attr, const T& v) {
-    const ByteSpan key = detail::encode_into(std::string(attr), detail::scratch(0));
+    const detail::ByteSpan key = detail::encode_into(std::string(attr), detail::scratch(0));
     Bytes& val = detail::scratch(1);
     val.clear();
     const std::uint64_t fp = type_info<T>().fingerprint;
@@ -722,13 +725,13 @@ class Namespace {
   }
   /// True if attribute `attr` is set.
   bool contains(std::string_view attr) const {
-    const ByteSpan key = detail::encode_into(std::string(attr), detail::scratch(0));
+    const detail::ByteSpan key = detail::encode_into(std::string(attr), detail::scratch(0));
     const std::uint64_t h = detail::shm::hash_bytes(key.data(), key.size());
     return read([&] { return core().find(key, h).has_value(); });
   }
   /// Removes attribute `attr` (Python's `del ns.attr`); false if it was missing.
   bool erase(std::string_view attr) {
-    const ByteSpan key = detail::encode_into(std::string(attr), detail::scratch(0));
+    const detail::ByteSpan key = detail::encode_into(std::string(attr), detail::scratch(0));
     const std::uint64_t h = detail::shm::hash_bytes(key.data(), key.size());
     detail::shm::Tx tx(arena(), ref_.deadline(), "delete an attribute", &root()->seq);
     auto hit = core().find(key, h);
@@ -741,7 +744,7 @@ class Namespace {
   std::vector<std::string> names() const {
     return read([&] {
       std::vector<std::string> out;
-      core().for_each([&](ByteSpan k, ByteSpan) { out.push_back(mpp::decode<std::string>(k)); });
+      core().for_each([&](detail::ByteSpan k, detail::ByteSpan) { out.push_back(mpp::decode<std::string>(k)); });
       return out;
     });
   }
@@ -765,7 +768,7 @@ class Namespace {
 
   template <class T>
   std::optional<T> try_get(std::string_view attr) const {
-    const ByteSpan key = detail::encode_into(std::string(attr), detail::scratch(0));
+    const detail::ByteSpan key = detail::encode_into(std::string(attr), detail::scratch(0));
     const std::uint64_t h = detail::shm::hash_bytes(key.data(), key.size());
     std::uint64_t stored = 0;
     auto v = read([&]() -> std::optional<T> {
@@ -790,6 +793,8 @@ class Namespace {
 /// Python's multiprocessing.Manager(): shared containers in one shared segment. RAII: the
 /// creating handle removes the segment's name when destroyed (unless persistent); processes
 /// that still use it keep working. Copies share one mapping; forked children inherit it.
+/// A mutation that does not fit in the capacity raises mpp::MemoryError (as Python raises
+/// MemoryError) and changes nothing; a full /dev/shm raises mpp::NoSpaceError.
 class Manager {
  public:
   //!Effects: creates an anonymous manager (inherited by forked children). Throws: OSError.
@@ -800,17 +805,17 @@ class Manager {
 
   //!Effects: creates the named manager `name`. Throws: ExistsError, InvalidArgument, OSError.
   static Manager create(std::string_view name, const ManagerOptions& opts = {}) {
-    return Manager(detail::Segment::create(name, spec(opts), format, seg_opts(opts)), opts);
+    return Manager(detail::Segment::create(name, spec(opts), format, opts.named()), opts);
   }
   //!Effects: opens the named manager `name`. Throws: NotFoundError, TypeMismatchError,
   //! CorruptedError, TimeoutError.
   static Manager open(std::string_view name, const ManagerOptions& opts = {}) {
-    return Manager(detail::Segment::open(name, Kind::manager, TypeInfo::none(), seg_opts(opts)),
+    return Manager(detail::Segment::open(name, Kind::manager, TypeInfo::none(), opts.named()),
                    opts);
   }
   /// Opens the named manager `name`, creating it (with `opts`) if it does not exist.
   static Manager open_or_create(std::string_view name, const ManagerOptions& opts = {}) {
-    return Manager(detail::Segment::open_or_create(name, spec(opts), format, seg_opts(opts)).first,
+    return Manager(detail::Segment::open_or_create(name, spec(opts), format, opts.named()).first,
                    opts);
   }
 
@@ -935,9 +940,6 @@ class Manager {
     s.reserve = std::min(opts.capacity, detail::shm::Arena::reserved_bytes());
     return s;
   }
-  static NamedOptions seg_opts(const ManagerOptions& opts) {
-    return NamedOptions{opts.persistent, opts.init_timeout};
-  }
   static void format(std::byte* p, std::uint64_t size) { detail::shm::Arena::format(p, size); }
 
   template <class K, class V>
@@ -1030,29 +1032,18 @@ class Manager {
 
 /// A Manager crosses processes as its name (as Python pickles a manager's address).
 template <>
-struct codec<Manager> {
-  /// Name of the encoding (part of the type fingerprint).
-  static constexpr std::string_view kind = "handle";
-  /// Appends the manager's name.
-  static void encode(const Manager& m, Bytes& out) { codec<std::string>::encode(m.name(), out); }
-  //!Returns: the manager opened by name. Throws: CorruptedError, NotFoundError.
-  static Manager decode(std::span<const std::byte> in) {
-    return Manager::open(codec<std::string>::decode(in));
-  }
-};
+struct codec<Manager> : detail::NameCodec<Manager> {};
 
 namespace detail {
-/// Codec of a manager container: (manager name, container name); decoding opens both.
+/// How a manager container crosses processes: as (manager name, container name); the receiver
+/// opens the manager, then the container with `Open`.
 template <class H, class Open>
-struct ContainerCodec {
-  static constexpr std::string_view kind = "handle";
-  static void encode(const H& h, Bytes& out) {
-    codec<std::pair<std::string, std::string>>::encode({h.manager_name(), h.name()}, out);
-  }
-  static H decode(std::span<const std::byte> in) {
-    auto [m, c] = codec<std::pair<std::string, std::string>>::decode(in);
-    auto mgr = Manager::open(m);
-    return Open{}(mgr, c);
+struct ContainerName {
+  using name_type = std::pair<std::string, std::string>;
+  static name_type name_of(const H& h) { return {h.manager_name(), h.name()}; }
+  static H open(const name_type& n) {
+    auto mgr = Manager::open(n.first);
+    return Open{}(mgr, n.second);
   }
 };
 template <class K, class V>
@@ -1070,12 +1061,17 @@ struct OpenNamespace {
 
 /// A SharedDict crosses processes as (manager name, dict name): the receiver opens it.
 template <class K, class V>
-struct codec<SharedDict<K, V>> : detail::ContainerCodec<SharedDict<K, V>, detail::OpenDict<K, V>> {};
+struct codec<SharedDict<K, V>>
+    : detail::NameCodec<SharedDict<K, V>,
+                        detail::ContainerName<SharedDict<K, V>, detail::OpenDict<K, V>>> {};
 /// A SharedList crosses processes as (manager name, list name): the receiver opens it.
 template <class T>
-struct codec<SharedList<T>> : detail::ContainerCodec<SharedList<T>, detail::OpenList<T>> {};
+struct codec<SharedList<T>>
+    : detail::NameCodec<SharedList<T>, detail::ContainerName<SharedList<T>, detail::OpenList<T>>> {
+};
 /// A Namespace crosses processes as (manager name, Namespace name): the receiver opens it.
 template <>
-struct codec<Namespace> : detail::ContainerCodec<Namespace, detail::OpenNamespace> {};
+struct codec<Namespace>
+    : detail::NameCodec<Namespace, detail::ContainerName<Namespace, detail::OpenNamespace>> {};
 
 }  // namespace mpp

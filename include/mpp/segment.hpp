@@ -1,4 +1,4 @@
-// mpp — named shared-memory segments with a validated header (DESIGN.md section 3).
+// mpp — named shared-memory segments with a validated header.
 // Every shareable object lives in a Segment: a header (magic, layout version, kind, element type
 // fingerprint, sizes, creator, init state) followed by the object's payload, then its attach
 // table (one entry per process using it, shared by that process's handles).
@@ -430,7 +430,7 @@ class Segment {
   /// Keep (true) or remove (false) the name when the creating handle is destroyed.
   void set_persistent(bool p) noexcept { persistent_ = p; }
   //!Effects: records in the shared header whether the object is meant to outlive its users
-  //! (create() records SegmentOptions::persistent): `mpp gc` keeps a persistent object after its
+  //! (create() records NamedOptions::persistent): `mpp gc` keeps a persistent object after its
   //! users are gone, and removes one that is not.
   void mark_persistent(bool keep) noexcept {
     if (base_ == nullptr) return;

@@ -1,5 +1,5 @@
 // mpp — Python's synchronisation primitives across processes: Lock, RLock, Semaphore,
-// BoundedSemaphore, Event, Condition, Barrier (DESIGN.md section 4).
+// BoundedSemaphore, Event, Condition, Barrier.
 //
 // Each exists anonymous (`mpp::Lock l;`, inherited by forked children), named
 // (`Lock::create(name)`, `open(name)`, `open_or_create(name)`) and as a raw in-segment state
@@ -28,6 +28,7 @@
 #include <variant>
 
 #include "codec.hpp"
+#include "detail/name_codec.hpp"
 #include "detail/sync_state.hpp"
 #include "errors.hpp"
 #include "segment.hpp"
@@ -58,7 +59,7 @@ struct SyncHandle {
   //! its payload.
   template <class Make>
   static SyncHandle create(Kind kind, std::string_view name, Make&& make,
-                           const SegmentOptions& opts) {
+                           const NamedOptions& opts) {
     const SegmentSpec spec{kind, type_info<State>(), sizeof(State), 0};
     auto init = [&](std::byte* p, std::uint64_t) { make(static_cast<void*>(p)); };
     return wrap(Segment::create(name, spec, init, opts));
@@ -71,12 +72,12 @@ struct SyncHandle {
     return wrap(Segment::create_anonymous(spec, init));
   }
   /// Opens the named segment and checks that it holds a `State`.
-  static SyncHandle open(Kind kind, std::string_view name, const SegmentOptions& opts) {
+  static SyncHandle open(Kind kind, std::string_view name, const NamedOptions& opts) {
     return wrap(Segment::open(name, kind, type_info<State>(), opts));
   }
   template <class Make>
   static SyncHandle open_or_create(Kind kind, std::string_view name, Make&& make,
-                                   const SegmentOptions& opts) {
+                                   const NamedOptions& opts) {
     const SegmentSpec spec{kind, type_info<State>(), sizeof(State), 0};
     auto init = [&](std::byte* p, std::uint64_t) { make(static_cast<void*>(p)); };
     return wrap(Segment::open_or_create(name, spec, init, opts).first);
@@ -102,6 +103,76 @@ template <class H>
 struct LazyName {
   const H* h;
   std::string_view operator()() const noexcept { return h->name(); }
+};
+
+/// mpp's own access to a handle's raw state and segment (synchronisation objects, Value, Array),
+/// and to handles over a state embedded in another object (Value::get_lock(), a named
+/// Condition's own RLock). Not part of the public API: the handles keep these members protected.
+struct HandleAccess {
+  /// The raw in-segment state of `h`.
+  template <class H>
+  static auto& state(const H& h) noexcept {
+    return h.state();
+  }
+  /// The segment that holds `h`'s state (kept mapped by `h`).
+  template <class H>
+  static const std::shared_ptr<Segment>& segment(const H& h) noexcept {
+    return h.segment();
+  }
+  //!Returns: an H over `state`, embedded in `owner`'s segment (kept mapped by the handle and its
+  //! copies). Throws: InvalidArgument on a null state.
+  template <class H, class State>
+  static H view(std::shared_ptr<Segment> owner, State* state) {
+    return H::view(std::move(owner), state);
+  }
+};
+
+/// What every synchronisation handle shares: a mapped `State` of kind `K`, its name, and the four
+/// ways to make one (anonymous, create, open, open_or_create) plus views, written once here.
+/// `Derived` constructs from (Handle, extra...) and befriends this class.
+template <class Derived, class State, Kind K>
+class SyncObject {
+ public:
+  /// The object's name ("mpp.anon..." when anonymous; for a lock embedded in another object, such
+  /// as Value::get_lock(), the name of that object).
+  const std::string& name() const noexcept { return h_.name(); }
+
+ protected:
+  using Handle = SyncHandle<State>;
+  explicit SyncObject(Handle h) : h_(std::move(h)) {}
+
+  template <class Make>
+  static Handle anonymous(Make&& make) {
+    return Handle::create_anonymous(K, make);
+  }
+  template <class Make, class... Extra>
+  static Derived created(std::string_view name, Make&& make, const NamedOptions& opts,
+                         Extra&&... extra) {
+    return Derived(Handle::create(K, name, make, opts), std::forward<Extra>(extra)...);
+  }
+  template <class... Extra>
+  static Derived opened(std::string_view name, const NamedOptions& opts, Extra&&... extra) {
+    return Derived(Handle::open(K, name, opts), std::forward<Extra>(extra)...);
+  }
+  template <class Make, class... Extra>
+  static Derived opened_or_created(std::string_view name, Make&& make, const NamedOptions& opts,
+                                   Extra&&... extra) {
+    return Derived(Handle::open_or_create(K, name, make, opts), std::forward<Extra>(extra)...);
+  }
+  // A handle over a state embedded in `owner`'s segment.
+  static Derived view(std::shared_ptr<Segment> owner, State* state) {
+    if (state == nullptr) fail<InvalidArgument>("{}::view: null state", kind_name(K));
+    Handle h;
+    h.seg = std::move(owner);
+    h.state = state;
+    return Derived(std::move(h));
+  }
+  State& state() const noexcept { return *h_.state; }
+  const std::shared_ptr<Segment>& segment() const noexcept { return h_.seg; }
+
+  Handle h_;
+
+  friend struct HandleAccess;
 };
 
 }  // namespace detail
@@ -143,30 +214,21 @@ class Guard {
 /// Python's multiprocessing.Lock: a robust, non-recursive lock shared between processes.
 /// Any process may release it (as in Python); releasing an unlocked Lock raises ValueError.
 /// If a holder dies, the next acquirer gets the lock and previous_owner_died() is true.
-class Lock {
+class Lock : public detail::SyncObject<Lock, detail::LockState, Kind::lock> {
  public:
   //!Effects: creates an anonymous lock (inherited by forked children). Throws: OSError.
-  Lock() : h_(Handle::create_anonymous(Kind::lock, construct)) {}
+  Lock() : SyncObject(anonymous(construct)) {}
   //!Effects: creates the named lock `name`. Throws: ExistsError, InvalidArgument, OSError.
   static Lock create(std::string_view name, const NamedOptions& opts = {}) {
-    return Lock(Handle::create(Kind::lock, name, construct, opts));
+    return created(name, construct, opts);
   }
   //!Effects: opens the named lock `name`. Throws: NotFoundError, TypeMismatchError, ...
   static Lock open(std::string_view name, const NamedOptions& opts = {}) {
-    return Lock(Handle::open(Kind::lock, name, opts));
+    return opened(name, opts);
   }
   /// Opens the named lock `name`, creating it if it does not exist.
   static Lock open_or_create(std::string_view name, const NamedOptions& opts = {}) {
-    return Lock(Handle::open_or_create(Kind::lock, name, construct, opts));
-  }
-  //!Effects: a Lock over a LockState embedded in another object's segment; `owner` keeps that
-  //! segment mapped while this handle (or a copy) lives. Throws: InvalidArgument on null state.
-  static Lock view(std::shared_ptr<detail::Segment> owner, detail::LockState* state) {
-    if (state == nullptr) detail::fail<InvalidArgument>("Lock::view: null LockState");
-    Handle h;
-    h.seg = std::move(owner);
-    h.state = state;
-    return Lock(std::move(h));
+    return opened_or_created(name, construct, opts);
   }
 
   //!Effects: acquires the lock; with block=false tries once; with a timeout waits at most that
@@ -207,16 +269,10 @@ class Lock {
     return acquire(true, detail::to_timeout(t - Clock::now()));
   }
 
-  /// The object's name ("mpp.anon..." for anonymous locks; the owner's name for views).
-  const std::string& name() const noexcept { return h_.name(); }
-  /// The raw state (for objects that embed or inspect it).
-  detail::LockState& state() const noexcept { return *h_.state; }
-  /// The segment that holds the state (kept alive by this handle).
-  const std::shared_ptr<detail::Segment>& segment() const noexcept { return h_.seg; }
 
  private:
-  using Handle = detail::SyncHandle<detail::LockState>;
-  explicit Lock(Handle h) : h_(std::move(h)) {}
+  friend SyncObject;
+  explicit Lock(Handle h) : SyncObject(std::move(h)) {}
   static void construct(void* p) { new (p) detail::LockState(); }
   bool record(detail::LockResult r) noexcept {
     if (r == detail::LockResult::timeout) return false;
@@ -225,36 +281,27 @@ class Lock {
   }
   friend class Condition;
 
-  Handle h_;
   bool died_ = false;
 };
 
 /// Python's multiprocessing.RLock: a robust re-entrant lock owned by one thread of one process.
 /// release() by a thread that does not own it raises ValueError (Python: AssertionError or
 /// RuntimeError; mpp uses ValueError for every misuse of a lock's state).
-class RLock {
+class RLock : public detail::SyncObject<RLock, detail::RLockState, Kind::rlock> {
  public:
   //!Effects: creates an anonymous re-entrant lock (inherited by forked children).
-  RLock() : h_(Handle::create_anonymous(Kind::rlock, construct)) {}
+  RLock() : SyncObject(anonymous(construct)) {}
   //!Effects: creates the named re-entrant lock `name`. Throws: ExistsError, ...
   static RLock create(std::string_view name, const NamedOptions& opts = {}) {
-    return RLock(Handle::create(Kind::rlock, name, construct, opts));
+    return created(name, construct, opts);
   }
   //!Effects: opens the named re-entrant lock `name`. Throws: NotFoundError, ...
   static RLock open(std::string_view name, const NamedOptions& opts = {}) {
-    return RLock(Handle::open(Kind::rlock, name, opts));
+    return opened(name, opts);
   }
   /// Opens the named re-entrant lock `name`, creating it if it does not exist.
   static RLock open_or_create(std::string_view name, const NamedOptions& opts = {}) {
-    return RLock(Handle::open_or_create(Kind::rlock, name, construct, opts));
-  }
-  /// An RLock over an RLockState embedded in `owner`'s segment (kept alive by the handle).
-  static RLock view(std::shared_ptr<detail::Segment> owner, detail::RLockState* state) {
-    if (state == nullptr) detail::fail<InvalidArgument>("RLock::view: null RLockState");
-    Handle h;
-    h.seg = std::move(owner);
-    h.state = state;
-    return RLock(std::move(h));
+    return opened_or_created(name, construct, opts);
   }
 
   //!Effects: acquires or re-enters the lock (see Lock::acquire). Returns: true if held.
@@ -306,16 +353,10 @@ class RLock {
     return acquire(true, detail::to_timeout(t - Clock::now()));
   }
 
-  /// The object's name.
-  const std::string& name() const noexcept { return h_.name(); }
-  /// The raw state.
-  detail::RLockState& state() const noexcept { return *h_.state; }
-  /// The segment that holds the state.
-  const std::shared_ptr<detail::Segment>& segment() const noexcept { return h_.seg; }
 
  private:
-  using Handle = detail::SyncHandle<detail::RLockState>;
-  explicit RLock(Handle h) : h_(std::move(h)) {}
+  friend SyncObject;
+  explicit RLock(Handle h) : SyncObject(std::move(h)) {}
   static void construct(void* p) { new (p) detail::RLockState(); }
   void release_impl(bool repaired) {
     auto& st = *h_.state;
@@ -326,14 +367,17 @@ class RLock {
   }
   friend class Condition;
 
-  Handle h_;
   bool died_ = false;
 };
 
 
 namespace detail {
 /// Common part of Semaphore and BoundedSemaphore.
-class SemaphoreBase {
+template <class Derived, Kind K>
+class SemaphoreBase : public SyncObject<Derived, SemaphoreState, K> {
+  using Base = SyncObject<Derived, SemaphoreState, K>;
+  using Base::h_;
+
  public:
   //!Effects: takes a unit; with block=false tries once; with a timeout waits at most that long.
   //!Returns: true if a unit was taken.
@@ -372,16 +416,10 @@ class SemaphoreBase {
   }
   /// Always false: semaphores have no owner (for Guard).
   bool previous_owner_died() const noexcept { return false; }
-  /// The object's name.
-  const std::string& name() const noexcept { return h_.name(); }
-  /// The raw state.
-  SemaphoreState& state() const noexcept { return *h_.state; }
-  /// The segment that holds the state.
-  const std::shared_ptr<Segment>& segment() const noexcept { return h_.seg; }
 
  protected:
-  using Handle = SyncHandle<SemaphoreState>;
-  explicit SemaphoreBase(Handle h) : h_(std::move(h)) {}
+  using Handle = typename Base::Handle;
+  explicit SemaphoreBase(Handle h) : Base(std::move(h)) {}
   static std::function<void(void*)> maker(std::uint32_t value, bool bounded) {
     if (value > SemaphoreState::kValueMax)
       fail<InvalidArgument>("semaphore value {} is larger than the maximum {}", value,
@@ -390,95 +428,79 @@ class SemaphoreBase {
       fail<InvalidArgument>("a BoundedSemaphore needs an initial value of at least 1");
     return [value, bounded](void* p) { new (p) SemaphoreState(value, bounded ? value : 0); };
   }
-  Handle h_;
 };
 }  // namespace detail
 
 /// Python's multiprocessing.Semaphore. Semaphores have no owner: a unit taken by a process that
 /// dies is never given back (the value stays lower), exactly as in Python.
-class Semaphore : public detail::SemaphoreBase {
+class Semaphore : public detail::SemaphoreBase<Semaphore, Kind::semaphore> {
  public:
   //!Effects: an anonymous semaphore holding `value` units. Throws: InvalidArgument, OSError.
   explicit Semaphore(std::uint32_t value = 1)
-      : SemaphoreBase(Handle::create_anonymous(Kind::semaphore, maker(value, false))) {}
+      : SemaphoreBase(anonymous(maker(value, false))) {}
   //!Effects: creates the named semaphore `name`. Throws: ExistsError, InvalidArgument, OSError.
   static Semaphore create(std::string_view name, std::uint32_t value = 1,
                           const NamedOptions& opts = {}) {
-    return Semaphore(Handle::create(Kind::semaphore, name, maker(value, false), opts));
+    return created(name, maker(value, false), opts);
   }
   //!Effects: opens the named semaphore `name`. Throws: NotFoundError, TypeMismatchError, ...
   static Semaphore open(std::string_view name, const NamedOptions& opts = {}) {
-    return Semaphore(Handle::open(Kind::semaphore, name, opts));
+    return opened(name, opts);
   }
   /// Opens `name`, or creates it with `value` units.
   static Semaphore open_or_create(std::string_view name, std::uint32_t value = 1,
                                   const NamedOptions& opts = {}) {
-    return Semaphore(Handle::open_or_create(Kind::semaphore, name, maker(value, false), opts));
-  }
-  /// A Semaphore over a SemaphoreState embedded in `owner`'s segment.
-  static Semaphore view(std::shared_ptr<detail::Segment> owner, detail::SemaphoreState* state) {
-    if (state == nullptr) detail::fail<InvalidArgument>("Semaphore::view: null state");
-    Handle h;
-    h.seg = std::move(owner);
-    h.state = state;
-    return Semaphore(std::move(h));
+    return opened_or_created(name, maker(value, false), opts);
   }
 
  private:
+  friend SyncObject;
   explicit Semaphore(Handle h) : SemaphoreBase(std::move(h)) {}
 };
 
 /// Python's multiprocessing.BoundedSemaphore: release() beyond the initial value raises
 /// ValueError. No owner (see Semaphore).
-class BoundedSemaphore : public detail::SemaphoreBase {
+class BoundedSemaphore : public detail::SemaphoreBase<BoundedSemaphore, Kind::bounded_semaphore> {
  public:
   //!Effects: an anonymous bounded semaphore holding (and bounded by) `value` >= 1 units.
   explicit BoundedSemaphore(std::uint32_t value = 1)
-      : SemaphoreBase(Handle::create_anonymous(Kind::bounded_semaphore, maker(value, true))) {}
+      : SemaphoreBase(anonymous(maker(value, true))) {}
   //!Effects: creates the named bounded semaphore `name`. Throws: ExistsError, InvalidArgument.
   static BoundedSemaphore create(std::string_view name, std::uint32_t value = 1,
                                  const NamedOptions& opts = {}) {
-    return BoundedSemaphore(Handle::create(Kind::bounded_semaphore, name, maker(value, true), opts));
+    return created(name, maker(value, true), opts);
   }
   //!Effects: opens the named bounded semaphore `name`. Throws: NotFoundError, ...
   static BoundedSemaphore open(std::string_view name, const NamedOptions& opts = {}) {
-    return BoundedSemaphore(Handle::open(Kind::bounded_semaphore, name, opts));
+    return opened(name, opts);
   }
   /// Opens `name`, or creates it with `value` units.
   static BoundedSemaphore open_or_create(std::string_view name, std::uint32_t value = 1,
                                          const NamedOptions& opts = {}) {
-    return BoundedSemaphore(
-        Handle::open_or_create(Kind::bounded_semaphore, name, maker(value, true), opts));
+    return opened_or_created(name, maker(value, true), opts);
   }
 
  private:
+  friend SyncObject;
   explicit BoundedSemaphore(Handle h) : SemaphoreBase(std::move(h)) {}
 };
 
 /// Python's multiprocessing.Event: a flag processes can wait for.
-class Event {
+class Event : public detail::SyncObject<Event, detail::EventState, Kind::event> {
  public:
   //!Effects: an anonymous, clear event (inherited by forked children).
-  Event() : h_(Handle::create_anonymous(Kind::event, construct)) {}
+  Event() : SyncObject(anonymous(construct)) {}
   //!Effects: creates the named event `name` (clear). Throws: ExistsError, InvalidArgument, ...
   static Event create(std::string_view name, const NamedOptions& opts = {}) {
-    return Event(Handle::create(Kind::event, name, construct, opts));
+    return created(name, construct, opts);
   }
   //!Effects: opens the named event `name`. Throws: NotFoundError, TypeMismatchError, ...
   static Event open(std::string_view name, const NamedOptions& opts = {}) {
-    return Event(Handle::open(Kind::event, name, opts));
+    return opened(name, opts);
   }
   /// Opens `name`, creating it (clear) if it does not exist.
   static Event open_or_create(std::string_view name, const NamedOptions& opts = {}) {
-    return Event(Handle::open_or_create(Kind::event, name, construct, opts));
-  }
-  /// An Event over an EventState embedded in `owner`'s segment.
-  static Event view(std::shared_ptr<detail::Segment> owner, detail::EventState* state) {
-    if (state == nullptr) detail::fail<InvalidArgument>("Event::view: null state");
-    Handle h;
-    h.seg = std::move(owner);
-    h.state = state;
-    return Event(std::move(h));
+    return opened_or_created(name, construct, opts);
   }
 
   /// Sets the flag and wakes every waiter. Each operation of an Event throws CorruptedError if
@@ -494,18 +516,11 @@ class Event {
     return h_.state->wait(detail::Deadline::from(timeout), h_.name());
   }
 
-  /// The object's name.
-  const std::string& name() const noexcept { return h_.name(); }
-  /// The raw state.
-  detail::EventState& state() const noexcept { return *h_.state; }
-  /// The segment that holds the state.
-  const std::shared_ptr<detail::Segment>& segment() const noexcept { return h_.seg; }
 
  private:
-  using Handle = detail::SyncHandle<detail::EventState>;
-  explicit Event(Handle h) : h_(std::move(h)) {}
+  friend SyncObject;
+  explicit Event(Handle h) : SyncObject(std::move(h)) {}
   static void construct(void* p) { new (p) detail::EventState(); }
-  Handle h_;
 };
 
 namespace detail {
@@ -522,38 +537,37 @@ static_assert(std::is_standard_layout_v<ConditionBlock>);
 /// lock may be embedded in another object, e.g. Value::get_lock()). wait() must be called with
 /// the lock held; notify(n) wakes exactly the n oldest waiters. If a process dies holding the
 /// lock, the next acquirer (or a waiter re-acquiring it) is told via previous_owner_died().
-class Condition {
+class Condition : public detail::SyncObject<Condition, detail::ConditionBlock, Kind::condition> {
  public:
   //!Effects: an anonymous condition with its own RLock (Python's default).
-  Condition() : Condition(Handle::create_anonymous(Kind::condition, construct)) {}
-  //!Effects: an anonymous condition over `lock` (a Lock or an RLock, anonymous, named or view).
-  explicit Condition(Lock lock)
-      : h_(Handle::create_anonymous(Kind::condition, construct)), lock_(std::move(lock)) {}
+  Condition() : Condition(anonymous(construct)) {}
+  //!Effects: an anonymous condition over `lock` (a Lock or an RLock, anonymous, named or
+  //! embedded in another object).
+  explicit Condition(Lock lock) : SyncObject(anonymous(construct)), lock_(std::move(lock)) {}
   /// An anonymous condition over `lock`.
-  explicit Condition(RLock lock)
-      : h_(Handle::create_anonymous(Kind::condition, construct)), lock_(std::move(lock)) {}
+  explicit Condition(RLock lock) : SyncObject(anonymous(construct)), lock_(std::move(lock)) {}
   //!Effects: creates the named condition `name` with its own RLock, which every opener shares.
   static Condition create(std::string_view name, const NamedOptions& opts = {}) {
-    return Condition(Handle::create(Kind::condition, name, construct, opts));
+    return created(name, construct, opts);
   }
   //!Effects: creates the named condition `name` over `lock`; every process must then open it
   //! with the same lock (open(name, lock)).
   template <class L>
   static Condition create(std::string_view name, L lock, const NamedOptions& opts = {}) {
-    return Condition(Handle::create(Kind::condition, name, construct, opts), std::move(lock));
+    return created(name, construct, opts, std::move(lock));
   }
   //!Effects: opens the named condition `name` with its own RLock. Throws: NotFoundError, ...
   static Condition open(std::string_view name, const NamedOptions& opts = {}) {
-    return Condition(Handle::open(Kind::condition, name, opts));
+    return opened(name, opts);
   }
   /// Opens the named condition `name` over `lock` (the lock it was created with).
   template <class L>
   static Condition open(std::string_view name, L lock, const NamedOptions& opts = {}) {
-    return Condition(Handle::open(Kind::condition, name, opts), std::move(lock));
+    return opened(name, opts, std::move(lock));
   }
   /// Opens `name` with its own RLock, creating it if it does not exist.
   static Condition open_or_create(std::string_view name, const NamedOptions& opts = {}) {
-    return Condition(Handle::open_or_create(Kind::condition, name, construct, opts));
+    return opened_or_created(name, construct, opts);
   }
 
   /// Acquires the underlying lock (see Lock::acquire / RLock::acquire).
@@ -653,12 +667,6 @@ class Condition {
     h_.state->cond.notify(detail::kConditionSlots, h_.name());
   }
 
-  /// The object's name.
-  const std::string& name() const noexcept { return h_.name(); }
-  /// The raw state (waiter table and the condition's own RLock).
-  detail::ConditionBlock& state() const noexcept { return *h_.state; }
-  /// The segment that holds the state.
-  const std::shared_ptr<detail::Segment>& segment() const noexcept { return h_.seg; }
   /// True if the condition uses its own RLock (then it can cross processes as its name).
   bool uses_own_lock() const noexcept {
     const auto* r = std::get_if<RLock>(&lock_);
@@ -666,11 +674,12 @@ class Condition {
   }
 
  private:
-  using Handle = detail::SyncHandle<detail::ConditionBlock>;
+  friend SyncObject;
   // Over the condition's own RLock (h_ is initialised before lock_).
-  explicit Condition(Handle h) : h_(std::move(h)), lock_(RLock::view(h_.seg, &h_.state->lock)) {}
+  explicit Condition(Handle h)
+      : SyncObject(std::move(h)), lock_(RLock::view(h_.seg, &h_.state->lock)) {}
   template <class L>
-  Condition(Handle h, L lock) : h_(std::move(h)), lock_(std::move(lock)) {}
+  Condition(Handle h, L lock) : SyncObject(std::move(h)), lock_(std::move(lock)) {}
   static void construct(void* p) { new (p) detail::ConditionBlock(); }
   void check_owned(const char* what) const {
     std::visit(
@@ -690,14 +699,13 @@ class Condition {
       detail::fail<ValueError>("{}() on condition '{}' without holding its lock", what, h_.name());
   }
 
-  Handle h_;
   std::variant<Lock, RLock> lock_;
 };
 
 /// Python's multiprocessing.Barrier for `parties` processes or threads. A party that dies while
 /// others wait breaks the barrier: they get BrokenBarrierError within ~100 ms instead of hanging.
 /// The action runs in the last party to arrive, before any party is released.
-class Barrier {
+class Barrier : public detail::SyncObject<Barrier, detail::BarrierState, Kind::barrier> {
  public:
   /// What the last arriving party runs before the others are released.
   using Action = std::function<void()>;
@@ -705,28 +713,24 @@ class Barrier {
   //!Effects: an anonymous barrier for `parties` (1..256) parties; `timeout` is the default for
   //! wait(). Throws: InvalidArgument for a bad count, OSError.
   explicit Barrier(std::uint32_t parties, Action action = {}, Timeout timeout = {})
-      : h_(Handle::create_anonymous(Kind::barrier, maker(parties))),
-        action_(std::move(action)),
-        timeout_(timeout) {}
+      : SyncObject(anonymous(maker(parties))), action_(std::move(action)), timeout_(timeout) {}
   //!Effects: creates the named barrier `name`. Throws: ExistsError, InvalidArgument, OSError.
   static Barrier create(std::string_view name, std::uint32_t parties, Action action = {},
                         Timeout timeout = {}, const NamedOptions& opts = {}) {
-    return Barrier(Handle::create(Kind::barrier, name, maker(parties), opts), std::move(action),
-                   timeout);
+    return created(name, maker(parties), opts, std::move(action), timeout);
   }
   //!Effects: opens the named barrier `name` (its party count is stored); `action` runs if this
   //! process arrives last. Throws: NotFoundError, TypeMismatchError, CorruptedError.
   static Barrier open(std::string_view name, Action action = {}, Timeout timeout = {},
                       const NamedOptions& opts = {}) {
-    Barrier b(Handle::open(Kind::barrier, name, opts), std::move(action), timeout);
+    Barrier b = opened(name, opts, std::move(action), timeout);
     b.h_.state->checked_parties(b.name());
     return b;
   }
   /// Opens `name`, creating it for `parties` if it does not exist.
   static Barrier open_or_create(std::string_view name, std::uint32_t parties, Action action = {},
                                 Timeout timeout = {}, const NamedOptions& opts = {}) {
-    Barrier b(Handle::open_or_create(Kind::barrier, name, maker(parties), opts), std::move(action),
-              timeout);
+    Barrier b = opened_or_created(name, maker(parties), opts, std::move(action), timeout);
     b.h_.state->checked_parties(b.name());
     return b;
   }
@@ -754,83 +758,71 @@ class Barrier {
   /// True if the barrier is broken.
   bool broken() const noexcept { return h_.state->is_broken(); }
 
-  /// The object's name.
-  const std::string& name() const noexcept { return h_.name(); }
-  /// The raw state.
-  detail::BarrierState& state() const noexcept { return *h_.state; }
-  /// The segment that holds the state.
-  const std::shared_ptr<detail::Segment>& segment() const noexcept { return h_.seg; }
 
  private:
-  using Handle = detail::SyncHandle<detail::BarrierState>;
+  friend SyncObject;
   Barrier(Handle h, Action action, Timeout timeout)
-      : h_(std::move(h)), action_(std::move(action)), timeout_(timeout) {}
+      : SyncObject(std::move(h)), action_(std::move(action)), timeout_(timeout) {}
   static std::function<void(void*)> maker(std::uint32_t parties) {
     if (parties == 0 || parties > detail::kMaxBarrierParties)
       detail::fail<InvalidArgument>("a Barrier needs 1..{} parties, not {}",
                                     detail::kMaxBarrierParties, parties);
     return [parties](void* p) { new (p) detail::BarrierState(parties); };
   }
-  Handle h_;
   Action action_;
   Timeout timeout_;
 };
 
-
 namespace detail {
-//!Returns: the name under which `h` can be re-opened in another process.
-//!Throws: InvalidArgument for a view of a state embedded in another object (or a Condition over
-//! a supplied lock): encode the object that owns it instead.
-template <class H>
-const std::string& sync_encoded_name(const H& h, Kind kind, bool standalone = true) {
-  const auto& seg = h.segment();
-  if (!standalone || !seg || static_cast<Kind>(seg->header().kind) != kind ||
-      reinterpret_cast<const std::byte*>(&h.state()) != seg->payload())
-    fail<InvalidArgument>("this {} is part of '{}' (or uses a supplied lock) and cannot cross "
-                          "processes by itself; pass the object that owns it",
-                          kind_name(kind), seg ? seg->name() : std::string("?"));
-  return seg->name();
-}
-
-/// The codec of a synchronisation handle: its name, opened again by decode (as Python pickles
-/// a multiprocessing lock for a child). A Barrier's action is code and does not cross.
+/// How a synchronisation handle crosses processes: as its name, checked to be the name of the
+/// object itself (not of another object that embeds its state); opened again by decode, as
+/// Python pickles a multiprocessing lock for a child. A Barrier's action is code and does not
+/// cross.
 template <class H, Kind K>
-struct SyncCodec {
-  /// Name of the encoding (part of the type fingerprint).
-  static constexpr std::string_view kind = "handle";
-  /// Appends the object's name. Throws: InvalidArgument for a view (see sync_encoded_name).
-  static void encode(const H& h, Bytes& out) {
+struct SyncName {
+  using name_type = std::string;
+  //!Returns: the name under which `h` can be re-opened in another process.
+  //!Throws: InvalidArgument for a handle over a state embedded in another object (or a
+  //! Condition over a supplied lock): encode the object that owns it instead.
+  static const std::string& name_of(const H& h) {
     bool standalone = true;
     if constexpr (std::is_same_v<H, Condition>) standalone = h.uses_own_lock();
-    codec<std::string>::encode(sync_encoded_name(h, K, standalone), out);
+    const auto& seg = HandleAccess::segment(h);
+    if (!standalone || !seg || static_cast<Kind>(seg->header().kind) != K ||
+        reinterpret_cast<const std::byte*>(&HandleAccess::state(h)) != seg->payload())
+      fail<InvalidArgument>("this {} is part of '{}' (or uses a supplied lock) and cannot cross "
+                            "processes by itself; pass the object that owns it",
+                            kind_name(K), seg ? seg->name() : std::string("?"));
+    return seg->name();
   }
-  //!Returns: the object opened by name. Throws: CorruptedError, NotFoundError, TypeMismatchError.
-  static H decode(std::span<const std::byte> in) {
-    return H::open(codec<std::string>::decode(in));
-  }
+  static H open(const std::string& name) { return H::open(name); }
 };
 }  // namespace detail
 
 /// A Lock crosses processes as its name.
 template <>
-struct codec<Lock> : detail::SyncCodec<Lock, Kind::lock> {};
+struct codec<Lock> : detail::NameCodec<Lock, detail::SyncName<Lock, Kind::lock>> {};
 /// An RLock crosses processes as its name.
 template <>
-struct codec<RLock> : detail::SyncCodec<RLock, Kind::rlock> {};
+struct codec<RLock> : detail::NameCodec<RLock, detail::SyncName<RLock, Kind::rlock>> {};
 /// A Semaphore crosses processes as its name.
 template <>
-struct codec<Semaphore> : detail::SyncCodec<Semaphore, Kind::semaphore> {};
+struct codec<Semaphore> : detail::NameCodec<Semaphore, detail::SyncName<Semaphore, Kind::semaphore>> {
+};
 /// A BoundedSemaphore crosses processes as its name.
 template <>
-struct codec<BoundedSemaphore> : detail::SyncCodec<BoundedSemaphore, Kind::bounded_semaphore> {};
+struct codec<BoundedSemaphore>
+    : detail::NameCodec<BoundedSemaphore,
+                        detail::SyncName<BoundedSemaphore, Kind::bounded_semaphore>> {};
 /// An Event crosses processes as its name.
 template <>
-struct codec<Event> : detail::SyncCodec<Event, Kind::event> {};
+struct codec<Event> : detail::NameCodec<Event, detail::SyncName<Event, Kind::event>> {};
 /// A Condition with its own RLock crosses processes as its name.
 template <>
-struct codec<Condition> : detail::SyncCodec<Condition, Kind::condition> {};
+struct codec<Condition> : detail::NameCodec<Condition, detail::SyncName<Condition, Kind::condition>> {
+};
 /// A Barrier crosses processes as its name (without its action).
 template <>
-struct codec<Barrier> : detail::SyncCodec<Barrier, Kind::barrier> {};
+struct codec<Barrier> : detail::NameCodec<Barrier, detail::SyncName<Barrier, Kind::barrier>> {};
 
 }  // namespace mpp

@@ -45,16 +45,26 @@
 
 #include "codec.hpp"
 #include "detail/sync_state.hpp"
+#include "detail/name_codec.hpp"
 #include "errors.hpp"
+#include "options.hpp"
 #include "segment.hpp"
 #include "sync.hpp"
 
 namespace mpp {
 
-/// Options of Value / Array (Python: `lock=True`), and of the named segment.
+/// Options of Value / Array (Python: `lock=True`), and of the named segment (the fields of
+/// NamedOptions, under the same names as in QueueOptions and ManagerOptions).
 struct SharedOptions {
-  bool lock = true;         ///< embed a robust Lock (get_lock(), with_lock()); false: RawValue
-  bool persistent = false;  ///< keep the name when the creating handle goes away
+  /// Embed a robust re-entrant lock (get_lock(), with_lock()); false: as RawValue / RawArray.
+  bool lock = true;
+  /// Keep the name when the creating handle goes away (see NamedOptions::persistent).
+  bool persistent = false;
+  /// How long open_or_create() waits for an object whose creator is still initialising it.
+  std::chrono::milliseconds init_timeout{5000};
+
+  /// The options of the named segment.
+  NamedOptions named() const noexcept { return NamedOptions{persistent, init_timeout}; }
 };
 
 namespace detail {
@@ -72,6 +82,15 @@ struct BlockHeader {
 };
 static_assert(std::is_standard_layout_v<BlockHeader> && sizeof(BlockHeader) == 48);
 inline constexpr std::uint32_t kBlockHasLock = 1;
+
+/// The options of a RawValue / RawArray: no lock, and the named segment's options `o`.
+constexpr SharedOptions unlocked(const NamedOptions& o) noexcept {
+  SharedOptions s;
+  s.lock = false;
+  s.persistent = o.persistent;
+  s.init_timeout = o.init_timeout;
+  return s;
+}
 
 /// True when T can be shared by Value / Array at all (the static_asserts below say why not).
 template <class T>
@@ -96,13 +115,23 @@ constexpr std::size_t block_data_offset() noexcept {
   return (sizeof(BlockHeader) + a - 1) / a * a;
 }
 
-/// Compile-time contract shared by Value and Array: one readable message per broken rule.
-template <class T>
+/// Compile-time contract shared by Value (`K` = Kind::value) and Array (Kind::array): one
+/// readable message per broken rule; the compiler's note names the T.
+template <class T, Kind K>
 constexpr bool check_shared_element() {
-  static_assert(std::is_trivially_copyable_v<T>,
-                "mpp::Value<T> / mpp::Array<T> need a trivially copyable T (its bytes are shared "
-                "as they are); for std::string, containers and other types use a Manager "
-                "(mpp::Manager::value<T>, Manager::list<T>), or Queue/Pipe to send copies");
+  if constexpr (K == Kind::value)
+    static_assert(std::is_trivially_copyable_v<T>,
+                  "mpp::Value<T> needs a trivially copyable T: its bytes are shared as they are, "
+                  "and a std::string or container holds pointers to this process's heap. Share "
+                  "such a value through an mpp::Manager m (m.Namespace(\"config\").set(\"name\", "
+                  "std::string(...)), or m.dict<K, V>(name)), keep text of bounded length in an "
+                  "mpp::Array<char>, or send copies through a Queue or Pipe");
+  else
+    static_assert(std::is_trivially_copyable_v<T>,
+                  "mpp::Array<T> needs a trivially copyable T: its bytes are shared as they are, "
+                  "and a std::string or container holds pointers to this process's heap. Keep "
+                  "such items in a Manager's list (m.list<T>(name)) or dict (m.dict<K, V>(name)), "
+                  "or send copies through a Queue or Pipe");
   static_assert(!std::is_pointer_v<T> && !std::is_member_pointer_v<T>,
                 "mpp::Value<T> / mpp::Array<T>: a pointer means nothing in another process");
   static_assert(!std::is_const_v<T> && !std::is_volatile_v<T>,
@@ -161,7 +190,7 @@ struct SharedBlock {
     const SegmentSpec sp = spec(kind, n);
     const PayloadInit init = initializer(n, o.lock, fill);
     Segment s = name.empty() ? Segment::create_anonymous(sp, init)
-                             : Segment::create(name, sp, init, SegmentOptions{o.persistent});
+                             : Segment::create(name, sp, init, o.named());
     if (name.empty() && o.persistent) {
       s.set_persistent(true);
       s.mark_persistent(true);  // `mpp gc` keeps it
@@ -169,7 +198,7 @@ struct SharedBlock {
     return wrap(std::move(s));
   }
 
-  static SharedBlock open(Kind kind, std::string_view name, const SegmentOptions& opts = {}) {
+  static SharedBlock open(Kind kind, std::string_view name, const NamedOptions& opts = {}) {
     return wrap(Segment::open(name, kind, type_info<T>(), opts));
   }
 
@@ -178,7 +207,7 @@ struct SharedBlock {
                                     const SharedOptions& o, Fill&& fill) {
     const SegmentSpec sp = spec(kind, n);
     const PayloadInit init = initializer(n, o.lock, fill);
-    return wrap(Segment::open_or_create(name, sp, init, SegmentOptions{o.persistent}).first);
+    return wrap(Segment::open_or_create(name, sp, init, o.named()).first);
   }
 
   // Every header field is read once, checked against the mapping, and kept in the handle.
@@ -239,7 +268,7 @@ struct SharedBlock {
 
   std::optional<RLock> make_lock() const {
     if (!has_lock) return std::nullopt;
-    return RLock::view(seg, &header->lock);
+    return HandleAccess::view<RLock>(seg, &header->lock);
   }
 
   /// Holds the embedded lock for a scope (no Lock handle: the fast path is one CAS).
@@ -314,7 +343,7 @@ struct SharedBlock {
 /// What Value<T> and RawValue<T> share.
 template <class T>
 class ValueBase {
-  static_assert(check_shared_element<T>());
+  static_assert(check_shared_element<T, Kind::value>());
 
  public:
   /// The element type.
@@ -436,10 +465,12 @@ class ValueBase {
   bool has_lock() const noexcept { return b_.has_lock; }
   //!Effects: removes the name now; every handle keeps working. Returns: false if already gone.
   bool unlink() { return b_.seg->unlink(); }
-  /// The segment behind the value (kept mapped by this handle and its copies).
-  const std::shared_ptr<Segment>& segment() const noexcept { return b_.seg; }
 
  protected:
+  friend struct HandleAccess;
+  // The segment behind the value (kept mapped by this handle and its copies).
+  const std::shared_ptr<Segment>& segment() const noexcept { return b_.seg; }
+
   ValueBase() = default;
   explicit ValueBase(SharedBlock<T> b) : b_(std::move(b)) {
     if (b_.count != 1)
@@ -550,10 +581,12 @@ class RawValue : public detail::ValueBase<T> {
 
  public:
   /// Creates an anonymous RawValue holding `v`.
-  explicit RawValue(const T& v = T{}) : RawValue(make({}, v, false)) {}
+  explicit RawValue(const T& v = T{}) : RawValue(make({}, v, NamedOptions{})) {}
   /// Creates the named RawValue `name` holding `v`.
   static RawValue create(std::string_view name, const T& v = T{}, bool persistent = false) {
-    return make(name, v, persistent);
+    NamedOptions o;
+    o.persistent = persistent;
+    return make(name, v, o);
   }
   /// Opens the named Value or RawValue `name` (its lock, if any, is ignored).
   static RawValue open(std::string_view name, const NamedOptions& opts = {}) {
@@ -561,7 +594,7 @@ class RawValue : public detail::ValueBase<T> {
   }
   /// Opens `name`, or creates it holding `v`.
   static RawValue open_or_create(std::string_view name, const T& v = T{}) {
-    return RawValue(Block::open_or_create(Kind::value, name, 1, {false, false}, Base::filler(v)));
+    return RawValue(Block::open_or_create(Kind::value, name, 1, detail::unlocked({}), Base::filler(v)));
   }
   /// Stores `v` (see set()).
   RawValue& operator=(const T& v) {
@@ -571,35 +604,17 @@ class RawValue : public detail::ValueBase<T> {
 
  private:
   explicit RawValue(Block b) : Base(std::move(b)) { this->b_.has_lock = false; }
-  static RawValue make(std::string_view name, const T& v, bool persistent) {
-    return RawValue(Block::create(Kind::value, name, 1, {false, persistent}, Base::filler(v)));
+  static RawValue make(std::string_view name, const T& v, const NamedOptions& o) {
+    return RawValue(Block::create(Kind::value, name, 1, detail::unlocked(o), Base::filler(v)));
   }
 };
 
 /// A Value<T> crosses processes as its name (as Python pickles it): the receiver opens it.
 template <class T>
-struct codec<Value<T>> {
-  /// Name of the encoding (part of the type fingerprint).
-  static constexpr std::string_view kind = "handle";
-  /// Appends the object's name.
-  static void encode(const Value<T>& v, Bytes& out) { codec<std::string>::encode(v.name(), out); }
-  //!Returns: the object opened by name. Throws: CorruptedError, NotFoundError, TypeMismatchError.
-  static Value<T> decode(std::span<const std::byte> in) {
-    return Value<T>::open(codec<std::string>::decode(in));
-  }
-};
+struct codec<Value<T>> : detail::NameCodec<Value<T>> {};
 
 /// A RawValue<T> crosses processes as its name (as Python pickles it): the receiver opens it.
 template <class T>
-struct codec<RawValue<T>> {
-  /// Name of the encoding (part of the type fingerprint).
-  static constexpr std::string_view kind = "handle";
-  /// Appends the object's name.
-  static void encode(const RawValue<T>& v, Bytes& out) { codec<std::string>::encode(v.name(), out); }
-  //!Returns: the object opened by name. Throws: CorruptedError, NotFoundError, TypeMismatchError.
-  static RawValue<T> decode(std::span<const std::byte> in) {
-    return RawValue<T>::open(codec<std::string>::decode(in));
-  }
-};
+struct codec<RawValue<T>> : detail::NameCodec<RawValue<T>> {};
 
 }  // namespace mpp

@@ -58,10 +58,11 @@ inline constexpr std::uint64_t kPopulateChunk = std::uint64_t{2} << 20;
 /// write); a transaction that reaches beyond has the rest backed first, in steps of this size.
 inline constexpr std::uint64_t kLogReserve = std::uint64_t{64} << 10;
 
-/// Thrown (inside a transaction, which then rolls back) when the arena has no room left.
-class ArenaFull : public Error {
+/// Thrown (inside a transaction, which then rolls back) when the arena has no room left; users
+/// catch it as the public mpp::MemoryError.
+class ArenaFull : public MemoryError {
  public:
-  using Error::Error;
+  using MemoryError::MemoryError;
 };
 
 /// One named container of a manager: kind, element-type fingerprint, root block.
