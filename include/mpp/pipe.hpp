@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "codec.hpp"
+#include "detail/name_codec.hpp"
 #include "detail/pipe_end.hpp"
 #include "errors.hpp"
 #include "segment.hpp"
@@ -46,6 +47,11 @@ struct PipeOptions {
   /// brief spin pays off for chatty peers; 0 sleeps at once and uses the least CPU.
   int spin_iterations = detail::kSpinIterations;
 };
+
+namespace detail {
+template <class T>
+struct PipeEndName;  // how a Connection crosses processes (codec<Connection<T>>)
+}  // namespace detail
 
 /// One end of a Pipe (Python's multiprocessing.connection.Connection). `Connection<T>` carries
 /// values of T; `Connection<>` carries values of any codec type, checked at recv<U>(). Copies
@@ -301,7 +307,7 @@ class Connection {
 
   template <class>
   friend class Pipe;
-  friend struct codec<Connection<T>>;
+  friend struct detail::PipeEndName<T>;
   std::shared_ptr<detail::PipeEnd> e_;
 };
 
@@ -394,7 +400,7 @@ class Pipe : public std::pair<Connection<T>, Connection<T>> {
           "payload {} bytes)",
           seg.name(), layout, duplex, c, seg.payload_size());
   }
-  friend struct codec<Connection<T>>;
+  friend struct detail::PipeEndName<T>;
   // The receiving side of codec<Connection<T>>: opens the pipe by name and takes over the slot.
   static Connection<T> adopt(std::string_view name, unsigned end, std::uint32_t slot,
                              std::uint64_t word) {
@@ -418,25 +424,29 @@ class Pipe : public std::pair<Connection<T>, Connection<T>> {
 /// pipe's name, its end and a holder slot reserved for the receiver, as Python pickles a
 /// Connection by duplicating its descriptor: the receiver then holds the end too. The sender may
 /// close its copy once the receiver has started (close() waits up to 1 s for the take-over).
+namespace detail {
+/// How a Connection is named for codec<Connection<T>>: pipe name, end, reserved slot, the slot's
+/// reservation word; reopening adopts the reserved slot.
 template <class T>
-struct codec<Connection<T>> {
-  /// Name of the encoding (part of the type fingerprint).
-  static constexpr std::string_view kind = "handle";
-  /// What crosses: pipe name, end, reserved slot, the slot's reservation word.
-  using Wire = std::tuple<std::string, std::uint32_t, std::uint32_t, std::uint64_t>;
-  //!Effects: appends the pipe's name, the end and a slot reserved for the receiver.
+struct PipeEndName {
+  using name_type = std::tuple<std::string, std::uint32_t, std::uint32_t, std::uint64_t>;
+  //!Effects: reserves a holder slot for the receiver.
   //!Throws: ValueError (closed connection), Error (no free holder slot).
-  static void encode(const Connection<T>& c, Bytes& out) {
+  static name_type name_of(const Connection<T>& c) {
     auto& e = c.end();
     const auto [slot, word] = e.reserve_for_transfer();
-    codec<Wire>::encode(Wire{e.name(), e.end_index(), slot, word}, out);
+    return name_type{e.name(), e.end_index(), slot, word};
   }
   //!Returns: this process's copy of the end. Throws: NotFoundError, TypeMismatchError,
   //! CorruptedError, ValueError (the sender closed it before it arrived).
-  static Connection<T> decode(std::span<const std::byte> in) {
-    const auto [name, end, slot, word] = codec<Wire>::decode(in);
+  static Connection<T> open(const name_type& n) {
+    const auto& [name, end, slot, word] = n;
     return Pipe<T>::adopt(name, end, slot, word);
   }
 };
+}  // namespace detail
+
+template <class T>
+struct codec<Connection<T>> : detail::NameCodec<Connection<T>, detail::PipeEndName<T>> {};
 
 }  // namespace mpp

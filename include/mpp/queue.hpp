@@ -27,6 +27,7 @@
 #include <utility>
 
 #include "codec.hpp"
+#include "detail/name_codec.hpp"
 #include "detail/queue_ops.hpp"
 #include "errors.hpp"
 #include "segment.hpp"
@@ -45,6 +46,9 @@ struct QueueOptions {
   bool persistent = false;
   /// How long open() waits for a queue that is still being created.
   std::chrono::milliseconds init_timeout{5000};
+
+  /// The options of the queue's named segment.
+  NamedOptions named() const noexcept { return NamedOptions{persistent, init_timeout}; }
 };
 
 /// Python's multiprocessing.Queue: a multi-producer multi-consumer FIFO (per producer) that
@@ -262,27 +266,14 @@ class JoinableQueue : protected detail::mpmc::BasicQueue<T, Kind::joinable_queue
   explicit JoinableQueue(std::shared_ptr<detail::mpmc::Core> c) : Base(std::move(c)) {}
 };
 
-namespace detail::mpmc {
-/// How a queue handle crosses processes: as its name (as Python pickles it); the receiver opens it.
-template <class Q>
-struct QueueCodec {
-  /// Name of the encoding (part of the type fingerprint).
-  static constexpr std::string_view kind = "handle";
-  /// Appends the queue's name.
-  static void encode(const Q& q, Bytes& out) { codec<std::string>::encode(q.name(), out); }
-  //!Returns: the queue opened by name. Throws: CorruptedError, NotFoundError, TypeMismatchError.
-  static Q decode(std::span<const std::byte> in) { return Q::open(codec<std::string>::decode(in)); }
-};
-}  // namespace detail::mpmc
-
-/// A Queue<T> crosses processes as its name.
+/// A Queue<T> crosses processes as its name (as Python pickles it); the receiver opens it.
 template <class T>
-struct codec<Queue<T>> : detail::mpmc::QueueCodec<Queue<T>> {};
+struct codec<Queue<T>> : detail::NameCodec<Queue<T>> {};
 /// A SimpleQueue<T> crosses processes as its name.
 template <class T>
-struct codec<SimpleQueue<T>> : detail::mpmc::QueueCodec<SimpleQueue<T>> {};
+struct codec<SimpleQueue<T>> : detail::NameCodec<SimpleQueue<T>> {};
 /// A JoinableQueue<T> crosses processes as its name.
 template <class T>
-struct codec<JoinableQueue<T>> : detail::mpmc::QueueCodec<JoinableQueue<T>> {};
+struct codec<JoinableQueue<T>> : detail::NameCodec<JoinableQueue<T>> {};
 
 }  // namespace mpp

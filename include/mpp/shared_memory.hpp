@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "codec.hpp"
+#include "detail/name_codec.hpp"
 #include "detail/shared_block.hpp"  // detail::BlockHandle
 #include "errors.hpp"
 #include "segment.hpp"
@@ -504,28 +505,10 @@ class ShareableList {
 
 /// A SharedMemory crosses processes as its name (as Python pickles it): the receiver opens it.
 template <>
-struct codec<SharedMemory> {
-  /// Name of the encoding (part of the type fingerprint).
-  static constexpr std::string_view kind = "handle";
-  /// Appends the object's name.
-  static void encode(const SharedMemory& v, Bytes& out) { codec<std::string>::encode(v.name(), out); }
-  //!Returns: the object opened by name. Throws: CorruptedError, NotFoundError, TypeMismatchError.
-  static SharedMemory decode(std::span<const std::byte> in) {
-    return SharedMemory::open(codec<std::string>::decode(in));
-  }
-};
+struct codec<SharedMemory> : detail::NameCodec<SharedMemory> {};
 
 /// A ShareableList crosses processes as its name (as Python pickles it): the receiver opens it.
 template <>
-struct codec<ShareableList> {
-  /// Name of the encoding (part of the type fingerprint).
-  static constexpr std::string_view kind = "handle";
-  /// Appends the object's name.
-  static void encode(const ShareableList& v, Bytes& out) { codec<std::string>::encode(v.name(), out); }
-  //!Returns: the object opened by name. Throws: CorruptedError, NotFoundError, TypeMismatchError.
-  static ShareableList decode(std::span<const std::byte> in) {
-    return ShareableList::open(codec<std::string>::decode(in));
-  }
-};
+struct codec<ShareableList> : detail::NameCodec<ShareableList> {};
 
 }  // namespace mpp

@@ -494,17 +494,12 @@ class BasicQueue {
         maxsize <= 0 ? o.unbounded_capacity : static_cast<std::uint64_t>(maxsize);
     const std::uint64_t item =
         o.max_item_size != 0 ? o.max_item_size : default_max_item(cap == 0 ? 1 : cap);
-    SegmentOptions so;
-    so.persistent = o.persistent;
-    so.init_timeout = o.init_timeout;
-    return Core::create(name, K, type_info<T>(), maxsize, item, o.unbounded_capacity, so,
+    return Core::create(name, K, type_info<T>(), maxsize, item, o.unbounded_capacity, o.named(),
                         mode == 2, mode == 0, Ops<T>::kCellSize);
   }
   template <class Options>
   static std::shared_ptr<Core> attach(std::string_view name, const Options& o) {
-    SegmentOptions so;
-    so.init_timeout = o.init_timeout;
-    return Core::open(name, K, type_info<T>(), so, Ops<T>::kCellSize);
+    return Core::open(name, K, type_info<T>(), o.named(), Ops<T>::kCellSize);
   }
 
   std::shared_ptr<Core> core_;
