@@ -86,7 +86,9 @@ struct mpp::codec<Celsius> {
 };
 
 TEST_CASE("Pipe: a user codec for a trivially copyable type is used", "[pipe]") {
-  auto [a, b] = mpp::Pipe<Celsius>();
+  auto ab_pipe = mpp::Pipe<Celsius>();
+  auto& a = ab_pipe.first;
+  auto& b = ab_pipe.second;
   a.send(Celsius{21.5});
   a.send(Celsius{-3.25});
   REQUIRE(b.recv().v == 21.5);
@@ -98,7 +100,9 @@ TEST_CASE("Pipe: a user codec for a trivially copyable type is used", "[pipe]") 
 }
 
 TEST_CASE("Pipe: send and recv in one process, both directions", "[pipe]") {
-  auto [a, b] = mpp::Pipe<int>();
+  auto ab_pipe = mpp::Pipe<int>();
+  auto& a = ab_pipe.first;
+  auto& b = ab_pipe.second;
   REQUIRE(a.readable());
   REQUIRE(a.writable());
   a.send(1);
@@ -113,13 +117,17 @@ TEST_CASE("Pipe: send and recv in one process, both directions", "[pipe]") {
 }
 
 TEST_CASE("Pipe: Hello, world (the Python program)", "[pipe]") {
-  auto [r, w] = mpp::Pipe<std::string>();
+  auto rw_pipe = mpp::Pipe<std::string>();
+  auto& r = rw_pipe.first;
+  auto& w = rw_pipe.second;
   w.send("Hello, world");
   REQUIRE(r.recv() == "Hello, world");
 }
 
 TEST_CASE("Pipe: one-way pipe, first end receives, second end sends", "[pipe]") {
-  auto [r, w] = mpp::Pipe<Point>(false);
+  auto rw_pipe = mpp::Pipe<Point>(false);
+  auto& r = rw_pipe.first;
+  auto& w = rw_pipe.second;
   REQUIRE(r.readable());
   REQUIRE_FALSE(r.writable());
   REQUIRE(w.writable());
@@ -136,7 +144,9 @@ TEST_CASE("Pipe: one-way pipe, first end receives, second end sends", "[pipe]") 
 
 #if defined(MPP_OS_POSIX)
 TEST_CASE("Pipe: values of cereal types, empty and large", "[pipe]") {
-  auto [a, b] = mpp::Pipe<Record>(true, {.capacity = 4096});
+  auto ab_pipe = mpp::Pipe<Record>(true, {.capacity = 4096});
+  auto& a = ab_pipe.first;
+  auto& b = ab_pipe.second;
   const Record small{"x", {}};
   Record big{"big", {}};
   for (int i = 0; i < 100000; ++i) big.values.push_back(i * 3);
@@ -156,7 +166,9 @@ TEST_CASE("Pipe: values of cereal types, empty and large", "[pipe]") {
 #endif  // MPP_OS_POSIX
 
 TEST_CASE("Pipe: recv timeout, poll, closed connections", "[pipe]") {
-  auto [a, b] = mpp::Pipe<int>();
+  auto ab_pipe = mpp::Pipe<int>();
+  auto& a = ab_pipe.first;
+  auto& b = ab_pipe.second;
   const auto t0 = std::chrono::steady_clock::now();
   REQUIRE_THROWS_AS(a.recv(0.05s), mpp::TimeoutError);
   REQUIRE(seconds_since(t0) >= 0.04);
@@ -175,7 +187,9 @@ TEST_CASE("Pipe: recv timeout, poll, closed connections", "[pipe]") {
 }
 
 TEST_CASE("Pipe: send with a timeout on a full ring; a half-sent long message is skipped", "[pipe]") {
-  auto [r, w] = mpp::Pipe<std::uint64_t>(false, {.capacity = 4096});
+  auto rw_pipe = mpp::Pipe<std::uint64_t>(false, {.capacity = 4096});
+  auto& r = rw_pipe.first;
+  auto& w = rw_pipe.second;
   std::uint64_t sent = 0;
   REQUIRE_THROWS_AS(([&] {
                       for (;;) w.send(sent++, 0.05s);
@@ -191,7 +205,9 @@ TEST_CASE("Pipe: send with a timeout on a full ring; a half-sent long message is
 }
 
 TEST_CASE("Pipe: send_bytes, recv_bytes, recv_bytes_into, BufferTooShort keeps the message", "[pipe]") {
-  auto [a, b] = mpp::Pipe<int>(true, {.capacity = 4096});
+  auto ab_pipe = mpp::Pipe<int>(true, {.capacity = 4096});
+  auto& a = ab_pipe.first;
+  auto& b = ab_pipe.second;
   const auto data = pattern(1000, 1);
   a.send_bytes(data, 100, 50);
   a.send_bytes(std::string_view("hello"));
@@ -239,7 +255,9 @@ TEST_CASE("Pipe: send_bytes, recv_bytes, recv_bytes_into, BufferTooShort keeps t
 
 TEST_CASE("Pipe: untyped Connection<>: any codec type, TypeMismatchError names both, keeps the message",
           "[pipe]") {
-  auto [a, b] = mpp::Pipe<>();
+  auto ab_pipe = mpp::Pipe<>();
+  auto& a = ab_pipe.first;
+  auto& b = ab_pipe.second;
   a.send(42);
   a.send(std::string("text"));
   a.send(Record{"r", {1, 2, 3}});
@@ -257,7 +275,9 @@ TEST_CASE("Pipe: untyped Connection<>: any codec type, TypeMismatchError names b
   REQUIRE(b.recv<Record>() == Record{"r", {1, 2, 3}});
 #if defined(MPP_OS_POSIX)
   // Across processes, with a message larger than the ring.
-  auto [c, d] = mpp::Pipe<>(true, {.capacity = 4096});
+  auto cd_pipe = mpp::Pipe<>(true, {.capacity = 4096});
+  auto& c = cd_pipe.first;
+  auto& d = cd_pipe.second;
   const pid_t pid = fork_child([&, d = d] {
     mpp::Connection<> x = d;
     x.send(std::vector<int>(20000, 5));
@@ -275,7 +295,9 @@ TEST_CASE("Pipe: untyped Connection<>: any codec type, TypeMismatchError names b
 
 #if defined(MPP_OS_POSIX)
 TEST_CASE("Pipe: fork, parent and child talk both ways; ordering of 10^6 messages", "[pipe]") {
-  auto [a, b] = mpp::Pipe<std::uint64_t>();
+  auto ab_pipe = mpp::Pipe<std::uint64_t>();
+  auto& a = ab_pipe.first;
+  auto& b = ab_pipe.second;
   constexpr std::uint64_t kN = 1'000'000;
   const pid_t pid = fork_child([&] {
     a.close();  // Python's idiom: each side closes the end it does not use
@@ -302,8 +324,12 @@ TEST_CASE("Pipe: small values of odd sizes wrap around a small ring", "[pipe]") 
   struct Three {
     unsigned char b[3];
   };
-  auto [r, w] = mpp::Pipe<Three>(false, {.capacity = 4096});
-  auto [r8, w8] = mpp::Pipe<std::uint64_t>(false, {.capacity = 4096});
+  auto rw_pipe = mpp::Pipe<Three>(false, {.capacity = 4096});
+  auto& r = rw_pipe.first;
+  auto& w = rw_pipe.second;
+  auto r8w8_pipe = mpp::Pipe<std::uint64_t>(false, {.capacity = 4096});
+  auto& r8 = r8w8_pipe.first;
+  auto& w8 = r8w8_pipe.second;
   const pid_t pid = fork_child([&] {
     for (int i = 0; i < 100000; ++i) {
       w.send(Three{{static_cast<unsigned char>(i), static_cast<unsigned char>(i >> 8), 7}});
@@ -324,7 +350,9 @@ TEST_CASE("Pipe: small values of odd sizes wrap around a small ring", "[pipe]") 
 
 TEST_CASE("Pipe: mixed message sizes around the ring size", "[pipe]") {
   constexpr std::size_t kCap = 4096;
-  auto [r, w] = mpp::Pipe<int>(false, {.capacity = kCap});
+  auto rw_pipe = mpp::Pipe<int>(false, {.capacity = kCap});
+  auto& r = rw_pipe.first;
+  auto& w = rw_pipe.second;
   std::mt19937 rng(7);
   std::vector<std::size_t> sizes;
   for (std::size_t s :
@@ -351,7 +379,9 @@ namespace {
 // Sends one message of `size` bytes through a 256 KiB ring from a child; checks every byte.
 void stream_one(std::size_t size) {
   const std::size_t kSize = size;
-  auto [r, w] = mpp::Pipe<int>(false);
+  auto rw_pipe = mpp::Pipe<int>(false);
+  auto& r = rw_pipe.first;
+  auto& w = rw_pipe.second;
   const pid_t pid = fork_child([&] {
     std::vector<std::byte> big(kSize);
     for (std::size_t i = 0; i < kSize; i += 8) {
@@ -387,7 +417,9 @@ TEST_CASE("Pipe: a 256 MiB message through a 256 KiB ring", "[pipe][stress]") {
 
 TEST_CASE("EOF after draining: the writer closes, exits, or its copies close one by one",
           "[pipe]") {
-  auto [r, w] = mpp::Pipe<int>(false);
+  auto rw_pipe = mpp::Pipe<int>(false);
+  auto& r = rw_pipe.first;
+  auto& w = rw_pipe.second;
   const pid_t pid = fork_child([&] {
     for (int i = 0; i < 5; ++i) w.send(i);
     w.close();
@@ -405,7 +437,9 @@ TEST_CASE("EOF after draining: the writer closes, exits, or its copies close one
 
 TEST_CASE("Pipe: the parent closes its copy right after fork; the child still holds the end", "[pipe]") {
   for (int round = 0; round < 5; ++round) {
-    auto [r, w] = mpp::Pipe<int>(false);
+    auto rw_pipe = mpp::Pipe<int>(false);
+    auto& r = rw_pipe.first;
+    auto& w = rw_pipe.second;
     const pid_t pid = fork_child([&] {
       ::usleep(2000);  // let the parent close its copy first
       w.send(round);
@@ -419,7 +453,9 @@ TEST_CASE("Pipe: the parent closes its copy right after fork; the child still ho
 }
 
 TEST_CASE("Pipe: grandchildren hold inherited ends too", "[pipe]") {
-  auto [r, w] = mpp::Pipe<int>(false);
+  auto rw_pipe = mpp::Pipe<int>(false);
+  auto& r = rw_pipe.first;
+  auto& w = rw_pipe.second;
   const pid_t pid = fork_child([&] {
     r.close();
     const pid_t grandchild = fork_child([&] {
@@ -437,7 +473,9 @@ TEST_CASE("Pipe: grandchildren hold inherited ends too", "[pipe]") {
 }
 
 TEST_CASE("Pipe: a blocked recv raises EOFError within 1 s when the writer closes", "[pipe]") {
-  auto [r, w] = mpp::Pipe<int>(false);
+  auto rw_pipe = mpp::Pipe<int>(false);
+  auto& r = rw_pipe.first;
+  auto& w = rw_pipe.second;
   const pid_t pid = fork_child([&] {
     w.close();
     const auto t0 = std::chrono::steady_clock::now();
@@ -456,7 +494,9 @@ TEST_CASE("Pipe: a blocked recv raises EOFError within 1 s when the writer close
 
 TEST_CASE("Pipe: send to a closed reader raises BrokenPipeError, also when blocked on a full ring",
           "[pipe]") {
-  auto [r, w] = mpp::Pipe<std::uint64_t>(false, {.capacity = 4096});
+  auto rw_pipe = mpp::Pipe<std::uint64_t>(false, {.capacity = 4096});
+  auto& r = rw_pipe.first;
+  auto& w = rw_pipe.second;
   const pid_t pid = fork_child([&] {
     r.close();
     const auto t0 = std::chrono::steady_clock::now();
@@ -599,7 +639,9 @@ TEST_CASE("Pipe: named one-way pipe: a spawned sender blocks on a full ring and 
 TEST_CASE("Pipe: spawn, a Connection passed as an argument, as Python's Process(args=(conn,))",
           "[pipe][spawn]") {
   SECTION("the parent closes its copy right after start(), as Python programs do") {
-    auto [parent, child] = mpp::Pipe<std::string>();
+    auto parentchild_pipe = mpp::Pipe<std::string>();
+    auto& parent = parentchild_pipe.first;
+    auto& child = parentchild_pipe.second;
     auto p = spawn(greet, child, 3);
     p.start();
     child.close();
@@ -609,7 +651,9 @@ TEST_CASE("Pipe: spawn, a Connection passed as an argument, as Python's Process(
     CHECK(p.exitcode() == 0);
   }
   SECTION("both ways: the child answers until the parent closes its end") {
-    auto [a, b] = mpp::Pipe<int>();
+    auto ab_pipe = mpp::Pipe<int>();
+    auto& a = ab_pipe.first;
+    auto& b = ab_pipe.second;
     auto p = spawn(doubler, b);
     p.start();
     b.close();
@@ -624,13 +668,17 @@ TEST_CASE("Pipe: spawn, a Connection passed as an argument, as Python's Process(
     CHECK(p.exitcode() == 0);
   }
   SECTION("a closed connection cannot be passed") {
-    auto [a, b] = mpp::Pipe<int>();
+    auto ab_pipe = mpp::Pipe<int>();
+    auto& a = ab_pipe.first;
+    auto& b = ab_pipe.second;
     b.close();
     mpp::Bytes out;
     CHECK_THROWS_AS(mpp::codec<mpp::Connection<int>>::encode(b, out), mpp::ValueError);
   }
   SECTION("an encoded connection whose sender closed it first is refused clearly") {
-    auto [a, b] = mpp::Pipe<int>();
+    auto ab_pipe = mpp::Pipe<int>();
+    auto& a = ab_pipe.first;
+    auto& b = ab_pipe.second;
     mpp::Bytes wire;
     mpp::codec<mpp::Connection<int>>::encode(b, wire);
     b.close();  // nobody took the reserved slot: it is freed (after up to 1 s)
@@ -659,7 +707,9 @@ TEST_CASE("Pipe: named pipe, a blocked recv raises EOFError when the spawned pee
 // ---- peers killed with SIGKILL ----------------------------------------------------------------
 
 TEST_CASE("Pipe: writer SIGKILLed while the reader is blocked: EOFError within 1 s", "[pipe][kill]") {
-  auto [r, w] = mpp::Pipe<int>(false);
+  auto rw_pipe = mpp::Pipe<int>(false);
+  auto& r = rw_pipe.first;
+  auto& w = rw_pipe.second;
   const pid_t pid = fork_child([&] {
     r.close();
     w.send(1);
@@ -682,7 +732,9 @@ TEST_CASE("Pipe: writer SIGKILLed while the reader is blocked: EOFError within 1
 
 TEST_CASE("Pipe: reader SIGKILLed while the writer is blocked on a full ring: BrokenPipeError within 1 s",
           "[pipe][kill]") {
-  auto [r, w] = mpp::Pipe<std::uint64_t>(false, {.capacity = 4096});
+  auto rw_pipe = mpp::Pipe<std::uint64_t>(false, {.capacity = 4096});
+  auto& r = rw_pipe.first;
+  auto& w = rw_pipe.second;
   const pid_t pid = fork_child([&] {
     w.close();
     ::pause();
@@ -705,7 +757,9 @@ TEST_CASE("Pipe: reader SIGKILLed while the writer is blocked on a full ring: Br
 }
 
 TEST_CASE("Pipe: send to a reader that died while waiting raises BrokenPipeError", "[pipe][kill]") {
-  auto [r, w] = mpp::Pipe<int>(false);
+  auto rw_pipe = mpp::Pipe<int>(false);
+  auto& r = rw_pipe.first;
+  auto& w = rw_pipe.second;
   const pid_t pid = fork_child([&] {
     w.close();
     (void)r.recv();  // asleep here when killed
@@ -731,7 +785,9 @@ TEST_CASE("Pipe: send to a reader that died while waiting raises BrokenPipeError
 TEST_CASE("Pipe: writer SIGKILLed in the middle of a streamed message: EOFError, never a partial message",
           "[pipe][kill]") {
   for (int round = 0; round < 6; ++round) {
-    auto [r, w] = mpp::Pipe<int>(false, {.capacity = 1 << 16});
+    auto rw_pipe = mpp::Pipe<int>(false, {.capacity = 1 << 16});
+    auto& r = rw_pipe.first;
+    auto& w = rw_pipe.second;
     const std::size_t size = std::size_t{8} << 20;
     const pid_t pid = fork_child([&] {
       r.close();
@@ -768,7 +824,9 @@ TEST_CASE("Pipe: writer SIGKILLed in the middle of a streamed message: EOFError,
 
 TEST_CASE("Pipe: a forked child SIGKILLed mid-message while the parent still holds the writer end",
           "[pipe][kill]") {
-  auto [r, w] = mpp::Pipe<int>(false, {.capacity = 1 << 16});
+  auto rw_pipe = mpp::Pipe<int>(false, {.capacity = 1 << 16});
+  auto& r = rw_pipe.first;
+  auto& w = rw_pipe.second;
   const pid_t pid = fork_child([&] {
     w.send_bytes(pattern(std::size_t{4} << 20, 3));
     return 0;
@@ -791,7 +849,9 @@ TEST_CASE("Pipe: a forked child SIGKILLed mid-message while the parent still hol
 TEST_CASE("Pipe: users, an end held by 100 forked children stays held until the last one leaves",
           "[pipe][users]") {
   constexpr int kKids = 100, kKilled = 64;  // 64 entries per end used to be the limit
-  auto [a, b] = mpp::Pipe<int>();
+  auto ab_pipe = mpp::Pipe<int>();
+  auto& a = ab_pipe.first;
+  auto& b = ab_pipe.second;
   int go[2];
   REQUIRE(::pipe(go) == 0);
   std::vector<pid_t> kids;
