@@ -669,7 +669,6 @@ TEST_CASE("Pipe: spawn, a Connection passed as an argument, as Python's Process(
   }
   SECTION("a closed connection cannot be passed") {
     auto ab_pipe = mpp::Pipe<int>();
-    auto& a = ab_pipe.first;
     auto& b = ab_pipe.second;
     b.close();
     mpp::Bytes out;
