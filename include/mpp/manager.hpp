@@ -140,8 +140,8 @@ class SharedDict {
   using Core = detail::shm::DictCore;
 
  public:
-  using key_type = K;
-  using mapped_type = V;
+  using key_type = K;     ///< the type of the keys
+  using mapped_type = V;  ///< the type of the values
 
   /// What d[k] returns: reads, assigns and updates the item in place.
   class Proxy {
@@ -406,7 +406,7 @@ class SharedList {
   using Core = detail::shm::ListCore;
 
  public:
-  using value_type = T;
+  using value_type = T;  ///< the type of the items
 
   /// What l[i] returns: reads or assigns the item.
   class Proxy {

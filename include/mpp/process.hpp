@@ -429,11 +429,14 @@ inline void Process::close() {
   [[maybe_unused]] static const bool MPP_DETAIL_CONCAT(mpp_registered_, __COUNTER__) = \
       ::mpp::register_function(name, fn)
 
-/// Formats a Process as Python's repr: <Process name='Process-1' pid=4242 parent=4241 started>.
+namespace fmt {
+/// Formats a Process as Python's repr: `<Process name='Process-1' pid=4242 parent=4241 started>`.
 template <>
-struct fmt::formatter<mpp::Process> : fmt::formatter<std::string_view> {
+struct formatter<mpp::Process> : formatter<std::string_view> {
+  /// Writes `p.repr()`.
   template <class Ctx>
   auto format(const mpp::Process& p, Ctx& ctx) const {
-    return fmt::formatter<std::string_view>::format(p.repr(), ctx);
+    return formatter<std::string_view>::format(p.repr(), ctx);
   }
 };
+}  // namespace fmt

@@ -191,6 +191,7 @@ inline std::uint64_t slot_capacity(const ShareableItem& item) {
 /// the zeros of a vanished page as None or storing into memory no one else sees.
 class ShareableList {
  public:
+  /// The type of an item: one of the scalar or string types a ShareableList holds.
   using value_type = ShareableItem;
 
   //!Effects: creates an anonymous list holding `items` (fresh "mpp.anon.*" name).
