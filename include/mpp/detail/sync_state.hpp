@@ -181,7 +181,8 @@ inline constexpr int kBackoffRounds = 4;
 //!Effects: for a waiter that was woken and found the lock taken again: spins without touching
 //! the lock's line (so the holder keeps it) for kBackoffRound, then tries to take the lock,
 //! kBackoffRounds times or until `deadline`. A take marks the lock contended: others may sleep.
-//! Measured here with two processes re-taking one lock: 2.5x the throughput of queueing at once.
+//! Two processes re-taking one lock gain throughput over queueing at once (benchmarks row
+//! lock.contended.2proc).
 //!Returns: true if the lock was taken.
 inline bool backoff_spin(std::atomic<std::uint64_t>& owner, std::uint64_t me,
                          const Deadline& deadline) noexcept {
@@ -210,105 +211,140 @@ LockResult robust_acquire(std::atomic<std::uint64_t>& owner, WaitPoint& wp, std:
   return robust_wait(owner, wp, me, deadline, name_of(name));
 }
 
-//!Effects: robust_acquire() after its first CAS failed.
-inline LockResult robust_wait(std::atomic<std::uint64_t>& owner, WaitPoint& wp, std::uint64_t me,
-                              const Deadline& deadline, std::string_view name) {
-  std::uint64_t w = 0;
-  if (deadline.expired())  // non-blocking: no sleep; only repair a dead holder
-    return take_over_if_dead(owner, me, name) ? LockResult::owner_died : LockResult::timeout;
-  // Without a deadline the clock is read only after a sleep that timed out (a dead holder
-  // releases nothing, so its waiters time out) and every kClocklessWakes wake-ups: a read per
-  // wake-up costs contended throughput (benchmarks row lock.contended.2proc).
-  constexpr std::uint32_t kClocklessWakes = 64;
-  std::uint32_t wakes = 0;
-  auto last_check = deadline.infinite() ? Deadline::clock::time_point{} : Deadline::clock::now();
-  // One sleep: until woken, at most a poll interval, at most until the deadline.
-  auto slice = [&]() -> std::optional<std::chrono::nanoseconds> {
-    const auto left = deadline.remaining();
-    return left && *left < kPollInterval ? *left : std::chrono::nanoseconds(kPollInterval);
-  };
-  // After each sleep (`woken`: not timed out): at least every poll interval, and at the
-  // deadline, take over from a dead holder or give up. Returns: the result, or nullopt.
-  auto poll = [&](bool woken) -> std::optional<LockResult> {
-    if (woken && deadline.infinite() && ++wakes % kClocklessWakes != 0) return std::nullopt;
-    const auto now = Deadline::clock::now();
-    if (now - last_check < kPollInterval && !deadline.expired()) return std::nullopt;
-    last_check = now;
-    if (take_over_if_dead(owner, me, name)) return LockResult::owner_died;
-    if (!deadline.expired()) return std::nullopt;
-    // We may have been the sleeper a release woke: pass the wake-up on before leaving.
-    wake_one_after_timeout(owner, wp);
-    return LockResult::timeout;
-  };
-  // After a wake-up (not a timeout) that finds the lock held: spin once per acquire.
-  bool lost_race = false, spun = false;
-  auto spin_after_lost_race = [&]() {
-    if (!lost_race || spun) return false;
-    spun = true;
-    return backoff_spin(owner, me, deadline);
-  };
-  if constexpr (os::kExactWake) {
-    // glibc's protocol: sleep on the owner word itself (its low half: the holder's pid and the
-    // contended bit). Whoever takes the lock after sleeping marks it contended, since others may
-    // still sleep; a release that finds the mark wakes one sleeper.
+/// The state of one robust_wait(): the lock, the caller, and what the sleeps so far have seen.
+class RobustWaiter {
+ public:
+  RobustWaiter(std::atomic<std::uint64_t>& owner, WaitPoint& wp, std::uint64_t me,
+               const Deadline& deadline, std::string_view name) noexcept
+      : owner_(owner), wp_(wp), me_(me), deadline_(deadline), name_(name),
+        last_check_(deadline.infinite() ? Deadline::clock::time_point{}
+                                        : Deadline::clock::now()) {}
+
+  //!Effects: glibc's protocol: sleeps on the owner word itself (its low half: the holder's pid
+  //! and the contended bit). Whoever takes the lock after sleeping marks it contended, since
+  //! others may still sleep; a release that finds the mark wakes one sleeper.
+  LockResult wait_on_owner_word() {
     for (;;) {
-      w = owner.load(std::memory_order_relaxed);
+      std::uint64_t w = owner_.load(std::memory_order_relaxed);
       if (w == kFree) {
-        if (owner.compare_exchange_strong(w, me | kContended, std::memory_order_acquire,
-                                          std::memory_order_relaxed))
+        if (owner_.compare_exchange_strong(w, me_ | kContended, std::memory_order_acquire,
+                                           std::memory_order_relaxed))
           return LockResult::acquired;
         continue;
       }
-      if (!live(w)) lock_cut(owner, w, name);
+      if (!live(w)) lock_cut(owner_, w, name_);
       if (spin_after_lost_race()) return LockResult::acquired;
       bool woken = true;
-      if ((w & kContended) != 0 ||
-          owner.compare_exchange_strong(w, w | kContended, std::memory_order_relaxed,
-                                        std::memory_order_relaxed)) {
-        woken = os::wait_on_address(low_word(owner), low_half(w | kContended), slice());
-      }
-      lost_race = woken;
+      if (mark_contended(w, std::memory_order_relaxed))
+        woken = os::wait_on_address(low_word(owner_), low_half(w | kContended), slice());
+      lost_race_ = woken;
       if (const auto r = poll(woken)) return *r;
     }
-  } else {
-    // Wake-ups are kept when nobody sleeps (Win32 semaphores): count the sleepers in `wp`, and
-    // wake only counted ones.
+  }
+
+  //!Effects: for wake-ups that are kept when nobody sleeps (Win32 semaphores): counts the
+  //! sleepers in the WaitPoint and sleeps on its sequence, so a release wakes only counted ones.
+  LockResult wait_counted() {
     for (;;) {
       // Count ourselves, then look: a release either sees us counted (and bumps seq, so the wait
       // returns at once) or freed the lock before our load (Dekker via seq_cst, as in WaitPoint).
-      wp.sleepers.fetch_add(1, std::memory_order_seq_cst);
-      const std::uint32_t s = wp.seq.load(std::memory_order_seq_cst);
-      w = owner.load(std::memory_order_seq_cst);
+      wp_.sleepers.fetch_add(1, std::memory_order_seq_cst);
+      const std::uint32_t seq = wp_.seq.load(std::memory_order_seq_cst);
+      std::uint64_t w = owner_.load(std::memory_order_seq_cst);
       if (!live(w)) {
-        wp.sleepers.fetch_sub(1, std::memory_order_relaxed);
-        lock_cut(owner, w, name);
+        uncount();
+        lock_cut(owner_, w, name_);
       }
       if (w == kFree) {
-        // Keep the chain of wake-ups going: if others sleep, our release must wake one of them.
-        const bool others = wp.sleepers.load(std::memory_order_seq_cst) > 1;
-        const bool got = owner.compare_exchange_strong(w, me | (others ? kContended : 0),
-                                                       std::memory_order_acquire,
-                                                       std::memory_order_relaxed);
-        wp.sleepers.fetch_sub(1, std::memory_order_relaxed);
-        if (got) return LockResult::acquired;
+        if (take_free_counted(w)) return LockResult::acquired;
         continue;
       }
-      if (lost_race && !spun) {  // spin uncounted: a release need not wake us
-        wp.sleepers.fetch_sub(1, std::memory_order_relaxed);
+      if (lost_race_ && !spun_) {  // spin uncounted: a release need not wake us
+        uncount();
         if (spin_after_lost_race()) return LockResult::acquired;
         continue;
       }
       bool woken = true;
-      if ((w & kContended) != 0 ||
-          owner.compare_exchange_strong(w, w | kContended, std::memory_order_seq_cst,
-                                        std::memory_order_relaxed)) {
-        woken = os::wait_on_address(wp.seq, s, slice());
-      }
-      wp.sleepers.fetch_sub(1, std::memory_order_relaxed);
-      lost_race = woken;
+      if (mark_contended(w, std::memory_order_seq_cst))
+        woken = os::wait_on_address(wp_.seq, seq, slice());
+      uncount();
+      lost_race_ = woken;
       if (const auto r = poll(woken)) return *r;
     }
   }
+
+ private:
+  /// Without a deadline the clock is read only after a sleep that timed out (a dead holder
+  /// releases nothing, so its waiters time out) and every kClocklessWakes wake-ups: a read per
+  /// wake-up costs contended throughput (benchmarks row lock.contended.2proc).
+  static constexpr std::uint32_t kClocklessWakes = 64;
+
+  /// One sleep: until woken, at most a poll interval, at most until the deadline.
+  std::optional<std::chrono::nanoseconds> slice() const {
+    const auto left = deadline_.remaining();
+    return left && *left < kPollInterval ? *left : std::chrono::nanoseconds(kPollInterval);
+  }
+
+  //!Effects: after each sleep (`woken`: not timed out), at least every poll interval and at the
+  //! deadline: takes over from a dead holder or gives up.
+  //!Returns: the result, or nullopt to sleep again.
+  std::optional<LockResult> poll(bool woken) {
+    if (woken && deadline_.infinite() && ++wakes_ % kClocklessWakes != 0) return std::nullopt;
+    const auto now = Deadline::clock::now();
+    if (now - last_check_ < kPollInterval && !deadline_.expired()) return std::nullopt;
+    last_check_ = now;
+    if (take_over_if_dead(owner_, me_, name_)) return LockResult::owner_died;
+    if (!deadline_.expired()) return std::nullopt;
+    // We may have been the sleeper a release woke: pass the wake-up on before leaving.
+    wake_one_after_timeout(owner_, wp_);
+    return LockResult::timeout;
+  }
+
+  /// After a wake-up (not a timeout) that finds the lock held: spins once per acquire.
+  bool spin_after_lost_race() {
+    if (!lost_race_ || spun_) return false;
+    spun_ = true;
+    return backoff_spin(owner_, me_, deadline_);
+  }
+
+  /// True when the held word `w` is (now) marked contended, so that its release wakes a sleeper.
+  bool mark_contended(std::uint64_t& w, std::memory_order success) {
+    return (w & kContended) != 0 ||
+           owner_.compare_exchange_strong(w, w | kContended, success, std::memory_order_relaxed);
+  }
+
+  //!Effects: takes the free word `w` while counted as a sleeper, keeping the chain of wake-ups
+  //! going (if others sleep, our release must wake one of them); uncounts.
+  bool take_free_counted(std::uint64_t& w) {
+    const bool others = wp_.sleepers.load(std::memory_order_seq_cst) > 1;
+    const bool got =
+        owner_.compare_exchange_strong(w, me_ | (others ? kContended : 0),
+                                       std::memory_order_acquire, std::memory_order_relaxed);
+    uncount();
+    return got;
+  }
+
+  void uncount() noexcept { wp_.sleepers.fetch_sub(1, std::memory_order_relaxed); }
+
+  std::atomic<std::uint64_t>& owner_;
+  WaitPoint& wp_;
+  const std::uint64_t me_;
+  const Deadline& deadline_;
+  const std::string_view name_;
+  std::uint32_t wakes_ = 0;
+  Deadline::clock::time_point last_check_;
+  bool lost_race_ = false;  ///< the last sleep was woken, yet the lock was taken again
+  bool spun_ = false;       ///< backoff_spin() already ran in this acquire
+};
+
+//!Effects: robust_acquire() after its first CAS failed.
+inline LockResult robust_wait(std::atomic<std::uint64_t>& owner, WaitPoint& wp, std::uint64_t me,
+                              const Deadline& deadline, std::string_view name) {
+  if (deadline.expired())  // non-blocking: no sleep; only repair a dead holder
+    return take_over_if_dead(owner, me, name) ? LockResult::owner_died : LockResult::timeout;
+  RobustWaiter waiter(owner, wp, me, deadline, name);
+  if constexpr (os::kExactWake) return waiter.wait_on_owner_word();
+  else return waiter.wait_counted();
 }
 
 //!Effects: releases `owner` (exchange to free) and wakes one sleeper if a waiter marked the lock
