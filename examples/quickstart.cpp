@@ -14,7 +14,7 @@
 
 int square(int x) { return x * x; }
 void work(int i, mpp::Value<int> total, mpp::Array<double> halves) {
-  halves[i] = i / 2.0;
+  halves.at(i) = i / 2.0;
   total.with_lock([&](int& t) { t += i; });
 }
 // Registered by name, so spawned processes (the only kind on Windows) can run them too.

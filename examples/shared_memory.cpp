@@ -35,7 +35,7 @@ int main(int argc, char** argv) {
 
   mpp::SharedMemory shm_a(10);  // SharedMemory(create=True, size=10): an anonymous name
   const int init[] = {22, 33, 44, 55};
-  for (int i = 0; i < 4; ++i) shm_a.buf()[i] = static_cast<std::byte>(init[i]);
+  for (std::size_t i = 0; i < 4; ++i) shm_a.buf()[i] = static_cast<std::byte>(init[i]);
 
   const std::string howdy = "HoWdY";
   mpp::ShareableList a{std::string("howdy"),

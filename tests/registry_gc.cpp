@@ -206,7 +206,7 @@ TEST_CASE("Registry: refcount under crashes: 8 attach, 4 killed, live_users coun
   }
   ready.wait(8);
   CHECK(seg.live_users() == 9);
-  for (int i = 0; i < 8; i += 2) kt::kill_and_reap(users[i]);  // 4 crash
+  for (std::size_t i = 0; i < 8; i += 2) kt::kill_and_reap(users[i]);  // 4 crash
   CHECK(seg.live_users() == 5);
   auto o = reg::inspect(name);
   CHECK(o.attachers.size() == 9);  // dead holders still occupy their slots...
@@ -218,7 +218,7 @@ TEST_CASE("Registry: refcount under crashes: 8 attach, 4 killed, live_users coun
     CHECK(seg.live_users() == 5);
   }
   for (int i = 0; i < 4; ++i) release.post();
-  for (int i = 1; i < 8; i += 2) CHECK(mpp_test::wait_child(users[i]) == 0);
+  for (std::size_t i = 1; i < 8; i += 2) CHECK(mpp_test::wait_child(users[i]) == 0);
   CHECK(seg.live_users() == 1);
   // The survivors' clean exits freed their slots; the dead ones' are reaped by gc's reasoning.
   o = reg::inspect(name);
