@@ -1,5 +1,7 @@
 # Dependencies of mpp: installed packages first (find_package); only when one is missing, a
 # download through FetchContent (for users with internet; our own machines never download).
+# The library needs fmt, cereal and threads (and librt on Linux); MPP_DEPENDENCIES_FROM_PACKAGES
+# stays TRUE when those came from packages, which is what the install rules need.
 include(FetchContent)
 find_package(Threads REQUIRED)
 
@@ -18,17 +20,20 @@ if(MPP_HEADER_DEPS_DIR)
   return()
 endif()
 
-find_package(Boost 1.74 QUIET CONFIG)
-if(NOT TARGET Boost::headers)
-  message(STATUS "mpp: Boost >= 1.74 not installed; fetching Boost headers")
-  set(MPP_DEPENDENCIES_FROM_PACKAGES FALSE)
-  set(BOOST_INCLUDE_LIBRARIES interprocess)
-  FetchContent_Declare(Boost
-    URL https://github.com/boostorg/boost/releases/download/boost-1.84.0/boost-1.84.0.tar.xz
-    DOWNLOAD_EXTRACT_TIMESTAMP ON)
-  FetchContent_MakeAvailable(Boost)
+# Boost is not a dependency of the library: only the benchmarks' peer needs it (tests/
+# boost_interop.cpp looks it up on its own and is skipped without it).
+if(MPP_BUILD_BENCHMARKS)
+  find_package(Boost 1.74 QUIET CONFIG)
   if(NOT TARGET Boost::headers)
-    add_library(Boost::headers ALIAS boost_headers)
+    message(STATUS "mpp: Boost >= 1.74 not installed; fetching Boost headers for the benchmarks")
+    set(BOOST_INCLUDE_LIBRARIES interprocess)
+    FetchContent_Declare(Boost
+      URL https://github.com/boostorg/boost/releases/download/boost-1.84.0/boost-1.84.0.tar.xz
+      DOWNLOAD_EXTRACT_TIMESTAMP ON)
+    FetchContent_MakeAvailable(Boost)
+    if(NOT TARGET Boost::headers)
+      add_library(Boost::headers ALIAS boost_headers)
+    endif()
   endif()
 endif()
 

@@ -6,6 +6,7 @@
 #include <mpp/queue.hpp>
 #include <mpp/segment.hpp>
 #include <mpp/shared_memory.hpp>
+#include <mpp/version.hpp>
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -537,5 +538,21 @@ TEST_CASE("mpp tool: the mpp binary: ls, inspect, gc --dry-run and gc", "[tools]
 
   CHECK(run_tool("frobnicate", &status).find("usage") != std::string::npos);
   CHECK(status == 2);
+#endif
+}
+
+TEST_CASE("the mpp binary: --version prints MPP_VERSION_STRING, which matches the macros",
+          "[tools]") {
+  CHECK(std::string(MPP_VERSION_STRING) == fmt::format("{}.{}.{}", MPP_VERSION_MAJOR,
+                                                         MPP_VERSION_MINOR, MPP_VERSION_PATCH));
+#ifdef MPP_VERSION_FROM_CMAKE  // project(mpp VERSION ...), which CMakeLists.txt reads from the header
+  CHECK(std::string(MPP_VERSION_STRING) == MPP_VERSION_FROM_CMAKE);
+#endif
+#ifndef MPP_TOOL_PATH
+  SUCCEED("built without the mpp tool (MPP_BUILD_TOOLS=OFF)");
+#else
+  int status = -1;
+  CHECK(run_tool("--version", &status) == fmt::format("mpp {}\n", MPP_VERSION_STRING));
+  CHECK(status == 0);
 #endif
 }

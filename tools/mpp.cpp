@@ -3,9 +3,11 @@
 //   mpp gc [--dry-run]     remove objects whose every registered user is dead
 //   mpp inspect NAME       print one object's header, attach table and gc verdict
 //   mpp rm NAME            remove one name unconditionally (like mpp::unlink)
+//   mpp --version          print the mpp version (MPP_VERSION_STRING)
 // Objects are read through detail/registry.hpp: copied, never mapped or attached to, and every
 // header field is checked before it is shown or believed.
 #include <mpp/detail/registry.hpp>
+#include <mpp/version.hpp>
 
 #include <fmt/format.h>
 
@@ -27,6 +29,7 @@ constexpr std::string_view kUsage =
     "              [--prefix P]\n"
     "       mpp inspect NAME\n"
     "       mpp rm NAME\n"
+    "       mpp --version\n"
     "\n"
     "ls       lists named mpp objects (/dev/shm/mpp.*): kind, element type, size, creator pid,\n"
     "         live users / registered users, queue depth, state.\n"
@@ -174,6 +177,10 @@ int main(int argc, char** argv) {
     const auto cmd = args[0];
     if (cmd == "-h" || cmd == "--help" || cmd == "help") {
       fmt::print("{}", kUsage);
+      return 0;
+    }
+    if (cmd == "--version" || cmd == "version") {
+      fmt::print("mpp {}\n", MPP_VERSION_STRING);
       return 0;
     }
     std::string prefix = "mpp.";

@@ -5,6 +5,8 @@
 // every length against the buffer and throws CorruptedError instead of over-reading.
 #pragma once
 
+#include "detail/config.hpp"  // first: "mpp needs C++20" before any other error
+
 #include <cereal/cereal.hpp>
 #include <cereal/types/array.hpp>
 #include <cereal/types/chrono.hpp>
@@ -20,17 +22,28 @@
 #include <cereal/types/utility.hpp>
 #include <cereal/types/variant.hpp>
 #include <cereal/types/vector.hpp>
+#include <array>
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <deque>
+#include <list>
+#include <map>
 #include <new>
+#include <optional>
+#include <set>
 #include <span>
 #include <string_view>
+#include <tuple>
 #include <type_traits>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+#include <variant>
 #include <vector>
 
-#include "detail/config.hpp"
 #include "errors.hpp"
 
 namespace mpp {
@@ -134,12 +147,51 @@ namespace detail {
 template <class T>
 concept RawEncodable = std::is_trivially_copyable_v<T> && !std::is_pointer_v<T> &&
                        !std::is_member_pointer_v<T>;
-/// Types that cereal can save and load through our archives.
+/// Whether the elements of a standard container, optional, variant, pair or tuple T can go through
+/// cereal too: cereal accepts std::vector<X> for any X and fails deep inside its headers when X
+/// cannot be saved, where this check lets mpp::encode's static_assert name the type instead.
+/// True for every other type (cereal's own check decides).
+template <class T>
+struct cereal_elements_encodable : std::true_type {};
+/// Types that cereal can save and load through our archives, elements included.
 template <class T>
 concept CerealEncodable =
     cereal::traits::is_output_serializable<T, CodecOutputArchive>::value &&
     cereal::traits::is_input_serializable<T, CodecInputArchive>::value &&
-    std::is_default_constructible_v<T> && !std::is_pointer_v<T>;
+    std::is_default_constructible_v<T> && !std::is_pointer_v<T> &&
+    cereal_elements_encodable<T>::value;
+
+template <class... Ts>
+inline constexpr bool all_cereal_encodable = (CerealEncodable<Ts> && ...);
+template <class T, class A>
+struct cereal_elements_encodable<std::vector<T, A>> : std::bool_constant<CerealEncodable<T>> {};
+template <class T, class A>
+struct cereal_elements_encodable<std::deque<T, A>> : std::bool_constant<CerealEncodable<T>> {};
+template <class T, class A>
+struct cereal_elements_encodable<std::list<T, A>> : std::bool_constant<CerealEncodable<T>> {};
+template <class T, std::size_t N>
+struct cereal_elements_encodable<std::array<T, N>> : std::bool_constant<CerealEncodable<T>> {};
+template <class K, class C, class A>
+struct cereal_elements_encodable<std::set<K, C, A>> : std::bool_constant<CerealEncodable<K>> {};
+template <class K, class H, class E, class A>
+struct cereal_elements_encodable<std::unordered_set<K, H, E, A>>
+    : std::bool_constant<CerealEncodable<K>> {};
+template <class K, class V, class C, class A>
+struct cereal_elements_encodable<std::map<K, V, C, A>>
+    : std::bool_constant<all_cereal_encodable<K, V>> {};
+template <class K, class V, class H, class E, class A>
+struct cereal_elements_encodable<std::unordered_map<K, V, H, E, A>>
+    : std::bool_constant<all_cereal_encodable<K, V>> {};
+template <class T>
+struct cereal_elements_encodable<std::optional<T>> : std::bool_constant<CerealEncodable<T>> {};
+template <class A, class B>
+struct cereal_elements_encodable<std::pair<A, B>> : std::bool_constant<all_cereal_encodable<A, B>> {};
+template <class... Ts>
+struct cereal_elements_encodable<std::tuple<Ts...>>
+    : std::bool_constant<all_cereal_encodable<Ts...>> {};
+template <class... Ts>
+struct cereal_elements_encodable<std::variant<Ts...>>
+    : std::bool_constant<all_cereal_encodable<Ts...>> {};
 }  // namespace detail
 
 /// The codec of T. The primary template is empty (T cannot cross processes); specialise it for
@@ -211,25 +263,55 @@ concept Encodable = requires(const T& v, Bytes& out, std::span<const std::byte> 
   { codec<T>::decode(in) } -> std::same_as<T>;
 };
 
+/// The message of every "cannot cross processes" static_assert; the compiler shows the type (T)
+/// in the instantiation context printed above it.
+#define MPP_DETAIL_NOT_ENCODABLE                                                              \
+  "mpp: this type (T above) cannot cross processes: it is not trivially copyable (or is a "   \
+  "pointer), cereal cannot save it or one of its elements, and mpp::codec<T> is not "         \
+  "specialised for it. Make it trivially copyable, give it a cereal serialize() member, or " \
+  "specialise mpp::codec<T>"
+
 /// Encodes `v` into a new buffer.
 template <class T>
 Bytes encode(const T& v) {
-  static_assert(Encodable<T>,
-                "mpp: this type cannot cross processes: make it trivially copyable, give it a "
-                "cereal serialize() member, or specialise mpp::codec<T>");
+  static_assert(Encodable<T>, MPP_DETAIL_NOT_ENCODABLE);
   Bytes out;
-  codec<T>::encode(v, out);
+  if constexpr (Encodable<T>) codec<T>::encode(v, out);  // one error, the static_assert's
   return out;
 }
 
 /// Decodes a T from `in`. Throws: CorruptedError.
 template <class T>
 T decode(std::span<const std::byte> in) {
-  static_assert(Encodable<T>,
-                "mpp: this type cannot cross processes: make it trivially copyable, give it a "
-                "cereal serialize() member, or specialise mpp::codec<T>");
-  return codec<T>::decode(in);
+  static_assert(Encodable<T>, MPP_DETAIL_NOT_ENCODABLE);
+  if constexpr (Encodable<T>)
+    return codec<T>::decode(in);
+  else
+    std::abort();  // not reached: the static_assert above fails the build
 }
+
+namespace detail {
+/// Checks one parameter of a function that crosses processes; on failure the compiler prints
+/// "[with Index = i; Param = X]": the parameter's position, counted from 0, and its type.
+template <std::size_t Index, class Param>
+constexpr bool parameter_encodable() {
+  static_assert(Encodable<Param>,
+                "mpp: parameter number Index (from 0; see \"with Index = ...; Param = ...\" above) "
+                "of the function cannot cross processes: make its type trivially copyable, give "
+                "it a cereal serialize() member, or specialise mpp::codec<Param>");
+  return Encodable<Param>;
+}
+template <class... Params, std::size_t... Index>
+constexpr bool parameters_encodable(std::index_sequence<Index...>) {
+  return (parameter_encodable<Index, Params>() && ...);
+}
+/// True if every one of Params is Encodable; otherwise one static_assert per parameter that is
+/// not, naming its position and type (for Process/Pool to call on a callable's parameter list).
+template <class... Params>
+constexpr bool parameters_encodable() {
+  return parameters_encodable<Params...>(std::index_sequence_for<Params...>{});
+}
+}  // namespace detail
 
 namespace detail {
 

@@ -2,7 +2,9 @@
 // messages say what happened, to which named object, and what to do.
 #pragma once
 
-#include <fmt/format.h>
+#include "detail/config.hpp"
+
+#include <fmt/core.h>
 
 #include <cstddef>
 #include <stdexcept>

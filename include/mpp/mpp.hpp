@@ -1,6 +1,8 @@
 // mpp — Python's multiprocessing for C++20. The umbrella header: includes every public header.
 #pragma once
 
+#include "detail/config.hpp"  // first: "mpp needs C++20" before any other error
+#include "version.hpp"
 #include "codec.hpp"
 #include "errors.hpp"
 #include "options.hpp"

@@ -2,6 +2,8 @@
 // shares about its name.
 #pragma once
 
+#include "detail/config.hpp"
+
 #include <chrono>
 
 namespace mpp {

@@ -1,6 +1,8 @@
 // mpp — Timeout: how long a blocking call may wait, written as Python writes it.
 #pragma once
 
+#include "detail/config.hpp"
+
 #include <chrono>
 #include <optional>
 #include <type_traits>

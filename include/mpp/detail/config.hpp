@@ -1,6 +1,17 @@
 // mpp — platform and compiler detection. The only place that decides which backend is used; the
-// backends themselves live in detail/os/posix.hpp and detail/os/win32.hpp.
+// backends themselves live in detail/os/posix.hpp and detail/os/win32.hpp. Every public header
+// includes it first, so the language check below is the first error a wrong -std shows.
 #pragma once
+
+// MSVC reports 199711L in __cplusplus unless /Zc:__cplusplus is given; _MSVC_LANG is reliable.
+#if defined(_MSVC_LANG) && _MSVC_LANG > __cplusplus
+#  define MPP_CPLUSPLUS _MSVC_LANG
+#else
+#  define MPP_CPLUSPLUS __cplusplus
+#endif
+#if MPP_CPLUSPLUS < 202002L
+#  error "mpp needs C++20: compile with -std=c++20 (GCC, Clang) or /std:c++20 (MSVC)"
+#endif
 
 #include <cstddef>
 
