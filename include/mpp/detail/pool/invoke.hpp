@@ -248,12 +248,18 @@ inline std::string error_payload(const std::string& type, const std::string& mes
   return to_wire(std::pair<std::string, std::string>(type, message));
 }
 
-/// Refuses, at compile time, a callable that cannot cross to a worker.
+template <class>
+struct SpawnedWorker;
+
+/// Refuses, at compile time, a callable that cannot cross to a worker; registers the body of
+/// spawned workers in every program that gives a pool work.
 template <class F>
-constexpr void check_callable() {
+void check_callable() {
   static_assert(Callable<F>,
                 "mpp::Pool: the callable must be a function pointer, a capture-less lambda, or "
                 "a lambda/functor whose captures are trivially copyable or that is Encodable");
+  // Dependent on F (so resolved at instantiation), yet always SpawnedWorker<void>: registered once.
+  (void)SpawnedWorker<std::conditional_t<sizeof(F) != 0, void, F>>::registered;
 }
 
 /// The start method of a pool that asked for `requested` (nullopt: get_start_method()).

@@ -326,8 +326,14 @@ inline void spawned_worker_main(WorkerConfig c) {
   worker_main(c);
 }
 
-/// Registers the spawned worker's body (identically in every run of the program).
-inline const bool kSpawnedWorkerRegistered =
-    register_function("mpp.pool.worker", &spawned_worker_main);
+/// Registers the spawned worker's body (identically in every run of the program). A class
+/// template, instantiated by the pool's submitting templates (check_callable), so that a program
+/// that includes pool.hpp without giving a pool work does not compile the worker (benchmarks
+/// row compile.empty_main).
+template <class = void>
+struct SpawnedWorker {
+  /// True once registered (before main, in every program that submits work to a pool).
+  static inline const bool registered = register_function("mpp.pool.worker", &spawned_worker_main);
+};
 
 }  // namespace mpp::detail::pool
