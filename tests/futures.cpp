@@ -103,7 +103,7 @@ TEST_CASE("Executor: map, done callbacks and cancel", "[futures]") {
   mpp::ProcessPoolExecutor ex(2);
   std::vector<int> in(50);
   std::iota(in.begin(), in.end(), 0);
-  const auto out = ex.map(cube, in, 60s, 5);
+  const std::vector<int> out = ex.map(cube, in, 60s, 5);
   for (std::size_t i = 0; i < in.size(); ++i) CHECK(out[i] == cube(in[i]));
 
   std::atomic<int> called{0};
@@ -142,7 +142,7 @@ TEST_CASE("Executor: shutdown waits, cancels on request, and refuses new work", 
   }
   CHECK(done + cancelled == 8);
   CHECK(cancelled >= 1);
-  CHECK_THROWS_AS(ex.submit(cube, 1), mpp::ValueError);
+  CHECK_THROWS_WITH(ex.submit(cube, 1), "cannot schedule new futures after shutdown");
 }
 
 TEST_CASE("Executor: a killed worker fails only its future", "[futures][kill]") {

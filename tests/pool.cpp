@@ -224,7 +224,7 @@ TEST_CASE("Pool: apply_async, map_async and callbacks", "[pool]") {
   CHECK_FALSE(e.successful());
 
   std::vector<int> seen;
-  auto m = pool.map_async(square, std::vector<int>{1, 2, 3}, 0,
+  auto m = pool.map_async(square, std::vector<int>{1, 2, 3}, std::nullopt,
                           [&](const std::vector<int>& v) { seen = v; });
   CHECK(m.get() == std::vector<int>{1, 4, 9});
   CHECK(seen == std::vector<int>{1, 4, 9});
