@@ -292,11 +292,12 @@ class AsCompleted {
     /// Advances, as ++it.
     void operator++(int) { ++*this; }
     /// True once every future has been yielded.
-    friend bool operator==(const iterator& it, std::default_sentinel_t) { return it.r_->over(); }
+    friend bool operator==(const iterator& it, std::default_sentinel_t) { return it.at_end(); }
 
    private:
     friend class AsCompleted;
     explicit iterator(AsCompleted* r) : r_(r) {}
+    bool at_end() const { return r_->over(); }
     AsCompleted* r_ = nullptr;
   };
 
