@@ -162,10 +162,17 @@ using stored_t = std::conditional_t<std::is_void_v<R>, Unit, R>;
 template <class R>
 using map_value_t = std::conditional_t<std::is_void_v<R> || std::is_same_v<R, Unit>, void,
                                        std::vector<R>>;
+template <class T>
+struct callback_of {
+  using type = std::function<void(const T&)>;
+};
+template <>
+struct callback_of<void> {
+  using type = std::function<void()>;
+};
 /// The callback of a call whose public result is `T` (it takes nothing for void).
 template <class T>
-using callback_t =
-    std::conditional_t<std::is_void_v<T>, std::function<void()>, std::function<void(const T&)>>;
+using callback_t = typename callback_of<T>::type;
 /// `cb` as the pool's result state calls it (with Unit for void).
 template <class T>
 std::function<void(const stored_t<T>&)> stored_callback(callback_t<T> cb) {
