@@ -185,6 +185,23 @@ class AnyFuture {
   std::shared_ptr<detail::pool::ResultBase> s_;
 };
 
+namespace detail::futures {
+template <class Fut>
+std::vector<Fut> unique(std::vector<Fut> fs) {
+  std::vector<Fut> out;
+  for (auto& f : fs)
+    if (std::find(out.begin(), out.end(), f) == out.end()) out.push_back(std::move(f));
+  return out;
+}
+template <class Fut>
+std::vector<std::shared_ptr<detail::pool::ResultBase>> cores(const std::vector<Fut>& fs) {
+  std::vector<std::shared_ptr<detail::pool::ResultBase>> out;
+  out.reserve(fs.size());
+  for (const auto& f : fs) out.push_back(Access::core(f));
+  return out;
+}
+}  // namespace detail::futures
+
 /// Python's concurrent.futures module functions: wait() and as_completed().
 namespace futures {
 
@@ -209,22 +226,6 @@ struct DoneAndNotDone {
   std::vector<Fut> not_done;  ///< still pending or running
 };
 
-namespace detail_ {
-template <class Fut>
-std::vector<Fut> unique(std::vector<Fut> fs) {
-  std::vector<Fut> out;
-  for (auto& f : fs)
-    if (std::find(out.begin(), out.end(), f) == out.end()) out.push_back(std::move(f));
-  return out;
-}
-template <class Fut>
-std::vector<std::shared_ptr<detail::pool::ResultBase>> cores(const std::vector<Fut>& fs) {
-  std::vector<std::shared_ptr<detail::pool::ResultBase>> out;
-  out.reserve(fs.size());
-  for (const auto& f : fs) out.push_back(detail::futures::Access::core(f));
-  return out;
-}
-}  // namespace detail_
 
 //!Effects: waits until `return_when` holds for the futures `fs` (Future<R> or AnyFuture, of any
 //! executors) or `timeout` passes (measured from the call); sleeps until a future completes
@@ -232,10 +233,10 @@ std::vector<std::shared_ptr<detail::pool::ResultBase>> cores(const std::vector<F
 template <std::ranges::input_range Fs, class Fut = std::ranges::range_value_t<Fs>>
 DoneAndNotDone<Fut> wait(const Fs& fs, Timeout timeout = std::nullopt,
                          ReturnWhen return_when = ALL_COMPLETED) {
-  auto list = detail_::unique(std::vector<Fut>(std::ranges::begin(fs), std::ranges::end(fs)));
+  auto list = detail::futures::unique(std::vector<Fut>(std::ranges::begin(fs), std::ranges::end(fs)));
   const auto deadline = detail::futures::deadline_of(timeout);
   std::vector<std::size_t> ready;
-  detail::futures::Registration reg(detail_::cores(list), ready);
+  detail::futures::Registration reg(detail::futures::cores(list), ready);
   std::vector<bool> is_done(list.size(), false);
   std::size_t ndone = 0;
   bool failure = false;
@@ -318,9 +319,9 @@ class AsCompleted {
   //!Effects: registers on the futures `fs` (what as_completed(fs, timeout) makes); `timeout` is
   //! measured from now.
   AsCompleted(std::vector<Fut> fs, Timeout timeout)
-      : fs_(detail_::unique(std::move(fs))),
+      : fs_(detail::futures::unique(std::move(fs))),
         deadline_(detail::futures::deadline_of(timeout)),
-        reg_(detail_::cores(fs_), first_) {
+        reg_(detail::futures::cores(fs_), first_) {
     queue_.assign(first_.begin(), first_.end());
   }
 
