@@ -495,7 +495,8 @@ TEST_CASE("Executor: map with spawn and forkserver workers", "[futures][spawn]")
   for (auto m : {mpp::StartMethod::spawn, mpp::StartMethod::forkserver}) {
     INFO("start method " << mpp::start_method_name(m));
     mpp::ProcessPoolExecutor ex(with_method(m));
-    const std::vector<int> got = ex.map(pow_int, std::vector<int>{2, 3, 4}, std::vector<int>{3, 2, 1, 0}, 60s, 2);
+    const std::vector<int> got =
+        ex.map(pow_int, std::vector<int>{2, 3, 4}, std::vector<int>{3, 2, 1, 0}, 60s, 2);
     CHECK(got == std::vector<int>{8, 9, 4});
     auto r = ex.map(divide, std::vector<int>{4, 1}, std::vector<int>{2, 0});
     auto it = r.begin();
@@ -552,27 +553,33 @@ TEST_CASE("Executor: bad arguments are refused with ValueError, omitted ones tak
 }
 
 TEST_CASE("Executor: shutdown(cancel_futures) cancels only calls not started; submit and map "
-          "after shutdown raise", "[futures]") {
-  mpp::ProcessPoolExecutor ex(2);
-  std::vector<mpp::Future<int>> started;
-  for (int i = 0; i < 2; ++i) started.push_back(ex.submit(sleepy, 500));
-  for (int i = 0; i < 200 && !(started[0].running() && started[1].running()); ++i)
-    std::this_thread::sleep_for(10ms);
-  REQUIRE(started[0].running());
-  REQUIRE(started[1].running());
-  std::vector<mpp::Future<int>> queued;
-  for (int i = 0; i < 8; ++i) queued.push_back(ex.submit(sleepy, 200));
-  ex.shutdown(true, true);
-  for (auto& f : started) CHECK(f.result() == 500);  // started calls finish
-  int cancelled = 0;
-  for (auto& f : queued) {
-    CHECK(f.done());
-    if (f.cancelled()) ++cancelled;
-    else CHECK(f.result() == 200);
+          "after shutdown raise", "[futures][spawn]") {
+  for (auto m : {mpp::StartMethod::fork, mpp::StartMethod::spawn}) {
+    INFO("start method " << mpp::start_method_name(m));
+    mpp::ProcessPoolExecutor ex(with_method(m));
+    std::vector<mpp::Future<int>> started;
+    for (int i = 0; i < 2; ++i) started.push_back(ex.submit(sleepy, 500));
+    for (int i = 0; i < 1000 && !(started[0].running() && started[1].running()); ++i)
+      std::this_thread::sleep_for(10ms);
+    REQUIRE(started[0].running());
+    REQUIRE(started[1].running());
+    std::vector<mpp::Future<int>> queued;
+    for (int i = 0; i < 8; ++i) queued.push_back(ex.submit(sleepy, 200));
+    ex.shutdown(true, true);
+    for (auto& f : started) CHECK(f.result() == 500);  // started calls finish
+    int cancelled = 0;
+    for (auto& f : queued) {
+      CHECK(f.done());
+      if (f.cancelled())
+        ++cancelled;
+      else
+        CHECK(f.result() == 200);
+    }
+    CHECK(cancelled >= 4);
+    CHECK_THROWS_WITH(ex.submit(cube, 1), "cannot schedule new futures after shutdown");
+    CHECK_THROWS_WITH(ex.map(cube, std::vector<int>{1}),
+                      "cannot schedule new futures after shutdown");
   }
-  CHECK(cancelled >= 4);
-  CHECK_THROWS_WITH(ex.submit(cube, 1), "cannot schedule new futures after shutdown");
-  CHECK_THROWS_WITH(ex.map(cube, std::vector<int>{1}), "cannot schedule new futures after shutdown");
 }
 
 TEST_CASE("Executor: a broken executor's messages name the executor", "[futures]") {

@@ -33,10 +33,11 @@ namespace mpp {
 /// an omitted (nullopt) field takes its default and an explicit value below 1 is refused with
 /// ValueError when the executor is made.
 struct ExecutorOptions {
-  std::optional<int> max_workers{};          ///< nullopt: cpu_count()
-  std::optional<int> max_tasks_per_child{};  ///< a worker is replaced after this many tasks (nullopt: never)
-  Timeout task_timeout{};                    ///< per call: the worker is killed and the future fails
-  unsigned retries = 0;                      ///< re-runs of a call whose worker died
+  std::optional<int> max_workers{};  ///< nullopt: cpu_count()
+  /// A worker is replaced after this many tasks (nullopt: never).
+  std::optional<int> max_tasks_per_child{};
+  Timeout task_timeout{};  ///< per call: the worker is killed and the future fails
+  unsigned retries = 0;    ///< re-runs of a call whose worker died
   /// How workers start (Python's mp_context=get_context(method)); nullopt: get_start_method().
   /// spawn and forkserver run registered functions only (see PoolOptions::start_method).
   std::optional<StartMethod> start_method{};
@@ -140,7 +141,7 @@ class AnyFuture {
  public:
   /// Views `f`.
   template <class R>
-  AnyFuture(const Future<R>& f)  // NOLINT(google-explicit-constructor): a view, as Python's duck typing
+  AnyFuture(const Future<R>& f)  // NOLINT(google-explicit-constructor): a view of `f`
       : s_(detail::futures::Access::core(f)) {}
   /// Views the AsyncResult `r` of a Pool call.
   template <class R>
@@ -233,7 +234,8 @@ struct DoneAndNotDone {
 template <std::ranges::input_range Fs, class Fut = std::ranges::range_value_t<Fs>>
 DoneAndNotDone<Fut> wait(const Fs& fs, Timeout timeout = std::nullopt,
                          ReturnWhen return_when = ALL_COMPLETED) {
-  auto list = detail::futures::unique(std::vector<Fut>(std::ranges::begin(fs), std::ranges::end(fs)));
+  auto list =
+      detail::futures::unique(std::vector<Fut>(std::ranges::begin(fs), std::ranges::end(fs)));
   const auto deadline = detail::futures::deadline_of(timeout);
   std::vector<std::size_t> ready;
   detail::futures::Registration reg(detail::futures::cores(list), ready);
@@ -414,7 +416,9 @@ class ExecutorMap {
     void operator++(int) { ++*this; }
     /// True when both are at the end (every result consumed, or the iteration failed), or
     /// neither is: a common range, for algorithms such as std::accumulate.
-    friend bool operator==(const iterator& a, const iterator& b) { return a.at_end() == b.at_end(); }
+    friend bool operator==(const iterator& a, const iterator& b) {
+      return a.at_end() == b.at_end();
+    }
 
    private:
     friend class ExecutorMap;
@@ -471,7 +475,9 @@ class ExecutorMap {
         return;
       }
       std::unique_lock g(st->mu);
-      auto here = [&] { return st->ready.count(next_chunk) != 0 || st->errors.count(next_chunk) != 0; };
+      auto here = [&] {
+        return st->ready.count(next_chunk) != 0 || st->errors.count(next_chunk) != 0;
+      };
       if (!deadline) {
         st->cv.wait(g, here);
       } else if (!st->cv.wait_until(g, *deadline, here)) {
@@ -536,7 +542,8 @@ class ProcessPoolExecutor {
   //!Returns: a Future of f(args...) (Future<void> for a void `f`). Throws: BrokenProcessPool once
   //! the initializer failed; mpp::Error (Python's RuntimeError) "cannot schedule new futures
   //! after shutdown" after shutdown().
-  template <class F, class... A, class R = std::invoke_result_t<const F&, const std::decay_t<A>&...>>
+  template <class F, class... A,
+            class R = std::invoke_result_t<const F&, const std::decay_t<A>&...>>
   Future<R> submit(F f, A&&... a) {
     detail::pool::check_callable<F>();
     check_open();

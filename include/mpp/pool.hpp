@@ -39,10 +39,11 @@ namespace mpp {
 /// As in Python, an omitted (nullopt) field takes its default and an explicit bad value is refused
 /// with ValueError when the pool is made: `processes` and `maxtasksperchild` must be >= 1.
 struct PoolOptions {
-  std::optional<int> processes{};        ///< number of workers; nullopt: cpu_count()
-  std::optional<int> maxtasksperchild{};  ///< a worker is replaced after this many tasks (nullopt: never)
-  Timeout task_timeout{};             ///< per task (chunk): the worker is killed, the task fails
-  unsigned retries = 0;               ///< re-runs of a task whose worker died before failing it
+  std::optional<int> processes{};  ///< number of workers; nullopt: cpu_count()
+  /// A worker is replaced after this many tasks (nullopt: never).
+  std::optional<int> maxtasksperchild{};
+  Timeout task_timeout{};  ///< per task (chunk): the worker is killed, the task fails
+  unsigned retries = 0;    ///< re-runs of a task whose worker died before failing it
   /// How workers start (Python's get_context(method).Pool()); nullopt: get_start_method(). With
   /// spawn or forkserver, workers attach to the pool's queues by name and run only registered
   /// functions (MPP_REGISTER), as spawn Process targets.
@@ -377,7 +378,8 @@ AsyncResult<detail::pool::map_value_t<R>> Pool::map_async(
     std::function<void(std::exception_ptr)> error_callback) {
   detail::pool::check_callable<F>();
   const std::size_t chunksize = detail::pool::chunksize_or(chunksize_arg, 0);
-  auto callback = detail::pool::stored_callback<detail::pool::map_value_t<R>>(std::move(callback_arg));
+  auto callback =
+      detail::pool::stored_callback<detail::pool::map_value_t<R>>(std::move(callback_arg));
   if constexpr (detail::pool::kRawItem<A> && detail::pool::kRawItem<R>) {
     const auto id = detail::pool::Registered<&detail::pool::run_raw_chunk<F, A>>::id;
     std::size_t count = 0;
