@@ -596,8 +596,8 @@ class Scheduler {
                                 i, code);
         } catch (...) {
           std::throw_with_nested(BrokenProcessPool(fmt::format(
-              "pool worker {} died (exit code {}) while running the pool's initializer; {}", i,
-              code, broken_advice())));
+              "pool worker {} died (exit code {}) while running the {}'s initializer; {}", i,
+              code, opts_.owner, broken_advice())));
         }
       } catch (...) {
         e = std::current_exception();
@@ -694,8 +694,8 @@ class Scheduler {
         throw_remote(err.first, err.second);
       } catch (...) {
         std::throw_with_nested(BrokenProcessPool(fmt::format(
-            "the pool's initializer raised {}: {} (in pool worker {}); {}", err.first, err.second,
-            worker, broken_advice())));
+            "the {}'s initializer raised {}: {} (in pool worker {}); {}", opts_.owner, err.first,
+            err.second, worker, broken_advice())));
       }
     } catch (...) {
       broken = std::current_exception();
