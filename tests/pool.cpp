@@ -73,6 +73,12 @@ int die_once_on_seven_named(int x) {
   return x + 1;
 }
 const auto twice = [](int x) { return 2 * x; };
+// A void function whose effect is seen: it adds x to the RawValue named by this variable.
+constexpr const char* kSumEnv = "MPP_TEST_POOL_SUM";
+void add_to_sum(int x) {
+  if (x == 3) throw std::invalid_argument("void three");
+  mpp::RawValue<int>::open(std::getenv(kSumEnv)).fetch_add(x);
+}
 
 // Initializers that fail; each run is counted in a RawValue named by this variable (spawned
 // workers inherit the environment, forked ones too).
@@ -170,6 +176,7 @@ MPP_REGISTER_AS("twice", twice);
 MPP_REGISTER(failing_init);
 MPP_REGISTER(dying_init);
 MPP_REGISTER(flaky_init);
+MPP_REGISTER(add_to_sum);
 
 TEST_CASE("Pool: map, starmap and apply compute in worker processes", "[pool]") {
   mpp::Pool pool(2);
@@ -224,7 +231,7 @@ TEST_CASE("Pool: apply_async, map_async and callbacks", "[pool]") {
   CHECK_FALSE(e.successful());
 
   std::vector<int> seen;
-  auto m = pool.map_async(square, std::vector<int>{1, 2, 3}, 0,
+  auto m = pool.map_async(square, std::vector<int>{1, 2, 3}, std::nullopt,
                           [&](const std::vector<int>& v) { seen = v; });
   CHECK(m.get() == std::vector<int>{1, 4, 9});
   CHECK(seen == std::vector<int>{1, 4, 9});
@@ -697,4 +704,68 @@ TEST_CASE("Pool: spawn Pool(200): every worker starts and serves", "[pool][users
   INFO(printed.substr(0, 2000));
   CHECK(right);
   CHECK(printed.find("PoolWorker") == std::string::npos);  // no worker died
+}
+
+// ---- void functions and argument checks ------------------------------------------------------
+
+TEST_CASE("Pool: void functions give AsyncResult<void> and map returns nothing; errors propagate",
+          "[pool][spawn]") {
+  for (auto m : {mpp::StartMethod::fork, mpp::StartMethod::spawn}) {
+    INFO("start method " << mpp::start_method_name(m));
+    mpp::RawValue<int> sum(0);
+    ::setenv(kSumEnv, sum.name().c_str(), 1);
+    {
+      mpp::Pool pool(with_method(m));
+      mpp::AsyncResult<void> r = pool.apply_async(add_to_sum, 5);
+      static_assert(std::is_void_v<decltype(r.get())>);
+      r.get(60s);
+      CHECK(r.successful());
+      CHECK(sum.value() == 5);
+      pool.apply(add_to_sum, 1);
+      CHECK(sum.value() == 6);
+      CHECK_THROWS_WITH(pool.apply_async(add_to_sum, 3).get(60s), "void three");
+      static_assert(std::is_void_v<decltype(pool.map(add_to_sum, std::vector<int>{}))>);
+      pool.map(add_to_sum, std::vector<int>{1, 2, 4}, 1);
+      CHECK(sum.value() == 13);
+      CHECK_THROWS_AS(pool.map(add_to_sum, std::vector<int>{1, 3, 4}), std::invalid_argument);
+      std::atomic<bool> called{false};
+      mpp::AsyncResult<void> m2 = pool.map_async(add_to_sum, std::vector<int>{10, 20}, 1,
+                                                 [&] { called = true; });
+      m2.get(60s);
+      CHECK(called);
+      std::atomic<bool> applied{false}, failed{false};
+      auto c = pool.apply_async(add_to_sum, mpp::args(3), [&] { applied = true; },
+                                [&](std::exception_ptr) { failed = true; });
+      CHECK_THROWS_AS(c.get(60s), std::invalid_argument);
+      CHECK(failed);
+      CHECK_FALSE(applied);
+      pool.starmap(add_to_sum, std::vector<std::tuple<int>>{{100}});
+      CHECK(sum.value() >= 143);  // 13 + 30 + 100, plus what the failed map added before its 3
+    }
+    ::unsetenv(kSumEnv);
+  }
+}
+
+TEST_CASE("Pool: bad arguments are refused with ValueError, omitted ones take defaults", "[pool]") {
+  CHECK_THROWS_AS(mpp::Pool(0), mpp::ValueError);
+  CHECK_THROWS_AS(mpp::Pool(-1), mpp::ValueError);
+  mpp::PoolOptions o;
+  o.processes = 0;
+  CHECK_THROWS_AS(mpp::Pool(o), mpp::ValueError);
+  o.processes = 1;
+  o.maxtasksperchild = 0;
+  CHECK_THROWS_AS(mpp::Pool(o), mpp::ValueError);
+  o.maxtasksperchild = -1;  // used to wrap to 4294967295
+  CHECK_THROWS_AS(mpp::Pool(o), mpp::ValueError);
+  mpp::Pool pool;  // cpu_count() workers
+  CHECK(pool.processes() == std::max(1, mpp::cpu_count()));
+  const std::vector<int> in{1, 2, 3};
+  CHECK_THROWS_AS(pool.map(square, in, 0), mpp::ValueError);
+  CHECK_THROWS_AS(pool.map(square, in, -1), mpp::ValueError);
+  CHECK_THROWS_AS(pool.map_async(square, in, 0), mpp::ValueError);
+  CHECK_THROWS_AS(pool.starmap(square, std::vector<std::tuple<int>>{{1}}, 0), mpp::ValueError);
+  CHECK_THROWS_AS(pool.imap(square, in, 0), mpp::ValueError);
+  CHECK_THROWS_AS(pool.imap_unordered(square, in, -2), mpp::ValueError);
+  CHECK(pool.map(square, in) == std::vector<int>{1, 4, 9});  // omitted: Python's chunksize
+  CHECK(pool.map(square, in, std::nullopt) == std::vector<int>{1, 4, 9});
 }

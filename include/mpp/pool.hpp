@@ -35,11 +35,15 @@
 namespace mpp {
 
 /// Options of a Pool beyond Python's positional arguments.
+///
+/// As in Python, an omitted (nullopt) field takes its default and an explicit bad value is refused
+/// with ValueError when the pool is made: `processes` and `maxtasksperchild` must be >= 1.
 struct PoolOptions {
-  int processes = 0;                  ///< number of workers; <= 0: cpu_count()
-  unsigned maxtasksperchild = 0;      ///< a worker is replaced after this many tasks (0: never)
-  Timeout task_timeout{};             ///< per task (chunk): the worker is killed, the task fails
-  unsigned retries = 0;               ///< re-runs of a task whose worker died before failing it
+  std::optional<int> processes{};  ///< number of workers; nullopt: cpu_count()
+  /// A worker is replaced after this many tasks (nullopt: never).
+  std::optional<int> maxtasksperchild{};
+  Timeout task_timeout{};  ///< per task (chunk): the worker is killed, the task fails
+  unsigned retries = 0;    ///< re-runs of a task whose worker died before failing it
   /// How workers start (Python's get_context(method).Pool()); nullopt: get_start_method(). With
   /// spawn or forkserver, workers attach to the pool's queues by name and run only registered
   /// functions (MPP_REGISTER), as spawn Process targets.
@@ -57,10 +61,14 @@ Args<std::decay_t<A>...> args(A&&... a) {
   return {std::tuple<std::decay_t<A>...>(std::forward<A>(a)...)};
 }
 
-/// The result type of apply() and submit() of a function returning void (Python's None).
-struct Unit {};
+/// A chunksize argument: nullopt is Python's None (the call's default); an explicit value below 1
+/// is refused with ValueError, as Python refuses it.
+using Chunksize = std::optional<std::ptrdiff_t>;
 
-/// Result of an asynchronous pool call (Python's AsyncResult).
+class AnyFuture;
+
+/// Result of an asynchronous pool call (Python's AsyncResult). `R` is void for a function
+/// returning void (and for map() of one): get() then only waits and rethrows.
 template <class R>
 class AsyncResult {
  public:
@@ -73,7 +81,7 @@ class AsyncResult {
       detail::fail<TimeoutError>("the result is not ready after {} s", timeout->count());
     std::lock_guard g(s_->mu);
     if (s_->error) std::rethrow_exception(s_->error);
-    return *s_->value;
+    if constexpr (!std::is_void_v<R>) return *s_->value;
   }
   //!Effects: waits until the result is ready or `timeout` passes. Returns: ready().
   bool wait(Timeout timeout = std::nullopt) {
@@ -98,15 +106,17 @@ class AsyncResult {
 
  private:
   friend class Pool;
-  explicit AsyncResult(std::shared_ptr<detail::pool::ResultState<R>> s) : s_(std::move(s)) {}
+  friend class AnyFuture;
+  using Stored = detail::pool::stored_t<R>;
+  explicit AsyncResult(std::shared_ptr<detail::pool::ResultState<Stored>> s) : s_(std::move(s)) {}
   // get() for a result nobody else sees (Pool::map): moves the value out instead of copying it.
   R take() {
     wait(std::nullopt);
     std::lock_guard g(s_->mu);
     if (s_->error) std::rethrow_exception(s_->error);
-    return std::move(*s_->value);
+    if constexpr (!std::is_void_v<R>) return std::move(*s_->value);
   }
-  std::shared_ptr<detail::pool::ResultState<R>> s_;
+  std::shared_ptr<detail::pool::ResultState<Stored>> s_;
 };
 
 template <class R>
@@ -131,15 +141,19 @@ class Pool {
   /// The most worker processes a Pool can have.
   static constexpr int kMaxProcesses = detail::pool::Scheduler::kMaxProcesses;
 
-  //!Effects: starts `processes` workers (<= 0: cpu_count()). Throws: ProcessError, ValueError.
-  explicit Pool(int processes = 0) : Pool(PoolOptions{processes}) {}
+  //!Effects: starts `processes` workers (nullopt: cpu_count()).
+  //!Throws: ValueError if `processes` < 1 (Python's "Number of processes must be at least 1"),
+  //! ProcessError.
+  explicit Pool(std::optional<int> processes = std::nullopt) : Pool(PoolOptions{processes}) {}
   //!Effects: starts the workers described by `opts`.
   explicit Pool(const PoolOptions& opts) { start(opts, -1, {}, {}); }
   //!Effects: starts the workers; each runs `initializer(initargs...)` first (Python's
   //! initializer); if it fails the pool is broken (BrokenProcessPool, see the class comment).
   template <class F, class... A>
     requires detail::pool::Callable<std::decay_t<F>>
-  Pool(const PoolOptions& opts, F&& initializer, A&&... initargs);
+  Pool(const PoolOptions& opts, F&& initializer, A&&... initargs)
+      : Pool(detail::pool::OwnerName{}, opts, std::forward<F>(initializer),
+             std::forward<A>(initargs)...) {}
 
   /// Not copyable: a Pool owns its worker processes.
   Pool(const Pool&) = delete;
@@ -153,29 +167,30 @@ class Pool {
   /// How the workers are started (PoolOptions::start_method, else get_start_method() at creation).
   StartMethod start_method() const noexcept { return sched_.method(); }
 
-  //!Returns: [f(x) for x in range], in order; the work is split into chunks of `chunksize` items
-  //! (0: Python's choice, len / (4 * processes) rounded up). Throws: the first task's exception.
+  //!Returns: [f(x) for x in range], in order (nothing for a void `f`: it waits and rethrows); the
+  //! work is split into chunks of `chunksize` items (nullopt: Python's choice, len / (4 *
+  //! processes) rounded up). Throws: ValueError if `chunksize` < 1; the first task's exception.
   template <class F, class Range>
-  auto map(F f, const Range& range, std::size_t chunksize = 0);
+  auto map(F f, const Range& range, Chunksize chunksize = std::nullopt);
   //!Returns: an AsyncResult of map(); `callback` / `error_callback` run in the pool's thread.
   template <class F, class Range, class A = std::ranges::range_value_t<Range>,
             class R = detail::pool::map_result_t<F, A>>
-  AsyncResult<std::vector<R>> map_async(
-      F f, const Range& range, std::size_t chunksize = 0,
-      std::type_identity_t<std::function<void(const std::vector<R>&)>> callback = {},
+  AsyncResult<detail::pool::map_value_t<R>> map_async(
+      F f, const Range& range, Chunksize chunksize = std::nullopt,
+      std::type_identity_t<detail::pool::callback_t<detail::pool::map_value_t<R>>> callback = {},
       std::function<void(std::exception_ptr)> error_callback = {});
 
   //!Returns: [f(*t) for t in range] (Python's starmap), range elements being tuples or pairs.
   template <class F, class Range>
-  auto starmap(F f, const Range& range, std::size_t chunksize = 0) {
+  auto starmap(F f, const Range& range, Chunksize chunksize = std::nullopt) {
     return starmap_async(f, range, chunksize).get();
   }
   //!Returns: an AsyncResult of starmap().
   template <class F, class Range, class T = std::ranges::range_value_t<Range>,
             class R = decltype(std::apply(std::declval<const F&>(), std::declval<const T&>()))>
-  AsyncResult<std::vector<R>> starmap_async(
-      F f, const Range& range, std::size_t chunksize = 0,
-      std::type_identity_t<std::function<void(const std::vector<R>&)>> callback = {},
+  AsyncResult<detail::pool::map_value_t<R>> starmap_async(
+      F f, const Range& range, Chunksize chunksize = std::nullopt,
+      std::type_identity_t<detail::pool::callback_t<detail::pool::map_value_t<R>>> callback = {},
       std::function<void(std::exception_ptr)> error_callback = {});
 
   //!Returns: f(args...) computed by a worker (Python's apply).
@@ -189,22 +204,22 @@ class Pool {
   auto apply_async(F f, A&&... a) {
     return apply_async(f, mpp::args(std::forward<A>(a)...), {}, {});
   }
-  //!Returns: an AsyncResult of f(args...); `callback(result)` or `error_callback(exception)` runs
-  //! in the pool's thread when it completes (Python's apply_async(func, args, callback=...)).
-  template <class F, class... A, class R0 = std::invoke_result_t<const F&, const A&...>,
-            class R = std::conditional_t<std::is_void_v<R0>, Unit, R0>>
+  //!Returns: an AsyncResult of f(args...) (AsyncResult<void> for a void `f`); `callback(result)`
+  //! (`callback()` for a void `f`) or `error_callback(exception)` runs in the pool's thread when
+  //! it completes (Python's apply_async(func, args, callback=...)).
+  template <class F, class... A, class R = std::invoke_result_t<const F&, const A&...>>
   AsyncResult<R> apply_async(F f, Args<A...> a,
-                             std::type_identity_t<std::function<void(const R&)>> callback,
+                             std::type_identity_t<detail::pool::callback_t<R>> callback,
                              std::function<void(std::exception_ptr)> error_callback = {});
 
   //!Returns: an input range over f(x) for x in range, in order, computed lazily with a bounded
   //! number of chunks in flight (Python's imap). A named `range` is read lazily and must outlive
-  //! the iteration; a temporary one is kept by the result.
+  //! the iteration; a temporary one is kept by the result. Throws: ValueError if `chunksize` < 1.
   template <class F, class Range>
-  auto imap(F f, Range&& range, std::size_t chunksize = 1);
+  auto imap(F f, Range&& range, Chunksize chunksize = 1);
   //!Returns: as imap(), but in completion order (Python's imap_unordered).
   template <class F, class Range>
-  auto imap_unordered(F f, Range&& range, std::size_t chunksize = 1);
+  auto imap_unordered(F f, Range&& range, Chunksize chunksize = 1);
 
   //!Effects: no more work may be submitted; workers exit once the queued work is done.
   void close() { sched_.close(); }
@@ -217,11 +232,30 @@ class Pool {
  private:
   friend class ProcessPoolExecutor;
 
+  // A pool made by `owner` (ProcessPoolExecutor names itself in messages).
+  Pool(detail::pool::OwnerName owner, const PoolOptions& opts) {
+    start(opts, -1, {}, {}, owner.name, owner.closed_message);
+  }
+  template <class F, class... A>
+  Pool(detail::pool::OwnerName owner, const PoolOptions& opts, F&& initializer, A&&... initargs);
+
   void start(const PoolOptions& opts, std::int32_t init_invoker, std::string init_fn,
-             std::string init_args) {
-    sched_.start({opts.processes, opts.maxtasksperchild, opts.task_timeout, opts.retries,
-                  detail::pool::method_of(opts.start_method)},
-                 init_invoker, std::move(init_fn), std::move(init_args));
+             std::string init_args, const char* owner = "Pool",
+             const char* closed_message = "Pool not running: it was closed or terminated") {
+    if (opts.processes && *opts.processes < 1)
+      detail::fail<ValueError>("Number of processes must be at least 1, not {}", *opts.processes);
+    if (opts.maxtasksperchild && *opts.maxtasksperchild < 1)
+      detail::fail<ValueError>("maxtasksperchild must be a positive number or omitted, not {}",
+                               *opts.maxtasksperchild);
+    detail::pool::SchedulerOptions so;
+    so.processes = opts.processes.value_or(0);
+    so.maxtasksperchild = static_cast<unsigned>(opts.maxtasksperchild.value_or(0));
+    so.task_timeout = opts.task_timeout;
+    so.retries = opts.retries;
+    so.method = detail::pool::method_of(opts.start_method);
+    so.owner = owner;
+    so.closed_message = closed_message;
+    sched_.start(so, init_invoker, std::move(init_fn), std::move(init_args));
   }
 
   detail::pool::Scheduler sched_;  // the workers and the supervisor thread
@@ -297,21 +331,23 @@ class IMapResult {
 // ---- member definitions ----------------------------------------------------------------------
 
 template <class F, class... A>
-  requires detail::pool::Callable<std::decay_t<F>>
-Pool::Pool(const PoolOptions& opts, F&& initializer, A&&... initargs) {
+Pool::Pool(detail::pool::OwnerName owner, const PoolOptions& opts, F&& initializer,
+           A&&... initargs) {
   using Fn = std::decay_t<F>;
   using Tuple = std::tuple<std::decay_t<A>...>;
   const auto id =
       static_cast<std::int32_t>(detail::pool::Registered<&detail::pool::run_apply<Fn, Tuple>>::id);
   const StartMethod method = detail::pool::method_of(opts.start_method);
   start(opts, id, detail::pool::wire_for(method, Fn(initializer)),
-        detail::pool::to_wire(Tuple(std::forward<A>(initargs)...)));
+        detail::pool::to_wire(Tuple(std::forward<A>(initargs)...)), owner.name,
+        owner.closed_message);
 }
 
 template <class F, class Range>
-auto Pool::map(F f, const Range& range, std::size_t chunksize) {
+auto Pool::map(F f, const Range& range, Chunksize chunksize_arg) {
   using A = std::ranges::range_value_t<Range>;
   using R = detail::pool::map_result_t<F, A>;
+  const std::size_t chunksize = detail::pool::chunksize_or(chunksize_arg, 0);
   if constexpr (detail::pool::kRawItem<A> && detail::pool::kRawItem<R> &&
                 std::ranges::contiguous_range<const Range&> &&
                 std::ranges::sized_range<const Range&>) {
@@ -331,16 +367,19 @@ auto Pool::map(F f, const Range& range, std::size_t chunksize) {
       throw;
     }
   } else {
-    return map_async(f, range, chunksize).take();
+    return map_async(f, range, chunksize_arg).take();
   }
 }
 
 template <class F, class Range, class A, class R>
-AsyncResult<std::vector<R>> Pool::map_async(
-    F f, const Range& range, std::size_t chunksize,
-    std::type_identity_t<std::function<void(const std::vector<R>&)>> callback,
+AsyncResult<detail::pool::map_value_t<R>> Pool::map_async(
+    F f, const Range& range, Chunksize chunksize_arg,
+    std::type_identity_t<detail::pool::callback_t<detail::pool::map_value_t<R>>> callback_arg,
     std::function<void(std::exception_ptr)> error_callback) {
   detail::pool::check_callable<F>();
+  const std::size_t chunksize = detail::pool::chunksize_or(chunksize_arg, 0);
+  auto callback =
+      detail::pool::stored_callback<detail::pool::map_value_t<R>>(std::move(callback_arg));
   if constexpr (detail::pool::kRawItem<A> && detail::pool::kRawItem<R>) {
     const auto id = detail::pool::Registered<&detail::pool::run_raw_chunk<F, A>>::id;
     std::size_t count = 0;
@@ -351,41 +390,48 @@ AsyncResult<std::vector<R>> Pool::map_async(
   } else {
     std::vector<A> items(std::ranges::begin(range), std::ranges::end(range));
     const auto id = detail::pool::Registered<&detail::pool::run_map_chunk<F, A>>::id;
-    return AsyncResult<std::vector<R>>(detail::pool::submit_chunks<R>(
+    return AsyncResult<detail::pool::map_value_t<R>>(
+        detail::pool::submit_chunks<detail::pool::stored_t<R>>(
         sched_, id, sched_.wire(f), std::move(items), chunksize, std::move(callback),
         std::move(error_callback)));
   }
 }
 
 template <class F, class Range, class T, class R>
-AsyncResult<std::vector<R>> Pool::starmap_async(
-    F f, const Range& range, std::size_t chunksize,
-    std::type_identity_t<std::function<void(const std::vector<R>&)>> callback,
+AsyncResult<detail::pool::map_value_t<R>> Pool::starmap_async(
+    F f, const Range& range, Chunksize chunksize,
+    std::type_identity_t<detail::pool::callback_t<detail::pool::map_value_t<R>>> callback,
     std::function<void(std::exception_ptr)> error_callback) {
   detail::pool::check_callable<F>();
+  const std::size_t chunk = detail::pool::chunksize_or(chunksize, 0);
   std::vector<T> items(std::ranges::begin(range), std::ranges::end(range));
   const auto id = detail::pool::Registered<&detail::pool::run_star_chunk<F, T>>::id;
-  return AsyncResult<std::vector<R>>(
-      detail::pool::submit_chunks<R>(sched_, id, sched_.wire(f), std::move(items), chunksize,
-                                     std::move(callback), std::move(error_callback)));
+  return AsyncResult<detail::pool::map_value_t<R>>(detail::pool::submit_chunks<
+                                                   detail::pool::stored_t<R>>(
+      sched_, id, sched_.wire(f), std::move(items), chunk,
+      detail::pool::stored_callback<detail::pool::map_value_t<R>>(std::move(callback)),
+      std::move(error_callback)));
 }
 
-template <class F, class... A, class R0, class R>
+template <class F, class... A, class R>
 AsyncResult<R> Pool::apply_async(F f, Args<A...> a,
-                                 std::type_identity_t<std::function<void(const R&)>> callback,
+                                 std::type_identity_t<detail::pool::callback_t<R>> callback,
                                  std::function<void(std::exception_ptr)> error_callback) {
   detail::pool::check_callable<F>();
-  auto [state, job] = detail::pool::submit_apply<R, Unit>(
-      sched_, f, std::move(a.values), std::move(callback), std::move(error_callback));
+  using S = detail::pool::stored_t<R>;
+  auto [state, job] = detail::pool::submit_apply<S, detail::pool::Unit>(
+      sched_, f, std::move(a.values), detail::pool::stored_callback<R>(std::move(callback)),
+      std::move(error_callback));
   return AsyncResult<R>(state);
 }
 
 template <class F, class Range>
-auto Pool::imap(F f, Range&& range, std::size_t chunksize) {
+auto Pool::imap(F f, Range&& range, Chunksize chunksize_arg) {
   detail::pool::check_callable<F>();
   using A = std::ranges::range_value_t<Range>;
   using R = detail::pool::map_result_t<F, A>;
-  if (chunksize == 0) chunksize = 1;
+  static_assert(!std::is_void_v<R>, "mpp::Pool::imap of a void function: use map or apply_async");
+  const std::size_t chunksize = detail::pool::chunksize_or(chunksize_arg, 1);
   const auto id = detail::pool::Registered<&detail::pool::run_map_chunk<F, A>>::id;
   // A temporary range is kept alive by the result; a named one is only referenced (lazily read).
   using Stored = std::conditional_t<std::is_lvalue_reference_v<Range>, Range, std::decay_t<Range>>;
@@ -408,7 +454,7 @@ auto Pool::imap(F f, Range&& range, std::size_t chunksize) {
 }
 
 template <class F, class Range>
-auto Pool::imap_unordered(F f, Range&& range, std::size_t chunksize) {
+auto Pool::imap_unordered(F f, Range&& range, Chunksize chunksize) {
   auto r = imap(f, std::forward<Range>(range), chunksize);
   r.st_->ordered = false;
   return r;

@@ -1,23 +1,95 @@
 // mpp — Pool internals: the shared state of a Future (its result, and what cancel() and
-// running() ask the scheduler about).
+// running() ask the scheduler about), and the waiting behind futures::wait and as_completed.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <exception>
 #include <memory>
+#include <optional>
+#include <vector>
 
+#include "../../errors.hpp"
+#include "../../timeout.hpp"
 #include "result.hpp"
 #include "scheduler.hpp"
 
 namespace mpp::detail::futures {
 
 /// What a Future and its copies share.
-template <class R>
+template <class S>
 struct State {
-  std::shared_ptr<pool::ResultState<R>> result;
+  std::shared_ptr<pool::ResultState<S>> result;
   std::shared_ptr<pool::Job> job;
   // Valid while the executor lives (futures that outlive it are done).
   pool::Scheduler* sched = nullptr;
   std::atomic<bool> cancelled{false};
+};
+
+/// The untyped result state behind a Future, an AnyFuture or an AsyncResult (see Access).
+struct Access;
+
+using Clock = std::chrono::steady_clock;
+
+/// The moment `timeout` after now (nullopt: never).
+inline std::optional<Clock::time_point> deadline_of(const Timeout& timeout) {
+  if (!timeout) return std::nullopt;
+  // Clamped so that a huge timeout does not overflow the clock.
+  const double secs = std::min(timeout->count(), 1e9);
+  return Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                            std::chrono::duration<double>(std::max(secs, 0.0)));
+}
+
+/// True when `r` (done) failed with an exception other than cancellation.
+inline bool failed(pool::ResultBase& r) {
+  std::lock_guard g(r.mu);
+  if (!r.done || !r.error) return false;
+  try {
+    std::rethrow_exception(r.error);
+  } catch (const CancelledError&) {
+    return false;
+  } catch (...) {
+    return true;
+  }
+}
+
+/// A Waiter registered on a set of results, removed again when the wait ends.
+class Registration {
+ public:
+  //!Effects: registers on each of `rs`; `already` receives the indices of those done before.
+  Registration(std::vector<std::shared_ptr<pool::ResultBase>> rs, std::vector<std::size_t>& already)
+      : rs_(std::move(rs)), w_(std::make_shared<pool::Waiter>()) {
+    for (std::size_t i = 0; i < rs_.size(); ++i)
+      if (!rs_[i]->add_waiter(w_, i)) already.push_back(i);
+  }
+  Registration(const Registration&) = delete;
+  Registration& operator=(const Registration&) = delete;
+  ~Registration() {
+    for (auto& r : rs_) r->remove_waiter(w_.get());
+  }
+  //!Effects: sleeps until some result completes or `deadline` passes.
+  //!Returns: the indices of the results completed since the last call (empty: timed out).
+  std::vector<std::size_t> next(const std::optional<Clock::time_point>& deadline) {
+    std::unique_lock g(w_->mu);
+    auto any = [&] { return !w_->finished.empty(); };
+    if (!deadline)
+      w_->cv.wait(g, any);
+    else
+      (void)w_->cv.wait_until(g, *deadline, any);
+    std::vector<std::size_t> out;
+    out.swap(w_->finished);
+    return out;
+  }
+  /// The result numbered `i`.
+  pool::ResultBase& at(std::size_t i) const { return *rs_[i]; }
+  /// How many results it watches.
+  std::size_t size() const noexcept { return rs_.size(); }
+
+ private:
+  std::vector<std::shared_ptr<pool::ResultBase>> rs_;
+  std::shared_ptr<pool::Waiter> w_;
 };
 
 }  // namespace mpp::detail::futures

@@ -4,6 +4,7 @@
 // as its bytes (forked workers) or as its registered name (spawned and forkserver workers).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -23,6 +24,7 @@
 #include "../../codec.hpp"
 #include "../../errors.hpp"
 #include "../../process.hpp"
+#include "result.hpp"
 
 namespace mpp {
 
@@ -153,6 +155,48 @@ struct Registered {
 template <class F, class A>
 using map_result_t = std::invoke_result_t<const F&, const A&>;
 
+/// How a result of type `R` is kept inside the pool: Unit stands for void.
+template <class R>
+using stored_t = std::conditional_t<std::is_void_v<R>, Unit, R>;
+/// What map() of a function returning `R` gives: the results, or nothing for a void function.
+template <class R>
+using map_value_t = std::conditional_t<std::is_void_v<R> || std::is_same_v<R, Unit>, void,
+                                       std::vector<R>>;
+template <class T>
+struct callback_of {
+  using type = std::function<void(const T&)>;
+};
+template <>
+struct callback_of<void> {
+  using type = std::function<void()>;
+};
+/// The callback of a call whose public result is `T` (it takes nothing for void).
+template <class T>
+using callback_t = typename callback_of<T>::type;
+/// `cb` as the pool's result state calls it (with Unit for void).
+template <class T>
+std::function<void(const stored_t<T>&)> stored_callback(callback_t<T> cb) {
+  if constexpr (std::is_void_v<T>) {
+    if (!cb) return {};
+    return [cb = std::move(cb)](const Unit&) { cb(); };
+  } else {
+    return cb;
+  }
+}
+
+/// A chunksize argument: nullopt gives `fallback`; below 1 is refused as Python refuses it.
+inline std::size_t chunksize_or(std::optional<std::ptrdiff_t> c, std::size_t fallback) {
+  if (!c) return fallback;
+  if (*c < 1) fail<ValueError>("chunksize must be at least 1, not {}", *c);
+  return static_cast<std::size_t>(*c);
+}
+
+/// How a pool names what the user made, in its messages (a Pool, or the executor over one).
+struct OwnerName {
+  const char* name = "Pool";
+  const char* closed_message = "Pool not running: it was closed or terminated";
+};
+
 /// Element types that cross as their bytes (no cereal): trivially copyable with the built-in raw
 /// codec (bool excluded: its codec rejects bytes other than 0 and 1).
 template <class T>
@@ -160,6 +204,8 @@ inline constexpr bool kRawItem = std::is_trivially_copyable_v<T> &&
                                  std::is_default_constructible_v<T> && !std::is_reference_v<T> &&
                                  detail::codec_kind<T>() == std::string_view("raw") &&
                                  !std::is_same_v<std::remove_cv_t<T>, bool>;
+template <>
+inline constexpr bool kRawItem<void> = false;
 
 /// Runs a map chunk of raw items in a worker: (callable bytes, input bytes, output area) ->
 /// bytes of results written.
@@ -194,10 +240,15 @@ template <class F, class A>
 std::string run_map_chunk(std::string_view fn, std::string_view args) {
   return with_callable<F>(fn, [&](F& f) {
     const auto items = from_wire<std::vector<A>>(args);
-    std::vector<map_result_t<F, A>> out;
-    out.reserve(items.size());
-    for (const auto& a : items) out.push_back(std::invoke(f, a));
-    return to_wire(out);
+    if constexpr (std::is_void_v<map_result_t<F, A>>) {  // nothing comes back but success
+      for (const auto& a : items) std::invoke(f, a);
+      return std::string();
+    } else {
+      std::vector<map_result_t<F, A>> out;
+      out.reserve(items.size());
+      for (const auto& a : items) out.push_back(std::invoke(f, a));
+      return to_wire(out);
+    }
   });
 }
 
@@ -207,10 +258,15 @@ std::string run_star_chunk(std::string_view fn, std::string_view args) {
   return with_callable<F>(fn, [&](F& f) {
     const auto items = from_wire<std::vector<Tuple>>(args);
     using R = decltype(std::apply(f, items.front()));
-    std::vector<R> out;
-    out.reserve(items.size());
-    for (const auto& t : items) out.push_back(std::apply(f, t));
-    return to_wire(out);
+    if constexpr (std::is_void_v<R>) {
+      for (const auto& t : items) std::apply(f, t);
+      return std::string();
+    } else {
+      std::vector<R> out;
+      out.reserve(items.size());
+      for (const auto& t : items) out.push_back(std::apply(f, t));
+      return to_wire(out);
+    }
   });
 }
 

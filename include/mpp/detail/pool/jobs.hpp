@@ -65,24 +65,36 @@ struct ApplyJob final : Job {
   void fail_chunk(std::size_t, std::exception_ptr e) override { s->finish(std::nullopt, e); }
 };
 
-/// map / starmap: encoded chunks, concatenated in order once all are in.
+/// What a map of results `R` completes with: the results, or Unit for a void function (R = Unit).
+template <class R>
+using map_out_t = std::conditional_t<std::is_same_v<R, Unit>, Unit, std::vector<R>>;
+
+/// map / starmap: encoded chunks, concatenated in order once all are in (for a void function the
+/// chunks carry nothing: the map is done when every chunk succeeded).
 template <class R>
 struct MapJob final : Job {
-  std::shared_ptr<ResultState<std::vector<R>>> s;
+  static constexpr bool kVoid = std::is_same_v<R, Unit>;
+  std::shared_ptr<ResultState<map_out_t<R>>> s;
   std::vector<std::vector<R>> parts;
   std::size_t left = 0;
   bool failed = false;
   void deliver(std::size_t i, std::string_view p) override {
     if (failed) return;
-    try {
-      parts.at(i) = from_wire<std::vector<R>>(p);
-    } catch (...) {
-      return fail_chunk(i, std::current_exception());
+    if constexpr (!kVoid) {
+      try {
+        parts.at(i) = from_wire<std::vector<R>>(p);
+      } catch (...) {
+        return fail_chunk(i, std::current_exception());
+      }
     }
     if (--left == 0) {
-      std::vector<R> all;
-      for (auto& part : parts) std::move(part.begin(), part.end(), std::back_inserter(all));
-      s->finish(std::move(all), nullptr);
+      if constexpr (kVoid) {
+        s->finish(Unit{}, nullptr);
+      } else {
+        std::vector<R> all;
+        for (auto& part : parts) std::move(part.begin(), part.end(), std::back_inserter(all));
+        s->finish(std::move(all), nullptr);
+      }
     }
   }
   void fail_chunk(std::size_t, std::exception_ptr e) override {
@@ -166,12 +178,12 @@ std::pair<std::shared_ptr<ResultState<R>>, std::shared_ptr<Job>> submit_apply(
 
 /// Submits `items` in encoded chunks of `chunksize` (0: default_chunksize) to `invoker`.
 template <class R, class T>
-std::shared_ptr<ResultState<std::vector<R>>> submit_chunks(
+std::shared_ptr<ResultState<map_out_t<R>>> submit_chunks(
     Scheduler& sched, std::uint32_t invoker, std::string fn, std::vector<T> items,
-    std::size_t chunksize, std::function<void(const std::vector<R>&)> cb,
+    std::size_t chunksize, std::function<void(const map_out_t<R>&)> cb,
     std::function<void(std::exception_ptr)> ecb) {
   if (chunksize == 0) chunksize = default_chunksize(items.size(), sched.processes());
-  auto state = make_state<std::vector<R>>(std::move(cb), std::move(ecb));
+  auto state = make_state<map_out_t<R>>(std::move(cb), std::move(ecb));
   auto job = std::make_shared<MapJob<R>>();
   job->s = state;
   std::vector<std::string> chunks;
@@ -182,10 +194,10 @@ std::shared_ptr<ResultState<std::vector<R>>> submit_chunks(
     chunks.push_back(
         to_wire(std::vector<T>(std::make_move_iterator(begin), std::make_move_iterator(end))));
   }
-  job->parts.resize(chunks.size());
+  if constexpr (!MapJob<R>::kVoid) job->parts.resize(chunks.size());
   job->left = chunks.size();
   if (chunks.empty()) {
-    state->finish(std::vector<R>{}, nullptr);
+    state->finish(map_out_t<R>{}, nullptr);
     return state;
   }
   sched.enqueue(job, invoker, std::move(fn), std::move(chunks));

@@ -40,6 +40,10 @@ struct SchedulerOptions {
   Timeout task_timeout{};
   unsigned retries = 0;
   StartMethod method = StartMethod::fork;
+  /// What the user made, as messages name it ("Pool", "ProcessPoolExecutor").
+  const char* owner = "Pool";
+  /// The message of a call after close() (Python's wording differs between Pool and executor).
+  const char* closed_message = "Pool not running: it was closed or terminated";
 };
 
 /// The input of a raw map: owned (map_async) or borrowed from the caller (map, which waits and
@@ -73,9 +77,9 @@ class Scheduler {
     const int n = opts.processes > 0 ? opts.processes : std::max(1, cpu_count());
     // The workers and this process all use the shared result queue and status array.
     if (n > kMaxProcesses)
-      fail<ValueError>("a Pool of {} processes: at most {} (every worker and the pool's "
+      fail<ValueError>("a {} of {} processes: at most {} (every worker and the pool's "
                        "own process use its shared queue, which admits {} processes)",
-                       n, kMaxProcesses, mpmc::kMaxParticipants);
+                       opts.owner, n, kMaxProcesses, mpmc::kMaxParticipants);
     make_shared_objects(static_cast<std::size_t>(n));
     config_.maxtasks = opts.maxtasksperchild;
     config_.init_invoker = init_invoker;
@@ -180,6 +184,12 @@ class Scheduler {
                                      "cancelled by shutdown(cancel_futures=true)")));
   }
 
+  //!Throws: the pool's BrokenProcessPool once it is broken.
+  void check_broken() {
+    std::lock_guard g(mu_);
+    if (broken_) std::rethrow_exception(broken_);
+  }
+
   //!Returns: true while a worker holds a task of `job`.
   bool is_running(const Job* job) {
     std::lock_guard g(mu_);
@@ -243,15 +253,18 @@ class Scheduler {
   };
   using Unplaced = std::vector<std::pair<Task, std::exception_ptr>>;
 
-  static constexpr const char* kBrokenAdvice =
-      "the pool is broken: its pending and later calls fail with BrokenProcessPool and no worker "
-      "is started again (make a new pool once the initializer is fixed)";
+  std::string broken_advice() const {
+    return fmt::format("the {0} is broken: its pending and later calls fail with "
+                       "BrokenProcessPool and no worker is started again (make a new {0} once "
+                       "the initializer is fixed)",
+                       opts_.owner);
+  }
 
   // ---- starting ------------------------------------------------------------------------------
 
   void check_running_locked() const {
     if (broken_) std::rethrow_exception(broken_);
-    if (closed_) fail<ValueError>("Pool not running: it was closed or terminated");
+    if (closed_) fail<ValueError>("{}", opts_.closed_message);
   }
 
   // The result queue, status array and arena that every worker shares.
@@ -583,8 +596,8 @@ class Scheduler {
                                 i, code);
         } catch (...) {
           std::throw_with_nested(BrokenProcessPool(fmt::format(
-              "pool worker {} died (exit code {}) while running the pool's initializer; {}", i,
-              code, kBrokenAdvice)));
+              "pool worker {} died (exit code {}) while running the {}'s initializer; {}", i,
+              code, opts_.owner, broken_advice())));
         }
       } catch (...) {
         e = std::current_exception();
@@ -681,8 +694,8 @@ class Scheduler {
         throw_remote(err.first, err.second);
       } catch (...) {
         std::throw_with_nested(BrokenProcessPool(fmt::format(
-            "the pool's initializer raised {}: {} (in pool worker {}); {}", err.first, err.second,
-            worker, kBrokenAdvice)));
+            "the {}'s initializer raised {}: {} (in pool worker {}); {}", opts_.owner, err.first,
+            err.second, worker, broken_advice())));
       }
     } catch (...) {
       broken = std::current_exception();
