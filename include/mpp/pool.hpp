@@ -65,6 +65,19 @@ Args<std::decay_t<A>...> args(A&&... a) {
 /// is refused with ValueError, as Python refuses it.
 using Chunksize = std::optional<std::ptrdiff_t>;
 
+/// What map()/starmap() of a function returning R give: std::vector<R>, or nothing (void) for a
+/// void function.
+template <class R>
+using MapResult = detail::pool::map_value_t<R>;
+/// The callback of an asynchronous call whose result is T: `void(const T&)` (`void()` when T is
+/// void), run in the pool's thread when the call completes.
+template <class T>
+using ResultCallback = detail::pool::callback_t<T>;
+/// True when `F` can cross to a worker: a function pointer, a capture-less lambda, or a
+/// functor whose captures are trivially copyable or Encodable.
+template <class F>
+concept PoolCallable = detail::pool::Callable<F>;
+
 class AnyFuture;
 
 /// Result of an asynchronous pool call (Python's AsyncResult). `R` is void for a function
@@ -150,7 +163,7 @@ class Pool {
   //!Effects: starts the workers; each runs `initializer(initargs...)` first (Python's
   //! initializer); if it fails the pool is broken (BrokenProcessPool, see the class comment).
   template <class F, class... A>
-    requires detail::pool::Callable<std::decay_t<F>>
+    requires PoolCallable<std::decay_t<F>>
   Pool(const PoolOptions& opts, F&& initializer, A&&... initargs)
       : Pool(detail::pool::OwnerName{}, opts, std::forward<F>(initializer),
              std::forward<A>(initargs)...) {}
@@ -174,10 +187,10 @@ class Pool {
   auto map(F f, const Range& range, Chunksize chunksize = std::nullopt);
   //!Returns: an AsyncResult of map(); `callback` / `error_callback` run in the pool's thread.
   template <class F, class Range, class A = std::ranges::range_value_t<Range>,
-            class R = detail::pool::map_result_t<F, A>>
-  AsyncResult<detail::pool::map_value_t<R>> map_async(
+            class R = std::invoke_result_t<const F&, const A&>>
+  AsyncResult<MapResult<R>> map_async(
       F f, const Range& range, Chunksize chunksize = std::nullopt,
-      std::type_identity_t<detail::pool::callback_t<detail::pool::map_value_t<R>>> callback = {},
+      std::type_identity_t<ResultCallback<MapResult<R>>> callback = {},
       std::function<void(std::exception_ptr)> error_callback = {});
 
   //!Returns: [f(*t) for t in range] (Python's starmap), range elements being tuples or pairs.
@@ -188,9 +201,9 @@ class Pool {
   //!Returns: an AsyncResult of starmap().
   template <class F, class Range, class T = std::ranges::range_value_t<Range>,
             class R = decltype(std::apply(std::declval<const F&>(), std::declval<const T&>()))>
-  AsyncResult<detail::pool::map_value_t<R>> starmap_async(
+  AsyncResult<MapResult<R>> starmap_async(
       F f, const Range& range, Chunksize chunksize = std::nullopt,
-      std::type_identity_t<detail::pool::callback_t<detail::pool::map_value_t<R>>> callback = {},
+      std::type_identity_t<ResultCallback<MapResult<R>>> callback = {},
       std::function<void(std::exception_ptr)> error_callback = {});
 
   //!Returns: f(args...) computed by a worker (Python's apply).
@@ -209,7 +222,7 @@ class Pool {
   //! it completes (Python's apply_async(func, args, callback=...)).
   template <class F, class... A, class R = std::invoke_result_t<const F&, const A&...>>
   AsyncResult<R> apply_async(F f, Args<A...> a,
-                             std::type_identity_t<detail::pool::callback_t<R>> callback,
+                             std::type_identity_t<ResultCallback<R>> callback,
                              std::function<void(std::exception_ptr)> error_callback = {});
 
   //!Returns: an input range over f(x) for x in range, in order, computed lazily with a bounded
@@ -372,9 +385,9 @@ auto Pool::map(F f, const Range& range, Chunksize chunksize_arg) {
 }
 
 template <class F, class Range, class A, class R>
-AsyncResult<detail::pool::map_value_t<R>> Pool::map_async(
+AsyncResult<MapResult<R>> Pool::map_async(
     F f, const Range& range, Chunksize chunksize_arg,
-    std::type_identity_t<detail::pool::callback_t<detail::pool::map_value_t<R>>> callback_arg,
+    std::type_identity_t<ResultCallback<MapResult<R>>> callback_arg,
     std::function<void(std::exception_ptr)> error_callback) {
   detail::pool::check_callable<F>();
   const std::size_t chunksize = detail::pool::chunksize_or(chunksize_arg, 0);
@@ -390,7 +403,7 @@ AsyncResult<detail::pool::map_value_t<R>> Pool::map_async(
   } else {
     std::vector<A> items(std::ranges::begin(range), std::ranges::end(range));
     const auto id = detail::pool::Registered<&detail::pool::run_map_chunk<F, A>>::id;
-    return AsyncResult<detail::pool::map_value_t<R>>(
+    return AsyncResult<MapResult<R>>(
         detail::pool::submit_chunks<detail::pool::stored_t<R>>(
         sched_, id, sched_.wire(f), std::move(items), chunksize, std::move(callback),
         std::move(error_callback)));
@@ -398,15 +411,15 @@ AsyncResult<detail::pool::map_value_t<R>> Pool::map_async(
 }
 
 template <class F, class Range, class T, class R>
-AsyncResult<detail::pool::map_value_t<R>> Pool::starmap_async(
+AsyncResult<MapResult<R>> Pool::starmap_async(
     F f, const Range& range, Chunksize chunksize,
-    std::type_identity_t<detail::pool::callback_t<detail::pool::map_value_t<R>>> callback,
+    std::type_identity_t<ResultCallback<MapResult<R>>> callback,
     std::function<void(std::exception_ptr)> error_callback) {
   detail::pool::check_callable<F>();
   const std::size_t chunk = detail::pool::chunksize_or(chunksize, 0);
   std::vector<T> items(std::ranges::begin(range), std::ranges::end(range));
   const auto id = detail::pool::Registered<&detail::pool::run_star_chunk<F, T>>::id;
-  return AsyncResult<detail::pool::map_value_t<R>>(detail::pool::submit_chunks<
+  return AsyncResult<MapResult<R>>(detail::pool::submit_chunks<
                                                    detail::pool::stored_t<R>>(
       sched_, id, sched_.wire(f), std::move(items), chunk,
       detail::pool::stored_callback<detail::pool::map_value_t<R>>(std::move(callback)),
@@ -415,7 +428,7 @@ AsyncResult<detail::pool::map_value_t<R>> Pool::starmap_async(
 
 template <class F, class... A, class R>
 AsyncResult<R> Pool::apply_async(F f, Args<A...> a,
-                                 std::type_identity_t<detail::pool::callback_t<R>> callback,
+                                 std::type_identity_t<ResultCallback<R>> callback,
                                  std::function<void(std::exception_ptr)> error_callback) {
   detail::pool::check_callable<F>();
   using S = detail::pool::stored_t<R>;
