@@ -8,9 +8,9 @@
 //       print(pool.map(square, range(10)))
 //       print(pool.apply_async(square, (12,)).get(timeout=5))
 //       for y in pool.imap(square, range(5)): print(y, end=" ")
+#include <fmt/ranges.h>
 #include <mpp/mpp.hpp>
 #include <mpp/pool.hpp>
-#include <fmt/ranges.h>
 
 #include <numeric>
 #include <vector>

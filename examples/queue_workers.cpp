@@ -31,7 +31,8 @@
 #include <mpp/process.hpp>
 #include <mpp/queue.hpp>
 
-void worker(mpp::JoinableQueue<std::optional<int>> tasks, mpp::Queue<std::pair<int, long>> results) {
+void worker(mpp::JoinableQueue<std::optional<int>> tasks,
+            mpp::Queue<std::pair<int, long>> results) {
   for (;;) {
     const std::optional<int> n = tasks.get();
     if (!n) {

@@ -41,7 +41,11 @@ int main(int argc, char** argv) {
   mpp::ShareableList a{std::string("howdy"),
                        mpp::Bytes(reinterpret_cast<const std::byte*>(howdy.data()),
                                   reinterpret_cast<const std::byte*>(howdy.data()) + howdy.size()),
-                       -273.154, std::int64_t{100}, mpp::None{}, true, std::int64_t{42}};
+                       -273.154,
+                       std::int64_t{100},
+                       mpp::None{},
+                       true,
+                       std::int64_t{42}};
 
   mpp::Process p(worker, shm_a, a);
   p.start();
@@ -63,7 +67,7 @@ int main(int argc, char** argv) {
   }
 
   const bool ok = first4 == std::vector<int>{23, 34, 45, 56} && text != nullptr &&
-                  *text == "dry ice" && refused && a.get(6) == mpp::ShareableItem{std::int64_t{42}} &&
-                  p.exitcode() == 0;
+                  *text == "dry ice" && refused &&
+                  a.get(6) == mpp::ShareableItem{std::int64_t{42}} && p.exitcode() == 0;
   return ok ? 0 : 1;
 }

@@ -39,8 +39,8 @@ MPP_REGISTER(add_many);
 int main(int argc, char** argv) {
   mpp::bootstrap(argc, argv);  // like Python's freeze_support(): needed by spawn
 
-  mpp::Array<int> result(4);    // multiprocessing.Array('i', 4): four zeros
-  mpp::Value<int> square_sum;   // multiprocessing.Value('i'): zero
+  mpp::Array<int> result(4);   // multiprocessing.Array('i', 4): four zeros
+  mpp::Value<int> square_sum;  // multiprocessing.Value('i'): zero
   const std::vector<int> num_list{1, 2, 3, 4};
 
   mpp::Process p(square_list, num_list, result, square_sum);
@@ -62,8 +62,7 @@ int main(int argc, char** argv) {
   for (auto& q : procs) q.join();
   fmt::print("{}\n", counter.value());  // 4000
 
-  const bool ok = result.to_vector() == std::vector<int>{1, 4, 9, 16} &&
-                  square_sum.value() == 30 && b.value() == -127 && counter.value() == 4000 &&
-                  p.exitcode() == 0;
+  const bool ok = result.to_vector() == std::vector<int>{1, 4, 9, 16} && square_sum.value() == 30 &&
+                  b.value() == -127 && counter.value() == 4000 && p.exitcode() == 0;
   return ok ? 0 : 1;
 }

@@ -46,18 +46,42 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (size == 0) return 0;
   const auto in = std::as_bytes(std::span(data + 1, size - 1));
   switch (data[0] % 12) {
-    case 0: check<int>(in); break;
-    case 1: check<bool>(in); break;
-    case 2: check<std::string>(in); break;
-    case 3: check<std::vector<int>>(in); break;
-    case 4: check<std::map<std::string, int>>(in); break;
-    case 5: check<std::optional<std::string>>(in); break;
-    case 6: check<std::variant<int, std::string, double>>(in); break;
-    case 7: check<std::tuple<int, std::string, bool>>(in); break;
-    case 8: check<std::vector<std::vector<std::string>>>(in); break;
-    case 9: check<Point>(in); break;
-    case 10: check<std::set<long>>(in); break;
-    case 11: check<std::pair<std::string, std::vector<double>>>(in); break;
+    case 0:
+      check<int>(in);
+      break;
+    case 1:
+      check<bool>(in);
+      break;
+    case 2:
+      check<std::string>(in);
+      break;
+    case 3:
+      check<std::vector<int>>(in);
+      break;
+    case 4:
+      check<std::map<std::string, int>>(in);
+      break;
+    case 5:
+      check<std::optional<std::string>>(in);
+      break;
+    case 6:
+      check<std::variant<int, std::string, double>>(in);
+      break;
+    case 7:
+      check<std::tuple<int, std::string, bool>>(in);
+      break;
+    case 8:
+      check<std::vector<std::vector<std::string>>>(in);
+      break;
+    case 9:
+      check<Point>(in);
+      break;
+    case 10:
+      check<std::set<long>>(in);
+      break;
+    case 11:
+      check<std::pair<std::string, std::vector<double>>>(in);
+      break;
   }
   return 0;
 }

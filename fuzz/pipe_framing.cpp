@@ -30,17 +30,20 @@ const std::string& pipe_name() {
 }
 
 // Writes the ring of end 0 of the named pipe behind its back (what a hostile peer can do).
-bool inject(const std::uint8_t* bytes, std::size_t n, bool explicit_index, std::uint64_t write_idx) {
+bool inject(const std::uint8_t* bytes, std::size_t n, bool explicit_index,
+            std::uint64_t write_idx) {
   const int fd = ::shm_open(("/" + pipe_name()).c_str(), O_RDWR, 0);
   if (fd < 0) return false;
-  struct stat st{};
+  struct stat st {};
   ::fstat(fd, &st);
-  void* p = ::mmap(nullptr, static_cast<std::size_t>(st.st_size), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  void* p = ::mmap(nullptr, static_cast<std::size_t>(st.st_size), PROT_READ | PROT_WRITE,
+                   MAP_SHARED, fd, 0);
   ::close(fd);
   if (p == MAP_FAILED) return false;
   auto* base = static_cast<std::byte*>(p);
   const auto* seg = reinterpret_cast<const mpp::detail::SegmentHeader*>(base);
-  std::byte* ring = base + seg->payload_offset + mpp::detail::pipe_layout::ring_offset(0, kCapacity);
+  std::byte* ring =
+      base + seg->payload_offset + mpp::detail::pipe_layout::ring_offset(0, kCapacity);
   auto* ctl = reinterpret_cast<mpp::detail::ring::Control*>(ring);
   std::memcpy(ring + sizeof(mpp::detail::ring::Control), bytes, n);
   ctl->write_idx.store(explicit_index ? write_idx : n, std::memory_order_release);

@@ -27,8 +27,8 @@ bool write_object(const std::uint8_t* data, std::size_t size) {
   const std::string path = "/" + object_name();
   ::shm_unlink(path.c_str());
   // Marked as an object with a header, as Segment::create marks it.
-  const int fd = ::shm_open(path.c_str(), O_RDWR | O_CREAT | O_EXCL,
-                            0600 | mpp::detail::os::kModeHeadered);
+  const int fd =
+      ::shm_open(path.c_str(), O_RDWR | O_CREAT | O_EXCL, 0600 | mpp::detail::os::kModeHeadered);
   if (fd < 0) return false;
   bool ok = ::ftruncate(fd, static_cast<off_t>(size)) == 0;
   std::size_t done = 0;
@@ -61,10 +61,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   opts.init_timeout = std::chrono::milliseconds(0);  // a "building" header must not stall us
   for (auto kind : {mpp::Kind::test, mpp::Kind::queue}) {
     try {
-      auto s = mpp::detail::Segment::open(object_name(), kind, mpp::type_info<std::uint64_t>(), opts);
+      auto s =
+          mpp::detail::Segment::open(object_name(), kind, mpp::type_info<std::uint64_t>(), opts);
       // Accepted: the promised payload must be inside the mapping.
       auto* p = s.payload();
-      for (std::uint64_t i = 0; i < s.payload_size(); i += 64) (void)*reinterpret_cast<volatile std::byte*>(p + i);
+      for (std::uint64_t i = 0; i < s.payload_size(); i += 64)
+        (void)*reinterpret_cast<volatile std::byte*>(p + i);
       (void)s.live_users();
     } catch (const mpp::Error&) {
     }

@@ -14,10 +14,10 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
-#include <string>
 #include <list>
 #include <mutex>
 #include <numeric>
+#include <string>
 #include <vector>
 
 #include "helpers.hpp"
@@ -28,12 +28,13 @@ using Access = mpp::detail::HandleAccess;
 using mpp::Array;
 using mpp::RawArray;
 using mpp::Value;
-using mpp_test::unique_name;
 using mpp_test::corrupted;
+using mpp_test::unique_name;
 
 namespace {
 
-[[maybe_unused]] void square_list(const std::vector<int>& numlist, Array<int> result, Value<int> square_sum) {
+[[maybe_unused]] void square_list(const std::vector<int>& numlist, Array<int> result,
+                                  Value<int> square_sum) {
   for (std::size_t idx = 0; idx < numlist.size(); ++idx) result[idx] = numlist[idx] * numlist[idx];
   square_sum = std::accumulate(result.begin(), result.end(), 0);
 }
@@ -42,7 +43,7 @@ namespace {
 
 #if defined(MPP_OS_POSIX)
 TEST_CASE("Array: square_list, a child fills Array<int>(4) and Value<int>", "[array]") {
-  Array<int> result(4);  // Python: multiprocessing.Array('i', 4)
+  Array<int> result(4);   // Python: multiprocessing.Array('i', 4)
   Value<int> square_sum;  // Python: multiprocessing.Value('i')
   CHECK(result.to_vector() == std::vector<int>{0, 0, 0, 0});
   const std::vector<int> num_list{1, 2, 3, 4};
@@ -118,7 +119,8 @@ TEST_CASE("Array: named, create, open by an unrelated process, size and type che
   CHECK(mpp_test::run_unrelated("[array-child]", name) == 0);
   CHECK(a.to_vector() == std::vector<std::int16_t>{0, 2, 4, 6, 8});
   CHECK_THROWS_AS(Array<std::int32_t>::open(name), mpp::TypeMismatchError);
-  CHECK_THROWS_AS(Value<std::int16_t>::open(name), mpp::TypeMismatchError);  // an Array, not a Value
+  CHECK_THROWS_AS(Value<std::int16_t>::open(name),
+                  mpp::TypeMismatchError);  // an Array, not a Value
   CHECK(Array<std::int16_t>::open_or_create(name, 100).size() == 5);
   CHECK(RawArray<std::int16_t>::open(name)[1] == 2);
   auto fresh = Array<std::int16_t>::open_or_create(unique_name("arr2"), 3);
@@ -181,7 +183,8 @@ TEST_CASE("Array: a corrupted element count is an error, not an out-of-bounds re
   }
 }
 
-TEST_CASE("Array: at() out of range raises mpp::IndexError naming the array, index and size", "[array]") {
+TEST_CASE("Array: at() out of range raises mpp::IndexError naming the array, index and size",
+          "[array]") {
   auto a = Array<int>::create(unique_name("idx"), 4);
   for (const std::ptrdiff_t i : {std::ptrdiff_t{4}, std::ptrdiff_t{-5}, std::ptrdiff_t{1} << 40}) {
     try {
@@ -212,9 +215,10 @@ TEST_CASE("Array: at() out of range raises mpp::IndexError naming the array, ind
 }
 
 #if defined(MPP_OS_POSIX)
-TEST_CASE("Array: a holder killed half-way through updating the elements: with_lock(fn(span)) raises "
-          "OwnerDiedError until repaired",
-          "[array][kill]") {
+TEST_CASE(
+    "Array: a holder killed half-way through updating the elements: with_lock(fn(span)) raises "
+    "OwnerDiedError until repaired",
+    "[array][kill]") {
   auto a = Array<std::int64_t>::create(unique_name("torn"), 10);
   const pid_t k = mpp_test::fork_child([&] {
     a.with_lock([](std::span<std::int64_t> s) {
@@ -266,7 +270,8 @@ TEST_CASE("Array: a holder killed half-way through updating the elements: with_l
   CHECK(a.to_vector() == std::vector<std::int64_t>(10, 9));
 }
 
-TEST_CASE("Array: an Array truncated under its users: CorruptedError, never zeros", "[array][truncate]") {
+TEST_CASE("Array: an Array truncated under its users: CorruptedError, never zeros",
+          "[array][truncate]") {
   constexpr std::size_t kN = 3000;  // 12 KB of elements: several pages
   for (int cut = 0; cut < 3; ++cut) {
     INFO("cut " << cut << " (0: to 0 bytes; 1: half-way through the data; 2: the last byte)");

@@ -29,7 +29,8 @@ struct BoostBlock {
 
   BoostBlock(std::string n, std::size_t size, unsigned mode)
       : name(std::move(n)),
-        shm(bip::create_only, name.c_str(), bip::read_write, bip::permissions(static_cast<int>(mode))) {
+        shm(bip::create_only, name.c_str(), bip::read_write,
+            bip::permissions(static_cast<int>(mode))) {
     shm.truncate(static_cast<bip::offset_t>(size));
     region = bip::mapped_region(shm, bip::read_write);
   }

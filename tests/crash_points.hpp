@@ -20,12 +20,12 @@
 #include <vector>
 
 #if defined(MPP_OS_POSIX)
-#  include <mpp/detail/registry.hpp>
-#  include <mpp/segment.hpp>
 #  include <poll.h>
 #  include <signal.h>
 #  include <sys/stat.h>
 #  include <unistd.h>
+#  include <mpp/detail/registry.hpp>
+#  include <mpp/segment.hpp>
 #endif
 
 namespace mpp_test::crash_points {
@@ -115,7 +115,6 @@ namespace mpp_test::kill {
 using mpp::detail::Segment;
 using mpp::detail::SegmentSpec;
 
-
 inline SegmentSpec spec_of(std::uint64_t bytes = 4096) {
   return SegmentSpec{mpp::Kind::test, mpp::type_info<std::uint64_t>(), bytes, 1};
 }
@@ -124,7 +123,7 @@ inline Segment open_test(const std::string& name, const mpp::NamedOptions& o = {
 }
 
 inline bool shm_exists(const std::string& name) {
-  struct stat st{};
+  struct stat st {};
   return ::lstat(("/dev/shm/" + name).c_str(), &st) == 0;
 }
 
@@ -173,7 +172,6 @@ inline void kill_and_reap(pid_t pid) {
   ::kill(pid, SIGKILL);
   CHECK(mpp_test::wait_child(pid) == -SIGKILL);
 }
-
 
 }  // namespace mpp_test::kill
 namespace kt = mpp_test::kill;

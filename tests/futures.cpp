@@ -1,18 +1,18 @@
 // ProcessPoolExecutor and Future across real worker processes.
-#include <mpp/futures.hpp>
-#include <mpp/value.hpp>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <mpp/futures.hpp>
+#include <mpp/value.hpp>
 
 #include <cstdlib>
 
-#include <atomic>
-#include <stdexcept>
 #include <algorithm>
+#include <atomic>
 #include <initializer_list>
-#include <string>
 #include <numeric>
+#include <stdexcept>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -224,40 +224,45 @@ TEST_CASE("Executor: spawn and forkserver executors: a killed worker fails only 
   }
 }
 
-TEST_CASE("Executor: an executor whose initializer throws is broken: futures fail, submit raises, shutdown "
-          "returns", "[futures][spawn]") {
+TEST_CASE(
+    "Executor: an executor whose initializer throws is broken: futures fail, submit raises, "
+    "shutdown "
+    "returns",
+    "[futures][spawn]") {
   for (auto m : {mpp::StartMethod::fork, mpp::StartMethod::spawn}) {
     INFO("start method " << mpp::start_method_name(m));
     const int rc = mpp_test::run_bounded(60s, [m] {
-          int failed = 0;
-          auto expect = [&](bool ok, const char* what) {
-            if (!ok) fmt::print(stderr, "scenario check failed: {}\n", what), ++failed;
-          };
-          mpp::RawValue<int> runs(0);
-          ::setenv(kInitRunsEnv, runs.name().c_str(), 1);
-          {
-            mpp::ProcessPoolExecutor ex(with_method(m), failing_init, 3);
-            // Submitted before the break is seen: the future fails; after: submit() raises.
-            for (int i = 0; i < 4; ++i)
-              expect(raises_broken([&] { (void)ex.submit(cube, i).result(30s); }, 3),
-                     "a pending future fails with BrokenProcessPool");
-            expect(raises_broken([&] { (void)ex.submit(cube, 1); }, 3),
-                   "submit() after the break raises BrokenProcessPool");
-            expect(raises_broken([&] { (void)ex.map(cube, std::vector<int>{1, 2}, 30s); }, 3),
-                   "map() after the break raises BrokenProcessPool");
-            ex.shutdown(true);  // returns
-          }
-          expect(runs.value() >= 1 && runs.value() <= 2,
-                 "the initializer ran at most once per worker");
-          {  // the destructor (shutdown(wait=true)) of a broken executor returns too
-            mpp::ProcessPoolExecutor ex(with_method(m), failing_init, 4);
-            expect(raises_broken([&] { (void)ex.submit(cube, 2).result(30s); }, 4),
-                   "the future fails");
-          }
-          expect(runs.value() <= 4, "no initializer runs after the break");
-          ::unsetenv(kInitRunsEnv);
-          return failed;
-        });
+      int failed = 0;
+      auto expect = [&](bool ok, const char* what) {
+        if (!ok) fmt::print(stderr, "scenario check failed: {}\n", what), ++failed;
+      };
+      mpp::RawValue<int> runs(0);
+      ::setenv(kInitRunsEnv, runs.name().c_str(), 1);
+      {
+        mpp::ProcessPoolExecutor ex(with_method(m), failing_init, 3);
+        // Submitted before the break is seen: the future fails; after: submit() raises.
+        for (int i = 0; i < 4; ++i)
+          expect(raises_broken([&] { (void)ex.submit(cube, i).result(30s); }, 3),
+                 "a pending future fails with BrokenProcessPool");
+        expect(raises_broken([&] { (void)ex.submit(cube, 1); }, 3),
+               "submit() after the break raises BrokenProcessPool");
+        expect(raises_broken(
+                   [&] {
+                     (void)ex.map(cube, std::vector<int>{1, 2}, 30s);
+                   },
+                   3),
+               "map() after the break raises BrokenProcessPool");
+        ex.shutdown(true);  // returns
+      }
+      expect(runs.value() >= 1 && runs.value() <= 2, "the initializer ran at most once per worker");
+      {  // the destructor (shutdown(wait=true)) of a broken executor returns too
+        mpp::ProcessPoolExecutor ex(with_method(m), failing_init, 4);
+        expect(raises_broken([&] { (void)ex.submit(cube, 2).result(30s); }, 4), "the future fails");
+      }
+      expect(runs.value() <= 4, "no initializer runs after the break");
+      ::unsetenv(kInitRunsEnv);
+      return failed;
+    });
     CHECK(rc == 0);
   }
 }
@@ -267,8 +272,8 @@ TEST_CASE("Executor: an executor whose initializer throws is broken: futures fai
 TEST_CASE("Executor: wait on a duplicated future returns it once (bpo-20369)", "[futures]") {
   mpp::ProcessPoolExecutor ex(2);
   auto f = ex.submit(pow_int, 1, 2);
-  auto [done, not_done] = mpp::futures::wait(std::vector{f, f}, std::nullopt,
-                                             mpp::futures::ALL_COMPLETED);
+  auto [done, not_done] =
+      mpp::futures::wait(std::vector{f, f}, std::nullopt, mpp::futures::ALL_COMPLETED);
   CHECK(done.size() == 1);
   CHECK(done[0] == f);
   CHECK(not_done.empty());
@@ -280,8 +285,8 @@ TEST_CASE("Executor: wait FIRST_COMPLETED returns when one future is done, witho
   auto quick = ex.submit(sleepy, 100);
   auto slow = ex.submit(sleepy, 3000);
   const auto t0 = std::chrono::steady_clock::now();
-  auto [done, not_done] = mpp::futures::wait(std::vector{quick, slow}, 30.0,
-                                             mpp::futures::FIRST_COMPLETED);
+  auto [done, not_done] =
+      mpp::futures::wait(std::vector{quick, slow}, 30.0, mpp::futures::FIRST_COMPLETED);
   CHECK(since(t0) < 2.0);
   REQUIRE(done.size() == 1);
   CHECK(done[0] == quick);
@@ -290,8 +295,8 @@ TEST_CASE("Executor: wait FIRST_COMPLETED returns when one future is done, witho
   // Some already done (one cancelled, one successful): they are returned at once.
   std::vector<mpp::Future<int>> busy;
   auto cancelled = cancelled_future(ex, busy);
-  auto r = mpp::futures::wait(std::vector{cancelled, quick, slow}, 30.0,
-                              mpp::futures::FIRST_COMPLETED);
+  auto r =
+      mpp::futures::wait(std::vector{cancelled, quick, slow}, 30.0, mpp::futures::FIRST_COMPLETED);
   CHECK(r.done.size() == 2);
   CHECK(has(r.done, cancelled));
   CHECK(has(r.done, quick));
@@ -304,8 +309,8 @@ TEST_CASE("Executor: wait FIRST_EXCEPTION returns at the first failure; cancella
   auto raises = ex.submit(sleep_then_raise, 300);
   auto slow = ex.submit(sleepy, 4000);
   const auto t0 = std::chrono::steady_clock::now();
-  auto [done, not_done] = mpp::futures::wait(std::vector{ok, raises, slow}, 30.0,
-                                             mpp::futures::FIRST_EXCEPTION);
+  auto [done, not_done] =
+      mpp::futures::wait(std::vector{ok, raises, slow}, 30.0, mpp::futures::FIRST_EXCEPTION);
   CHECK(since(t0) < 3.0);
   CHECK(done.size() == 2);
   CHECK(has(done, ok));
@@ -396,8 +401,8 @@ TEST_CASE("Executor: as_completed raises TimeoutError naming the unfinished futu
   REQUIRE(success.result(30s) == 8);
   std::vector<mpp::Future<int>> seen;
   try {
-    for (const auto& f : mpp::futures::as_completed(
-             std::vector{cancelled, busy[0], busy[2], success}, 0.0))
+    for (const auto& f :
+         mpp::futures::as_completed(std::vector{cancelled, busy[0], busy[2], success}, 0.0))
       seen.push_back(f);
     FAIL("no TimeoutError");
   } catch (const mpp::TimeoutError& e) {
@@ -426,8 +431,8 @@ TEST_CASE("Executor: wait and as_completed with spawn and forkserver workers", "
     auto r = mpp::futures::wait(std::vector{slow, quick}, 30.0, mpp::futures::FIRST_COMPLETED);
     CHECK(r.done == std::vector{quick});
     auto bad = ex.submit(sleep_then_raise, 10);
-    auto e = mpp::futures::wait({bad, slow, ex.submit(spell, 3)}, 30.0,
-                                mpp::futures::FIRST_EXCEPTION);
+    auto e =
+        mpp::futures::wait({bad, slow, ex.submit(spell, 3)}, 30.0, mpp::futures::FIRST_EXCEPTION);
     CHECK(has(e.done, bad));
     mpp::ProcessPoolExecutor other(with_method(m));
     auto later = ex.submit(sleepy, 600);
@@ -552,8 +557,10 @@ TEST_CASE("Executor: bad arguments are refused with ValueError, omitted ones tak
   CHECK(recycled.submit(cube, 4).result(30s) == 64);
 }
 
-TEST_CASE("Executor: shutdown(cancel_futures) cancels only calls not started; submit and map "
-          "after shutdown raise", "[futures][spawn]") {
+TEST_CASE(
+    "Executor: shutdown(cancel_futures) cancels only calls not started; submit and map "
+    "after shutdown raise",
+    "[futures][spawn]") {
   for (auto m : {mpp::StartMethod::fork, mpp::StartMethod::spawn}) {
     INFO("start method " << mpp::start_method_name(m));
     mpp::ProcessPoolExecutor ex(with_method(m));

@@ -9,9 +9,9 @@
 
 #if defined(MPP_OS_POSIX)
 #  include <signal.h>
-#  include <cerrno>
 #  include <sys/wait.h>
 #  include <unistd.h>
+#  include <cerrno>
 #endif
 
 #include <atomic>

@@ -44,7 +44,8 @@ static const bool stdout_unbuffered = [] {
   return true;
 }();
 
-// ---- squatters -----------------------------------------------------------------------------------
+// ---- squatters
+// -----------------------------------------------------------------------------------
 
 TEST_CASE("Squatting: a name pre-created by another user is refused", "[hostile]") {
   if (::geteuid() != 0) {
@@ -64,7 +65,7 @@ TEST_CASE("Squatting: a name pre-created by another user is refused", "[hostile]
       return 0;
     });
     REQUIRE(mpp_test::wait_child(squatter) == 0);
-    struct stat st{};
+    struct stat st {};
     REQUIRE(::lstat(("/dev/shm/" + name).c_str(), &st) == 0);
     REQUIRE(st.st_uid == 65534u);
 
@@ -86,7 +87,8 @@ TEST_CASE("Squatting: a planted symlink is refused and its target left untouched
   { std::ofstream(victim) << "precious"; }
   const auto victim_seg = mpp_test::unique_name("squat.target");
   auto real = Segment::create(victim_seg, kt::spec_of());
-  for (const std::string& target : {victim, "/dev/shm/" + victim_seg, std::string("/nonexistent")}) {
+  for (const std::string& target :
+       {victim, "/dev/shm/" + victim_seg, std::string("/nonexistent")}) {
     const auto name = mpp_test::unique_name("squat.link");
     REQUIRE(::symlink(target.c_str(), ("/dev/shm/" + name).c_str()) == 0);
     CHECK_THROWS_AS(Segment::create(name, kt::spec_of()), mpp::ExistsError);
@@ -102,9 +104,11 @@ TEST_CASE("Squatting: a planted symlink is refused and its target left untouched
   ::unlink(victim.c_str());
 }
 
-// ---- hostile peers -------------------------------------------------------------------------------
+// ---- hostile peers
+// -------------------------------------------------------------------------------
 
-TEST_CASE("Hostile peer: truncates a live segment: new openers and the tool refuse it", "[hostile]") {
+TEST_CASE("Hostile peer: truncates a live segment: new openers and the tool refuse it",
+          "[hostile]") {
   const auto name = mpp_test::unique_name("hostile.trunc");
   auto seg = Segment::create(name, kt::spec_of(1 << 16));
   const std::uint64_t full = seg.header().total_size;
@@ -162,23 +166,24 @@ TEST_CASE("Hostile peer: rewrites the header of a live segment: handles keep the
   CHECK(reg::inspect(name).state == reg::State::corrupt);
 }
 
-
 namespace {
 /// A hostile process: maps the object `name` behind the library's back and writes `writes`
 /// random 64-bit values (random bits, small plausible numbers or all-ones) at random 8-byte
 /// aligned offsets of the payload ranges `ranges` ([begin, end) from the payload start).
-void scribble(const std::string& name, const std::vector<std::pair<std::uint64_t, std::uint64_t>>& ranges,
-              int writes, std::uint64_t seed) {
+void scribble(const std::string& name,
+              const std::vector<std::pair<std::uint64_t, std::uint64_t>>& ranges, int writes,
+              std::uint64_t seed) {
   const pid_t vandal = mpp_test::fork_child([&] {
     const int fd = ::shm_open(("/" + name).c_str(), O_RDWR, 0);
     if (fd < 0) return 1;
-    struct stat st{};
+    struct stat st {};
     ::fstat(fd, &st);
-    auto* base = static_cast<std::byte*>(
-        ::mmap(nullptr, static_cast<std::size_t>(st.st_size), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
+    auto* base = static_cast<std::byte*>(::mmap(nullptr, static_cast<std::size_t>(st.st_size),
+                                                PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
     ::close(fd);
     if (base == MAP_FAILED) return 2;
-    const auto payload_at = reinterpret_cast<const mpp::detail::SegmentHeader*>(base)->payload_offset;
+    const auto payload_at =
+        reinterpret_cast<const mpp::detail::SegmentHeader*>(base)->payload_offset;
     std::mt19937_64 rng(seed);
     for (int i = 0; i < writes; ++i) {
       const auto& [b, e] = ranges[rng() % ranges.size()];
@@ -186,10 +191,17 @@ void scribble(const std::string& name, const std::vector<std::pair<std::uint64_t
       if (payload_at + off + 8 > static_cast<std::uint64_t>(st.st_size)) continue;
       std::uint64_t v = rng();
       switch (rng() % 4) {
-        case 0: v %= 64; break;                      // a plausible small index or length
-        case 1: v = ~std::uint64_t{0} - (v % 4); break;  // -1 and friends
-        case 2: v &= 0xffffffff; break;
-        default: break;
+        case 0:
+          v %= 64;
+          break;  // a plausible small index or length
+        case 1:
+          v = ~std::uint64_t{0} - (v % 4);
+          break;  // -1 and friends
+        case 2:
+          v &= 0xffffffff;
+          break;
+        default:
+          break;
       }
       std::memcpy(base + payload_at + off, &v, 8);
     }
@@ -211,7 +223,8 @@ extern "C" void victim_watchdog(int) { ::_exit(g_in_blocking_send ? kBlockedInSe
 /// cannot protect it), with a watchdog: an endless loop dies by SIGALRM, an out-of-bounds access
 /// by SIGSEGV/SIGBUS (or a sanitizer report).
 template <class Open, class Before, class Ops>
-int hostile_round(const std::string& name, const std::vector<std::pair<std::uint64_t, std::uint64_t>>& ranges,
+int hostile_round(const std::string& name,
+                  const std::vector<std::pair<std::uint64_t, std::uint64_t>>& ranges,
                   std::uint64_t seed, Open&& open, Before&& before, Ops&& ops) {
   kt::Signal ready, go;
   const pid_t victim = mpp_test::fork_child([&] {
@@ -243,7 +256,8 @@ TEST_CASE("Hostile peer: scribbles over a live queue and pipe: errors, never cra
   int bad_alloc = 0, blocked_sends = 0;
   for (long round = 0; round < rounds; ++round) {
     const std::uint64_t seed = seed0 + static_cast<std::uint64_t>(round);
-    INFO("round " << round << "; reproduce with MPP_HOSTILE_SEED=" << seed << " MPP_HOSTILE_ROUNDS=1");
+    INFO("round " << round << "; reproduce with MPP_HOSTILE_SEED=" << seed
+                  << " MPP_HOSTILE_ROUNDS=1");
     {  // A queue holding small (in-slot) and large (out-of-slot) items.
       const auto name = mpp_test::unique_name("hostile.q");
       auto q = mpp::Queue<std::string>::create(name, 16);
@@ -254,7 +268,8 @@ TEST_CASE("Hostile peer: scribbles over a live queue and pipe: errors, never cra
       const int rc = hostile_round(
           name, ranges, seed, [&] { return mpp::Queue<std::string>::open(name); },
           [&] {
-            for (int i = 0; i < 6; ++i) q.put(std::string(i % 2 ? 3 : 300, static_cast<char>('a' + i)));
+            for (int i = 0; i < 6; ++i)
+              q.put(std::string(i % 2 ? 3 : 300, static_cast<char>('a' + i)));
           },
           [&](auto& h) {
             for (int i = 0; i < 16; ++i) {
@@ -309,8 +324,9 @@ TEST_CASE("Hostile peer: scribbles over a live queue and pipe: errors, never cra
   CHECK(bad_alloc == 0);  // a hostile length must not make the victim allocate without bound
 }
 
-TEST_CASE("Hostile peer: zeroes a live pipe's ring control blocks: CorruptedError, not an empty pipe",
-          "[hostile]") {
+TEST_CASE(
+    "Hostile peer: zeroes a live pipe's ring control blocks: CorruptedError, not an empty pipe",
+    "[hostile]") {
   // What a truncation does to a ring whose control block stays in the file's last page: the
   // kernel zeroes the rest of that page, so both indices read 0 together, without any SIGBUS.
   // Consistent zeros look like a fresh empty ring; only the indices' history tells.
@@ -340,7 +356,7 @@ TEST_CASE("Hostile peer: zeroes a live pipe's ring control blocks: CorruptedErro
       }
       return false;
     };
-    if (!corrupted([&] { (void)b.poll(); })) return 10;  // not "nothing to read"
+    if (!corrupted([&] { (void)b.poll(); })) return 10;      // not "nothing to read"
     if (!corrupted([&] { (void)b.recv(10ms); })) return 11;  // not "m0" a second time
     if (!corrupted([&] { b.send(std::string(100, 'r'), 10ms); })) return 12;
     return 0;
@@ -351,13 +367,14 @@ TEST_CASE("Hostile peer: zeroes a live pipe's ring control blocks: CorruptedErro
   const pid_t vandal = mpp_test::fork_child([&] {
     const int fd = ::shm_open(("/" + name).c_str(), O_RDWR, 0);
     if (fd < 0) return 1;
-    struct stat st{};
+    struct stat st {};
     ::fstat(fd, &st);
     auto* base = static_cast<std::byte*>(::mmap(nullptr, static_cast<std::size_t>(st.st_size),
                                                 PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
     ::close(fd);
     if (base == MAP_FAILED) return 2;
-    const auto payload_at = reinterpret_cast<const mpp::detail::SegmentHeader*>(base)->payload_offset;
+    const auto payload_at =
+        reinterpret_cast<const mpp::detail::SegmentHeader*>(base)->payload_offset;
     for (unsigned ring : {0u, 1u})
       std::memset(base + payload_at + mpp::detail::pipe_layout::ring_offset(ring, 4096), 0,
                   sizeof(mpp::detail::ring::Control));
@@ -406,8 +423,9 @@ int truncation_victim(Q& q, C& c, double seconds) {
 }
 }  // namespace
 
-TEST_CASE("Hostile peer: truncates a live queue and pipe: the victim gets CorruptedError, not SIGBUS",
-          "[hostile]") {
+TEST_CASE(
+    "Hostile peer: truncates a live queue and pipe: the victim gets CorruptedError, not SIGBUS",
+    "[hostile]") {
   for (const bool to_zero : {true, false}) {
     INFO((to_zero ? "truncated to 0 bytes" : "truncated to half (not page-aligned)"));
     const auto qname = mpp_test::unique_name("trunc.q");
@@ -450,7 +468,7 @@ TEST_CASE("Hostile peer: truncates a live queue and pipe: the victim gets Corrup
       for (const auto& name : {qname, pname}) {
         const int fd = ::shm_open(("/" + name).c_str(), O_RDWR, 0);
         if (fd < 0) return 1;
-        struct stat st{};
+        struct stat st {};
         ::fstat(fd, &st);
         const off_t size = to_zero ? 0 : st.st_size / 2 + 123;
         if (::ftruncate(fd, size) != 0) return 2;
@@ -460,11 +478,12 @@ TEST_CASE("Hostile peer: truncates a live queue and pipe: the victim gets Corrup
     });
     REQUIRE(mpp_test::wait_child(vandal) == 0);
     const int rc = mpp_test::wait_child(victim);
-    INFO("victim exit status " << rc << " (negative: killed by that signal; > 100: its forked "
-                                        "child was killed by signal rc - 100)");
-    CHECK(rc >= 0);                  // never SIGBUS (nor any other signal)
+    INFO("victim exit status " << rc
+                               << " (negative: killed by that signal; > 100: its forked "
+                                  "child was killed by signal rc - 100)");
+    CHECK(rc >= 0);  // never SIGBUS (nor any other signal)
     CHECK(rc < 100);
-    CHECK(rc == kBothCorrupted);     // both objects noticed (CorruptedError)
+    CHECK(rc == kBothCorrupted);  // both objects noticed (CorruptedError)
     // The creator (this process) is a victim too; its handles then close (and unlink the names)
     // without SIGBUS. Cut in half, its end of the pipe may never touch a vanished page: the
     // victim's close already told it BrokenPipeError / EOFError, which is "keeps working".
@@ -477,15 +496,17 @@ TEST_CASE("Hostile peer: truncates a live queue and pipe: the victim gets Corrup
   }
 }
 
-TEST_CASE("Hostile peer: a put into a region a truncation cut off reports CorruptedError, not out of memory",
-          "[hostile]") {
+TEST_CASE(
+    "Hostile peer: a put into a region a truncation cut off reports CorruptedError, not out of "
+    "memory",
+    "[hostile]") {
   // A fresh queue: no item region is allocated yet, so a put first asks the kernel for its pages,
   // and that fails (EFAULT) beyond the new end of the file. That is corruption, not lack of memory.
   const auto qname = mpp_test::unique_name("trunc.fresh");
   auto q = mpp::Queue<std::string>::create(qname, 64);
   const int fd = ::shm_open(("/" + qname).c_str(), O_RDWR, 0);
   REQUIRE(fd >= 0);
-  struct stat st{};
+  struct stat st {};
   REQUIRE(::fstat(fd, &st) == 0);
   REQUIRE(::ftruncate(fd, st.st_size / 2) == 0);  // the later slots' regions are gone
   ::close(fd);

@@ -35,10 +35,9 @@ using namespace std::chrono_literals;
 using mpp_test::unique_name;
 #if defined(MPP_OS_POSIX)
 using mpp_test::fork_child;
-using mpp_test::wait_child;
 using mpp_test::tolerate;
+using mpp_test::wait_child;
 #endif
-
 
 namespace {
 
@@ -90,14 +89,15 @@ TEST_CASE("Manager: dict, every method in one process", "[manager]") {
   d.update({{"x", 10}, {"y", 20}});
   std::map<std::string, int> more{{"z", 30}, {"b", 8}};
   d.update(more);
-  CHECK(d.to_map() == std::map<std::string, int>{{"b", 8}, {"e", 5}, {"x", 10}, {"y", 20},
-                                                 {"z", 30}});
+  CHECK(d.to_map() ==
+        std::map<std::string, int>{{"b", 8}, {"e", 5}, {"x", 10}, {"y", 20}, {"z", 30}});
   auto items = d.items();
   REQUIRE(items.size() == 5);
   CHECK(items.front() == std::pair<std::string, int>{"b", 8});  // insertion order kept
-  CHECK(d.popitem() == std::pair<std::string, int>{"z", 30});  // last inserted first
+  CHECK(d.popitem() == std::pair<std::string, int>{"z", 30});   // last inserted first
   CHECK(d.update_with("x", [](int v) { return v * 3; }) == 30);
-  CHECK(d.update_with("new", [](int v) { return v + 1; }, 41) == 42);
+  CHECK(d.update_with(
+            "new", [](int v) { return v + 1; }, 41) == 42);
   CHECK(d.at("new") == 42);
   CHECK_THROWS_AS(d.update_with("x", [](int) -> int { throw std::runtime_error("no"); }),
                   std::runtime_error);
@@ -143,7 +143,7 @@ TEST_CASE("Manager: list, every method in one process", "[manager]") {
   l[3] = 33;
   CHECK(l[3].value() == 33);
   l.insert(0, -1);
-  l.insert(-1, 99);   // before the last, as Python
+  l.insert(-1, 99);     // before the last, as Python
   l.insert(1000, 100);  // clamped to the end
   CHECK(l.to_vector() == std::vector<int>{-1, 0, 1, 2, 33, 4, 5, 6, 7, 8, 9, 10, 11, 99, 12, 100});
   CHECK(l.pop() == 100);
@@ -269,7 +269,8 @@ TEST_CASE("Manager: an unrelated process opens the manager by name", "[manager]"
   CHECK(m.list<int>("made_by_child").to_vector() == std::vector<int>{7});
 }
 
-TEST_CASE("Manager: readers run concurrently with a writer and see consistent snapshots", "[manager]") {
+TEST_CASE("Manager: readers run concurrently with a writer and see consistent snapshots",
+          "[manager]") {
   mpp::Manager m(small());
   auto d = m.dict<int, std::string>();
   auto l = m.list<int>();
@@ -344,16 +345,24 @@ int mutate_forever(mpp::Manager m, unsigned seed, long iterations) {
         g.update(all);
         break;
       }
-      case 1: v.set(k, val); break;
-      case 2: v.pop(k, ""); break;
+      case 1:
+        v.set(k, val);
+        break;
+      case 2:
+        v.pop(k, "");
+        break;
       case 3:
         try {
           if (v.size() > 40) v.popitem();
         } catch (const mpp::KeyError&) {  // the other writer emptied it in between
         }
         break;
-      case 4: v.setdefault(k, val); break;
-      case 5: v.update_with(k, [&](const std::string&) { return val; }); break;
+      case 4:
+        v.setdefault(k, val);
+        break;
+      case 5:
+        v.update_with(k, [&](const std::string&) { return val; });
+        break;
       case 6: {
         const auto x = static_cast<std::int64_t>(rng() % 1000);
         l.extend(std::vector<std::int64_t>{x, x});
@@ -368,7 +377,9 @@ int mutate_forever(mpp::Manager m, unsigned seed, long iterations) {
       case 9:
         if (rng() % 8 == 0) l.reverse();
         break;
-      case 10: ns.set("x", std::to_string(k)); break;
+      case 10:
+        ns.set("x", std::to_string(k));
+        break;
       case 11:
         if (rng() % 50 == 0) {
           v.clear();
@@ -414,13 +425,16 @@ void check_consistent(mpp::Manager m) {
 }  // namespace
 
 #if defined(MPP_OS_POSIX)
-TEST_CASE("Manager: writers SIGKILLed at random moments leave every container before or after", "[manager][kill]") {
+TEST_CASE("Manager: writers SIGKILLed at random moments leave every container before or after",
+          "[manager][kill]") {
   mpp::Manager m(small());
   std::mt19937 rng(1234);
   for (int round = 0; round < 12; ++round) {
     std::vector<pid_t> kids;
     for (int w = 0; w < 2; ++w)
-      kids.push_back(fork_child([&, w] { return mutate_forever(m, static_cast<unsigned>(rng()) + static_cast<unsigned>(w), 1L << 40); }));
+      kids.push_back(fork_child([&, w] {
+        return mutate_forever(m, static_cast<unsigned>(rng()) + static_cast<unsigned>(w), 1L << 40);
+      }));
     std::this_thread::sleep_for(std::chrono::microseconds(2000 + rng() % 30000));
     for (pid_t p : kids) ::kill(p, SIGKILL);
     for (pid_t p : kids) CHECK(wait_child(p) == -SIGKILL);
@@ -428,7 +442,8 @@ TEST_CASE("Manager: writers SIGKILLed at random moments leave every container be
   }
 }
 
-TEST_CASE("Manager: a writer killed at each crash point leaves every container before or after", "[manager][kill]") {
+TEST_CASE("Manager: a writer killed at each crash point leaves every container before or after",
+          "[manager][kill]") {
   mpp::Manager m(small());
   REQUIRE(wait_child(fork_child([&] { return mutate_forever(m, 1, 3000); })) == 0);
   // Which crash points does the workload pass?
@@ -507,7 +522,8 @@ TEST_CASE("Manager: synchronisation objects and handles cross processes by name"
 
 #endif  // MPP_OS_POSIX
 
-TEST_CASE("Manager: corrupted shared memory is a CorruptedError, never a wild access", "[manager]") {
+TEST_CASE("Manager: corrupted shared memory is a CorruptedError, never a wild access",
+          "[manager]") {
   const auto name = unique_name("mgr");
   auto m = mpp::Manager::create(name, small());
   auto d = m.dict<std::string, int>("d");
@@ -540,7 +556,8 @@ TEST_CASE("Manager: corrupted shared memory is a CorruptedError, never a wild ac
 }
 
 #if defined(MPP_OS_POSIX)
-TEST_CASE("Manager: a recoverer killed while replaying the undo log leaves it for the next one", "[manager][kill]") {
+TEST_CASE("Manager: a recoverer killed while replaying the undo log leaves it for the next one",
+          "[manager][kill]") {
   mpp::Manager m(small());
   auto d = m.dict<int, std::string>("v");
   auto l = m.list<std::int64_t>("l");
@@ -550,7 +567,8 @@ TEST_CASE("Manager: a recoverer killed while replaying the undo log leaves it fo
   const pid_t writer = fork_child([&] {
     mpp_test::crash_points::arm("manager.tx.before_commit", 1);
     std::vector<std::pair<int, std::string>> many;
-    for (int i = 0; i < 500; ++i) many.emplace_back(i, std::string(static_cast<std::size_t>(i % 64), 'z'));
+    for (int i = 0; i < 500; ++i)
+      many.emplace_back(i, std::string(static_cast<std::size_t>(i % 64), 'z'));
     d.update(many);
     return 0;
   });
@@ -571,7 +589,8 @@ TEST_CASE("Manager: a recoverer killed while replaying the undo log leaves it fo
   CHECK(d.size() == 3);
 }
 
-TEST_CASE("Manager: readers see only committed states while writers are SIGKILLed", "[manager][kill]") {
+TEST_CASE("Manager: readers see only committed states while writers are SIGKILLed",
+          "[manager][kill]") {
   mpp::Manager m(small());
   auto g = m.dict<std::string, std::string>("g");
   g.update(std::vector<std::pair<std::string, std::string>>{{"a", ""}, {"b", ""}, {"c", ""}});
@@ -657,7 +676,8 @@ MPP_REGISTER(count_in_manager);
 MPP_REGISTER(mutate_spawned);
 }  // namespace
 
-TEST_CASE("Manager: a named manager shared with spawned processes: atomic updates from both", "[manager][spawn]") {
+TEST_CASE("Manager: a named manager shared with spawned processes: atomic updates from both",
+          "[manager][spawn]") {
   const auto name = unique_name("mgr.spawn");
   auto m = mpp::Manager::create(name, small());
   auto d = m.dict<std::string, int>("d");
@@ -665,7 +685,8 @@ TEST_CASE("Manager: a named manager shared with spawned processes: atomic update
   constexpr int kN = 500;
   std::vector<mpp::Process> ps;
   for (int id = 0; id < 2; ++id)
-    ps.push_back(mpp::Process({.start_method = mpp::StartMethod::spawn}, count_in_manager, name, id, kN));
+    ps.push_back(
+        mpp::Process({.start_method = mpp::StartMethod::spawn}, count_in_manager, name, id, kN));
   for (auto& p : ps) p.start();
   for (auto& p : ps) {
     CHECK(p.join(120s));
@@ -679,8 +700,9 @@ TEST_CASE("Manager: a named manager shared with spawned processes: atomic update
   CHECK(l.count(1) == kN);
 }
 
-TEST_CASE("Manager: spawned writers terminated at random moments leave every container before or after",
-          "[manager][spawn][kill]") {
+TEST_CASE(
+    "Manager: spawned writers terminated at random moments leave every container before or after",
+    "[manager][spawn][kill]") {
   mpp::Manager m(small());
   std::mt19937 rng(4321);
   for (int round = 0; round < 4; ++round) {
@@ -689,7 +711,8 @@ TEST_CASE("Manager: spawned writers terminated at random moments leave every con
     for (int w = 0; w < 2; ++w) {
       const auto seed = static_cast<unsigned>(rng());
       seeds.push_back(std::to_string(seed));
-      ps.push_back(mpp::Process({.start_method = mpp::StartMethod::spawn}, mutate_spawned, m, seed));
+      ps.push_back(
+          mpp::Process({.start_method = mpp::StartMethod::spawn}, mutate_spawned, m, seed));
     }
     for (auto& p : ps) p.start();
     auto started = m.Namespace("started");
@@ -734,7 +757,7 @@ struct RawArena {
   explicit RawArena(const std::string& name) {
     const int fd = ::shm_open(("/" + name).c_str(), O_RDWR, 0);
     REQUIRE(fd >= 0);
-    struct stat st{};
+    struct stat st {};
     REQUIRE(::fstat(fd, &st) == 0);
     file_size = static_cast<std::size_t>(st.st_size);
     void* p = ::mmap(nullptr, file_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -763,7 +786,8 @@ enum VictimRc { kOk = 0, kForeign = 3, kNoError = 4, kWrongError = 5, kNoGo = 6 
 
 }  // namespace
 
-TEST_CASE("Manager: eight zero bytes over the arena's bump word: CorruptedError, not SIGSEGV", "[manager]") {
+TEST_CASE("Manager: eight zero bytes over the arena's bump word: CorruptedError, not SIGSEGV",
+          "[manager]") {
   const auto name = unique_name("mgr.bump");
   auto m = mpp::Manager::create(name, small(16u << 20));
   auto d = m.dict<std::string, int>("d");
@@ -833,7 +857,8 @@ TEST_CASE("Manager: hostile peer scribbles over a live manager: errors, never a 
         {offsetof(shm::ArenaHeader, bump), offsetof(shm::ArenaHeader, bump) + 8},
         {offsetof(shm::ArenaHeader, log_used), offsetof(shm::ArenaHeader, log_used) + 16},
         {offsetof(shm::ArenaHeader, free_head), offsetof(shm::ArenaHeader, dir_count)},
-        {offsetof(shm::ArenaHeader, dir_count), offsetof(shm::ArenaHeader, dir) + 3 * sizeof(shm::DirEntry)},
+        {offsetof(shm::ArenaHeader, dir_count),
+         offsetof(shm::ArenaHeader, dir) + 3 * sizeof(shm::DirEntry)},
         {log_off, log_off + 512},
         {heap, top}};
     for (int i = 0; i < 3; ++i) {
@@ -850,13 +875,26 @@ TEST_CASE("Manager: hostile peer scribbles over a live manager: errors, never a 
       const std::uint64_t off = (b + rng() % std::max<std::uint64_t>(1, e - b)) & ~std::uint64_t{7};
       std::uint64_t v = rng();
       switch (rng() % 7) {
-        case 0: v = 0; break;
-        case 1: v %= 64; break;  // a plausible small index or length
-        case 2: v = ~std::uint64_t{0} - (v % 4); break;  // -1 and friends
-        case 3: v &= 0xffffffff; break;
-        case 4: v = heap + (v % (top - heap + 4096)) / 16 * 16 + 8; break;  // a plausible block
-        case 5: v = v % (raw.file_size * 2); break;  // near the arena's size
-        default: break;
+        case 0:
+          v = 0;
+          break;
+        case 1:
+          v %= 64;
+          break;  // a plausible small index or length
+        case 2:
+          v = ~std::uint64_t{0} - (v % 4);
+          break;  // -1 and friends
+        case 3:
+          v &= 0xffffffff;
+          break;
+        case 4:
+          v = heap + (v % (top - heap + 4096)) / 16 * 16 + 8;
+          break;  // a plausible block
+        case 5:
+          v = v % (raw.file_size * 2);
+          break;  // near the arena's size
+        default:
+          break;
       }
       raw.write(off, v);
     }
@@ -919,8 +957,9 @@ TEST_CASE("Manager: hostile peer scribbles over a live manager: errors, never a 
   CHECK(errors_seen > rounds / 4);  // the scribbles did damage that was detected
 }
 
-TEST_CASE("Manager: containers of containers: pop/popitem/setdefault and locked reads do not deadlock",
-          "[manager][kill]") {
+TEST_CASE(
+    "Manager: containers of containers: pop/popitem/setdefault and locked reads do not deadlock",
+    "[manager][kill]") {
   const auto name = unique_name("mgr.nested");
   auto m = mpp::Manager::create(name, small());
   auto outer = m.list<mpp::SharedList<int>>("outer");
@@ -940,13 +979,13 @@ TEST_CASE("Manager: containers of containers: pop/popitem/setdefault and locked 
           return k == "k3" && first(v) == 3 ? 0 : 2;
         }) == 0);
   CHECK(mpp_test::run_bounded(20s, [&] { return first(d.pop("k1")) == 1 ? 0 : 2; }) == 0);
-  CHECK(mpp_test::run_bounded(20s, [&] {
-          return first(d.setdefault("k2", m.list<int>("in0"))) == 2 ? 0 : 2;
-        }) == 0);
+  CHECK(mpp_test::run_bounded(
+            20s, [&] { return first(d.setdefault("k2", m.list<int>("in0"))) == 2 ? 0 : 2; }) == 0);
   // Other operations that decode under the lock: update_with, sort, and a read that falls back
   // to the lock because a writer died with the dict's sequence word odd.
   CHECK(mpp_test::run_bounded(20s, [&] {
-          auto v = d.update_with("k0", [](mpp::SharedList<int> l) { return l; }, m.list<int>("in1"));
+          auto v = d.update_with(
+              "k0", [](mpp::SharedList<int> l) { return l; }, m.list<int>("in1"));
           return first(v) == 0 ? 0 : 2;
         }) == 0);
   CHECK(mpp_test::run_bounded(20s, [&] {
@@ -964,7 +1003,8 @@ TEST_CASE("Manager: containers of containers: pop/popitem/setdefault and locked 
   CHECK_FALSE(d.contains("dies"));
 }
 
-TEST_CASE("Manager: a manager truncated under a live user reports that it shrank", "[manager][kill]") {
+TEST_CASE("Manager: a manager truncated under a live user reports that it shrank",
+          "[manager][kill]") {
   for (const bool to_zero : {true, false}) {
     INFO((to_zero ? "truncated to 0 bytes" : "truncated inside the heap"));
     const auto name = unique_name("mgr.trunc");
@@ -991,8 +1031,10 @@ TEST_CASE("Manager: a manager truncated under a live user reports that it shrank
           op();
         } catch (const mpp::CorruptedError& e) {
           const std::string_view w = e.what();
-          if (w.find("shrank") != w.npos && w.find(name) != w.npos) ++shrank;
-          else fmt::print(stderr, "victim: {}\n", w);
+          if (w.find("shrank") != w.npos && w.find(name) != w.npos)
+            ++shrank;
+          else
+            fmt::print(stderr, "victim: {}\n", w);
         }
       };
       expect([&] { d.set(1000, "new"); });
@@ -1016,7 +1058,8 @@ TEST_CASE("Manager: a manager truncated under a live user reports that it shrank
 #endif  // MPP_OS_POSIX
 
 #if defined(MPP_OS_POSIX)
-// ---- crash points of dict/list mutations, checked against a model --------------------------------
+// ---- crash points of dict/list mutations, checked against a model
+// --------------------------------
 
 using mpp::detail::Segment;
 
@@ -1029,11 +1072,10 @@ struct MgrOp {
   std::int64_t index;
 };
 std::vector<MgrOp> manager_script() {
-  std::vector<MgrOp> ops{{MgrOp::set, "a", 1, 0},    {MgrOp::append, "", 1, 0},
-                         {MgrOp::set, "b", 2, 0},    {MgrOp::append, "", 2, 0},
-                         {MgrOp::set, "a", 3, 0},    {MgrOp::insert, "", 0, 0},
-                         {MgrOp::pop, "b", 0, 0},    {MgrOp::pop_at, "", 0, 0},
-                         {MgrOp::set_at, "", 9, 1}};
+  std::vector<MgrOp> ops{
+      {MgrOp::set, "a", 1, 0},   {MgrOp::append, "", 1, 0}, {MgrOp::set, "b", 2, 0},
+      {MgrOp::append, "", 2, 0}, {MgrOp::set, "a", 3, 0},   {MgrOp::insert, "", 0, 0},
+      {MgrOp::pop, "b", 0, 0},   {MgrOp::pop_at, "", 0, 0}, {MgrOp::set_at, "", 9, 1}};
   for (int j = 0; j < 40; ++j) {  // enough to make both containers grow
     ops.push_back({MgrOp::set, fmt::format("k{}", j), j, 0});
     ops.push_back({MgrOp::append, "", 100 + j, 0});
@@ -1048,12 +1090,24 @@ std::vector<MgrOp> manager_script() {
 template <class D, class L>
 void apply_op(const MgrOp& op, D& d, L& l) {
   switch (op.kind) {
-    case MgrOp::set: d.set(op.key, op.value); break;
-    case MgrOp::pop: d.pop(op.key); break;
-    case MgrOp::append: l.append(op.value); break;
-    case MgrOp::insert: l.insert(op.index, op.value); break;
-    case MgrOp::pop_at: l.pop(op.index); break;
-    case MgrOp::set_at: l.set(op.index, op.value); break;
+    case MgrOp::set:
+      d.set(op.key, op.value);
+      break;
+    case MgrOp::pop:
+      d.pop(op.key);
+      break;
+    case MgrOp::append:
+      l.append(op.value);
+      break;
+    case MgrOp::insert:
+      l.insert(op.index, op.value);
+      break;
+    case MgrOp::pop_at:
+      l.pop(op.index);
+      break;
+    case MgrOp::set_at:
+      l.set(op.index, op.value);
+      break;
   }
 }
 struct ModelDict {
@@ -1118,7 +1172,8 @@ TEST_CASE("Manager: crash points in dict/list mutations: each one is all or noth
       const auto n = L->done.load();
       const auto before = model_after(n), after = model_after(n + 1);
       INFO("killed at " << p << " #" << hit << " during op " << n);
-      CHECK(((dm == before.first && lv == before.second) || (dm == after.first && lv == after.second)));
+      CHECK(((dm == before.first && lv == before.second) ||
+             (dm == after.first && lv == after.second)));
       // The manager keeps working for a new process.
       const pid_t next = mpp_test::fork_child([&] {
         auto d2 = m->dict<std::string, int>("d");

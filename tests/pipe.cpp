@@ -186,7 +186,8 @@ TEST_CASE("Pipe: recv timeout, poll, closed connections", "[pipe]") {
   REQUIRE_THROWS_AS(none.recv(), mpp::ValueError);
 }
 
-TEST_CASE("Pipe: send with a timeout on a full ring; a half-sent long message is skipped", "[pipe]") {
+TEST_CASE("Pipe: send with a timeout on a full ring; a half-sent long message is skipped",
+          "[pipe]") {
   auto rw_pipe = mpp::Pipe<std::uint64_t>(false, {.capacity = 4096});
   auto& r = rw_pipe.first;
   auto& w = rw_pipe.second;
@@ -204,7 +205,8 @@ TEST_CASE("Pipe: send with a timeout on a full ring; a half-sent long message is
   REQUIRE(r.recv() == 99);
 }
 
-TEST_CASE("Pipe: send_bytes, recv_bytes, recv_bytes_into, BufferTooShort keeps the message", "[pipe]") {
+TEST_CASE("Pipe: send_bytes, recv_bytes, recv_bytes_into, BufferTooShort keeps the message",
+          "[pipe]") {
   auto ab_pipe = mpp::Pipe<int>(true, {.capacity = 4096});
   auto& a = ab_pipe.first;
   auto& b = ab_pipe.second;
@@ -253,8 +255,9 @@ TEST_CASE("Pipe: send_bytes, recv_bytes, recv_bytes_into, BufferTooShort keeps t
 #endif  // MPP_OS_POSIX
 }
 
-TEST_CASE("Pipe: untyped Connection<>: any codec type, TypeMismatchError names both, keeps the message",
-          "[pipe]") {
+TEST_CASE(
+    "Pipe: untyped Connection<>: any codec type, TypeMismatchError names both, keeps the message",
+    "[pipe]") {
   auto ab_pipe = mpp::Pipe<>();
   auto& a = ab_pipe.first;
   auto& b = ab_pipe.second;
@@ -290,7 +293,7 @@ TEST_CASE("Pipe: untyped Connection<>: any codec type, TypeMismatchError names b
   c.send(9);
   REQUIRE(wait_child(pid) == 0);
   REQUIRE_THROWS_AS(mpp::Pipe<int>::open(c.name()), mpp::Error);  // anonymous: no name left
-#endif  // MPP_OS_POSIX
+#endif                                                            // MPP_OS_POSIX
 }
 
 #if defined(MPP_OS_POSIX)
@@ -341,7 +344,8 @@ TEST_CASE("Pipe: small values of odd sizes wrap around a small ring", "[pipe]") 
   for (int i = 0; i < 100000; ++i) {
     const Three t = r.recv();
     if (t.b[0] != static_cast<unsigned char>(i) || t.b[1] != static_cast<unsigned char>(i >> 8) ||
-        t.b[2] != 7 || r8.recv() != static_cast<std::uint64_t>(i) * std::uint64_t{0x0101010101010101})
+        t.b[2] != 7 ||
+        r8.recv() != static_cast<std::uint64_t>(i) * std::uint64_t{0x0101010101010101})
       ++bad;
   }
   REQUIRE(bad == 0);
@@ -355,8 +359,8 @@ TEST_CASE("Pipe: mixed message sizes around the ring size", "[pipe]") {
   auto& w = rw_pipe.second;
   std::mt19937 rng(7);
   std::vector<std::size_t> sizes;
-  for (std::size_t s :
-       std::initializer_list<std::size_t>{0, 1, 7, 8, 9, 1016, 1024, 1025, 2040, 4088, 4096, 4097, 12289})
+  for (std::size_t s : std::initializer_list<std::size_t>{0, 1, 7, 8, 9, 1016, 1024, 1025, 2040,
+                                                          4088, 4096, 4097, 12289})
     sizes.push_back(s);
   for (int i = 0; i < 300; ++i) sizes.push_back(rng() % (3 * kCap));
   const pid_t pid = fork_child([&] {
@@ -435,7 +439,8 @@ TEST_CASE("EOF after draining: the writer closes, exits, or its copies close one
   REQUIRE_THROWS_AS(r.recv(), mpp::EOFError);  // and again
 }
 
-TEST_CASE("Pipe: the parent closes its copy right after fork; the child still holds the end", "[pipe]") {
+TEST_CASE("Pipe: the parent closes its copy right after fork; the child still holds the end",
+          "[pipe]") {
   for (int round = 0; round < 5; ++round) {
     auto rw_pipe = mpp::Pipe<int>(false);
     auto& r = rw_pipe.first;
@@ -612,7 +617,8 @@ TEST_CASE("Pipe: named pipe, a spawned process connects by name and echoes", "[p
   const auto name = unique_name("pipe.echo");
   auto server = mpp::Pipe<std::string>::create(name, true, {.capacity = 4096});
   std::vector<std::string> msgs{"", "hello", std::string(4000, 'r'), std::string(300000, 's')};
-  for (int i = 0; i < 200; ++i) msgs.push_back(std::to_string(i) + std::string(static_cast<std::size_t>(i) * 13, '.'));
+  for (int i = 0; i < 200; ++i)
+    msgs.push_back(std::to_string(i) + std::string(static_cast<std::size_t>(i) * 13, '.'));
   auto p = spawn(pipe_echo, name, static_cast<int>(msgs.size()));
   p.start();
   for (const auto& m : msgs) {  // one at a time: a streamed message needs the peer reading
@@ -624,7 +630,8 @@ TEST_CASE("Pipe: named pipe, a spawned process connects by name and echoes", "[p
   CHECK_THROWS_AS(server.recv(10s), mpp::EOFError);  // the spawned end is gone with its process
 }
 
-TEST_CASE("Pipe: named one-way pipe: a spawned sender blocks on a full ring and is woken", "[pipe][spawn]") {
+TEST_CASE("Pipe: named one-way pipe: a spawned sender blocks on a full ring and is woken",
+          "[pipe][spawn]") {
   const auto name = unique_name("pipe.count");
   auto r = mpp::Pipe<int>::create(name, false, {.capacity = 4096});
   constexpr int n = 20000;
@@ -705,7 +712,8 @@ TEST_CASE("Pipe: named pipe, a blocked recv raises EOFError when the spawned pee
 
 // ---- peers killed with SIGKILL ----------------------------------------------------------------
 
-TEST_CASE("Pipe: writer SIGKILLed while the reader is blocked: EOFError within 1 s", "[pipe][kill]") {
+TEST_CASE("Pipe: writer SIGKILLed while the reader is blocked: EOFError within 1 s",
+          "[pipe][kill]") {
   auto rw_pipe = mpp::Pipe<int>(false);
   auto& r = rw_pipe.first;
   auto& w = rw_pipe.second;
@@ -729,8 +737,9 @@ TEST_CASE("Pipe: writer SIGKILLed while the reader is blocked: EOFError within 1
   REQUIRE(wait_child(pid) == -SIGKILL);
 }
 
-TEST_CASE("Pipe: reader SIGKILLed while the writer is blocked on a full ring: BrokenPipeError within 1 s",
-          "[pipe][kill]") {
+TEST_CASE(
+    "Pipe: reader SIGKILLed while the writer is blocked on a full ring: BrokenPipeError within 1 s",
+    "[pipe][kill]") {
   auto rw_pipe = mpp::Pipe<std::uint64_t>(false, {.capacity = 4096});
   auto& r = rw_pipe.first;
   auto& w = rw_pipe.second;
@@ -781,8 +790,9 @@ TEST_CASE("Pipe: send to a reader that died while waiting raises BrokenPipeError
   REQUIRE(broken);
 }
 
-TEST_CASE("Pipe: writer SIGKILLed in the middle of a streamed message: EOFError, never a partial message",
-          "[pipe][kill]") {
+TEST_CASE(
+    "Pipe: writer SIGKILLed in the middle of a streamed message: EOFError, never a partial message",
+    "[pipe][kill]") {
   for (int round = 0; round < 6; ++round) {
     auto rw_pipe = mpp::Pipe<int>(false, {.capacity = 1 << 16});
     auto& r = rw_pipe.first;
@@ -888,7 +898,8 @@ TEST_CASE("Pipe: users, an end held by 100 forked children stays held until the 
 
 TEST_CASE("Pipe: writer SIGKILLed mid-message: the reader gets only whole messages, then EOFError",
           "[pipe][kill]") {
-  const long reps = std::max(1L, std::atol(std::getenv("MPP_KILL_REPS") ? std::getenv("MPP_KILL_REPS") : "10"));
+  const long reps =
+      std::max(1L, std::atol(std::getenv("MPP_KILL_REPS") ? std::getenv("MPP_KILL_REPS") : "10"));
   std::mt19937_64 rng(std::random_device{}());
   auto message = [](std::uint64_t seq, std::size_t n) {
     std::string m = fmt::format("{}:{}:", seq, n);
@@ -937,7 +948,8 @@ TEST_CASE("Pipe: writer SIGKILLed mid-message: the reader gets only whole messag
   }
 }
 
-// ---- crash points in pipe send/recv/close ---------------------------------------------------------
+// ---- crash points in pipe send/recv/close
+// ---------------------------------------------------------
 
 namespace {
 constexpr std::uint64_t kPipeMsgs = 16;
@@ -1043,7 +1055,8 @@ void pipe_crash_points(const char* path, Send send_one, Recv recv_one) {
     p.emplace(false, po);
     int rec[2];
     REQUIRE(::pipe(rec) == 0);
-    const pid_t child = fork_armed("", 0, rec[1], [&] { return role == 0 ? sender() : receiver(); });
+    const pid_t child =
+        fork_armed("", 0, rec[1], [&] { return role == 0 ? sender() : receiver(); });
     ::close(rec[1]);
     std::string outcome;
     const auto n = role == 0 ? receive_all(outcome) : send_all(outcome);

@@ -1,12 +1,12 @@
 // Pool: map/imap/starmap/apply across real worker processes, exceptions, timeouts, recycling,
 // and workers killed mid-task (WorkerLostError or retry, never a hang).
-#include <mpp/pool.hpp>
-#include <mpp/value.hpp>
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <mpp/pool.hpp>
+#include <mpp/value.hpp>
 
 #include <cstdio>
 #include <cstdlib>
@@ -220,12 +220,13 @@ TEST_CASE("Pool: apply_async, map_async and callbacks", "[pool]") {
 
   std::atomic<int> got{0};
   std::atomic<bool> err{false};
-  auto c = pool.apply_async(square, mpp::args(5), [&](const int& v) { got = v; },
-                            [&](std::exception_ptr) { err = true; });
+  auto c = pool.apply_async(
+      square, mpp::args(5), [&](const int& v) { got = v; },
+      [&](std::exception_ptr) { err = true; });
   CHECK(c.get() == 25);
   CHECK(got == 25);
-  auto e = pool.apply_async(fail_on_three, mpp::args(3), [&](const int&) {},
-                            [&](std::exception_ptr) { err = true; });
+  auto e = pool.apply_async(
+      fail_on_three, mpp::args(3), [&](const int&) {}, [&](std::exception_ptr) { err = true; });
   CHECK(e.wait(30s));
   CHECK(err);
   CHECK_FALSE(e.successful());
@@ -237,10 +238,12 @@ TEST_CASE("Pool: apply_async, map_async and callbacks", "[pool]") {
   CHECK(seen == std::vector<int>{1, 4, 9});
 
   // get(timeout) on a slow task: TimeoutError; successful() before ready: ValueError.
-  auto slow = pool.apply_async([](int ms) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(ms));
-    return ms;
-  }, 1500);
+  auto slow = pool.apply_async(
+      [](int ms) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+        return ms;
+      },
+      1500);
   CHECK_THROWS_AS(slow.get(50ms), mpp::TimeoutError);
   CHECK_THROWS_AS(slow.successful(), mpp::ValueError);
   CHECK(slow.get() == 1500);
@@ -261,7 +264,11 @@ TEST_CASE("Pool: imap keeps order, imap_unordered keeps everything", "[pool]") {
   // An exception surfaces when its result is reached.
   auto it = pool.imap(fail_on_three, std::vector<int>{1, 2, 3});
   std::vector<int> before;
-  CHECK_THROWS_AS([&] { for (int v : it) before.push_back(v); }(), std::invalid_argument);
+  CHECK_THROWS_AS(
+      [&] {
+        for (int v : it) before.push_back(v);
+      }(),
+      std::invalid_argument);
   CHECK(before == std::vector<int>{1, 2});
 }
 
@@ -290,7 +297,8 @@ TEST_CASE("Pool: initializer and maxtasksperchild", "[pool]") {
   mpp::PoolOptions o;
   o.processes = 2;
   o.maxtasksperchild = 2;
-  mpp::Pool pool(o, [](int add) { g_initialised->fetch_add(add); }, 1);
+  mpp::Pool pool(
+      o, [](int add) { g_initialised->fetch_add(add); }, 1);
   const auto pids = pool.map(worker_pid, std::vector<int>(12, 0), 1);
   // 12 tasks, at most 2 per worker process: at least 6 different workers ran them.
   CHECK(std::set<int>(pids.begin(), pids.end()).size() >= 6);
@@ -299,7 +307,8 @@ TEST_CASE("Pool: initializer and maxtasksperchild", "[pool]") {
   CHECK(initialised.value() >= 6);  // every worker ran the initializer
 }
 
-TEST_CASE("Pool: a worker retiring at maxtasksperchild does not make its tasks run twice", "[pool]") {
+TEST_CASE("Pool: a worker retiring at maxtasksperchild does not make its tasks run twice",
+          "[pool]") {
   mpp::RawValue<int> runs(0);
   g_kills = &runs;  // counts executions here
   mpp::PoolOptions o;
@@ -315,10 +324,12 @@ TEST_CASE("Pool: a worker retiring at maxtasksperchild does not make its tasks r
 
 TEST_CASE("Pool: close, join and terminate", "[pool]") {
   mpp::Pool pool(2);
-  auto pending = pool.apply_async([](int ms) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(ms));
-    return 1;
-  }, 200);
+  auto pending = pool.apply_async(
+      [](int ms) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+        return 1;
+      },
+      200);
   CHECK_THROWS_AS(pool.join(), mpp::ValueError);
   pool.close();
   CHECK_THROWS_AS(pool.apply(square, 1), mpp::ValueError);
@@ -326,10 +337,12 @@ TEST_CASE("Pool: close, join and terminate", "[pool]") {
   CHECK(pending.get() == 1);
 
   mpp::Pool p2(2);
-  auto never = p2.apply_async([](int s) {
-    std::this_thread::sleep_for(std::chrono::seconds(s));
-    return s;
-  }, 60);
+  auto never = p2.apply_async(
+      [](int s) {
+        std::this_thread::sleep_for(std::chrono::seconds(s));
+        return s;
+      },
+      60);
   std::this_thread::sleep_for(100ms);
   const auto t0 = std::chrono::steady_clock::now();
   p2.terminate();
@@ -342,15 +355,18 @@ TEST_CASE("Pool: a task over its timeout fails and the pool carries on", "[pool]
   o.processes = 2;
   o.task_timeout = 500ms;
   mpp::Pool pool(o);
-  auto slow = pool.apply_async([](int s) {
-    std::this_thread::sleep_for(std::chrono::seconds(s));
-    return s;
-  }, 60);
+  auto slow = pool.apply_async(
+      [](int s) {
+        std::this_thread::sleep_for(std::chrono::seconds(s));
+        return s;
+      },
+      60);
   CHECK_THROWS_AS(slow.get(30s), mpp::TimeoutError);
   CHECK(pool.map(square, std::vector<int>{1, 2, 3}) == std::vector<int>{1, 4, 9});
 }
 
-TEST_CASE("Pool: a killed worker fails its task with WorkerLostError, never a hang", "[pool][kill]") {
+TEST_CASE("Pool: a killed worker fails its task with WorkerLostError, never a hang",
+          "[pool][kill]") {
   mpp::RawValue<int> kills(0);
   g_kills = &kills;
   mpp::Pool pool(2);
@@ -361,8 +377,11 @@ TEST_CASE("Pool: a killed worker fails its task with WorkerLostError, never a ha
   CHECK(mpp_test::seconds_since(t0) < 30.0);
   // apply_async and imap see it too, and the replaced workers keep serving.
   CHECK_THROWS_AS(pool.apply_async(die_always_on_seven, 7).get(30s), mpp::WorkerLostError);
-  CHECK_THROWS_AS([&] { for (int v : pool.imap(die_always_on_seven, in)) (void)v; }(),
-                  mpp::WorkerLostError);
+  CHECK_THROWS_AS(
+      [&] {
+        for (int v : pool.imap(die_always_on_seven, in)) (void)v;
+      }(),
+      mpp::WorkerLostError);
   CHECK(pool.map(square, std::vector<int>{2, 3}) == std::vector<int>{4, 9});
   CHECK(pool.processes() == 2);
 }
@@ -530,103 +549,103 @@ TEST_CASE("Pool: spawn and forkserver pools: a killed worker fails its task, nev
 
 // ---- a failing initializer breaks the pool (Python's BrokenProcessPool) ----------------------
 
-TEST_CASE("Pool: a Pool whose initializer throws is broken: calls fail, nothing respawns, nothing hangs",
-          "[pool][spawn]") {
+TEST_CASE(
+    "Pool: a Pool whose initializer throws is broken: calls fail, nothing respawns, nothing hangs",
+    "[pool][spawn]") {
   for (auto m : {mpp::StartMethod::fork, mpp::StartMethod::spawn}) {
     INFO("start method " << mpp::start_method_name(m));
     const int rc = mpp_test::run_bounded(60s, [m] {
-          Expect expect;
-          mpp::RawValue<int> runs(0);
-          ::setenv(kInitRunsEnv, runs.name().c_str(), 1);
-          {
-            mpp::Pool pool(with_method(m, 2), failing_init, 7);
-            // Submitted before the break is seen: get() raises; after: apply_async() does.
-            const auto e = error_of([&] { (void)pool.apply_async(square, 3).get(30s); });
-            expect(broken_by<std::runtime_error>(e, "init boom 7"),
-                   "get() raises BrokenProcessPool nesting the initializer's runtime_error");
-            try {
-              std::rethrow_exception(e);
-            } catch (const std::exception& b) {
-              expect(std::string_view(b.what()).find("std::runtime_error") != std::string::npos,
-                     "the message names the initializer's exception type");
-            }
-            // Later calls raise it at once: apply, map (raw and encoded), imap.
-            expect(broken_by<std::runtime_error>(error_of([&] { (void)pool.apply(square, 1); }),
-                                                 "init boom 7"),
-                   "apply() after the break raises BrokenProcessPool");
-            expect(broken_by<std::runtime_error>(
-                       error_of([&] { (void)pool.map(square, std::vector<int>{1, 2}); }),
-                       "init boom 7"),
-                   "map() after the break raises BrokenProcessPool");
-            expect(broken_by<std::runtime_error>(
-                       error_of([&] {
-                         (void)pool.map(ones, std::vector<std::string>{"a"});
-                       }),
-                       "init boom 7"),
-                   "map() of encoded items after the break raises BrokenProcessPool");
-            expect(broken_by<std::runtime_error>(error_of([&] {
-                                                   for (int v : pool.imap(square,
-                                                                          std::vector<int>{1}))
-                                                     (void)v;
-                                                 }),
-                                                 "init boom 7"),
-                   "imap() after the break raises BrokenProcessPool");
-            std::this_thread::sleep_for(300ms);  // time for (wrong) respawns to show
-            expect(runs.value() >= 1 && runs.value() <= 2,
-                   fmt::format("the initializer ran once per worker, not again ({} runs)",
-                               runs.value()));
-            pool.close();
-            pool.join();  // returns
-          }
-          // The destructor of a broken pool that was not closed returns too.
-          { mpp::Pool pool(with_method(m, 2), failing_init, 8); }
-          expect(runs.value() <= 4, fmt::format("{} initializer runs in all", runs.value()));
-          ::unsetenv(kInitRunsEnv);
-          return expect.failed;
-        });
+      Expect expect;
+      mpp::RawValue<int> runs(0);
+      ::setenv(kInitRunsEnv, runs.name().c_str(), 1);
+      {
+        mpp::Pool pool(with_method(m, 2), failing_init, 7);
+        // Submitted before the break is seen: get() raises; after: apply_async() does.
+        const auto e = error_of([&] { (void)pool.apply_async(square, 3).get(30s); });
+        expect(broken_by<std::runtime_error>(e, "init boom 7"),
+               "get() raises BrokenProcessPool nesting the initializer's runtime_error");
+        try {
+          std::rethrow_exception(e);
+        } catch (const std::exception& b) {
+          expect(std::string_view(b.what()).find("std::runtime_error") != std::string::npos,
+                 "the message names the initializer's exception type");
+        }
+        // Later calls raise it at once: apply, map (raw and encoded), imap.
+        expect(broken_by<std::runtime_error>(error_of([&] { (void)pool.apply(square, 1); }),
+                                             "init boom 7"),
+               "apply() after the break raises BrokenProcessPool");
+        expect(broken_by<std::runtime_error>(error_of([&] {
+                                               (void)pool.map(square, std::vector<int>{1, 2});
+                                             }),
+                                             "init boom 7"),
+               "map() after the break raises BrokenProcessPool");
+        expect(broken_by<std::runtime_error>(
+                   error_of([&] { (void)pool.map(ones, std::vector<std::string>{"a"}); }),
+                   "init boom 7"),
+               "map() of encoded items after the break raises BrokenProcessPool");
+        expect(broken_by<std::runtime_error>(error_of([&] {
+                                               for (int v : pool.imap(square, std::vector<int>{1}))
+                                                 (void)v;
+                                             }),
+                                             "init boom 7"),
+               "imap() after the break raises BrokenProcessPool");
+        std::this_thread::sleep_for(300ms);  // time for (wrong) respawns to show
+        expect(
+            runs.value() >= 1 && runs.value() <= 2,
+            fmt::format("the initializer ran once per worker, not again ({} runs)", runs.value()));
+        pool.close();
+        pool.join();  // returns
+      }
+      // The destructor of a broken pool that was not closed returns too.
+      { mpp::Pool pool(with_method(m, 2), failing_init, 8); }
+      expect(runs.value() <= 4, fmt::format("{} initializer runs in all", runs.value()));
+      ::unsetenv(kInitRunsEnv);
+      return expect.failed;
+    });
     CHECK(rc == 0);
   }
 }
 
 TEST_CASE("Pool: a Pool whose initializer kills its worker is broken too", "[pool][kill]") {
   const int rc = mpp_test::run_bounded(60s, [] {
-        Expect expect;
-        mpp::RawValue<int> runs(0);
-        ::setenv(kInitRunsEnv, runs.name().c_str(), 1);
-        mpp::Pool pool(with_method(mpp::StartMethod::fork, 2), dying_init, 0);
-        const auto e = error_of([&] { (void)pool.apply_async(square, 3).get(30s); });
-        expect(broken_by<mpp::WorkerLostError>(e, "initializer"),
-               "get() raises BrokenProcessPool nesting a WorkerLostError");
-        expect(broken_by<mpp::WorkerLostError>(error_of([&] { (void)pool.apply(square, 1); }),
-                                               "initializer"),
-               "apply() after the break raises BrokenProcessPool");
-        std::this_thread::sleep_for(300ms);
-        expect(runs.value() >= 1 && runs.value() <= 2,
-               fmt::format("the initializer ran at most once per worker ({} runs)", runs.value()));
-        pool.terminate();
-        ::unsetenv(kInitRunsEnv);
-        return expect.failed;
-      });
+    Expect expect;
+    mpp::RawValue<int> runs(0);
+    ::setenv(kInitRunsEnv, runs.name().c_str(), 1);
+    mpp::Pool pool(with_method(mpp::StartMethod::fork, 2), dying_init, 0);
+    const auto e = error_of([&] { (void)pool.apply_async(square, 3).get(30s); });
+    expect(broken_by<mpp::WorkerLostError>(e, "initializer"),
+           "get() raises BrokenProcessPool nesting a WorkerLostError");
+    expect(broken_by<mpp::WorkerLostError>(error_of([&] { (void)pool.apply(square, 1); }),
+                                           "initializer"),
+           "apply() after the break raises BrokenProcessPool");
+    std::this_thread::sleep_for(300ms);
+    expect(runs.value() >= 1 && runs.value() <= 2,
+           fmt::format("the initializer ran at most once per worker ({} runs)", runs.value()));
+    pool.terminate();
+    ::unsetenv(kInitRunsEnv);
+    return expect.failed;
+  });
   CHECK(rc == 0);
 }
 
-TEST_CASE("Pool: one failure of a flaky initializer breaks the pool; no worker is retried", "[pool]") {
+TEST_CASE("Pool: one failure of a flaky initializer breaks the pool; no worker is retried",
+          "[pool]") {
   const int rc = mpp_test::run_bounded(60s, [] {
-        Expect expect;
-        mpp::RawValue<int> runs(0);
-        ::setenv(kInitRunsEnv, runs.name().c_str(), 1);
-        mpp::Pool pool(with_method(mpp::StartMethod::fork, 1), flaky_init, 0);
-        expect(broken_by<std::runtime_error>(
-                   error_of([&] { (void)pool.apply_async(square, 3).get(30s); }), "flaky init"),
-               "the call fails with BrokenProcessPool although a new worker would initialise");
-        expect(broken_by<std::runtime_error>(error_of([&] { (void)pool.apply(square, 2); }),
-                                             "flaky init"),
-               "later calls raise it too");
-        std::this_thread::sleep_for(200ms);
-        expect(runs.value() == 1, fmt::format("one initializer run ({})", runs.value()));
-        ::unsetenv(kInitRunsEnv);
-        return expect.failed;
-      });
+    Expect expect;
+    mpp::RawValue<int> runs(0);
+    ::setenv(kInitRunsEnv, runs.name().c_str(), 1);
+    mpp::Pool pool(with_method(mpp::StartMethod::fork, 1), flaky_init, 0);
+    expect(broken_by<std::runtime_error>(
+               error_of([&] { (void)pool.apply_async(square, 3).get(30s); }), "flaky init"),
+           "the call fails with BrokenProcessPool although a new worker would initialise");
+    expect(
+        broken_by<std::runtime_error>(error_of([&] { (void)pool.apply(square, 2); }), "flaky init"),
+        "later calls raise it too");
+    std::this_thread::sleep_for(200ms);
+    expect(runs.value() == 1, fmt::format("one initializer run ({})", runs.value()));
+    ::unsetenv(kInitRunsEnv);
+    return expect.failed;
+  });
   CHECK(rc == 0);
 }
 
@@ -663,7 +682,8 @@ TEST_CASE("Pool: a Pool larger than its queues admit is refused at once", "[pool
   CHECK(mpp::active_children().empty());
 }
 
-TEST_CASE("Pool: Pool(1024): a trivial map over 2048 items with every result right", "[pool][users][stress]") {
+TEST_CASE("Pool: Pool(1024): a trivial map over 2048 items with every result right",
+          "[pool][users][stress]") {
   const auto t0 = std::chrono::steady_clock::now();
   {
     mpp::Pool pool(1024);
@@ -729,13 +749,14 @@ TEST_CASE("Pool: void functions give AsyncResult<void> and map returns nothing; 
       CHECK(sum.value() == 13);
       CHECK_THROWS_AS(pool.map(add_to_sum, std::vector<int>{1, 3, 4}), std::invalid_argument);
       std::atomic<bool> called{false};
-      mpp::AsyncResult<void> m2 = pool.map_async(add_to_sum, std::vector<int>{10, 20}, 1,
-                                                 [&] { called = true; });
+      mpp::AsyncResult<void> m2 =
+          pool.map_async(add_to_sum, std::vector<int>{10, 20}, 1, [&] { called = true; });
       m2.get(60s);
       CHECK(called);
       std::atomic<bool> applied{false}, failed{false};
-      auto c = pool.apply_async(add_to_sum, mpp::args(3), [&] { applied = true; },
-                                [&](std::exception_ptr) { failed = true; });
+      auto c = pool.apply_async(
+          add_to_sum, mpp::args(3), [&] { applied = true; },
+          [&](std::exception_ptr) { failed = true; });
       CHECK_THROWS_AS(c.get(60s), std::invalid_argument);
       CHECK(failed);
       CHECK_FALSE(applied);

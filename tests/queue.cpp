@@ -17,10 +17,10 @@
 #include <mpp/value.hpp>
 
 #if defined(MPP_OS_POSIX)
-#  include <mpp/detail/registry.hpp>
 #  include <fcntl.h>
 #  include <sys/mman.h>
 #  include <unistd.h>
+#  include <mpp/detail/registry.hpp>
 #endif
 
 #include <array>
@@ -89,7 +89,9 @@ struct Big {
   char pad[200];
 };
 
-[[maybe_unused]] std::uint64_t tag(std::uint64_t producer, std::uint64_t seq) { return producer << 40 | seq; }
+[[maybe_unused]] std::uint64_t tag(std::uint64_t producer, std::uint64_t seq) {
+  return producer << 40 | seq;
+}
 /// Whether `v` = tag(p, i) comes from a known producer (p < last.size()) and after the last
 /// value seen from p (last[p], -1 at first); records it.
 [[maybe_unused]] bool in_order(std::span<std::int64_t> last, std::uint64_t v) {
@@ -250,7 +252,8 @@ TEST_CASE("Queue: close, join_thread and cancel_join_thread", "[queue]") {
   // Another process is not affected by this process's close().
 }
 
-// ---- across processes ----------------------------------------------------------------------------
+// ---- across processes
+// ----------------------------------------------------------------------------
 
 #if defined(MPP_OS_POSIX)
 TEST_CASE("Queue: producer and consumer in different processes block on each other", "[queue]") {
@@ -524,8 +527,7 @@ TEST_CASE("Queue: exclusive producer and consumer wake each other's sleepers", "
   SharedArray<std::atomic<std::uint64_t>> done(2);  // [0] gets by the parent, [1] puts by the child
   auto await = [](const std::atomic<std::uint64_t>& n, std::uint64_t want) {
     const auto give_up = std::chrono::steady_clock::now() + 30s;
-    while (n.load() < want && std::chrono::steady_clock::now() < give_up)
-      std::this_thread::yield();
+    while (n.load() < want && std::chrono::steady_clock::now() < give_up) std::this_thread::yield();
     return n.load() >= want;
   };
   const pid_t child = fork_child([&] {
@@ -772,7 +774,8 @@ TEST_CASE("JoinableQueue: a worker pool across processes", "[queue]") {
 }
 #endif  // MPP_OS_POSIX
 
-// ---- spawned processes (portable: these also run on Windows) -------------------------------------
+// ---- spawned processes (portable: these also run on Windows)
+// -------------------------------------
 
 namespace {
 /// Opens the named queues `in` and `out` and sends the `n` items it gets from `in` back on `out`.
@@ -806,7 +809,8 @@ TEST_CASE("Queue: a spawned process gets from a named queue and replies", "[queu
   for (std::size_t n :
        std::initializer_list<std::size_t>{0, 1, 12, 13, 900, 2040, 2041, 50000, 65528})
     items.push_back(std::string(n, static_cast<char>('a' + n % 26)));
-  for (int i = 0; i < 300; ++i) items.push_back(std::to_string(i) + std::string(static_cast<std::size_t>(i) * 7, 'x'));
+  for (int i = 0; i < 300; ++i)
+    items.push_back(std::to_string(i) + std::string(static_cast<std::size_t>(i) * 7, 'x'));
   for (const auto& it : items) in.put(it);
   auto p = mpp::get_context(mpp::StartMethod::spawn)
                .process(echo_items, in_name, out_name, static_cast<int>(items.size()));
@@ -839,7 +843,8 @@ TEST_CASE("JoinableQueue: spawned workers, task_done and join", "[queue][spawn]"
   }
 }
 
-// ---- kill tests -----------------------------------------------------------------------------------
+// ---- kill tests
+// -----------------------------------------------------------------------------------
 #if defined(MPP_OS_POSIX)
 
 namespace {
@@ -960,8 +965,8 @@ TEST_CASE("Queue: SIGKILL of an exclusive producer or consumer at every crash po
       CHECK(seen.count(item1) == 1);
     }
     CHECK(seen.count(item3) == 1);
-    CHECK(seen.size() == 3u + (c.put_side && c.delivered ? 1u : 0u) -
-                             (!c.put_side && !c.delivered ? 1u : 0u));
+    CHECK(seen.size() ==
+          3u + (c.put_side && c.delivered ? 1u : 0u) - (!c.put_side && !c.delivered ? 1u : 0u));
     CHECK(q.qsize() == 0);
     for (std::uint64_t i = 0; i < 20; ++i) {
       q.put(i);
@@ -1097,10 +1102,10 @@ TEST_CASE("Queue: SIGKILL random producers and consumers mid-traffic", "[queue][
       }
     }
     WARN((big ? "1 KiB" : "8 B") << " items: killed " << killed_producers << " producers and "
-                                 << killed_consumers << " consumers; delivered "
-                                 << logs.n[1].load() << "; pre-commit log: lost " << lost[0]
-                                 << ", duplicated " << dup[0] << "; returned log: lost "
-                                 << lost[1] << ", duplicated " << dup[1]);
+                                 << killed_consumers << " consumers; delivered " << logs.n[1].load()
+                                 << "; pre-commit log: lost " << lost[0] << ", duplicated "
+                                 << dup[0] << "; returned log: lost " << lost[1] << ", duplicated "
+                                 << dup[1]);
     CHECK(lost[0] == 0);
     CHECK(dup[0] <= killed_consumers);
     CHECK(dup[1] == 0);
@@ -1142,8 +1147,8 @@ TEST_CASE("JoinableQueue: a consumer killed before task_done does not hang join"
 }
 
 TEST_CASE("JoinableQueue: killed inside put or get, join still returns", "[queue][kill]") {
-  const char* points[] = {"queue.put.claimed", "queue.put.counted", "queue.put.written",
-                          "queue.put.published", "queue.get.claimed", "queue.get.read",
+  const char* points[] = {"queue.put.claimed",   "queue.put.counted",      "queue.put.written",
+                          "queue.put.published", "queue.get.claimed",      "queue.get.read",
                           "queue.get.committed", "queue.task_done.counted"};
   for (const char* point : points) {
     INFO("point " << point);
@@ -1167,7 +1172,8 @@ TEST_CASE("JoinableQueue: killed inside put or get, join still returns", "[queue
   }
 }
 
-// ---- users: many processes per queue, one entry per process --------------------------------------
+// ---- users: many processes per queue, one entry per process
+// --------------------------------------
 
 namespace {
 // The queue's participant high-water mark, read from its file as `mpp inspect` reads headers.
@@ -1176,15 +1182,17 @@ std::uint32_t parts_used(const std::string& name) {
   const int fd = ::shm_open(("/" + name).c_str(), O_RDONLY, 0);
   REQUIRE(fd >= 0);
   std::uint32_t n = 0;
-  const auto at = static_cast<off_t>(o.payload_offset + offsetof(mpp::detail::mpmc::Header, parts_used));
+  const auto at =
+      static_cast<off_t>(o.payload_offset + offsetof(mpp::detail::mpmc::Header, parts_used));
   REQUIRE(::pread(fd, &n, sizeof n, at) == static_cast<ssize_t>(sizeof n));
   ::close(fd);
   return n;
 }
 }  // namespace
 
-TEST_CASE("Queue: users, 200 handles of one queue in one process share one entry; others still get in",
-          "[queue][users]") {
+TEST_CASE(
+    "Queue: users, 200 handles of one queue in one process share one entry; others still get in",
+    "[queue][users]") {
   namespace reg = mpp::detail::registry;
   const auto name = unique_name("users.q");
   auto q = mpp::Queue<int>::create(name, 1000);
@@ -1207,7 +1215,8 @@ TEST_CASE("Queue: users, 200 handles of one queue in one process share one entry
     CHECK(wait_child(child) == 0);
     CHECK(parts_used(name) == 2);
     std::multiset<int> got;
-    for (int i = 0; i < 201; ++i) got.insert(handles[static_cast<std::size_t>(i % 200)].get(true, 10s));
+    for (int i = 0; i < 201; ++i)
+      got.insert(handles[static_cast<std::size_t>(i % 200)].get(true, 10s));
     std::multiset<int> want{1000};
     for (int i = 0; i < 200; ++i) want.insert(i);
     CHECK(got == want);
@@ -1269,7 +1278,8 @@ TEST_CASE("Queue: users, 300 processes use one Queue, Lock and Value at the same
   // Every child is alive and registered, each once, next to the parent.
   for (const char* suffix : {".q", ".l", ".v"}) {
     INFO(suffix);
-    CHECK(reg::live_users(reg::inspect(base + suffix)).size() == static_cast<std::size_t>(kProcs + 1));
+    CHECK(reg::live_users(reg::inspect(base + suffix)).size() ==
+          static_cast<std::size_t>(kProcs + 1));
   }
   CHECK(parts_used(base + ".q") == kProcs);  // the parent never used its queue handle
   ::close(go[1]);
@@ -1294,24 +1304,25 @@ TEST_CASE("Queue: get and put take a timeout in plain seconds", "[queue]") {
 }
 
 #if defined(MPP_OS_POSIX)
-// ---- Jepsen-style total-queue checks: random kills, crash points, double crashes -----------------
+// ---- Jepsen-style total-queue checks: random kills, crash points, double crashes
+// -----------------
 
 using mpp::detail::Segment;
 
 namespace {
 
-
-constexpr int kRoles = 64;  // producers and consumers ever started in one run, replacements included
+constexpr int kRoles =
+    64;  // producers and consumers ever started in one run, replacements included
 
 /// What the participants write down, in shared memory, so the parent can judge the run.
 struct Ledger {
   std::atomic<std::uint64_t> attempted[kRoles];  ///< producer id -> seq+1 of the put in progress
-  std::atomic<std::uint64_t> acked[kRoles];      ///< producer id -> seq+1 of the last put that returned
+  std::atomic<std::uint64_t> acked[kRoles];  ///< producer id -> seq+1 of the last put that returned
   std::atomic<std::uint32_t> consumer_busy[kRoles];  ///< consumer id -> inside get()/recording
-  std::atomic<std::uint32_t> quotas_done;        ///< producer quotas completed
-  std::atomic<std::uint64_t> progress;           ///< puts that returned, all producers
+  std::atomic<std::uint32_t> quotas_done;            ///< producer quotas completed
+  std::atomic<std::uint64_t> progress;               ///< puts that returned, all producers
   std::atomic<std::uint64_t> nreceived;
-  std::atomic<std::uint64_t> received[1];        ///< really `log_capacity` entries
+  std::atomic<std::uint64_t> received[1];  ///< really `log_capacity` entries
 };
 
 constexpr std::uint64_t item_of(int producer, std::uint64_t seq) {
@@ -1341,8 +1352,8 @@ KillRun kill_run(std::uint64_t total, std::mt19937_64& rng) {
   constexpr int kProducers = 4, kConsumers = 4;
   std::fflush(nullptr);  // children must not inherit (and print again) our buffered output
   const std::uint64_t log_capacity = total + 1024;
-  auto ledger_seg = Segment::create_anonymous(
-      kt::spec_of(sizeof(Ledger) + log_capacity * sizeof(std::uint64_t)));
+  auto ledger_seg =
+      Segment::create_anonymous(kt::spec_of(sizeof(Ledger) + log_capacity * sizeof(std::uint64_t)));
   auto* L = new (ledger_seg.payload()) Ledger{};
   mpp::Queue<std::uint64_t> q(256);
 
@@ -1497,17 +1508,18 @@ TEST_CASE("Queue: random SIGKILL during traffic: every returned put arrives exac
   // CI: 2 repetitions of 10^5 puts. Full run: MPP_KILL_REPS=200 ./test_crash "[queue]"
   const long reps = mpp_test::env_long("MPP_KILL_REPS", 2);
   const auto total = static_cast<std::uint64_t>(mpp_test::env_long("MPP_KILL_PUTS", 100000));
-  std::mt19937_64 rng(static_cast<std::uint64_t>(mpp_test::env_long("MPP_KILL_SEED", std::random_device{}())));
+  std::mt19937_64 rng(
+      static_cast<std::uint64_t>(mpp_test::env_long("MPP_KILL_SEED", std::random_device{}())));
   KillRun sum;
   for (long rep = 0; rep < reps; ++rep) {
     const KillRun r = kill_run(total, rng);
-    fmt::print("kill run {}/{}: killed {} producer(s) {} consumer(s): acked {}, received {}, lost {}, "
-               "duplicated {}, unexpected {}, in-flight put delivered {}, log holes {}, missing items "
-               "explained by the killed consumer {}{}\n",
-               rep + 1, reps, r.killed_producers, r.killed_consumers, r.acked, r.received,
-               r.unexplained_lost(), r.duplicated, r.unexpected, r.in_flight_delivered, r.holes,
-               r.lost - r.unexplained_lost(),
-               r.finished ? "" : ", BLOCKED");
+    fmt::print(
+        "kill run {}/{}: killed {} producer(s) {} consumer(s): acked {}, received {}, lost {}, "
+        "duplicated {}, unexpected {}, in-flight put delivered {}, log holes {}, missing items "
+        "explained by the killed consumer {}{}\n",
+        rep + 1, reps, r.killed_producers, r.killed_consumers, r.acked, r.received,
+        r.unexplained_lost(), r.duplicated, r.unexpected, r.in_flight_delivered, r.holes,
+        r.lost - r.unexplained_lost(), r.finished ? "" : ", BLOCKED");
     std::fflush(stdout);  // before the next fork copies the buffer
     CHECK(r.finished);
     CHECK(r.duplicated == 0);
@@ -1522,9 +1534,10 @@ TEST_CASE("Queue: random SIGKILL during traffic: every returned put arrives exac
     sum.in_flight_delivered += r.in_flight_delivered;
     if (r.unexplained_lost() + r.duplicated + r.unexpected != 0 || !r.finished) break;
   }
-  fmt::print("kill runs total: acked {}, lost {}, duplicated {}, unexpected {}, in-flight puts "
-             "delivered {}\n",
-             sum.acked, sum.lost, sum.duplicated, sum.unexpected, sum.in_flight_delivered);
+  fmt::print(
+      "kill runs total: acked {}, lost {}, duplicated {}, unexpected {}, in-flight puts "
+      "delivered {}\n",
+      sum.acked, sum.lost, sum.duplicated, sum.unexpected, sum.in_flight_delivered);
   std::fflush(stdout);
 }
 
@@ -1617,8 +1630,9 @@ TEST_CASE("Queue: crash points in put/get: nothing lost, nothing doubled, the qu
   q.reset();
 }
 
-TEST_CASE("Queue: double crash: the process rescuing a dead consumer's item dies too; nothing is lost",
-          "[queue][kill]") {
+TEST_CASE(
+    "Queue: double crash: the process rescuing a dead consumer's item dies too; nothing is lost",
+    "[queue][kill]") {
   constexpr std::uint64_t kItems = 8;
   for (const char* first : {"queue.get.claimed", "queue.get.read"}) {
     mpp::Queue<std::uint64_t> q(16);

@@ -44,8 +44,9 @@ static const bool stdout_unbuffered = [] {
 
 // ---- creator dies during init -------------------------------------------------------------------
 
-TEST_CASE("Registry: creator killed during init: openers fail fast, gc reclaims, the name is reusable",
-          "[registry][kill]") {
+TEST_CASE(
+    "Registry: creator killed during init: openers fail fast, gc reclaims, the name is reusable",
+    "[registry][kill]") {
   const auto name = mpp_test::unique_name("crash.init");
   kt::Signal building;
   const pid_t creator = mpp_test::fork_child([&] {
@@ -92,13 +93,15 @@ TEST_CASE("Registry: creator killed during init: openers fail fast, gc reclaims,
 
 // ---- everybody crashes, everybody restarts ------------------------------------------------------
 
-TEST_CASE("Registry: all participants crash, then restart with the same names", "[registry][kill]") {
+TEST_CASE("Registry: all participants crash, then restart with the same names",
+          "[registry][kill]") {
   const auto base = mpp_test::unique_name("crash.restart") + ".";
   const std::vector<std::string> names{base + "jobs", base + "results", base + "state"};
   std::vector<pid_t> all;
   kt::Signal ready;
   // Generation 1: one creator per name, two users of every name, each writing as it goes.
-  for (const auto& n : names) all.push_back(kt::holder(ready, [&] { return Segment::create(n, kt::spec_of()); }));
+  for (const auto& n : names)
+    all.push_back(kt::holder(ready, [&] { return Segment::create(n, kt::spec_of()); }));
   ready.wait(static_cast<int>(names.size()));
   for (int u = 0; u < 2; ++u) {
     all.push_back(kt::holder(ready, [&] {
@@ -151,8 +154,9 @@ TEST_CASE("Registry: all participants crash, then restart with the same names", 
 
 // ---- unrelated users come and go ----------------------------------------------------------------
 
-TEST_CASE("Registry: an unrelated process attaches and exits (or dies): the creator keeps its object",
-          "[registry][kill]") {
+TEST_CASE(
+    "Registry: an unrelated process attaches and exits (or dies): the creator keeps its object",
+    "[registry][kill]") {
   const auto name = mpp_test::unique_name("crash.visitor");
   auto seg = Segment::create(name, kt::spec_of());
   auto* counter = reinterpret_cast<std::atomic<std::uint64_t>*>(seg.payload());
@@ -190,8 +194,9 @@ TEST_CASE("Registry: an unrelated process attaches and exits (or dies): the crea
 
 // ---- reference counting under crashes -----------------------------------------------------------
 
-TEST_CASE("Registry: refcount under crashes: 8 attach, 4 killed, live_users counts exactly the live ones",
-          "[registry][kill]") {
+TEST_CASE(
+    "Registry: refcount under crashes: 8 attach, 4 killed, live_users counts exactly the live ones",
+    "[registry][kill]") {
   const auto name = mpp_test::unique_name("crash.refcount");
   auto seg = Segment::create(name, kt::spec_of());
   kt::Signal ready, release;
@@ -209,7 +214,7 @@ TEST_CASE("Registry: refcount under crashes: 8 attach, 4 killed, live_users coun
   for (std::size_t i = 0; i < 8; i += 2) kt::kill_and_reap(users[i]);  // 4 crash
   CHECK(seg.live_users() == 5);
   auto o = reg::inspect(name);
-  CHECK(o.attachers.size() == 9);  // dead holders still occupy their slots...
+  CHECK(o.attachers.size() == 9);         // dead holders still occupy their slots...
   CHECK(reg::live_users(o).size() == 5);  // ...but are not counted
   // A second handle in this process shares the process's entry: it is not counted again.
   {
@@ -228,11 +233,13 @@ TEST_CASE("Registry: refcount under crashes: 8 attach, 4 killed, live_users coun
   CHECK_FALSE(kt::shm_exists(name));
 }
 
-// ---- crash points ----------------------------------------------------------------------------------
+// ---- crash points
+// ----------------------------------------------------------------------------------
 
 namespace {
 // A toy two-step mutation with an undo log, instrumented like the library's: it checks the driver
-// itself (every point is found, each kill lands where asked, recovery sees each intermediate state).
+// itself (every point is found, each kill lands where asked, recovery sees each intermediate
+// state).
 struct Toy {
   std::int64_t a, b, log_a, log_b;
   std::uint32_t log_valid;
@@ -259,7 +266,8 @@ void toy_recover(Toy* t) {
 }
 }  // namespace
 
-TEST_CASE("Crash points: the driver: finds every point and kills at each in turn", "[registry][kill]") {
+TEST_CASE("Crash points: the driver: finds every point and kills at each in turn",
+          "[registry][kill]") {
   auto seg = Segment::create_anonymous(kt::spec_of(sizeof(Toy)));
   auto* t = reinterpret_cast<Toy*>(seg.payload());
   auto workload = [&] {

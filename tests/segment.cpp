@@ -4,10 +4,10 @@
 #include <mpp/value.hpp>
 
 #if defined(MPP_OS_POSIX)
-#  include <mpp/detail/registry.hpp>
 #  include <fcntl.h>
 #  include <sys/mman.h>
 #  include <sys/stat.h>
+#  include <mpp/detail/registry.hpp>
 #endif
 
 #include <cstring>
@@ -31,13 +31,13 @@ SegmentSpec spec_of(std::uint64_t bytes = 64) {
 
 #if defined(MPP_OS_POSIX)
 mode_t shm_mode(const std::string& name) {
-  struct stat st{};
+  struct stat st {};
   REQUIRE(::stat(("/dev/shm/" + name).c_str(), &st) == 0);
   return st.st_mode & 0777;
 }
 
 bool shm_exists(const std::string& name) {
-  struct stat st{};
+  struct stat st {};
   return ::stat(("/dev/shm/" + name).c_str(), &st) == 0;
 }
 #endif
@@ -91,7 +91,8 @@ TEST_CASE("Segment: open checks the kind and the element type and names both", "
     FAIL("opened a uint64 segment as double");
   } catch (const mpp::TypeMismatchError& e) {
     const std::string what = e.what();
-    // The element type as the compiler spells it: "long unsigned int" (g++), "unsigned long" (clang).
+    // The element type as the compiler spells it: "long unsigned int" (g++), "unsigned long"
+    // (clang).
     CHECK(what.find("unsigned") != std::string::npos);
     CHECK(what.find("long") != std::string::npos);
     CHECK(what.find("double") != std::string::npos);
@@ -122,7 +123,8 @@ TEST_CASE("Segment: bad names are rejected with the rule", "[segment]") {
                   mpp::InvalidArgument);
 }
 
-TEST_CASE("Segment: sparse segment, pages are committed before use and seen by every view", "[segment]") {
+TEST_CASE("Segment: sparse segment, pages are committed before use and seen by every view",
+          "[segment]") {
   namespace os = mpp::detail::os;
   const auto name = unique_name("sparse");
   constexpr std::uint64_t size = std::uint64_t{1} << 30;  // reserved, not charged (Windows)
@@ -146,7 +148,8 @@ TEST_CASE("Segment: sparse segment, pages are committed before use and seen by e
 }
 
 #if defined(MPP_OS_POSIX)
-TEST_CASE("Segment: segments are private whatever the umask, and openable by their user", "[segment]") {
+TEST_CASE("Segment: segments are private whatever the umask, and openable by their user",
+          "[segment]") {
   // Root opens any file whatever its mode: run the objects' user as nobody then.
   const pid_t runner = mpp_test::fork_child([&] {
     if (::geteuid() == 0 && (::setegid(65534) != 0 || ::seteuid(65534) != 0)) return 10;
@@ -169,8 +172,9 @@ TEST_CASE("Segment: segments are private whatever the umask, and openable by the
   CHECK(mpp_test::wait_child(runner) == 0);
 }
 
-TEST_CASE("Segment: objects open by name even after the program closed or replaced mpp's descriptors",
-          "[segment]") {
+TEST_CASE(
+    "Segment: objects open by name even after the program closed or replaced mpp's descriptors",
+    "[segment]") {
   // Objects are opened from a cached /dev/shm directory descriptor; a program that closes every
   // descriptor (as daemons do), or puts a file in its place, must not break opening by name.
   const auto name = unique_name("dirfd");
@@ -214,7 +218,8 @@ TEST_CASE("Segment: a segment with group/world access is refused", "[segment]") 
   CHECK_FALSE(mpp::unlink(name));
 }
 
-TEST_CASE("Segment: a directory squatting a name is a PermissionError for every kind", "[segment]") {
+TEST_CASE("Segment: a directory squatting a name is a PermissionError for every kind",
+          "[segment]") {
   const auto name = unique_name("dir");
   // Another process (same user) plants a directory where the object would be.
   REQUIRE(mpp_test::wait_child(mpp_test::fork_child(
@@ -284,10 +289,10 @@ TEST_CASE("Segment: every corrupted header byte is rejected cleanly", "[segment]
   // A second, raw mapping plays the hostile peer.
   const int fd = ::shm_open(("/" + name).c_str(), O_RDWR, 0);
   REQUIRE(fd >= 0);
-  struct stat st{};
+  struct stat st {};
   REQUIRE(::fstat(fd, &st) == 0);
-  auto* raw = static_cast<unsigned char*>(
-      ::mmap(nullptr, static_cast<std::size_t>(st.st_size), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
+  auto* raw = static_cast<unsigned char*>(::mmap(nullptr, static_cast<std::size_t>(st.st_size),
+                                                 PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
   REQUIRE(raw != MAP_FAILED);
   mpp::NamedOptions opts;
   opts.init_timeout = 5ms;
@@ -296,8 +301,8 @@ TEST_CASE("Segment: every corrupted header byte is rejected cleanly", "[segment]
   // Every header field (the attach table after the payload only holds owner words).
   const std::size_t checked = sizeof(SegmentHeader);
   for (std::size_t i = 0; i < checked; ++i) {
-    for (unsigned char v : {static_cast<unsigned char>(raw[i] ^ 0xFF),
-                            static_cast<unsigned char>(rng())}) {
+    for (unsigned char v :
+         {static_cast<unsigned char>(raw[i] ^ 0xFF), static_cast<unsigned char>(rng())}) {
       const unsigned char saved = raw[i];
       if (v == saved) continue;
       raw[i] = v;
@@ -326,7 +331,8 @@ TEST_CASE("Segment: every corrupted header byte is rejected cleanly", "[segment]
   ::close(fd);
 }
 
-TEST_CASE("Segment: lifetime, creator unlinks, persistent keeps, mappings outlive the name", "[segment]") {
+TEST_CASE("Segment: lifetime, creator unlinks, persistent keeps, mappings outlive the name",
+          "[segment]") {
   const auto name = unique_name("life");
   {
     auto seg = Segment::create(name, spec_of());
@@ -441,8 +447,8 @@ TEST_CASE("Segment: process liveness is not fooled by pid reuse or zombies", "[s
     for (;;) ::pause();
     return 0;
   });
-  const ProcessRef kid{child, static_cast<std::uint32_t>(
-                                  mpp::detail::os::process_start_time(child).value_or(0))};
+  const ProcessRef kid{
+      child, static_cast<std::uint32_t>(mpp::detail::os::process_start_time(child).value_or(0))};
   CHECK(kid.alive());
   ::kill(child, SIGKILL);
   // Killed but not reaped (a zombie): already dead.
@@ -452,7 +458,8 @@ TEST_CASE("Segment: process liveness is not fooled by pid reuse or zombies", "[s
   CHECK_FALSE(kid.alive());
 }
 
-TEST_CASE("Segment: WaitPoint wakes a sleeper in another process and honours timeouts", "[segment]") {
+TEST_CASE("Segment: WaitPoint wakes a sleeper in another process and honours timeouts",
+          "[segment]") {
   struct Shared {
     mpp::detail::WaitPoint wp;
     std::atomic<std::uint32_t> flag;
@@ -461,13 +468,13 @@ TEST_CASE("Segment: WaitPoint wakes a sleeper in another process and honours tim
   auto* sh = reinterpret_cast<Shared*>(seg.payload());
   // Timeout with nobody notifying.
   const auto t0 = std::chrono::steady_clock::now();
-  CHECK_FALSE(sh->wp.wait([&] { return sh->flag.load() != 0; },
-                          mpp::detail::Deadline::after(150ms)));
+  CHECK_FALSE(
+      sh->wp.wait([&] { return sh->flag.load() != 0; }, mpp::detail::Deadline::after(150ms)));
   CHECK(mpp_test::seconds_since(t0) >= 0.14);
   // A child sleeps until the parent sets the flag.
   const pid_t child = mpp_test::fork_child([&] {
-    const bool ok = sh->wp.wait([&] { return sh->flag.load() == 1; },
-                                mpp::detail::Deadline::after(30s));
+    const bool ok =
+        sh->wp.wait([&] { return sh->flag.load() == 1; }, mpp::detail::Deadline::after(30s));
     sh->flag.store(2);
     sh->wp.notify_all();
     return ok ? 0 : 1;
@@ -531,8 +538,9 @@ TEST_CASE("Segment: users, 5000 handles of one Value in one process share one at
   CHECK(reg::live_users(o).size() == 1);
 }
 
-TEST_CASE("Segment: users, the last handle of a process frees its entry; other processes keep theirs",
-          "[segment][users]") {
+TEST_CASE(
+    "Segment: users, the last handle of a process frees its entry; other processes keep theirs",
+    "[segment][users]") {
   namespace reg = mpp::detail::registry;
   const auto name = unique_name("users.release");
   auto seg = Segment::create(name, spec_of());

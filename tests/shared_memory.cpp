@@ -4,12 +4,12 @@
 #include <mpp/shared_memory.hpp>
 
 #if defined(MPP_OS_POSIX)
-#  include <mpp/detail/registry.hpp>
 #  include <fcntl.h>
 #  include <signal.h>
 #  include <sys/mman.h>
 #  include <sys/stat.h>
 #  include <unistd.h>
+#  include <mpp/detail/registry.hpp>
 #endif
 
 #include <atomic>
@@ -34,7 +34,7 @@ namespace {
 
 bool shm_exists(const std::string& name) {
 #if defined(MPP_OS_POSIX)
-  struct stat st{};
+  struct stat st {};
   return ::stat(("/dev/shm/" + name).c_str(), &st) == 0;
 #else  // Windows: a mapping's name exists while a handle to it is open
   try {
@@ -134,9 +134,9 @@ TEST_CASE("SharedMemory: kinds, a block is no other mpp object and no other obje
   }
   // A block opened as an object with a header.
   SharedMemory block(unique_name("kind.block"), true, 4096);
-  CHECK_THROWS_AS(mpp::detail::Segment::open(block.name(), mpp::Kind::test,
-                                             mpp::type_info<std::uint64_t>()),
-                  mpp::TypeMismatchError);
+  CHECK_THROWS_AS(
+      mpp::detail::Segment::open(block.name(), mpp::Kind::test, mpp::type_info<std::uint64_t>()),
+      mpp::TypeMismatchError);
   // A block that holds something else is not a ShareableList; a zeroed one that nobody else
   // holds is not one either (nobody is filling it).
   const auto zeroed = unique_name("kind.zeroed");
@@ -151,7 +151,8 @@ TEST_CASE("SharedMemory: kinds, a block is no other mpp object and no other obje
   const auto list_name = unique_name("list");
   auto sl = ShareableList::create(list_name, {std::int64_t{1}});
   SharedMemory under(list_name);
-  CHECK(under.size() == sizeof(mpp::detail::ShareableListHeader) + sizeof(mpp::detail::SlotDesc) + 8);
+  CHECK(under.size() ==
+        sizeof(mpp::detail::ShareableListHeader) + sizeof(mpp::detail::SlotDesc) + 8);
 }
 
 TEST_CASE("SharedMemory: track, the last process to leave removes the name, never an earlier one",
@@ -183,8 +184,10 @@ TEST_CASE("SharedMemory: track, the last process to leave removes the name, neve
   for (int fd : {to_child[0], to_child[1], to_parent[0], to_parent[1]}) ::close(fd);
 }
 
-TEST_CASE("SharedMemory: track, an attacher that exits does not remove a block the creator uses (gh-82300)",
-          "[shared_memory]") {
+TEST_CASE(
+    "SharedMemory: track, an attacher that exits does not remove a block the creator uses "
+    "(gh-82300)",
+    "[shared_memory]") {
   SharedMemory shm(unique_name("gh82300"), true, 8);
   const std::string name = shm.name();
   for (int round = 0; round < 2; ++round) {
@@ -201,7 +204,8 @@ TEST_CASE("SharedMemory: track, an attacher that exits does not remove a block t
   CHECK_FALSE(shm_exists(name));
 }
 
-TEST_CASE("SharedMemory: track=false keeps the name until unlink; a dead user does not count", "[shared_memory]") {
+TEST_CASE("SharedMemory: track=false keeps the name until unlink; a dead user does not count",
+          "[shared_memory]") {
   const auto name = unique_name("untracked");
   { SharedMemory shm(name, true, 8, /*track=*/false); }
   CHECK(shm_exists(name));
@@ -217,12 +221,13 @@ TEST_CASE("SharedMemory: track=false keeps the name until unlink; a dead user do
   CHECK_FALSE(shm_exists(name));
 }
 
-#if defined(MPP_OS_POSIX)
+#  if defined(MPP_OS_POSIX)
 // On POSIX a handle counts as a user through a lock the kernel keeps: no pid table to go stale,
 // no page of the mapping touched to attach.
 
-TEST_CASE("SharedMemory: users, attachers count until they leave or die; a creator that left does not",
-          "[shared_memory][kill]") {
+TEST_CASE(
+    "SharedMemory: users, attachers count until they leave or die; a creator that left does not",
+    "[shared_memory][kill]") {
   const auto name = unique_name("users");
   auto creator = std::make_optional<SharedMemory>(name, true, 64);
   CHECK(creator->live_users() == 1);
@@ -258,8 +263,9 @@ TEST_CASE("SharedMemory: users, attachers count until they leave or die; a creat
   for (int fd : {ready[0], ready[1], go[0], go[1]}) ::close(fd);
 }
 
-TEST_CASE("SharedMemory: users, a forked child counts once it uses the inherited handle, not before",
-          "[shared_memory]") {
+TEST_CASE(
+    "SharedMemory: users, a forked child counts once it uses the inherited handle, not before",
+    "[shared_memory]") {
   const auto name = unique_name("inherit");
   auto shm = std::make_optional<SharedMemory>(name, true, 8);
   int ready[2], go[2];
@@ -291,8 +297,11 @@ TEST_CASE("SharedMemory: users, a forked child counts once it uses the inherited
   for (int fd : {ready[0], ready[1], go[0], go[1]}) ::close(fd);
 }
 
-TEST_CASE("SharedMemory: users, threads of a forked child that first use the inherited handle at once make "
-          "one user", "[shared_memory]") {
+TEST_CASE(
+    "SharedMemory: users, threads of a forked child that first use the inherited handle at once "
+    "make "
+    "one user",
+    "[shared_memory]") {
   SharedMemory shm(unique_name("threads"), true, 64);
   const pid_t child = mpp_test::fork_child([&] {
     std::atomic<bool> go{false};
@@ -311,7 +320,8 @@ TEST_CASE("SharedMemory: users, threads of a forked child that first use the inh
   for (std::size_t t = 0; t < 8; ++t) CHECK(shm.buf()[t] == std::byte{1});
 }
 
-TEST_CASE("SharedMemory: users, an unused inherited attachment does not keep the name", "[shared_memory]") {
+TEST_CASE("SharedMemory: users, an unused inherited attachment does not keep the name",
+          "[shared_memory]") {
   SharedMemory creator(unique_name("inherit2"), true, 8);
   const std::string name = creator.name();
   auto attached = std::make_optional<SharedMemory>(name);
@@ -330,8 +340,10 @@ TEST_CASE("SharedMemory: users, an unused inherited attachment does not keep the
   for (int fd : go) ::close(fd);
 }
 
-TEST_CASE("SharedMemory: attaching while the creator is still sizing the block: found whole or not at all",
-          "[shared_memory]") {
+TEST_CASE(
+    "SharedMemory: attaching while the creator is still sizing the block: found whole or not at "
+    "all",
+    "[shared_memory]") {
   // The creator takes its user lock, then sizes the file: an opener in between sees an empty
   // file and waits; it never reports corruption, and never sees another size.
   const std::string base = unique_name("race");
@@ -372,8 +384,10 @@ TEST_CASE("SharedMemory: attaching while the creator is still sizing the block: 
   for (int fd : go) ::close(fd);
 }
 
-TEST_CASE("SharedMemory: an opener waits for a block that is not sized yet; an abandoned empty one is an error",
-          "[shared_memory]") {
+TEST_CASE(
+    "SharedMemory: an opener waits for a block that is not sized yet; an abandoned empty one is an "
+    "error",
+    "[shared_memory]") {
   // What a creator leaves between its user lock and ftruncate, built here by hand: sized 100 ms
   // after the opener started.
   namespace os = mpp::detail::os;
@@ -448,8 +462,9 @@ TEST_CASE("SharedMemory: Python's SharedMemory attaches to an mpp block, and mpp
   CHECK(std::memcmp(py.buf().data(), "abc", 3) == 0);
 }
 
-TEST_CASE("SharedMemory: users, many handles (the attach table held 128), a dead creator, gc's view",
-          "[shared_memory]") {
+TEST_CASE(
+    "SharedMemory: users, many handles (the attach table held 128), a dead creator, gc's view",
+    "[shared_memory]") {
   const auto name = unique_name("many");
   const pid_t maker = mpp_test::fork_child([&] {
     SharedMemory shm(name, true, 16);
@@ -472,13 +487,21 @@ TEST_CASE("SharedMemory: users, many handles (the attach table held 128), a dead
   }
   CHECK_FALSE(shm_exists(name));  // the last handle removed it
 }
-#endif  // MPP_OS_POSIX
+#  endif  // MPP_OS_POSIX
 
 TEST_CASE("ShareableList: every kind round-trips byte-exact", "[shared_memory][shareable_list]") {
-  const std::vector<ShareableItem> items = {
-      std::int64_t{-5}, 3.25, true, false, None{}, std::string("a\0\0", 3), std::string("\0", 1),
-      std::string("héllo→"), bytes_of(std::string_view("\0\0", 2)), std::string(), Bytes{},
-      std::int64_t{INT64_MIN}};
+  const std::vector<ShareableItem> items = {std::int64_t{-5},
+                                            3.25,
+                                            true,
+                                            false,
+                                            None{},
+                                            std::string("a\0\0", 3),
+                                            std::string("\0", 1),
+                                            std::string("héllo→"),
+                                            bytes_of(std::string_view("\0\0", 2)),
+                                            std::string(),
+                                            Bytes{},
+                                            std::int64_t{INT64_MIN}};
   ShareableList sl(items);
   REQUIRE(sl.size() == items.size());
   CHECK(sl.to_vector() == items);
@@ -516,7 +539,7 @@ TEST_CASE("ShareableList: fixed slots, Python's errors", "[shared_memory][sharea
   sl[1] = 2.5;  // kinds may change
   CHECK(sl.get(1) == ShareableItem{2.5});
   CHECK_THROWS_AS(sl[1] = std::string(9, 'x'), mpp::ValueError);  // "abc" reserved 8 bytes
-  CHECK(sl.get(1) == ShareableItem{2.5});                          // unchanged after the error
+  CHECK(sl.get(1) == ShareableItem{2.5});                         // unchanged after the error
   sl[1] = None{};
   CHECK(sl.get(1) == ShareableItem{None{}});
   CHECK_THROWS_AS(sl.get(2), mpp::IndexError);
@@ -534,7 +557,8 @@ TEST_CASE("[.] helper: ShareableList in an unrelated process", "[.][list-child]"
   sl[1] = bytes_of(std::string_view("\0\0", 2));
 }
 
-TEST_CASE("ShareableList: an unrelated process attaches by name", "[shared_memory][shareable_list]") {
+TEST_CASE("ShareableList: an unrelated process attaches by name",
+          "[shared_memory][shareable_list]") {
   auto sl = ShareableList::create(unique_name("unrel-list"), {std::string("héllo→"), None{}});
   CHECK(mpp_test::run_unrelated("[list-child]", sl.name()) == 0);
   CHECK(sl.get(1) == ShareableItem{bytes_of(std::string_view("\0\0", 2))});
@@ -546,7 +570,8 @@ TEST_CASE("ShareableList: corrupted tables are errors, not reads out of bounds",
   // The block behind the list, as a hostile peer sees it.
   SharedMemory raw(sl.name());
   auto* payload = raw.buf().data();
-  auto* table = reinterpret_cast<mpp::detail::SlotDesc*>(payload + sizeof(mpp::detail::ShareableListHeader));
+  auto* table =
+      reinterpret_cast<mpp::detail::SlotDesc*>(payload + sizeof(mpp::detail::ShareableListHeader));
   SECTION("a length beyond the slot") {
     table[0].tag = (std::uint64_t{100} << 32) | 4;
     CHECK_THROWS_AS(sl.get(0), mpp::CorruptedError);
@@ -560,7 +585,9 @@ TEST_CASE("ShareableList: corrupted tables are errors, not reads out of bounds",
     table[0].tag = 77;
     CHECK_THROWS_AS(sl.get(0), mpp::CorruptedError);
     table[1].tag = 3;  // bool
-    std::memset(payload + sizeof(mpp::detail::ShareableListHeader) + 2 * sizeof(mpp::detail::SlotDesc) + 8, 5, 1);
+    std::memset(
+        payload + sizeof(mpp::detail::ShareableListHeader) + 2 * sizeof(mpp::detail::SlotDesc) + 8,
+        5, 1);
     CHECK_THROWS_AS(sl.get(1), mpp::CorruptedError);
   }
   SECTION("a slot count that does not fit") {
@@ -608,14 +635,15 @@ TEST_CASE("SharedMemory: blocks created, attached and closed from several thread
   CHECK(bad.load() == 0);
   for (int t = 0; t < kThreads; ++t)
     for (int i = 0; i < kEach; i += 33)
-      CHECK_FALSE(mpp::detail::os::shm_lstat(base + "." + std::to_string(t) + "." +
-                                             std::to_string(i))
-                      .exists);
+      CHECK_FALSE(
+          mpp::detail::os::shm_lstat(base + "." + std::to_string(t) + "." + std::to_string(i))
+              .exists);
 }
 #endif  // MPP_OS_POSIX
 
-TEST_CASE("SharedMemory: an empty name is refused as by every other kind; the anonymous form is separate",
-          "[shared_memory]") {
+TEST_CASE(
+    "SharedMemory: an empty name is refused as by every other kind; the anonymous form is separate",
+    "[shared_memory]") {
   // Python: SharedMemory(name=None, create=True) is anonymous; a name, when given, is a name.
   CHECK_THROWS_AS(SharedMemory("", true, 16), mpp::InvalidArgument);
   CHECK_THROWS_AS(SharedMemory::create("", 16), mpp::InvalidArgument);
@@ -649,7 +677,8 @@ int truncate_from_another_process(const std::string& name, off_t size) {
 }
 }  // namespace
 
-TEST_CASE("SharedMemory: a directory squatting a block's name is a PermissionError", "[shared_memory]") {
+TEST_CASE("SharedMemory: a directory squatting a block's name is a PermissionError",
+          "[shared_memory]") {
   const auto name = unique_name("dir");
   REQUIRE(mpp_test::wait_child(mpp_test::fork_child(
               [&] { return ::mkdir(("/dev/shm/" + name).c_str(), 0700) == 0 ? 0 : 1; })) == 0);
@@ -661,8 +690,9 @@ TEST_CASE("SharedMemory: a directory squatting a block's name is a PermissionErr
   CHECK(::rmdir(("/dev/shm/" + name).c_str()) == 0);
 }
 
-TEST_CASE("SharedMemory: a truncated SharedMemory is CorruptedError naming it, before and after a touch",
-          "[shared_memory]") {
+TEST_CASE(
+    "SharedMemory: a truncated SharedMemory is CorruptedError naming it, before and after a touch",
+    "[shared_memory]") {
   for (const off_t cut : {off_t{0}, off_t{5000}}) {
     INFO("truncated to " << cut << " bytes");
     const auto name = unique_name("cut");
@@ -673,8 +703,8 @@ TEST_CASE("SharedMemory: a truncated SharedMemory is CorruptedError naming it, b
     REQUIRE(truncate_from_another_process(name, cut) == 0);
     // Seen at the API points before any vanished page is touched ...
     CHECK_THROWS_AS(shm.size(), mpp::CorruptedError);
-    CHECK_THROWS_WITH(shm.buf(), Catch::Matchers::Contains(name) &&
-                                     Catch::Matchers::Contains("shrank"));
+    CHECK_THROWS_WITH(shm.buf(),
+                      Catch::Matchers::Contains(name) && Catch::Matchers::Contains("shrank"));
     CHECK_THROWS_AS(other.live_users(), mpp::CorruptedError);
     // ... by a forked child using an inherited handle ...
     CHECK(mpp_test::wait_child(mpp_test::fork_child([&] {
@@ -694,14 +724,15 @@ TEST_CASE("SharedMemory: a truncated SharedMemory is CorruptedError naming it, b
   }
 }
 
-TEST_CASE("SharedMemory: a truncated ShareableList: items on vanished pages are CorruptedError, not None",
-          "[shared_memory][shareable_list]") {
+TEST_CASE(
+    "SharedMemory: a truncated ShareableList: items on vanished pages are CorruptedError, not None",
+    "[shared_memory][shareable_list]") {
   std::vector<ShareableItem> items(2000, ShareableItem{std::int64_t{7}});
   auto sl = ShareableList::create(unique_name("cutlist"), items);
   CHECK(sl.get(1999) == ShareableItem{std::int64_t{7}});
   // The table is 2000 * 24 bytes: cut in the middle of it.
   REQUIRE(truncate_from_another_process(sl.name(), 8192) == 0);
-  CHECK_THROWS_AS(sl.get(1999), mpp::CorruptedError);   // its descriptor's page is gone
+  CHECK_THROWS_AS(sl.get(1999), mpp::CorruptedError);  // its descriptor's page is gone
   CHECK_THROWS_AS(sl[1999] = std::int64_t{1}, mpp::CorruptedError);
   CHECK_THROWS_AS(sl.get(0), mpp::CorruptedError);  // the block is known to be damaged now
   CHECK_THROWS_AS(ShareableList::open(sl.name()), mpp::CorruptedError);

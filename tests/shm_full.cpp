@@ -75,9 +75,10 @@ template <class F>
 bool run_in_small_shm(const char* size, F&& fn) {
   const int rc = wait_child(fork_child([&] { return with_small_shm(size, fn); }));
   if (rc == kCannotMount) {
-    fmt::print("{} no private mount namespace with a tmpfs over /dev/shm here (needs root or "
-               "CAP_SYS_ADMIN)\n",
-               kSkipMarker);
+    fmt::print(
+        "{} no private mount namespace with a tmpfs over /dev/shm here (needs root or "
+        "CAP_SYS_ADMIN)\n",
+        kSkipMarker);
     return false;
   }
   CHECK(rc == 0);
@@ -86,8 +87,8 @@ bool run_in_small_shm(const char* size, F&& fn) {
 
 // Fills /dev/shm with a file of its own until ENOSPC; returns its descriptor.
 int fill_shm() {
-  const int fd = ::open((std::string("/dev/shm/") + kFiller).c_str(), O_RDWR | O_CREAT | O_TRUNC,
-                        0600);
+  const int fd =
+      ::open((std::string("/dev/shm/") + kFiller).c_str(), O_RDWR | O_CREAT | O_TRUNC, 0600);
   EXPECT(fd >= 0);
   std::vector<char> chunk(64 * 1024, 'x');
   std::size_t n = chunk.size();
@@ -104,7 +105,7 @@ int fill_shm() {
 
 // Leaves `bytes` of /dev/shm free by shrinking the filler.
 void leave_free(int filler, std::uint64_t bytes) {
-  struct stat st{};
+  struct stat st {};
   EXPECT(::fstat(filler, &st) == 0);
   EXPECT(static_cast<std::uint64_t>(st.st_size) > bytes);
   EXPECT(::ftruncate(filler, static_cast<off_t>(st.st_size - static_cast<off_t>(bytes))) == 0);
@@ -140,8 +141,7 @@ double add_one(double x) { return x + 1; }
 
 MPP_REGISTER(add_one);
 
-TEST_CASE("Full /dev/shm: creating any kind raises NoSpaceError and leaves nothing",
-          "[shm_full]") {
+TEST_CASE("Full /dev/shm: creating any kind raises NoSpaceError and leaves nothing", "[shm_full]") {
   run_in_small_shm("8m", [] {
     const int filler = fill_shm();
     expect_no_space(__LINE__, "mpp.full.lock", [] { mpp::Lock::create("mpp.full.lock"); });
@@ -165,8 +165,7 @@ TEST_CASE("Full /dev/shm: creating any kind raises NoSpaceError and leaves nothi
     expect_no_space(__LINE__, "mpp.full.queue2",
                     [] { mpp::Queue<int>::open_or_create("mpp.full.queue2", 4); });
     expect_no_space(__LINE__, "", [] { mpp::Queue<int> q; });
-    expect_no_space(__LINE__, "mpp.full.manager",
-                    [] { mpp::Manager::create("mpp.full.manager"); });
+    expect_no_space(__LINE__, "mpp.full.manager", [] { mpp::Manager::create("mpp.full.manager"); });
     // The anonymous forms ("mpp.anon.<pid>.*") are refused and removed alike.
     expect_no_space(__LINE__, "", [] { mpp::Value<int> v(7); });
     expect_no_space(__LINE__, "", [] { mpp::Array<double> a(16); });
@@ -215,8 +214,7 @@ TEST_CASE("Full /dev/shm: a block larger than the free space is refused, not hal
   });
 }
 
-TEST_CASE("Full /dev/shm: a queue put that cannot be backed says /dev/shm is full",
-          "[shm_full]") {
+TEST_CASE("Full /dev/shm: a queue put that cannot be backed says /dev/shm is full", "[shm_full]") {
   run_in_small_shm("8m", [] {
     const int filler = fill_shm();
     leave_free(filler, 1 << 20);

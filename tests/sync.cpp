@@ -5,8 +5,8 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
-#include <new>
 #include <mutex>
+#include <new>
 #include <random>
 #include <string>
 #include <thread>
@@ -22,9 +22,9 @@ using Access = mpp::detail::HandleAccess;
 #  include <sys/mman.h>
 #  include <sys/stat.h>
 #  include <unistd.h>
+using mpp_test::corrupted;
 using mpp_test::fork_child;
 using mpp_test::wait_child;
-using mpp_test::corrupted;
 #endif
 
 using namespace std::chrono_literals;
@@ -48,8 +48,8 @@ void await(P&& pred, std::chrono::milliseconds limit = 10s) {
 /// A counter in a shared anonymous mapping (inherited by fork), for tests only.
 struct SharedCounters {
   SharedCounters() {
-    void* p = ::mmap(nullptr, sizeof(Data), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
-                     -1, 0);
+    void* p =
+        ::mmap(nullptr, sizeof(Data), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     REQUIRE(p != MAP_FAILED);
     d = new (p) Data();
   }
@@ -129,7 +129,8 @@ TEST_CASE("Sync: Lock::view keeps the owner's segment alive", "[sync][lock]") {
   CHECK(v.acquire());
   CHECK(v.locked());
   v.release();
-  CHECK_THROWS_AS(Access::view<mpp::Lock>(nullptr, static_cast<mpp::detail::LockState*>(nullptr)), mpp::InvalidArgument);
+  CHECK_THROWS_AS(Access::view<mpp::Lock>(nullptr, static_cast<mpp::detail::LockState*>(nullptr)),
+                  mpp::InvalidArgument);
 }
 
 TEST_CASE("RLock: recursion, ownership, misuse", "[sync][rlock]") {
@@ -451,7 +452,7 @@ TEST_CASE("RLock: release after a fresh take checks ownership through every path
   c.release();
   CHECK_FALSE(a.locked());
   CHECK_FALSE(c.locked());
-#if defined(MPP_OS_POSIX)
+#  if defined(MPP_OS_POSIX)
   // A forked child inherits the thread-local record, not the lock.
   CHECK(a.acquire());
   const pid_t child = fork_child([&] {
@@ -466,7 +467,7 @@ TEST_CASE("RLock: release after a fresh take checks ownership through every path
   CHECK(a.is_owned());
   a.release();
   CHECK_FALSE(a.locked());
-#endif
+#  endif
   // Another thread that never took it cannot release it.
   CHECK(a.acquire());
   std::thread t([&] { CHECK_THROWS_AS(a.release(), mpp::ValueError); });
@@ -736,7 +737,8 @@ TEST_CASE("Condition: predicate waits with several waiters, notify(n) and notify
   CHECK(sc.d->flag.load() == kWaiters);
 }
 
-TEST_CASE("Sync: Condition over a Lock, named, and over a lock embedded elsewhere", "[sync][condition]") {
+TEST_CASE("Sync: Condition over a Lock, named, and over a lock embedded elsewhere",
+          "[sync][condition]") {
   mpp::Lock base;
   mpp::Lock embedded = Access::view<mpp::Lock>(Access::segment(base), &Access::state(base));
   mpp::Condition c(embedded);
@@ -790,8 +792,8 @@ TEST_CASE("Barrier: parties across processes, action, indices, reuse", "[sync][b
     }));
   for (int round = 0; round < 20; ++round) sc.d->inside.fetch_add(static_cast<int>(b.wait(20s)));
   for (pid_t p : kids) CHECK(wait_child(p) == 0);
-  CHECK(sc.d->value.load() == 20);          // the action ran once per round
-  CHECK(sc.d->inside.load() == 20 * 3);     // indices 0+1+2 every round
+  CHECK(sc.d->value.load() == 20);       // the action ran once per round
+  CHECK(sc.d->inside.load() == 20 * 3);  // indices 0+1+2 every round
   CHECK_THROWS_AS(mpp::Barrier(0), mpp::InvalidArgument);
 }
 
@@ -854,7 +856,8 @@ TEST_CASE("Condition: a process killed holding the condition's lock", "[sync][co
   holder_dies(over_lock);
 }
 
-TEST_CASE("Condition: a waiter killed in wait() does not swallow a notify", "[sync][condition][kill]") {
+TEST_CASE("Condition: a waiter killed in wait() does not swallow a notify",
+          "[sync][condition][kill]") {
   mpp::Condition c;
   SharedCounters sc;
   const pid_t doomed = fork_child([&] {
@@ -982,7 +985,7 @@ TEST_CASE("Semaphore: an acquirer killed holding a unit keeps it (no owner, as i
   await([&] { return sc.d->flag.load() == 1; });
   kill_child(child);
   CHECK(s.get_value() == 1);  // the dead process's unit is gone for good
-  CHECK(s.acquire(false));     // the others keep working with what is left
+  CHECK(s.acquire(false));    // the others keep working with what is left
   CHECK_FALSE(s.acquire(true, 20ms));
   s.release(2);
   CHECK(s.get_value() == 2);
@@ -1006,7 +1009,6 @@ std::vector<off_t> cuts(const std::shared_ptr<mpp::detail::Segment>& seg, std::s
   const auto at = static_cast<off_t>(seg->header().payload_offset);
   return {0, at, at + static_cast<off_t>(state_size) - 1};
 }
-
 
 /// Three processes take a fresh lock `make()` in a loop, each counting a second holder inside;
 /// the lock is cut under them (each of the three cuts). Every one must stop with CorruptedError,
@@ -1082,8 +1084,9 @@ TEST_CASE("Condition over a supplied Lock that is truncated: a waiter without ti
   CHECK(wait_child(waiter) == 0);
 }
 
-TEST_CASE("Sync: Semaphore, Event, Condition, Barrier truncated in use: CorruptedError, not silent state",
-          "[sync][truncate]") {
+TEST_CASE(
+    "Sync: Semaphore, Event, Condition, Barrier truncated in use: CorruptedError, not silent state",
+    "[sync][truncate]") {
   for (int cut = 0; cut < 3; ++cut) {
     INFO("cut " << cut << " (0: to 0 bytes; 1: to the state's start; 2: its last byte)");
     auto sem = mpp::Semaphore::create(unique_name("cut.sem"), 2);
@@ -1113,10 +1116,14 @@ TEST_CASE("Sync: Semaphore, Event, Condition, Barrier truncated in use: Corrupte
     REQUIRE(::read(ready[0], buf + 1, 1) == 1);
     await([&] { return bar.n_waiting() == 1; });
     std::this_thread::sleep_for(50ms);  // asleep in cond.wait()
-    shrink(sem.name(), cuts(Access::segment(sem), sizeof(mpp::detail::SemaphoreState))[static_cast<std::size_t>(cut)]);
-    shrink(ev.name(), cuts(Access::segment(ev), sizeof(mpp::detail::EventState))[static_cast<std::size_t>(cut)]);
-    shrink(cond.name(), cuts(Access::segment(cond), sizeof(mpp::detail::ConditionBlock))[static_cast<std::size_t>(cut)]);
-    shrink(bar.name(), cuts(Access::segment(bar), sizeof(mpp::detail::BarrierState))[static_cast<std::size_t>(cut)]);
+    shrink(sem.name(), cuts(Access::segment(sem),
+                            sizeof(mpp::detail::SemaphoreState))[static_cast<std::size_t>(cut)]);
+    shrink(ev.name(), cuts(Access::segment(ev),
+                           sizeof(mpp::detail::EventState))[static_cast<std::size_t>(cut)]);
+    shrink(cond.name(), cuts(Access::segment(cond),
+                             sizeof(mpp::detail::ConditionBlock))[static_cast<std::size_t>(cut)]);
+    shrink(bar.name(), cuts(Access::segment(bar),
+                            sizeof(mpp::detail::BarrierState))[static_cast<std::size_t>(cut)]);
     CHECK(wait_child(in_cond) == 0);
     CHECK(wait_child(in_barrier) == 0);
     // A process that opened them before the cut (here: forked with the handles) is told too.

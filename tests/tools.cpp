@@ -30,11 +30,12 @@ namespace reg = mpp::detail::registry;
 namespace {
 
 bool shm_exists(const std::string& name) {
-  struct stat st{};
+  struct stat st {};
   return ::lstat(("/dev/shm/" + name).c_str(), &st) == 0;
 }
 
-std::optional<reg::ObjectInfo> find(const std::vector<reg::ObjectInfo>& all, const std::string& name) {
+std::optional<reg::ObjectInfo> find(const std::vector<reg::ObjectInfo>& all,
+                                    const std::string& name) {
   for (const auto& o : all)
     if (o.name == name) return o;
   return std::nullopt;
@@ -98,7 +99,8 @@ std::string run_tool(const std::string& args, int* status = nullptr) {
 
 }  // namespace
 
-TEST_CASE("mpp tool: ls shows a live object with its kind, element type, creator and users", "[tools]") {
+TEST_CASE("mpp tool: ls shows a live object with its kind, element type, creator and users",
+          "[tools]") {
   const auto name = mpp_test::unique_name("ls.q");
   auto seg = Segment::create(name, queue_spec());
   const auto o = find(reg::scan(prefix_of(name)), name);
@@ -171,8 +173,9 @@ TEST_CASE("mpp tool: gc removes an object whose creator and users were all kille
   CHECK_FALSE(shm_exists(name));
 }
 
-TEST_CASE("mpp tool: gc keeps a persistent object whose users are gone, unless --include-persistent",
-          "[tools]") {
+TEST_CASE(
+    "mpp tool: gc keeps a persistent object whose users are gone, unless --include-persistent",
+    "[tools]") {
   // Created persistent, an untracked SharedMemory (kept until unlink(), as in Python) and a
   // tracked one (removed by its last user, so garbage once they all died); then the creator dies.
   const auto kept = mpp_test::unique_name("persist");
@@ -245,7 +248,8 @@ pid_t orphaned_user(Make make, Use use) {
   return user;
 }
 
-TEST_CASE("mpp tool: gc keeps an object used by a live forked child that is not the creator", "[tools]") {
+TEST_CASE("mpp tool: gc keeps an object used by a live forked child that is not the creator",
+          "[tools]") {
   const auto name = mpp_test::unique_name("gc.fork");
   // The creator forks a child that uses the inherited handle (claiming its own attach slot), then
   // the creator is killed: the child alone keeps the object alive.
@@ -271,7 +275,8 @@ TEST_CASE("mpp tool: gc keeps an object used by a live forked child that is not 
   CHECK_FALSE(shm_exists(name));
 }
 
-TEST_CASE("mpp tool: gc keeps a queue that a live forked child uses without an attach slot", "[tools]") {
+TEST_CASE("mpp tool: gc keeps a queue that a live forked child uses without an attach slot",
+          "[tools]") {
   // As above, but through a Queue handle: the child registers with the queue, not in the
   // segment's attach table. gc still sees that it has the object mapped.
   const auto name = mpp_test::unique_name("gc.forkq");
@@ -329,7 +334,8 @@ TEST_CASE("mpp tool: gc removes a half-built object only once its creator died",
   CHECK_FALSE(shm_exists(name));
 }
 
-TEST_CASE("mpp tool: an object with no recorded creator is kept during the grace period", "[tools]") {
+TEST_CASE("mpp tool: an object with no recorded creator is kept during the grace period",
+          "[tools]") {
   // What a creator leaves between shm_open and its first write: an empty, then a zeroed file
   // (marked as an object with a header from its shm_open on).
   const auto name = mpp_test::unique_name("gc.empty");
@@ -342,8 +348,8 @@ TEST_CASE("mpp tool: an object with no recorded creator is kept during the grace
     REQUIRE(o.has_value());
     CHECK(o->state == (size == 0 ? reg::State::empty : reg::State::building));
     const auto now = mpp::detail::os::unix_time_ms();
-    CHECK_FALSE(reg::gc_verdict(*o, now).remove);                  // fresh: kept
-    CHECK(reg::gc_verdict(*o, now + 3'600'000).remove);            // an hour later: abandoned
+    CHECK_FALSE(reg::gc_verdict(*o, now).remove);        // fresh: kept
+    CHECK(reg::gc_verdict(*o, now + 3'600'000).remove);  // an hour later: abandoned
     reg::GcPolicy no_grace;
     no_grace.grace_ms = 0;
     CHECK(reg::gc_verdict(*o, now + 1, no_grace).remove);
@@ -358,8 +364,9 @@ TEST_CASE("mpp tool: an object with no recorded creator is kept during the grace
   CHECK_FALSE(shm_exists(name));
 }
 
-TEST_CASE("mpp tool: gc right after a crash during creation: a creator provably dead needs no grace",
-          "[tools]") {
+TEST_CASE(
+    "mpp tool: gc right after a crash during creation: a creator provably dead needs no grace",
+    "[tools]") {
   // What a creator killed between shm_open and its first header write leaves: an empty object
   // (a block, or one marked as having a header), or a zeroed header. An immediate restart must
   // be able to create the name again after `mpp gc`, without waiting out the grace period.
@@ -367,9 +374,10 @@ TEST_CASE("mpp tool: gc right after a crash during creation: a creator provably 
     unsigned mark;
     off_t size;
   };
-  const Case cases[] = {{mpp::detail::os::kModeHeadered, 0},
-                        {mpp::detail::os::kModeHeadered, off_t{sizeof(mpp::detail::SegmentHeader) + 64}},
-                        {0, 0}};
+  const Case cases[] = {
+      {mpp::detail::os::kModeHeadered, 0},
+      {mpp::detail::os::kModeHeadered, off_t{sizeof(mpp::detail::SegmentHeader) + 64}},
+      {0, 0}};
   for (const Case& c : cases) {
     const auto name = mpp_test::unique_name("gc.crashed");
     int p[2];
@@ -445,8 +453,9 @@ TEST_CASE("SharedMemory blocks: an empty one waits out the grace, a sized one ne
   CHECK(o->lock_users == 1);
 }
 
-TEST_CASE("mpp tool: hostile files, corrupt headers, links and truncation are described, not trusted",
-          "[tools]") {
+TEST_CASE(
+    "mpp tool: hostile files, corrupt headers, links and truncation are described, not trusted",
+    "[tools]") {
   const auto name = mpp_test::unique_name("hostile.seg");
   auto seg = Segment::create(name, queue_spec());
   seg.set_persistent(true);
@@ -477,7 +486,9 @@ TEST_CASE("mpp tool: hostile files, corrupt headers, links and truncation are de
   CHECK(o->state == reg::State::empty);
   CHECK_FALSE(o->header_readable);
   // Give the mapping its pages back (zero-filled) before our handle touches its attach slot.
-  REQUIRE(::ftruncate(fd, static_cast<off_t>(mpp::detail::align_up(sizeof(mpp::detail::SegmentHeader), 64) + 512)) == 0);
+  REQUIRE(::ftruncate(
+              fd, static_cast<off_t>(mpp::detail::align_up(sizeof(mpp::detail::SegmentHeader), 64) +
+                                     512)) == 0);
   ::close(fd);
 
   // A planted link: "foreign", never followed, never collected.
@@ -543,9 +554,10 @@ TEST_CASE("mpp tool: the mpp binary: ls, inspect, gc --dry-run and gc", "[tools]
 
 TEST_CASE("the mpp binary: --version prints MPP_VERSION_STRING, which matches the macros",
           "[tools]") {
-  CHECK(std::string(MPP_VERSION_STRING) == fmt::format("{}.{}.{}", MPP_VERSION_MAJOR,
-                                                         MPP_VERSION_MINOR, MPP_VERSION_PATCH));
-#ifdef MPP_VERSION_FROM_CMAKE  // project(mpp VERSION ...), which CMakeLists.txt reads from the header
+  CHECK(std::string(MPP_VERSION_STRING) ==
+        fmt::format("{}.{}.{}", MPP_VERSION_MAJOR, MPP_VERSION_MINOR, MPP_VERSION_PATCH));
+#ifdef MPP_VERSION_FROM_CMAKE  // project(mpp VERSION ...), which CMakeLists.txt reads from the
+                               // header
   CHECK(std::string(MPP_VERSION_STRING) == MPP_VERSION_FROM_CMAKE);
 #endif
 #ifndef MPP_TOOL_PATH

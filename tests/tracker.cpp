@@ -66,9 +66,13 @@ void crash_program(std::string prefix, int how, mpp::Event ready) {
   if (pool.map(square, std::vector<int>{1, 2, 3}) != std::vector<int>{1, 4, 9}) return;
   ready.set();
   switch (how) {
-    case kAbort: std::abort();
-    case kUncaught: std::thread(throw_uncaught).join(); break;  // std::terminate
-    default: break;
+    case kAbort:
+      std::abort();
+    case kUncaught:
+      std::thread(throw_uncaught).join();
+      break;  // std::terminate
+    default:
+      break;
   }
   for (;;) ::pause();
 }
@@ -105,7 +109,8 @@ MPP_REGISTER(open_and_wait);
 /// `ready`), and waits to be killed.
 void share_program(std::string prefix, mpp::Event ready) {
   auto shared = mpp::Value<int>::create(prefix + "shared", 5);
-  auto user = mpp::get_context(mpp::StartMethod::spawn).process(open_and_wait, prefix + "shared", ready);
+  auto user =
+      mpp::get_context(mpp::StartMethod::spawn).process(open_and_wait, prefix + "shared", ready);
   user.start();
   for (;;) ::pause();
 }
@@ -130,7 +135,7 @@ std::vector<std::string> shm_names() {
 }
 
 bool shm_exists(const std::string& name) {
-  struct stat st{};
+  struct stat st {};
   return ::lstat(("/dev/shm/" + name).c_str(), &st) == 0;
 }
 
@@ -175,14 +180,16 @@ bool process_gone(int pid) {
 
 }  // namespace
 
-TEST_CASE("Tracker: a program that dies abnormally leaves none of its objects, but its persistent ones",
-          "[tracker][kill]") {
+TEST_CASE(
+    "Tracker: a program that dies abnormally leaves none of its objects, but its persistent ones",
+    "[tracker][kill]") {
   const How how = GENERATE(kKill, kTerm, kAbort, kUncaught);
   const char* const labels[] = {"SIGKILL", "SIGTERM", "abort", "uncaught exception"};
   INFO("the program dies by " << labels[how]);
   const auto prefix = mpp_test::unique_name("trk") + ".";
   mpp::Event ready;
-  auto p = mpp::get_context(mpp::StartMethod::spawn).process(crash_program, prefix, int(how), ready);
+  auto p =
+      mpp::get_context(mpp::StartMethod::spawn).process(crash_program, prefix, int(how), ready);
   p.start();
   REQUIRE(ready.wait(60s));
   const int pid = *p.pid();
@@ -227,8 +234,9 @@ TEST_CASE("Tracker: the tracker keeps an object that a live forked grandchild us
   if (shm_exists(held)) mpp::unlink(held);
 }
 
-TEST_CASE("Tracker: the tracker keeps an object that a live spawned program has open until it exits",
-          "[tracker][kill]") {
+TEST_CASE(
+    "Tracker: the tracker keeps an object that a live spawned program has open until it exits",
+    "[tracker][kill]") {
   const auto prefix = mpp_test::unique_name("trk") + ".";
   const auto shared = prefix + "shared";
   mpp::Event ready;
@@ -247,8 +255,9 @@ TEST_CASE("Tracker: the tracker keeps an object that a live spawned program has 
   if (shm_exists(shared)) mpp::unlink(shared);
 }
 
-TEST_CASE("Tracker: the tracker is nobody's child, holds nothing of its program's, and exits after it",
-          "[tracker][kill]") {
+TEST_CASE(
+    "Tracker: the tracker is nobody's child, holds nothing of its program's, and exits after it",
+    "[tracker][kill]") {
   // Its environment is its program's: a mark set for the spawned program finds its tracker.
   const auto mark = mpp_test::unique_name("mark");
   ::setenv("MPP_TEST_TRACKER_MARK", mark.c_str(), 1);
@@ -261,7 +270,8 @@ TEST_CASE("Tracker: the tracker is nobody's child, holds nothing of its program'
   if (DIR* proc = ::opendir("/proc")) {
     while (const dirent* e = ::readdir(proc)) {
       const int pid = std::atoi(e->d_name);
-      std::ifstream comm("/proc/" + std::to_string(pid) + "/comm"), env("/proc/" + std::to_string(pid) + "/environ");
+      std::ifstream comm("/proc/" + std::to_string(pid) + "/comm"),
+          env("/proc/" + std::to_string(pid) + "/environ");
       std::string c, all((std::istreambuf_iterator<char>(env)), std::istreambuf_iterator<char>());
       std::getline(comm, c);
       if (pid > 0 && c == "mpp-tracker" &&
@@ -306,7 +316,8 @@ TEST_CASE("Tracker: the tracker is nobody's child, holds nothing of its program'
   CHECK(eventually([&] { return process_gone(tracker); }));
 }
 
-TEST_CASE("Tracker: MPP_NO_TRACKER=1 leaves a crashed program's objects to mpp gc", "[tracker][kill]") {
+TEST_CASE("Tracker: MPP_NO_TRACKER=1 leaves a crashed program's objects to mpp gc",
+          "[tracker][kill]") {
   const auto prefix = mpp_test::unique_name("trk") + ".";
   mpp::Event ready;
   ::setenv("MPP_NO_TRACKER", "1", 1);  // inherited by the spawned program

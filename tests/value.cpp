@@ -26,8 +26,8 @@ using Access = mpp::detail::HandleAccess;
 
 using mpp::RawValue;
 using mpp::Value;
-using mpp_test::unique_name;
 using mpp_test::corrupted;
+using mpp_test::unique_name;
 
 namespace {
 
@@ -174,7 +174,8 @@ TEST_CASE("Value: lock=false and RawValue have no lock", "[value]") {
 }
 
 #if defined(MPP_OS_POSIX)
-TEST_CASE("Value: a non-lock-free T: value() and set() take the lock, with_lock returns", "[value]") {
+TEST_CASE("Value: a non-lock-free T: value() and set() take the lock, with_lock returns",
+          "[value]") {
   Value<Point> p(Point{1, 2, 3});
   static_assert(!Value<Point>::is_lock_free);
   CHECK(p.value() == Point{1, 2, 3});
@@ -201,8 +202,9 @@ TEST_CASE("Value: a non-lock-free T: value() and set() take the lock, with_lock 
 }
 #endif  // MPP_OS_POSIX
 
-TEST_CASE("Value: with_lock, re-entrant in the holding thread, timeout in another, exceptions release",
-          "[value]") {
+TEST_CASE(
+    "Value: with_lock, re-entrant in the holding thread, timeout in another, exceptions release",
+    "[value]") {
   Value<int> v(1);
   CHECK_THROWS_AS(v.with_lock([](int&) { throw std::runtime_error("x"); }), std::runtime_error);
   CHECK_FALSE(v.get_lock().locked());
@@ -230,7 +232,8 @@ TEST_CASE("Value: with_lock, re-entrant in the holding thread, timeout in anothe
 }
 
 #if defined(MPP_OS_POSIX)
-TEST_CASE("Value: a holder killed with the lock: the next acquirer proceeds and is told", "[value][kill]") {
+TEST_CASE("Value: a holder killed with the lock: the next acquirer proceeds and is told",
+          "[value][kill]") {
   Value<int> v(0);
   int ready[2];
   REQUIRE(::pipe(ready) == 0);
@@ -301,9 +304,10 @@ pid_t kill_half_way(Value<Record>& v) {
 }
 }  // namespace
 
-TEST_CASE("Value: a holder killed half-way through a 40-byte write: value() raises OwnerDiedError until "
-          "repaired",
-          "[value][kill]") {
+TEST_CASE(
+    "Value: a holder killed half-way through a 40-byte write: value() raises OwnerDiedError until "
+    "repaired",
+    "[value][kill]") {
   auto v = Value<Record>::create(unique_name("torn"), kOld);
   REQUIRE(mpp_test::wait_child(kill_half_way(v)) == -SIGKILL);
   // Every process is told, and the mark stays until a told holder repairs: never torn data.
@@ -385,7 +389,8 @@ off_t value_cut(const std::shared_ptr<mpp::detail::Segment>& seg, std::size_t da
 }
 }  // namespace
 
-TEST_CASE("Value: a Value truncated under its users: CorruptedError, never zeros", "[value][truncate]") {
+TEST_CASE("Value: a Value truncated under its users: CorruptedError, never zeros",
+          "[value][truncate]") {
   for (int cut = 0; cut < 3; ++cut) {
     INFO("cut " << cut << " (0: to 0 bytes; 1: to the data's start; 2: the payload's last byte)");
     auto v = Value<std::int64_t>::create(unique_name("cut.v"), 42);
@@ -413,7 +418,8 @@ TEST_CASE("Value: a Value truncated under its users: CorruptedError, never zeros
     });
     char c = 0;
     REQUIRE(::read(pipes[0][0], &c, 1) == 1);
-    shrink(v.name(), value_cut(Access::segment(v), mpp::detail::block_data_offset<std::int64_t>(), cut));
+    shrink(v.name(),
+           value_cut(Access::segment(v), mpp::detail::block_data_offset<std::int64_t>(), cut));
     shrink(r.name(), value_cut(Access::segment(r), mpp::detail::block_data_offset<Record>(), cut));
     REQUIRE(::write(pipes[1][1], &c, 1) == 1);
     CHECK(mpp_test::wait_child(user) == 0);

@@ -70,12 +70,13 @@ int cmd_ls(std::string_view prefix) {
   for (const auto& o : objects) {
     const bool h = o.header_readable || o.block;
     const auto depth = reg::queue_depth(o);
-    fmt::print("{:<40} {:<14} {:<24} {:>8} {:>8} {:>6} {:>6}  {}{}{}\n", o.name,
-               h ? fit(o.kind_label, 14) : "-", h ? fit(o.type_name, 24) : "-", size_text(o.stat.size),
-               h && o.creator.pid > 0 ? fmt::format("{}", o.creator.pid) : "-", users_text(o),
-               depth ? fmt::format("{}", *depth) : "-",
-               fmt::format("{}{}", reg::state_name(o.state), h && o.persistent ? " persistent" : ""),
-               o.problem.empty() ? "" : ": ", o.problem);
+    fmt::print(
+        "{:<40} {:<14} {:<24} {:>8} {:>8} {:>6} {:>6}  {}{}{}\n", o.name,
+        h ? fit(o.kind_label, 14) : "-", h ? fit(o.type_name, 24) : "-", size_text(o.stat.size),
+        h && o.creator.pid > 0 ? fmt::format("{}", o.creator.pid) : "-", users_text(o),
+        depth ? fmt::format("{}", *depth) : "-",
+        fmt::format("{}{}", reg::state_name(o.state), h && o.persistent ? " persistent" : ""),
+        o.problem.empty() ? "" : ": ", o.problem);
   }
   return 0;
 }
@@ -117,7 +118,8 @@ int cmd_inspect(std::string_view name) {
   if (o.block) {
     fmt::print("kind:            {} (a headerless block: {} bytes of data and nothing else)\n",
                o.kind_label, o.total_size);
-    fmt::print("persistent:      {}\n", o.persistent ? "yes (untracked: kept until unlinked)" : "no");
+    fmt::print("persistent:      {}\n",
+               o.persistent ? "yes (untracked: kept until unlinked)" : "no");
     fmt::print("user locks:      {} (one per live handle)\n", o.lock_users);
   }
   if (o.header_readable) {
@@ -128,7 +130,8 @@ int cmd_inspect(std::string_view name) {
     fmt::print("sizes:           total {}, payload at {} size {}, capacity {}\n", o.total_size,
                o.payload_offset, o.payload_size, o.capacity);
     fmt::print("created:         unix ms {}\n", o.created_unix_ms);
-    fmt::print("persistent:      {}\n", o.persistent ? "yes (gc keeps it when its users are gone)" : "no");
+    fmt::print("persistent:      {}\n",
+               o.persistent ? "yes (gc keeps it when its users are gone)" : "no");
     fmt::print("creator:         pid {} (start tag {:#x}) {}\n", o.creator.pid, o.creator.start_tag,
                o.creator.pid > 0 ? (reg::process_alive(o.creator) ? "alive" : "dead") : "-");
     if (const auto depth = reg::queue_depth(o))

@@ -80,13 +80,16 @@ int main(int argc, char** argv) {
   for (int procs : {1, 2}) {
     const std::string p = std::to_string(procs) + "proc";
     const std::string set = "dict.set." + p, get = "dict.get." + p;
-    bench::run(opt, {set.c_str(), "mpp", "ops/s", true},
-               [&] { return dict_ops(true, procs, opt.n(200'000, 40'000) / procs); },
-               "SharedDict<int,int>: d.set(k, v)");
-    bench::run(opt, {get.c_str(), "mpp", "ops/s", true},
-               [&] { return dict_ops(false, procs, opt.n(200'000, 40'000)); },
-               "SharedDict<int,int>: d.get(k, -1), no lock (seqlock-validated)");
+    bench::run(
+        opt, {set.c_str(), "mpp", "ops/s", true},
+        [&] { return dict_ops(true, procs, opt.n(200'000, 40'000) / procs); },
+        "SharedDict<int,int>: d.set(k, v)");
+    bench::run(
+        opt, {get.c_str(), "mpp", "ops/s", true},
+        [&] { return dict_ops(false, procs, opt.n(200'000, 40'000)); },
+        "SharedDict<int,int>: d.get(k, -1), no lock (seqlock-validated)");
   }
-  bench::run(opt, {"list.append.1proc", "mpp", "ops/s", true},
-             [&] { return list_append(opt.n(200'000, 40'000)); }, "SharedList<int64>: l.append(i)");
+  bench::run(
+      opt, {"list.append.1proc", "mpp", "ops/s", true},
+      [&] { return list_append(opt.n(200'000, 40'000)); }, "SharedList<int64>: l.append(i)");
 }

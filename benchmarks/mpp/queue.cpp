@@ -46,20 +46,32 @@ int main(int argc, char** argv) {
   const bench::Options opt = bench::parse_args(argc, argv);
   const std::string note = "capacity " + std::to_string(kCapacity);
 
-  bench::run(opt, {"queue.8B.1p1c.throughput", "mpp", "msg/s", true}, [&] {
-    MppChannel<8> q;
-    return peers::queue_throughput(q, 8, 1, 1, opt.n(4'000'000, 600'000));
-  }, note);
-  bench::run(opt, {"queue.1KiB.1p1c.throughput", "mpp", "msg/s", true}, [&] {
-    MppChannel<1024> q;
-    return peers::queue_throughput(q, 1024, 1, 1, opt.n(2'000'000, 300'000));
-  }, note);
-  bench::run(opt, {"queue.8B.2p2c.throughput", "mpp", "msg/s", true}, [&] {
-    MppChannel<8> q;
-    return peers::queue_throughput(q, 8, 2, 2, opt.n(4'000'000, 600'000));
-  }, note);
-  bench::run(opt, {"queue.8B.rtt", "mpp", "µs", false}, [&] {
-    MppChannel<8> there, back;
-    return peers::echo_rtt_us(there, back, opt.n(20'000, 4'000));
-  }, note);
+  bench::run(
+      opt, {"queue.8B.1p1c.throughput", "mpp", "msg/s", true},
+      [&] {
+        MppChannel<8> q;
+        return peers::queue_throughput(q, 8, 1, 1, opt.n(4'000'000, 600'000));
+      },
+      note);
+  bench::run(
+      opt, {"queue.1KiB.1p1c.throughput", "mpp", "msg/s", true},
+      [&] {
+        MppChannel<1024> q;
+        return peers::queue_throughput(q, 1024, 1, 1, opt.n(2'000'000, 300'000));
+      },
+      note);
+  bench::run(
+      opt, {"queue.8B.2p2c.throughput", "mpp", "msg/s", true},
+      [&] {
+        MppChannel<8> q;
+        return peers::queue_throughput(q, 8, 2, 2, opt.n(4'000'000, 600'000));
+      },
+      note);
+  bench::run(
+      opt, {"queue.8B.rtt", "mpp", "µs", false},
+      [&] {
+        MppChannel<8> there, back;
+        return peers::echo_rtt_us(there, back, opt.n(20'000, 4'000));
+      },
+      note);
 }

@@ -40,15 +40,17 @@ int main(int argc, char** argv) {
   const bench::Options opt = bench::parse_args(argc, argv);
   const std::int64_t n = opt.n(3'000'000, 500'000);
   // Python: `with v.get_lock(): v.value += 1`.
-  bench::run(opt, {"value.locked_increment.2proc", "mpp", "ops/s", true}, [&] {
-    return two_proc_ops(n, [](mpp::Value<std::int64_t>& v) {
-      std::lock_guard<mpp::RLock> g(v.get_lock());
-      v.get_obj() += 1;
-    });
-  }, "std::lock_guard(v.get_lock()); v.get_obj() += 1");
+  bench::run(
+      opt, {"value.locked_increment.2proc", "mpp", "ops/s", true},
+      [&] {
+        return two_proc_ops(n, [](mpp::Value<std::int64_t>& v) {
+          std::lock_guard<mpp::RLock> g(v.get_lock());
+          v.get_obj() += 1;
+        });
+      },
+      "std::lock_guard(v.get_lock()); v.get_obj() += 1");
   bench::run(opt, {"value.fetch_add.2proc", "mpp", "ops/s", true}, [&] {
-    return two_proc_ops(n, [](mpp::Value<std::int64_t>& v) {
-      v.fetch_add(1, std::memory_order_relaxed);
-    });
+    return two_proc_ops(
+        n, [](mpp::Value<std::int64_t>& v) { v.fetch_add(1, std::memory_order_relaxed); });
   });
 }

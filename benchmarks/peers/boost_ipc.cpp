@@ -134,7 +134,8 @@ double lock_contended_ops(std::int64_t n_each) {
 // ---------------------------------------------------------------------------------------------
 // map<int,int> in a managed segment under a named_mutex: the Boost way to share a dict.
 
-using Alloc = bip::allocator<std::pair<const int, int>, bip::managed_shared_memory::segment_manager>;
+using Alloc =
+    bip::allocator<std::pair<const int, int>, bip::managed_shared_memory::segment_manager>;
 using Map = bip::map<int, int, std::less<int>, Alloc>;
 
 class SharedMap {
@@ -223,29 +224,43 @@ int main(int argc, char** argv) {
   const Options opt = bench::parse_args(argc, argv);
   const std::string cap = "capacity " + std::to_string(kQueueCapacity);
 
-  bench::run(opt, {"queue.8B.1p1c.throughput", "boost", "msg/s", true}, [&] {
-    BoostMq q(8, kQueueCapacity);
-    return peers::queue_throughput(q, 8, 1, 1, opt.n(1'000'000, 150'000));
-  }, cap);
-  bench::run(opt, {"queue.1KiB.1p1c.throughput", "boost", "msg/s", true}, [&] {
-    BoostMq q(1024, kQueueCapacity);
-    return peers::queue_throughput(q, 1024, 1, 1, opt.n(1'000'000, 150'000));
-  }, cap);
-  bench::run(opt, {"queue.8B.2p2c.throughput", "boost", "msg/s", true}, [&] {
-    BoostMq q(8, kQueueCapacity);
-    return peers::queue_throughput(q, 8, 2, 2, opt.n(1'000'000, 150'000));
-  }, cap);
-  bench::run(opt, {"queue.8B.rtt", "boost", "µs", false}, [&] {
-    BoostMq there(8, kQueueCapacity), back(8, kQueueCapacity);
-    return peers::echo_rtt_us(there, back, opt.n(4'000, 600));
-  }, cap);
+  bench::run(
+      opt, {"queue.8B.1p1c.throughput", "boost", "msg/s", true},
+      [&] {
+        BoostMq q(8, kQueueCapacity);
+        return peers::queue_throughput(q, 8, 1, 1, opt.n(1'000'000, 150'000));
+      },
+      cap);
+  bench::run(
+      opt, {"queue.1KiB.1p1c.throughput", "boost", "msg/s", true},
+      [&] {
+        BoostMq q(1024, kQueueCapacity);
+        return peers::queue_throughput(q, 1024, 1, 1, opt.n(1'000'000, 150'000));
+      },
+      cap);
+  bench::run(
+      opt, {"queue.8B.2p2c.throughput", "boost", "msg/s", true},
+      [&] {
+        BoostMq q(8, kQueueCapacity);
+        return peers::queue_throughput(q, 8, 2, 2, opt.n(1'000'000, 150'000));
+      },
+      cap);
+  bench::run(
+      opt, {"queue.8B.rtt", "boost", "µs", false},
+      [&] {
+        BoostMq there(8, kQueueCapacity), back(8, kQueueCapacity);
+        return peers::echo_rtt_us(there, back, opt.n(4'000, 600));
+      },
+      cap);
 
-  bench::run(opt, {"lock.uncontended", "boost", "ns", false},
-             [&] { return lock_uncontended_ns<bip::interprocess_mutex>(opt.n(20'000'000, 3'000'000)); });
+  bench::run(opt, {"lock.uncontended", "boost", "ns", false}, [&] {
+    return lock_uncontended_ns<bip::interprocess_mutex>(opt.n(20'000'000, 3'000'000));
+  });
   bench::run(opt, {"lock.uncontended", "pthread", "ns", false},
              [&] { return lock_uncontended_ns<RobustMutex>(opt.n(20'000'000, 3'000'000)); });
-  bench::run(opt, {"lock.contended.2proc", "boost", "ops/s", true},
-             [&] { return lock_contended_ops<bip::interprocess_mutex>(opt.n(4'000'000, 600'000)); });
+  bench::run(opt, {"lock.contended.2proc", "boost", "ops/s", true}, [&] {
+    return lock_contended_ops<bip::interprocess_mutex>(opt.n(4'000'000, 600'000));
+  });
   bench::run(opt, {"lock.contended.2proc", "pthread", "ops/s", true},
              [&] { return lock_contended_ops<RobustMutex>(opt.n(4'000'000, 600'000)); });
 

@@ -264,7 +264,8 @@ double shm_us(bool create, int n) {
       if (p == MAP_FAILED) bench::sys_fail("mmap");
       ::close(fd);
       timed += bench::now_ns() - t0;
-      bool ok = static_cast<std::size_t>(st.st_size) == kShmSize && static_cast<int*>(p)[i % 1000] == i;
+      bool ok =
+          static_cast<std::size_t>(st.st_size) == kShmSize && static_cast<int*>(p)[i % 1000] == i;
       ::munmap(p, kShmSize);
       bench::check(ok, "shm attach: wrong contents");
     }
@@ -317,14 +318,34 @@ int main(int argc, char** argv) {
     } catch (const std::exception& e) {
       cap = e.what();  // the runs below fail the same way and say so
     }
-    bench::run(opt, {"queue.8B.1p1c.throughput", "posix_mq", "msg/s", true},
-               [&] { PosixMq q(8); return peers::queue_throughput(q, 8, 1, 1, opt.n(200'000, 60'000)); }, cap);
-    bench::run(opt, {"queue.1KiB.1p1c.throughput", "posix_mq", "msg/s", true},
-               [&] { PosixMq q(1024); return peers::queue_throughput(q, 1024, 1, 1, opt.n(200'000, 60'000)); }, cap);
-    bench::run(opt, {"queue.8B.2p2c.throughput", "posix_mq", "msg/s", true},
-               [&] { PosixMq q(8); return peers::queue_throughput(q, 8, 2, 2, opt.n(400'000, 60'000)); }, cap);
-    bench::run(opt, {"queue.8B.rtt", "posix_mq", "µs", false},
-               [&] { PosixMq a(8), b(8); return peers::echo_rtt_us(a, b, opt.n(4'000, 600)); }, cap);
+    bench::run(
+        opt, {"queue.8B.1p1c.throughput", "posix_mq", "msg/s", true},
+        [&] {
+          PosixMq q(8);
+          return peers::queue_throughput(q, 8, 1, 1, opt.n(200'000, 60'000));
+        },
+        cap);
+    bench::run(
+        opt, {"queue.1KiB.1p1c.throughput", "posix_mq", "msg/s", true},
+        [&] {
+          PosixMq q(1024);
+          return peers::queue_throughput(q, 1024, 1, 1, opt.n(200'000, 60'000));
+        },
+        cap);
+    bench::run(
+        opt, {"queue.8B.2p2c.throughput", "posix_mq", "msg/s", true},
+        [&] {
+          PosixMq q(8);
+          return peers::queue_throughput(q, 8, 2, 2, opt.n(400'000, 60'000));
+        },
+        cap);
+    bench::run(
+        opt, {"queue.8B.rtt", "posix_mq", "µs", false},
+        [&] {
+          PosixMq a(8), b(8);
+          return peers::echo_rtt_us(a, b, opt.n(4'000, 600));
+        },
+        cap);
   }
 
   bench::run(opt, {"shm.create.1MiB", "posix", "µs", false},

@@ -290,9 +290,12 @@ int main(int argc, char** argv) {
   const Options opt = bench::parse_args(argc, argv);
   const double copy_s = opt.quick ? 0.03 : 0.15;
 
-  bench::run(opt, {"memcpy.64KiB", "memcpy", "GB/s", true}, [&] { return memcpy_gbs(64 << 10, copy_s); });
-  bench::run(opt, {"memcpy.1MiB", "memcpy", "GB/s", true}, [&] { return memcpy_gbs(1 << 20, copy_s); });
-  bench::run(opt, {"memcpy.64MiB", "memcpy", "GB/s", true}, [&] { return memcpy_gbs(64 << 20, copy_s); });
+  bench::run(opt, {"memcpy.64KiB", "memcpy", "GB/s", true},
+             [&] { return memcpy_gbs(64 << 10, copy_s); });
+  bench::run(opt, {"memcpy.1MiB", "memcpy", "GB/s", true},
+             [&] { return memcpy_gbs(1 << 20, copy_s); });
+  bench::run(opt, {"memcpy.64MiB", "memcpy", "GB/s", true},
+             [&] { return memcpy_gbs(64 << 20, copy_s); });
 
   bench::run(opt,
              {{"pipe.8B.throughput", "ring", "msg/s", true},
@@ -305,9 +308,9 @@ int main(int argc, char** argv) {
   bench::run(opt, {{"pipe.8B.rtt", "ring", "µs", false}, {"queue.8B.rtt", "ring", "µs", false}},
              [&] { return ring_rtt_us(opt.n(500'000, 50'000)); });
 
-  bench::run(opt,
-             {{"pipe.8B.rtt", "cacheline", "µs", false}, {"queue.8B.rtt", "cacheline", "µs", false}},
-             [&] { return cacheline_rtt_us(opt.n(500'000, 50'000)); });
+  bench::run(
+      opt, {{"pipe.8B.rtt", "cacheline", "µs", false}, {"queue.8B.rtt", "cacheline", "µs", false}},
+      [&] { return cacheline_rtt_us(opt.n(500'000, 50'000)); });
   bench::run(opt, {"value.fetch_add.2proc", "cacheline", "ops/s", true},
              [&] { return fetch_add_ops(opt.n(20'000'000, 3'000'000)); });
 

@@ -60,7 +60,8 @@ double queue_throughput(Channel& q, std::size_t size, int producers, int consume
         if (m & kStop) break;
         const auto producer = static_cast<std::size_t>((m & ~kStop) >> 56);
         const auto seq = static_cast<std::int64_t>(m & kSeqMask);
-        if (producer >= last.size() || seq <= last[producer]) bench::fail("queue load: out of order");
+        if (producer >= last.size() || seq <= last[producer])
+          bench::fail("queue load: out of order");
         last[producer] = seq;
         ++got;
         sum += static_cast<std::uint64_t>(seq);

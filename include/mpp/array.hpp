@@ -52,7 +52,8 @@ inline SliceBounds slice_bounds(std::ptrdiff_t n, std::optional<std::ptrdiff_t> 
   b.start = clamp(start, step > 0 ? 0 : n - 1);
   b.stop = clamp(stop, step > 0 ? n : -1);
   if (step > 0)
-    b.length = b.stop > b.start ? static_cast<std::size_t>((b.stop - b.start + step - 1) / step) : 0;
+    b.length =
+        b.stop > b.start ? static_cast<std::size_t>((b.stop - b.start + step - 1) / step) : 0;
   else
     b.length =
         b.start > b.stop ? static_cast<std::size_t>((b.start - b.stop - step - 1) / -step) : 0;
@@ -65,10 +66,10 @@ class ArrayBase {
   static_assert(check_shared_element<T, Kind::array>());
 
  public:
-  using value_type = T;                ///< the element type
-  using iterator = T*;                 ///< contiguous iterator over the shared elements
-  using const_iterator = const T*;     ///< contiguous iterator (read-only)
-  using size_type = std::size_t;       ///< element counts
+  using value_type = T;             ///< the element type
+  using iterator = T*;              ///< contiguous iterator over the shared elements
+  using const_iterator = const T*;  ///< contiguous iterator (read-only)
+  using size_type = std::size_t;    ///< element counts
   /// True when atomic(i) is available (std::atomic_ref<T> is lock-free).
   static constexpr bool is_lock_free = atomic_lock_free<T>();
 
@@ -86,8 +87,8 @@ class ArrayBase {
     const auto n = static_cast<std::ptrdiff_t>(b_.count);
     const std::ptrdiff_t j = i < 0 ? i + n : i;
     if (j < 0 || j >= n)
-      fail<IndexError>("Array '{}': index {} out of range (size {}; valid: {}..{})",
-                       b_.seg->name(), i, n, -n, n - 1);
+      fail<IndexError>("Array '{}': index {} out of range (size {}; valid: {}..{})", b_.seg->name(),
+                       i, n, -n, n - 1);
     return b_.data[j];
   }
   /// The elements as a span over shared memory (no copy).
@@ -117,16 +118,17 @@ class ArrayBase {
   //!Effects: arr[start:stop] = values (Python: the lengths must match).
   //!Throws: ValueError if `values` does not have exactly as many elements as the slice.
   template <std::ranges::input_range R>
-    requires std::convertible_to<std::ranges::range_reference_t<R>, T>
+  requires std::convertible_to<std::ranges::range_reference_t<R>, T>
   void set_slice(std::optional<std::ptrdiff_t> start, std::optional<std::ptrdiff_t> stop,
                  const R& values) {
     const SliceBounds s = slice_bounds(static_cast<std::ptrdiff_t>(b_.count), start, stop, 1);
     std::vector<T> tmp;
     for (auto&& v : values) tmp.push_back(static_cast<T>(v));
     if (tmp.size() != s.length)
-      fail<ValueError>("Array '{}': can only assign a sequence of the same size ({} elements to "
-                       "a slice of {})",
-                       b_.seg->name(), tmp.size(), s.length);
+      fail<ValueError>(
+          "Array '{}': can only assign a sequence of the same size ({} elements to "
+          "a slice of {})",
+          b_.seg->name(), tmp.size(), s.length);
     if (!tmp.empty())
       std::memcpy(static_cast<void*>(b_.data + s.start), tmp.data(), tmp.size() * sizeof(T));
     b_.check_whole();
@@ -146,9 +148,7 @@ class ArrayBase {
   }
 
   /// Atomic access to element `i` (checked; lock-free T only): e.g. arr.atomic(3).fetch_add(1).
-  std::atomic_ref<T> atomic(std::ptrdiff_t i) const
-    requires is_lock_free
-  {
+  std::atomic_ref<T> atomic(std::ptrdiff_t i) const requires is_lock_free {
     return std::atomic_ref<T>(at(i));
   }
 
@@ -191,7 +191,7 @@ class ArrayBase {
 /// Ranges an Array can be built from (sized, so the segment is sized before it is filled).
 template <class R, class T>
 concept ArrayInitRange = std::ranges::sized_range<R> && std::ranges::forward_range<R> &&
-                         std::convertible_to<std::ranges::range_reference_t<R>, T>;
+    std::convertible_to<std::ranges::range_reference_t<R>, T>;
 
 }  // namespace detail
 
@@ -223,8 +223,8 @@ class Array : public detail::ArrayBase<T> {
   /// Creates the named array `name` holding a copy of `values`.
   template <detail::ArrayInitRange<T> R>
   static Array create(std::string_view name, const R& values, const SharedOptions& opts = {}) {
-    return Array(Block::create(Kind::array, name, Base::range_size(values), opts,
-                               Base::range_fill(values)));
+    return Array(
+        Block::create(Kind::array, name, Base::range_size(values), opts, Base::range_fill(values)));
   }
   /// Creates the named array `name` holding `values`.
   static Array create(std::string_view name, std::initializer_list<T> values,
@@ -237,7 +237,8 @@ class Array : public detail::ArrayBase<T> {
     return Array(Block::open(Kind::array, name, opts));
   }
   /// Opens `name`, or creates it with `n` zeroed elements if it does not exist.
-  static Array open_or_create(std::string_view name, std::size_t n, const SharedOptions& opts = {}) {
+  static Array open_or_create(std::string_view name, std::size_t n,
+                              const SharedOptions& opts = {}) {
     return Array(Block::open_or_create(Kind::array, name, n, opts, Base::zero_fill()));
   }
 
@@ -255,14 +256,14 @@ class Array : public detail::ArrayBase<T> {
   //!Throws: ValueError (no lock), OwnerDiedError (fn(span) while the elements wait for repair),
   //! CorruptedError (the segment was truncated), what fn throws.
   template <class F>
-    requires std::is_invocable_v<F&, std::span<T>> || std::is_invocable_v<F&, std::span<T>, bool>
-  decltype(auto) with_lock(F&& fn) {
+  requires std::is_invocable_v<F&, std::span<T>> || std::is_invocable_v < F&, std::span<T>,
+  bool > decltype(auto) with_lock(F&& fn) {
     return this->b_.with_lock(detail::Deadline::never(), kRepairHint, fn, this->span());
   }
   /// with_lock() waiting at most `timeout` for the lock. Throws: TimeoutError.
   template <class F>
-    requires std::is_invocable_v<F&, std::span<T>> || std::is_invocable_v<F&, std::span<T>, bool>
-  decltype(auto) with_lock(Timeout timeout, F&& fn) {
+  requires std::is_invocable_v<F&, std::span<T>> || std::is_invocable_v < F&, std::span<T>,
+  bool > decltype(auto) with_lock(Timeout timeout, F&& fn) {
     return this->b_.with_lock(detail::Deadline::from(timeout), kRepairHint, fn, this->span());
   }
 
@@ -284,10 +285,12 @@ class RawArray : public detail::ArrayBase<T> {
 
  public:
   /// Creates an anonymous array of `n` zeroed elements.
-  explicit RawArray(std::size_t n) : RawArray(Block::create(Kind::array, {}, n, kNoLock, Base::zero_fill())) {}
+  explicit RawArray(std::size_t n)
+      : RawArray(Block::create(Kind::array, {}, n, kNoLock, Base::zero_fill())) {}
   /// Creates an anonymous array holding `values`.
   RawArray(std::initializer_list<T> values)
-      : RawArray(Block::create(Kind::array, {}, values.size(), kNoLock, Base::range_fill(values))) {}
+      : RawArray(Block::create(Kind::array, {}, values.size(), kNoLock, Base::range_fill(values))) {
+  }
   /// Creates an anonymous array holding a copy of the range `values`.
   template <detail::ArrayInitRange<T> R>
   explicit RawArray(const R& values)

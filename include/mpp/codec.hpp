@@ -7,6 +7,7 @@
 
 #include "detail/config.hpp"  // first: "mpp needs C++20" before any other error
 
+#include <array>
 #include <cereal/cereal.hpp>
 #include <cereal/types/array.hpp>
 #include <cereal/types/chrono.hpp>
@@ -22,7 +23,6 @@
 #include <cereal/types/utility.hpp>
 #include <cereal/types/variant.hpp>
 #include <cereal/types/vector.hpp>
-#include <array>
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
@@ -120,8 +120,8 @@ inline void CEREAL_LOAD_FUNCTION_NAME(CodecInputArchive& ar, cereal::SizeTag<T>&
   // Every element takes at least one byte except in exotic empty types: a count larger than the
   // bytes left can only come from corruption.
   if (static_cast<std::uint64_t>(t.size) > ar.remaining())
-    fail<CorruptedError>("encoded length {} exceeds the {} bytes left", static_cast<std::uint64_t>(t.size),
-                         ar.remaining());
+    fail<CorruptedError>("encoded length {} exceeds the {} bytes left",
+                         static_cast<std::uint64_t>(t.size), ar.remaining());
 }
 template <class T>
 inline void CEREAL_SAVE_FUNCTION_NAME(CodecOutputArchive& ar, const cereal::BinaryData<T>& bd) {
@@ -145,8 +145,8 @@ namespace detail {
 /// Types copied as raw bytes: trivially copyable and not a pointer (a pointer means nothing in
 /// another process).
 template <class T>
-concept RawEncodable = std::is_trivially_copyable_v<T> && !std::is_pointer_v<T> &&
-                       !std::is_member_pointer_v<T>;
+concept RawEncodable =
+    std::is_trivially_copyable_v<T> && !std::is_pointer_v<T> && !std::is_member_pointer_v<T>;
 /// Whether the elements of a standard container, optional, variant, pair or tuple T can go through
 /// cereal too: cereal accepts std::vector<X> for any X and fails deep inside its headers when X
 /// cannot be saved, where this check lets mpp::encode's static_assert name the type instead.
@@ -155,11 +155,10 @@ template <class T>
 struct cereal_elements_encodable : std::true_type {};
 /// Types that cereal can save and load through our archives, elements included.
 template <class T>
-concept CerealEncodable =
-    cereal::traits::is_output_serializable<T, CodecOutputArchive>::value &&
-    cereal::traits::is_input_serializable<T, CodecInputArchive>::value &&
-    std::is_default_constructible_v<T> && !std::is_pointer_v<T> &&
-    cereal_elements_encodable<T>::value;
+concept CerealEncodable = cereal::traits::is_output_serializable<T, CodecOutputArchive>::value &&
+                          cereal::traits::is_input_serializable<T, CodecInputArchive>::value &&
+                          std::is_default_constructible_v<T> && !std::is_pointer_v<T> &&
+                          cereal_elements_encodable<T>::value;
 
 template <class... Ts>
 inline constexpr bool all_cereal_encodable = (CerealEncodable<Ts> && ...);
@@ -185,7 +184,8 @@ struct cereal_elements_encodable<std::unordered_map<K, V, H, E, A>>
 template <class T>
 struct cereal_elements_encodable<std::optional<T>> : std::bool_constant<CerealEncodable<T>> {};
 template <class A, class B>
-struct cereal_elements_encodable<std::pair<A, B>> : std::bool_constant<all_cereal_encodable<A, B>> {};
+struct cereal_elements_encodable<std::pair<A, B>> : std::bool_constant<all_cereal_encodable<A, B>> {
+};
 template <class... Ts>
 struct cereal_elements_encodable<std::tuple<Ts...>>
     : std::bool_constant<all_cereal_encodable<Ts...>> {};
@@ -201,7 +201,7 @@ struct codec {};
 
 /// Trivially copyable T: the bytes of the object.
 template <class T>
-  requires detail::RawEncodable<T>
+requires detail::RawEncodable<T>
 struct codec<T> {
   /// Name of the encoding (part of the type fingerprint).
   static constexpr std::string_view kind = "raw";
@@ -229,8 +229,7 @@ struct codec<T> {
 /// Other types cereal can serialise (std containers, strings, optional, variant, user types with
 /// serialize()): a bounds-checked cereal binary archive.
 template <class T>
-  requires(!detail::RawEncodable<T> && detail::CerealEncodable<T>)
-struct codec<T> {
+requires(!detail::RawEncodable<T> && detail::CerealEncodable<T>) struct codec<T> {
   /// Name of the encoding (part of the type fingerprint).
   static constexpr std::string_view kind = "cereal";
   /// Appends the encoding of `v` to `out`.
@@ -265,9 +264,9 @@ concept Encodable = requires(const T& v, Bytes& out, std::span<const std::byte> 
 
 /// The message of every "cannot cross processes" static_assert; the compiler shows the type (T)
 /// in the instantiation context printed above it.
-#define MPP_DETAIL_NOT_ENCODABLE                                                              \
-  "mpp: this type (T above) cannot cross processes: it is not trivially copyable (or is a "   \
-  "pointer), cereal cannot save it or one of its elements, and mpp::codec<T> is not "         \
+#define MPP_DETAIL_NOT_ENCODABLE                                                             \
+  "mpp: this type (T above) cannot cross processes: it is not trivially copyable (or is a "  \
+  "pointer), cereal cannot save it or one of its elements, and mpp::codec<T> is not "        \
   "specialised for it. Make it trivially copyable, give it a cereal serialize() member, or " \
   "specialise mpp::codec<T>"
 

@@ -5,27 +5,27 @@
 // as_completed watch futures of any result type and any executor (AnyFuture).
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <deque>
-#include <string>
-#include <algorithm>
 #include <exception>
 #include <functional>
 #include <initializer_list>
 #include <memory>
 #include <optional>
 #include <ranges>
+#include <string>
 #include <tuple>
 #include <type_traits>
 #include <utility>
 #include <vector>
 
+#include "detail/pool/future_state.hpp"
 #include "errors.hpp"
 #include "pool.hpp"
 #include "timeout.hpp"
-#include "detail/pool/future_state.hpp"
 
 namespace mpp {
 
@@ -227,7 +227,6 @@ struct DoneAndNotDone {
   std::vector<Fut> not_done;  ///< still pending or running
 };
 
-
 //!Effects: waits until `return_when` holds for the futures `fs` (Future<R> or AnyFuture, of any
 //! executors) or `timeout` passes (measured from the call); sleeps until a future completes
 //! rather than polling. Returns: {done, not_done}; a timeout is not an error.
@@ -244,9 +243,12 @@ DoneAndNotDone<Fut> wait(const Fs& fs, Timeout timeout = std::nullopt,
   bool failure = false;
   auto satisfied = [&] {
     switch (return_when) {
-      case ReturnWhen::first_completed: return ndone > 0 || list.empty();
-      case ReturnWhen::first_exception: return failure || ndone == list.size();
-      case ReturnWhen::all_completed: break;
+      case ReturnWhen::first_completed:
+        return ndone > 0 || list.empty();
+      case ReturnWhen::first_exception:
+        return failure || ndone == list.size();
+      case ReturnWhen::all_completed:
+        break;
     }
     return ndone == list.size();
   };
@@ -363,8 +365,7 @@ class AsCompleted {
 //! "N (of M) futures unfinished" once it passes. Sleeps until a future completes, no polling.
 template <std::ranges::input_range Fs, class Fut = std::ranges::range_value_t<Fs>>
 AsCompleted<Fut> as_completed(const Fs& fs, Timeout timeout = std::nullopt) {
-  return AsCompleted<Fut>(std::vector<Fut>(std::ranges::begin(fs), std::ranges::end(fs)),
-                          timeout);
+  return AsCompleted<Fut>(std::vector<Fut>(std::ranges::begin(fs), std::ranges::end(fs)), timeout);
 }
 //!Returns: as_completed() over futures of different result types.
 inline AsCompleted<AnyFuture> as_completed(std::initializer_list<AnyFuture> fs,
@@ -483,9 +484,10 @@ class ExecutorMap {
       } else if (!st->cv.wait_until(g, *deadline, here)) {
         g.unlock();
         stop();
-        detail::fail<TimeoutError>("executor map: result {} (of {}) is not there by the deadline "
-                                   "the timeout set",
-                                   next_chunk, chunks);
+        detail::fail<TimeoutError>(
+            "executor map: result {} (of {}) is not there by the deadline "
+            "the timeout set",
+            next_chunk, chunks);
       }
       if (auto e = st->errors.find(next_chunk); e != st->errors.end()) {
         const auto error = e->second;
@@ -525,8 +527,8 @@ class ProcessPoolExecutor {
   //! executor is broken (BrokenProcessPool, see the class comment).
   template <class F, class... A>
   ProcessPoolExecutor(const ExecutorOptions& o, F&& initializer, A&&... initargs)
-      : pool_(kOwner, pool_options(o), std::forward<F>(initializer),
-              std::forward<A>(initargs)...) {}
+      : pool_(kOwner, pool_options(o), std::forward<F>(initializer), std::forward<A>(initargs)...) {
+  }
   /// Not copyable: an executor owns its worker processes.
   ProcessPoolExecutor(const ProcessPoolExecutor&) = delete;
   /// Not copyable.
@@ -574,7 +576,8 @@ class ProcessPoolExecutor {
     if constexpr (sizeof...(Args) > kRanges + 1) chunksize = std::get<kRanges + 1>(all);
     return [&]<std::size_t... I>(std::index_sequence<I...>) {
       return map_ranges(f, timeout, chunksize, std::get<I>(all)...);
-    }(std::make_index_sequence<kRanges>{});
+    }
+    (std::make_index_sequence<kRanges>{});
   }
 
   //!Effects: no more submissions; with `wait`, returns once every pending call has finished and
@@ -600,8 +603,9 @@ class ProcessPoolExecutor {
   auto map_ranges(const F& f, const Timeout& timeout, Chunksize chunksize_arg, const Rs&... rs) {
     using Tuple = std::tuple<std::ranges::range_value_t<Rs>...>;
     using R = std::invoke_result_t<const F&, const std::ranges::range_value_t<Rs>&...>;
-    static_assert(!std::is_void_v<R>, "mpp::ProcessPoolExecutor::map of a void function: use "
-                                      "submit");
+    static_assert(!std::is_void_v<R>,
+                  "mpp::ProcessPoolExecutor::map of a void function: use "
+                  "submit");
     detail::pool::check_callable<F>();
     using Impl = typename ExecutorMap<R>::Impl;
     auto p = std::make_shared<Impl>();

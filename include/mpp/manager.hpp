@@ -28,11 +28,11 @@
 #include <utility>
 #include <vector>
 
+#include "array.hpp"
 #include "codec.hpp"
 #include "detail/manager_containers.hpp"
 #include "detail/name_codec.hpp"
 #include "detail/shm_alloc.hpp"
-#include "array.hpp"
 #include "errors.hpp"
 #include "queue.hpp"
 #include "segment.hpp"
@@ -65,9 +65,12 @@ enum class ObjectKind : std::uint32_t { dict = 1, list = 2, ns = 3 };
 
 inline const char* object_kind_name(std::uint32_t k) noexcept {
   switch (k) {
-    case 1: return "dict";
-    case 2: return "list";
-    case 3: return "Namespace";
+    case 1:
+      return "dict";
+    case 2:
+      return "list";
+    case 3:
+      return "Namespace";
   }
   return "unknown";
 }
@@ -330,7 +333,8 @@ class SharedDict {
   std::vector<K> keys() const {
     return read("keys", [&] {
       std::vector<K> out;
-      core().for_each([&](detail::ByteSpan k, detail::ByteSpan) { out.push_back(mpp::decode<K>(k)); });
+      core().for_each(
+          [&](detail::ByteSpan k, detail::ByteSpan) { out.push_back(mpp::decode<K>(k)); });
       return out;
     });
   }
@@ -338,7 +342,8 @@ class SharedDict {
   std::vector<V> values() const {
     return read("values", [&] {
       std::vector<V> out;
-      core().for_each([&](detail::ByteSpan, detail::ByteSpan v) { out.push_back(mpp::decode<V>(v)); });
+      core().for_each(
+          [&](detail::ByteSpan, detail::ByteSpan v) { out.push_back(mpp::decode<V>(v)); });
       return out;
     });
   }
@@ -392,8 +397,8 @@ class SharedDict {
     return mpp::decode<V>(v);
   }
   [[noreturn]] void missing(const K& k) const {
-    detail::fail<KeyError>("key{} not found in dict '{}' of manager '{}'", detail::key_text(k), ref_.name,
-                   mname());
+    detail::fail<KeyError>("key{} not found in dict '{}' of manager '{}'", detail::key_text(k),
+                           ref_.name, mname());
   }
 
   detail::ObjectRef ref_;
@@ -507,7 +512,8 @@ class SharedList {
         if (equal(arena().block_bytes(items[static_cast<std::size_t>(i)]), b)) return i;
       return -1;
     });
-    if (r < 0) detail::fail<ValueError>("index(x): x not in list '{}' of manager '{}'", ref_.name, mname());
+    if (r < 0)
+      detail::fail<ValueError>("index(x): x not in list '{}' of manager '{}'", ref_.name, mname());
     return static_cast<std::size_t>(r);
   }
   /// Number of items equal to v.
@@ -624,7 +630,8 @@ class SharedList {
   std::vector<T> to_vector() const {
     return read("to_vector", [&] {
       std::vector<T> out;
-      for (std::uint64_t off : core().items()) out.push_back(mpp::decode<T>(arena().block_bytes(off)));
+      for (std::uint64_t off : core().items())
+        out.push_back(mpp::decode<T>(arena().block_bytes(off)));
       return out;
     });
   }
@@ -654,12 +661,13 @@ class SharedList {
     const auto n = static_cast<std::int64_t>(size);
     const std::int64_t j = i < 0 ? i + n : i;
     if (j < 0 || j >= n)
-      detail::fail<IndexError>("list {} index {} out of range for list '{}' of manager '{}' ({} items)",
-                       what, i, ref_.name, mname(), n);
+      detail::fail<IndexError>(
+          "list {} index {} out of range for list '{}' of manager '{}' ({} items)", what, i,
+          ref_.name, mname(), n);
     return static_cast<std::uint64_t>(j);
   }
   static std::pair<std::int64_t, std::int64_t> clamp_range(std::int64_t a, std::int64_t b,
-                                                          std::int64_t n) {
+                                                           std::int64_t n) {
     if (a < 0) a = std::max<std::int64_t>(0, a + n);
     if (b < 0) b = std::max<std::int64_t>(0, b + n);
     return {std::min(a, n), std::min(b, n)};
@@ -713,8 +721,8 @@ class Namespace {
   T get(std::string_view attr) const {
     auto v = try_get<T>(attr);
     if (!v)
-      detail::fail<KeyError>("Namespace '{}' of manager '{}' has no attribute '{}'", ref_.name, mname(),
-                     attr);
+      detail::fail<KeyError>("Namespace '{}' of manager '{}' has no attribute '{}'", ref_.name,
+                             mname(), attr);
     return std::move(*v);
   }
   /// Attribute `attr`, or `def` if missing. Throws: TypeMismatchError.
@@ -744,7 +752,9 @@ class Namespace {
   std::vector<std::string> names() const {
     return read([&] {
       std::vector<std::string> out;
-      core().for_each([&](detail::ByteSpan k, detail::ByteSpan) { out.push_back(mpp::decode<std::string>(k)); });
+      core().for_each([&](detail::ByteSpan k, detail::ByteSpan) {
+        out.push_back(mpp::decode<std::string>(k));
+      });
       return out;
     });
   }
@@ -781,9 +791,10 @@ class Namespace {
       return mpp::decode<T>(hit->value.subspan(8));
     });
     if (!v && stored != 0 && stored != type_info<T>().fingerprint)
-      detail::fail<TypeMismatchError>("attribute '{}' of Namespace '{}' (manager '{}') holds another type "
-                              "than '{}'",
-                              attr, ref_.name, mname(), type_info<T>().name);
+      detail::fail<TypeMismatchError>(
+          "attribute '{}' of Namespace '{}' (manager '{}') holds another type "
+          "than '{}'",
+          attr, ref_.name, mname(), type_info<T>().name);
     return v;
   }
 
@@ -824,10 +835,9 @@ class Manager {
   //! types; InvalidArgument for a bad name; Error when the manager holds too many containers.
   template <class K, class V>
   SharedDict<K, V> dict(std::string_view name) {
-    return SharedDict<K, V>(object(name, detail::ObjectKind::dict, dict_type<K, V>(),
-                                   [](detail::shm::Tx& tx) {
-                                     return detail::shm::DictCore::create(tx);
-                                   }));
+    return SharedDict<K, V>(
+        object(name, detail::ObjectKind::dict, dict_type<K, V>(),
+               [](detail::shm::Tx& tx) { return detail::shm::DictCore::create(tx); }));
   }
   /// A new dict with a generated name (Python's m.dict()); share it by copying the handle.
   template <class K, class V>
@@ -837,10 +847,9 @@ class Manager {
   //!Returns: the list `name`, creating it empty if it does not exist. Throws: as dict().
   template <class T>
   SharedList<T> list(std::string_view name) {
-    return SharedList<T>(object(name, detail::ObjectKind::list, type_info<T>().fingerprint,
-                                [](detail::shm::Tx& tx) {
-                                  return detail::shm::ListCore::create(tx);
-                                }));
+    return SharedList<T>(
+        object(name, detail::ObjectKind::list, type_info<T>().fingerprint,
+               [](detail::shm::Tx& tx) { return detail::shm::ListCore::create(tx); }));
   }
   /// A new list with a generated name (Python's m.list()).
   template <class T>
@@ -849,10 +858,9 @@ class Manager {
   }
   //!Returns: the Namespace `name`, creating it empty if it does not exist. Throws: as dict().
   ::mpp::Namespace Namespace(std::string_view name) {
-    return ::mpp::Namespace(object(name, detail::ObjectKind::ns, 0x6e616d65ull,
-                                   [](detail::shm::Tx& tx) {
-                                     return detail::shm::DictCore::create(tx);
-                                   }));
+    return ::mpp::Namespace(
+        object(name, detail::ObjectKind::ns, 0x6e616d65ull,
+               [](detail::shm::Tx& tx) { return detail::shm::DictCore::create(tx); }));
   }
   /// A new Namespace with a generated name (Python's m.Namespace()).
   ::mpp::Namespace Namespace() { return Namespace(auto_name("ns")); }
@@ -961,13 +969,14 @@ class Manager {
                            Make&& make) {
     if (name.empty() || name.size() >= detail::shm::kObjectNameCapacity)
       detail::fail<InvalidArgument>("container name '{}' must have 1 to {} characters", name,
-                            detail::shm::kObjectNameCapacity - 1);
+                                    detail::shm::kObjectNameCapacity - 1);
     for (char c : name)
       if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
             c == '.' || c == '_' || c == '-' || c == '#'))
-        detail::fail<InvalidArgument>("container name '{}': character {:?} is not allowed (use letters, "
-                              "digits, '.', '_' and '-')",
-                              name, c);
+        detail::fail<InvalidArgument>(
+            "container name '{}': character {:?} is not allowed (use letters, "
+            "digits, '.', '_' and '-')",
+            name, c);
     auto& a = core_->arena;
     auto* h = a.header();
     if (a.held_by_this_thread()) {
@@ -975,9 +984,10 @@ class Manager {
       // reopens it: the directory cannot change while we hold the lock, so look it up directly.
       if (auto root = find_object(name, kind, type))
         return detail::ObjectRef{core_, *root, std::string(name)};
-      detail::fail<Error>("manager '{}': cannot create container '{}' while this thread holds the "
-                          "manager's lock (inside update_with() or a decode); create it first",
-                          this->name(), name);
+      detail::fail<Error>(
+          "manager '{}': cannot create container '{}' while this thread holds the "
+          "manager's lock (inside update_with() or a decode); create it first",
+          this->name(), name);
     }
     detail::shm::Tx tx(a, core_->deadline(), "create a container");
     if (auto root = find_object(name, kind, type)) {
@@ -986,8 +996,9 @@ class Manager {
     }
     const std::uint64_t n = detail::shm::racy_load(&h->dir_count);
     if (n >= detail::shm::kMaxObjects)
-      detail::fail<Error>("manager '{}' already holds {} containers, the limit; reuse existing ones",
-                  this->name(), detail::shm::kMaxObjects);
+      detail::fail<Error>(
+          "manager '{}' already holds {} containers, the limit; reuse existing ones", this->name(),
+          detail::shm::kMaxObjects);
     const std::uint64_t root = make(tx);
     detail::shm::DirEntry de{};
     std::memcpy(de.name, name.data(), name.size());

@@ -1,20 +1,20 @@
 // mpp — Python's multiprocessing for C++20. The umbrella header: includes every public header.
 #pragma once
 
-#include "detail/config.hpp"  // first: "mpp needs C++20" before any other error
-#include "version.hpp"
+#include "array.hpp"
 #include "codec.hpp"
+#include "detail/config.hpp"  // first: "mpp needs C++20" before any other error
 #include "errors.hpp"
+#include "futures.hpp"
+#include "manager.hpp"
 #include "options.hpp"
-#include "timeout.hpp"
+#include "pipe.hpp"
+#include "pool.hpp"
+#include "process.hpp"
+#include "queue.hpp"
 #include "segment.hpp"
 #include "shared_memory.hpp"
 #include "sync.hpp"
+#include "timeout.hpp"
 #include "value.hpp"
-#include "array.hpp"
-#include "pipe.hpp"
-#include "queue.hpp"
-#include "manager.hpp"
-#include "process.hpp"
-#include "pool.hpp"
-#include "futures.hpp"
+#include "version.hpp"

@@ -404,8 +404,7 @@ class Pipe : public std::pair<Connection<T>, Connection<T>> {
   // The receiving side of codec<Connection<T>>: opens the pipe by name and takes over the slot.
   static Connection<T> adopt(std::string_view name, unsigned end, std::uint32_t slot,
                              std::uint64_t word) {
-    auto seg =
-        std::make_shared<detail::Segment>(detail::Segment::open(name, Kind::pipe, type()));
+    auto seg = std::make_shared<detail::Segment>(detail::Segment::open(name, Kind::pipe, type()));
     validate(*seg);
     return Connection<T>(detail::PipeEnd::adopt(std::move(seg), end, slot, word));
   }

@@ -23,14 +23,14 @@
 #include <utility>
 #include <vector>
 
-#include "errors.hpp"
-#include "process.hpp"
-#include "timeout.hpp"
 #include "detail/pool/invoke.hpp"
 #include "detail/pool/jobs.hpp"
 #include "detail/pool/result.hpp"
 #include "detail/pool/scheduler.hpp"
 #include "detail/pool/worker.hpp"
+#include "errors.hpp"
+#include "process.hpp"
+#include "timeout.hpp"
 
 namespace mpp {
 
@@ -163,8 +163,8 @@ class Pool {
   //!Effects: starts the workers; each runs `initializer(initargs...)` first (Python's
   //! initializer); if it fails the pool is broken (BrokenProcessPool, see the class comment).
   template <class F, class... A>
-    requires PoolCallable<std::decay_t<F>>
-  Pool(const PoolOptions& opts, F&& initializer, A&&... initargs)
+  requires PoolCallable<std::decay_t<F>> Pool(const PoolOptions& opts, F&& initializer,
+                                              A&&... initargs)
       : Pool(detail::pool::OwnerName{}, opts, std::forward<F>(initializer),
              std::forward<A>(initargs)...) {}
 
@@ -213,16 +213,14 @@ class Pool {
   }
   //!Returns: an AsyncResult of f(args...) (Python's apply_async without callbacks).
   template <class F, class... A>
-    requires(!detail::pool::first_is_args_v<A...>)
-  auto apply_async(F f, A&&... a) {
+  requires(!detail::pool::first_is_args_v<A...>) auto apply_async(F f, A&&... a) {
     return apply_async(f, mpp::args(std::forward<A>(a)...), {}, {});
   }
   //!Returns: an AsyncResult of f(args...) (AsyncResult<void> for a void `f`); `callback(result)`
   //! (`callback()` for a void `f`) or `error_callback(exception)` runs in the pool's thread when
   //! it completes (Python's apply_async(func, args, callback=...)).
   template <class F, class... A, class R = std::invoke_result_t<const F&, const A&...>>
-  AsyncResult<R> apply_async(F f, Args<A...> a,
-                             std::type_identity_t<ResultCallback<R>> callback,
+  AsyncResult<R> apply_async(F f, Args<A...> a, std::type_identity_t<ResultCallback<R>> callback,
                              std::function<void(std::exception_ptr)> error_callback = {});
 
   //!Returns: an input range over f(x) for x in range, in order, computed lazily with a bounded
@@ -282,7 +280,7 @@ class IMapResult {
   /// Input iterator over the results.
   class iterator {
    public:
-    using value_type = R;                   ///< the result type
+    using value_type = R;                    ///< the result type
     using difference_type = std::ptrdiff_t;  ///< required of an iterator
     /// A singular iterator.
     iterator() = default;
@@ -398,13 +396,12 @@ AsyncResult<MapResult<R>> Pool::map_async(
     std::size_t count = 0;
     auto src = detail::pool::copy_raw_source<A>(range, count);
     return AsyncResult<std::vector<R>>(
-        detail::pool::submit_raw<R, A>(sched_, id, sched_.wire(f), std::move(src), count,
-                                       chunksize, std::move(callback), std::move(error_callback)));
+        detail::pool::submit_raw<R, A>(sched_, id, sched_.wire(f), std::move(src), count, chunksize,
+                                       std::move(callback), std::move(error_callback)));
   } else {
     std::vector<A> items(std::ranges::begin(range), std::ranges::end(range));
     const auto id = detail::pool::Registered<&detail::pool::run_map_chunk<F, A>>::id;
-    return AsyncResult<MapResult<R>>(
-        detail::pool::submit_chunks<detail::pool::stored_t<R>>(
+    return AsyncResult<MapResult<R>>(detail::pool::submit_chunks<detail::pool::stored_t<R>>(
         sched_, id, sched_.wire(f), std::move(items), chunksize, std::move(callback),
         std::move(error_callback)));
   }
@@ -419,8 +416,7 @@ AsyncResult<MapResult<R>> Pool::starmap_async(
   const std::size_t chunk = detail::pool::chunksize_or(chunksize, 0);
   std::vector<T> items(std::ranges::begin(range), std::ranges::end(range));
   const auto id = detail::pool::Registered<&detail::pool::run_star_chunk<F, T>>::id;
-  return AsyncResult<MapResult<R>>(detail::pool::submit_chunks<
-                                                   detail::pool::stored_t<R>>(
+  return AsyncResult<MapResult<R>>(detail::pool::submit_chunks<detail::pool::stored_t<R>>(
       sched_, id, sched_.wire(f), std::move(items), chunk,
       detail::pool::stored_callback<detail::pool::map_value_t<R>>(std::move(callback)),
       std::move(error_callback)));

@@ -56,25 +56,44 @@ enum class Kind : std::uint32_t {
 /// Human-readable name of a Kind (for messages and the `mpp ls` tool).
 constexpr std::string_view kind_name(Kind k) noexcept {
   switch (k) {
-    case Kind::shared_memory: return "SharedMemory";
-    case Kind::lock: return "Lock";
-    case Kind::rlock: return "RLock";
-    case Kind::semaphore: return "Semaphore";
-    case Kind::bounded_semaphore: return "BoundedSemaphore";
-    case Kind::event: return "Event";
-    case Kind::condition: return "Condition";
-    case Kind::barrier: return "Barrier";
-    case Kind::value: return "Value";
-    case Kind::array: return "Array";
-    case Kind::pipe: return "Pipe";
-    case Kind::queue: return "Queue";
-    case Kind::simple_queue: return "SimpleQueue";
-    case Kind::joinable_queue: return "JoinableQueue";
-    case Kind::manager: return "Manager";
-    case Kind::shareable_list: return "ShareableList";
-    case Kind::pool: return "Pool";
-    case Kind::process: return "Process";
-    case Kind::test: return "test";
+    case Kind::shared_memory:
+      return "SharedMemory";
+    case Kind::lock:
+      return "Lock";
+    case Kind::rlock:
+      return "RLock";
+    case Kind::semaphore:
+      return "Semaphore";
+    case Kind::bounded_semaphore:
+      return "BoundedSemaphore";
+    case Kind::event:
+      return "Event";
+    case Kind::condition:
+      return "Condition";
+    case Kind::barrier:
+      return "Barrier";
+    case Kind::value:
+      return "Value";
+    case Kind::array:
+      return "Array";
+    case Kind::pipe:
+      return "Pipe";
+    case Kind::queue:
+      return "Queue";
+    case Kind::simple_queue:
+      return "SimpleQueue";
+    case Kind::joinable_queue:
+      return "JoinableQueue";
+    case Kind::manager:
+      return "Manager";
+    case Kind::shareable_list:
+      return "ShareableList";
+    case Kind::pool:
+      return "Pool";
+    case Kind::process:
+      return "Process";
+    case Kind::test:
+      return "test";
   }
   return "unknown";
 }
@@ -145,10 +164,10 @@ struct SegmentHeader {
   std::uint64_t total_size;           ///< bytes in the segment
   std::uint64_t payload_offset;       ///< from the start of the segment, cache-line aligned
   std::uint64_t payload_size;
-  std::uint64_t capacity;  ///< kind-specific (elements, slots, ...)
+  std::uint64_t capacity;              ///< kind-specific (elements, slots, ...)
   std::atomic<std::uint64_t> creator;  ///< packed ProcessRef, written before anything else
   std::uint64_t created_unix_ms;
-  WaitPoint init_wait;  ///< openers sleep here while init_state is kInitBuilding
+  WaitPoint init_wait;               ///< openers sleep here while init_state is kInitBuilding
   std::atomic<std::uint32_t> flags;  ///< kSegmentPersistent, ...
   /// Attach-table entries ever handed out (a high-water mark, raised by CAS after the entry's
   /// page is allocated): scans stop here. Clamped to attach_capacity wherever it is read.
@@ -207,10 +226,10 @@ inline void untrack(std::string_view name, const SegmentHeader& h) noexcept;
 
 /// How to build a new segment.
 struct SegmentSpec {
-  Kind kind;                      ///< what the object is
+  Kind kind;                         ///< what the object is
   TypeInfo type = TypeInfo::none();  ///< element type (checked by open)
-  std::uint64_t payload_size = 0;  ///< bytes after the header
-  std::uint64_t capacity = 0;      ///< kind-specific, stored for tools and validation
+  std::uint64_t payload_size = 0;    ///< bytes after the header
+  std::uint64_t capacity = 0;        ///< kind-specific, stored for tools and validation
   /// The object touches only part of its payload and commits each part with os::commit() (or
   /// os::populate_write()) before first use: Windows then reserves the rest instead of charging
   /// it in full (POSIX shared memory is sparse anyway).
@@ -239,13 +258,15 @@ constexpr std::uint64_t align_up(std::uint64_t v, std::uint64_t a) noexcept {
 //! is not a regular shared-memory object. Throws: PermissionError.
 inline void check_access(const os::FileInfo& info, std::string_view name) {
   if (!info.owned_by_us)
-    fail<PermissionError>("'{}' belongs to another user; refusing to share it (someone may be "
-                          "squatting the name): choose another name",
-                          name);
+    fail<PermissionError>(
+        "'{}' belongs to another user; refusing to share it (someone may be "
+        "squatting the name): choose another name",
+        name);
   if (!info.private_mode)
-    fail<PermissionError>("'{}' is accessible to group or others (mpp creates objects with mode "
-                          "0600); refusing it: remove it with mpp::unlink(\"{}\")",
-                          name, name);
+    fail<PermissionError>(
+        "'{}' is accessible to group or others (mpp creates objects with mode "
+        "0600); refusing it: remove it with mpp::unlink(\"{}\")",
+        name, name);
   if (!info.regular) fail<PermissionError>("'{}' is not a shared-memory object", name);
 }
 
@@ -272,8 +293,8 @@ class Segment {
   //! publishes it. Throws: InvalidArgument (bad name), ExistsError, NoSpaceError (/dev/shm has no
   //! room for it: nothing is left behind), OSError; an exception from `init` removes the
   //! half-built segment and propagates.
-  static Segment create(std::string_view name, const SegmentSpec& spec, const PayloadInit& init = {},
-                        const SegmentOptions& opts = {}) {
+  static Segment create(std::string_view name, const SegmentSpec& spec,
+                        const PayloadInit& init = {}, const SegmentOptions& opts = {}) {
     validate_name(name);
     const std::uint64_t offset = align_up(sizeof(SegmentHeader), kCacheLine);
     if (spec.payload_size > (std::uint64_t{1} << 46))
@@ -359,16 +380,18 @@ class Segment {
     auto info = os::file_info(fd, name);
     check_access(info, name);
     if (!info.headered)  // marked at shm_open, so even a header not yet written is known
-      fail<TypeMismatchError>("'{}' is a SharedMemory block (or another program's object), not "
-                              "a {}: open it with mpp::SharedMemory",
-                              name, kind_name(kind));
+      fail<TypeMismatchError>(
+          "'{}' is a SharedMemory block (or another program's object), not "
+          "a {}: open it with mpp::SharedMemory",
+          name, kind_name(kind));
     // A creator between shm_open and sizing (fallocate, which sets the size once all of it is
     // backed, or ftruncate) leaves an empty object for a moment.
     while (info.size < sizeof(SegmentHeader)) {
       if (deadline.expired())
-        fail<TimeoutError>("'{}' is still smaller than an mpp header after {} ms; its creator "
-                           "probably died while creating it: remove it with mpp::unlink(\"{}\")",
-                           name, opts.init_timeout.count(), name);
+        fail<TimeoutError>(
+            "'{}' is still smaller than an mpp header after {} ms; its creator "
+            "probably died while creating it: remove it with mpp::unlink(\"{}\")",
+            name, opts.init_timeout.count(), name);
       os::sleep_for(std::chrono::microseconds(200));
       info = os::file_info(fd, name);
     }
@@ -384,7 +407,8 @@ class Segment {
         [&] { s.check_creator_alive(); });
     if (!ready)
       fail<TimeoutError>("'{}' is still being initialised by pid {} after {} ms; try again later",
-                         name, ProcessRef::unpack(h->creator.load()).pid, opts.init_timeout.count());
+                         name, ProcessRef::unpack(h->creator.load()).pid,
+                         opts.init_timeout.count());
     // info.size is final: a creator sets the size once (ftruncate) before anyone sees a header.
     s.keep(std::move(fd));
     s.validate(*h, kind, type, info.size);
@@ -426,7 +450,9 @@ class Segment {
   /// Random at creation: tells this object from an earlier one of the same name.
   std::uint64_t instance() const noexcept { return instance_; }
   /// True if this process created the segment through this handle.
-  bool is_creator() const noexcept { return creator_pid_ != 0 && creator_pid_ == os::current_pid(); }
+  bool is_creator() const noexcept {
+    return creator_pid_ != 0 && creator_pid_ == os::current_pid();
+  }
   /// Keep (true) or remove (false) the name when the creating handle is destroyed.
   void set_persistent(bool p) noexcept { persistent_ = p; }
   //!Effects: records in the shared header whether the object is meant to outlive its users
@@ -541,10 +567,10 @@ class Segment {
     h.payload_offset = offset;
     h.payload_size = spec.payload_size;
     h.capacity = spec.capacity;
-    h.created_unix_ms = static_cast<std::uint64_t>(
-        std::chrono::duration_cast<std::chrono::milliseconds>(
-            std::chrono::system_clock::now().time_since_epoch())
-            .count());
+    h.created_unix_ms =
+        static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                       std::chrono::system_clock::now().time_since_epoch())
+                                       .count());
     h.flags.store(persistent ? kSegmentPersistent : 0, std::memory_order_relaxed);
     h.magic = kSegmentMagic;
   }
@@ -560,9 +586,10 @@ class Segment {
     const auto creator = ProcessRef::unpack(h->creator.load(std::memory_order_acquire));
     if (h->init_state.load(std::memory_order_acquire) != kInitReady && creator.pid != 0 &&
         !creator.alive())
-      fail<CorruptedError>("the creator of '{}' (pid {}) died while initialising it; "
-                           "remove the stale object with mpp::unlink(\"{}\")",
-                           name_, creator.pid, name_);
+      fail<CorruptedError>(
+          "the creator of '{}' (pid {}) died while initialising it; "
+          "remove the stale object with mpp::unlink(\"{}\")",
+          name_, creator.pid, name_);
   }
 
   void swap(Segment& o) noexcept {
@@ -589,9 +616,10 @@ class Segment {
       fail<CorruptedError>("'{}' is not an mpp object (bad magic); remove it if it is stale",
                            name_);
     if (h.layout_version != kLayoutVersion)
-      fail<CorruptedError>("'{}' has layout version {}, this build of mpp reads version {}; open "
-                           "it with the same mpp version that created it",
-                           name_, h.layout_version, kLayoutVersion);
+      fail<CorruptedError>(
+          "'{}' has layout version {}, this build of mpp reads version {}; open "
+          "it with the same mpp version that created it",
+          name_, h.layout_version, kLayoutVersion);
     if (h.header_size != sizeof(SegmentHeader))
       fail<CorruptedError>("'{}': header size {} does not match {}", name_, h.header_size,
                            sizeof(SegmentHeader));
@@ -611,8 +639,7 @@ class Segment {
     if (total > file_size || total > size_ || align_up(total, os::page_size()) < file_size)
       fail<CorruptedError>("'{}': header says {} bytes but the segment has {}", name_, total,
                            file_size);
-    if (off < sizeof(SegmentHeader) || off % kCacheLine != 0 || off > total ||
-        psize > total - off)
+    if (off < sizeof(SegmentHeader) || off % kCacheLine != 0 || off > total || psize > total - off)
       fail<CorruptedError>("'{}': payload [{}, +{}) does not fit in {} bytes", name_, off, psize,
                            total);
     if (ProcessRef::unpack(h.creator.load(std::memory_order_relaxed)).pid <= 0)
@@ -621,9 +648,10 @@ class Segment {
     const std::uint32_t cap = h.attach_capacity;
     if (table < off + psize || table % alignof(AttachSlot) != 0 || table > total || cap == 0 ||
         cap > kMaxAttach || cap > (total - table) / sizeof(AttachSlot))
-      fail<CorruptedError>("'{}': attach table [{}, {} entries) does not fit after the payload "
-                           "in {} bytes",
-                           name_, table, cap, total);
+      fail<CorruptedError>(
+          "'{}': attach table [{}, {} entries) does not fit after the payload "
+          "in {} bytes",
+          name_, table, cap, total);
     payload_size_ = psize;
     payload_offset_ = off;  // validated once; the shared copy may be overwritten later
     capacity_ = h.capacity;
@@ -724,7 +752,7 @@ class Segment {
   os::pid_type creator_pid_ = 0;  // the process whose handle created it (0: not ours to unlink)
   bool persistent_ = false;
   std::uint32_t attach_idx_ = kMaxAttach;
-  os::pid_type attach_pid_ = 0;  // the process in which attach_idx_ counts this handle
+  os::pid_type attach_pid_ = 0;      // the process in which attach_idx_ counts this handle
   std::uint64_t attach_offset_ = 0;  // validated once (the shared copy may change)
   std::uint32_t attach_cap_ = 0;
   std::uint64_t instance_ = 0;

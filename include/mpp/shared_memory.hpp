@@ -126,8 +126,9 @@ class SharedMemory {
   // A name given as a name must be one: "" would otherwise mean an anonymous block.
   static std::string_view named(std::string_view name) {
     if (name.empty())
-      detail::fail<InvalidArgument>("invalid object name '': names must start with \"mpp.\" "
-                                    "(for an anonymous block, use SharedMemory(size))");
+      detail::fail<InvalidArgument>(
+          "invalid object name '': names must start with \"mpp.\" "
+          "(for an anonymous block, use SharedMemory(size))");
     return name;
   }
 
@@ -206,8 +207,9 @@ class ShareableList {
   static ShareableList create(std::string_view name, const std::vector<ShareableItem>& items,
                               bool track = true) {
     if (name.empty())
-      detail::fail<InvalidArgument>("invalid object name '': names must start with \"mpp.\" "
-                                    "(for an anonymous list, use ShareableList(items))");
+      detail::fail<InvalidArgument>(
+          "invalid object name '': names must start with \"mpp.\" "
+          "(for an anonymous list, use ShareableList(items))");
     return make(name, items, track);
   }
   //!Effects: attaches to the existing list `name` (Python: ShareableList(name=...)).
@@ -284,8 +286,8 @@ class ShareableList {
         },
         v);
     // Data first, then the tag (release): a reader that sees the new tag sees its bytes.
-    std::atomic_ref<std::uint64_t>(d.tag).store(
-        (len << 32) | static_cast<std::uint64_t>(kind), std::memory_order_release);
+    std::atomic_ref<std::uint64_t>(d.tag).store((len << 32) | static_cast<std::uint64_t>(kind),
+                                                std::memory_order_release);
     // A page that vanished under us took the value into private memory: say so.
     state_->check_mapping();
   }
@@ -303,7 +305,9 @@ class ShareableList {
       return *this;
     }
     /// Compares the item in the slot with `v`.
-    friend bool operator==(const Reference& r, const ShareableItem& v) { return r.list_->get(r.i_) == v; }
+    friend bool operator==(const Reference& r, const ShareableItem& v) {
+      return r.list_->get(r.i_) == v;
+    }
 
    private:
     friend class ShareableList;
@@ -368,7 +372,8 @@ class ShareableList {
       if (n > cap) corrupt(i, "its value needs more bytes than the slot holds");
     };
     switch (kind) {
-      case detail::SlotKind::none: return None{};
+      case detail::SlotKind::none:
+        return None{};
       case detail::SlotKind::int64: {
         need(8);
         std::int64_t v;
@@ -442,13 +447,15 @@ class ShareableList {
         fail<TypeMismatchError>("'{}' is a SharedMemory block that holds no ShareableList",
                                 b.name());
       if (b.live_users() <= 1)
-        fail<CorruptedError>("'{}' holds no ShareableList and nobody else has it open: a zeroed "
-                             "SharedMemory, or a list whose creator died while filling it",
-                             b.name());
+        fail<CorruptedError>(
+            "'{}' holds no ShareableList and nobody else has it open: a zeroed "
+            "SharedMemory, or a list whose creator died while filling it",
+            b.name());
       if (deadline.expired())
-        fail<TimeoutError>("'{}' is still not a filled ShareableList after {} ms (its creator "
-                           "is slow, or it is a zeroed SharedMemory)",
-                           b.name(), wait.count());
+        fail<TimeoutError>(
+            "'{}' is still not a filled ShareableList after {} ms (its creator "
+            "is slow, or it is a zeroed SharedMemory)",
+            b.name(), wait.count());
       os::sleep_for(std::chrono::microseconds(200));
     }
   }

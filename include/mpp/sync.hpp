@@ -17,8 +17,8 @@
 #pragma once
 
 #include <chrono>
-#include <exception>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <memory>
 #include <string>
@@ -269,7 +269,6 @@ class Lock : public detail::SyncObject<Lock, detail::LockState, Kind::lock> {
     return acquire(true, detail::to_timeout(t - Clock::now()));
   }
 
-
  private:
   friend SyncObject;
   explicit Lock(Handle h) : SyncObject(std::move(h)) {}
@@ -353,7 +352,6 @@ class RLock : public detail::SyncObject<RLock, detail::RLockState, Kind::rlock> 
     return acquire(true, detail::to_timeout(t - Clock::now()));
   }
 
-
  private:
   friend SyncObject;
   explicit RLock(Handle h) : SyncObject(std::move(h)) {}
@@ -369,7 +367,6 @@ class RLock : public detail::SyncObject<RLock, detail::RLockState, Kind::rlock> 
 
   bool died_ = false;
 };
-
 
 namespace detail {
 /// Common part of Semaphore and BoundedSemaphore.
@@ -392,8 +389,7 @@ class SemaphoreBase : public SyncObject<Derived, SemaphoreState, K> {
     if (!h_.state->release(n, LazyName<Handle>{&h_}))
       fail<ValueError>("semaphore '{}' released too many times (value {}, bound {})", h_.name(),
                        h_.state->get_value(h_.name()),
-                       h_.state->max_value != 0 ? h_.state->max_value
-                                                : SemaphoreState::kValueMax);
+                       h_.state->max_value != 0 ? h_.state->max_value : SemaphoreState::kValueMax);
   }
   /// Units available now (Python's get_value(); works on every platform). Throws: CorruptedError
   /// if another process truncated the semaphore's segment.
@@ -436,8 +432,7 @@ class SemaphoreBase : public SyncObject<Derived, SemaphoreState, K> {
 class Semaphore : public detail::SemaphoreBase<Semaphore, Kind::semaphore> {
  public:
   //!Effects: an anonymous semaphore holding `value` units. Throws: InvalidArgument, OSError.
-  explicit Semaphore(std::uint32_t value = 1)
-      : SemaphoreBase(anonymous(maker(value, false))) {}
+  explicit Semaphore(std::uint32_t value = 1) : SemaphoreBase(anonymous(maker(value, false))) {}
   //!Effects: creates the named semaphore `name`. Throws: ExistsError, InvalidArgument, OSError.
   static Semaphore create(std::string_view name, std::uint32_t value = 1,
                           const NamedOptions& opts = {}) {
@@ -515,7 +510,6 @@ class Event : public detail::SyncObject<Event, detail::EventState, Kind::event> 
   bool wait(Timeout timeout = {}) {
     return h_.state->wait(detail::Deadline::from(timeout), h_.name());
   }
-
 
  private:
   friend SyncObject;
@@ -741,11 +735,12 @@ class Barrier : public detail::SyncObject<Barrier, detail::BarrierState, Kind::b
   //! waiting party died, or the action threw — then the action's exception propagates instead).
   std::uint32_t wait(Timeout timeout = {}) {
     const Timeout t = timeout ? timeout : timeout_;
-    return h_.state->wait(detail::Deadline::from(t),
-                          [&] {
-                            if (action_) action_();
-                          },
-                          name());
+    return h_.state->wait(
+        detail::Deadline::from(t),
+        [&] {
+          if (action_) action_();
+        },
+        name());
   }
   /// Returns the barrier to its initial state; parties waiting now get BrokenBarrierError.
   void reset() { h_.state->reset(name()); }
@@ -757,7 +752,6 @@ class Barrier : public detail::SyncObject<Barrier, detail::BarrierState, Kind::b
   std::uint32_t n_waiting() const noexcept { return h_.state->n_waiting(); }
   /// True if the barrier is broken.
   bool broken() const noexcept { return h_.state->is_broken(); }
-
 
  private:
   friend SyncObject;
@@ -790,9 +784,10 @@ struct SyncName {
     const auto& seg = HandleAccess::segment(h);
     if (!standalone || !seg || static_cast<Kind>(seg->header().kind) != K ||
         reinterpret_cast<const std::byte*>(&HandleAccess::state(h)) != seg->payload())
-      fail<InvalidArgument>("this {} is part of '{}' (or uses a supplied lock) and cannot cross "
-                            "processes by itself; pass the object that owns it",
-                            kind_name(K), seg ? seg->name() : std::string("?"));
+      fail<InvalidArgument>(
+          "this {} is part of '{}' (or uses a supplied lock) and cannot cross "
+          "processes by itself; pass the object that owns it",
+          kind_name(K), seg ? seg->name() : std::string("?"));
     return seg->name();
   }
   static H open(const std::string& name) { return H::open(name); }
@@ -807,8 +802,8 @@ template <>
 struct codec<RLock> : detail::NameCodec<RLock, detail::SyncName<RLock, Kind::rlock>> {};
 /// A Semaphore crosses processes as its name.
 template <>
-struct codec<Semaphore> : detail::NameCodec<Semaphore, detail::SyncName<Semaphore, Kind::semaphore>> {
-};
+struct codec<Semaphore>
+    : detail::NameCodec<Semaphore, detail::SyncName<Semaphore, Kind::semaphore>> {};
 /// A BoundedSemaphore crosses processes as its name.
 template <>
 struct codec<BoundedSemaphore>
@@ -819,8 +814,8 @@ template <>
 struct codec<Event> : detail::NameCodec<Event, detail::SyncName<Event, Kind::event>> {};
 /// A Condition with its own RLock crosses processes as its name.
 template <>
-struct codec<Condition> : detail::NameCodec<Condition, detail::SyncName<Condition, Kind::condition>> {
-};
+struct codec<Condition>
+    : detail::NameCodec<Condition, detail::SyncName<Condition, Kind::condition>> {};
 /// A Barrier crosses processes as its name (without its action).
 template <>
 struct codec<Barrier> : detail::NameCodec<Barrier, detail::SyncName<Barrier, Kind::barrier>> {};

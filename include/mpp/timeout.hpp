@@ -24,8 +24,8 @@ class Timeout {
   constexpr Timeout(std::nullopt_t) noexcept {}  // NOLINT(google-explicit-constructor)
   /// A limit of `seconds` seconds (Python's `timeout=0.1`).
   template <class Seconds>
-    requires(std::is_arithmetic_v<Seconds> && !std::is_same_v<Seconds, bool>)
-  constexpr Timeout(Seconds seconds) noexcept  // NOLINT(google-explicit-constructor)
+  requires(std::is_arithmetic_v<Seconds> && !std::is_same_v<Seconds, bool>) constexpr Timeout(
+      Seconds seconds) noexcept  // NOLINT(google-explicit-constructor)
       : value_(static_cast<double>(seconds)) {}
   /// A limit given as a `std::chrono` duration.
   template <class Rep, class Period>

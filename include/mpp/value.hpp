@@ -44,8 +44,8 @@
 #include <utility>
 
 #include "codec.hpp"
-#include "detail/sync_state.hpp"
 #include "detail/name_codec.hpp"
+#include "detail/sync_state.hpp"
 #include "errors.hpp"
 #include "options.hpp"
 #include "segment.hpp"
@@ -94,9 +94,9 @@ constexpr SharedOptions unlocked(const NamedOptions& o) noexcept {
 
 /// True when T can be shared by Value / Array at all (the static_asserts below say why not).
 template <class T>
-inline constexpr bool shareable_element_v = std::is_trivially_copyable_v<T> &&
-                                            !std::is_pointer_v<T> && !std::is_member_pointer_v<T> &&
-                                            !std::is_const_v<T> && !std::is_volatile_v<T>;
+inline constexpr bool shareable_element_v =
+    std::is_trivially_copyable_v<T> && !std::is_pointer_v<T> && !std::is_member_pointer_v<T> &&
+    !std::is_const_v<T> && !std::is_volatile_v<T>;
 
 /// True when atomic operations on a shared T need no lock.
 template <class T>
@@ -142,10 +142,9 @@ constexpr bool check_shared_element() {
 
 /// What with_lock(fn, args...) returns: fn(args..., bool) if fn takes the bool, else fn(args...).
 template <class F, class... A>
-using with_lock_result_t =
-    typename std::conditional_t<std::is_invocable_v<F&, A..., bool>,
-                                std::invoke_result<F&, A..., bool>,
-                                std::invoke_result<F&, A...>>::type;
+using with_lock_result_t = typename std::conditional_t<std::is_invocable_v<F&, A..., bool>,
+                                                       std::invoke_result<F&, A..., bool>,
+                                                       std::invoke_result<F&, A...>>::type;
 
 /// A mapped Value / Array segment: the validated header and elements of one T block.
 template <class T>
@@ -185,8 +184,8 @@ struct SharedBlock {
 
   //!Effects: creates a block of n elements (anonymous when `name` is empty).
   template <class Fill>
-  static SharedBlock create(Kind kind, std::string_view name, std::size_t n,
-                            const SharedOptions& o, Fill&& fill) {
+  static SharedBlock create(Kind kind, std::string_view name, std::size_t n, const SharedOptions& o,
+                            Fill&& fill) {
     const SegmentSpec sp = spec(kind, n);
     const PayloadInit init = initializer(n, o.lock, fill);
     Segment s = name.empty() ? Segment::create_anonymous(sp, init)
@@ -222,14 +221,16 @@ struct SharedBlock {
     const std::uint32_t flags = h->flags, esize = h->elem_size;
     if (n != s.capacity() || n > (psize - block_data_offset<T>()) / sizeof(T) ||
         psize < trailer_offset(n) + sizeof(std::uint64_t))
-      fail<CorruptedError>("'{}' claims {} elements of {} bytes but its payload holds {} bytes; "
-                           "it is corrupted: remove it",
-                           s.name(), n, sizeof(T), psize);
+      fail<CorruptedError>(
+          "'{}' claims {} elements of {} bytes but its payload holds {} bytes; "
+          "it is corrupted: remove it",
+          s.name(), n, sizeof(T), psize);
     auto* tr = reinterpret_cast<std::uint64_t*>(s.payload() + trailer_offset(n));
     if (std::atomic_ref<std::uint64_t>(*tr).load(std::memory_order_acquire) != kBlockLive)
-      fail<CorruptedError>("'{}': its last bytes are not the end mark of a {}: it was truncated "
-                           "(or overwritten) by another process; remove it",
-                           s.name(), kind_name(static_cast<Kind>(s.header().kind)));
+      fail<CorruptedError>(
+          "'{}': its last bytes are not the end mark of a {}: it was truncated "
+          "(or overwritten) by another process; remove it",
+          s.name(), kind_name(static_cast<Kind>(s.header().kind)));
     if ((flags & ~kBlockHasLock) != 0 || esize != sizeof(T))
       fail<CorruptedError>("'{}': invalid header (flags {:#x}, element size {}); remove it",
                            s.name(), flags, esize);
@@ -254,16 +255,18 @@ struct SharedBlock {
   }
   [[noreturn]] void cut(std::uint64_t seen) const {
     os::check_mapping(trailer);  // the guard's message, if this process faulted on it
-    fail<CorruptedError>("'{}' shrank while in use: another process truncated its segment, so "
-                         "its data now reads as zeros (end mark {:#x}) and writes to it are lost; "
-                         "close every handle and recreate the object",
-                         seg->name(), seen);
+    fail<CorruptedError>(
+        "'{}' shrank while in use: another process truncated its segment, so "
+        "its data now reads as zeros (end mark {:#x}) and writes to it are lost; "
+        "close every handle and recreate the object",
+        seg->name(), seen);
   }
   //!Throws: OwnerDiedError for `what` on this object, saying how to repair it.
   [[noreturn]] void owner_died(std::string_view what, std::string_view repair) const {
-    fail<OwnerDiedError>("{} of '{}': a process died holding its lock, possibly half-way through "
-                         "an update, so the data may be torn. Repair it: {}",
-                         what, seg->name(), repair);
+    fail<OwnerDiedError>(
+        "{} of '{}': a process died holding its lock, possibly half-way through "
+        "an update, so the data may be torn. Repair it: {}",
+        what, seg->name(), repair);
   }
 
   std::optional<RLock> make_lock() const {
@@ -298,9 +301,10 @@ struct SharedBlock {
 
   RLockState& lock_state(const char* what) const {
     if (!has_lock)
-      fail<ValueError>("{}() on '{}', which was created with lock=false (a RawValue/RawArray): "
-                       "it has no lock",
-                       what, seg->name());
+      fail<ValueError>(
+          "{}() on '{}', which was created with lock=false (a RawValue/RawArray): "
+          "it has no lock",
+          what, seg->name());
     return header->lock;
   }
 
@@ -395,63 +399,49 @@ class ValueBase {
   // throws CorruptedError if another process truncated the segment.
 
   /// Atomic read (lock-free T only; no lock needed).
-  T load(std::memory_order o = std::memory_order_seq_cst) const
-    requires is_lock_free
-  {
+  T load(std::memory_order o = std::memory_order_seq_cst) const requires is_lock_free {
     const T v = std::atomic_ref<T>(*b_.data).load(o);
     b_.check_whole();
     return v;
   }
   /// Atomic write (lock-free T only).
-  void store(T v, std::memory_order o = std::memory_order_seq_cst)
-    requires is_lock_free
-  {
+  void store(T v, std::memory_order o = std::memory_order_seq_cst) requires is_lock_free {
     std::atomic_ref<T>(*b_.data).store(v, o);
     b_.check_whole();
   }
   /// Atomic exchange; returns the previous value (lock-free T only).
-  T exchange(T v, std::memory_order o = std::memory_order_seq_cst)
-    requires is_lock_free
-  {
+  T exchange(T v, std::memory_order o = std::memory_order_seq_cst) requires is_lock_free {
     return checked(std::atomic_ref<T>(*b_.data).exchange(v, o));
   }
   /// Atomic compare-and-swap: if the value equals `expected`, stores `desired` and returns true;
   /// otherwise loads the value into `expected` and returns false (lock-free T only).
-  bool compare_exchange(T& expected, T desired, std::memory_order o = std::memory_order_seq_cst)
-    requires is_lock_free
-  {
+  bool compare_exchange(T& expected, T desired,
+                        std::memory_order o = std::memory_order_seq_cst) requires is_lock_free {
     return checked(std::atomic_ref<T>(*b_.data).compare_exchange_strong(expected, desired, o));
   }
   /// Atomic `value += d`; returns the previous value (integral or floating-point T).
-  T fetch_add(T d, std::memory_order o = std::memory_order_seq_cst)
-    requires is_lock_free && (std::is_integral_v<T> || std::is_floating_point_v<T>) &&
-             (!std::is_same_v<T, bool>)
-  {
+  T fetch_add(T d, std::memory_order o = std::memory_order_seq_cst) requires is_lock_free &&
+      (std::is_integral_v<T> || std::is_floating_point_v<T>)&&(!std::is_same_v<T, bool>) {
     return checked(std::atomic_ref<T>(*b_.data).fetch_add(d, o));
   }
   /// Atomic `value -= d`; returns the previous value.
-  T fetch_sub(T d, std::memory_order o = std::memory_order_seq_cst)
-    requires is_lock_free && (std::is_integral_v<T> || std::is_floating_point_v<T>) &&
-             (!std::is_same_v<T, bool>)
-  {
+  T fetch_sub(T d, std::memory_order o = std::memory_order_seq_cst) requires is_lock_free &&
+      (std::is_integral_v<T> || std::is_floating_point_v<T>)&&(!std::is_same_v<T, bool>) {
     return checked(std::atomic_ref<T>(*b_.data).fetch_sub(d, o));
   }
   /// Atomic bitwise and / or / xor; return the previous value (integral T).
-  T fetch_and(T d, std::memory_order o = std::memory_order_seq_cst)
-    requires is_lock_free && std::is_integral_v<T> && (!std::is_same_v<T, bool>)
-  {
+  T fetch_and(T d, std::memory_order o = std::memory_order_seq_cst) requires is_lock_free
+      && std::is_integral_v<T> &&(!std::is_same_v<T, bool>) {
     return checked(std::atomic_ref<T>(*b_.data).fetch_and(d, o));
   }
   /// See fetch_and.
-  T fetch_or(T d, std::memory_order o = std::memory_order_seq_cst)
-    requires is_lock_free && std::is_integral_v<T> && (!std::is_same_v<T, bool>)
-  {
+  T fetch_or(T d, std::memory_order o = std::memory_order_seq_cst) requires is_lock_free
+      && std::is_integral_v<T> &&(!std::is_same_v<T, bool>) {
     return checked(std::atomic_ref<T>(*b_.data).fetch_or(d, o));
   }
   /// See fetch_and.
-  T fetch_xor(T d, std::memory_order o = std::memory_order_seq_cst)
-    requires is_lock_free && std::is_integral_v<T> && (!std::is_same_v<T, bool>)
-  {
+  T fetch_xor(T d, std::memory_order o = std::memory_order_seq_cst) requires is_lock_free
+      && std::is_integral_v<T> &&(!std::is_same_v<T, bool>) {
     return checked(std::atomic_ref<T>(*b_.data).fetch_xor(d, o));
   }
 
@@ -554,14 +544,13 @@ class Value : public detail::ValueBase<T> {
   //!Throws: ValueError (no lock), OwnerDiedError (fn(T&) while the value waits for repair),
   //! CorruptedError (the segment was truncated), what fn throws.
   template <class F>
-    requires std::is_invocable_v<F&, T&> || std::is_invocable_v<F&, T&, bool>
+  requires std::is_invocable_v<F&, T&> || std::is_invocable_v<F&, T&, bool>
   decltype(auto) with_lock(F&& fn) {
-    return this->b_.with_lock(detail::Deadline::never(), Base::repair_hint(), fn,
-                              *this->b_.data);
+    return this->b_.with_lock(detail::Deadline::never(), Base::repair_hint(), fn, *this->b_.data);
   }
   /// with_lock() waiting at most `timeout` for the lock. Throws: TimeoutError.
   template <class F>
-    requires std::is_invocable_v<F&, T&> || std::is_invocable_v<F&, T&, bool>
+  requires std::is_invocable_v<F&, T&> || std::is_invocable_v<F&, T&, bool>
   decltype(auto) with_lock(Timeout timeout, F&& fn) {
     return this->b_.with_lock(detail::Deadline::from(timeout), Base::repair_hint(), fn,
                               *this->b_.data);
@@ -594,7 +583,8 @@ class RawValue : public detail::ValueBase<T> {
   }
   /// Opens `name`, or creates it holding `v`.
   static RawValue open_or_create(std::string_view name, const T& v = T{}) {
-    return RawValue(Block::open_or_create(Kind::value, name, 1, detail::unlocked({}), Base::filler(v)));
+    return RawValue(
+        Block::open_or_create(Kind::value, name, 1, detail::unlocked({}), Base::filler(v)));
   }
   /// Stores `v` (see set()).
   RawValue& operator=(const T& v) {

@@ -16,8 +16,8 @@
 /// Stringizes its argument as written.
 #define MPP_DETAIL_STR2(x) #x
 /// The version as "MAJOR.MINOR.PATCH".
-#define MPP_VERSION_STRING                                                   \
-  MPP_DETAIL_STR(MPP_VERSION_MAJOR) "." MPP_DETAIL_STR(MPP_VERSION_MINOR) "." \
-      MPP_DETAIL_STR(MPP_VERSION_PATCH)
+#define MPP_VERSION_STRING          \
+  MPP_DETAIL_STR(MPP_VERSION_MAJOR) \
+  "." MPP_DETAIL_STR(MPP_VERSION_MINOR) "." MPP_DETAIL_STR(MPP_VERSION_PATCH)
 /// The version as one number, MAJOR * 10000 + MINOR * 100 + PATCH, for #if comparisons.
 #define MPP_VERSION (MPP_VERSION_MAJOR * 10000 + MPP_VERSION_MINOR * 100 + MPP_VERSION_PATCH)

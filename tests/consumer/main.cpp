@@ -1,14 +1,15 @@
 // A tiny mpp user: shares a value with a forked child through a named segment.
-#include <mpp/mpp.hpp>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <mpp/mpp.hpp>
 
 #include <cstdio>
 #include <cstring>
 
 int main() {
   const auto name = fmt::format("mpp.consumer.{}", ::getpid());
-  auto seg = mpp::detail::Segment::create(name, {mpp::Kind::test, mpp::type_info<int>(), sizeof(int)});
+  auto seg =
+      mpp::detail::Segment::create(name, {mpp::Kind::test, mpp::type_info<int>(), sizeof(int)});
   const pid_t pid = ::fork();
   if (pid == 0) {
     auto s = mpp::detail::Segment::open(name, mpp::Kind::test, mpp::type_info<int>());

@@ -96,10 +96,16 @@ class DictCore {
   //! for optimistic readers, which validate it with the sequence word). Throws: CorruptedError.
   DictView view() const {
     DictRoot* r = root();
-    DictView v{r,       racy_load(&r->count), racy_load(&r->used), racy_load(&r->ecap),
-               racy_load(&r->icap), racy_load(&r->filled), nullptr, nullptr};
-    if (v.icap == 0 || (v.icap & (v.icap - 1)) != 0 || v.used > v.ecap ||
-        v.ecap > kSlotMask - 2 || v.filled > v.icap)
+    DictView v{r,
+               racy_load(&r->count),
+               racy_load(&r->used),
+               racy_load(&r->ecap),
+               racy_load(&r->icap),
+               racy_load(&r->filled),
+               nullptr,
+               nullptr};
+    if (v.icap == 0 || (v.icap & (v.icap - 1)) != 0 || v.used > v.ecap || v.ecap > kSlotMask - 2 ||
+        v.filled > v.icap)
       torn(*a_, "dict table");
     v.idx = a_->array<std::uint64_t>(racy_load(&r->index_off), v.icap);
     v.ent = a_->array<DictEntry>(racy_load(&r->entries_off), v.ecap);

@@ -49,8 +49,8 @@ inline constexpr u64 kLapMask = (u64{1} << (64 - kLapShift)) - 1;  // 40 bits
 /// Processes that can use one queue at the same time (one participant entry each).
 inline constexpr std::uint32_t kMaxParticipants = 1u << kIndexBits;
 inline constexpr std::uint32_t kGenMask = 511;
-inline constexpr std::size_t kInline = 20;              // bytes stored in the slot itself
-inline constexpr std::size_t kMedium = 2048;            // largest cell (bytes per slot)
+inline constexpr std::size_t kInline = 20;    // bytes stored in the slot itself
+inline constexpr std::size_t kMedium = 2048;  // largest cell (bytes per slot)
 inline constexpr std::uint64_t kSlotsPerPage = 4096 / 32;
 inline constexpr std::uint64_t kSmallScan = 4096;  // queues this small are always scanned whole
 inline constexpr std::uint64_t kHintSlack = 1024;  // how far head/tail hints may lag
@@ -58,7 +58,7 @@ inline constexpr std::uint32_t kBigFlag = 0x80000000u;  // len: the bytes are in
 inline constexpr std::uint32_t kMedFlag = 0x40000000u;  // len: the bytes are in the slot's cell
 inline constexpr std::uint32_t kLenMask = 0x3fffffffu;
 inline constexpr std::uint64_t kMaxItemLimit = kLenMask;
-inline constexpr u64 kMagic = 0x3465756575717070ull;    // "ppqueue4"
+inline constexpr u64 kMagic = 0x3465756575717070ull;  // "ppqueue4"
 /// Roles, indexing Header::excl and Participant::inside / busy.
 inline constexpr int kProducer = 0, kConsumer = 1;
 /// Threads of one process with their own Participant::busy word per role.
@@ -205,8 +205,8 @@ class Core {
     if (cap == 0 || cap > (u64{1} << 30))
       fail<InvalidArgument>("queue capacity {} is out of range (1 .. 2^30 slots)", cap);
     if (max_item < kInline || max_item > kMaxItemLimit)
-      fail<InvalidArgument>("max_item_size {} is out of range ({} .. {} bytes)", max_item,
-                            kInline, kMaxItemLimit);
+      fail<InvalidArgument>("max_item_size {} is out of range ({} .. {} bytes)", max_item, kInline,
+                            kMaxItemLimit);
     if (!valid_cell_size(cell)) fail<InvalidArgument>("queue cell size {} is invalid", cell);
     const Layout l = Layout::of(cap, max_item, cell);
     SegmentSpec spec{kind, type, l.payload_size, cap};
@@ -216,8 +216,8 @@ class Core {
     // whole), the first two pages of a larger one's (the 32 MiB table of an unbounded queue is
     // populated a page at a time as the ring reaches it). Participant pages are backed as
     // processes arrive.
-    spec.reserve = cap <= kSmallScan ? l.parts_offset
-                                     : l.slots_offset + 2 * kSlotsPerPage * sizeof(Slot);
+    spec.reserve =
+        cap <= kSmallScan ? l.parts_offset : l.slots_offset + 2 * kSlotsPerPage * sizeof(Slot);
     auto init = [&](std::byte* p, std::uint64_t) {
       // Header, slots and fill marks: any process may read any slot (scans), so all of them.
       // Participant entries are allocated as processes arrive.
@@ -283,8 +283,8 @@ class Core {
     if (magic != kMagic || cap == 0 || cap > (u64{1} << 30) || max_item < kInline ||
         max_item > kMaxItemLimit || cap != seg_.capacity() || !valid_cell_size(cell))
       fail<CorruptedError>(
-          "queue '{}' has an invalid header (capacity {}, max item {}, cell {} bytes)",
-          seg_.name(), cap, max_item, cell);
+          "queue '{}' has an invalid header (capacity {}, max item {}, cell {} bytes)", seg_.name(),
+          cap, max_item, cell);
     const Layout l = Layout::of(cap, max_item, cell);
     if (so != l.slots_offset || ro != l.regions_offset || h_->parts_offset != l.parts_offset ||
         l.payload_size > seg_.payload_size())
@@ -437,8 +437,8 @@ class Core {
         pos = t;
         return phase_of(s) == kFull ? Status::full : Status::busy;
       } else {
-        fail<CorruptedError>("queue '{}': slot {} is at lap {} while the tail is at lap {}",
-                             name(), idx, lap_of(s), lap & kLapMask);
+        fail<CorruptedError>("queue '{}': slot {} is at lap {} while the tail is at lap {}", name(),
+                             idx, lap_of(s), lap & kLapMask);
       }
       if (guard > (1 << 20)) fail<CorruptedError>("queue '{}': cannot find the tail", name());
     }
@@ -492,8 +492,8 @@ class Core {
         pos = h;
         return ph == kEmpty ? Status::empty : Status::busy;
       } else {
-        fail<CorruptedError>("queue '{}': slot {} is at lap {} while the head is at lap {}",
-                             name(), idx, lap_of(s), lap & kLapMask);
+        fail<CorruptedError>("queue '{}': slot {} is at lap {} while the head is at lap {}", name(),
+                             idx, lap_of(s), lap & kLapMask);
       }
       if (guard > (1 << 20)) fail<CorruptedError>("queue '{}': cannot find the head", name());
     }
@@ -646,9 +646,7 @@ class Core {
     back_off(role);
     return false;
   }
-  void end_exclusive(int role) noexcept {
-    me().inside[role].store(0, std::memory_order_release);
-  }
+  void end_exclusive(int role) noexcept { me().inside[role].store(0, std::memory_order_release); }
 
   //!Effects: starts a general operation of `role`: marks this thread busy in it (`slot`: its
   //! Participant::busy word, or -1) and takes the role back from an exclusive holder other than
@@ -682,9 +680,10 @@ class Core {
     // dies midway blocks nobody): the barrier, then the holder outside its operation.
     if (!os::membarrier_all()) {
       unbusy(role, slot);
-      fail<Error>("queue '{}': cannot take the {} role from its exclusive holder: membarrier(2) "
-                  "failed in this process but worked in the holder's (a seccomp filter?)",
-                  name(), role == kProducer ? "producer" : "consumer");
+      fail<Error>(
+          "queue '{}': cannot take the {} role from its exclusive holder: membarrier(2) "
+          "failed in this process but worked in the holder's (a seccomp filter?)",
+          name(), role == kProducer ? "producer" : "consumer");
     }
     const auto holder = static_cast<std::uint32_t>(e);
     // An index never handed out names no process: nobody to wait for.
@@ -786,8 +785,10 @@ class Core {
     bool busy = false;
     auto visit = [&](u64 i) {
       const u64 ph = phase_of(slots_[i].state.load(std::memory_order_acquire));
-      if (ph == kFull) ++n;
-      else if (ph != kEmpty) busy = true;
+      if (ph == kFull)
+        ++n;
+      else if (ph != kEmpty)
+        busy = true;
     };
     if (full_scan || cap_ <= kSmallScan || rescued_pending()) {
       const u64 limit = scan_limit();
@@ -843,9 +844,10 @@ class Core {
   // The queue's cells must be `cell` bytes: the size this element type was created with.
   static std::shared_ptr<Core> checked(std::shared_ptr<Core> c, u64 cell) {
     if (c->cell_ != cell)
-      fail<CorruptedError>("queue '{}' has cells of {} bytes where its element type needs {} "
-                           "(created by another mpp version?); recreate it",
-                           c->name(), c->cell_, cell);
+      fail<CorruptedError>(
+          "queue '{}' has cells of {} bytes where its element type needs {} "
+          "(created by another mpp version?); recreate it",
+          c->name(), c->cell_, cell);
     return c;
   }
 
@@ -961,18 +963,19 @@ class Core {
     const auto end = static_cast<std::uint64_t>(static_cast<std::byte*>(p) + n -
                                                 reinterpret_cast<std::byte*>(&seg_.header()));
     if (os::shm_shrunk(name(), end))
-      fail<CorruptedError>("queue '{}' was truncated by another process: it no longer holds "
-                           "the {} bytes this item needs; remove it (mpp rm) and create it again",
-                           name(), end);
+      fail<CorruptedError>(
+          "queue '{}' was truncated by another process: it no longer holds "
+          "the {} bytes this item needs; remove it (mpp rm) and create it again",
+          name(), end);
     // EFAULT (POSIX: the page fault failed) or ENOMEM (Windows: the commit limit) with the
     // object whole: no memory to back the pages.
     if (err == EFAULT || err == ENOMEM || err == ENOSPC)
       os::fail_no_space(name(), n, "; or use smaller items or a bounded queue");
     throw OSError(fmt::format("queue '{}': out of shared memory while allocating {} ({} bytes): "
-                                "{} (errno {}); /dev/shm is full: free memory there, or use "
-                                "smaller items or a bounded queue",
-                                name(), what, n, std::strerror(err), err),
-                    err);
+                              "{} (errno {}); /dev/shm is full: free memory there, or use "
+                              "smaller items or a bounded queue",
+                              name(), what, n, std::strerror(err), err),
+                  err);
   }
 
   bool repair(Slot& sl, u64 s) {
@@ -1058,8 +1061,8 @@ class Core {
             parts_[i].who.compare_exchange_strong(w, me, std::memory_order_acq_rel))
           return i;
       }
-      fail<Error>("queue '{}' already has {} live processes using it; no room for another",
-                  name(), kMaxParticipants);
+      fail<Error>("queue '{}' already has {} live processes using it; no room for another", name(),
+                  kMaxParticipants);
     }
   }
 
@@ -1133,7 +1136,7 @@ class Core {
   ProcessRef self_{};
   std::atomic<bool> closed_{false};
   std::atomic<u64> first_use_checked_{0};
-  std::atomic<i64> last_scan_ns_{0};  // this process's hint (another may have done it)
+  std::atomic<i64> last_scan_ns_{0};      // this process's hint (another may have done it)
   std::atomic<const void*> holder_[2]{};  // per role: thread_tag() of this process's holder
   // Per role: successful general operations a thread makes before it tries to become the
   // exclusive one; doubled each time this process's holder is revoked (2P/2C do not churn).
@@ -1148,7 +1151,9 @@ class SharedRole {
   //!Effects: enters (see Core::enter_shared); `may_acquire`: success may make this thread the
   //! role's exclusive holder.
   SharedRole(Core& c, int role, bool may_acquire, const Deadline& deadline)
-      : c_(c), role_(role), may_acquire_(may_acquire),
+      : c_(c),
+        role_(role),
+        may_acquire_(may_acquire),
         entered_(c.enter_shared(role, deadline, slot_)) {}
   ~SharedRole() {
     if (entered_) c_.leave_shared(role_, slot_, ok_, may_acquire_);

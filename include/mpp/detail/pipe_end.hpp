@@ -203,7 +203,8 @@ class PipeEnd final : public ForkHook {
     if (!recv_ok_ || have_msg_ || assembling_) return false;
     ring::Control* c = in_.ctl;
     const std::uint64_t r = c->read_idx.load(std::memory_order_relaxed);
-    if (r < rseen_) [[unlikely]] return false;  // went backwards: peek reports the corruption
+    if (r < rseen_) [[unlikely]]
+      return false;  // went backwards: peek reports the corruption
     constexpr std::uint64_t need = ring::frame_size(N);
     if (wcache_ - r < need || wcache_ - r > in_.capacity || (r & 3) != 0) {
       const std::uint64_t w = c->write_idx.load(std::memory_order_acquire);
@@ -362,7 +363,8 @@ class PipeEnd final : public ForkHook {
     const std::uint64_t word = ProcessRef::self().pack() | pipe_layout::kPendingBit;
     const std::uint32_t s = claim_slot(end_, word);
     if (s == pipe_layout::kNoSlot)
-      fail<Error>("pipe '{}': {} processes already hold this end", name(), pipe_layout::kMaxHolders);
+      fail<Error>("pipe '{}': {} processes already hold this end", name(),
+                  pipe_layout::kMaxHolders);
     pending_.push_back(s);
     return {s, word};
   }
@@ -374,15 +376,16 @@ class PipeEnd final : public ForkHook {
   static std::shared_ptr<PipeEnd> adopt(std::shared_ptr<Segment> seg, unsigned end,
                                         std::uint32_t slot, std::uint64_t word) {
     if (end > 1 || slot >= pipe_layout::kMaxHolders || (word & pipe_layout::kPendingBit) == 0)
-      fail<CorruptedError>("pipe '{}': an encoded connection names end {} and slot {}",
-                           seg->name(), end, slot);
+      fail<CorruptedError>("pipe '{}': an encoded connection names end {} and slot {}", seg->name(),
+                           end, slot);
     auto* h = reinterpret_cast<pipe_layout::Header*>(seg->payload());
     std::uint64_t expect = word;
-    if (!h->ends[end].holders[slot].compare_exchange_strong(
-            expect, ProcessRef::self().pack(), std::memory_order_seq_cst))
-      fail<ValueError>("pipe '{}': the connection was closed by the process that sent it before "
-                       "this process opened it (keep it open until the receiver has started)",
-                       seg->name());
+    if (!h->ends[end].holders[slot].compare_exchange_strong(expect, ProcessRef::self().pack(),
+                                                            std::memory_order_seq_cst))
+      fail<ValueError>(
+          "pipe '{}': the connection was closed by the process that sent it before "
+          "this process opened it (keep it open until the receiver has started)",
+          seg->name());
     return std::make_shared<PipeEnd>(std::move(seg), end, slot);
   }
   /// Which end this is (0: the first of Pipe(), 1: the second).
@@ -513,8 +516,7 @@ class PipeEnd final : public ForkHook {
 
   // The first frame of a message at `r`. Returns: the message if it is the whole of it; nullopt
   // once a longer message has started assembling (into `direct` when it fits there).
-  std::optional<Message> first_frame(const Frame& f, std::uint64_t r,
-                                     std::span<std::byte> direct) {
+  std::optional<Message> first_frame(const Frame& f, std::uint64_t r, std::span<std::byte> direct) {
     const std::uint64_t payload = r + ring::kHeader;
     assembling_ = false;  // a message left unfinished by a writer that died: never delivered
     if ((f.flags & (ring::kMore | ring::kLong)) == 0) {
@@ -654,8 +656,10 @@ class PipeEnd final : public ForkHook {
   std::uint64_t free_space(std::uint64_t w) {
     const std::uint64_t r = out_.ctl->read_idx.load(std::memory_order_acquire);
     if (r < rcache_ || w - r > cap_)
-      corrupted(fmt::format("indices out of range (write {}, read {}, last read seen {}, "
-                            "capacity {})", w, r, rcache_, cap_));
+      corrupted(
+          fmt::format("indices out of range (write {}, read {}, last read seen {}, "
+                      "capacity {})",
+                      w, r, rcache_, cap_));
     rcache_ = r;
     return cap_ - (w - rcache_);
   }
@@ -681,8 +685,10 @@ class PipeEnd final : public ForkHook {
   std::uint64_t refresh_avail(std::uint64_t r) {
     const std::uint64_t w = in_.ctl->write_idx.load(std::memory_order_acquire);
     if (w < wcache_ || w - r > cap_ || (r & 3) != 0)
-      corrupted(fmt::format("indices out of range (write {}, read {}, last write seen {}, "
-                            "capacity {})", w, r, wcache_, cap_));
+      corrupted(
+          fmt::format("indices out of range (write {}, read {}, last write seen {}, "
+                      "capacity {})",
+                      w, r, wcache_, cap_));
     wcache_ = w;
     return wcache_ - r;
   }

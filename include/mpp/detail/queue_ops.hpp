@@ -302,9 +302,10 @@ class Ops {
 
   static void check_size(Core& c, std::size_t n) {
     if (n > c.max_item())
-      fail<ValueError>("item of {} bytes is larger than queue '{}' allows ({} bytes); create the "
-                       "queue with a larger QueueOptions::max_item_size",
-                       n, c.name(), c.max_item());
+      fail<ValueError>(
+          "item of {} bytes is larger than queue '{}' allows ({} bytes); create the "
+          "queue with a larger QueueOptions::max_item_size",
+          n, c.name(), c.max_item());
   }
 
   template <class Write>
@@ -333,9 +334,10 @@ class Ops {
       }
       // Full.
       if (c.unbounded() && c.count() + 1 >= c.capacity())
-        fail<queue::Full>("unbounded queue '{}' holds {} items, all the slots reserved for it; "
-                          "create it with a larger QueueOptions::unbounded_capacity",
-                          c.name(), c.capacity());
+        fail<queue::Full>(
+            "unbounded queue '{}' holds {} items, all the slots reserved for it; "
+            "create it with a larger QueueOptions::unbounded_capacity",
+            c.name(), c.capacity());
       if (!block) return false;
       // Resume only once the consumers are a batch of slots ahead (or, after a while, as soon as
       // this slot frees): writing right behind a reader would bounce every cache line between
@@ -395,9 +397,7 @@ class Ops {
       if (c.recover_all(true) > 0) continue;
       const bool ready = sleep_on(
           c.header().not_empty, c.header().excl[kProducer],
-          [&] {
-            return sl.state.load(std::memory_order_acquire) != seen || c.rescued_pending();
-          },
+          [&] { return sl.state.load(std::memory_order_acquire) != seen || c.rescued_pending(); },
           deadline, [&] { c.recover_all(true); });
       if (!ready) return false;
     }
@@ -507,7 +507,8 @@ class BasicQueue {
  private:
   // put() and get() past their exclusive fast paths, kept out of line: every store the inlined
   // fast path saves leaves room in the store buffer for one more item's slot writes waiting for
-  // their cache line (benchmarks row queue.8B.1p1c.throughput drops by half with put_general inlined).
+  // their cache line (benchmarks row queue.8B.1p1c.throughput drops by half with put_general
+  // inlined).
   [[gnu::noinline]] void put_general(const T& item, bool block, const Timeout& timeout) {
     if (!Ops<T>::put(*core_, item, kJoinable, block, deadline_of(block, timeout)))
       fail<queue::Full>("queue '{}' is full ({} items){}", core_->name(), core_->capacity(),

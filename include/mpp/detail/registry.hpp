@@ -40,12 +40,18 @@ enum class State {
 /// Short name of a State ("ready", "building", ...).
 constexpr std::string_view state_name(State s) noexcept {
   switch (s) {
-    case State::ready: return "ready";
-    case State::building: return "building";
-    case State::empty: return "empty";
-    case State::truncated: return "truncated";
-    case State::corrupt: return "corrupt";
-    case State::foreign: return "foreign";
+    case State::ready:
+      return "ready";
+    case State::building:
+      return "building";
+    case State::empty:
+      return "empty";
+    case State::truncated:
+      return "truncated";
+    case State::corrupt:
+      return "corrupt";
+    case State::foreign:
+      return "foreign";
   }
   return "?";
 }
@@ -59,26 +65,26 @@ struct Attacher {
 /// Everything the registry knows about one named object. Fields that could not be read keep
 /// their zero value; `problem` says why the object is not `ready`.
 struct ObjectInfo {
-  std::string name;          ///< e.g. "mpp.jobs"
+  std::string name;  ///< e.g. "mpp.jobs"
   State state = State::foreign;
-  std::string problem;       ///< empty when ready
-  os::ShmStat stat;          ///< file-system view (owner, mode, size, mtime)
+  std::string problem;           ///< empty when ready
+  os::ShmStat stat;              ///< file-system view (owner, mode, size, mtime)
   bool header_readable = false;  ///< the file holds a whole header (creator and attach table)
   std::uint32_t init_state = 0;
   std::uint32_t layout_version = 0;
   std::uint64_t magic = 0;
-  std::uint32_t kind = 0;    ///< raw Kind value
-  std::string kind_label;    ///< kind_name(), or "unknown(N)"
+  std::uint32_t kind = 0;  ///< raw Kind value
+  std::string kind_label;  ///< kind_name(), or "unknown(N)"
   std::uint32_t header_size = 0;
   std::uint64_t type_fingerprint = 0;
-  std::string type_name;     ///< sanitised (printable ASCII only, at most kTypeNameCapacity-1)
+  std::string type_name;  ///< sanitised (printable ASCII only, at most kTypeNameCapacity-1)
   std::uint64_t total_size = 0;
   std::uint64_t payload_offset = 0;
   std::uint64_t payload_size = 0;
   std::uint64_t capacity = 0;
   std::uint64_t created_unix_ms = 0;
-  ProcessRef creator;        ///< pid 0 when not written yet
-  bool persistent = false;   ///< its creator asked to keep it after its users are gone
+  ProcessRef creator;       ///< pid 0 when not written yet
+  bool persistent = false;  ///< its creator asked to keep it after its users are gone
   /// A headerless SharedMemory block (not marked os::kModeHeadered; POSIX): its users are its
   /// lock_users, `persistent` is os::kModeKeep, and no creator is recorded.
   bool block = false;
@@ -100,7 +106,8 @@ namespace registry_detail {
 template <class T>
 T field(std::span<const std::byte> b, std::size_t offset) noexcept {
   T v{};
-  if (offset <= b.size() && sizeof(T) <= b.size() - offset) std::memcpy(&v, b.data() + offset, sizeof(T));
+  if (offset <= b.size() && sizeof(T) <= b.size() - offset)
+    std::memcpy(&v, b.data() + offset, sizeof(T));
   return v;
 }
 inline std::string printable(const char* p, std::size_t n) {
@@ -148,7 +155,8 @@ inline ObjectInfo parse_header(std::string_view name, std::span<const std::byte>
   o.stat.size = file_size;
   if (bytes.size() < sizeof(H)) {
     o.state = State::empty;
-    o.problem = fmt::format("{} bytes, smaller than an mpp header ({} bytes)", file_size, sizeof(H));
+    o.problem =
+        fmt::format("{} bytes, smaller than an mpp header ({} bytes)", file_size, sizeof(H));
     return o;
   }
   o.header_readable = true;
@@ -177,8 +185,8 @@ inline ObjectInfo parse_header(std::string_view name, std::span<const std::byte>
   o.attach_capacity = field<std::uint32_t>(bytes, offsetof(H, attach_capacity));
   o.attach_used = field<std::uint32_t>(bytes, offsetof(H, attach_used));
   // `bytes` may be the whole object (a fuzzer's input): then the table is read from it too.
-  if (const auto span = attach_span(o); span && span->first <= bytes.size() &&
-                                        span->second <= bytes.size() - span->first)
+  if (const auto span = attach_span(o);
+      span && span->first <= bytes.size() && span->second <= bytes.size() - span->first)
     parse_attachers(o, bytes.subspan(static_cast<std::size_t>(span->first),
                                      static_cast<std::size_t>(span->second)));
 
@@ -194,7 +202,8 @@ inline ObjectInfo parse_header(std::string_view name, std::span<const std::byte>
   } else if (o.magic != kSegmentMagic) {
     o.problem = fmt::format("bad magic {:#018x}: not an mpp object", o.magic);
   } else if (o.layout_version != kLayoutVersion) {
-    o.problem = fmt::format("layout version {} (this tool reads {})", o.layout_version, kLayoutVersion);
+    o.problem =
+        fmt::format("layout version {} (this tool reads {})", o.layout_version, kLayoutVersion);
   } else if (o.header_size != sizeof(H)) {
     o.problem = fmt::format("header size {} (expected {})", o.header_size, sizeof(H));
   } else if (!tn_terminated) {
@@ -206,9 +215,10 @@ inline ObjectInfo parse_header(std::string_view name, std::span<const std::byte>
   } else if (o.creator.pid <= 0) {
     o.problem = fmt::format("invalid creator pid {}", o.creator.pid);
   } else if (!attach_span(o)) {
-    o.problem = fmt::format("attach table [{}, {} entries) does not fit after the payload in {} "
-                            "bytes",
-                            o.attach_offset, o.attach_capacity, o.total_size);
+    o.problem = fmt::format(
+        "attach table [{}, {} entries) does not fit after the payload in {} "
+        "bytes",
+        o.attach_offset, o.attach_capacity, o.total_size);
   } else if (o.total_size != file_size) {
     o.state = State::truncated;
     o.problem = fmt::format("header says {} bytes, the file has {}", o.total_size, file_size);
@@ -230,14 +240,15 @@ inline ObjectInfo inspect_block(std::string_view name, const os::Fd& fd, const o
   o.lock_users = os::count_user_locks(fd).value_or(0);
   o.total_size = o.payload_size = o.capacity = st.size;
   std::uint64_t magic = 0;
-  const bool list = os::read_at(fd, 0, &magic, sizeof magic) == sizeof magic &&
-                    magic == kShareableListMagic;
+  const bool list =
+      os::read_at(fd, 0, &magic, sizeof magic) == sizeof magic && magic == kShareableListMagic;
   o.kind = static_cast<std::uint32_t>(list ? Kind::shareable_list : Kind::shared_memory);
   o.kind_label = std::string(kind_name(static_cast<Kind>(o.kind)));
   o.state = st.size == 0 ? State::empty : State::ready;
   if (st.size == 0) o.problem = "an empty block (its creator has not sized it yet, or died first)";
   if (!st.owned_by_us) {
-    o.problem = fmt::format("owned by uid {}{}{}", st.uid, o.problem.empty() ? "" : "; ", o.problem);
+    o.problem =
+        fmt::format("owned by uid {}{}{}", st.uid, o.problem.empty() ? "" : "; ", o.problem);
     o.state = State::foreign;
   }
   return o;
@@ -288,7 +299,8 @@ inline ObjectInfo inspect(std::string_view name) {
     o.payload_head.resize(os::read_at(fd, o.payload_offset, o.payload_head.data(), kPayloadPeek));
   }
   if (!st.owned_by_us) {
-    o.problem = fmt::format("owned by uid {}{}{}", st.uid, o.problem.empty() ? "" : "; ", o.problem);
+    o.problem =
+        fmt::format("owned by uid {}{}{}", st.uid, o.problem.empty() ? "" : "; ", o.problem);
     o.state = State::foreign;
   }
   return o;
@@ -309,7 +321,8 @@ inline std::optional<std::uint64_t> queue_depth(const ObjectInfo& o) {
   if (k != Kind::queue && k != Kind::simple_queue && k != Kind::joinable_queue) return std::nullopt;
   const std::span<const std::byte> b = o.payload_head;
   using registry_detail::field;
-  if (b.size() < kPayloadPeek || field<std::uint64_t>(b, offsetof(mpmc::Header, magic)) != mpmc::kMagic)
+  if (b.size() < kPayloadPeek ||
+      field<std::uint64_t>(b, offsetof(mpmc::Header, magic)) != mpmc::kMagic)
     return std::nullopt;
   const auto cap = field<std::uint64_t>(b, offsetof(mpmc::Header, capacity));
   const auto tail = field<std::uint64_t>(b, offsetof(mpmc::Header, tail));
@@ -327,7 +340,8 @@ inline bool process_alive(const ProcessRef& p) { return p.alive(); }
 //!Returns: the live registered users of `o`: its creator and its attach-table holders, each
 //! process counted once. Users marked by a user lock are counted in o.lock_users instead (the
 //! kernel does not say which processes hold them).
-inline std::vector<ProcessRef> live_users(const ObjectInfo& o, const AliveFn& alive = process_alive) {
+inline std::vector<ProcessRef> live_users(const ObjectInfo& o,
+                                          const AliveFn& alive = process_alive) {
   std::vector<ProcessRef> live;
   auto add = [&](const ProcessRef& p) {
     if (p.pid <= 0) return;
@@ -368,8 +382,8 @@ struct GcPolicy {
 //! registered (creator + attach table) is dead; a header too short or too fresh to name its
 //! creator is kept until the grace period passed; a published persistent object is kept unless
 //! policy.include_persistent. Never removes an object with a live user.
-inline Verdict gc_verdict(const ObjectInfo& o, std::int64_t now_unix_ms, const GcPolicy& policy = {},
-                          const AliveFn& alive = process_alive) {
+inline Verdict gc_verdict(const ObjectInfo& o, std::int64_t now_unix_ms,
+                          const GcPolicy& policy = {}, const AliveFn& alive = process_alive) {
   if (o.state == State::foreign) return {false, "kept: " + o.problem};
   if (o.state == State::corrupt && !policy.include_corrupt)
     return {false, fmt::format("kept: corrupt header ({}); remove it with `mpp rm {}` if you are "
@@ -415,7 +429,8 @@ inline Verdict gc_verdict(const ObjectInfo& o, std::int64_t now_unix_ms, const G
                               age / 1000)};
   }
   if (o.state == State::building)
-    return {true, fmt::format("half-built: creator pid {} died while initialising it", o.creator.pid)};
+    return {true,
+            fmt::format("half-built: creator pid {} died while initialising it", o.creator.pid)};
   if (o.persistent && !policy.include_persistent)
     return {false, fmt::format("kept: persistent, its users are gone but its creator asked to keep "
                                "it; remove it with `mpp rm {}` (or `mpp gc --include-persistent`)",
@@ -426,8 +441,8 @@ inline Verdict gc_verdict(const ObjectInfo& o, std::int64_t now_unix_ms, const G
 
 /// What gc did (or, with dry_run, would do) to one object.
 struct GcEntry {
-  ObjectInfo info;  ///< the object as last inspected
-  Verdict verdict;  ///< the decision
+  ObjectInfo info;       ///< the object as last inspected
+  Verdict verdict;       ///< the decision
   bool removed = false;  ///< the name was removed by this call
   std::string error;     ///< why removal failed, if it did
 };

@@ -46,7 +46,8 @@ class BlockHandle final : public ForkHook {
   //! zeroed bytes, all backed by memory now, this handle its first user.
   //!Throws: InvalidArgument (bad name, size 0 or too large), ExistsError, NoSpaceError (/dev/shm
   //! has no room for `size` bytes; nothing is left behind), OSError.
-  static std::shared_ptr<BlockHandle> create(std::string_view name, std::uint64_t size, bool track) {
+  static std::shared_ptr<BlockHandle> create(std::string_view name, std::uint64_t size,
+                                             bool track) {
     return create_block(name, size, [&](std::string_view n) { return make(n, size, track); });
   }
 
@@ -55,8 +56,8 @@ class BlockHandle final : public ForkHook {
   //! object, group/world access, or a directory squatting the name),
   //! TypeMismatchError (an mpp object of another kind), CorruptedError (left empty by a creator
   //! that died), TimeoutError, OSError.
-  static std::shared_ptr<BlockHandle> open(std::string_view name, bool track,
-                                           std::chrono::milliseconds wait = std::chrono::seconds(5)) {
+  static std::shared_ptr<BlockHandle> open(
+      std::string_view name, bool track, std::chrono::milliseconds wait = std::chrono::seconds(5)) {
     validate_name(name);
     auto b = std::make_shared<BlockHandle>(Tag{}, name, track);
     b->fd_ = os::shm_open_existing(name);
@@ -69,9 +70,10 @@ class BlockHandle final : public ForkHook {
       // The creator takes its lock right after shm_open: empty, a second old and unlocked, the
       // block was abandoned.
       if (os::unix_time_ms() - info.mtime_unix_ms > 1000 && count_locks(b->fd_, name, 1) == 0)
-        fail<CorruptedError>("'{}' is empty and no process holds it: its creator died before "
-                             "sizing it; remove it with mpp::unlink(\"{}\")",
-                             name, name);
+        fail<CorruptedError>(
+            "'{}' is empty and no process holds it: its creator died before "
+            "sizing it; remove it with mpp::unlink(\"{}\")",
+            name, name);
       if (deadline.expired())
         fail<TimeoutError>("'{}' is still empty after {} ms: its creator has not sized it yet",
                            name, wait.count());
@@ -119,7 +121,8 @@ class BlockHandle final : public ForkHook {
   void check_mapping() const { os::check_mapping(base_); }
 
   //!Effects: check_mapping(), and a look at the object's size (one fstat), so a truncation is
-  //! seen before any page of it is touched. Throws: CorruptedError naming the block if it is smaller than mapped.
+  //! seen before any page of it is touched. Throws: CorruptedError naming the block if it is
+  //! smaller than mapped.
   void check_size(std::string_view what) const {
     check_mapping();
     std::uint64_t now;
@@ -131,11 +134,12 @@ class BlockHandle final : public ForkHook {
       now = st.size;
     }
     if (now < size_)
-      fail<CorruptedError>("SharedMemory '{}' shrank from {} to {} bytes while this process had "
-                           "it mapped (another process truncated it), seen at {}; the missing "
-                           "part reads as zeros and nothing written there reaches other "
-                           "processes: close it and create it again",
-                           name_, size_, now, what);
+      fail<CorruptedError>(
+          "SharedMemory '{}' shrank from {} to {} bytes while this process had "
+          "it mapped (another process truncated it), seen at {}; the missing "
+          "part reads as zeros and nothing written there reaches other "
+          "processes: close it and create it again",
+          name_, size_, now, what);
   }
 
   /// This handle never removes the name (an opener that found no object of its kind there).
@@ -168,7 +172,7 @@ class BlockHandle final : public ForkHook {
   std::uint32_t live_users() {
     std::lock_guard<std::mutex> lock(use_mutex_);
     if (!user_here()) return others_using(name_);
-    if (!fd_.valid()) return 1;  // a forked child that found the name removed: only itself
+    if (!fd_.valid()) return 1;          // a forked child that found the name removed: only itself
     return 1 + count_locks(fd_, name_);  // through our own descriptor: every lock but ours
   }
 
@@ -264,9 +268,10 @@ class BlockHandle final : public ForkHook {
     if (whole && h.magic == kSegmentMagic)
       fail<TypeMismatchError>("'{}' is a {}, not a SharedMemory", name,
                               kind_name(static_cast<Kind>(h.kind)));
-    fail<TypeMismatchError>("'{}' is an mpp object of another kind (its header is not written "
-                            "yet), not a SharedMemory",
-                            name);
+    fail<TypeMismatchError>(
+        "'{}' is an mpp object of another kind (its header is not written "
+        "yet), not a SharedMemory",
+        name);
   }
 
   std::string name_;
@@ -276,10 +281,10 @@ class BlockHandle final : public ForkHook {
   std::uint64_t size_ = 0;
   std::uint32_t guard_ = os::kNoGuard;  // base_'s entry in the SIGBUS guard
   // Set before user_pid_ names this process, fixed afterwards (until a fork).
-  os::Fd fd_;               // this handle's descriptor, holding its user lock
-  std::uint32_t slot_ = 0;  // which lock
+  os::Fd fd_;                              // this handle's descriptor, holding its user lock
+  std::uint32_t slot_ = 0;                 // which lock
   std::atomic<os::pid_type> user_pid_{0};  // the process in which it is a user (not a forked child)
-  std::mutex use_mutex_;  // serialises note_use()'s slow path and live_users()
+  std::mutex use_mutex_;                   // serialises note_use()'s slow path and live_users()
 };
 
 }  // namespace mpp::detail

@@ -31,15 +31,16 @@ class BlockHandle final {
   //! zeroed bytes, all backed by memory now, this handle its first user.
   //!Throws: InvalidArgument (bad name, size 0 or too large), ExistsError, NoSpaceError (no
   //! memory left for `size` bytes; nothing is left behind), OSError.
-  static std::shared_ptr<BlockHandle> create(std::string_view name, std::uint64_t size, bool track) {
+  static std::shared_ptr<BlockHandle> create(std::string_view name, std::uint64_t size,
+                                             bool track) {
     return create_block(name, size, [&](std::string_view n) { return make(n, size, track); });
   }
 
   //!Effects: attaches to the existing block `name`, waiting up to `wait` for a creator that has
   //! not initialised it yet. Throws: InvalidArgument, NotFoundError, PermissionError,
   //! TypeMismatchError (an mpp object of another kind), CorruptedError, TimeoutError, OSError.
-  static std::shared_ptr<BlockHandle> open(std::string_view name, bool track,
-                                           std::chrono::milliseconds wait = std::chrono::seconds(5)) {
+  static std::shared_ptr<BlockHandle> open(
+      std::string_view name, bool track, std::chrono::milliseconds wait = std::chrono::seconds(5)) {
     validate_name(name);
     auto b = std::make_shared<BlockHandle>(Tag{}, name, track);
     SegmentOptions o;

@@ -28,9 +28,9 @@
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
-#include <new>
 #include <cstring>
 #include <iterator>
+#include <new>
 #include <span>
 #include <string_view>
 #include <vector>
@@ -47,7 +47,7 @@ inline constexpr std::uint64_t kArenaMagic = 0x3161'6e65'7261'706dull;  // "mpar
 inline constexpr std::uint32_t kArenaVersion = 4;
 inline constexpr unsigned kClasses = 112;  ///< size classes (see class_size)
 inline constexpr std::uint64_t kMinBlock = 16;
-inline constexpr std::uint64_t kBlockHeader = 8;  ///< {u32 class, u32 user length}
+inline constexpr std::uint64_t kBlockHeader = 8;   ///< {u32 class, u32 user length}
 inline constexpr std::uint32_t kMaxObjects = 256;  ///< named containers per manager
 inline constexpr std::size_t kObjectNameCapacity = 56;
 inline constexpr std::uint64_t kMinArena = std::uint64_t{1} << 20;
@@ -80,17 +80,17 @@ struct ArenaHeader {
   std::uint64_t magic;
   std::uint32_t version;
   std::uint32_t header_size;
-  std::uint64_t size;        ///< bytes in the arena
-  std::uint64_t log_off;     ///< undo log region
+  std::uint64_t size;     ///< bytes in the arena
+  std::uint64_t log_off;  ///< undo log region
   std::uint64_t log_cap;
-  std::uint64_t heap_start;  ///< first block
-  alignas(kCacheLine) LockState lock;  ///< serialises writers (robust)
+  std::uint64_t heap_start;                                 ///< first block
+  alignas(kCacheLine) LockState lock;                       ///< serialises writers (robust)
   alignas(kCacheLine) std::atomic<std::uint64_t> log_used;  ///< bytes of undo log; 0 = committed
   std::atomic<std::uint64_t> seq_off;  ///< the sequence word the current writer made odd
   std::uint64_t populated;  ///< heap pages below this offset were allocated ahead (a hint)
   // ---- everything from here on is changed only inside transactions (logged) ----
-  std::uint64_t bump;        ///< next never-used byte of the heap
-  std::uint64_t next_auto;   ///< counter for anonymous container names
+  std::uint64_t bump;       ///< next never-used byte of the heap
+  std::uint64_t next_auto;  ///< counter for anonymous container names
   std::uint64_t free_head[kClasses];
   std::uint64_t dir_count;
   DirEntry dir[kMaxObjects];
@@ -208,7 +208,8 @@ class Arena {
   //!Throws: NoSpaceError; CorruptedError if the segment was truncated under us.
   void back_log(std::uint64_t end) {
     if (end <= log_backed_) return;
-    const std::uint64_t to = std::min(log_cap_, (end + kLogReserve - 1) / kLogReserve * kLogReserve);
+    const std::uint64_t to =
+        std::min(log_cap_, (end + kLogReserve - 1) / kLogReserve * kLogReserve);
     if (const int err = os::populate_write(base_ + log_off_ + log_backed_, to - log_backed_);
         err != 0) {
       if (truncated()) shrank();
@@ -235,9 +236,9 @@ class Arena {
     if (magic != kArenaMagic || racy_load(&h->version) != kArenaVersion ||
         racy_load(&h->header_size) != sizeof(ArenaHeader))
       corrupted("not a manager arena of this mpp version");
-    if (size != size_ || log_off < sizeof(ArenaHeader) || log_off % 64 != 0 ||
-        log_cap % 64 != 0 || log_cap > size_ || log_off > size_ - log_cap ||
-        heap_start != log_off + log_cap || heap_start > size_)
+    if (size != size_ || log_off < sizeof(ArenaHeader) || log_off % 64 != 0 || log_cap % 64 != 0 ||
+        log_cap > size_ || log_off > size_ - log_cap || heap_start != log_off + log_cap ||
+        heap_start > size_)
       corrupted(fmt::format("arena layout does not fit its {} bytes", size_));
     log_off_ = log_off;
     log_cap_ = log_cap;
@@ -257,18 +258,20 @@ class Arena {
   //! shrank under this process is reported as such (its vanished pages read as zeros here).
   [[noreturn]] void corrupted(std::string_view what) const {
     if (os::mapping_faulted(base_)) shrank();
-    fail<CorruptedError>("manager '{}': {}: another process wrote invalid data into its shared "
-                         "memory, so its contents cannot be trusted; stop using it, remove it "
-                         "(mpp rm {}) and create it again",
-                         owner_, what, owner_);
+    fail<CorruptedError>(
+        "manager '{}': {}: another process wrote invalid data into its shared "
+        "memory, so its contents cannot be trusted; stop using it, remove it "
+        "(mpp rm {}) and create it again",
+        owner_, what, owner_);
   }
   //!Effects: throws the CorruptedError for a segment that another process truncated.
   [[noreturn]] void shrank() const {
-    fail<CorruptedError>("manager '{}' shrank while this process used it: another process "
-                         "truncated its shared memory (or /dev/shm ran out), so the missing part "
-                         "reads as zeros here and nothing written to it reaches other processes; "
-                         "stop using it, remove it (mpp rm {}) and create it again",
-                         owner_, owner_);
+    fail<CorruptedError>(
+        "manager '{}' shrank while this process used it: another process "
+        "truncated its shared memory (or /dev/shm ran out), so the missing part "
+        "reads as zeros here and nothing written to it reaches other processes; "
+        "stop using it, remove it (mpp rm {}) and create it again",
+        owner_, owner_);
   }
   /// Throws the "shrank" CorruptedError if a page of this mapping vanished (one load otherwise).
   void check_mapped() const {
@@ -344,15 +347,15 @@ class Arena {
     // 2-process set rate (the waiter's polling steals the lock's line from the holder).
     const LockResult r = header()->lock.acquire(deadline);
     if (r == LockResult::timeout)
-      fail<TimeoutError>("manager '{}': timed out waiting for the lock to {}; another process "
-                         "holds it",
-                         owner_, what);
+      fail<TimeoutError>(
+          "manager '{}': timed out waiting for the lock to {}; another process "
+          "holds it",
+          owner_, what);
     try {
       check_header();
       // A dead holder may have left a half-done transaction: its undo log restores the state
       // before it, so the owner-died state is fully handled here and not passed on.
-      if (r == LockResult::owner_died ||
-          header()->log_used.load(std::memory_order_acquire) != 0 ||
+      if (r == LockResult::owner_died || header()->log_used.load(std::memory_order_acquire) != 0 ||
           header()->seq_off.load(std::memory_order_acquire) != 0)
         recover();
       if (id_ != 0) held_locks().push_back(id_);
@@ -523,9 +526,10 @@ class Tx {
     const std::uint64_t need = sizeof(UndoEntry) + padded;
     // The log's place and size are this process's validated copies, never re-read.
     if (need > a_.log_cap() - used_)
-      fail<ArenaFull>("manager '{}': this mutation changes more than the {} bytes of undo log "
-                      "allow; split it into smaller ones",
-                      a_.owner(), a_.log_cap());
+      fail<ArenaFull>(
+          "manager '{}': this mutation changes more than the {} bytes of undo log "
+          "allow; split it into smaller ones",
+          a_.owner(), a_.log_cap());
     a_.back_log(used_ + need);
     std::byte* dst = a_.base() + a_.log_off() + used_;
     const UndoEntry e{off, n};
@@ -586,15 +590,17 @@ class Tx {
         a_.corrupted(fmt::format("free list {} points outside the heap", c));
       if (racy_load(reinterpret_cast<const std::uint32_t*>(a_.base() + b)) != c)
         a_.corrupted(fmt::format("a block of free list {} has another size class", c));
-      const std::uint64_t next = racy_load(reinterpret_cast<const std::uint64_t*>(a_.base() + b + kBlockHeader));
+      const std::uint64_t next =
+          racy_load(reinterpret_cast<const std::uint64_t*>(a_.base() + b + kBlockHeader));
       // The caller overwrites the link word and the length: save both.
       log(a_.base() + b, kBlockHeader + 8);
       put_once(&h_->free_head[c], next);
     } else {
       if (bs > a_.size() - t)
-        fail<ArenaFull>("manager '{}' is full: {} bytes more do not fit in its capacity of {} "
-                        "bytes; create it with a larger ManagerOptions::capacity",
-                        a_.owner(), bs, a_.size());
+        fail<ArenaFull>(
+            "manager '{}' is full: {} bytes more do not fit in its capacity of {} "
+            "bytes; create it with a larger ManagerOptions::capacity",
+            a_.owner(), bs, a_.size());
       if (t + bs > racy_load(&h_->populated)) populate(t + bs);
       b = t;
       put_once(&h_->bump, t + bs);
@@ -640,9 +646,10 @@ class Tx {
       if (a_.truncated()) a_.shrank();
       if (err == EFAULT || err == ENOMEM || err == ENOSPC)
         os::fail_no_space(a_.owner(), to - from, "; or remove unused containers and objects");
-      throw OSError(fmt::format("manager '{}': cannot back {} more bytes of its heap: {} (errno {})",
-                                a_.owner(), to - from, std::strerror(err), err),
-                    err);
+      throw OSError(
+          fmt::format("manager '{}': cannot back {} more bytes of its heap: {} (errno {})",
+                      a_.owner(), to - from, std::strerror(err), err),
+          err);
     }
     h_->populated = to;  // a hint: a rollback leaves it, the pages are just ready sooner
   }

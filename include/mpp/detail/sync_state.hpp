@@ -7,14 +7,14 @@
 // and a constant "live" bit. Acquire is a CAS free -> me (no system call); a waiter that finds the
 // lock held sets the contended bit and sleeps at once (no spinning on the lock's line: a spinning
 // waiter keeps pulling it away from a holder that re-takes the lock in a loop; benchmarks row
-// lock.contended.2proc); release is an exchange to free that wakes one sleeper only when the bit was set. This is
-// glibc's mutex protocol: where wake-ups are exact (a futex, os::kExactWake) the waiter sleeps on
-// the owner word itself; where they are kept (Win32 semaphores) it sleeps on a WaitPoint that
-// counts its sleepers. One departure: a waiter that is woken and finds the lock taken again (the
-// holder re-takes it in a loop) spins blindly, once per acquire, for about the cost of a
-// wake-up before it queues again (backoff_spin()); queueing at once makes every release of that
-// holder a wake system call. At least every kPollInterval a sleeper checks whether the owner
-// still lives; if not, it takes the lock over by CAS from the dead owner's exact word and
+// lock.contended.2proc); release is an exchange to free that wakes one sleeper only when the bit
+// was set. This is glibc's mutex protocol: where wake-ups are exact (a futex, os::kExactWake) the
+// waiter sleeps on the owner word itself; where they are kept (Win32 semaphores) it sleeps on a
+// WaitPoint that counts its sleepers. One departure: a waiter that is woken and finds the lock
+// taken again (the holder re-takes it in a loop) spins blindly, once per acquire, for about the
+// cost of a wake-up before it queues again (backoff_spin()); queueing at once makes every release
+// of that holder a wake system call. At least every kPollInterval a sleeper checks whether the
+// owner still lives; if not, it takes the lock over by CAS from the dead owner's exact word and
 // reports LockResult::owner_died so the caller can repair the data.
 //
 // Truncation: another process may shrink a segment under its users (ftruncate). Pages past the
@@ -32,8 +32,8 @@
 #pragma once
 
 #include <algorithm>
-#include <bit>
 #include <atomic>
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <optional>
@@ -48,9 +48,9 @@ namespace mpp::detail {
 
 /// Outcome of a lock acquisition.
 enum class LockResult {
-  acquired,     ///< the lock is now held by the caller
-  owner_died,   ///< held by the caller, and its previous holder died while holding it
-  timeout,      ///< the deadline passed; the lock is not held
+  acquired,    ///< the lock is now held by the caller
+  owner_died,  ///< held by the caller, and its previous holder died while holding it
+  timeout,     ///< the deadline passed; the lock is not held
 };
 
 /// True when `r` means the caller now holds the lock.
@@ -88,9 +88,7 @@ constexpr std::uint64_t owner_word(std::uint64_t packed) noexcept {
 inline std::uint64_t self_word() noexcept { return owner_word(ProcessRef::self().pack()); }
 
 /// The holder's identity in an owner word without its flags (0: free).
-constexpr std::uint64_t holder(std::uint64_t word) noexcept {
-  return word & ~(kContended | kLive);
-}
+constexpr std::uint64_t holder(std::uint64_t word) noexcept { return word & ~(kContended | kLive); }
 /// The holder of an owner word as a ProcessRef.
 constexpr ProcessRef holder_ref(std::uint64_t word) noexcept {
   return ProcessRef::unpack(std::rotr(holder(word), 32));
@@ -106,10 +104,11 @@ inline constexpr std::uint64_t kLiveMark = 0xd1e5a11fe0b1e55dull;
 [[noreturn]] inline void state_cut(const void* addr, std::string_view what, std::string_view name,
                                    std::uint64_t seen) {
   os::check_mapping(addr);  // the guard names the object when this process faulted on it
-  fail<CorruptedError>("'{}': the {} reads {:#x}, which is not a valid state: another process "
-                       "truncated (or overwrote) the segment that holds it, and its state is "
-                       "gone; nobody can use it any more: recreate the object",
-                       name.empty() ? std::string_view("?") : name, what, seen);
+  fail<CorruptedError>(
+      "'{}': the {} reads {:#x}, which is not a valid state: another process "
+      "truncated (or overwrote) the segment that holds it, and its state is "
+      "gone; nobody can use it any more: recreate the object",
+      name.empty() ? std::string_view("?") : name, what, seen);
 }
 
 /// The object name `n` stands for: a string (view) itself, or a callable returning one, so that
@@ -132,8 +131,8 @@ std::string_view name_of(const N& n) {
 /// where wake-ups are exact (os::kExactWake).
 inline const std::atomic<std::uint32_t>& low_word(const std::atomic<std::uint64_t>& w) noexcept {
   static_assert(sizeof(std::atomic<std::uint64_t>) == 8 && sizeof(std::atomic<std::uint32_t>) == 4);
-  const auto* p = reinterpret_cast<const std::byte*>(&w) +
-                  (std::endian::native == std::endian::little ? 4 : 0);
+  const auto* p =
+      reinterpret_cast<const std::byte*>(&w) + (std::endian::native == std::endian::little ? 4 : 0);
   return *reinterpret_cast<const std::atomic<std::uint32_t>*>(p);
 }
 /// The value of low_word() in the owner word `w`.
@@ -216,9 +215,12 @@ class RobustWaiter {
  public:
   RobustWaiter(std::atomic<std::uint64_t>& owner, WaitPoint& wp, std::uint64_t me,
                const Deadline& deadline, std::string_view name) noexcept
-      : owner_(owner), wp_(wp), me_(me), deadline_(deadline), name_(name),
-        last_check_(deadline.infinite() ? Deadline::clock::time_point{}
-                                        : Deadline::clock::now()) {}
+      : owner_(owner),
+        wp_(wp),
+        me_(me),
+        deadline_(deadline),
+        name_(name),
+        last_check_(deadline.infinite() ? Deadline::clock::time_point{} : Deadline::clock::now()) {}
 
   //!Effects: glibc's protocol: sleeps on the owner word itself (its low half: the holder's pid
   //! and the contended bit). Whoever takes the lock after sleeping marks it contended, since
@@ -317,9 +319,8 @@ class RobustWaiter {
   //! going (if others sleep, our release must wake one of them); uncounts.
   bool take_free_counted(std::uint64_t& w) {
     const bool others = wp_.sleepers.load(std::memory_order_seq_cst) > 1;
-    const bool got =
-        owner_.compare_exchange_strong(w, me_ | (others ? kContended : 0),
-                                       std::memory_order_acquire, std::memory_order_relaxed);
+    const bool got = owner_.compare_exchange_strong(
+        w, me_ | (others ? kContended : 0), std::memory_order_acquire, std::memory_order_relaxed);
     uncount();
     return got;
   }
@@ -343,8 +344,10 @@ inline LockResult robust_wait(std::atomic<std::uint64_t>& owner, WaitPoint& wp, 
   if (deadline.expired())  // non-blocking: no sleep; only repair a dead holder
     return take_over_if_dead(owner, me, name) ? LockResult::owner_died : LockResult::timeout;
   RobustWaiter waiter(owner, wp, me, deadline, name);
-  if constexpr (os::kExactWake) return waiter.wait_on_owner_word();
-  else return waiter.wait_counted();
+  if constexpr (os::kExactWake)
+    return waiter.wait_on_owner_word();
+  else
+    return waiter.wait_counted();
 }
 
 //!Effects: releases `owner` (exchange to free) and wakes one sleeper if a waiter marked the lock
@@ -569,9 +572,12 @@ struct RLockState {
   template <class N>
   LockResult acquire_with_count(const Deadline& deadline, std::uint32_t depth, const N& name) {
     switch (take_or_reenter(depth)) {
-      case Take::fresh: return fresh_result();
-      case Take::reentered: return LockResult::acquired;
-      case Take::none: break;
+      case Take::fresh:
+        return fresh_result();
+      case Take::reentered:
+        return LockResult::acquired;
+      case Take::none:
+        break;
     }
     const LockResult r = sync_impl::robust_wait(owner, wp, sync_impl::self_word(), deadline,
                                                 sync_impl::name_of(name));
@@ -594,8 +600,8 @@ struct SemaphoreState {
   /// Bit of `value` set in every valid state (a cut clears it).
   static constexpr std::uint32_t kLive = 0x80000000u;
 
-  WaitPoint wp;                         ///< sleepers waiting for value > 0
-  std::uint32_t max_value{0};           ///< BoundedSemaphore's bound; 0 = unbounded. Read-only.
+  WaitPoint wp;                             ///< sleepers waiting for value > 0
+  std::uint32_t max_value{0};               ///< BoundedSemaphore's bound; 0 = unbounded. Read-only.
   std::atomic<std::uint32_t> value{kLive};  ///< kLive | units available
 
   SemaphoreState() noexcept = default;
@@ -870,8 +876,7 @@ struct BarrierState {
     const std::uint32_t index = count.load(std::memory_order_relaxed);
     if (index >= n) {
       lock.release();
-      fail<CorruptedError>("barrier '{}': {} parties waiting but only {} expected", name, index,
-                           n);
+      fail<CorruptedError>("barrier '{}': {} parties waiting but only {} expected", name, index, n);
     }
     waiting(index).store(ProcessRef::self().pack(), std::memory_order_relaxed);
     count.store(index + 1, std::memory_order_release);
@@ -882,9 +887,10 @@ struct BarrierState {
         break_locked();
         lock.release();
         wp.notify_all();
-        fail<BrokenBarrierError>("barrier '{}': party pid {} died after arriving; the barrier is "
-                                 "now broken",
-                                 name, *dead);
+        fail<BrokenBarrierError>(
+            "barrier '{}': party pid {} died after arriving; the barrier is "
+            "now broken",
+            name, *dead);
       }
       try {
         action();
@@ -910,21 +916,23 @@ struct BarrierState {
         },
         deadline, [&] { break_if_party_died(gen, index, name); });
     check_live(name);  // a zeroed generation is no trip
-    if (!done) {  // timed out: as in Python, that breaks the barrier for everyone
+    if (!done) {       // timed out: as in Python, that breaks the barrier for everyone
       break_generation(gen, name);
       if (generation.load(std::memory_order_acquire) == gen)
-        fail<BrokenBarrierError>("barrier '{}': timed out waiting for {} parties; the barrier is "
-                                 "now broken",
-                                 name, n);
+        fail<BrokenBarrierError>(
+            "barrier '{}': timed out waiting for {} parties; the barrier is "
+            "now broken",
+            name, n);
     }
     if (generation.load(std::memory_order_acquire) != gen) {
       if ((reset_mask.load(std::memory_order_acquire) >> (gen % 64)) & 1)
         fail<BrokenBarrierError>("barrier '{}' was reset while waiting", name);
       return index;
     }
-    fail<BrokenBarrierError>("barrier '{}' is broken (aborted, timed out, or a waiting party "
-                             "died); reset() it to use it again",
-                             name);
+    fail<BrokenBarrierError>(
+        "barrier '{}' is broken (aborted, timed out, or a waiting party "
+        "died); reset() it to use it again",
+        name);
   }
 
   /// Breaks the barrier: current and future waiters get BrokenBarrierError until reset().

@@ -73,11 +73,11 @@ enum : std::uint8_t { kRegister = 1, kUnregister = 2, kReady = 3, kWatch = 4 };
 /// One message: fixed fields, then the name (not terminated).
 struct Wire {
   std::uint8_t op;
-  std::uint8_t block;       ///< a headerless SharedMemory block (identity: its inode)
+  std::uint8_t block;  ///< a headerless SharedMemory block (identity: its inode)
   std::uint16_t name_size;
   std::uint32_t reserved;
-  std::uint64_t creator;    ///< packed ProcessRef of the creator
-  std::uint64_t stamp;      ///< created_unix_ms of a segment, inode of a block; 0: any (unregister)
+  std::uint64_t creator;  ///< packed ProcessRef of the creator
+  std::uint64_t stamp;    ///< created_unix_ms of a segment, inode of a block; 0: any (unregister)
   char name[kMaxNameLength];
 };
 
@@ -200,7 +200,8 @@ inline void track(std::string_view name, const SegmentHeader& h) noexcept {
        true);
 }
 
-//!Effects: the segment `name` (header `h`) was removed through this process: its tracker forgets it.
+//!Effects: the segment `name` (header `h`) was removed through this process: its tracker forgets
+//!it.
 inline void untrack(std::string_view name, const SegmentHeader& h) noexcept {
   using namespace tracker_detail;
   post(make(kUnregister, name, false, h.creator.load(std::memory_order_relaxed), h.created_unix_ms),
@@ -257,7 +258,8 @@ inline Judgement judge(const std::string& name, const Entry& e, std::uint64_t& i
     std::vector<std::byte> h(sizeof(H));
     if (os::read_at(fd, 0, h.data(), h.size()) != h.size()) return Judgement::forget;
     const auto creator = ProcessRef::unpack(field<std::uint64_t>(h.data(), offsetof(H, creator)));
-    if (creator != e.creator || field<std::uint64_t>(h.data(), offsetof(H, created_unix_ms)) != e.stamp)
+    if (creator != e.creator ||
+        field<std::uint64_t>(h.data(), offsetof(H, created_unix_ms)) != e.stamp)
       return Judgement::forget;  // re-created by someone else
     if ((field<std::uint32_t>(h.data(), offsetof(H, flags)) & kSegmentPersistent) != 0)
       return Judgement::forget;  // its creator asked to keep it
@@ -301,9 +303,10 @@ inline bool sweep(std::map<std::string, Entry>& entries) {
   if (candidates.empty()) return !entries.empty();
   const auto mappers = os::shm_mappers();  // one read of /proc for all candidates
   for (const auto& [name, inode] : candidates) {
-    const bool mapped = std::any_of(mappers.begin(), mappers.end(), [&, ino = inode](const auto& m) {
-      return m.inode == ino && ProcessRef{m.pid, 0}.alive();
-    });
+    const bool mapped =
+        std::any_of(mappers.begin(), mappers.end(), [&, ino = inode](const auto& m) {
+          return m.inode == ino && ProcessRef{m.pid, 0}.alive();
+        });
     if (mapped) continue;  // e.g. a forked grandchild using an inherited handle
     // The name may have been removed and re-created since it was judged: only that inode goes.
     if (os::shm_lstat(name).inode == inode) {
@@ -383,7 +386,8 @@ inline bool sweep(std::map<std::string, Entry>& entries) {
 // Runs in every program built with mpp, before its static initialisers (see the top of this
 // file): records the program's first process, and serves in a copy started by spawn_tracker()
 // (glibc passes main's arguments to constructors: argv[0] is "mpp-tracker" there).
-[[gnu::constructor(101)]] [[maybe_unused]] static void tracker_entry(int argc, char** argv, char**) noexcept {
+[[gnu::constructor(101)]] [[maybe_unused]] static void tracker_entry(int argc, char** argv,
+                                                                     char**) noexcept {
   if (program_root().pid != 0) return;  // another translation unit's copy ran first
   if (argc >= 1 && argv != nullptr && argv[0] != nullptr &&
       std::strcmp(argv[0], os::kTrackerName) == 0 && os::is_tracker_connection(os::kTrackerFd)) {

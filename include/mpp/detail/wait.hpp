@@ -59,7 +59,7 @@ class Deadline {
 /// A shared-memory rendezvous point: sleepers wait for a condition, notifiers wake them.
 /// Standard layout, lives inside a segment. Zero-initialised memory is a valid state.
 struct WaitPoint {
-  std::atomic<std::uint32_t> seq{0};      ///< bumped by every notify that finds sleepers
+  std::atomic<std::uint32_t> seq{0};       ///< bumped by every notify that finds sleepers
   std::atomic<std::uint32_t> sleepers{0};  ///< processes between "announce" and "wake up"
 
   //!Effects: wakes every sleeper. Costs a fence and a load when nobody sleeps.

@@ -10,10 +10,10 @@
 #endif
 
 #include "posix/common.hpp"    // pid_type, throw_errno, Fd, random_u64, unix_time_ms
-#include "posix/shm.hpp"       // named shared memory and files, mapping, memory of a mapping
-#include "posix/liveness.hpp"  // current_pid, process start times, user locks
-#include "posix/wait.hpp"      // futex wait/wake, sleeping, membarrier
-#include "posix/process.hpp"   // fork, spawn, pidfds, signals, sockets, environment
-#include "posix/sigbus.hpp"    // the SIGBUS guard of mapped objects
 #include "posix/listing.hpp"   // names of /dev/shm, processes that map or hold them
+#include "posix/liveness.hpp"  // current_pid, process start times, user locks
+#include "posix/process.hpp"   // fork, spawn, pidfds, signals, sockets, environment
+#include "posix/shm.hpp"       // named shared memory and files, mapping, memory of a mapping
+#include "posix/sigbus.hpp"    // the SIGBUS guard of mapped objects
 #include "posix/tracker.hpp"   // the crash tracker's process and packet socket
+#include "posix/wait.hpp"      // futex wait/wake, sleeping, membarrier

@@ -11,8 +11,8 @@
 #endif
 
 #include "win32/common.hpp"    // pid_type, throw_errno, Fd, kernel names, random_u64
-#include "win32/shm.hpp"       // named file mappings, views, committing a sparse view
 #include "win32/liveness.hpp"  // current_pid, process creation times
-#include "win32/wait.hpp"      // named-semaphore wait/wake, sleeping
 #include "win32/process.hpp"   // spawn, waiting, termination, pipes, environment
+#include "win32/shm.hpp"       // named file mappings, views, committing a sparse view
 #include "win32/sigbus.hpp"    // no-op mapping guard (a mapped section cannot shrink)
+#include "win32/wait.hpp"      // named-semaphore wait/wake, sleeping

@@ -37,7 +37,7 @@ namespace detail::pool {
 /// program, so a function pointer means the same code there). Spawned and forkserver workers are
 /// another run of the program: there a callable crosses as the name it was registered under.
 template <class F>
-concept Callable = std::is_trivially_copyable_v<F> || (Encodable<F> && !std::is_pointer_v<F>);
+concept Callable = std::is_trivially_copyable_v<F> ||(Encodable<F> && !std::is_pointer_v<F>);
 
 /// True in a worker started with spawn or forkserver: callables arrive as registered names.
 inline bool& named_callables() noexcept {
@@ -86,9 +86,10 @@ decltype(auto) with_callable(std::string_view bytes, Fn&& fn) {
     if (named_callables()) {
       const auto key = function_registry().key_of(std::string(bytes));
       if (!key || key->first != std::type_index(typeid(F)))
-        fail<InvalidArgument>("pool task: '{}' is not registered in this program as a {}; "
-                              "register it with MPP_REGISTER",
-                              bytes, type_name<F>());
+        fail<InvalidArgument>(
+            "pool task: '{}' is not registered in this program as a {}; "
+            "register it with MPP_REGISTER",
+            bytes, type_name<F>());
       if constexpr (std::is_pointer_v<F>) {
         F f = reinterpret_cast<F>(key->second);
         return fn(f);
@@ -160,8 +161,8 @@ template <class R>
 using stored_t = std::conditional_t<std::is_void_v<R>, Unit, R>;
 /// What map() of a function returning `R` gives: the results, or nothing for a void function.
 template <class R>
-using map_value_t = std::conditional_t<std::is_void_v<R> || std::is_same_v<R, Unit>, void,
-                                       std::vector<R>>;
+using map_value_t =
+    std::conditional_t<std::is_void_v<R> || std::is_same_v<R, Unit>, void, std::vector<R>>;
 template <class T>
 struct callback_of {
   using type = std::function<void(const T&)>;
@@ -200,10 +201,10 @@ struct OwnerName {
 /// Element types that cross as their bytes (no cereal): trivially copyable with the built-in raw
 /// codec (bool excluded: its codec rejects bytes other than 0 and 1).
 template <class T>
-inline constexpr bool kRawItem = std::is_trivially_copyable_v<T> &&
-                                 std::is_default_constructible_v<T> && !std::is_reference_v<T> &&
-                                 detail::codec_kind<T>() == std::string_view("raw") &&
-                                 !std::is_same_v<std::remove_cv_t<T>, bool>;
+inline constexpr bool kRawItem =
+    std::is_trivially_copyable_v<T>&& std::is_default_constructible_v<T> &&
+    !std::is_reference_v<T> && detail::codec_kind<T>() == std::string_view("raw") &&
+    !std::is_same_v<std::remove_cv_t<T>, bool>;
 template <>
 inline constexpr bool kRawItem<void> = false;
 

@@ -117,9 +117,9 @@ struct RawMapJob final : Job {
     const std::size_t b = i * chunksize;
     const std::size_t n = b < all.size() ? std::min(chunksize, all.size() - b) : 0;
     if (n == 0 || p.size() != n * sizeof(R))
-      return fail_chunk(i, std::make_exception_ptr(CorruptedError(
-                               fmt::format("pool map chunk {}: {} result bytes, {} expected", i,
-                                           p.size(), n * sizeof(R)))));
+      return fail_chunk(
+          i, std::make_exception_ptr(CorruptedError(fmt::format(
+                 "pool map chunk {}: {} result bytes, {} expected", i, p.size(), n * sizeof(R)))));
     std::memcpy(static_cast<void*>(all.data() + b), p.data(), p.size());
     if (--left == 0) s->finish(std::move(all), nullptr);
   }

@@ -71,15 +71,17 @@ class Scheduler {
              std::string init_args) {
     opts_ = opts;
     if (opts.method == StartMethod::fork && !os::kCanFork)
-      fail<ValueError>("this platform has no 'fork' start method: make the Pool with "
-                       "PoolOptions::start_method = StartMethod::spawn and registered "
-                       "functions");
+      fail<ValueError>(
+          "this platform has no 'fork' start method: make the Pool with "
+          "PoolOptions::start_method = StartMethod::spawn and registered "
+          "functions");
     const int n = opts.processes > 0 ? opts.processes : std::max(1, cpu_count());
     // The workers and this process all use the shared result queue and status array.
     if (n > kMaxProcesses)
-      fail<ValueError>("a {} of {} processes: at most {} (every worker and the pool's "
-                       "own process use its shared queue, which admits {} processes)",
-                       opts.owner, n, kMaxProcesses, mpmc::kMaxParticipants);
+      fail<ValueError>(
+          "a {} of {} processes: at most {} (every worker and the pool's "
+          "own process use its shared queue, which admits {} processes)",
+          opts.owner, n, kMaxProcesses, mpmc::kMaxParticipants);
     make_shared_objects(static_cast<std::size_t>(n));
     config_.maxtasks = opts.maxtasksperchild;
     config_.init_invoker = init_invoker;
@@ -115,9 +117,10 @@ class Scheduler {
       t.fn = shared_fn;
       t.args = std::move(chunks[i]);
       if (t.args.size() + shared_fn->size() + sizeof(TaskHeader) > kMaxMessage)
-        fail<ValueError>("a task of {} bytes exceeds the pool's {} byte limit; use a "
-                         "smaller chunksize",
-                         t.args.size(), kMaxMessage);
+        fail<ValueError>(
+            "a task of {} bytes exceeds the pool's {} byte limit; use a "
+            "smaller chunksize",
+            t.args.size(), kMaxMessage);
       pending_.push_back(std::move(t));
     }
     wake_supervisor();
@@ -131,9 +134,10 @@ class Scheduler {
     auto shared_fn = std::make_shared<const std::string>(std::move(fn));
     const std::size_t biggest = std::min(chunk, count) * std::max(in, out);
     if (biggest + shared_fn->size() + sizeof(TaskHeader) + sizeof(ResultHeader) > kMaxMessage)
-      fail<ValueError>("a task of {} bytes exceeds the pool's {} byte limit; use a "
-                       "smaller chunksize",
-                       biggest, kMaxMessage);
+      fail<ValueError>(
+          "a task of {} bytes exceeds the pool's {} byte limit; use a "
+          "smaller chunksize",
+          biggest, kMaxMessage);
     std::lock_guard g(mu_);
     check_running_locked();
     for (std::size_t b = 0, i = 0; b < count; b += chunk, ++i) {
@@ -180,8 +184,8 @@ class Scheduler {
       cancelled.swap(pending_);
     }
     for (auto& t : cancelled)
-      t.job->fail_chunk(t.index, std::make_exception_ptr(CancelledError(
-                                     "cancelled by shutdown(cancel_futures=true)")));
+      t.job->fail_chunk(t.index, std::make_exception_ptr(
+                                     CancelledError("cancelled by shutdown(cancel_futures=true)")));
   }
 
   //!Throws: the pool's BrokenProcessPool once it is broken.
@@ -235,9 +239,9 @@ class Scheduler {
     std::shared_ptr<const std::string> fn;
     std::string args;
     unsigned attempts = 0;
-    bool raw = false;           // a raw map chunk (raw_invokers(); args and results are bytes)
-    std::size_t out_bytes = 0;  // raw: the result bytes expected
-    bool in_place = false;      // raw: results no larger than the input: written over it
+    bool raw = false;                // a raw map chunk (raw_invokers(); args and results are bytes)
+    std::size_t out_bytes = 0;       // raw: the result bytes expected
+    bool in_place = false;           // raw: results no larger than the input: written over it
     std::shared_ptr<RawSource> src;  // raw: the input bytes are src->data[src_off, +args_size)
     std::size_t src_off = 0, args_size = 0;
   };
@@ -245,19 +249,20 @@ class Scheduler {
     std::optional<Process> proc;
     std::optional<Queue<std::string>> tasks;
     std::array<std::uint64_t, kWindow> region{};  // task seq using arena region k
-    std::deque<std::uint64_t> assigned;  // in the order the worker will run them
-    unsigned dispatched = 0;             // tasks given to this incarnation
+    std::deque<std::uint64_t> assigned;           // in the order the worker will run them
+    unsigned dispatched = 0;                      // tasks given to this incarnation
     bool stopping = false;
-    bool respawn = false;                // its replacement failed to start: try again
-    std::uint32_t gen = 0;               // incarnation (worker_counter_ at its spawn)
+    bool respawn = false;   // its replacement failed to start: try again
+    std::uint32_t gen = 0;  // incarnation (worker_counter_ at its spawn)
   };
   using Unplaced = std::vector<std::pair<Task, std::exception_ptr>>;
 
   std::string broken_advice() const {
-    return fmt::format("the {0} is broken: its pending and later calls fail with "
-                       "BrokenProcessPool and no worker is started again (make a new {0} once "
-                       "the initializer is fixed)",
-                       opts_.owner);
+    return fmt::format(
+        "the {0} is broken: its pending and later calls fail with "
+        "BrokenProcessPool and no worker is started again (make a new {0} once "
+        "the initializer is fixed)",
+        opts_.owner);
   }
 
   // ---- starting ------------------------------------------------------------------------------
@@ -399,8 +404,7 @@ class Scheduler {
     std::string_view args = t.args;
     std::size_t k = w.region.size();
     if (t.raw) {
-      args = std::string_view(reinterpret_cast<const char*>(t.src->data) + t.src_off,
-                              t.args_size);
+      args = std::string_view(reinterpret_cast<const char*>(t.src->data) + t.src_off, t.args_size);
       h.raw = 1;
       h.in_size = t.out_bytes;  // inline: the result bytes expected
       h.out_off = t.in_place ? 0 : out_offset(t.args_size);
@@ -542,8 +546,8 @@ class Scheduler {
                                      h.seq, h.region, h.out_size))));
       return false;
     }
-    payload = std::string_view(reinterpret_cast<const char*>(region_at(h.worker, k)) + off,
-                               t.out_bytes);
+    payload =
+        std::string_view(reinterpret_cast<const char*>(region_at(h.worker, k)) + off, t.out_bytes);
     return true;
   }
 
@@ -596,8 +600,8 @@ class Scheduler {
                                 i, code);
         } catch (...) {
           std::throw_with_nested(BrokenProcessPool(fmt::format(
-              "pool worker {} died (exit code {}) while running the {}'s initializer; {}", i,
-              code, opts_.owner, broken_advice())));
+              "pool worker {} died (exit code {}) while running the {}'s initializer; {}", i, code,
+              opts_.owner, broken_advice())));
         }
       } catch (...) {
         e = std::current_exception();
@@ -693,9 +697,9 @@ class Scheduler {
       try {
         throw_remote(err.first, err.second);
       } catch (...) {
-        std::throw_with_nested(BrokenProcessPool(fmt::format(
-            "the {}'s initializer raised {}: {} (in pool worker {}); {}", opts_.owner, err.first,
-            err.second, worker, broken_advice())));
+        std::throw_with_nested(BrokenProcessPool(
+            fmt::format("the {}'s initializer raised {}: {} (in pool worker {}); {}", opts_.owner,
+                        err.first, err.second, worker, broken_advice())));
       }
     } catch (...) {
       broken = std::current_exception();

@@ -24,11 +24,11 @@ namespace mpp::detail::pool {
 
 /// Wire format of a task: header + callable bytes + argument bytes.
 struct TaskHeader {
-  std::uint64_t seq;      ///< supervisor's task number (0: "stop")
-  std::uint32_t invoker;  ///< index into invokers() (raw: into raw_invokers())
-  std::uint32_t fn_size;  ///< bytes of the callable that follow the header
-  std::uint32_t raw = 0;     ///< 1: raw map chunk (input bytes, results as bytes)
-  std::uint32_t region = 0;  ///< k + 1: the input is in this worker's arena region k; 0: inline
+  std::uint64_t seq;          ///< supervisor's task number (0: "stop")
+  std::uint32_t invoker;      ///< index into invokers() (raw: into raw_invokers())
+  std::uint32_t fn_size;      ///< bytes of the callable that follow the header
+  std::uint32_t raw = 0;      ///< 1: raw map chunk (input bytes, results as bytes)
+  std::uint32_t region = 0;   ///< k + 1: the input is in this worker's arena region k; 0: inline
   std::uint64_t in_size = 0;  ///< bytes of input in the region (inline raw: result bytes expected)
   std::uint64_t out_off = 0;  ///< where the results go in the region (0: over the input)
 };
@@ -77,9 +77,9 @@ inline std::string result_message(const ResultHeader& r, std::string_view payloa
 
 /// What a worker needs; travels to the worker as its Process arguments.
 struct WorkerConfig {
-  std::string tasks;      ///< name of this worker's task queue
-  std::string results;    ///< name of the shared result queue
-  std::string status;     ///< name of the status array: [2i] = running task seq, [2i+1] = start ns
+  std::string tasks;    ///< name of this worker's task queue
+  std::string results;  ///< name of the shared result queue
+  std::string status;   ///< name of the status array: [2i] = running task seq, [2i+1] = start ns
   std::uint32_t index = 0;
   std::uint32_t gen = 0;  ///< incarnation of worker `index` (echoed in results)
   std::uint32_t maxtasks = 0;

@@ -30,14 +30,14 @@ using pid_type = std::int32_t;
 
 //!Throws: OSError naming the call, the object and errno's text (or a more specific mpp error).
 [[noreturn]] inline void throw_errno(const char* call, std::string_view object, int err) {
-  throw OSError(fmt::format("{}('{}') failed: {} (errno {}){}", call, object, std::strerror(err),
-                            err,
-                            err == EMFILE || err == ENFILE
-                                ? "; every open SharedMemory and ShareableList handle holds a "
-                                  "file descriptor: close handles you no longer need, or raise "
-                                  "the limit (ulimit -n)"
-                                : ""),
-                err);
+  throw OSError(
+      fmt::format("{}('{}') failed: {} (errno {}){}", call, object, std::strerror(err), err,
+                  err == EMFILE || err == ENFILE
+                      ? "; every open SharedMemory and ShareableList handle holds a "
+                        "file descriptor: close handles you no longer need, or raise "
+                        "the limit (ulimit -n)"
+                      : ""),
+      err);
 }
 
 /// Owning file descriptor (close on destruction).
@@ -77,7 +77,7 @@ inline void close_fd(int fd) noexcept { ::close(fd); }
 
 //!Returns: the identity (device and inode) of descriptor `fd`, or {0, 0} if it is not open.
 inline std::pair<std::uint64_t, std::uint64_t> fd_identity(int fd) noexcept {
-  struct stat st{};
+  struct stat st {};
   if (fd < 0 || ::fstat(fd, &st) != 0) return {0, 0};
   return {static_cast<std::uint64_t>(st.st_dev), static_cast<std::uint64_t>(st.st_ino)};
 }
@@ -94,7 +94,7 @@ inline std::uint64_t random_u64() {
 
 /// Milliseconds since the Unix epoch (wall clock).
 inline std::int64_t unix_time_ms() noexcept {
-  struct timespec ts{};
+  struct timespec ts {};
   ::clock_gettime(CLOCK_REALTIME, &ts);
   return static_cast<std::int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
 }

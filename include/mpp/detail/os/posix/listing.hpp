@@ -106,7 +106,7 @@ inline std::vector<ShmMapper> shm_openers() {
       if (n <= 0 || static_cast<std::size_t>(n) < dir.size() ||
           std::strncmp(target, dir.c_str(), dir.size()) != 0)
         continue;
-      struct stat st{};
+      struct stat st {};
       if (::stat(link.c_str(), &st) == 0)
         out.push_back({static_cast<std::uint64_t>(st.st_ino), static_cast<pid_type>(pid)});
     }

@@ -46,7 +46,8 @@ inline pid_type current_pid() noexcept {
   auto& c = posix_detail::self_cache();
   pid_type pid = c.pid.load(std::memory_order_relaxed);
   if (pid == 0) {
-    static const bool registered = (::pthread_atfork(nullptr, nullptr, &posix_detail::forget_self), true);
+    static const bool registered =
+        (::pthread_atfork(nullptr, nullptr, &posix_detail::forget_self), true);
     (void)registered;
     pid = static_cast<pid_type>(::getpid());
     c.pid.store(pid, std::memory_order_relaxed);
@@ -108,7 +109,7 @@ inline constexpr std::uint32_t kUserLockSlots = 4096;
 
 namespace posix_detail {
 inline struct flock user_lock_range(short type, std::uint64_t first, std::uint64_t count) noexcept {
-  struct flock l{};
+  struct flock l {};
   l.l_type = type;
   l.l_whence = SEEK_SET;
   l.l_start = static_cast<off_t>(kUserLockBase + first);
@@ -140,8 +141,8 @@ inline void release_user_lock(const Fd& fd, std::uint32_t slot) noexcept {
 //! (so not counting fd's own), or nullopt if the kernel cannot tell. The kernel reports one
 //! conflicting lock per query, not necessarily the lowest, so both sides of it are searched:
 //! 2n + 1 queries for n locks. The count stops at `limit` (1: one query says whether any is held).
-inline std::optional<std::uint32_t> count_user_locks(const Fd& fd,
-                                                     std::uint32_t limit = kUserLockSlots) noexcept {
+inline std::optional<std::uint32_t> count_user_locks(
+    const Fd& fd, std::uint32_t limit = kUserLockSlots) noexcept {
   std::uint32_t n = 0;
   // Ranges [first, end) still to search. The larger side of each split waits on the stack and
   // the smaller one is searched first, so the stack never holds more than log2(slots) + 1.

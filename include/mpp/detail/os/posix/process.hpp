@@ -20,8 +20,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <chrono>
 #include <cerrno>
+#include <chrono>
 #include <climits>
 #include <cstddef>
 #include <cstdint>
@@ -150,11 +150,16 @@ inline Fd ready_handle() {
 //!Effects: waits until `h` is readable or `timeout` elapses (forever when nullopt), EINTR-safe.
 //!Returns: true if readable (or hung up). Throws: OSError.
 inline bool wait_readable(native_handle h, std::optional<std::chrono::nanoseconds> timeout) {
-  const auto until = timeout ? std::optional(std::chrono::steady_clock::now() + *timeout) : std::nullopt;
+  const auto until =
+      timeout ? std::optional(std::chrono::steady_clock::now() + *timeout) : std::nullopt;
   for (;;) {
-    struct pollfd p{h, POLLIN, 0};
+    struct pollfd p {
+      h, POLLIN, 0
+    };
     std::optional<std::chrono::nanoseconds> left;
-    if (until) left = std::chrono::duration_cast<std::chrono::nanoseconds>(*until - std::chrono::steady_clock::now());
+    if (until)
+      left = std::chrono::duration_cast<std::chrono::nanoseconds>(*until -
+                                                                  std::chrono::steady_clock::now());
     const int r = ::poll(&p, 1, posix_detail::poll_timeout_ms(left));
     if (r > 0) return true;
     if (r == 0) {
@@ -171,10 +176,13 @@ inline int wait_any_readable(std::span<const native_handle> hs,
                              std::optional<std::chrono::nanoseconds> timeout) {
   std::vector<struct pollfd> ps(hs.size());
   for (std::size_t i = 0; i < hs.size(); ++i) ps[i] = {hs[i], POLLIN, 0};
-  const auto until = timeout ? std::optional(std::chrono::steady_clock::now() + *timeout) : std::nullopt;
+  const auto until =
+      timeout ? std::optional(std::chrono::steady_clock::now() + *timeout) : std::nullopt;
   for (;;) {
     std::optional<std::chrono::nanoseconds> left;
-    if (until) left = std::chrono::duration_cast<std::chrono::nanoseconds>(*until - std::chrono::steady_clock::now());
+    if (until)
+      left = std::chrono::duration_cast<std::chrono::nanoseconds>(*until -
+                                                                  std::chrono::steady_clock::now());
     const int r = ::poll(ps.data(), ps.size(), posix_detail::poll_timeout_ms(left));
     if (r > 0) {
       for (std::size_t i = 0; i < ps.size(); ++i)
@@ -217,7 +225,8 @@ inline std::string self_executable() { return "/proc/self/exe"; }
 //!Effects: starts `path` with arguments `argv` and this process's environment plus `env`
 //! ("KEY=value" entries, overriding). The handles in `inherit` stay open in the child under the
 //! same numbers; nothing else leaks (every mpp handle is close-on-exec). Safe in a multi-threaded
-//! process (posix_spawn, no fork of the caller's threads). Returns: the child's pid. Throws: OSError.
+//! process (posix_spawn, no fork of the caller's threads). Returns: the child's pid. Throws:
+//! OSError.
 inline pid_type spawn_program(const std::string& path, const std::vector<std::string>& argv,
                               const std::vector<std::string>& env,
                               std::span<const native_handle> inherit) {
@@ -268,7 +277,8 @@ inline std::pair<Fd, Fd> socket_pair(bool packets = false) {
 //!Throws: BrokenPipeError if the peer is gone, TimeoutError, OSError otherwise.
 inline void send_all(const Fd& s, std::span<const std::byte> data,
                      std::optional<std::chrono::nanoseconds> timeout = std::nullopt) {
-  const auto until = timeout ? std::optional(std::chrono::steady_clock::now() + *timeout) : std::nullopt;
+  const auto until =
+      timeout ? std::optional(std::chrono::steady_clock::now() + *timeout) : std::nullopt;
   std::size_t done = 0;
   while (done < data.size()) {
     const ssize_t n = ::send(s.get(), data.data() + done, data.size() - done,
@@ -279,8 +289,11 @@ inline void send_all(const Fd& s, std::span<const std::byte> data,
     }
     if (errno == EINTR) continue;
     if (until && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      const auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(*until - std::chrono::steady_clock::now());
-      struct pollfd p{s.get(), POLLOUT, 0};
+      const auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(
+          *until - std::chrono::steady_clock::now());
+      struct pollfd p {
+        s.get(), POLLOUT, 0
+      };
       if (left.count() <= 0 || ::poll(&p, 1, posix_detail::poll_timeout_ms(left)) == 0)
         fail<TimeoutError>("the other process did not read {} bytes within the timeout",
                            data.size() - done);
@@ -314,9 +327,11 @@ inline bool recv_exact(const Fd& s, std::span<std::byte> buf) {
 //!Effects: sends one message `msg` over packet socket `s` together with a duplicate of `h`.
 //!Throws: BrokenPipeError if the peer is gone, OSError otherwise.
 inline void send_with_handle(const Fd& s, std::span<const std::byte> msg, native_handle h) {
-  struct iovec iov{const_cast<std::byte*>(msg.data()), msg.size()};
+  struct iovec iov {
+    const_cast<std::byte*>(msg.data()), msg.size()
+  };
   alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-  struct msghdr m{};
+  struct msghdr m {};
   m.msg_iov = &iov;
   m.msg_iovlen = 1;
   m.msg_control = control;
@@ -339,9 +354,11 @@ inline void send_with_handle(const Fd& s, std::span<const std::byte> msg, native
 //! into `h` (close-on-exec; left invalid when none came).
 //!Returns: the message size; 0 at end of file. Throws: OSError.
 inline std::size_t recv_with_handle(const Fd& s, std::span<std::byte> buf, Fd& h) {
-  struct iovec iov{buf.data(), buf.size()};
+  struct iovec iov {
+    buf.data(), buf.size()
+  };
   alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)] = {};
-  struct msghdr m{};
+  struct msghdr m {};
   m.msg_iov = &iov;
   m.msg_iovlen = 1;
   m.msg_control = control;
@@ -356,8 +373,10 @@ inline std::size_t recv_with_handle(const Fd& s, std::span<std::byte> buf, Fd& h
     for (std::size_t i = 0; i < count; ++i) {
       int fd;
       std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-      if (h.get() < 0) h = Fd{fd};
-      else ::close(fd);  // more than we asked for: a confused or hostile peer
+      if (h.get() < 0)
+        h = Fd{fd};
+      else
+        ::close(fd);  // more than we asked for: a confused or hostile peer
     }
   }
   return static_cast<std::size_t>(n);

@@ -29,7 +29,8 @@
 
 namespace mpp::detail::os {
 
-/// Whether a segment must keep its OS handle open while mapped (a mapping keeps a POSIX shared-memory object alive by itself).
+/// Whether a segment must keep its OS handle open while mapped (a mapping keeps a POSIX
+/// shared-memory object alive by itself).
 inline constexpr bool kKeepHandleWhileMapped = false;
 
 inline std::string shm_path(std::string_view name) { return "/" + std::string(name); }
@@ -113,9 +114,10 @@ inline Fd shm_create_empty(std::string_view name, unsigned mark) {
   if (fd.get() < 0) {
     const int err = errno;
     if (err == EEXIST)
-      fail<ExistsError>("'{}' already exists; open it with open(), pick another name, or remove "
-                         "a stale one with mpp::unlink(\"{}\")",
-                         name, name);
+      fail<ExistsError>(
+          "'{}' already exists; open it with open(), pick another name, or remove "
+          "a stale one with mpp::unlink(\"{}\")",
+          name, name);
     throw_errno("shm_open(create)", name, err);
   }
   return fd;
@@ -124,7 +126,7 @@ inline Fd shm_create_empty(std::string_view name, unsigned mark) {
 //!Returns: the bytes an unprivileged process may still allocate in /dev/shm (statvfs), or
 //! nullopt if the file system cannot tell.
 inline std::optional<std::uint64_t> shm_free_bytes() noexcept {
-  struct statvfs v{};
+  struct statvfs v {};
   if (::statvfs(kShmDirectory, &v) != 0) return std::nullopt;
   return static_cast<std::uint64_t>(v.f_bavail) * static_cast<std::uint64_t>(v.f_frsize);
 }
@@ -162,8 +164,8 @@ inline int fallocate_retry(int fd, int mode, std::uint64_t len) noexcept {
 inline void shm_set_size(const Fd& fd, std::string_view name, std::uint64_t size,
                          std::uint64_t reserve = UINT64_MAX) {
   reserve = std::min(reserve, size);
-  int err = reserve == size && size != 0 ? posix_detail::fallocate_retry(fd.get(), 0, size)
-                                         : EOPNOTSUPP;
+  int err =
+      reserve == size && size != 0 ? posix_detail::fallocate_retry(fd.get(), 0, size) : EOPNOTSUPP;
   const char* call = "fallocate";
   if (err == EOPNOTSUPP || err == ENOSYS) {  // sparse by request, or no fallocate: size it
     call = "ftruncate";
@@ -200,7 +202,7 @@ inline Fd shm_open_existing(std::string_view name) {
   if (fd.get() < 0 && errno == EACCES) {
     // Our own private object whose creator's umask took owner bits away: give them back.
     const std::string file = std::string(kShmDirectory) + shm_path(name);
-    struct stat st{};
+    struct stat st {};
     if (::lstat(file.c_str(), &st) == 0 && S_ISREG(st.st_mode) && (st.st_mode & 077) == 0 &&
         is_effective_uid(st.st_uid) && ::chmod(file.c_str(), (st.st_mode & 07000) | 0600) == 0)
       fd = Fd(shm_open_name(name, O_RDWR | O_NOFOLLOW | O_CLOEXEC, 0));
@@ -210,51 +212,59 @@ inline Fd shm_open_existing(std::string_view name) {
   if (fd.get() < 0) {
     const int err = errno;
     if (err == ENOENT)
-      fail<NotFoundError>("no mpp object named '{}'; create it first (create/open_or_create) "
-                           "or check the name",
-                           name);
+      fail<NotFoundError>(
+          "no mpp object named '{}'; create it first (create/open_or_create) "
+          "or check the name",
+          name);
     if (err == EACCES || err == ELOOP || err == EPERM)
-      fail<PermissionError>("'{}' exists but cannot be opened by this user ({}); it belongs to "
-                             "someone else or is a link: choose another name",
-                             name, std::strerror(err));
+      fail<PermissionError>(
+          "'{}' exists but cannot be opened by this user ({}); it belongs to "
+          "someone else or is a link: choose another name",
+          name, std::strerror(err));
     if (err == EISDIR)  // a directory squatting the name (only a file system user can make one)
-      fail<PermissionError>("'{}' is a directory, not a shared-memory object; refusing it: "
-                             "choose another name, or remove the directory {}/{}",
-                             name, kShmDirectory, name);
+      fail<PermissionError>(
+          "'{}' is a directory, not a shared-memory object; refusing it: "
+          "choose another name, or remove the directory {}/{}",
+          name, kShmDirectory, name);
     throw_errno("shm_open", name, err);
   }
   return fd;
 }
 
-//!Effects: removes the name `name`; existing mappings stay valid. Returns: false if it did not exist.
-//!Throws: PermissionError if the name is a directory, OSError.
+//!Effects: removes the name `name`; existing mappings stay valid. Returns: false if it did not
+//!exist. Throws: PermissionError if the name is a directory, OSError.
 inline bool shm_remove(std::string_view name) {
   const std::string path = shm_path(name);
   if (::shm_unlink(path.c_str()) == 0) return true;
   if (errno == ENOENT) return false;
   if (errno == EISDIR)  // a directory squatting the name
-    fail<PermissionError>("'{}' is a directory, not a shared-memory object; refusing to remove "
-                           "it: remove it with rmdir {}/{} if it is yours",
-                           name, kShmDirectory, name);
+    fail<PermissionError>(
+        "'{}' is a directory, not a shared-memory object; refusing to remove "
+        "it: remove it with rmdir {}/{} if it is yours",
+        name, kShmDirectory, name);
   throw_errno("shm_unlink", name, errno);
 }
 
 /// What fstat says about an open shared-memory object.
 struct FileInfo {
-  std::uint64_t size;   ///< current size in bytes
-  bool owned_by_us;     ///< owner is this process's effective user
-  bool private_mode;    ///< no group/other permission bits
-  bool regular;         ///< a regular shared-memory object, not a device or directory
-  bool headered;        ///< marked kModeHeadered: an mpp object that starts with a header
+  std::uint64_t size;          ///< current size in bytes
+  bool owned_by_us;            ///< owner is this process's effective user
+  bool private_mode;           ///< no group/other permission bits
+  bool regular;                ///< a regular shared-memory object, not a device or directory
+  bool headered;               ///< marked kModeHeadered: an mpp object that starts with a header
   std::int64_t mtime_unix_ms;  ///< last size change or write (creation, for a new object)
 };
 
 inline FileInfo file_info(const Fd& fd, std::string_view name) {
-  struct stat st{};
+  struct stat st {};
   if (::fstat(fd.get(), &st) != 0) throw_errno("fstat", name, errno);
-  return FileInfo{static_cast<std::uint64_t>(st.st_size), is_effective_uid(st.st_uid),
-                  (st.st_mode & 077) == 0, S_ISREG(st.st_mode), (st.st_mode & kModeHeadered) != 0,
-                  static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1000 + st.st_mtim.tv_nsec / 1000000};
+  return FileInfo{
+      static_cast<std::uint64_t>(st.st_size),
+      is_effective_uid(st.st_uid),
+      (st.st_mode & 077) == 0,
+      S_ISREG(st.st_mode),
+      (st.st_mode & kModeHeadered) != 0,
+      static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1000 + st.st_mtim.tv_nsec / 1000000};
 }
 
 //!Effects: maps `size` bytes of `fd` shared and read-write. Throws: OSError.
@@ -270,18 +280,20 @@ inline void unmap(void* p, std::uint64_t size) noexcept {
 }
 
 /// Size of a memory page.
-inline std::size_t page_size() noexcept { return static_cast<std::size_t>(::sysconf(_SC_PAGESIZE)); }
+inline std::size_t page_size() noexcept {
+  return static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+}
 
 /// What the file system says about a name (links are not followed).
 struct ShmStat {
-  bool exists = false;       ///< the name is present
-  bool regular = false;      ///< a regular shared-memory object
-  bool symlink = false;      ///< a symbolic link (never an object mpp created)
-  bool owned_by_us = false;  ///< owner is this process's effective user
-  std::uint32_t uid = 0;     ///< owner
-  std::uint32_t mode = 0;    ///< permission bits
-  std::uint64_t size = 0;    ///< bytes
-  std::uint64_t inode = 0;   ///< identity of the object behind the name
+  bool exists = false;             ///< the name is present
+  bool regular = false;            ///< a regular shared-memory object
+  bool symlink = false;            ///< a symbolic link (never an object mpp created)
+  bool owned_by_us = false;        ///< owner is this process's effective user
+  std::uint32_t uid = 0;           ///< owner
+  std::uint32_t mode = 0;          ///< permission bits
+  std::uint64_t size = 0;          ///< bytes
+  std::uint64_t inode = 0;         ///< identity of the object behind the name
   std::int64_t mtime_unix_ms = 0;  ///< last size change or write
 };
 
@@ -296,14 +308,15 @@ inline ShmStat to_shm_stat(const struct stat& st) {
   r.mode = static_cast<std::uint32_t>(st.st_mode & 07777);
   r.size = static_cast<std::uint64_t>(st.st_size);
   r.inode = static_cast<std::uint64_t>(st.st_ino);
-  r.mtime_unix_ms = static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1000 + st.st_mtim.tv_nsec / 1000000;
+  r.mtime_unix_ms =
+      static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1000 + st.st_mtim.tv_nsec / 1000000;
   return r;
 }
 }  // namespace posix_detail
 
 //!Returns: the status of the name `name` without following links (exists=false if absent).
 inline ShmStat shm_lstat(std::string_view name) {
-  struct stat st{};
+  struct stat st {};
   const std::string path = std::string(kShmDirectory) + "/" + std::string(name);
   if (::lstat(path.c_str(), &st) != 0) return ShmStat{};
   return posix_detail::to_shm_stat(st);
@@ -318,7 +331,7 @@ inline bool shm_shrunk(std::string_view name, std::uint64_t size) {
 
 /// The status of an open object.
 inline ShmStat shm_fstat(const Fd& fd, std::string_view name) {
-  struct stat st{};
+  struct stat st {};
   if (::fstat(fd.get(), &st) != 0) throw_errno("fstat", name, errno);
   return posix_detail::to_shm_stat(st);
 }

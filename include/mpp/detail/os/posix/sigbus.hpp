@@ -54,18 +54,18 @@ inline constexpr std::size_t kNameCapacity = 112;
 inline constexpr std::uint64_t kLowSpace = std::uint64_t{4} << 20;
 
 struct Table {
-  std::atomic<std::uintptr_t> begin[kMaxGuarded];  ///< start of a mapping; 0: entry free
-  std::atomic<std::uintptr_t> end[kMaxGuarded];    ///< one past its end; 0 while (un)registering
+  std::atomic<std::uintptr_t> begin[kMaxGuarded];   ///< start of a mapping; 0: entry free
+  std::atomic<std::uintptr_t> end[kMaxGuarded];     ///< one past its end; 0 while (un)registering
   std::atomic<std::uint32_t> faulted[kMaxGuarded];  ///< 1 once the handler repaired a fault in it
   /// 1 if /dev/shm was (nearly) full when the handler repaired that fault
   std::atomic<std::uint32_t> low_space[kMaxGuarded];
-  char names[kMaxGuarded][kNameCapacity];            ///< for messages only (not read by the handler)
-  std::atomic<std::size_t> used;       ///< entries at or above this index were never claimed
-  std::atomic<std::size_t> free_hint;  ///< where guard_mapping() starts looking (a hint only)
-  std::atomic<std::uint32_t> faults;   ///< registered mappings with faulted == 1
-  std::atomic<int> installed;          ///< 0: handler not installed, 1: installing, 2: installed
-  std::uintptr_t page;                 ///< page size, read by the handler
-  struct sigaction previous;           ///< the SIGBUS disposition before ours
+  char names[kMaxGuarded][kNameCapacity];  ///< for messages only (not read by the handler)
+  std::atomic<std::size_t> used;           ///< entries at or above this index were never claimed
+  std::atomic<std::size_t> free_hint;      ///< where guard_mapping() starts looking (a hint only)
+  std::atomic<std::uint32_t> faults;       ///< registered mappings with faulted == 1
+  std::atomic<int> installed;  ///< 0: handler not installed, 1: installing, 2: installed
+  std::uintptr_t page;         ///< page size, read by the handler
+  struct sigaction previous;   ///< the SIGBUS disposition before ours
 };
 inline constinit Table table{};
 
@@ -83,7 +83,7 @@ inline void chain(int sig, siginfo_t* info, void* ctx) noexcept {
     return;
   }
   // The default action (a fault cannot be ignored): die of SIGBUS as without mpp.
-  struct sigaction dfl{};
+  struct sigaction dfl {};
   dfl.sa_handler = SIG_DFL;
   ::sigemptyset(&dfl.sa_mask);
   ::sigaction(SIGBUS, &dfl, nullptr);
@@ -107,7 +107,7 @@ inline void on_sigbus(int sig, siginfo_t* info, void* ctx) noexcept {
       if (r == -1) break;  // cannot repair (out of memory): let the fault take its course
       // Remember whether tmpfs was out of space at the time: with the object still its full
       // size afterwards, that (and not a truncation) is why the page could not be had.
-      struct statfs fs{};
+      struct statfs fs {};
       if (::syscall(SYS_statfs, kShmDirectory, &fs) == 0 &&
           static_cast<std::uint64_t>(fs.f_bavail) * static_cast<std::uint64_t>(fs.f_bsize) <
               kLowSpace)
@@ -137,7 +137,7 @@ inline void install() noexcept {
     table.previous = {};  // already ours (a second copy of this code): never chain to ourselves
     table.previous.sa_handler = SIG_DFL;
   }
-  struct sigaction sa{};
+  struct sigaction sa {};
   sa.sa_sigaction = &on_sigbus;
   sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART;
   ::sigemptyset(&sa.sa_mask);
@@ -172,8 +172,7 @@ inline std::uint32_t guard_mapping(void* p, std::uint64_t size, std::string_view
     std::memcpy(t.names[i], name.data(), n);
     t.names[i][n] = '\0';
     std::size_t used = t.used.load(std::memory_order_relaxed);
-    while (used < i + 1 &&
-           !t.used.compare_exchange_weak(used, i + 1, std::memory_order_acq_rel)) {
+    while (used < i + 1 && !t.used.compare_exchange_weak(used, i + 1, std::memory_order_acq_rel)) {
     }
     t.end[i].store(b + size, std::memory_order_release);  // the handler may use it from now on
     t.free_hint.store(i + 1, std::memory_order_relaxed);
@@ -240,8 +239,8 @@ inline void check_mapping(const void* addr) {
   // mapping covers exactly its object, so a fault while /dev/shm was full in an object that
   // still has all its bytes was the latter; anything else is taken for a truncation (one that
   // was undone by growing the object again included).
-  if (const ShmStat st = shm_lstat(name); low_space && st.exists && st.regular && length != 0 &&
-                                          st.size >= length) {
+  if (const ShmStat st = shm_lstat(name);
+      low_space && st.exists && st.regular && length != 0 && st.size >= length) {
     const auto free = shm_free_bytes();
     throw NoSpaceError(
         fmt::format("{} is full: a page of '{}' could not be allocated ({} free), so what this "
@@ -249,8 +248,7 @@ inline void check_mapping(const void* addr) {
                     "processes: close this handle, free space with `mpp gc` or enlarge {}, and "
                     "recreate the object",
                     kShmDirectory, name,
-                    free ? fmt::format("{} bytes", *free) : std::string("? bytes"),
-                    kShmDirectory),
+                    free ? fmt::format("{} bytes", *free) : std::string("? bytes"), kShmDirectory),
         ENOSPC);
   }
   fail<CorruptedError>(

@@ -19,8 +19,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <chrono>
 #include <cerrno>
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -64,7 +64,8 @@ inline pid_type spawn_tracker(int conn) noexcept {
   for (int sig : {SIGTERM, SIGPIPE, SIGCHLD}) ::sigaddset(&defaults, sig);
   ::posix_spawnattr_setsigmask(&attr, &none);
   ::posix_spawnattr_setsigdefault(&attr, &defaults);
-  ::posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+  ::posix_spawnattr_setflags(&attr,
+                             POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
   std::vector<char*> envp;
   char fd_entry[32];
   std::snprintf(fd_entry, sizeof fd_entry, "%s=%d", kTrackerEnv, kTrackerFd);
@@ -153,16 +154,20 @@ inline std::pair<Fd, Fd> packet_pair() noexcept {
 //!Effects: sends one message over packet socket `fd` without raising SIGPIPE, waiting at most
 //! `bound` for room in the socket's buffer.
 //!Returns: 0, or the errno (EAGAIN after the bound; EPIPE/ECONNRESET: the peer is gone).
-inline int send_packet(int fd, const void* data, std::size_t n, std::chrono::milliseconds bound) noexcept {
+inline int send_packet(int fd, const void* data, std::size_t n,
+                       std::chrono::milliseconds bound) noexcept {
   const auto until = std::chrono::steady_clock::now() + bound;
   for (;;) {
     if (::send(fd, data, n, MSG_NOSIGNAL | MSG_DONTWAIT) >= 0) return 0;
     const int err = errno;
     if (err == EINTR) continue;
     if (err != EAGAIN && err != EWOULDBLOCK) return err;
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now());
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        until - std::chrono::steady_clock::now());
     if (left.count() <= 0) return EAGAIN;
-    struct pollfd p{fd, POLLOUT, 0};
+    struct pollfd p {
+      fd, POLLOUT, 0
+    };
     (void)::poll(&p, 1, static_cast<int>(left.count()) + 1);
   }
 }
@@ -171,7 +176,8 @@ inline int send_packet(int fd, const void* data, std::size_t n, std::chrono::mil
 //! (forever when negative; not at all when zero).
 //!Returns: its size, 0 at end of file, -1 on timeout or error, -2 if `timeout` is zero and no
 //! message is there.
-inline long recv_packet(int fd, void* buf, std::size_t n, std::chrono::milliseconds timeout) noexcept {
+inline long recv_packet(int fd, void* buf, std::size_t n,
+                        std::chrono::milliseconds timeout) noexcept {
   if (timeout.count() == 0) {
     for (;;) {
       const ssize_t got = ::recv(fd, buf, n, MSG_DONTWAIT);
@@ -183,8 +189,11 @@ inline long recv_packet(int fd, void* buf, std::size_t n, std::chrono::milliseco
   const auto until = std::chrono::steady_clock::now() + timeout;
   for (;;) {
     if (timeout.count() > 0) {
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now());
-      struct pollfd p{fd, POLLIN, 0};
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          until - std::chrono::steady_clock::now());
+      struct pollfd p {
+        fd, POLLIN, 0
+      };
       const int r = ::poll(&p, 1, left.count() > 0 ? static_cast<int>(left.count()) + 1 : 0);
       if (r < 0 && errno == EINTR) continue;
       if (r <= 0) return -1;

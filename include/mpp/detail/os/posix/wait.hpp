@@ -33,7 +33,7 @@ static_assert(sizeof(std::atomic<std::uint32_t>) == sizeof(std::uint32_t) &&
 //! wake-ups are possible. Returns: false only when the timeout elapsed.
 inline bool wait_on_address(const std::atomic<std::uint32_t>& word, std::uint32_t expected,
                             std::optional<std::chrono::nanoseconds> timeout) noexcept {
-  struct timespec ts{};
+  struct timespec ts {};
   if (timeout) {
     const auto ns = timeout->count() < 0 ? 0 : timeout->count();
     ts.tv_sec = static_cast<time_t>(ns / 1'000'000'000);
@@ -70,8 +70,9 @@ inline void yield() noexcept { ::sched_yield(); }
 /// Sleeps for `d` (EINTR-safe).
 inline void sleep_for(std::chrono::nanoseconds d) noexcept {
   if (d.count() <= 0) return;
-  struct timespec ts{static_cast<time_t>(d.count() / 1'000'000'000),
-                     static_cast<long>(d.count() % 1'000'000'000)};
+  struct timespec ts {
+    static_cast<time_t>(d.count() / 1'000'000'000), static_cast<long>(d.count() % 1'000'000'000)
+  };
   while (::nanosleep(&ts, &ts) != 0 && errno == EINTR) {
   }
 }

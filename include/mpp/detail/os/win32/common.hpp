@@ -47,9 +47,9 @@ inline std::string last_error_text(DWORD err) {
 
 //!Throws: OSError naming the call, the object and the Win32 error text.
 [[noreturn]] inline void throw_errno(const char* call, std::string_view object, DWORD err) {
-  throw OSError(fmt::format("{}('{}') failed: {} (error {})", call, object, last_error_text(err),
-                            err),
-                static_cast<int>(err));
+  throw OSError(
+      fmt::format("{}('{}') failed: {} (error {})", call, object, last_error_text(err), err),
+      static_cast<int>(err));
 }
 
 /// Owning kernel handle (CloseHandle on destruction); the Win32 counterpart of a POSIX fd.
@@ -130,8 +130,8 @@ class OwnerOnly {
  public:
   OwnerOnly() {
     const std::wstring sddl = L"D:P(A;;GA;;;" + user_sid().text + L")";
-    if (!::ConvertStringSecurityDescriptorToSecurityDescriptorW(sddl.c_str(), SDDL_REVISION_1,
-                                                                &sd_, nullptr))
+    if (!::ConvertStringSecurityDescriptorToSecurityDescriptorW(sddl.c_str(), SDDL_REVISION_1, &sd_,
+                                                                nullptr))
       throw_errno("ConvertStringSecurityDescriptorToSecurityDescriptor", "", ::GetLastError());
     sa_.nLength = sizeof sa_;
     sa_.lpSecurityDescriptor = sd_;

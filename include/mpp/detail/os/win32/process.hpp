@@ -116,8 +116,10 @@ inline std::wstring quote_arg(const std::wstring& a) {
       ++backslashes;
       continue;
     }
-    if (c == L'"') out.append(backslashes * 2 + 1, L'\\');
-    else out.append(backslashes, L'\\');
+    if (c == L'"')
+      out.append(backslashes * 2 + 1, L'\\');
+    else
+      out.append(backslashes, L'\\');
     backslashes = 0;
     out.push_back(c);
   }
@@ -149,8 +151,8 @@ inline DWORD timeout_ms(std::optional<std::chrono::nanoseconds> left) noexcept {
 /// Runs one overlapped ReadFile/WriteFile on `h`, waiting at most `timeout`. Returns: the bytes
 /// transferred, or nullopt on timeout (the operation is cancelled). Sets `err` on failure.
 template <class Start>
-std::optional<DWORD> overlapped_io(HANDLE h, Start start, std::optional<std::chrono::nanoseconds> timeout,
-                                   DWORD& err) {
+std::optional<DWORD> overlapped_io(HANDLE h, Start start,
+                                   std::optional<std::chrono::nanoseconds> timeout, DWORD& err) {
   Overlapped o;
   err = 0;
   DWORD n = 0;
@@ -189,14 +191,22 @@ inline std::optional<native_handle> handle_from_text(const std::string& text) {
 //!Returns: "SIGTERM" for 15 and so on (the signal names of Windows' C runtime); "" if unknown.
 inline std::string signal_name(int signum) {
   switch (signum) {
-    case 2: return "SIGINT";
-    case 4: return "SIGILL";
-    case 8: return "SIGFPE";
-    case 11: return "SIGSEGV";
-    case 15: return "SIGTERM";
-    case 21: return "SIGBREAK";
-    case 22: return "SIGABRT";
-    default: return {};
+    case 2:
+      return "SIGINT";
+    case 4:
+      return "SIGILL";
+    case 8:
+      return "SIGFPE";
+    case 11:
+      return "SIGSEGV";
+    case 15:
+      return "SIGTERM";
+    case 21:
+      return "SIGBREAK";
+    case 22:
+      return "SIGABRT";
+    default:
+      return {};
   }
 }
 
@@ -266,14 +276,17 @@ inline bool wait_readable(native_handle h, std::optional<std::chrono::nanosecond
     if (r == WAIT_FAILED) throw_errno("WaitForSingleObject", "", ::GetLastError());
     return r != WAIT_TIMEOUT;
   }
-  const auto until = timeout ? std::optional(std::chrono::steady_clock::now() + *timeout) : std::nullopt;
+  const auto until =
+      timeout ? std::optional(std::chrono::steady_clock::now() + *timeout) : std::nullopt;
   for (int round = 0;; ++round) {
     DWORD avail = 0;
     if (!::PeekNamedPipe(h, nullptr, 0, nullptr, &avail, nullptr)) return true;  // hung up
     if (avail > 0) return true;
     if (until && std::chrono::steady_clock::now() >= *until) return false;
-    if (round < 50) ::SwitchToThread();
-    else ::Sleep(1);
+    if (round < 50)
+      ::SwitchToThread();
+    else
+      ::Sleep(1);
   }
 }
 
@@ -281,7 +294,8 @@ inline bool wait_readable(native_handle h, std::optional<std::chrono::nanosecond
 //!Returns: the index of a ready handle, or -1 on timeout. Throws: OSError.
 inline int wait_any_readable(std::span<const native_handle> hs,
                              std::optional<std::chrono::nanoseconds> timeout) {
-  const auto until = timeout ? std::optional(std::chrono::steady_clock::now() + *timeout) : std::nullopt;
+  const auto until =
+      timeout ? std::optional(std::chrono::steady_clock::now() + *timeout) : std::nullopt;
   for (;;) {
     for (std::size_t i = 0; i < hs.size(); ++i)
       if (wait_readable(hs[i], std::chrono::nanoseconds{0})) return static_cast<int>(i);
@@ -295,8 +309,8 @@ inline int wait_any_readable(std::span<const native_handle> hs,
 //!Returns: false if no such process. Throws: OSError.
 inline bool send_signal(pid_type pid, int /*sig*/) {
   Fd h(win32_detail::child_handle(pid));
-  if (h.get() == nullptr) h = Fd{::OpenProcess(PROCESS_TERMINATE | SYNCHRONIZE, FALSE,
-                                                static_cast<DWORD>(pid))};
+  if (h.get() == nullptr)
+    h = Fd{::OpenProcess(PROCESS_TERMINATE | SYNCHRONIZE, FALSE, static_cast<DWORD>(pid))};
   if (h.get() == nullptr) return false;
   if (::TerminateProcess(h.get(), win32_detail::kTerminateCode)) return true;
   const DWORD err = ::GetLastError();
@@ -355,9 +369,9 @@ inline pid_type spawn_program(const std::string& path, const std::vector<std::st
       bool overridden = false;
       for (const auto& mine : env) {
         const std::wstring k = wide(std::string_view(mine).substr(0, mine.find('=')));
-        overridden = overridden || ::CompareStringOrdinal(k.data(), static_cast<int>(k.size()),
-                                                          key.data(), static_cast<int>(key.size()),
-                                                          TRUE) == CSTR_EQUAL;
+        overridden =
+            overridden || ::CompareStringOrdinal(k.data(), static_cast<int>(k.size()), key.data(),
+                                                 static_cast<int>(key.size()), TRUE) == CSTR_EQUAL;
       }
       if (!overridden) {
         block.append(entry);
@@ -449,11 +463,14 @@ inline std::pair<Fd, Fd> socket_pair(bool packets = false) {
 //!Throws: BrokenPipeError if the peer is gone, TimeoutError, OSError otherwise.
 inline void send_all(const Fd& s, std::span<const std::byte> data,
                      std::optional<std::chrono::nanoseconds> timeout = std::nullopt) {
-  const auto until = timeout ? std::optional(std::chrono::steady_clock::now() + *timeout) : std::nullopt;
+  const auto until =
+      timeout ? std::optional(std::chrono::steady_clock::now() + *timeout) : std::nullopt;
   std::size_t done = 0;
   while (done < data.size()) {
     std::optional<std::chrono::nanoseconds> left;
-    if (until) left = std::chrono::duration_cast<std::chrono::nanoseconds>(*until - std::chrono::steady_clock::now());
+    if (until)
+      left = std::chrono::duration_cast<std::chrono::nanoseconds>(*until -
+                                                                  std::chrono::steady_clock::now());
     const DWORD chunk = static_cast<DWORD>(std::min<std::size_t>(data.size() - done, 1u << 20));
     DWORD err = 0;
     const auto n = win32_detail::overlapped_io(

@@ -46,7 +46,8 @@ struct SectionBasicInformation {
 };
 }  // namespace win32_detail
 
-/// Whether a segment must keep its OS handle open while mapped (a mapping's name lives only as long as a handle to it).
+/// Whether a segment must keep its OS handle open while mapped (a mapping's name lives only as long
+/// as a handle to it).
 inline constexpr bool kKeepHandleWhileMapped = true;
 
 namespace win32_detail {
@@ -99,9 +100,10 @@ inline Fd shm_open_existing(std::string_view name) {
   if (h.get() == nullptr) {
     const DWORD err = ::GetLastError();
     if (err == ERROR_FILE_NOT_FOUND)
-      fail<NotFoundError>("no mpp object named '{}'; create it first (create/open_or_create) "
-                          "or check the name",
-                          name);
+      fail<NotFoundError>(
+          "no mpp object named '{}'; create it first (create/open_or_create) "
+          "or check the name",
+          name);
     if (err == ERROR_ACCESS_DENIED)
       fail<PermissionError>("'{}' exists but belongs to another user; choose another name", name);
     throw_errno("OpenFileMapping", name, err);
@@ -115,17 +117,18 @@ inline bool shm_remove(std::string_view) { return false; }
 
 /// What the kernel says about an open mapping.
 struct FileInfo {
-  std::uint64_t size;  ///< size of the section in bytes
-  bool owned_by_us;    ///< created by this user (owner-only DACL)
-  bool private_mode;   ///< no access for other users
-  bool regular;        ///< always true for a file mapping
-  bool headered;       ///< always true: every object starts with an mpp header on Windows
+  std::uint64_t size;          ///< size of the section in bytes
+  bool owned_by_us;            ///< created by this user (owner-only DACL)
+  bool private_mode;           ///< no access for other users
+  bool regular;                ///< always true for a file mapping
+  bool headered;               ///< always true: every object starts with an mpp header on Windows
   std::int64_t mtime_unix_ms;  ///< not known: 0
 };
 
 inline FileInfo file_info(const Fd& h, std::string_view name) {
-  static const auto query = reinterpret_cast<win32_detail::NtQuerySectionFn>(
-      reinterpret_cast<void*>(::GetProcAddress(::GetModuleHandleW(L"ntdll.dll"), "NtQuerySection")));
+  static const auto query =
+      reinterpret_cast<win32_detail::NtQuerySectionFn>(reinterpret_cast<void*>(
+          ::GetProcAddress(::GetModuleHandleW(L"ntdll.dll"), "NtQuerySection")));
   win32_detail::SectionBasicInformation info{};
   const LONG status = query == nullptr ? -1 : query(h.get(), 0, &info, sizeof info, nullptr);
   if (status < 0)
@@ -197,7 +200,8 @@ inline int commit(void* p, std::size_t n) noexcept {
     char* const region_end = static_cast<char*>(mbi.BaseAddress) + mbi.RegionSize;
     char* const stop = region_end < end ? region_end : end;
     if (mbi.State == MEM_RESERVE) {
-      if (::VirtualAlloc(at, static_cast<SIZE_T>(stop - at), MEM_COMMIT, PAGE_READWRITE) == nullptr) {
+      if (::VirtualAlloc(at, static_cast<SIZE_T>(stop - at), MEM_COMMIT, PAGE_READWRITE) ==
+          nullptr) {
         const DWORD err = ::GetLastError();
         return err == ERROR_COMMITMENT_LIMIT || err == ERROR_NOT_ENOUGH_MEMORY ||
                        err == ERROR_OUTOFMEMORY || err == ERROR_COMMITMENT_MINIMUM
