@@ -580,7 +580,8 @@ inline os::pid_type spawn_role(std::string_view role, const char* marker, const 
   return static_cast<os::pid_type>(pid);
 #else
   const os::native_handle inherit[] = {sock.get()};
-  const std::string env = fmt::format("{}={}:{}", kBootstrapEnv, role, os::handle_to_text(sock.get()));
+  const std::string env =
+      fmt::format("{}={}:{}", kBootstrapEnv, role, os::handle_to_text(sock.get()));
   return os::spawn_program(executable_path(), child_argv(marker), {env}, inherit);
 #endif
 }
