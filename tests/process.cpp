@@ -1,11 +1,15 @@
 // Tests of mpp::Process under the three start methods (fork, spawn, forkserver): exit codes,
 // join with timeout, terminate/kill, names and reprs, current/parent process, daemon children,
-// active_children, errors for unregistered functions and programs without bootstrap.
+// active_children, errors for unregistered functions and programs without bootstrap; what a
+// child inherits as in Python: its start method, daemon flag and authkey, its own atexit
+// handlers, and no stray descriptors under spawn and forkserver.
+#include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -105,8 +109,80 @@ void start_grandchild(int method, std::string path) {
   mpp::exit(*p.exitcode() == 0 ? 0 : 3);
 }
 
+/// Writes the child's default start method and whether set_start_method without force refuses
+/// ("<method>|locked"), as CPython's _bootstrap forces the context of the child.
+void report_start_method(std::string path) {
+  bool locked = false;
+  try {
+    mpp::set_start_method(StartMethod::fork);
+  } catch (const mpp::ProcessError&) {
+    locked = true;
+  }
+  write_file(path, fmt::format("{}|{}", mpp::get_start_method(), locked ? "locked" : "free"));
+}
+
+std::string g_c_atexit_marker;  // where c_atexit_handler writes (set by the child)
+void c_atexit_handler() { write_file(g_c_atexit_marker, "c"); }
+
+/// Registers an mpp::atexit handler (writes `path`.mpp) and a std::atexit one (writes `path`.c),
+/// then ends: `how` 0 returns, 1 calls mpp::exit(3), 2 throws.
+void register_exit_handlers(std::string path, int how) {
+  g_c_atexit_marker = path + ".c";
+  std::atexit(&c_atexit_handler);
+  mpp::atexit([path] { write_file(path + ".mpp", "mpp"); });
+  mpp::atexit([path] {  // runs first (last registered): the later one still runs after a throw
+    if (file_exists(path + ".mpp")) write_file(path + ".order", "wrong");
+    throw std::runtime_error("an atexit handler that throws (expected in this test)");
+  });
+  if (how == 1) mpp::exit(3);
+  if (how == 2) throw std::runtime_error("boom (expected in this test)");
+}
+
+/// Exits with 1 if a descriptor of this process is open on `path`, else 0.
+void find_descriptor(std::string path) {
+  DIR* d = ::opendir("/proc/self/fd");
+  if (d == nullptr) mpp::exit(2);
+  int found = 0;
+  while (const dirent* e = ::readdir(d)) {
+    char target[4096];
+    const std::string link = std::string("/proc/self/fd/") + e->d_name;
+    const ssize_t n = ::readlink(link.c_str(), target, sizeof target - 1);
+    if (n > 0 && std::string(target, static_cast<std::size_t>(n)) == path) found = 1;
+  }
+  ::closedir(d);
+  mpp::exit(found);
+}
+
+/// Exits with a code that says what Processes created here inherit: +1 if a Process made without
+/// a daemon option is daemonic, +2 if one made with daemon=false is, +4 if starting the first
+/// fails (a daemonic process may not have children), +8 if this process is daemonic.
+void daemon_flags() {
+  mpp::Process inherited{do_nothing};
+  mpp::Process explicit_false{{.daemon = false}, do_nothing};
+  int code = (inherited.daemon() ? 1 : 0) + (explicit_false.daemon() ? 2 : 0) +
+             (mpp::current_process().daemon() ? 8 : 0);
+  try {
+    inherited.start();
+    inherited.join();
+  } catch (const mpp::ProcessError&) {
+    code += 4;
+  }
+  mpp::exit(code);
+}
+
+/// Exits with 0 if this child's authkey is `expected` and a Process it creates takes it too.
+void check_authkey(mpp::Bytes expected) {
+  mpp::Process next{do_nothing};
+  mpp::exit(mpp::current_process().authkey() == expected && next.authkey() == expected ? 0 : 1);
+}
+
 }  // namespace
 
+MPP_REGISTER(report_start_method);
+MPP_REGISTER(register_exit_handlers);
+MPP_REGISTER(find_descriptor);
+MPP_REGISTER(daemon_flags);
+MPP_REGISTER(check_authkey);
 MPP_REGISTER(do_nothing);
 MPP_REGISTER(exit_with);
 MPP_REGISTER(exit_sum);
@@ -625,4 +701,113 @@ TEST_CASE("Process: join takes a timeout in plain seconds", "[process]") {
   CHECK(p.is_alive());
   p.terminate();
   CHECK(p.join(5.0));
+}
+
+TEST_CASE("Process: a child's default start method is the one that started it", "[process]") {
+  const StartMethod m = any_method();
+  CAPTURE(mpp::start_method_name(m));
+  const std::string path = temp_path("method");
+  auto p = make(m, report_start_method, path);
+  p.start();
+  p.join();
+  REQUIRE(p.exitcode() == 0);
+  // As CPython forces the context in _bootstrap: set_start_method without force then refuses.
+  CHECK(read_file(path) == fmt::format("{}|locked", mpp::start_method_name(m)));
+  ::unlink(path.c_str());
+}
+
+TEST_CASE("Process: atexit handlers the child registers run at its normal exit", "[process]") {
+  const StartMethod m = any_method();
+  const int how = GENERATE(0, 1, 2);  // return, mpp::exit(3), an escaped exception
+  CAPTURE(mpp::start_method_name(m), how);
+  const std::string path = temp_path("atexit");
+  auto p = make(m, register_exit_handlers, path, how);
+  CaptureStderr err;
+  p.start();
+  p.join();
+  const std::string text = err.finish();
+  CHECK(p.exitcode() == (how == 0 ? 0 : how == 1 ? 3 : 1));
+  CHECK(read_file(path + ".mpp") == "mpp");  // mpp::atexit: under every start method
+  CHECK_FALSE(file_exists(path + ".order"));  // last registered first
+  if (m != StartMethod::forkserver)  // a fork server's child writes to the server's stderr
+    CHECK(text.find("an atexit handler failed: an atexit handler that throws") !=
+          std::string::npos);
+  // std::atexit: the child leaves through std::exit under spawn and forkserver, whose C atexit
+  // list is the child program's own; a forked child's list is its parent's, so it never runs.
+  CHECK(file_exists(path + ".c") == (m != StartMethod::fork));
+  for (const char* ext : {".mpp", ".c", ".order"}) ::unlink((path + ext).c_str());
+}
+
+TEST_CASE("Process: the parent's atexit handlers do not run in its children", "[process]") {
+  const std::string marker = temp_path("parent-atexit");
+  const pid_t pid = mpp_test::fork_child([&] {
+    mpp::atexit([marker] { write_file(marker, fmt::format("{}", ::getpid())); });
+    for (StartMethod m : {StartMethod::fork, StartMethod::spawn, StartMethod::forkserver}) {
+      auto p = make(m, do_nothing);
+      p.start();
+      p.join();
+      if (p.exitcode() != 0 || file_exists(marker)) return 10 + static_cast<int>(m);
+    }
+    std::exit(0);  // the end of main: this process's own handler runs
+    return 0;
+  });
+  CHECK(mpp_test::wait_child(pid) == 0);
+  CHECK(read_file(marker) == std::to_string(pid));
+  ::unlink(marker.c_str());
+}
+
+TEST_CASE("Process: inheritable descriptors do not leak into spawn and forkserver children",
+          "[process]") {
+  const StartMethod m = any_method();
+  CAPTURE(mpp::start_method_name(m));
+  const std::string path = temp_path("leak");
+  const int fd = ::open(path.c_str(), O_CREAT | O_RDWR, 0600);  // no O_CLOEXEC: inheritable
+  REQUIRE(fd >= 0);
+  // A fork server started while the descriptor is open must not keep it either.
+  if (m == StartMethod::forkserver) mpp::detail::stop_forkserver(mpp::detail::globals());
+  auto p = make(m, find_descriptor, path);
+  p.start();
+  p.join();
+  // Python's fork children inherit every descriptor; spawn and forkserver children get stdio and
+  // what mpp passes.
+  CHECK(p.exitcode() == (m == StartMethod::fork ? 1 : 0));
+  ::close(fd);
+  ::unlink(path.c_str());
+}
+
+TEST_CASE("Process: a process created by a daemonic process is daemonic unless set", "[process]") {
+  const StartMethod m = any_method();
+  CAPTURE(mpp::start_method_name(m));
+  mpp::Process plain{{.start_method = m}, daemon_flags};
+  CHECK_FALSE(plain.daemon());
+  plain.start();
+  plain.join();
+  CHECK(plain.exitcode() == 0);
+  mpp::Process daemonic{{.daemon = true, .start_method = m}, daemon_flags};
+  daemonic.start();
+  daemonic.join();
+  CHECK(daemonic.exitcode() == 1 + 4 + 8);
+}
+
+TEST_CASE("Process: authkey is 32 random bytes, inherited by children, settable before start",
+          "[process]") {
+  const mpp::Bytes main_key = mpp::current_process().authkey();
+  CHECK(main_key.size() == 32);
+  CHECK(std::count(main_key.begin(), main_key.end(), std::byte{0}) < 8);
+  const StartMethod m = any_method();
+  CAPTURE(mpp::start_method_name(m));
+  auto p = make(m, check_authkey, main_key);
+  CHECK(p.authkey() == main_key);
+  p.start();
+  p.join();
+  CHECK(p.exitcode() == 0);
+  CHECK_THROWS_AS(p.authkey(mpp::Bytes(32, std::byte{1})), mpp::ProcessError);
+
+  const mpp::Bytes other(16, std::byte{0x5a});
+  auto q = make(m, check_authkey, other);
+  q.authkey(other);
+  q.start();
+  q.join();
+  CHECK(q.exitcode() == 0);
+  CHECK(mpp::current_process().authkey() == main_key);
 }

@@ -2,7 +2,8 @@
 // on Linux and, cross-compiled with mingw-w64, under wine. Exit codes as Python reports them on
 // each platform, terminate/kill, join with a timeout, sentinels, arguments through the codec
 // (large ones too), shared values passed by name, parent_process() in the child, and the errors
-// for unregistered functions and start methods the platform lacks.
+// for unregistered functions and start methods the platform lacks; what a spawned child inherits
+// as in Python (start method, daemon flag, authkey) and its own atexit handlers.
 #include <chrono>
 #include <mpp/array.hpp>
 #include <mpp/futures.hpp>
@@ -44,6 +45,18 @@ void check_family(int parent, std::string name) {
   mpp::exit(ok ? 0 : 1);
 }
 const auto exit_42 = [] { mpp::exit(42); };
+/// Exits with a code made of what this spawned child knows: +1 if its default start method is
+/// "spawn", +2 if its authkey is `key`, +4 if a Process it creates takes its daemon flag; an
+/// mpp::atexit handler then adds 100 to `out` (set to the code first).
+void spawn_facts(mpp::Bytes key, mpp::Value<int> out) {
+  mpp::Process next{do_nothing};
+  const int code = (mpp::get_start_method() == "spawn" ? 1 : 0) +
+                   (mpp::current_process().authkey() == key ? 2 : 0) +
+                   (next.daemon() == mpp::current_process().daemon() ? 4 : 0);
+  out.set(code);
+  mpp::atexit([out]() mutable { out.set(out.load() + 100); });
+  mpp::exit(code);
+}
 /// Puts `n` numbers starting at `first` on `q`, then adds 1 to `counter` under `lock` `n` times
 /// and records its own id in `slots[id]`.
 void produce(mpp::Queue<int> q, int first, int n, mpp::Lock lock, mpp::Value<int> counter,
@@ -84,6 +97,7 @@ MPP_REGISTER(check_big);
 MPP_REGISTER(store_value);
 MPP_REGISTER(check_family);
 MPP_REGISTER_AS("exit_42", exit_42);
+MPP_REGISTER(spawn_facts);
 MPP_REGISTER(produce);
 MPP_REGISTER(hold_lock);
 MPP_REGISTER(take_forever);
@@ -360,4 +374,24 @@ TEST_CASE("Spawn: a ProcessPoolExecutor of spawned workers returns futures", "[s
   CHECK(std::accumulate(out.begin(), out.end(), 0) == 99 * 100 * 199 / 6);
   CHECK_THROWS_AS(ex.submit(fail_on_three, 3).result(60s), std::invalid_argument);
   ex.shutdown();
+}
+
+TEST_CASE("Spawn: a spawned child knows its start method, inherits authkey and daemon flag, and "
+          "runs its atexit handlers",
+          "[spawn]") {
+  const std::string name = mpp_test::unique_name("spawn.facts");
+  {
+    auto out = mpp::Value<int>::create(name, 0);
+    for (const bool daemon : {false, true}) {
+      CAPTURE(daemon);
+      out.set(0);
+      auto p = mpp::Process({.daemon = daemon, .start_method = StartMethod::spawn}, spawn_facts,
+                            mpp::current_process().authkey(), out);
+      p.start();
+      p.join();
+      CHECK(p.exitcode() == 7);
+      CHECK(out.load() == 107);
+    }
+  }
+  mpp::unlink(name);
 }

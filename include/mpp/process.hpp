@@ -13,6 +13,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -58,7 +59,9 @@ inline StartMethod parse_start_method(std::string_view name) {
 /// Options of a Process (Python's keyword arguments name= and daemon=).
 struct ProcessOptions {
   std::string name{};                         ///< empty: "Process-N" as Python names them
-  std::optional<bool> daemon{};               ///< terminated when the parent exits (default false)
+  /// terminated when the parent exits; empty: the creating process's own flag (false in the main
+  /// process), as Python's Process inherits its creator's daemon setting
+  std::optional<bool> daemon{};
   std::optional<StartMethod> start_method{};  ///< empty: get_start_method() at start()
 };
 
@@ -184,6 +187,20 @@ class Process {
     if (s_->started) detail::fail<ProcessError>("process has already started");
     s_->daemon = d;
   }
+  /// The authentication key (Python's authkey): 32 random bytes in the main process; a Process
+  /// takes its creator's key when it is constructed, and its child starts with it under every
+  /// start method. Connection authentication uses current_process().authkey().
+  const Bytes& authkey() const noexcept { return s_->authkey; }
+  //!Effects: sets the authentication key: of a process not started yet (its child gets it), or of
+  //! current_process() (Processes constructed afterwards take it).
+  //!Throws: ProcessError for a started child or the parent process (the key would be unused).
+  void authkey(Bytes key) {
+    if (s_->role == detail::Role::parent || (s_->role == detail::Role::child && s_->started))
+      detail::fail<ProcessError>("the authkey of a started process cannot change");
+    auto& g = detail::globals();
+    std::lock_guard lock(g.mutex);  // new_child_state reads current_process()'s key
+    s_->authkey = std::move(key);
+  }
   /// The start method used (or to be used) by this process.
   StartMethod start_method() const {
     return s_->started ? s_->method : s_->requested_method.value_or(default_method());
@@ -265,6 +282,25 @@ inline std::vector<Process> active_children() {
   std::vector<Process> out;
   for (auto& c : g.children) out.push_back(Process(c));
   return out;
+}
+
+//!Effects: registers `fn` to run when this process exits normally (Python's atexit.register):
+//! the main process at std::exit or the return from main; a child started by mpp when its target
+//! returns, calls mpp::exit or lets an exception escape, after its own children are joined.
+//! Handlers run once, last registered first; a handler that throws is reported on stderr. A
+//! forked child starts with none of its parent's (Python clears atexit in a forked child). Not run
+//! when a signal ends the process, nor by mpp::exit outside the target.
+//! std::atexit handlers a child registers itself also run under spawn and forkserver (the child
+//! leaves through std::exit), never under fork, whose C atexit list is its parent's: use
+//! mpp::atexit where a handler must run in a forked child.
+inline void atexit(std::function<void()> fn) {
+  auto& g = detail::globals();
+  std::lock_guard lock(g.mutex);
+  g.exit_functions.push_back(std::move(fn));
+  if (!g.exit_functions_hooked) {
+    std::atexit([] { detail::run_exit_functions(); });
+    g.exit_functions_hooked = true;
+  }
 }
 
 /// The number of CPUs this process may use (its affinity mask; at least 1).

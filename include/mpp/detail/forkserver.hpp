@@ -153,11 +153,7 @@ inline void ensure_forkserver(Globals& g) {
   if (g.server_control.valid()) return;
   require_bootstrap(StartMethod::forkserver);
   auto [mine, theirs] = os::socket_pair(/*packets=*/true);
-  const os::native_handle inherit[] = {theirs.get()};
-  const std::string role =
-      fmt::format("{}=forkserver:{}", kBootstrapEnv, os::handle_to_text(theirs.get()));
-  const os::pid_type pid =
-      os::spawn_program(executable_path(), child_argv("--mpp-forkserver"), {role}, inherit);
+  const os::pid_type pid = spawn_role("forkserver", "--mpp-forkserver", theirs);
   theirs.reset();
   os::Fd handle = os::open_process(pid);
   bool ready = false;
@@ -175,6 +171,7 @@ inline void ensure_forkserver(Globals& g) {
                        pid, executable_path(), code);
   }
   g.server_control = std::move(mine);
+  g.server_handle = std::move(handle);
   g.server_pid = pid;
   g.server_owner = os::current_pid();
 }
@@ -184,11 +181,13 @@ inline void drop_forkserver(Globals& g) noexcept {
   g.server_control.reset();
   if (g.server_pid != 0 && g.server_owner == os::current_pid()) {
     try {
-      os::Fd h = os::open_process(g.server_pid);
+      os::Fd h = g.server_handle.valid() ? std::move(g.server_handle)
+                                         : os::open_process(g.server_pid);
       reap_failed(g.server_pid, h);
     } catch (const std::exception&) {
     }
   }
+  g.server_handle.reset();
   g.server_pid = 0;
 }
 
@@ -211,10 +210,11 @@ inline void send_to_forkserver(Globals& g, const os::Fd& channel, const std::str
 }
 
 //!Effects: sends the request on `mine` and waits for the server's first answer.
+//!Returns: the answer, or nullopt when the server died before it took the request (it is dropped).
 //!Throws: ProcessError when the server does not answer within g.server_timeout (it is killed) or
 //! closes the connection (it is dropped); either way the next start() starts a new one.
-inline Record forkserver_answer(Globals& g, const os::Fd& mine, const Bytes& payload,
-                                const std::string& name) {
+inline std::optional<Record> forkserver_answer(Globals& g, const os::Fd& mine,
+                                               const Bytes& payload, const std::string& name) {
   std::optional<Record> r;
   bool timed_out = false;
   try {
@@ -243,7 +243,14 @@ inline Record forkserver_answer(Globals& g, const os::Fd& mine, const Bytes& pay
   }
   if (!r) {
     std::lock_guard lock(g.server_mutex);
+    // A server killed while this request was on its way: the kernel releases a dead process's
+    // descriptors in no fixed order, so the previous child's channel can report the death while
+    // the control socket still accepts a request. A server that is gone started nothing:
+    // replace it and send the request again.
+    const bool died = g.server_handle.valid() &&
+                      os::wait_readable(g.server_handle.get(), std::chrono::seconds(2));
     drop_forkserver(g);
+    if (died) return std::nullopt;
     fail<ProcessError>("the fork server closed the connection without starting {}; it has been "
                        "dropped and the next start() starts a new one",
                        name);
@@ -255,10 +262,18 @@ inline Record forkserver_answer(Globals& g, const os::Fd& mine, const Bytes& pay
 inline void launch_forkserver(ProcessState& s) {
   auto& g = globals();
   const Bytes payload = mpp::encode(launch_request(s, StartMethod::forkserver));
-  auto [mine, theirs] = os::socket_pair();
-  send_to_forkserver(g, theirs, s.name);
-  theirs.reset();
-  const Record r = forkserver_answer(g, mine, payload, s.name);
+  os::Fd mine;
+  std::optional<Record> answer;
+  for (int attempt = 0; !answer; ++attempt) {
+    if (attempt == 2)
+      fail<ProcessError>("the fork server died twice while starting {}", s.name);
+    auto [ours, theirs] = os::socket_pair();
+    send_to_forkserver(g, theirs, s.name);
+    theirs.reset();
+    answer = forkserver_answer(g, ours, payload, s.name);
+    mine = std::move(ours);
+  }
+  const Record& r = *answer;
   if (r.tag == 'E') fail<ProcessError>("cannot start {} with 'forkserver': {}", s.name, r.message);
   if (r.tag != 'P' || r.value <= 0)
     fail<CorruptedError>("the fork server sent an invalid answer (tag {}, value {})",
@@ -283,6 +298,7 @@ inline void stop_forkserver(Globals& g) noexcept {
     os::poll_process(g.server_pid);
   } catch (const std::exception&) {
   }
+  g.server_handle.reset();
   g.server_pid = 0;
 }
 

@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <new>
@@ -35,6 +36,11 @@
 #include "liveness.hpp"
 #include "os.hpp"
 #include "wait.hpp"
+
+#if defined(MPP_OS_POSIX)
+#  include <spawn.h>
+#  include <unistd.h>
+#endif
 
 namespace mpp::detail {
 
@@ -60,10 +66,12 @@ struct LaunchRequest {
   std::int32_t parent_pid = 0;
   std::uint32_t parent_start_tag = 0;
   std::string parent_name;
+  std::uint8_t method = 0;  ///< the StartMethod that starts the child (its default afterwards)
+  Bytes authkey;
   template <class A>
   void serialize(A& ar) {
     ar(function, signature, args, name, identity, daemon, parent_pid, parent_start_tag,
-       parent_name);
+       parent_name, method, authkey);
   }
 };
 
@@ -149,10 +157,14 @@ struct Globals {
   bool bootstrap_called = false;
   std::string argv0;
   std::string executable;  ///< set_executable(); empty: this program
+  /// mpp::atexit handlers of this process (a forked child starts with none).
+  std::vector<std::function<void()>> exit_functions;
+  bool exit_functions_hooked = false;  ///< the std::atexit trampoline is registered
   // forkserver client
   std::mutex server_mutex;
   os::Fd server_control;
   os::pid_type server_pid = 0;
+  os::Fd server_handle;  ///< becomes readable when the server ends (invalid if none could open)
   os::pid_type server_owner = 0;  ///< the process that started the server (and reaps it)
   /// How long start() waits for a live fork server to take a request and answer; a detail-level
   /// knob so tests can stop a server without waiting the full bootstrap bound.
@@ -179,6 +191,7 @@ struct ProcessState {
   std::optional<StartMethod> requested_method;
   std::unique_ptr<Target> target;
   std::vector<std::int32_t> identity;
+  Bytes authkey;                 ///< Python's authkey: inherited from the creating process
   os::pid_type creator_pid = 0;  ///< Python's _parent_pid: the process that made this object
   // once started (or, for the parent role, once known)
   bool started = false;
@@ -265,10 +278,14 @@ inline void become_child(const LaunchRequest& info) {
   g.counter = 0;
   g.children.clear();
   g.exit_handler_installed = false;
+  g.exit_functions.clear();  // a forked child does not run its parent's (Python's atexit._clear())
+  // As CPython's _bootstrap forces the context: the child's default is the method that started it.
+  g.default_method = static_cast<StartMethod>(info.method);
   auto self = std::make_shared<ProcessState>();
   self->role = Role::current;
   self->name = info.name;
   self->daemon = info.daemon;
+  self->authkey = info.authkey;
   self->identity = info.identity;
   self->creator_pid = info.parent_pid;
   self->started = true;
@@ -282,6 +299,29 @@ inline void become_child(const LaunchRequest& info) {
     parent->pid.store(info.parent_pid);
     parent->start_tag = info.parent_start_tag;  // its sentinel is opened when first needed
     g.parent = std::move(parent);
+  }
+}
+
+//!Effects: runs this process's mpp::atexit handlers once, last registered first; a handler that
+//! throws is reported on stderr and the others still run.
+inline void run_exit_functions() noexcept {
+  auto& g = globals();
+  for (;;) {
+    std::function<void()> fn;
+    {
+      std::lock_guard lock(g.mutex);
+      if (g.exit_functions.empty()) return;
+      fn = std::move(g.exit_functions.back());
+      g.exit_functions.pop_back();
+    }
+    try {
+      fn();
+    } catch (const std::exception& e) {
+      fmt::print(stderr, "mpp: an atexit handler failed: {}\n", e.what());
+    } catch (...) {
+      fmt::print(stderr, "mpp: an atexit handler failed with an exception of type {}\n",
+                 os::current_exception_type_name());
+    }
   }
 }
 
@@ -308,6 +348,14 @@ template <class Body>
   }
   tl_in_target = false;
   shutdown_children();  // like Python's util._exit_function() in the child
+  run_exit_functions();
+  // A spawned program's C atexit list is its own (as a fork server's child's, whose server did
+  // nothing before serving): leave through std::exit, as a spawned Python child leaves through
+  // sys.exit. A forked child's list is its parent's: those handlers must not run twice.
+  if (static_cast<StartMethod>(info.method) != StartMethod::fork) {
+    std::fflush(nullptr);
+    std::exit(code);
+  }
   os::exit_process(code);
 }
 
@@ -318,6 +366,8 @@ inline LaunchRequest describe_child(const ProcessState& s) {
   r.name = s.name;
   r.identity = s.identity;
   r.daemon = s.daemon;
+  r.method = static_cast<std::uint8_t>(s.method);
+  r.authkey = s.authkey;
   const auto me = ProcessRef::self();
   r.parent_pid = me.pid;
   r.parent_start_tag = me.start_tag;
@@ -495,6 +545,47 @@ inline std::vector<std::string> child_argv(const char* marker) {
   return {g.argv0.empty() ? executable_path() : g.argv0, marker};
 }
 
+//!Effects: starts the program that spawn and forkserver run with `marker` in its argv and
+//! kBootstrapEnv set to "<role>:<handle>", where <handle> is `sock` as the new program sees it.
+//! On Linux (glibc 2.34 or later) the new program inherits stdio and `sock` only, as Python's
+//! spawn (close_fds=True): the socket becomes descriptor 3 and every descriptor above is closed
+//! before exec, whether or not it is close-on-exec. Elsewhere what the OS layer's spawn_program
+//! passes (on Windows: the handles marked inheritable). Returns: the pid. Throws: OSError.
+inline os::pid_type spawn_role(std::string_view role, const char* marker, const os::Fd& sock) {
+#if defined(MPP_OS_POSIX) && defined(__GLIBC__) && \
+    (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 34))
+  constexpr int kChildFd = 3;
+  const std::string env = fmt::format("{}={}:{}", kBootstrapEnv, role, kChildFd);
+  const std::vector<std::string> argv = child_argv(marker);
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  std::vector<char*> envp{const_cast<char*>(env.c_str())};
+  const std::string_view key = kBootstrapEnv;
+  for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
+    const std::string_view entry(*e);
+    if (entry.substr(0, entry.find('=')) != key) envp.push_back(*e);
+  }
+  envp.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  ::posix_spawn_file_actions_init(&actions);
+  // dup2(fd, fd) clears FD_CLOEXEC in the child only (glibc >= 2.29).
+  int rc = ::posix_spawn_file_actions_adddup2(&actions, sock.get(), kChildFd);
+  if (rc == 0) rc = ::posix_spawn_file_actions_addclosefrom_np(&actions, kChildFd + 1);
+  pid_t pid = 0;
+  const std::string& path = executable_path();
+  if (rc == 0) rc = ::posix_spawn(&pid, path.c_str(), &actions, nullptr, args.data(), envp.data());
+  ::posix_spawn_file_actions_destroy(&actions);
+  if (rc != 0) os::throw_errno("posix_spawn", path, rc);
+  return static_cast<os::pid_type>(pid);
+#else
+  const os::native_handle inherit[] = {sock.get()};
+  const std::string env =
+      fmt::format("{}={}:{}", kBootstrapEnv, role, os::handle_to_text(sock.get()));
+  return os::spawn_program(executable_path(), child_argv(marker), {env}, inherit);
+#endif
+}
+
 /// Throws: ProcessError unless mpp::bootstrap ran here (or the child would not find its role).
 inline void require_bootstrap(StartMethod m) {
   if (!globals().bootstrap_called)
@@ -559,11 +650,7 @@ inline void launch_spawn(ProcessState& s) {
   require_bootstrap(StartMethod::spawn);
   const Bytes payload = mpp::encode(launch_request(s, StartMethod::spawn));
   auto [mine, theirs] = os::socket_pair();
-  const os::native_handle inherit[] = {theirs.get()};
-  const std::string role =
-      fmt::format("{}=spawn:{}", kBootstrapEnv, os::handle_to_text(theirs.get()));
-  const os::pid_type pid =
-      os::spawn_program(executable_path(), child_argv("--mpp-spawn"), {role}, inherit);
+  const os::pid_type pid = spawn_role("spawn", "--mpp-spawn", theirs);
   theirs.reset();
   os::Fd handle = os::open_process(pid);
   std::optional<Record> r;
@@ -602,6 +689,11 @@ inline std::shared_ptr<ProcessState> make_main_state() {
   s->role = Role::current;
   s->name = "MainProcess";
   s->started = true;
+  s->authkey.resize(32);  // Python's os.urandom(32)
+  for (std::size_t i = 0; i < s->authkey.size(); i += 8) {
+    const std::uint64_t r = os::random_u64();
+    std::memcpy(s->authkey.data() + i, &r, 8);
+  }
   return s;
 }
 
@@ -619,10 +711,13 @@ inline Globals& globals() {
 inline std::shared_ptr<ProcessState> new_child_state(ProcessOptions opts) {
   auto& g = globals();
   auto s = std::make_shared<ProcessState>();
+  bool daemonic = false;
   {
     std::lock_guard lock(g.mutex);
     s->identity = g.identity;
     s->identity.push_back(++g.counter);
+    daemonic = g.self->daemon;  // Python copies its _config: daemon and authkey
+    s->authkey = g.self->authkey;
   }
   if (opts.name.empty()) {
     std::string n = "Process-";
@@ -634,7 +729,7 @@ inline std::shared_ptr<ProcessState> new_child_state(ProcessOptions opts) {
   } else {
     s->name = std::move(opts.name);
   }
-  s->daemon = opts.daemon.value_or(false);
+  s->daemon = opts.daemon.value_or(daemonic);
   s->requested_method = opts.start_method;
   s->creator_pid = os::current_pid();
   return s;
