@@ -242,7 +242,8 @@ mpp::Process make(StartMethod m, F&& f, Args&&... args) {
 
 }  // namespace
 
-TEST_CASE("Process: exit codes follow Python: return, exit(n), exception, SIGTERM, SIGKILL", "[process]") {
+TEST_CASE("Process: exit codes follow Python: return, exit(n), exception, SIGTERM, SIGKILL",
+          "[process]") {
   const StartMethod m = any_method();
   CAPTURE(mpp::start_method_name(m));
 
@@ -329,7 +330,9 @@ TEST_CASE("Process: join with a timeout on a sleeping child; is_alive; sentinel"
   CHECK(mpp_test::seconds_since(t0) < 20);
   CHECK(p.is_alive());
   CHECK(p.exitcode() == std::nullopt);
-  struct pollfd pfd{p.sentinel(), POLLIN, 0};
+  struct pollfd pfd {
+    p.sentinel(), POLLIN, 0
+  };
   CHECK(::poll(&pfd, 1, 0) == 0);  // not readable while it runs
   CHECK_THROWS_AS(p.close(), mpp::ValueError);
   CHECK_THROWS_AS(p.start(), mpp::ProcessError);
@@ -413,7 +416,8 @@ TEST_CASE("Process: daemon children are terminated and others joined when their 
   ::unlink(marker.c_str());
 }
 
-TEST_CASE("Process: the exit handler terminates daemons and joins children at std::exit", "[process]") {
+TEST_CASE("Process: the exit handler terminates daemons and joins children at std::exit",
+          "[process]") {
   const std::string marker = temp_path("marker");
   const pid_t pid = mpp_test::fork_child([&] {
     mpp::Process daemon{{.daemon = true}, sleep_ready, 60.0, marker + ".ready"};
@@ -453,7 +457,8 @@ TEST_CASE("Process: active_children lists running children and reaps finished on
   CHECK(mpp::active_children().empty());
 }
 
-TEST_CASE("Process: a multi-threaded parent starts processes (fork server, spawn, fork)", "[process]") {
+TEST_CASE("Process: a multi-threaded parent starts processes (fork server, spawn, fork)",
+          "[process]") {
   std::atomic<bool> stop{false};
   std::vector<std::thread> busy;
   for (int i = 0; i < 2; ++i)
@@ -466,7 +471,7 @@ TEST_CASE("Process: a multi-threaded parent starts processes (fork server, spawn
     starters.emplace_back([&, t] {
       for (int i = 0; i < 3; ++i) {
         // forkserver is the method meant for this; spawn (posix_spawn) and fork work as well.
-        const StartMethod m = i == 0 ? StartMethod::forkserver
+        const StartMethod m = i == 0   ? StartMethod::forkserver
                               : i == 1 ? StartMethod::spawn
                                        : StartMethod::fork;
         auto p = make(m, exit_sum, t, i);
@@ -511,7 +516,8 @@ TEST_CASE("Process: spawn and forkserver need registered functions and a bootstr
   CHECK_FALSE(p.is_alive());
   CHECK(mpp::active_children().empty());
 
-  auto unregistered = make(m, +[] {});
+  auto unregistered = make(
+      m, +[] {});
   CHECK_THROWS_WITH(unregistered.start(), Catch::Contains("MPP_REGISTER"));
 }
 
@@ -593,7 +599,8 @@ TEST_CASE("Process: a fork server that died is replaced by the next start()", "[
   CHECK(mpp::detail::globals().server_pid != server);
 }
 
-TEST_CASE("Process: a stopped fork server makes start() fail within its bound, not hang", "[process]") {
+TEST_CASE("Process: a stopped fork server makes start() fail within its bound, not hang",
+          "[process]") {
   auto& g = mpp::detail::globals();
   auto first = make(StartMethod::forkserver, do_nothing);
   first.start();  // make sure a server runs
@@ -664,12 +671,13 @@ struct CountingHook final : mpp::detail::ForkHook {
 };
 }  // namespace
 
-TEST_CASE("Process: fork hooks, every registered hook runs, an unregistered one does not", "[process]") {
+TEST_CASE("Process: fork hooks, every registered hook runs, an unregistered one does not",
+          "[process]") {
   // Removal moves the last hook into the freed place: the moved hook must still be called and
   // still be removable, whatever the order of removals.
   std::vector<CountingHook> hooks(5);
   for (auto& h : hooks) mpp::detail::register_fork_hook(&h);
-  mpp::detail::register_fork_hook(&hooks[0]);  // twice: still one registration
+  mpp::detail::register_fork_hook(&hooks[0]);    // twice: still one registration
   mpp::detail::unregister_fork_hook(&hooks[1]);  // hooks[4] takes its place
   mpp::detail::unregister_fork_hook(&hooks[1]);  // idempotent
   const pid_t pid = mpp_test::fork_child([&] {
@@ -727,9 +735,9 @@ TEST_CASE("Process: atexit handlers the child registers run at its normal exit",
   p.join();
   const std::string text = err.finish();
   CHECK(p.exitcode() == (how == 0 ? 0 : how == 1 ? 3 : 1));
-  CHECK(read_file(path + ".mpp") == "mpp");  // mpp::atexit: under every start method
+  CHECK(read_file(path + ".mpp") == "mpp");   // mpp::atexit: under every start method
   CHECK_FALSE(file_exists(path + ".order"));  // last registered first
-  if (m != StartMethod::forkserver)  // a fork server's child writes to the server's stderr
+  if (m != StartMethod::forkserver)           // a fork server's child writes to the server's stderr
     CHECK(text.find("an atexit handler failed: an atexit handler that throws") !=
           std::string::npos);
   // std::atexit: the child leaves through std::exit under spawn and forkserver, whose C atexit

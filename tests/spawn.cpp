@@ -40,7 +40,8 @@ void store_value(mpp::Value<int> v, int x) { v.set(x); }
 /// Exits with 0 if this child sees its parent (pid `parent`) and its own name `name`.
 void check_family(int parent, std::string name) {
   auto p = mpp::parent_process();
-  const bool ok = p && p->pid() == parent && p->is_alive() && mpp::current_process().name() == name &&
+  const bool ok = p && p->pid() == parent && p->is_alive() &&
+                  mpp::current_process().name() == name &&
                   mpp::current_process().pid() == static_cast<int>(mpp::detail::os::current_pid());
   mpp::exit(ok ? 0 : 1);
 }
@@ -107,7 +108,8 @@ namespace {
 
 template <class F, class... Args>
 mpp::Process spawn(F&& f, Args&&... args) {
-  return mpp::get_context(StartMethod::spawn).process(std::forward<F>(f), std::forward<Args>(args)...);
+  return mpp::get_context(StartMethod::spawn)
+      .process(std::forward<F>(f), std::forward<Args>(args)...);
 }
 
 #if defined(MPP_OS_WINDOWS)
@@ -210,9 +212,9 @@ TEST_CASE("Spawn: arguments, large ones and shared values by name reach the chil
   }
   mpp::unlink(name);
 
-  auto family = mpp::Process({.name = "worker-7", .start_method = StartMethod::spawn}, check_family,
-                             static_cast<int>(mpp::detail::os::current_pid()),
-                             std::string("worker-7"));
+  auto family =
+      mpp::Process({.name = "worker-7", .start_method = StartMethod::spawn}, check_family,
+                   static_cast<int>(mpp::detail::os::current_pid()), std::string("worker-7"));
   family.start();
   family.join();
   CHECK(family.exitcode() == 0);
@@ -286,7 +288,8 @@ TEST_CASE("Spawn: a killed lock holder is reported; a killed getter leaves the q
   CHECK(q.get(true, 10s) == 7);
 }
 
-// ---- Pool with spawned workers (the only kind on Windows) ----------------------------------------
+// ---- Pool with spawned workers (the only kind on Windows)
+// ----------------------------------------
 
 namespace {
 int square(int x) { return x * x; }
@@ -376,9 +379,10 @@ TEST_CASE("Spawn: a ProcessPoolExecutor of spawned workers returns futures", "[s
   ex.shutdown();
 }
 
-TEST_CASE("Spawn: a spawned child knows its start method, inherits authkey and daemon flag, and "
-          "runs its atexit handlers",
-          "[spawn]") {
+TEST_CASE(
+    "Spawn: a spawned child knows its start method, inherits authkey and daemon flag, and "
+    "runs its atexit handlers",
+    "[spawn]") {
   const std::string name = mpp_test::unique_name("spawn.facts");
   {
     auto out = mpp::Value<int>::create(name, 0);

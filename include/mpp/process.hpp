@@ -40,9 +40,12 @@ enum class StartMethod {
 /// Python's name of a start method ("fork", "spawn", "forkserver").
 constexpr std::string_view start_method_name(StartMethod m) noexcept {
   switch (m) {
-    case StartMethod::fork: return "fork";
-    case StartMethod::spawn: return "spawn";
-    case StartMethod::forkserver: return "forkserver";
+    case StartMethod::fork:
+      return "fork";
+    case StartMethod::spawn:
+      return "spawn";
+    case StartMethod::forkserver:
+      return "forkserver";
   }
   return "unknown";
 }
@@ -51,14 +54,15 @@ constexpr std::string_view start_method_name(StartMethod m) noexcept {
 inline StartMethod parse_start_method(std::string_view name) {
   for (auto m : {StartMethod::fork, StartMethod::spawn, StartMethod::forkserver})
     if (start_method_name(m) == name) return m;
-  detail::fail<ValueError>("cannot find context for '{}': the start methods are 'fork', 'spawn' "
-                           "and 'forkserver'",
-                           name);
+  detail::fail<ValueError>(
+      "cannot find context for '{}': the start methods are 'fork', 'spawn' "
+      "and 'forkserver'",
+      name);
 }
 
 /// Options of a Process (Python's keyword arguments name= and daemon=).
 struct ProcessOptions {
-  std::string name{};                         ///< empty: "Process-N" as Python names them
+  std::string name{};  ///< empty: "Process-N" as Python names them
   /// terminated when the parent exits; empty: the creating process's own flag (false in the main
   /// process), as Python's Process inherits its creator's daemon setting
   std::optional<bool> daemon{};
@@ -68,9 +72,9 @@ struct ProcessOptions {
 }  // namespace mpp
 
 // The machinery below the API; it uses StartMethod and ProcessOptions, declared above.
+#include "detail/forkserver.hpp"
 #include "detail/function_registry.hpp"
 #include "detail/launch.hpp"
-#include "detail/forkserver.hpp"
 
 namespace mpp {
 
@@ -101,16 +105,16 @@ class Process {
   //! start(). With the fork method any callable works; spawn and forkserver need a registered
   //! function (MPP_REGISTER) whose parameters are Encodable.
   template <class F, class... Args>
-    requires(std::is_invocable_v<std::decay_t<F>&, std::decay_t<Args>&&...> ||
-             std::is_invocable_v<std::decay_t<F>&, std::decay_t<Args>&...>)
-  explicit Process(F&& f, Args&&... args)
+  requires(std::is_invocable_v<std::decay_t<F>&, std::decay_t<Args>&&...> ||
+           std::is_invocable_v<std::decay_t<F>&,
+                               std::decay_t<Args>&...>) explicit Process(F&& f, Args&&... args)
       : Process(ProcessOptions{}, std::forward<F>(f), std::forward<Args>(args)...) {}
 
   /// As above, with a name, daemon flag or start method (`Process p{{.name = "w"}, f, x}`).
   template <class F, class... Args>
-    requires(std::is_invocable_v<std::decay_t<F>&, std::decay_t<Args>&&...> ||
-             std::is_invocable_v<std::decay_t<F>&, std::decay_t<Args>&...>)
-  Process(ProcessOptions options, F&& f, Args&&... args)
+  requires(std::is_invocable_v<std::decay_t<F>&, std::decay_t<Args>&&...> ||
+           std::is_invocable_v<std::decay_t<F>&, std::decay_t<Args>&...>)
+      Process(ProcessOptions options, F&& f, Args&&... args)
       : s_(detail::new_child_state(std::move(options))) {
     s_->target = std::make_unique<detail::BoundTarget<std::decay_t<F>, std::decay_t<Args>...>>(
         std::forward<F>(f), std::forward<Args>(args)...);
@@ -324,8 +328,10 @@ inline std::string_view get_start_method() { return start_method_name(Process::d
 
 /// The start methods this platform supports.
 inline std::vector<std::string_view> get_all_start_methods() {
-  if constexpr (detail::os::kCanFork) return {"fork", "spawn", "forkserver"};
-  else return {"spawn"};
+  if constexpr (detail::os::kCanFork)
+    return {"fork", "spawn", "forkserver"};
+  else
+    return {"spawn"};
 }
 
 /// Sets the program that spawn and forkserver run (default: this program; Python's
@@ -412,8 +418,12 @@ inline void Process::start() {
         detail::fail<ProcessError>("the 'fork' start method is not available on this platform");
       detail::launch_fork(s);
       break;
-    case StartMethod::spawn: detail::launch_spawn(s); break;
-    case StartMethod::forkserver: detail::launch_forkserver(s); break;
+    case StartMethod::spawn:
+      detail::launch_spawn(s);
+      break;
+    case StartMethod::forkserver:
+      detail::launch_forkserver(s);
+      break;
   }
   s.started = true;
   s.target.reset();  // as Python drops _target: the parent no longer needs it
@@ -443,8 +453,9 @@ inline void Process::close() {
   if (s_->closed || s_->role == detail::Role::current) return;  // Python: a no-op for itself
   if (s_->role == detail::Role::child && s_->started) {
     if (!detail::poll_exit(*s_))
-      detail::fail<ValueError>("Cannot close a process while it is still running. You should "
-                               "first call join() or terminate().");
+      detail::fail<ValueError>(
+          "Cannot close a process while it is still running. You should "
+          "first call join() or terminate().");
     detail::forget_child(s_);
     std::lock_guard lock(s_->reap_mutex);
     s_->sentinel.reset();

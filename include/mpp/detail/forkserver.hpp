@@ -45,8 +45,10 @@ class ForkServer {
       handles.assign(1, control_.get());
       for (auto& c : children_) handles.push_back(c.handle.get());
       const int i = os::wait_any_readable(handles, std::nullopt);
-      if (i > 0) child_ended(static_cast<std::size_t>(i - 1));
-      else if (i == 0 && !take_request()) return;  // every client is gone
+      if (i > 0)
+        child_ended(static_cast<std::size_t>(i - 1));
+      else if (i == 0 && !take_request())
+        return;  // every client is gone
     }
   }
 
@@ -166,9 +168,10 @@ inline void ensure_forkserver(Globals& g) {
   }
   if (!ready) {
     const int code = reap_failed(pid, handle);
-    fail<ProcessError>("the fork server (pid {}, running {}) exited with code {} before it "
-                       "called mpp::bootstrap(argc, argv): call it first thing in main()",
-                       pid, executable_path(), code);
+    fail<ProcessError>(
+        "the fork server (pid {}, running {}) exited with code {} before it "
+        "called mpp::bootstrap(argc, argv): call it first thing in main()",
+        pid, executable_path(), code);
   }
   g.server_control = std::move(mine);
   g.server_handle = std::move(handle);
@@ -181,8 +184,8 @@ inline void drop_forkserver(Globals& g) noexcept {
   g.server_control.reset();
   if (g.server_pid != 0 && g.server_owner == os::current_pid()) {
     try {
-      os::Fd h = g.server_handle.valid() ? std::move(g.server_handle)
-                                         : os::open_process(g.server_pid);
+      os::Fd h =
+          g.server_handle.valid() ? std::move(g.server_handle) : os::open_process(g.server_pid);
       reap_failed(g.server_pid, h);
     } catch (const std::exception&) {
     }
@@ -213,8 +216,8 @@ inline void send_to_forkserver(Globals& g, const os::Fd& channel, const std::str
 //!Returns: the answer, or nullopt when the server died before it took the request (it is dropped).
 //!Throws: ProcessError when the server does not answer within g.server_timeout (it is killed) or
 //! closes the connection (it is dropped); either way the next start() starts a new one.
-inline std::optional<Record> forkserver_answer(Globals& g, const os::Fd& mine,
-                                               const Bytes& payload, const std::string& name) {
+inline std::optional<Record> forkserver_answer(Globals& g, const os::Fd& mine, const Bytes& payload,
+                                               const std::string& name) {
   std::optional<Record> r;
   bool timed_out = false;
   try {
@@ -237,9 +240,10 @@ inline std::optional<Record> forkserver_answer(Globals& g, const os::Fd& mine,
     // It is alive but not answering: kill it rather than let drop_forkserver wait for an exit.
     if (server != 0 && g.server_owner == os::current_pid()) os::send_signal(server, os::kSigKill);
     drop_forkserver(g);
-    fail<ProcessError>("the fork server (pid {}) did not start {} within {} s (is it stopped or "
-                       "stuck?); it has been killed and the next start() starts a new one",
-                       server, name, std::chrono::duration<double>(g.server_timeout).count());
+    fail<ProcessError>(
+        "the fork server (pid {}) did not start {} within {} s (is it stopped or "
+        "stuck?); it has been killed and the next start() starts a new one",
+        server, name, std::chrono::duration<double>(g.server_timeout).count());
   }
   if (!r) {
     std::lock_guard lock(g.server_mutex);
@@ -251,9 +255,10 @@ inline std::optional<Record> forkserver_answer(Globals& g, const os::Fd& mine,
                       os::wait_readable(g.server_handle.get(), std::chrono::seconds(2));
     drop_forkserver(g);
     if (died) return std::nullopt;
-    fail<ProcessError>("the fork server closed the connection without starting {}; it has been "
-                       "dropped and the next start() starts a new one",
-                       name);
+    fail<ProcessError>(
+        "the fork server closed the connection without starting {}; it has been "
+        "dropped and the next start() starts a new one",
+        name);
   }
   return *r;
 }
@@ -265,8 +270,7 @@ inline void launch_forkserver(ProcessState& s) {
   os::Fd mine;
   std::optional<Record> answer;
   for (int attempt = 0; !answer; ++attempt) {
-    if (attempt == 2)
-      fail<ProcessError>("the fork server died twice while starting {}", s.name);
+    if (attempt == 2) fail<ProcessError>("the fork server died twice while starting {}", s.name);
     auto [ours, theirs] = os::socket_pair();
     send_to_forkserver(g, theirs, s.name);
     theirs.reset();

@@ -31,10 +31,10 @@ struct ParamList {};
 /// The parameters of a member function pointer (the operator() of a lambda).
 template <class M>
 struct member_call_traits {};
-#define MPP_DETAIL_MEMBER_TRAITS(quals)                   \
-  template <class R, class C, class... Ps>                \
-  struct member_call_traits<R (C::*)(Ps...) quals> {      \
-    using params = ParamList<std::decay_t<Ps>...>;        \
+#define MPP_DETAIL_MEMBER_TRAITS(quals)              \
+  template <class R, class C, class... Ps>           \
+  struct member_call_traits<R (C::*)(Ps...) quals> { \
+    using params = ParamList<std::decay_t<Ps>...>;   \
   };
 MPP_DETAIL_MEMBER_TRAITS()
 MPP_DETAIL_MEMBER_TRAITS(const)
@@ -55,9 +55,10 @@ struct callable_traits<R (*)(Ps...) noexcept> {
   using params = ParamList<std::decay_t<Ps>...>;
 };
 template <class F>
-  requires(std::is_class_v<F> && std::is_empty_v<F> && std::is_default_constructible_v<F> &&
-           requires { &F::operator(); })
-struct callable_traits<F> : member_call_traits<decltype(&F::operator())> {};
+requires(std::is_class_v<F>&& std::is_empty_v<F>&& std::is_default_constructible_v<F>&& requires {
+  &F::operator();
+}) struct callable_traits<F> : member_call_traits<decltype(&F::operator())> {
+};
 
 template <class P>
 struct all_encodable;
@@ -66,8 +67,10 @@ struct all_encodable<ParamList<Ps...>> : std::bool_constant<(Encodable<Ps> && ..
 
 /// A callable whose name can stand for it in another program (see register_function).
 template <class F>
-concept Transportable = requires { typename callable_traits<F>::params; } &&
-                        all_encodable<typename callable_traits<F>::params>::value;
+concept Transportable = requires {
+  typename callable_traits<F>::params;
+}
+&&all_encodable<typename callable_traits<F>::params>::value;
 
 /// Key under which a transportable callable is found: its type and, for a function pointer, its
 /// address (addresses differ between programs, so only names travel).
@@ -165,9 +168,10 @@ class FunctionRegistry {
     if (auto it = by_name_.find(fn.name); it != by_name_.end()) {
       auto k = by_key_.find(key);
       if (k != by_key_.end() && k->second == fn.name) return true;  // same function again
-      fail<InvalidArgument>("a different function is already registered as '{}'; register it "
-                            "under another name",
-                            fn.name);
+      fail<InvalidArgument>(
+          "a different function is already registered as '{}'; register it "
+          "under another name",
+          fn.name);
     }
     by_key_.emplace(key, fn.name);
     std::string name = fn.name;

@@ -70,8 +70,8 @@ struct LaunchRequest {
   Bytes authkey;
   template <class A>
   void serialize(A& ar) {
-    ar(function, signature, args, name, identity, daemon, parent_pid, parent_start_tag,
-       parent_name, method, authkey);
+    ar(function, signature, args, name, identity, daemon, parent_pid, parent_start_tag, parent_name,
+       method, authkey);
   }
 };
 
@@ -128,7 +128,9 @@ struct BoundTarget final : Target {
     if constexpr (sizeof...(Ps) == sizeof...(As)) {
       if constexpr ((std::is_constructible_v<Ps, const As&> && ...)) {
         return std::apply(
-            [&](const As&... a) { return LaunchSpec{name, signature_of(p), encode_args(p, a...)}; },
+            [&](const As&... a) {
+              return LaunchSpec{name, signature_of(p), encode_args(p, a...)};
+            },
             args);
       }
     }
@@ -589,18 +591,20 @@ inline os::pid_type spawn_role(std::string_view role, const char* marker, const 
 /// Throws: ProcessError unless mpp::bootstrap ran here (or the child would not find its role).
 inline void require_bootstrap(StartMethod m) {
   if (!globals().bootstrap_called)
-    fail<ProcessError>("the '{}' start method re-executes this program, whose main() must call "
-                       "mpp::bootstrap(argc, argv) first (like Python's freeze_support()); it "
-                       "has not been called in this process",
-                       start_method_name(m));
+    fail<ProcessError>(
+        "the '{}' start method re-executes this program, whose main() must call "
+        "mpp::bootstrap(argc, argv) first (like Python's freeze_support()); it "
+        "has not been called in this process",
+        start_method_name(m));
 }
 
 /// Waits for the first record from a re-executed program (or its end).
 inline std::optional<Record> await_record(const os::Fd& s, const char* what) {
   if (!os::wait_readable(s.get(), std::chrono::nanoseconds(kBootstrapTimeout)))
-    fail<ProcessError>("{} did not reach mpp::bootstrap(argc, argv) within {} s: call it first "
-                       "thing in main()",
-                       what, kBootstrapTimeout.count());
+    fail<ProcessError>(
+        "{} did not reach mpp::bootstrap(argc, argv) within {} s: call it first "
+        "thing in main()",
+        what, kBootstrapTimeout.count());
   return read_record(s);
 }
 
@@ -659,10 +663,11 @@ inline void launch_spawn(ProcessState& s) {
       write_frame(mine, payload, kBootstrapTimeout);
     } catch (const BrokenPipeError&) {  // it is gone already; the missing answer says why
     } catch (const TimeoutError&) {
-      fail<ProcessError>("the spawned child (pid {}, running {}) did not read its launch "
-                         "request within {} s: does its main() call mpp::bootstrap(argc, argv) "
-                         "first?",
-                         pid, executable_path(), kBootstrapTimeout.count());
+      fail<ProcessError>(
+          "the spawned child (pid {}, running {}) did not read its launch "
+          "request within {} s: does its main() call mpp::bootstrap(argc, argv) "
+          "first?",
+          pid, executable_path(), kBootstrapTimeout.count());
     }
     r = await_record(mine, fmt::format("the spawned child (pid {})", pid).c_str());
   } catch (...) {
@@ -673,9 +678,10 @@ inline void launch_spawn(ProcessState& s) {
     const int code = reap_failed(pid, handle);
     if (r && r->tag == 'E')
       fail<ProcessError>("cannot start {} with 'spawn': {}", s.name, r->message);
-    fail<ProcessError>("the spawned child (pid {}, running {}) exited with code {} before it "
-                       "called mpp::bootstrap(argc, argv): call it first thing in main()",
-                       pid, executable_path(), code);
+    fail<ProcessError>(
+        "the spawned child (pid {}, running {}) exited with code {} before it "
+        "called mpp::bootstrap(argc, argv): call it first thing in main()",
+        pid, executable_path(), code);
   }
   s.pid.store(pid);
   s.sentinel = std::move(handle);
@@ -745,12 +751,18 @@ inline std::string process_repr(ProcessState& s) {
                                               : "Process";
   std::string status;
   std::optional<int> code;
-  if (s.role == Role::current) status = "started";
-  else if (s.closed) status = "closed";
-  else if (s.role == Role::parent) status = poll_exit(s) ? "stopped" : "started";
-  else if (s.creator_pid != os::current_pid()) status = "unknown";
-  else if (!s.started) status = "initial";
-  else status = (code = poll_exit(s)) ? "stopped" : "started";
+  if (s.role == Role::current)
+    status = "started";
+  else if (s.closed)
+    status = "closed";
+  else if (s.role == Role::parent)
+    status = poll_exit(s) ? "stopped" : "started";
+  else if (s.creator_pid != os::current_pid())
+    status = "unknown";
+  else if (!s.started)
+    status = "initial";
+  else
+    status = (code = poll_exit(s)) ? "stopped" : "started";
   std::string out = fmt::format("<{} name='{}'", type, s.name);
   if (s.role != Role::current && s.started && !s.closed)
     out += fmt::format(" pid={}", s.pid.load());
