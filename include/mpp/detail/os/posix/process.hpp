@@ -277,20 +277,21 @@ inline std::pair<Fd, Fd> socket_pair(bool packets = false) {
 //!Throws: BrokenPipeError if the peer is gone, TimeoutError, OSError otherwise.
 inline void send_all(const Fd& s, std::span<const std::byte> data,
                      std::optional<std::chrono::nanoseconds> timeout = std::nullopt) {
+  const bool bounded = timeout.has_value();
   const auto until =
-      timeout ? std::optional(std::chrono::steady_clock::now() + *timeout) : std::nullopt;
+      std::chrono::steady_clock::now() + timeout.value_or(std::chrono::nanoseconds::zero());
   std::size_t done = 0;
   while (done < data.size()) {
     const ssize_t n = ::send(s.get(), data.data() + done, data.size() - done,
-                             MSG_NOSIGNAL | (until ? MSG_DONTWAIT : 0));
+                             MSG_NOSIGNAL | (bounded ? MSG_DONTWAIT : 0));
     if (n >= 0) {
       done += static_cast<std::size_t>(n);
       continue;
     }
     if (errno == EINTR) continue;
-    if (until && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+    if (bounded && (errno == EAGAIN || errno == EWOULDBLOCK)) {
       const auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(
-          *until - std::chrono::steady_clock::now());
+          until - std::chrono::steady_clock::now());
       struct pollfd p {
         s.get(), POLLOUT, 0
       };
