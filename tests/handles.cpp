@@ -190,6 +190,9 @@ std::vector<StartMethod> methods() {
     return {StartMethod::spawn};
 }
 
+/// What run_with() returns for a child that was still running at its limit (a hang).
+constexpr int kHung = -1000;
+
 /// Starts f(args...) with `m`, runs `meanwhile` in the parent, joins (bounded) and returns the
 /// exit code.
 template <class F, class G, class... A>
@@ -200,13 +203,14 @@ int run_with(StartMethod m, F f, G&& meanwhile, A&&... args) {
   if (!p.join(120s)) {
     p.kill();
     p.join();
-    return mpp_test::kHung;
+    return kHung;
   }
   return *p.exitcode();
 }
 template <class F, class... A>
 int run(StartMethod m, F f, A&&... args) {
-  return run_with(m, f, [] {}, std::forward<A>(args)...);
+  return run_with(
+      m, f, [] {}, std::forward<A>(args)...);
 }
 
 mpp::PoolOptions pool_with(StartMethod m) {

@@ -169,19 +169,24 @@ concept RawEncodable = std::is_trivially_copyable_v<T> && !std::is_pointer_v<T> 
 /// Base of the codecs mpp gives every type that has no codec of its own (raw bytes, cereal).
 struct BuiltinCodec {};
 
+/// codec<T> is a specialisation with encode and decode, not mpp's built-in codec.
+template <class T>
+concept SpecialisedCodec = !std::is_base_of_v<BuiltinCodec, codec<T>> &&
+                           requires(const T& v, Bytes& out, std::span<const std::byte> in) {
+  codec<T>::encode(v, out);
+  { codec<T>::decode(in) } -> std::same_as<T>;
+};
+/// T has cereal serialization written for it (a serialize() or save() member, a serialize()).
+template <class T>
+concept CerealWritten = cereal::traits::has_member_serialize<T, CodecOutputArchive>::value ||
+    cereal::traits::has_member_save<T, CodecOutputArchive>::value ||
+    cereal::traits::has_non_member_serialize<T, CodecOutputArchive>::value;
 /// Class types with a codec of their own: every mpp handle (it crosses as its name) and the
 /// user's specialisations. Inside a cereal-encoded value they cross through that codec, so a
 /// vector of queues is a vector of names. A type that has cereal serialization as well keeps it
 /// there (cereal refuses a type with two ways to save it).
 template <class T>
-concept OwnCodec = std::is_class_v<T> && !std::is_base_of_v<BuiltinCodec, codec<T>> &&
-                   requires(const T& v, Bytes& out, std::span<const std::byte> in) {
-  codec<T>::encode(v, out);
-  { codec<T>::decode(in) } -> std::same_as<T>;
-}
-&&!cereal::traits::has_member_serialize<T, CodecOutputArchive>::value &&
-    !cereal::traits::has_member_save<T, CodecOutputArchive>::value &&
-    !cereal::traits::has_non_member_serialize<T, CodecOutputArchive>::value;
+concept OwnCodec = std::is_class_v<T> && SpecialisedCodec<T> && !CerealWritten<T>;
 
 /// Types that decoding builds from their encoding instead of default-constructing them and
 /// loading into them: those with their own codec (a default-constructed Queue would be a new
@@ -191,15 +196,17 @@ struct built_on_load : std::bool_constant<OwnCodec<T>> {};
 template <class T>
 concept BuiltOnLoad = built_on_load<T>::value;
 template <class... Ts>
-struct built_on_load<std::tuple<Ts...>> : std::bool_constant<(BuiltOnLoad<Ts> || ...)> {};
+concept AnyBuiltOnLoad = (BuiltOnLoad<Ts> || ...);
+template <class... Ts>
+struct built_on_load<std::tuple<Ts...>> : std::bool_constant<AnyBuiltOnLoad<Ts...>> {};
 template <class A, class B>
-struct built_on_load<std::pair<A, B>> : std::bool_constant<BuiltOnLoad<A> || BuiltOnLoad<B>> {};
+struct built_on_load<std::pair<A, B>> : std::bool_constant<AnyBuiltOnLoad<A, B>> {};
 template <class T, std::size_t N>
 struct built_on_load<std::array<T, N>> : std::bool_constant<BuiltOnLoad<T>> {};
 template <class T>
 struct built_on_load<std::optional<T>> : std::bool_constant<BuiltOnLoad<T>> {};
 template <class... Ts>
-struct built_on_load<std::variant<Ts...>> : std::bool_constant<(BuiltOnLoad<Ts> || ...)> {};
+struct built_on_load<std::variant<Ts...>> : std::bool_constant<AnyBuiltOnLoad<Ts...>> {};
 
 /// Whether the elements of a standard container, optional, variant, pair or tuple T can go through
 /// cereal too: cereal accepts std::vector<X> for any X and fails deep inside its headers when X
@@ -207,13 +214,16 @@ struct built_on_load<std::variant<Ts...>> : std::bool_constant<(BuiltOnLoad<Ts> 
 /// True for every other type (cereal's own check decides).
 template <class T>
 struct cereal_elements_encodable : std::true_type {};
+/// Types that decoding can make: default-constructed and loaded, or built from their encoding.
+template <class T>
+concept Makeable = std::is_default_constructible_v<T> || BuiltOnLoad<T>;
 /// Types that cereal can save and load through our archives, elements included, and that decoding
-/// can make (default-constructed, or built from their encoding).
+/// can make.
 template <class T>
 concept CerealEncodable = cereal::traits::is_output_serializable<T, CodecOutputArchive>::value &&
                           cereal::traits::is_input_serializable<T, CodecInputArchive>::value &&
-                          (std::is_default_constructible_v<T> || BuiltOnLoad<T>) &&
-                          !std::is_pointer_v<T> && cereal_elements_encodable<T>::value;
+                          Makeable<T> && !std::is_pointer_v<T> &&
+                          cereal_elements_encodable<T>::value;
 
 template <class... Ts>
 inline constexpr bool all_cereal_encodable = (CerealEncodable<Ts> && ...);
@@ -292,14 +302,10 @@ void CEREAL_LOAD_FUNCTION_NAME(CodecInputArchive& ar, T& v) { v = load_own<T>(ar
 // such template would otherwise tie with the two above, and a tie is no serialization at all.
 template <template <class...> class M, class... As>
 requires OwnCodec<M<As...>>
-void CEREAL_SAVE_FUNCTION_NAME(CodecOutputArchive& ar, const M<As...>& v) {
-  save_own(ar, v);
-}
+void CEREAL_SAVE_FUNCTION_NAME(CodecOutputArchive& ar, const M<As...>& v) { save_own(ar, v); }
 template <template <class...> class M, class... As>
 requires OwnCodec<M<As...>> && std::is_move_assignable_v<M<As...>>
-void CEREAL_LOAD_FUNCTION_NAME(CodecInputArchive& ar, M<As...>& v) {
-  v = load_own<M<As...>>(ar);
-}
+void CEREAL_LOAD_FUNCTION_NAME(CodecInputArchive& ar, M<As...>& v) { v = load_own<M<As...>>(ar); }
 
 // ---- decoding builds what has no (meaningful) default ------------------------------------------
 
@@ -443,23 +449,23 @@ void CEREAL_LOAD_FUNCTION_NAME(CodecInputArchive& ar, std::unordered_multiset<K,
   load_set<std::unordered_multiset<K, H, E, A>, K>(ar, c);
 }
 template <class K, class V, class C, class A>
-requires(BuiltOnLoad<K> || BuiltOnLoad<V>) void CEREAL_LOAD_FUNCTION_NAME(
-    CodecInputArchive& ar, std::map<K, V, C, A>& c) {
+requires AnyBuiltOnLoad<K, V>
+void CEREAL_LOAD_FUNCTION_NAME(CodecInputArchive& ar, std::map<K, V, C, A>& c) {
   load_map<std::map<K, V, C, A>, K, V>(ar, c);
 }
 template <class K, class V, class C, class A>
-requires(BuiltOnLoad<K> || BuiltOnLoad<V>) void CEREAL_LOAD_FUNCTION_NAME(
-    CodecInputArchive& ar, std::multimap<K, V, C, A>& c) {
+requires AnyBuiltOnLoad<K, V>
+void CEREAL_LOAD_FUNCTION_NAME(CodecInputArchive& ar, std::multimap<K, V, C, A>& c) {
   load_map<std::multimap<K, V, C, A>, K, V>(ar, c);
 }
 template <class K, class V, class H, class E, class A>
-requires(BuiltOnLoad<K> || BuiltOnLoad<V>) void CEREAL_LOAD_FUNCTION_NAME(
-    CodecInputArchive& ar, std::unordered_map<K, V, H, E, A>& c) {
+requires AnyBuiltOnLoad<K, V>
+void CEREAL_LOAD_FUNCTION_NAME(CodecInputArchive& ar, std::unordered_map<K, V, H, E, A>& c) {
   load_map<std::unordered_map<K, V, H, E, A>, K, V>(ar, c);
 }
 template <class K, class V, class H, class E, class A>
-requires(BuiltOnLoad<K> || BuiltOnLoad<V>) void CEREAL_LOAD_FUNCTION_NAME(
-    CodecInputArchive& ar, std::unordered_multimap<K, V, H, E, A>& c) {
+requires AnyBuiltOnLoad<K, V>
+void CEREAL_LOAD_FUNCTION_NAME(CodecInputArchive& ar, std::unordered_multimap<K, V, H, E, A>& c) {
   load_map<std::unordered_multimap<K, V, H, E, A>, K, V>(ar, c);
 }
 /// An optional or variant member of a user type (loaded in place): built, then moved in.
@@ -469,8 +475,8 @@ void CEREAL_LOAD_FUNCTION_NAME(CodecInputArchive& ar, std::optional<T>& o) {
   o = build<std::optional<T>>::from(ar);
 }
 template <class... Ts>
-requires(BuiltOnLoad<Ts> || ...) void CEREAL_LOAD_FUNCTION_NAME(CodecInputArchive& ar,
-                                                               std::variant<Ts...>& v) {
+requires AnyBuiltOnLoad<Ts...>
+void CEREAL_LOAD_FUNCTION_NAME(CodecInputArchive& ar, std::variant<Ts...>& v) {
   v = build<std::variant<Ts...>>::from(ar);
 }
 
@@ -508,22 +514,27 @@ struct builtin_codec<T> : BuiltinCodec {
 
 /// Other object types: a bounds-checked cereal binary archive, for the types cereal can serialise
 /// (std containers, strings, optional, variant, user types with serialize(), and elements of them
-/// with their own codec). The members exist only for those, checked when first named, so that
-/// telling whether a type has a codec of its own never needs cereal's verdict on it.
+/// with their own codec). The members are templates so that their constraint is checked when they
+/// are called, not when codec<T> is instantiated: telling whether a type has a codec of its own
+/// (which instantiates codec<T>) must not need cereal's verdict on it, which asks that question.
 template <class T>
 requires(!RawEncodable<T> && std::is_object_v<T> && !std::is_array_v<T> &&
          !std::is_abstract_v<T>) struct builtin_codec<T> : BuiltinCodec {
   /// Name of the encoding (part of the type fingerprint).
   static constexpr std::string_view kind = "cereal";
   /// Appends the encoding of `v` to `out`.
-  static void encode(const T& v, Bytes& out) requires CerealEncodable<T> {
+  template <class U = T>
+  requires CerealEncodable<U>
+  static void encode(const std::type_identity_t<T>& v, Bytes& out) {
     CodecOutputArchive ar(out);
     ar(v);
   }
   //!Returns: the T encoded in `in`, which must be consumed exactly.
   //!Throws: CorruptedError for a truncated, oversized or malformed buffer; what the codec of an
   //! element throws (NotFoundError for a handle whose object is gone).
-  static T decode(std::span<const std::byte> in) requires CerealEncodable<T> {
+  template <class U = T>
+  requires CerealEncodable<U>
+  static T decode(std::span<const std::byte> in) {
     try {
       CodecInputArchive ar(in);
       T v = load_value<T>(ar);
@@ -558,9 +569,9 @@ concept Encodable = requires(const T& v, Bytes& out, std::span<const std::byte> 
 /// in the instantiation context printed above it.
 #define MPP_DETAIL_NOT_ENCODABLE                                                             \
   "mpp: this type (T above) cannot cross processes: it is not trivially copyable (or is a "  \
-  "pointer), cereal cannot save it or one of its elements, and mpp::codec<T> is not "        \
-  "specialised for it. Make it trivially copyable, give it a cereal serialize() member, or " \
-  "specialise mpp::codec<T>"
+  "pointer or C array), cereal cannot save it or one of its elements (or cannot make it: "   \
+  "no default constructor), and mpp::codec<T> is not specialised for it. Make it trivially " \
+  "copyable, give it a cereal serialize() member, or specialise mpp::codec<T>"
 
 /// Encodes `v` into a new buffer.
 template <class T>

@@ -1,5 +1,7 @@
 // mpp — the one codec of a handle that crosses processes as its name (as Python pickles a
-// multiprocessing lock, value or manager proxy): encode writes the name, decode opens it.
+// multiprocessing lock, value or manager proxy): encode writes the name, decode opens it. Being a
+// codec of its own, it also serves where the handle is nested (codec.hpp's OwnCodec): in a
+// tuple, a vector, an optional or a user struct, as a Pool argument or a queue item.
 #pragma once
 
 #include <span>
