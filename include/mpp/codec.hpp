@@ -160,12 +160,6 @@ CEREAL_SETUP_ARCHIVE_TRAITS(mpp::detail::CodecInputArchive, mpp::detail::CodecOu
 namespace mpp {
 
 namespace detail {
-/// Types copied as raw bytes: trivially copyable and not a pointer (a pointer means nothing in
-/// another process) nor a C array (no function returns one; a std::array crosses).
-template <class T>
-concept RawEncodable = std::is_trivially_copyable_v<T> && !std::is_pointer_v<T> &&
-                       !std::is_member_pointer_v<T> && !std::is_array_v<T>;
-
 /// Base of the codecs mpp gives every type that has no codec of its own (raw bytes, cereal).
 struct BuiltinCodec {};
 
@@ -187,6 +181,31 @@ concept CerealWritten = cereal::traits::has_member_serialize<T, CodecOutputArchi
 /// there (cereal refuses a type with two ways to save it).
 template <class T>
 concept OwnCodec = std::is_class_v<T> && SpecialisedCodec<T> && !CerealWritten<T>;
+
+/// Standard wrappers of a type with its own codec: not copied as bytes even when trivially
+/// copyable (std::optional<T> of a trivially copyable T is), or T's codec would be bypassed.
+template <class T>
+struct wraps_own_codec : std::false_type {};
+template <class T>
+concept WrapsOwnCodec = wraps_own_codec<T>::value;
+template <class... Ts>
+concept AnyOwnCodec = ((OwnCodec<Ts> || WrapsOwnCodec<Ts>) || ...);
+template <class T>
+struct wraps_own_codec<std::optional<T>> : std::bool_constant<AnyOwnCodec<T>> {};
+template <class T, std::size_t N>
+struct wraps_own_codec<std::array<T, N>> : std::bool_constant<AnyOwnCodec<T>> {};
+template <class... Ts>
+struct wraps_own_codec<std::variant<Ts...>> : std::bool_constant<AnyOwnCodec<Ts...>> {};
+template <class A, class B>
+struct wraps_own_codec<std::pair<A, B>> : std::bool_constant<AnyOwnCodec<A, B>> {};
+template <class... Ts>
+struct wraps_own_codec<std::tuple<Ts...>> : std::bool_constant<AnyOwnCodec<Ts...>> {};
+
+/// Types copied as raw bytes: trivially copyable and not a pointer (a pointer means nothing in
+/// another process) nor a C array (no function returns one; a std::array crosses).
+template <class T>
+concept RawEncodable = std::is_trivially_copyable_v<T> && !std::is_pointer_v<T> &&
+                       !std::is_member_pointer_v<T> && !std::is_array_v<T> && !WrapsOwnCodec<T>;
 
 /// Types that decoding builds from their encoding instead of default-constructing them and
 /// loading into them: those with their own codec (a default-constructed Queue would be a new
