@@ -26,8 +26,10 @@
 using namespace std::chrono_literals;
 using mpp::StartMethod;
 
-namespace {
-
+// Not in the anonymous namespace: under mingw, registering a function whose parameter type has
+// internal linkage made other registered functions unfindable in the function registry (its
+// std::map is ordered by std::type_index, whose order for such types differs there).
+namespace handles_test {
 /// A user type with serialize() whose fields include handles.
 struct Job {
   int id = 0;
@@ -39,6 +41,10 @@ struct Job {
     ar(id, label, done, meet);
   }
 };
+}  // namespace handles_test
+using handles_test::Job;
+
+namespace {
 
 using Dict = mpp::SharedDict<std::string, int>;
 
