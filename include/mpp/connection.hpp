@@ -241,9 +241,10 @@ class Connection {
     detail::connection::StreamIO io{s, detail::connection::deadline_of(timeout)};
     detail::connection::send_frame(io, buf.subspan(offset, n));
   }
-  /// send_bytes of the characters of `s`.
-  void send_bytes(std::string_view text) {
-    send_bytes(std::as_bytes(std::span(text.data(), text.size())));
+  /// send_bytes of the characters of `text` (from `offset`, `size` of them).
+  void send_bytes(std::string_view text, std::size_t offset = 0,
+                  std::optional<std::size_t> size = std::nullopt, Timeout timeout = std::nullopt) {
+    send_bytes(std::as_bytes(std::span(text.data(), text.size())), offset, size, timeout);
   }
 
   //!Returns: the next message as bytes (Python's recv_bytes(maxlength)), waiting at most
@@ -376,7 +377,7 @@ namespace detail_connection {
 struct Access {
   template <class T>
   static Connection<T> make(std::shared_ptr<detail::connection::Stream> s) {
-    return detail_connection::Access::make<T>(std::move(s));
+    return Connection<T>(std::move(s));
   }
   template <class T>
   static detail::connection::Stream& stream(const Connection<T>& c) {
