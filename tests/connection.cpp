@@ -28,12 +28,8 @@ using mpp_test::wait_child;
 
 namespace {
 
-std::string fresh_path() {
-  return "/tmp/" + mpp_test::unique_name("sock");
-}
-std::string fresh_abstract() {
-  return std::string(1, '\0') + mpp_test::unique_name("abstract");
-}
+std::string fresh_path() { return "/tmp/" + mpp_test::unique_name("sock"); }
+std::string fresh_abstract() { return std::string(1, '\0') + mpp_test::unique_name("abstract"); }
 
 std::string text_of(const mpp::Bytes& b) {
   return std::string(reinterpret_cast<const char*>(b.data()), b.size());
@@ -56,8 +52,7 @@ int echo_client(const conn::Address& address, const conn::Authkey& key) {
 void echo_server(conn::Listener& l) {
   auto c = l.accept(30s);
   c.send(5);
-  for (int i = 0; i < 5; ++i)
-    REQUIRE(c.recv<std::string>(30s) == "message " + std::to_string(i));
+  for (int i = 0; i < 5; ++i) REQUIRE(c.recv<std::string>(30s) == "message " + std::to_string(i));
   REQUIRE(text_of(c.recv_bytes(std::nullopt, 30s)) == "raw bytes");
   for (int i = 0; i < 20; ++i) {
     c.send(i);
@@ -239,8 +234,7 @@ TEST_CASE("Connection: garbage and stalls during the handshake are bounded", "[c
   for (const auto& attack : attacks) {
     const pid_t pid = fork_child([&] {
       auto raw = conn::Client(l.address(), std::nullopt, conn::Authkey::none());
-      if (!attack.empty())
-        (void)::write(raw.fileno(), attack.data(), attack.size());
+      if (!attack.empty()) (void)::write(raw.fileno(), attack.data(), attack.size());
       std::this_thread::sleep_for(3s);  // stall: the listener must give up on its own
       return 0;
     });
@@ -373,9 +367,10 @@ TEST_CASE("Connection: the frame header uses the 8-byte form past 2 GiB - 1", "[
   REQUIRE(h[11] == std::byte{0});
   // And a peer's 8-byte header is read back.
   auto [a, b] = conn::Pipe();
-  const std::string wire("\xff\xff\xff\xff\x00\x00\x00\x00\x00\x00\x00\x03"
-                         "abc",
-                         15);
+  const std::string wire(
+      "\xff\xff\xff\xff\x00\x00\x00\x00\x00\x00\x00\x03"
+      "abc",
+      15);
   REQUIRE(::write(b.fileno(), wire.data(), wire.size()) == 15);
   REQUIRE(text_of(a.recv_bytes(std::nullopt, 5s)) == "abc");
   // A negative length other than -1 is garbage: CorruptedError, and the stream is closed.
@@ -442,7 +437,8 @@ TEST_CASE("Connection: wait over 4 children x 10 messages with random delays", "
   }
   for (int c = 0; c < 4; ++c) {
     REQUIRE(got[static_cast<std::size_t>(c)].size() == 10);
-    for (int i = 0; i < 10; ++i) REQUIRE(got[static_cast<std::size_t>(c)][static_cast<std::size_t>(i)] == c * 100 + i);
+    for (int i = 0; i < 10; ++i)
+      REQUIRE(got[static_cast<std::size_t>(c)][static_cast<std::size_t>(i)] == c * 100 + i);
     REQUIRE(procs[static_cast<std::size_t>(c)].exitcode() == 0);
   }
 }

@@ -32,8 +32,9 @@ constexpr const char* kSkipMarker = "MPP-TEST-SKIPPED:";
 /// A shell command prefix running Python `minor` ("3.12"), or nullopt when it is not installed:
 /// the plain name first, then pyenv's newest installed version of that series.
 std::optional<std::string> find_python(const std::string& minor) {
-  const std::string check = " -c 'import sys; sys.exit(0 if \"%d.%d\" % sys.version_info[:2] == \"" +
-                            minor + "\" else 1)' >/dev/null 2>&1";
+  const std::string check =
+      " -c 'import sys; sys.exit(0 if \"%d.%d\" % sys.version_info[:2] == \"" + minor +
+      "\" else 1)' >/dev/null 2>&1";
   const std::vector<std::string> candidates = {
       "python" + minor,
       "PYENV_VERSION=$(pyenv versions --bare 2>/dev/null | grep -E '^" + minor +
@@ -136,8 +137,7 @@ void converse_as_client(conn::Connection<>& c) {
 
 }  // namespace
 
-TEST_CASE("Connection (Python 3.12+): a Python Client talks to an mpp Listener",
-          "[connection]") {
+TEST_CASE("Connection (Python 3.12+): a Python Client talks to an mpp Listener", "[connection]") {
   const auto python = python_or_skip({"3.12", "3.13"});
   if (!python) return;
   const std::string script = write_script(kPythonClient);
@@ -165,8 +165,7 @@ TEST_CASE("Connection (Python 3.12+): a Python Client talks to an mpp Listener",
   ::unlink(script.c_str());
 }
 
-TEST_CASE("Connection (Python 3.12+): an mpp Client talks to a Python Listener",
-          "[connection]") {
+TEST_CASE("Connection (Python 3.12+): an mpp Client talks to a Python Listener", "[connection]") {
   const auto python = python_or_skip({"3.12", "3.13"});
   if (!python) return;
   const std::string script = write_script(kPythonListener);

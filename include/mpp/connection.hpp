@@ -28,7 +28,8 @@
 #include "detail/config.hpp"
 
 #if !defined(MPP_OS_POSIX)
-#  error "mpp/connection.hpp: socket connections are not supported on Windows yet (named pipes are planned; see docs/connection.md)"
+#  error \
+      "mpp/connection.hpp: socket connections are not supported on Windows yet (named pipes are planned; see docs/connection.md)"
 #endif
 
 #include "codec.hpp"
@@ -75,7 +76,7 @@ struct Address {
   std::string str() const {
     if (!port) return !host.empty() && host[0] == '\0' ? "@" + host.substr(1) : host;
     return host.find(':') != std::string::npos ? fmt::format("[{}]:{}", host, *port)
-                                                : fmt::format("{}:{}", host, *port);
+                                               : fmt::format("{}:{}", host, *port);
   }
   /// Equal addresses.
   friend bool operator==(const Address&, const Address&) = default;
@@ -455,9 +456,9 @@ class Listener {
     }
     const auto sa = detail_connection::resolve(address, family_);
     fd_ = detail::os::listen_socket(sa, backlog, address.str());
-    address_ = family_ == Family::af_unix ? address
-                                          : detail_connection::address_of(
-                                                detail::os::local_address(fd_.get()));
+    address_ = family_ == Family::af_unix
+                   ? address
+                   : detail_connection::address_of(detail::os::local_address(fd_.get()));
     if (family_ == Family::af_unix && !address_.host.empty() && address_.host[0] != '\0')
       unlink_ = true;
   }
@@ -575,7 +576,8 @@ class Waitable {
  public:
   /// A connection: ready when recv would not block (a message, or the other end closed).
   template <class T>
-  Waitable(const Connection<T>& c) : fd_(c.fileno()), s_(detail_connection::Access::get(c)) {}  // NOLINT
+  Waitable(const Connection<T>& c)
+      : fd_(c.fileno()), s_(detail_connection::Access::get(c)) {}  // NOLINT
   /// A listener: ready when a client is waiting to be accepted.
   Waitable(const Listener& l) : fd_(l.fileno()) {}  // NOLINT(google-explicit-constructor)
   /// A process: ready when it has ended (its sentinel).
@@ -638,8 +640,8 @@ inline int recv_handle(const Connection<>& conn, Timeout timeout = std::nullopt)
   if (s.kept)
     throw OSError(fmt::format("recv_handle on {}: a message is waiting, not a descriptor", s.what),
                   EBADMSG);
-  const auto h = detail::os::recv_descriptor(s.fd.get(), detail::connection::deadline_of(timeout),
-                                             s.what);
+  const auto h =
+      detail::os::recv_descriptor(s.fd.get(), detail::connection::deadline_of(timeout), s.what);
   if (!h) detail::fail<TimeoutError>("recv_handle on {}: no descriptor arrived in time", s.what);
   return *h;
 }

@@ -31,11 +31,16 @@ enum class Digest { md5, sha256, sha384, sha3_256, sha3_384 };
 /// The name of a digest as Python writes it in the prefix.
 constexpr std::string_view digest_name(Digest d) noexcept {
   switch (d) {
-    case Digest::md5: return "md5";
-    case Digest::sha256: return "sha256";
-    case Digest::sha384: return "sha384";
-    case Digest::sha3_256: return "sha3_256";
-    case Digest::sha3_384: return "sha3_384";
+    case Digest::md5:
+      return "md5";
+    case Digest::sha256:
+      return "sha256";
+    case Digest::sha384:
+      return "sha384";
+    case Digest::sha3_256:
+      return "sha3_256";
+    case Digest::sha3_384:
+      return "sha3_384";
   }
   return "?";
 }
@@ -89,9 +94,9 @@ inline Mac hmac(Digest d, std::span<const std::byte> key, std::span<const std::b
   unsigned int len = 0;
   static const unsigned char empty = 0;  // HMAC() wants a non-null key even when it is empty
   if (md == nullptr ||
-      HMAC(md, key.empty() ? &empty : reinterpret_cast<const unsigned char*>(key.data()), static_cast<int>(key.size()),
-           reinterpret_cast<const unsigned char*>(message.data()), message.size(),
-           reinterpret_cast<unsigned char*>(m.bytes.data()), &len) == nullptr ||
+      HMAC(md, key.empty() ? &empty : reinterpret_cast<const unsigned char*>(key.data()),
+           static_cast<int>(key.size()), reinterpret_cast<const unsigned char*>(message.data()),
+           message.size(), reinterpret_cast<unsigned char*>(m.bytes.data()), &len) == nullptr ||
       len > kMaxMac)
     throw AuthenticationError(fmt::format("HMAC-{} is not available here", digest_name(d)));
   m.size = len;
@@ -102,8 +107,8 @@ inline Mac hmac(Digest d, std::span<const std::byte> key, std::span<const std::b
 //!Effects: fills `out` with cryptographically random bytes. Throws: OSError.
 inline void random_bytes(std::span<std::byte> out) {
 #if defined(MPP_OS_WINDOWS)
-  if (BCryptGenRandom(nullptr, reinterpret_cast<PUCHAR>(out.data()),
-                      static_cast<ULONG>(out.size()), BCRYPT_USE_SYSTEM_PREFERRED_RNG) != 0)
+  if (BCryptGenRandom(nullptr, reinterpret_cast<PUCHAR>(out.data()), static_cast<ULONG>(out.size()),
+                      BCRYPT_USE_SYSTEM_PREFERRED_RNG) != 0)
     throw OSError("BCryptGenRandom failed", 0);
 #else
   if (RAND_bytes(reinterpret_cast<unsigned char*>(out.data()), static_cast<int>(out.size())) != 1)

@@ -6,8 +6,8 @@
 //    "{digest}" prefix; Python <= 3.11: bare 20-byte challenges and raw HMAC-MD5 answers, accepted
 //    only when the caller opts in).
 // An IO is any type with
-//   void read_exact(std::byte* p, std::size_t n, bool message_start);  // EOFError / OSError / TimeoutError
-//   void write_all(const std::byte* p, std::size_t n);
+//   void read_exact(std::byte* p, std::size_t n, bool message_start);  // EOFError / OSError /
+//   TimeoutError void write_all(const std::byte* p, std::size_t n);
 #pragma once
 
 #include <algorithm>
@@ -99,9 +99,10 @@ std::uint64_t read_length(IO& io) {
   for (std::size_t i = 0; i < 4; ++i) v = (v << 8) | std::to_integer<std::uint32_t>(b[i]);
   if (v <= kShortMax) return v;
   if (v != 0xffffffffu)
-    throw CorruptedError(fmt::format("invalid message length {} (a negative 32-bit length other "
-                                     "than the -1 marker): the peer does not speak this protocol",
-                                     static_cast<std::int32_t>(v)));
+    throw CorruptedError(
+        fmt::format("invalid message length {} (a negative 32-bit length other "
+                    "than the -1 marker): the peer does not speak this protocol",
+                    static_cast<std::int32_t>(v)));
   io.read_exact(b.data(), 8, false);
   std::uint64_t n = 0;
   for (std::size_t i = 0; i < 8; ++i) n = (n << 8) | std::to_integer<std::uint64_t>(b[i]);
@@ -140,8 +141,8 @@ Bytes recv_handshake(IO& io, std::string_view step) {
 
 /// A digest named in a "{digest}" prefix, and the payload after it.
 struct Prefixed {
-  Digest digest;                      ///< the digest
-  std::span<const std::byte> payload; ///< the bytes after the prefix
+  Digest digest;                       ///< the digest
+  std::span<const std::byte> payload;  ///< the bytes after the prefix
 };
 
 //!Returns: the digest named by the "{name}" prefix of `m`, or nullopt if it has none or an
@@ -174,7 +175,8 @@ void deliver_challenge(IO& io, std::span<const std::byte> key, bool legacy_md5) 
   std::string problem;
   if (response.size() == kMd5Length || response.size() == kLegacyChallengeLength) {
     if (!legacy_md5)
-      problem = fmt::format("the peer answered with the legacy HMAC-MD5 handshake. {}", kLegacyHint);
+      problem =
+          fmt::format("the peer answered with the legacy HMAC-MD5 handshake. {}", kLegacyHint);
     else if (!equal_constant_time(hmac(Digest::md5, key, message).view(), response))
       problem = "the HMAC-MD5 digest received was wrong: the peer uses another authkey";
   } else if (const auto p = parse_prefix(response); !p) {
@@ -206,9 +208,8 @@ template <class IO>
 void answer_challenge(IO& io, std::span<const std::byte> key, bool legacy_md5) {
   const Bytes m = recv_handshake(io, "authentication (waiting for the challenge)");
   if (m.size() < kChallenge.size() || as_text(m).substr(0, kChallenge.size()) != kChallenge)
-    throw AuthenticationError(
-        fmt::format("authentication failed: protocol error, expected a challenge, received '{}'",
-                    excerpt(m)));
+    throw AuthenticationError(fmt::format(
+        "authentication failed: protocol error, expected a challenge, received '{}'", excerpt(m)));
   const auto message = std::span<const std::byte>(m).subspan(kChallenge.size());
   if (message.size() < kLegacyChallengeLength)
     throw AuthenticationError(
@@ -216,20 +217,20 @@ void answer_challenge(IO& io, std::span<const std::byte> key, bool legacy_md5) {
   Bytes answer;
   if (message.size() == kLegacyChallengeLength || message.size() == kMd5Length) {
     if (!legacy_md5)
-      throw AuthenticationError(fmt::format(
-          "authentication failed: the listener sent the legacy HMAC-MD5 challenge. {}",
-          kLegacyHint));
+      throw AuthenticationError(
+          fmt::format("authentication failed: the listener sent the legacy HMAC-MD5 challenge. {}",
+                      kLegacyHint));
     const Mac mac = hmac(Digest::md5, key, message);
     answer.assign(mac.view().begin(), mac.view().end());
   } else {
     const auto p = parse_prefix(message);
     if (!p)
-      throw AuthenticationError(fmt::format(
-          "authentication failed: the challenge '{}' has no known {{digest}} prefix",
-          excerpt(message)));
+      throw AuthenticationError(
+          fmt::format("authentication failed: the challenge '{}' has no known {{digest}} prefix",
+                      excerpt(message)));
     if (p->digest == Digest::md5 && !legacy_md5)
-      throw AuthenticationError(fmt::format(
-          "authentication failed: the listener asks for HMAC-MD5. {}", kLegacyHint));
+      throw AuthenticationError(
+          fmt::format("authentication failed: the listener asks for HMAC-MD5. {}", kLegacyHint));
     const auto name = fmt::format("{{{}}}", digest_name(p->digest));
     const Mac mac = hmac(p->digest, key, message);
     answer.resize(name.size() + mac.size);

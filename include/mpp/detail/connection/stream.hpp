@@ -37,7 +37,8 @@ struct Stream {
   std::optional<Bytes> kept;  ///< a message received but not yet delivered
   Bytes scratch;              ///< encoding buffer of send()
 
-  Stream(os::Fd f, std::string w, bool local) : fd(std::move(f)), what(std::move(w)), unix_socket(local) {}
+  Stream(os::Fd f, std::string w, bool local)
+      : fd(std::move(f)), what(std::move(w)), unix_socket(local) {}
 
   bool closed() const noexcept { return !fd.valid(); }
   void close() noexcept {
@@ -46,8 +47,8 @@ struct Stream {
   }
   int check(bool for_send) const {
     if (!fd.valid())
-      throw ValueError(fmt::format("{} on {}: the connection is closed", for_send ? "send" : "recv",
-                                   what));
+      throw ValueError(
+          fmt::format("{} on {}: the connection is closed", for_send ? "send" : "recv", what));
     if (for_send && !writable)
       throw ValueError(fmt::format("send on {}: this end is receive-only", what));
     if (!for_send && !readable)

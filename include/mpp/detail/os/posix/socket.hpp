@@ -77,8 +77,8 @@ inline SockAddr unix_address(const std::string& path) {
   auto* un = reinterpret_cast<sockaddr_un*>(&a.storage);
   un->sun_family = AF_UNIX;
   if (path.empty() || path.size() >= sizeof(un->sun_path))
-    throw InvalidArgument(fmt::format(
-        "Unix socket address '{}' must have 1 to {} bytes", path, sizeof(un->sun_path) - 1));
+    throw InvalidArgument(fmt::format("Unix socket address '{}' must have 1 to {} bytes", path,
+                                      sizeof(un->sun_path) - 1));
   std::memcpy(un->sun_path, path.data(), path.size());
   a.length = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + path.size() +
                                     (path[0] == '\0' ? 0 : 1));
@@ -93,7 +93,8 @@ inline SockAddr inet_address(SocketFamily f, const std::string& host, std::uint1
   hints.ai_socktype = SOCK_STREAM;
   addrinfo* res = nullptr;
   const std::string service = std::to_string(port);
-  const int rc = ::getaddrinfo(host.empty() ? nullptr : host.c_str(), service.c_str(), &hints, &res);
+  const int rc =
+      ::getaddrinfo(host.empty() ? nullptr : host.c_str(), service.c_str(), &hints, &res);
   if (rc != 0 || res == nullptr)
     throw OSError(fmt::format("cannot resolve '{}' ({}): {}", host,
                               f == SocketFamily::ipv4 ? "IPv4" : "IPv6", ::gai_strerror(rc)),
