@@ -7,6 +7,8 @@
 #include <mpp/process.hpp>
 
 #include <fcntl.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -552,4 +554,74 @@ TEST_CASE("Connection: recv_handle on a message without a descriptor is an error
   conn::Listener tcp(conn::Address("127.0.0.1", 0), std::nullopt, 1, conn::Authkey::none());
   auto t = conn::Client(tcp.address(), std::nullopt, conn::Authkey::none());
   REQUIRE_THROWS_AS(conn::send_handle(t, 0), mpp::ValueError);
+}
+
+// ---- signals and idle waiting ---------------------------------------------------------------
+
+namespace {
+volatile sig_atomic_t g_signals = 0;
+void count_signal(int) { g_signals = g_signals + 1; }
+}  // namespace
+
+TEST_CASE("Connection: handled signals interrupt neither accept, wait, recv nor a large send",
+          "[connection]") {
+  // CPython's TestIgnoreEINTR, with a handler installed without SA_RESTART.
+  struct sigaction sa {};
+  struct sigaction old {};
+  sa.sa_handler = count_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = 0;
+  REQUIRE(::sigaction(SIGUSR1, &sa, &old) == 0);
+  g_signals = 0;
+  conn::Listener l(fresh_path(), std::nullopt, 1, "k");
+  const pid_t parent = ::getpid();
+  std::vector<std::byte> big(8 << 20, std::byte{0x5a});
+  const pid_t pid = fork_child([&] {
+    auto pester = [&] {
+      for (int i = 0; i < 5; ++i) {
+        ::kill(parent, SIGUSR1);
+        std::this_thread::sleep_for(20ms);
+      }
+    };
+    pester();  // during accept
+    auto c = conn::Client(l.address(), std::nullopt, "k");
+    pester();  // during wait and recv
+    c.send_bytes(big);
+    (void)c.recv_bytes(std::nullopt, 30s);  // the parent sends a large message back
+    return 0;
+  });
+  auto c = l.accept(30s);
+  REQUIRE(conn::wait({c}, 30.0).size() == 1);
+  REQUIRE(c.recv_bytes(std::nullopt, 30s) == big);
+  std::thread pest([&] {
+    for (int i = 0; i < 5; ++i) {
+      ::kill(parent, SIGUSR1);
+      std::this_thread::sleep_for(10ms);
+    }
+  });
+  c.send_bytes(big);  // 8 MiB: many partial writes, some interrupted
+  pest.join();
+  REQUIRE(wait_child(pid) == 0);
+  REQUIRE(g_signals >= 10);
+  ::sigaction(SIGUSR1, &old, nullptr);
+}
+
+TEST_CASE("Connection: waiting on 100 idle connections uses no CPU", "[connection]") {
+  std::vector<std::pair<conn::Connection<>, conn::Connection<>>> pipes;
+  std::vector<conn::Waitable> objects;
+  for (int i = 0; i < 100; ++i) pipes.push_back(conn::Pipe());
+  for (auto& p : pipes) objects.emplace_back(p.first);
+  auto cpu = [] {
+    struct rusage u {};
+    ::getrusage(RUSAGE_SELF, &u);
+    return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+           static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
+  };
+  const double before = cpu();
+  REQUIRE(conn::wait(objects, 1.0).empty());
+  const double used = cpu() - before;
+  INFO("CPU seconds used while waiting 1 s: " << used);
+  REQUIRE(used < 0.1);  // a busy poll would use the whole second
+  pipes[42].second.send_bytes("wake");
+  REQUIRE(conn::wait(objects, 30.0) == std::vector<std::size_t>{42});
 }
