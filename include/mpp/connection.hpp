@@ -462,7 +462,9 @@ class Listener {
     if (family_ == Family::af_unix && !address_.host.empty() && address_.host[0] != '\0')
       unlink_ = true;
   }
+  /// Takes over `o`'s socket (`o` is left closed).
   Listener(Listener&& o) noexcept = default;
+  /// Closes this listener, then takes over `o`'s socket.
   Listener& operator=(Listener&& o) noexcept {
     if (this != &o) {
       close();
@@ -477,6 +479,7 @@ class Listener {
     }
     return *this;
   }
+  /// Closes the listener (close()).
   ~Listener() { close(); }
 
   //!Returns: the next connection, authenticated (Python's accept()), waiting for a client at
