@@ -95,6 +95,8 @@ class Authkey {
                    reinterpret_cast<const std::byte*>(key.data()) + key.size())) {}
   /// An explicit key given as characters.
   Authkey(const char* key) : Authkey(std::string_view(key)) {}  // NOLINT
+  /// An explicit key given as characters.
+  Authkey(const std::string& key) : Authkey(std::string_view(key)) {}  // NOLINT
   /// No authentication at all (Python's authkey=None): only for trusted networks.
   static Authkey none() {
     Authkey a;
