@@ -5,6 +5,7 @@
 // passed (its own file, so that the marker does not hide the cases of tests/connection.cpp).
 #include <mpp/connection.hpp>
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -176,6 +177,38 @@ TEST_CASE("Connection (Python 3.12+): an mpp Client talks to a Python Listener",
   converse_as_client(c);
   c.close();
   REQUIRE(wait_child(pid) == 0);
+  ::unlink(script.c_str());
+}
+
+constexpr const char* kPythonHandleWriter = R"(
+import os, sys
+from multiprocessing.connection import Client
+from multiprocessing.reduction import recv_handle
+c = Client(sys.argv[1], authkey=sys.argv[2].encode())
+fd = recv_handle(c)
+os.write(fd, b'written by python')
+os.close(fd)
+c.send_bytes(b'done')
+)";
+
+TEST_CASE("Connection (Python 3.12+): a descriptor passes to a Python process", "[connection]") {
+  const auto python = python_or_skip({"3.12", "3.13"});
+  if (!python) return;
+  const std::string script = write_script(kPythonHandleWriter);
+  const std::string file = "/tmp/" + mpp_test::unique_name("pyfd") + ".txt";
+  const int fd = ::open(file.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  REQUIRE(fd >= 0);
+  conn::Listener l("/tmp/" + mpp_test::unique_name("pyl"), std::nullopt, 1, "py secret");
+  const pid_t pid = run_python(*python, script, l.address().host + " 'py secret'");
+  auto c = l.accept(60s);
+  conn::send_handle(c, fd, pid);
+  REQUIRE(text_of(c.recv_bytes(std::nullopt, 60s)) == "done");
+  REQUIRE(wait_child(pid) == 0);
+  char buf[64] = {};
+  REQUIRE(::pread(fd, buf, sizeof buf, 0) == 17);
+  REQUIRE(std::string(buf, 17) == "written by python");
+  ::close(fd);
+  ::unlink(file.c_str());
   ::unlink(script.c_str());
 }
 
