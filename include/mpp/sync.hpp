@@ -577,12 +577,7 @@ class BarrierAction {
   template <class F>
   requires(std::is_invocable_v<std::decay_t<F>&> &&
            !std::is_same_v<std::decay_t<F>, BarrierAction>) BarrierAction(F&& fn)  // NOLINT
-      : name_(detail::barrier_action_name(std::decay_t<F>(fn))) {
-    using D = std::decay_t<F>;
-    if constexpr (std::is_pointer_v<D> || std::is_same_v<D, std::function<void()>>)
-      if (!fn) return;  // a null pointer or an empty function: no action
-    fn_ = std::forward<F>(fn);
-  }
+      : BarrierAction(std::decay_t<F>(std::forward<F>(fn)), 0) {}
   /// True if there is an action.
   explicit operator bool() const noexcept { return static_cast<bool>(fn_); }
   /// The name the action is registered under, or nullopt (no action, or not registered).
@@ -591,6 +586,14 @@ class BarrierAction {
   void operator()() const { fn_(); }
 
  private:
+  template <class D>
+  BarrierAction(D fn, int) {
+    if constexpr (std::is_pointer_v<D> || std::is_same_v<D, std::function<void()>>)
+      if (fn == nullptr) return;  // a null pointer or an empty function: no action
+    name_ = detail::barrier_action_name(fn);
+    fn_ = std::move(fn);
+  }
+
   std::function<void()> fn_;
   std::optional<std::string> name_;
 };
