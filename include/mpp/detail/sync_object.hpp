@@ -103,6 +103,11 @@ struct HandleAccess {
   static const std::shared_ptr<Segment>& segment(const H& h) noexcept {
     return h.segment();
   }
+  /// The shared block (segment, header, elements, lock) behind a Value or Array `h`.
+  template <class H>
+  static auto& block(const H& h) noexcept {
+    return h.b_;
+  }
   //!Returns: an H over `state`, embedded in `owner`'s segment (kept mapped by the handle and its
   //! copies). Throws: InvalidArgument on a null state.
   template <class H, class State>
