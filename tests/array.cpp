@@ -384,3 +384,13 @@ TEST_CASE("Array: an Array and a Value share a caller's RLock in a spawned child
   CHECK(v.value() == 2 * kRounds);
   CHECK(arr.to_vector() == std::vector<int>(8, 2 * kRounds));
 }
+
+TEST_CASE("Array: fmt::format gives a Python-like repr", "[array][repr]") {
+  Array<int> a{1, 2, 3};
+  CHECK(fmt::format("{}", a) == fmt::format("<Array<int>(name='{}', size=3, [1, 2, 3])>", a.name()));
+  RawArray<int> big(20);
+  CHECK(fmt::format("{}", big) ==
+        fmt::format("<RawArray<int>(name='{}', size=20, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, "
+                    "0, 0, 0, ...])>",
+                    big.name()));
+}

@@ -1488,3 +1488,89 @@ TEST_CASE("Barrier: an unregistered action stays with its handle and does not cr
   t.join();
   CHECK(ran.load() == 1);
 }
+
+// ---- reprs --------------------------------------------------------------------------------
+
+namespace {
+
+/// Holds `l` until `go` is set (at most 20 s), after setting `held`.
+void hold_lock_until(mpp::Lock l, mpp::Event held, mpp::Event go) {
+  l.acquire();
+  held.set();
+  (void)go.wait(20.0);
+  l.release();
+}
+MPP_REGISTER(hold_lock_until);
+
+/// Waits once on `b` (20 s at most).
+void wait_once(mpp::Barrier b) { (void)b.wait(20.0); }
+MPP_REGISTER(wait_once);
+
+}  // namespace
+
+TEST_CASE("Sync: fmt::format gives Python-like reprs of every primitive", "[sync][repr]") {
+  const auto pid = mpp::detail::os::current_pid();
+  mpp::Lock l;
+  CHECK(fmt::format("{}", l) == fmt::format("<Lock(name='{}', owner=None)>", l.name()));
+  l.acquire();
+  CHECK(fmt::format("{}", l) == fmt::format("<Lock(name='{}', owner={})>", l.name(), pid));
+  l.release();
+
+  mpp::RLock r;
+  CHECK(fmt::format("{}", r) == fmt::format("<RLock(name='{}', owner=None, count=0)>", r.name()));
+  r.acquire();
+  r.acquire();
+  CHECK(fmt::format("{}", r) ==
+        fmt::format("<RLock(name='{}', owner={}, count=2)>", r.name(), pid));
+  r.release();
+  r.release();
+
+  mpp::Semaphore s(2);
+  CHECK(fmt::format("{}", s) == fmt::format("<Semaphore(name='{}', value=2)>", s.name()));
+  mpp::BoundedSemaphore bs(3);
+  bs.acquire();
+  CHECK(fmt::format("{}", bs) ==
+        fmt::format("<BoundedSemaphore(name='{}', value=2, maxvalue=3)>", bs.name()));
+
+  mpp::Event e;
+  CHECK(fmt::format("{}", e) == fmt::format("<Event(name='{}', set=False)>", e.name()));
+  e.set();
+  CHECK(fmt::format("{}", e) == fmt::format("<Event(name='{}', set=True)>", e.name()));
+
+  mpp::Condition c;  // Python: <Condition(<RLock(None, 0)>, 0)>
+  CHECK(fmt::format("{}", c) ==
+        fmt::format("<Condition(<RLock(name='{}', owner=None, count=0)>, 0)>", c.name()));
+  mpp::Condition over(l);
+  CHECK(fmt::format("{}", over) == fmt::format("<Condition({}, 0)>", l));
+
+  mpp::Barrier b(3);
+  CHECK(fmt::format("{}", b) ==
+        fmt::format("<Barrier(name='{}', parties=3, waiting=0, broken=False)>", b.name()));
+  b.abort();
+  CHECK(fmt::format("{}", b) ==
+        fmt::format("<Barrier(name='{}', parties=3, waiting=0, broken=True)>", b.name()));
+  CHECK(fmt::format("{:>5}", mpp::Event()).size() > 5);  // string format specs apply
+}
+
+TEST_CASE("Sync: reprs show the state another process left (owner pid, waiting parties)",
+          "[sync][repr]") {
+  for (const StartMethod m : start_methods()) {
+    CAPTURE(mpp::start_method_name(m));
+    mpp::Lock l;
+    mpp::Event held, go;
+    auto p = start(m, hold_lock_until, l, held, go);
+    REQUIRE(held.wait(20.0));
+    CHECK(fmt::format("{}", l) == fmt::format("<Lock(name='{}', owner={})>", l.name(), *p.pid()));
+    go.set();
+    CHECK(finish(p) == 0);
+    CHECK(fmt::format("{}", l) == fmt::format("<Lock(name='{}', owner=None)>", l.name()));
+
+    mpp::Barrier b(2);
+    auto q = start(m, wait_once, b);
+    await([&] { return b.n_waiting() == 1; }, 20s);
+    CHECK(fmt::format("{}", b) ==
+          fmt::format("<Barrier(name='{}', parties=2, waiting=1, broken=False)>", b.name()));
+    (void)b.wait(20.0);
+    CHECK(finish(q) == 0);
+  }
+}

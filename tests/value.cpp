@@ -651,3 +651,14 @@ TEST_CASE("Value: opened by name, a Value made with a caller's lock needs that l
   CHECK(borrower.get_lock().name() == owner.name());
   CHECK_THROWS_AS(mpp::encode(borrower), mpp::InvalidArgument);
 }
+
+TEST_CASE("Value: fmt::format gives a Python-like repr", "[value][repr]") {
+  Value<int> v(42);
+  CHECK(fmt::format("{}", v) == fmt::format("<Value<int>(name='{}', 42)>", v.name()));
+  Value<bool> flag(true);
+  CHECK(fmt::format("{}", flag) == fmt::format("<Value<bool>(name='{}', True)>", flag.name()));
+  RawValue<double> d(1.5);
+  CHECK(fmt::format("{}", d) == fmt::format("<RawValue<double>(name='{}', 1.5)>", d.name()));
+  Value<Point> p(Point{1, 2, 3});  // no formatter for Point: its size
+  CHECK(fmt::format("{}", p).find("(name='" + p.name() + "', <24 bytes>)>") != std::string::npos);
+}

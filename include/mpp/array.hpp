@@ -339,6 +339,31 @@ class RawArray : public detail::ArrayBase<T> {
   explicit RawArray(Block b) : Base(std::move(b)) { this->b_.has_lock = false; }
 };
 
+namespace detail {
+/// Elements an Array's repr shows before "...".
+inline constexpr std::size_t kReprElements = 16;
+/// `<Array<int>(name='...', size=3, [1, 2, 3])>` (Python: `<SynchronizedArray wrapper for ...>`).
+template <class T>
+std::string array_repr(std::string_view kind, const SharedBlock<T>& b) {
+  if (!block_whole(b))
+    return fmt::format("<{}<{}>(name='{}', truncated)>", kind, type_name<T>(), b.seg->name());
+  std::string items;
+  for (std::size_t i = 0; i < b.count && i < kReprElements; ++i)
+    items += (i == 0 ? "" : ", ") + element_repr(b.data[i]);
+  if (b.count > kReprElements) items += ", ...";
+  return fmt::format("<{}<{}>(name='{}', size={}, [{}])>", kind, type_name<T>(), b.seg->name(),
+                     b.count, items);
+}
+template <class T>
+std::string repr(const Array<T>& a, ReprTag) {
+  return array_repr("Array", HandleAccess::block(a));
+}
+template <class T>
+std::string repr(const RawArray<T>& a, ReprTag) {
+  return array_repr("RawArray", HandleAccess::block(a));
+}
+}  // namespace detail
+
 /// An Array<T> crosses processes as its name, with the caller's lock it was given (as Python
 /// pickles it): the receiver opens both.
 template <class T>
@@ -350,3 +375,13 @@ template <class T>
 struct codec<RawArray<T>> : detail::NameCodec<RawArray<T>, detail::OpenWithLock<RawArray<T>>> {};
 
 }  // namespace mpp
+
+namespace fmt {
+/// Formats an Array as a Python-like repr: `<Array<int>(name='...', size=3, [1, 2, 3])>` (the
+/// first 16 elements, read without the lock).
+template <class T>
+struct formatter<mpp::Array<T>> : mpp::detail::ReprFormatter<mpp::Array<T>> {};
+/// Formats a RawArray: `<RawArray<int>(name='...', size=3, [1, 2, 3])>`.
+template <class T>
+struct formatter<mpp::RawArray<T>> : mpp::detail::ReprFormatter<mpp::RawArray<T>> {};
+}  // namespace fmt

@@ -33,6 +33,7 @@
 #include "detail/name_codec.hpp"
 #include "detail/sync_barrier.hpp"
 #include "detail/sync_object.hpp"
+#include "detail/sync_repr.hpp"
 #include "detail/sync_state.hpp"
 #include "errors.hpp"
 #include "segment.hpp"
@@ -556,6 +557,7 @@ class Condition : public detail::SyncObject<Condition, detail::ConditionBlock, K
       detail::fail<ValueError>("{}() on condition '{}' without holding its lock", what, h_.name());
   }
 
+  friend struct detail::HandleAccess;
   std::variant<Lock, RLock> lock_;
 };
 
@@ -728,8 +730,67 @@ struct codec<Event> : detail::NameCodec<Event, detail::SyncName<Event, Kind::eve
 template <>
 struct codec<Condition>
     : detail::NameCodec<Condition, detail::SyncName<Condition, Kind::condition>> {};
-/// A Barrier crosses processes as its name (without its action).
+/// A Barrier crosses processes as its name, with its default timeout and its registered action
+/// (see BarrierAction).
 template <>
 struct codec<Barrier> : detail::NameCodec<Barrier, detail::SyncName<Barrier, Kind::barrier>> {};
 
+namespace detail {
+/// Found by argument-dependent lookup from ReprFormatter, so that value.hpp and array.hpp can add
+/// repr() overloads after it.
+struct ReprTag {};
+
+/// Python-like reprs of the handles (see detail/sync_repr.hpp).
+inline std::string repr(const Lock& l, ReprTag) { return lock_repr(l.name(), HandleAccess::state(l)); }
+inline std::string repr(const RLock& l, ReprTag) { return rlock_repr(l.name(), HandleAccess::state(l)); }
+inline std::string repr(const Semaphore& s, ReprTag) {
+  return semaphore_repr(s.name(), HandleAccess::state(s));
+}
+inline std::string repr(const BoundedSemaphore& s, ReprTag) {
+  return semaphore_repr(s.name(), HandleAccess::state(s));
+}
+inline std::string repr(const Event& e, ReprTag) { return event_repr(e.name(), HandleAccess::state(e)); }
+inline std::string repr(const Condition& c, ReprTag) {
+  const std::string lock =
+      std::visit([](const auto& l) { return repr(l, ReprTag{}); }, HandleAccess::lock_of(c));
+  return condition_repr(lock, HandleAccess::state(c).cond);
+}
+inline std::string repr(const Barrier& b, ReprTag) { return barrier_repr(b.name(), HandleAccess::state(b)); }
+
+/// fmt::formatter of a handle with a detail::repr(h, ReprTag) overload: writes the repr (format specs of
+/// a string apply, e.g. "{:>60}").
+template <class H>
+struct ReprFormatter : fmt::formatter<std::string_view> {
+  /// Writes repr(h).
+  template <class Ctx>
+  auto format(const H& h, Ctx& ctx) const {
+    return fmt::formatter<std::string_view>::format(repr(h, ReprTag{}), ctx);
+  }
+};
+}  // namespace detail
+
 }  // namespace mpp
+
+namespace fmt {
+/// Formats a Lock as Python's repr, naming the owner by pid: `<Lock(name='...', owner=None)>`.
+template <>
+struct formatter<mpp::Lock> : mpp::detail::ReprFormatter<mpp::Lock> {};
+/// Formats an RLock: `<RLock(name='...', owner=4242, count=2)>` (Python: `<RLock(None, 0)>`).
+template <>
+struct formatter<mpp::RLock> : mpp::detail::ReprFormatter<mpp::RLock> {};
+/// Formats a Semaphore: `<Semaphore(name='...', value=2)>`.
+template <>
+struct formatter<mpp::Semaphore> : mpp::detail::ReprFormatter<mpp::Semaphore> {};
+/// Formats a BoundedSemaphore: `<BoundedSemaphore(name='...', value=2, maxvalue=3)>`.
+template <>
+struct formatter<mpp::BoundedSemaphore> : mpp::detail::ReprFormatter<mpp::BoundedSemaphore> {};
+/// Formats an Event: `<Event(name='...', set=False)>`.
+template <>
+struct formatter<mpp::Event> : mpp::detail::ReprFormatter<mpp::Event> {};
+/// Formats a Condition as Python does, its lock and its waiters: `<Condition(<RLock(...)>, 0)>`.
+template <>
+struct formatter<mpp::Condition> : mpp::detail::ReprFormatter<mpp::Condition> {};
+/// Formats a Barrier: `<Barrier(name='...', parties=3, waiting=1, broken=False)>`.
+template <>
+struct formatter<mpp::Barrier> : mpp::detail::ReprFormatter<mpp::Barrier> {};
+}  // namespace fmt

@@ -716,6 +716,45 @@ class RawValue : public detail::ValueBase<T> {
   }
 };
 
+namespace detail {
+/// One shared element as a repr shows it, read without a lock (atomically for a lock-free T):
+/// fmt's formatting when T has one (bool as Python's True/False), else its size.
+template <class T>
+std::string element_repr(const T& shared) {
+  T v;
+  if constexpr (atomic_lock_free<T>())
+    v = std::atomic_ref<T>(const_cast<T&>(shared)).load(std::memory_order_relaxed);
+  else
+    std::memcpy(static_cast<void*>(&v), &shared, sizeof(T));
+  if constexpr (std::is_same_v<T, bool>)
+    return std::string(py_bool(v));
+  else if constexpr (fmt::is_formattable<T>::value)
+    return fmt::format("{}", v);
+  else
+    return fmt::format("<{} bytes>", sizeof(T));
+}
+/// True while a truncation has not cleared the block's trailer.
+template <class T>
+bool block_whole(const SharedBlock<T>& b) noexcept {
+  return std::atomic_ref<std::uint64_t>(*b.trailer).load(std::memory_order_acquire) == kBlockLive;
+}
+/// `<Value<int>(name='...', 42)>` (Python: `<Synchronized wrapper for c_int(42)>`).
+template <class T>
+std::string value_repr(std::string_view kind, const SharedBlock<T>& b) {
+  if (!block_whole(b)) return fmt::format("<{}<{}>(name='{}', truncated)>", kind, type_name<T>(), b.seg->name());
+  return fmt::format("<{}<{}>(name='{}', {})>", kind, type_name<T>(), b.seg->name(),
+                     element_repr(*b.data));
+}
+template <class T>
+std::string repr(const Value<T>& v, ReprTag) {
+  return value_repr("Value", HandleAccess::block(v));
+}
+template <class T>
+std::string repr(const RawValue<T>& v, ReprTag) {
+  return value_repr("RawValue", HandleAccess::block(v));
+}
+}  // namespace detail
+
 /// A Value<T> crosses processes as its name, with the caller's lock it was given (as Python
 /// pickles it): the receiver opens both.
 template <class T>
@@ -727,3 +766,13 @@ template <class T>
 struct codec<RawValue<T>> : detail::NameCodec<RawValue<T>, detail::OpenWithLock<RawValue<T>>> {};
 
 }  // namespace mpp
+
+namespace fmt {
+/// Formats a Value as a Python-like repr: `<Value<int>(name='...', 42)>` (read without the lock;
+/// a T without a formatter shows its size).
+template <class T>
+struct formatter<mpp::Value<T>> : mpp::detail::ReprFormatter<mpp::Value<T>> {};
+/// Formats a RawValue: `<RawValue<int>(name='...', 42)>`.
+template <class T>
+struct formatter<mpp::RawValue<T>> : mpp::detail::ReprFormatter<mpp::RawValue<T>> {};
+}  // namespace fmt

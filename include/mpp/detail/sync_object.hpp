@@ -103,6 +103,11 @@ struct HandleAccess {
   static const std::shared_ptr<Segment>& segment(const H& h) noexcept {
     return h.segment();
   }
+  /// The lock of a Condition `c` (a std::variant of Lock and RLock).
+  template <class C>
+  static const auto& lock_of(const C& c) noexcept {
+    return c.lock_;
+  }
   /// The shared block (segment, header, elements, lock) behind a Value or Array `h`.
   template <class H>
   static auto& block(const H& h) noexcept {
