@@ -331,7 +331,9 @@ TEST_CASE("Array: an Array crosses processes as its name (codec)", "[array]") {
 namespace {
 
 template <class A>
-concept HasGetLock = requires(A& a) { a.get_lock(); };
+concept HasGetLock = requires(A& a) {
+  a.get_lock();
+};
 
 /// Adds 1 to every element of `arr` `rounds` times, holding the array's lock (an RLock that
 /// `v` shares) around each whole pass; exits 2 if `v` and arr[0] ever differ under the lock.
@@ -371,7 +373,8 @@ TEST_CASE("Array: an Array and a Value share a caller's RLock in a spawned child
   Array<int> arr(8, lock);
   Value<int> v(0, lock);
   constexpr int kRounds = 500;
-  auto p = mpp::get_context(mpp::StartMethod::spawn).process(add_under_shared_lock, arr, v, kRounds);
+  auto p =
+      mpp::get_context(mpp::StartMethod::spawn).process(add_under_shared_lock, arr, v, kRounds);
   p.start();
   for (int r = 0; r < kRounds; ++r) {
     std::lock_guard g(v.get_lock());
@@ -387,7 +390,8 @@ TEST_CASE("Array: an Array and a Value share a caller's RLock in a spawned child
 
 TEST_CASE("Array: fmt::format gives a Python-like repr", "[array][repr]") {
   Array<int> a{1, 2, 3};
-  CHECK(fmt::format("{}", a) == fmt::format("<Array<int>(name='{}', size=3, [1, 2, 3])>", a.name()));
+  CHECK(fmt::format("{}", a) ==
+        fmt::format("<Array<int>(name='{}', size=3, [1, 2, 3])>", a.name()));
   RawArray<int> big(20);
   CHECK(fmt::format("{}", big) ==
         fmt::format("<RawArray<int>(name='{}', size=20, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, "

@@ -1331,9 +1331,10 @@ MPP_REGISTER(arrive_last_without_action);
 
 }  // namespace
 
-TEST_CASE("Barrier: the action runs once per round in whichever party arrives last, any start "
-          "method",
-          "[sync][barrier]") {
+TEST_CASE(
+    "Barrier: the action runs once per round in whichever party arrives last, any start "
+    "method",
+    "[sync][barrier]") {
   // Python's test_action and test_barrier: every party is the last one in some rounds.
   const auto methods = start_methods();
   const int parties = static_cast<int>(methods.size()) + 1;  // the children and this process
@@ -1343,8 +1344,8 @@ TEST_CASE("Barrier: the action runs once per round in whichever party arrives la
   mpp::Barrier b(static_cast<std::uint32_t>(parties), count_trip);
   std::vector<mpp::Process> kids;
   for (std::size_t k = 0; k < methods.size(); ++k)
-    kids.push_back(start(methods[k], barrier_party, b, runs, indices, static_cast<int>(k) + 1,
-                         kRounds));
+    kids.push_back(
+        start(methods[k], barrier_party, b, runs, indices, static_cast<int>(k) + 1, kRounds));
   barrier_party(b, runs, indices, 0, kRounds);
   for (std::size_t k = 0; k < kids.size(); ++k) {
     CAPTURE(mpp::start_method_name(methods[k]));
@@ -1353,11 +1354,10 @@ TEST_CASE("Barrier: the action runs once per round in whichever party arrives la
   int total = 0;
   for (int s = 0; s < parties; ++s) {
     CAPTURE(s);
-    CHECK(runs[static_cast<std::size_t>(s)] == kRounds / parties +
-                                                      (s < kRounds % parties ? 1 : 0));
+    CHECK(runs[static_cast<std::size_t>(s)] == kRounds / parties + (s < kRounds % parties ? 1 : 0));
     total += runs[static_cast<std::size_t>(s)];
   }
-  CHECK(total == kRounds);  // exactly once per generation
+  CHECK(total == kRounds);           // exactly once per generation
   for (int r = 0; r < kRounds; ++r)  // arrival indices 0..parties-1, each once per round
     CHECK(indices[static_cast<std::size_t>(r)] == parties * (parties - 1) / 2);
   g_action_runs.reset();
@@ -1372,13 +1372,14 @@ TEST_CASE("Barrier: a thousand rounds across processes (test_thousand)", "[sync]
   mpp::Barrier b(static_cast<std::uint32_t>(parties), count_trip);
   std::vector<mpp::Process> kids;
   for (std::size_t k = 0; k < methods.size(); ++k)
-    kids.push_back(start(methods[k], barrier_party, b, runs, indices, static_cast<int>(k),
-                         kRounds));
+    kids.push_back(
+        start(methods[k], barrier_party, b, runs, indices, static_cast<int>(k), kRounds));
   for (auto& k : kids) CHECK(finish(k) == 0);
   int total = 0;
   for (int s = 0; s < parties; ++s) total += runs[static_cast<std::size_t>(s)];
   CHECK(total == kRounds);
-  for (int r = 0; r < kRounds; ++r) CHECK(indices[static_cast<std::size_t>(r)] == parties * (parties - 1) / 2);
+  for (int r = 0; r < kRounds; ++r)
+    CHECK(indices[static_cast<std::size_t>(r)] == parties * (parties - 1) / 2);
 }
 
 TEST_CASE("Barrier: a child's wait() honours the barrier's default timeout (test_default_timeout)",
@@ -1413,9 +1414,10 @@ TEST_CASE("Barrier: an explicit timeout breaks the barrier in a child (test_time
   }
 }
 
-TEST_CASE("Barrier: abort and reset reach children of every start method (test_abort, "
-          "test_reset)",
-          "[sync][barrier]") {
+TEST_CASE(
+    "Barrier: abort and reset reach children of every start method (test_abort, "
+    "test_reset)",
+    "[sync][barrier]") {
   const auto methods = start_methods();
   const auto n = static_cast<std::uint32_t>(methods.size()) + 1;
   {  // abort(): every waiting child gets BrokenBarrierError, then reset() makes b usable again.

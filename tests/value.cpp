@@ -521,7 +521,9 @@ std::vector<StartMethod> start_methods() {
 constexpr int kLockedRounds = 2000;
 
 template <class V>
-concept HasGetLock = requires(V& v) { v.get_lock(); };
+concept HasGetLock = requires(V& v) {
+  v.get_lock();
+};
 
 /// Increments `a` and `b`, which share one caller's RLock, under that lock; exits 2 if it ever
 /// sees them differ while holding it, 3 if the lock that arrived is not `lock_name`.
@@ -555,8 +557,7 @@ MPP_REGISTER(increment_with_lock);
 
 }  // namespace
 
-TEST_CASE("Value: get_lock() returns the caller's Lock or RLock (test_getobj_getlock)",
-          "[value]") {
+TEST_CASE("Value: get_lock() returns the caller's Lock or RLock (test_getobj_getlock)", "[value]") {
   Value<int> val1(5);
   CHECK(val1.has_lock());
   CHECK(val1.get_lock().name() == val1.name());  // its own RLock, embedded in its segment

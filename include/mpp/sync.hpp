@@ -14,6 +14,11 @@
 // BoundedSemaphore, wait()/notify() without holding a Condition's lock — raises mpp::ValueError
 // (Python raises ValueError, AssertionError or RuntimeError depending on the class). Semaphores
 // have no owner, as in Python: a unit taken by a process that dies is not given back.
+// fmt::format("{}", x) writes a Python-like repr of each (`<Lock(name='...', owner=None)>`).
+//
+// This file is the API. The handles' common plumbing is in detail/sync_object.hpp, the shared
+// states in detail/sync_state.hpp and detail/sync_barrier.hpp, the out-of-line members and the
+// reprs in detail/sync_impl.hpp (included at the end).
 #pragma once
 
 #include <chrono>
@@ -39,7 +44,6 @@
 #include "segment.hpp"
 
 namespace mpp {
-
 
 /// RAII guard for any mpp lock (and Condition): acquires in the constructor, releases in the
 /// destructor, and tells whether the previous holder died. Left by an exception, it keeps an
@@ -220,13 +224,7 @@ class RLock : public detail::SyncObject<RLock, detail::RLockState, Kind::rlock> 
   friend SyncObject;
   explicit RLock(Handle h) : SyncObject(std::move(h)) {}
   static void construct(void* p) { new (p) detail::RLockState(); }
-  void release_impl(bool repaired) {
-    auto& st = *h_.state;
-    if (repaired && died_ && st.depth() == 1) st.mark_repaired();  // still held: we may write
-    if (!st.release())
-      detail::fail<ValueError>("release() of re-entrant lock '{}' which this thread does not own",
-                               h_.name());
-  }
+  void release_impl(bool repaired);
   friend class Condition;
 
   bool died_ = false;
@@ -469,51 +467,13 @@ class Condition : public detail::SyncObject<Condition, detail::ConditionBlock, K
   //!Returns: false if the timeout expired. Throws: ValueError if the caller does not hold the
   //! lock; Error if 64 threads already wait on this condition.
   //! CorruptedError if another process truncated the condition's or the lock's segment.
-  bool wait(Timeout timeout = {}) {
-    const auto deadline = detail::Deadline::from(timeout);
-    auto& cond = h_.state->cond;
-    if (auto* l = std::get_if<Lock>(&lock_)) {
-      if (l->state().cut()) (void)l->acquire(false);  // throws CorruptedError naming it
-      if (!l->state().held_by_this_process())
-        detail::fail<ValueError>("wait() on condition '{}' without holding its lock", h_.name());
-      // The re-acquire tells a dead holder through previous_owner_died(), as acquire() does.
-      return cond.wait(
-          deadline, [&] { l->release(); },
-          [&] { l->record(l->state().acquire(detail::Deadline::never(), l->name())); },
-          [&] { return l->state().cut(); }, h_.name());
-    }
-    auto& r = std::get<RLock>(lock_);
-    if (r.state().cut()) (void)r.acquire(false);  // throws CorruptedError naming it
-    if (!r.is_owned())
-      detail::fail<ValueError>("wait() on condition '{}' without holding its lock", h_.name());
-    std::uint32_t depth = 0;
-    return cond.wait(
-        deadline, [&] { depth = r.state().release_all(); },
-        [&] {
-          const auto res = r.state().acquire_restore(depth, detail::Deadline::never(), r.name());
-          r.died_ = res == detail::LockResult::owner_died;
-        },
-        [&] { return r.state().cut(); }, h_.name());
-  }
+  bool wait(Timeout timeout = {});
   //!Effects: waits until `pred()` is true (checked first, then after each wake-up), at most
   //! `timeout` in total. Returns: the last value of pred(), as Python's wait_for.
   //! previous_owner_died() is true afterwards if any of the re-acquisitions took the lock over
   //! from a dead holder (a later one does not hide an earlier one).
   template <class Pred>
-  bool wait_for(Pred&& pred, Timeout timeout = {}) {
-    const auto deadline = detail::Deadline::from(timeout);
-    bool result = pred();
-    bool died = false;
-    while (!result) {
-      const auto left = deadline.remaining();
-      if (left && left->count() <= 0) break;
-      wait(left ? Timeout(*left) : Timeout{});
-      died = died || previous_owner_died();
-      result = pred();
-    }
-    if (died) std::visit([](auto& l) { l.died_ = true; }, lock_);
-    return result;
-  }
+  bool wait_for(Pred&& pred, Timeout timeout = {});
   //!Effects: wakes up to `n` waiters, oldest first. Throws: ValueError without the lock held.
   void notify(std::uint32_t n = 1) {
     check_owned("notify");
@@ -539,23 +499,7 @@ class Condition : public detail::SyncObject<Condition, detail::ConditionBlock, K
   template <class L>
   Condition(Handle h, L lock) : SyncObject(std::move(h)), lock_(std::move(lock)) {}
   static void construct(void* p) { new (p) detail::ConditionBlock(); }
-  void check_owned(const char* what) const {
-    std::visit(
-        [](const auto& l) {
-          if (l.state().cut()) (void)const_cast<std::decay_t<decltype(l)>&>(l).acquire(false);
-        },
-        lock_);  // a truncated lock: CorruptedError naming it, not "not holding it"
-    const bool owned = std::visit(
-        [](const auto& l) {
-          if constexpr (std::is_same_v<std::decay_t<decltype(l)>, Lock>)
-            return l.state().held_by_this_process();
-          else
-            return l.is_owned();
-        },
-        lock_);
-    if (!owned)
-      detail::fail<ValueError>("{}() on condition '{}' without holding its lock", what, h_.name());
-  }
+  void check_owned(const char* what) const;
 
   friend struct detail::HandleAccess;
   std::variant<Lock, RLock> lock_;
@@ -577,8 +521,8 @@ class BarrierAction {
   //!Effects: an action calling `fn()`, stored by name when `fn` is registered.
   //!Throws: InvalidArgument if its registered name is longer than 120 bytes.
   template <class F>
-  requires(std::is_invocable_v<std::decay_t<F>&> &&
-           !std::is_same_v<std::decay_t<F>, BarrierAction>) BarrierAction(F&& fn)  // NOLINT
+  requires(std::is_invocable_v<std::decay_t<F>&> && !std::is_same_v<std::decay_t<F>, BarrierAction>)
+      BarrierAction(F&& fn)  // NOLINT
       : BarrierAction(std::decay_t<F>(std::forward<F>(fn)), 0) {}
   /// True if there is an action.
   explicit operator bool() const noexcept { return static_cast<bool>(fn_); }
@@ -589,12 +533,7 @@ class BarrierAction {
 
  private:
   template <class D>
-  BarrierAction(D fn, int) {
-    if constexpr (std::is_pointer_v<D> || std::is_same_v<D, std::function<void()>>)
-      if (fn == nullptr) return;  // a null pointer or an empty function: no action
-    name_ = detail::barrier_action_name(fn);
-    fn_ = std::move(fn);
-  }
+  BarrierAction(D fn, int);
 
   std::function<void()> fn_;
   std::optional<std::string> name_;
@@ -632,8 +571,8 @@ class Barrier : public detail::SyncObject<Barrier, detail::BarrierState, Kind::b
   /// Opens `name`, creating it for `parties` (with `action` and `timeout`) if it does not exist.
   static Barrier open_or_create(std::string_view name, std::uint32_t parties, Action action = {},
                                 Timeout timeout = {}, const NamedOptions& opts = {}) {
-    Barrier b =
-        opened_or_created(name, maker(parties, action, timeout), opts, std::move(action), Timeout{});
+    Barrier b = opened_or_created(name, maker(parties, action, timeout), opts, std::move(action),
+                                  Timeout{});
     b.h_.state->checked_parties(b.name());
     return b;
   }
@@ -670,39 +609,10 @@ class Barrier : public detail::SyncObject<Barrier, detail::BarrierState, Kind::b
   Barrier(Handle h, Action action, Timeout timeout)
       : SyncObject(std::move(h)), action_(std::move(action)), timeout_(timeout) {}
   static std::function<void(void*)> maker(std::uint32_t parties, const Action& action,
-                                          Timeout timeout) {
-    if (parties == 0 || parties > detail::kMaxBarrierParties)
-      detail::fail<InvalidArgument>("a Barrier needs 1..{} parties, not {}",
-                                    detail::kMaxBarrierParties, parties);
-    using K = detail::BarrierActionKind;
-    const K kind = !action                     ? K::none
-                   : action.registered_name() ? K::registered
-                                              : K::local;
-    return [parties, kind, timeout, name = action.registered_name().value_or("")](void* p) {
-      new (p) detail::BarrierState(detail::BarrierConfig{parties, timeout, kind, name});
-    };
-  }
-  void run_action() const {
-    if (action_) return action_();
-    const auto kind = h_.state->action_kind(name());
-    if (kind == detail::BarrierActionKind::registered)
-      detail::run_registered_barrier_action(h_.state->action_name(), name());
-    else if (kind == detail::BarrierActionKind::local)
-      detail::fail<InvalidArgument>(
-          "barrier '{}': this party arrived last but cannot run the barrier's action, a callable "
-          "that is not registered and that only the creating handle (and its forked copies) "
-          "holds; register the action with MPP_REGISTER so that every process can run it",
-          name());
-  }
+                                          Timeout timeout);
+  void run_action() const;
   // The codec: a barrier whose action only its creating handle holds does not cross by name.
-  static void check_crossing(const Barrier& b) {
-    if (b.h_.state->action_kind(b.name()) == detail::BarrierActionKind::local)
-      detail::fail<InvalidArgument>(
-          "barrier '{}' cannot cross to another process: its action is a callable that is not "
-          "registered; register it with MPP_REGISTER (a function or a capture-less lambda) so "
-          "that the receiver can run it",
-          b.name());
-  }
+  static void check_crossing(const Barrier& b);
 
   Action action_;
   Timeout timeout_;
@@ -735,41 +645,10 @@ struct codec<Condition>
 template <>
 struct codec<Barrier> : detail::NameCodec<Barrier, detail::SyncName<Barrier, Kind::barrier>> {};
 
-namespace detail {
-/// Found by argument-dependent lookup from ReprFormatter, so that value.hpp and array.hpp can add
-/// repr() overloads after it.
-struct ReprTag {};
-
-/// Python-like reprs of the handles (see detail/sync_repr.hpp).
-inline std::string repr(const Lock& l, ReprTag) { return lock_repr(l.name(), HandleAccess::state(l)); }
-inline std::string repr(const RLock& l, ReprTag) { return rlock_repr(l.name(), HandleAccess::state(l)); }
-inline std::string repr(const Semaphore& s, ReprTag) {
-  return semaphore_repr(s.name(), HandleAccess::state(s));
-}
-inline std::string repr(const BoundedSemaphore& s, ReprTag) {
-  return semaphore_repr(s.name(), HandleAccess::state(s));
-}
-inline std::string repr(const Event& e, ReprTag) { return event_repr(e.name(), HandleAccess::state(e)); }
-inline std::string repr(const Condition& c, ReprTag) {
-  const std::string lock =
-      std::visit([](const auto& l) { return repr(l, ReprTag{}); }, HandleAccess::lock_of(c));
-  return condition_repr(lock, HandleAccess::state(c).cond);
-}
-inline std::string repr(const Barrier& b, ReprTag) { return barrier_repr(b.name(), HandleAccess::state(b)); }
-
-/// fmt::formatter of a handle with a detail::repr(h, ReprTag) overload: writes the repr (format specs of
-/// a string apply, e.g. "{:>60}").
-template <class H>
-struct ReprFormatter : fmt::formatter<std::string_view> {
-  /// Writes repr(h).
-  template <class Ctx>
-  auto format(const H& h, Ctx& ctx) const {
-    return fmt::formatter<std::string_view>::format(repr(h, ReprTag{}), ctx);
-  }
-};
-}  // namespace detail
-
 }  // namespace mpp
+
+// The implementation: out-of-line members and the reprs.
+#include "detail/sync_impl.hpp"  // IWYU pragma: export
 
 namespace fmt {
 /// Formats a Lock as Python's repr, naming the owner by pid: `<Lock(name='...', owner=None)>`.

@@ -40,8 +40,8 @@
 #include <span>
 #include <string>
 #include <string_view>
-#include <type_traits>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 #include <variant>
 
@@ -164,7 +164,7 @@ struct SharedBlock {
   std::shared_ptr<Segment> seg;
   BlockHeader* header = nullptr;
   T* data = nullptr;
-  std::size_t count = 0;  ///< validated against the mapping; never re-read from shared memory
+  std::size_t count = 0;       ///< validated against the mapping; never re-read from shared memory
   bool has_lock = false;       ///< the block embeds its lock
   bool supplied_lock = false;  ///< the block was created with a caller's lock (kBlockSuppliedLock)
   BlockLock lock;              ///< what this handle locks (see use_embedded_lock, use_lock)
@@ -300,22 +300,25 @@ struct SharedBlock {
   template <SuppliedLock L>
   void use_lock(L l) {
     if (has_lock)
-      fail<InvalidArgument>("'{}' has its own lock, which every process uses: open it without "
-                            "one (or create it with the lock you pass, to share that lock)",
-                            seg->name());
+      fail<InvalidArgument>(
+          "'{}' has its own lock, which every process uses: open it without "
+          "one (or create it with the lock you pass, to share that lock)",
+          seg->name());
     lock = std::move(l);
   }
   //!Throws: ValueError naming `what` if this handle has no lock to take.
   void require_lock(const char* what) const {
     if (lock.index() != 0) return;
     if (supplied_lock)
-      fail<ValueError>("{}() on '{}', which was created with a caller's lock that this handle "
-                       "was not given: open it with open(name, lock), or pass the object itself "
-                       "to the other process (its lock travels with it)",
-                       what, seg->name());
-    fail<ValueError>("{}() on '{}', which was created with lock=false (a RawValue/RawArray): "
-                     "it has no lock",
-                     what, seg->name());
+      fail<ValueError>(
+          "{}() on '{}', which was created with a caller's lock that this handle "
+          "was not given: open it with open(name, lock), or pass the object itself "
+          "to the other process (its lock travels with it)",
+          what, seg->name());
+    fail<ValueError>(
+        "{}() on '{}', which was created with lock=false (a RawValue/RawArray): "
+        "it has no lock",
+        what, seg->name());
   }
   //!Returns: the lock as an L. Throws: ValueError if there is none or it is of the other type.
   template <SuppliedLock L>
@@ -741,7 +744,8 @@ bool block_whole(const SharedBlock<T>& b) noexcept {
 /// `<Value<int>(name='...', 42)>` (Python: `<Synchronized wrapper for c_int(42)>`).
 template <class T>
 std::string value_repr(std::string_view kind, const SharedBlock<T>& b) {
-  if (!block_whole(b)) return fmt::format("<{}<{}>(name='{}', truncated)>", kind, type_name<T>(), b.seg->name());
+  if (!block_whole(b))
+    return fmt::format("<{}<{}>(name='{}', truncated)>", kind, type_name<T>(), b.seg->name());
   return fmt::format("<{}<{}>(name='{}', {})>", kind, type_name<T>(), b.seg->name(),
                      element_repr(*b.data));
 }

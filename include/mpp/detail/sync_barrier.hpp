@@ -77,7 +77,8 @@ struct BarrierState {
       : parties(c.parties),
         timeout_bits_(c.timeout ? std::bit_cast<std::uint64_t>(c.timeout->count()) : kNoTimeout),
         action_kind_(static_cast<std::uint32_t>(c.action)),
-        action_len_(static_cast<std::uint32_t>(std::min(c.action_name.size(), sizeof action_name_))) {
+        action_len_(
+            static_cast<std::uint32_t>(std::min(c.action_name.size(), sizeof action_name_))) {
     std::memcpy(action_name_, c.action_name.data(), action_len_);
   }
 
@@ -201,9 +202,10 @@ struct BarrierState {
     if (const auto dead = dead_party(a.index)) {
       break_locked();
       release_and_wake();
-      fail<BrokenBarrierError>("barrier '{}': party pid {} died after arriving; the barrier is "
-                               "now broken",
-                               name, *dead);
+      fail<BrokenBarrierError>(
+          "barrier '{}': party pid {} died after arriving; the barrier is "
+          "now broken",
+          name, *dead);
     }
     try {
       action();
@@ -231,14 +233,16 @@ struct BarrierState {
     if (!done) {
       break_generation(a.generation, name);
       if (generation.load(std::memory_order_acquire) == a.generation)
-        fail<BrokenBarrierError>("barrier '{}': timed out waiting for {} parties; the barrier is "
-                                 "now broken",
-                                 name, a.parties);
+        fail<BrokenBarrierError>(
+            "barrier '{}': timed out waiting for {} parties; the barrier is "
+            "now broken",
+            name, a.parties);
     }
     if (generation.load(std::memory_order_acquire) == a.generation)
-      fail<BrokenBarrierError>("barrier '{}' is broken (aborted, timed out, or a waiting party "
-                               "died); reset() it to use it again",
-                               name);
+      fail<BrokenBarrierError>(
+          "barrier '{}' is broken (aborted, timed out, or a waiting party "
+          "died); reset() it to use it again",
+          name);
     if ((reset_mask.load(std::memory_order_acquire) >> (a.generation % 64)) & 1)
       fail<BrokenBarrierError>("barrier '{}' was reset while waiting", name);
   }
@@ -310,8 +314,8 @@ static_assert(std::is_standard_layout_v<BarrierState>);
 /// True for a callable that can be a registered Barrier action: a function pointer or a
 /// capture-less lambda without parameters.
 template <class F>
-concept RegistrableBarrierAction = Transportable<F> && std::is_same_v<
-    typename callable_traits<F>::params, ParamList<>>;
+concept RegistrableBarrierAction =
+    Transportable<F> && std::is_same_v<typename callable_traits<F>::params, ParamList<>>;
 
 //!Returns: the name `fn` is registered under (MPP_REGISTER / register_function), or nullopt.
 //!Throws: InvalidArgument if that name is too long to be stored in a barrier.
@@ -320,9 +324,10 @@ std::optional<std::string> barrier_action_name(const F& fn) {
   std::optional<std::string> name;
   if constexpr (RegistrableBarrierAction<F>) name = function_registry().name_of(function_key(fn));
   if (name && name->size() > kMaxBarrierActionName)
-    fail<InvalidArgument>("a Barrier action's registered name '{}' has {} bytes (at most {}); "
-                          "register it under a shorter name",
-                          *name, name->size(), kMaxBarrierActionName);
+    fail<InvalidArgument>(
+        "a Barrier action's registered name '{}' has {} bytes (at most {}); "
+        "register it under a shorter name",
+        *name, name->size(), kMaxBarrierActionName);
   return name;
 }
 
@@ -332,14 +337,16 @@ std::optional<std::string> barrier_action_name(const F& fn) {
 inline void run_registered_barrier_action(std::string_view action, std::string_view barrier) {
   const RegisteredFunction* f = function_registry().find(std::string(action));
   if (f == nullptr)
-    fail<InvalidArgument>("barrier '{}': its action '{}' is not registered in this process; "
-                          "register it with MPP_REGISTER at namespace scope, so that every "
-                          "process of the program has it",
-                          barrier, action);
+    fail<InvalidArgument>(
+        "barrier '{}': its action '{}' is not registered in this process; "
+        "register it with MPP_REGISTER at namespace scope, so that every "
+        "process of the program has it",
+        barrier, action);
   if (f->signature != signature_of(ParamList<>{}))
-    fail<InvalidArgument>("barrier '{}': the function registered as '{}' in this process takes "
-                          "parameters; a barrier action takes none",
-                          barrier, action);
+    fail<InvalidArgument>(
+        "barrier '{}': the function registered as '{}' in this process takes "
+        "parameters; a barrier action takes none",
+        barrier, action);
   f->invoke({});
 }
 
