@@ -95,14 +95,12 @@ BarrierAction::BarrierAction(D fn, int) {
 }
 
 inline std::function<void(void*)> Barrier::maker(std::uint32_t parties, const Action& action,
-                                                Timeout timeout) {
+                                                 Timeout timeout) {
   if (parties == 0 || parties > detail::kMaxBarrierParties)
     detail::fail<InvalidArgument>("a Barrier needs 1..{} parties, not {}",
                                   detail::kMaxBarrierParties, parties);
   using K = detail::BarrierActionKind;
-  const K kind = !action                     ? K::none
-                 : action.registered_name() ? K::registered
-                                            : K::local;
+  const K kind = !action ? K::none : action.registered_name() ? K::registered : K::local;
   return [parties, kind, timeout, name = action.registered_name().value_or("")](void* p) {
     new (p) detail::BarrierState(detail::BarrierConfig{parties, timeout, kind, name});
   };
@@ -136,24 +134,32 @@ namespace detail {
 struct ReprTag {};
 
 /// Python-like reprs of the handles (see detail/sync_repr.hpp).
-inline std::string repr(const Lock& l, ReprTag) { return lock_repr(l.name(), HandleAccess::state(l)); }
-inline std::string repr(const RLock& l, ReprTag) { return rlock_repr(l.name(), HandleAccess::state(l)); }
+inline std::string repr(const Lock& l, ReprTag) {
+  return lock_repr(l.name(), HandleAccess::state(l));
+}
+inline std::string repr(const RLock& l, ReprTag) {
+  return rlock_repr(l.name(), HandleAccess::state(l));
+}
 inline std::string repr(const Semaphore& s, ReprTag) {
   return semaphore_repr(s.name(), HandleAccess::state(s));
 }
 inline std::string repr(const BoundedSemaphore& s, ReprTag) {
   return semaphore_repr(s.name(), HandleAccess::state(s));
 }
-inline std::string repr(const Event& e, ReprTag) { return event_repr(e.name(), HandleAccess::state(e)); }
+inline std::string repr(const Event& e, ReprTag) {
+  return event_repr(e.name(), HandleAccess::state(e));
+}
 inline std::string repr(const Condition& c, ReprTag) {
   const std::string lock =
       std::visit([](const auto& l) { return repr(l, ReprTag{}); }, HandleAccess::lock_of(c));
   return condition_repr(lock, HandleAccess::state(c).cond);
 }
-inline std::string repr(const Barrier& b, ReprTag) { return barrier_repr(b.name(), HandleAccess::state(b)); }
+inline std::string repr(const Barrier& b, ReprTag) {
+  return barrier_repr(b.name(), HandleAccess::state(b));
+}
 
-/// fmt::formatter of a handle with a detail::repr(h, ReprTag) overload: writes the repr (format specs of
-/// a string apply, e.g. "{:>60}").
+/// fmt::formatter of a handle with a detail::repr(h, ReprTag) overload: writes the repr (format
+/// specs of a string apply, e.g. "{:>60}").
 template <class H>
 struct ReprFormatter : fmt::formatter<std::string_view> {
   /// Writes repr(h).
