@@ -8,6 +8,8 @@
 // #96779).
 #pragma once
 
+#include <fmt/format.h>
+
 #include <atomic>
 #include <chrono>
 #include <cstddef>
