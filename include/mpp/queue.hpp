@@ -130,7 +130,8 @@ class Queue : protected detail::mpmc::BasicQueue<T, Kind::queue> {
   //!Returns: false if the name was already gone.
   bool unlink() { return Base::unlink(); }
 
- /// Python-like repr: `<Queue name='mpp.anon.4242.1f' maxsize=8>`, with " closed" after close(); what fmt::format("{}", q) gives.
+  /// Python-like repr, also what fmt::format("{}", q) gives:
+  /// `<Queue name='mpp.anon.4242.1f' maxsize=8>`, ending in " closed>" after close().
   std::string repr() const { return Base::repr("Queue", true); }
 
  private:
@@ -184,7 +185,8 @@ class SimpleQueue : protected detail::mpmc::BasicQueue<T, Kind::simple_queue> {
   //!Returns: false if the name was already gone.
   bool unlink() { return Base::unlink(); }
 
- /// Python-like repr: `<SimpleQueue name='mpp.anon.4242.1f'>`, with " closed" after close(); what fmt::format("{}", q) gives.
+  /// Python-like repr, also what fmt::format("{}", q) gives:
+  /// `<SimpleQueue name='mpp.anon.4242.1f'>`, ending in " closed>" after close().
   std::string repr() const { return Base::repr("SimpleQueue", false); }
 
  private:
@@ -284,7 +286,8 @@ class JoinableQueue : protected detail::mpmc::BasicQueue<T, Kind::joinable_queue
   //!Returns: false if the name was already gone.
   bool unlink() { return Base::unlink(); }
 
- /// Python-like repr: `<JoinableQueue name='mpp.anon.4242.1f' maxsize=8>`, with " closed" after close(); what fmt::format("{}", q) gives.
+  /// Python-like repr, also what fmt::format("{}", q) gives:
+  /// `<JoinableQueue name='mpp.anon.4242.1f' maxsize=8>`, ending in " closed>" after close().
   std::string repr() const { return Base::repr("JoinableQueue", true); }
 
  private:
