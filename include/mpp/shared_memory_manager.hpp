@@ -30,7 +30,9 @@ class SharedMemoryManager {
   //!Effects: an empty manager owned by this process (Python's SharedMemoryManager() followed by
   //! start(): there is no server to start).
   SharedMemoryManager() : owner_(detail::os::current_pid()) {}
+  /// Not copyable: one manager removes its blocks once.
   SharedMemoryManager(const SharedMemoryManager&) = delete;
+  /// Not copyable.
   SharedMemoryManager& operator=(const SharedMemoryManager&) = delete;
   /// shutdown().
   ~SharedMemoryManager() { shutdown(); }
