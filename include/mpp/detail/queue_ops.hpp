@@ -447,6 +447,7 @@ class BasicQueue {
     return core_->count();
   }
   bool full() const {
+    check_not_closed("full");
     return !core_->unbounded() && qsize("full") >= static_cast<std::size_t>(core_->maxsize());
   }
   void close() noexcept { core_->closed().store(true, std::memory_order_relaxed); }
