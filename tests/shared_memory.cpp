@@ -1015,6 +1015,7 @@ TEST_CASE("SharedMemoryManager: removes its blocks at its end, also those spawne
   CHECK(to_parent.get(true, 60s) == "ok");
   CHECK(p->join(60s));
   CHECK(p->exitcode() == 0);
+  p.reset();  // its arguments (Windows: a block lives while a handle does)
   CHECK_FALSE(shm_exists(block));
   CHECK_FALSE(shm_exists(list));
 }
