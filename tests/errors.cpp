@@ -102,7 +102,7 @@ TEST_CASE("Errors: ExistsError, NotFoundError, PermissionError are OSErrors with
 TEST_CASE("Errors: a closed or one-way Connection is an OSError; a peer gone BrokenPipeError",
           "[errors]") {
   auto one_way = mpp::Pipe<int>(false);
-  CHECK_THROWS_AS(one_way.first.send(1), mpp::OSError);   // receive-only end
+  CHECK_THROWS_AS(one_way.first.send(1), mpp::OSError);  // receive-only end
   CHECK_THROWS_AS(one_way.second.recv(), mpp::OSError);  // send-only end
   auto ab = mpp::Pipe<int>();
   ab.first.close();

@@ -327,9 +327,10 @@ MPP_REGISTER(close_received_queues);
 MPP_REGISTER(put_empty_twice);
 MPP_REGISTER(put_one_and_five);
 
-TEST_CASE("Queue: after close(), empty/qsize/full raise OSError and put/get ValueError, "
-          "'is closed'",
-          "[queue]") {
+TEST_CASE(
+    "Queue: after close(), empty/qsize/full raise OSError and put/get ValueError, "
+    "'is closed'",
+    "[queue]") {
   CHECK(closed_queue_errors(mpp::Queue<int>(4)).empty());
   CHECK(closed_queue_errors(mpp::Queue<int>()).empty());
   CHECK(closed_queue_errors(mpp::JoinableQueue<int>(4)).empty());
@@ -422,8 +423,8 @@ TEST_CASE("SimpleQueue: empty() seen from another process (Python's test_empty)"
     INFO("start method " << mpp::start_method_name(method));
     mpp::SimpleQueue<bool> q;
     mpp::Event child_can_start, parent_can_continue;
-    auto p = mpp::get_context(method).process(put_empty_twice, q, child_can_start,
-                                               parent_can_continue);
+    auto p =
+        mpp::get_context(method).process(put_empty_twice, q, child_can_start, parent_can_continue);
     p.start();
     CHECK(q.empty());
     child_can_start.set();

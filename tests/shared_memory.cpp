@@ -817,7 +817,7 @@ TEST_CASE("SharedMemory: Python's close() then unlink() works; a second unlink()
     SharedMemory shm(64);
     const std::string name = shm.name();
     shm.close();
-    shm.close();  // idempotent, as in Python
+    shm.close();                // idempotent, as in Python
     CHECK(shm.name() == name);  // kept after close(), as Python's
     CHECK(shm.size() == 64);
     CHECK_THROWS_AS(shm.buf(), mpp::ValueError);
@@ -859,14 +859,29 @@ TEST_CASE("SharedMemory: Python's close() then unlink() works; a second unlink()
   }
 }
 
-TEST_CASE("SharedMemory: a spawned consumer closes then unlinks; the creator's unlink is "
-          "NotFoundError",
-          "[shared_memory][spawn]") {
+#if defined(MPP_OS_POSIX)
+TEST_CASE("SharedMemory: a block can be unlinked only once (Python's test_shared_memory_basics)",
+          "[shared_memory]") {
+  const auto name = unique_name("dup");
+  SharedMemory uno(name, true, 5000);
+  CHECK(uno.size() == 5000);
+  SharedMemory duo(name);
+  duo.unlink();  // the first shm_unlink
+  duo.close();
+  uno.close();
+  CHECK_THROWS_AS(uno.unlink(), mpp::NotFoundError);  // a second one is bad
+}
+#endif  // MPP_OS_POSIX
+
+TEST_CASE(
+    "SharedMemory: a spawned consumer closes then unlinks; the creator's unlink is "
+    "NotFoundError",
+    "[shared_memory][spawn]") {
   auto shm = SharedMemory::create(unique_name("consumer"), 32);
   shm.buf()[0] = std::byte{9};
   mpp::Queue<std::string> reply;
-  auto p = mpp::get_context(mpp::StartMethod::spawn)
-               .process(attach_close_unlink, shm.name(), reply);
+  auto p =
+      mpp::get_context(mpp::StartMethod::spawn).process(attach_close_unlink, shm.name(), reply);
   p.start();
   CHECK(reply.get(true, 60s) == "ok");
   CHECK(p.join(60s));
@@ -881,9 +896,10 @@ TEST_CASE("SharedMemory: a spawned consumer closes then unlinks; the creator's u
 }
 
 #if defined(MPP_OS_POSIX)
-TEST_CASE("SharedMemory: a forked child unlinks, the parent's close() then unlink() is "
-          "NotFoundError",
-          "[shared_memory]") {
+TEST_CASE(
+    "SharedMemory: a forked child unlinks, the parent's close() then unlink() is "
+    "NotFoundError",
+    "[shared_memory]") {
   SharedMemory shm(unique_name("forkunlink"), true, 32);
   const pid_t child = mpp_test::fork_child([&] {
     shm.buf()[3] = std::byte{3};
@@ -1018,6 +1034,38 @@ TEST_CASE("SharedMemoryManager: removes its blocks at its end, also those spawne
   p.reset();  // its arguments (Windows: a block lives while a handle does)
   CHECK_FALSE(shm_exists(block));
   CHECK_FALSE(shm_exists(list));
+}
+
+TEST_CASE("SharedMemoryManager: Python's test_shared_memory_SharedMemoryManager_basics",
+          "[shared_memory]") {
+  std::string held;
+  {
+    mpp::SharedMemoryManager smm1;
+    std::vector<ShareableList> lol;
+    for (std::int64_t i = 5; i < 10; ++i) {
+      std::vector<ShareableItem> items;
+      for (std::int64_t k = 0; k < i; ++k) items.emplace_back(k);
+      lol.push_back(smm1.ShareableList(items));
+    }
+    std::vector<SharedMemory> lom;
+    for (std::size_t j = 32; j < 128; j += 16) lom.push_back(smm1.SharedMemory(j));
+    auto doppelganger_list0 = ShareableList::open(lol[0].name());
+    CHECK(doppelganger_list0.size() == 5);
+    SharedMemory doppelganger_shm0(lom[0].name());
+    CHECK(doppelganger_shm0.buf().size() >= 32);
+    held = lom[0].name();
+    CHECK(smm1.names().size() == 11);
+    smm1.shutdown();
+    if (kPosixUnlink) CHECK_THROWS_AS(SharedMemory(held), mpp::NotFoundError);
+  }
+  {
+    mpp::SharedMemoryManager smm2;
+    auto sl = smm2.ShareableList({std::string("h"), std::string("o"), std::string("w")});
+    auto shm = smm2.SharedMemory(128);
+    held = sl.name();
+  }
+  if (kPosixUnlink) CHECK_THROWS_AS(ShareableList::open(held), mpp::NotFoundError);
+  CHECK_FALSE(shm_exists(held));
 }
 
 TEST_CASE("SharedMemoryManager: shutdown() is idempotent; creating after it is a ValueError",

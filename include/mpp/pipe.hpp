@@ -231,8 +231,8 @@ class Connection {
   //!Effects: receives the next message into `buf` from `offset` (Python's
   //! recv_bytes_into(buffer, offset)); large messages are assembled there directly.
   //!Returns: the message's size in bytes. Throws: BufferTooShort (the message is kept),
-  //! ValueError (offset past the buffer), OSError (closed or send-only end), EOFError, TimeoutError,
-  //! CorruptedError.
+  //! ValueError (offset past the buffer), OSError (closed or send-only end), EOFError,
+  //! TimeoutError, CorruptedError.
   std::size_t recv_bytes_into(std::span<std::byte> buf, std::size_t offset = 0,
                               Timeout timeout = std::nullopt) {
     auto& e = end();

@@ -65,7 +65,7 @@ class SharedMemoryManager {
     return ShareableList(std::vector<ShareableItem>(items));
   }
 
-  /// Names of the blocks it made and has not removed yet (Python's server-side list_segments).
+  /// Names of the blocks it made, until shutdown() (Python's server-side list_segments).
   std::vector<std::string> names() const {
     std::lock_guard lock(mutex_);
     std::vector<std::string> out;
