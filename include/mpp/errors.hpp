@@ -103,6 +103,13 @@ class BufferTooShort : public ProcessError {
   std::size_t needed_;
 };
 
+/// A connection's authentication failed (Python's multiprocessing.AuthenticationError): a wrong
+/// authkey, a peer that does not speak the handshake, or one that stalled in it.
+class AuthenticationError : public ProcessError {
+ public:
+  using ProcessError::ProcessError;
+};
+
 /// A pool worker died while running a task.
 class WorkerLostError : public Error {
  public:
