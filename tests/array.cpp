@@ -198,7 +198,7 @@ TEST_CASE("Array: at() out of range raises mpp::IndexError naming the array, ind
       CHECK(m.find("size 4") != std::string::npos);
     }
   }
-  CHECK_THROWS_AS(a.at(4), mpp::KeyError);  // a LookupError, as in Python
+  CHECK_THROWS_AS(a.at(4), mpp::LookupError);  // as in Python (not a KeyError)
   CHECK_NOTHROW(a.at(-4));
 #if defined(MPP_OS_POSIX)
   // The same in another process that opened it by name (its size read back and validated).
