@@ -321,8 +321,8 @@ TEST_CASE("Connection: typed connections and type mismatches keep the message", 
   auto pipe_rw = conn::Pipe<std::string>(false);
   auto& r = pipe_rw.first;
   auto& w = pipe_rw.second;
-  REQUIRE_THROWS_AS(r.send("x"), mpp::ValueError);
-  REQUIRE_THROWS_AS(w.recv(), mpp::ValueError);
+  REQUIRE_THROWS_AS(r.send("x"), mpp::OSError);
+  REQUIRE_THROWS_AS(w.recv(), mpp::OSError);
   const pid_t pid = fork_child([&] {
     for (int i = 0; i < 100; ++i) w.send("value " + std::to_string(i));
     return 0;
@@ -348,9 +348,9 @@ TEST_CASE("Connection: recv and poll time out without losing the stream", "[conn
   REQUIRE(a.poll(1.0));  // EOF: recv would not block
   REQUIRE_THROWS_AS(a.recv(), mpp::EOFError);
   a.close();
-  REQUIRE_THROWS_AS(a.recv(), mpp::ValueError);
-  REQUIRE_THROWS_AS(a.fileno(), mpp::ValueError);
-  REQUIRE_THROWS_AS(b.send(1), mpp::ValueError);
+  REQUIRE_THROWS_AS(a.recv(), mpp::OSError);
+  REQUIRE_THROWS_AS(a.fileno(), mpp::OSError);
+  REQUIRE_THROWS_AS(b.send(1), mpp::OSError);
 }
 
 TEST_CASE("Connection: send to a closed peer is BrokenPipeError, not SIGPIPE", "[connection]") {
@@ -575,7 +575,7 @@ TEST_CASE("Connection: recv_handle on a message without a descriptor is an error
   REQUIRE_THROWS_AS(conn::send_handle(d, 12345), mpp::OSError);  // not an open descriptor
   conn::Listener tcp(conn::Address("127.0.0.1", 0), std::nullopt, 1, conn::Authkey::none());
   auto t = conn::Client(tcp.address(), std::nullopt, conn::Authkey::none());
-  REQUIRE_THROWS_AS(conn::send_handle(t, 0), mpp::ValueError);
+  REQUIRE_THROWS_AS(conn::send_handle(t, 0), mpp::OSError);
 }
 
 // ---- signals and idle waiting ---------------------------------------------------------------

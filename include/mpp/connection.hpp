@@ -152,8 +152,8 @@ class Connection {
 
   //!Effects: sends `v` as one message (Python's send(obj)), encoded with mpp::codec<T>, waiting
   //! for room at most `timeout`. Throws: BrokenPipeError (the other end is closed), TimeoutError
-  //! (the connection is then closed: a half-sent message cannot be taken back), ValueError
-  //! (closed or receive-only end), OSError.
+  //! (the connection is then closed: a half-sent message cannot be taken back), OSError (closed
+  //! or receive-only end, or a failed system call).
   void send(const Elem& v, Timeout timeout = std::nullopt) requires(!kUntyped) {
     auto& s = stream();
     s.check(true);
@@ -186,7 +186,7 @@ class Connection {
 
   //!Returns: the next value (Python's recv()), waiting at most `timeout` (default: forever).
   //!Throws: EOFError (the other end is closed), TimeoutError (nothing arrived; or the message
-  //! arrived only in part, and the connection is closed), ValueError (closed or send-only end),
+  //! arrived only in part, and the connection is closed), OSError (closed or send-only end),
   //! CorruptedError and codec errors (a message that does not decode is dropped), OSError.
   Elem recv(Timeout timeout = std::nullopt) requires(!kUntyped) {
     auto& s = stream();
@@ -228,7 +228,7 @@ class Connection {
 
   //!Effects: sends `size` bytes of `buf` from `offset` (all the rest by default) as one message
   //! (Python's send_bytes(buffer, offset, size)); the 8-byte length form is used past 2 GiB - 1.
-  //!Throws: ValueError (offset/size outside the buffer, closed or receive-only end),
+  //!Throws: ValueError (offset/size outside the buffer), OSError (closed or receive-only end),
   //! BrokenPipeError, TimeoutError (the connection is then closed), OSError.
   void send_bytes(std::span<const std::byte> buf, std::size_t offset = 0,
                   std::optional<std::size_t> size = std::nullopt, Timeout timeout = std::nullopt) {
@@ -252,7 +252,7 @@ class Connection {
 
   //!Returns: the next message as bytes (Python's recv_bytes(maxlength)), waiting at most
   //! `timeout`. Throws: OSError if it is longer than `maxlength` (as Python, the connection is
-  //! then closed), EOFError, TimeoutError, ValueError, OSError.
+  //! then closed; also a closed or send-only end), EOFError, TimeoutError.
   Bytes recv_bytes(std::optional<std::size_t> maxlength = std::nullopt,
                    Timeout timeout = std::nullopt) {
     auto& s = stream();
@@ -278,7 +278,7 @@ class Connection {
   //!Effects: receives the next message into `buf` from `offset` (Python's
   //! recv_bytes_into(buffer, offset)). Returns: the message's size in bytes.
   //!Throws: BufferTooShort (the message is kept: receive it again with a larger buffer or with
-  //! recv_bytes), ValueError (offset past the buffer, closed or send-only end), EOFError,
+  //! recv_bytes), ValueError (offset past the buffer), OSError (closed or send-only end), EOFError,
   //! TimeoutError, OSError.
   std::size_t recv_bytes_into(std::span<std::byte> buf, std::size_t offset = 0,
                               Timeout timeout = std::nullopt) {
@@ -315,7 +315,7 @@ class Connection {
 
   //!Returns: whether there is something to receive, or the other end is closed, so that recv
   //! would not block (Python's poll(timeout)); waits at most `timeout` (default 0: do not wait;
-  //! std::nullopt: forever). Throws: ValueError (closed or send-only end).
+  //! std::nullopt: forever). Throws: OSError (closed or send-only end).
   bool poll(Timeout timeout = std::chrono::duration<double>(0)) const {
     auto& s = stream();
     if (s.kept) return true;
@@ -336,10 +336,10 @@ class Connection {
   bool writable() const noexcept { return s_ && s_->writable; }
   //!Returns: the socket's descriptor (Python's fileno()): readable when recv would not block
   //! (except for a message kept by TypeMismatchError or BufferTooShort: use poll() or wait()).
-  //!Throws: ValueError (closed).
+  //!Throws: OSError (closed).
   int fileno() const {
     auto& s = stream();
-    if (s.closed()) detail::fail<ValueError>("fileno on {}: the connection is closed", s.what);
+    if (s.closed()) detail::fail<OSError>("fileno on {}: the connection is closed", s.what);
     return s.fd.get();
   }
 
@@ -351,7 +351,7 @@ class Connection {
   explicit Connection(std::shared_ptr<detail::connection::Stream> s) : s_(std::move(s)) {}
 
   detail::connection::Stream& stream() const {
-    if (!s_) detail::fail<ValueError>("use of a default-constructed (closed) Connection");
+    if (!s_) detail::fail<OSError>("use of a default-constructed (closed) Connection");
     return *s_;
   }
   static std::uint64_t read_length_or_close(detail::connection::StreamIO& io) {
@@ -527,7 +527,7 @@ class Listener {
   /// The listening socket's descriptor: readable when accept() would not wait for a client.
   int fileno() const {
     if (!fd_.valid())
-      detail::fail<ValueError>("fileno on listener {}: the listener is closed", address_.str());
+      detail::fail<OSError>("fileno on listener {}: the listener is closed", address_.str());
     return fd_.get();
   }
 
@@ -622,26 +622,26 @@ inline std::vector<std::size_t> wait(std::initializer_list<Waitable> objects,
 //!Effects: sends descriptor `handle` over Unix-socket connection `conn` (Python's
 //! reduction.send_handle; `destination_pid` is unused on POSIX, as in Python). The receiver gets
 //! its own descriptor for the same open file; this process keeps `handle`.
-//!Throws: ValueError (closed, receive-only or TCP connection), BrokenPipeError, OSError (EBADF:
+//!Throws: OSError (closed, receive-only or TCP connection), BrokenPipeError, OSError (EBADF:
 //! `handle` is not open).
 inline void send_handle(const Connection<>& conn, int handle, std::int64_t destination_pid = 0) {
   (void)destination_pid;
   auto& s = detail_connection::Access::stream(conn);
   s.check(true);
   if (!s.unix_socket)
-    detail::fail<ValueError>("send_handle on {}: descriptors pass only over Unix sockets", s.what);
+    detail::fail<OSError>("send_handle on {}: descriptors pass only over Unix sockets", s.what);
   detail::os::send_descriptor(s.fd.get(), handle, s.what);
 }
 
 //!Returns: a descriptor sent with send_handle (Python's reduction.recv_handle), close-on-exec and
 //! owned by the caller; waits at most `timeout`.
 //!Throws: OSError (EBADMSG: what arrived carries no descriptor: a message sent with send or
-//! send_bytes; the connection is then out of step: close it), EOFError, TimeoutError, ValueError.
+//! send_bytes; the connection is then out of step: close it; also a closed end or a TCP connection), EOFError, TimeoutError.
 inline int recv_handle(const Connection<>& conn, Timeout timeout = std::nullopt) {
   auto& s = detail_connection::Access::stream(conn);
   s.check(false);
   if (!s.unix_socket)
-    detail::fail<ValueError>("recv_handle on {}: descriptors pass only over Unix sockets", s.what);
+    detail::fail<OSError>("recv_handle on {}: descriptors pass only over Unix sockets", s.what);
   if (s.kept)
     throw OSError(fmt::format("recv_handle on {}: a message is waiting, not a descriptor", s.what),
                   EBADMSG);

@@ -47,12 +47,12 @@ struct Stream {
   }
   int check(bool for_send) const {
     if (!fd.valid())
-      throw ValueError(
+      throw OSError(
           fmt::format("{} on {}: the connection is closed", for_send ? "send" : "recv", what));
     if (for_send && !writable)
-      throw ValueError(fmt::format("send on {}: this end is receive-only", what));
+      throw OSError(fmt::format("send on {}: this end is receive-only", what));
     if (!for_send && !readable)
-      throw ValueError(fmt::format("recv on {}: this end is send-only", what));
+      throw OSError(fmt::format("recv on {}: this end is send-only", what));
     return fd.get();
   }
 };
