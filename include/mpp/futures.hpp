@@ -541,9 +541,12 @@ class ProcessPoolExecutor {
     }
   }
 
-  //!Returns: a Future of f(args...) (Future<void> for a void `f`). Throws: BrokenProcessPool once
-  //! the initializer failed; mpp::Error (Python's RuntimeError) "cannot schedule new futures
-  //! after shutdown" after shutdown().
+  //!Returns: a Future of f(args...) (Future<void> for a void `f`). An argument that cannot be
+  //! encoded (its codec throws, or the call exceeds the 64 MiB task limit) fails the future with
+  //! that exception, as Python puts the pickling error on the future; the executor carries on.
+  //!Throws: BrokenProcessPool once the initializer failed; mpp::Error (Python's RuntimeError)
+  //! "cannot schedule new futures after shutdown" after shutdown(); InvalidArgument for a
+  //! callable a spawn or forkserver worker cannot find (not registered).
   template <class F, class... A,
             class R = std::invoke_result_t<const F&, const std::decay_t<A>&...>>
   Future<R> submit(F f, A&&... a) {
@@ -551,8 +554,8 @@ class ProcessPoolExecutor {
     check_open();
     using S = detail::pool::stored_t<R>;
     auto s = std::make_shared<detail::futures::State<S>>();
-    auto [state, job] = detail::pool::submit_apply<S, detail::pool::Unit>(
-        pool_.sched_, f, std::tuple<std::decay_t<A>...>(std::forward<A>(a)...), {}, {});
+    auto [state, job] = detail::futures::submit_call<S>(
+        pool_.sched_, f, std::tuple<std::decay_t<A>...>(std::forward<A>(a)...));
     s->result = std::move(state);
     s->job = std::move(job);
     s->sched = &pool_.sched_;

@@ -225,7 +225,9 @@ class Pool {
 
   //!Returns: an input range over f(x) for x in range, in order, computed lazily with a bounded
   //! number of chunks in flight (Python's imap). A named `range` is read lazily and must outlive
-  //! the iteration; a temporary one is kept by the result. Throws: ValueError if `chunksize` < 1.
+  //! the iteration; a temporary one is kept by the result. An exception from reading `range`
+  //! is raised by the iteration after the results of the items before the failing chunk, as in
+  //! Python. Throws: ValueError if `chunksize` < 1.
   template <class F, class Range>
   auto imap(F f, Range&& range, Chunksize chunksize = 1);
   //!Returns: as imap(), but in completion order (Python's imap_unordered).
@@ -336,6 +338,7 @@ class IMapResult {
   std::size_t buf_pos_ = 0;
   std::size_t submitted_ = 0, consumed_chunks_ = 0;
   bool exhausted_ = false, started_ = false, done_ = false;
+  std::exception_ptr input_error_;  // reading the input failed after the submitted chunks
   R current_{};
 };
 
@@ -472,7 +475,15 @@ auto Pool::imap_unordered(F f, Range&& range, Chunksize chunksize) {
 template <class R>
 void IMapResult<R>::top_up() {
   while (!exhausted_ && submitted_ - consumed_chunks_ < window_) {
-    if (!submit_(st_, submitted_)) {
+    bool more = false;
+    try {
+      more = submit_(st_, submitted_);
+    } catch (...) {
+      // Reading the input failed: as in Python's task handler, the error takes the failing
+      // chunk's place, after the results of the chunks already submitted.
+      input_error_ = std::current_exception();
+    }
+    if (!more) {
       exhausted_ = true;
       break;
     }
@@ -489,6 +500,7 @@ void IMapResult<R>::advance() {
   top_up();
   if (consumed_chunks_ == submitted_ && exhausted_) {
     done_ = true;
+    if (input_error_) std::rethrow_exception(std::exchange(input_error_, nullptr));
     return;
   }
   std::unique_lock g(st_->mu);
