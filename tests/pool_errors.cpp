@@ -344,3 +344,80 @@ TEST_CASE("Pool errors: imap yields the results before a failing input item, the
     CHECK(pool.map(square, std::vector<int>{1, 2, 3}) == std::vector<int>{1, 4, 9});
   }
 }
+
+// ---- program exit with an executor or a pool still running -----------------------------------
+
+namespace {
+void slow_print(int ms) {
+  std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+  fmt::print("task finished after {} ms\n", ms);
+  std::fflush(stdout);
+}
+
+/// The start method a child case uses (MPP_TEST_OBJECT: "fork" or "spawn").
+mpp::StartMethod child_method() {
+  const char* m = std::getenv("MPP_TEST_OBJECT");
+  return m != nullptr && std::string(m) == "spawn" ? mpp::StartMethod::spawn
+                                                   : mpp::StartMethod::fork;
+}
+
+// At namespace scope, as in a program that keeps one executor (or pool) for its whole run.
+std::optional<mpp::ProcessPoolExecutor> g_executor;
+std::optional<mpp::Pool> g_pool;
+
+/// Runs this test program on the hidden case `spec` with start method `method`; returns its exit
+/// code and what it wrote to stdout.
+std::pair<int, std::string> run_child_program(const char* spec, const char* method) {
+  char path[] = "/tmp/mpp_pool_errors_XXXXXX";
+  const int fd = ::mkstemp(path);
+  REQUIRE(fd >= 0);
+  const int code = mpp_test::run_bounded(60s, [&] {
+    ::setenv("MPP_TEST_OBJECT", method, 1);
+    if (::dup2(fd, 1) < 0) return 126;
+    char self[] = "/proc/self/exe";
+    char* argv[] = {self, const_cast<char*>(spec), nullptr};
+    ::execv(self, argv);
+    return 127;
+  });
+  ::close(fd);
+  std::ifstream in(path, std::ios::binary);
+  std::string out((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ::unlink(path);
+  return {code, out};
+}
+}  // namespace
+
+MPP_REGISTER(slow_print);
+
+TEST_CASE("[.] helper: the program exits while its executor runs a call", "[.][exit-executor]") {
+  g_executor.emplace(one_executor_worker(child_method()));
+  (void)g_executor->submit(slow_print, 300);
+  (void)g_executor->submit(slow_print, 10);  // queued behind it: finishes too
+}
+
+TEST_CASE("[.] helper: the program exits while its pool runs a task", "[.][exit-pool]") {
+  mpp::PoolOptions o = one_worker(child_method());
+  g_pool.emplace(o);
+  (void)g_pool->apply_async(slow_print, 30000);
+}
+
+TEST_CASE("Pool errors: at program exit a namespace-scope executor's calls finish",
+          "[pool_errors][spawn]") {
+  for (const char* m : {"fork", "spawn"}) {
+    INFO("start method " << m);
+    const auto run = run_child_program("[exit-executor]", m);
+    CHECK(run.first == 0);
+    CHECK(run.second.find("task finished after 300 ms") != std::string::npos);
+    CHECK(run.second.find("task finished after 10 ms") != std::string::npos);
+  }
+}
+
+TEST_CASE("Pool errors: at program exit a running pool is terminated and the program exits 0",
+          "[pool_errors][spawn]") {
+  for (const char* m : {"fork", "spawn"}) {
+    INFO("start method " << m);
+    const auto run = run_child_program("[exit-pool]", m);
+    CHECK(run.first == 0);  // not mpp_test::kHung: no hang
+    CHECK(run.second.find("task finished") == std::string::npos);  // terminated, as in Python
+  }
+}

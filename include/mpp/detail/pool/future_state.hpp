@@ -99,6 +99,9 @@ class Registration {
   }
   Registration(const Registration&) = delete;
   Registration& operator=(const Registration&) = delete;
+  //!Effects: takes over `o`'s registration (the results keep telling the same Waiter).
+  Registration(Registration&& o) noexcept : rs_(std::exchange(o.rs_, {})), w_(std::move(o.w_)) {}
+  Registration& operator=(Registration&&) = delete;
   ~Registration() {
     for (auto& r : rs_) r->remove_waiter(w_.get());
   }
