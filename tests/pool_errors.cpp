@@ -391,8 +391,12 @@ MPP_REGISTER(slow_print);
 
 TEST_CASE("[.] helper: the program exits while its executor runs a call", "[.][exit-executor]") {
   g_executor.emplace(one_executor_worker(child_method()));
-  (void)g_executor->submit(slow_print, 300);
+  auto running = g_executor->submit(slow_print, 500);
   (void)g_executor->submit(slow_print, 10);  // queued behind it: finishes too
+  const auto t0 = std::chrono::steady_clock::now();
+  while (!running.running() && !running.done() && mpp_test::seconds_since(t0) < 30)
+    std::this_thread::sleep_for(1ms);
+  REQUIRE(running.running());  // the program exits while a worker runs the call
 }
 
 TEST_CASE("[.] helper: the program exits while its pool runs a task", "[.][exit-pool]") {
@@ -407,7 +411,7 @@ TEST_CASE("Pool errors: at program exit a namespace-scope executor's calls finis
     INFO("start method " << m);
     const auto run = run_child_program("[exit-executor]", m);
     CHECK(run.first == 0);
-    CHECK(run.second.find("task finished after 300 ms") != std::string::npos);
+    CHECK(run.second.find("task finished after 500 ms") != std::string::npos);
     CHECK(run.second.find("task finished after 10 ms") != std::string::npos);
   }
 }
