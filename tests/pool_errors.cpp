@@ -8,6 +8,7 @@
 #include <mpp/futures.hpp>
 #include <mpp/pool.hpp>
 
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -237,6 +238,14 @@ TEST_CASE("Pool errors: an argument that cannot be encoded fails its future, not
     // The executor is not broken.
     CHECK(ex.submit(length_of, Fragile{"fine"}).result(60s) == 4);
     CHECK(ex.submit(square, 6).result(60s) == 36);
+    // A Pool's apply_async too: the result fails and its error_callback runs.
+    mpp::Pool pool(one_worker(m));
+    std::atomic<int> errors{0};
+    auto r = pool.apply_async(length_of, mpp::args(Fragile{"poison"}), {},
+                              [&](std::exception_ptr) { ++errors; });
+    CHECK_THROWS_AS(r.get(60s), std::invalid_argument);
+    CHECK(errors == 1);
+    CHECK(pool.apply(length_of, Fragile{"ok"}) == 2);
   }
 }
 

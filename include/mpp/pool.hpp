@@ -23,6 +23,7 @@
 #include <utility>
 #include <vector>
 
+#include "detail/pool/future_state.hpp"
 #include "detail/pool/invoke.hpp"
 #include "detail/pool/jobs.hpp"
 #include "detail/pool/result.hpp"
@@ -218,7 +219,8 @@ class Pool {
   }
   //!Returns: an AsyncResult of f(args...) (AsyncResult<void> for a void `f`); `callback(result)`
   //! (`callback()` for a void `f`) or `error_callback(exception)` runs in the pool's thread when
-  //! it completes (Python's apply_async(func, args, callback=...)).
+  //! it completes (Python's apply_async(func, args, callback=...)). An argument that cannot be
+  //! encoded fails the result (and runs `error_callback`) rather than this call, as in Python.
   template <class F, class... A, class R = std::invoke_result_t<const F&, const A&...>>
   AsyncResult<R> apply_async(F f, Args<A...> a, std::type_identity_t<ResultCallback<R>> callback,
                              std::function<void(std::exception_ptr)> error_callback = {});
@@ -431,8 +433,8 @@ AsyncResult<R> Pool::apply_async(F f, Args<A...> a,
                                  std::function<void(std::exception_ptr)> error_callback) {
   detail::pool::check_callable<F>();
   using S = detail::pool::stored_t<R>;
-  auto [state, job] = detail::pool::submit_apply<S, detail::pool::Unit>(
-      sched_, f, std::move(a.values), detail::pool::stored_callback<R>(std::move(callback)),
+  auto [state, job] = detail::futures::submit_call<S>(
+      sched_, f, a.values, detail::pool::stored_callback<R>(std::move(callback)),
       std::move(error_callback));
   return AsyncResult<R>(state);
 }

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstddef>
 #include <exception>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -39,8 +40,10 @@ struct State {
 /// Returns: the result state and the job (for cancellation).
 template <class R, class F, class Tuple>
 std::pair<std::shared_ptr<pool::ResultState<R>>, std::shared_ptr<pool::Job>> submit_call(
-    pool::Scheduler& sched, const F& f, const Tuple& values) {
-  auto state = std::make_shared<pool::ResultState<R>>();
+    pool::Scheduler& sched, const F& f, const Tuple& values,
+    std::function<void(const R&)> callback = {},
+    std::function<void(std::exception_ptr)> error_callback = {}) {
+  auto state = pool::make_state<R>(std::move(callback), std::move(error_callback));
   auto job = std::make_shared<pool::ApplyJob<R, pool::Unit>>();
   job->s = state;
   std::string fn = sched.wire(f);  // an unregistered function is refused here, at once
