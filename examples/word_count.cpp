@@ -57,8 +57,8 @@ int main(int argc, char** argv) {
   Counts total;
   mpp::ProgressOptions shown;
   shown.desc = "documents";
-  for (const Counts& c : mpp::progress(pool.imap_unordered(count_words, docs, 16), docs.size(),
-                                       shown))
+  for (const Counts& c :
+       mpp::progress(pool.imap_unordered(count_words, docs, 16), docs.size(), shown))
     for (const auto& [word, n] : c) total[word] += n;
   pool.close();
   pool.join();

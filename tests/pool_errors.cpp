@@ -129,14 +129,16 @@ TEST_CASE("Pool errors: a task's exception comes back as itself with its origin 
     CHECK(raises_remote<mpp::KeyError>([&] { pool.apply(raise_key_error, 7); }, "mpp::KeyError",
                                        "no key 7", "raise_key_error", worker));
     CHECK(raises_remote<mpp::CorruptedError>([&] { pool.apply(raise_corrupted, 1); },
-                                             "mpp::CorruptedError", "bad bytes",
-                                             "raise_corrupted", worker));
+                                             "mpp::CorruptedError", "bad bytes", "raise_corrupted",
+                                             worker));
     CHECK(raises_remote<std::runtime_error>([&] { pool.apply(raise_runtime, 3); },
                                             "std::runtime_error", "boom 3", "raise_runtime",
                                             worker));
     // map (chunks of raw items) and imap report the same context.
     CHECK(raises_remote<std::invalid_argument>(
-        [&] { (void)pool.map(raise_on_five, std::vector<int>{1, 2, 3, 4, 5, 6}); },
+        [&] {
+          (void)pool.map(raise_on_five, std::vector<int>{1, 2, 3, 4, 5, 6});
+        },
         "std::invalid_argument", "five", "raise_on_five", worker));
     CHECK(raises_remote<std::invalid_argument>(
         [&] {
@@ -430,7 +432,7 @@ TEST_CASE("Pool errors: at program exit a running pool is terminated and the pro
   for (const char* m : {"fork", "spawn"}) {
     INFO("start method " << m);
     const auto run = run_child_program("[exit-pool]", m);
-    CHECK(run.first == 0);  // not mpp_test::kHung: no hang
+    CHECK(run.first == 0);                                         // not mpp_test::kHung: no hang
     CHECK(run.second.find("task finished") == std::string::npos);  // terminated, as in Python
   }
 }

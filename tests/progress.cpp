@@ -193,8 +193,7 @@ TEST_CASE("Progress: a disabled display writes nothing", "[progress]") {
   CHECK(c.err.empty());
 }
 
-TEST_CASE("Progress: on a terminal the line is redrawn in place and ended once",
-          "[progress]") {
+TEST_CASE("Progress: on a terminal the line is redrawn in place and ended once", "[progress]") {
   const Captured c = run_captured("[progress-tty]", "fork");
   REQUIRE(c.code == 0);
   CHECK(std::count(c.err.begin(), c.err.end(), '\r') == 6);  // 0, 1, ..., 5 items done

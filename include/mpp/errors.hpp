@@ -104,8 +104,8 @@ class RemoteError : public Error {
   //!Effects: records the remote exception's type name and message, and that a pool task running
   //! `function` in process `pid` raised it.
   RemoteError(std::string type_name, std::string message, long long pid, std::string function)
-      : Error(fmt::format("{}: {} (raised by {} in process {})", type_name, message, function,
-                          pid)),
+      : Error(
+            fmt::format("{}: {} (raised by {} in process {})", type_name, message, function, pid)),
         type_name_(std::move(type_name)),
         message_(std::move(message)),
         function_(std::move(function)),

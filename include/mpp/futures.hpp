@@ -64,7 +64,10 @@ class Future {
  public:
   //!Returns: the call's result, waiting at most `timeout` (nullopt: forever).
   //!Throws: TimeoutError if not done in time, CancelledError if cancelled, else the call's
-  //! exception (RemoteError, WorkerLostError, TimeoutError of a task timeout, std:: types).
+  //! exception: what the task threw (std:: and mpp types as themselves, with a RemoteError
+  //! nested that names the worker's pid and the function; other types as RemoteError),
+  //! SystemExit for mpp::exit(n) in the task, WorkerLostError, TimeoutError of a task timeout,
+  //! or what encoding an argument threw.
   R result(Timeout timeout = std::nullopt) const {
     wait_done(timeout);
     std::lock_guard g(s_->result->mu);

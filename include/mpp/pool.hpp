@@ -86,8 +86,10 @@ class AnyFuture;
 template <class R>
 class AsyncResult {
  public:
-  //!Returns: the result, waiting for it. Throws: the task's exception (RemoteError,
-  //! WorkerLostError, TimeoutError for a task over its timeout, or a std:: exception).
+  //!Returns: the result, waiting for it. Throws: the task's exception (std:: and mpp types as
+  //! themselves with a RemoteError nested that says where, other types as RemoteError;
+  //! SystemExit for mpp::exit(n) in the task), WorkerLostError, TimeoutError for a task over its
+  //! timeout.
   R get() { return get(std::nullopt); }
   //!Returns: the result, waiting at most `timeout` seconds. Throws: TimeoutError if not ready.
   R get(Timeout timeout) {

@@ -28,10 +28,11 @@ namespace mpp {
 
 /// How a progress display looks and where it goes.
 struct ProgressOptions {
-  std::string desc;             ///< printed before the counts, as "desc: " (empty: nothing)
-  bool enabled = true;          ///< false: the display writes nothing
-  std::FILE* stream = stderr;   ///< where the display goes
-  std::optional<bool> terminal; ///< redraw in place with '\r' (nullopt: when `stream` is a terminal)
+  std::string desc;            ///< printed before the counts, as "desc: " (empty: nothing)
+  bool enabled = true;         ///< false: the display writes nothing
+  std::FILE* stream = stderr;  ///< where the display goes
+  std::optional<bool>
+      terminal;  ///< redraw in place with '\r' (nullopt: when `stream` is a terminal)
   /// Least seconds between two redraws (nullopt: 0.1 on a terminal, 10 for plain lines). The
   /// first and the last state are always shown.
   std::optional<double> interval;
@@ -110,13 +111,15 @@ class Progress {
     std::string out = o_.desc.empty() ? std::string() : o_.desc + ": ";
     if (total_) {
       const double frac =
-          *total_ == 0 ? 1.0 : std::min(1.0, static_cast<double>(done_) / static_cast<double>(*total_));
+          *total_ == 0 ? 1.0
+                       : std::min(1.0, static_cast<double>(done_) / static_cast<double>(*total_));
       out += fmt::format("{}/{} [{:3.0f}%] {}, {} elapsed", done_, *total_, 100 * frac,
                          detail::progress::rate(per_sec), detail::progress::clock(elapsed));
       if (done_ < *total_)
-        out += per_sec > 0 ? ", ETA " + detail::progress::clock(
-                                            static_cast<double>(*total_ - done_) / per_sec)
-                           : std::string(", ETA ?");
+        out +=
+            per_sec > 0
+                ? ", ETA " + detail::progress::clock(static_cast<double>(*total_ - done_) / per_sec)
+                : std::string(", ETA ?");
     } else {
       out += fmt::format("{} [{}, {} elapsed]", done_, detail::progress::rate(per_sec),
                          detail::progress::clock(elapsed));

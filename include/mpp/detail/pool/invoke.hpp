@@ -366,8 +366,8 @@ inline std::int64_t current_exception_code() noexcept {
 /// The encoded RemoteFailure of an exception of type `type` raised by the task this thread runs
 /// (called inside the handler: a code the exception carries is kept).
 inline std::string error_payload(const std::string& type, const std::string& message) {
-  RemoteFailure f{type, message, {}, static_cast<std::int64_t>(os::current_pid()),
-                  current_exception_code()};
+  RemoteFailure f{
+      type, message, {}, static_cast<std::int64_t>(os::current_pid()), current_exception_code()};
   const TaskContext& t = current_task();
   if (t.describe != nullptr) {
     try {
@@ -383,8 +383,8 @@ inline RemoteFailure read_failure(std::string_view payload) {
   try {
     return from_wire<RemoteFailure>(payload);
   } catch (const std::exception& e) {
-    return {"mpp::CorruptedError", fmt::format("an unreadable error report ({})", e.what()), {}, 0,
-            0};
+    return {
+        "mpp::CorruptedError", fmt::format("an unreadable error report ({})", e.what()), {}, 0, 0};
   }
 }
 
