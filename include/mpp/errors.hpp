@@ -127,7 +127,12 @@ class BrokenProcessPool : public Error {
   using Error::Error;
 };
 
-/// An exception raised in another process; carries its type name and message.
+/// An exception raised in another process; carries its type name and message and, for one raised
+/// by a pool task, where it was raised: the worker's pid and the task's function (Python's
+/// RemoteTraceback). A task's exception of a std:: or mpp type comes back as that type with a
+/// RemoteError nested in it (`std::rethrow_if_nested(e)` throws the RemoteError, as Python's
+/// exception has the RemoteTraceback as its __cause__); an exception of another type comes back
+/// as a RemoteError itself.
 class RemoteError : public Error {
  public:
   //!Effects: records the remote exception's type name and message.
@@ -135,14 +140,42 @@ class RemoteError : public Error {
       : Error(fmt::format("{}: {}", type_name, message)),
         type_name_(std::move(type_name)),
         message_(std::move(message)) {}
+  //!Effects: records the remote exception's type name and message, and that a pool task running
+  //! `function` in process `pid` raised it.
+  RemoteError(std::string type_name, std::string message, long long pid, std::string function)
+      : Error(
+            fmt::format("{}: {} (raised by {} in process {})", type_name, message, function, pid)),
+        type_name_(std::move(type_name)),
+        message_(std::move(message)),
+        function_(std::move(function)),
+        pid_(pid) {}
   /// Demangled type name of the exception thrown in the other process.
   const std::string& type_name() const noexcept { return type_name_; }
   /// what() of the exception thrown in the other process.
   const std::string& remote_message() const noexcept { return message_; }
+  /// The function the pool task ran: its registered name, else its type (empty: not a task).
+  const std::string& function() const noexcept { return function_; }
+  /// The id of the process that raised it (0: not known).
+  long long pid() const noexcept { return pid_; }
 
  private:
   std::string type_name_;
   std::string message_;
+  std::string function_;
+  long long pid_ = 0;
+};
+
+/// A pool task called mpp::exit(code) (Python's SystemExit raised in a ProcessPoolExecutor task):
+/// its call fails with this exception, which carries the code; the worker carries on.
+class SystemExit : public Error {
+ public:
+  //!Effects: records the exit code next to the message.
+  SystemExit(const std::string& what, int code) : Error(what), code_(code) {}
+  /// The code the task passed to mpp::exit.
+  int code() const noexcept { return code_; }
+
+ private:
+  int code_;
 };
 
 /// open() of a name that does not exist, unlink() of a name already removed (Python's

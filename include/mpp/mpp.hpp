@@ -11,6 +11,7 @@
 #include "pipe.hpp"
 #include "pool.hpp"
 #include "process.hpp"
+#include "progress.hpp"
 #include "queue.hpp"
 #include "segment.hpp"
 #include "shared_memory.hpp"

@@ -23,6 +23,7 @@
 #include <utility>
 #include <vector>
 
+#include "detail/pool/future_state.hpp"
 #include "detail/pool/invoke.hpp"
 #include "detail/pool/jobs.hpp"
 #include "detail/pool/result.hpp"
@@ -85,8 +86,10 @@ class AnyFuture;
 template <class R>
 class AsyncResult {
  public:
-  //!Returns: the result, waiting for it. Throws: the task's exception (RemoteError,
-  //! WorkerLostError, TimeoutError for a task over its timeout, or a std:: exception).
+  //!Returns: the result, waiting for it. Throws: the task's exception (std:: and mpp types as
+  //! themselves with a RemoteError nested that says where, other types as RemoteError;
+  //! SystemExit for mpp::exit(n) in the task), WorkerLostError, TimeoutError for a task over its
+  //! timeout.
   R get() { return get(std::nullopt); }
   //!Returns: the result, waiting at most `timeout` seconds. Throws: TimeoutError if not ready.
   R get(Timeout timeout) {
@@ -218,14 +221,17 @@ class Pool {
   }
   //!Returns: an AsyncResult of f(args...) (AsyncResult<void> for a void `f`); `callback(result)`
   //! (`callback()` for a void `f`) or `error_callback(exception)` runs in the pool's thread when
-  //! it completes (Python's apply_async(func, args, callback=...)).
+  //! it completes (Python's apply_async(func, args, callback=...)). An argument that cannot be
+  //! encoded fails the result (and runs `error_callback`) rather than this call, as in Python.
   template <class F, class... A, class R = std::invoke_result_t<const F&, const A&...>>
   AsyncResult<R> apply_async(F f, Args<A...> a, std::type_identity_t<ResultCallback<R>> callback,
                              std::function<void(std::exception_ptr)> error_callback = {});
 
   //!Returns: an input range over f(x) for x in range, in order, computed lazily with a bounded
   //! number of chunks in flight (Python's imap). A named `range` is read lazily and must outlive
-  //! the iteration; a temporary one is kept by the result. Throws: ValueError if `chunksize` < 1.
+  //! the iteration; a temporary one is kept by the result. An exception from reading `range`
+  //! is raised by the iteration after the results of the items before the failing chunk, as in
+  //! Python. Throws: ValueError if `chunksize` < 1.
   template <class F, class Range>
   auto imap(F f, Range&& range, Chunksize chunksize = 1);
   //!Returns: as imap(), but in completion order (Python's imap_unordered).
@@ -336,6 +342,7 @@ class IMapResult {
   std::size_t buf_pos_ = 0;
   std::size_t submitted_ = 0, consumed_chunks_ = 0;
   bool exhausted_ = false, started_ = false, done_ = false;
+  std::exception_ptr input_error_;  // reading the input failed after the submitted chunks
   R current_{};
 };
 
@@ -428,8 +435,8 @@ AsyncResult<R> Pool::apply_async(F f, Args<A...> a,
                                  std::function<void(std::exception_ptr)> error_callback) {
   detail::pool::check_callable<F>();
   using S = detail::pool::stored_t<R>;
-  auto [state, job] = detail::pool::submit_apply<S, detail::pool::Unit>(
-      sched_, f, std::move(a.values), detail::pool::stored_callback<R>(std::move(callback)),
+  auto [state, job] = detail::futures::submit_call<S>(
+      sched_, f, a.values, detail::pool::stored_callback<R>(std::move(callback)),
       std::move(error_callback));
   return AsyncResult<R>(state);
 }
@@ -472,7 +479,15 @@ auto Pool::imap_unordered(F f, Range&& range, Chunksize chunksize) {
 template <class R>
 void IMapResult<R>::top_up() {
   while (!exhausted_ && submitted_ - consumed_chunks_ < window_) {
-    if (!submit_(st_, submitted_)) {
+    bool more = false;
+    try {
+      more = submit_(st_, submitted_);
+    } catch (...) {
+      // Reading the input failed: as in Python's task handler, the error takes the failing
+      // chunk's place, after the results of the chunks already submitted.
+      input_error_ = std::current_exception();
+    }
+    if (!more) {
       exhausted_ = true;
       break;
     }
@@ -489,6 +504,7 @@ void IMapResult<R>::advance() {
   top_up();
   if (consumed_chunks_ == submitted_ && exhausted_) {
     done_ = true;
+    if (input_error_) std::rethrow_exception(std::exchange(input_error_, nullptr));
     return;
   }
   std::unique_lock g(st_->mu);

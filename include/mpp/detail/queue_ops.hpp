@@ -157,7 +157,9 @@ class Ops {
         std::memcpy(c.region(idx), std::addressof(item), sizeof(T));
       });
     } else {
-      Bytes& buf = scratch();
+      Bytes local;  // once the thread's scratch buffer is destroyed (see scratch())
+      Bytes* const scratch_buf = scratch();
+      Bytes& buf = scratch_buf != nullptr ? *scratch_buf : local;
       buf.clear();
       codec<T>::encode(item, buf);
       check_size(c, buf.size());
@@ -295,9 +297,24 @@ class Ops {
     return get_bytes(c, joinable, block, deadline, read);
   }
 
-  static Bytes& scratch() {
-    thread_local Bytes buf;
-    return buf;
+  // The encoding buffer of this thread, reused across puts; null once destroyed: the main
+  // thread's thread_locals are destroyed before the static destructors and atexit handlers
+  // run, which may still put (a Pool at namespace scope wakes its supervisor through a queue).
+  struct Scratch {
+    Bytes buf;
+    Scratch() = default;
+    Scratch(const Scratch&) = delete;
+    Scratch& operator=(const Scratch&) = delete;
+    ~Scratch() { gone() = true; }
+    static bool& gone() noexcept {  // trivially destructible: readable until the thread ends
+      thread_local bool g = false;
+      return g;
+    }
+  };
+  static Bytes* scratch() {
+    if (Scratch::gone()) return nullptr;
+    thread_local Scratch s;
+    return &s.buf;
   }
 
   static void check_size(Core& c, std::size_t n) {

@@ -499,14 +499,7 @@ class Scheduler {
       if (region != nullptr) *region = 0;  // only this thread dispatches: safe to reuse now
     } else {
       if (region != nullptr) *region = 0;
-      std::exception_ptr e;
-      try {
-        const auto err = from_wire<std::pair<std::string, std::string>>(payload);
-        throw_remote(err.first, err.second);
-      } catch (...) {
-        e = std::current_exception();
-      }
-      t.job->fail_chunk(t.index, e);
+      t.job->fail_chunk(t.index, remote_exception(payload));
     }
   }
 
@@ -686,20 +679,15 @@ class Scheduler {
   // A worker reported that the initializer threw: the pool is broken, with that exception nested
   // in the BrokenProcessPool.
   void initializer_failed(std::uint32_t worker, std::string_view payload) {
-    std::pair<std::string, std::string> err;
-    try {
-      err = from_wire<std::pair<std::string, std::string>>(payload);
-    } catch (const std::exception& e) {  // malformed: still a failed initializer
-      err = {"mpp::CorruptedError", fmt::format("an unreadable report ({})", e.what())};
-    }
+    const RemoteFailure err = read_failure(payload);  // malformed: still a failed initializer
     std::exception_ptr broken;
     try {
       try {
-        throw_remote(err.first, err.second);
+        throw_remote(err);
       } catch (...) {
         std::throw_with_nested(BrokenProcessPool(
             fmt::format("the {}'s initializer raised {}: {} (in pool worker {}); {}", opts_.owner,
-                        err.first, err.second, worker, broken_advice())));
+                        err.type, err.message, worker, broken_advice())));
       }
     } catch (...) {
       broken = std::current_exception();
