@@ -40,6 +40,9 @@ struct SchedulerOptions {
   Timeout task_timeout{};
   unsigned retries = 0;
   StartMethod method = StartMethod::fork;
+  /// Workers start when work needs them and idle ones are reused (Python's ProcessPoolExecutor
+  /// with spawn or forkserver); otherwise all start with the pool.
+  bool on_demand = false;
   /// What the user made, as messages name it ("Pool", "ProcessPoolExecutor").
   const char* owner = "Pool";
   /// The message of a call after close() (Python's wording differs between Pool and executor).
@@ -87,7 +90,7 @@ class Scheduler {
     config_.init_invoker = init_invoker;
     config_.init_fn = std::move(init_fn);
     config_.init_args = std::move(init_args);
-    start_workers();
+    if (!opts.on_demand) start_workers();
     supervisor_ = std::thread([this] { supervise(); });
   }
 
@@ -363,37 +366,98 @@ class Scheduler {
     for (;;) {
       bool stop_now = false, drained = false;
       Unplaced unplaced;
+      std::vector<std::size_t> to_start;
       {
         std::unique_lock g(mu_);
         if (terminated_) stop_now = true;
-        dispatch_locked(unplaced);
+        if (!stop_now && !broken_) dispatch_locked(unplaced, to_start);
         drained = closed_ && pending_.empty() && inflight_.empty();
       }
       // Failed outside mu_: a job's failure may run user callbacks.
       for (auto& [t, e] : unplaced) t.job->fail_chunk(t.index, e);
       if (stop_now) return shutdown(true);
       if (drained) return shutdown(false);
+      for (std::size_t i : to_start) start_on_demand(i);
+      if (!to_start.empty()) continue;  // hand the work to them at once
       poll_results(20ms);
       check_workers();
     }
   }
 
-  //!Effects: hands pending tasks to workers with room; a task that cannot be placed because
-  //! /dev/shm is full is moved to `unplaced` with its NoSpaceError (only that call fails).
-  void dispatch_locked(Unplaced& unplaced) {
-    for (std::size_t i = 0; i < workers_.size() && !pending_.empty(); ++i) {
-      WorkerSlot& w = workers_[i];
-      if (!w.tasks) continue;  // its replacement failed to start (see replace())
-      while (!pending_.empty() && w.assigned.size() < kWindow && !w.stopping &&
-             (opts_.maxtasksperchild == 0 || w.dispatched < opts_.maxtasksperchild)) {
-        Task& t = pending_.front();
-        if (t.raw && t.src->gone) {  // its map() returned (failed): nobody wants this chunk
-          pending_.pop_front();
-          continue;
+  //!Effects: hands pending tasks out on demand: an idle worker first takes a pending task, else
+  //! a task queued behind another worker's running one (stolen back); a second task is queued
+  //! to a worker only while every worker is busy (the prefetch that keeps tiny tasks flowing,
+  //! benchmarks row pool.map.1e6). With on-demand workers, slots to start go to `to_start`
+  //! instead of prefetching. A task that cannot be placed because /dev/shm is full is moved to
+  //! `unplaced` with its NoSpaceError (only that call fails).
+  void dispatch_locked(Unplaced& unplaced, std::vector<std::size_t>& to_start) {
+    // 1. Every idle worker takes one task.
+    for (std::size_t i = 0; i < workers_.size() && has_pending_locked(); ++i)
+      if (can_take(i) && workers_[i].assigned.empty()) (void)send_task(i, pending_.front(), unplaced);
+    // 2. Nothing pending and a worker idle: a task waiting behind a running one moves to it.
+    if (!has_pending_locked())
+      for (std::size_t i = 0; i < workers_.size(); ++i)
+        if (can_take(i) && workers_[i].assigned.empty() && steal_locked(i))
+          (void)send_task(i, pending_.front(), unplaced);
+    if (!has_pending_locked()) return;
+    // 3. Every worker is busy: start a worker rather than queue behind a running task.
+    if (opts_.on_demand) {
+      std::size_t want = pending_.size();
+      for (std::size_t i = 0; i < workers_.size() && want > 0; ++i)
+        if (!workers_[i].proc && !workers_[i].respawn) {
+          to_start.push_back(i);
+          --want;
         }
-        if (!send_task(i, t, unplaced)) break;
-      }
+      if (!to_start.empty()) return;
     }
+    // 4. Still busy: queue one more task to each worker, so none waits for a round trip.
+    for (std::size_t i = 0; i < workers_.size() && has_pending_locked(); ++i)
+      while (has_pending_locked() && can_take(i) && workers_[i].assigned.size() < kWindow)
+        if (!send_task(i, pending_.front(), unplaced)) break;
+  }
+
+  //!Returns: whether a task is pending, after dropping the raw chunks nobody wants any more
+  //! (their map() returned, failed).
+  bool has_pending_locked() {
+    while (!pending_.empty() && pending_.front().raw && pending_.front().src->gone)
+      pending_.pop_front();
+    return !pending_.empty();
+  }
+
+  //!Returns: whether worker `i` may be given another task now.
+  bool can_take(std::size_t i) const {
+    const WorkerSlot& w = workers_[i];
+    return w.tasks && !w.stopping &&
+           (opts_.maxtasksperchild == 0 || w.dispatched < opts_.maxtasksperchild);
+  }
+
+  //!Effects: takes back a task that a busy worker holds but has not started (it is still in the
+  //! worker's queue, so either the worker or this thread gets it) and puts it first in line.
+  //!Returns: whether one was taken.
+  bool steal_locked(std::size_t idle) {
+    for (std::size_t j = 0; j < workers_.size(); ++j) {
+      WorkerSlot& w = workers_[j];
+      if (j == idle || !w.tasks || w.assigned.size() < 2) continue;
+      std::optional<std::string> m;
+      try {
+        m = w.tasks->try_get();
+      } catch (const std::exception&) {  // leave it to its worker
+        continue;
+      }
+      if (!m) continue;  // the worker took it meanwhile
+      TaskHeader h{};
+      if (m->size() >= sizeof h) std::memcpy(&h, m->data(), sizeof h);
+      auto it = inflight_.find(h.seq);
+      std::erase(w.assigned, h.seq);
+      for (auto& r : w.region)
+        if (r == h.seq) r = 0;
+      if (w.dispatched > 0) --w.dispatched;  // it did not run it: it may take another
+      if (it == inflight_.end()) continue;
+      pending_.push_front(std::move(it->second));
+      inflight_.erase(it);
+      return true;
+    }
+    return false;
   }
 
   //!Effects: gives the front pending task `t` to worker `i`, or moves it to `unplaced`.
@@ -555,7 +619,10 @@ class Scheduler {
     for (std::size_t i = 0; i < workers_.size(); ++i) {
       WorkerSlot& w = workers_[i];
       if (!w.proc) {
-        if (w.respawn) replace(i, 0);
+        if (w.respawn && opts_.on_demand)
+          w.respawn = false;  // one poll later, the next dispatch that needs it tries again
+        else if (w.respawn)
+          replace(i, 0);
         continue;
       }
       if (timed_out(i)) continue;
@@ -657,8 +724,25 @@ class Scheduler {
     w.proc.reset();
     w.tasks.reset();
     w.respawn = false;
-    if (terminated_ || broken_) return;
+    // On demand, the next dispatch starts a worker when work is waiting.
+    if (terminated_ || broken_ || opts_.on_demand) return;
     g.unlock();
+    try_spawn(i);
+  }
+
+  //!Effects: starts worker `i` for work that is waiting (on-demand pools).
+  void start_on_demand(std::size_t i) {
+    {
+      std::lock_guard g(mu_);
+      if (terminated_ || broken_) return;
+    }
+    try_spawn(i);
+  }
+
+  //!Effects: starts worker `i`; when it cannot start, retries later, and fails the pending work
+  //! if no worker is left to run it.
+  void try_spawn(std::size_t i) {
+    WorkerSlot& w = workers_[i];
     try {
       spawn_worker(i);
     } catch (const std::exception& e) {  // e.g. a spawned program that cannot start
