@@ -53,6 +53,7 @@ int die_always_on_seven(int x) {
 }
 
 int worker_pid(int) { return static_cast<int>(::getpid()); }
+int worker_ppid(int) { return static_cast<int>(::getppid()); }
 // Sleeps `ms`; returns {worker pid, start, end} (steady clock ns, the same in every process).
 std::vector<std::int64_t> timed_sleep(int ms) {
   const auto now = [] {
@@ -179,6 +180,7 @@ MPP_REGISTER(square);
 MPP_REGISTER(fail_on_three);
 MPP_REGISTER(die_always_on_seven);
 MPP_REGISTER(worker_pid);
+MPP_REGISTER(worker_ppid);
 MPP_REGISTER(timed_sleep);
 MPP_REGISTER(ones);
 MPP_REGISTER(sleep_ms);
@@ -868,7 +870,7 @@ TEST_CASE("Executor: spawn and forkserver workers start on demand and idle ones 
   f.max_workers = 2;
   f.start_method = mpp::StartMethod::fork;
   mpp::ProcessPoolExecutor forked(f);
-  CHECK(mpp::active_children().size() == 2);
+  CHECK(mpp::active_children().size() == 3);  // and the zygote that forks replacements
   CHECK(forked.submit(square, 3).result(30s) == 9);
 }
 
@@ -913,4 +915,56 @@ TEST_CASE("Executor: max_tasks_per_child refuses fork, defaults to spawn and rec
     ex.shutdown();
   }
   for (int i = 0; i < 6; ++i) CHECK(fs[static_cast<std::size_t>(i)].result(30s) == i * i);
+}
+
+TEST_CASE("Pool: a fork pool's replacement workers are forked by its zygote, not by the pool",
+          "[pool]") {
+  auto o = with_method(mpp::StartMethod::fork);
+  o.maxtasksperchild = 1;
+  int zygote = 0;
+  {
+    mpp::Pool pool(o);
+    const auto ppids = pool.map(worker_ppid, std::vector<int>(20, 0), 1);
+    int from_pool = 0;
+    std::set<int> others;
+    for (int p : ppids) {
+      if (p == ::getpid())
+        ++from_pool;
+      else
+        others.insert(p);
+    }
+    CHECK(from_pool <= 2);         // the two workers started with the pool
+    REQUIRE(others.size() == 1);  // one process forked all 18 or more replacements...
+    zygote = *others.begin();
+    std::set<int> children;
+    for (auto& c : mpp::active_children()) children.insert(c.pid().value_or(0));
+    CHECK(children.count(zygote) == 1);  // ...a child of the pool's process
+    std::vector<int> in(20);
+    std::iota(in.begin(), in.end(), 0);
+    std::vector<int> want(in.size());
+    for (std::size_t i = 0; i < in.size(); ++i) want[i] = in[i] * in[i];
+    CHECK(pool.map(square, in, 1) == want);  // replacements serve
+    CHECK(pool.apply(worker_ppid, 0) == zygote);
+  }
+  CHECK_FALSE(mpp::detail::ProcessRef{zygote, 0}.alive());  // it ended with the pool
+}
+
+TEST_CASE("Pool: the zygote of a fork pool ends when the pool's process dies", "[pool][kill]") {
+  mpp::RawValue<int> zygote(0);
+  const int rc = mpp_test::run_bounded(60s, [&zygote] {
+    auto o = with_method(mpp::StartMethod::fork);
+    o.maxtasksperchild = 1;
+    mpp::Pool pool(o);
+    for (int p : pool.map(worker_ppid, std::vector<int>(6, 0), 1))
+      if (p != ::getpid()) zygote.store(p);
+    ::kill(::getpid(), SIGKILL);  // no destructor, no atexit handler
+    return 0;
+  });
+  CHECK(rc == -SIGKILL);
+  REQUIRE(zygote.value() != 0);
+  const auto t0 = std::chrono::steady_clock::now();
+  while (mpp::detail::ProcessRef{zygote.value(), 0}.alive() &&
+         std::chrono::steady_clock::now() - t0 < 10s)
+    std::this_thread::sleep_for(10ms);
+  CHECK_FALSE(mpp::detail::ProcessRef{zygote.value(), 0}.alive());
 }

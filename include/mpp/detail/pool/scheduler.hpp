@@ -30,6 +30,7 @@
 #include "invoke.hpp"
 #include "result.hpp"
 #include "worker.hpp"
+#include "zygote.hpp"
 
 namespace mpp::detail::pool {
 
@@ -55,6 +56,57 @@ struct RawSource {
   const std::byte* data = nullptr;
   bool gone = false;
   std::vector<std::byte> owned;
+};
+
+/// A worker process: a child of the pool's process, or a worker its zygote forked (watched
+/// through the zygote, which reaps it).
+class WorkerProc {
+ public:
+  explicit WorkerProc(Process p) : direct_(std::move(p)) {}
+#if defined(MPP_OS_POSIX)
+  WorkerProc(Zygote& z, os::pid_type pid) : zygote_(&z), pid_(pid) {}
+#endif
+
+  std::optional<int> pid() const { return direct_ ? direct_->pid() : std::optional<int>(pid_); }
+  std::optional<int> exitcode() {
+    if (direct_) return direct_->exitcode();
+#if defined(MPP_OS_POSIX)
+    return zygote_->exit_code(pid_);
+#else
+    return std::nullopt;
+#endif
+  }
+  bool is_alive() { return direct_ ? direct_->is_alive() : !exitcode().has_value(); }
+  void terminate() { direct_ ? direct_->terminate() : signal(os::kSigTerm); }
+  void kill() { direct_ ? direct_->kill() : signal(os::kSigKill); }
+  //!Returns: whether it ended within `timeout` (nullopt: waits until it does).
+  bool join(Timeout timeout = std::nullopt) {
+    if (direct_) return direct_->join(timeout);
+#if defined(MPP_OS_POSIX)
+    for (;;) {  // unbounded only when asked, and after a kill
+      const auto step = timeout ? std::chrono::duration_cast<std::chrono::nanoseconds>(*timeout)
+                                : std::chrono::nanoseconds(std::chrono::seconds(1));
+      if (zygote_->wait(pid_, step))
+        return true;
+      if (timeout) return false;
+    }
+#else
+    return true;
+#endif
+  }
+
+ private:
+  // Only while the zygote has not reported its end: the zygote reaps it first, so its pid is not
+  // reused before the report arrives.
+  void signal(int sig) {
+    if (!exitcode()) (void)os::send_signal(pid_, sig);
+  }
+
+  std::optional<Process> direct_;
+#if defined(MPP_OS_POSIX)
+  Zygote* zygote_ = nullptr;
+#endif
+  os::pid_type pid_ = 0;
 };
 
 /// The workers of a Pool and the supervisor thread that feeds them.
@@ -90,6 +142,10 @@ class Scheduler {
     config_.init_invoker = init_invoker;
     config_.init_fn = std::move(init_fn);
     config_.init_args = std::move(init_args);
+#if defined(MPP_OS_POSIX)
+    // Forked now, in the thread making the pool, before the supervisor thread exists.
+    if (opts.method == StartMethod::fork) zygote_.emplace(static_cast<int>(++pool_counter()));
+#endif
     if (!opts.on_demand) start_workers();
     supervisor_ = std::thread([this] { supervise(); });
   }
@@ -249,7 +305,7 @@ class Scheduler {
     std::size_t src_off = 0, args_size = 0;
   };
   struct WorkerSlot {
-    std::optional<Process> proc;
+    std::optional<WorkerProc> proc;
     std::optional<Queue<std::string>> tasks;
     std::array<std::uint64_t, kWindow> region{};  // task seq using arena region k
     std::deque<std::uint64_t> assigned;           // in the order the worker will run them
@@ -300,7 +356,7 @@ class Scheduler {
 
   void start_workers() {
     try {
-      for (std::size_t i = 0; i < workers_.size(); ++i) spawn_worker(i);
+      for (std::size_t i = 0; i < workers_.size(); ++i) spawn_worker(i, false);
     } catch (...) {  // e.g. spawn without mpp::bootstrap: stop the workers already started
       for (auto& w : workers_) {
         if (!w.proc || !w.proc->pid()) continue;  // not started
@@ -314,7 +370,9 @@ class Scheduler {
     }
   }
 
-  void spawn_worker(std::size_t i) {
+  // `replacement`: a fork pool's worker is then forked by the zygote, never by this process
+  // (the supervisor thread runs here).
+  void spawn_worker(std::size_t i, bool replacement) {
     WorkerSlot& w = workers_[i];
     QueueOptions qo;
     qo.max_item_size = kMaxMessage;
@@ -332,16 +390,33 @@ class Scheduler {
     po.name = fmt::format("PoolWorker-{}", worker_counter_);
     po.daemon = true;
     po.start_method = opts_.method;
+#if defined(MPP_OS_POSIX)
+    if (replacement && zygote_) {  // it opens the objects by name (see ZygoteLoop)
+      c.arena = nullptr;
+      w.proc.emplace(*zygote_, zygote_->fork_worker(po.name, c));
+      return;
+    }
+#else
+    (void)replacement;
+#endif
     if (opts_.method == StartMethod::fork) {
       c.tasks_q = *w.tasks;  // workers are forked: they inherit these mappings
       c.results_q = *results_;
       c.status_a = *status_;
-      w.proc.emplace(po, [c] { worker_main(c); });
+      Process p(po, [c] { worker_main(c); });
+      p.start();
+      w.proc.emplace(std::move(p));
     } else {  // a new run of the program: it opens everything by name (see spawned_worker_main)
       c.arena = nullptr;
-      w.proc.emplace(po, &spawned_worker_main, std::move(c));
+      Process p(po, &spawned_worker_main, std::move(c));
+      p.start();
+      w.proc.emplace(std::move(p));
     }
-    w.proc->start();
+  }
+
+  static unsigned& pool_counter() {
+    static unsigned n = 0;  // pools made by this process (names the zygotes)
+    return n;
   }
 
   std::atomic_ref<std::uint64_t> running_word(std::size_t i) {
@@ -744,7 +819,7 @@ class Scheduler {
   void try_spawn(std::size_t i) {
     WorkerSlot& w = workers_[i];
     try {
-      spawn_worker(i);
+      spawn_worker(i, true);
     } catch (const std::exception& e) {  // e.g. a spawned program that cannot start
       w.proc.reset();
       w.tasks.reset();
@@ -802,6 +877,7 @@ class Scheduler {
       left = take_all_tasks_locked();
     }
     kill_workers();
+    stop_zygote();  // no worker is started again
     for (auto& w : workers_) {
       w.proc.reset();
       w.tasks.reset();
@@ -862,13 +938,23 @@ class Scheduler {
       std::lock_guard g(mu_);
       left = take_all_tasks_locked();
     }
+    stop_zygote();
     for (auto& t : left)
       t.job->fail_chunk(t.index, std::make_exception_ptr(ProcessError(
                                      "the pool was terminated before this task completed")));
   }
 
+  void stop_zygote() noexcept {
+#if defined(MPP_OS_POSIX)
+    if (zygote_) zygote_->stop();
+#endif
+  }
+
   SchedulerOptions opts_;
   WorkerConfig config_;
+#if defined(MPP_OS_POSIX)
+  std::optional<Zygote> zygote_;  // forks a fork pool's replacement workers
+#endif
   std::optional<Queue<std::string>> results_;
   std::optional<RawArray<std::uint64_t>> status_;
   std::shared_ptr<Segment> arena_;       // raw map chunks (see kRegion); inherited by workers
