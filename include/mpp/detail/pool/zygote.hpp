@@ -80,10 +80,10 @@ class ZygoteLoop {
     }
   }
 
-  //!Returns: false at end of file.
+  //!Returns: false at end of file or an empty request ("stop").
   bool serve() {
     const std::optional<Bytes> frame = read_frame(sock_);
-    if (!frame) return false;
+    if (!frame || frame->empty()) return false;
     ZygoteRequest req;
     os::pid_type pid = 0;
     try {
@@ -218,8 +218,15 @@ class Zygote {
     }
   }
 
-  //!Effects: the zygote exits (end of file), killed if it lingers.
+  //!Effects: the zygote exits (asked to: processes forked from the pool's process hold the socket
+  //! too, so its end of file may never come), killed if it lingers.
   void stop() noexcept {
+    if (sock_.valid()) {
+      try {
+        write_frame(sock_, Bytes{}, std::chrono::nanoseconds(std::chrono::seconds(1)));
+      } catch (const std::exception&) {  // gone already
+      }
+    }
     sock_.reset();
     if (!proc_) return;
     try {
