@@ -470,11 +470,7 @@ class Scheduler {
     for (std::size_t i = 0; i < workers_.size() && has_pending_locked(); ++i)
       if (can_take(i) && workers_[i].assigned.empty()) (void)send_task(i, pending_.front(), unplaced);
     // 2. Nothing pending and a worker idle: a task waiting behind a running one moves to it.
-    if (!has_pending_locked())
-      for (std::size_t i = 0; i < workers_.size(); ++i)
-        if (can_take(i) && workers_[i].assigned.empty() && steal_locked(i))
-          (void)send_task(i, pending_.front(), unplaced);
-    if (!has_pending_locked()) return;
+    if (!has_pending_locked()) return rebalance_locked(unplaced);
     // 3. Every worker is busy: start a worker rather than queue behind a running task.
     if (opts_.on_demand) {
       std::size_t want = pending_.size();
@@ -506,33 +502,44 @@ class Scheduler {
            (opts_.maxtasksperchild == 0 || w.dispatched < opts_.maxtasksperchild);
   }
 
-  //!Effects: takes back a task that a busy worker holds but has not started (it is still in the
+  //!Effects: gives each idle worker a task queued behind another worker's running one, while
+  //! there are such tasks (one pass over the workers: pools have up to kMaxProcesses).
+  void rebalance_locked(Unplaced& unplaced) {
+    std::size_t victim = 0;
+    for (std::size_t i = 0; i < workers_.size(); ++i) {
+      if (!can_take(i) || !workers_[i].assigned.empty()) continue;
+      bool got = false;
+      for (; victim < workers_.size() && !got; ++victim)
+        got = victim != i && workers_[victim].assigned.size() >= 2 && steal_locked(victim);
+      if (!got) return;
+      (void)send_task(i, pending_.front(), unplaced);
+    }
+  }
+
+  //!Effects: takes back a task that worker `j` holds but has not started (it is still in the
   //! worker's queue, so either the worker or this thread gets it) and puts it first in line.
   //!Returns: whether one was taken.
-  bool steal_locked(std::size_t idle) {
-    for (std::size_t j = 0; j < workers_.size(); ++j) {
-      WorkerSlot& w = workers_[j];
-      if (j == idle || !w.tasks || w.assigned.size() < 2) continue;
-      std::optional<std::string> m;
-      try {
-        m = w.tasks->try_get();
-      } catch (const std::exception&) {  // leave it to its worker
-        continue;
-      }
-      if (!m) continue;  // the worker took it meanwhile
-      TaskHeader h{};
-      if (m->size() >= sizeof h) std::memcpy(&h, m->data(), sizeof h);
-      auto it = inflight_.find(h.seq);
-      std::erase(w.assigned, h.seq);
-      for (auto& r : w.region)
-        if (r == h.seq) r = 0;
-      if (w.dispatched > 0) --w.dispatched;  // it did not run it: it may take another
-      if (it == inflight_.end()) continue;
-      pending_.push_front(std::move(it->second));
-      inflight_.erase(it);
-      return true;
+  bool steal_locked(std::size_t j) {
+    WorkerSlot& w = workers_[j];
+    if (!w.tasks) return false;
+    std::optional<std::string> m;
+    try {
+      m = w.tasks->try_get();
+    } catch (const std::exception&) {  // leave it to its worker
+      return false;
     }
-    return false;
+    if (!m) return false;  // the worker took it meanwhile
+    TaskHeader h{};
+    if (m->size() >= sizeof h) std::memcpy(&h, m->data(), sizeof h);
+    std::erase(w.assigned, h.seq);
+    for (auto& r : w.region)
+      if (r == h.seq) r = 0;
+    if (w.dispatched > 0) --w.dispatched;  // it did not run it: it may take another
+    auto it = inflight_.find(h.seq);
+    if (it == inflight_.end()) return false;
+    pending_.push_front(std::move(it->second));
+    inflight_.erase(it);
+    return true;
   }
 
   //!Effects: gives the front pending task `t` to worker `i`, or moves it to `unplaced`.
