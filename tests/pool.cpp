@@ -933,7 +933,7 @@ TEST_CASE("Pool: a fork pool's replacement workers are forked by its zygote, not
       else
         others.insert(p);
     }
-    CHECK(from_pool <= 2);         // the two workers started with the pool
+    CHECK(from_pool <= 2);        // the two workers started with the pool
     REQUIRE(others.size() == 1);  // one process forked all 18 or more replacements...
     zygote = *others.begin();
     std::set<int> children;

@@ -104,8 +104,7 @@ double pool_mixed(Mixed metric) {
   bench::check(done.size() == 3, "wrong results");
   if (metric == Mixed::makespan)
     return static_cast<double>(*std::max_element(done.begin(), done.end())) * 1e-6;
-  return static_cast<double>(std::accumulate(done.begin(), done.end(), std::int64_t{0})) / 3 *
-         1e-6;
+  return static_cast<double>(std::accumulate(done.begin(), done.end(), std::int64_t{0})) / 3 * 1e-6;
 }
 
 }  // namespace

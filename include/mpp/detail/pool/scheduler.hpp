@@ -86,8 +86,7 @@ class WorkerProc {
     for (;;) {  // unbounded only when asked, and after a kill
       const auto step = timeout ? std::chrono::duration_cast<std::chrono::nanoseconds>(*timeout)
                                 : std::chrono::nanoseconds(std::chrono::seconds(1));
-      if (zygote_->wait(pid_, step))
-        return true;
+      if (zygote_->wait(pid_, step)) return true;
       if (timeout) return false;
     }
 #else
@@ -468,7 +467,8 @@ class Scheduler {
   void dispatch_locked(Unplaced& unplaced, std::vector<std::size_t>& to_start) {
     // 1. Every idle worker takes one task.
     for (std::size_t i = 0; i < workers_.size() && has_pending_locked(); ++i)
-      if (can_take(i) && workers_[i].assigned.empty()) (void)send_task(i, pending_.front(), unplaced);
+      if (can_take(i) && workers_[i].assigned.empty())
+        (void)send_task(i, pending_.front(), unplaced);
     // 2. Nothing pending and a worker idle: a task waiting behind a running one moves to it.
     if (!has_pending_locked()) return rebalance_locked(unplaced);
     // 3. Every worker is busy: start a worker rather than queue behind a running task.
