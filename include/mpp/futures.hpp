@@ -36,7 +36,8 @@ namespace mpp {
 /// ValueError when the executor is made.
 struct ExecutorOptions {
   std::optional<int> max_workers{};  ///< nullopt: cpu_count()
-  /// A worker is replaced after this many tasks (nullopt: never).
+  /// A worker is replaced after this many tasks (nullopt: never). As in Python, it refuses the
+  /// fork start method (ValueError) and makes an omitted start_method spawn.
   std::optional<int> max_tasks_per_child{};
   Timeout task_timeout{};  ///< per call: the worker is killed and the future fails
   unsigned retries = 0;    ///< re-runs of a call whose worker died
@@ -611,8 +612,8 @@ class ProcessPoolExecutor {
   }
 
  private:
-  static constexpr detail::pool::OwnerName kOwner{"ProcessPoolExecutor",
-                                                  "cannot schedule new futures after shutdown"};
+  static constexpr detail::pool::OwnerName kOwner{
+      "ProcessPoolExecutor", "cannot schedule new futures after shutdown", true};
 
   // The executors alive in this process, which the program's exit shuts down (Python's
   // _python_exit) before mpp's exit handler terminates the children: left to that handler, a

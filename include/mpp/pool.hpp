@@ -250,15 +250,27 @@ class Pool {
   friend class ProcessPoolExecutor;
 
   // A pool made by `owner` (ProcessPoolExecutor names itself in messages).
-  Pool(detail::pool::OwnerName owner, const PoolOptions& opts) {
-    start(opts, -1, {}, {}, owner.name, owner.closed_message);
-  }
+  Pool(detail::pool::OwnerName owner, const PoolOptions& opts) { start(opts, -1, {}, {}, owner); }
   template <class F, class... A>
   Pool(detail::pool::OwnerName owner, const PoolOptions& opts, F&& initializer, A&&... initargs);
 
+  // The start method of a pool made by `owner`. An executor with max_tasks_per_child refuses
+  // fork and defaults to spawn, as Python's ProcessPoolExecutor does.
+  static StartMethod method_for(const PoolOptions& opts, detail::pool::OwnerName owner) {
+    if (owner.executor && opts.maxtasksperchild) {
+      if (!opts.start_method) return StartMethod::spawn;
+      if (*opts.start_method == StartMethod::fork)
+        detail::fail<ValueError>(
+            "max_tasks_per_child is incompatible with the 'fork' start method: make the {} with "
+            "start_method = StartMethod::spawn or forkserver (or omit start_method: spawn is "
+            "then used)",
+            owner.name);
+    }
+    return detail::pool::method_of(opts.start_method);
+  }
+
   void start(const PoolOptions& opts, std::int32_t init_invoker, std::string init_fn,
-             std::string init_args, const char* owner = "Pool",
-             const char* closed_message = "Pool not running: it was closed or terminated") {
+             std::string init_args, detail::pool::OwnerName owner = {}) {
     if (opts.processes && *opts.processes < 1)
       detail::fail<ValueError>("Number of processes must be at least 1, not {}", *opts.processes);
     if (opts.maxtasksperchild && *opts.maxtasksperchild < 1)
@@ -269,9 +281,12 @@ class Pool {
     so.maxtasksperchild = static_cast<unsigned>(opts.maxtasksperchild.value_or(0));
     so.task_timeout = opts.task_timeout;
     so.retries = opts.retries;
-    so.method = detail::pool::method_of(opts.start_method);
-    so.owner = owner;
-    so.closed_message = closed_message;
+    so.method = method_for(opts, owner);
+    // Python's executor starts spawned workers as calls need them and reuses idle ones; forked
+    // ones (and a Pool's) all start at once, while the program is as the user made the pool.
+    so.on_demand = owner.executor && so.method != StartMethod::fork;
+    so.owner = owner.name;
+    so.closed_message = owner.closed_message;
     sched_.start(so, init_invoker, std::move(init_fn), std::move(init_args));
   }
 
@@ -355,10 +370,9 @@ Pool::Pool(detail::pool::OwnerName owner, const PoolOptions& opts, F&& initializ
   using Tuple = std::tuple<std::decay_t<A>...>;
   const auto id =
       static_cast<std::int32_t>(detail::pool::Registered<&detail::pool::run_apply<Fn, Tuple>>::id);
-  const StartMethod method = detail::pool::method_of(opts.start_method);
+  const StartMethod method = method_for(opts, owner);
   start(opts, id, detail::pool::wire_for(method, Fn(initializer)),
-        detail::pool::to_wire(Tuple(std::forward<A>(initargs)...)), owner.name,
-        owner.closed_message);
+        detail::pool::to_wire(Tuple(std::forward<A>(initargs)...)), owner);
 }
 
 template <class F, class Range>

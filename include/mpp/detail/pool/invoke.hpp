@@ -241,6 +241,7 @@ inline std::size_t chunksize_or(std::optional<std::ptrdiff_t> c, std::size_t fal
 struct OwnerName {
   const char* name = "Pool";
   const char* closed_message = "Pool not running: it was closed or terminated";
+  bool executor = false;  ///< a ProcessPoolExecutor: its lifecycle rules apply (see Pool::start)
 };
 
 /// Element types that cross as their bytes (no cereal): trivially copyable with the built-in raw
