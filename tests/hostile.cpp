@@ -146,12 +146,11 @@ int behind_the_back(const std::string& name, F&& vandalise) {
   struct stat st {};
   ::fstat(fd, &st);
   const auto size = static_cast<std::size_t>(st.st_size);
-  auto* base = static_cast<std::byte*>(
-      ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
+  auto* base =
+      static_cast<std::byte*>(::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
   ::close(fd);
   if (base == MAP_FAILED) return 2;
-  const auto payload_at =
-      reinterpret_cast<const mpp::detail::SegmentHeader*>(base)->payload_offset;
+  const auto payload_at = reinterpret_cast<const mpp::detail::SegmentHeader*>(base)->payload_offset;
   const int rc = vandalise(base, std::uint64_t{payload_at}, std::uint64_t{size});
   ::munmap(base, size);
   return rc;
@@ -164,30 +163,31 @@ void scribble(const std::string& name,
               const std::vector<std::pair<std::uint64_t, std::uint64_t>>& ranges, int writes,
               std::uint64_t seed) {
   const pid_t vandal = mpp_test::fork_child([&] {
-    return behind_the_back(name, [&](std::byte* base, std::uint64_t payload_at, std::uint64_t size) {
-    std::mt19937_64 rng(seed);
-    for (int i = 0; i < writes; ++i) {
-      const auto& [b, e] = ranges[rng() % ranges.size()];
-      const std::uint64_t off = (b + rng() % (e - b)) & ~std::uint64_t{7};
-      if (payload_at + off + 8 > size) continue;
-      std::uint64_t v = rng();
-      switch (rng() % 4) {
-        case 0:
-          v %= 64;
-          break;  // a plausible small index or length
-        case 1:
-          v = ~std::uint64_t{0} - (v % 4);
-          break;  // -1 and friends
-        case 2:
-          v &= 0xffffffff;
-          break;
-        default:
-          break;
-      }
-      std::memcpy(base + payload_at + off, &v, 8);
-    }
-      return 0;
-    });
+    return behind_the_back(name,
+                           [&](std::byte* base, std::uint64_t payload_at, std::uint64_t size) {
+                             std::mt19937_64 rng(seed);
+                             for (int i = 0; i < writes; ++i) {
+                               const auto& [b, e] = ranges[rng() % ranges.size()];
+                               const std::uint64_t off = (b + rng() % (e - b)) & ~std::uint64_t{7};
+                               if (payload_at + off + 8 > size) continue;
+                               std::uint64_t v = rng();
+                               switch (rng() % 4) {
+                                 case 0:
+                                   v %= 64;
+                                   break;  // a plausible small index or length
+                                 case 1:
+                                   v = ~std::uint64_t{0} - (v % 4);
+                                   break;  // -1 and friends
+                                 case 2:
+                                   v &= 0xffffffff;
+                                   break;
+                                 default:
+                                   break;
+                               }
+                               std::memcpy(base + payload_at + off, &v, 8);
+                             }
+                             return 0;
+                           });
   });
   REQUIRE(mpp_test::wait_child(vandal) == 0);
 }

@@ -1068,7 +1068,8 @@ class Core {
   static void init_header(std::byte* p, std::string_view name, const Layout& l, u64 cap,
                           i64 maxsize, u64 max_item, u64 cell) {
     if (const int err = os::commit(p, l.parts_offset); err != 0) {
-      if (err == ENOMEM) os::fail_no_space(name.empty() ? "(anonymous queue)" : name, l.parts_offset);
+      if (err == ENOMEM)
+        os::fail_no_space(name.empty() ? "(anonymous queue)" : name, l.parts_offset);
       throw OSError(fmt::format("cannot create a queue of {} slots: no memory for them", cap), err);
     }
     auto* h = new (p) Header{};
