@@ -179,15 +179,7 @@ class CoreCache final : public ForkHook {
   void after_fork_parent() noexcept override { mutex.unlock(); }
   void after_fork_child() noexcept override { mutex.unlock(); }
 
-  // Never destroyed: handles may go away in static destructors after main returns.
-  static CoreCache& get() {
-    static CoreCache* c = [] {
-      auto* cache = new CoreCache;
-      register_fork_hook(cache);
-      return cache;
-    }();
-    return *c;
-  }
+  static CoreCache& get() { return process_singleton<CoreCache>(); }
 };
 
 /// The byte-level queue shared by the typed front ends. Thread-safe; one per process and mapping

@@ -93,15 +93,7 @@ struct Client final : ForkHook {
   void after_fork_child() noexcept override { mutex.unlock(); }
 };
 
-// Never destroyed: objects may be removed from static destructors after main returns.
-inline Client& client() {
-  static Client* c = [] {
-    auto* p = new Client;
-    register_fork_hook(p);
-    return p;
-  }();
-  return *c;
-}
+inline Client& client() { return process_singleton<Client>(); }
 
 // Whether this process is a tracker (it never starts one of its own).
 inline bool& serving() noexcept {
