@@ -95,8 +95,12 @@ def compile_table(doc, source):
         f"- Compiler: {doc.get('compiler', '?')}, `{doc.get('flags', '?')}`",
         f"- Date: {doc.get('date', 'unknown')}" + (f", commit `{commit[:12]}`" if commit else ""),
         f"- Command: `{doc.get('command', 'benchmarks/compile_time')}`",
-        f"- Results: [{source}]({source})",
     ]
+    m = doc.get("machine", {})
+    if m.get("load1") is not None:
+        lines.append(f"- Machine: {m.get('cpus', '?')} CPUs, load average (1 min) "
+                     f"{m['load1']:.1f} at the end of the run")
+    lines.append(f"- Results: [{source}]({source})")
     return "\n".join(out + lines)
 
 
