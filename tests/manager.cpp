@@ -1331,10 +1331,11 @@ TEST_CASE("Manager: nested lists read and write through chains, += and * as in P
     CHECK(b.to_vector() == std::vector<int>{0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5, 6, 7});
     b *= 0;
     CHECK(b.empty());
-    auto self = m.list<mpp::SharedList<int>>();  // b.append(b): a list that holds itself
+    auto self = m.list<mpp::SharedList<int>>();  // a list of lists formats its items
     auto s2 = m.list<int>();
     self.append(s2);
-    CHECK(fmt::format("{}", self).find("SharedList") != std::string::npos);
+    CHECK(fmt::format("{}", self) ==
+          fmt::format("<SharedList '{}' [<SharedList '{}' []>]>", self.name(), s2.name()));
   }
 }
 
@@ -1429,5 +1430,72 @@ TEST_CASE("Manager: live iteration over a list and a dict; a dict resized meanwh
     auto di = d.begin();
     d[3] = "z";
     CHECK_THROWS_AS(++di, mpp::RuntimeError);
+  }
+}
+
+namespace {
+
+/// A user type kept in a manager (Python: BaseManager.register("Account", Account)).
+struct Account {
+  long balance = 0;
+  int deposits = 0;
+  std::vector<std::string> log;
+  long deposit(long amount) {
+    balance += amount;
+    ++deposits;
+    return balance;
+  }
+  void note(const std::string& s) { log.push_back(s); }
+  long get_balance() const { return balance; }
+  template <class A>
+  void serialize(A& a) {
+    a(balance, deposits, log);
+  }
+};
+
+/// Deposits 1, `n` times, into the shared account.
+void deposit_many(mpp::SharedObject<Account> acct, int n) {
+  for (int i = 0; i < n; ++i) acct.call(&Account::deposit, 1L);
+  acct.call(&Account::note, std::string("done"));
+}
+MPP_REGISTER(deposit_many);
+
+}  // namespace
+
+TEST_CASE("Manager: a user type's methods run atomically; 4 processes deposit the exact total",
+          "[manager][spawn]") {
+  for (auto sm : start_methods()) {
+    CAPTURE(mpp::start_method_name(sm));
+    mpp::Manager m(small());
+    auto acct = m.object<Account>("acct", Account{100, 0, {}});
+    CHECK(acct.call(&Account::deposit, 10L) == 110);
+    CHECK(acct.call(&Account::get_balance) == 110);
+    CHECK(acct.call([](Account& a, int k) { return a.balance * k; }, 2) == 220);
+    // A method that throws changes nothing.
+    CHECK_THROWS_AS(acct.call([](Account& a) {
+      a.balance = -1;
+      throw std::runtime_error("refused");
+    }),
+                    std::runtime_error);
+    CHECK(acct.get().balance == 110);
+    CHECK(m.object<Account>("acct").get().balance == 110);  // opens, does not reset
+    CHECK_THROWS_AS(m.list<int>("acct"), mpp::TypeMismatchError);
+    CHECK_THROWS_AS(m.object<int>("acct"), mpp::TypeMismatchError);
+    constexpr int kProcs = 4, kN = 300;
+    std::vector<mpp::Process> ps;
+    for (int i = 0; i < kProcs; ++i)
+      ps.push_back(mpp::Process({.start_method = sm}, deposit_many, acct, kN));
+    for (auto& p : ps) p.start();
+    for (auto& p : ps) {
+      REQUIRE(p.join(120s));
+      CHECK(p.exitcode() == 0);
+    }
+    const Account a = acct.get();
+    CHECK(a.balance == 110 + kProcs * kN);
+    CHECK(a.deposits == 1 + kProcs * kN);
+    CHECK(a.log == std::vector<std::string>(kProcs, "done"));
+    acct.set(Account{});
+    CHECK(acct.get().balance == 0);
+    CHECK(fmt::format("{}", acct).find("SharedObject 'acct'") != std::string::npos);
   }
 }

@@ -191,6 +191,23 @@ std::string repr(const T& v) {
   }
 }
 
+/// Bounds the nesting of reprs of containers of containers (a list that holds itself).
+class ReprDepth {
+ public:
+  ReprDepth() noexcept { ++depth(); }
+  ~ReprDepth() { --depth(); }
+  ReprDepth(const ReprDepth&) = delete;
+  ReprDepth& operator=(const ReprDepth&) = delete;
+  /// True when this repr is nested too deep to show its items.
+  bool too_deep() const noexcept { return depth() > 8; }
+
+ private:
+  static int& depth() noexcept {
+    thread_local int d = 0;
+    return d;
+  }
+};
+
 /// How a Namespace formats an attribute it knows only by its type fingerprint: one entry per
 /// type that this program sets or gets as an attribute.
 using ReprFn = std::string (*)(ByteSpan);

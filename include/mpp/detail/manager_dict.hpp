@@ -207,6 +207,8 @@ std::vector<std::pair<K, V>> SharedDict<K, V>::items() const {
 
 template <class K, class V>
 std::string SharedDict<K, V>::repr() const {
+  const detail::ReprDepth depth;
+  if (depth.too_deep()) return fmt::format("<SharedDict '{}' {{...}}>", ref_.name);
   std::string out = fmt::format("<SharedDict '{}' {{", ref_.name);
   const char* sep = "";
   for (const auto& [k, v] : items()) {

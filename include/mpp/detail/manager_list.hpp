@@ -282,6 +282,8 @@ std::vector<T> SharedList<T>::operator*(std::int64_t n) const {
 
 template <class T>
 std::string SharedList<T>::repr() const {
+  const detail::ReprDepth depth;
+  if (depth.too_deep()) return fmt::format("<SharedList '{}' [...]>", ref_.name);
   std::string out = fmt::format("<SharedList '{}' [", ref_.name);
   const char* sep = "";
   for (const T& v : to_vector()) {
