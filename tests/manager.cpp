@@ -1217,6 +1217,7 @@ void expect(bool ok, const char* what) {
   if (!ok) throw std::runtime_error(fmt::format("expectation failed: {}", what));
 }
 
+using Item = std::variant<int, std::string, mpp::SharedList<int>>;
 using Dict = mpp::SharedDict<std::string, int>;
 
 // test_namespace: attributes set with string literals, one deleted, one hidden from the repr.
@@ -1226,6 +1227,15 @@ void child_namespace(mpp::Namespace n) {
   n.set("_hidden", "hidden");
   expect(n.get<std::string>("name") == "Bob" && n.get<std::string>("job") == "Builder", "get");
   expect(n.erase("job"), "del n.job");
+}
+
+// A list of variants, one of them a list: read and changed through the variant.
+void child_variants(mpp::SharedList<Item> l) {
+  expect(std::get<int>(l.get(0)) == 1, "int item");
+  expect(std::get<std::string>(l.get(1)) == "two", "string item");
+  auto inner = std::get<mpp::SharedList<int>>(l.get(2));
+  inner.append(3);
+  l.append(Item{std::string("from the child")});
 }
 
 // test_list / test_list_proxy_in_list: chains, negative indices, +=, *=.
@@ -1277,6 +1287,7 @@ void child_iterate(mpp::SharedList<int> a, mpp::SharedDict<int, std::string> d,
 }
 
 MPP_REGISTER(child_namespace);
+MPP_REGISTER(child_variants);
 MPP_REGISTER(child_lists);
 MPP_REGISTER(child_nested_dicts);
 MPP_REGISTER(child_nested_queue);
@@ -1284,7 +1295,7 @@ MPP_REGISTER(child_iterate);
 
 }  // namespace
 
-TEST_CASE("Manager: Python-shaped calls compile: string literals and braced lists",
+TEST_CASE("Manager: Python-shaped calls compile: string literals, braced lists, variants",
           "[manager][spawn]") {
   for (auto sm : start_methods()) {
     CAPTURE(mpp::start_method_name(sm));
@@ -1299,6 +1310,17 @@ TEST_CASE("Manager: Python-shaped calls compile: string literals and braced list
     auto arr = m.Array<int>({0, 1});
     CHECK(arr.size() == 2);
     CHECK(arr[1] == 1);
+
+    auto inner = m.list<int>({1, 2});
+    auto l = m.list<Item>();
+    l.append(1);
+    l.append(std::string("two"));
+    l.append(inner);
+    run_child(sm, child_variants, l);
+    CHECK(inner.to_vector() == std::vector<int>{1, 2, 3});
+    REQUIRE(l.size() == 4);
+    CHECK(std::get<std::string>(l.get(-1)) == "from the child");
+    CHECK(std::get<mpp::SharedList<int>>(l.get(2)).name() == inner.name());
   }
 }
 

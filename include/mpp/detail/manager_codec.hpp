@@ -2,6 +2,8 @@
 // and how fmt prints them (manager.hpp includes this file).
 #pragma once
 
+#include <variant>
+
 namespace mpp {
 
 /// A Manager crosses processes as its name (as Python pickles a manager's address).
@@ -64,6 +66,60 @@ template <class T>
 struct codec<SharedObject<T>>
     : detail::NameCodec<SharedObject<T>,
                         detail::ContainerName<SharedObject<T>, detail::OpenObject<T>>> {};
+
+namespace detail {
+/// True for the Manager and its container handles.
+template <class T>
+struct is_manager_handle : std::false_type {};
+template <>
+struct is_manager_handle<Manager> : std::true_type {};
+template <>
+struct is_manager_handle<Namespace> : std::true_type {};
+template <class K, class V>
+struct is_manager_handle<SharedDict<K, V>> : std::true_type {};
+template <class T>
+struct is_manager_handle<SharedList<T>> : std::true_type {};
+template <class T>
+struct is_manager_handle<SharedObject<T>> : std::true_type {};
+}  // namespace detail
+
+/// A variant with a manager handle among its alternatives (a list of
+/// std::variant<int, std::string, SharedList<int>>, as a Python list mixes values and proxies):
+/// the alternative's index, then the alternative through its own codec.
+template <class... Ts>
+requires((detail::is_manager_handle<Ts>::value || ...) && (Encodable<Ts> && ...))
+struct codec<std::variant<Ts...>> {
+  /// Name of the encoding (part of the type fingerprint).
+  static constexpr std::string_view kind = "variant";
+  /// Appends the index (4 bytes) and the encoding of the held alternative.
+  static void encode(const std::variant<Ts...>& v, Bytes& out) {
+    const auto i = static_cast<std::uint32_t>(v.index());
+    const auto* p = reinterpret_cast<const std::byte*>(&i);
+    out.insert(out.end(), p, p + sizeof i);
+    std::visit([&](const auto& x) { codec<std::decay_t<decltype(x)>>::encode(x, out); }, v);
+  }
+  //!Returns: the variant encoded in `in`. Throws: CorruptedError for a bad index or length, and
+  //! what the alternative's codec throws.
+  static std::variant<Ts...> decode(std::span<const std::byte> in) {
+    std::uint32_t i = 0;
+    if (in.size() < sizeof i)
+      detail::fail<CorruptedError>("an encoded variant needs 4 bytes, got {}", in.size());
+    std::memcpy(&i, in.data(), sizeof i);
+    return decode_at<0>(i, in.subspan(sizeof i));
+  }
+
+ private:
+  template <std::size_t I>
+  static std::variant<Ts...> decode_at(std::uint32_t i, std::span<const std::byte> in) {
+    if constexpr (I < sizeof...(Ts)) {
+      using Alt = std::variant_alternative_t<I, std::variant<Ts...>>;
+      if (i == I) return std::variant<Ts...>(std::in_place_index<I>, codec<Alt>::decode(in));
+      return decode_at<I + 1>(i, in);
+    } else {
+      detail::fail<CorruptedError>("encoded variant index {} is not below {}", i, sizeof...(Ts));
+    }
+  }
+};
 
 }  // namespace mpp
 
