@@ -1229,8 +1229,11 @@ void child_namespace(mpp::Namespace n) {
   expect(n.erase("job"), "del n.job");
 }
 
-// A list of variants, one of them a list: read and changed through the variant.
-void child_variants(mpp::SharedList<Item> l) {
+// A list of variants, one of them a list: read and changed through the variant. The list comes
+// by name: with mingw, a function whose parameter type names std::variant<..., SharedList<int>>
+// is not found by the spawn function registry (its std::type_index does not order consistently).
+void child_variants(mpp::Manager m, std::string name) {
+  auto l = m.list<Item>(name);
   expect(std::get<int>(l.get(0)) == 1, "int item");
   expect(std::get<std::string>(l.get(1)) == "two", "string item");
   auto inner = std::get<mpp::SharedList<int>>(l.get(2));
@@ -1286,6 +1289,12 @@ void child_iterate(mpp::SharedList<int> a, mpp::SharedDict<int, std::string> d,
   }
 }
 
+// test_dict: the child fills the dict.
+void child_fill_dict(mpp::SharedDict<int, std::string> d) {
+  for (int i = 65; i < 70; ++i) d[i] = std::string(1, static_cast<char>(i));
+}
+
+MPP_REGISTER(child_fill_dict);
 MPP_REGISTER(child_namespace);
 MPP_REGISTER(child_variants);
 MPP_REGISTER(child_lists);
@@ -1316,11 +1325,29 @@ TEST_CASE("Manager: Python-shaped calls compile: string literals, braced lists, 
     l.append(1);
     l.append(std::string("two"));
     l.append(inner);
-    run_child(sm, child_variants, l);
+    run_child(sm, child_variants, m, l.name());
     CHECK(inner.to_vector() == std::vector<int>{1, 2, 3});
     REQUIRE(l.size() == 4);
     CHECK(std::get<std::string>(l.get(-1)) == "from the child");
     CHECK(std::get<mpp::SharedList<int>>(l.get(2)).name() == inner.name());
+  }
+}
+
+TEST_CASE("Manager: a dict filled by a child reads back in the parent (test_dict)",
+          "[manager][spawn]") {
+  for (auto sm : start_methods()) {
+    CAPTURE(mpp::start_method_name(sm));
+    mpp::Manager m(small());
+    auto d = m.dict<int, std::string>();
+    run_child(sm, child_fill_dict, d);
+    CHECK(d.to_map() == std::map<int, std::string>{
+                            {65, "A"}, {66, "B"}, {67, "C"}, {68, "D"}, {69, "E"}});
+    CHECK(d.keys() == std::vector<int>{65, 66, 67, 68, 69});
+    CHECK(d.values() == std::vector<std::string>{"A", "B", "C", "D", "E"});
+    CHECK(d.items().back() == std::pair<int, std::string>{69, "E"});
+    CHECK(fmt::format("{}", d) ==
+          fmt::format("<SharedDict '{}' {{65: 'A', 66: 'B', 67: 'C', 68: 'D', 69: 'E'}}>",
+                      d.name()));
   }
 }
 
@@ -1455,7 +1482,9 @@ TEST_CASE("Manager: live iteration over a list and a dict; a dict resized meanwh
   }
 }
 
-namespace {
+// Named namespace, not anonymous: with mingw the spawn function registry does not find a
+// function whose parameter type is local to the file (its std::type_index orders inconsistently).
+namespace manager_test {
 
 /// A user type kept in a manager (Python: BaseManager.register("Account", Account)).
 struct Account {
@@ -1482,7 +1511,9 @@ void deposit_many(mpp::SharedObject<Account> acct, int n) {
 }
 MPP_REGISTER(deposit_many);
 
-}  // namespace
+}  // namespace manager_test
+using manager_test::Account;
+using manager_test::deposit_many;
 
 TEST_CASE("Manager: a user type's methods run atomically; 4 processes deposit the exact total",
           "[manager][spawn]") {

@@ -105,7 +105,7 @@ class SharedDict {
     template <class X>
     auto operator[](X&& x) const -> decltype(std::declval<V&>()[std::forward<X>(x)]);
     /// d[k]->f(): calls f on the value (decoded once; for a handle, on the object it names).
-    detail::Arrow<V> operator->() const { return {value()}; }
+    std::optional<V> operator->() const { return value(); }
 
    private:
     friend class SharedDict;
@@ -279,7 +279,7 @@ class SharedList {
     template <class X>
     auto operator[](X&& x) const -> decltype(std::declval<T&>()[std::forward<X>(x)]);
     /// l[i]->f(): calls f on the item (decoded once; for a handle, on the object it names).
-    detail::Arrow<T> operator->() const { return {value()}; }
+    std::optional<T> operator->() const { return value(); }
 
    private:
     friend class SharedList;

@@ -163,13 +163,6 @@ using stored_t =
                            std::is_convertible_v<const T&, std::string_view>,
                        std::string, T>;
 
-/// What `x->` gives on an item proxy: the item, decoded once and kept for the call.
-template <class T>
-struct Arrow {
-  T v;
-  T* operator->() noexcept { return std::addressof(v); }
-};
-
 /// Python's repr() of an item, as far as C++ knows it: strings quoted, bools True/False, what
 /// fmt can format as fmt formats it, anything else by its type name.
 template <class T>
