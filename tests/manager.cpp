@@ -1251,8 +1251,7 @@ void child_lists(mpp::SharedList<mpp::SharedList<int>> outer, mpp::SharedList<in
 }
 
 // test_dict_proxy_nested: writes through d[k][k2] and l[i][k].
-void child_nested_dicts(mpp::SharedDict<std::string, Dict> d,
-                        mpp::SharedList<Dict> l) {
+void child_nested_dicts(mpp::SharedDict<std::string, Dict> d, mpp::SharedList<Dict> l) {
   d["supplies"]["blankets"] = 5;
   d["supplies"]["water"] = 7;
   expect(static_cast<int>(d["supplies"]["water"]) == 7, "d['supplies']['water']");
@@ -1340,14 +1339,14 @@ TEST_CASE("Manager: a dict filled by a child reads back in the parent (test_dict
     mpp::Manager m(small());
     auto d = m.dict<int, std::string>();
     run_child(sm, child_fill_dict, d);
-    CHECK(d.to_map() == std::map<int, std::string>{
-                            {65, "A"}, {66, "B"}, {67, "C"}, {68, "D"}, {69, "E"}});
+    CHECK(d.to_map() ==
+          std::map<int, std::string>{{65, "A"}, {66, "B"}, {67, "C"}, {68, "D"}, {69, "E"}});
     CHECK(d.keys() == std::vector<int>{65, 66, 67, 68, 69});
     CHECK(d.values() == std::vector<std::string>{"A", "B", "C", "D", "E"});
     CHECK(d.items().back() == std::pair<int, std::string>{69, "E"});
-    CHECK(fmt::format("{}", d) ==
-          fmt::format("<SharedDict '{}' {{65: 'A', 66: 'B', 67: 'C', 68: 'D', 69: 'E'}}>",
-                      d.name()));
+    CHECK(
+        fmt::format("{}", d) ==
+        fmt::format("<SharedDict '{}' {{65: 'A', 66: 'B', 67: 'C', 68: 'D', 69: 'E'}}>", d.name()));
   }
 }
 

@@ -121,10 +121,10 @@ class SharedDict {
   /// since the iteration began (Python: "dictionary changed size during iteration").
   class iterator {
    public:
-    using value_type = std::pair<K, V>;       ///< an item
-    using difference_type = std::ptrdiff_t;   ///< unused (an input iterator)
-    using reference = const value_type&;      ///< what * gives
-    using pointer = const value_type*;        ///< what -> gives
+    using value_type = std::pair<K, V>;                 ///< an item
+    using difference_type = std::ptrdiff_t;             ///< unused (an input iterator)
+    using reference = const value_type&;                ///< what * gives
+    using pointer = const value_type*;                  ///< what -> gives
     using iterator_category = std::input_iterator_tag;  ///< single pass
 
     /// The current item.
@@ -237,7 +237,9 @@ class SharedDict {
   friend struct detail::Nest;
   using Core = detail::shm::DictCore;
   explicit SharedDict(detail::ObjectRef ref) : ref_(std::move(ref)) {}
-  Proxy kept(std::shared_ptr<const void> keep, const K& k) { return Proxy(this, k, std::move(keep)); }
+  Proxy kept(std::shared_ptr<const void> keep, const K& k) {
+    return Proxy(this, k, std::move(keep));
+  }
 
   detail::shm::Arena& arena() const noexcept { return ref_.arena(); }
   Core core() const noexcept { return Core(&ref_.arena(), ref_.root); }
@@ -294,10 +296,10 @@ class SharedList {
   /// (a change made during the iteration is seen; the iteration ends at the current end).
   class iterator {
    public:
-    using value_type = T;                    ///< an item
-    using difference_type = std::ptrdiff_t;  ///< unused (an input iterator)
-    using reference = const T&;              ///< what * gives
-    using pointer = const T*;                ///< what -> gives
+    using value_type = T;                               ///< an item
+    using difference_type = std::ptrdiff_t;             ///< unused (an input iterator)
+    using reference = const T&;                         ///< what * gives
+    using pointer = const T*;                           ///< what -> gives
     using iterator_category = std::input_iterator_tag;  ///< single pass
 
     /// The current item. Throws: IndexError if the list shrank under it.
@@ -672,8 +674,8 @@ class Manager {
 
 }  // namespace mpp
 
+#include "detail/manager_codec.hpp"
 #include "detail/manager_dict.hpp"
+#include "detail/manager_directory.hpp"
 #include "detail/manager_list.hpp"
 #include "detail/manager_object.hpp"
-#include "detail/manager_directory.hpp"
-#include "detail/manager_codec.hpp"

@@ -87,8 +87,8 @@ struct is_manager_handle<SharedObject<T>> : std::true_type {};
 /// std::variant<int, std::string, SharedList<int>>, as a Python list mixes values and proxies):
 /// the alternative's index, then the alternative through its own codec.
 template <class... Ts>
-requires((detail::is_manager_handle<Ts>::value || ...) && (Encodable<Ts> && ...))
-struct codec<std::variant<Ts...>> {
+requires((detail::is_manager_handle<Ts>::value || ...) &&
+         (Encodable<Ts> && ...)) struct codec<std::variant<Ts...>> {
   /// Name of the encoding (part of the type fingerprint).
   static constexpr std::string_view kind = "variant";
   /// Appends the index (4 bytes) and the encoding of the held alternative.

@@ -159,8 +159,8 @@ inline std::vector<std::int64_t> slice_indices(std::int64_t start, std::int64_t 
 /// What a value is stored as: a string literal or C string is a std::string, as in Python.
 template <class T>
 using stored_t =
-    std::conditional_t<(std::is_array_v<T> || std::is_pointer_v<T>) &&
-                           std::is_convertible_v<const T&, std::string_view>,
+    std::conditional_t<(std::is_array_v<T> ||
+                        std::is_pointer_v<T>)&&std::is_convertible_v<const T&, std::string_view>,
                        std::string, T>;
 
 /// Python's repr() of an item, as far as C++ knows it: strings quoted, bools True/False, what

@@ -12,10 +12,9 @@ inline Manager::Manager(detail::Segment seg, const ManagerOptions& opts)
   const auto file_end = static_cast<std::uint64_t>(s.payload() - file) + s.payload_size();
   // Every mapping of this segment computes the same identity (its creator and creation time):
   // how a thread that holds the lock recognises the manager when a decode reopens it.
-  const std::uint64_t id =
-      detail::shm::fmix64(s.header().creator.load(std::memory_order_relaxed) ^
-                          detail::shm::fmix64(s.header().created_unix_ms)) |
-      1;
+  const std::uint64_t id = detail::shm::fmix64(s.header().creator.load(std::memory_order_relaxed) ^
+                                               detail::shm::fmix64(s.header().created_unix_ms)) |
+                           1;
   core_->arena = detail::shm::Arena(s.payload(), s.payload_size(), s.name(), file_end, id);
   core_->timeout = opts.timeout;
   core_->arena.validate();
@@ -40,9 +39,8 @@ SharedDict<K, V> Manager::dict(std::string_view name) {
 
 template <class T>
 SharedList<T> Manager::list(std::string_view name) {
-  return SharedList<T>(
-      open_container(name, detail::ObjectKind::list, type_info<T>().fingerprint,
-                     [](auto& tx) { return detail::shm::ListCore::create(tx); }));
+  return SharedList<T>(open_container(name, detail::ObjectKind::list, type_info<T>().fingerprint,
+                                      [](auto& tx) { return detail::shm::ListCore::create(tx); }));
 }
 
 inline ::mpp::Namespace Manager::Namespace(std::string_view name) {
@@ -79,8 +77,8 @@ inline void check_container_name(std::string_view name) {
     fail<InvalidArgument>("container name '{}' must have 1 to {} characters", name,
                           shm::kObjectNameCapacity - 1);
   for (char c : name)
-    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-          c == '.' || c == '_' || c == '-' || c == '#'))
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+          c == '_' || c == '-' || c == '#'))
       fail<InvalidArgument>(
           "container name '{}': character {:?} is not allowed (use letters, digits, '.', '_' "
           "and '-')",
@@ -141,8 +139,8 @@ inline std::optional<std::uint64_t> Manager::find_container(std::string_view nam
       a.corrupted("unterminated container name");
     if (std::string_view(e.name) != name) continue;
     if (e.kind != static_cast<std::uint32_t>(kind))
-      detail::fail<TypeMismatchError>("'{}' in manager '{}' is a {}, not a {}", name,
-                                      this->name(), detail::object_kind_name(e.kind),
+      detail::fail<TypeMismatchError>("'{}' in manager '{}' is a {}, not a {}", name, this->name(),
+                                      detail::object_kind_name(e.kind),
                                       detail::object_kind_name(static_cast<std::uint32_t>(kind)));
     if (e.type != type)
       detail::fail<TypeMismatchError>(

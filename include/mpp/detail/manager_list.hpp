@@ -115,8 +115,7 @@ std::size_t SharedList<T>::index(const T& v, std::int64_t start, std::int64_t st
     const auto n = static_cast<std::int64_t>(items.size());
     const auto [lo, hi] = detail::clamp_range(start, stop, n);
     for (std::int64_t i = lo; i < hi; ++i)
-      if (detail::same_bytes(arena().block_bytes(items[static_cast<std::size_t>(i)]), b))
-        return i;
+      if (detail::same_bytes(arena().block_bytes(items[static_cast<std::size_t>(i)]), b)) return i;
     return -1;
   });
   if (r < 0)
@@ -130,8 +129,7 @@ std::size_t SharedList<T>::count(const T& v) const {
   const Bytes b = mpp::encode(v);
   return read("count", [&] {
     std::size_t n = 0;
-    for (std::uint64_t off : core().items())
-      n += detail::same_bytes(arena().block_bytes(off), b);
+    for (std::uint64_t off : core().items()) n += detail::same_bytes(arena().block_bytes(off), b);
     return n;
   });
 }
@@ -301,8 +299,7 @@ T SharedList<T>::decode(detail::ByteSpan b, std::uint64_t i) const {
 }
 
 template <class T>
-std::uint64_t SharedList<T>::normalize(std::int64_t i, std::uint64_t size,
-                                       const char* what) const {
+std::uint64_t SharedList<T>::normalize(std::int64_t i, std::uint64_t size, const char* what) const {
   const auto n = static_cast<std::int64_t>(size);
   const std::int64_t j = i < 0 ? i + n : i;
   if (j < 0 || j >= n)

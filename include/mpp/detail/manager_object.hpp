@@ -54,9 +54,8 @@ inline bool Namespace::erase(std::string_view attr) {
 inline std::vector<std::string> Namespace::names() const {
   return read([&] {
     std::vector<std::string> out;
-    core().for_each([&](detail::ByteSpan k, detail::ByteSpan) {
-      out.push_back(mpp::decode<std::string>(k));
-    });
+    core().for_each(
+        [&](detail::ByteSpan k, detail::ByteSpan) { out.push_back(mpp::decode<std::string>(k)); });
     return out;
   });
 }

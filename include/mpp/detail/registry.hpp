@@ -184,10 +184,10 @@ inline bool read_header_fields(ObjectInfo& o, std::span<const std::byte> bytes) 
 inline std::string header_problem(const ObjectInfo& o, bool type_name_terminated) {
   using H = SegmentHeader;
   if (o.init_state != kInitReady) return fmt::format("invalid init state {}", o.init_state);
-  if (o.magic != kSegmentMagic) return fmt::format("bad magic {:#018x}: not an mpp object", o.magic);
+  if (o.magic != kSegmentMagic)
+    return fmt::format("bad magic {:#018x}: not an mpp object", o.magic);
   if (o.layout_version != kLayoutVersion)
-    return fmt::format("layout version {} (this tool reads {})", o.layout_version,
-                       kLayoutVersion);
+    return fmt::format("layout version {} (this tool reads {})", o.layout_version, kLayoutVersion);
   if (o.header_size != sizeof(H))
     return fmt::format("header size {} (expected {})", o.header_size, sizeof(H));
   if (!type_name_terminated) return "type name not terminated";
