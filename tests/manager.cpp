@@ -1551,3 +1551,34 @@ TEST_CASE("Manager: a user type's methods run atomically; 4 processes deposit th
     CHECK(fmt::format("{}", acct).find("SharedObject 'acct'") != std::string::npos);
   }
 }
+
+#if defined(MPP_OS_POSIX)
+TEST_CASE("Manager: a user object's method killed at random moments leaves it before or after",
+          "[manager][kill]") {
+  mpp::Manager m(small());
+  auto acct = m.object<Account>("acct");
+  std::mt19937 rng(11);
+  for (int round = 0; round < 20; ++round) {
+    const pid_t w = fork_child([&] {
+      for (;;) {
+        acct.call(&Account::deposit, 3L);
+        acct.call(&Account::note, std::string(static_cast<std::size_t>(rng() % 64), 'x'));
+      }
+      return 0;
+    });
+    std::this_thread::sleep_for(std::chrono::microseconds(500 + rng() % 5000));
+    ::kill(w, SIGKILL);
+    CHECK(wait_child(w) == -SIGKILL);
+    const Account a = acct.get();  // the next reader or writer repairs a half-done call
+    REQUIRE(a.balance == 3L * a.deposits);
+    // Each killed child may leave one deposit without its note, never a half of either.
+    REQUIRE(a.log.size() <= static_cast<std::size_t>(a.deposits));
+    REQUIRE(a.log.size() + static_cast<std::size_t>(round) + 1 >=
+            static_cast<std::size_t>(a.deposits));
+    for (const auto& s : a.log) REQUIRE(s.find_first_not_of('x') == std::string::npos);
+  }
+  acct.call(&Account::deposit, 3L);
+  const Account a = acct.get();
+  CHECK(a.balance == 3L * a.deposits);
+}
+#endif  // MPP_OS_POSIX
