@@ -14,6 +14,7 @@
 #include "queue.hpp"
 #include "segment.hpp"
 #include "shared_memory.hpp"
+#include "shared_memory_manager.hpp"
 #include "sync.hpp"
 #include "timeout.hpp"
 #include "value.hpp"
