@@ -246,6 +246,13 @@ class IndexError : public LookupError {
   using LookupError::LookupError;
 };
 
+/// Python's RuntimeError: an operation that cannot go on in the object's current state, such
+/// as a SharedDict iteration whose dict changed size meanwhile.
+class RuntimeError : public Error {
+ public:
+  using Error::Error;
+};
+
 /// A process died while it held the lock that protects some shared data, which may therefore be
 /// half-written. Raised by operations that would otherwise return that data as if it were
 /// whole; the message names the object and how to repair it.
