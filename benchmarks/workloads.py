@@ -97,6 +97,15 @@ WORKLOADS = [
              "Pool(2) made, first map of 2 items, close, join"),
     Workload("futures.map.1e4", "items/s", True, ("python",),
              "ProcessPoolExecutor(2).map(x + 1) over 10^4 ints (--quick: 2000), executor started"),
+    Workload("futures.wait.first_completed", "µs", False, ("python",),
+             "ProcessPoolExecutor(2), one call sleeping 1 s: submit a no-op call, until "
+             "wait([sleeper, it], FIRST_COMPLETED) returns (mean of 100)"),
+    Workload("pool.mixed.makespan", "ms", False, ("python",),
+             "Pool(2) started: apply_async of sleeps of 300, 50 and 150 ms, until all are done "
+             "(ideal 300)"),
+    Workload("pool.mixed.latency", "ms", False, ("python",),
+             "the same three calls: mean time from submission to each one's callback "
+             "(ideal (300 + 50 + 200) / 3 = 183)"),
     # Hardware limits; no mpp row expected.
     Workload("memcpy.64KiB", "GB/s", True, ("memcpy",), "memcpy of 64 KiB blocks, one core", mpp=False),
     Workload("memcpy.1MiB", "GB/s", True, ("memcpy",), "memcpy of 1 MiB blocks, one core", mpp=False),

@@ -37,6 +37,15 @@ if(MPP_BUILD_BENCHMARKS)
   endif()
 endif()
 
+# OpenSSL's libcrypto: only for the optional target mpp::connection (mpp/connection.hpp's HMAC).
+if(NOT WIN32)
+  find_package(OpenSSL QUIET COMPONENTS Crypto)
+  if(NOT TARGET OpenSSL::Crypto)
+    message(STATUS "mpp: OpenSSL not found; mpp::connection (mpp/connection.hpp) is not available "
+                   "(Debian: libssl-dev)")
+  endif()
+endif()
+
 find_package(fmt 9 QUIET CONFIG)
 if(NOT TARGET fmt::fmt)
   message(STATUS "mpp: fmt not installed; fetching fmt 10.2.1")

@@ -20,6 +20,9 @@ set(MPP_CMAKE_DIR "${CMAKE_INSTALL_DATADIR}/cmake/mpp")
 install(DIRECTORY "${PROJECT_SOURCE_DIR}/include/" DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}"
   COMPONENT mpp_development)
 install(TARGETS mpp EXPORT mppTargets COMPONENT mpp_development)
+if(TARGET mpp_connection)
+  install(TARGETS mpp_connection EXPORT mppTargets COMPONENT mpp_development)
+endif()
 install(EXPORT mppTargets NAMESPACE mpp:: DESTINATION "${MPP_CMAKE_DIR}"
   COMPONENT mpp_development)
 configure_package_config_file("${PROJECT_SOURCE_DIR}/cmake/mppConfig.cmake.in" "${PROJECT_BINARY_DIR}/mppConfig.cmake"

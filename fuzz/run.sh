@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 seconds="${1:-300}"
 shift || true
 targets=("$@")
-[[ ${#targets[@]} -gt 0 ]] || targets=(segment_header codec pipe_framing)
+[[ ${#targets[@]} -gt 0 ]] || targets=(segment_header codec pipe_framing connection_handshake)
 CXX="${CXX:-clang++}" cmake -S . -B build/fuzz -DCMAKE_BUILD_TYPE=Debug -DMPP_BUILD_FUZZERS=ON \
   -DMPP_BUILD_BENCHMARKS=OFF -DMPP_BUILD_EXAMPLES=OFF >/dev/null
 for t in "${targets[@]}"; do

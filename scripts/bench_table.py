@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """Regenerate the README's benchmark summary from the newest results in benchmarks/results/.
 
-    scripts/bench_table.py [--results FILE] [--readme FILE] [--check] [--print] [--svg [FILE]]
+    scripts/bench_table.py [--results FILE] [--compile-time FILE] [--readme FILE] [--check]
+                           [--print] [--svg [FILE]]
 
 Reads a JSON file written by `benchmarks/run --json` (by default the newest one in
 benchmarks/results/, by the date it records), picks a few headline workloads and writes a markdown
 table — mpp, Python's multiprocessing and the best other peer, with mpp's ratios — followed by the
 run's machine, date, command and commit, between the lines `<!-- bench-table:begin -->` and
 `<!-- bench-table:end -->` of the readme (README.md by default). Everything else in the file is
-left as it is.
+left as it is. Below it goes the compile-time table, from the newest file written by
+`benchmarks/compile_time --baseline REF --json` (its JSON says "kind": "compile_time").
 
 --check   exit 1 (writing nothing) if the readme's table differs from the regenerated one
 --print   print the table instead of writing the readme
@@ -60,12 +62,46 @@ LIMITS = {"ring": "bare ring", "cacheline": "cache line", "futex": "futex", "mem
 NAMES = {"python": "Python", **PEERS, **LIMITS}
 
 
-def newest(results_dir):
-    """The results file with the latest recorded date (file name as the tie-breaker)."""
-    files = sorted(results_dir.glob("*.json"))
-    if not files:
-        sys.exit(f"bench_table: no results in {results_dir} (run benchmarks/run --json ...)")
-    return max(files, key=lambda f: (json.loads(f.read_text()).get("date", ""), f.name))
+def newest(results_dir, kind=None):
+    """The results file of `kind` (None: a benchmarks/run file) with the latest recorded date (file
+    name as the tie-breaker); None if there is none."""
+    docs = [(f, json.loads(f.read_text())) for f in sorted(results_dir.glob("*.json"))]
+    docs = [(f, d) for f, d in docs if d.get("kind") == kind]
+    if not docs:
+        return None
+    return max(docs, key=lambda fd: (fd[1].get("date", ""), fd[0].name))[0]
+
+
+def compile_table(doc, source):
+    """The compile-time rows: each program's CPU time against the baseline's, and the ratio."""
+    rows = {(r["program"], r["tree"]): r for r in doc["rows"]}
+    titles = {"empty": "`#include <mpp/mpp.hpp>`, empty `main`",
+              "small": "a small Queue + Process + Pool program"}
+    base = doc.get("trees", {}).get("old", "?")
+    out = ["| program (g++ -O0) | baseline | now | now / baseline | preprocessed lines (baseline, now) |",
+           "|---|---:|---:|---:|---:|"]
+    for program, title in titles.items():
+        old, new = rows.get((program, "old")), rows.get((program, "new"))
+        if not old or not new:
+            continue
+        out.append(f"| {title} | {old['cpu_s']:.2f} s | {new['cpu_s']:.2f} s | "
+                   f"{new['cpu_s'] / old['cpu_s']:.2f}× | {old['lines']}, {new['lines']} |")
+    commit = doc.get("commit", "")
+    lines = [
+        "",
+        f"Compile time: CPU seconds of the compiler, median of {doc.get('rounds', '?')} compiles "
+        f"each, interleaved; baseline: the headers of commit `{base}`.",
+        "",
+        f"- Compiler: {doc.get('compiler', '?')}, `{doc.get('flags', '?')}`",
+        f"- Date: {doc.get('date', 'unknown')}" + (f", commit `{commit[:12]}`" if commit else ""),
+        f"- Command: `{doc.get('command', 'benchmarks/compile_time')}`",
+    ]
+    m = doc.get("machine", {})
+    if m.get("load1") is not None:
+        lines.append(f"- Machine: {m.get('cpus', '?')} CPUs, load average (1 min) "
+                     f"{m['load1']:.1f} at the end of the run")
+    lines.append(f"- Results: [{source}]({source})")
+    return "\n".join(out + lines)
 
 
 def interleaved():
@@ -235,18 +271,28 @@ def svg(doc, path):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--results", type=Path, help="results JSON (default: newest in benchmarks/results)")
+    ap.add_argument("--compile-time", type=Path, metavar="FILE",
+                    help="compile-time JSON (default: newest in benchmarks/results)")
     ap.add_argument("--readme", type=Path, default=ROOT / "README.md")
     ap.add_argument("--check", action="store_true", help="exit 1 if the readme's table is stale")
     ap.add_argument("--print", action="store_true", help="print the table, write nothing")
     ap.add_argument("--svg", nargs="?", type=Path, const=RESULTS / "ratios.svg", metavar="FILE")
     args = ap.parse_args()
-    results = (args.results or newest(RESULTS)).resolve()
+    results = args.results or newest(RESULTS)
+    if results is None:
+        sys.exit(f"bench_table: no results in {RESULTS} (run benchmarks/run --json ...)")
+    results = results.resolve()
     doc = json.loads(results.read_text())
     readme = args.readme.resolve()
     source = Path(os.path.relpath(results, readme.parent)).as_posix()
     if args.svg:
         svg(doc, args.svg)
     block = table(doc, source)
+    compile_results = args.compile_time or newest(RESULTS, "compile_time")
+    if compile_results is not None:
+        compile_results = compile_results.resolve()
+        block += "\n\n" + compile_table(json.loads(compile_results.read_text()),
+                                        Path(os.path.relpath(compile_results, readme.parent)).as_posix())
     if args.print:
         print(block)
     else:

@@ -4,6 +4,8 @@
 set -euo pipefail
 # libboost-dev: only the benchmarks' peer and tests/boost_interop.cpp; clang: the CI's clang lane.
 pkgs=(g++ clang clang-format cmake make libboost-dev libfmt-dev libcereal-dev catch2 libbenchmark-dev python3)
+# libssl-dev: OpenSSL's libcrypto for mpp/connection.hpp's HMAC handshake (target mpp::connection).
+pkgs+=(libssl-dev)
 if [[ "${1:-}" == "--windows" ]]; then pkgs+=(g++-mingw-w64-x86-64 wine64); fi
 pkgs+=(doxygen)  # the API reference: cmake -DMPP_BUILD_DOCS=ON, target docs
 # Only for the optional picture of scripts/bench_table.py --svg; CI does not need it.

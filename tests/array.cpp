@@ -2,6 +2,7 @@
 // square_list program of texts/003), slices, the embedded lock, atomic elements, and validation
 // of the element count read back from the segment.
 #include <mpp/array.hpp>
+#include <mpp/process.hpp>
 
 #if defined(MPP_OS_POSIX)  // the tests that fork (the rest also runs under wine)
 #  include <fcntl.h>
@@ -197,7 +198,7 @@ TEST_CASE("Array: at() out of range raises mpp::IndexError naming the array, ind
       CHECK(m.find("size 4") != std::string::npos);
     }
   }
-  CHECK_THROWS_AS(a.at(4), mpp::KeyError);  // a LookupError, as in Python
+  CHECK_THROWS_AS(a.at(4), mpp::LookupError);  // as in Python (not a KeyError)
   CHECK_NOTHROW(a.at(-4));
 #if defined(MPP_OS_POSIX)
   // The same in another process that opened it by name (its size read back and validated).
@@ -323,4 +324,77 @@ TEST_CASE("Array: an Array crosses processes as its name (codec)", "[array]") {
   CHECK(a[0] == 10);
   CHECK(b.size() == 3);
   CHECK(mpp::decode<RawArray<int>>(mpp::encode(a)).to_vector() == std::vector<int>{10, 2, 3});
+}
+
+// ---- a caller's lock (Python's lock= argument) ---------------------------------------------
+
+namespace {
+
+template <class A>
+concept HasGetLock = requires(A& a) {
+  a.get_lock();
+};
+
+/// Adds 1 to every element of `arr` `rounds` times, holding the array's lock (an RLock that
+/// `v` shares) around each whole pass; exits 2 if `v` and arr[0] ever differ under the lock.
+void add_under_shared_lock(Array<int> arr, Value<int> v, int rounds) {
+  for (int r = 0; r < rounds; ++r) {
+    std::lock_guard g(arr.get_lock());
+    if (v.value() != arr[0]) mpp::exit(2);
+    for (auto& x : arr) x += 1;
+    v.set(v.value() + 1);
+  }
+}
+MPP_REGISTER(add_under_shared_lock);
+
+}  // namespace
+
+TEST_CASE("Array: get_lock() and get_obj() with a caller's lock (test_getobj_getlock_obj)",
+          "[array]") {
+  Array<int> arr1(10);
+  CHECK(arr1.get_lock().name() == arr1.name());  // its own RLock
+  mpp::Lock lock;
+  Array<int> arr3({1, 2, 3}, lock);
+  CHECK(arr3.get_lock<mpp::Lock>().name() == lock.name());
+  CHECK_THROWS_AS(arr3.get_lock(), mpp::ValueError);  // a Lock, not an RLock
+  CHECK(arr3.to_vector() == std::vector<int>{1, 2, 3});
+  Array<int> arr4(10, mpp::SharedOptions{.lock = false});
+  CHECK_FALSE(arr4.has_lock());
+  CHECK_THROWS_AS(arr4.get_lock(), mpp::ValueError);
+  static_assert(!HasGetLock<RawArray<int>> && HasGetLock<Array<int>>);
+  const auto name = unique_name("array.supplied");
+  auto named = Array<int>::create(name, 4, lock);
+  CHECK_THROWS_AS(Array<int>::open(name).get_lock<mpp::Lock>(), mpp::ValueError);
+  CHECK(Array<int>::open(name, lock).get_lock<mpp::Lock>().name() == lock.name());
+}
+
+TEST_CASE("Array: an Array and a Value share a caller's RLock in a spawned child", "[array]") {
+  mpp::RLock lock;
+  Array<int> arr(8, lock);
+  Value<int> v(0, lock);
+  constexpr int kRounds = 500;
+  auto p =
+      mpp::get_context(mpp::StartMethod::spawn).process(add_under_shared_lock, arr, v, kRounds);
+  p.start();
+  for (int r = 0; r < kRounds; ++r) {
+    std::lock_guard g(v.get_lock());
+    REQUIRE(v.value() == arr[0]);
+    for (auto& x : arr) x += 1;
+    v.set(v.value() + 1);
+  }
+  REQUIRE(p.join(60.0));
+  CHECK(p.exitcode() == 0);
+  CHECK(v.value() == 2 * kRounds);
+  CHECK(arr.to_vector() == std::vector<int>(8, 2 * kRounds));
+}
+
+TEST_CASE("Array: fmt::format gives a Python-like repr", "[array][repr]") {
+  Array<int> a{1, 2, 3};
+  CHECK(fmt::format("{}", a) ==
+        fmt::format("<Array<int>(name='{}', size=3, [1, 2, 3])>", a.name()));
+  RawArray<int> big(20);
+  CHECK(fmt::format("{}", big) ==
+        fmt::format("<RawArray<int>(name='{}', size=20, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, "
+                    "0, 0, 0, ...])>",
+                    big.name()));
 }

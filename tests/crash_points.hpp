@@ -20,10 +20,18 @@
 #include <vector>
 
 #if defined(MPP_OS_POSIX)
+#  include <fcntl.h>
 #  include <poll.h>
 #  include <signal.h>
+#  include <sys/mman.h>
 #  include <sys/stat.h>
 #  include <unistd.h>
+
+#  include <algorithm>
+#  include <chrono>
+#  include <csignal>
+#  include <map>
+
 #  include <mpp/detail/registry.hpp>
 #  include <mpp/segment.hpp>
 #endif
@@ -175,6 +183,20 @@ inline void kill_and_reap(pid_t pid) {
 
 }  // namespace mpp_test::kill
 namespace kt = mpp_test::kill;
+
+// The vocabulary of the kill and hostile-peer suites.
+using namespace std::chrono_literals;
+using mpp::detail::ProcessRef;
+using mpp::detail::Segment;
+using mpp::detail::SegmentSpec;
+using mpp_test::tolerate;
+namespace reg = mpp::detail::registry;
+
+// Children of a test binary must not inherit (and print again) the parent's buffered output.
+static const bool stdout_unbuffered = [] {
+  std::setvbuf(stdout, nullptr, _IONBF, 0);
+  return true;
+}();
 #endif
 
 namespace mpp::detail {

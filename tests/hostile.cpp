@@ -6,43 +6,12 @@
 // Environment knobs: MPP_HOSTILE_ROUNDS=N, MPP_HOSTILE_SEED=S (rounds and seed of the scribbler).
 #include "crash_points.hpp"
 
-#include <mpp/detail/registry.hpp>
-#include <mpp/segment.hpp>
-
-#include <fcntl.h>
-#include <poll.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-
-#include <algorithm>
-#include <csignal>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-#include <fstream>
-#include <map>
-#include <random>
-#include <string>
-#include <thread>
-#include <vector>
-
 #include <mpp/pipe.hpp>
 #include <mpp/queue.hpp>
 
-#include "helpers.hpp"
-
-using namespace std::chrono_literals;
-using mpp::detail::ProcessRef;
-using mpp::detail::Segment;
-using mpp::detail::SegmentSpec;
-using mpp_test::tolerate;
-namespace reg = mpp::detail::registry;
-
-// Children of this binary must not inherit (and print again) the parent's buffered output.
-static const bool stdout_unbuffered = [] {
-  std::setvbuf(stdout, nullptr, _IONBF, 0);
-  return true;
-}();
+#include <fstream>
+#include <random>
+#include <thread>
 
 // ---- squatters
 // -----------------------------------------------------------------------------------
@@ -167,6 +136,26 @@ TEST_CASE("Hostile peer: rewrites the header of a live segment: handles keep the
 }
 
 namespace {
+/// Maps the object `name` read-write behind the library's back, as a hostile process of the same
+/// user would, and calls `vandalise(base, payload offset, size)` on it.
+/// Returns: what `vandalise` returns; 1 if there is no such object, 2 if it cannot be mapped.
+template <class F>
+int behind_the_back(const std::string& name, F&& vandalise) {
+  const int fd = ::shm_open(("/" + name).c_str(), O_RDWR, 0);
+  if (fd < 0) return 1;
+  struct stat st {};
+  ::fstat(fd, &st);
+  const auto size = static_cast<std::size_t>(st.st_size);
+  auto* base =
+      static_cast<std::byte*>(::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
+  ::close(fd);
+  if (base == MAP_FAILED) return 2;
+  const auto payload_at = reinterpret_cast<const mpp::detail::SegmentHeader*>(base)->payload_offset;
+  const int rc = vandalise(base, std::uint64_t{payload_at}, std::uint64_t{size});
+  ::munmap(base, size);
+  return rc;
+}
+
 /// A hostile process: maps the object `name` behind the library's back and writes `writes`
 /// random 64-bit values (random bits, small plausible numbers or all-ones) at random 8-byte
 /// aligned offsets of the payload ranges `ranges` ([begin, end) from the payload start).
@@ -174,39 +163,31 @@ void scribble(const std::string& name,
               const std::vector<std::pair<std::uint64_t, std::uint64_t>>& ranges, int writes,
               std::uint64_t seed) {
   const pid_t vandal = mpp_test::fork_child([&] {
-    const int fd = ::shm_open(("/" + name).c_str(), O_RDWR, 0);
-    if (fd < 0) return 1;
-    struct stat st {};
-    ::fstat(fd, &st);
-    auto* base = static_cast<std::byte*>(::mmap(nullptr, static_cast<std::size_t>(st.st_size),
-                                                PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
-    ::close(fd);
-    if (base == MAP_FAILED) return 2;
-    const auto payload_at =
-        reinterpret_cast<const mpp::detail::SegmentHeader*>(base)->payload_offset;
-    std::mt19937_64 rng(seed);
-    for (int i = 0; i < writes; ++i) {
-      const auto& [b, e] = ranges[rng() % ranges.size()];
-      const std::uint64_t off = (b + rng() % (e - b)) & ~std::uint64_t{7};
-      if (payload_at + off + 8 > static_cast<std::uint64_t>(st.st_size)) continue;
-      std::uint64_t v = rng();
-      switch (rng() % 4) {
-        case 0:
-          v %= 64;
-          break;  // a plausible small index or length
-        case 1:
-          v = ~std::uint64_t{0} - (v % 4);
-          break;  // -1 and friends
-        case 2:
-          v &= 0xffffffff;
-          break;
-        default:
-          break;
-      }
-      std::memcpy(base + payload_at + off, &v, 8);
-    }
-    ::munmap(base, static_cast<std::size_t>(st.st_size));
-    return 0;
+    return behind_the_back(name,
+                           [&](std::byte* base, std::uint64_t payload_at, std::uint64_t size) {
+                             std::mt19937_64 rng(seed);
+                             for (int i = 0; i < writes; ++i) {
+                               const auto& [b, e] = ranges[rng() % ranges.size()];
+                               const std::uint64_t off = (b + rng() % (e - b)) & ~std::uint64_t{7};
+                               if (payload_at + off + 8 > size) continue;
+                               std::uint64_t v = rng();
+                               switch (rng() % 4) {
+                                 case 0:
+                                   v %= 64;
+                                   break;  // a plausible small index or length
+                                 case 1:
+                                   v = ~std::uint64_t{0} - (v % 4);
+                                   break;  // -1 and friends
+                                 case 2:
+                                   v &= 0xffffffff;
+                                   break;
+                                 default:
+                                   break;
+                               }
+                               std::memcpy(base + payload_at + off, &v, 8);
+                             }
+                             return 0;
+                           });
   });
   REQUIRE(mpp_test::wait_child(vandal) == 0);
 }
@@ -365,21 +346,12 @@ TEST_CASE(
   // Drain what the victim sent so far, so its ring 0 read index is past 0 too.
   while (a.poll(std::chrono::duration<double>(0.2))) (void)a.recv();
   const pid_t vandal = mpp_test::fork_child([&] {
-    const int fd = ::shm_open(("/" + name).c_str(), O_RDWR, 0);
-    if (fd < 0) return 1;
-    struct stat st {};
-    ::fstat(fd, &st);
-    auto* base = static_cast<std::byte*>(::mmap(nullptr, static_cast<std::size_t>(st.st_size),
-                                                PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
-    ::close(fd);
-    if (base == MAP_FAILED) return 2;
-    const auto payload_at =
-        reinterpret_cast<const mpp::detail::SegmentHeader*>(base)->payload_offset;
-    for (unsigned ring : {0u, 1u})
-      std::memset(base + payload_at + mpp::detail::pipe_layout::ring_offset(ring, 4096), 0,
-                  sizeof(mpp::detail::ring::Control));
-    ::munmap(base, static_cast<std::size_t>(st.st_size));
-    return 0;
+    return behind_the_back(name, [](std::byte* base, std::uint64_t payload_at, std::uint64_t) {
+      for (unsigned ring : {0u, 1u})
+        std::memset(base + payload_at + mpp::detail::pipe_layout::ring_offset(ring, 4096), 0,
+                    sizeof(mpp::detail::ring::Control));
+      return 0;
+    });
   });
   REQUIRE(mpp_test::wait_child(vandal) == 0);
   go.post();

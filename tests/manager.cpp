@@ -27,6 +27,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <variant>
 #include <vector>
 
 #include "helpers.hpp"
@@ -1186,5 +1187,398 @@ TEST_CASE("Manager: crash points in dict/list mutations: each one is all or noth
     }
   }
   m.reset();
+}
+#endif  // MPP_OS_POSIX
+
+// ---- Python's _TestContainers (Lib/test/_test_multiprocessing.py), across processes ----
+
+namespace {
+
+/// The start methods a test runs its children with: fork (POSIX) and spawn.
+std::vector<mpp::StartMethod> start_methods() {
+#if defined(MPP_OS_POSIX)
+  return {mpp::StartMethod::fork, mpp::StartMethod::spawn};
+#else
+  return {mpp::StartMethod::spawn};
+#endif
+}
+
+/// Runs fn(args...) in a child started with `sm` and checks that it succeeded.
+template <class F, class... A>
+void run_child(mpp::StartMethod sm, F fn, A... args) {
+  mpp::Process p({.start_method = sm}, fn, args...);
+  p.start();
+  REQUIRE(p.join(120s));
+  REQUIRE(p.exitcode() == 0);
+}
+
+/// A check inside a child: a failure throws, so the child exits non-zero.
+void expect(bool ok, const char* what) {
+  if (!ok) throw std::runtime_error(fmt::format("expectation failed: {}", what));
+}
+
+using Item = std::variant<int, std::string, mpp::SharedList<int>>;
+using Dict = mpp::SharedDict<std::string, int>;
+
+// test_namespace: attributes set with string literals, one deleted, one hidden from the repr.
+void child_namespace(mpp::Namespace n) {
+  n.set("name", "Bob");
+  n.set("job", "Builder");
+  n.set("_hidden", "hidden");
+  expect(n.get<std::string>("name") == "Bob" && n.get<std::string>("job") == "Builder", "get");
+  expect(n.erase("job"), "del n.job");
+}
+
+// A list of variants, one of them a list: read and changed through the variant. The list comes
+// by name: with mingw, a function whose parameter type names std::variant<..., SharedList<int>>
+// is not found by the spawn function registry (its std::type_index does not order consistently).
+void child_variants(mpp::Manager m, std::string name) {
+  auto l = m.list<Item>(name);
+  expect(std::get<int>(l.get(0)) == 1, "int item");
+  expect(std::get<std::string>(l.get(1)) == "two", "string item");
+  auto inner = std::get<mpp::SharedList<int>>(l.get(2));
+  inner.append(3);
+  l.append(Item{std::string("from the child")});
+}
+
+// test_list / test_list_proxy_in_list: chains, negative indices, +=, *=.
+void child_lists(mpp::SharedList<mpp::SharedList<int>> outer, mpp::SharedList<int> b) {
+  outer[0][-1] = 55;
+  expect(outer[1]->pop() == 2, "outer[1].pop()");
+  b *= 2;
+  b += std::vector<int>{5, 6};
+  b += {7};
+}
+
+// test_dict_proxy_nested: writes through d[k][k2] and l[i][k].
+void child_nested_dicts(mpp::SharedDict<std::string, Dict> d, mpp::SharedList<Dict> l) {
+  d["supplies"]["blankets"] = 5;
+  d["supplies"]["water"] = 7;
+  expect(static_cast<int>(d["supplies"]["water"]) == 7, "d['supplies']['water']");
+  l[0]["marmots"] = 1;
+  d["supplies"]["feed"] += 1;
+}
+
+// test_nested_queue: a queue kept in a list and in a dict.
+void child_nested_queue(mpp::SharedList<mpp::Queue<int>> a,
+                        mpp::SharedDict<int, mpp::Queue<int>> b) {
+  a[0]->put(123);
+  b[0]->put(456);
+}
+
+// test_list_iter / test_dict_iter: a live iteration in the child sees the parent's list.
+void child_iterate(mpp::SharedList<int> a, mpp::SharedDict<int, std::string> d,
+                   mpp::SharedList<int> out) {
+  std::vector<int> seen;
+  for (int x : a) seen.push_back(x);
+  expect(seen == std::vector<int>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9}, "list iteration");
+  std::vector<int> keys;
+  for (const auto& [k, v] : d) {
+    expect(v == std::string(1, static_cast<char>(k)), "dict item");
+    keys.push_back(k);
+  }
+  expect(keys == std::vector<int>{65, 66, 67, 68, 69}, "dict iteration");
+  auto it = d.begin();
+  d.clear();
+  try {
+    (void)*it;
+    return;  // no error: out stays empty and the parent fails
+  } catch (const mpp::RuntimeError&) {
+    out.append(1);
+  }
+}
+
+// test_dict: the child fills the dict.
+void child_fill_dict(mpp::SharedDict<int, std::string> d) {
+  for (int i = 65; i < 70; ++i) d[i] = std::string(1, static_cast<char>(i));
+}
+
+MPP_REGISTER(child_fill_dict);
+MPP_REGISTER(child_namespace);
+MPP_REGISTER(child_variants);
+MPP_REGISTER(child_lists);
+MPP_REGISTER(child_nested_dicts);
+MPP_REGISTER(child_nested_queue);
+MPP_REGISTER(child_iterate);
+
+}  // namespace
+
+TEST_CASE("Manager: Python-shaped calls compile: string literals, braced lists, variants",
+          "[manager][spawn]") {
+  for (auto sm : start_methods()) {
+    CAPTURE(mpp::start_method_name(sm));
+    mpp::Manager m(small());
+    auto ns = m.Namespace();
+    run_child(sm, child_namespace, ns);
+    CHECK(ns.get<std::string>("name") == "Bob");
+    CHECK(ns.get("job", "nobody") == "nobody");
+    CHECK(ns.names() == std::vector<std::string>{"name", "_hidden"});
+    CHECK(fmt::format("{}", ns) == "Namespace(name='Bob')");  // Python's test_namespace
+
+    auto arr = m.Array<int>({0, 1});
+    CHECK(arr.size() == 2);
+    CHECK(arr[1] == 1);
+
+    auto inner = m.list<int>({1, 2});
+    auto l = m.list<Item>();
+    l.append(1);
+    l.append(std::string("two"));
+    l.append(inner);
+    run_child(sm, child_variants, m, l.name());
+    CHECK(inner.to_vector() == std::vector<int>{1, 2, 3});
+    REQUIRE(l.size() == 4);
+    CHECK(std::get<std::string>(l.get(-1)) == "from the child");
+    CHECK(std::get<mpp::SharedList<int>>(l.get(2)).name() == inner.name());
+  }
+}
+
+TEST_CASE("Manager: a dict filled by a child reads back in the parent (test_dict)",
+          "[manager][spawn]") {
+  for (auto sm : start_methods()) {
+    CAPTURE(mpp::start_method_name(sm));
+    mpp::Manager m(small());
+    auto d = m.dict<int, std::string>();
+    run_child(sm, child_fill_dict, d);
+    CHECK(d.to_map() ==
+          std::map<int, std::string>{{65, "A"}, {66, "B"}, {67, "C"}, {68, "D"}, {69, "E"}});
+    CHECK(d.keys() == std::vector<int>{65, 66, 67, 68, 69});
+    CHECK(d.values() == std::vector<std::string>{"A", "B", "C", "D", "E"});
+    CHECK(d.items().back() == std::pair<int, std::string>{69, "E"});
+    CHECK(
+        fmt::format("{}", d) ==
+        fmt::format("<SharedDict '{}' {{65: 'A', 66: 'B', 67: 'C', 68: 'D', 69: 'E'}}>", d.name()));
+  }
+}
+
+TEST_CASE("Manager: nested lists read and write through chains, += and * as in Python",
+          "[manager][spawn]") {
+  for (auto sm : start_methods()) {
+    CAPTURE(mpp::start_method_name(sm));
+    mpp::Manager m(small());
+    // test_list
+    auto a = m.list<int>({0, 1, 2, 3, 4, 5, 6, 7, 8, 9});
+    CHECK(a.slice(0, std::numeric_limits<std::int64_t>::max()) == a.to_vector());
+    auto b = m.list<int>();
+    b.extend(std::vector<int>{0, 1, 2, 3, 4});
+    CHECK(b[2].value() == 2);
+    CHECK(b.slice(2, 10) == std::vector<int>{2, 3, 4});
+    CHECK(b * 2 == std::vector<int>{0, 1, 2, 3, 4, 0, 1, 2, 3, 4});
+    CHECK(b + std::vector<int>{5, 6} == std::vector<int>{0, 1, 2, 3, 4, 5, 6});
+    auto e = m.list<mpp::SharedList<int>>({a, b});
+    a.append(10);
+    CHECK(e[0]->to_vector() == std::vector<int>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10});
+    // test_list_proxy_in_list
+    auto outer = m.list<mpp::SharedList<int>>(
+        {m.list<int>({0, 1, 2}), m.list<int>({0, 1, 2}), m.list<int>({0, 1, 2})});
+    run_child(sm, child_lists, outer, b);
+    CHECK(outer[0]->to_vector() == std::vector<int>{0, 1, 55});
+    CHECK(outer[1]->size() == 2);
+    CHECK(outer[2]->to_vector() == std::vector<int>{0, 1, 2});
+    CHECK(static_cast<int>(outer[0][-1]) == 55);
+    CHECK_THROWS_AS(outer[0][3] = 1, mpp::IndexError);
+    CHECK(b.to_vector() == std::vector<int>{0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5, 6, 7});
+    b *= 0;
+    CHECK(b.empty());
+    auto self = m.list<mpp::SharedList<int>>();  // a list of lists formats its items
+    auto s2 = m.list<int>();
+    self.append(s2);
+    CHECK(fmt::format("{}", self) ==
+          fmt::format("<SharedList '{}' [<SharedList '{}' []>]>", self.name(), s2.name()));
+  }
+}
+
+TEST_CASE("Manager: nested dicts read and write through chains (test_dict_proxy_nested)",
+          "[manager][spawn]") {
+  for (auto sm : start_methods()) {
+    CAPTURE(mpp::start_method_name(sm));
+    mpp::Manager m(small());
+    auto pets = m.dict<std::string, int>({{"ferrets", 2}, {"hamsters", 4}});
+    auto supplies = m.dict<std::string, int>({{"water", 10}, {"feed", 3}});
+    auto d = m.dict<std::string, Dict>({{"pets", pets}, {"supplies", supplies}});
+    CHECK(static_cast<int>(d["supplies"]["water"]) == 10);
+    auto l = m.list<Dict>({pets, supplies});
+    run_child(sm, child_nested_dicts, d, l);
+    CHECK(supplies.at("blankets") == 5);
+    CHECK(supplies.at("water") == 7);
+    CHECK(supplies.at("feed") == 4);
+    CHECK(pets.at("marmots") == 1);
+    CHECK(static_cast<int>(l[0]["marmots"]) == 1);
+    CHECK_THROWS_AS(static_cast<int>(d["pets"]["dogs"]), mpp::KeyError);
+    CHECK_THROWS_AS(d["nothing"]["water"] = 1, mpp::KeyError);
+    d.clear();
+    CHECK(d.size() == 0);
+    CHECK(supplies.at("water") == 7);  // the inner dicts live on
+    CHECK(pets.at("hamsters") == 4);
+    CHECK(fmt::format("{}", pets) ==
+          fmt::format("<SharedDict '{}' {{'ferrets': 2, 'hamsters': 4, 'marmots': 1}}>",
+                      pets.name()));
+    CHECK(fmt::format("{}", m.list<int>({1, 2})).ends_with(" [1, 2]>"));
+  }
+}
+
+TEST_CASE("Manager: a queue kept in a list and a dict (test_nested_queue)", "[manager][spawn]") {
+  for (auto sm : start_methods()) {
+    CAPTURE(mpp::start_method_name(sm));
+    mpp::Manager m(small());
+    mpp::Queue<int> q1, q2;  // kept alive by the test while the containers refer to them
+    auto a = m.list<mpp::Queue<int>>();
+    a.append(q1);
+    auto b = m.dict<int, mpp::Queue<int>>();
+    b[0] = q2;
+    run_child(sm, child_nested_queue, a, b);
+    CHECK(a[0]->get(true, 5s) == 123);
+    CHECK(b[0]->get(true, 5s) == 456);
+  }
+}
+
+TEST_CASE("Manager: a temporary handle stored in a container: the error says how to keep it",
+          "[manager]") {
+  mpp::Manager m(small());
+  auto a = m.list<mpp::Queue<int>>();
+  a.append(m.Queue<int>());  // the queue's creating handle dies at the end of this statement
+  try {
+    (void)a.get(0);
+    FAIL("the queue should be gone");
+  } catch (const mpp::NotFoundError& e) {
+    const std::string what = e.what();
+    CHECK(what.find(fmt::format("item 0 of list '{}'", a.name())) != std::string::npos);
+    CHECK(what.find("handle that created it was destroyed") != std::string::npos);
+    CHECK(what.find("persistent") != std::string::npos);
+  }
+}
+
+TEST_CASE("Manager: live iteration over a list and a dict; a dict resized meanwhile throws",
+          "[manager][spawn]") {
+  for (auto sm : start_methods()) {
+    CAPTURE(mpp::start_method_name(sm));
+    mpp::Manager m(small());
+    auto a = m.list<int>({0, 1, 2, 3, 4, 5, 6, 7, 8, 9});
+    auto d = m.dict<int, std::string>();
+    for (int i = 65; i < 70; ++i) d[i] = std::string(1, static_cast<char>(i));
+    auto out = m.list<int>();
+    run_child(sm, child_iterate, a, d, out);
+    CHECK(out.to_vector() == std::vector<int>{1});
+    // test_list_iter: a change made during the iteration is seen; an exhausted one stays so.
+    auto it = a.begin();
+    a[0] = 100;
+    CHECK(*it == 100);
+    std::vector<int> seen;
+    for (; it != a.end(); ++it) seen.push_back(*it);
+    CHECK(seen.size() == 10);
+    CHECK(it == a.end());
+    // Values changed during a dict iteration are fine (Python too); a resize is not.
+    d[1] = "x";
+    int n = 0;
+    for (const auto& kv : d) {
+      d[kv.first] = kv.second + "!";
+      ++n;
+    }
+    CHECK(n == 1);
+    d[2] = "y";
+    auto di = d.begin();
+    d[3] = "z";
+    CHECK_THROWS_AS(++di, mpp::RuntimeError);
+  }
+}
+
+// Named namespace, not anonymous: with mingw the spawn function registry does not find a
+// function whose parameter type is local to the file (its std::type_index orders inconsistently).
+namespace manager_test {
+
+/// A user type kept in a manager (Python: BaseManager.register("Account", Account)).
+struct Account {
+  long balance = 0;
+  int deposits = 0;
+  std::vector<std::string> log;
+  long deposit(long amount) {
+    balance += amount;
+    ++deposits;
+    return balance;
+  }
+  void note(const std::string& s) { log.push_back(s); }
+  long get_balance() const { return balance; }
+  template <class A>
+  void serialize(A& a) {
+    a(balance, deposits, log);
+  }
+};
+
+/// Deposits 1, `n` times, into the shared account.
+void deposit_many(mpp::SharedObject<Account> acct, int n) {
+  for (int i = 0; i < n; ++i) acct.call(&Account::deposit, 1L);
+  acct.call(&Account::note, std::string("done"));
+}
+MPP_REGISTER(deposit_many);
+
+}  // namespace manager_test
+using manager_test::Account;
+using manager_test::deposit_many;
+
+TEST_CASE("Manager: a user type's methods run atomically; 4 processes deposit the exact total",
+          "[manager][spawn]") {
+  for (auto sm : start_methods()) {
+    CAPTURE(mpp::start_method_name(sm));
+    mpp::Manager m(small());
+    auto acct = m.object<Account>("acct", Account{100, 0, {}});
+    CHECK(acct.call(&Account::deposit, 10L) == 110);
+    CHECK(acct.call(&Account::get_balance) == 110);
+    CHECK(acct.call([](Account& a, int k) { return a.balance * k; }, 2) == 220);
+    // A method that throws changes nothing.
+    CHECK_THROWS_AS(acct.call([](Account& a) {
+      a.balance = -1;
+      throw std::runtime_error("refused");
+    }),
+                    std::runtime_error);
+    CHECK(acct.get().balance == 110);
+    CHECK(m.object<Account>("acct").get().balance == 110);  // opens, does not reset
+    CHECK_THROWS_AS(m.list<int>("acct"), mpp::TypeMismatchError);
+    CHECK_THROWS_AS(m.object<int>("acct"), mpp::TypeMismatchError);
+    constexpr int kProcs = 4, kN = 300;
+    std::vector<mpp::Process> ps;
+    for (int i = 0; i < kProcs; ++i)
+      ps.push_back(mpp::Process({.start_method = sm}, deposit_many, acct, kN));
+    for (auto& p : ps) p.start();
+    for (auto& p : ps) {
+      REQUIRE(p.join(120s));
+      CHECK(p.exitcode() == 0);
+    }
+    const Account a = acct.get();
+    CHECK(a.balance == 110 + kProcs * kN);
+    CHECK(a.deposits == 1 + kProcs * kN);
+    CHECK(a.log == std::vector<std::string>(kProcs, "done"));
+    acct.set(Account{});
+    CHECK(acct.get().balance == 0);
+    CHECK(fmt::format("{}", acct).find("SharedObject 'acct'") != std::string::npos);
+  }
+}
+
+#if defined(MPP_OS_POSIX)
+TEST_CASE("Manager: a user object's method killed at random moments leaves it before or after",
+          "[manager][kill]") {
+  mpp::Manager m(small());
+  auto acct = m.object<Account>("acct");
+  std::mt19937 rng(11);
+  for (int round = 0; round < 20; ++round) {
+    const pid_t w = fork_child([&] {
+      for (;;) {
+        acct.call(&Account::deposit, 3L);
+        acct.call(&Account::note, std::string(static_cast<std::size_t>(rng() % 64), 'x'));
+      }
+      return 0;
+    });
+    std::this_thread::sleep_for(std::chrono::microseconds(500 + rng() % 5000));
+    ::kill(w, SIGKILL);
+    CHECK(wait_child(w) == -SIGKILL);
+    const Account a = acct.get();  // the next reader or writer repairs a half-done call
+    REQUIRE(a.balance == 3L * a.deposits);
+    // Each killed child may leave one deposit without its note, never a half of either.
+    REQUIRE(a.log.size() <= static_cast<std::size_t>(a.deposits));
+    REQUIRE(a.log.size() + static_cast<std::size_t>(round) + 1 >=
+            static_cast<std::size_t>(a.deposits));
+    for (const auto& s : a.log) REQUIRE(s.find_first_not_of('x') == std::string::npos);
+  }
+  acct.call(&Account::deposit, 3L);
+  const Account a = acct.get();
+  CHECK(a.balance == 3L * a.deposits);
 }
 #endif  // MPP_OS_POSIX

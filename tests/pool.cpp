@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <mpp/futures.hpp>
 #include <mpp/pool.hpp>
 #include <mpp/value.hpp>
 
@@ -52,6 +53,18 @@ int die_always_on_seven(int x) {
 }
 
 int worker_pid(int) { return static_cast<int>(::getpid()); }
+int worker_ppid(int) { return static_cast<int>(::getppid()); }
+// Sleeps `ms`; returns {worker pid, start, end} (steady clock ns, the same in every process).
+std::vector<std::int64_t> timed_sleep(int ms) {
+  const auto now = [] {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  };
+  const std::int64_t start = now();
+  std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+  return {::getpid(), start, now()};
+}
 
 // For pools whose workers are spawned (a new run of this program): functions are registered by
 // name, and state the workers share is opened by a name passed in the environment.
@@ -167,6 +180,8 @@ MPP_REGISTER(square);
 MPP_REGISTER(fail_on_three);
 MPP_REGISTER(die_always_on_seven);
 MPP_REGISTER(worker_pid);
+MPP_REGISTER(worker_ppid);
+MPP_REGISTER(timed_sleep);
 MPP_REGISTER(ones);
 MPP_REGISTER(sleep_ms);
 MPP_REGISTER(set_marker);
@@ -789,4 +804,167 @@ TEST_CASE("Pool: bad arguments are refused with ValueError, omitted ones take de
   CHECK_THROWS_AS(pool.imap_unordered(square, in, -2), mpp::ValueError);
   CHECK(pool.map(square, in) == std::vector<int>{1, 4, 9});  // omitted: Python's chunksize
   CHECK(pool.map(square, in, std::nullopt) == std::vector<int>{1, 4, 9});
+}
+
+// ---- scheduling and worker lifecycle ----------------------------------------------------------
+
+TEST_CASE("Pool: a short task never waits behind a long one while a worker is idle",
+          "[pool][spawn]") {
+  for (auto m : {mpp::StartMethod::fork, mpp::StartMethod::spawn}) {
+    INFO("start method " << mpp::start_method_name(m));
+    mpp::Pool pool(with_method(m));
+    // Both workers up and idle (each of the two tasks goes to an idle worker).
+    const auto up = pool.map(timed_sleep, std::vector<int>{50, 50}, 1);
+    REQUIRE(up[0][0] != up[1][0]);
+    auto long_task = pool.apply_async(timed_sleep, 300);
+    auto short_task = pool.apply_async(timed_sleep, 50);
+    auto middle_task = pool.apply_async(timed_sleep, 150);
+    const auto l = long_task.get(30s), s = short_task.get(30s), mid = middle_task.get(30s);
+    CHECK(s[0] != l[0]);    // the two workers run the first two tasks
+    CHECK(s[2] < l[2]);     // the short task finishes while the long one runs
+    CHECK(mid[0] == s[0]);  // the third runs on the worker the short task freed...
+    CHECK(mid[1] >= s[2]);
+    CHECK(mid[1] < l[2]);  // ...at once, not queued behind the long task
+  }
+}
+
+TEST_CASE("Pool: a map of tiny tasks still gives every worker work (prefetch while all are busy)",
+          "[pool]") {
+  mpp::Pool pool(2);
+  std::vector<int> in(2000);
+  std::iota(in.begin(), in.end(), 0);
+  const auto pids = pool.map(worker_pid, in, 1);
+  CHECK(pids.size() == in.size());
+  CHECK(std::set<int>(pids.begin(), pids.end()).size() == 2);
+  std::vector<std::int64_t> big(100'000);
+  std::iota(big.begin(), big.end(), 0);
+  const auto sq = pool.map([](std::int64_t x) { return x * x; }, big);
+  bool all = sq.size() == big.size();
+  for (std::size_t i = 0; all && i < big.size(); ++i) all = sq[i] == big[i] * big[i];
+  CHECK(all);
+}
+
+TEST_CASE("Executor: spawn and forkserver workers start on demand and idle ones are reused",
+          "[pool][spawn]") {
+  for (auto m : {mpp::StartMethod::spawn, mpp::StartMethod::forkserver}) {
+    INFO("start method " << mpp::start_method_name(m));
+    mpp::ExecutorOptions o;
+    o.max_workers = 4;
+    o.start_method = m;
+    mpp::ProcessPoolExecutor ex(o);
+    CHECK(mpp::active_children().empty());  // nothing started before a call needs it
+    std::set<int> pids;
+    for (int i = 0; i < 3; ++i) pids.insert(ex.submit(worker_pid, 0).result(30s));
+    CHECK(pids.size() == 1);  // one worker served the three sequential calls
+    CHECK(mpp::active_children().size() == 1);
+    // Concurrent calls start more workers, up to max_workers.
+    std::vector<mpp::Future<std::vector<std::int64_t>>> fs;
+    for (int i = 0; i < 4; ++i) fs.push_back(ex.submit(timed_sleep, 300));
+    std::set<std::int64_t> busy;
+    for (auto& f : fs) busy.insert(f.result(30s)[0]);
+    CHECK(busy.size() >= 2);
+    CHECK(mpp::active_children().size() <= 4);
+  }
+  // Fork workers all start with the executor (Python: no on-demand start with fork).
+  mpp::ExecutorOptions f;
+  f.max_workers = 2;
+  f.start_method = mpp::StartMethod::fork;
+  mpp::ProcessPoolExecutor forked(f);
+  CHECK(mpp::active_children().size() == 3);  // and the zygote that forks replacements
+  CHECK(forked.submit(square, 3).result(30s) == 9);
+}
+
+TEST_CASE("Executor: max_tasks_per_child refuses fork, defaults to spawn and recycles workers",
+          "[pool][spawn]") {
+  mpp::ExecutorOptions o;
+  o.max_workers = 1;
+  o.max_tasks_per_child = 3;
+  o.start_method = mpp::StartMethod::fork;
+  try {
+    mpp::ProcessPoolExecutor ex(o);
+    FAIL("no exception");
+  } catch (const mpp::ValueError& e) {
+    CHECK(std::string(e.what()).find("fork") != std::string::npos);
+  }
+  // No start method: spawn (a spawned worker does not see what this process set before).
+  o.start_method = std::nullopt;
+  g_marker = 7;
+  {
+    mpp::ProcessPoolExecutor ex(o);
+    CHECK(ex.submit(read_marker, 0).result(30s) == 0);
+  }
+  g_marker = 0;
+  // Python's test_max_tasks_per_child: the worker is reused until its third call, then replaced.
+  for (auto m : {mpp::StartMethod::spawn, mpp::StartMethod::forkserver}) {
+    INFO("start method " << mpp::start_method_name(m));
+    o.start_method = m;
+    mpp::ProcessPoolExecutor ex(o);
+    const int first = ex.submit(worker_pid, 0).result(30s);
+    CHECK(ex.submit(worker_pid, 0).result(30s) == first);
+    CHECK(ex.submit(worker_pid, 0).result(30s) == first);
+    CHECK(ex.submit(worker_pid, 0).result(30s) != first);
+  }
+  // Python's test_max_tasks_early_shutdown: every call completes though workers retire.
+  o.max_workers = 3;
+  o.max_tasks_per_child = 1;
+  o.start_method = std::nullopt;
+  std::vector<mpp::Future<int>> fs;
+  {
+    mpp::ProcessPoolExecutor ex(o);
+    for (int i = 0; i < 6; ++i) fs.push_back(ex.submit(square, i));
+    ex.shutdown();
+  }
+  for (int i = 0; i < 6; ++i) CHECK(fs[static_cast<std::size_t>(i)].result(30s) == i * i);
+}
+
+TEST_CASE("Pool: a fork pool's replacement workers are forked by its zygote, not by the pool",
+          "[pool]") {
+  auto o = with_method(mpp::StartMethod::fork);
+  o.maxtasksperchild = 1;
+  int zygote = 0;
+  {
+    mpp::Pool pool(o);
+    const auto ppids = pool.map(worker_ppid, std::vector<int>(20, 0), 1);
+    int from_pool = 0;
+    std::set<int> others;
+    for (int p : ppids) {
+      if (p == ::getpid())
+        ++from_pool;
+      else
+        others.insert(p);
+    }
+    CHECK(from_pool <= 2);        // the two workers started with the pool
+    REQUIRE(others.size() == 1);  // one process forked all 18 or more replacements...
+    zygote = *others.begin();
+    std::set<int> children;
+    for (auto& c : mpp::active_children()) children.insert(c.pid().value_or(0));
+    CHECK(children.count(zygote) == 1);  // ...a child of the pool's process
+    std::vector<int> in(20);
+    std::iota(in.begin(), in.end(), 0);
+    std::vector<int> want(in.size());
+    for (std::size_t i = 0; i < in.size(); ++i) want[i] = in[i] * in[i];
+    CHECK(pool.map(square, in, 1) == want);  // replacements serve
+    CHECK(pool.apply(worker_ppid, 0) == zygote);
+  }
+  CHECK_FALSE(mpp::detail::ProcessRef{zygote, 0}.alive());  // it ended with the pool
+}
+
+TEST_CASE("Pool: the zygote of a fork pool ends when the pool's process dies", "[pool][kill]") {
+  mpp::RawValue<int> zygote(0);
+  const int rc = mpp_test::run_bounded(60s, [&zygote] {
+    auto o = with_method(mpp::StartMethod::fork);
+    o.maxtasksperchild = 1;
+    mpp::Pool pool(o);
+    for (int p : pool.map(worker_ppid, std::vector<int>(6, 0), 1))
+      if (p != ::getpid()) zygote.store(p);
+    ::kill(::getpid(), SIGKILL);  // no destructor, no atexit handler
+    return 0;
+  });
+  CHECK(rc == -SIGKILL);
+  REQUIRE(zygote.value() != 0);
+  const auto t0 = std::chrono::steady_clock::now();
+  while (mpp::detail::ProcessRef{zygote.value(), 0}.alive() &&
+         std::chrono::steady_clock::now() - t0 < 10s)
+    std::this_thread::sleep_for(10ms);
+  CHECK_FALSE(mpp::detail::ProcessRef{zygote.value(), 0}.alive());
 }

@@ -252,6 +252,205 @@ TEST_CASE("Queue: close, join_thread and cancel_join_thread", "[queue]") {
   // Another process is not affected by this process's close().
 }
 
+namespace {
+/// Python's test_closed_queue_put_get_exceptions and test_closed_queue_empty_exceptions for one
+/// queue type: after close(), put/get raise ValueError and empty()/qsize()/full() OSError, each
+/// saying "is closed" and naming the queue. Returns what failed, or "" if all held.
+template <class Q>
+std::string closed_queue_errors(Q q) {
+  const std::string name = q.name();
+  if (q.closed()) return "closed() before close()";
+  q.put(7);  // used before it is closed, as in Python's test
+  q.close();
+  q.close();  // closing twice does not fail (Python's test_close)
+  if (!q.closed()) return "closed() after close()";
+  auto says_closed = [&](const std::exception& e) {
+    const std::string w = e.what();
+    return w.find("is closed") != std::string::npos && w.find(name) != std::string::npos;
+  };
+  auto expect = [&]<class E>(const char* what, auto&& call) -> std::string {
+    try {
+      call();
+    } catch (const E& e) {
+      return says_closed(e) ? "" : std::string(what) + ": message '" + e.what() + "'";
+    } catch (const std::exception& e) {
+      return std::string(what) + ": wrong exception: " + e.what();
+    }
+    return std::string(what) + ": no exception";
+  };
+  std::string r;
+  if constexpr (requires { q.put(1, true, std::nullopt); }) {
+    r += expect.template operator()<mpp::ValueError>("put", [&] { q.put(1); });
+    r += expect.template operator()<mpp::ValueError>("get", [&] { (void)q.get(); });
+    r += expect.template operator()<mpp::OSError>("qsize", [&] { (void)q.qsize(); });
+    r += expect.template operator()<mpp::OSError>("full", [&] { (void)q.full(); });
+  } else {
+    r += expect.template operator()<mpp::ValueError>("put", [&] { q.put(1); });
+    r += expect.template operator()<mpp::ValueError>("get", [&] { (void)q.get(); });
+  }
+  r += expect.template operator()<mpp::OSError>("empty", [&] { (void)q.empty(); });
+  return r;
+}
+
+/// Runs closed_queue_errors on its own handles of the three queues (received as arguments), each
+/// of which it puts 7 into first, and replies with the result; the sender's handles stay open.
+void close_received_queues(mpp::Queue<int> q, mpp::JoinableQueue<int> j, mpp::SimpleQueue<int> s,
+                           mpp::Queue<std::string> reply) {
+  reply.put(closed_queue_errors(q) + closed_queue_errors(j) + closed_queue_errors(s));
+}
+
+/// Python's _TestSimpleQueue._test_empty: waits for the go, then puts empty() twice.
+void put_empty_twice(mpp::SimpleQueue<bool> q, mpp::Event child_can_start,
+                     mpp::Event parent_can_continue) {
+  if (!child_can_start.wait(60s)) return;
+  q.put(q.empty());
+  q.put(q.empty());
+  parent_can_continue.set();
+}
+
+/// The start methods a test runs its child with: fork (POSIX) and spawn.
+std::vector<mpp::StartMethod> fork_and_spawn() {
+#if defined(MPP_OS_POSIX)
+  return {mpp::StartMethod::fork, mpp::StartMethod::spawn};
+#else
+  return {mpp::StartMethod::spawn};
+#endif
+}
+
+/// Puts 1 and 5 (the items of Python's test_qsize) for the parent to count.
+void put_one_and_five(mpp::Queue<int> q) {
+  q.put(1);
+  q.put(5);
+}
+}  // namespace
+MPP_REGISTER(close_received_queues);
+MPP_REGISTER(put_empty_twice);
+MPP_REGISTER(put_one_and_five);
+
+TEST_CASE(
+    "Queue: after close(), empty/qsize/full raise OSError and put/get ValueError, "
+    "'is closed'",
+    "[queue]") {
+  CHECK(closed_queue_errors(mpp::Queue<int>(4)).empty());
+  CHECK(closed_queue_errors(mpp::Queue<int>()).empty());
+  CHECK(closed_queue_errors(mpp::JoinableQueue<int>(4)).empty());
+  CHECK(closed_queue_errors(mpp::SimpleQueue<int>()).empty());
+  // Copies share the closed state in this process, as Python's one object does.
+  mpp::Queue<int> q(2);
+  auto copy = q;
+  q.close();
+  CHECK(copy.closed());
+  CHECK_THROWS_AS(copy.empty(), mpp::OSError);
+  CHECK_THROWS_AS(copy.try_put(1), mpp::ValueError);
+  CHECK(fmt::format("{}", copy) == fmt::format("<Queue name='{}' maxsize=2 closed>", q.name()));
+}
+
+TEST_CASE("Queue: close() in a spawned process closes only that process's queues",
+          "[queue][spawn]") {
+  mpp::Queue<int> q(4);
+  mpp::JoinableQueue<int> j;
+  mpp::SimpleQueue<int> s;
+  mpp::Queue<std::string> reply;
+  auto p = mpp::get_context(mpp::StartMethod::spawn).process(close_received_queues, q, j, s, reply);
+  p.start();
+  CHECK(reply.get(true, 60s) == "");
+  CHECK(p.join(60s));
+  CHECK(p.exitcode() == 0);
+  CHECK_FALSE(q.closed());
+  CHECK_FALSE(s.closed());
+  CHECK(q.qsize() == 1);  // what the child put before closing
+  CHECK(q.get(true, 10s) == 7);
+  CHECK(j.qsize() == 1);
+  CHECK(j.get(true, 10s) == 7);
+  j.task_done();
+  CHECK(j.join(10s));
+  CHECK(s.get(true, 10s) == 7);
+  CHECK(s.empty());
+  CHECK(q.empty());
+}
+
+#if defined(MPP_OS_POSIX)
+TEST_CASE("Queue: close() in a forked child closes only the child's queues", "[queue]") {
+  mpp::Queue<int> q(4);
+  mpp::JoinableQueue<int> j;
+  mpp::SimpleQueue<int> s;
+  mpp::Queue<std::string> reply;
+  const pid_t child = fork_child([&] {
+    reply.put(closed_queue_errors(q) + closed_queue_errors(j) + closed_queue_errors(s));
+    return 0;
+  });
+  CHECK(reply.get(true, 60s) == "");
+  CHECK(wait_child(child) == 0);
+  CHECK_FALSE(q.closed());
+  CHECK_FALSE(j.closed());
+  CHECK(q.qsize() == 1);
+  CHECK_FALSE(q.full());
+  CHECK(j.get(true, 10s) == 7);  // the child's put reached the parent before its close()
+  CHECK(s.get(true, 10s) == 7);
+}
+#endif  // MPP_OS_POSIX
+
+TEST_CASE("Queue: qsize counts what another process put (Python's test_qsize)", "[queue][spawn]") {
+  mpp::Queue<int> q;
+  CHECK(q.qsize() == 0);
+  q.put(1);
+  CHECK(q.qsize() == 1);
+  q.put(5);
+  CHECK(q.qsize() == 2);
+  (void)q.get();
+  CHECK(q.qsize() == 1);
+  (void)q.get();
+  CHECK(q.qsize() == 0);
+  for (const auto method : fork_and_spawn()) {
+    INFO("start method " << mpp::start_method_name(method));
+    auto p = mpp::get_context(method).process(put_one_and_five, q);
+    p.start();
+    CHECK(p.join(60s));
+    CHECK(p.exitcode() == 0);
+    CHECK(q.qsize() == 2);
+    CHECK_FALSE(q.empty());
+    CHECK(q.get(true, 10s) == 1);
+    CHECK(q.qsize() == 1);
+    CHECK(q.get(true, 10s) == 5);
+    CHECK(q.qsize() == 0);
+    CHECK(q.empty());
+  }
+}
+
+TEST_CASE("SimpleQueue: empty() seen from another process (Python's test_empty)",
+          "[queue][spawn]") {
+  for (const auto method : fork_and_spawn()) {
+    INFO("start method " << mpp::start_method_name(method));
+    mpp::SimpleQueue<bool> q;
+    mpp::Event child_can_start, parent_can_continue;
+    auto p =
+        mpp::get_context(method).process(put_empty_twice, q, child_can_start, parent_can_continue);
+    p.start();
+    CHECK(q.empty());
+    child_can_start.set();
+    CHECK(parent_can_continue.wait(60s));
+    CHECK_FALSE(q.empty());
+    CHECK(q.get() == true);
+    CHECK(q.get() == false);
+    CHECK(q.empty());
+    CHECK(p.join(60s));
+    CHECK(p.exitcode() == 0);
+  }
+}
+
+TEST_CASE("Queue: fmt::format gives a Python-like repr of each queue kind", "[queue]") {
+  const auto name = unique_name("qrepr");
+  auto q = mpp::Queue<int>::create(name, 8);
+  CHECK(fmt::format("{}", q) == fmt::format("<Queue name='{}' maxsize=8>", name));
+  mpp::JoinableQueue<int> j;
+  CHECK(fmt::format("{}", j) == fmt::format("<JoinableQueue name='{}' maxsize=0>", j.name()));
+  mpp::SimpleQueue<int> s;
+  CHECK(fmt::format("{}", s) == fmt::format("<SimpleQueue name='{}'>", s.name()));
+  s.close();
+  CHECK(fmt::format("{}", s) == fmt::format("<SimpleQueue name='{}' closed>", s.name()));
+  CHECK(q.repr() == fmt::format("{}", q));
+}
+
 // ---- across processes
 // ----------------------------------------------------------------------------
 

@@ -7,41 +7,6 @@
 // (see crash_points.hpp).
 #include "crash_points.hpp"
 
-#include <mpp/detail/registry.hpp>
-#include <mpp/segment.hpp>
-
-#include <fcntl.h>
-#include <poll.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-
-#include <algorithm>
-#include <csignal>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-#include <fstream>
-#include <map>
-#include <random>
-#include <string>
-#include <thread>
-#include <vector>
-
-#include "helpers.hpp"
-
-using namespace std::chrono_literals;
-using mpp::detail::ProcessRef;
-using mpp::detail::Segment;
-using mpp::detail::SegmentSpec;
-using mpp_test::tolerate;
-namespace reg = mpp::detail::registry;
-
-// Children of this binary must not inherit (and print again) the parent's buffered output.
-static const bool stdout_unbuffered = [] {
-  std::setvbuf(stdout, nullptr, _IONBF, 0);
-  return true;
-}();
-
 // ---- creator dies during init -------------------------------------------------------------------
 
 TEST_CASE(

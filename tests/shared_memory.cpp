@@ -1,7 +1,10 @@
 // SharedMemory and ShareableList: Python's semantics across forked and unrelated processes, the
 // requested size (cpython#101623), the track rule (gh-82300), byte-exact strings and bytes
 // (cpython#106939, #96779), and validation of what another process wrote.
+#include <mpp/process.hpp>
+#include <mpp/queue.hpp>
 #include <mpp/shared_memory.hpp>
+#include <mpp/shared_memory_manager.hpp>
 
 #if defined(MPP_OS_POSIX)
 #  include <fcntl.h>
@@ -29,6 +32,7 @@ using mpp::ShareableItem;
 using mpp::ShareableList;
 using mpp::SharedMemory;
 using mpp_test::unique_name;
+using namespace std::chrono_literals;
 
 namespace {
 
@@ -107,8 +111,9 @@ TEST_CASE("SharedMemory: anonymous, close, unlink, errors", "[shared_memory]") {
     CHECK_FALSE(copy.is_open());
   }
   CHECK(anon.buf()[5] == std::byte{5});
-  CHECK(anon.unlink());
+  anon.unlink();
   CHECK_FALSE(shm_exists(name));
+  CHECK_THROWS_AS(anon.unlink(), mpp::NotFoundError);  // Python: FileNotFoundError
   CHECK_THROWS_AS(SharedMemory(name), mpp::NotFoundError);
   CHECK(anon.buf()[5] == std::byte{5});  // the mapping outlives the name
 
@@ -737,5 +742,375 @@ TEST_CASE(
   CHECK_THROWS_AS(sl.get(0), mpp::CorruptedError);  // the block is known to be damaged now
   CHECK_THROWS_AS(ShareableList::open(sl.name()), mpp::CorruptedError);
   sl.unlink();
+}
+#endif  // MPP_OS_POSIX
+
+// ---- Python's cleanup order, attach-or-create, repr, SharedMemoryManager ----------------------
+
+namespace {
+#if defined(MPP_OS_POSIX)
+constexpr bool kPosixUnlink = true;  // unlink() removes the name; Windows: the last handle does
+#else
+constexpr bool kPosixUnlink = false;
+#endif
+
+/// Python's usual consumer: attach, read, close, then unlink (the creator has closed already).
+/// Replies "ok" or what went wrong.
+void attach_close_unlink(std::string name, mpp::Queue<std::string> reply) {
+  std::string r = "ok";
+  try {
+    SharedMemory shm(name);
+    if (shm.buf()[0] != std::byte{9}) r = "wrong byte";
+    shm.close();
+    shm.unlink();
+  } catch (const std::exception& e) {
+    r = e.what();
+  }
+  reply.put(r);
+}
+
+/// Attaches with open_or_create(name, size), writes byte 1, replies with what it saw at byte 0.
+void open_or_create_child(std::string name, std::size_t size, mpp::Queue<std::string> reply) {
+  try {
+    auto shm = SharedMemory::open_or_create(name, size);
+    shm.buf()[1] = std::byte{11};
+    reply.put(std::to_string(static_cast<int>(shm.buf()[0])));
+  } catch (const mpp::ValueError& e) {
+    reply.put(std::string("ValueError: ") + e.what());
+  }
+}
+
+/// Uses a manager's block and list, tells the parent, waits until the manager has shut down and
+/// checks that its mappings still work while the names are gone.
+void use_managed(std::string block, ShareableList list, mpp::Queue<std::string> to_parent,
+                 mpp::Queue<std::string> from_parent) {
+  SharedMemory shm(block);
+  shm.buf()[0] = std::byte{42};
+  list[0] = std::int64_t{42};
+  to_parent.put("used");
+  if (from_parent.get(true, 60s) != "shut down") return;
+  std::string r = "ok";
+  if (shm.buf()[0] != std::byte{42} || list.get(0) != ShareableItem{std::int64_t{42}})
+    r = "mapping lost";
+  if (kPosixUnlink) {
+    try {
+      SharedMemory again(block);
+      r = "block still attachable";
+    } catch (const mpp::NotFoundError&) {
+    }
+    try {
+      (void)ShareableList::open(list.name());
+      r = "list still attachable";
+    } catch (const mpp::NotFoundError&) {
+    }
+  }
+  to_parent.put(r);
+}
+}  // namespace
+MPP_REGISTER(attach_close_unlink);
+MPP_REGISTER(open_or_create_child);
+MPP_REGISTER(use_managed);
+
+TEST_CASE("SharedMemory: Python's close() then unlink() works; a second unlink() is NotFoundError",
+          "[shared_memory]") {
+  SECTION("the last handle closes (the track rule removed the name), then unlinks") {
+    SharedMemory shm(64);
+    const std::string name = shm.name();
+    shm.close();
+    shm.close();                // idempotent, as in Python
+    CHECK(shm.name() == name);  // kept after close(), as Python's
+    CHECK(shm.size() == 64);
+    CHECK_THROWS_AS(shm.buf(), mpp::ValueError);
+    CHECK_NOTHROW(shm.unlink());
+    CHECK_FALSE(shm_exists(name));
+    if (kPosixUnlink) {
+      CHECK_THROWS_AS(shm.unlink(), mpp::NotFoundError);
+      CHECK_THROWS_AS(shm.unlink(), mpp::OSError);  // Python's FileNotFoundError is an OSError
+    }
+  }
+  SECTION("track=false: close() keeps the name, unlink() removes it") {
+    SharedMemory shm(unique_name("cu"), true, 16, /*track=*/false);
+    const std::string name = shm.name();
+    shm.close();
+    CHECK(shm_exists(name) == kPosixUnlink);  // Windows: the name goes with the last handle
+    CHECK_NOTHROW(shm.unlink());
+    CHECK_FALSE(shm_exists(name));
+    if (kPosixUnlink) CHECK_THROWS_AS(shm.unlink(), mpp::NotFoundError);
+  }
+  SECTION("unlink() then close(), the other order") {
+    SharedMemory shm(16);
+    const std::string name = shm.name();
+    shm.unlink();
+    CHECK(shm.buf().size() == 16);  // the mapping outlives the name
+    shm.close();
+    if (kPosixUnlink) {
+      CHECK_FALSE(shm_exists(name));
+      CHECK_THROWS_AS(shm.unlink(), mpp::NotFoundError);
+    }
+  }
+  SECTION("ShareableList: close() then unlink(), twice") {
+    ShareableList sl{std::int64_t{1}, std::string("two")};
+    const std::string name = sl.name();
+    sl.close();
+    CHECK(sl.name() == name);
+    CHECK_NOTHROW(sl.unlink());
+    CHECK_FALSE(shm_exists(name));
+    if (kPosixUnlink) CHECK_THROWS_AS(sl.unlink(), mpp::NotFoundError);
+  }
+}
+
+#if defined(MPP_OS_POSIX)
+TEST_CASE("SharedMemory: a block can be unlinked only once (Python's test_shared_memory_basics)",
+          "[shared_memory]") {
+  const auto name = unique_name("dup");
+  SharedMemory uno(name, true, 5000);
+  CHECK(uno.size() == 5000);
+  SharedMemory duo(name);
+  duo.unlink();  // the first shm_unlink
+  duo.close();
+  uno.close();
+  CHECK_THROWS_AS(uno.unlink(), mpp::NotFoundError);  // a second one is bad
+}
+#endif  // MPP_OS_POSIX
+
+TEST_CASE(
+    "SharedMemory: a spawned consumer closes then unlinks; the creator's unlink is "
+    "NotFoundError",
+    "[shared_memory][spawn]") {
+  auto shm = SharedMemory::create(unique_name("consumer"), 32);
+  shm.buf()[0] = std::byte{9};
+  mpp::Queue<std::string> reply;
+  auto p =
+      mpp::get_context(mpp::StartMethod::spawn).process(attach_close_unlink, shm.name(), reply);
+  p.start();
+  CHECK(reply.get(true, 60s) == "ok");
+  CHECK(p.join(60s));
+  CHECK(p.exitcode() == 0);
+  CHECK(shm.buf()[0] == std::byte{9});  // still mapped here
+  if (kPosixUnlink) {
+    CHECK_FALSE(shm_exists(shm.name()));
+    CHECK_THROWS_AS(shm.unlink(), mpp::NotFoundError);
+    shm.close();
+    CHECK_THROWS_AS(shm.unlink(), mpp::NotFoundError);
+  }
+}
+
+#if defined(MPP_OS_POSIX)
+TEST_CASE(
+    "SharedMemory: a forked child unlinks, the parent's close() then unlink() is "
+    "NotFoundError",
+    "[shared_memory]") {
+  SharedMemory shm(unique_name("forkunlink"), true, 32);
+  const pid_t child = mpp_test::fork_child([&] {
+    shm.buf()[3] = std::byte{3};
+    shm.close();
+    shm.unlink();  // the parent still has it mapped: removed by this unlink, not the track rule
+    try {
+      shm.unlink();
+      return 2;
+    } catch (const mpp::NotFoundError&) {
+    }
+    return 0;
+  });
+  CHECK(mpp_test::wait_child(child) == 0);
+  CHECK(shm.buf()[3] == std::byte{3});
+  CHECK_FALSE(shm_exists(shm.name()));
+  shm.close();
+  CHECK_THROWS_AS(shm.unlink(), mpp::NotFoundError);
+}
+#endif  // MPP_OS_POSIX
+
+TEST_CASE("SharedMemory: open_or_create creates once, attaches after, refuses another size",
+          "[shared_memory][spawn]") {
+  const auto name = unique_name("ooc");
+  auto shm = SharedMemory::open_or_create(name, 64);  // creates
+  CHECK(shm.size() == 64);
+  shm.buf()[0] = std::byte{5};
+  auto same = SharedMemory::open_or_create(name, 64);  // attaches
+  CHECK(same.buf()[0] == std::byte{5});
+  try {
+    (void)SharedMemory::open_or_create(name, 65);
+    FAIL("a size mismatch must throw");
+  } catch (const mpp::ValueError& e) {
+    CHECK(std::string(e.what()).find(name) != std::string::npos);
+    CHECK(std::string(e.what()).find("64") != std::string::npos);
+  }
+  CHECK(shm_exists(name));  // the refused attach did not remove it
+  CHECK_THROWS_AS(SharedMemory::open_or_create(name, 0), mpp::InvalidArgument);
+  CHECK_THROWS_AS(SharedMemory::open_or_create("", 8), mpp::InvalidArgument);
+
+  mpp::Queue<std::string> reply;
+  auto ctx = mpp::get_context(mpp::StartMethod::spawn);
+  auto p = ctx.process(open_or_create_child, name, std::size_t{64}, reply);
+  p.start();
+  CHECK(reply.get(true, 60s) == "5");
+  CHECK(p.join(60s));
+  CHECK(shm.buf()[1] == std::byte{11});
+  auto q = ctx.process(open_or_create_child, name, std::size_t{128}, reply);
+  q.start();
+  CHECK(reply.get(true, 60s).rfind("ValueError: ", 0) == 0);
+  CHECK(q.join(60s));
+
+  const auto fresh = unique_name("ooc.child");  // the child creates it
+  auto r = ctx.process(open_or_create_child, fresh, std::size_t{16}, reply);
+  r.start();
+  CHECK(reply.get(true, 60s) == "0");
+  CHECK(r.join(60s));
+  CHECK(r.exitcode() == 0);
+}
+
+#if defined(MPP_OS_POSIX)
+TEST_CASE("SharedMemory: open_or_create racing in forked children: one block for all",
+          "[shared_memory]") {
+  const auto name = unique_name("oocrace");
+  std::vector<pid_t> kids;
+  for (int i = 0; i < 6; ++i)
+    kids.push_back(mpp_test::fork_child([&, i] {
+      auto shm = SharedMemory::open_or_create(name, 8, /*track=*/false);
+      shm.buf()[static_cast<std::size_t>(i)] = std::byte{1};
+      return 0;
+    }));
+  for (auto k : kids) CHECK(mpp_test::wait_child(k) == 0);
+  SharedMemory shm(name);
+  for (std::size_t i = 0; i < 6; ++i) CHECK(shm.buf()[i] == std::byte{1});
+  shm.unlink();
+}
+#endif  // MPP_OS_POSIX
+
+TEST_CASE("SharedMemory: fmt::format gives Python's repr for SharedMemory and ShareableList",
+          "[shared_memory]") {
+  const auto name = unique_name("repr");
+  auto shm = SharedMemory::create(name, 4096);
+  CHECK(fmt::format("{}", shm) == fmt::format("SharedMemory('{}', size=4096)", name));
+  shm.close();
+  CHECK(fmt::format("{}", shm) == fmt::format("SharedMemory('{}', size=4096)", name));
+
+  const auto lname = unique_name("reprl");
+  auto sl = ShareableList::create(
+      lname, {std::int64_t{-3}, 2.5, 1.0, true, false, None{}, std::string("it's"),
+              std::string("a\\b"), bytes_of(std::string_view("\0a'", 3))});
+  CHECK(fmt::format("{}", sl) ==
+        fmt::format("ShareableList([-3, 2.5, 1.0, True, False, None, \"it's\", 'a\\\\b', "
+                    "b\"\\x00a'\"], name='{}')",
+                    lname));
+  CHECK(sl.repr() == fmt::format("{}", sl));
+  sl.close();
+  CHECK(fmt::format("{}", sl) == fmt::format("<ShareableList name='{}' closed>", lname));
+}
+
+TEST_CASE("SharedMemoryManager: removes its blocks at its end, also those spawned processes use",
+          "[shared_memory][spawn]") {
+  mpp::Queue<std::string> to_parent, from_parent;
+  std::string block, list;
+  std::optional<mpp::Process> p;
+  {
+    mpp::SharedMemoryManager smm;
+    smm.start();  // Python-shaped code: a no-op
+    auto shm = smm.SharedMemory(128);
+    auto sl = smm.ShareableList({std::int64_t{1}, std::string("abc")});
+    block = shm.name();
+    list = sl.name();
+    CHECK(shm.size() == 128);
+    CHECK(smm.names() == std::vector<std::string>{block, list});
+    shm.close();  // the manager keeps the block until its end, whoever closes
+    sl.close();
+    CHECK(shm_exists(block));
+    p.emplace(mpp::get_context(mpp::StartMethod::spawn)
+                  .process(use_managed, block, ShareableList::open(list), to_parent, from_parent));
+    p->start();
+    REQUIRE(to_parent.get(true, 60s) == "used");
+    SharedMemory mine(block);
+    CHECK(mine.buf()[0] == std::byte{42});
+    CHECK(ShareableList::open(list).get(0) == ShareableItem{std::int64_t{42}});
+  }  // the manager ends: both names are removed while the child still uses the blocks
+  if (kPosixUnlink) {
+    CHECK_FALSE(shm_exists(block));
+    CHECK_FALSE(shm_exists(list));
+  }
+  from_parent.put("shut down");
+  CHECK(to_parent.get(true, 60s) == "ok");
+  CHECK(p->join(60s));
+  CHECK(p->exitcode() == 0);
+  p.reset();  // its arguments (Windows: a block lives while a handle does)
+  CHECK_FALSE(shm_exists(block));
+  CHECK_FALSE(shm_exists(list));
+}
+
+TEST_CASE("SharedMemoryManager: Python's test_shared_memory_SharedMemoryManager_basics",
+          "[shared_memory]") {
+  std::string held;
+  {
+    mpp::SharedMemoryManager smm1;
+    std::vector<ShareableList> lol;
+    for (std::int64_t i = 5; i < 10; ++i) {
+      std::vector<ShareableItem> items;
+      for (std::int64_t k = 0; k < i; ++k) items.emplace_back(k);
+      lol.push_back(smm1.ShareableList(items));
+    }
+    std::vector<SharedMemory> lom;
+    for (std::size_t j = 32; j < 128; j += 16) lom.push_back(smm1.SharedMemory(j));
+    auto doppelganger_list0 = ShareableList::open(lol[0].name());
+    CHECK(doppelganger_list0.size() == 5);
+    SharedMemory doppelganger_shm0(lom[0].name());
+    CHECK(doppelganger_shm0.buf().size() >= 32);
+    held = lom[0].name();
+    CHECK(smm1.names().size() == 11);
+    smm1.shutdown();
+    if (kPosixUnlink) CHECK_THROWS_AS(SharedMemory(held), mpp::NotFoundError);
+  }
+  {
+    mpp::SharedMemoryManager smm2;
+    auto sl = smm2.ShareableList({std::string("h"), std::string("o"), std::string("w")});
+    auto shm = smm2.SharedMemory(128);
+    held = sl.name();
+  }
+  if (kPosixUnlink) CHECK_THROWS_AS(ShareableList::open(held), mpp::NotFoundError);
+  CHECK_FALSE(shm_exists(held));
+}
+
+TEST_CASE("SharedMemoryManager: shutdown() is idempotent; creating after it is a ValueError",
+          "[shared_memory]") {
+  mpp::SharedMemoryManager smm;
+  auto a = smm.SharedMemory(8);
+  auto b = smm.SharedMemory(8);
+  const std::string an = a.name(), bn = b.name();
+  a.close();
+  a.unlink();  // removed by the user first: the manager skips it
+  smm.shutdown();
+  smm.shutdown();
+  CHECK(smm.names().empty());
+  CHECK(b.buf().size() == 8);  // a user's handle keeps its mapping
+  if (kPosixUnlink) {
+    CHECK_FALSE(shm_exists(bn));
+    CHECK_THROWS_AS(b.unlink(), mpp::NotFoundError);
+  }
+  CHECK_THROWS_AS(smm.SharedMemory(8), mpp::ValueError);
+  CHECK_THROWS_AS(smm.ShareableList({None{}}), mpp::ValueError);
+}
+
+#if defined(MPP_OS_POSIX)
+TEST_CASE("SharedMemoryManager: forked children use its blocks; only the owner removes them",
+          "[shared_memory]") {
+  auto smm = std::make_unique<mpp::SharedMemoryManager>();
+  auto shm = smm->SharedMemory(64);
+  auto sl = smm->ShareableList({std::int64_t{0}});
+  const pid_t child = mpp_test::fork_child([&] {
+    shm.buf()[7] = std::byte{7};
+    sl[0] = std::int64_t{7};
+    try {
+      (void)smm->SharedMemory(8);  // not this process's manager
+      return 2;
+    } catch (const mpp::ProcessError&) {
+    }
+    smm->shutdown();  // a copy's shutdown removes nothing
+    return 0;
+  });
+  CHECK(mpp_test::wait_child(child) == 0);
+  CHECK(shm_exists(shm.name()));
+  CHECK(shm.buf()[7] == std::byte{7});
+  CHECK(sl.get(0) == ShareableItem{std::int64_t{7}});
+  smm.reset();
+  CHECK_FALSE(shm_exists(shm.name()));
+  CHECK_FALSE(shm_exists(sl.name()));
 }
 #endif  // MPP_OS_POSIX

@@ -1,12 +1,16 @@
 // Synchronisation primitives across real processes: Lock, RLock, Semaphore, BoundedSemaphore,
 // Event, Condition, Barrier; dead holders ([kill]); the algorithms under threads ([tsan]).
+#include <mpp/array.hpp>
+#include <mpp/process.hpp>
 #include <mpp/sync.hpp>
+#include <mpp/value.hpp>
 
 #include <atomic>
 #include <chrono>
 #include <cstring>
 #include <mutex>
 #include <new>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -1189,4 +1193,386 @@ TEST_CASE("Timeout: plain seconds, chrono durations and nullopt all bound a wait
   CHECK(mpp::Timeout(1.5) == mpp::Timeout(1500ms));
   CHECK(mpp::Timeout().seconds_or(-1.0) == -1.0);
   CHECK(mpp::Timeout(2).seconds_or(-1.0) == 2.0);
+}
+
+// ---- Barrier across start methods: the action and the default timeout are shared data -------
+// Ported from CPython's _TestBarrier (Lib/test/_test_multiprocessing.py) with the parties in
+// fork, spawn and forkserver children.
+
+namespace {
+
+using mpp::StartMethod;
+
+/// The start methods of this platform (spawn only on Windows).
+std::vector<StartMethod> start_methods() {
+#if defined(MPP_OS_POSIX)
+  return {StartMethod::fork, StartMethod::spawn, StartMethod::forkserver};
+#else
+  return {StartMethod::spawn};
+#endif
+}
+
+template <class F, class... Args>
+mpp::Process start(StartMethod m, F&& f, Args&&... args) {
+  auto p = mpp::get_context(m).process(std::forward<F>(f), std::forward<Args>(args)...);
+  p.start();
+  return p;
+}
+
+/// Joins `p` (at most 60 s) and returns its exit code.
+int finish(mpp::Process& p) {
+  REQUIRE(p.join(60.0));
+  return *p.exitcode();
+}
+
+/// Where a barrier action counts its runs, per party slot (set by each party before waiting).
+std::optional<mpp::Array<int>> g_action_runs;
+int g_slot = 0;
+
+/// A registered barrier action: counts one run for the party that ran it.
+void count_trip() { g_action_runs->atomic(g_slot).fetch_add(1); }
+MPP_REGISTER(count_trip);
+
+/// A registered barrier action that fails while `g_action_runs[3]` is non-zero.
+void failing_trip() {
+  if (g_action_runs->atomic(3).load() != 0) throw mpp::ValueError("the action failed (expected)");
+}
+MPP_REGISTER(failing_trip);
+
+/// Party `slot` of `rounds` rounds: in round r, party r % parties arrives last (it waits until
+/// the others wait). Adds its arrival index to indices[r].
+void barrier_party(mpp::Barrier b, mpp::Array<int> runs, mpp::Array<int> indices, int slot,
+                   int rounds) {
+  g_action_runs = runs;
+  g_slot = slot;
+  const auto parties = static_cast<int>(b.parties());
+  for (int r = 0; r < rounds; ++r) {
+    if (r % parties == slot) {
+      const auto t0 = Clock::now();
+      while (b.n_waiting() + 1 < b.parties()) {
+        if (Clock::now() - t0 > 20s) mpp::exit(3);
+        std::this_thread::sleep_for(100us);
+      }
+    }
+    const auto i = b.wait(20.0);
+    indices.atomic(r).fetch_add(static_cast<int>(i));
+  }
+}
+MPP_REGISTER(barrier_party);
+
+/// Waits on `b` with its default timeout: exits 0 on BrokenBarrierError, 1 if it returned.
+void wait_default_timeout(mpp::Barrier b) {
+  try {
+    (void)b.wait();
+  } catch (const mpp::BrokenBarrierError&) {
+    mpp::exit(0);
+  }
+  mpp::exit(1);
+}
+MPP_REGISTER(wait_default_timeout);
+
+/// Waits on `b` with `timeout`: exits 0 on BrokenBarrierError, 1 if it returned.
+void wait_timeout(mpp::Barrier b, double timeout) {
+  try {
+    (void)b.wait(timeout);
+  } catch (const mpp::BrokenBarrierError&) {
+    mpp::exit(0);
+  }
+  mpp::exit(1);
+}
+MPP_REGISTER(wait_timeout);
+
+/// Python's test_abort / test_reset party: waits on `b`; expects BrokenBarrierError, then meets
+/// the others at `b2`, then uses `b` again (after the reset). Exits with a code per failure.
+void broken_then_reused(mpp::Barrier b, mpp::Barrier b2, int expect_broken) {
+  bool broken = false;
+  try {
+    (void)b.wait(20.0);
+  } catch (const mpp::BrokenBarrierError&) {
+    broken = true;
+  }
+  if (broken != (expect_broken != 0)) mpp::exit(1);
+  (void)b2.wait(20.0);  // the resetter resets b before it arrives here
+  (void)b.wait(20.0);   // b works again for everyone
+}
+MPP_REGISTER(broken_then_reused);
+
+/// Arrives last at `b` (it has a registered action that throws): exits 0 if the action's
+/// exception reached it.
+void arrive_last_failing(mpp::Barrier b, mpp::Array<int> runs) {
+  g_action_runs = runs;
+  const auto t0 = Clock::now();
+  while (b.n_waiting() + 1 < b.parties())
+    if (Clock::now() - t0 > 20s) mpp::exit(3);
+  try {
+    (void)b.wait(20.0);
+  } catch (const mpp::ValueError&) {
+    mpp::exit(b.broken() ? 0 : 2);
+  }
+  mpp::exit(1);
+}
+MPP_REGISTER(arrive_last_failing);
+
+/// Opens `name` (a barrier whose action is an unregistered callable) and arrives last: exits 0
+/// if it was told it cannot run the action and the barrier broke.
+void arrive_last_without_action(std::string name) {
+  auto b = mpp::Barrier::open(name);
+  const auto t0 = Clock::now();
+  while (b.n_waiting() + 1 < b.parties())
+    if (Clock::now() - t0 > 20s) mpp::exit(3);
+  try {
+    (void)b.wait(20.0);
+  } catch (const mpp::InvalidArgument&) {
+    mpp::exit(b.broken() ? 0 : 2);
+  }
+  mpp::exit(1);
+}
+MPP_REGISTER(arrive_last_without_action);
+
+}  // namespace
+
+TEST_CASE(
+    "Barrier: the action runs once per round in whichever party arrives last, any start "
+    "method",
+    "[sync][barrier]") {
+  // Python's test_action and test_barrier: every party is the last one in some rounds.
+  const auto methods = start_methods();
+  const int parties = static_cast<int>(methods.size()) + 1;  // the children and this process
+  constexpr int kRounds = 30;
+  mpp::Array<int> runs(static_cast<std::size_t>(parties));
+  mpp::Array<int> indices(kRounds);
+  mpp::Barrier b(static_cast<std::uint32_t>(parties), count_trip);
+  std::vector<mpp::Process> kids;
+  for (std::size_t k = 0; k < methods.size(); ++k)
+    kids.push_back(
+        start(methods[k], barrier_party, b, runs, indices, static_cast<int>(k) + 1, kRounds));
+  barrier_party(b, runs, indices, 0, kRounds);
+  for (std::size_t k = 0; k < kids.size(); ++k) {
+    CAPTURE(mpp::start_method_name(methods[k]));
+    CHECK(finish(kids[k]) == 0);
+  }
+  int total = 0;
+  for (int s = 0; s < parties; ++s) {
+    CAPTURE(s);
+    CHECK(runs[static_cast<std::size_t>(s)] == kRounds / parties + (s < kRounds % parties ? 1 : 0));
+    total += runs[static_cast<std::size_t>(s)];
+  }
+  CHECK(total == kRounds);           // exactly once per generation
+  for (int r = 0; r < kRounds; ++r)  // arrival indices 0..parties-1, each once per round
+    CHECK(indices[static_cast<std::size_t>(r)] == parties * (parties - 1) / 2);
+  g_action_runs.reset();
+}
+
+TEST_CASE("Barrier: a thousand rounds across processes (test_thousand)", "[sync][barrier]") {
+  const auto methods = start_methods();
+  const int parties = static_cast<int>(methods.size());
+  constexpr int kRounds = 1000;
+  mpp::Array<int> runs(static_cast<std::size_t>(parties));
+  mpp::Array<int> indices(kRounds);
+  mpp::Barrier b(static_cast<std::uint32_t>(parties), count_trip);
+  std::vector<mpp::Process> kids;
+  for (std::size_t k = 0; k < methods.size(); ++k)
+    kids.push_back(
+        start(methods[k], barrier_party, b, runs, indices, static_cast<int>(k), kRounds));
+  for (auto& k : kids) CHECK(finish(k) == 0);
+  int total = 0;
+  for (int s = 0; s < parties; ++s) total += runs[static_cast<std::size_t>(s)];
+  CHECK(total == kRounds);
+  for (int r = 0; r < kRounds; ++r)
+    CHECK(indices[static_cast<std::size_t>(r)] == parties * (parties - 1) / 2);
+}
+
+TEST_CASE("Barrier: a child's wait() honours the barrier's default timeout (test_default_timeout)",
+          "[sync][barrier]") {
+  for (const StartMethod m : start_methods()) {
+    CAPTURE(mpp::start_method_name(m));
+    mpp::Barrier b(2, {}, 0.2);
+    CHECK(b.default_timeout() == mpp::Timeout(0.2));
+    auto p = start(m, wait_default_timeout, b);
+    CHECK(finish(p) == 0);  // BrokenBarrierError, not a wait forever
+    CHECK(b.broken());      // as in Python, the timeout broke the barrier for everyone
+    CHECK_THROWS_AS(b.wait(5.0), mpp::BrokenBarrierError);
+    b.reset();
+    CHECK_FALSE(b.broken());
+    // A named barrier opened by name keeps its creator's default too.
+    const auto name = unique_name("barrier.timeout");
+    auto named = mpp::Barrier::create(name, 3, {}, 0.1);
+    CHECK(mpp::Barrier::open(name).default_timeout() == mpp::Timeout(0.1));
+    CHECK_THROWS_AS(mpp::Barrier::open(name).wait(), mpp::BrokenBarrierError);
+    CHECK(named.broken());
+  }
+}
+
+TEST_CASE("Barrier: an explicit timeout breaks the barrier in a child (test_timeout)",
+          "[sync][barrier]") {
+  for (const StartMethod m : start_methods()) {
+    CAPTURE(mpp::start_method_name(m));
+    mpp::Barrier b(3);  // no default timeout: the argument bounds the wait
+    auto p = start(m, wait_timeout, b, 0.1);
+    CHECK(finish(p) == 0);
+    CHECK(b.broken());
+  }
+}
+
+TEST_CASE(
+    "Barrier: abort and reset reach children of every start method (test_abort, "
+    "test_reset)",
+    "[sync][barrier]") {
+  const auto methods = start_methods();
+  const auto n = static_cast<std::uint32_t>(methods.size()) + 1;
+  {  // abort(): every waiting child gets BrokenBarrierError, then reset() makes b usable again.
+    mpp::Barrier b(n), b2(n);
+    std::vector<mpp::Process> kids;
+    for (const StartMethod m : methods) kids.push_back(start(m, broken_then_reused, b, b2, 1));
+    await([&] { return b.n_waiting() + 1 == n; }, 20s);
+    b.abort();
+    CHECK(b.broken());
+    CHECK_THROWS_AS(b.wait(5.0), mpp::BrokenBarrierError);
+    b.reset();
+    CHECK_FALSE(b.broken());
+    (void)b2.wait(20.0);
+    (void)b.wait(20.0);
+    for (auto& k : kids) CHECK(finish(k) == 0);
+  }
+  {  // reset() while the children wait: they get BrokenBarrierError, the barrier is not broken.
+    mpp::Barrier b(n), b2(n);
+    std::vector<mpp::Process> kids;
+    for (const StartMethod m : methods) kids.push_back(start(m, broken_then_reused, b, b2, 1));
+    await([&] { return b.n_waiting() + 1 == n; }, 20s);
+    b.reset();
+    CHECK_FALSE(b.broken());
+    (void)b2.wait(20.0);
+    (void)b.wait(20.0);
+    for (auto& k : kids) CHECK(finish(k) == 0);
+  }
+}
+
+TEST_CASE("Barrier: an action that throws in a child breaks the barrier (test_action_exception)",
+          "[sync][barrier]") {
+  for (const StartMethod m : start_methods()) {
+    CAPTURE(mpp::start_method_name(m));
+    mpp::Array<int> runs(4);
+    g_action_runs = runs;
+    runs.atomic(3).store(1);  // failing_trip throws
+    mpp::Barrier b(2, failing_trip);
+    auto p = start(m, arrive_last_failing, b, runs);
+    CHECK_THROWS_AS(b.wait(20.0), mpp::BrokenBarrierError);
+    CHECK(finish(p) == 0);
+    b.reset();
+    runs.atomic(3).store(0);  // now the action succeeds
+    auto q = start(m, arrive_last_failing, b, runs);
+    CHECK(b.wait(20.0) == 0);
+    CHECK(finish(q) == 1);  // it returned normally
+    g_action_runs.reset();
+  }
+}
+
+TEST_CASE("Barrier: an unregistered action stays with its handle and does not cross by name",
+          "[sync][barrier]") {
+  std::atomic<int> ran{0};
+  const auto name = unique_name("barrier.local");
+  auto b = mpp::Barrier::create(name, 2, [&ran] { ran.fetch_add(1); });
+  // Python cannot pickle such an action either: the barrier cannot be sent to another process.
+  CHECK_THROWS_AS(mpp::encode(b), mpp::InvalidArgument);
+  // A registered action crosses; so does a barrier without one.
+  CHECK_NOTHROW(mpp::encode(mpp::Barrier(2, count_trip)));
+  CHECK_NOTHROW(mpp::encode(mpp::Barrier(2)));
+  CHECK(mpp::Barrier(2, count_trip).parties() == 2);
+  // A process that opens it by name and arrives last is told, and the barrier breaks.
+  auto p = start(start_methods().back(), arrive_last_without_action, name);
+  CHECK_THROWS_AS(b.wait(20.0), mpp::BrokenBarrierError);
+  CHECK(finish(p) == 0);
+  CHECK(ran.load() == 0);
+  // Threads of the creating process run it.
+  b.reset();
+  std::thread t([&] { (void)b.wait(20.0); });
+  (void)b.wait(20.0);
+  t.join();
+  CHECK(ran.load() == 1);
+}
+
+// ---- reprs --------------------------------------------------------------------------------
+
+namespace {
+
+/// Holds `l` until `go` is set (at most 20 s), after setting `held`.
+void hold_lock_until(mpp::Lock l, mpp::Event held, mpp::Event go) {
+  l.acquire();
+  held.set();
+  (void)go.wait(20.0);
+  l.release();
+}
+MPP_REGISTER(hold_lock_until);
+
+/// Waits once on `b` (20 s at most).
+void wait_once(mpp::Barrier b) { (void)b.wait(20.0); }
+MPP_REGISTER(wait_once);
+
+}  // namespace
+
+TEST_CASE("Sync: fmt::format gives Python-like reprs of every primitive", "[sync][repr]") {
+  const auto pid = mpp::detail::os::current_pid();
+  mpp::Lock l;
+  CHECK(fmt::format("{}", l) == fmt::format("<Lock(name='{}', owner=None)>", l.name()));
+  l.acquire();
+  CHECK(fmt::format("{}", l) == fmt::format("<Lock(name='{}', owner={})>", l.name(), pid));
+  l.release();
+
+  mpp::RLock r;
+  CHECK(fmt::format("{}", r) == fmt::format("<RLock(name='{}', owner=None, count=0)>", r.name()));
+  r.acquire();
+  r.acquire();
+  CHECK(fmt::format("{}", r) ==
+        fmt::format("<RLock(name='{}', owner={}, count=2)>", r.name(), pid));
+  r.release();
+  r.release();
+
+  mpp::Semaphore s(2);
+  CHECK(fmt::format("{}", s) == fmt::format("<Semaphore(name='{}', value=2)>", s.name()));
+  mpp::BoundedSemaphore bs(3);
+  bs.acquire();
+  CHECK(fmt::format("{}", bs) ==
+        fmt::format("<BoundedSemaphore(name='{}', value=2, maxvalue=3)>", bs.name()));
+
+  mpp::Event e;
+  CHECK(fmt::format("{}", e) == fmt::format("<Event(name='{}', set=False)>", e.name()));
+  e.set();
+  CHECK(fmt::format("{}", e) == fmt::format("<Event(name='{}', set=True)>", e.name()));
+
+  mpp::Condition c;  // Python: <Condition(<RLock(None, 0)>, 0)>
+  CHECK(fmt::format("{}", c) ==
+        fmt::format("<Condition(<RLock(name='{}', owner=None, count=0)>, 0)>", c.name()));
+  mpp::Condition over(l);
+  CHECK(fmt::format("{}", over) == fmt::format("<Condition({}, 0)>", l));
+
+  mpp::Barrier b(3);
+  CHECK(fmt::format("{}", b) ==
+        fmt::format("<Barrier(name='{}', parties=3, waiting=0, broken=False)>", b.name()));
+  b.abort();
+  CHECK(fmt::format("{}", b) ==
+        fmt::format("<Barrier(name='{}', parties=3, waiting=0, broken=True)>", b.name()));
+  CHECK(fmt::format("{:>5}", mpp::Event()).size() > 5);  // string format specs apply
+}
+
+TEST_CASE("Sync: reprs show the state another process left (owner pid, waiting parties)",
+          "[sync][repr]") {
+  for (const StartMethod m : start_methods()) {
+    CAPTURE(mpp::start_method_name(m));
+    mpp::Lock l;
+    mpp::Event held, go;
+    auto p = start(m, hold_lock_until, l, held, go);
+    REQUIRE(held.wait(20.0));
+    CHECK(fmt::format("{}", l) == fmt::format("<Lock(name='{}', owner={})>", l.name(), *p.pid()));
+    go.set();
+    CHECK(finish(p) == 0);
+    CHECK(fmt::format("{}", l) == fmt::format("<Lock(name='{}', owner=None)>", l.name()));
+
+    mpp::Barrier b(2);
+    auto q = start(m, wait_once, b);
+    await([&] { return b.n_waiting() == 1; }, 20s);
+    CHECK(fmt::format("{}", b) ==
+          fmt::format("<Barrier(name='{}', parties=2, waiting=1, broken=False)>", b.name()));
+    (void)b.wait(20.0);
+    CHECK(finish(q) == 0);
+  }
 }

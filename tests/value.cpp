@@ -1,6 +1,8 @@
 // Value<T> / RawValue<T>: Python's semantics across forked and unrelated processes, the embedded
 // robust lock (400 000 increments from 4 processes; a dead holder is reported), atomic operations
 // without a lock, typed opening, validation of what another process wrote.
+#include <mpp/array.hpp>
+#include <mpp/process.hpp>
 #include <mpp/value.hpp>
 
 #if defined(MPP_OS_POSIX)  // the tests that fork (the rest also runs under wine)
@@ -14,6 +16,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <mutex>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -500,3 +503,163 @@ TEST_CASE("Value: workers killed at random while incrementing under the lock: no
   }
 }
 #endif  // MPP_OS_POSIX
+
+// ---- a caller's lock (Python's lock= argument), across fork, spawn and forkserver ------------
+
+namespace {
+
+using mpp::StartMethod;
+
+std::vector<StartMethod> start_methods() {
+#if defined(MPP_OS_POSIX)
+  return {StartMethod::fork, StartMethod::spawn, StartMethod::forkserver};
+#else
+  return {StartMethod::spawn};
+#endif
+}
+
+constexpr int kLockedRounds = 2000;
+
+template <class V>
+concept HasGetLock = requires(V& v) {
+  v.get_lock();
+};
+
+/// Increments `a` and `b`, which share one caller's RLock, under that lock; exits 2 if it ever
+/// sees them differ while holding it, 3 if the lock that arrived is not `lock_name`.
+void increment_pair(Value<int> a, Value<int> b, std::string lock_name) {
+  if (a.get_lock().name() != lock_name || b.get_lock().name() != lock_name) mpp::exit(3);
+  for (int i = 0; i < kLockedRounds; ++i) {
+    std::lock_guard g(a.get_lock());
+    if (a.value() != b.value()) mpp::exit(2);
+    a.set(a.value() + 1);
+    std::this_thread::yield();
+    b.set(b.value() + 1);
+  }
+}
+MPP_REGISTER(increment_pair);
+
+/// A Value<Point> and an Array<int> synchronised by one caller's (non-recursive) Lock.
+void increment_with_lock(Value<Point> p, mpp::Array<int> arr) {
+  for (int i = 0; i < kLockedRounds; ++i) {
+    {
+      std::lock_guard g(p.get_lock<mpp::Lock>());
+      Point q = p.value();  // this process holds the Lock: value() does not take it again
+      q.x += 1;
+      p.set(q);
+      arr[0] += 1;
+    }
+    p.with_lock([](Point& q) { q.y += 1; });  // takes the Lock itself
+    arr.with_lock([](std::span<int> s) { s[1] += 1; });
+  }
+}
+MPP_REGISTER(increment_with_lock);
+
+}  // namespace
+
+TEST_CASE("Value: get_lock() returns the caller's Lock or RLock (test_getobj_getlock)", "[value]") {
+  Value<int> val1(5);
+  CHECK(val1.has_lock());
+  CHECK(val1.get_lock().name() == val1.name());  // its own RLock, embedded in its segment
+  CHECK(val1.get_obj() == 5);
+  mpp::Lock lock;
+  Value<int> val3(5, lock);
+  CHECK(val3.has_lock());
+  CHECK(val3.get_lock<mpp::Lock>().name() == lock.name());  // the very lock it was given
+  CHECK_THROWS_AS(val3.get_lock(), mpp::ValueError);        // a Lock, not an RLock
+  CHECK(val3.get_obj() == 5);
+  Value<int> val4(5, mpp::SharedOptions{.lock = false});
+  CHECK_FALSE(val4.has_lock());
+  CHECK_THROWS_AS(val4.get_lock(), mpp::ValueError);
+  static_assert(!HasGetLock<RawValue<int>> && HasGetLock<Value<int>>);  // RawValue: no lock
+  // The caller's lock is not embedded: a lock given to two Values locks both.
+  mpp::RLock shared;
+  Value<int> a(1, shared), b(2, shared);
+  {
+    std::lock_guard g(a.get_lock());
+    CHECK(b.get_lock().is_owned());
+    CHECK(shared.depth() == 1);
+  }
+  CHECK_FALSE(shared.locked());
+}
+
+TEST_CASE("Value: a caller's lock is shared by several Values in children of every start method",
+          "[value]") {
+  for (const StartMethod m : start_methods()) {
+    CAPTURE(mpp::start_method_name(m));
+    mpp::RLock lock;
+    Value<int> a(0, lock), b(0, lock);
+    std::vector<mpp::Process> kids;
+    for (int k = 0; k < 2; ++k) {
+      kids.push_back(mpp::get_context(m).process(increment_pair, a, b, lock.name()));
+      kids.back().start();
+    }
+    for (auto& k : kids) {
+      REQUIRE(k.join(60.0));
+      CHECK(k.exitcode() == 0);
+    }
+    CHECK(a.value() == 2 * kLockedRounds);
+    CHECK(b.value() == 2 * kLockedRounds);
+  }
+}
+
+TEST_CASE("Value: a Value and an Array synchronised by one caller's Lock in children", "[value]") {
+  for (const StartMethod m : start_methods()) {
+    CAPTURE(mpp::start_method_name(m));
+    mpp::Lock lock;
+    Value<Point> p(Point{0, 0, 0}, lock);
+    mpp::Array<int> arr(2, lock);
+    CHECK(arr.get_lock<mpp::Lock>().name() == lock.name());
+    std::vector<mpp::Process> kids;
+    for (int k = 0; k < 2; ++k) {
+      kids.push_back(mpp::get_context(m).process(increment_with_lock, p, arr));
+      kids.back().start();
+    }
+    for (auto& k : kids) {
+      REQUIRE(k.join(60.0));
+      CHECK(k.exitcode() == 0);
+    }
+    CHECK(p.value() == Point{2.0 * kLockedRounds, 2.0 * kLockedRounds, 0});
+    CHECK(arr[0] == 2 * kLockedRounds);
+    CHECK(arr[1] == 2 * kLockedRounds);
+  }
+}
+
+TEST_CASE("Value: opened by name, a Value made with a caller's lock needs that lock", "[value]") {
+  const auto name = unique_name("value.supplied");
+  mpp::Lock lock;
+  auto v = Value<Point>::create(name, Point{1, 2, 3}, lock);
+  auto bare = Value<Point>::open(name);
+  CHECK_FALSE(bare.has_lock());
+  try {
+    (void)bare.get_lock<mpp::Lock>();
+    FAIL("get_lock() without the lock");
+  } catch (const mpp::ValueError& e) {
+    CHECK(std::string(e.what()).find("open(name, lock)") != std::string::npos);
+  }
+  auto with = Value<Point>::open(name, lock);
+  CHECK(with.get_lock<mpp::Lock>().name() == lock.name());
+  CHECK(with.value() == Point{1, 2, 3});
+  // A Value with its own lock refuses another one: every process must lock the same.
+  const auto own = unique_name("value.own");
+  auto o = Value<int>::create(own, 1);
+  CHECK_THROWS_AS(Value<int>::open(own, lock), mpp::InvalidArgument);
+  // The lock crosses with the Value; a lock embedded in another object cannot cross by itself.
+  auto back = mpp::decode<Value<Point>>(mpp::encode(v));
+  CHECK(back.get_lock<mpp::Lock>().name() == lock.name());
+  Value<int> owner(0);
+  Value<int> borrower(0, owner.get_lock());
+  CHECK(borrower.get_lock().name() == owner.name());
+  CHECK_THROWS_AS(mpp::encode(borrower), mpp::InvalidArgument);
+}
+
+TEST_CASE("Value: fmt::format gives a Python-like repr", "[value][repr]") {
+  Value<int> v(42);
+  CHECK(fmt::format("{}", v) == fmt::format("<Value<int>(name='{}', 42)>", v.name()));
+  Value<bool> flag(true);
+  CHECK(fmt::format("{}", flag) == fmt::format("<Value<bool>(name='{}', True)>", flag.name()));
+  RawValue<double> d(1.5);
+  CHECK(fmt::format("{}", d) == fmt::format("<RawValue<double>(name='{}', 1.5)>", d.name()));
+  Value<Point> p(Point{1, 2, 3});  // no formatter for Point: its size
+  CHECK(fmt::format("{}", p).find("(name='" + p.name() + "', <24 bytes>)>") != std::string::npos);
+}

@@ -15,7 +15,7 @@ import re
 import signal
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import shared_memory
 
 CTX = mp.get_context("fork")
@@ -299,6 +299,43 @@ def noop():
     pass
 
 
+def sleep_ms(ms):
+    time.sleep(ms / 1000)
+    return ms
+
+
+def first_completed_us(k):
+    """Submit a no-op call next to a running 1 s one; µs until wait(FIRST_COMPLETED) returns."""
+    with ProcessPoolExecutor(2, mp_context=CTX) as ex:
+        list(ex.map(plus_one, range(4)))  # workers up before the clock starts
+        sleeper = ex.submit(sleep_ms, 1000)
+        time.sleep(0.05)  # the sleeper is running
+        total = 0.0
+        for _ in range(k):
+            t0 = now()
+            f = ex.submit(plus_one, 1)
+            done, _ = wait([sleeper, f], return_when=FIRST_COMPLETED)
+            total += now() - t0
+            check(f in done and f.result() == 2 and not sleeper.done(), "wrong first completed")
+        sleeper.result()
+    return total / k * 1e6
+
+
+def pool_mixed(metric):
+    """Pool(2): sleeps of 300, 50 and 150 ms; the makespan or the mean submission-to-callback ms."""
+    with CTX.Pool(2) as pool:
+        pool.map(plus_one, range(4))  # workers up before the clock starts
+        done = {}
+        t0 = now()
+        rs = [pool.apply_async(sleep_ms, (ms,), callback=lambda r: done.__setitem__(r, now()))
+              for ms in (300, 50, 150)]
+        for r in rs:
+            r.get()
+    check(sorted(done) == [50, 150, 300], "wrong results")
+    ends = [t - t0 for t in done.values()]
+    return (max(ends) if metric == "makespan" else sum(ends) / len(ends)) * 1e3
+
+
 def process_start_us(k):
     t0 = now()
     for _ in range(k):
@@ -399,6 +436,9 @@ def main():
     run("pool.map.1e6", "items/s", True, lambda: pool_map(n(1_000_000, 100_000)))
     run("pool.startup", "ms", False, pool_startup_ms)
     run("futures.map.1e4", "items/s", True, lambda: executor_map(n(10_000, 2_000)))
+    run("futures.wait.first_completed", "µs", False, lambda: first_completed_us(100))
+    run("pool.mixed.makespan", "ms", False, lambda: pool_mixed("makespan"))
+    run("pool.mixed.latency", "ms", False, lambda: pool_mixed("latency"))
     run("process.start", "µs", False, lambda: process_start_us(n(50, 10)))
     run("shm.create.1MiB", "µs", False, lambda: shm_us(True, n(200, 50)))
     run("shm.attach.1MiB", "µs", False, lambda: shm_us(False, n(200, 50)))

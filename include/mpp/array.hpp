@@ -154,8 +154,8 @@ class ArrayBase {
 
   /// The object's name ("mpp.anon.*" when anonymous): open it elsewhere with open(name).
   const std::string& name() const noexcept { return b_.seg->name(); }
-  /// True if this array has an embedded lock.
-  bool has_lock() const noexcept { return b_.has_lock; }
+  /// True if this array has a lock, embedded or supplied (false for RawArray and lock=false).
+  bool has_lock() const noexcept { return b_.lock.index() != 0; }
   //!Effects: removes the name now; every handle keeps working. Returns: false if already gone.
   bool unlink() { return b_.seg->unlink(); }
 
@@ -196,7 +196,8 @@ concept ArrayInitRange = std::ranges::sized_range<R> && std::ranges::forward_ran
 }  // namespace detail
 
 /// Python's multiprocessing.Array: n elements of T in shared memory with an embedded robust
-/// RLock. T must be trivially copyable. Array<int>(4) is four zeros (Python: Array('i', 4));
+/// RLock, or a caller's Lock or RLock (Python's `lock=` argument), or none (`lock=false`).
+/// T must be trivially copyable. Array<int>(4) is four zeros (Python: Array('i', 4));
 /// Array<int>{1, 2, 3} or Array<int>(vec) copies the values (Python: Array('i', [1, 2, 3])).
 template <class T>
 class Array : public detail::ArrayBase<T> {
@@ -216,6 +217,17 @@ class Array : public detail::ArrayBase<T> {
       : Array(Block::create(Kind::array, {}, Base::range_size(values), opts,
                             Base::range_fill(values))) {}
 
+  /// Creates an anonymous array of `n` zeroed elements synchronised by the caller's `lock` (a
+  /// Lock or an RLock; Python: Array(typecode, n, lock=lock)).
+  template <detail::SuppliedLock L>
+  Array(std::size_t n, L lock, const SharedOptions& opts = {})
+      : Array(Block::create(Kind::array, {}, n, opts, Base::zero_fill(), true), std::move(lock)) {}
+  /// Creates an anonymous array holding `values`, synchronised by the caller's `lock`.
+  template <detail::SuppliedLock L>
+  Array(std::initializer_list<T> values, L lock, const SharedOptions& opts = {})
+      : Array(Block::create(Kind::array, {}, values.size(), opts, Base::range_fill(values), true),
+              std::move(lock)) {}
+
   /// Creates the named array `name` of `n` zeroed elements. Throws: ExistsError, ...
   static Array create(std::string_view name, std::size_t n, const SharedOptions& opts = {}) {
     return Array(Block::create(Kind::array, name, n, opts, Base::zero_fill()));
@@ -231,10 +243,23 @@ class Array : public detail::ArrayBase<T> {
                       const SharedOptions& opts = {}) {
     return create<std::initializer_list<T>>(name, values, opts);
   }
+  /// Creates the named array `name` of `n` zeroed elements, synchronised by the caller's `lock`.
+  template <detail::SuppliedLock L>
+  static Array create(std::string_view name, std::size_t n, L lock,
+                      const SharedOptions& opts = {}) {
+    return Array(Block::create(Kind::array, name, n, opts, Base::zero_fill(), true),
+                 std::move(lock));
+  }
   //!Effects: opens the named array `name`; its size is read from the segment and checked.
   //!Throws: NotFoundError, TypeMismatchError, CorruptedError, TimeoutError.
   static Array open(std::string_view name, const NamedOptions& opts = {}) {
     return Array(Block::open(Kind::array, name, opts));
+  }
+  //!Effects: opens the named array `name`, created with a caller's lock, with that `lock`.
+  //!Throws: as open(name); InvalidArgument if the array has its own lock.
+  template <detail::SuppliedLock L>
+  static Array open(std::string_view name, L lock, const NamedOptions& opts = {}) {
+    return Array(Block::open(Kind::array, name, opts), std::move(lock));
   }
   /// Opens `name`, or creates it with `n` zeroed elements if it does not exist.
   static Array open_or_create(std::string_view name, std::size_t n,
@@ -242,13 +267,15 @@ class Array : public detail::ArrayBase<T> {
     return Array(Block::open_or_create(Kind::array, name, n, opts, Base::zero_fill()));
   }
 
-  //!Returns: the embedded robust re-entrant lock (Python's get_lock(), an RLock). Its
-  //! previous_owner_died() tells when a holder died holding it (or died earlier and the elements
-  //! were not repaired since); releasing it then repairs.
-  //!Throws: ValueError if the array was created with lock=false.
-  RLock& get_lock() {
-    if (!lock_) (void)this->b_.lock_state("get_lock");
-    return *lock_;
+  //!Returns: the array's lock (Python's get_lock()): its embedded robust RLock, or the lock it
+  //! was given — get_lock<mpp::Lock>() for a Lock. Its previous_owner_died() tells when a holder
+  //! died holding it (for an RLock also when one died earlier and the elements were not
+  //! repaired since); releasing it then repairs.
+  //!Throws: ValueError if the array has no lock (lock=false, or opened by name without the
+  //! caller's lock it was created with), or its lock is of the other type.
+  template <detail::SuppliedLock L = RLock>
+  L& get_lock() {
+    return this->b_.template lock_as<L>("get_lock");
   }
   //!Effects: runs fn(std::span<T>) — or fn(span, bool previous_owner_died) — holding the lock.
   //! After a holder died (and until someone repairs the elements), fn(span, bool) is told (true)
@@ -268,12 +295,15 @@ class Array : public detail::ArrayBase<T> {
   }
 
  private:
-  explicit Array(Block b) : Base(std::move(b)), lock_(this->b_.make_lock()) {}
+  explicit Array(Block b) : Base(std::move(b)) { this->b_.use_embedded_lock(); }
+  template <detail::SuppliedLock L>
+  Array(Block b, L lock) : Base(std::move(b)) {
+    this->b_.use_lock(std::move(lock));
+  }
   static constexpr std::string_view kRepairHint =
       "call with_lock([](std::span<T> s, bool previous_owner_died) { ... }) and fix the elements "
       "(or acquire get_lock(), whose previous_owner_died() is then true, and release it once "
       "repaired)";
-  std::optional<RLock> lock_;
 };
 
 /// Python's multiprocessing.RawArray: n elements of T in shared memory, no lock.
@@ -309,12 +339,49 @@ class RawArray : public detail::ArrayBase<T> {
   explicit RawArray(Block b) : Base(std::move(b)) { this->b_.has_lock = false; }
 };
 
-/// An Array<T> crosses processes as its name (as Python pickles it): the receiver opens it.
+namespace detail {
+/// Elements an Array's repr shows before "...".
+inline constexpr std::size_t kReprElements = 16;
+/// `<Array<int>(name='...', size=3, [1, 2, 3])>` (Python: `<SynchronizedArray wrapper for ...>`).
 template <class T>
-struct codec<Array<T>> : detail::NameCodec<Array<T>> {};
+std::string array_repr(std::string_view kind, const SharedBlock<T>& b) {
+  if (!block_whole(b))
+    return fmt::format("<{}<{}>(name='{}', truncated)>", kind, type_name<T>(), b.seg->name());
+  std::string items;
+  for (std::size_t i = 0; i < b.count && i < kReprElements; ++i)
+    items += (i == 0 ? "" : ", ") + element_repr(b.data[i]);
+  if (b.count > kReprElements) items += ", ...";
+  return fmt::format("<{}<{}>(name='{}', size={}, [{}])>", kind, type_name<T>(), b.seg->name(),
+                     b.count, items);
+}
+template <class T>
+std::string repr(const Array<T>& a, ReprTag) {
+  return array_repr("Array", HandleAccess::block(a));
+}
+template <class T>
+std::string repr(const RawArray<T>& a, ReprTag) {
+  return array_repr("RawArray", HandleAccess::block(a));
+}
+}  // namespace detail
+
+/// An Array<T> crosses processes as its name, with the caller's lock it was given (as Python
+/// pickles it): the receiver opens both.
+template <class T>
+struct codec<Array<T>> : detail::NameCodec<Array<T>, detail::OpenWithLock<Array<T>>> {};
 
 /// A RawArray<T> crosses processes as its name (as Python pickles it): the receiver opens it.
+/// (The encoding is an Array's: either decodes what the other encoded.)
 template <class T>
-struct codec<RawArray<T>> : detail::NameCodec<RawArray<T>> {};
+struct codec<RawArray<T>> : detail::NameCodec<RawArray<T>, detail::OpenWithLock<RawArray<T>>> {};
 
 }  // namespace mpp
+
+namespace fmt {
+/// Formats an Array as a Python-like repr: `<Array<int>(name='...', size=3, [1, 2, 3])>` (the
+/// first 16 elements, read without the lock).
+template <class T>
+struct formatter<mpp::Array<T>> : mpp::detail::ReprFormatter<mpp::Array<T>> {};
+/// Formats a RawArray: `<RawArray<int>(name='...', size=3, [1, 2, 3])>`.
+template <class T>
+struct formatter<mpp::RawArray<T>> : mpp::detail::ReprFormatter<mpp::RawArray<T>> {};
+}  // namespace fmt

@@ -9,11 +9,13 @@
 #include <atomic>
 #include <chrono>
 #include <cstddef>
+#include <cstdlib>
 #include <deque>
 #include <exception>
 #include <functional>
 #include <initializer_list>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <ranges>
 #include <string>
@@ -34,7 +36,8 @@ namespace mpp {
 /// ValueError when the executor is made.
 struct ExecutorOptions {
   std::optional<int> max_workers{};  ///< nullopt: cpu_count()
-  /// A worker is replaced after this many tasks (nullopt: never).
+  /// A worker is replaced after this many tasks (nullopt: never). As in Python, it refuses the
+  /// fork start method (ValueError) and makes an omitted start_method spawn.
   std::optional<int> max_tasks_per_child{};
   Timeout task_timeout{};  ///< per call: the worker is killed and the future fails
   unsigned retries = 0;    ///< re-runs of a call whose worker died
@@ -62,7 +65,10 @@ class Future {
  public:
   //!Returns: the call's result, waiting at most `timeout` (nullopt: forever).
   //!Throws: TimeoutError if not done in time, CancelledError if cancelled, else the call's
-  //! exception (RemoteError, WorkerLostError, TimeoutError of a task timeout, std:: types).
+  //! exception: what the task threw (std:: and mpp types as themselves, with a RemoteError
+  //! nested that names the worker's pid and the function; other types as RemoteError),
+  //! SystemExit for mpp::exit(n) in the task, WorkerLostError, TimeoutError of a task timeout,
+  //! or what encoding an argument threw.
   R result(Timeout timeout = std::nullopt) const {
     wait_done(timeout);
     std::lock_guard g(s_->result->mu);
@@ -310,6 +316,11 @@ class AsCompleted {
   AsCompleted(const AsCompleted&) = delete;
   /// Not copyable.
   AsCompleted& operator=(const AsCompleted&) = delete;
+  /// Moves the iteration (before it starts: iterators refer to the range they came from), so
+  /// that a wrapper such as mpp::progress can keep it.
+  AsCompleted(AsCompleted&&) = default;
+  /// Number of distinct futures it yields.
+  std::size_t size() const noexcept { return fs_.size(); }
   /// Starts the iteration (yields a future done already, or waits for one).
   iterator begin() {
     if (!started_) {
@@ -522,28 +533,38 @@ class ProcessPoolExecutor {
   explicit ProcessPoolExecutor(std::optional<int> max_workers = std::nullopt)
       : ProcessPoolExecutor(ExecutorOptions{max_workers}) {}
   //!Effects: starts the workers described by `o`. Throws: ValueError for a field below 1.
-  explicit ProcessPoolExecutor(const ExecutorOptions& o) : pool_(kOwner, pool_options(o)) {}
+  explicit ProcessPoolExecutor(const ExecutorOptions& o) : pool_(kOwner, pool_options(o)) {
+    enroll();
+  }
   //!Effects: starts the workers; each runs `initializer(initargs...)` first; if it fails the
   //! executor is broken (BrokenProcessPool, see the class comment).
   template <class F, class... A>
   ProcessPoolExecutor(const ExecutorOptions& o, F&& initializer, A&&... initargs)
       : pool_(kOwner, pool_options(o), std::forward<F>(initializer), std::forward<A>(initargs)...) {
+    enroll();
   }
   /// Not copyable: an executor owns its worker processes.
   ProcessPoolExecutor(const ProcessPoolExecutor&) = delete;
   /// Not copyable.
   ProcessPoolExecutor& operator=(const ProcessPoolExecutor&) = delete;
-  /// shutdown(wait=true), like leaving Python's `with ProcessPoolExecutor() as ex:` block.
+  /// shutdown(wait=true), like leaving Python's `with ProcessPoolExecutor() as ex:` block. An
+  /// executor still alive when the program exits (one at namespace scope, say) is shut down the
+  /// same way first, before the workers of the program's children are terminated: its submitted
+  /// calls finish, as Python's exit waits for an executor's work.
   ~ProcessPoolExecutor() {
+    withdraw();
     try {
       shutdown(true);
     } catch (...) {
     }
   }
 
-  //!Returns: a Future of f(args...) (Future<void> for a void `f`). Throws: BrokenProcessPool once
-  //! the initializer failed; mpp::Error (Python's RuntimeError) "cannot schedule new futures
-  //! after shutdown" after shutdown().
+  //!Returns: a Future of f(args...) (Future<void> for a void `f`). An argument that cannot be
+  //! encoded (its codec throws, or the call exceeds the 64 MiB task limit) fails the future with
+  //! that exception, as Python puts the pickling error on the future; the executor carries on.
+  //!Throws: BrokenProcessPool once the initializer failed; mpp::Error (Python's RuntimeError)
+  //! "cannot schedule new futures after shutdown" after shutdown(); InvalidArgument for a
+  //! callable a spawn or forkserver worker cannot find (not registered).
   template <class F, class... A,
             class R = std::invoke_result_t<const F&, const std::decay_t<A>&...>>
   Future<R> submit(F f, A&&... a) {
@@ -551,8 +572,8 @@ class ProcessPoolExecutor {
     check_open();
     using S = detail::pool::stored_t<R>;
     auto s = std::make_shared<detail::futures::State<S>>();
-    auto [state, job] = detail::pool::submit_apply<S, detail::pool::Unit>(
-        pool_.sched_, f, std::tuple<std::decay_t<A>...>(std::forward<A>(a)...), {}, {});
+    auto [state, job] = detail::futures::submit_call<S>(
+        pool_.sched_, f, std::tuple<std::decay_t<A>...>(std::forward<A>(a)...));
     s->result = std::move(state);
     s->job = std::move(job);
     s->sched = &pool_.sched_;
@@ -591,8 +612,51 @@ class ProcessPoolExecutor {
   }
 
  private:
-  static constexpr detail::pool::OwnerName kOwner{"ProcessPoolExecutor",
-                                                  "cannot schedule new futures after shutdown"};
+  static constexpr detail::pool::OwnerName kOwner{
+      "ProcessPoolExecutor", "cannot schedule new futures after shutdown", true};
+
+  // The executors alive in this process, which the program's exit shuts down (Python's
+  // _python_exit) before mpp's exit handler terminates the children: left to that handler, a
+  // running call's worker would be killed. Never destroyed: the hook may run after statics are.
+  struct Live {
+    std::mutex mu;
+    std::vector<ProcessPoolExecutor*> executors;
+    bool hooked = false;
+  };
+  static Live& live() {
+    static Live* l = new Live;
+    return *l;
+  }
+  // Runs at exit, before mpp's exit handler (std::atexit runs the last registered first).
+  static void drain_at_exit() noexcept {
+    Live& l = live();
+    std::lock_guard g(l.mu);
+    for (ProcessPoolExecutor* e : l.executors) {
+      if (e->owner_pid_ != detail::os::current_pid()) continue;  // a forked copy: not ours
+      try {
+        e->shutdown(true);
+      } catch (...) {  // exiting: nothing to report it to
+      }
+    }
+  }
+  void enroll() {
+    Live& l = live();
+    std::lock_guard g(l.mu);
+    if (!l.hooked) {
+      {  // installed first, so that ours runs before it
+        std::lock_guard gl(detail::globals().mutex);
+        detail::install_exit_handler();
+      }
+      std::atexit(&drain_at_exit);
+      l.hooked = true;
+    }
+    l.executors.push_back(this);
+  }
+  void withdraw() noexcept {
+    Live& l = live();
+    std::lock_guard g(l.mu);
+    std::erase(l.executors, this);
+  }
 
   void check_open() {
     pool_.sched_.check_broken();
@@ -662,6 +726,7 @@ class ProcessPoolExecutor {
   }
   Pool pool_;
   std::atomic<bool> shutdown_{false};
+  detail::os::pid_type owner_pid_ = detail::os::current_pid();
   // Expires with the executor: an ExecutorMap that outlives it no longer cancels through it.
   std::shared_ptr<int> alive_ = std::make_shared<int>(0);
 };

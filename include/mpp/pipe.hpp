@@ -73,7 +73,7 @@ class Connection {
   //! lives. Messages of any size are accepted; large ones stream through the ring.
   //!Throws: BrokenPipeError (the other end is closed or its process died), TimeoutError (a
   //! message longer than a frame that times out half-sent is skipped by the receiver),
-  //! ValueError (closed or receive-only end), CorruptedError.
+  //! OSError (closed or receive-only end), CorruptedError.
   void send(const Elem& v) requires(!kUntyped) {
     if constexpr (kRaw) {
       end().template send_raw<sizeof(Elem)>(std::addressof(v));
@@ -110,7 +110,7 @@ class Connection {
   //!Returns: the next value (Python's recv()), waiting at most `timeout` (default: forever).
   //!Throws: EOFError (nothing left and the other end is closed or its process died),
   //! TimeoutError, TypeMismatchError (the next message was sent with send_bytes; it is kept),
-  //! ValueError (closed or send-only end), CorruptedError.
+  //! OSError (closed or send-only end), CorruptedError.
   Elem recv(Timeout timeout = std::nullopt) requires(!kUntyped) {
     if constexpr (kRaw && std::is_default_constructible_v<Elem> && !std::is_same_v<Elem, bool>) {
       Elem v;  // the raw codec is a byte copy: copy the frame into the result directly
@@ -125,7 +125,7 @@ class Connection {
 
   //!Returns: the next value, which must be a U (Connection<> only); waits at most `timeout`.
   //!Throws: TypeMismatchError naming both types when the next message is not a U (the message
-  //! is kept: receive it as its type), EOFError, TimeoutError, ValueError, CorruptedError.
+  //! is kept: receive it as its type), EOFError, TimeoutError, OSError, CorruptedError.
   template <class U>
   requires(kUntyped) U recv(Timeout timeout = std::nullopt) {
     static_assert(Encodable<U>, "mpp: recv<U>() needs a type with an mpp::codec");
@@ -181,14 +181,14 @@ class Connection {
  public:
   //!Returns: whether there is something to receive (or the other end is gone, so recv would not
   //! block), waiting at most `timeout` (Python's poll(timeout); default 0: do not wait;
-  //! std::nullopt: wait forever). Throws: ValueError (closed or send-only end).
+  //! std::nullopt: wait forever). Throws: OSError (closed or send-only end).
   bool poll(Timeout timeout = std::chrono::duration<double>(0)) {
     return end().poll(detail::Deadline::from(timeout));
   }
 
   //!Effects: sends `size` bytes of `buf` from `offset` (all the rest by default) as one message
   //! (Python's send_bytes(buffer, offset, size)); waits for room at most `timeout`.
-  //!Throws: ValueError (offset/size outside the buffer, closed or receive-only end),
+  //!Throws: ValueError (offset/size outside the buffer), OSError (closed or receive-only end),
   //! BrokenPipeError, TimeoutError (as send), CorruptedError.
   void send_bytes(std::span<const std::byte> buf, std::size_t offset = 0,
                   std::optional<std::size_t> size = std::nullopt, Timeout timeout = std::nullopt) {
@@ -210,7 +210,7 @@ class Connection {
 
   //!Returns: the next message as bytes (Python's recv_bytes(maxlength)); for a value message,
   //! its encoding. Throws: OSError if it is longer than `maxlength` (the message is kept),
-  //! EOFError, TimeoutError, ValueError, CorruptedError.
+  //! EOFError, TimeoutError, OSError (closed or send-only end), CorruptedError.
   Bytes recv_bytes(std::optional<std::size_t> maxlength = std::nullopt,
                    Timeout timeout = std::nullopt) {
     auto& e = end();
@@ -231,8 +231,8 @@ class Connection {
   //!Effects: receives the next message into `buf` from `offset` (Python's
   //! recv_bytes_into(buffer, offset)); large messages are assembled there directly.
   //!Returns: the message's size in bytes. Throws: BufferTooShort (the message is kept),
-  //! ValueError (offset past the buffer, closed or send-only end), EOFError, TimeoutError,
-  //! CorruptedError.
+  //! ValueError (offset past the buffer), OSError (closed or send-only end), EOFError,
+  //! TimeoutError, CorruptedError.
   std::size_t recv_bytes_into(std::span<std::byte> buf, std::size_t offset = 0,
                               Timeout timeout = std::nullopt) {
     auto& e = end();
@@ -270,7 +270,7 @@ class Connection {
 
  private:
   detail::PipeEnd& end() const {
-    if (!e_) detail::fail<ValueError>("use of a default-constructed (closed) Connection");
+    if (!e_) detail::fail<OSError>("use of a default-constructed (closed) Connection");
     return *e_;
   }
 
@@ -430,7 +430,7 @@ template <class T>
 struct PipeEndName {
   using name_type = std::tuple<std::string, std::uint32_t, std::uint32_t, std::uint64_t>;
   //!Effects: reserves a holder slot for the receiver.
-  //!Throws: ValueError (closed connection), Error (no free holder slot).
+  //!Throws: OSError (closed connection), Error (no free holder slot).
   static name_type name_of(const Connection<T>& c) {
     auto& e = c.end();
     const auto [slot, word] = e.reserve_for_transfer();

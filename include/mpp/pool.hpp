@@ -23,6 +23,7 @@
 #include <utility>
 #include <vector>
 
+#include "detail/pool/future_state.hpp"
 #include "detail/pool/invoke.hpp"
 #include "detail/pool/jobs.hpp"
 #include "detail/pool/result.hpp"
@@ -85,8 +86,10 @@ class AnyFuture;
 template <class R>
 class AsyncResult {
  public:
-  //!Returns: the result, waiting for it. Throws: the task's exception (RemoteError,
-  //! WorkerLostError, TimeoutError for a task over its timeout, or a std:: exception).
+  //!Returns: the result, waiting for it. Throws: the task's exception (std:: and mpp types as
+  //! themselves with a RemoteError nested that says where, other types as RemoteError;
+  //! SystemExit for mpp::exit(n) in the task), WorkerLostError, TimeoutError for a task over its
+  //! timeout.
   R get() { return get(std::nullopt); }
   //!Returns: the result, waiting at most `timeout` seconds. Throws: TimeoutError if not ready.
   R get(Timeout timeout) {
@@ -218,14 +221,17 @@ class Pool {
   }
   //!Returns: an AsyncResult of f(args...) (AsyncResult<void> for a void `f`); `callback(result)`
   //! (`callback()` for a void `f`) or `error_callback(exception)` runs in the pool's thread when
-  //! it completes (Python's apply_async(func, args, callback=...)).
+  //! it completes (Python's apply_async(func, args, callback=...)). An argument that cannot be
+  //! encoded fails the result (and runs `error_callback`) rather than this call, as in Python.
   template <class F, class... A, class R = std::invoke_result_t<const F&, const A&...>>
   AsyncResult<R> apply_async(F f, Args<A...> a, std::type_identity_t<ResultCallback<R>> callback,
                              std::function<void(std::exception_ptr)> error_callback = {});
 
   //!Returns: an input range over f(x) for x in range, in order, computed lazily with a bounded
   //! number of chunks in flight (Python's imap). A named `range` is read lazily and must outlive
-  //! the iteration; a temporary one is kept by the result. Throws: ValueError if `chunksize` < 1.
+  //! the iteration; a temporary one is kept by the result. An exception from reading `range`
+  //! is raised by the iteration after the results of the items before the failing chunk, as in
+  //! Python. Throws: ValueError if `chunksize` < 1.
   template <class F, class Range>
   auto imap(F f, Range&& range, Chunksize chunksize = 1);
   //!Returns: as imap(), but in completion order (Python's imap_unordered).
@@ -244,15 +250,27 @@ class Pool {
   friend class ProcessPoolExecutor;
 
   // A pool made by `owner` (ProcessPoolExecutor names itself in messages).
-  Pool(detail::pool::OwnerName owner, const PoolOptions& opts) {
-    start(opts, -1, {}, {}, owner.name, owner.closed_message);
-  }
+  Pool(detail::pool::OwnerName owner, const PoolOptions& opts) { start(opts, -1, {}, {}, owner); }
   template <class F, class... A>
   Pool(detail::pool::OwnerName owner, const PoolOptions& opts, F&& initializer, A&&... initargs);
 
+  // The start method of a pool made by `owner`. An executor with max_tasks_per_child refuses
+  // fork and defaults to spawn, as Python's ProcessPoolExecutor does.
+  static StartMethod method_for(const PoolOptions& opts, detail::pool::OwnerName owner) {
+    if (owner.executor && opts.maxtasksperchild) {
+      if (!opts.start_method) return StartMethod::spawn;
+      if (*opts.start_method == StartMethod::fork)
+        detail::fail<ValueError>(
+            "max_tasks_per_child is incompatible with the 'fork' start method: make the {} with "
+            "start_method = StartMethod::spawn or forkserver (or omit start_method: spawn is "
+            "then used)",
+            owner.name);
+    }
+    return detail::pool::method_of(opts.start_method);
+  }
+
   void start(const PoolOptions& opts, std::int32_t init_invoker, std::string init_fn,
-             std::string init_args, const char* owner = "Pool",
-             const char* closed_message = "Pool not running: it was closed or terminated") {
+             std::string init_args, detail::pool::OwnerName owner = {}) {
     if (opts.processes && *opts.processes < 1)
       detail::fail<ValueError>("Number of processes must be at least 1, not {}", *opts.processes);
     if (opts.maxtasksperchild && *opts.maxtasksperchild < 1)
@@ -263,9 +281,12 @@ class Pool {
     so.maxtasksperchild = static_cast<unsigned>(opts.maxtasksperchild.value_or(0));
     so.task_timeout = opts.task_timeout;
     so.retries = opts.retries;
-    so.method = detail::pool::method_of(opts.start_method);
-    so.owner = owner;
-    so.closed_message = closed_message;
+    so.method = method_for(opts, owner);
+    // Python's executor starts spawned workers as calls need them and reuses idle ones; forked
+    // ones (and a Pool's) all start at once, while the program is as the user made the pool.
+    so.on_demand = owner.executor && so.method != StartMethod::fork;
+    so.owner = owner.name;
+    so.closed_message = owner.closed_message;
     sched_.start(so, init_invoker, std::move(init_fn), std::move(init_args));
   }
 
@@ -336,6 +357,7 @@ class IMapResult {
   std::size_t buf_pos_ = 0;
   std::size_t submitted_ = 0, consumed_chunks_ = 0;
   bool exhausted_ = false, started_ = false, done_ = false;
+  std::exception_ptr input_error_;  // reading the input failed after the submitted chunks
   R current_{};
 };
 
@@ -348,10 +370,9 @@ Pool::Pool(detail::pool::OwnerName owner, const PoolOptions& opts, F&& initializ
   using Tuple = std::tuple<std::decay_t<A>...>;
   const auto id =
       static_cast<std::int32_t>(detail::pool::Registered<&detail::pool::run_apply<Fn, Tuple>>::id);
-  const StartMethod method = detail::pool::method_of(opts.start_method);
+  const StartMethod method = method_for(opts, owner);
   start(opts, id, detail::pool::wire_for(method, Fn(initializer)),
-        detail::pool::to_wire(Tuple(std::forward<A>(initargs)...)), owner.name,
-        owner.closed_message);
+        detail::pool::to_wire(Tuple(std::forward<A>(initargs)...)), owner);
 }
 
 template <class F, class Range>
@@ -428,8 +449,8 @@ AsyncResult<R> Pool::apply_async(F f, Args<A...> a,
                                  std::function<void(std::exception_ptr)> error_callback) {
   detail::pool::check_callable<F>();
   using S = detail::pool::stored_t<R>;
-  auto [state, job] = detail::pool::submit_apply<S, detail::pool::Unit>(
-      sched_, f, std::move(a.values), detail::pool::stored_callback<R>(std::move(callback)),
+  auto [state, job] = detail::futures::submit_call<S>(
+      sched_, f, a.values, detail::pool::stored_callback<R>(std::move(callback)),
       std::move(error_callback));
   return AsyncResult<R>(state);
 }
@@ -472,7 +493,15 @@ auto Pool::imap_unordered(F f, Range&& range, Chunksize chunksize) {
 template <class R>
 void IMapResult<R>::top_up() {
   while (!exhausted_ && submitted_ - consumed_chunks_ < window_) {
-    if (!submit_(st_, submitted_)) {
+    bool more = false;
+    try {
+      more = submit_(st_, submitted_);
+    } catch (...) {
+      // Reading the input failed: as in Python's task handler, the error takes the failing
+      // chunk's place, after the results of the chunks already submitted.
+      input_error_ = std::current_exception();
+    }
+    if (!more) {
       exhausted_ = true;
       break;
     }
@@ -489,6 +518,7 @@ void IMapResult<R>::advance() {
   top_up();
   if (consumed_chunks_ == submitted_ && exhausted_) {
     done_ = true;
+    if (input_error_) std::rethrow_exception(std::exchange(input_error_, nullptr));
     return;
   }
   std::unique_lock g(st_->mu);

@@ -15,6 +15,8 @@
 // QueueOptions::max_item_size) in the slot's own region of a sparse item area.
 #pragma once
 
+#include <fmt/format.h>
+
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -101,17 +103,22 @@ class Queue : protected detail::mpmc::BasicQueue<T, Kind::queue> {
 
   //!Returns: the number of items in the queue, exact when no put/get is in flight (first repairs
   //! slots left by dead processes). Costs a scan of the slots.
+  //!Throws: OSError ("is closed") after close() in this process.
   std::size_t qsize() const { return Base::qsize(); }
-  /// True if the queue holds no item (same exactness as qsize()).
-  bool empty() const { return Base::qsize() == 0; }
-  /// True if a bounded queue holds maxsize items (always false when unbounded).
+  /// True if the queue holds no item (same exactness as qsize()). Throws: OSError after close().
+  bool empty() const { return Base::qsize("empty") == 0; }
+  /// True if a bounded queue holds maxsize items (always false when unbounded). Throws: OSError
+  /// after close().
   bool full() const { return Base::full(); }
   /// maxsize as given at creation (<= 0: unbounded).
   long maxsize() const noexcept { return Base::maxsize(); }
 
   //!Effects: this process will use the queue no more: later put/get through any handle of it in
-  //! this process throw ValueError. Items already put stay queued (nothing to flush).
+  //! this process throw ValueError, and empty(), qsize() and full() OSError, as in Python. Items
+  //! already put stay queued (nothing to flush).
   void close() noexcept { Base::close(); }
+  /// True after close() in this process (Python's Queue._closed).
+  bool closed() const noexcept { return Base::closed(); }
   /// No-op: there is no feeder thread; put() has already written the item to shared memory.
   void join_thread() noexcept {}
   /// No-op: there is no feeder thread, so exiting never waits for queued items.
@@ -122,6 +129,10 @@ class Queue : protected detail::mpmc::BasicQueue<T, Kind::queue> {
   //!Effects: removes the name now; processes that have the queue keep using it.
   //!Returns: false if the name was already gone.
   bool unlink() { return Base::unlink(); }
+
+  /// Python-like repr, also what fmt::format("{}", q) gives:
+  /// `<Queue name='mpp.anon.4242.1f' maxsize=8>`, ending in " closed>" after close().
+  std::string repr() const { return Base::repr("Queue", true); }
 
  private:
   explicit Queue(std::shared_ptr<detail::mpmc::Core> c) : Base(std::move(c)) {}
@@ -159,16 +170,24 @@ class SimpleQueue : protected detail::mpmc::BasicQueue<T, Kind::simple_queue> {
   //! given). Throws: queue::Empty if none came; ValueError if closed; CorruptedError if the
   //! bytes in shared memory do not decode (the bad item is dropped).
   T get(bool block = true, Timeout timeout = std::nullopt) { return Base::get(block, timeout); }
-  /// True if the queue holds no item (exact when no put/get is in flight).
-  bool empty() const { return Base::qsize() == 0; }
-  //!Effects: this process will use the queue no more: later put/get through any handle of it in
-  //! this process throw ValueError. Items already put stay queued.
+  /// True if the queue holds no item (exact when no put/get is in flight). Throws: OSError
+  /// ("is closed") after close() in this process, as in Python.
+  bool empty() const { return Base::qsize("empty") == 0; }
+  //!Effects: Python's SimpleQueue.close(): this process will use the queue no more: later
+  //! put/get through any handle of it in this process throw ValueError, empty() OSError. Items
+  //! already put stay queued.
   void close() noexcept { Base::close(); }
+  /// True after close() in this process.
+  bool closed() const noexcept { return Base::closed(); }
   /// The queue's name (random "mpp.anon...." for anonymous queues).
   const std::string& name() const noexcept { return Base::name(); }
   //!Effects: removes the name now; processes that have the queue keep using it.
   //!Returns: false if the name was already gone.
   bool unlink() { return Base::unlink(); }
+
+  /// Python-like repr, also what fmt::format("{}", q) gives:
+  /// `<SimpleQueue name='mpp.anon.4242.1f'>`, ending in " closed>" after close().
+  std::string repr() const { return Base::repr("SimpleQueue", false); }
 
  private:
   explicit SimpleQueue(std::shared_ptr<detail::mpmc::Core> c) : Base(std::move(c)) {}
@@ -240,17 +259,22 @@ class JoinableQueue : protected detail::mpmc::BasicQueue<T, Kind::joinable_queue
 
   //!Returns: the number of items in the queue, exact when no put/get is in flight (first repairs
   //! slots left by dead processes). Costs a scan of the slots.
+  //!Throws: OSError ("is closed") after close() in this process.
   std::size_t qsize() const { return Base::qsize(); }
-  /// True if the queue holds no item (same exactness as qsize()).
-  bool empty() const { return Base::qsize() == 0; }
-  /// True if a bounded queue holds maxsize items (always false when unbounded).
+  /// True if the queue holds no item (same exactness as qsize()). Throws: OSError after close().
+  bool empty() const { return Base::qsize("empty") == 0; }
+  /// True if a bounded queue holds maxsize items (always false when unbounded). Throws: OSError
+  /// after close().
   bool full() const { return Base::full(); }
   /// maxsize as given at creation (<= 0: unbounded).
   long maxsize() const noexcept { return Base::maxsize(); }
 
   //!Effects: this process will use the queue no more: later put/get through any handle of it in
-  //! this process throw ValueError. Items already put stay queued (nothing to flush).
+  //! this process throw ValueError, and empty(), qsize() and full() OSError, as in Python. Items
+  //! already put stay queued (nothing to flush).
   void close() noexcept { Base::close(); }
+  /// True after close() in this process (Python's Queue._closed).
+  bool closed() const noexcept { return Base::closed(); }
   /// No-op: there is no feeder thread; put() has already written the item to shared memory.
   void join_thread() noexcept {}
   /// No-op: there is no feeder thread, so exiting never waits for queued items.
@@ -261,6 +285,10 @@ class JoinableQueue : protected detail::mpmc::BasicQueue<T, Kind::joinable_queue
   //!Effects: removes the name now; processes that have the queue keep using it.
   //!Returns: false if the name was already gone.
   bool unlink() { return Base::unlink(); }
+
+  /// Python-like repr, also what fmt::format("{}", q) gives:
+  /// `<JoinableQueue name='mpp.anon.4242.1f' maxsize=8>`, ending in " closed>" after close().
+  std::string repr() const { return Base::repr("JoinableQueue", true); }
 
  private:
   explicit JoinableQueue(std::shared_ptr<detail::mpmc::Core> c) : Base(std::move(c)) {}
@@ -277,3 +305,33 @@ template <class T>
 struct codec<JoinableQueue<T>> : detail::NameCodec<JoinableQueue<T>> {};
 
 }  // namespace mpp
+
+namespace fmt {
+/// Formats a Queue as its repr(): `<Queue name='...' maxsize=8>`.
+template <class T>
+struct formatter<mpp::Queue<T>> : formatter<std::string_view> {
+  /// Writes `q.repr()`.
+  template <class Ctx>
+  auto format(const mpp::Queue<T>& q, Ctx& ctx) const {
+    return formatter<std::string_view>::format(q.repr(), ctx);
+  }
+};
+/// Formats a SimpleQueue as its repr(): `<SimpleQueue name='...'>`.
+template <class T>
+struct formatter<mpp::SimpleQueue<T>> : formatter<std::string_view> {
+  /// Writes `q.repr()`.
+  template <class Ctx>
+  auto format(const mpp::SimpleQueue<T>& q, Ctx& ctx) const {
+    return formatter<std::string_view>::format(q.repr(), ctx);
+  }
+};
+/// Formats a JoinableQueue as its repr(): `<JoinableQueue name='...' maxsize=0>`.
+template <class T>
+struct formatter<mpp::JoinableQueue<T>> : formatter<std::string_view> {
+  /// Writes `q.repr()`.
+  template <class Ctx>
+  auto format(const mpp::JoinableQueue<T>& q, Ctx& ctx) const {
+    return formatter<std::string_view>::format(q.repr(), ctx);
+  }
+};
+}  // namespace fmt

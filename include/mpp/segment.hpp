@@ -208,15 +208,7 @@ class AttachRegistry final : public ForkHook {
     mutex.unlock();
   }
 };
-// Never destroyed: segments may close from static destructors after main returns.
-inline AttachRegistry& attach_registry() {
-  static AttachRegistry* r = [] {
-    auto* reg = new AttachRegistry;
-    register_fork_hook(reg);
-    return reg;
-  }();
-  return *r;
-}
+inline AttachRegistry& attach_registry() { return process_singleton<AttachRegistry>(); }
 }  // namespace segment_detail
 
 namespace tracker {  // the crash tracker (detail/tracker.hpp, included at the end of this file)

@@ -8,8 +8,11 @@
 // #96779).
 #pragma once
 
+#include <fmt/format.h>
+
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -30,6 +33,37 @@
 #include "segment.hpp"
 
 namespace mpp {
+
+namespace detail {
+/// Python's repr of a str (`'a\'b'`) or, with `bytes`, of a bytes object (`b'\x00a'`): quoted,
+/// with backslash escapes for quotes, backslashes and control characters (and, for bytes, for
+/// every byte outside printable ASCII; UTF-8 text is shown as it is).
+inline std::string py_repr_text(std::string_view s, bool bytes) {
+  const bool dq = s.find('\'') != std::string_view::npos && s.find('"') == std::string_view::npos;
+  const char q = dq ? '"' : '\'';
+  std::string out = bytes ? "b" : "";
+  out += q;
+  for (const char ch : s) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (ch == q || ch == '\\') {
+      out += '\\';
+      out += ch;
+    } else if (ch == '\n') {
+      out += "\\n";
+    } else if (ch == '\r') {
+      out += "\\r";
+    } else if (ch == '\t') {
+      out += "\\t";
+    } else if (c < 0x20 || c == 0x7f || (bytes && c >= 0x80)) {
+      out += fmt::format("\\x{:02x}", c);
+    } else {
+      out += ch;
+    }
+  }
+  out += q;
+  return out;
+}
+}  // namespace detail
 
 /// Python's SharedMemory: a block of shared bytes with a name.
 ///
@@ -57,14 +91,14 @@ class SharedMemory {
   //! for `size` bytes), PermissionError (another user's object, or a directory, by that name),
   //! CorruptedError, OSError.
   SharedMemory(std::string_view name, bool create = false, std::size_t size = 0, bool track = true)
-      : state_(create ? detail::BlockHandle::create(named(name), size, track)
-                      : detail::BlockHandle::open(name, track)) {}
+      : SharedMemory(create ? detail::BlockHandle::create(named(name), size, track)
+                            : detail::BlockHandle::open(name, track)) {}
 
   //!Effects: creates an anonymous block of `size` zeroed bytes (a fresh "mpp.anon.*" name, as
   //! Python's SharedMemory(create=True, size=n)); forked children inherit it, and other
   //! processes can attach by name() while it lives.
   explicit SharedMemory(std::size_t size, bool track = true)
-      : state_(detail::BlockHandle::create({}, size, track)) {}
+      : SharedMemory(detail::BlockHandle::create({}, size, track)) {}
 
   /// Creates the block `name` of `size` zeroed bytes (ExistsError if taken; InvalidArgument for
   /// an empty name, NoSpaceError if /dev/shm has no room for it).
@@ -74,6 +108,38 @@ class SharedMemory {
   /// Attaches to the existing block `name` (NotFoundError if absent).
   static SharedMemory open(std::string_view name, bool track = true) {
     return SharedMemory(detail::BlockHandle::open(name, track));
+  }
+  //!Effects: attaches to the block `name` if it exists, otherwise creates it with `size` zeroed
+  //! bytes, as create() does; of processes calling this at the same time, one creates and the
+  //! others attach.
+  //!Throws: ValueError if the existing block's size is not `size` (it is left as it is),
+  //! InvalidArgument (bad or empty name, size 0), and what create() and open() throw.
+  static SharedMemory open_or_create(std::string_view name, std::size_t size, bool track = true) {
+    named(name);
+    if (size == 0)
+      detail::fail<InvalidArgument>(
+          "SharedMemory::open_or_create('{}', 0): the size must be positive (it is the size "
+          "the block is created with)",
+          name);
+    for (int attempt = 0;; ++attempt) {
+      try {
+        return create(name, size, track);
+      } catch (const ExistsError&) {
+      }
+      try {
+        auto b = detail::BlockHandle::open(name, track);
+        if (b->size() != size) {
+          b->leave_name();  // not ours to remove: it is someone else's block
+          detail::fail<ValueError>(
+              "SharedMemory::open_or_create('{}', {}): the block exists with {} bytes; use the "
+              "same size in every process, or open(name) to attach at any size",
+              name, size, b->size());
+        }
+        return SharedMemory(std::move(b));
+      } catch (const NotFoundError&) {
+        if (attempt >= 100) throw;  // removed between our create and open: race again
+      }
+    }
   }
 
   //!Returns: the bytes of the block: exactly size() of them.
@@ -89,17 +155,17 @@ class SharedMemory {
     s.check_size("buf()");
     return {s.data(), static_cast<std::size_t>(s.size())};
   }
-  /// The block's name (pass it to SharedMemory(name) in another process).
-  const std::string& name() const { return state("name").name(); }
-  //!Returns: the size requested at creation (not rounded up to pages: cpython#101623).
-  //!Throws: ValueError after close(); CorruptedError, NoSpaceError as buf().
+  /// The block's name (pass it to SharedMemory(name) in another process); kept after close().
+  const std::string& name() const { return record("name").name; }
+  //!Returns: the size requested at creation (not rounded up to pages: cpython#101623); after
+  //! close(), the size it had (as Python's). Throws: CorruptedError, NoSpaceError as buf().
   std::size_t size() const {
-    auto& s = state("size");
-    s.check_size("size()");
-    return static_cast<std::size_t>(s.size());
+    if (!state_) return static_cast<std::size_t>(record("size").size);
+    state_->check_size("size()");
+    return static_cast<std::size_t>(state_->size());
   }
   /// Whether this handle applies the track rule when it goes away.
-  bool track() const { return state("track").track(); }
+  bool track() const { return state_ ? state_->track() : record("track").track; }
   /// False after close().
   bool is_open() const noexcept { return state_ != nullptr; }
 
@@ -108,9 +174,18 @@ class SharedMemory {
   void close() noexcept { state_.reset(); }
 
   //!Effects: Python's unlink(): removes the name now, whoever else still uses it; mappings keep
-  //! working, but no process can attach any more. Throws: ValueError after close().
-  //!Returns: false if the name was already gone.
-  bool unlink() { return state("unlink").unlink(); }
+  //! working, but no process can attach any more. Works after close() too, as in Python: when
+  //! the close() of the last handle removed the name already (the track rule), this call is that
+  //! removal. On Windows it does nothing (the name goes with the last handle), as Python's.
+  //!Throws: NotFoundError (POSIX) if the name was gone already: unlink once across all handles.
+  void unlink() { unlink_block(state_, record("unlink")); }
+
+  /// Python's repr, also what fmt::format("{}", m) gives: `SharedMemory('mpp.x', size=4096)`.
+  std::string repr() const {
+    if (!record_) return "SharedMemory(<moved from>)";
+    return fmt::format("SharedMemory({}, size={})", detail::py_repr_text(record_->name, false),
+                       record_->size);
+  }
 
   /// Handles using the block now, in any process, this one included (a killed process's are not
   /// counted; a forked child's inherited handle counts once the child uses it).
@@ -121,7 +196,8 @@ class SharedMemory {
   }
 
  private:
-  explicit SharedMemory(std::shared_ptr<detail::BlockHandle> s) noexcept : state_(std::move(s)) {}
+  explicit SharedMemory(std::shared_ptr<detail::BlockHandle> s) noexcept
+      : state_(std::move(s)), record_(state_->record()) {}
 
   // A name given as a name must be one: "" would otherwise mean an anonymous block.
   static std::string_view named(std::string_view name) {
@@ -133,11 +209,26 @@ class SharedMemory {
   }
 
   detail::BlockHandle& state(const char* what) const {
-    if (!state_) detail::fail<ValueError>("SharedMemory::{}() on a closed handle", what);
+    if (!state_)
+      detail::fail<ValueError>("SharedMemory::{}() on a closed handle of '{}'", what,
+                               record_ ? record_->name : std::string("(moved from)"));
     return *state_;
   }
+  detail::BlockRecord& record(const char* what) const {
+    if (!record_) detail::fail<ValueError>("SharedMemory::{}() on a moved-from handle", what);
+    return *record_;
+  }
+
+  // unlink() of a SharedMemory or ShareableList handle, open (`s`) or closed.
+  static void unlink_block(const std::shared_ptr<detail::BlockHandle>& s, detail::BlockRecord& r) {
+    if (s) return s->unlink();
+    if (r.removed_at_close.exchange(false, std::memory_order_acq_rel)) return;
+    detail::BlockHandle::unlink_name(r.name);
+  }
+  friend class ShareableList;
 
   std::shared_ptr<detail::BlockHandle> state_;
+  std::shared_ptr<detail::BlockRecord> record_;
 };
 
 /// Python's None in a ShareableList.
@@ -231,8 +322,11 @@ class ShareableList {
 
   /// Number of slots (fixed).
   std::size_t size() const { return count_; }
-  /// The list's name.
-  const std::string& name() const { return state("name").name(); }
+  /// The list's name; kept after close().
+  const std::string& name() const {
+    if (!record_) detail::fail<ValueError>("ShareableList::name() on a moved-from handle");
+    return record_->name;
+  }
 
   //!Returns: the item in slot `i`. Negative indices count from the end, as in Python.
   //!Throws: IndexError, CorruptedError (a slot that does not fit, or a block that shrank under
@@ -349,16 +443,64 @@ class ShareableList {
     return static_cast<std::size_t>(cap);
   }
 
+  /// Python's repr, also what fmt::format("{}", l) gives:
+  /// `ShareableList([1, 2.5, True, None, 'text', b'\x00'], name='mpp.x')`; a closed handle
+  /// gives `<ShareableList name='mpp.x' closed>`.
+  std::string repr() const {
+    if (!record_) return "<ShareableList moved from>";
+    const std::string n = detail::py_repr_text(record_->name, false);
+    if (!state_) return fmt::format("<ShareableList name={} closed>", n);
+    std::string out = "ShareableList([";
+    for (std::size_t i = 0; i < count_; ++i) {
+      if (i != 0) out += ", ";
+      out += item_repr(get(static_cast<std::ptrdiff_t>(i)));
+    }
+    out += fmt::format("], name={})", n);
+    return out;
+  }
+
   /// Stops using the list in this handle (see SharedMemory::close).
   void close() noexcept {
     state_.reset();
     count_ = 0;
   }
-  /// Removes the name now (see SharedMemory::unlink). Returns: false if it was already gone.
-  bool unlink() { return state("unlink").unlink(); }
+  //!Effects: removes the name now, after close() too (see SharedMemory::unlink).
+  //!Throws: NotFoundError (POSIX) if the name was gone already.
+  void unlink() {
+    if (!record_) detail::fail<ValueError>("ShareableList::unlink() on a moved-from handle");
+    SharedMemory::unlink_block(state_, *record_);
+  }
 
  private:
-  explicit ShareableList(std::shared_ptr<detail::BlockHandle> s) noexcept : state_(std::move(s)) {}
+  explicit ShareableList(std::shared_ptr<detail::BlockHandle> s) noexcept
+      : state_(std::move(s)), record_(state_->record()) {}
+
+  // Python's repr of one item.
+  static std::string item_repr(const ShareableItem& v) {
+    return std::visit(
+        [](const auto& x) -> std::string {
+          using X = std::decay_t<decltype(x)>;
+          if constexpr (std::is_same_v<X, None>) {
+            return "None";
+          } else if constexpr (std::is_same_v<X, bool>) {
+            return x ? "True" : "False";
+          } else if constexpr (std::is_same_v<X, std::int64_t>) {
+            return fmt::format("{}", x);
+          } else if constexpr (std::is_same_v<X, double>) {
+            if (std::isnan(x)) return "nan";
+            if (std::isinf(x)) return x > 0 ? "inf" : "-inf";
+            std::string t = fmt::format("{}", x);
+            if (t.find_first_of(".e") == std::string::npos) t += ".0";  // Python's 1.0, not 1
+            return t;
+          } else if constexpr (std::is_same_v<X, std::string>) {
+            return detail::py_repr_text(x, false);
+          } else {
+            return detail::py_repr_text(
+                std::string_view(reinterpret_cast<const char*>(x.data()), x.size()), true);
+          }
+        },
+        v);
+  }
 
   // get() before its check that the pages read were still the block's.
   ShareableItem read(std::ptrdiff_t i) const {
@@ -500,11 +642,14 @@ class ShareableList {
   }
 
   detail::BlockHandle& state(const char* what) const {
-    if (!state_) detail::fail<ValueError>("ShareableList: {} on a closed handle", what);
+    if (!state_)
+      detail::fail<ValueError>("ShareableList: {} on a closed handle of '{}'", what,
+                               record_ ? record_->name : std::string("(moved from)"));
     return *state_;
   }
 
   std::shared_ptr<detail::BlockHandle> state_;
+  std::shared_ptr<detail::BlockRecord> record_;
   detail::SlotDesc* table_ = nullptr;
   std::byte* data_ = nullptr;
   std::uint64_t data_size_ = 0;
@@ -520,3 +665,24 @@ template <>
 struct codec<ShareableList> : detail::NameCodec<ShareableList> {};
 
 }  // namespace mpp
+
+namespace fmt {
+/// Formats a SharedMemory as Python's repr: `SharedMemory('mpp.x', size=4096)`.
+template <>
+struct formatter<mpp::SharedMemory> : formatter<std::string_view> {
+  /// Writes `m.repr()`.
+  template <class Ctx>
+  auto format(const mpp::SharedMemory& m, Ctx& ctx) const {
+    return formatter<std::string_view>::format(m.repr(), ctx);
+  }
+};
+/// Formats a ShareableList as Python's repr: `ShareableList([1, 'a', None], name='mpp.x')`.
+template <>
+struct formatter<mpp::ShareableList> : formatter<std::string_view> {
+  /// Writes `l.repr()`.
+  template <class Ctx>
+  auto format(const mpp::ShareableList& l, Ctx& ctx) const {
+    return formatter<std::string_view>::format(l.repr(), ctx);
+  }
+};
+}  // namespace fmt

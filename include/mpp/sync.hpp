@@ -14,13 +14,20 @@
 // BoundedSemaphore, wait()/notify() without holding a Condition's lock — raises mpp::ValueError
 // (Python raises ValueError, AssertionError or RuntimeError depending on the class). Semaphores
 // have no owner, as in Python: a unit taken by a process that dies is not given back.
+// fmt::format("{}", x) writes a Python-like repr of each (`<Lock(name='...', owner=None)>`).
+//
+// This file is the API. The handles' common plumbing is in detail/sync_object.hpp, the shared
+// states in detail/sync_state.hpp and detail/sync_barrier.hpp, the out-of-line members and the
+// reprs in detail/sync_impl.hpp (included at the end).
 #pragma once
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <exception>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -29,153 +36,14 @@
 
 #include "codec.hpp"
 #include "detail/name_codec.hpp"
+#include "detail/sync_barrier.hpp"
+#include "detail/sync_object.hpp"
+#include "detail/sync_repr.hpp"
 #include "detail/sync_state.hpp"
 #include "errors.hpp"
 #include "segment.hpp"
 
 namespace mpp {
-
-namespace detail {
-
-/// Converts a std::chrono duration into a Python-style Timeout.
-template <class Rep, class Period>
-Timeout to_timeout(std::chrono::duration<Rep, Period> d) noexcept {
-  return std::chrono::duration<double>(d);
-}
-
-/// The deadline of acquire(block, timeout): non-blocking means "already expired".
-inline Deadline acquire_deadline(bool block, const Timeout& timeout) noexcept {
-  if (!block) return Deadline::after(std::chrono::nanoseconds(0));
-  return Deadline::from(timeout);
-}
-
-/// A mapped segment holding a `State` at the start of its payload.
-template <class State>
-struct SyncHandle {
-  std::shared_ptr<Segment> seg;
-  State* state = nullptr;
-
-  //!Effects: creates the named segment `name` and constructs the state with `make(void*)` in
-  //! its payload.
-  template <class Make>
-  static SyncHandle create(Kind kind, std::string_view name, Make&& make,
-                           const NamedOptions& opts) {
-    const SegmentSpec spec{kind, type_info<State>(), sizeof(State), 0};
-    auto init = [&](std::byte* p, std::uint64_t) { make(static_cast<void*>(p)); };
-    return wrap(Segment::create(name, spec, init, opts));
-  }
-  /// As create(), with a fresh anonymous name (inherited by forked children).
-  template <class Make>
-  static SyncHandle create_anonymous(Kind kind, Make&& make) {
-    const SegmentSpec spec{kind, type_info<State>(), sizeof(State), 0};
-    auto init = [&](std::byte* p, std::uint64_t) { make(static_cast<void*>(p)); };
-    return wrap(Segment::create_anonymous(spec, init));
-  }
-  /// Opens the named segment and checks that it holds a `State`.
-  static SyncHandle open(Kind kind, std::string_view name, const NamedOptions& opts) {
-    return wrap(Segment::open(name, kind, type_info<State>(), opts));
-  }
-  template <class Make>
-  static SyncHandle open_or_create(Kind kind, std::string_view name, Make&& make,
-                                   const NamedOptions& opts) {
-    const SegmentSpec spec{kind, type_info<State>(), sizeof(State), 0};
-    auto init = [&](std::byte* p, std::uint64_t) { make(static_cast<void*>(p)); };
-    return wrap(Segment::open_or_create(name, spec, init, opts).first);
-  }
-  static SyncHandle wrap(Segment s) {
-    if (s.payload_size() < sizeof(State))
-      fail<CorruptedError>("'{}': payload of {} bytes cannot hold a {} of {} bytes", s.name(),
-                           s.payload_size(), type_name<State>(), sizeof(State));
-    SyncHandle h;
-    h.seg = std::make_shared<Segment>(std::move(s));
-    h.state = reinterpret_cast<State*>(h.seg->payload());
-    return h;
-  }
-  const std::string& name() const noexcept {
-    static const std::string none;
-    return seg ? seg->name() : none;
-  }
-};
-
-/// The name of a handle's object, looked up only when an error message needs it (not on the
-/// fast path of an acquire).
-template <class H>
-struct LazyName {
-  const H* h;
-  std::string_view operator()() const noexcept { return h->name(); }
-};
-
-/// mpp's own access to a handle's raw state and segment (synchronisation objects, Value, Array),
-/// and to handles over a state embedded in another object (Value::get_lock(), a named
-/// Condition's own RLock). Not part of the public API: the handles keep these members protected.
-struct HandleAccess {
-  /// The raw in-segment state of `h`.
-  template <class H>
-  static auto& state(const H& h) noexcept {
-    return h.state();
-  }
-  /// The segment that holds `h`'s state (kept mapped by `h`).
-  template <class H>
-  static const std::shared_ptr<Segment>& segment(const H& h) noexcept {
-    return h.segment();
-  }
-  //!Returns: an H over `state`, embedded in `owner`'s segment (kept mapped by the handle and its
-  //! copies). Throws: InvalidArgument on a null state.
-  template <class H, class State>
-  static H view(std::shared_ptr<Segment> owner, State* state) {
-    return H::view(std::move(owner), state);
-  }
-};
-
-/// What every synchronisation handle shares: a mapped `State` of kind `K`, its name, and the four
-/// ways to make one (anonymous, create, open, open_or_create) plus views, written once here.
-/// `Derived` constructs from (Handle, extra...) and befriends this class.
-template <class Derived, class State, Kind K>
-class SyncObject {
- public:
-  /// The object's name ("mpp.anon..." when anonymous; for a lock embedded in another object, such
-  /// as Value::get_lock(), the name of that object).
-  const std::string& name() const noexcept { return h_.name(); }
-
- protected:
-  using Handle = SyncHandle<State>;
-  explicit SyncObject(Handle h) : h_(std::move(h)) {}
-
-  template <class Make>
-  static Handle anonymous(Make&& make) {
-    return Handle::create_anonymous(K, make);
-  }
-  template <class Make, class... Extra>
-  static Derived created(std::string_view name, Make&& make, const NamedOptions& opts,
-                         Extra&&... extra) {
-    return Derived(Handle::create(K, name, make, opts), std::forward<Extra>(extra)...);
-  }
-  template <class... Extra>
-  static Derived opened(std::string_view name, const NamedOptions& opts, Extra&&... extra) {
-    return Derived(Handle::open(K, name, opts), std::forward<Extra>(extra)...);
-  }
-  template <class Make, class... Extra>
-  static Derived opened_or_created(std::string_view name, Make&& make, const NamedOptions& opts,
-                                   Extra&&... extra) {
-    return Derived(Handle::open_or_create(K, name, make, opts), std::forward<Extra>(extra)...);
-  }
-  // A handle over a state embedded in `owner`'s segment.
-  static Derived view(std::shared_ptr<Segment> owner, State* state) {
-    if (state == nullptr) fail<InvalidArgument>("{}::view: null state", kind_name(K));
-    Handle h;
-    h.seg = std::move(owner);
-    h.state = state;
-    return Derived(std::move(h));
-  }
-  State& state() const noexcept { return *h_.state; }
-  const std::shared_ptr<Segment>& segment() const noexcept { return h_.seg; }
-
-  Handle h_;
-
-  friend struct HandleAccess;
-};
-
-}  // namespace detail
 
 /// RAII guard for any mpp lock (and Condition): acquires in the constructor, releases in the
 /// destructor, and tells whether the previous holder died. Left by an exception, it keeps an
@@ -356,13 +224,7 @@ class RLock : public detail::SyncObject<RLock, detail::RLockState, Kind::rlock> 
   friend SyncObject;
   explicit RLock(Handle h) : SyncObject(std::move(h)) {}
   static void construct(void* p) { new (p) detail::RLockState(); }
-  void release_impl(bool repaired) {
-    auto& st = *h_.state;
-    if (repaired && died_ && st.depth() == 1) st.mark_repaired();  // still held: we may write
-    if (!st.release())
-      detail::fail<ValueError>("release() of re-entrant lock '{}' which this thread does not own",
-                               h_.name());
-  }
+  void release_impl(bool repaired);
   friend class Condition;
 
   bool died_ = false;
@@ -605,51 +467,13 @@ class Condition : public detail::SyncObject<Condition, detail::ConditionBlock, K
   //!Returns: false if the timeout expired. Throws: ValueError if the caller does not hold the
   //! lock; Error if 64 threads already wait on this condition.
   //! CorruptedError if another process truncated the condition's or the lock's segment.
-  bool wait(Timeout timeout = {}) {
-    const auto deadline = detail::Deadline::from(timeout);
-    auto& cond = h_.state->cond;
-    if (auto* l = std::get_if<Lock>(&lock_)) {
-      if (l->state().cut()) (void)l->acquire(false);  // throws CorruptedError naming it
-      if (!l->state().held_by_this_process())
-        detail::fail<ValueError>("wait() on condition '{}' without holding its lock", h_.name());
-      // The re-acquire tells a dead holder through previous_owner_died(), as acquire() does.
-      return cond.wait(
-          deadline, [&] { l->release(); },
-          [&] { l->record(l->state().acquire(detail::Deadline::never(), l->name())); },
-          [&] { return l->state().cut(); }, h_.name());
-    }
-    auto& r = std::get<RLock>(lock_);
-    if (r.state().cut()) (void)r.acquire(false);  // throws CorruptedError naming it
-    if (!r.is_owned())
-      detail::fail<ValueError>("wait() on condition '{}' without holding its lock", h_.name());
-    std::uint32_t depth = 0;
-    return cond.wait(
-        deadline, [&] { depth = r.state().release_all(); },
-        [&] {
-          const auto res = r.state().acquire_restore(depth, detail::Deadline::never(), r.name());
-          r.died_ = res == detail::LockResult::owner_died;
-        },
-        [&] { return r.state().cut(); }, h_.name());
-  }
+  bool wait(Timeout timeout = {});
   //!Effects: waits until `pred()` is true (checked first, then after each wake-up), at most
   //! `timeout` in total. Returns: the last value of pred(), as Python's wait_for.
   //! previous_owner_died() is true afterwards if any of the re-acquisitions took the lock over
   //! from a dead holder (a later one does not hide an earlier one).
   template <class Pred>
-  bool wait_for(Pred&& pred, Timeout timeout = {}) {
-    const auto deadline = detail::Deadline::from(timeout);
-    bool result = pred();
-    bool died = false;
-    while (!result) {
-      const auto left = deadline.remaining();
-      if (left && left->count() <= 0) break;
-      wait(left ? Timeout(*left) : Timeout{});
-      died = died || previous_owner_died();
-      result = pred();
-    }
-    if (died) std::visit([](auto& l) { l.died_ = true; }, lock_);
-    return result;
-  }
+  bool wait_for(Pred&& pred, Timeout timeout = {});
   //!Effects: wakes up to `n` waiters, oldest first. Throws: ValueError without the lock held.
   void notify(std::uint32_t n = 1) {
     check_owned("notify");
@@ -675,72 +499,95 @@ class Condition : public detail::SyncObject<Condition, detail::ConditionBlock, K
   template <class L>
   Condition(Handle h, L lock) : SyncObject(std::move(h)), lock_(std::move(lock)) {}
   static void construct(void* p) { new (p) detail::ConditionBlock(); }
-  void check_owned(const char* what) const {
-    std::visit(
-        [](const auto& l) {
-          if (l.state().cut()) (void)const_cast<std::decay_t<decltype(l)>&>(l).acquire(false);
-        },
-        lock_);  // a truncated lock: CorruptedError naming it, not "not holding it"
-    const bool owned = std::visit(
-        [](const auto& l) {
-          if constexpr (std::is_same_v<std::decay_t<decltype(l)>, Lock>)
-            return l.state().held_by_this_process();
-          else
-            return l.is_owned();
-        },
-        lock_);
-    if (!owned)
-      detail::fail<ValueError>("{}() on condition '{}' without holding its lock", what, h_.name());
-  }
+  void check_owned(const char* what) const;
 
+  friend struct detail::HandleAccess;
   std::variant<Lock, RLock> lock_;
+};
+
+/// A Barrier's action: what the last party to arrive runs before the others are released.
+/// A registered function (MPP_REGISTER: a function or a capture-less lambda without
+/// parameters) is stored by name in the barrier's shared memory, so whichever process completes
+/// the barrier runs it — a spawn or forkserver child, or a process that opened the barrier by
+/// name — as Python pickles the action with the barrier. Any other callable (a lambda with
+/// captures) stays with the handle it was given to and that handle's copies (threads, forked
+/// children); a barrier with such an action cannot cross processes by name.
+class BarrierAction {
+ public:
+  /// No action.
+  BarrierAction() = default;
+  /// No action.
+  BarrierAction(std::nullptr_t) noexcept {}  // NOLINT(google-explicit-constructor)
+  //!Effects: an action calling `fn()`, stored by name when `fn` is registered.
+  //!Throws: InvalidArgument if its registered name is longer than 120 bytes.
+  template <class F>
+  requires(std::is_invocable_v<std::decay_t<F>&> && !std::is_same_v<std::decay_t<F>, BarrierAction>)
+      BarrierAction(F&& fn)  // NOLINT
+      : BarrierAction(std::decay_t<F>(std::forward<F>(fn)), 0) {}
+  /// True if there is an action.
+  explicit operator bool() const noexcept { return static_cast<bool>(fn_); }
+  /// The name the action is registered under, or nullopt (no action, or not registered).
+  const std::optional<std::string>& registered_name() const noexcept { return name_; }
+  /// Runs the action.
+  void operator()() const { fn_(); }
+
+ private:
+  template <class D>
+  BarrierAction(D fn, int);
+
+  std::function<void()> fn_;
+  std::optional<std::string> name_;
 };
 
 /// Python's multiprocessing.Barrier for `parties` processes or threads. A party that dies while
 /// others wait breaks the barrier: they get BrokenBarrierError within ~100 ms instead of hanging.
-/// The action runs in the last party to arrive, before any party is released.
+/// The action runs in the last party to arrive, before any party is released; the action (when
+/// registered, see BarrierAction) and the default timeout live in the barrier's shared memory,
+/// so every process that uses the barrier honours both.
 class Barrier : public detail::SyncObject<Barrier, detail::BarrierState, Kind::barrier> {
  public:
   /// What the last arriving party runs before the others are released.
-  using Action = std::function<void()>;
+  using Action = BarrierAction;
 
-  //!Effects: an anonymous barrier for `parties` (1..256) parties; `timeout` is the default for
-  //! wait(). Throws: InvalidArgument for a bad count, OSError.
+  //!Effects: an anonymous barrier for `parties` (1..4096) parties; `timeout` is the default for
+  //! wait() in every process. Throws: InvalidArgument for a bad count, OSError.
   explicit Barrier(std::uint32_t parties, Action action = {}, Timeout timeout = {})
-      : SyncObject(anonymous(maker(parties))), action_(std::move(action)), timeout_(timeout) {}
+      : SyncObject(anonymous(maker(parties, action, timeout))), action_(std::move(action)) {}
   //!Effects: creates the named barrier `name`. Throws: ExistsError, InvalidArgument, OSError.
   static Barrier create(std::string_view name, std::uint32_t parties, Action action = {},
                         Timeout timeout = {}, const NamedOptions& opts = {}) {
-    return created(name, maker(parties), opts, std::move(action), timeout);
+    return created(name, maker(parties, action, timeout), opts, std::move(action), Timeout{});
   }
-  //!Effects: opens the named barrier `name` (its party count is stored); `action` runs if this
-  //! process arrives last. Throws: NotFoundError, TypeMismatchError, CorruptedError.
+  //!Effects: opens the named barrier `name`; its party count, default timeout and registered
+  //! action are stored. `action` replaces the stored action when this process arrives last;
+  //! `timeout` replaces the stored default timeout for this handle's waits.
+  //!Throws: NotFoundError, TypeMismatchError, CorruptedError.
   static Barrier open(std::string_view name, Action action = {}, Timeout timeout = {},
                       const NamedOptions& opts = {}) {
     Barrier b = opened(name, opts, std::move(action), timeout);
     b.h_.state->checked_parties(b.name());
     return b;
   }
-  /// Opens `name`, creating it for `parties` if it does not exist.
+  /// Opens `name`, creating it for `parties` (with `action` and `timeout`) if it does not exist.
   static Barrier open_or_create(std::string_view name, std::uint32_t parties, Action action = {},
                                 Timeout timeout = {}, const NamedOptions& opts = {}) {
-    Barrier b = opened_or_created(name, maker(parties), opts, std::move(action), timeout);
+    Barrier b = opened_or_created(name, maker(parties, action, timeout), opts, std::move(action),
+                                  Timeout{});
     b.h_.state->checked_parties(b.name());
     return b;
   }
 
   //!Effects: waits for all parties (at most `timeout`, or the barrier's default when nullopt).
+  //! The last party to arrive runs the action first.
   //!Returns: this party's arrival index, 0..parties()-1.
   //!Throws: BrokenBarrierError if the barrier is or becomes broken (abort, reset, timeout, a
-  //! waiting party died, or the action threw — then the action's exception propagates instead).
+  //! waiting party died, or the action threw — then the action's exception propagates instead);
+  //! InvalidArgument in the last party if it cannot run the action (not registered in this
+  //! process, or an unregistered callable held by another handle), which breaks the barrier.
   std::uint32_t wait(Timeout timeout = {}) {
-    const Timeout t = timeout ? timeout : timeout_;
+    const Timeout t = timeout ? timeout : timeout_ ? timeout_ : default_timeout();
     return h_.state->wait(
-        detail::Deadline::from(t),
-        [&] {
-          if (action_) action_();
-        },
-        name());
+        detail::Deadline::from(t), [this] { run_action(); }, name());
   }
   /// Returns the barrier to its initial state; parties waiting now get BrokenBarrierError.
   void reset() { h_.state->reset(name()); }
@@ -752,47 +599,24 @@ class Barrier : public detail::SyncObject<Barrier, detail::BarrierState, Kind::b
   std::uint32_t n_waiting() const noexcept { return h_.state->n_waiting(); }
   /// True if the barrier is broken.
   bool broken() const noexcept { return h_.state->is_broken(); }
+  /// The default timeout of wait() (Python's `timeout` argument), as stored in the barrier.
+  Timeout default_timeout() const noexcept { return h_.state->default_timeout(); }
 
  private:
   friend SyncObject;
+  template <class, Kind>
+  friend struct detail::SyncName;
   Barrier(Handle h, Action action, Timeout timeout)
       : SyncObject(std::move(h)), action_(std::move(action)), timeout_(timeout) {}
-  static std::function<void(void*)> maker(std::uint32_t parties) {
-    if (parties == 0 || parties > detail::kMaxBarrierParties)
-      detail::fail<InvalidArgument>("a Barrier needs 1..{} parties, not {}",
-                                    detail::kMaxBarrierParties, parties);
-    return [parties](void* p) { new (p) detail::BarrierState(parties); };
-  }
+  static std::function<void(void*)> maker(std::uint32_t parties, const Action& action,
+                                          Timeout timeout);
+  void run_action() const;
+  // The codec: a barrier whose action only its creating handle holds does not cross by name.
+  static void check_crossing(const Barrier& b);
+
   Action action_;
   Timeout timeout_;
 };
-
-namespace detail {
-/// How a synchronisation handle crosses processes: as its name, checked to be the name of the
-/// object itself (not of another object that embeds its state); opened again by decode, as
-/// Python pickles a multiprocessing lock for a child. A Barrier's action is code and does not
-/// cross.
-template <class H, Kind K>
-struct SyncName {
-  using name_type = std::string;
-  //!Returns: the name under which `h` can be re-opened in another process.
-  //!Throws: InvalidArgument for a handle over a state embedded in another object (or a
-  //! Condition over a supplied lock): encode the object that owns it instead.
-  static const std::string& name_of(const H& h) {
-    bool standalone = true;
-    if constexpr (std::is_same_v<H, Condition>) standalone = h.uses_own_lock();
-    const auto& seg = HandleAccess::segment(h);
-    if (!standalone || !seg || static_cast<Kind>(seg->header().kind) != K ||
-        reinterpret_cast<const std::byte*>(&HandleAccess::state(h)) != seg->payload())
-      fail<InvalidArgument>(
-          "this {} is part of '{}' (or uses a supplied lock) and cannot cross "
-          "processes by itself; pass the object that owns it",
-          kind_name(K), seg ? seg->name() : std::string("?"));
-    return seg->name();
-  }
-  static H open(const std::string& name) { return H::open(name); }
-};
-}  // namespace detail
 
 /// A Lock crosses processes as its name.
 template <>
@@ -816,8 +640,36 @@ struct codec<Event> : detail::NameCodec<Event, detail::SyncName<Event, Kind::eve
 template <>
 struct codec<Condition>
     : detail::NameCodec<Condition, detail::SyncName<Condition, Kind::condition>> {};
-/// A Barrier crosses processes as its name (without its action).
+/// A Barrier crosses processes as its name, with its default timeout and its registered action
+/// (see BarrierAction).
 template <>
 struct codec<Barrier> : detail::NameCodec<Barrier, detail::SyncName<Barrier, Kind::barrier>> {};
 
 }  // namespace mpp
+
+// The implementation: out-of-line members and the reprs.
+#include "detail/sync_impl.hpp"  // IWYU pragma: export
+
+namespace fmt {
+/// Formats a Lock as Python's repr, naming the owner by pid: `<Lock(name='...', owner=None)>`.
+template <>
+struct formatter<mpp::Lock> : mpp::detail::ReprFormatter<mpp::Lock> {};
+/// Formats an RLock: `<RLock(name='...', owner=4242, count=2)>` (Python: `<RLock(None, 0)>`).
+template <>
+struct formatter<mpp::RLock> : mpp::detail::ReprFormatter<mpp::RLock> {};
+/// Formats a Semaphore: `<Semaphore(name='...', value=2)>`.
+template <>
+struct formatter<mpp::Semaphore> : mpp::detail::ReprFormatter<mpp::Semaphore> {};
+/// Formats a BoundedSemaphore: `<BoundedSemaphore(name='...', value=2, maxvalue=3)>`.
+template <>
+struct formatter<mpp::BoundedSemaphore> : mpp::detail::ReprFormatter<mpp::BoundedSemaphore> {};
+/// Formats an Event: `<Event(name='...', set=False)>`.
+template <>
+struct formatter<mpp::Event> : mpp::detail::ReprFormatter<mpp::Event> {};
+/// Formats a Condition as Python does, its lock and its waiters: `<Condition(<RLock(...)>, 0)>`.
+template <>
+struct formatter<mpp::Condition> : mpp::detail::ReprFormatter<mpp::Condition> {};
+/// Formats a Barrier: `<Barrier(name='...', parties=3, waiting=1, broken=False)>`.
+template <>
+struct formatter<mpp::Barrier> : mpp::detail::ReprFormatter<mpp::Barrier> {};
+}  // namespace fmt

@@ -40,8 +40,10 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <tuple>
 #include <type_traits>
 #include <utility>
+#include <variant>
 
 #include "codec.hpp"
 #include "detail/name_codec.hpp"
@@ -82,6 +84,16 @@ struct BlockHeader {
 };
 static_assert(std::is_standard_layout_v<BlockHeader> && sizeof(BlockHeader) == 48);
 inline constexpr std::uint32_t kBlockHasLock = 1;
+/// Set when the block was created with a caller's lock (Python's `lock=some_lock`): it has no
+/// embedded lock, and its users lock the supplied one.
+inline constexpr std::uint32_t kBlockSuppliedLock = 2;
+
+/// The locks a caller can give a Value or Array (Python's `lock=` argument).
+template <class L>
+concept SuppliedLock = std::same_as<L, Lock> || std::same_as<L, RLock>;
+
+/// What a Value / Array handle locks: nothing, its embedded RLock, or a caller's Lock or RLock.
+using BlockLock = std::variant<std::monostate, RLock, Lock>;
 
 /// The options of a RawValue / RawArray: no lock, and the named segment's options `o`.
 constexpr SharedOptions unlocked(const NamedOptions& o) noexcept {
@@ -152,8 +164,10 @@ struct SharedBlock {
   std::shared_ptr<Segment> seg;
   BlockHeader* header = nullptr;
   T* data = nullptr;
-  std::size_t count = 0;  ///< validated against the mapping; never re-read from shared memory
-  bool has_lock = false;
+  std::size_t count = 0;       ///< validated against the mapping; never re-read from shared memory
+  bool has_lock = false;       ///< the block embeds its lock
+  bool supplied_lock = false;  ///< the block was created with a caller's lock (kBlockSuppliedLock)
+  BlockLock lock;              ///< what this handle locks (see use_embedded_lock, use_lock)
 
   std::uint64_t* trailer = nullptr;  ///< kBlockLive at the payload's end (see the file's top)
 
@@ -171,23 +185,29 @@ struct SharedBlock {
 
   /// `fill(T*)` writes the n initial elements (the payload starts zeroed).
   template <class Fill>
-  static PayloadInit initializer(std::size_t n, bool lock, Fill& fill) {
-    return [n, lock, &fill](std::byte* p, std::uint64_t) {
+  static PayloadInit initializer(std::size_t n, std::uint32_t flags, Fill& fill) {
+    return [n, flags, &fill](std::byte* p, std::uint64_t) {
       auto* h = new (p) BlockHeader{};
       h->count = n;
-      h->flags = lock ? kBlockHasLock : 0;
+      h->flags = flags;
       h->elem_size = sizeof(T);
       fill(reinterpret_cast<T*>(p + block_data_offset<T>()));
       std::memcpy(p + trailer_offset(n), &kBlockLive, sizeof kBlockLive);
     };
   }
 
-  //!Effects: creates a block of n elements (anonymous when `name` is empty).
+  /// The header flags of a block made with options `o` (and a caller's lock if `supplied`).
+  static std::uint32_t flags_for(const SharedOptions& o, bool supplied) noexcept {
+    return supplied ? kBlockSuppliedLock : o.lock ? kBlockHasLock : 0;
+  }
+
+  //!Effects: creates a block of n elements (anonymous when `name` is empty), for a caller's
+  //! lock if `supplied`.
   template <class Fill>
   static SharedBlock create(Kind kind, std::string_view name, std::size_t n, const SharedOptions& o,
-                            Fill&& fill) {
+                            Fill&& fill, bool supplied = false) {
     const SegmentSpec sp = spec(kind, n);
-    const PayloadInit init = initializer(n, o.lock, fill);
+    const PayloadInit init = initializer(n, flags_for(o, supplied), fill);
     Segment s = name.empty() ? Segment::create_anonymous(sp, init)
                              : Segment::create(name, sp, init, o.named());
     if (name.empty() && o.persistent) {
@@ -203,9 +223,9 @@ struct SharedBlock {
 
   template <class Fill>
   static SharedBlock open_or_create(Kind kind, std::string_view name, std::size_t n,
-                                    const SharedOptions& o, Fill&& fill) {
+                                    const SharedOptions& o, Fill&& fill, bool supplied = false) {
     const SegmentSpec sp = spec(kind, n);
-    const PayloadInit init = initializer(n, o.lock, fill);
+    const PayloadInit init = initializer(n, flags_for(o, supplied), fill);
     return wrap(Segment::open_or_create(name, sp, init, o.named()).first);
   }
 
@@ -231,13 +251,15 @@ struct SharedBlock {
           "'{}': its last bytes are not the end mark of a {}: it was truncated "
           "(or overwritten) by another process; remove it",
           s.name(), kind_name(static_cast<Kind>(s.header().kind)));
-    if ((flags & ~kBlockHasLock) != 0 || esize != sizeof(T))
+    if ((flags & ~(kBlockHasLock | kBlockSuppliedLock)) != 0 ||
+        flags == (kBlockHasLock | kBlockSuppliedLock) || esize != sizeof(T))
       fail<CorruptedError>("'{}': invalid header (flags {:#x}, element size {}); remove it",
                            s.name(), flags, esize);
     b.header = h;
     b.data = reinterpret_cast<T*>(s.payload() + block_data_offset<T>());
     b.count = static_cast<std::size_t>(n);
     b.has_lock = (flags & kBlockHasLock) != 0;
+    b.supplied_lock = (flags & kBlockSuppliedLock) != 0;
     b.trailer = tr;
     b.seg = std::make_shared<Segment>(std::move(s));
     return b;
@@ -269,44 +291,89 @@ struct SharedBlock {
         what, seg->name(), repair);
   }
 
-  std::optional<RLock> make_lock() const {
-    if (!has_lock) return std::nullopt;
-    return HandleAccess::view<RLock>(seg, &header->lock);
+  /// Locks the embedded RLock from now on (Value, Array), if the block has one.
+  void use_embedded_lock() {
+    if (has_lock) lock = HandleAccess::view<RLock>(seg, &header->lock);
+  }
+  //!Effects: locks `l`, a caller's lock, from now on.
+  //!Throws: InvalidArgument if the block embeds its own lock (every user must lock the same).
+  template <SuppliedLock L>
+  void use_lock(L l) {
+    if (has_lock)
+      fail<InvalidArgument>(
+          "'{}' has its own lock, which every process uses: open it without "
+          "one (or create it with the lock you pass, to share that lock)",
+          seg->name());
+    lock = std::move(l);
+  }
+  //!Throws: ValueError naming `what` if this handle has no lock to take.
+  void require_lock(const char* what) const {
+    if (lock.index() != 0) return;
+    if (supplied_lock)
+      fail<ValueError>(
+          "{}() on '{}', which was created with a caller's lock that this handle "
+          "was not given: open it with open(name, lock), or pass the object itself "
+          "to the other process (its lock travels with it)",
+          what, seg->name());
+    fail<ValueError>(
+        "{}() on '{}', which was created with lock=false (a RawValue/RawArray): "
+        "it has no lock",
+        what, seg->name());
+  }
+  //!Returns: the lock as an L. Throws: ValueError if there is none or it is of the other type.
+  template <SuppliedLock L>
+  L& lock_as(const char* what) {
+    require_lock(what);
+    if (auto* l = std::get_if<L>(&lock)) return *l;
+    constexpr bool want_lock = std::is_same_v<L, Lock>;
+    fail<ValueError>("{}() on '{}': its lock is {}, not {}; call get_lock<mpp::{}>()", what,
+                     seg->name(), want_lock ? "an RLock" : "a Lock",
+                     want_lock ? "a Lock" : "an RLock", want_lock ? "RLock" : "Lock");
   }
 
-  /// Holds the embedded lock for a scope (no Lock handle: the fast path is one CAS).
-  /// previous_owner_died() is true while the data waits for repair (RLockState's mark); the
-  /// user of a Hold must raise OwnerDiedError, tell its caller, or repair (repaired()).
+  /// Holds the block's lock for a scope (no Lock handle: the fast path is one CAS).
+  /// previous_owner_died() is true while the data waits for repair (an RLock's mark; a Lock has
+  /// none and tells only the acquisition that took it over); the user of a Hold must raise
+  /// OwnerDiedError, tell its caller, or repair (repaired()). A Lock that this process holds
+  /// already is not taken again (Python would deadlock): the caller's hold covers the access.
   class Hold {
    public:
-    Hold(RLockState& l, const Deadline& d, const std::shared_ptr<Segment>& seg) : l_(l) {
-      const LockResult r = l_.acquire(d, [&] { return std::string_view(seg->name()); });
-      if (r == LockResult::timeout)
+    Hold(const BlockLock& l, const Deadline& d, const std::shared_ptr<Segment>& seg) {
+      const auto named = [&] { return std::string_view(seg->name()); };
+      LockResult r = LockResult::acquired;
+      if (const auto* rl = std::get_if<RLock>(&l)) {
+        rlock_ = &HandleAccess::state(*rl);
+        r = rlock_->acquire(d, named);
+      } else if (const auto* k = std::get_if<Lock>(&l)) {
+        LockState& st = HandleAccess::state(*k);
+        if (st.held_by_this_process() && !st.cut()) return;
+        lock_ = &st;
+        r = lock_->acquire(d, named);
+      }
+      if (r == LockResult::timeout) {
+        rlock_ = nullptr;
+        lock_ = nullptr;
         fail<TimeoutError>("could not acquire the lock of '{}' before the timeout", seg->name());
+      }
       died_ = r == LockResult::owner_died;
     }
     Hold(const Hold&) = delete;
     Hold& operator=(const Hold&) = delete;
-    ~Hold() { l_.release(); }
+    ~Hold() {
+      if (rlock_ != nullptr) (void)rlock_->release();
+      if (lock_ != nullptr) (void)lock_->release();
+    }
     bool previous_owner_died() const noexcept { return died_; }
     /// Clears the owner-died mark: the holder rewrote (or was told and repaired) the data.
     void repaired() noexcept {
-      if (died_) l_.mark_repaired();
+      if (died_ && rlock_ != nullptr) rlock_->mark_repaired();
     }
 
    private:
-    RLockState& l_;
+    RLockState* rlock_ = nullptr;
+    LockState* lock_ = nullptr;
     bool died_ = false;
   };
-
-  RLockState& lock_state(const char* what) const {
-    if (!has_lock)
-      fail<ValueError>(
-          "{}() on '{}', which was created with lock=false (a RawValue/RawArray): "
-          "it has no lock",
-          what, seg->name());
-    return header->lock;
-  }
 
   //!Effects: runs fn(args..., [previous_owner_died]) holding the lock until `deadline`; checks
   //! the trailer before and after fn. With the bool, fn is told of a dead holder and the mark
@@ -318,7 +385,8 @@ struct SharedBlock {
                                         A&&... args) const {
     constexpr bool told = std::is_invocable_v<F&, A..., bool>;
     using R = with_lock_result_t<F, A...>;
-    Hold h(lock_state("with_lock"), d, seg);
+    require_lock("with_lock");
+    Hold h(lock, d, seg);
     if constexpr (!told)
       if (h.previous_owner_died()) owner_died("with_lock(fn)", repair);
     check_whole();
@@ -341,6 +409,36 @@ struct SharedBlock {
       else
         return r;
     }
+  }
+};
+
+/// How a Value or Array crosses processes: its name, and the name of the caller's lock it was
+/// given (if any), which the receiver opens too (Python pickles the lock with the object).
+template <class H>
+struct OpenWithLock {
+  /// The object's name, the kind of the caller's lock (0: none, 1: RLock, 2: Lock), its name.
+  using name_type = std::tuple<std::string, std::uint8_t, std::string>;
+  //!Returns: what crosses. Throws: InvalidArgument if the caller's lock is itself part of
+  //! another object (e.g. another Value's get_lock()): such a lock cannot cross by itself.
+  static name_type name_of(const H& h) {
+    const auto& b = HandleAccess::block(h);
+    if (b.has_lock) return {b.seg->name(), 0, {}};
+    if (const auto* r = std::get_if<RLock>(&b.lock))
+      return {b.seg->name(), 1, SyncName<RLock, Kind::rlock>::name_of(*r)};
+    if (const auto* l = std::get_if<Lock>(&b.lock))
+      return {b.seg->name(), 2, SyncName<Lock, Kind::lock>::name_of(*l)};
+    return {b.seg->name(), 0, {}};
+  }
+  //!Returns: `n` reopened in this process. Throws: what H::open throws; CorruptedError.
+  static H open(const name_type& n) {
+    const std::string& name = std::get<0>(n);
+    const std::uint8_t kind = std::get<1>(n);
+    if (kind > 2) fail<CorruptedError>("'{}' arrived with an unknown lock kind {}", name, kind);
+    if constexpr (requires { H::open(name, Lock::open(name)); }) {  // not RawValue / RawArray
+      if (kind == 1) return H::open(name, RLock::open(std::get<2>(n)));
+      if (kind == 2) return H::open(name, Lock::open(std::get<2>(n)));
+    }
+    return H::open(name);
   }
 };
 
@@ -367,8 +465,8 @@ class ValueBase {
       b_.check_whole();
       return v;
     } else {
-      if (b_.has_lock) {  // re-entrant: also when this thread holds it already
-        typename SharedBlock<T>::Hold h(b_.header->lock, Deadline::never(), b_.seg);
+      if (b_.lock.index() != 0) {  // re-entrant: also when this thread holds it already
+        typename SharedBlock<T>::Hold h(b_.lock, Deadline::never(), b_.seg);
         if (h.previous_owner_died()) b_.owner_died("value()", repair_hint());
         return copy();
       }
@@ -383,8 +481,8 @@ class ValueBase {
       std::atomic_ref<T>(*b_.data).store(v, std::memory_order_seq_cst);
       b_.check_whole();
     } else {
-      if (b_.has_lock) {
-        typename SharedBlock<T>::Hold h(b_.header->lock, Deadline::never(), b_.seg);
+      if (b_.lock.index() != 0) {
+        typename SharedBlock<T>::Hold h(b_.lock, Deadline::never(), b_.seg);
         std::memcpy(static_cast<void*>(b_.data), &v, sizeof(T));
         b_.check_whole();
         h.repaired();
@@ -451,8 +549,8 @@ class ValueBase {
   T& get_obj() const noexcept { return *b_.data; }
   /// The object's name ("mpp.anon.*" when anonymous): open it elsewhere with open(name).
   const std::string& name() const noexcept { return b_.seg->name(); }
-  /// True if this Value has an embedded lock (false for RawValue and lock=false).
-  bool has_lock() const noexcept { return b_.has_lock; }
+  /// True if this Value has a lock, embedded or supplied (false for RawValue and lock=false).
+  bool has_lock() const noexcept { return b_.lock.index() != 0; }
   //!Effects: removes the name now; every handle keeps working. Returns: false if already gone.
   bool unlink() { return b_.seg->unlink(); }
 
@@ -492,29 +590,46 @@ class ValueBase {
 
 }  // namespace detail
 
-/// Python's multiprocessing.Value: one T in shared memory with an embedded robust Lock.
+/// Python's multiprocessing.Value: one T in shared memory with an embedded robust RLock, or a
+/// caller's Lock or RLock (Python's `lock=` argument), or none (`lock=false`).
 /// T must be trivially copyable (use a Manager for other types). Copies of a Value share one
 /// mapping and can be captured by value into forked children; a Value created by one process can
-/// be opened in any other by name().
+/// be opened in any other by name(), and crosses to children as an argument with its lock.
 template <class T>
 class Value : public detail::ValueBase<T> {
   using Base = detail::ValueBase<T>;
   using Block = detail::SharedBlock<T>;
 
  public:
-  //!Effects: creates an anonymous Value holding `v` (Python: Value(typecode, v, lock=...)).
+  //!Effects: creates an anonymous Value holding `v` (Python: Value(typecode, v)).
   //! With opts.lock=false there is no lock (Python: lock=False; prefer RawValue<T>).
   explicit Value(const T& v = T{}, const SharedOptions& opts = {})
       : Value(Block::create(Kind::value, {}, 1, opts, Base::filler(v))) {}
+  //!Effects: creates an anonymous Value holding `v`, synchronised by `lock`, a caller's Lock or
+  //! RLock (Python: Value(typecode, v, lock=lock)); several Values may share one lock.
+  template <detail::SuppliedLock L>
+  Value(const T& v, L lock, const SharedOptions& opts = {})
+      : Value(Block::create(Kind::value, {}, 1, opts, Base::filler(v), true), std::move(lock)) {}
 
   /// Creates the named Value `name` holding `v`. Throws: ExistsError, InvalidArgument, OSError.
   static Value create(std::string_view name, const T& v = T{}, const SharedOptions& opts = {}) {
     return Value(Block::create(Kind::value, name, 1, opts, Base::filler(v)));
   }
+  /// Creates the named Value `name` holding `v`, synchronised by the caller's `lock`.
+  template <detail::SuppliedLock L>
+  static Value create(std::string_view name, const T& v, L lock, const SharedOptions& opts = {}) {
+    return Value(Block::create(Kind::value, name, 1, opts, Base::filler(v), true), std::move(lock));
+  }
   //!Effects: opens the named Value `name`. Throws: NotFoundError, TypeMismatchError (another
   //! element type, naming both), CorruptedError, TimeoutError (still being created).
   static Value open(std::string_view name, const NamedOptions& opts = {}) {
     return Value(Block::open(Kind::value, name, opts));
+  }
+  //!Effects: opens the named Value `name`, created with a caller's lock, with that `lock`.
+  //!Throws: as open(name); InvalidArgument if the Value has its own lock.
+  template <detail::SuppliedLock L>
+  static Value open(std::string_view name, L lock, const NamedOptions& opts = {}) {
+    return Value(Block::open(Kind::value, name, opts), std::move(lock));
   }
   /// Opens `name`, or creates it holding `v` if it does not exist (safe against racing creators).
   static Value open_or_create(std::string_view name, const T& v = T{},
@@ -528,13 +643,15 @@ class Value : public detail::ValueBase<T> {
     return *this;
   }
 
-  //!Returns: the embedded robust re-entrant lock (Python's get_lock(), an RLock); lock it around
-  //! read-modify-write sequences. Its previous_owner_died() tells when a holder died holding it
-  //! (or died earlier and the value was not repaired since); releasing it then repairs.
-  //!Throws: ValueError if the Value was created with lock=false.
-  RLock& get_lock() {
-    if (!lock_) (void)this->b_.lock_state("get_lock");
-    return *lock_;
+  //!Returns: the Value's lock (Python's get_lock()): its embedded robust RLock, or the lock it
+  //! was given — get_lock<mpp::Lock>() for a Lock. Lock it around read-modify-write sequences.
+  //! Its previous_owner_died() tells when a holder died holding it (for an RLock also when one
+  //! died earlier and the value was not repaired since); releasing it then repairs.
+  //!Throws: ValueError if the Value has no lock (lock=false, or opened by name without the
+  //! caller's lock it was created with), or its lock is of the other type.
+  template <detail::SuppliedLock L = RLock>
+  L& get_lock() {
+    return this->b_.template lock_as<L>("get_lock");
   }
 
   //!Effects: runs fn(T&) — or fn(T&, bool previous_owner_died) — holding the lock, and returns
@@ -557,8 +674,11 @@ class Value : public detail::ValueBase<T> {
   }
 
  private:
-  explicit Value(Block b) : Base(std::move(b)), lock_(this->b_.make_lock()) {}
-  std::optional<RLock> lock_;
+  explicit Value(Block b) : Base(std::move(b)) { this->b_.use_embedded_lock(); }
+  template <detail::SuppliedLock L>
+  Value(Block b, L lock) : Base(std::move(b)) {
+    this->b_.use_lock(std::move(lock));
+  }
 };
 
 /// Python's multiprocessing.RawValue: one T in shared memory, no lock. Reads and writes of a
@@ -599,12 +719,64 @@ class RawValue : public detail::ValueBase<T> {
   }
 };
 
-/// A Value<T> crosses processes as its name (as Python pickles it): the receiver opens it.
+namespace detail {
+/// One shared element as a repr shows it, read without a lock (atomically for a lock-free T):
+/// fmt's formatting when T has one (bool as Python's True/False), else its size.
 template <class T>
-struct codec<Value<T>> : detail::NameCodec<Value<T>> {};
+std::string element_repr(const T& shared) {
+  T v;
+  if constexpr (atomic_lock_free<T>())
+    v = std::atomic_ref<T>(const_cast<T&>(shared)).load(std::memory_order_relaxed);
+  else
+    std::memcpy(static_cast<void*>(&v), &shared, sizeof(T));
+  if constexpr (std::is_same_v<T, bool>)
+    return std::string(py_bool(v));
+  else if constexpr (fmt::is_formattable<T>::value)
+    return fmt::format("{}", v);
+  else
+    return fmt::format("<{} bytes>", sizeof(T));
+}
+/// True while a truncation has not cleared the block's trailer.
+template <class T>
+bool block_whole(const SharedBlock<T>& b) noexcept {
+  return std::atomic_ref<std::uint64_t>(*b.trailer).load(std::memory_order_acquire) == kBlockLive;
+}
+/// `<Value<int>(name='...', 42)>` (Python: `<Synchronized wrapper for c_int(42)>`).
+template <class T>
+std::string value_repr(std::string_view kind, const SharedBlock<T>& b) {
+  if (!block_whole(b))
+    return fmt::format("<{}<{}>(name='{}', truncated)>", kind, type_name<T>(), b.seg->name());
+  return fmt::format("<{}<{}>(name='{}', {})>", kind, type_name<T>(), b.seg->name(),
+                     element_repr(*b.data));
+}
+template <class T>
+std::string repr(const Value<T>& v, ReprTag) {
+  return value_repr("Value", HandleAccess::block(v));
+}
+template <class T>
+std::string repr(const RawValue<T>& v, ReprTag) {
+  return value_repr("RawValue", HandleAccess::block(v));
+}
+}  // namespace detail
+
+/// A Value<T> crosses processes as its name, with the caller's lock it was given (as Python
+/// pickles it): the receiver opens both.
+template <class T>
+struct codec<Value<T>> : detail::NameCodec<Value<T>, detail::OpenWithLock<Value<T>>> {};
 
 /// A RawValue<T> crosses processes as its name (as Python pickles it): the receiver opens it.
+/// (The encoding is a Value's: either decodes what the other encoded.)
 template <class T>
-struct codec<RawValue<T>> : detail::NameCodec<RawValue<T>> {};
+struct codec<RawValue<T>> : detail::NameCodec<RawValue<T>, detail::OpenWithLock<RawValue<T>>> {};
 
 }  // namespace mpp
+
+namespace fmt {
+/// Formats a Value as a Python-like repr: `<Value<int>(name='...', 42)>` (read without the lock;
+/// a T without a formatter shows its size).
+template <class T>
+struct formatter<mpp::Value<T>> : mpp::detail::ReprFormatter<mpp::Value<T>> {};
+/// Formats a RawValue: `<RawValue<int>(name='...', 42)>`.
+template <class T>
+struct formatter<mpp::RawValue<T>> : mpp::detail::ReprFormatter<mpp::RawValue<T>> {};
+}  // namespace fmt

@@ -97,4 +97,16 @@ inline void unregister_fork_hook(ForkHook* h) noexcept {
   h->fork_slot_ = ForkHook::kUnregistered;
 }
 
+/// This process's one T (a ForkHook), created and registered on first use and never destroyed:
+/// objects that use it may go away in static destructors after main returns.
+template <class T>
+T& process_singleton() {
+  static T* const instance = [] {
+    auto* t = new T;
+    register_fork_hook(t);
+    return t;
+  }();
+  return *instance;
+}
+
 }  // namespace mpp::detail

@@ -5,7 +5,7 @@
 // dispatch of a re-executed program to its role (spawn child or fork server).
 #pragma once
 
-#include <fmt/format.h>
+#include <fmt/core.h>
 
 #include <chrono>
 #include <cstddef>

@@ -6,7 +6,7 @@
 // Included by process.hpp once StartMethod and ProcessOptions are declared.
 #pragma once
 
-#include <fmt/format.h>
+#include <fmt/core.h>
 
 #include <algorithm>
 #include <atomic>

@@ -179,15 +179,7 @@ class CoreCache final : public ForkHook {
   void after_fork_parent() noexcept override { mutex.unlock(); }
   void after_fork_child() noexcept override { mutex.unlock(); }
 
-  // Never destroyed: handles may go away in static destructors after main returns.
-  static CoreCache& get() {
-    static CoreCache* c = [] {
-      auto* cache = new CoreCache;
-      register_fork_hook(cache);
-      return cache;
-    }();
-    return *c;
-  }
+  static CoreCache& get() { return process_singleton<CoreCache>(); }
 };
 
 /// The byte-level queue shared by the typed front ends. Thread-safe; one per process and mapping
@@ -202,43 +194,12 @@ class Core {
                                       bool anonymous, u64 cell) {
     const bool unbounded = maxsize <= 0;
     const u64 cap = unbounded ? unbounded_capacity : static_cast<u64>(maxsize);
-    if (cap == 0 || cap > (u64{1} << 30))
-      fail<InvalidArgument>("queue capacity {} is out of range (1 .. 2^30 slots)", cap);
-    if (max_item < kInline || max_item > kMaxItemLimit)
-      fail<InvalidArgument>("max_item_size {} is out of range ({} .. {} bytes)", max_item, kInline,
-                            kMaxItemLimit);
-    if (!valid_cell_size(cell)) fail<InvalidArgument>("queue cell size {} is invalid", cell);
+    check_create_args(cap, max_item, cell);
     const Layout l = Layout::of(cap, max_item, cell);
-    SegmentSpec spec{kind, type, l.payload_size, cap};
-    spec.sparse = true;  // the cells and regions are committed by ensure_backed()
-    // POSIX backs the header now (a full /dev/shm is a NoSpaceError from create), and the slots
-    // a scan may read before a put reached them: the whole table of a small queue (scanned
-    // whole), the first two pages of a larger one's (the 32 MiB table of an unbounded queue is
-    // populated a page at a time as the ring reaches it). Participant pages are backed as
-    // processes arrive.
-    spec.reserve =
-        cap <= kSmallScan ? l.parts_offset : l.slots_offset + 2 * kSlotsPerPage * sizeof(Slot);
     auto init = [&](std::byte* p, std::uint64_t) {
-      // Header, slots and fill marks: any process may read any slot (scans), so all of them.
-      // Participant entries are allocated as processes arrive.
-      if (const int err = os::commit(p, l.parts_offset); err != 0) {
-        if (err == ENOMEM)
-          os::fail_no_space(name.empty() ? "(anonymous queue)" : name, l.parts_offset);
-        throw OSError(fmt::format("cannot create a queue of {} slots: no memory for them", cap),
-                      err);
-      }
-      auto* h = new (p) Header{};
-      h->capacity = cap;
-      h->maxsize = maxsize;
-      h->max_item = max_item;
-      h->cell_size = cell;
-      h->slots_offset = l.slots_offset;
-      h->regions_offset = l.regions_offset;
-      h->payload_size = l.payload_size;
-      h->parts_offset = l.parts_offset;
-      h->flags = unbounded ? kUnbounded : 0;
-      h->magic = kMagic;  // slots are zero: EMPTY at lap 0
+      init_header(p, name, l, cap, maxsize, max_item, cell);
     };
+    const SegmentSpec spec = segment_spec(kind, type, cap, l);
     Segment seg;
     bool created = true;
     if (anonymous) {
@@ -250,18 +211,7 @@ class Core {
     }
     if (opts.persistent) seg.set_persistent(true);
     if (!created) return share(std::move(seg), cell);
-    // The creating handle (and its copies) removes the name when it goes, as before; handles
-    // opened later in this process share the Core and keep the mapping.
-    struct Creation {
-      explicit Creation(std::shared_ptr<Core> c) noexcept : core(std::move(c)) {}
-      Creation(const Creation&) = delete;
-      Creation& operator=(const Creation&) = delete;
-      ~Creation() { core->seg_.release_name(); }
-      std::shared_ptr<Core> core;
-    };
-    auto creation = std::make_shared<Creation>(share(std::move(seg), cell));
-    Core* core = creation->core.get();
-    return std::shared_ptr<Core>(std::move(creation), core);
+    return share_as_creator(std::move(seg), cell);
   }
 
   //!Effects: opens the existing queue `name`, whose cells must be `cell` bytes.
@@ -1078,6 +1028,69 @@ class Core {
           "overwritten since this process opened it",
           name(), static_cast<u64>(h.capacity), static_cast<u64>(h.max_item),
           static_cast<u64>(h.cell_size));
+  }
+
+  //!Throws: InvalidArgument for a capacity, largest item or cell size out of range.
+  static void check_create_args(u64 cap, u64 max_item, u64 cell) {
+    if (cap == 0 || cap > (u64{1} << 30))
+      fail<InvalidArgument>("queue capacity {} is out of range (1 .. 2^30 slots)", cap);
+    if (max_item < kInline || max_item > kMaxItemLimit)
+      fail<InvalidArgument>("max_item_size {} is out of range ({} .. {} bytes)", max_item, kInline,
+                            kMaxItemLimit);
+    if (!valid_cell_size(cell)) fail<InvalidArgument>("queue cell size {} is invalid", cell);
+  }
+
+  /// The segment of a new queue: sparse, its cells and regions committed by ensure_backed().
+  static SegmentSpec segment_spec(Kind kind, const TypeInfo& type, u64 cap, const Layout& l) {
+    SegmentSpec spec{kind, type, l.payload_size, cap};
+    spec.sparse = true;
+    // POSIX backs the header now (a full /dev/shm is a NoSpaceError from create), and the slots
+    // a scan may read before a put reached them: the whole table of a small queue (scanned
+    // whole), the first two pages of a larger one's (the 32 MiB table of an unbounded queue is
+    // populated a page at a time as the ring reaches it). Participant pages are backed as
+    // processes arrive.
+    spec.reserve =
+        cap <= kSmallScan ? l.parts_offset : l.slots_offset + 2 * kSlotsPerPage * sizeof(Slot);
+    return spec;
+  }
+
+  //!Effects: commits the header, slots and fill marks of a new queue at `p` (any process may
+  //! read any slot when it scans; participant entries are allocated as processes arrive) and
+  //! writes its header. Throws: NoSpaceError, OSError.
+  static void init_header(std::byte* p, std::string_view name, const Layout& l, u64 cap,
+                          i64 maxsize, u64 max_item, u64 cell) {
+    if (const int err = os::commit(p, l.parts_offset); err != 0) {
+      if (err == ENOMEM)
+        os::fail_no_space(name.empty() ? "(anonymous queue)" : name, l.parts_offset);
+      throw OSError(fmt::format("cannot create a queue of {} slots: no memory for them", cap), err);
+    }
+    auto* h = new (p) Header{};
+    h->capacity = cap;
+    h->maxsize = maxsize;
+    h->max_item = max_item;
+    h->cell_size = cell;
+    h->slots_offset = l.slots_offset;
+    h->regions_offset = l.regions_offset;
+    h->payload_size = l.payload_size;
+    h->parts_offset = l.parts_offset;
+    h->flags = maxsize <= 0 ? kUnbounded : 0;
+    h->magic = kMagic;  // slots are zero: EMPTY at lap 0
+  }
+
+  //!Returns: the Core of a queue this handle created: the creating handle (and its copies)
+  //! removes the name when it goes; handles opened later in this process share the Core and
+  //! keep the mapping.
+  static std::shared_ptr<Core> share_as_creator(Segment seg, u64 cell) {
+    struct Creation {
+      explicit Creation(std::shared_ptr<Core> c) noexcept : core(std::move(c)) {}
+      Creation(const Creation&) = delete;
+      Creation& operator=(const Creation&) = delete;
+      ~Creation() { core->seg_.release_name(); }
+      std::shared_ptr<Core> core;
+    };
+    auto creation = std::make_shared<Creation>(share(std::move(seg), cell));
+    Core* core = creation->core.get();
+    return std::shared_ptr<Core>(std::move(creation), core);
   }
 
   // The Core of the queue in `seg` for this process: the one its other handles of the queue

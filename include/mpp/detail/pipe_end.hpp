@@ -148,7 +148,7 @@ class PipeEnd final : public ForkHook {
   }
 
   //!Effects: sends one message of kind `kind` made of `head` then `body`, as one frame or as a
-  //! chain of frames; blocks while the ring is full, until `deadline`. Throws: ValueError
+  //! chain of frames; blocks while the ring is full, until `deadline`. Throws: OSError
   //! (closed / read-only), BrokenPipeError (the other end is closed or its process died),
   //! TimeoutError (no room in time: nothing was sent, or — for a message longer than a frame —
   //! its first part was and the receiver will skip it), CorruptedError.
@@ -158,7 +158,7 @@ class PipeEnd final : public ForkHook {
     check_open("send");
     os::check_mapping(h_);  // CorruptedError if a peer truncated the segment under us
     if (!writable_)
-      fail<ValueError>(
+      fail<OSError>(
           "send on pipe '{}': this end is read-only (Pipe(duplex=false) gives a "
           "receive-only first end and a send-only second end)",
           name());
@@ -230,7 +230,7 @@ class PipeEnd final : public ForkHook {
   //! A message longer than a frame is assembled into `direct` when it fits there (kinds value
   //! and bytes), otherwise into a buffer of this end.
   //!Throws: EOFError (the writer is gone and nothing complete is left; a partial message is
-  //! discarded), ValueError (closed / write-only), CorruptedError.
+  //! discarded), OSError (closed / write-only), CorruptedError.
   std::optional<Message> peek(const Deadline& deadline, std::span<std::byte> direct = {}) {
     check_readable("recv");
     if (have_msg_) return Message{msg_kind_, {msg_.data(), msg_size_}, false};
@@ -357,7 +357,7 @@ class PipeEnd final : public ForkHook {
   //!Effects: reserves a holder slot of this end for a process that will open it from an encoded
   //! Connection, as before_fork() does for a child: the end stays held (no EOF for the peer)
   //! until that process takes the slot over, and close() frees the slot if it never does.
-  //!Returns: the slot and the word it holds. Throws: ValueError (closed), Error (no free slot).
+  //!Returns: the slot and the word it holds. Throws: OSError (closed), Error (no free slot).
   std::pair<std::uint32_t, std::uint64_t> reserve_for_transfer() {
     check_open("passing a connection");
     const std::uint64_t word = ProcessRef::self().pack() | pipe_layout::kPendingBit;
@@ -398,12 +398,12 @@ class PipeEnd final : public ForkHook {
                          name(), what);
   }
   void check_open(const char* op) const {
-    if (closed_) fail<ValueError>("{} on pipe '{}': this connection is closed", op, name());
+    if (closed_) fail<OSError>("{} on pipe '{}': this connection is closed", op, name());
   }
   void check_readable(const char* op) const {
     check_open(op);
     if (!readable_)
-      fail<ValueError>(
+      fail<OSError>(
           "{} on pipe '{}': this end is send-only (Pipe(duplex=false) gives a "
           "receive-only first end and a send-only second end)",
           op, name());

@@ -157,7 +157,9 @@ class Ops {
         std::memcpy(c.region(idx), std::addressof(item), sizeof(T));
       });
     } else {
-      Bytes& buf = scratch();
+      Bytes local;  // once the thread's scratch buffer is destroyed (see scratch())
+      Bytes* const scratch_buf = scratch();
+      Bytes& buf = scratch_buf != nullptr ? *scratch_buf : local;
       buf.clear();
       codec<T>::encode(item, buf);
       check_size(c, buf.size());
@@ -295,9 +297,24 @@ class Ops {
     return get_bytes(c, joinable, block, deadline, read);
   }
 
-  static Bytes& scratch() {
-    thread_local Bytes buf;
-    return buf;
+  // The encoding buffer of this thread, reused across puts; null once destroyed: the main
+  // thread's thread_locals are destroyed before the static destructors and atexit handlers
+  // run, which may still put (a Pool at namespace scope wakes its supervisor through a queue).
+  struct Scratch {
+    Bytes buf;
+    Scratch() = default;
+    Scratch(const Scratch&) = delete;
+    Scratch& operator=(const Scratch&) = delete;
+    ~Scratch() { gone() = true; }
+    static bool& gone() noexcept {  // trivially destructible: readable until the thread ends
+      thread_local bool g = false;
+      return g;
+    }
+  };
+  static Bytes* scratch() {
+    if (Scratch::gone()) return nullptr;
+    thread_local Scratch s;
+    return &s.buf;
   }
 
   static void check_size(Core& c, std::size_t n) {
@@ -439,15 +456,27 @@ class BasicQueue {
     return Ops<T>::get(*core_, kJoinable, false, Deadline::after(std::chrono::seconds(0)));
   }
 
-  // Exact when no put/get is in flight: first repairs slots left by dead processes.
-  std::size_t qsize() const {
+  // Exact when no put/get is in flight: first repairs slots left by dead processes. `op` names
+  // the public call for the message when the queue is closed.
+  std::size_t qsize(const char* op = "qsize") const {
+    check_not_closed(op);
     core_->recover_all(true);
     return core_->count();
   }
   bool full() const {
-    return !core_->unbounded() && qsize() >= static_cast<std::size_t>(core_->maxsize());
+    check_not_closed("full");
+    return !core_->unbounded() && qsize("full") >= static_cast<std::size_t>(core_->maxsize());
   }
   void close() noexcept { core_->closed().store(true, std::memory_order_relaxed); }
+  bool closed() const noexcept { return core_->closed().load(std::memory_order_relaxed); }
+  // Python's repr-like text: <Queue name='...' maxsize=3>, " closed" once closed here.
+  std::string repr(std::string_view kind, bool with_maxsize) const {
+    std::string out = fmt::format("<{} name='{}'", kind, name());
+    if (with_maxsize) out += fmt::format(" maxsize={}", maxsize());
+    if (closed()) out += " closed";
+    out += '>';
+    return out;
+  }
   long maxsize() const noexcept { return static_cast<long>(core_->maxsize()); }
   const std::string& name() const noexcept { return core_->name(); }
   bool unlink() { return core_->segment().unlink(); }
@@ -482,6 +511,16 @@ class BasicQueue {
 
  protected:
   static constexpr bool kJoinable = K == Kind::joinable_queue;
+
+  // empty(), qsize() and full() of a closed queue: OSError, as Python's empty() raises once its
+  // reader is closed.
+  void check_not_closed(const char* op) const {
+    if (closed())
+      fail<OSError>(
+          "{}() on queue '{}': the queue is closed in this process (close() was called); "
+          "ask before close(), or from a process that has not closed it",
+          op, name());
+  }
 
   BasicQueue() = default;
   explicit BasicQueue(std::shared_ptr<Core> c) : core_(std::move(c)) {}

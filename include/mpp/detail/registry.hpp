@@ -142,23 +142,11 @@ inline void parse_attachers(ObjectInfo& o, std::span<const std::byte> table) {
   }
 }
 
-//!Returns: what the first bytes of an object say about it. `bytes` is a copy of (at most) the
-//! header — it may be shorter than a header, or hold any values at all; `file_size` is the size
-//! of the object as the file system reports it. Never reads outside `bytes`, never throws
-//! anything but std::bad_alloc.
-inline ObjectInfo parse_header(std::string_view name, std::span<const std::byte> bytes,
-                               std::uint64_t file_size) {
-  using registry_detail::field;
+namespace registry_detail {
+//!Effects: copies every header field of `bytes` (at least a header long) into `o`, and the attach
+//! table when `bytes` holds it. Returns: whether the type name is terminated.
+inline bool read_header_fields(ObjectInfo& o, std::span<const std::byte> bytes) {
   using H = SegmentHeader;
-  ObjectInfo o;
-  o.name = std::string(name);
-  o.stat.size = file_size;
-  if (bytes.size() < sizeof(H)) {
-    o.state = State::empty;
-    o.problem =
-        fmt::format("{} bytes, smaller than an mpp header ({} bytes)", file_size, sizeof(H));
-    return o;
-  }
   o.header_readable = true;
   o.init_state = field<std::uint32_t>(bytes, offsetof(H, init_state));
   o.layout_version = field<std::uint32_t>(bytes, offsetof(H, layout_version));
@@ -172,7 +160,7 @@ inline ObjectInfo parse_header(std::string_view name, std::span<const std::byte>
   o.type_fingerprint = field<std::uint64_t>(bytes, offsetof(H, type_fingerprint));
   const char* tn = reinterpret_cast<const char*>(bytes.data() + offsetof(H, type_name));
   const bool tn_terminated = std::memchr(tn, '\0', kTypeNameCapacity) != nullptr;
-  o.type_name = registry_detail::printable(tn, kTypeNameCapacity - 1);
+  o.type_name = printable(tn, kTypeNameCapacity - 1);
   o.total_size = field<std::uint64_t>(bytes, offsetof(H, total_size));
   o.payload_offset = field<std::uint64_t>(bytes, offsetof(H, payload_offset));
   o.payload_size = field<std::uint64_t>(bytes, offsetof(H, payload_size));
@@ -189,36 +177,57 @@ inline ObjectInfo parse_header(std::string_view name, std::span<const std::byte>
       span && span->first <= bytes.size() && span->second <= bytes.size() - span->first)
     parse_attachers(o, bytes.subspan(static_cast<std::size_t>(span->first),
                                      static_cast<std::size_t>(span->second)));
+  return tn_terminated;
+}
 
+//!Returns: the first inconsistency of a published header's fields in `o`, or an empty string.
+inline std::string header_problem(const ObjectInfo& o, bool type_name_terminated) {
+  using H = SegmentHeader;
+  if (o.init_state != kInitReady) return fmt::format("invalid init state {}", o.init_state);
+  if (o.magic != kSegmentMagic)
+    return fmt::format("bad magic {:#018x}: not an mpp object", o.magic);
+  if (o.layout_version != kLayoutVersion)
+    return fmt::format("layout version {} (this tool reads {})", o.layout_version, kLayoutVersion);
+  if (o.header_size != sizeof(H))
+    return fmt::format("header size {} (expected {})", o.header_size, sizeof(H));
+  if (!type_name_terminated) return "type name not terminated";
+  if (o.payload_offset < sizeof(H) || o.payload_offset % kCacheLine != 0 ||
+      o.payload_offset > o.total_size || o.payload_size > o.total_size - o.payload_offset)
+    return fmt::format("payload [{}, +{}) does not fit in {} bytes", o.payload_offset,
+                       o.payload_size, o.total_size);
+  if (o.creator.pid <= 0) return fmt::format("invalid creator pid {}", o.creator.pid);
+  if (!attach_span(o))
+    return fmt::format("attach table [{}, {} entries) does not fit after the payload in {} bytes",
+                       o.attach_offset, o.attach_capacity, o.total_size);
+  return {};
+}
+}  // namespace registry_detail
+
+//!Returns: what the first bytes of an object say about it. `bytes` is a copy of (at most) the
+//! header — it may be shorter than a header, or hold any values at all; `file_size` is the size
+//! of the object as the file system reports it. Never reads outside `bytes`, never throws
+//! anything but std::bad_alloc.
+inline ObjectInfo parse_header(std::string_view name, std::span<const std::byte> bytes,
+                               std::uint64_t file_size) {
+  ObjectInfo o;
+  o.name = std::string(name);
+  o.stat.size = file_size;
+  if (bytes.size() < sizeof(SegmentHeader)) {
+    o.state = State::empty;
+    o.problem = fmt::format("{} bytes, smaller than an mpp header ({} bytes)", file_size,
+                            sizeof(SegmentHeader));
+    return o;
+  }
+  const bool tn_terminated = registry_detail::read_header_fields(o, bytes);
   if (o.init_state == kInitBuilding) {
     o.state = State::building;
     o.problem = o.creator.pid == 0 ? "being created (creator not recorded yet)"
                                    : fmt::format("being initialised by pid {}", o.creator.pid);
     return o;
   }
-  o.state = State::corrupt;
-  if (o.init_state != kInitReady) {
-    o.problem = fmt::format("invalid init state {}", o.init_state);
-  } else if (o.magic != kSegmentMagic) {
-    o.problem = fmt::format("bad magic {:#018x}: not an mpp object", o.magic);
-  } else if (o.layout_version != kLayoutVersion) {
-    o.problem =
-        fmt::format("layout version {} (this tool reads {})", o.layout_version, kLayoutVersion);
-  } else if (o.header_size != sizeof(H)) {
-    o.problem = fmt::format("header size {} (expected {})", o.header_size, sizeof(H));
-  } else if (!tn_terminated) {
-    o.problem = "type name not terminated";
-  } else if (o.payload_offset < sizeof(H) || o.payload_offset % kCacheLine != 0 ||
-             o.payload_offset > o.total_size || o.payload_size > o.total_size - o.payload_offset) {
-    o.problem = fmt::format("payload [{}, +{}) does not fit in {} bytes", o.payload_offset,
-                            o.payload_size, o.total_size);
-  } else if (o.creator.pid <= 0) {
-    o.problem = fmt::format("invalid creator pid {}", o.creator.pid);
-  } else if (!attach_span(o)) {
-    o.problem = fmt::format(
-        "attach table [{}, {} entries) does not fit after the payload in {} "
-        "bytes",
-        o.attach_offset, o.attach_capacity, o.total_size);
+  o.problem = registry_detail::header_problem(o, tn_terminated);
+  if (!o.problem.empty()) {
+    o.state = State::corrupt;
   } else if (o.total_size != file_size) {
     o.state = State::truncated;
     o.problem = fmt::format("header says {} bytes, the file has {}", o.total_size, file_size);

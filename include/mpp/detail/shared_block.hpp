@@ -2,15 +2,17 @@
 // implementations share, and the choice between them.
 //
 // Every implementation provides the same class detail::BlockHandle: create(name, size, track),
-// open(name, track, wait), name(), data(), size(), track(), check_mapping(), check_size(what),
-// leave_name(), unlink(), note_use() and live_users(); destroying the last handle of a process
-// applies the `track` rule (gh-82300: never remove a block that another live process uses).
+// open(name, track, wait), name(), data(), size(), track(), record(), check_mapping(),
+// check_size(what), leave_name(), unlink(), unlink_name(name), note_use() and live_users();
+// destroying the last handle of a process applies the `track` rule (gh-82300: never remove a
+// block that another live process uses) and notes in the record when that removed the name.
 // - shared_block_posix.hpp: a headerless object whose users are kernel-kept user locks
 //   (os::take_user_lock), where the OS contract has them;
 // - shared_block_segment.hpp: a Segment of Kind::shared_memory whose attach table counts the
 //   users, everywhere else (Windows).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -21,6 +23,18 @@
 #include "os.hpp"
 
 namespace mpp::detail {
+
+/// What every copy of a SharedMemory or ShareableList handle knows, open or closed (Python keeps
+/// name and size after close()), shared with the handle's BlockHandle.
+struct BlockRecord {
+  std::string name;        ///< the block's name
+  std::uint64_t size = 0;  ///< its size at creation
+  bool track = true;       ///< the handle's track flag
+  /// Set when the BlockHandle's destructor removed the name by the track rule, i.e. at the
+  /// close() of the last copy in the last process: the next unlink() through a closed copy is
+  /// that removal (Python's close() then unlink() succeeds once; a second unlink() raises).
+  std::atomic<bool> removed_at_close{false};
+};
 
 //!Effects: checks `size` for a new block `name` and calls `make(n)` with `name`, or with a fresh
 //! "mpp.anon.<pid>.<hex>" name when `name` is empty (again with another one if it was taken).

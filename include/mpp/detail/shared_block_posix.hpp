@@ -38,7 +38,11 @@ class BlockHandle final : public ForkHook {
   struct Tag {};
 
  public:
-  BlockHandle(Tag, std::string_view name, bool track) : name_(name), track_(track) {}
+  BlockHandle(Tag, std::string_view name, bool track)
+      : name_(name), track_(track), record_(std::make_shared<BlockRecord>()) {
+    record_->name = name_;
+    record_->track = track;
+  }
   BlockHandle(const BlockHandle&) = delete;
   BlockHandle& operator=(const BlockHandle&) = delete;
 
@@ -99,8 +103,10 @@ class BlockHandle final : public ForkHook {
     }
     if (!user || !track_ || unlinked_) return;
     try {
-      if (others_using(name_, 1) == 0 && os::shm_remove(name_))  // one query: is any lock held?
+      if (others_using(name_, 1) == 0 && os::shm_remove(name_)) {  // one query: any lock held?
         tracker::untrack_block(name_);
+        record_->removed_at_close.store(true, std::memory_order_release);
+      }
     } catch (...) {  // best effort in a destructor; `mpp gc` removes what is left
     }
   }
@@ -113,6 +119,8 @@ class BlockHandle final : public ForkHook {
   std::uint64_t size() const noexcept { return size_; }
   /// Whether this handle applies the track rule when it goes away.
   bool track() const noexcept { return track_; }
+  /// Name, size and fate of the block, which every copy of the public handle keeps.
+  const std::shared_ptr<BlockRecord>& record() const noexcept { return record_; }
 
   //!Effects: nothing while the block is intact (one load).
   //!Throws: CorruptedError naming the block if a page of it vanished under this process (another
@@ -145,11 +153,23 @@ class BlockHandle final : public ForkHook {
   /// This handle never removes the name (an opener that found no object of its kind there).
   void leave_name() noexcept { track_ = false; }
 
-  //!Effects: removes the name now; this handle will not try again. Returns: false if it was gone.
-  bool unlink() {
+  //!Effects: removes the name now; this handle will not try again.
+  //!Throws: NotFoundError if the name was gone already (Python's FileNotFoundError).
+  void unlink() {
     unlinked_ = true;
-    tracker::untrack_block(name_);
-    return os::shm_remove(name_);
+    unlink_name(name_);
+  }
+
+  //!Effects: removes the block `name`, as unlink() does, without a handle (a closed one's).
+  //!Throws: NotFoundError if there is no such name.
+  static void unlink_name(const std::string& name) {
+    tracker::untrack_block(name);
+    if (!os::shm_remove(name))
+      fail<NotFoundError>(
+          "unlink() of SharedMemory '{}': no such block; it was unlinked already (by another "
+          "handle or process, or by the track rule once no process used it): unlink once across "
+          "all handles, as in Python",
+          name);
   }
 
   //!Effects: a forked child that uses an inherited handle becomes a user of its own (once,
@@ -211,6 +231,7 @@ class BlockHandle final : public ForkHook {
   void map(std::uint64_t size) {
     base_ = static_cast<std::byte*>(os::map(fd_, size, name_));
     size_ = size;
+    record_->size = size;
     guard_ = os::guard_mapping(base_, size, name_);  // a peer's ftruncate: CorruptedError
   }
 
@@ -277,6 +298,7 @@ class BlockHandle final : public ForkHook {
   std::string name_;
   bool track_ = true;
   bool unlinked_ = false;
+  std::shared_ptr<BlockRecord> record_;
   std::byte* base_ = nullptr;
   std::uint64_t size_ = 0;
   std::uint32_t guard_ = os::kNoGuard;  // base_'s entry in the SIGBUS guard

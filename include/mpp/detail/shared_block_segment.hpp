@@ -23,7 +23,11 @@ class BlockHandle final {
   struct Tag {};
 
  public:
-  BlockHandle(Tag, std::string_view name, bool track) : name_(name), track_(track) {}
+  BlockHandle(Tag, std::string_view name, bool track)
+      : name_(name), track_(track), record_(std::make_shared<BlockRecord>()) {
+    record_->name = name_;
+    record_->track = track;
+  }
   BlockHandle(const BlockHandle&) = delete;
   BlockHandle& operator=(const BlockHandle&) = delete;
 
@@ -47,6 +51,7 @@ class BlockHandle final {
     o.init_timeout = wait;
     b->seg_ = Segment::open(name, Kind::shared_memory, TypeInfo::none(), o);
     b->seg_.set_persistent(true);  // the track rule decides, not Segment's creator-unlinks rule
+    b->record_->size = b->seg_.payload_size();
     return b;
   }
 
@@ -70,6 +75,8 @@ class BlockHandle final {
   std::uint64_t size() const noexcept { return seg_.payload_size(); }
   /// Whether this handle applies the track rule when it goes away.
   bool track() const noexcept { return track_; }
+  /// Name, size and fate of the block, which every copy of the public handle keeps.
+  const std::shared_ptr<BlockRecord>& record() const noexcept { return record_; }
 
   /// Nothing to check: a mapped section cannot shrink or lose pages (os::check_mapping is a no-op).
   void check_mapping() const {}
@@ -80,11 +87,15 @@ class BlockHandle final {
   /// This handle never removes the name (an opener that found no object of its kind there).
   void leave_name() noexcept { track_ = false; }
 
-  //!Effects: removes the name now; this handle will not try again. Returns: false if it was gone.
-  bool unlink() {
+  //!Effects: nothing but that the track rule no longer applies: a Windows mapping's name goes
+  //! with its last handle and cannot be removed before (Python's unlink() does nothing here).
+  void unlink() {
     unlinked_ = true;
-    return seg_.unlink();
+    (void)seg_.unlink();  // the handle's part of it; the OS keeps the name while it is open
   }
+
+  /// Nothing, as unlink().
+  static void unlink_name(const std::string&) noexcept {}
 
   /// Makes sure this process has its entry in the attach table.
   void note_use() { seg_.attach_index(); }
@@ -101,12 +112,14 @@ class BlockHandle final {
     b->seg_ = Segment::create(name, SegmentSpec{Kind::shared_memory, TypeInfo::none(), size, size},
                               {}, o);
     b->seg_.set_persistent(true);  // the track rule decides, not Segment's creator-unlinks rule
+    b->record_->size = size;
     return b;
   }
 
   std::string name_;
   bool track_ = true;
   bool unlinked_ = false;
+  std::shared_ptr<BlockRecord> record_;
   Segment seg_;
 };
 

@@ -93,15 +93,7 @@ struct Client final : ForkHook {
   void after_fork_child() noexcept override { mutex.unlock(); }
 };
 
-// Never destroyed: objects may be removed from static destructors after main returns.
-inline Client& client() {
-  static Client* c = [] {
-    auto* p = new Client;
-    register_fork_hook(p);
-    return p;
-  }();
-  return *c;
-}
+inline Client& client() { return process_singleton<Client>(); }
 
 // Whether this process is a tracker (it never starts one of its own).
 inline bool& serving() noexcept {
@@ -320,64 +312,88 @@ inline bool sweep(std::map<std::string, Entry>& entries) {
   return !entries.empty();
 }
 
+/// What the tracker has been told: the objects to remove once unused, and the processes whose
+/// end must be awaited too.
+struct Registry {
+  std::map<std::string, Entry> entries;
+  std::vector<ProcessRef> watched;
+};
+
+//!Effects: applies one received packet of `n` bytes to `r`; ignores one that is not a message
+//! of ours or names no valid object.
+inline void apply(const Wire& w, long n, Registry& r) {
+  if (static_cast<std::size_t>(n) < offsetof(Wire, name) || w.name_size > sizeof w.name ||
+      static_cast<std::size_t>(n) != offsetof(Wire, name) + w.name_size)
+    return;
+  if (w.op == kWatch) {
+    r.watched.push_back(ProcessRef::unpack(w.creator));
+    return;
+  }
+  std::string name(w.name, w.name_size);
+  try {
+    validate_name(name);
+  } catch (const Error&) {
+    return;
+  }
+  const Entry e{w.block != 0, ProcessRef::unpack(w.creator), w.stamp};
+  if (w.op == kRegister) {
+    r.entries[std::move(name)] = e;
+  } else if (w.op == kUnregister) {
+    const auto it = r.entries.find(name);
+    if (it != r.entries.end() && it->second.creator == e.creator &&
+        (e.stamp == 0 || e.stamp == it->second.stamp))
+      r.entries.erase(it);
+  }
+}
+
+//!Effects: receives messages on `fd` into `r` until end of file (the program and its forked
+//! children are gone).
+inline void collect(int fd, Registry& r) {
+  bool busy = false;  // the last look found messages
+  for (;;) {
+    Wire w{};
+    long n = os::recv_packet(fd, &w, sizeof w, std::chrono::milliseconds(0));
+    if (n == -2 && busy) {
+      // A burst (objects created and destroyed in a loop): let it accumulate for a moment,
+      // since a sender whose receiver sleeps here wakes nobody, while one that finds the
+      // receiver blocked pays for waking it on every message.
+      busy = false;
+      os::sleep_for(std::chrono::milliseconds(1));
+      continue;
+    }
+    if (n == -2) n = os::recv_packet(fd, &w, sizeof w, std::chrono::milliseconds(-1));
+    if (n <= 0) return;
+    busy = true;
+    apply(w, n, r);
+  }
+}
+
+//!Effects: removes what `r` still holds as its last users go: first waits while a watched
+//! process lives (a forked child's tracker: the program's first process keeps the child's
+//! objects too), then sweeps until nothing is left.
+inline void clean_up(Registry& r) {
+  while (!r.entries.empty() && std::any_of(r.watched.begin(), r.watched.end(),
+                                           [](const ProcessRef& p) { return p.alive(); }))
+    os::sleep_for(std::chrono::milliseconds(100));
+  const auto eof = std::chrono::steady_clock::now();
+  while (sweep(r.entries)) {
+    // Prompt while the program's last users are likely to exit, then at a gentler pace.
+    const bool early = std::chrono::steady_clock::now() - eof < std::chrono::seconds(5);
+    os::sleep_for(early ? std::chrono::milliseconds(100) : std::chrono::milliseconds(500));
+  }
+}
+
 // The tracker's life: collect registrations until end of file, then sweep until nothing is left.
 [[noreturn]] inline void serve(int fd) noexcept {
   serving() = true;
-  std::map<std::string, Entry> entries;
-  std::vector<ProcessRef> watched;  // processes whose end must be awaited too
   try {
+    Registry r;
     Wire ready{};
     ready.op = kReady;
     (void)os::send_packet(fd, &ready, offsetof(Wire, name), std::chrono::seconds(1));
-    bool busy = false;  // the last look found messages
-    for (;;) {
-      Wire w{};
-      long n = os::recv_packet(fd, &w, sizeof w, std::chrono::milliseconds(0));
-      if (n == -2 && busy) {
-        // A burst (objects created and destroyed in a loop): let it accumulate for a moment,
-        // since a sender whose receiver sleeps here wakes nobody, while one that finds the
-        // receiver blocked pays for waking it on every message.
-        busy = false;
-        os::sleep_for(std::chrono::milliseconds(1));
-        continue;
-      }
-      if (n == -2) n = os::recv_packet(fd, &w, sizeof w, std::chrono::milliseconds(-1));
-      if (n <= 0) break;  // end of file: the program and its forked children are gone
-      busy = true;
-      if (static_cast<std::size_t>(n) < offsetof(Wire, name) || w.name_size > sizeof w.name ||
-          static_cast<std::size_t>(n) != offsetof(Wire, name) + w.name_size)
-        continue;  // not a message of ours
-      if (w.op == kWatch) {
-        watched.push_back(ProcessRef::unpack(w.creator));
-        continue;
-      }
-      std::string name(w.name, w.name_size);
-      try {
-        validate_name(name);
-      } catch (const Error&) {
-        continue;
-      }
-      const Entry e{w.block != 0, ProcessRef::unpack(w.creator), w.stamp};
-      if (w.op == kRegister) {
-        entries[std::move(name)] = e;
-      } else if (w.op == kUnregister) {
-        const auto it = entries.find(name);
-        if (it != entries.end() && it->second.creator == e.creator &&
-            (e.stamp == 0 || e.stamp == it->second.stamp))
-          entries.erase(it);
-      }
-    }
+    collect(fd, r);
     os::close_fd(fd);
-    // A forked child's tracker: the program's first process keeps the child's objects too.
-    while (!entries.empty() && std::any_of(watched.begin(), watched.end(),
-                                           [](const ProcessRef& p) { return p.alive(); }))
-      os::sleep_for(std::chrono::milliseconds(100));
-    const auto eof = std::chrono::steady_clock::now();
-    while (sweep(entries)) {
-      // Prompt while the program's last users are likely to exit, then at a gentler pace.
-      const bool early = std::chrono::steady_clock::now() - eof < std::chrono::seconds(5);
-      os::sleep_for(early ? std::chrono::milliseconds(100) : std::chrono::milliseconds(500));
-    }
+    clean_up(r);
   } catch (...) {  // out of memory: nothing sensible is left to do
   }
   os::exit_process(0);

@@ -7,14 +7,20 @@
 #include <chrono>
 #include <cstddef>
 #include <exception>
+#include <functional>
 #include <memory>
 #include <optional>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "../../errors.hpp"
 #include "../../timeout.hpp"
+#include "invoke.hpp"
+#include "jobs.hpp"
 #include "result.hpp"
 #include "scheduler.hpp"
+#include "worker.hpp"
 
 namespace mpp::detail::futures {
 
@@ -27,6 +33,36 @@ struct State {
   pool::Scheduler* sched = nullptr;
   std::atomic<bool> cancelled{false};
 };
+
+/// Submits f(values...) as one task (Unit for a void function). An argument that cannot be
+/// encoded, or whose task would exceed the message limit, fails the returned state instead of
+/// the call (Python puts the pickling error on the future); the executor carries on.
+/// Returns: the result state and the job (for cancellation).
+template <class R, class F, class Tuple>
+std::pair<std::shared_ptr<pool::ResultState<R>>, std::shared_ptr<pool::Job>> submit_call(
+    pool::Scheduler& sched, const F& f, const Tuple& values,
+    std::function<void(const R&)> callback = {},
+    std::function<void(std::exception_ptr)> error_callback = {}) {
+  auto state = pool::make_state<R>(std::move(callback), std::move(error_callback));
+  auto job = std::make_shared<pool::ApplyJob<R, pool::Unit>>();
+  job->s = state;
+  std::string fn = sched.wire(f);  // an unregistered function is refused here, at once
+  std::string args;
+  try {
+    args = pool::to_wire(values);
+    if (args.size() + fn.size() + sizeof(pool::TaskHeader) > pool::kMaxMessage)
+      fail<ValueError>(
+          "the arguments of this call are {} bytes encoded; a task is limited to {}: pass the "
+          "data through shared memory (mpp::SharedMemory) or a file instead",
+          args.size(), pool::kMaxMessage);
+  } catch (...) {
+    state->finish(std::nullopt, std::current_exception());
+    return {state, job};
+  }
+  const auto id = pool::Registered<&pool::run_apply<F, Tuple>>::id;
+  sched.enqueue(job, id, std::move(fn), {std::move(args)});
+  return {state, job};
+}
 
 /// The untyped result state behind a Future, an AnyFuture or an AsyncResult (see Access).
 struct Access;
@@ -66,6 +102,9 @@ class Registration {
   }
   Registration(const Registration&) = delete;
   Registration& operator=(const Registration&) = delete;
+  //!Effects: takes over `o`'s registration (the results keep telling the same Waiter).
+  Registration(Registration&& o) noexcept : rs_(std::exchange(o.rs_, {})), w_(std::move(o.w_)) {}
+  Registration& operator=(Registration&&) = delete;
   ~Registration() {
     for (auto& r : rs_) r->remove_waiter(w_.get());
   }

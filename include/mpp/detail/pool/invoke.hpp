@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <exception>
 #include <functional>
 #include <memory>
 #include <new>
@@ -78,10 +79,54 @@ std::string callable_bytes(const F& f) {
   }
 }
 
+/// The task a worker thread is running, for the context of its exception (RemoteError): how to
+/// name its function from the callable's bytes, computed only when the task fails.
+struct TaskContext {
+  std::string (*describe)(std::string_view fn) = nullptr;
+  std::string_view fn;  ///< the callable's bytes (valid while the task runs)
+};
+inline TaskContext& current_task() noexcept {
+  static thread_local TaskContext t;
+  return t;
+}
+
+//!Returns: the name of the task function `F` whose bytes are `bytes`: its registered name, else
+//! its type.
+template <class F>
+std::string describe_callable(std::string_view bytes) {
+  if (named_callables()) return std::string(bytes);
+  if constexpr (Transportable<F>) {
+    std::optional<std::string> name;
+    if constexpr (std::is_pointer_v<F>) {
+      if (bytes.size() == sizeof(F)) {
+        F f;
+        std::memcpy(static_cast<void*>(&f), bytes.data(), sizeof(F));
+        name = function_registry().name_of(function_key(f));
+      }
+    } else {
+      name = function_registry().name_of(FunctionKey{std::type_index(typeid(F)), 0});
+    }
+    if (name) return *name;
+  }
+  return std::string(type_name<F>());
+}
+
+//!Effects: calls `fn(f)`; mpp::exit(n) inside it becomes SystemExit (the call fails with the code,
+//! the worker carries on, as Python's executor reports a task's SystemExit).
+template <class F, class Fn>
+decltype(auto) call_task(Fn& fn, F& f) {
+  try {
+    return fn(f);
+  } catch (const ExitRequest& e) {
+    throw SystemExit(fmt::format("the task called mpp::exit({})", e.code), e.code);
+  }
+}
+
 /// Rebuilds the callable from its bytes (in a spawned worker: from its registered name); `fn`
 /// receives it (functors need not be default constructible).
 template <class F, class Fn>
 decltype(auto) with_callable(std::string_view bytes, Fn&& fn) {
+  current_task() = TaskContext{&describe_callable<F>, bytes};
   if constexpr (Transportable<F>) {
     if (named_callables()) {
       const auto key = function_registry().key_of(std::string(bytes));
@@ -92,10 +137,10 @@ decltype(auto) with_callable(std::string_view bytes, Fn&& fn) {
             bytes, type_name<F>());
       if constexpr (std::is_pointer_v<F>) {
         F f = reinterpret_cast<F>(key->second);
-        return fn(f);
+        return call_task(fn, f);
       } else {
         F f{};
-        return fn(f);
+        return call_task(fn, f);
       }
     }
   } else {
@@ -107,10 +152,10 @@ decltype(auto) with_callable(std::string_view bytes, Fn&& fn) {
       fail<CorruptedError>("pool task: callable of {} bytes, expected {}", bytes.size(), sizeof(F));
     alignas(F) unsigned char storage[sizeof(F)];
     std::memcpy(storage, bytes.data(), sizeof(F));
-    return fn(*std::launder(reinterpret_cast<F*>(storage)));
+    return call_task(fn, *std::launder(reinterpret_cast<F*>(storage)));
   } else {
     F f = decode<F>(std::as_bytes(std::span(bytes.data(), bytes.size())));
-    return fn(f);
+    return call_task(fn, f);
   }
 }
 
@@ -196,6 +241,7 @@ inline std::size_t chunksize_or(std::optional<std::ptrdiff_t> c, std::size_t fal
 struct OwnerName {
   const char* name = "Pool";
   const char* closed_message = "Pool not running: it was closed or terminated";
+  bool executor = false;  ///< a ProcessPoolExecutor: its lifecycle rules apply (see Pool::start)
 };
 
 /// Element types that cross as their bytes (no cereal): trivially copyable with the built-in raw
@@ -286,23 +332,129 @@ std::string run_apply(std::string_view fn, std::string_view args) {
   });
 }
 
-/// Rethrows a worker's exception: std:: types as themselves, others as RemoteError.
-[[noreturn]] inline void throw_remote(const std::string& type, const std::string& message) {
-  if (type == "std::runtime_error") throw std::runtime_error(message);
-  if (type == "std::logic_error") throw std::logic_error(message);
-  if (type == "std::invalid_argument") throw std::invalid_argument(message);
-  if (type == "std::out_of_range") throw std::out_of_range(message);
-  if (type == "std::domain_error") throw std::domain_error(message);
-  if (type == "std::length_error") throw std::length_error(message);
-  if (type == "std::range_error") throw std::range_error(message);
-  if (type == "std::overflow_error") throw std::overflow_error(message);
-  if (type == "std::underflow_error") throw std::underflow_error(message);
-  throw RemoteError(type, message);
+/// A task's exception as it crosses from the worker to the pool: its type and message, and where
+/// it was raised. `code` is OSError::code(), SystemExit::code() or BufferTooShort::needed().
+struct RemoteFailure {
+  std::string type;
+  std::string message;
+  std::string function;  ///< the task's function (see describe_callable)
+  std::int64_t pid = 0;  ///< the worker's
+  std::int64_t code = 0;
+  template <class Ar>
+  void serialize(Ar& ar) {
+    ar(type, message, function, pid, code);
+  }
+};
+
+//!Returns: the number an exception of a type that carries one (OSError, SystemExit,
+//! BufferTooShort) carries: of the exception being handled, if any.
+inline std::int64_t current_exception_code() noexcept {
+  const std::exception_ptr e = std::current_exception();
+  if (!e) return 0;
+  try {
+    std::rethrow_exception(e);
+  } catch (const OSError& x) {
+    return x.code();
+  } catch (const SystemExit& x) {
+    return x.code();
+  } catch (const BufferTooShort& x) {
+    return static_cast<std::int64_t>(x.needed());
+  } catch (...) {
+  }
+  return 0;
 }
 
-/// The encoded (type, message) of an exception, as a failed result carries it.
+/// The encoded RemoteFailure of an exception of type `type` raised by the task this thread runs
+/// (called inside the handler: a code the exception carries is kept).
 inline std::string error_payload(const std::string& type, const std::string& message) {
-  return to_wire(std::pair<std::string, std::string>(type, message));
+  RemoteFailure f{
+      type, message, {}, static_cast<std::int64_t>(os::current_pid()), current_exception_code()};
+  const TaskContext& t = current_task();
+  if (t.describe != nullptr) {
+    try {
+      f.function = t.describe(t.fn);
+    } catch (const std::exception&) {  // the error is what matters: keep it without the name
+    }
+  }
+  return to_wire(f);
+}
+
+//!Returns: the RemoteFailure a worker sent (one that cannot be read becomes a CorruptedError).
+inline RemoteFailure read_failure(std::string_view payload) {
+  try {
+    return from_wire<RemoteFailure>(payload);
+  } catch (const std::exception& e) {
+    return {
+        "mpp::CorruptedError", fmt::format("an unreadable error report ({})", e.what()), {}, 0, 0};
+  }
+}
+
+/// Throws E (made of `args...`) with the RemoteError of `f` nested in it.
+template <class E, class... A>
+[[noreturn]] void throw_nested_remote(const RemoteFailure& f, A&&... args) {
+  try {
+    throw RemoteError(f.type, f.message, static_cast<long long>(f.pid), f.function);
+  } catch (const RemoteError&) {
+    std::throw_with_nested(E(std::forward<A>(args)...));
+  }
+}
+
+/// Rethrows a worker's exception as itself: a std:: or mpp exception as its type (same what())
+/// with a RemoteError nested in it, which says where it was raised; another one as RemoteError.
+[[noreturn]] inline void throw_remote(const RemoteFailure& f) {
+  const std::string& t = f.type;
+  const std::string& m = f.message;
+  const int code = static_cast<int>(f.code);
+  if (t == "std::runtime_error") throw_nested_remote<std::runtime_error>(f, m);
+  if (t == "std::logic_error") throw_nested_remote<std::logic_error>(f, m);
+  if (t == "std::invalid_argument") throw_nested_remote<std::invalid_argument>(f, m);
+  if (t == "std::out_of_range") throw_nested_remote<std::out_of_range>(f, m);
+  if (t == "std::domain_error") throw_nested_remote<std::domain_error>(f, m);
+  if (t == "std::length_error") throw_nested_remote<std::length_error>(f, m);
+  if (t == "std::range_error") throw_nested_remote<std::range_error>(f, m);
+  if (t == "std::overflow_error") throw_nested_remote<std::overflow_error>(f, m);
+  if (t == "std::underflow_error") throw_nested_remote<std::underflow_error>(f, m);
+  if (t == "std::bad_alloc") throw_nested_remote<std::bad_alloc>(f);
+  if (t.starts_with("mpp::")) {
+    const std::string_view n = std::string_view(t).substr(5);
+    if (n == "Error") throw_nested_remote<Error>(f, m);
+    if (n == "TimeoutError") throw_nested_remote<TimeoutError>(f, m);
+    if (n == "queue::Empty") throw_nested_remote<queue::Empty>(f, m);
+    if (n == "queue::Full") throw_nested_remote<queue::Full>(f, m);
+    if (n == "EOFError") throw_nested_remote<EOFError>(f, m);
+    if (n == "BrokenPipeError") throw_nested_remote<BrokenPipeError>(f, m);
+    if (n == "ProcessError") throw_nested_remote<ProcessError>(f, m);
+    if (n == "BufferTooShort")
+      throw_nested_remote<BufferTooShort>(f, m, static_cast<std::size_t>(f.code));
+    if (n == "WorkerLostError") throw_nested_remote<WorkerLostError>(f, m);
+    if (n == "BrokenProcessPool") throw_nested_remote<BrokenProcessPool>(f, m);
+    if (n == "NotFoundError") throw_nested_remote<NotFoundError>(f, m);
+    if (n == "ExistsError") throw_nested_remote<ExistsError>(f, m);
+    if (n == "TypeMismatchError") throw_nested_remote<TypeMismatchError>(f, m);
+    if (n == "CorruptedError") throw_nested_remote<CorruptedError>(f, m);
+    if (n == "InvalidArgument") throw_nested_remote<InvalidArgument>(f, m);
+    if (n == "PermissionError") throw_nested_remote<PermissionError>(f, m);
+    if (n == "ValueError") throw_nested_remote<ValueError>(f, m);
+    if (n == "CancelledError") throw_nested_remote<CancelledError>(f, m);
+    if (n == "BrokenBarrierError") throw_nested_remote<BrokenBarrierError>(f, m);
+    if (n == "KeyError") throw_nested_remote<KeyError>(f, m);
+    if (n == "IndexError") throw_nested_remote<IndexError>(f, m);
+    if (n == "OwnerDiedError") throw_nested_remote<OwnerDiedError>(f, m);
+    if (n == "OSError") throw_nested_remote<OSError>(f, m, code);
+    if (n == "NoSpaceError") throw_nested_remote<NoSpaceError>(f, m, code);
+    if (n == "MemoryError") throw_nested_remote<MemoryError>(f, m);
+    if (n == "SystemExit") throw_nested_remote<SystemExit>(f, m, code);
+  }
+  throw RemoteError(f.type, f.message, static_cast<long long>(f.pid), f.function);
+}
+
+//!Returns: the exception of the failed task whose encoded RemoteFailure is `payload`.
+inline std::exception_ptr remote_exception(std::string_view payload) {
+  try {
+    throw_remote(read_failure(payload));
+  } catch (...) {
+    return std::current_exception();
+  }
 }
 
 template <class>

@@ -30,6 +30,7 @@
 #include "invoke.hpp"
 #include "result.hpp"
 #include "worker.hpp"
+#include "zygote.hpp"
 
 namespace mpp::detail::pool {
 
@@ -40,6 +41,9 @@ struct SchedulerOptions {
   Timeout task_timeout{};
   unsigned retries = 0;
   StartMethod method = StartMethod::fork;
+  /// Workers start when work needs them and idle ones are reused (Python's ProcessPoolExecutor
+  /// with spawn or forkserver); otherwise all start with the pool.
+  bool on_demand = false;
   /// What the user made, as messages name it ("Pool", "ProcessPoolExecutor").
   const char* owner = "Pool";
   /// The message of a call after close() (Python's wording differs between Pool and executor).
@@ -52,6 +56,56 @@ struct RawSource {
   const std::byte* data = nullptr;
   bool gone = false;
   std::vector<std::byte> owned;
+};
+
+/// A worker process: a child of the pool's process, or a worker its zygote forked (watched
+/// through the zygote, which reaps it).
+class WorkerProc {
+ public:
+  explicit WorkerProc(Process p) : direct_(std::move(p)) {}
+#if defined(MPP_OS_POSIX)
+  WorkerProc(Zygote& z, os::pid_type pid) : zygote_(&z), pid_(pid) {}
+#endif
+
+  std::optional<int> pid() const { return direct_ ? direct_->pid() : std::optional<int>(pid_); }
+  std::optional<int> exitcode() {
+    if (direct_) return direct_->exitcode();
+#if defined(MPP_OS_POSIX)
+    return zygote_->exit_code(pid_);
+#else
+    return std::nullopt;
+#endif
+  }
+  bool is_alive() { return direct_ ? direct_->is_alive() : !exitcode().has_value(); }
+  void terminate() { direct_ ? direct_->terminate() : signal(os::kSigTerm); }
+  void kill() { direct_ ? direct_->kill() : signal(os::kSigKill); }
+  //!Returns: whether it ended within `timeout` (nullopt: waits until it does).
+  bool join(Timeout timeout = std::nullopt) {
+    if (direct_) return direct_->join(timeout);
+#if defined(MPP_OS_POSIX)
+    for (;;) {  // unbounded only when asked, and after a kill
+      const auto step = timeout ? std::chrono::duration_cast<std::chrono::nanoseconds>(*timeout)
+                                : std::chrono::nanoseconds(std::chrono::seconds(1));
+      if (zygote_->wait(pid_, step)) return true;
+      if (timeout) return false;
+    }
+#else
+    return true;
+#endif
+  }
+
+ private:
+  // Only while the zygote has not reported its end: the zygote reaps it first, so its pid is not
+  // reused before the report arrives.
+  void signal(int sig) {
+    if (!exitcode()) (void)os::send_signal(pid_, sig);
+  }
+
+  std::optional<Process> direct_;
+#if defined(MPP_OS_POSIX)
+  Zygote* zygote_ = nullptr;
+#endif
+  os::pid_type pid_ = 0;
 };
 
 /// The workers of a Pool and the supervisor thread that feeds them.
@@ -87,7 +141,11 @@ class Scheduler {
     config_.init_invoker = init_invoker;
     config_.init_fn = std::move(init_fn);
     config_.init_args = std::move(init_args);
-    start_workers();
+#if defined(MPP_OS_POSIX)
+    // Forked now, in the thread making the pool, before the supervisor thread exists.
+    if (opts.method == StartMethod::fork) zygote_.emplace(static_cast<int>(++pool_counter()));
+#endif
+    if (!opts.on_demand) start_workers();
     supervisor_ = std::thread([this] { supervise(); });
   }
 
@@ -246,7 +304,7 @@ class Scheduler {
     std::size_t src_off = 0, args_size = 0;
   };
   struct WorkerSlot {
-    std::optional<Process> proc;
+    std::optional<WorkerProc> proc;
     std::optional<Queue<std::string>> tasks;
     std::array<std::uint64_t, kWindow> region{};  // task seq using arena region k
     std::deque<std::uint64_t> assigned;           // in the order the worker will run them
@@ -297,7 +355,7 @@ class Scheduler {
 
   void start_workers() {
     try {
-      for (std::size_t i = 0; i < workers_.size(); ++i) spawn_worker(i);
+      for (std::size_t i = 0; i < workers_.size(); ++i) spawn_worker(i, false);
     } catch (...) {  // e.g. spawn without mpp::bootstrap: stop the workers already started
       for (auto& w : workers_) {
         if (!w.proc || !w.proc->pid()) continue;  // not started
@@ -311,7 +369,9 @@ class Scheduler {
     }
   }
 
-  void spawn_worker(std::size_t i) {
+  // `replacement`: a fork pool's worker is then forked by the zygote, never by this process
+  // (the supervisor thread runs here).
+  void spawn_worker(std::size_t i, bool replacement) {
     WorkerSlot& w = workers_[i];
     QueueOptions qo;
     qo.max_item_size = kMaxMessage;
@@ -329,16 +389,33 @@ class Scheduler {
     po.name = fmt::format("PoolWorker-{}", worker_counter_);
     po.daemon = true;
     po.start_method = opts_.method;
+#if defined(MPP_OS_POSIX)
+    if (replacement && zygote_) {  // it opens the objects by name (see ZygoteLoop)
+      c.arena = nullptr;
+      w.proc.emplace(*zygote_, zygote_->fork_worker(po.name, c));
+      return;
+    }
+#else
+    (void)replacement;
+#endif
     if (opts_.method == StartMethod::fork) {
       c.tasks_q = *w.tasks;  // workers are forked: they inherit these mappings
       c.results_q = *results_;
       c.status_a = *status_;
-      w.proc.emplace(po, [c] { worker_main(c); });
+      Process p(po, [c] { worker_main(c); });
+      p.start();
+      w.proc.emplace(std::move(p));
     } else {  // a new run of the program: it opens everything by name (see spawned_worker_main)
       c.arena = nullptr;
-      w.proc.emplace(po, &spawned_worker_main, std::move(c));
+      Process p(po, &spawned_worker_main, std::move(c));
+      p.start();
+      w.proc.emplace(std::move(p));
     }
-    w.proc->start();
+  }
+
+  static unsigned& pool_counter() {
+    static unsigned n = 0;  // pools made by this process (names the zygotes)
+    return n;
   }
 
   std::atomic_ref<std::uint64_t> running_word(std::size_t i) {
@@ -363,37 +440,106 @@ class Scheduler {
     for (;;) {
       bool stop_now = false, drained = false;
       Unplaced unplaced;
+      std::vector<std::size_t> to_start;
       {
         std::unique_lock g(mu_);
         if (terminated_) stop_now = true;
-        dispatch_locked(unplaced);
+        if (!stop_now && !broken_) dispatch_locked(unplaced, to_start);
         drained = closed_ && pending_.empty() && inflight_.empty();
       }
       // Failed outside mu_: a job's failure may run user callbacks.
       for (auto& [t, e] : unplaced) t.job->fail_chunk(t.index, e);
       if (stop_now) return shutdown(true);
       if (drained) return shutdown(false);
+      for (std::size_t i : to_start) start_on_demand(i);
+      if (!to_start.empty()) continue;  // hand the work to them at once
       poll_results(20ms);
       check_workers();
     }
   }
 
-  //!Effects: hands pending tasks to workers with room; a task that cannot be placed because
-  //! /dev/shm is full is moved to `unplaced` with its NoSpaceError (only that call fails).
-  void dispatch_locked(Unplaced& unplaced) {
-    for (std::size_t i = 0; i < workers_.size() && !pending_.empty(); ++i) {
-      WorkerSlot& w = workers_[i];
-      if (!w.tasks) continue;  // its replacement failed to start (see replace())
-      while (!pending_.empty() && w.assigned.size() < kWindow && !w.stopping &&
-             (opts_.maxtasksperchild == 0 || w.dispatched < opts_.maxtasksperchild)) {
-        Task& t = pending_.front();
-        if (t.raw && t.src->gone) {  // its map() returned (failed): nobody wants this chunk
-          pending_.pop_front();
-          continue;
+  //!Effects: hands pending tasks out on demand: an idle worker first takes a pending task, else
+  //! a task queued behind another worker's running one (stolen back); a second task is queued
+  //! to a worker only while every worker is busy (the prefetch that keeps tiny tasks flowing,
+  //! benchmarks row pool.map.1e6). With on-demand workers, slots to start go to `to_start`
+  //! instead of prefetching. A task that cannot be placed because /dev/shm is full is moved to
+  //! `unplaced` with its NoSpaceError (only that call fails).
+  void dispatch_locked(Unplaced& unplaced, std::vector<std::size_t>& to_start) {
+    // 1. Every idle worker takes one task.
+    for (std::size_t i = 0; i < workers_.size() && has_pending_locked(); ++i)
+      if (can_take(i) && workers_[i].assigned.empty())
+        (void)send_task(i, pending_.front(), unplaced);
+    // 2. Nothing pending and a worker idle: a task waiting behind a running one moves to it.
+    if (!has_pending_locked()) return rebalance_locked(unplaced);
+    // 3. Every worker is busy: start a worker rather than queue behind a running task.
+    if (opts_.on_demand) {
+      std::size_t want = pending_.size();
+      for (std::size_t i = 0; i < workers_.size() && want > 0; ++i)
+        if (!workers_[i].proc && !workers_[i].respawn) {
+          to_start.push_back(i);
+          --want;
         }
-        if (!send_task(i, t, unplaced)) break;
-      }
+      if (!to_start.empty()) return;
     }
+    // 4. Still busy: queue one more task to each worker, so none waits for a round trip.
+    for (std::size_t i = 0; i < workers_.size() && has_pending_locked(); ++i)
+      while (has_pending_locked() && can_take(i) && workers_[i].assigned.size() < kWindow)
+        if (!send_task(i, pending_.front(), unplaced)) break;
+  }
+
+  //!Returns: whether a task is pending, after dropping the raw chunks nobody wants any more
+  //! (their map() returned, failed).
+  bool has_pending_locked() {
+    while (!pending_.empty() && pending_.front().raw && pending_.front().src->gone)
+      pending_.pop_front();
+    return !pending_.empty();
+  }
+
+  //!Returns: whether worker `i` may be given another task now.
+  bool can_take(std::size_t i) const {
+    const WorkerSlot& w = workers_[i];
+    return w.tasks && !w.stopping &&
+           (opts_.maxtasksperchild == 0 || w.dispatched < opts_.maxtasksperchild);
+  }
+
+  //!Effects: gives each idle worker a task queued behind another worker's running one, while
+  //! there are such tasks (one pass over the workers: pools have up to kMaxProcesses).
+  void rebalance_locked(Unplaced& unplaced) {
+    std::size_t victim = 0;
+    for (std::size_t i = 0; i < workers_.size(); ++i) {
+      if (!can_take(i) || !workers_[i].assigned.empty()) continue;
+      bool got = false;
+      for (; victim < workers_.size() && !got; ++victim)
+        got = victim != i && workers_[victim].assigned.size() >= 2 && steal_locked(victim);
+      if (!got) return;
+      (void)send_task(i, pending_.front(), unplaced);
+    }
+  }
+
+  //!Effects: takes back a task that worker `j` holds but has not started (it is still in the
+  //! worker's queue, so either the worker or this thread gets it) and puts it first in line.
+  //!Returns: whether one was taken.
+  bool steal_locked(std::size_t j) {
+    WorkerSlot& w = workers_[j];
+    if (!w.tasks) return false;
+    std::optional<std::string> m;
+    try {
+      m = w.tasks->try_get();
+    } catch (const std::exception&) {  // leave it to its worker
+      return false;
+    }
+    if (!m) return false;  // the worker took it meanwhile
+    TaskHeader h{};
+    if (m->size() >= sizeof h) std::memcpy(&h, m->data(), sizeof h);
+    std::erase(w.assigned, h.seq);
+    for (auto& r : w.region)
+      if (r == h.seq) r = 0;
+    if (w.dispatched > 0) --w.dispatched;  // it did not run it: it may take another
+    auto it = inflight_.find(h.seq);
+    if (it == inflight_.end()) return false;
+    pending_.push_front(std::move(it->second));
+    inflight_.erase(it);
+    return true;
   }
 
   //!Effects: gives the front pending task `t` to worker `i`, or moves it to `unplaced`.
@@ -499,14 +645,7 @@ class Scheduler {
       if (region != nullptr) *region = 0;  // only this thread dispatches: safe to reuse now
     } else {
       if (region != nullptr) *region = 0;
-      std::exception_ptr e;
-      try {
-        const auto err = from_wire<std::pair<std::string, std::string>>(payload);
-        throw_remote(err.first, err.second);
-      } catch (...) {
-        e = std::current_exception();
-      }
-      t.job->fail_chunk(t.index, e);
+      t.job->fail_chunk(t.index, remote_exception(payload));
     }
   }
 
@@ -555,7 +694,10 @@ class Scheduler {
     for (std::size_t i = 0; i < workers_.size(); ++i) {
       WorkerSlot& w = workers_[i];
       if (!w.proc) {
-        if (w.respawn) replace(i, 0);
+        if (w.respawn && opts_.on_demand)
+          w.respawn = false;  // one poll later, the next dispatch that needs it tries again
+        else if (w.respawn)
+          replace(i, 0);
         continue;
       }
       if (timed_out(i)) continue;
@@ -657,10 +799,27 @@ class Scheduler {
     w.proc.reset();
     w.tasks.reset();
     w.respawn = false;
-    if (terminated_ || broken_) return;
+    // On demand, the next dispatch starts a worker when work is waiting.
+    if (terminated_ || broken_ || opts_.on_demand) return;
     g.unlock();
+    try_spawn(i);
+  }
+
+  //!Effects: starts worker `i` for work that is waiting (on-demand pools).
+  void start_on_demand(std::size_t i) {
+    {
+      std::lock_guard g(mu_);
+      if (terminated_ || broken_) return;
+    }
+    try_spawn(i);
+  }
+
+  //!Effects: starts worker `i`; when it cannot start, retries later, and fails the pending work
+  //! if no worker is left to run it.
+  void try_spawn(std::size_t i) {
+    WorkerSlot& w = workers_[i];
     try {
-      spawn_worker(i);
+      spawn_worker(i, true);
     } catch (const std::exception& e) {  // e.g. a spawned program that cannot start
       w.proc.reset();
       w.tasks.reset();
@@ -686,20 +845,15 @@ class Scheduler {
   // A worker reported that the initializer threw: the pool is broken, with that exception nested
   // in the BrokenProcessPool.
   void initializer_failed(std::uint32_t worker, std::string_view payload) {
-    std::pair<std::string, std::string> err;
-    try {
-      err = from_wire<std::pair<std::string, std::string>>(payload);
-    } catch (const std::exception& e) {  // malformed: still a failed initializer
-      err = {"mpp::CorruptedError", fmt::format("an unreadable report ({})", e.what())};
-    }
+    const RemoteFailure err = read_failure(payload);  // malformed: still a failed initializer
     std::exception_ptr broken;
     try {
       try {
-        throw_remote(err.first, err.second);
+        throw_remote(err);
       } catch (...) {
         std::throw_with_nested(BrokenProcessPool(
             fmt::format("the {}'s initializer raised {}: {} (in pool worker {}); {}", opts_.owner,
-                        err.first, err.second, worker, broken_advice())));
+                        err.type, err.message, worker, broken_advice())));
       }
     } catch (...) {
       broken = std::current_exception();
@@ -718,6 +872,7 @@ class Scheduler {
       left = take_all_tasks_locked();
     }
     kill_workers();
+    stop_zygote();  // no worker is started again
     for (auto& w : workers_) {
       w.proc.reset();
       w.tasks.reset();
@@ -778,13 +933,23 @@ class Scheduler {
       std::lock_guard g(mu_);
       left = take_all_tasks_locked();
     }
+    stop_zygote();
     for (auto& t : left)
       t.job->fail_chunk(t.index, std::make_exception_ptr(ProcessError(
                                      "the pool was terminated before this task completed")));
   }
 
+  void stop_zygote() noexcept {
+#if defined(MPP_OS_POSIX)
+    if (zygote_) zygote_->stop();
+#endif
+  }
+
   SchedulerOptions opts_;
   WorkerConfig config_;
+#if defined(MPP_OS_POSIX)
+  std::optional<Zygote> zygote_;  // forks a fork pool's replacement workers
+#endif
   std::optional<Queue<std::string>> results_;
   std::optional<RawArray<std::uint64_t>> status_;
   std::shared_ptr<Segment> arena_;       // raw map chunks (see kRegion); inherited by workers

@@ -200,6 +200,11 @@ inline bool send_signal(pid_type pid, int sig) {
   throw_errno("kill", std::to_string(pid), errno);
 }
 
+//!Returns: whether the C stream `f` writes to a terminal (a progress display redraws in place).
+inline bool is_terminal(std::FILE* f) noexcept {
+  return f != nullptr && ::isatty(::fileno(f)) == 1;
+}
+
 //!Returns: the number of CPUs this process may run on (its affinity mask), at least 1.
 inline int cpu_count() noexcept {
   for (std::size_t n = 1024; n <= (std::size_t{1} << 20); n *= 2) {

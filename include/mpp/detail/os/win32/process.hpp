@@ -8,6 +8,8 @@
 #  error "mpp: detail/os/win32/process.hpp included on a non-Windows platform"
 #endif
 
+#include <io.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstddef>
@@ -316,6 +318,11 @@ inline bool send_signal(pid_type pid, int /*sig*/) {
   const DWORD err = ::GetLastError();
   if (::WaitForSingleObject(h.get(), 0) == WAIT_OBJECT_0) return true;  // it had ended already
   throw_errno("TerminateProcess", std::to_string(pid), err);
+}
+
+//!Returns: whether the C stream `f` writes to a console (a progress display redraws in place).
+inline bool is_terminal(std::FILE* f) noexcept {
+  return f != nullptr && ::_isatty(::_fileno(f)) != 0;
 }
 
 //!Returns: the number of CPUs this process may run on (its affinity mask), at least 1.
