@@ -636,7 +636,8 @@ inline void send_handle(const Connection<>& conn, int handle, std::int64_t desti
 //!Returns: a descriptor sent with send_handle (Python's reduction.recv_handle), close-on-exec and
 //! owned by the caller; waits at most `timeout`.
 //!Throws: OSError (EBADMSG: what arrived carries no descriptor: a message sent with send or
-//! send_bytes; the connection is then out of step: close it; also a closed end or a TCP connection), EOFError, TimeoutError.
+//! send_bytes; the connection is then out of step: close it; also a closed end or a TCP
+//! connection), EOFError, TimeoutError.
 inline int recv_handle(const Connection<>& conn, Timeout timeout = std::nullopt) {
   auto& s = detail_connection::Access::stream(conn);
   s.check(false);
