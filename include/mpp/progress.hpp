@@ -32,7 +32,7 @@ struct ProgressOptions {
   bool enabled = true;         ///< false: the display writes nothing
   std::FILE* stream = stderr;  ///< where the display goes
   std::optional<bool>
-      terminal;  ///< redraw in place with '\r' (nullopt: when `stream` is a terminal)
+      terminal;  ///< redraw in place with a carriage return (nullopt: when `stream` is a terminal)
   /// Least seconds between two redraws (nullopt: 0.1 on a terminal, 10 for plain lines). The
   /// first and the last state are always shown.
   std::optional<double> interval;

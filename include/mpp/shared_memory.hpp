@@ -444,8 +444,8 @@ class ShareableList {
   }
 
   /// Python's repr, also what fmt::format("{}", l) gives:
-  /// `ShareableList([1, 2.5, True, None, 'text', b'\x00'], name='mpp.x')`; a closed handle
-  /// gives `<ShareableList name='mpp.x' closed>`.
+  /// `ShareableList([1, 2.5, True, None, 'text', b'\\x00'], name='mpp.x')`; a closed handle
+  /// gives `\<ShareableList name='mpp.x' closed>`.
   std::string repr() const {
     if (!record_) return "<ShareableList moved from>";
     const std::string n = detail::py_repr_text(record_->name, false);
