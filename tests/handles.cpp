@@ -26,10 +26,8 @@
 using namespace std::chrono_literals;
 using mpp::StartMethod;
 
-// Not in the anonymous namespace: under mingw, registering a function whose parameter type has
-// internal linkage made other registered functions unfindable in the function registry (its
-// std::map is ordered by std::type_index, whose order for such types differs there).
-namespace handles_test {
+namespace {
+
 /// A user type with serialize() whose fields include handles.
 struct Job {
   int id = 0;
@@ -41,10 +39,6 @@ struct Job {
     ar(id, label, done, meet);
   }
 };
-}  // namespace handles_test
-using handles_test::Job;
-
-namespace {
 
 using Dict = mpp::SharedDict<std::string, int>;
 

@@ -4,6 +4,7 @@
 // MPP_REGISTER / mpp::register_function fill identically in the parent and the re-executed child.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -18,6 +19,7 @@
 #include <type_traits>
 #include <typeindex>
 #include <utility>
+#include <vector>
 
 #include "../codec.hpp"
 #include "../errors.hpp"
@@ -166,14 +168,14 @@ class FunctionRegistry {
   bool add(RegisteredFunction fn, FunctionKey key) {
     std::lock_guard lock(mutex_);
     if (auto it = by_name_.find(fn.name); it != by_name_.end()) {
-      auto k = by_key_.find(key);
+      auto k = find_key(key);
       if (k != by_key_.end() && k->second == fn.name) return true;  // same function again
       fail<InvalidArgument>(
           "a different function is already registered as '{}'; register it "
           "under another name",
           fn.name);
     }
-    by_key_.emplace(key, fn.name);
+    if (find_key(key) == by_key_.end()) by_key_.emplace_back(key, fn.name);
     std::string name = fn.name;
     by_name_.emplace(std::move(name), std::move(fn));
     return true;
@@ -181,7 +183,7 @@ class FunctionRegistry {
   /// The name the function `key` is registered under, or nullopt.
   std::optional<std::string> name_of(const FunctionKey& key) const {
     std::lock_guard lock(mutex_);
-    auto it = by_key_.find(key);
+    auto it = find_key(key);
     return it == by_key_.end() ? std::nullopt : std::optional(it->second);
   }
   //!Returns: the key (type and, for a function pointer, address in this program) of the function
@@ -200,9 +202,17 @@ class FunctionRegistry {
   }
 
  private:
+  // A list searched with type_index's ==, not a map ordered by its <: mingw's libstdc++ orders a
+  // type with internal linkage against other types inconsistently, which lost registrations.
+  using KeyList = std::vector<std::pair<FunctionKey, std::string>>;
+  KeyList::const_iterator find_key(const FunctionKey& key) const {
+    return std::find_if(by_key_.begin(), by_key_.end(),
+                        [&](const auto& entry) { return entry.first == key; });
+  }
+
   mutable std::mutex mutex_;
   std::map<std::string, RegisteredFunction> by_name_;
-  std::map<FunctionKey, std::string> by_key_;
+  KeyList by_key_;
 };
 
 /// The registry of this program (filled before main, or before mpp::bootstrap).
