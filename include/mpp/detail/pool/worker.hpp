@@ -313,10 +313,9 @@ inline void worker_main(const WorkerConfig& c) {
   WorkerLoop(c).run();
 }
 
-/// The body of a worker started with spawn or forkserver: it finds callables by registered name
-/// and opens the pool's queues, status array and arena by name.
-inline void spawned_worker_main(WorkerConfig c) {
-  named_callables() = true;
+/// A worker that opens the pool's queues, status array and arena by name (one spawned, or forked
+/// by a fork pool's zygote).
+inline void worker_main_by_name(WorkerConfig c) {
   std::optional<Segment> arena;
   if (!c.arena_name.empty()) {
     arena.emplace(Segment::open(c.arena_name, Kind::pool, TypeInfo::none()));
@@ -324,6 +323,13 @@ inline void spawned_worker_main(WorkerConfig c) {
     c.arena_size = static_cast<std::size_t>(arena->payload_size());
   }
   worker_main(c);
+}
+
+/// The body of a worker started with spawn or forkserver: it finds callables by registered name
+/// and opens the pool's objects by name.
+inline void spawned_worker_main(WorkerConfig c) {
+  named_callables() = true;
+  worker_main_by_name(std::move(c));
 }
 
 /// Registers the spawned worker's body (identically in every run of the program). A class

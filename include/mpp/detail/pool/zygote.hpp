@@ -104,20 +104,9 @@ class ZygoteLoop {
     for (auto& c : children_) c.second.reset();
     LaunchRequest info = base_;
     info.name = req.name;
-    run_child(info, [&] { zygote_worker_main(req.config); });
-  }
-
-  // A worker forked by the zygote: callables cross as bytes (it is a copy of the program), the
-  // pool's objects are opened by name (the zygote was forked before this worker's task queue
-  // existed).
-  static void zygote_worker_main(WorkerConfig c) {
-    std::optional<Segment> arena;
-    if (!c.arena_name.empty()) {
-      arena.emplace(Segment::open(c.arena_name, Kind::pool, TypeInfo::none()));
-      c.arena = arena->payload();
-      c.arena_size = static_cast<std::size_t>(arena->payload_size());
-    }
-    worker_main(c);
+    // Callables cross as bytes (the worker is a copy of the program); the pool's objects are
+    // opened by name, as the zygote was forked before this worker's task queue existed.
+    run_child(info, [&] { worker_main_by_name(req.config); });
   }
 
   os::Fd sock_;
