@@ -191,7 +191,8 @@ inline void pin(int i) {
   cpu_set_t all;
   sched_getaffinity(0, sizeof all, &all);
   int want = i % n;
-  for (int c = 0, seen = 0; c < CPU_SETSIZE; ++c) {
+  int seen = 0;
+  for (std::size_t c = 0; c < CPU_SETSIZE; ++c) {
     if (!CPU_ISSET(c, &all)) continue;
     if (seen++ == want) {
       cpu_set_t one;

@@ -63,6 +63,13 @@ WORKLOADS = [
              interleaved=True),
     Workload("queue.8B.rtt", "µs", False, LIMITS + ("boost", "posix_mq", "python"),
              "8-byte ping-pong round trip through two queues", interleaved=True),
+    # wait: a wake-up through connection::wait (Python: multiprocessing.connection.wait).
+    Workload("wait.rtt", "µs", False, ("python",),
+             "8-byte ping-pong over a socket Pipe (raw bytes); before each receive a side blocks "
+             "in wait() over its end and 99 idle connections", interleaved=True),
+    Workload("wait.rtt.single", "µs", False, ("python",),
+             "the same ping-pong with a plain blocking receive (what wait.rtt is read against)",
+             interleaved=True),
     # Locks and values.
     Workload("lock.uncontended", "ns", False, ("boost", "pthread", "python"),
              "lock + unlock, one process"),

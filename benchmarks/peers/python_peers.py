@@ -17,6 +17,7 @@ import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import shared_memory
+from multiprocessing.connection import wait as mp_wait
 
 CTX = mp.get_context("fork")
 CORES = sorted(os.sched_getaffinity(0))
@@ -173,6 +174,41 @@ def rtt_us(kind, n):
             back_out(there_in())
 
     return elapsed(run_procs([pinger, ponger]), 1) / n * 1e6
+
+
+def wait_rtt_us(n, idle):
+    """Round trip of 8 raw bytes (send_bytes / recv_bytes) through a duplex Pipe, as mpp's
+    wait.rtt: with idle > 0 each side first blocks in multiprocessing.connection.wait over its end
+    and the receiving ends of `idle` idle Pipes (all kept open, so none reads as closed)."""
+    a, b = CTX.Pipe()
+    spare = [CTX.Pipe() for _ in range(idle)]
+
+    def waits(end):
+        objects = [end] + [r for r, _ in spare]
+        return lambda: check(mp_wait(objects, 10) == [end], "wrong ready set (or 10 s passed)")
+
+    def pinger(i, span):
+        ready = waits(a) if idle else None
+        span[0] = now()
+        for k in range(n):
+            a.send_bytes(k.to_bytes(8, "little"))
+            if ready:
+                ready()
+            check(int.from_bytes(a.recv_bytes(), "little") == k, "wrong echo")
+        span[1] = now()
+
+    def ponger(i, span):
+        ready = waits(b) if idle else None
+        for _ in range(n):
+            if ready:
+                ready()
+            b.send_bytes(b.recv_bytes())
+
+    try:
+        return elapsed(run_procs([pinger, ponger]), 1) / n * 1e6
+    finally:
+        for c in [a, b] + [c for p in spare for c in p]:
+            c.close()
 
 
 # ------------------------------------------------------------------------------------------
@@ -427,6 +463,8 @@ def main():
     run("queue.1KiB.1p1c.throughput", "msg/s", True, lambda: channel_throughput("queue", n(200_000, 30_000), 1024))
     run("queue.8B.2p2c.throughput", "msg/s", True, lambda: queue_2p2c_throughput(n(200_000, 30_000)))
     run("queue.8B.rtt", "µs", False, lambda: rtt_us("queue", n(4_000, 500)))
+    run("wait.rtt", "µs", False, lambda: wait_rtt_us(n(4_000, 500), 99))
+    run("wait.rtt.single", "µs", False, lambda: wait_rtt_us(n(4_000, 500), 0))
     run("lock.uncontended", "ns", False, lambda: lock_uncontended_ns(n(1_000_000, 200_000)))
     run("lock.contended.2proc", "ops/s", True, lambda: lock_contended_ops(n(300_000, 50_000)))
     run("value.locked_increment.2proc", "ops/s", True, lambda: value_locked_increment(n(300_000, 50_000)))
