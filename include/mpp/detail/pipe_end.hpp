@@ -293,13 +293,15 @@ class PipeEnd final : public ForkHook {
     send_ok_ = recv_ok_ = false;
     unregister_fork_hook(this);
     auto& es = h_->ends[end_];
-    // Slots reserved for children at fork(): wait (bounded) until they took them over, and
-    // free the ones whose child never started (fork failed, or killed before its first step).
+    // Slots reserved for children at fork(): wait until they took them over, and free the ones
+    // whose child never started (fork failed, or killed before its first step). One deadline for
+    // all of them: a child of a loaded machine (100 forked at once under ASan) may need seconds
+    // for its first step, and a slot freed too early would end a live holder's hold.
     const std::uint64_t mine = ProcessRef::self().pack();
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
     for (std::uint32_t s : pending_) {
-      const auto t0 = std::chrono::steady_clock::now();
       while (es.holders[s].load(std::memory_order_acquire) == (mine | pipe_layout::kPendingBit) &&
-             std::chrono::steady_clock::now() - t0 < std::chrono::seconds(1))
+             std::chrono::steady_clock::now() < deadline)
         os::sleep_for(std::chrono::microseconds(50));
       std::uint64_t expect = mine | pipe_layout::kPendingBit;
       es.holders[s].compare_exchange_strong(expect, 0, std::memory_order_seq_cst);
